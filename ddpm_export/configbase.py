@@ -1,0 +1,153 @@
+"""Frozen, versioned config dataclasses that round-trip through JSON (torch-free).
+
+Every config of the project derives from :class:`FrozenConfig`: a frozen dataclass with a
+``version`` field, a ``validate()`` that raises :class:`ConfigError` naming the bad field, and
+``to_dict`` / ``from_dict`` / ``to_json`` / ``from_json`` that round-trip exactly. Tuples are
+written as JSON lists and read back as tuples; unknown keys are refused with their names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import json
+import typing
+from pathlib import Path
+from typing import Any, ClassVar, Iterable, TypeVar
+
+C = TypeVar("C", bound="FrozenConfig")
+
+
+class ConfigError(ValueError):
+    """A config field holds a bad value. The message names the field and the valid choices."""
+
+
+def check_choice(field: str, value: Any, choices: Iterable[Any]) -> None:
+    """Raise ConfigError unless ``value`` is one of ``choices``, listing them."""
+    choices = tuple(choices)
+    if value not in choices:
+        listed = ", ".join(repr(c) for c in choices)
+        raise ConfigError(f"{field}={value!r} is not valid; choose one of: {listed}")
+
+
+def check(condition: bool, field: str, message: str) -> None:
+    """Raise ConfigError ``"<field>: <message>"`` when ``condition`` is false."""
+    if not condition:
+        raise ConfigError(f"{field}: {message}")
+
+
+@dataclasses.dataclass(frozen=True)
+class FrozenConfig:
+    """Base of every config: JSON round trip, a version, validation at construction."""
+
+    #: Version written by this code; a file with a newer version is refused.
+    VERSION: ClassVar[int] = 1
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            _check_type(f.name, getattr(self, f.name), hints[f.name])
+        self.validate()
+
+    def validate(self) -> None:  # pragma: no cover - every subclass overrides
+        raise NotImplementedError(f"{type(self).__name__} must implement validate()")
+
+    # --- (de)serialisation -------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls: type[C], data: dict[str, Any], *, source: str = "config") -> C:
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: expected a JSON object, got {type(data).__name__}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ConfigError(
+                f"{source}: unknown field(s) {', '.join(unknown)} for {cls.__name__}; "
+                f"known fields: {', '.join(sorted(names))}"
+            )
+        version = data.get("version", cls.VERSION)
+        if not isinstance(version, int) or version < 1 or version > cls.VERSION:
+            raise ConfigError(
+                f"{source}: version={version!r} is not supported by this ddpm-export "
+                f"({cls.__name__} versions 1..{cls.VERSION}); upgrade ddpm-export"
+            )
+        hints = typing.get_type_hints(cls)
+        kwargs = {}
+        for key, value in data.items():
+            if isinstance(value, list) and _is_tuple_type(hints[key]):
+                value = tuple(value)
+            kwargs[key] = value
+        return cls(**kwargs)
+
+    @classmethod
+    def from_json(cls: type[C], text: str, *, source: str = "config") -> C:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{source}: not valid JSON ({e})") from e
+        return cls.from_dict(data, source=source)
+
+    @classmethod
+    def load(cls: type[C], path: str | Path) -> C:
+        path = Path(path)
+        return cls.from_json(path.read_text(encoding="utf-8"), source=str(path))
+
+    def replace(self: C, **changes: Any) -> C:
+        return dataclasses.replace(self, **changes)
+
+
+def _is_tuple_type(tp: Any) -> bool:
+    if typing.get_origin(tp) is tuple:
+        return True
+    return any(_is_tuple_type(a) for a in typing.get_args(tp))
+
+
+def _check_type(field: str, value: Any, tp: Any) -> None:
+    """Check a field against its annotation (int, float, bool, str, Literal, Optional, tuples)."""
+    if typing.get_origin(tp) is typing.Literal:
+        check_choice(field, value, typing.get_args(tp))
+    elif not _matches(value, tp):
+        raise ConfigError(f"{field}={value!r} has the wrong type; expected {_type_name(tp)}")
+
+
+def _matches(value: Any, tp: Any) -> bool:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is type(None):
+        return value is None
+    if origin is typing.Literal:
+        return value in args
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, a) for a in args)
+    if origin is tuple:
+        if not isinstance(value, tuple):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_matches(v, args[0]) for v in value)
+        return len(args) == len(value) and all(_matches(v, a) for v, a in zip(value, args))
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is str:
+        return isinstance(value, str)
+    return True  # other annotations are checked by validate()
+
+
+def _type_name(tp: Any) -> str:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if args:
+        return str(tp).replace("typing.", "")
+    return getattr(tp, "__name__", str(tp))
