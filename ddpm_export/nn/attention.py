@@ -24,13 +24,13 @@ AttentionKernel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, "torch.Ten
 
 def decomposed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                          bias: torch.Tensor | None = None) -> torch.Tensor:
-    """MatMul -> Softmax(fp32) -> MatMul with q and k each pre-scaled by d^-1/4."""
+    """MatMul -> Softmax -> MatMul with q and k each pre-scaled by d^-1/4; logits, bias and
+    softmax in float32 (a no-op cast for an fp32 model)."""
     scale = q.shape[-1] ** -0.25
-    w = torch.matmul(q * scale, (k * scale).transpose(-1, -2))
+    w = torch.matmul(q * scale, (k * scale).transpose(-1, -2)).float()
     if bias is not None:
-        w = w + bias.to(w.dtype)
-    w = torch.softmax(w.float(), dim=-1).to(v.dtype)
-    return torch.matmul(w, v)
+        w = w + bias.float()
+    return torch.matmul(torch.softmax(w, dim=-1).to(v.dtype), v)
 
 
 _KERNEL: list[AttentionKernel] = [decomposed_attention]

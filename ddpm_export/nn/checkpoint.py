@@ -101,6 +101,16 @@ def is_diffusers_folder(folder: Path) -> bool:
         return False
 
 
+def weights_path(spec: str | Path) -> Path | None:
+    """The weights file ``load_model(spec)`` reads, or None for a preset initialised from a seed."""
+    path = Path(spec)
+    folder = path if path.is_dir() else preset_dir(str(spec))
+    for name in (WEIGHTS_NAME, DIFFUSERS_WEIGHTS_NAME):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
 def load_model(spec: str | Path) -> UNet:
     """A preset name, our checkpoint folder, or a diffusers ``UNet2DModel`` folder -> UNet (eval mode).
 

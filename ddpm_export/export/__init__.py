@@ -1,0 +1,1 @@
+"""PyTorch -> ONNX (-> TensorRT). ``spec`` is torch-free; the other modules import torch."""

@@ -1,0 +1,48 @@
+"""What an exported ONNX file says about itself: ``metadata_props`` keys (torch-free)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+PREFIX = "ddpm_export."
+UNET_CONFIG = PREFIX + "unet_config"
+DIFFUSION_CONFIG = PREFIX + "diffusion_config"
+EXPORT_SPEC = PREFIX + "export_spec"
+PRECISION_POLICY = PREFIX + "precision_policy"
+ATTENTION = PREFIX + "attention"
+EXPORTER_VERSION = PREFIX + "exporter_version"
+SOURCE = PREFIX + "source"
+SOURCE_SHA256 = PREFIX + "source_sha256"
+
+REQUIRED = (UNET_CONFIG, DIFFUSION_CONFIG, EXPORT_SPEC, PRECISION_POLICY, ATTENTION, EXPORTER_VERSION,
+            SOURCE_SHA256)
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def dumps(value: Any) -> str:
+    """Canonical JSON (sorted keys, no spaces) so that two exports are byte-identical."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def read_metadata(model_proto: Any) -> dict[str, str]:
+    """``metadata_props`` of an ``onnx.ModelProto`` as a dict; raises ValueError naming missing keys."""
+    props = {p.key: p.value for p in model_proto.metadata_props}
+    missing = [k for k in REQUIRED if k not in props]
+    if missing:
+        raise ValueError(f"not a ddpm-export ONNX file: metadata key(s) {', '.join(missing)} missing; "
+                         f"re-export it with `ddpm-export onnx`")
+    return props

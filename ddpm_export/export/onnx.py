@@ -1,0 +1,132 @@
+"""``ddpm-export onnx``: PyTorch -> ONNX with a chosen attention form and precision policy,
+validated against PyTorch before the file appears on disk.
+
+Flow: load the model -> wrap it in the precision policy (``GraphModule``) -> trace with the
+TorchScript exporter (deterministic, fast, and lets each attention form emit its own node) ->
+attach metadata -> write to a temporary file -> validate (checker, strict shape inference,
+ONNX Runtime vs torch at min/opt/interior/max batch) -> rename into place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Callable
+
+import onnx
+import torch
+from safetensors.torch import save as safetensors_save
+
+from ddpm_export import __version__
+from ddpm_export.diffusion.config import DiffusionConfig
+from ddpm_export.export import metadata as md
+from ddpm_export.export.attention_forms import MIN_OPSET, attention_kernel, resolve_attention
+from ddpm_export.export.precision import GraphModule, check_precision, policy
+from ddpm_export.export.spec import ExportSpec
+from ddpm_export.export.validate import ValidationReport, validate_onnx
+from ddpm_export.nn.attention import use_attention_kernel
+from ddpm_export.nn.checkpoint import load_model, weights_path
+from ddpm_export.nn.unet import UNet
+
+DEFAULT_OPSET = 20
+TARGETS = ("any", "onnxruntime", "tensorrt")
+EXTERNAL_DATA_THRESHOLD = 2 * 1024**3  # protobuf's 2 GB limit
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportResult:
+    path: Path
+    spec: ExportSpec
+    precision: str
+    attention: str
+    opset: int
+    seconds: float
+    size_bytes: int
+    validation: ValidationReport | None
+
+
+def export_onnx(model: str | Path, out: str | Path, *, opset: int = DEFAULT_OPSET, precision: str = "fp32",
+                attention: str = "auto", target: str = "any", min_batch: int = 1, opt_batch: int = 4,
+                max_batch: int = 16, diffusion: DiffusionConfig | None = None, validate: bool = True,
+                save_io: str | Path | None = None, force: bool = False,
+                log: Callable[[str], None] = print) -> ExportResult:
+    """Export ``model`` (a preset name, our checkpoint folder or a diffusers folder) to ``out``.
+
+    Raises FileExistsError when ``out`` exists and not ``force``; ValueError for bad options;
+    ``ValidationError`` when the exported graph disagrees with torch (nothing is written then).
+    """
+    start = time.perf_counter()
+    out = Path(out)
+    if out.suffix != ".onnx":
+        raise ValueError(f"output {out} must end in .onnx")
+    if out.exists() and not force:
+        raise FileExistsError(f"{out} exists; pass --force to overwrite it")
+    check_precision(precision)
+    if target not in TARGETS:
+        raise ValueError(f"target={target!r} is not valid; choose one of: {', '.join(TARGETS)}")
+    form = resolve_attention(attention, target)
+    if opset < MIN_OPSET[form]:
+        raise ValueError(f"--attention {form} needs --opset >= {MIN_OPSET[form]}, got {opset}")
+
+    unet = load_model(model)
+    spec = ExportSpec.from_config(unet.config, min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch)
+    proto = trace_to_onnx(unet, spec, precision=precision, attention=form, opset=opset)
+    source = weights_path(model)
+    proto.metadata_props.clear()
+    for key, value in {
+        md.UNET_CONFIG: md.dumps(unet.config.to_dict()),
+        md.DIFFUSION_CONFIG: md.dumps((diffusion or DiffusionConfig()).to_dict()),
+        md.EXPORT_SPEC: md.dumps(spec.to_dict()),
+        md.PRECISION_POLICY: md.dumps(policy(precision)),
+        md.ATTENTION: form,
+        md.EXPORTER_VERSION: f"ddpm-export {__version__}; torch {torch.__version__.split('+')[0]}; onnx {onnx.__version__}",
+        md.SOURCE: str(model) if source is None else source.name,
+        md.SOURCE_SHA256: md.sha256_file(source) if source else md.sha256_bytes(_state_bytes(unet)),
+    }.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    proto.producer_name, proto.producer_version = "ddpm-export", __version__
+    proto.doc_string = (f"DDPM U-Net exported by ddpm-export {__version__}: precision {precision}, "
+                        f"attention {form}, batch {min_batch}..{max_batch}")
+
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    external = proto.ByteSize() > EXTERNAL_DATA_THRESHOLD
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        # External data (> 2 GB) is written beside the file under its final name.
+        onnx.save_model(proto, str(tmp), save_as_external_data=external, all_tensors_to_one_file=True,
+                        location=out.name + ".data" if external else None)
+        report = validate_onnx(tmp, unet, spec, precision, log=log) if validate else None
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    if save_io is not None:
+        from ddpm_export.export.polygraphy_io import save_torch_io
+
+        save_torch_io(unet, spec, save_io, force=force)
+    return ExportResult(out, spec, precision, form, opset, time.perf_counter() - start,
+                        out.stat().st_size, report)
+
+
+def trace_to_onnx(unet: UNet, spec: ExportSpec, *, precision: str, attention: str, opset: int) -> onnx.ModelProto:
+    """Trace the precision-wrapped ``unet`` with the ``attention`` kernel into an ONNX model."""
+    module = GraphModule(unet, precision)
+    feeds = spec.sample_inputs(spec.opt_batch)
+    args = tuple(torch.from_numpy(feeds[name]) for name in spec.input_names)
+    buffer = io.BytesIO()
+    with use_attention_kernel(attention_kernel(attention)), warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings
+        torch.onnx.export(module, args, buffer, dynamo=False, opset_version=opset,
+                          input_names=spec.input_names, output_names=spec.output_names,
+                          dynamic_axes=spec.dynamic_axes, do_constant_folding=True,
+                          custom_opsets={"com.microsoft": 1} if attention == "ort-mha" else None)
+    return onnx.load_from_string(buffer.getvalue())
+
+
+def _state_bytes(unet: UNet) -> bytes:
+    """The weights serialised as safetensors: what the hash of a seed-initialised preset covers."""
+    return safetensors_save({k: v.detach().contiguous().cpu() for k, v in unet.state_dict().items()})

@@ -1,0 +1,35 @@
+"""``--save-io``: torch's inputs and outputs in Polygraphy's JSON formats, so that
+``polygraphy run model.onnx --onnxrt --load-inputs inputs.json --load-outputs outputs.json``
+compares ONNX Runtime with torch using the tool users already know."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from polygraphy.comparator import IterationResult, RunResults
+from polygraphy.json import save_json
+
+from ddpm_export.export.spec import ExportSpec
+from ddpm_export.export.validate import torch_reference
+from ddpm_export.nn.unet import UNet
+
+INPUTS_NAME, OUTPUTS_NAME = "inputs.json", "outputs.json"
+
+
+def save_torch_io(unet: UNet, spec: ExportSpec, out_dir: str | Path, *, force: bool = False,
+                  batch: int | None = None) -> tuple[Path, Path]:
+    """Write ``inputs.json`` (a list of feed dicts) and ``outputs.json`` (RunResults of runner
+    ``torch``) for one batch (default: the spec's opt batch) into ``out_dir``."""
+    out = Path(out_dir)
+    paths = out / INPUTS_NAME, out / OUTPUTS_NAME
+    existing = [str(p) for p in paths if p.exists()]
+    if existing and not force:
+        raise FileExistsError(f"{', '.join(existing)} exist; pass --force to overwrite")
+    out.mkdir(parents=True, exist_ok=True)
+    feeds = spec.sample_inputs(batch or spec.opt_batch, seed=0)
+    outputs = {spec.output_names[0]: torch_reference(unet, spec, feeds)}
+    results = RunResults()
+    results.append(("torch", [IterationResult(outputs=outputs, runner_name="torch")]))
+    save_json([feeds], str(paths[0]), description="torch inputs")
+    results.save(str(paths[1]))
+    return paths

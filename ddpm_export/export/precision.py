@@ -1,0 +1,61 @@
+"""The precision policy, written into the model so that export records it in the graph.
+
+``fp16`` is an explicitly typed mixed-precision network: convolutions, linears and activations
+in float16; the time embedding (sinusoid or table, and its MLP), the class embedding, every
+normalization's statistics, position codes, attention logits and softmax in float32. The graph's
+inputs and outputs stay float32; casts at the boundary are part of the graph.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Literal
+
+import torch
+from torch import nn
+
+from ddpm_export.nn.attention import RelativePositionBias, SinusoidalPosition2D
+from ddpm_export.nn.embeddings import ClassEmbedding, TimeEmbedding
+from ddpm_export.nn.layers import BatchNorm32, GroupNorm32
+from ddpm_export.nn.unet import UNet
+
+Precision = Literal["fp32", "fp16"]
+PRECISIONS: tuple[str, ...] = ("fp32", "fp16")
+#: modules whose parameters stay float32 in an fp16 model (they compute in float32)
+FP32_MODULES = (TimeEmbedding, ClassEmbedding, GroupNorm32, BatchNorm32, SinusoidalPosition2D, RelativePositionBias)
+FP32_ISLANDS = ("time_embedding", "class_embedding", "normalization_statistics", "position_codes",
+                "attention_logits_and_softmax")
+
+
+def policy(precision: str) -> dict[str, object]:
+    """The policy as recorded in the ONNX metadata."""
+    check_precision(precision)
+    return {"precision": precision, "io_dtype": "float32",
+            "compute_dtype": "float16" if precision == "fp16" else "float32",
+            "fp32_islands": list(FP32_ISLANDS) if precision == "fp16" else []}
+
+
+def check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r} is not valid; choose one of: {', '.join(PRECISIONS)}")
+
+
+class GraphModule(nn.Module):
+    """What is exported: float32 in, float32 out, the UNet computing in ``precision`` inside.
+
+    ``forward(x_t [B, C, H, W] f32, t [B] i64, cond?) -> [B, C_out, H, W] f32``.
+    """
+
+    def __init__(self, unet: UNet, precision: str) -> None:
+        super().__init__()
+        check_precision(precision)
+        self.unet = copy.deepcopy(unet).eval()
+        self.dtype = torch.float16 if precision == "fp16" else torch.float32
+        if precision == "fp16":
+            self.unet.half()
+            for module in self.unet.modules():
+                if isinstance(module, FP32_MODULES):
+                    module.float()
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        return self.unet(x_t.to(self.dtype), t, cond).float()

@@ -1,0 +1,97 @@
+"""Validation right after export: full checker, strict shape inference, and ONNX Runtime
+against torch float32 at min, opt, max and one interior batch."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+
+from ddpm_export.export.spec import ExportSpec
+from ddpm_export.nn.unet import UNet
+
+#: default limits per precision: max abs error for fp32, relative L2 error for fp16
+FP32_MAX_ABS = 1e-4
+FP16_REL_L2 = 2e-2
+
+
+class ValidationError(RuntimeError):
+    """The exported graph is malformed or disagrees with torch beyond the tolerance."""
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchError:
+    batch: int
+    max_abs: float
+    rel_l2: float
+
+
+@dataclasses.dataclass(frozen=True)
+class ValidationReport:
+    precision: str
+    errors: tuple[BatchError, ...]
+
+    @property
+    def max_abs(self) -> float:
+        return max(e.max_abs for e in self.errors)
+
+    @property
+    def rel_l2(self) -> float:
+        return max(e.rel_l2 for e in self.errors)
+
+
+def errors(actual: np.ndarray, expected: np.ndarray) -> tuple[float, float]:
+    """(max |a - e|, ||a - e||_2 / ||e||_2) in float64."""
+    a, e = actual.astype(np.float64), expected.astype(np.float64)
+    diff = a - e
+    return float(np.abs(diff).max()), float(np.linalg.norm(diff) / max(np.linalg.norm(e), 1e-30))
+
+
+def torch_reference(unet: UNet, spec: ExportSpec, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    """The float32 torch model's output on ``feeds`` (named as in ``spec``)."""
+    args = [torch.from_numpy(feeds[name]) for name in spec.input_names]
+    with torch.no_grad():
+        return unet.eval()(*args).numpy()
+
+
+def check_graph(path: str | Path) -> onnx.ModelProto:
+    """onnx.checker (full) and strict shape inference with type checks; returns the model."""
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+        model = onnx.load(str(path))
+        onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+        raise ValidationError(f"{path}: ONNX check failed: {e}") from e
+    return model
+
+
+def validate_onnx(path: str | Path, unet: UNet, spec: ExportSpec, precision: str, *,
+                  max_abs: float = FP32_MAX_ABS, rel_l2: float = FP16_REL_L2,
+                  log: Callable[[str], None] = print) -> ValidationReport:
+    """Run every check; raise ValidationError when one fails. fp32 is held to ``max_abs``,
+    fp16 to ``rel_l2`` (against the float32 torch model in both cases)."""
+    check_graph(path)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    results = []
+    for batch in spec.validation_batches():
+        feeds = spec.sample_inputs(batch, seed=batch)
+        got = session.run(None, feeds)[0]
+        if got.shape != spec.output_shape(batch) or got.dtype != np.float32:
+            raise ValidationError(f"{path}: batch {batch}: output {got.dtype}{list(got.shape)}, "
+                                  f"expected float32{list(spec.output_shape(batch))}")
+        err = BatchError(batch, *errors(got, torch_reference(unet, spec, feeds)))
+        log(f"  batch {batch:3d}: max abs {err.max_abs:.3e}  rel L2 {err.rel_l2:.3e}  (vs torch fp32)")
+        results.append(err)
+    report = ValidationReport(precision, tuple(results))
+    if not np.isfinite(report.max_abs):
+        raise ValidationError(f"{path}: non-finite outputs from ONNX Runtime")
+    if precision == "fp32" and report.max_abs > max_abs:
+        raise ValidationError(f"{path}: fp32 max abs error {report.max_abs:.3e} exceeds {max_abs:.1e}")
+    if precision == "fp16" and report.rel_l2 > rel_l2:
+        raise ValidationError(f"{path}: fp16 relative L2 error {report.rel_l2:.3e} exceeds {rel_l2:.1e}")
+    return report
