@@ -101,13 +101,17 @@ class UNetConfig(FrozenConfig):
                       f"{self.num_groups} must divide every level's channels {list(self.level_channels)}")
         check(self.time_embed_dim % 2 == 0 or self.time_embedding == "learned", "base_channels",
               "the sinusoidal embedding needs an even base_channels")
-        for c in self.level_channels:
+        attended = [c for c, r in zip(self.level_channels, self.resolutions) if r in self.attention_resolutions]
+        attended += [self.level_channels[-1]] if self.mid_attention else []
+        # every residual block holds attention when the time conditioning is attention
+        attended = list(self.level_channels) if self.time_conditioning == "attention" else attended
+        for c in attended:
             if self.head_dim is not None:
                 check(self.head_dim >= 1 and c % self.head_dim == 0, "head_dim",
-                      f"{self.head_dim} must divide every level's channels {list(self.level_channels)}")
+                      f"{self.head_dim} must divide the channels of every attention block {attended}")
             else:
                 check(c % self.num_heads == 0, "num_heads",
-                      f"{self.num_heads} must divide every level's channels {list(self.level_channels)}")
+                      f"{self.num_heads} must divide the channels of every attention block {attended}")
         has_attention = bool(self.attention_resolutions) or self.mid_attention
         if self.num_classes is not None:
             check(self.num_classes >= 1, "num_classes", f"must be >= 1, got {self.num_classes}")

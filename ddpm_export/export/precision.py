@@ -52,10 +52,10 @@ class GraphModule(nn.Module):
         self.unet = copy.deepcopy(unet).eval()
         self.dtype = torch.float16 if precision == "fp16" else torch.float32
         if precision == "fp16":
-            self.unet.half()
+            keep = {id(sub) for m in self.unet.modules() if isinstance(m, FP32_MODULES) for sub in m.modules()}
             for module in self.unet.modules():
-                if isinstance(module, FP32_MODULES):
-                    module.float()
+                if id(module) not in keep:  # converted one module at a time: fp32 weights never round-trip fp16
+                    module._apply(lambda x: x.half() if x.is_floating_point() else x, recurse=False)
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         return self.unet(x_t.to(self.dtype), t, cond).float()
