@@ -1,0 +1,67 @@
+"""Which of the T trained timesteps a sampler with N inference steps visits, and in what order.
+
+Table 2 of Lin et al. 2024, "Common Diffusion Noise Schedules and Sample Steps are Flawed",
+names the spacings; both reproduce diffusers' ``set_timesteps`` exactly (its third spacing,
+``linspace``, is not offered).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+
+TimestepSpacing = Literal["leading", "trailing"]
+
+__all__ = ["TimestepSpacing", "previous_timesteps", "spaced_timesteps"]
+
+
+def _leading(T: int, n: int, steps_offset: int) -> np.ndarray:
+    # t_i = i * (T // n) + offset, i = n-1 .. 0: starts below T-1 unless n divides T - offset.
+    return (np.arange(n, dtype=np.int64) * (T // n))[::-1] + steps_offset
+
+
+def _trailing(T: int, n: int, steps_offset: int) -> np.ndarray:
+    # t = round(T - i * T / n) - 1, i = 0 .. n-1: always starts at T-1.
+    return np.round(np.arange(T, 0, -T / n)).astype(np.int64) - 1
+
+
+_SPACINGS = {"leading": _leading, "trailing": _trailing}
+
+
+def spaced_timesteps(T: int, n: int, spacing: TimestepSpacing, steps_offset: int = 0) -> np.ndarray:
+    """The ``n`` timesteps a sampler visits, descending: ``[n]`` int64, values in ``[0, T)``.
+
+    - ``leading``: ``t = i * (T // n) + steps_offset`` for ``i = n-1 .. 0`` (DDIM paper, diffusers'
+      default; T=1000, n=50 gives 980, 960, ..., 0).
+    - ``trailing``: ``t = round(T - i * T / n) - 1`` for ``i = 0 .. n-1`` (999, 979, ..., 19).
+      ``steps_offset`` must be 0.
+
+    Raises ValueError when ``n`` is outside ``[1, T]``, the spacing is unknown, or the offset
+    pushes a timestep past ``T - 1``.
+    """
+    if spacing not in _SPACINGS:
+        listed = ", ".join(repr(s) for s in _SPACINGS)
+        raise ValueError(f"timestep_spacing={spacing!r} is not valid; choose one of: {listed}")
+    if not 1 <= n <= T:
+        raise ValueError(f"num_inference_steps={n} must be in [1, num_train_timesteps={T}]")
+    if steps_offset != 0 and spacing != "leading":
+        raise ValueError(f"steps_offset={steps_offset} only applies to leading spacing")
+    timesteps = _SPACINGS[spacing](T, n, steps_offset)
+    if timesteps[0] >= T:
+        raise ValueError(
+            f"steps_offset={steps_offset} puts the first of {n} leading-spaced timesteps at "
+            f"{timesteps[0]}, past the last trained timestep {T - 1}"
+        )
+    return timesteps
+
+
+def previous_timesteps(timesteps: np.ndarray) -> dict[int, int]:
+    """Map each visited timestep to the next one visited (its "previous" in the chain), -1 last.
+
+    diffusers' DDPMScheduler does the same. Its DDIMScheduler instead uses ``t - T // n``, which
+    agrees with this everywhere except trailing spacing with ``T % n != 0`` (there diffusers
+    steps to a timestep it then does not resume from).
+    """
+    values = [int(t) for t in timesteps]
+    return dict(zip(values, values[1:] + [-1]))

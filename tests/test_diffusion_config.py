@@ -1,0 +1,73 @@
+"""DiffusionConfig: defaults, JSON round trip, and the messages of invalid configs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ddpm_export.configbase import ConfigError
+from ddpm_export.diffusion import DiffusionConfig
+
+
+def test_defaults_follow_diffusers() -> None:
+    c = DiffusionConfig()
+    assert (c.version, c.num_train_timesteps, c.beta_schedule, c.beta_start, c.beta_end) == (
+        1, 1000, "linear", 1e-4, 0.02)
+    assert (c.prediction_type, c.variance_type, c.clip_sample, c.clip_sample_range) == (
+        "epsilon", "fixed_small", True, 1.0)
+    assert (c.timestep_spacing, c.steps_offset, c.set_alpha_to_one) == ("leading", 0, True)
+    assert (c.sampler, c.num_inference_steps, c.eta) == ("ddim", 50, 0.0)
+
+
+@pytest.mark.parametrize("config", [
+    DiffusionConfig(),
+    DiffusionConfig(beta_schedule="cosine", prediction_type="v_prediction", variance_type="fixed_large",
+                    clip_sample=False, timestep_spacing="trailing", set_alpha_to_one=False, sampler="ddpm",
+                    num_inference_steps=1000, eta=0.5),
+    DiffusionConfig(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, steps_offset=1,
+                    prediction_type="sample", clip_sample_range=2.5),
+])
+def test_json_round_trip(config: DiffusionConfig) -> None:
+    text = config.to_json()
+    assert DiffusionConfig.from_json(text) == config
+    assert json.loads(text)["version"] == 1
+    assert DiffusionConfig.from_dict(config.to_dict()) == config
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(beta_schedule="quadratic"),
+     "beta_schedule='quadratic' is not valid; choose one of: 'linear', 'scaled_linear', 'cosine'"),
+    (dict(prediction_type="eps"), "prediction_type='eps' is not valid; choose one of: 'epsilon', 'sample', 'v_prediction'"),
+    (dict(variance_type="learned"), "choose one of: 'fixed_small', 'fixed_large'"),
+    (dict(timestep_spacing="linspace"), "choose one of: 'leading', 'trailing'"),
+    (dict(sampler="euler"), "sampler='euler' is not valid; choose one of: 'ddim', 'ddpm'"),
+    (dict(num_inference_steps=50.0), "num_inference_steps=50.0 has the wrong type; expected int"),
+    (dict(version=2), "version: 2 is not supported"),
+    (dict(num_train_timesteps=1), "num_train_timesteps: must be >= 2, got 1"),
+    (dict(beta_start=0.0), "beta_start: must be in (0, 1), got 0.0"),
+    (dict(beta_start=0.03), "beta_end: must be >= beta_start=0.03, got 0.02"),
+    (dict(clip_sample_range=0.0), "clip_sample_range: must be > 0"),
+    (dict(num_inference_steps=0), "num_inference_steps: must be in [1, num_train_timesteps=1000], got 0"),
+    (dict(num_inference_steps=1001), "num_inference_steps: must be in [1, num_train_timesteps=1000], got 1001"),
+    (dict(eta=1.5), "eta: must be in [0, 1], got 1.5"),
+    (dict(steps_offset=-1), "steps_offset: must be >= 0, got -1"),
+    (dict(steps_offset=1, timestep_spacing="trailing"), "steps_offset: only applies to timestep_spacing='leading'"),
+    (dict(steps_offset=1, num_inference_steps=1000), "past the last trained timestep 999"),
+])
+def test_invalid_configs_name_the_field(kwargs: dict, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        DiffusionConfig(**kwargs)
+    assert message in str(info.value)
+
+
+def test_cosine_does_not_read_beta_range() -> None:
+    # squaredcos_cap_v2 is defined by abar(t) alone; beta_start / beta_end are not checked for it
+    assert DiffusionConfig(beta_schedule="cosine", beta_start=0.5, beta_end=0.1).beta_schedule == "cosine"
+
+
+def test_unknown_field_and_bad_json_are_refused() -> None:
+    with pytest.raises(ConfigError, match="unknown field\\(s\\) betas"):
+        DiffusionConfig.from_dict({"betas": [0.1]})
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        DiffusionConfig.from_json("{")
