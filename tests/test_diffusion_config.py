@@ -38,7 +38,8 @@ def test_json_round_trip(config: DiffusionConfig) -> None:
 @pytest.mark.parametrize("kwargs,message", [
     (dict(beta_schedule="quadratic"),
      "beta_schedule='quadratic' is not valid; choose one of: 'linear', 'scaled_linear', 'cosine'"),
-    (dict(prediction_type="eps"), "prediction_type='eps' is not valid; choose one of: 'epsilon', 'sample', 'v_prediction'"),
+    (dict(prediction_type="eps"),
+     "prediction_type='eps' is not valid; choose one of: 'epsilon', 'sample', 'v_prediction'"),
     (dict(variance_type="learned"), "choose one of: 'fixed_small', 'fixed_large'"),
     (dict(timestep_spacing="linspace"), "choose one of: 'leading', 'trailing'"),
     (dict(sampler="euler"), "sampler='euler' is not valid; choose one of: 'ddim', 'ddpm'"),

@@ -41,6 +41,15 @@ def test_spacings() -> None:
         spaced_timesteps(1000, 4, "linspace")  # type: ignore[arg-type]
 
 
+def test_every_step_count_gives_n_distinct_timesteps() -> None:
+    # diffusers' trailing spacing returns n + 1 timesteps, the last -1, for n = 61, 103, ...
+    for spacing in ("leading", "trailing"):
+        for n in range(1, 1001):
+            ts = spaced_timesteps(1000, n, spacing)  # type: ignore[arg-type]
+            assert len(ts) == n and len(set(ts.tolist())) == n and 0 <= ts.min() and ts.max() <= 999
+            assert np.all(np.diff(ts) < 0)
+
+
 def test_trailing_with_uneven_steps_steps_to_the_next_visited_timestep() -> None:
     # diffusers' DDIM would step 666 -> 666 - 1000 // 3 = 333 and then resume from 332
     s = DDIMScheduler(DiffusionConfig(timestep_spacing="trailing", num_inference_steps=3))

@@ -24,7 +24,8 @@ import pytest
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 
-from ddpm_export.diffusion import DDIMScheduler, DDPMScheduler, DiffusionConfig, Schedule, sample  # noqa: E402
+from ddpm_export.diffusion import (DDIMScheduler, DDPMScheduler, DiffusionConfig, Schedule,  # noqa: E402
+                                   sample, spaced_timesteps)
 
 TOL = 1e-6          # diffusers step code in float64, our schedule
 TOL_STOCK = 1e-3    # stock diffusers in float32 (see the module doc)
@@ -95,6 +96,21 @@ def test_timesteps_match_diffusers(spacing: str, n: int, offset: int) -> None:
         np.testing.assert_array_equal(ours.timesteps, ref.timesteps.numpy())
 
 
+def test_timesteps_match_diffusers_for_every_step_count() -> None:
+    leading = diffusers.DDIMScheduler(timestep_spacing="leading", steps_offset=1)
+    trailing = diffusers.DDIMScheduler(timestep_spacing="trailing")
+    for n in range(1, 1001):
+        if n < 1000:  # offset 1 would push n = 1000 past t = 999
+            leading.set_timesteps(n)
+            np.testing.assert_array_equal(spaced_timesteps(1000, n, "leading", 1), leading.timesteps.numpy())
+        trailing.set_timesteps(n)
+        ref = trailing.timesteps.numpy()
+        if len(ref) == n + 1:  # diffusers' extra timestep -1 (n = 61, 103, ...); we keep n
+            assert ref[-1] == -1
+            ref = ref[:n]
+        np.testing.assert_array_equal(spaced_timesteps(1000, n, "trailing"), ref)
+
+
 def _float64_ddpm(ours: DDPMScheduler):
     """diffusers' DDPMScheduler whose step runs in float64 on our schedule."""
     ref = diffusers.DDPMScheduler(variance_type=ours.config.variance_type, **_diffusers_kwargs(ours.config))
@@ -108,7 +124,8 @@ def _float64_ddim(ours: DDIMScheduler):
     c = ours.config
     ref = diffusers.DDIMScheduler(set_alpha_to_one=c.set_alpha_to_one, **_diffusers_kwargs(c))
     ref.alphas_cumprod = torch.from_numpy(ours.schedule.alphas_cumprod.astype(np.float64))
-    ref.final_alpha_cumprod = ref.alphas_cumprod[0] if not c.set_alpha_to_one else torch.tensor(1.0, dtype=torch.float64)
+    one = torch.tensor(1.0, dtype=torch.float64)
+    ref.final_alpha_cumprod = one if c.set_alpha_to_one else ref.alphas_cumprod[0]  # abar past the end
     return ref
 
 

@@ -31,6 +31,8 @@ class Backend(Protocol):
     ``backend(x_t, t, cond)`` with ``x_t`` ``[B, C, H, W]`` float32, ``t`` ``[B]`` int64 and
     ``cond`` ``None``, class ids ``[B]`` int64 or a context ``[B, L, D]`` float32, returns the
     model output ``[B, C, H, W]`` float32 (read by the scheduler per its ``prediction_type``).
+    The returned array must be the caller's to keep: a backend with a reused output buffer
+    (IOBinding, TensorRT host buffers) returns a copy, so recorded trajectories stay intact.
     """
 
     def __call__(self, x_t: np.ndarray, t: np.ndarray, cond: np.ndarray | None) -> np.ndarray: ...

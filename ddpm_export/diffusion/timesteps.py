@@ -16,14 +16,17 @@ TimestepSpacing = Literal["leading", "trailing"]
 __all__ = ["TimestepSpacing", "previous_timesteps", "spaced_timesteps"]
 
 
-def _leading(T: int, n: int, steps_offset: int) -> np.ndarray:
-    # t_i = i * (T // n) + offset, i = n-1 .. 0: starts below T-1 unless n divides T - offset.
-    return (np.arange(n, dtype=np.int64) * (T // n))[::-1] + steps_offset
+def _leading(T: int, n: int) -> np.ndarray:
+    # t_i = i * (T // n), i = n-1 .. 0: ends at 0, starts below T-1 unless n = T.
+    return (np.arange(n, dtype=np.int64) * (T // n))[::-1]
 
 
-def _trailing(T: int, n: int, steps_offset: int) -> np.ndarray:
-    # t = round(T - i * T / n) - 1, i = 0 .. n-1: always starts at T-1.
-    return np.round(np.arange(T, 0, -T / n)).astype(np.int64) - 1
+def _trailing(T: int, n: int) -> np.ndarray:
+    # t = round(T - i * T / n) - 1, i = 0 .. n-1: starts at T-1. Built with np.arange as diffusers
+    # does, because arange's own rounding decides ties (T=1000, n=48: 937.4999.. -> 936, not 937).
+    # For some n (61, 103, ... at T = 1000) that arange has an extra (n+1)-th value, which diffusers
+    # keeps as a timestep of -1; we keep the first n.
+    return np.round(np.arange(T, 0, -T / n)[:n]).astype(np.int64) - 1
 
 
 _SPACINGS = {"leading": _leading, "trailing": _trailing}
@@ -47,7 +50,7 @@ def spaced_timesteps(T: int, n: int, spacing: TimestepSpacing, steps_offset: int
         raise ValueError(f"num_inference_steps={n} must be in [1, num_train_timesteps={T}]")
     if steps_offset != 0 and spacing != "leading":
         raise ValueError(f"steps_offset={steps_offset} only applies to leading spacing")
-    timesteps = _SPACINGS[spacing](T, n, steps_offset)
+    timesteps = _SPACINGS[spacing](T, n) + steps_offset
     if timesteps[0] >= T:
         raise ValueError(
             f"steps_offset={steps_offset} puts the first of {n} leading-spaced timesteps at "
