@@ -92,7 +92,12 @@ class UNetConfig(FrozenConfig):
         check(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1), got {self.dropout}")
         check(self.norm_eps > 0, "norm_eps", f"must be > 0, got {self.norm_eps}")
         check(self.max_period > 1, "max_period", f"must be > 1, got {self.max_period}")
-        check(self.kernel_size % 2 == 1, "kernel_size", f"must be odd, got {self.kernel_size}")
+        if self.time_embedding != "learned":
+            half = (4 * self.base_channels if self.time_embedding == "hybrid" else self.base_channels) // 2
+            check(self.freq_shift < half, "freq_shift",
+                  f"{self.freq_shift} must be < half the sinusoid width ({half}), else the frequencies divide by <= 0")
+        check(self.kernel_size >= 1 and self.kernel_size % 2 == 1, "kernel_size",
+              f"must be a positive odd number, got {self.kernel_size}")
         check(self.dilation >= 1, "dilation", f"must be >= 1, got {self.dilation}")
         check(all(r >= 1 for r in self.aspp_rates), "aspp_rates", f"rates must be >= 1, got {self.aspp_rates}")
         if self.norm == "group" or self.time_conditioning == "adain":

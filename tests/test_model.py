@@ -36,17 +36,6 @@ NUM_CLASSES = 5
 CONTEXT_DIM = 6
 CONTEXT_LEN = 3
 
-BUG_CLASS_CROSS_ATTENTION = (
-    "BUG: class_conditioning='cross_attention' attends to a single token "
-    "(UNet.embed returns label_emb[:, None, :]); softmax over one key is constantly 1, so "
-    "norm_cross, to_q and to_k of every cross-attention get exactly zero gradient (dead parameters)")
-BUG_BATCHNORM_DTYPE = (
-    "BUG: BatchNorm32.forward casts x, weight and bias to float32 but not running_mean / "
-    "running_var, so a norm='batch' model in float64 / float16 / bfloat16 raises "
-    "'expected scalar type Float'")
-BUG_ATTENTION_CONDITIONING_ZERO_INIT = (
-    "BUG: zero_init does not zero AttentionConditioning.attn.to_out, the last layer of the "
-    "residual attention branch 'n + Attn(n, tokens)' inside time_conditioning='attention'")
 
 # name -> overrides of SMALL; together they turn every switch of UNetConfig on and off.
 VARIANTS: dict[str, dict] = {
@@ -96,8 +85,7 @@ VARIANTS: dict[str, dict] = {
     "zero-init": dict(zero_init=True),
 }
 #: variants whose gradient test fails because of a known bug
-GRAD_XFAIL = {"class-cross-attention": BUG_CLASS_CROSS_ATTENTION,
-              "class-cross-attention-no-null": BUG_CLASS_CROSS_ATTENTION}
+
 
 
 def small_config(**overrides) -> UNetConfig:
@@ -127,11 +115,6 @@ def randomise(model: nn.Module, seed: int = 0) -> nn.Module:
         for p in model.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * 0.3)
     return model
-
-
-def with_grad_xfails(variants: list[str]) -> list:
-    return [pytest.param(v, marks=pytest.mark.xfail(reason=GRAD_XFAIL[v], strict=True, raises=AssertionError))
-            if v in GRAD_XFAIL else v for v in variants]
 
 
 # --- every switch ----------------------------------------------------------------------------
@@ -164,7 +147,7 @@ def test_forward_shape_finite_and_depends_on_t_and_cond(variant):
             assert (model(x, t, other) - out).abs().amax(dim=(1, 2, 3)).min() > 1e-4
 
 
-@pytest.mark.parametrize("variant", with_grad_xfails(list(VARIANTS)))
+@pytest.mark.parametrize("variant", list(VARIANTS))
 def test_gradients_reach_every_parameter(variant):
     cfg = small_config(**{**VARIANTS[variant], "dropout": 0.0})
     model = randomise(build_model(cfg)).train()
@@ -327,7 +310,6 @@ def test_zero_init_zeroes_the_last_layer_of_every_branch():
             assert all(torch.count_nonzero(p) == 0 for p in aspp.proj.parameters())
 
 
-@pytest.mark.xfail(reason=BUG_ATTENTION_CONDITIONING_ZERO_INIT, strict=True, raises=AssertionError)
 def test_zero_init_zeroes_every_attention_to_out():
     model = build_model(small_config(time_conditioning="attention", zero_init=True))
     conditionings = [m for m in model.modules() if isinstance(m, AttentionConditioning)]
@@ -373,7 +355,7 @@ NUMERIC_VARIANTS = ["default", "norm-layer", "cond-film", "cond-attention", "pos
 
 
 @pytest.mark.parametrize("variant", NUMERIC_VARIANTS + [
-    pytest.param("norm-batch", marks=pytest.mark.xfail(reason=BUG_BATCHNORM_DTYPE, strict=True, raises=RuntimeError))])
+    "norm-batch"])
 def test_float64_agrees_with_float32(variant):
     """Norms, softmax and the time embedding compute in float32 by design, so float64 agrees to ~1e-5."""
     cfg = small_config(**VARIANTS[variant])
@@ -389,8 +371,7 @@ def test_float64_agrees_with_float32(variant):
     assert (out32.double() - out64).abs().max().item() <= 1e-4 * max(scale, 1.0)
 
 
-@pytest.mark.parametrize("variant", ["default", "norm-layer", "post", "cond-adain", pytest.param(
-    "norm-batch", marks=pytest.mark.xfail(reason=BUG_BATCHNORM_DTYPE, strict=True, raises=RuntimeError))])
+@pytest.mark.parametrize("variant", ["default", "norm-layer", "post", "cond-adain", "norm-batch"])
 def test_bfloat16_model_runs_and_tracks_float32(variant):
     """Export in reduced precision: norms and softmax compute in float32, the rest in bf16."""
     cfg = small_config(**VARIANTS[variant])

@@ -13,7 +13,7 @@ from torch import nn
 
 from ddpm_export.config import UNetConfig
 from ddpm_export.nn.attention import Attention
-from ddpm_export.nn.layers import instance_norm, make_norm
+from ddpm_export.nn.layers import instance_norm, make_norm, zero_module
 
 #: number of tokens the embedding is split into for ``time_conditioning="attention"``
 TIME_TOKENS = 4
@@ -76,6 +76,8 @@ class AttentionConditioning(nn.Module):
         self.proj = nn.Linear(emb_dim, TIME_TOKENS * channels)
         self.norm = make_norm(cfg, channels)
         self.attn = Attention(channels, cfg.heads_for(channels))
+        if cfg.zero_init:
+            zero_module(self.attn.to_out)
 
     def forward(self, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         b, c, hgt, wid = h.shape

@@ -29,8 +29,13 @@ class BatchNorm32(nn.BatchNorm2d):
         use_batch_stats = self.training or self.running_mean is None
         if self.training and self.num_batches_tracked is not None:
             self.num_batches_tracked.add_(1)
-        y = F.batch_norm(x.float(), self.running_mean, self.running_var, self.weight.float(),
-                         self.bias.float(), use_batch_stats, self.momentum, self.eps)
+        mean = None if self.running_mean is None else self.running_mean.float()
+        var = None if self.running_var is None else self.running_var.float()
+        y = F.batch_norm(x.float(), mean, var, self.weight.float(), self.bias.float(),
+                         use_batch_stats, self.momentum, self.eps)
+        if self.training and mean is not None and mean is not self.running_mean:
+            self.running_mean.copy_(mean)  # statistics updated in a float32 copy of non-float32 buffers
+            self.running_var.copy_(var)
         return y.to(x.dtype)
 
 

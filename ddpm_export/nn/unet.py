@@ -100,7 +100,8 @@ class UNet(nn.Module):
         label_emb = self.class_embedding(cond)
         if self.config.class_conditioning == "embedding":
             return emb + label_emb, None
-        return emb, label_emb[:, None, :]
+        # two tokens (time, class): softmax over a single key would be constant 1
+        return emb, torch.stack([emb, label_emb], dim=1)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         """x [B, C, H, W], t [B] int64, cond: class ids [B] int64, a context [B, L, D], or None."""
