@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
+
 import click
 
-from ddpm_export import __version__
+from ddpm_export import __version__, commands
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -21,72 +24,14 @@ def main() -> None:
     """
 
 
-@main.command("models")
-def models_cmd() -> None:
-    """List the presets in models/ with their parameter counts (needs torch)."""
-    from ddpm_export import load_model
-    from ddpm_export.presets import preset_names
-
-    rows = []
-    for name in preset_names():
-        model = load_model(name)
-        cfg = model.config
-        n = sum(p.numel() for p in model.parameters())
-        cond = {"none": "unconditional", "class": f"{cfg.num_classes} classes",
-                "context": f"context dim {cfg.context_dim}"}[cfg.cond_kind]
-        rows.append((name, f"{n:,}", f"{cfg.in_channels}x{cfg.sample_size}x{cfg.sample_size}", cond))
-    widths = [max(len(r[i]) for r in rows + [("preset", "parameters", "input", "conditioning")]) for i in range(4)]
-    header = ("preset", "parameters", "input", "conditioning")
-    for row in [header, *rows]:
-        click.echo("  ".join(c.ljust(w) if i != 1 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip())
+def _register_commands() -> None:
+    """Every module of ``ddpm_export.commands`` defines one click command named ``command``."""
+    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"{commands.__name__}.{info.name}")
+        main.add_command(module.command)
 
 
-@main.command("onnx")
-@click.option("--model", "-m", "model", required=True,
-              help="A preset name (see `ddpm-export models`), our checkpoint folder, or a diffusers UNet2DModel folder.")
-@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="The .onnx file to write.")
-@click.option("--opset", type=click.IntRange(17, 23), default=20, help="ONNX opset (onnx-attention needs 23).")
-@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32",
-              help="fp16: explicitly typed mixed precision (time embedding, norm statistics and softmax stay fp32).")
-@click.option("--attention", type=click.Choice(["auto", "decomposed", "ort-mha", "onnx-attention"]), default="auto",
-              help="Form of attention in the graph; auto picks per --target.")
-@click.option("--target", type=click.Choice(["any", "onnxruntime", "tensorrt"]), default="any",
-              help="Where the file will run; decides --attention auto (ort-mha for onnxruntime, else decomposed).")
-@click.option("--min-batch", type=click.IntRange(1), default=1, help="Smallest batch the graph accepts.")
-@click.option("--opt-batch", type=click.IntRange(1), default=4, help="Batch TensorRT optimises for.")
-@click.option("--max-batch", type=click.IntRange(1), default=16, help="Largest batch the graph accepts.")
-@click.option("--save-io", type=click.Path(file_okay=False), default=None,
-              help="Also write torch's inputs/outputs as Polygraphy JSON (inputs.json, outputs.json) here.")
-@click.option("--validate/--no-validate", default=True, help="Check the graph and compare ONNX Runtime with torch.")
-@click.option("--force", is_flag=True, help="Overwrite existing output files.")
-def onnx_cmd(model: str, output: str, opset: int, precision: str, attention: str, target: str, min_batch: int,
-             opt_batch: int, max_batch: int, save_io: str | None, validate: bool, force: bool) -> None:
-    """Export a model to ONNX and validate it against PyTorch.
-
-    \b
-    The file carries its model config, schedule, precision policy and source hash in its
-    metadata; it is written only after validation passes (temp file + rename).
-    \b
-    Examples:
-      ddpm-export onnx --model ddpm-cifar10 -o cifar10.onnx
-      ddpm-export onnx --model tiny -o tiny16.onnx --precision fp16 --target tensorrt
-    """
-    from ddpm_export.export.onnx import export_onnx
-    from ddpm_export.export.validate import ValidationError
-
-    try:
-        click.echo(f"exporting {model} -> {output} ({precision}, opset {opset})")
-        result = export_onnx(model, output, opset=opset, precision=precision, attention=attention, target=target,
-                             min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch, validate=validate,
-                             save_io=save_io, force=force, log=click.echo)
-    except (ValueError, FileExistsError, ValidationError) as e:
-        raise click.ClickException(str(e)) from e
-    size = result.size_bytes / 2**20
-    click.echo(f"wrote {result.path} ({size:.2f} MiB) in {result.seconds:.1f} s; attention {result.attention}, "
-               f"batch {result.spec.min_batch}..{result.spec.max_batch}")
-    if result.validation is not None:
-        click.echo(f"validation passed: max abs {result.validation.max_abs:.3e}, rel L2 {result.validation.rel_l2:.3e}")
-
+_register_commands()
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -29,7 +29,7 @@ from ddpm_export.export.precision import GraphModule, check_precision, policy
 from ddpm_export.export.spec import ExportSpec
 from ddpm_export.export.validate import ValidationReport, validate_onnx
 from ddpm_export.nn.attention import use_attention_kernel
-from ddpm_export.nn.checkpoint import load_model, weights_path
+from ddpm_export.nn.checkpoint import diffusion_config_for, load_model, weights_path
 from ddpm_export.nn.unet import UNet
 
 DEFAULT_OPSET = 20
@@ -56,6 +56,9 @@ def export_onnx(model: str | Path, out: str | Path, *, opset: int = DEFAULT_OPSE
                 log: Callable[[str], None] = print) -> ExportResult:
     """Export ``model`` (a preset name, our checkpoint folder or a diffusers folder) to ``out``.
 
+    The schedule recorded in the metadata is ``diffusion``, else the folder's ``diffusion.json``,
+    else the default DiffusionConfig.
+
     Raises FileExistsError when ``out`` exists and not ``force``; ValueError for bad options;
     ``ValidationError`` when the exported graph disagrees with torch (nothing is written then).
     """
@@ -79,7 +82,7 @@ def export_onnx(model: str | Path, out: str | Path, *, opset: int = DEFAULT_OPSE
     proto.metadata_props.clear()
     for key, value in {
         md.UNET_CONFIG: md.dumps(unet.config.to_dict()),
-        md.DIFFUSION_CONFIG: md.dumps((diffusion or DiffusionConfig()).to_dict()),
+        md.DIFFUSION_CONFIG: md.dumps((diffusion or diffusion_config_for(model) or DiffusionConfig()).to_dict()),
         md.EXPORT_SPEC: md.dumps(spec.to_dict()),
         md.PRECISION_POLICY: md.dumps(policy(precision)),
         md.ATTENTION: form,

@@ -16,10 +16,12 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ddpm_export.config import UNetConfig
+from ddpm_export.diffusion.config import DiffusionConfig
 from ddpm_export.nn.unet import UNet
 from ddpm_export.presets import preset_dir
 
 CONFIG_NAME = "config.json"
+DIFFUSION_NAME = "diffusion.json"  # optional: the DiffusionConfig the weights were trained with
 WEIGHTS_NAME = "model.safetensors"
 DIFFUSERS_WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 
@@ -35,8 +37,10 @@ def build_model(cfg: UNetConfig, seed: int = 0) -> UNet:
         return UNet(cfg)
 
 
-def save_checkpoint(model: UNet, out_dir: str | Path, *, force: bool = False) -> Path:
-    """Write ``config.json`` + ``model.safetensors`` atomically (temp folder + rename).
+def save_checkpoint(model: UNet, out_dir: str | Path, *, diffusion: DiffusionConfig | None = None,
+                    force: bool = False) -> Path:
+    """Write ``config.json`` + ``model.safetensors`` (+ ``diffusion.json`` when given) atomically
+    (temp folder + rename).
 
     An existing ``out_dir`` is refused unless ``force``.
     """
@@ -51,6 +55,8 @@ def save_checkpoint(model: UNet, out_dir: str | Path, *, force: bool = False) ->
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "producer": "ddpm-export"})
         (tmp / CONFIG_NAME).write_text(model.config.to_json() + "\n", encoding="utf-8")
+        if diffusion is not None:
+            (tmp / DIFFUSION_NAME).write_text(diffusion.to_json() + "\n", encoding="utf-8")
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
@@ -101,10 +107,21 @@ def is_diffusers_folder(folder: Path) -> bool:
         return False
 
 
+def model_folder(spec: str | Path) -> Path:
+    """The folder behind ``spec``: the path itself, or the preset's folder in models/."""
+    path = Path(spec)
+    return path if path.is_dir() else preset_dir(str(spec))
+
+
+def diffusion_config_for(spec: str | Path) -> DiffusionConfig | None:
+    """The model folder's ``diffusion.json``, or None when it has none."""
+    path = model_folder(spec) / DIFFUSION_NAME
+    return DiffusionConfig.load(path) if path.is_file() else None
+
+
 def weights_path(spec: str | Path) -> Path | None:
     """The weights file ``load_model(spec)`` reads, or None for a preset initialised from a seed."""
-    path = Path(spec)
-    folder = path if path.is_dir() else preset_dir(str(spec))
+    folder = model_folder(spec)
     for name in (WEIGHTS_NAME, DIFFUSERS_WEIGHTS_NAME):
         if (folder / name).is_file():
             return folder / name

@@ -1,0 +1,52 @@
+"""`ddpm-export onnx`: export and validate."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command("onnx")
+@click.option("--model", "-m", "model", required=True,
+              help="A preset name (see `ddpm-export models`), our checkpoint folder, or a diffusers UNet2DModel folder.")
+@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="The .onnx file to write.")
+@click.option("--opset", type=click.IntRange(17, 23), default=20, help="ONNX opset (onnx-attention needs 23).")
+@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32",
+              help="fp16: explicitly typed mixed precision (time embedding, norm statistics and softmax stay fp32).")
+@click.option("--attention", type=click.Choice(["auto", "decomposed", "ort-mha", "onnx-attention"]), default="auto",
+              help="Form of attention in the graph; auto picks per --target.")
+@click.option("--target", type=click.Choice(["any", "onnxruntime", "tensorrt"]), default="any",
+              help="Where the file will run; decides --attention auto (ort-mha for onnxruntime, else decomposed).")
+@click.option("--min-batch", type=click.IntRange(1), default=1, help="Smallest batch the graph accepts.")
+@click.option("--opt-batch", type=click.IntRange(1), default=4, help="Batch TensorRT optimises for.")
+@click.option("--max-batch", type=click.IntRange(1), default=16, help="Largest batch the graph accepts.")
+@click.option("--save-io", type=click.Path(file_okay=False), default=None,
+              help="Also write torch's inputs/outputs as Polygraphy JSON (inputs.json, outputs.json) here.")
+@click.option("--validate/--no-validate", default=True, help="Check the graph and compare ONNX Runtime with torch.")
+@click.option("--force", is_flag=True, help="Overwrite existing output files.")
+def command(model: str, output: str, opset: int, precision: str, attention: str, target: str, min_batch: int,
+             opt_batch: int, max_batch: int, save_io: str | None, validate: bool, force: bool) -> None:
+    """Export a model to ONNX and validate it against PyTorch.
+
+    \b
+    The file carries its model config, schedule, precision policy and source hash in its
+    metadata; it is written only after validation passes (temp file + rename).
+    \b
+    Examples:
+      ddpm-export onnx --model ddpm-cifar10 -o cifar10.onnx
+      ddpm-export onnx --model tiny -o tiny16.onnx --precision fp16 --target tensorrt
+    """
+    from ddpm_export.export.onnx import export_onnx
+    from ddpm_export.export.validate import ValidationError
+
+    try:
+        click.echo(f"exporting {model} -> {output} ({precision}, opset {opset})")
+        result = export_onnx(model, output, opset=opset, precision=precision, attention=attention, target=target,
+                             min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch, validate=validate,
+                             save_io=save_io, force=force, log=click.echo)
+    except (ValueError, FileExistsError, ValidationError) as e:
+        raise click.ClickException(str(e)) from e
+    size = result.size_bytes / 2**20
+    click.echo(f"wrote {result.path} ({size:.2f} MiB) in {result.seconds:.1f} s; attention {result.attention}, "
+               f"batch {result.spec.min_batch}..{result.spec.max_batch}")
+    if result.validation is not None:
+        click.echo(f"validation passed: max abs {result.validation.max_abs:.3e}, rel L2 {result.validation.rel_l2:.3e}")
