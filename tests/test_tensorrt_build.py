@@ -1,0 +1,89 @@
+"""`ddpm-export trt`: everything decided before TensorRT is touched is checked on the CPU; the
+build itself needs a GPU and the tensorrt package (marked, skipped here with the reason)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from ddpm_export.cli import main
+from ddpm_export.export.metadata import sha256_file
+from ddpm_export.export.onnx import export_onnx
+from ddpm_export.export.tensorrt import TensorRTUnavailable, build_engine, plan_engine, tensorrt_missing
+from ddpm_export.runtime.tensorrt import read_sidecar, sidecar_path
+
+
+@pytest.fixture(scope="module")
+def onnx_files(tmp_path_factory):
+    out = tmp_path_factory.mktemp("trt")
+    files = {}
+    for precision in ("fp32", "fp16"):
+        files[precision] = export_onnx("tiny", out / f"tiny-{precision}.onnx", precision=precision,
+                                       target="tensorrt", min_batch=1, opt_batch=2, max_batch=8,
+                                       log=lambda s: None).path
+    return files
+
+
+def test_plan_takes_profile_precision_and_hash_from_the_file(onnx_files):
+    plan = plan_engine(onnx_files["fp16"])
+    assert plan.precision == "fp16"
+    assert plan.onnx_sha256 == sha256_file(onnx_files["fp16"])
+    assert plan.profile == {"x_t": ((1, 3, 16, 16), (2, 3, 16, 16), (8, 3, 16, 16)),
+                            "t": ((1,), (2,), (8,))}
+    side = plan.sidecar("10.9.0", {"name": "NVIDIA H200", "compute_capability": "9.0"}, 12.34)
+    assert side["strongly_typed"] is True and side["tf32"] is False
+    assert side["profile"]["x_t"] == {"min": [1, 3, 16, 16], "opt": [2, 3, 16, 16], "max": [8, 3, 16, 16]}
+    assert side["onnx_sha256"] == plan.onnx_sha256 and side["onnx_file"] == "tiny-fp16.onnx"
+    assert side["build_seconds"] == 12.3
+
+
+@pytest.mark.parametrize("precision, asked", [("fp32", True), ("fp16", False)])
+def test_fp16_flag_must_agree_with_the_graph(onnx_files, precision, asked):
+    with pytest.raises(ValueError, match=f"is a {precision} graph") as info:
+        plan_engine(onnx_files[precision], fp16=asked)
+    assert "--precision" in str(info.value)
+    assert plan_engine(onnx_files[precision], fp16=not asked).precision == precision
+
+
+def test_a_foreign_onnx_file_is_refused(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    onnx.save(helper.make_model(graph), str(tmp_path / "relu.onnx"))
+    with pytest.raises(ValueError, match="not a ddpm-export ONNX file"):
+        plan_engine(tmp_path / "relu.onnx")
+
+
+@pytest.mark.skipif(tensorrt_missing() is None, reason="tensorrt is installed here")
+def test_without_tensorrt_the_build_says_why_and_writes_nothing(onnx_files, tmp_path):
+    engine = tmp_path / "tiny.plan"
+    with pytest.raises(TensorRTUnavailable, match="pip install 'ddpm-export\\[gpu\\]'"):
+        build_engine(onnx_files["fp32"], engine, log=lambda s: None)
+    assert list(tmp_path.iterdir()) == []
+    result = CliRunner().invoke(main, ["trt", "--onnx", str(onnx_files["fp32"]), "-o", str(engine)])
+    assert result.exit_code != 0 and "tensorrt" in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_engine_is_refused_without_force(onnx_files, tmp_path):
+    engine = tmp_path / "tiny.plan"
+    engine.write_bytes(b"old engine")
+    with pytest.raises(FileExistsError, match="--force"):
+        build_engine(onnx_files["fp32"], engine, log=lambda s: None)
+    assert engine.read_bytes() == b"old engine"
+
+
+@pytest.mark.tensorrt
+def test_build_writes_engine_and_matching_sidecar(onnx_files, tmp_path):
+    for precision, path in onnx_files.items():
+        engine = tmp_path / f"tiny-{precision}.plan"
+        info = build_engine(path, engine, fp16=precision == "fp16", log=print)
+        assert engine.stat().st_size > 0
+        side = read_sidecar(engine)
+        assert side == json.loads(sidecar_path(engine).read_text()) == info
+        assert side["onnx_sha256"] == sha256_file(path) and side["precision"] == precision
