@@ -1,6 +1,29 @@
 """The torch-free runtime: run exported models with numpy and one inference engine.
 
-Backends for ONNX Runtime and TensorRT, and bundle loading, land here; each implements
-:class:`ddpm_export.diffusion.Backend` and samples through :func:`ddpm_export.diffusion.sample`.
-Nothing in this package imports torch, not even lazily (``tests/test_torch_free.py`` proves it).
+:class:`Pipeline` samples images from an ONNX file (``Pipeline.from_onnx``) or a verified bundle
+(``Pipeline.from_bundle``); its backends -- :class:`OnnxRuntimeBackend` here, ``TensorRTBackend``
+in :mod:`ddpm_export.runtime.tensorrt` -- implement :class:`ddpm_export.diffusion.Backend` and
+sample through :func:`ddpm_export.diffusion.sample`. Nothing in this package imports torch, not
+even lazily (``tests/test_torch_free.py`` and ``tests/test_runtime.py`` prove it).
 """
+
+from ddpm_export.runtime.bundle import BundleError, Manifest, make_bundle, read_manifest, verify_bundle
+from ddpm_export.runtime.info import MetadataError, ModelInfo, read_info, read_metadata
+from ddpm_export.runtime.onnxruntime_backend import OnnxRuntimeBackend
+from ddpm_export.runtime.pipeline import Pipeline, SampleRequest, chunk_seed
+
+__all__ = [
+    "BundleError",
+    "Manifest",
+    "MetadataError",
+    "ModelInfo",
+    "OnnxRuntimeBackend",
+    "Pipeline",
+    "SampleRequest",
+    "chunk_seed",
+    "make_bundle",
+    "read_info",
+    "read_manifest",
+    "read_metadata",
+    "verify_bundle",
+]

@@ -1,0 +1,104 @@
+"""`ddpm-export demo`: the whole story on the shipped model, in a few minutes on a laptop CPU."""
+
+from __future__ import annotations
+
+import click
+
+#: Classifier-free guidance of the demo grid for class-conditional models: modest, so that the
+#: classes are clearly told apart without the over-saturation of large scales (Ho & Salimans use 1-4).
+DEMO_GUIDANCE = 2.0
+#: Rows per model call in the demo's trajectory check: 2 images, or 1 image with guidance (its
+#: conditional and null-class rows), so that DDPM over all T = 1000 steps fits the time budget.
+VERIFY_ROWS = 2
+
+
+def default_model() -> str:
+    """``digits`` (the trained, class-conditional model) when it is in models/, else ``tiny``."""
+    from ddpm_export.presets import preset_names
+
+    return "digits" if "digits" in preset_names() else "tiny"
+
+
+@click.command("demo")
+@click.option("--model", "-m", "model", default=None,
+              help="Preset name or checkpoint folder [default: digits if shipped, else tiny].")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="demo-out", help="Folder to write.")
+@click.option("--ddpm-steps", type=click.IntRange(1), default=None,
+              help="Respace the verified DDPM trajectory to this many steps [default: all T].")
+@click.option("--force", is_flag=True, help="Replace an existing --out folder.")
+def command(model: str | None, out_dir: str, ddpm_steps: int | None, force: bool) -> None:
+    """Export to ONNX (fp32), sample with ONNX Runtime, verify against PyTorch.
+
+    \b
+    Writes into --out (built under a temporary name, renamed when complete):
+      model.onnx   the export, its config, schedule and precision in the metadata
+      grid.png     samples from ONNX Runtime (class-conditional: every class in turn,
+                   one row per pass, guidance scale 2)
+      samples.npy  the same samples, [n, C, H, W] float32 in [-1, 1]
+      report.json  `ddpm-export verify`'s report: single steps, DDIM-50 and DDPM
+                   trajectories over all T steps, final-sample PSNR
+      drift.png    per-step error against step (when matplotlib is installed)
+    Exits with status 1 when verification fails (the folder is still written).
+    """
+    import time
+    from pathlib import Path
+
+    from ddpm_export.export.onnx import export_onnx
+    from ddpm_export.export.validate import ValidationError
+    from ddpm_export.images import save_grid, save_npy
+    from ddpm_export.runtime import Pipeline
+    from ddpm_export.runtime.files import atomic_dir
+    from ddpm_export.verify import VerifyError, plot_drift, verify, write_report
+
+    start = time.perf_counter()
+    model = model or default_model()
+    out = Path(out_dir)
+    quiet = lambda message: None  # noqa: E731 - export_onnx's per-batch lines are too detailed here
+    try:
+        with atomic_dir(out, force=force) as tmp:
+            click.echo(f"[1/3] export {model} -> {out / 'model.onnx'} (fp32)")
+            t0 = time.perf_counter()
+            exported = export_onnx(model, tmp / "model.onnx", precision="fp32", log=quiet)
+            click.echo(f"      {exported.size_bytes / 2**20:.2f} MiB, validated against PyTorch "
+                       f"(max abs {exported.validation.max_abs:.1e}) in {time.perf_counter() - t0:.1f} s")
+
+            pipe = Pipeline.from_onnx(tmp / "model.onnx")
+            info = pipe.info
+            classes = info.num_classes
+            n = 2 * classes if classes else 16
+            guidance = DEMO_GUIDANCE if classes and info.null_class_id is not None else 1.0
+            cfg = info.diffusion
+            click.echo(f"[2/3] sample {n} images with ONNX Runtime: {cfg.sampler.upper()}-{cfg.num_inference_steps}"
+                       + (f", classes 0..{classes - 1} twice, guidance {guidance:g}" if classes else ""))
+            t0 = time.perf_counter()
+            images = pipe.sample(n, seed=0, guidance_scale=guidance, progress=True)
+            seconds = time.perf_counter() - t0
+            scale = max(1, 64 // info.spec.sample_size)
+            save_grid(images, tmp / "grid.png", columns=classes or None, scale=scale)
+            save_npy(images, tmp / "samples.npy")
+            click.echo(f"      {seconds:.1f} s ({n / seconds:.1f} images/s) -> grid.png, samples.npy")
+
+            batch = VERIFY_ROWS // (2 if guidance != 1.0 else 1)
+            click.echo(f"[3/3] verify against PyTorch (seed 0, {batch} image(s) per trajectory"
+                       + (f", guidance {guidance:g}" if guidance != 1.0 else "") + ")")
+            report = verify(model, tmp / "model.onnx", batch=batch, guidance_scale=guidance,
+                            ddpm_steps=ddpm_steps,
+                            log=lambda m: click.echo("      " + m.strip()))
+            report["onnx"] = str(out / "model.onnx")
+            write_report(report, tmp / "report.json")
+            try:
+                plot_drift(report, tmp / "drift.png")
+            except ImportError as e:
+                click.echo(f"      no drift.png: {e}")
+    except (ValueError, FileExistsError, NotADirectoryError, ValidationError, VerifyError) as e:
+        raise click.ClickException(str(e)) from e
+
+    click.echo(f"\nwrote {out}/: model.onnx, grid.png, samples.npy, report.json"
+               + (", drift.png" if (out / "drift.png").exists() else ""))
+    verdict = "PASSED" if report["passed"] else "FAILED"
+    click.echo(f"verification {verdict}: {sum(c['passed'] for c in report['checks'])}/{len(report['checks'])} checks; "
+               f"total {time.perf_counter() - start:.0f} s")
+    for check in report["checks"]:
+        click.echo(f"  {'ok ' if check['passed'] else 'BAD'} {check['message']}")
+    if not report["passed"]:
+        raise SystemExit(1)

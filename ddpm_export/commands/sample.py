@@ -1,0 +1,67 @@
+"""`ddpm-export sample`: images from an ONNX file or a bundle, without PyTorch."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command("sample")
+@click.option("--onnx", "onnx_path", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="An ONNX file written by `ddpm-export onnx` (its metadata holds everything else).")
+@click.option("--bundle", "bundle_dir", type=click.Path(file_okay=False, exists=True), default=None,
+              help="A bundle folder (`ddpm-export bundle`); every file's sha256 is checked first.")
+@click.option("-n", "--num-images", "n", type=click.IntRange(1), default=16, help="Number of images.")
+@click.option("--steps", type=click.IntRange(1), default=None,
+              help="Inference steps [default: the file's num_inference_steps].")
+@click.option("--sampler", type=click.Choice(["ddim", "ddpm"]), default=None,
+              help="Sampler [default: the file's sampler].")
+@click.option("--eta", type=click.FloatRange(0.0, 1.0), default=None,
+              help="DDIM noise: 0 deterministic, 1 DDPM-like [default: the file's eta].")
+@click.option("--seed", type=click.IntRange(0), default=0, help="Noise seed.")
+@click.option("--class", "class_id", type=click.IntRange(0), default=None,
+              help="Class-conditional models: the class of every image [default: classes 0, 1, ... in turn].")
+@click.option("--guidance", type=float, default=1.0,
+              help="Classifier-free guidance scale (class-conditional models with a null class); 1 = none.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The PNG grid to write.")
+@click.option("--save-npy", type=click.Path(dir_okay=False), default=None,
+              help="Also write the raw samples [n, C, H, W] float32 in [-1, 1] as .npy.")
+@click.option("--scale", type=click.IntRange(1, 16), default=1, help="Enlarge each tile this many times (nearest).")
+@click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
+@click.option("--force", is_flag=True, help="Overwrite existing output files.")
+def command(onnx_path: str | None, bundle_dir: str | None, n: int, steps: int | None, sampler: str | None,
+            eta: float | None, seed: int, class_id: int | None, guidance: float, output: str, save_npy: str | None,
+            scale: int, progress: bool, force: bool) -> None:
+    """Sample images with ONNX Runtime (no PyTorch) and write them as a PNG grid.
+
+    \b
+    Images are mapped from [-1, 1] to 0..255 (grayscale for 1 channel), ceil(sqrt(n))
+    columns. With more images than the graph's max batch, sampling runs in chunks (see
+    `Pipeline.sample`). Outputs are written atomically and never overwritten without --force.
+    \b
+    Examples:
+      ddpm-export sample --onnx tiny.onnx -n 16 -o grid.png
+      ddpm-export sample --bundle bundle/ -n 20 --class 3 --guidance 3 --steps 50 -o threes.png
+    """
+    from ddpm_export.images import save_grid, save_npy as write_npy
+    from ddpm_export.runtime import BundleError, MetadataError, Pipeline
+    from ddpm_export.runtime.files import refuse_existing
+
+    if (onnx_path is None) == (bundle_dir is None):
+        raise click.UsageError("pass exactly one of --onnx and --bundle")
+    try:
+        for path in (output, save_npy):
+            if path is not None:
+                refuse_existing(path, force)
+        if save_npy is not None and save_npy == output:
+            raise ValueError("--save-npy and --output name the same file")
+        pipe = Pipeline.from_onnx(onnx_path) if onnx_path else Pipeline.from_bundle(bundle_dir)
+        images = pipe.sample(n, steps=steps, sampler=sampler, seed=seed, eta=eta, guidance_scale=guidance,
+                             classes=class_id, progress=progress)
+        save_grid(images, output, force=force, scale=scale)
+        if save_npy is not None:
+            write_npy(images, save_npy, force=force)
+    except (ValueError, FileExistsError, FileNotFoundError, BundleError, MetadataError) as e:
+        raise click.ClickException(str(e)) from e
+    info = pipe.info
+    click.echo(f"wrote {output} ({n} images, {info.spec.in_channels}x{info.spec.sample_size}x{info.spec.sample_size}, "
+               f"{info.precision})" + (f" and {save_npy}" if save_npy else ""))

@@ -1,0 +1,73 @@
+"""Samples to pictures: ``[-1, 1]`` float arrays to uint8, a square-ish PNG grid, .npy files
+(torch-free; Pillow and numpy only). Files are written atomically and never overwritten
+unless ``force``."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ddpm_export.runtime.files import atomic_file
+
+__all__ = ["grid_shape", "make_grid", "save_grid", "save_npy", "to_uint8"]
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    """``[N, C, H, W]`` in ``[-1, 1]`` -> ``[N, H, W, C]`` uint8: ``round((x + 1) * 127.5)``, clipped."""
+    if images.ndim != 4:
+        raise ValueError(f"images must be [N, C, H, W], got shape {images.shape}")
+    scaled = np.rint((images.astype(np.float64) + 1.0) * 127.5)
+    return np.clip(scaled, 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
+
+
+def grid_shape(n: int, columns: int | None = None) -> tuple[int, int]:
+    """``(rows, columns)``: ``ceil(sqrt(n))`` columns unless given, as many rows as needed."""
+    if n < 1:
+        raise ValueError(f"need at least one image, got {n}")
+    cols = columns or math.ceil(math.sqrt(n))
+    return math.ceil(n / cols), cols
+
+
+def make_grid(images: np.ndarray, *, columns: int | None = None, padding: int = 2, scale: int = 1,
+              background: int = 0) -> Image.Image:
+    """A grid of ``[N, C, H, W]`` images in ``[-1, 1]``: grayscale (``L``) for 1 channel, ``RGB`` for 3.
+
+    Tiles are ``scale`` x enlarged (nearest neighbour) and separated and framed by ``padding``
+    pixels, so the picture is ``cols * (W * scale + padding) + padding`` wide (rows alike).
+    """
+    if images.ndim != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(f"images must be [N, 1 or 3, H, W], got shape {images.shape}")
+    if scale < 1 or padding < 0:
+        raise ValueError(f"scale must be >= 1 and padding >= 0, got scale={scale}, padding={padding}")
+    tiles = to_uint8(images)
+    if scale > 1:
+        tiles = tiles.repeat(scale, axis=1).repeat(scale, axis=2)
+    n, h, w, c = tiles.shape
+    rows, cols = grid_shape(n, columns)
+    canvas = np.full((rows * (h + padding) + padding, cols * (w + padding) + padding, c), background, np.uint8)
+    for i, tile in enumerate(tiles):
+        r, q = divmod(i, cols)
+        y, x = padding + r * (h + padding), padding + q * (w + padding)
+        canvas[y:y + h, x:x + w] = tile
+    return Image.fromarray(canvas[..., 0] if c == 1 else canvas)  # uint8: mode L for 2-D, RGB for 3 channels
+
+
+def save_grid(images: np.ndarray, path: str | Path, *, force: bool = False, **grid_options: int) -> Path:
+    """Write :func:`make_grid` as a PNG to ``path`` (atomic; refuses an existing file unless ``force``)."""
+    path = Path(path)
+    grid = make_grid(images, **grid_options)
+    with atomic_file(path, force=force) as tmp:
+        grid.save(tmp, format="PNG")
+    return path
+
+
+def save_npy(array: np.ndarray, path: str | Path, *, force: bool = False) -> Path:
+    """Write ``array`` with ``numpy.save`` to ``path`` (atomic; refuses an existing file unless ``force``)."""
+    path = Path(path)
+    with atomic_file(path, force=force) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, array)
+    return path

@@ -1,0 +1,215 @@
+"""A deployable bundle: one folder with the ONNX file(s), TensorRT engine(s) when present, and a
+``manifest.json`` that lists every file with its sha256 (torch-free).
+
+``manifest.json``::
+
+    {"format": "ddpm-export-bundle", "version": 1, "created_by": "ddpm-export 0.1.0",
+     "files": [{"path": "tiny.onnx", "sha256": "...", "size": 836952, "role": "onnx"},
+               {"path": "tiny.plan", ..., "role": "engine"},
+               {"path": "tiny.plan.json", ..., "role": "engine_sidecar"}],
+     "models": [{"onnx": "tiny.onnx", "precision": "fp32", "attention": "decomposed",
+                 "engines": ["tiny.plan"], "metadata": {<the ONNX file's metadata_props>}}],
+     "diffusion": {<DiffusionConfig>},
+     "sampler_defaults": {"sampler": "ddim", "num_inference_steps": 50, "eta": 0.0}}
+
+Every ONNX file of a bundle comes from the same model (UNet config) and schedule; they may differ
+in precision, attention form or batch range. ``models[i].metadata`` lets a TensorRT-only app
+load a bundle without onnx or onnxruntime. :func:`verify_bundle` checks every listed file
+before anything is loaded and names the first missing or altered one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+from typing import Any, Sequence
+
+from ddpm_export import __version__
+from ddpm_export.configbase import ConfigError
+from ddpm_export.diffusion.config import DiffusionConfig
+from ddpm_export.export.metadata import sha256_file
+from ddpm_export.runtime.files import atomic_dir
+from ddpm_export.runtime.info import ModelInfo, read_metadata
+
+__all__ = ["FORMAT", "MANIFEST", "BundleError", "Manifest", "make_bundle", "read_manifest", "verify_bundle"]
+
+MANIFEST = "manifest.json"
+FORMAT = "ddpm-export-bundle"
+VERSION = 1
+ROLES = ("onnx", "onnx_data", "engine", "engine_sidecar")
+
+
+class BundleError(ValueError):
+    """A bundle's manifest is malformed, or a file is missing or does not match its sha256."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Manifest:
+    """A parsed ``manifest.json``: ``files`` maps each file name to ``{sha256, size, role}``."""
+
+    folder: Path
+    files: dict[str, dict[str, Any]]
+    models: list[dict[str, Any]]
+    diffusion: DiffusionConfig
+    sampler_defaults: dict[str, Any]
+
+    def model(self, onnx: str | None = None) -> dict[str, Any]:
+        """The ``models`` entry of ONNX file ``onnx`` (default: the first)."""
+        if onnx is None:
+            return self.models[0]
+        for entry in self.models:
+            if entry["onnx"] == onnx:
+                return entry
+        raise BundleError(f"{self.folder}: no ONNX file {onnx!r} in this bundle; it has "
+                          f"{', '.join(m['onnx'] for m in self.models)}")
+
+    def sha256(self, name: str) -> str:
+        return self.files[name]["sha256"]
+
+
+# --- reading and checking ---------------------------------------------------------------
+def read_manifest(folder: str | Path) -> Manifest:
+    """Parse and validate ``folder/manifest.json`` (structure only; see :func:`verify_bundle`)."""
+    folder = Path(folder)
+    path = folder / MANIFEST
+    if not folder.is_dir():
+        raise BundleError(f"{folder}: not a bundle folder (no such directory)")
+    if not path.is_file():
+        raise BundleError(f"{path}: missing; a bundle folder holds a {MANIFEST} (build one with `ddpm-export bundle`)")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise BundleError(f"{path}: not valid JSON ({e})") from e
+
+    def need(cond: bool, what: str) -> None:
+        if not cond:
+            raise BundleError(f"{path}: {what}")
+
+    need(isinstance(data, dict) and data.get("format") == FORMAT, f"'format' must be {FORMAT!r}")
+    need(data.get("version") == VERSION,
+         f"'version' {data.get('version')!r} is not supported (this code reads {VERSION})")
+    files: dict[str, dict[str, Any]] = {}
+    need(isinstance(data.get("files"), list) and data["files"], "'files' must be a non-empty list")
+    for entry in data["files"]:
+        need(isinstance(entry, dict) and {"path", "sha256", "size", "role"} <= set(entry),
+             f"every 'files' entry needs path, sha256, size and role; got {entry!r}")
+        name = entry["path"]
+        need(_plain_name(name), f"file {name!r} must be a plain file name inside the bundle folder")
+        need(name not in files, f"file {name!r} is listed twice")
+        need(entry["role"] in ROLES, f"file {name!r}: role {entry['role']!r} is not one of {', '.join(ROLES)}")
+        files[name] = {"sha256": entry["sha256"], "size": entry["size"], "role": entry["role"]}
+    models = data.get("models")
+    need(isinstance(models, list) and models, "'models' must be a non-empty list")
+    for m in models:
+        need(isinstance(m, dict) and {"onnx", "engines", "metadata"} <= set(m),
+             f"every 'models' entry needs onnx, engines and metadata; got {m!r}")
+        for name in [m["onnx"], *m["engines"]]:
+            need(name in files, f"model file {name!r} is not listed in 'files'")
+    try:
+        diffusion = DiffusionConfig.from_dict(data.get("diffusion"), source=f"{path}: diffusion")
+    except ConfigError as e:
+        raise BundleError(str(e)) from e
+    return Manifest(folder, files, models, diffusion, dict(data.get("sampler_defaults") or {}))
+
+
+def verify_bundle(folder: str | Path) -> Manifest:
+    """Check every file listed in the manifest (present, size, sha256); return the manifest.
+
+    Raises BundleError naming the first missing or altered file.
+    """
+    manifest = read_manifest(folder)
+    folder = Path(folder)
+    for name, entry in manifest.files.items():
+        path = folder / name
+        if not path.is_file():
+            raise BundleError(f"{path}: missing; {MANIFEST} lists it ({entry['role']}) -- the bundle is incomplete, "
+                              f"rebuild it with `ddpm-export bundle`")
+        size = path.stat().st_size
+        digest = sha256_file(path) if size == entry["size"] else None
+        if digest != entry["sha256"]:
+            got = f"sha256 {digest}" if digest is not None else f"size {size} bytes"
+            want = f"sha256 {entry['sha256']}" if digest is not None else f"size {entry['size']} bytes"
+            raise BundleError(f"{path}: {got} does not match {MANIFEST} ({want}); the file was modified or "
+                              f"corrupted -- rebuild the bundle with `ddpm-export bundle`")
+    return manifest
+
+
+def _plain_name(name: Any) -> bool:
+    return (isinstance(name, str) and name not in ("", ".", "..", MANIFEST) and "/" not in name
+            and "\\" not in name and not name.startswith("."))
+
+
+# --- building ------------------------------------------------------------------------------
+def make_bundle(onnx: Sequence[str | Path], out: str | Path, *, engines: Sequence[str | Path] = (),
+                force: bool = False) -> Path:
+    """Copy ``onnx`` file(s) and ``engines`` (each with its sidecar ``<engine>.json``) into the
+    folder ``out`` with a ``manifest.json``; atomic (built in a temporary folder, then renamed).
+
+    Every engine's sidecar must name the sha256 of one of the ONNX files. Raises BundleError
+    (and FileExistsError when ``out`` exists and not ``force``).
+    """
+    from ddpm_export.runtime.tensorrt import read_sidecar, sidecar_path
+
+    onnx_paths = [Path(p) for p in onnx]
+    engine_paths = [Path(p) for p in engines]
+    if not onnx_paths:
+        raise BundleError("a bundle needs at least one ONNX file (--onnx)")
+    sources: dict[str, tuple[Path, str]] = {}  # name in the bundle -> (source path, role)
+
+    def add(path: Path, role: str) -> str:
+        if not path.is_file():
+            raise BundleError(f"{path}: no such file")
+        name = path.name
+        if not _plain_name(name):
+            raise BundleError(f"{path}: the name {name!r} cannot be used in a bundle (reserved or hidden)")
+        if name in sources:
+            raise BundleError(f"{path}: two files are named {name!r}; rename one")
+        sources[name] = (path, role)
+        return name
+
+    models, hashes = [], {}
+    first: ModelInfo | None = None
+    for path in onnx_paths:
+        props = read_metadata(path)
+        info = ModelInfo.from_metadata(props, source=str(path))
+        if first is None:
+            first = info
+        elif info.unet != first.unet or info.diffusion != first.diffusion:
+            what = "UNet config" if info.unet != first.unet else "schedule (DiffusionConfig)"
+            raise BundleError(f"{path}: its {what} differs from {onnx_paths[0]}'s; a bundle holds one model")
+        name = add(path, "onnx")
+        data = path.with_name(path.name + ".data")  # external weights, as export_onnx names them
+        if data.is_file():
+            add(data, "onnx_data")
+        hashes[sha256_file(path)] = name
+        models.append({"onnx": name, "precision": info.precision, "attention": info.attention,
+                       "engines": [], "metadata": dict(props)})
+    by_onnx = {m["onnx"]: m for m in models}
+    for path in engine_paths:
+        if not path.is_file():
+            raise BundleError(f"{path}: no such engine file")
+        sidecar = read_sidecar(path)
+        owner = hashes.get(sidecar["onnx_sha256"])
+        if owner is None:
+            raise BundleError(f"{path}: built from an ONNX file with sha256 {sidecar['onnx_sha256']} "
+                              f"(per {sidecar_path(path).name}), which is none of the bundled ONNX files; "
+                              f"rebuild the engine from {onnx_paths[0]}")
+        by_onnx[owner]["engines"].append(add(path, "engine"))
+        add(sidecar_path(path), "engine_sidecar")
+
+    assert first is not None
+    d = first.diffusion
+    with atomic_dir(out, force=force) as tmp:
+        files = []
+        for name, (src, role) in sources.items():
+            shutil.copyfile(src, tmp / name)
+            files.append({"path": name, "sha256": sha256_file(tmp / name), "size": (tmp / name).stat().st_size,
+                          "role": role})
+        manifest = {"format": FORMAT, "version": VERSION, "created_by": f"ddpm-export {__version__}",
+                    "files": files, "models": models, "diffusion": d.to_dict(),
+                    "sampler_defaults": {"sampler": d.sampler, "num_inference_steps": d.num_inference_steps,
+                                         "eta": d.eta}}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return Path(out)

@@ -1,0 +1,76 @@
+"""ONNX Runtime as a sampling backend (implements :class:`ddpm_export.diffusion.Backend`).
+
+One ``InferenceSession`` per backend; ``InferenceSession.run`` is thread-safe and returns fresh
+arrays, so one backend (and one :class:`~ddpm_export.runtime.Pipeline`) serves many threads.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import onnxruntime as ort
+
+from ddpm_export.export.spec import CLASS_NAME, CONTEXT_NAME, OUT_NAME, T_NAME, X_NAME, ExportSpec
+
+__all__ = ["DEFAULT_PROVIDERS", "OnnxRuntimeBackend", "create_session", "feeds_for"]
+
+#: CPU unless told otherwise; pass e.g. ``["CUDAExecutionProvider", "CPUExecutionProvider"]`` with onnxruntime-gpu.
+DEFAULT_PROVIDERS = ("CPUExecutionProvider",)
+
+
+def feeds_for(spec: ExportSpec, x_t: np.ndarray, t: np.ndarray, cond: np.ndarray | None) -> dict[str, np.ndarray]:
+    """Name the Backend arguments as the graph does, refusing a ``cond`` the model cannot take."""
+    feeds = {X_NAME: x_t, T_NAME: t}
+    if spec.cond_kind == "none":
+        if cond is not None:
+            raise ValueError("cond: this model is unconditional; pass cond=None")
+    elif cond is None:
+        what = "class ids [B] int64" if spec.cond_kind == "class" else "a context [B, L, D] float32"
+        raise ValueError(f"cond: this model is conditioned on {spec.cond_kind}; pass {what}")
+    else:
+        feeds[CLASS_NAME if spec.cond_kind == "class" else CONTEXT_NAME] = cond
+    for name, value in feeds.items():
+        if not isinstance(value, np.ndarray):
+            raise TypeError(f"{name}: expected a numpy array, got {type(value).__name__}")
+    return feeds
+
+
+class OnnxRuntimeBackend:
+    """``backend(x_t [B,C,H,W] f32, t [B] i64, cond) -> model output [B,C,H,W] f32`` on ONNX Runtime.
+
+    Every call is checked against the :class:`ExportSpec` (names, dtypes, shapes, batch range,
+    ``t`` and class-id ranges) before it reaches the session, so a bad feed fails with a message
+    naming the input rather than deep inside the runtime.
+    """
+
+    def __init__(self, session: ort.InferenceSession, spec: ExportSpec) -> None:
+        names = [i.name for i in session.get_inputs()]
+        if names != spec.input_names:
+            raise ValueError(f"the session's inputs {names} differ from the export spec's {spec.input_names}")
+        outputs = [o.name for o in session.get_outputs()]
+        if OUT_NAME not in outputs:
+            raise ValueError(f"the session has no output {OUT_NAME!r} (outputs: {outputs})")
+        self.session = session
+        self.spec = spec
+
+    @classmethod
+    def from_path(cls, path: str | Path, spec: ExportSpec, *, providers: Sequence[Any] | None = None,
+                  session_options: ort.SessionOptions | None = None) -> "OnnxRuntimeBackend":
+        return cls(create_session(path, providers=providers, session_options=session_options), spec)
+
+    def __call__(self, x_t: np.ndarray, t: np.ndarray, cond: np.ndarray | None) -> np.ndarray:
+        feeds = feeds_for(self.spec, x_t, t, cond)
+        self.spec.check_inputs(feeds)
+        return self.session.run([OUT_NAME], feeds)[0]
+
+
+def create_session(path: str | Path, *, providers: Sequence[Any] | None = None,
+                   session_options: ort.SessionOptions | None = None) -> ort.InferenceSession:
+    """An ``InferenceSession`` on ``path`` with ``providers`` (default: CPU)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such ONNX file")
+    return ort.InferenceSession(str(path), session_options,
+                                providers=list(providers) if providers is not None else list(DEFAULT_PROVIDERS))

@@ -1,0 +1,334 @@
+"""Pipeline: sample images from an exported model with numpy and one inference engine.
+
+``Pipeline.from_onnx(path)`` needs nothing but the ONNX file: its metadata carries the UNet
+config, the schedule with the sampler defaults, the export spec and the precision.
+``Pipeline.from_bundle(folder)`` checks every file of a bundle against its manifest first.
+Sampling runs :func:`ddpm_export.diffusion.sample`, the loop every backend shares, so a Pipeline's
+images equal a PyTorch run of the same loop with the same seed up to the engine's arithmetic.
+
+Batches larger than the graph accepts are split into chunks (see :meth:`Pipeline.sample`).
+A Pipeline holds no per-call state (each call builds its own scheduler and noise generator;
+``InferenceSession.run`` is thread-safe), so threads may share one.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ddpm_export.diffusion import SCHEDULERS, Backend, DiffusionConfig, make_scheduler, sample
+from ddpm_export.runtime.info import ModelInfo
+
+__all__ = ["Pipeline", "SampleRequest", "chunk_seed"]
+
+BackendName = Literal["onnxruntime", "tensorrt"]
+
+
+def chunk_seed(seed: int, k: int) -> int:
+    """The noise seed of chunk ``k`` of a call with ``seed``: ``seed`` itself for chunk 0, else a
+    63-bit integer from ``numpy.random.SeedSequence(seed, spawn_key=(k,))``.
+
+    Chunk 0 keeps ``seed`` so that a call that fits in one chunk is exactly
+    ``ddpm_export.diffusion.sample(..., seed=seed)``; later chunks get statistically independent
+    streams that do not collide with another call's seed (``seed + k`` would: seed 0's second
+    chunk would repeat seed 1's first images).
+    """
+    if k == 0:
+        return seed
+    return int(np.random.SeedSequence(seed, spawn_key=(k,)).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+class SampleRequest:
+    """A validated :meth:`Pipeline.sample` call: every argument checked, the chunks planned.
+
+    Attributes: ``n``, ``config`` (the DiffusionConfig with the call's sampler, steps and eta),
+    ``seed``, ``guidance_scale``, ``cond`` (``[n]`` int64 class ids, ``[n, L, D]`` context or
+    None), ``null_id``, ``x_T``, ``chunks`` (slices of ``0 .. n``), ``shape`` ``(C, H, W)``.
+    """
+
+    def __init__(self, info: ModelInfo, n: Any, *, steps: Any, sampler: Any, seed: Any, eta: Any,
+                 guidance_scale: Any, classes: Any, context: Any, x_T: Any) -> None:
+        spec = info.spec
+        self.shape = (spec.in_channels, spec.sample_size, spec.sample_size)
+        self.n = _positive_int("n", n)
+        self.seed = _seed(seed)
+        self.config = _config(info.diffusion, sampler, steps, eta)
+        self.guidance_scale = _guidance(info, guidance_scale)
+        self.guided = self.guidance_scale != 1.0
+        self.null_id = info.null_class_id
+        self.cond = _cond(info, self.n, classes, context)
+        self.x_T = _x_T(x_T, (self.n, *self.shape))
+        self.chunks = _chunks(self.n, spec.min_batch, spec.max_batch, self.guided)
+
+    @property
+    def sampler(self) -> str:
+        return self.config.sampler
+
+    @property
+    def steps(self) -> int:
+        return self.config.num_inference_steps
+
+
+class Pipeline:
+    """Sample ``[n, C, H, W]`` images in ``[-1, 1]`` from an exported U-Net.
+
+    Args:
+        backend: the network (:class:`OnnxRuntimeBackend`, :class:`TensorRTBackend`, or any
+            :class:`ddpm_export.diffusion.Backend`).
+        info: the exported file's metadata (:class:`ModelInfo`).
+        source: where it came from, for messages.
+    """
+
+    def __init__(self, backend: Backend, info: ModelInfo, *, source: str = "model") -> None:
+        if info.spec.out_channels != info.spec.in_channels:
+            raise ValueError(f"{source}: the model outputs {info.spec.out_channels} channels for "
+                             f"{info.spec.in_channels} input channels; the samplers read one prediction "
+                             f"per input channel (learned-variance outputs are not supported)")
+        self.backend = backend
+        self.info = info
+        self.source = source
+
+    @classmethod
+    def from_onnx(cls, path: str | Path, *, providers: Sequence[Any] | None = None,
+                  session_options: Any = None) -> "Pipeline":
+        """A Pipeline on ONNX Runtime; everything else comes from the file's metadata.
+
+        ``providers`` defaults to ``["CPUExecutionProvider"]``.
+        """
+        from ddpm_export.runtime.onnxruntime_backend import OnnxRuntimeBackend, create_session
+
+        session = create_session(path, providers=providers, session_options=session_options)
+        info = ModelInfo.from_metadata(session.get_modelmeta().custom_metadata_map, source=str(path))
+        return cls(OnnxRuntimeBackend(session, info.spec), info, source=str(path))
+
+    @classmethod
+    def from_bundle(cls, directory: str | Path, *, onnx: str | None = None, backend: BackendName = "onnxruntime",
+                    providers: Sequence[Any] | None = None, session_options: Any = None,
+                    device: int = 0) -> "Pipeline":
+        """A Pipeline on a bundle folder, after checking every file's sha256 against ``manifest.json``.
+
+        Args:
+            onnx: which of the bundle's ONNX files (its name); default the first one listed.
+            backend: ``"onnxruntime"`` runs the ONNX file; ``"tensorrt"`` runs the engine built
+                from it (metadata from the manifest, so neither onnx nor onnxruntime is needed).
+            device: CUDA device of the TensorRT backend.
+        """
+        from ddpm_export.runtime import bundle as bundle_mod
+
+        manifest = bundle_mod.verify_bundle(directory)
+        entry = manifest.model(onnx)
+        folder = Path(directory)
+        if backend == "onnxruntime":
+            pipe = cls.from_onnx(folder / entry["onnx"], providers=providers, session_options=session_options)
+            if pipe.info.diffusion != manifest.diffusion:
+                raise bundle_mod.BundleError(f"{folder / bundle_mod.MANIFEST}: the schedule differs from the metadata "
+                                             f"of {entry['onnx']}; rebuild the bundle with `ddpm-export bundle`")
+            return pipe
+        if backend == "tensorrt":
+            from ddpm_export.runtime.tensorrt import TensorRTBackend
+
+            if not entry["engines"]:
+                raise bundle_mod.BundleError(f"{folder}: no TensorRT engine for {entry['onnx']} in this bundle; "
+                                             f"add one with `ddpm-export bundle --engine`")
+            info = ModelInfo.from_metadata(entry["metadata"], source=f"{folder / bundle_mod.MANIFEST}")
+            engine = TensorRTBackend(folder / entry["engines"][0], info.spec,
+                                     onnx_sha256=manifest.sha256(entry["onnx"]), device=device)
+            return cls(engine, info, source=str(folder / entry["engines"][0]))
+        raise ValueError(f"backend={backend!r} is not valid; choose one of: 'onnxruntime', 'tensorrt'")
+
+    # --- what it accepts ---------------------------------------------------------------
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """``(C, H, W)`` of one sample."""
+        s = self.info.spec
+        return (s.in_channels, s.sample_size, s.sample_size)
+
+    def chunk_size(self, guided: bool) -> int:
+        """Images per backend call: ``max_batch``, or ``max_batch // 2`` with guidance (the
+        conditional and unconditional halves run as one doubled batch)."""
+        return self.info.spec.max_batch // (2 if guided else 1)
+
+    # --- sampling ----------------------------------------------------------------------
+    def sample(self, n: int, *, steps: int | None = None, sampler: str | None = None, seed: int = 0,
+               eta: float | None = None, guidance_scale: float = 1.0,
+               classes: int | Sequence[int] | np.ndarray | None = None, context: np.ndarray | None = None,
+               x_T: np.ndarray | None = None, progress: bool = True) -> np.ndarray:
+        """Sample ``n`` images; returns ``[n, C, H, W]`` float32 in ``[-1, 1]``.
+
+        Every argument is checked before the first model call; errors name the argument.
+
+        Args:
+            n: number of images (>= 1).
+            steps: inference steps N (default: the metadata's ``num_inference_steps``), in [1, T].
+            sampler: ``"ddim"`` or ``"ddpm"`` (default: the metadata's ``sampler``).
+            seed: noise seed (>= 0), see the chunking rule below.
+            eta: DDIM's noise level in [0, 1] (default: the metadata's ``eta``); DDIM only.
+            guidance_scale: classifier-free guidance ``uncond + s (cond - uncond)``; 1.0 is none.
+                Other values need a class-conditional model with a null class, and run the
+                conditional and the null-class halves as one doubled batch.
+            classes: class-conditional models only: one id for every image, or ``n`` ids, each in
+                ``[0, num_classes)`` (the null id ``num_classes`` is reserved for guidance).
+                Default: ``i % num_classes`` for image ``i`` (every class in turn).
+            context: context-conditioned models only: ``[n, L, D]`` float32 (no guidance).
+            x_T: the starting noise ``[n, C, H, W]`` float32 (default: drawn from the seed).
+            progress: show a tqdm bar over all steps of all chunks.
+
+        Chunking: images per backend call are capped at ``max_batch`` (``max_batch // 2`` with
+        guidance). Image ``i`` belongs to chunk ``k = i // chunk_size``; chunk ``k`` is exactly
+        ``ddpm_export.diffusion.sample(backend, scheduler, (len_k, C, H, W),
+        seed=chunk_seed(seed, k), cond=..., x_T=x_T[chunk])`` -- so a call that fits in one chunk
+        equals one ``sample`` call with ``seed``, and results depend on the exported
+        ``max_batch``. A last chunk smaller than the exported ``min_batch`` is refused.
+        """
+        req = SampleRequest(self.info, n, steps=steps, sampler=sampler, seed=seed, eta=eta,
+                            guidance_scale=guidance_scale, classes=classes, context=context, x_T=x_T)
+        return self.run(req, progress=progress)
+
+    def run(self, req: SampleRequest, *, progress: bool = False) -> np.ndarray:
+        """Sample a validated request (see :meth:`sample`)."""
+        bar = tqdm(total=req.steps * len(req.chunks), disable=not progress, unit="step", leave=False,
+                   desc=f"{req.sampler} x{req.n}")
+        outputs = []
+        try:
+            for k, chunk in enumerate(req.chunks):
+                scheduler = make_scheduler(req.config, req.sampler)  # per call: no state shared between threads
+                b = chunk.stop - chunk.start
+                cond = None if req.cond is None else req.cond[chunk]
+                null = np.full(b, req.null_id, dtype=np.int64) if req.guided else None
+                outputs.append(sample(
+                    self.backend, scheduler, (b, *req.shape), seed=chunk_seed(req.seed, k), cond=cond,
+                    null_cond=null, guidance_scale=req.guidance_scale,
+                    x_T=None if req.x_T is None else req.x_T[chunk],
+                    callback=(lambda i, t, x, out: bar.update(1)) if progress else None))
+        finally:
+            bar.close()
+        return outputs[0] if len(outputs) == 1 else np.concatenate(outputs)
+
+
+# --- argument checks --------------------------------------------------------------------
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if not _is_int(value) or value < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    return int(value)
+
+
+def _seed(seed: Any) -> int:
+    if not _is_int(seed) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    return int(seed)
+
+
+def _config(base: DiffusionConfig, sampler: Any, steps: Any, eta: Any) -> DiffusionConfig:
+    name = base.sampler if sampler is None else sampler
+    if name not in SCHEDULERS:
+        raise ValueError(f"sampler={name!r} is not valid; choose one of: {', '.join(repr(s) for s in SCHEDULERS)}")
+    T = base.num_train_timesteps
+    n_steps = base.num_inference_steps if steps is None else steps
+    if not _is_int(n_steps) or not 1 <= n_steps <= T:
+        raise ValueError(f"steps must be an int in [1, {T}] (the model's num_train_timesteps), got {steps!r}")
+    changes: dict[str, Any] = {"sampler": name, "num_inference_steps": int(n_steps)}
+    if eta is not None:
+        if name != "ddim":
+            raise ValueError(f"eta applies to the DDIM sampler only; got eta={eta!r} with sampler={name!r}")
+        if isinstance(eta, bool) or not isinstance(eta, (int, float, np.floating)) or not 0.0 <= eta <= 1.0:
+            raise ValueError(f"eta must be a float in [0, 1], got {eta!r}")
+        changes["eta"] = float(eta)
+    return base.replace(**changes)
+
+
+def _guidance(info: ModelInfo, scale: Any) -> float:
+    if isinstance(scale, bool) or not isinstance(scale, (int, float, np.floating)) or not math.isfinite(scale):
+        raise ValueError(f"guidance_scale must be a finite float, got {scale!r}")
+    scale = float(scale)
+    if scale != 1.0:
+        if info.num_classes is None:
+            raise ValueError(f"guidance_scale={scale} needs a class-conditional model; this one is "
+                             f"{'context-conditioned' if info.spec.cond_kind == 'context' else 'unconditional'}"
+                             f" -- pass guidance_scale=1.0")
+        if info.null_class_id is None:
+            raise ValueError(f"guidance_scale={scale} needs a null class (the model was built with "
+                             f"null_class=False) -- pass guidance_scale=1.0")
+        if info.spec.max_batch < 2:
+            raise ValueError(f"guidance_scale={scale} runs a doubled batch, but the graph was exported with "
+                             f"max_batch={info.spec.max_batch}; re-export with --max-batch >= 2")
+    return scale
+
+
+def _cond(info: ModelInfo, n: int, classes: Any, context: Any) -> np.ndarray | None:
+    kind = info.spec.cond_kind
+    if kind != "class" and classes is not None:
+        raise ValueError(f"classes: this model is {'context-conditioned' if kind == 'context' else 'unconditional'}"
+                         f" and takes no class ids; pass classes=None")
+    if kind != "context" and context is not None:
+        raise ValueError("context: this model takes no context; pass context=None")
+    if kind == "class":
+        return _classes(classes, n, int(info.num_classes))  # type: ignore[arg-type]
+    if kind == "context":
+        return _context(context, n, info)
+    return None
+
+
+def _classes(classes: Any, n: int, num_classes: int) -> np.ndarray:
+    if classes is None:
+        return np.arange(n, dtype=np.int64) % num_classes
+    if _is_int(classes):
+        ids = np.full(n, int(classes), dtype=np.int64)
+    else:
+        arr = np.asarray(classes)
+        if arr.dtype.kind not in "iu" or arr.ndim != 1:
+            raise ValueError(f"classes must be an int or a 1-D sequence of ints, got {arr.dtype} "
+                             f"with shape {arr.shape}")
+        if arr.shape[0] != n:
+            raise ValueError(f"classes must hold n={n} ids, got {arr.shape[0]}")
+        ids = arr.astype(np.int64)
+    bad = ids[(ids < 0) | (ids >= num_classes)]
+    if bad.size:
+        raise ValueError(f"classes: id {int(bad[0])} is outside [0, {num_classes}) (the null id {num_classes} "
+                         f"is used only for guidance)")
+    return ids
+
+
+def _context(context: Any, n: int, info: ModelInfo) -> np.ndarray:
+    spec = info.spec
+    if context is None:
+        raise ValueError(f"context: this model is context-conditioned; pass context [n, L, {spec.context_dim}] float32")
+    if not isinstance(context, np.ndarray) or context.dtype != np.float32 or context.ndim != 3:
+        got = f"{context.dtype} {context.shape}" if isinstance(context, np.ndarray) else type(context).__name__
+        raise ValueError(f"context must be a float32 array [n, L, {spec.context_dim}], got {got}")
+    n_ctx, length, dim = context.shape
+    if n_ctx != n or dim != spec.context_dim or not spec.min_context <= length <= spec.max_context:
+        raise ValueError(f"context must have shape [n={n}, L in [{spec.min_context}, {spec.max_context}], "
+                         f"{spec.context_dim}], got {list(context.shape)}")
+    return context
+
+
+def _x_T(x_T: Any, shape: tuple[int, ...]) -> np.ndarray | None:
+    if x_T is None:
+        return None
+    if not isinstance(x_T, np.ndarray):
+        raise ValueError(f"x_T must be a numpy float32 array of shape {shape}, got {type(x_T).__name__}")
+    if x_T.dtype != np.float32 or x_T.shape != shape:
+        raise ValueError(f"x_T must be float32 of shape {shape}, got {x_T.dtype} {x_T.shape}")
+    if not np.all(np.isfinite(x_T)):
+        raise ValueError("x_T must be finite")
+    return x_T
+
+
+def _chunks(n: int, min_batch: int, max_batch: int, guided: bool) -> list[slice]:
+    per_image = 2 if guided else 1
+    size = max_batch // per_image
+    chunks = [slice(i, min(i + size, n)) for i in range(0, n, size)]
+    last = (chunks[-1].stop - chunks[-1].start) * per_image
+    if last < min_batch:
+        raise ValueError(f"n={n}: the last chunk would run a batch of {last}, below the exported min_batch "
+                         f"{min_batch} (chunks of {size} images{' with guidance' if guided else ''}); "
+                         f"choose n as a multiple of {size} or at least {-(-min_batch // per_image)}")
+    return chunks

@@ -1,0 +1,173 @@
+"""TensorRT 10 as a sampling backend (implements :class:`ddpm_export.diffusion.Backend`).
+
+``tensorrt`` and ``cuda-python`` (the ``gpu`` extra) are imported when a backend is built, not
+when this module is imported, so the rest of the runtime works without them. An engine is only
+valid for the ONNX file it was built from and for the TensorRT version that built it; both are
+read from its sidecar ``<engine file>.json`` (e.g. ``tiny.plan`` -> ``tiny.plan.json``)::
+
+    {"onnx_sha256": "<sha256 of the ONNX file>", "tensorrt_version": "10.x.y", ...}
+
+and a mismatch is refused before the engine is deserialised.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ddpm_export.export.spec import OUT_NAME, ExportSpec
+from ddpm_export.runtime.onnxruntime_backend import feeds_for
+
+__all__ = ["EngineMismatchError", "TensorRTBackend", "read_sidecar", "sidecar_path"]
+
+
+class EngineMismatchError(ValueError):
+    """The engine was built from another ONNX file or by another TensorRT version."""
+
+
+def sidecar_path(engine: str | Path) -> Path:
+    """``<engine>.json`` beside the engine file."""
+    engine = Path(engine)
+    return engine.with_name(engine.name + ".json")
+
+
+def read_sidecar(engine: str | Path) -> dict[str, Any]:
+    """The engine's sidecar as a dict; raises ValueError when it is missing or lacks ``onnx_sha256``."""
+    path = sidecar_path(engine)
+    if not path.is_file():
+        raise ValueError(f"{engine}: its sidecar {path.name} is missing; an engine is usable only with the "
+                         f"sidecar written when it was built (rebuild it)")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(data, dict) or not isinstance(data.get("onnx_sha256"), str):
+        raise ValueError(f"{path}: needs an 'onnx_sha256' string (the hash of the ONNX file the engine was built from)")
+    return data
+
+
+def _import_tensorrt() -> Any:
+    try:
+        import tensorrt
+    except ImportError as e:
+        raise ImportError("TensorRTBackend needs the 'tensorrt' package (TensorRT >= 10), which is not installed; "
+                          "on a machine with an NVIDIA GPU: pip install 'ddpm-export[gpu]'") from e
+    return tensorrt
+
+
+def _import_cudart() -> Any:
+    try:
+        from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
+    except ImportError:
+        try:
+            from cuda import cudart  # older cuda-python
+        except ImportError as e:
+            raise ImportError("TensorRTBackend needs the 'cuda-python' package for device buffers, which is not "
+                              "installed; pip install 'ddpm-export[gpu]'") from e
+    return cudart
+
+
+class TensorRTBackend:
+    """``backend(x_t, t, cond) -> model output`` on a deserialised TensorRT engine.
+
+    One execution context and one CUDA stream per backend; calls are serialised by a lock (an
+    execution context is not thread-safe), inputs are checked with ``ExportSpec.check_inputs``,
+    and each call returns a fresh host array, so recorded trajectories stay intact.
+
+    Args:
+        engine_path: the serialised engine (``.plan`` / ``.engine``) with its sidecar beside it.
+        spec: the export spec of the ONNX file it was built from.
+        onnx_sha256: when given, the sidecar's ``onnx_sha256`` must equal it.
+        device: CUDA device ordinal.
+    """
+
+    def __init__(self, engine_path: str | Path, spec: ExportSpec, *, onnx_sha256: str | None = None,
+                 device: int = 0) -> None:
+        engine_path = Path(engine_path)
+        sidecar = read_sidecar(engine_path)
+        if onnx_sha256 is not None and sidecar["onnx_sha256"] != onnx_sha256:
+            raise EngineMismatchError(f"{engine_path}: built from an ONNX file with sha256 {sidecar['onnx_sha256']}, "
+                                      f"not from this one ({onnx_sha256}); rebuild the engine from this ONNX file")
+        trt = _import_tensorrt()
+        self._cudart = cudart = _import_cudart()
+        built_with = sidecar.get("tensorrt_version")
+        if built_with is not None and built_with != trt.__version__:
+            raise EngineMismatchError(f"{engine_path}: built by TensorRT {built_with}, this is TensorRT "
+                                      f"{trt.__version__}; engines are not portable across versions, rebuild it")
+        self.spec = spec
+        self._check(cudart.cudaSetDevice(device))
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        self._runtime = trt.Runtime(self._logger)
+        self.engine = self._runtime.deserialize_cuda_engine(engine_path.read_bytes())
+        if self.engine is None:
+            raise RuntimeError(f"{engine_path}: TensorRT could not deserialise the engine (see the log above)")
+        names = {self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)}
+        missing = [n for n in [*spec.input_names, OUT_NAME] if n not in names]
+        if missing:
+            raise ValueError(f"{engine_path}: the engine has no tensor(s) {missing} (it has {sorted(names)})")
+        self._dtypes = {n: np.dtype(trt.nptype(self.engine.get_tensor_dtype(n))) for n in names}
+        self.context = self.engine.create_execution_context()
+        self._stream = self._check(cudart.cudaStreamCreate())
+        self._buffers: dict[str, tuple[int, int]] = {}  # name -> (device pointer, bytes)
+        self._lock = threading.Lock()
+
+    def __call__(self, x_t: np.ndarray, t: np.ndarray, cond: np.ndarray | None) -> np.ndarray:
+        feeds = feeds_for(self.spec, x_t, t, cond)
+        self.spec.check_inputs(feeds)
+        cudart = self._cudart
+        h2d, d2h = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        with self._lock:
+            hosts = []  # keep the host arrays alive until the stream is synchronised
+            for name, value in feeds.items():
+                host = np.ascontiguousarray(value, dtype=self._dtypes[name])  # e.g. int64 -> an int32 engine input
+                hosts.append(host)
+                if not self.context.set_input_shape(name, host.shape):
+                    raise ValueError(f"{name}: shape {host.shape} is outside the engine's optimisation profile")
+                ptr = self._buffer(name, host.nbytes)
+                self._check(cudart.cudaMemcpyAsync(ptr, host.ctypes.data, host.nbytes, h2d, self._stream))
+                self.context.set_tensor_address(name, ptr)
+            out = np.empty(tuple(self.context.get_tensor_shape(OUT_NAME)), dtype=self._dtypes[OUT_NAME])
+            self.context.set_tensor_address(OUT_NAME, self._buffer(OUT_NAME, out.nbytes))
+            if not self.context.execute_async_v3(int(self._stream)):
+                raise RuntimeError("TensorRT execute_async_v3 failed (see the log above)")
+            self._check(cudart.cudaMemcpyAsync(out.ctypes.data, self._buffers[OUT_NAME][0], out.nbytes, d2h,
+                                               self._stream))
+            self._check(cudart.cudaStreamSynchronize(self._stream))
+        return out.astype(np.float32, copy=False)
+
+    def _buffer(self, name: str, nbytes: int) -> int:
+        """A device buffer of at least ``nbytes`` for ``name``, grown (never shrunk) on demand."""
+        ptr, size = self._buffers.get(name, (0, 0))
+        if size < nbytes:
+            if ptr:
+                self._check(self._cudart.cudaFree(ptr))
+            ptr = int(self._check(self._cudart.cudaMalloc(max(nbytes, 1))))
+            self._buffers[name] = (ptr, nbytes)
+        return ptr
+
+    def _check(self, result: Any) -> Any:
+        """cuda-python returns ``(err, *values)``; raise on an error, return the value(s)."""
+        err, *values = result if isinstance(result, tuple) else (result,)
+        if err != self._cudart.cudaError_t.cudaSuccess:
+            raise RuntimeError(f"CUDA error: {err}")
+        return values[0] if len(values) == 1 else (tuple(values) or None)
+
+    def close(self) -> None:
+        """Free the device buffers and the stream."""
+        with self._lock:
+            for ptr, _ in self._buffers.values():
+                self._cudart.cudaFree(ptr)
+            self._buffers.clear()
+            if self._stream is not None:
+                self._cudart.cudaStreamDestroy(self._stream)
+                self._stream = None
+
+    def __enter__(self) -> "TensorRTBackend":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

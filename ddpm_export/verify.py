@@ -1,0 +1,387 @@
+"""Verification of an exported model against the PyTorch reference: single steps, whole
+trajectories with identical noise, and the final samples (DESIGN.md, principle 6).
+
+Both sides run through :func:`ddpm_export.diffusion.sample` with the same seed; a callback
+records ``x_t`` and the model output before every step. The reference side is
+:class:`~ddpm_export.torch_backend.TorchBackend` on the model the file was exported from; the
+candidates are ONNX Runtime on the file and, when an engine is given, TensorRT.
+
+1. Single steps at several ``t`` (0, 937, T/2, T-1), at the exported min/opt/max batch, and for
+   class-conditional models over the class ids and the null class.
+2. Trajectories: DDIM with ``steps`` (default 50) and DDPM over all T steps (``ddpm_steps`` may
+   respace it for big models; the report says so). Per step: max abs error of the model output
+   and of ``x_t``.
+   Also per step, "local" errors: the candidate re-run on exactly the reference's inputs of each
+   model call (teacher forcing), which measure the backend alone, without accumulated drift.
+3. Final samples: max abs, relative L2 and PSNR ``10 log10(4 / MSE)`` (images in [-1, 1], so the
+   peak-to-peak range is 2).
+
+Pass/fail by the precision in the file's metadata (:data:`THRESHOLDS`): single steps and local
+per-step errors against the export's validation limits, final samples against a PSNR.
+
+Ill-conditioned trajectories. A sampler run can amplify tiny differences exponentially: the
+seed-initialised ``tiny`` preset under DDIM-50 turns a one-ulp change of ``x_T`` into a final
+PSNR of ~18 dB *with PyTorch on both sides* (its untrained network shrinks ``x_t``, and the
+normalisations then amplify). No backend can pass a final-sample threshold there. So when a
+final PSNR misses its threshold, the reference is re-run from ``x_T`` moved by one float32 ulp;
+if the reference misses the threshold against itself too, the final check is reported as
+``ill_conditioned`` (with ``reference_self_psnr_db``) and the verdict rests on the local
+per-step errors. Otherwise the miss is the backend's, and the check fails.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ddpm_export.diffusion import Backend, make_scheduler, sample
+from ddpm_export.diffusion.scheduler import Scheduler
+from ddpm_export.export.metadata import sha256_file
+from ddpm_export.export.validate import FP16_REL_L2, FP32_MAX_ABS
+from ddpm_export.runtime.files import atomic_file
+from ddpm_export.runtime.info import ModelInfo, read_info
+
+__all__ = ["THRESHOLDS", "Thresholds", "VerifyError", "compare", "plot_drift", "require_matplotlib", "verify",
+           "write_report"]
+
+#: single-step timesteps always checked (those >= T are dropped), plus T // 2 and T - 1
+SINGLE_STEP_TIMESTEPS = (0, 937)
+
+
+class VerifyError(RuntimeError):
+    """Verification cannot run: the inputs do not belong together or are malformed."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Thresholds:
+    """Pass limits for one precision. A single step is held to ``step_max_abs`` (fp32) or
+    ``step_rel_l2`` (fp16), the export's own validation limits; final samples to ``final_psnr_db``."""
+
+    final_psnr_db: float
+    step_max_abs: float | None = None
+    step_rel_l2: float | None = None
+
+
+THRESHOLDS = {
+    "fp32": Thresholds(final_psnr_db=60.0, step_max_abs=FP32_MAX_ABS),
+    "fp16": Thresholds(final_psnr_db=40.0, step_rel_l2=FP16_REL_L2),
+}
+
+
+def compare(actual: np.ndarray, expected: np.ndarray) -> dict[str, Any]:
+    """Max abs error, relative L2 (``||a - e|| / ||e||``), MSE and PSNR ``10 log10(4 / MSE)``
+    (None when the arrays are equal), in float64."""
+    a, e = actual.astype(np.float64), expected.astype(np.float64)
+    diff = a - e
+    mse = float(np.mean(diff**2))
+    return {"max_abs": float(np.abs(diff).max()),
+            "rel_l2": float(np.linalg.norm(diff) / max(float(np.linalg.norm(e)), 1e-30)),
+            "mse": mse, "psnr_db": None if mse == 0 else 10.0 * math.log10(4.0 / mse)}
+
+
+# --- the parts ------------------------------------------------------------------------------
+def _single_step_cases(info: ModelInfo, seed: int) -> list[dict[str, Any]]:
+    """Inputs of the single-step checks: every (t, batch, conditioning) combination."""
+    spec, T = info.spec, info.spec.num_train_timesteps
+    ts = sorted({t for t in SINGLE_STEP_TIMESTEPS if t < T} | {T // 2, T - 1})
+    batches = sorted({spec.min_batch, spec.opt_batch, spec.max_batch})
+    rng = np.random.Generator(np.random.PCG64(seed))
+    cases = []
+    for batch in batches:
+        conds: list[tuple[str, np.ndarray | None]] = [("none", None)]
+        if spec.cond_kind == "class":
+            conds = [("classes", np.arange(batch, dtype=np.int64) % int(info.num_classes))]
+            if info.null_class_id is not None:
+                conds.append(("null", np.full(batch, info.null_class_id, dtype=np.int64)))
+        elif spec.cond_kind == "context":
+            conds = [("context", rng.standard_normal((batch, spec.opt_context, spec.context_dim), dtype=np.float32))]
+        for t in ts:
+            x = rng.standard_normal((batch, spec.in_channels, spec.sample_size, spec.sample_size), dtype=np.float32)
+            for label, cond in conds:
+                cases.append({"t": t, "batch": batch, "cond": label, "x": x,
+                              "tt": np.full(batch, t, dtype=np.int64), "c": cond})
+    return cases
+
+
+def _single_step(candidate: Backend, cases: list[dict[str, Any]],
+                 expected: list[np.ndarray]) -> dict[str, Any]:
+    rows = []
+    for case, want in zip(cases, expected):
+        err = compare(candidate(case["x"], case["tt"], case["c"]), want)
+        rows.append({"t": case["t"], "batch": case["batch"], "cond": case["cond"],
+                     "max_abs": err["max_abs"], "rel_l2": err["rel_l2"]})
+    return {"cases": rows, "max_abs": max(r["max_abs"] for r in rows), "rel_l2": max(r["rel_l2"] for r in rows)}
+
+
+@dataclasses.dataclass
+class _Trajectory:
+    """One side of a sampling run: ``x_t`` and the (guided) model output before every step, the
+    final samples, and every backend call ``(x, t, cond, output)`` in order."""
+
+    x_t: list[np.ndarray]
+    out: list[np.ndarray]
+    final: np.ndarray
+    calls: list[tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]]
+
+
+def _run(backend: Backend, scheduler: Scheduler, shape: tuple[int, int, int, int], seed: int,
+         cond: np.ndarray | None, null: np.ndarray | None, guidance: float,
+         x_T: np.ndarray | None = None) -> _Trajectory:
+    xs: list[np.ndarray] = []
+    outs: list[np.ndarray] = []
+    calls: list[tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]] = []
+
+    def record(i: int, t: int, x: np.ndarray, out: np.ndarray) -> None:
+        xs.append(x)  # the loop never writes into arrays it hands out
+        outs.append(out)
+
+    def recording_backend(x: np.ndarray, t: np.ndarray, c: np.ndarray | None) -> np.ndarray:
+        out = backend(x, t, c)
+        calls.append((x, t, c, out))
+        return out
+
+    final = sample(recording_backend, scheduler, shape, seed=seed, cond=cond, null_cond=null,
+                   guidance_scale=guidance, x_T=x_T, callback=record)
+    return _Trajectory(xs, outs, final, calls)
+
+
+def _trajectory_errors(ref: _Trajectory, got: _Trajectory, candidate: Backend,
+                       scheduler: Scheduler) -> dict[str, Any]:
+    out_err = [float(np.abs(a.astype(np.float64) - b).max()) for a, b in zip(got.out, ref.out)]
+    x_err = [float(np.abs(a.astype(np.float64) - b).max()) for a, b in zip(got.x_t, ref.x_t)]
+    local = [compare(candidate(x, t, c), want) for x, t, c, want in ref.calls]
+    return {"num_inference_steps": int(scheduler.num_inference_steps),
+            "timesteps": [int(t) for t in scheduler.timesteps],
+            "model_output_max_abs": out_err, "x_t_max_abs": x_err,
+            "model_output_max_abs_max": max(out_err), "x_t_max_abs_max": max(x_err),
+            "local_model_output_max_abs": [e["max_abs"] for e in local],
+            "local_model_output_rel_l2": [e["rel_l2"] for e in local],
+            "local_max_abs": max(e["max_abs"] for e in local), "local_rel_l2": max(e["rel_l2"] for e in local),
+            "final": compare(got.final, ref.final)}
+
+
+def _one_ulp(x_T: np.ndarray, seed: int) -> np.ndarray:
+    """``x_T`` with every element moved by one float32 ulp in a random direction."""
+    up = np.random.Generator(np.random.PCG64(seed)).integers(0, 2, size=x_T.shape).astype(bool)
+    return np.where(up, np.nextafter(x_T, np.float32(np.inf)), np.nextafter(x_T, np.float32(-np.inf)))
+
+
+# --- the whole check ------------------------------------------------------------------------
+def verify(model: str | Path, onnx: str | Path, *, engine: str | Path | None = None, steps: int = 50,
+           ddpm_steps: int | None = None, seed: int = 0, batch: int = 2, guidance_scale: float = 1.0,
+           providers: Sequence[Any] | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Verify ``onnx`` (and ``engine``) against the PyTorch ``model``; return the report (a dict).
+
+    ``report["passed"]`` says whether every check passed and ``report["failures"]`` which did not.
+    Raises VerifyError when the file was not exported from ``model``'s config or an argument
+    does not fit the exported graph.
+    """
+    import onnxruntime as ort
+
+    from ddpm_export import load_model
+    from ddpm_export.nn.checkpoint import weights_path
+    from ddpm_export.runtime.onnxruntime_backend import OnnxRuntimeBackend
+    from ddpm_export.torch_backend import TorchBackend
+
+    start = time.perf_counter()
+    onnx = Path(onnx)
+    info = read_info(onnx)
+    unet = load_model(model)
+    if info.unet != unet.config:
+        a, b = info.unet.to_dict(), unet.config.to_dict()
+        fields = sorted(k for k in a if a[k] != b.get(k))
+        raise VerifyError(f"{onnx} was not exported from {model}: their UNet configs differ in "
+                          f"{', '.join(f'{k} ({a[k]!r} in the file, {b.get(k)!r} in the model)' for k in fields)}; "
+                          f"pass the model it was exported from, or re-export it")
+    if info.precision not in THRESHOLDS:
+        raise VerifyError(f"{onnx}: precision {info.precision!r} has no thresholds (known: {', '.join(THRESHOLDS)})")
+    limits = THRESHOLDS[info.precision]
+    spec, cfg = info.spec, info.diffusion
+    T = cfg.num_train_timesteps
+    guided = guidance_scale != 1.0
+    if guided and info.null_class_id is None:
+        raise VerifyError(f"guidance_scale={guidance_scale} needs a class-conditional model with a null class")
+    per_call = batch * (2 if guided else 1)
+    if not spec.min_batch <= per_call <= spec.max_batch:
+        raise VerifyError(f"batch={batch}{' with guidance (x2)' if guided else ''} runs {per_call} images per call, "
+                          f"outside the exported range [{spec.min_batch}, {spec.max_batch}]")
+    if not 1 <= steps <= T:
+        raise VerifyError(f"steps must be in [1, {T}], got {steps}")
+    if ddpm_steps is not None and not 1 <= ddpm_steps <= T:
+        raise VerifyError(f"ddpm_steps must be in [1, {T}], got {ddpm_steps}")
+    if spec.cond_kind == "context":
+        raise VerifyError("trajectories of context-conditioned models are not supported yet (no context source)")
+
+    onnx_sha = sha256_file(onnx)
+    weights = weights_path(model)
+    source_match = None if weights is None else sha256_file(weights) == info.source_sha256
+    if source_match is False:
+        log(f"warning: {onnx} records source sha256 {info.source_sha256[:12]}..., but {weights} differs")
+
+    reference = TorchBackend(unet)
+    # ONNX Runtime's pool threads spin after each run by default; here every ORT call is followed by
+    # a torch call on the same cores, which the spinning would slow down (about 2x on 2 cores).
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    candidates: dict[str, Backend] = {
+        "onnxruntime": OnnxRuntimeBackend.from_path(onnx, spec, providers=providers, session_options=options)}
+    if engine is not None:
+        from ddpm_export.runtime.tensorrt import TensorRTBackend
+
+        candidates["tensorrt"] = TensorRTBackend(engine, spec, onnx_sha256=onnx_sha)
+
+    notes = []
+    n_ddpm = T if ddpm_steps is None else ddpm_steps
+    if n_ddpm != T:
+        notes.append(f"DDPM trajectory respaced to {n_ddpm} of {T} steps (ddpm_steps={n_ddpm}); "
+                     f"the default checks all {T}")
+    shape = (batch, spec.in_channels, spec.sample_size, spec.sample_size)
+    cond = null = None
+    if spec.cond_kind == "class":
+        cond = np.arange(batch, dtype=np.int64) % int(info.num_classes)
+        null = np.full(batch, info.null_class_id, dtype=np.int64) if guided else None
+
+    log(f"verify {onnx} ({info.precision}) against {model} (PyTorch), seed {seed}")
+    cases = _single_step_cases(info, seed)
+    expected = [reference(c["x"], c["tt"], c["c"]) for c in cases]
+    schedulers = {"ddim": make_scheduler(cfg.replace(num_inference_steps=steps), "ddim"),
+                  "ddpm": make_scheduler(cfg.replace(num_inference_steps=n_ddpm), "ddpm")}
+    results: dict[str, dict[str, Any]] = {name: {"trajectories": {}} for name in candidates}
+    for name, backend in candidates.items():
+        results[name]["single_step"] = _single_step(backend, cases, expected)
+        s = results[name]["single_step"]
+        log(f"  {name}: single step ({len(cases)} cases): max abs {s['max_abs']:.3e}, rel L2 {s['rel_l2']:.3e}")
+    for kind, scheduler in schedulers.items():
+        t0 = time.perf_counter()
+        ref = _run(reference, scheduler, shape, seed, cond, null, guidance_scale)
+        self_psnr: list[float | None] = []  # the reference against itself from x_T + 1 ulp, run when needed
+        for name, backend in candidates.items():
+            got = _run(backend, scheduler, shape, seed, cond, null, guidance_scale)
+            errs = results[name]["trajectories"][kind] = _trajectory_errors(ref, got, backend, scheduler)
+            f = errs["final"]
+            errs["final_check"] = "passed"
+            if f["psnr_db"] is not None and f["psnr_db"] < limits.final_psnr_db:
+                if not self_psnr:
+                    x_T = _one_ulp(ref.x_t[0], seed + 1)
+                    probe = _run(reference, scheduler, shape, seed, cond, null, guidance_scale, x_T=x_T)
+                    self_psnr.append(compare(probe.final, ref.final)["psnr_db"])
+                errs["reference_self_psnr_db"] = self_psnr[0]
+                ill = self_psnr[0] is not None and self_psnr[0] < limits.final_psnr_db
+                errs["final_check"] = "ill_conditioned" if ill else "failed"
+            log(f"  {name}: {kind.upper()}-{scheduler.num_inference_steps}: per-step max abs model output "
+                f"{errs['model_output_max_abs_max']:.3e}, x_t {errs['x_t_max_abs_max']:.3e} (local "
+                f"{errs['local_max_abs']:.3e}); final max abs {f['max_abs']:.3e}, rel L2 {f['rel_l2']:.3e}, "
+                f"PSNR {_db(f['psnr_db'])} ({time.perf_counter() - t0:.1f} s)")
+            if errs["final_check"] == "ill_conditioned":
+                log(f"    ill-conditioned: PyTorch against itself from x_T + 1 ulp reaches only "
+                    f"{_db(self_psnr[0])}; judged by the local per-step errors")
+
+    checks = _checks(results, limits, info.precision)
+    failures = [c["message"] for c in checks if not c["passed"]]
+    return {
+        "passed": not failures, "failures": failures, "checks": checks,
+        "model": str(model), "onnx": str(onnx), "onnx_sha256": onnx_sha,
+        "engine": None if engine is None else str(engine),
+        "precision": info.precision, "attention": info.attention,
+        "thresholds": dataclasses.asdict(limits), "source_sha256_match": source_match,
+        "seed": seed, "batch": batch, "classes": None if cond is None else cond.tolist(),
+        "guidance_scale": guidance_scale, "schedule": cfg.to_dict(),
+        "ddpm_all_steps": n_ddpm == T, "notes": notes, "backends": results,
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+
+
+def _db(psnr: float | None) -> str:
+    return "inf (identical)" if psnr is None else f"{psnr:.2f} dB"
+
+
+def _checks(results: dict[str, dict[str, Any]], limits: Thresholds, precision: str) -> list[dict[str, Any]]:
+    checks: list[dict[str, Any]] = []
+
+    def step_checks(prefix: str, label: str, max_abs: float, rel_l2: float) -> None:
+        for metric, value, limit, what in (("max_abs", max_abs, limits.step_max_abs, "max abs"),
+                                           ("rel_l2", rel_l2, limits.step_rel_l2, "relative L2")):
+            if limit is None:
+                continue
+            ok = value <= limit
+            relation = "<=" if ok else ">"
+            checks.append({"name": f"{prefix}.{metric}", "value": value, "threshold": limit, "passed": ok,
+                           "message": f"{label} {what} error {value:.3e} {relation} {limit:.1e} ({precision})"})
+
+    for name, r in results.items():
+        s = r["single_step"]
+        step_checks(f"{name}.single_step", f"{name}: single-step", s["max_abs"], s["rel_l2"])
+        for kind, traj in r["trajectories"].items():
+            label = f"{kind.upper()}-{traj['num_inference_steps']}"
+            step_checks(f"{name}.{kind}.local", f"{name}: {label} per-step (local)", traj["local_max_abs"],
+                        traj["local_rel_l2"])
+            psnr, state = traj["final"]["psnr_db"], traj["final_check"]
+            message = (f"{name}: {label} final-sample PSNR {_db(psnr)} {'>=' if state == 'passed' else '<'} "
+                       f"{limits.final_psnr_db:g} dB ({precision})")
+            if state == "ill_conditioned":
+                message += (f"; ill-conditioned (PyTorch against itself from x_T + 1 ulp: "
+                            f"{_db(traj['reference_self_psnr_db'])}), judged by the local per-step errors")
+            checks.append({"name": f"{name}.{kind}.final_psnr_db", "value": psnr, "threshold": limits.final_psnr_db,
+                           "passed": state != "failed", "state": state, "message": message})
+    return checks
+
+
+# --- outputs ----------------------------------------------------------------------------------
+def write_report(report: dict[str, Any], path: str | Path, *, force: bool = False) -> Path:
+    """The report as JSON (strict: no NaN / Infinity), written atomically."""
+    path = Path(path)
+    text = json.dumps(report, indent=2, allow_nan=False) + "\n"
+    with atomic_file(path, force=force) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return path
+
+
+def require_matplotlib() -> None:
+    """Raise ImportError with the install hint when matplotlib is missing (before any long run)."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError as e:
+        raise ImportError("the drift plot needs matplotlib, which is not installed: "
+                          "pip install 'ddpm-export[plot]' (or drop --plot)") from e
+
+
+def plot_drift(report: dict[str, Any], path: str | Path, *, force: bool = False) -> Path:
+    """Per-step max abs error of the model output, of ``x_t`` and of the local (teacher-forced)
+    model output against step, one panel per sampler, as a PNG (atomic). Zero errors (``x_T``
+    is shared) are left out of the log scale. With guidance, a step's local error is that of its
+    one doubled-batch call."""
+    require_matplotlib()
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kinds = list(next(iter(report["backends"].values()))["trajectories"])
+    fig, axes = plt.subplots(1, len(kinds), figsize=(5.5 * len(kinds), 4), squeeze=False)
+    for ax, kind in zip(axes[0], kinds):
+        for name, r in report["backends"].items():
+            traj = r["trajectories"][kind]
+            for key, label, style in (("model_output_max_abs", "model output", "-"), ("x_t_max_abs", "x_t", "--"),
+                                      ("local_model_output_max_abs", "model output, local", ":")):
+                values = np.asarray(traj[key], dtype=np.float64)
+                ax.plot(np.arange(len(values)), np.where(values > 0, values, np.nan), style, label=f"{name}: {label}")
+        ax.set_yscale("log")
+        ax.set_title(f"{kind.upper()}-{traj['num_inference_steps']}: {report['precision']} vs PyTorch")
+        ax.set_xlabel("step (0 = x_T)")
+        ax.set_ylabel("max abs error")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    try:
+        with atomic_file(path, force=force) as tmp:
+            fig.savefig(tmp, format="png", dpi=100)
+    finally:
+        plt.close(fig)
+    return path

@@ -1,0 +1,181 @@
+"""Bundles (``ddpm_export.runtime.bundle`` and ``ddpm-export bundle``) on a real export of ``tiny``:
+the manifest's fields, hash checks before loading (a tampered byte, a missing file), engines and
+their sidecars, atomic writing, and the TensorRT backend's refusals without TensorRT."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+pytest.importorskip("torch", reason="the export needs torch")
+pytest.importorskip("onnx")
+
+from ddpm_export.cli import main  # noqa: E402
+from ddpm_export.runtime import BundleError, Pipeline, make_bundle, read_info, verify_bundle  # noqa: E402
+from ddpm_export.runtime.bundle import MANIFEST  # noqa: E402
+from ddpm_export.runtime.tensorrt import EngineMismatchError, TensorRTBackend, sidecar_path  # noqa: E402
+
+from runtime_exports import exported  # noqa: E402
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def onnx_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return exported("tiny", tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def engine(onnx_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A stand-in engine file (bytes only: bundling never deserialises it) with a valid sidecar."""
+    path = tmp_path_factory.mktemp("engine") / "tiny.plan"
+    path.write_bytes(b"not really an engine")
+    sidecar_path(path).write_text(json.dumps({"onnx_sha256": _sha(onnx_file), "tensorrt_version": "10.0.0"}))
+    return path
+
+
+@pytest.fixture()
+def bundle(onnx_file: Path, tmp_path: Path) -> Path:
+    return make_bundle([onnx_file], tmp_path / "bundle")
+
+
+def test_manifest_lists_every_file_with_its_hash_schedule_and_sampler_defaults(onnx_file: Path, bundle: Path) -> None:
+    manifest = json.loads((bundle / MANIFEST).read_text())
+    info = read_info(onnx_file)
+    assert manifest["format"] == "ddpm-export-bundle" and manifest["version"] == 1
+    assert sorted(p.name for p in bundle.iterdir()) == sorted([MANIFEST, "tiny.onnx"])
+    [entry] = manifest["files"]
+    assert entry == {"path": "tiny.onnx", "sha256": _sha(onnx_file), "size": onnx_file.stat().st_size, "role": "onnx"}
+    assert _sha(bundle / "tiny.onnx") == entry["sha256"]
+    assert manifest["diffusion"] == info.diffusion.to_dict()
+    assert manifest["sampler_defaults"] == {"sampler": "ddim", "num_inference_steps": 50, "eta": 0.0}
+    [model] = manifest["models"]
+    assert model["onnx"] == "tiny.onnx" and model["precision"] == "fp32" and model["engines"] == []
+    assert model["metadata"] == dict(info.metadata)
+
+
+def test_bundle_pipeline_samples_like_the_onnx_file(onnx_file: Path, bundle: Path) -> None:
+    a = Pipeline.from_bundle(bundle).sample(2, steps=3, progress=False)
+    np.testing.assert_array_equal(a, Pipeline.from_onnx(onnx_file).sample(2, steps=3, progress=False))
+
+
+def test_a_tampered_byte_is_refused_naming_the_file(bundle: Path) -> None:
+    path = bundle / "tiny.onnx"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=r"tiny\.onnx: sha256 [0-9a-f]{64} does not match manifest\.json"):
+        Pipeline.from_bundle(bundle)
+
+
+def test_a_missing_file_is_refused_naming_the_file(bundle: Path) -> None:
+    (bundle / "tiny.onnx").unlink()
+    with pytest.raises(BundleError, match=r"tiny\.onnx: missing; manifest\.json lists it"):
+        verify_bundle(bundle)
+
+
+def test_a_truncated_file_is_refused_by_size(bundle: Path) -> None:
+    path = bundle / "tiny.onnx"
+    path.write_bytes(path.read_bytes()[:-1])
+    with pytest.raises(BundleError, match=r"tiny\.onnx: size \d+ bytes does not match"):
+        verify_bundle(bundle)
+
+
+def test_a_missing_or_malformed_manifest_is_refused(bundle: Path) -> None:
+    manifest = json.loads((bundle / MANIFEST).read_text())
+    manifest["files"][0]["path"] = "../tiny.onnx"
+    (bundle / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="must be a plain file name"):
+        verify_bundle(bundle)
+    (bundle / MANIFEST).unlink()
+    with pytest.raises(BundleError, match=r"manifest\.json: missing"):
+        Pipeline.from_bundle(bundle)
+
+
+def test_engines_travel_with_their_sidecar(onnx_file: Path, engine: Path, tmp_path: Path) -> None:
+    out = make_bundle([onnx_file], tmp_path / "b", engines=[engine])
+    manifest = verify_bundle(out)
+    assert manifest.model()["engines"] == ["tiny.plan"]
+    assert {n: e["role"] for n, e in manifest.files.items()} == {
+        "tiny.onnx": "onnx", "tiny.plan": "engine", "tiny.plan.json": "engine_sidecar"}
+    assert manifest.sha256("tiny.plan") == _sha(engine)
+
+
+def test_an_engine_from_another_onnx_file_is_refused(onnx_file: Path, engine: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other.plan"
+    other.write_bytes(b"x")
+    sidecar_path(other).write_text(json.dumps({"onnx_sha256": "0" * 64}))
+    with pytest.raises(BundleError, match=r"other\.plan: built from an ONNX file with sha256 0{64}"):
+        make_bundle([onnx_file], tmp_path / "b", engines=[other])
+    lonely = tmp_path / "lonely.plan"
+    lonely.write_bytes(b"x")
+    with pytest.raises(ValueError, match=r"lonely\.plan\.json is missing"):
+        make_bundle([onnx_file], tmp_path / "b", engines=[lonely])
+    assert not (tmp_path / "b").exists()
+
+
+def test_tensorrt_backend_refuses_a_mismatch_and_names_the_missing_package(onnx_file: Path, engine: Path,
+                                                                           tmp_path: Path) -> None:
+    spec = read_info(onnx_file).spec
+    with pytest.raises(EngineMismatchError, match="rebuild the engine from this ONNX file"):
+        TensorRTBackend(engine, spec, onnx_sha256="f" * 64)
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match=r"needs the 'tensorrt' package"):
+            Pipeline.from_bundle(make_bundle([onnx_file], tmp_path / "b", engines=[engine]), backend="tensorrt")
+
+
+@pytest.mark.gpu
+@pytest.mark.tensorrt
+def test_tensorrt_engine_samples_like_onnx_runtime(onnx_file: Path, tmp_path: Path) -> None:
+    from ddpm_export.export.tensorrt import build_engine
+
+    plan = tmp_path / "tiny.plan"
+    build_engine(onnx_file, plan, log=lambda m: None)
+    out = make_bundle([onnx_file], tmp_path / "b", engines=[plan])
+    got = Pipeline.from_bundle(out, backend="tensorrt").sample(4, steps=5, progress=False)
+    want = Pipeline.from_onnx(onnx_file).sample(4, steps=5, progress=False)
+    assert np.abs(got - want).max() < 1e-3
+
+
+def test_bundle_command_is_atomic_and_refuses_to_overwrite(onnx_file: Path, engine: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    out = tmp_path / "b"
+    args = ["bundle", "--onnx", str(onnx_file), "--engine", str(engine), "-o", str(out)]
+    result = runner.invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert (out / MANIFEST).is_file() and (out / "tiny.plan.json").is_file()
+    before = (out / MANIFEST).read_bytes()
+    result = runner.invoke(main, args)
+    assert result.exit_code != 0 and "exists; pass --force" in result.output
+    assert (out / MANIFEST).read_bytes() == before
+    (out / "stray").write_text("left from an old bundle")
+    result = runner.invoke(main, [*args, "--force"])
+    assert result.exit_code == 0, result.output
+    assert not (out / "stray").exists()  # replaced as a whole, not merged
+    assert sorted(os.listdir(tmp_path)) == ["b"]  # no temporary folders left behind
+    verify_bundle(out)
+
+
+def test_bundle_command_refuses_models_that_differ(onnx_file: Path, tmp_path: Path) -> None:
+    import onnx
+
+    model = onnx.load(str(onnx_file))
+    for prop in model.metadata_props:
+        if prop.key == "ddpm_export.diffusion_config":
+            cfg = json.loads(prop.value)
+            cfg["beta_end"] = 0.03
+            prop.value = json.dumps(cfg)
+    onnx.save(model, str(tmp_path / "other.onnx"))
+    result = CliRunner().invoke(main, ["bundle", "--onnx", str(onnx_file), "--onnx", str(tmp_path / "other.onnx"),
+                                       "-o", str(tmp_path / "b")])
+    assert result.exit_code != 0 and "schedule (DiffusionConfig) differs" in result.output

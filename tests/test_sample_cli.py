@@ -1,0 +1,108 @@
+"""``ddpm-export sample`` on real exports: the PNG grid and the .npy, overwrite refusal, --bundle,
+class-conditional sampling with guidance, argument errors; and the grid layout itself."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+pytest.importorskip("torch", reason="the exports need torch")
+pytest.importorskip("onnx")
+
+from ddpm_export.cli import main  # noqa: E402
+from ddpm_export.images import grid_shape, make_grid, to_uint8  # noqa: E402
+from ddpm_export.runtime import Pipeline, make_bundle  # noqa: E402
+
+from runtime_exports import exported  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def onnx_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return {preset: exported(preset, tmp_path_factory) for preset in ("tiny", "kitchen-sink")}
+
+
+def _run(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(main, ["sample", "--no-progress", *args])
+    return result.exit_code, result.output
+
+
+def test_writes_a_png_grid_and_the_samples(onnx_files: dict[str, Path], tmp_path: Path) -> None:
+    png, npy = tmp_path / "grid.png", tmp_path / "out.npy"
+    code, out = _run("--onnx", str(onnx_files["tiny"]), "-n", "5", "--steps", "3", "--seed", "2",
+                     "-o", str(png), "--save-npy", str(npy))
+    assert code == 0, out
+    with Image.open(png) as im:
+        assert im.format == "PNG" and im.mode == "RGB"
+        assert im.size == (3 * (16 + 2) + 2, 2 * (16 + 2) + 2)  # 5 images: 3 columns, 2 rows, 2 px padding
+        pixels = np.asarray(im)
+    samples = np.load(npy)
+    assert samples.shape == (5, 3, 16, 16) and samples.dtype == np.float32
+    want = Pipeline.from_onnx(onnx_files["tiny"]).sample(5, steps=3, seed=2, progress=False)
+    np.testing.assert_array_equal(samples, want)
+    np.testing.assert_array_equal(pixels[2:18, 2 + 18:18 + 18], to_uint8(samples)[1])  # second tile
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["grid.png", "out.npy"]  # no temp files left
+
+
+def test_refuses_to_overwrite_without_force(onnx_files: dict[str, Path], tmp_path: Path) -> None:
+    png, npy = tmp_path / "grid.png", tmp_path / "out.npy"
+    npy.write_bytes(b"keep me")
+    code, out = _run("--onnx", str(onnx_files["tiny"]), "-n", "2", "--steps", "2", "-o", str(png),
+                     "--save-npy", str(npy))
+    assert code != 0 and "out.npy exists; pass --force" in out
+    assert not png.exists() and npy.read_bytes() == b"keep me"  # refused before sampling
+    code, out = _run("--onnx", str(onnx_files["tiny"]), "-n", "2", "--steps", "2", "-o", str(png),
+                     "--save-npy", str(npy), "--force")
+    assert code == 0, out
+    assert np.load(npy).shape == (2, 3, 16, 16)
+
+
+def test_class_and_guidance_on_a_class_conditional_model(onnx_files: dict[str, Path], tmp_path: Path) -> None:
+    npy = tmp_path / "threes.npy"
+    code, out = _run("--onnx", str(onnx_files["kitchen-sink"]), "-n", "5", "--steps", "2", "--class", "3",
+                     "--guidance", "3", "--scale", "2", "-o", str(tmp_path / "g.png"), "--save-npy", str(npy))
+    assert code == 0, out
+    want = Pipeline.from_onnx(onnx_files["kitchen-sink"]).sample(5, steps=2, classes=3, guidance_scale=3.0,
+                                                                 progress=False)
+    np.testing.assert_array_equal(np.load(npy), want)
+    with Image.open(tmp_path / "g.png") as im:
+        assert im.size == (3 * (32 + 2) + 2, 2 * (32 + 2) + 2)
+
+
+def test_bad_arguments_fail_with_a_message(onnx_files: dict[str, Path], tmp_path: Path) -> None:
+    png = str(tmp_path / "g.png")
+    code, out = _run("--onnx", str(onnx_files["kitchen-sink"]), "--class", "10", "-o", png)
+    assert code != 0 and "classes: id 10 is outside [0, 10)" in out
+    code, out = _run("--onnx", str(onnx_files["tiny"]), "--guidance", "2", "-o", png)
+    assert code != 0 and "needs a class-conditional model" in out
+    code, out = _run("--onnx", str(onnx_files["tiny"]), "--sampler", "ddpm", "--eta", "0.5", "-o", png)
+    assert code != 0 and "eta applies to the DDIM sampler only" in out
+    code, out = _run("-o", png)
+    assert code != 0 and "exactly one of --onnx and --bundle" in out
+    assert not Path(png).exists()
+
+
+def test_samples_from_a_bundle(onnx_files: dict[str, Path], tmp_path: Path) -> None:
+    bundle = make_bundle([onnx_files["tiny"]], tmp_path / "bundle")
+    npy = tmp_path / "b.npy"
+    code, out = _run("--bundle", str(bundle), "-n", "2", "--steps", "2", "-o", str(tmp_path / "b.png"),
+                     "--save-npy", str(npy))
+    assert code == 0, out
+    want = Pipeline.from_onnx(onnx_files["tiny"]).sample(2, steps=2, progress=False)
+    np.testing.assert_array_equal(np.load(npy), want)
+
+
+def test_grid_layout_and_grayscale() -> None:
+    assert [grid_shape(n) for n in (1, 2, 4, 5, 10, 16, 17)] == [(1, 1), (1, 2), (2, 2), (2, 3), (3, 4), (4, 4),
+                                                                 (4, 5)]
+    images = np.linspace(-1, 1, 3 * 8 * 8, dtype=np.float32).reshape(3, 1, 8, 8)
+    grid = make_grid(images, columns=3, padding=1, scale=2)
+    assert grid.mode == "L" and grid.size == (3 * 17 + 1, 17 + 1)
+    pixels = np.asarray(grid)
+    assert pixels[1, 1] == 0 and pixels[-2, -2] == 255  # -1 -> 0 and 1 -> 255
+    assert to_uint8(np.array([[[[0.0]]]], np.float32))[0, 0, 0, 0] == 128  # round(127.5) (half to even)
+    with pytest.raises(ValueError, match=r"\[N, 1 or 3, H, W\]"):
+        make_grid(np.zeros((2, 2, 4, 4), np.float32))
