@@ -1,0 +1,95 @@
+"""``ddpm-export onnx`` (``ddpm_export.cli``): the options it documents, a real export of ``tiny``,
+and the refusals users see (existing file, bad choices, opset too low for onnx-attention)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from click.testing import CliRunner
+
+from ddpm_export.cli import main
+from ddpm_export.commands.onnx import command as onnx_cmd
+
+OPTIONS = ("--model", "-m", "--output", "-o", "--opset", "--precision", "--attention", "--target",
+           "--min-batch", "--opt-batch", "--max-batch", "--save-io", "--validate", "--no-validate", "--force")
+
+
+def test_onnx_help_documents_every_option():
+    result = CliRunner().invoke(main, ["onnx", "--help"])
+    assert result.exit_code == 0, result.output
+    out = result.output
+    for opt in OPTIONS:
+        assert re.search(rf"(^|[\s,/]){re.escape(opt)}\b", out), f"{opt} not in --help"
+    for param in onnx_cmd.params:  # nothing added to the command without a help text
+        assert param.help, f"{param.name} has no help"
+        for opt in param.opts + param.secondary_opts:
+            assert opt in out, opt
+    for choice in ("fp32", "fp16", "auto", "decomposed", "ort-mha", "onnx-attention", "any", "onnxruntime",
+                   "tensorrt"):
+        assert choice in out, choice
+    assert "default: 20" in out and "17<=x<=23" in out  # --opset's default and range are shown
+
+
+@pytest.fixture(scope="module")
+def tiny_export(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "f.onnx"
+    result = CliRunner().invoke(main, ["onnx", "-m", "tiny", "-o", str(out)])
+    return out, result
+
+
+def test_onnx_exports_tiny_and_prints_the_validation(tiny_export):
+    out, result = tiny_export
+    assert result.exit_code == 0, result.output
+    assert out.is_file() and out.stat().st_size > 0
+    text = result.output
+    assert "exporting tiny" in text
+    for batch in (1, 4, 8, 16):  # min, opt, interior, max of the default range 1..16
+        assert re.search(rf"batch\s+{batch}: max abs [0-9.e+-]+\s+rel L2 [0-9.e+-]+", text), text
+    assert f"wrote {out}" in text and "attention decomposed" in text and "batch 1..16" in text
+    m = re.search(r"validation passed: max abs ([0-9.e+-]+), rel L2 ([0-9.e+-]+)", text)
+    assert m and float(m.group(1)) <= 1e-5, text
+    assert [p.name for p in out.parent.iterdir()] == ["f.onnx"]  # no temp file left
+
+
+def test_onnx_refuses_an_existing_file_without_force(tiny_export):
+    out, _ = tiny_export
+    before = out.read_bytes()
+    result = CliRunner().invoke(main, ["onnx", "-m", "tiny", "-o", str(out)])
+    assert result.exit_code != 0
+    assert str(out) in result.output and "--force" in result.output
+    assert out.read_bytes() == before
+
+
+def test_onnx_bad_attention_is_a_choice_error(tmp_path):
+    result = CliRunner().invoke(main, ["onnx", "-m", "tiny", "-o", str(tmp_path / "f.onnx"), "--attention", "flash"])
+    assert result.exit_code == 2
+    assert "Invalid value for '--attention'" in result.output
+    for choice in ("auto", "decomposed", "ort-mha", "onnx-attention"):
+        assert choice in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--precision", "fp8"], "Invalid value for '--precision'"),
+    (["--target", "cuda"], "Invalid value for '--target'"),
+    (["--opset", "16"], "Invalid value for '--opset'"),
+    (["--max-batch", "0"], "Invalid value for '--max-batch'"),
+])
+def test_onnx_bad_values_are_click_errors(tmp_path, args, message):
+    result = CliRunner().invoke(main, ["onnx", "-m", "tiny", "-o", str(tmp_path / "f.onnx"), *args])
+    assert result.exit_code == 2 and message in result.output
+
+
+def test_onnx_attention_with_a_low_opset_is_refused_clearly(tmp_path):
+    result = CliRunner().invoke(main, ["onnx", "-m", "tiny", "-o", str(tmp_path / "f.onnx"),
+                                       "--attention", "onnx-attention"])
+    assert result.exit_code == 1
+    assert "onnx-attention needs --opset >= 23, got 20" in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_onnx_unknown_model_lists_the_presets(tmp_path):
+    result = CliRunner().invoke(main, ["onnx", "-m", "no-such-model", "-o", str(tmp_path / "f.onnx")])
+    assert result.exit_code == 1
+    assert "no-such-model" in result.output and "tiny" in result.output
