@@ -263,9 +263,6 @@ def test_decomposed_prescales_q_and_k_by_d_to_the_minus_quarter(exported, torch_
     assert seen == _head_dims(torch_model(name))
 
 
-@pytest.mark.xfail(reason="BUG: decomposed_attention computes `q.shape[-1] ** -0.25` from a traced shape, so the "
-                          "graph holds Shape -> Gather -> Cast -> Pow per attention instead of a constant d^-1/4",
-                   strict=True)
 @pytest.mark.parametrize("name, precision", [("tiny", "fp32"), ("kitchen-sink", "fp16")])
 def test_decomposed_prescaling_is_a_constant(exported, torch_model, name, precision):
     exp = exported(name, precision)
@@ -472,8 +469,6 @@ def test_external_data_above_the_threshold(source, tmp_path, monkeypatch):
     assert run(result.path, feeds)[0].shape == result.spec.output_shape(2)
 
 
-@pytest.mark.xfail(reason="BUG: with external data, a failed validation removes the temp .onnx but leaves "
-                          "<name>.onnx.data behind (a half-written artifact)", strict=True)
 def test_failed_validation_with_external_data_writes_nothing(source, tmp_path, monkeypatch):
     monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_THRESHOLD", 0)
     _impossible_tolerance(monkeypatch)
@@ -482,8 +477,6 @@ def test_failed_validation_with_external_data_writes_nothing(source, tmp_path, m
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.xfail(reason="BUG: existing --save-io files are refused only after model.onnx has been written, "
-                          "so the command fails yet leaves a new model.onnx", strict=True)
 def test_existing_save_io_files_are_refused_before_anything_is_written(source, tmp_path):
     io_dir = tmp_path / "io"
     io_dir.mkdir()

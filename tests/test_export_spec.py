@@ -180,8 +180,6 @@ def test_check_inputs_refuses_wrong_shapes(spec):
         _refused(spec, feeds, "context: shape")
 
 
-@pytest.mark.xfail(reason="BUG: an x_t of the wrong rank is reported as 'batch -1 is outside the exported "
-                          "range' instead of as a shape error", strict=True)
 def test_check_inputs_reports_a_wrong_rank_x_t_as_a_shape_error():
     s = ExportSpec.from_config(UNCOND)
     feeds = s.sample_inputs(2)

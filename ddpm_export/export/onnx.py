@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
+import shutil
 import time
 import warnings
 from pathlib import Path
@@ -25,6 +26,7 @@ from ddpm_export import __version__
 from ddpm_export.diffusion.config import DiffusionConfig
 from ddpm_export.export import metadata as md
 from ddpm_export.export.attention_forms import MIN_OPSET, attention_kernel, resolve_attention
+from ddpm_export.export.polygraphy_io import check_io_paths, save_torch_io
 from ddpm_export.export.precision import GraphModule, check_precision, policy
 from ddpm_export.export.spec import ExportSpec
 from ddpm_export.export.validate import ValidationReport, validate_onnx
@@ -75,6 +77,7 @@ def export_onnx(model: str | Path, out: str | Path, *, opset: int = DEFAULT_OPSE
     if opset < MIN_OPSET[form]:
         raise ValueError(f"--attention {form} needs --opset >= {MIN_OPSET[form]}, got {opset}")
 
+    io_paths = check_io_paths(save_io, force=force) if save_io is not None else None
     unet = load_model(model)
     spec = ExportSpec.from_config(unet.config, min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch)
     proto = trace_to_onnx(unet, spec, precision=precision, attention=form, opset=opset)
@@ -96,21 +99,23 @@ def export_onnx(model: str | Path, out: str | Path, *, opset: int = DEFAULT_OPSE
     proto.doc_string = (f"DDPM U-Net exported by ddpm-export {__version__}: precision {precision}, "
                         f"attention {form}, batch {min_batch}..{max_batch}")
 
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    # Written and validated in a temp folder beside ``out`` (with its external data, > 2 GB,
+    # under the final name), then moved into place: data file first, graph last.
+    tmp_dir = out.parent / f".{out.name}.tmp-{os.getpid()}"
     external = proto.ByteSize() > EXTERNAL_DATA_THRESHOLD
+    data_name = out.name + ".data"
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        # External data (> 2 GB) is written beside the file under its final name.
-        onnx.save_model(proto, str(tmp), save_as_external_data=external, all_tensors_to_one_file=True,
-                        location=out.name + ".data" if external else None)
-        report = validate_onnx(tmp, unet, spec, precision, log=log) if validate else None
-        os.replace(tmp, out)
+        tmp_dir.mkdir(parents=True)
+        onnx.save_model(proto, str(tmp_dir / out.name), save_as_external_data=external,
+                        all_tensors_to_one_file=True, location=data_name if external else None)
+        report = validate_onnx(tmp_dir / out.name, unet, spec, precision, log=log) if validate else None
+        if external:
+            os.replace(tmp_dir / data_name, out.parent / data_name)
+        os.replace(tmp_dir / out.name, out)
     finally:
-        tmp.unlink(missing_ok=True)
-    if save_io is not None:
-        from ddpm_export.export.polygraphy_io import save_torch_io
-
-        save_torch_io(unet, spec, save_io, force=force)
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    if io_paths is not None:
+        save_torch_io(unet, spec, io_paths)
     return ExportResult(out, spec, precision, form, opset, time.perf_counter() - start,
                         out.stat().st_size, report)
 

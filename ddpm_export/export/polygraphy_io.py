@@ -16,20 +16,24 @@ from ddpm_export.nn.unet import UNet
 INPUTS_NAME, OUTPUTS_NAME = "inputs.json", "outputs.json"
 
 
-def save_torch_io(unet: UNet, spec: ExportSpec, out_dir: str | Path, *, force: bool = False,
-                  batch: int | None = None) -> tuple[Path, Path]:
-    """Write ``inputs.json`` (a list of feed dicts) and ``outputs.json`` (RunResults of runner
-    ``torch``) for one batch (default: the spec's opt batch) into ``out_dir``."""
+def check_io_paths(out_dir: str | Path, *, force: bool = False) -> tuple[Path, Path]:
+    """``(inputs.json, outputs.json)`` in ``out_dir``; refuses existing ones unless ``force``
+    (checked before an export starts, so a refusal writes nothing)."""
     out = Path(out_dir)
     paths = out / INPUTS_NAME, out / OUTPUTS_NAME
     existing = [str(p) for p in paths if p.exists()]
     if existing and not force:
         raise FileExistsError(f"{', '.join(existing)} exist; pass --force to overwrite")
-    out.mkdir(parents=True, exist_ok=True)
+    return paths
+
+
+def save_torch_io(unet: UNet, spec: ExportSpec, paths: tuple[Path, Path], *, batch: int | None = None) -> None:
+    """Write torch's inputs (a list of feed dicts) and outputs (RunResults of runner ``torch``)
+    for one batch (default: the spec's opt batch) to ``paths`` from :func:`check_io_paths`."""
+    paths[0].parent.mkdir(parents=True, exist_ok=True)
     feeds = spec.sample_inputs(batch or spec.opt_batch, seed=0)
     outputs = {spec.output_names[0]: torch_reference(unet, spec, feeds)}
     results = RunResults()
     results.append(("torch", [IterationResult(outputs=outputs, runner_name="torch")]))
     save_json([feeds], str(paths[0]), description="torch inputs")
     results.save(str(paths[1]))
-    return paths

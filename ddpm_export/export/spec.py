@@ -121,7 +121,10 @@ class ExportSpec(FrozenConfig):
         if missing or extra:
             raise ValueError(f"inputs must be exactly {self.input_names}; missing {missing}, unexpected {extra}")
         x = feeds[X_NAME]
-        batch = x.shape[0] if x.ndim == 4 else -1
+        if x.ndim != 4:
+            raise ValueError(f"{X_NAME}: shape {tuple(x.shape)}, expected (batch, {self.in_channels}, "
+                             f"{self.sample_size}, {self.sample_size})")
+        batch = x.shape[0]
         if not self.min_batch <= batch <= self.max_batch:
             raise ValueError(f"{X_NAME}: batch {batch} is outside the exported range "
                              f"[{self.min_batch}, {self.max_batch}]; re-export with --min-batch/--max-batch")
