@@ -1,0 +1,88 @@
+"""tools/train.py and tools/train_classifier.py: smoke runs, reproducibility, refusing to overwrite."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+
+TOOLS = Path(__file__).resolve().parent.parent / "tools"
+SMOKE = ["--steps", "3", "--batch-size", "4", "--base-channels", "8", "--warmup", "2", "--no-progress"]
+
+
+def load_tool(name: str):
+    spec = importlib.util.spec_from_file_location(f"tools_{name}", TOOLS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def train():
+    return load_tool("train")
+
+
+def test_smoke_training_writes_a_loadable_checkpoint(train, tmp_path, capsys):
+    from ddpm_export import load_model
+    from ddpm_export.nn.checkpoint import diffusion_config_for
+
+    out = tmp_path / "digits"
+    assert train.main(["--out", str(out), *SMOKE]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "diffusion.json", "model.safetensors",
+                                                     "training.json"]
+    model = load_model(out)
+    assert model.config.num_classes == 10 and model.config.null_class and model.config.in_channels == 1
+    dcfg = diffusion_config_for(out)
+    assert (dcfg.sampler, dcfg.num_inference_steps, dcfg.eta, dcfg.clip_sample) == ("ddim", 50, 0.0, True)
+    record = json.loads((out / "training.json").read_text())
+    assert record["args"]["steps"] == 3 and math.isfinite(record["final_loss"])
+    assert "final loss" in capsys.readouterr().out
+
+
+def test_refuses_to_overwrite_without_force(train, tmp_path, capsys):
+    out = tmp_path / "digits"
+    assert train.main(["--out", str(out), *SMOKE]) == 0
+    (out / "README.md").write_text("notes")
+    before = (out / "model.safetensors").read_bytes()
+    assert train.main(["--out", str(out), *SMOKE, "--seed", "1"]) == 1
+    assert "--force" in capsys.readouterr().err
+    assert (out / "model.safetensors").read_bytes() == before
+    # --force replaces the checkpoint and keeps the hand-written README
+    assert train.main(["--out", str(out), *SMOKE, "--seed", "1", "--force"]) == 0
+    assert (out / "model.safetensors").read_bytes() != before
+    assert (out / "README.md").read_text() == "notes"
+    assert not list(tmp_path.glob(".digits.*"))  # no staging folder left behind
+
+
+def test_training_is_reproducible(train, tmp_path):
+    for name in ("a", "b"):
+        assert train.main(["--out", str(tmp_path / name), *SMOKE]) == 0
+    a, b = ((tmp_path / n / "model.safetensors").read_bytes() for n in ("a", "b"))
+    assert a == b
+
+
+def test_lr_schedule_warms_up_then_decays(train):
+    lrs = [train.lr_at(s, 100, 1e-3, 10, 0.05) for s in range(100)]
+    assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
+    assert all(x >= y for x, y in zip(lrs[9:], lrs[10:]))
+    assert lrs[-1] == pytest.approx(5e-5, rel=0.01)
+
+
+def test_help(train, capsys):
+    with pytest.raises(SystemExit) as e:
+        train.main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for flag in ("--out", "--steps", "--batch-size", "--lr", "--seed", "--threads", "--force"):
+        assert flag in out
+
+
+def test_classifier_training_refuses_to_overwrite(tmp_path, capsys):
+    tool = load_tool("train_classifier")
+    assert tool.main(["--out", str(tmp_path)]) == 1
+    assert "--force" in capsys.readouterr().err

@@ -1,0 +1,157 @@
+#!/usr/bin/env python3
+"""Score the digits model's samples with the offline metric of ``ddpm_export.quality``.
+
+Reports, for DDIM samples (steps and sampler from the checkpoint's diffusion.json unless
+overridden):
+
+- the classifier on the held-out real digits (accuracy, confident fraction): the metric's own check;
+- the reference Fréchet distance: held-out real vs as many training real digits as samples;
+- class-conditional samples without guidance, labels 0..9 in turn: confident fraction (> 0.9),
+  entropy of the predicted-class histogram (bits; log2 10 = 3.32 is balanced), Fréchet distance
+  vs the held-out digits and its ratio to the reference;
+- guided samples (``--guidance``): the share predicted as the requested class;
+- ``--compare``: the same seeds through PyTorch and ONNX Runtime; sample difference and both scores.
+
+    OMP_WAIT_POLICY=PASSIVE python tools/quality.py --model models/digits --compare --json quality.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ddpm_export.diffusion import DiffusionConfig, make_scheduler
+from ddpm_export.quality import (CLASSIFIER_DIR, DigitClassifier, OnnxRuntimeBackend, generate, load_digits_split,
+                                 reference_frechet, score)
+
+
+def torch_backend(model: str, threads: int):
+    import torch
+
+    from ddpm_export import load_model
+    from ddpm_export.torch_backend import TorchBackend
+
+    torch.set_num_threads(threads)
+    return TorchBackend(load_model(model))
+
+
+def onnx_backend(model: str, onnx_path: Path, threads: int, max_batch: int) -> OnnxRuntimeBackend:
+    if not onnx_path.exists():
+        from ddpm_export.export.onnx import export_onnx
+
+        export_onnx(model, onnx_path, opt_batch=min(64, max_batch), max_batch=max_batch, log=lambda s: None)
+    return OnnxRuntimeBackend(onnx_path, threads=threads)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", default="models/digits", help="checkpoint folder (or preset name)")
+    p.add_argument("--classifier", default=str(CLASSIFIER_DIR), help="digit classifier folder")
+    p.add_argument("--backend", choices=["onnx", "torch"], default="onnx",
+                   help="engine for the main scores (ONNX Runtime exports the model to a temp file first)")
+    p.add_argument("--num-samples", type=int, default=1000, help="unguided samples, labels 0..9 in turn")
+    p.add_argument("--per-class", type=int, default=20, help="guided samples per requested class")
+    p.add_argument("--guidance", type=float, default=1.5, help="classifier-free guidance scale of the guided run")
+    p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the checkpoint's diffusion.json)")
+    p.add_argument("--sampler", choices=["ddim", "ddpm"], default=None, help="default: the checkpoint's diffusion.json")
+    p.add_argument("--batch-size", type=int, default=125, help="samples per sampling batch (guided runs double it)")
+    p.add_argument("--compare", action="store_true", help="also sample --compare-samples with both engines")
+    p.add_argument("--compare-samples", type=int, default=200)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--json", type=Path, default=None, help="write the figures here")
+    args = p.parse_args(argv)
+
+    from ddpm_export.config import UNetConfig
+    from ddpm_export.nn.checkpoint import diffusion_config_for, model_folder
+
+    t0 = time.perf_counter()
+    dcfg = diffusion_config_for(args.model) or DiffusionConfig()
+    if args.steps is not None:
+        dcfg = dataclasses.replace(dcfg, num_inference_steps=args.steps)
+    scheduler = make_scheduler(dcfg, args.sampler)
+    sampler_name = f"{args.sampler or dcfg.sampler}-{dcfg.num_inference_steps}"
+    null_class = UNetConfig.load(model_folder(args.model) / "config.json").num_classes  # the null id
+
+    clf = DigitClassifier.load(args.classifier)
+    digits = load_digits_split()
+    held = score(digits.heldout_x, clf, digits.heldout_x, digits.heldout_y)
+    report: dict = {"model": args.model, "sampler": sampler_name, "seed": args.seed,
+                    "heldout_real": {"accuracy": held.class_accuracy, "confident_fraction": held.confident_fraction,
+                                     "class_entropy_bits": held.class_entropy_bits}}
+    print(f"classifier on {held.num_samples} held-out real digits: accuracy {held.class_accuracy:.4f}, "
+          f"confident {held.confident_fraction:.4f}")
+
+    tmp = tempfile.TemporaryDirectory(prefix="ddpm-quality-")
+    max_batch = 2 * args.batch_size
+    backends = {}
+
+    def get(name: str):
+        if name not in backends:
+            backends[name] = (onnx_backend(args.model, Path(tmp.name) / "digits.onnx", args.threads, max_batch)
+                              if name == "onnx" else torch_backend(args.model, args.threads))
+        return backends[name]
+
+    n = args.num_samples
+    ref = reference_frechet(clf, digits, n=n, seed=args.seed)
+    ref_full = reference_frechet(clf, digits)
+    labels = np.arange(n) % 10
+    start = time.perf_counter()
+    samples = generate(get(args.backend), scheduler, labels, seed=args.seed, null_class=null_class,
+                       batch_size=args.batch_size, progress=True)
+    uncond = score(samples, clf, digits.heldout_x, labels)
+    report["reference_frechet"] = {"heldout_vs_train_subset": ref, "subset_size": min(n, len(digits.train_x)),
+                                   "heldout_vs_full_train": ref_full}
+    report["samples"] = {**uncond.to_dict(), "frechet_ratio": uncond.frechet / ref, "backend": args.backend,
+                         "seconds": round(time.perf_counter() - start, 1)}
+    print(f"reference FD held-out vs {min(n, len(digits.train_x))} training digits: {ref:.3f} "
+          f"(vs all {len(digits.train_x)}: {ref_full:.3f})")
+    print(f"{n} samples ({sampler_name}, no guidance, {args.backend}): confident {uncond.confident_fraction:.4f}, "
+          f"entropy {uncond.class_entropy_bits:.3f} bits, FD {uncond.frechet:.3f} = {uncond.frechet / ref:.2f}x "
+          f"reference, label accuracy {uncond.class_accuracy:.4f}")
+
+    g_labels = np.repeat(np.arange(10), args.per_class)
+    start = time.perf_counter()
+    g_samples = generate(get(args.backend), scheduler, g_labels, seed=args.seed + 10_000, null_class=null_class,
+                         guidance_scale=args.guidance, batch_size=args.batch_size, progress=True)
+    guided = score(g_samples, clf, digits.heldout_x, g_labels)
+    report["guided"] = {**guided.to_dict(), "guidance_scale": args.guidance,
+                        "seconds": round(time.perf_counter() - start, 1)}
+    print(f"{len(g_labels)} guided samples (scale {args.guidance:g}): requested class predicted "
+          f"{guided.class_accuracy:.4f}, confident {guided.confident_fraction:.4f}, FD {guided.frechet:.3f}")
+
+    if args.compare:
+        m = args.compare_samples
+        c_labels = np.arange(m) % 10
+        runs = {}
+        for name in ("torch", "onnx"):
+            start = time.perf_counter()
+            x = generate(get(name), scheduler, c_labels, seed=args.seed, null_class=null_class,
+                         batch_size=args.batch_size)
+            runs[name] = (x, score(x, clf, digits.heldout_x, c_labels), time.perf_counter() - start)
+        diff = float(np.abs(runs["torch"][0] - runs["onnx"][0]).max())
+        report["compare"] = {"num_samples": m, "max_abs_sample_diff": diff,
+                             **{name: {**r[1].to_dict(), "seconds": round(r[2], 1)} for name, r in runs.items()}}
+        print(f"torch vs onnxruntime on {m} samples, same seeds: max |diff| {diff:.2e}")
+        for name, (_, r, secs) in runs.items():
+            print(f"  {name:6s} confident {r.confident_fraction:.4f}  entropy {r.class_entropy_bits:.4f}  "
+                  f"FD {r.frechet:.4f}  label accuracy {r.class_accuracy:.4f}  ({secs:.0f} s)")
+
+    report["seconds"] = round(time.perf_counter() - t0, 1)
+    if args.json is not None:
+        args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        print(f"wrote {args.json}")
+    tmp.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
