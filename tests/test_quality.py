@@ -157,3 +157,27 @@ def test_onnxruntime_and_torch_samples_score_the_same(tmp_path, classifier, digi
     assert ra.class_histogram == rb.class_histogram and ra.class_accuracy == rb.class_accuracy
     assert ra.confident_fraction == rb.confident_fraction
     assert ra.frechet == pytest.approx(rb.frechet, rel=1e-3)
+
+
+def test_metric_needs_no_torch():
+    """The classifier and the metric run with torch unimportable (numpy + safetensors)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent("""
+        import sys
+        class BlockTorch:
+            def find_spec(self, name, path=None, target=None):
+                if name == "torch" or name.startswith("torch."):
+                    raise ImportError(f"torch is blocked ({name})")
+        sys.meta_path.insert(0, BlockTorch())
+        import numpy as np
+        from ddpm_export.quality import DigitClassifier, load_digits_split, score
+        d = load_digits_split()
+        r = score(d.heldout_x[:100], DigitClassifier.load(), d.heldout_x, d.heldout_y[:100])
+        assert r.class_accuracy > 0.9, r
+        assert "torch" not in sys.modules
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
