@@ -17,7 +17,7 @@ from ddpm_export.nn.checkpoint import (  # noqa: E402
 from ddpm_export.nn.unet import UNet  # noqa: E402
 from ddpm_export.presets import MODELS_DIR  # noqa: E402
 
-PRESETS = ["ddpm-cifar10", "kitchen-sink", "tiny"]
+PRESETS = ["ddpm-cifar10", "digits", "kitchen-sink", "tiny"]
 SMALL = dict(base_channels=8, channel_mult=(1, 2), sample_size=8, num_groups=4, num_res_blocks=1,
              attention_resolutions=(4,))
 
@@ -189,7 +189,7 @@ def test_unknown_model_name_lists_the_presets():
         load_model("no-such-model")
     message = str(info.value)
     assert "'no-such-model'" in message
-    assert "presets: ddpm-cifar10, kitchen-sink, tiny" in message
+    assert "presets: ddpm-cifar10, digits, kitchen-sink, tiny" in message
 
 
 def test_a_file_instead_of_a_folder_is_a_clear_error(tmp_path):

@@ -62,7 +62,8 @@ def test_models_lists_the_presets_with_their_sizes():
     lines = result.output.strip().splitlines()
     assert lines[0].split() == ["preset", "parameters", "input", "conditioning"]
     rows = {line.split()[0]: line.split() for line in lines[1:]}
-    assert sorted(rows) == ["ddpm-cifar10", "kitchen-sink", "tiny"]
+    assert sorted(rows) == ["ddpm-cifar10", "digits", "kitchen-sink", "tiny"]
     assert rows["ddpm-cifar10"][1:] == ["35,746,307", "3x32x32", "unconditional"]
     assert rows["tiny"][1:] == ["177,427", "3x16x16", "unconditional"]
     assert rows["kitchen-sink"][2:] == ["3x16x16", "10", "classes"]
+    assert rows["digits"][2:] == ["1x16x16", "10", "classes"]

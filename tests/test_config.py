@@ -13,7 +13,7 @@ import pytest
 from ddpm_export.config import ConfigError, UNetConfig
 from ddpm_export.presets import MODELS_DIR, preset_dir, preset_names
 
-PRESETS = ["ddpm-cifar10", "kitchen-sink", "tiny"]
+PRESETS = ["ddpm-cifar10", "digits", "kitchen-sink", "tiny"]
 #: a small valid config the invalid cases start from (channels 16 and 32, feature sizes 16 and 8)
 SMALL = dict(base_channels=16, channel_mult=(1, 2), sample_size=16, num_groups=8, attention_resolutions=(8,))
 
