@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ddpm_export.runtime.files import atomic_file
+from ddpm_export.files import atomic_file
 
 __all__ = ["grid_shape", "make_grid", "save_grid", "save_npy", "to_uint8"]
 

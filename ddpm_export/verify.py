@@ -44,7 +44,7 @@ from ddpm_export.diffusion import Backend, make_scheduler, sample
 from ddpm_export.diffusion.scheduler import Scheduler
 from ddpm_export.export.metadata import sha256_file
 from ddpm_export.export.validate import FP16_REL_L2, FP32_MAX_ABS
-from ddpm_export.runtime.files import atomic_file
+from ddpm_export.files import atomic_file
 from ddpm_export.runtime.info import ModelInfo, read_info
 
 __all__ = ["THRESHOLDS", "Thresholds", "VerifyError", "compare", "plot_drift", "require_matplotlib", "verify",

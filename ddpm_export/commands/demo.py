@@ -47,7 +47,7 @@ def command(model: str | None, out_dir: str, ddpm_steps: int | None, force: bool
     from ddpm_export.export.validate import ValidationError
     from ddpm_export.images import save_grid, save_npy
     from ddpm_export.runtime import Pipeline
-    from ddpm_export.runtime.files import atomic_dir
+    from ddpm_export.files import atomic_dir
     from ddpm_export.verify import VerifyError, plot_drift, verify, write_report
 
     start = time.perf_counter()

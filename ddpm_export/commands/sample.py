@@ -44,7 +44,7 @@ def command(onnx_path: str | None, bundle_dir: str | None, n: int, steps: int | 
     """
     from ddpm_export.images import save_grid, save_npy as write_npy
     from ddpm_export.runtime import BundleError, MetadataError, Pipeline
-    from ddpm_export.runtime.files import refuse_existing
+    from ddpm_export.files import refuse_existing
 
     if (onnx_path is None) == (bundle_dir is None):
         raise click.UsageError("pass exactly one of --onnx and --bundle")

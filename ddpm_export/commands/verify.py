@@ -42,7 +42,7 @@ def command(model: str, onnx_path: str, engine: str | None, steps: int, ddpm_ste
       ddpm-export verify --model tiny --onnx tiny.onnx --report report.json --plot drift.png
     """
     from ddpm_export.runtime import MetadataError
-    from ddpm_export.runtime.files import refuse_existing
+    from ddpm_export.files import refuse_existing
     from ddpm_export.verify import VerifyError, plot_drift, require_matplotlib, verify, write_report
 
     try:

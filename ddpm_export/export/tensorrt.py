@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -27,6 +26,7 @@ import onnx
 from ddpm_export import __version__
 from ddpm_export.export import metadata as md
 from ddpm_export.export.spec import ExportSpec
+from ddpm_export.files import atomic_file, refuse_existing
 from ddpm_export.runtime.tensorrt import sidecar_path
 
 
@@ -95,9 +95,8 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, *, fp16: bool |
     """
     engine_path = Path(engine_path)
     side = sidecar_path(engine_path)
-    existing = [str(p) for p in (engine_path, side) if p.exists()]
-    if existing and not force:
-        raise FileExistsError(f"{', '.join(existing)} exist; pass --force to overwrite")
+    for path in (engine_path, side):
+        refuse_existing(path, force)
     plan = plan_engine(onnx_path, fp16=fp16)
     why = tensorrt_missing()
     if why:
@@ -118,16 +117,10 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, *, fp16: bool |
     seconds = time.perf_counter() - start
     info = plan.sidecar(trt.__version__, _gpu_info(), seconds)
 
-    tmp = engine_path.with_name(f".{engine_path.name}.tmp-{os.getpid()}")
-    tmp_side = side.with_name(f".{side.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_file(engine_path, force=force) as tmp:
         tmp.write_bytes(bytes(engine_bytes))
-        tmp_side.write_text(json.dumps(info, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        os.replace(tmp, engine_path)
-        os.replace(tmp_side, side)
-    finally:
-        tmp.unlink(missing_ok=True)
-        tmp_side.unlink(missing_ok=True)
+    with atomic_file(side, force=force) as tmp:  # the sidecar last: an engine without one is refused
+        tmp.write_text(json.dumps(info, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     log(f"wrote {engine_path} ({engine_path.stat().st_size / 2**20:.1f} MiB) and {side.name} in {seconds:.1f} s")
     return info
 

@@ -7,8 +7,6 @@ initialised from a fixed seed) and a diffusers ``UNet2DModel`` folder.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 
 import torch
@@ -17,6 +15,7 @@ from safetensors.torch import save_file
 
 from ddpm_export.config import UNetConfig
 from ddpm_export.diffusion.config import DiffusionConfig
+from ddpm_export.files import atomic_dir
 from ddpm_export.nn.unet import UNet
 from ddpm_export.presets import preset_dir
 
@@ -45,24 +44,12 @@ def save_checkpoint(model: UNet, out_dir: str | Path, *, diffusion: DiffusionCon
     An existing ``out_dir`` is refused unless ``force``.
     """
     out = Path(out_dir)
-    if out.exists() and not force:
-        raise FileExistsError(f"{out} exists; pass force=True (--force) to overwrite it")
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_dir(out, force=force) as tmp:
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "producer": "ddpm-export"})
         (tmp / CONFIG_NAME).write_text(model.config.to_json() + "\n", encoding="utf-8")
         if diffusion is not None:
             (tmp / DIFFUSION_NAME).write_text(diffusion.to_json() + "\n", encoding="utf-8")
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

@@ -30,7 +30,7 @@ from ddpm_export import __version__
 from ddpm_export.configbase import ConfigError
 from ddpm_export.diffusion.config import DiffusionConfig
 from ddpm_export.export.metadata import sha256_file
-from ddpm_export.runtime.files import atomic_dir
+from ddpm_export.files import atomic_dir
 from ddpm_export.runtime.info import ModelInfo, read_metadata
 
 __all__ = ["FORMAT", "MANIFEST", "BundleError", "Manifest", "make_bundle", "read_manifest", "verify_bundle"]
