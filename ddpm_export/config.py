@@ -75,7 +75,6 @@ class UNetConfig(FrozenConfig):
     zero_init: bool = True                      # zero the last layer of every residual / attention branch
 
     def validate(self) -> None:
-        check(self.version == 1, "version", f"{self.version} is not supported (this code writes 1)")
         for name in ("in_channels", "out_channels", "sample_size", "base_channels", "num_groups",
                      "num_train_timesteps", "num_heads"):
             check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
@@ -100,7 +99,7 @@ class UNetConfig(FrozenConfig):
               f"must be a positive odd number, got {self.kernel_size}")
         check(self.dilation >= 1, "dilation", f"must be >= 1, got {self.dilation}")
         check(all(r >= 1 for r in self.aspp_rates), "aspp_rates", f"rates must be >= 1, got {self.aspp_rates}")
-        if self.norm == "group" or self.time_conditioning == "adain":
+        if self.norm == "group":  # AdaIN's instance norm has groups == channels; batch/layer read no groups
             for c in self.level_channels:
                 check(c % self.num_groups == 0, "num_groups",
                       f"{self.num_groups} must divide every level's channels {list(self.level_channels)}")

@@ -47,6 +47,8 @@ class FrozenConfig:
         hints = typing.get_type_hints(type(self))
         for f in dataclasses.fields(self):
             _check_type(f.name, getattr(self, f.name), hints[f.name])
+        check(self.version == self.VERSION, "version",
+              f"{self.version} is not supported (this ddpm-export reads version {self.VERSION})")
         self.validate()
 
     def validate(self) -> None:  # pragma: no cover - every subclass overrides
@@ -86,7 +88,10 @@ class FrozenConfig:
             if isinstance(value, list) and _is_tuple_type(hints[key]):
                 value = tuple(value)
             kwargs[key] = value
-        return cls(**kwargs)
+        try:
+            return cls(**kwargs)
+        except ConfigError as e:
+            raise ConfigError(f"{source}: {e}") from None
 
     @classmethod
     def from_json(cls: type[C], text: str, *, source: str = "config") -> C:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import uuid
 from pathlib import Path
 from typing import Iterator
 
@@ -32,7 +33,7 @@ def atomic_file(path: str | Path, *, force: bool = False) -> Iterator[Path]:
     path = Path(path)
     refuse_existing(path, force)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{id(path):x}")
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
     try:
         yield tmp
         if not tmp.is_file():
@@ -54,16 +55,20 @@ def atomic_dir(path: str | Path, *, force: bool = False) -> Iterator[Path]:
     if path.exists() and not path.is_dir():
         raise NotADirectoryError(f"{path} exists and is not a folder")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    old = path.with_name(f".{path.name}.old-{os.getpid()}")
-    for leftover in (tmp, old):
-        shutil.rmtree(leftover, ignore_errors=True)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")  # unique: threads never collide
+    old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex}")
     tmp.mkdir()
     try:
         yield tmp
-        if path.exists():
+        moved = path.exists()
+        if moved:
             path.rename(old)
-        tmp.rename(path)
+        try:
+            tmp.rename(path)
+        except BaseException:
+            if moved:  # put the previous folder back rather than lose it
+                old.rename(path)
+            raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)

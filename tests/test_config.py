@@ -103,7 +103,6 @@ INVALID = {
                                ["class_conditioning", "'embedding', 'cross_attention'"]),
     "even-kernel": (dict(kernel_size=4), ["kernel_size", "odd", "4"]),
     "groups-not-dividing": (dict(num_groups=3), ["num_groups", "3 must divide", "[16, 32]"]),
-    "adain-groups-not-dividing": (dict(norm="batch", time_conditioning="adain", num_groups=5), ["num_groups"]),
     "attention-resolution-not-a-size": (dict(attention_resolutions=(4,)),
                                         ["attention_resolutions", "4 is not a feature-map size", "[16, 8]"]),
     "sample-size-not-divisible": (dict(sample_size=30, channel_mult=(1, 2, 2, 2)),
@@ -222,3 +221,18 @@ def test_derived_quantities():
     assert cfg.heads_for(32) == 4 and UNetConfig(**SMALL, num_heads=2).heads_for(32) == 2
     assert UNetConfig(**SMALL, context_dim=4).cond_kind == "context"
     assert UNetConfig(**SMALL).cond_kind == "none"
+
+
+def test_num_groups_is_checked_only_where_group_norm_reads_it():
+    """AdaIN's instance norm has groups == channels, and batch / layer norm take no group count."""
+    for norm in ("batch", "layer"):
+        UNetConfig(**{**SMALL, "norm": norm, "time_conditioning": "adain", "num_groups": 5})
+    with pytest.raises(ConfigError, match="num_groups: 5 must divide"):
+        UNetConfig(**{**SMALL, "norm": "group", "time_conditioning": "adain", "num_groups": 5})
+
+
+def test_errors_from_a_file_name_the_file(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text('{"num_groups": 7}')
+    with pytest.raises(ConfigError, match=f"^{path}: num_groups: 7 must divide"):
+        UNetConfig.load(path)

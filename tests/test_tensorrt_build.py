@@ -87,3 +87,24 @@ def test_build_writes_engine_and_matching_sidecar(onnx_files, tmp_path):
         side = read_sidecar(engine)
         assert side == json.loads(sidecar_path(engine).read_text()) == info
         assert side["onnx_sha256"] == sha256_file(path) and side["precision"] == precision
+
+
+def test_a_tensorrt_only_runtime_needs_neither_onnxruntime_nor_onnx_nor_torch():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "for name in ('torch', 'onnxruntime', 'onnx'):\n"
+        "    sys.modules[name] = None\n"
+        "import ddpm_export.runtime.tensorrt, ddpm_export.runtime\n"
+        "from ddpm_export.runtime import Pipeline, verify_bundle\n"
+        "assert not [m for m in sys.modules if m.split('.')[0] in ('torch', 'onnxruntime', 'onnx') and sys.modules[m]]\n"
+        "try:\n"
+        "    ddpm_export.runtime.OnnxRuntimeBackend\n"
+        "except ImportError:\n"
+        "    print('ort-backend-needs-onnxruntime')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "ort-backend-needs-onnxruntime" in proc.stdout

@@ -57,7 +57,6 @@ class DiffusionConfig(FrozenConfig):
     eta: float = 0.0                            # DDIM: 0 deterministic, 1 DDPM-like noise
 
     def validate(self) -> None:
-        check(self.version == 1, "version", f"{self.version} is not supported (this code writes 1)")
         T = self.num_train_timesteps
         check(T >= 2, "num_train_timesteps", f"must be >= 2, got {T}")
         if self.beta_schedule != "cosine":

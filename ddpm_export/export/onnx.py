@@ -30,6 +30,7 @@ from ddpm_export.export.polygraphy_io import check_io_paths, save_torch_io
 from ddpm_export.export.precision import GraphModule, check_precision, policy
 from ddpm_export.export.spec import ExportSpec
 from ddpm_export.export.validate import ValidationReport, validate_onnx
+from ddpm_export.files import refuse_existing
 from ddpm_export.nn.attention import use_attention_kernel
 from ddpm_export.nn.checkpoint import diffusion_config_for, load_model, weights_path
 from ddpm_export.nn.unet import UNet
@@ -68,8 +69,7 @@ def export_onnx(model: str | Path, out: str | Path, *, opset: int = DEFAULT_OPSE
     out = Path(out)
     if out.suffix != ".onnx":
         raise ValueError(f"output {out} must end in .onnx")
-    if out.exists() and not force:
-        raise FileExistsError(f"{out} exists; pass --force to overwrite it")
+    refuse_existing(out, force)
     check_precision(precision)
     if target not in TARGETS:
         raise ValueError(f"target={target!r} is not valid; choose one of: {', '.join(TARGETS)}")
@@ -79,13 +79,17 @@ def export_onnx(model: str | Path, out: str | Path, *, opset: int = DEFAULT_OPSE
 
     io_paths = check_io_paths(save_io, force=force) if save_io is not None else None
     unet = load_model(model)
+    diffusion = diffusion or diffusion_config_for(model) or DiffusionConfig()
+    if diffusion.num_train_timesteps != unet.config.num_train_timesteps:
+        raise ValueError(f"the schedule's num_train_timesteps={diffusion.num_train_timesteps} differs from the "
+                         f"model's {unet.config.num_train_timesteps} ({model}): fix its diffusion.json")
     spec = ExportSpec.from_config(unet.config, min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch)
     proto = trace_to_onnx(unet, spec, precision=precision, attention=form, opset=opset)
     source = weights_path(model)
     proto.metadata_props.clear()
     for key, value in {
         md.UNET_CONFIG: md.dumps(unet.config.to_dict()),
-        md.DIFFUSION_CONFIG: md.dumps((diffusion or diffusion_config_for(model) or DiffusionConfig()).to_dict()),
+        md.DIFFUSION_CONFIG: md.dumps(diffusion.to_dict()),
         md.EXPORT_SPEC: md.dumps(spec.to_dict()),
         md.PRECISION_POLICY: md.dumps(policy(precision)),
         md.ATTENTION: form,

@@ -2,7 +2,8 @@
 
 ``fp16`` is an explicitly typed mixed-precision network: convolutions, linears and activations
 in float16; the time embedding (sinusoid or table, and its MLP), the class embedding, every
-normalization's statistics, position codes, attention logits and softmax in float32. The graph's
+normalization's statistics, position codes, and attention's bias add and softmax in float32
+(the q k^T product itself runs in float16, made safe by pre-scaling q and k by d^-1/4). The graph's
 inputs and outputs stay float32; casts at the boundary are part of the graph.
 """
 
@@ -24,7 +25,7 @@ PRECISIONS: tuple[str, ...] = ("fp32", "fp16")
 #: modules whose parameters stay float32 in an fp16 model (they compute in float32)
 FP32_MODULES = (TimeEmbedding, ClassEmbedding, GroupNorm32, BatchNorm32, SinusoidalPosition2D, RelativePositionBias)
 FP32_ISLANDS = ("time_embedding", "class_embedding", "normalization_statistics", "position_codes",
-                "attention_logits_and_softmax")
+                "attention_bias_and_softmax")
 
 
 def policy(precision: str) -> dict[str, object]:

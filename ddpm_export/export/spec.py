@@ -146,3 +146,20 @@ class ExportSpec(FrozenConfig):
             c = feeds[CLASS_NAME]
             if c.size and (c.min() < 0 or c.max() >= self.num_class_rows):
                 raise ValueError(f"{CLASS_NAME}: ids must be in [0, {self.num_class_rows}), got [{c.min()}, {c.max()}]")
+
+
+def feeds_for(spec: ExportSpec, x_t: np.ndarray, t: np.ndarray, cond: np.ndarray | None) -> dict[str, np.ndarray]:
+    """Name the Backend arguments as the graph does, refusing a ``cond`` the model cannot take."""
+    feeds = {X_NAME: x_t, T_NAME: t}
+    if spec.cond_kind == "none":
+        if cond is not None:
+            raise ValueError("cond: this model is unconditional; pass cond=None")
+    elif cond is None:
+        what = "class ids [B] int64" if spec.cond_kind == "class" else "a context [B, L, D] float32"
+        raise ValueError(f"cond: this model is conditioned on {spec.cond_kind}; pass {what}")
+    else:
+        feeds[CLASS_NAME if spec.cond_kind == "class" else CONTEXT_NAME] = cond
+    for name, value in feeds.items():
+        if not isinstance(value, np.ndarray):
+            raise TypeError(f"{name}: expected a numpy array, got {type(value).__name__}")
+    return feeds

@@ -117,6 +117,7 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, *, fp16: bool |
     seconds = time.perf_counter() - start
     info = plan.sidecar(trt.__version__, _gpu_info(), seconds)
 
+    side.unlink(missing_ok=True)  # never pair the new engine with the old engine's sidecar
     with atomic_file(engine_path, force=force) as tmp:
         tmp.write_bytes(bytes(engine_bytes))
     with atomic_file(side, force=force) as tmp:  # the sidecar last: an engine without one is refused

@@ -24,8 +24,9 @@ AttentionKernel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, "torch.Ten
 
 def decomposed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                          bias: torch.Tensor | None = None) -> torch.Tensor:
-    """MatMul -> Softmax -> MatMul with q and k each pre-scaled by d^-1/4; logits, bias and
-    softmax in float32 (a no-op cast for an fp32 model)."""
+    """MatMul -> Softmax -> MatMul with q and k each pre-scaled by d^-1/4. The product runs in the
+    model's dtype; the logits are then cast to float32 for the bias add and the softmax (a no-op
+    cast for an fp32 model)."""
     scale = int(q.shape[-1]) ** -0.25  # a Python float: a constant in the exported graph
     w = torch.matmul(q * scale, (k * scale).transpose(-1, -2)).float()
     if bias is not None:

@@ -9,8 +9,18 @@ even lazily (``tests/test_torch_free.py`` and ``tests/test_runtime.py`` prove it
 
 from ddpm_export.runtime.bundle import BundleError, Manifest, make_bundle, read_manifest, verify_bundle
 from ddpm_export.runtime.info import MetadataError, ModelInfo, read_info, read_metadata
-from ddpm_export.runtime.onnxruntime_backend import OnnxRuntimeBackend
 from ddpm_export.runtime.pipeline import Pipeline, SampleRequest, chunk_seed
+
+
+
+def __getattr__(name: str) -> object:
+    """``OnnxRuntimeBackend`` is imported on first use, so a TensorRT-only app needs no onnxruntime."""
+    if name == "OnnxRuntimeBackend":
+        from ddpm_export.runtime.onnxruntime_backend import OnnxRuntimeBackend
+
+        return OnnxRuntimeBackend
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "BundleError",

@@ -12,29 +12,12 @@ from typing import Any, Sequence
 import numpy as np
 import onnxruntime as ort
 
-from ddpm_export.export.spec import CLASS_NAME, CONTEXT_NAME, OUT_NAME, T_NAME, X_NAME, ExportSpec
+from ddpm_export.export.spec import OUT_NAME, ExportSpec, feeds_for
 
-__all__ = ["DEFAULT_PROVIDERS", "OnnxRuntimeBackend", "create_session", "feeds_for"]
+__all__ = ["DEFAULT_PROVIDERS", "OnnxRuntimeBackend", "create_session"]
 
 #: CPU unless told otherwise; pass e.g. ``["CUDAExecutionProvider", "CPUExecutionProvider"]`` with onnxruntime-gpu.
 DEFAULT_PROVIDERS = ("CPUExecutionProvider",)
-
-
-def feeds_for(spec: ExportSpec, x_t: np.ndarray, t: np.ndarray, cond: np.ndarray | None) -> dict[str, np.ndarray]:
-    """Name the Backend arguments as the graph does, refusing a ``cond`` the model cannot take."""
-    feeds = {X_NAME: x_t, T_NAME: t}
-    if spec.cond_kind == "none":
-        if cond is not None:
-            raise ValueError("cond: this model is unconditional; pass cond=None")
-    elif cond is None:
-        what = "class ids [B] int64" if spec.cond_kind == "class" else "a context [B, L, D] float32"
-        raise ValueError(f"cond: this model is conditioned on {spec.cond_kind}; pass {what}")
-    else:
-        feeds[CLASS_NAME if spec.cond_kind == "class" else CONTEXT_NAME] = cond
-    for name, value in feeds.items():
-        if not isinstance(value, np.ndarray):
-            raise TypeError(f"{name}: expected a numpy array, got {type(value).__name__}")
-    return feeds
 
 
 class OnnxRuntimeBackend:

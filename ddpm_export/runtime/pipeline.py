@@ -330,5 +330,5 @@ def _chunks(n: int, min_batch: int, max_batch: int, guided: bool) -> list[slice]
     if last < min_batch:
         raise ValueError(f"n={n}: the last chunk would run a batch of {last}, below the exported min_batch "
                          f"{min_batch} (chunks of {size} images{' with guidance' if guided else ''}); "
-                         f"choose n as a multiple of {size} or at least {-(-min_batch // per_image)}")
+                         f"choose n so that n % {size} is 0 or at least {-(-min_batch // per_image)}")
     return chunks

@@ -19,8 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ddpm_export.export.spec import OUT_NAME, ExportSpec
-from ddpm_export.runtime.onnxruntime_backend import feeds_for
+from ddpm_export.export.spec import OUT_NAME, ExportSpec, feeds_for
 
 __all__ = ["EngineMismatchError", "TensorRTBackend", "read_sidecar", "sidecar_path"]
 
@@ -99,6 +98,7 @@ class TensorRTBackend:
             raise EngineMismatchError(f"{engine_path}: built by TensorRT {built_with}, this is TensorRT "
                                       f"{trt.__version__}; engines are not portable across versions, rebuild it")
         self.spec = spec
+        self._device = device
         self._check(cudart.cudaSetDevice(device))
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
@@ -121,6 +121,7 @@ class TensorRTBackend:
         cudart = self._cudart
         h2d, d2h = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
         with self._lock:
+            self._check(cudart.cudaSetDevice(self._device))  # the current device is per thread
             hosts = []  # keep the host arrays alive until the stream is synchronised
             for name, value in feeds.items():
                 host = np.ascontiguousarray(value, dtype=self._dtypes[name])  # e.g. int64 -> an int32 engine input
@@ -159,6 +160,7 @@ class TensorRTBackend:
     def close(self) -> None:
         """Free the device buffers and the stream."""
         with self._lock:
+            self._check(self._cudart.cudaSetDevice(self._device))
             for ptr, _ in self._buffers.values():
                 self._cudart.cudaFree(ptr)
             self._buffers.clear()
