@@ -105,6 +105,8 @@ class UNetConfig(FrozenConfig):
                       f"{self.num_groups} must divide every level's channels {list(self.level_channels)}")
         check(self.time_embed_dim % 2 == 0 or self.time_embedding == "learned", "base_channels",
               "the sinusoidal embedding needs an even base_channels")
+        check(self.head_dim is None or self.num_heads == 1, "num_heads",
+              f"set num_heads or head_dim, not both (got num_heads={self.num_heads}, head_dim={self.head_dim})")
         attended = [c for c, r in zip(self.level_channels, self.resolutions) if r in self.attention_resolutions]
         attended += [self.level_channels[-1]] if self.mid_attention else []
         # every residual block holds attention when the time conditioning is attention

@@ -381,7 +381,7 @@ def test_metadata_describes_the_export(exported, torch_model, source, name, prec
     assert pol["precision"] == precision and pol["io_dtype"] == "float32"
     assert pol["compute_dtype"] == {"fp32": "float32", "fp16": "float16"}[precision]
     if precision == "fp16":
-        assert {"time_embedding", "normalization_statistics", "attention_logits_and_softmax"} <= set(pol["fp32_islands"])
+        assert {"time_embedding", "normalization_statistics", "attention_bias_and_softmax"} <= set(pol["fp32_islands"])
     else:
         assert pol["fp32_islands"] == []
     assert props[md.ATTENTION] == attention

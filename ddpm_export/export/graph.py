@@ -1,6 +1,5 @@
-"""Reading an exported graph (onnx only, no torch): element types of every tensor, the
-time-embedding subgraph, attention nodes. Used by the tests, `ddpm-export inspect` and the
-precision checks."""
+"""Reading an exported graph (onnx only, no torch): element types of every tensor and the
+time-embedding subgraph, for checking the fp16 precision policy (used by the tests)."""
 
 from __future__ import annotations
 
@@ -67,11 +66,3 @@ def embedding_subgraph(model: onnx.ModelProto, input_name: str = "t") -> tuple[l
             nodes.append(node)
             frontier.extend(node.output)
     return nodes, sorted(set(boundary))
-
-
-def op_counts(model: onnx.ModelProto) -> dict[str, int]:
-    """``domain::op_type`` (plain op_type for the default domain) -> number of nodes."""
-    counts: dict[str, int] = defaultdict(int)
-    for node in model.graph.node:
-        counts[f"{node.domain}::{node.op_type}" if node.domain else node.op_type] += 1
-    return dict(counts)

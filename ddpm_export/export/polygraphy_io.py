@@ -11,6 +11,7 @@ from polygraphy.json import save_json
 
 from ddpm_export.export.spec import ExportSpec
 from ddpm_export.export.validate import torch_reference
+from ddpm_export.files import atomic_file
 from ddpm_export.nn.unet import UNet
 
 INPUTS_NAME, OUTPUTS_NAME = "inputs.json", "outputs.json"
@@ -27,13 +28,14 @@ def check_io_paths(out_dir: str | Path, *, force: bool = False) -> tuple[Path, P
     return paths
 
 
-def save_torch_io(unet: UNet, spec: ExportSpec, paths: tuple[Path, Path], *, batch: int | None = None) -> None:
+def save_torch_io(unet: UNet, spec: ExportSpec, paths: tuple[Path, Path]) -> None:
     """Write torch's inputs (a list of feed dicts) and outputs (RunResults of runner ``torch``)
-    for one batch (default: the spec's opt batch) to ``paths`` from :func:`check_io_paths`."""
-    paths[0].parent.mkdir(parents=True, exist_ok=True)
-    feeds = spec.sample_inputs(batch or spec.opt_batch, seed=0)
+    for the spec's opt batch to ``paths`` from :func:`check_io_paths` (each file atomically)."""
+    feeds = spec.sample_inputs(spec.opt_batch, seed=0)
     outputs = {spec.output_names[0]: torch_reference(unet, spec, feeds)}
     results = RunResults()
     results.append(("torch", [IterationResult(outputs=outputs, runner_name="torch")]))
-    save_json([feeds], str(paths[0]), description="torch inputs")
-    results.save(str(paths[1]))
+    with atomic_file(paths[0], force=True) as tmp:  # existing files were refused by check_io_paths
+        save_json([feeds], str(tmp), description="torch inputs")
+    with atomic_file(paths[1], force=True) as tmp:
+        results.save(str(tmp))

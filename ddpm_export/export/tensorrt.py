@@ -27,6 +27,7 @@ from ddpm_export import __version__
 from ddpm_export.export import metadata as md
 from ddpm_export.export.spec import ExportSpec
 from ddpm_export.files import atomic_file, refuse_existing
+from ddpm_export.runtime.info import ModelInfo
 from ddpm_export.runtime.tensorrt import sidecar_path
 
 
@@ -67,9 +68,8 @@ def plan_engine(onnx_path: str | Path, *, fp16: bool | None = None) -> EnginePla
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found")
     model = onnx.load(str(path), load_external_data=False)
-    meta = md.read_metadata(model)
-    spec = ExportSpec.from_json(meta[md.EXPORT_SPEC], source=f"{path}:{md.EXPORT_SPEC}")
-    precision = json.loads(meta[md.PRECISION_POLICY])["precision"]
+    info = ModelInfo.from_metadata({p.key: p.value for p in model.metadata_props}, source=str(path))
+    spec, precision = info.spec, info.precision
     if fp16 is not None and fp16 != (precision == "fp16"):
         want = "fp16" if fp16 else "fp32"
         raise ValueError(f"{path} is a {precision} graph but {want} was asked for; the precision lives in the ONNX "
