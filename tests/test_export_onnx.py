@@ -64,7 +64,9 @@ FEATURE_CASES = ([(m, p, "decomposed") for m in FEATURES for p in PRECISIONS]
                  + [("context", "fp32", "ort-mha"), ("context", "fp16", "onnx-attention"),
                     ("attention-cond", "fp32", "onnx-attention"), ("attention-cond", "fp16", "ort-mha")])
 CIFAR_CASES = [("ddpm-cifar10", p, "decomposed") for p in PRECISIONS]
-ALL_CASES = PRESET_CASES + FEATURE_CASES + CIFAR_CASES
+#: the shipped trained model: every preset exports and validates in both precisions
+DIGITS_CASES = [("digits", p, "decomposed") for p in PRECISIONS]
+ALL_CASES = PRESET_CASES + FEATURE_CASES + CIFAR_CASES + DIGITS_CASES
 
 
 def _case_id(case: tuple[str, str, str]) -> str:
