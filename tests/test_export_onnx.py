@@ -155,7 +155,7 @@ def _check_validation(exp: Exported, precision: str) -> None:
 
 
 # --- every form x precision validates ------------------------------------------------------------
-@pytest.mark.parametrize("case", PRESET_CASES + FEATURE_CASES, ids=_case_id)
+@pytest.mark.parametrize("case", PRESET_CASES + FEATURE_CASES + DIGITS_CASES, ids=_case_id)
 def test_export_validates_against_torch(exported, case):
     name, precision, attention = case
     exp = exported(*case)
