@@ -118,7 +118,7 @@ def test_class_entropy_bits():
 
 # --- the shipped model -----------------------------------------------------------------
 def test_digits_checkpoint_samples_recognisable_digits(classifier, digits):
-    """DDIM-20, 64 samples, no guidance: measured 0.94 confident; noise scores 0."""
+    """DDIM-20, 64 samples, no guidance: measured 0.97 confident, 1.00 as requested; noise scores 0."""
     pytest.importorskip("torch")
     from ddpm_export import load_model
     from ddpm_export.nn.checkpoint import diffusion_config_for

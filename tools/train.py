@@ -79,7 +79,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", default="models/digits", help="checkpoint folder to write")
-    p.add_argument("--steps", type=int, default=1400, help="optimiser steps")
+    p.add_argument("--steps", type=int, default=2400, help="optimiser steps")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3, help="peak Adam learning rate")
     p.add_argument("--warmup", type=int, default=100, help="linear learning-rate warm-up steps")
@@ -88,7 +88,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--p-uncond", type=float, default=0.1, help="probability of dropping a label to the null class")
     p.add_argument("--base-channels", type=int, default=32, help="U-Net width C0 (levels C0, 2C0, 2C0)")
     p.add_argument("--seed", type=int, default=0, help="seeds initialisation, batches, timesteps and noise")
-    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    p.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     p.add_argument("--force", action="store_true", help="overwrite an existing --out folder")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines instead)")
     args = p.parse_args(argv)
