@@ -21,3 +21,9 @@ def preset_dir(name: str) -> Path:
         raise ValueError(f"unknown model {name!r}: not a folder on disk and not a preset; "
                          f"presets: {', '.join(preset_names()) or '(none found in ' + str(MODELS_DIR) + ')'}")
     return MODELS_DIR / name
+
+
+def default_model() -> str:
+    """``digits`` (the trained, class-conditional model) when it is in models/, else ``tiny``:
+    the model of ``ddpm-export demo`` and ``ddpm-export sample`` when none is named."""
+    return "digits" if "digits" in preset_names() else "tiny"

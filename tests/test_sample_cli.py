@@ -80,9 +80,24 @@ def test_bad_arguments_fail_with_a_message(onnx_files: dict[str, Path], tmp_path
     assert code != 0 and "needs a class-conditional model" in out
     code, out = _run("--onnx", str(onnx_files["tiny"]), "--sampler", "ddpm", "--eta", "0.5", "-o", png)
     assert code != 0 and "eta applies to the DDIM sampler only" in out
-    code, out = _run("-o", png)
-    assert code != 0 and "exactly one of --onnx and --bundle" in out
+    code, out = _run("--onnx", str(onnx_files["tiny"]), "--model", "tiny", "-o", png)
+    assert code != 0 and "at most one of --onnx, --bundle and --model" in out
     assert not Path(png).exists()
+
+
+def test_a_model_is_exported_on_the_fly_and_digits_is_the_default(onnx_files: dict[str, Path],
+                                                                    tmp_path: Path) -> None:
+    from ddpm_export.presets import default_model, preset_names
+
+    png, npy = tmp_path / "m.png", tmp_path / "m.npy"
+    code, out = _run("--model", "tiny", "-n", "2", "--steps", "3", "-o", str(png), "--save-npy", str(npy))
+    assert code == 0, out
+    want = Pipeline.from_onnx(onnx_files["tiny"]).sample(2, steps=3, seed=0, progress=False)
+    np.testing.assert_allclose(np.load(npy), want, atol=1e-5)  # the same model, exported again
+    assert default_model() == ("digits" if "digits" in preset_names() else "tiny")
+    code, out = _run("-n", "2", "--steps", "2", "-o", str(tmp_path / "d.png"))
+    assert code == 0, out
+    assert f"exporting {default_model()} to ONNX" in out
 
 
 def test_samples_from_a_bundle(onnx_files: dict[str, Path], tmp_path: Path) -> None:

@@ -12,13 +12,6 @@ DEMO_GUIDANCE = 1.5  # the digits model's samples degrade from 2 on (models/digi
 VERIFY_ROWS = 2
 
 
-def default_model() -> str:
-    """``digits`` (the trained, class-conditional model) when it is in models/, else ``tiny``."""
-    from ddpm_export.presets import preset_names
-
-    return "digits" if "digits" in preset_names() else "tiny"
-
-
 @click.command("demo")
 @click.option("--model", "-m", "model", default=None,
               help="Preset name or checkpoint folder [default: digits if shipped, else tiny].")
@@ -48,6 +41,7 @@ def command(model: str | None, out_dir: str, ddpm_steps: int | None, force: bool
     from ddpm_export.images import save_grid, save_npy
     from ddpm_export.runtime import Pipeline
     from ddpm_export.files import atomic_dir
+    from ddpm_export.presets import default_model
     from ddpm_export.verify import VerifyError, plot_drift, verify, write_report
 
     start = time.perf_counter()

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ddpm_export.runtime import Pipeline
 
 
 @click.command("sample")
@@ -10,6 +15,9 @@ import click
               help="An ONNX file written by `ddpm-export onnx` (its metadata holds everything else).")
 @click.option("--bundle", "bundle_dir", type=click.Path(file_okay=False, exists=True), default=None,
               help="A bundle folder (`ddpm-export bundle`); every file's sha256 is checked first.")
+@click.option("--model", "-m", "model", default=None,
+              help="Export this preset or checkpoint folder on the fly (needs the export extra: torch) "
+                   "[default, when neither --onnx nor --bundle is given: digits if shipped, else tiny].")
 @click.option("-n", "--num-images", "n", type=click.IntRange(1), default=16, help="Number of images.")
 @click.option("--steps", type=click.IntRange(1), default=None,
               help="Inference steps [default: the file's num_inference_steps].")
@@ -28,7 +36,7 @@ import click
 @click.option("--scale", type=click.IntRange(1, 16), default=1, help="Enlarge each tile this many times (nearest).")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 @click.option("--force", is_flag=True, help="Overwrite existing output files.")
-def command(onnx_path: str | None, bundle_dir: str | None, n: int, steps: int | None, sampler: str | None,
+def command(onnx_path: str | None, bundle_dir: str | None, model: str | None, n: int, steps: int | None, sampler: str | None,
             eta: float | None, seed: int, class_id: int | None, guidance: float, output: str, save_npy: str | None,
             scale: int, progress: bool, force: bool) -> None:
     """Sample images with ONNX Runtime (no PyTorch) and write them as a PNG grid.
@@ -39,22 +47,29 @@ def command(onnx_path: str | None, bundle_dir: str | None, n: int, steps: int | 
     `Pipeline.sample`). Outputs are written atomically and never overwritten without --force.
     \b
     Examples:
+      ddpm-export sample -n 40 --guidance 1.5 -o digits.png     # the shipped digits model
       ddpm-export sample --onnx tiny.onnx -n 16 -o grid.png
       ddpm-export sample --bundle bundle/ -n 20 --class 3 --guidance 3 --steps 50 -o threes.png
     """
     from ddpm_export.images import save_grid, save_npy as write_npy
     from ddpm_export.runtime import BundleError, MetadataError, Pipeline
     from ddpm_export.files import refuse_existing
+    from ddpm_export.presets import default_model
 
-    if (onnx_path is None) == (bundle_dir is None):
-        raise click.UsageError("pass exactly one of --onnx and --bundle")
+    if sum(x is not None for x in (onnx_path, bundle_dir, model)) > 1:
+        raise click.UsageError("pass at most one of --onnx, --bundle and --model")
     try:
         for path in (output, save_npy):
             if path is not None:
                 refuse_existing(path, force)
         if save_npy is not None and save_npy == output:
             raise ValueError("--save-npy and --output name the same file")
-        pipe = Pipeline.from_onnx(onnx_path) if onnx_path else Pipeline.from_bundle(bundle_dir)
+        if bundle_dir is not None:
+            pipe = Pipeline.from_bundle(bundle_dir)
+        elif onnx_path is not None:
+            pipe = Pipeline.from_onnx(onnx_path)
+        else:
+            pipe = _export_and_load(model or default_model())
         images = pipe.sample(n, steps=steps, sampler=sampler, seed=seed, eta=eta, guidance_scale=guidance,
                              classes=class_id, progress=progress)
         save_grid(images, output, force=force, scale=scale)
@@ -65,3 +80,17 @@ def command(onnx_path: str | None, bundle_dir: str | None, n: int, steps: int | 
     info = pipe.info
     click.echo(f"wrote {output} ({n} images, {info.spec.in_channels}x{info.spec.sample_size}x{info.spec.sample_size}, "
                f"{info.precision})" + (f" and {save_npy}" if save_npy else ""))
+
+
+def _export_and_load(model: str) -> Pipeline:
+    """Export ``model`` (validated, fp32) into a temporary folder and load it; the file goes away."""
+    import tempfile
+    from pathlib import Path
+
+    from ddpm_export.export.onnx import export_onnx
+    from ddpm_export.runtime import Pipeline
+
+    with tempfile.TemporaryDirectory() as tmp:
+        click.echo(f"exporting {model} to ONNX (use `ddpm-export onnx` once and --onnx to skip this)")
+        path = export_onnx(model, Path(tmp) / "model.onnx", log=lambda line: None).path
+        return Pipeline.from_onnx(path)
