@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ddpm_export.presets import MODELS_DIR
+
 __all__ = [
     "CLASSIFIER_DIR",
     "CONFIDENCE_THRESHOLD",
@@ -47,7 +49,6 @@ __all__ = [
     "upscale2x",
 ]
 
-MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 CLASSIFIER_DIR = MODELS_DIR / "digit-classifier"
 CLASSIFIER_CONFIG = "classifier.json"   # not config.json: models/*/config.json are U-Net presets
 CLASSIFIER_WEIGHTS = "classifier.safetensors"

@@ -14,12 +14,14 @@ A Pipeline holds no per-call state (each call builds its own scheduler and noise
 from __future__ import annotations
 
 import math
+import typing
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from ddpm_export.configbase import check_choice
 from ddpm_export.diffusion import SCHEDULERS, Backend, DiffusionConfig, make_scheduler, sample
 from ddpm_export.runtime.info import ModelInfo
 
@@ -119,6 +121,7 @@ class Pipeline:
         """
         from ddpm_export.runtime import bundle as bundle_mod
 
+        check_choice("backend", backend, typing.get_args(BackendName))  # before hashing every file
         manifest = bundle_mod.verify_bundle(directory)
         entry = manifest.model(onnx)
         folder = Path(directory)
@@ -128,17 +131,15 @@ class Pipeline:
                 raise bundle_mod.BundleError(f"{folder / bundle_mod.MANIFEST}: the schedule differs from the metadata "
                                              f"of {entry['onnx']}; rebuild the bundle with `ddpm-export bundle`")
             return pipe
-        if backend == "tensorrt":
-            from ddpm_export.runtime.tensorrt import TensorRTBackend
+        from ddpm_export.runtime.tensorrt import TensorRTBackend
 
-            if not entry["engines"]:
-                raise bundle_mod.BundleError(f"{folder}: no TensorRT engine for {entry['onnx']} in this bundle; "
-                                             f"add one with `ddpm-export bundle --engine`")
-            info = ModelInfo.from_metadata(entry["metadata"], source=f"{folder / bundle_mod.MANIFEST}")
-            engine = TensorRTBackend(folder / entry["engines"][0], info.spec,
-                                     onnx_sha256=manifest.sha256(entry["onnx"]), device=device)
-            return cls(engine, info, source=str(folder / entry["engines"][0]))
-        raise ValueError(f"backend={backend!r} is not valid; choose one of: 'onnxruntime', 'tensorrt'")
+        if not entry["engines"]:
+            raise bundle_mod.BundleError(f"{folder}: no TensorRT engine for {entry['onnx']} in this bundle; "
+                                         f"add one with `ddpm-export bundle --engine`")
+        info = ModelInfo.from_metadata(entry["metadata"], source=f"{folder / bundle_mod.MANIFEST}")
+        engine = TensorRTBackend(folder / entry["engines"][0], info.spec,
+                                 onnx_sha256=manifest.sha256(entry["onnx"]), device=device)
+        return cls(engine, info, source=str(folder / entry["engines"][0]))
 
     # --- what it accepts ---------------------------------------------------------------
     @property
