@@ -12,7 +12,7 @@ import pytest
 pytest.importorskip("torch")
 
 TOOLS = Path(__file__).resolve().parent.parent / "tools"
-SMOKE = ["--steps", "3", "--batch-size", "4", "--base-channels", "8", "--warmup", "2", "--no-progress"]
+SMOKE = ["--steps", "3", "--batch-size", "4", "--base-channels", "8", "--warmup", "2", "--no-progress", "--threads", "1"]
 
 
 def load_tool(name: str):
