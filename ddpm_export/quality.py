@@ -26,10 +26,14 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ddpm_export.presets import MODELS_DIR
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ddpm_export.runtime.onnxruntime_backend import OnnxRuntimeBackend
 
 __all__ = [
     "CLASSIFIER_DIR",
@@ -37,7 +41,7 @@ __all__ = [
     "DigitClassifier",
     "Digits",
     "HELDOUT_SIZE",
-    "OnnxRuntimeBackend",
+    "onnx_backend",
     "QualityReport",
     "SPLIT_SEED",
     "feature_stats",
@@ -291,27 +295,16 @@ def generate(backend, scheduler, labels: np.ndarray, *, seed: int, null_class: i
 
 
 # --- an ONNX Runtime backend for the sampling loop ---------------------------------------
-class OnnxRuntimeBackend:
-    """An exported class-conditional U-Net as a :class:`ddpm_export.diffusion.Backend`.
+def onnx_backend(path: str | Path, threads: int | None = None) -> OnnxRuntimeBackend:
+    """The runtime's :class:`~ddpm_export.runtime.onnxruntime_backend.OnnxRuntimeBackend` on an
+    exported file (its ExportSpec read from the metadata), with ``threads`` intra-op threads."""
+    import onnxruntime as ort
 
-    Feeds ``{"x_t": x, "t": t, "class_labels": c}`` (``class_labels`` only when the graph has
-    it) and returns output 0 as float32.
-    """
+    from ddpm_export.runtime import read_info
+    from ddpm_export.runtime.onnxruntime_backend import OnnxRuntimeBackend
 
-    def __init__(self, path: str | Path, threads: int | None = None) -> None:
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        if threads is not None:
-            opts.intra_op_num_threads = threads
-            opts.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        self.input_names = [i.name for i in self.session.get_inputs()]
-
-    def __call__(self, x_t: np.ndarray, t: np.ndarray, cond: np.ndarray | None) -> np.ndarray:
-        feeds = {"x_t": x_t, "t": t}
-        if "class_labels" in self.input_names:
-            if cond is None:
-                raise ValueError("this graph is class-conditional; pass class ids as cond")
-            feeds["class_labels"] = cond
-        return np.asarray(self.session.run(None, feeds)[0], dtype=np.float32)
+    opts = ort.SessionOptions()
+    if threads is not None:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    return OnnxRuntimeBackend.from_path(path, read_info(path).spec, session_options=opts)

@@ -143,7 +143,7 @@ def test_onnxruntime_and_torch_samples_score_the_same(tmp_path, classifier, digi
     pytest.importorskip("torch")
     from ddpm_export import load_model
     from ddpm_export.export.onnx import export_onnx
-    from ddpm_export.quality import OnnxRuntimeBackend
+    from ddpm_export.quality import onnx_backend
     from ddpm_export.torch_backend import TorchBackend
 
     export_onnx(DIGITS_MODEL, tmp_path / "digits.onnx", max_batch=32, log=lambda s: None)
@@ -151,7 +151,7 @@ def test_onnxruntime_and_torch_samples_score_the_same(tmp_path, classifier, digi
     labels = np.arange(20) % 10
     kw = dict(seed=3, null_class=10, guidance_scale=2.0, batch_size=10)
     a = generate(TorchBackend(load_model(DIGITS_MODEL)), scheduler, labels, **kw)
-    b = generate(OnnxRuntimeBackend(tmp_path / "digits.onnx", threads=1), scheduler, labels, **kw)
+    b = generate(onnx_backend(tmp_path / "digits.onnx", threads=1), scheduler, labels, **kw)
     assert np.abs(a - b).max() < 1e-4
     ra, rb = score(a, classifier, digits.heldout_x, labels), score(b, classifier, digits.heldout_x, labels)
     assert ra.class_histogram == rb.class_histogram and ra.class_accuracy == rb.class_accuracy

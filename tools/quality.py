@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ddpm_export.diffusion import DiffusionConfig, make_scheduler
-from ddpm_export.quality import (CLASSIFIER_DIR, DigitClassifier, OnnxRuntimeBackend, generate, load_digits_split,
+from ddpm_export.quality import (CLASSIFIER_DIR, DigitClassifier, generate, load_digits_split, onnx_backend,
                                  reference_frechet, score)
 
 
@@ -42,12 +42,12 @@ def torch_backend(model: str, threads: int):
     return TorchBackend(load_model(model))
 
 
-def onnx_backend(model: str, onnx_path: Path, threads: int, max_batch: int) -> OnnxRuntimeBackend:
+def exported_backend(model: str, onnx_path: Path, threads: int, max_batch: int):
     if not onnx_path.exists():
         from ddpm_export.export.onnx import export_onnx
 
         export_onnx(model, onnx_path, opt_batch=min(64, max_batch), max_batch=max_batch, log=lambda s: None)
-    return OnnxRuntimeBackend(onnx_path, threads=threads)
+    return onnx_backend(onnx_path, threads=threads)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def get(name: str):
         if name not in backends:
-            backends[name] = (onnx_backend(args.model, Path(tmp.name) / "digits.onnx", args.threads, max_batch)
+            backends[name] = (exported_backend(args.model, Path(tmp.name) / "digits.onnx", args.threads, max_batch)
                               if name == "onnx" else torch_backend(args.model, args.threads))
         return backends[name]
 
