@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -43,8 +42,8 @@ import numpy as np
 from ddpm_export.diffusion import Backend, make_scheduler, sample
 from ddpm_export.diffusion.scheduler import Scheduler
 from ddpm_export.export.metadata import sha256_file
-from ddpm_export.export.validate import FP16_REL_L2, FP32_MAX_ABS
 from ddpm_export.files import atomic_file
+from ddpm_export.metrics import FP16_REL_L2, FP32_MAX_ABS, compare
 from ddpm_export.runtime.info import ModelInfo, read_info
 
 __all__ = ["THRESHOLDS", "Thresholds", "VerifyError", "compare", "plot_drift", "require_matplotlib", "verify",
@@ -72,17 +71,6 @@ THRESHOLDS = {
     "fp32": Thresholds(final_psnr_db=60.0, step_max_abs=FP32_MAX_ABS),
     "fp16": Thresholds(final_psnr_db=40.0, step_rel_l2=FP16_REL_L2),
 }
-
-
-def compare(actual: np.ndarray, expected: np.ndarray) -> dict[str, Any]:
-    """Max abs error, relative L2 (``||a - e|| / ||e||``), MSE and PSNR ``10 log10(4 / MSE)``
-    (None when the arrays are equal), in float64."""
-    a, e = actual.astype(np.float64), expected.astype(np.float64)
-    diff = a - e
-    mse = float(np.mean(diff**2))
-    return {"max_abs": float(np.abs(diff).max()),
-            "rel_l2": float(np.linalg.norm(diff) / max(float(np.linalg.norm(e)), 1e-30)),
-            "mse": mse, "psnr_db": None if mse == 0 else 10.0 * math.log10(4.0 / mse)}
 
 
 # --- the parts ------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ddpm_export.export.spec import ExportSpec
-from ddpm_export.export.validate import errors
+from ddpm_export.metrics import errors
 
 torch = pytest.importorskip("torch")
 

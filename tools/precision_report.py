@@ -25,7 +25,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ddpm_export.config import UNetConfig
 from ddpm_export.export.onnx import export_onnx
-from ddpm_export.export.validate import errors, torch_reference
+from ddpm_export.export.validate import torch_reference
+from ddpm_export.metrics import errors
 from ddpm_export.nn.checkpoint import CONFIG_NAME, build_model, save_checkpoint
 from ddpm_export.presets import preset_dir
 

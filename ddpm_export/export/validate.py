@@ -13,12 +13,8 @@ import onnxruntime as ort
 import torch
 
 from ddpm_export.export.spec import ExportSpec
+from ddpm_export.metrics import FP16_REL_L2, FP32_MAX_ABS, errors
 from ddpm_export.nn.unet import UNet
-
-#: default limits per precision: max abs error for fp32, relative L2 error for fp16
-FP32_MAX_ABS = 1e-4
-FP16_REL_L2 = 2e-2
-
 
 class ValidationError(RuntimeError):
     """The exported graph is malformed or disagrees with torch beyond the tolerance."""
@@ -43,13 +39,6 @@ class ValidationReport:
     @property
     def rel_l2(self) -> float:
         return max(e.rel_l2 for e in self.errors)
-
-
-def errors(actual: np.ndarray, expected: np.ndarray) -> tuple[float, float]:
-    """(max |a - e|, ||a - e||_2 / ||e||_2) in float64."""
-    a, e = actual.astype(np.float64), expected.astype(np.float64)
-    diff = a - e
-    return float(np.abs(diff).max()), float(np.linalg.norm(diff) / max(np.linalg.norm(e), 1e-30))
 
 
 def torch_reference(unet: UNet, spec: ExportSpec, feeds: dict[str, np.ndarray]) -> np.ndarray:
