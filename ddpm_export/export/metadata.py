@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 PREFIX = "ddpm_export."
 UNET_CONFIG = PREFIX + "unet_config"
@@ -38,11 +38,20 @@ def dumps(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
-def read_metadata(model_proto: Any) -> dict[str, str]:
-    """``metadata_props`` of an ``onnx.ModelProto`` as a dict; raises ValueError naming missing keys."""
-    props = {p.key: p.value for p in model_proto.metadata_props}
+class MetadataError(ValueError):
+    """An ONNX file lacks ddpm-export metadata, or a metadata value does not parse."""
+
+
+def check_required(props: Mapping[str, str], source: str = "model") -> None:
+    """Raise MetadataError naming ``source`` and every required key missing from ``props``."""
     missing = [k for k in REQUIRED if k not in props]
     if missing:
-        raise ValueError(f"not a ddpm-export ONNX file: metadata key(s) {', '.join(missing)} missing; "
-                         f"re-export it with `ddpm-export onnx`")
+        raise MetadataError(f"{source}: not a ddpm-export ONNX file: metadata key(s) {', '.join(missing)} "
+                            f"missing; re-export it with `ddpm-export onnx`")
+
+
+def read_metadata(model_proto: Any, source: str = "model") -> dict[str, str]:
+    """``metadata_props`` of an ``onnx.ModelProto`` as a dict, checked by :func:`check_required`."""
+    props = {p.key: p.value for p in model_proto.metadata_props}
+    check_required(props, source)
     return props

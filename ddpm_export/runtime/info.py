@@ -18,13 +18,10 @@ from ddpm_export.config import UNetConfig
 from ddpm_export.configbase import ConfigError
 from ddpm_export.diffusion.config import DiffusionConfig
 from ddpm_export.export import metadata as md
+from ddpm_export.export.metadata import MetadataError
 from ddpm_export.export.spec import ExportSpec
 
 __all__ = ["MetadataError", "ModelInfo", "read_info", "read_metadata"]
-
-
-class MetadataError(ValueError):
-    """An ONNX file lacks ddpm-export metadata, or a metadata value does not parse."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,10 +49,7 @@ class ModelInfo:
     @classmethod
     def from_metadata(cls, props: Mapping[str, str], source: str = "model") -> "ModelInfo":
         """Parse ``metadata_props``; raise MetadataError naming ``source`` and the bad key."""
-        missing = [k for k in md.REQUIRED if k not in props]
-        if missing:
-            raise MetadataError(f"{source}: not a ddpm-export ONNX file: metadata key(s) {', '.join(missing)} "
-                                f"missing; re-export it with `ddpm-export onnx`")
+        md.check_required(props, source)
 
         def parse(key: str, cls_: Any) -> Any:
             try:
