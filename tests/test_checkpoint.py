@@ -212,3 +212,19 @@ def test_presets_load(name):
         out = model(x, t, cond)
     assert out.shape == (1, model.config.out_channels, model.config.sample_size, model.config.sample_size)
     assert torch.isfinite(out).all()
+
+
+def test_saving_is_byte_identical_across_processes(tmp_path):
+    """The same weights give the same file bytes (and so the same sha256 in exported metadata)
+    in every process; safetensors orders a multi-entry metadata map differently per process."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from ddpm_export.nn.checkpoint import save_checkpoint; "
+            "from ddpm_export import load_model; save_checkpoint(load_model('tiny'), sys.argv[1])")
+    for name in ("a", "b", "c"):
+        proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / name)], capture_output=True, text=True,
+                              timeout=120)
+        assert proc.returncode == 0, proc.stderr
+    blobs = {(tmp_path / n / "model.safetensors").read_bytes() for n in ("a", "b", "c")}
+    assert len(blobs) == 1

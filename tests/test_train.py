@@ -61,8 +61,7 @@ def test_refuses_to_overwrite_without_force(train, tmp_path, capsys):
 
 def test_training_is_reproducible(tmp_path):
     """The documented command, run twice in fresh processes (as a user regenerates the model),
-    writes bit-identical weights. Fresh processes: in-process runs after other tests' torch work
-    were seen to differ in the last bits."""
+    writes a byte-identical model.safetensors."""
     import os
     import subprocess
     import sys

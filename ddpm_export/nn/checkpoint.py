@@ -46,7 +46,9 @@ def save_checkpoint(model: UNet, out_dir: str | Path, *, diffusion: DiffusionCon
     out = Path(out_dir)
     with atomic_dir(out, force=force) as tmp:
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-        save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "producer": "ddpm-export"})
+        # One metadata entry: safetensors writes its metadata map in a per-process random order,
+        # so two entries would make the same weights give different file bytes (and sha256).
+        save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
         (tmp / CONFIG_NAME).write_text(model.config.to_json() + "\n", encoding="utf-8")
         if diffusion is not None:
             (tmp / DIFFUSION_NAME).write_text(diffusion.to_json() + "\n", encoding="utf-8")
