@@ -1,18 +1,50 @@
-"""The ``ddpm-export`` command line (click). Subcommands import torch only when they need it."""
+"""The ``ddpm-export`` command line (click). Subcommands import torch only when they need it.
+
+Errors are turned into exit statuses here, and only here: a :class:`~ddpm_export.errors.DdpmExportError`
+(or a missing module) prints one ``Error: ...`` line and exits with its kind's status -- 1 when a
+verification failed or an output is not finite, 2 for bad input, integrity or environment
+problems (:mod:`ddpm_export.errors`). ``--debug`` shows the traceback instead. Usage errors are
+click's own (status 2).
+"""
 
 from __future__ import annotations
 
 import importlib
 import pkgutil
+from typing import Any
 
 import click
 
-from ddpm_export import __version__, commands
+from ddpm_export import commands
+from ddpm_export._version import __version__
+from ddpm_export.errors import DdpmExportError, exit_status
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+class Failure(click.ClickException):
+    """A handled error: click prints ``Error: <message>`` and exits with ``exit_code``."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class _Main(click.Group):
+    """The command group; maps errors to exit statuses for every subcommand."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (DdpmExportError, ImportError) as e:
+            if ctx.meta.get("ddpm_export.debug"):
+                raise
+            raise Failure(str(e), exit_status(e)) from e
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.version_option(__version__, prog_name="ddpm-export")
-def main() -> None:
+@click.option("--debug", is_flag=True, help="Show the full traceback of an error instead of one line.")
+@click.pass_context
+def main(ctx: click.Context, debug: bool) -> None:
     """Take a DDPM U-Net from PyTorch to ONNX / TensorRT and sample it without PyTorch.
 
     \b
@@ -21,7 +53,11 @@ def main() -> None:
       ddpm-export onnx --model tiny -o tiny.onnx
       ddpm-export sample --onnx tiny.onnx -n 16 -o grid.png
       ddpm-export verify --model tiny --onnx tiny.onnx
+    \b
+    Exit status: 0 success, 1 verification failed or non-finite output, 2 bad input, usage
+    or environment (e.g. a missing optional dependency).
     """
+    ctx.meta["ddpm_export.debug"] = debug
 
 
 def _register_commands() -> None:

@@ -15,10 +15,12 @@ import typing
 from pathlib import Path
 from typing import Any, ClassVar, Iterable, TypeVar
 
+from ddpm_export.errors import BadInputError
+
 C = TypeVar("C", bound="FrozenConfig")
 
 
-class ConfigError(ValueError):
+class ConfigError(BadInputError):
     """A config field holds a bad value. The message names the field and the valid choices."""
 
 

@@ -14,13 +14,15 @@ import uuid
 from pathlib import Path
 from typing import Iterator
 
+from ddpm_export.errors import NotAFolderError, OutputExistsError
+
 __all__ = ["atomic_dir", "atomic_file", "refuse_existing"]
 
 
 def refuse_existing(path: str | Path, force: bool, flag: str = "--force") -> None:
     """Raise FileExistsError when ``path`` exists and not ``force``."""
     if Path(path).exists() and not force:
-        raise FileExistsError(f"{path} exists; pass {flag} to overwrite it")
+        raise OutputExistsError(f"{path} exists; pass {flag} to overwrite it")
 
 
 @contextlib.contextmanager
@@ -53,7 +55,7 @@ def atomic_dir(path: str | Path, *, force: bool = False) -> Iterator[Path]:
     path = Path(path)
     refuse_existing(path, force)
     if path.exists() and not path.is_dir():
-        raise NotADirectoryError(f"{path} exists and is not a folder")
+        raise NotAFolderError(f"{path} exists and is not a folder")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")  # unique: threads never collide
     old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex}")

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ddpm_export.errors import BadInputError
 from ddpm_export.files import atomic_file
 
 __all__ = ["grid_shape", "make_grid", "save_grid", "save_npy", "to_uint8"]
@@ -18,7 +19,7 @@ __all__ = ["grid_shape", "make_grid", "save_grid", "save_npy", "to_uint8"]
 def to_uint8(images: np.ndarray) -> np.ndarray:
     """``[N, C, H, W]`` in ``[-1, 1]`` -> ``[N, H, W, C]`` uint8: ``round((x + 1) * 127.5)``, clipped."""
     if images.ndim != 4:
-        raise ValueError(f"images must be [N, C, H, W], got shape {images.shape}")
+        raise BadInputError(f"images must be [N, C, H, W], got shape {images.shape}")
     scaled = np.rint((images.astype(np.float64) + 1.0) * 127.5)
     return np.clip(scaled, 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
 
@@ -26,7 +27,7 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
 def grid_shape(n: int, columns: int | None = None) -> tuple[int, int]:
     """``(rows, columns)``: ``ceil(sqrt(n))`` columns unless given, as many rows as needed."""
     if n < 1:
-        raise ValueError(f"need at least one image, got {n}")
+        raise BadInputError(f"need at least one image, got {n}")
     cols = columns or math.ceil(math.sqrt(n))
     return math.ceil(n / cols), cols
 
@@ -39,9 +40,9 @@ def make_grid(images: np.ndarray, *, columns: int | None = None, padding: int = 
     pixels, so the picture is ``cols * (W * scale + padding) + padding`` wide (rows alike).
     """
     if images.ndim != 4 or images.shape[1] not in (1, 3):
-        raise ValueError(f"images must be [N, 1 or 3, H, W], got shape {images.shape}")
+        raise BadInputError(f"images must be [N, 1 or 3, H, W], got shape {images.shape}")
     if scale < 1 or padding < 0:
-        raise ValueError(f"scale must be >= 1 and padding >= 0, got scale={scale}, padding={padding}")
+        raise BadInputError(f"scale must be >= 1 and padding >= 0, got scale={scale}, padding={padding}")
     tiles = to_uint8(images)
     if scale > 1:
         tiles = tiles.repeat(scale, axis=1).repeat(scale, axis=2)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ddpm_export.errors import BadInputError
+
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 
 
@@ -18,7 +20,7 @@ def preset_names() -> list[str]:
 def preset_dir(name: str) -> Path:
     """The folder of preset ``name``; raises ValueError listing the presets when unknown."""
     if name not in preset_names():
-        raise ValueError(f"unknown model {name!r}: not a folder on disk and not a preset; "
+        raise BadInputError(f"unknown model {name!r}: not a folder on disk and not a preset; "
                          f"presets: {', '.join(preset_names()) or '(none found in ' + str(MODELS_DIR) + ')'}")
     return MODELS_DIR / name
 

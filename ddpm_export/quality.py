@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ddpm_export.errors import BadInputError, InputNotFoundError
 from ddpm_export.presets import MODELS_DIR
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -147,14 +148,14 @@ class DigitClassifier:
         meta_path, weights_path = folder / CLASSIFIER_CONFIG, folder / CLASSIFIER_WEIGHTS
         for p in (meta_path, weights_path):
             if not p.is_file():
-                raise FileNotFoundError(f"{p} not found; regenerate it with tools/train_classifier.py")
+                raise InputNotFoundError(f"{p} not found; regenerate it with tools/train_classifier.py")
         return cls(load_file(str(weights_path)), json.loads(meta_path.read_text(encoding="utf-8")))
 
     def forward(self, x: np.ndarray, batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
         """``x [N, 1, 16, 16]`` in [-1, 1] -> (features ``[N, F]``, logits ``[N, 10]``), float64."""
         x = np.asarray(x, dtype=np.float32)
         if x.ndim != 4 or x.shape[1:] != (1, 16, 16):
-            raise ValueError(f"expected images [N, 1, 16, 16], got {x.shape}")
+            raise BadInputError(f"expected images [N, 1, 16, 16], got {x.shape}")
         feats, logits = [], []
         w = self.w
         for i in range(0, len(x), batch_size):
@@ -183,7 +184,7 @@ def feature_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean ``[F]`` and unbiased covariance ``[F, F]`` of ``features [N, F]`` in float64."""
     f = np.asarray(features, dtype=np.float64)
     if f.ndim != 2 or len(f) < 2:
-        raise ValueError(f"need features [N >= 2, F], got {f.shape}")
+        raise BadInputError(f"need features [N >= 2, F], got {f.shape}")
     return f.mean(axis=0), np.cov(f, rowvar=False)
 
 

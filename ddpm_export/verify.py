@@ -41,6 +41,7 @@ import numpy as np
 
 from ddpm_export.diffusion import Backend, make_scheduler, sample
 from ddpm_export.diffusion.scheduler import Scheduler
+from ddpm_export.errors import BadInputError, MissingDependencyError
 from ddpm_export.export.metadata import sha256_file
 from ddpm_export.files import atomic_file
 from ddpm_export.metrics import FP16_REL_L2, FP32_MAX_ABS, compare
@@ -53,7 +54,7 @@ __all__ = ["THRESHOLDS", "Thresholds", "VerifyError", "compare", "plot_drift", "
 SINGLE_STEP_TIMESTEPS = (0, 937)
 
 
-class VerifyError(RuntimeError):
+class VerifyError(BadInputError):
     """Verification cannot run: the inputs do not belong together or are malformed."""
 
 
@@ -335,7 +336,7 @@ def require_matplotlib() -> None:
     try:
         import matplotlib  # noqa: F401
     except ImportError as e:
-        raise ImportError("the drift plot needs matplotlib, which is not installed: "
+        raise MissingDependencyError("the drift plot needs matplotlib, which is not installed: "
                           "pip install 'ddpm-export[plot]' (or drop --plot)") from e
 
 

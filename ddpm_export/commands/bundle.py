@@ -24,11 +24,8 @@ def command(onnx_paths: tuple[str, ...], engines: tuple[str, ...], output: str, 
     Example:
       ddpm-export bundle --onnx tiny.onnx -o tiny-bundle
     """
-    from ddpm_export.runtime import BundleError, MetadataError, make_bundle
+    from ddpm_export.runtime import make_bundle
     from ddpm_export.runtime.bundle import MANIFEST
 
-    try:
-        out = make_bundle(onnx_paths, output, engines=engines, force=force)
-    except (ValueError, FileExistsError, NotADirectoryError, BundleError, MetadataError) as e:
-        raise click.ClickException(str(e)) from e
+    out = make_bundle(onnx_paths, output, engines=engines, force=force)
     click.echo(f"wrote {out}/ ({len(onnx_paths)} ONNX file(s), {len(engines)} engine(s), {MANIFEST})")

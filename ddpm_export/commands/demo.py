@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import click
 
 #: Classifier-free guidance of the demo grid for class-conditional models: modest, so that the
@@ -34,58 +37,17 @@ def command(model: str | None, out_dir: str, ddpm_steps: int | None, force: bool
     Exits with status 1 when verification fails (the folder is still written).
     """
     import time
-    from pathlib import Path
 
-    from ddpm_export.export.onnx import export_onnx
-    from ddpm_export.export.validate import ValidationError
-    from ddpm_export.images import save_grid, save_npy
-    from ddpm_export.runtime import Pipeline
+    from ddpm_export.errors import VerificationFailed
     from ddpm_export.files import atomic_dir
     from ddpm_export.presets import default_model
-    from ddpm_export.verify import VerifyError, plot_drift, verify, write_report
 
     start = time.perf_counter()
     model = model or default_model()
     out = Path(out_dir)
-    quiet = lambda message: None  # noqa: E731 - export_onnx's per-batch lines are too detailed here
-    try:
-        with atomic_dir(out, force=force) as tmp:
-            click.echo(f"[1/3] export {model} -> {out / 'model.onnx'} (fp32)")
-            t0 = time.perf_counter()
-            exported = export_onnx(model, tmp / "model.onnx", precision="fp32", log=quiet)
-            click.echo(f"      {exported.size_bytes / 2**20:.2f} MiB, validated against PyTorch "
-                       f"(max abs {exported.validation.max_abs:.1e}) in {time.perf_counter() - t0:.1f} s")
-
-            pipe = Pipeline.from_onnx(tmp / "model.onnx")
-            info = pipe.info
-            classes = info.num_classes
-            n = 2 * classes if classes else 16
-            guidance = DEMO_GUIDANCE if classes and info.null_class_id is not None else 1.0
-            cfg = info.diffusion
-            click.echo(f"[2/3] sample {n} images with ONNX Runtime: {cfg.sampler.upper()}-{cfg.num_inference_steps}"
-                       + (f", classes 0..{classes - 1} twice, guidance {guidance:g}" if classes else ""))
-            t0 = time.perf_counter()
-            images = pipe.sample(n, seed=0, guidance_scale=guidance, progress=True)
-            seconds = time.perf_counter() - t0
-            scale = max(1, 64 // info.spec.sample_size)
-            save_grid(images, tmp / "grid.png", columns=classes or None, scale=scale)
-            save_npy(images, tmp / "samples.npy")
-            click.echo(f"      {seconds:.1f} s ({n / seconds:.1f} images/s) -> grid.png, samples.npy")
-
-            batch = VERIFY_ROWS // (2 if guidance != 1.0 else 1)
-            click.echo(f"[3/3] verify against PyTorch (seed 0, {batch} image(s) per trajectory"
-                       + (f", guidance {guidance:g}" if guidance != 1.0 else "") + ")")
-            report = verify(model, tmp / "model.onnx", batch=batch, guidance_scale=guidance,
-                            ddpm_steps=ddpm_steps,
-                            log=lambda m: click.echo("      " + m.strip()))
-            report["onnx"] = str(out / "model.onnx")
-            write_report(report, tmp / "report.json")
-            try:
-                plot_drift(report, tmp / "drift.png")
-            except ImportError as e:
-                click.echo(f"      no drift.png: {e}")
-    except (ValueError, FileExistsError, NotADirectoryError, ValidationError, VerifyError) as e:
-        raise click.ClickException(str(e)) from e
+    with atomic_dir(out, force=force) as tmp:
+        guidance = _export_and_sample(model, out, tmp)
+        report = _verify(model, out, tmp, guidance, ddpm_steps)
 
     click.echo(f"\nwrote {out}/: model.onnx, grid.png, samples.npy, report.json"
                + (", drift.png" if (out / "drift.png").exists() else ""))
@@ -95,4 +57,55 @@ def command(model: str | None, out_dir: str, ddpm_steps: int | None, force: bool
     for check in report["checks"]:
         click.echo(f"  {'ok ' if check['passed'] else 'BAD'} {check['message']}")
     if not report["passed"]:
-        raise SystemExit(1)
+        raise VerificationFailed(f"{len(report['failures'])} of {len(report['checks'])} checks failed")
+
+
+def _export_and_sample(model: str, out: Path, tmp: Path) -> float:
+    """Steps 1 and 2: export to ``tmp/model.onnx``, sample the grid; returns the guidance used."""
+    import time
+
+    from ddpm_export.export.onnx import export_onnx
+    from ddpm_export.images import save_grid, save_npy
+    from ddpm_export.runtime import Pipeline
+
+    quiet = lambda message: None  # noqa: E731 - export_onnx's per-batch lines are too detailed here
+    click.echo(f"[1/3] export {model} -> {out / 'model.onnx'} (fp32)")
+    t0 = time.perf_counter()
+    exported = export_onnx(model, tmp / "model.onnx", precision="fp32", log=quiet)
+    click.echo(f"      {exported.size_bytes / 2**20:.2f} MiB, validated against PyTorch "
+               f"(max abs {exported.validation.max_abs:.1e}) in {time.perf_counter() - t0:.1f} s")
+
+    pipe = Pipeline.from_onnx(tmp / "model.onnx")
+    info = pipe.info
+    classes = info.num_classes
+    n = 2 * classes if classes else 16
+    guidance = DEMO_GUIDANCE if classes and info.null_class_id is not None else 1.0
+    cfg = info.diffusion
+    click.echo(f"[2/3] sample {n} images with ONNX Runtime: {cfg.sampler.upper()}-{cfg.num_inference_steps}"
+               + (f", classes 0..{classes - 1} twice, guidance {guidance:g}" if classes else ""))
+    t0 = time.perf_counter()
+    images = pipe.sample(n, seed=0, guidance_scale=guidance, progress=True)
+    seconds = time.perf_counter() - t0
+    scale = max(1, 64 // info.spec.sample_size)
+    save_grid(images, tmp / "grid.png", columns=classes or None, scale=scale)
+    save_npy(images, tmp / "samples.npy")
+    click.echo(f"      {seconds:.1f} s ({n / seconds:.1f} images/s) -> grid.png, samples.npy")
+    return guidance
+
+
+def _verify(model: str, out: Path, tmp: Path, guidance: float, ddpm_steps: int | None) -> dict[str, Any]:
+    """Step 3: verify ``tmp/model.onnx`` against PyTorch; writes report.json (and drift.png)."""
+    from ddpm_export.verify import plot_drift, verify, write_report
+
+    batch = VERIFY_ROWS // (2 if guidance != 1.0 else 1)
+    click.echo(f"[3/3] verify against PyTorch (seed 0, {batch} image(s) per trajectory"
+               + (f", guidance {guidance:g}" if guidance != 1.0 else "") + ")")
+    report = verify(model, tmp / "model.onnx", batch=batch, guidance_scale=guidance, ddpm_steps=ddpm_steps,
+                    log=lambda m: click.echo("      " + m.strip()))
+    report["onnx"] = str(out / "model.onnx")
+    write_report(report, tmp / "report.json")
+    try:
+        plot_drift(report, tmp / "drift.png")
+    except ImportError as e:
+        click.echo(f"      no drift.png: {e}")
+    return report

@@ -36,15 +36,11 @@ def command(model: str, output: str, opset: int, precision: str, attention: str,
       ddpm-export onnx --model tiny -o tiny16.onnx --precision fp16 --target tensorrt
     """
     from ddpm_export.export.onnx import export_onnx
-    from ddpm_export.export.validate import ValidationError
 
-    try:
-        click.echo(f"exporting {model} -> {output} ({precision}, opset {opset})")
-        result = export_onnx(model, output, opset=opset, precision=precision, attention=attention, target=target,
-                             min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch, validate=validate,
-                             save_io=save_io, force=force, log=click.echo)
-    except (ValueError, FileExistsError, ValidationError) as e:
-        raise click.ClickException(str(e)) from e
+    click.echo(f"exporting {model} -> {output} ({precision}, opset {opset})")
+    result = export_onnx(model, output, opset=opset, precision=precision, attention=attention, target=target,
+                         min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch, validate=validate,
+                         save_io=save_io, force=force, log=click.echo)
     size = result.size_bytes / 2**20
     click.echo(f"wrote {result.path} ({size:.2f} MiB) in {result.seconds:.1f} s; attention {result.attention}, "
                f"batch {result.spec.min_batch}..{result.spec.max_batch}")

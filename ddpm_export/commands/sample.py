@@ -6,6 +6,8 @@ from typing import TYPE_CHECKING
 
 import click
 
+from ddpm_export.errors import BadInputError
+
 if TYPE_CHECKING:  # pragma: no cover
     from ddpm_export.runtime import Pipeline
 
@@ -51,35 +53,37 @@ def command(onnx_path: str | None, bundle_dir: str | None, model: str | None, n:
       ddpm-export sample --onnx tiny.onnx -n 16 -o grid.png
       ddpm-export sample --bundle bundle/ -n 20 --class 3 --guidance 3 --steps 50 -o threes.png
     """
-    from ddpm_export.images import save_grid, save_npy as write_npy
-    from ddpm_export.runtime import BundleError, MetadataError, Pipeline
     from ddpm_export.files import refuse_existing
-    from ddpm_export.presets import default_model
+    from ddpm_export.images import save_grid, save_npy as write_npy
 
     if sum(x is not None for x in (onnx_path, bundle_dir, model)) > 1:
         raise click.UsageError("pass at most one of --onnx, --bundle and --model")
-    try:
-        for path in (output, save_npy):
-            if path is not None:
-                refuse_existing(path, force)
-        if save_npy is not None and save_npy == output:
-            raise ValueError("--save-npy and --output name the same file")
-        if bundle_dir is not None:
-            pipe = Pipeline.from_bundle(bundle_dir)
-        elif onnx_path is not None:
-            pipe = Pipeline.from_onnx(onnx_path)
-        else:
-            pipe = _export_and_load(model or default_model())
-        images = pipe.sample(n, steps=steps, sampler=sampler, seed=seed, eta=eta, guidance_scale=guidance,
-                             classes=class_id, progress=progress)
-        save_grid(images, output, force=force, scale=scale)
-        if save_npy is not None:
-            write_npy(images, save_npy, force=force)
-    except (ValueError, FileExistsError, FileNotFoundError, BundleError, MetadataError) as e:
-        raise click.ClickException(str(e)) from e
+    for path in (output, save_npy):
+        if path is not None:
+            refuse_existing(path, force)
+    if save_npy is not None and save_npy == output:
+        raise BadInputError("--save-npy and --output name the same file")
+    pipe = _load(onnx_path, bundle_dir, model)
+    images = pipe.sample(n, steps=steps, sampler=sampler, seed=seed, eta=eta, guidance_scale=guidance,
+                         classes=class_id, progress=progress)
+    save_grid(images, output, force=force, scale=scale)
+    if save_npy is not None:
+        write_npy(images, save_npy, force=force)
     info = pipe.info
     click.echo(f"wrote {output} ({n} images, {info.spec.in_channels}x{info.spec.sample_size}x{info.spec.sample_size}, "
                f"{info.precision})" + (f" and {save_npy}" if save_npy else ""))
+
+
+def _load(onnx_path: str | None, bundle_dir: str | None, model: str | None) -> Pipeline:
+    """The Pipeline of whichever source was given (default: the shipped model, exported on the fly)."""
+    from ddpm_export.presets import default_model
+    from ddpm_export.runtime import Pipeline
+
+    if bundle_dir is not None:
+        return Pipeline.from_bundle(bundle_dir)
+    if onnx_path is not None:
+        return Pipeline.from_onnx(onnx_path)
+    return _export_and_load(model or default_model())
 
 
 def _export_and_load(model: str) -> Pipeline:

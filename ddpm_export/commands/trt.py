@@ -29,10 +29,7 @@ def command(onnx_path: str, engine: str, fp16: bool | None, builder_optimization
       ddpm-export onnx --model digits --precision fp16 --target tensorrt -o digits16.onnx
       ddpm-export trt --onnx digits16.onnx --fp16 -o digits16.plan
     """
-    from ddpm_export.export.tensorrt import TensorRTUnavailable, build_engine
+    from ddpm_export.export.tensorrt import build_engine
 
-    try:
-        build_engine(onnx_path, engine, fp16=fp16, optimization_level=builder_optimization_level, force=force,
-                     log=click.echo)
-    except (ValueError, FileExistsError, FileNotFoundError, TensorRTUnavailable) as e:
-        raise click.ClickException(str(e)) from e
+    build_engine(onnx_path, engine, fp16=fp16, optimization_level=builder_optimization_level, force=force,
+                 log=click.echo)

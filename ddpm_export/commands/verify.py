@@ -41,20 +41,17 @@ def command(model: str, onnx_path: str, engine: str | None, steps: int, ddpm_ste
     Example:
       ddpm-export verify --model tiny --onnx tiny.onnx --report report.json --plot drift.png
     """
-    from ddpm_export.runtime import MetadataError
+    from ddpm_export.errors import VerificationFailed
     from ddpm_export.files import refuse_existing
-    from ddpm_export.verify import VerifyError, plot_drift, require_matplotlib, verify, write_report
+    from ddpm_export.verify import plot_drift, require_matplotlib, verify, write_report
 
-    try:
-        for path in (report, plot):
-            if path is not None:
-                refuse_existing(path, force)
-        if plot is not None:
-            require_matplotlib()
-        result = verify(model, onnx_path, engine=engine, steps=steps, ddpm_steps=ddpm_steps, seed=seed,
-                        batch=batch, guidance_scale=guidance, log=click.echo)
-    except (ValueError, ImportError, FileExistsError, FileNotFoundError, MetadataError, VerifyError) as e:
-        raise click.ClickException(str(e)) from e
+    for path in (report, plot):
+        if path is not None:
+            refuse_existing(path, force)
+    if plot is not None:
+        require_matplotlib()
+    result = verify(model, onnx_path, engine=engine, steps=steps, ddpm_steps=ddpm_steps, seed=seed,
+                    batch=batch, guidance_scale=guidance, log=click.echo)
     if report is not None:
         write_report(result, report, force=force)
         click.echo(f"wrote {report}")
@@ -67,5 +64,5 @@ def command(model: str, onnx_path: str, engine: str | None, steps: int, ddpm_ste
         click.echo("verify FAILED:", err=True)
         for failure in result["failures"]:
             click.echo(f"  {failure}", err=True)
-        raise SystemExit(1)
+        raise VerificationFailed(f"{len(result['failures'])} of {len(result['checks'])} checks failed")
     click.echo(f"verify passed ({len(result['checks'])} checks, {result['seconds']:.1f} s)")

@@ -21,6 +21,7 @@ from typing import Callable, Protocol
 import numpy as np
 
 from ddpm_export.diffusion.scheduler import Scheduler
+from ddpm_export.errors import BadInputError
 
 __all__ = ["Backend", "StepCallback", "guided_output", "noise_generator", "sample"]
 
@@ -47,7 +48,7 @@ StepCallback = Callable[[int, int, np.ndarray, np.ndarray], None]
 def noise_generator(seed: int) -> np.random.Generator:
     """``numpy.random.Generator(numpy.random.PCG64(seed))``, the only noise source of sampling."""
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+        raise BadInputError(f"seed must be a non-negative int, got {seed!r}")
     return np.random.Generator(np.random.PCG64(int(seed)))
 
 
@@ -123,7 +124,7 @@ def _call(
     if not isinstance(out, np.ndarray):
         raise TypeError(f"backend must return a numpy array, got {type(out).__name__}")
     if out.dtype != np.float32 or out.shape != expected:
-        raise ValueError(
+        raise BadInputError(
             f"backend must return float32 of shape {expected}; got {out.dtype} {out.shape}"
         )
     return out
@@ -132,7 +133,7 @@ def _call(
 def _check_shape(shape: tuple[int, ...]) -> tuple[int, int, int, int]:
     shape = tuple(shape)
     if len(shape) != 4 or not all(isinstance(d, (int, np.integer)) and d >= 1 for d in shape):
-        raise ValueError(f"shape must be (B, C, H, W) with every size >= 1, got {shape}")
+        raise BadInputError(f"shape must be (B, C, H, W) with every size >= 1, got {shape}")
     return tuple(int(d) for d in shape)  # type: ignore[return-value]
 
 
@@ -140,7 +141,7 @@ def _check_x_T(x_T: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     if not isinstance(x_T, np.ndarray):
         raise TypeError(f"x_T must be a numpy array, got {type(x_T).__name__}")
     if x_T.dtype != np.float32 or x_T.shape != shape:
-        raise ValueError(f"x_T must be float32 of shape {shape}; got {x_T.dtype} {x_T.shape}")
+        raise BadInputError(f"x_T must be float32 of shape {shape}; got {x_T.dtype} {x_T.shape}")
     return x_T
 
 
@@ -149,19 +150,19 @@ def _check_guidance(
 ) -> bool:
     """Validate the conditioning arguments; True when steps run the doubled (guided) batch."""
     if not math.isfinite(guidance_scale):
-        raise ValueError(f"guidance_scale must be finite, got {guidance_scale}")
+        raise BadInputError(f"guidance_scale must be finite, got {guidance_scale}")
     if cond is not None and (cond.ndim == 0 or cond.shape[0] != batch):
-        raise ValueError(f"cond must have batch size {batch} (shape[0]), got shape {cond.shape}")
+        raise BadInputError(f"cond must have batch size {batch} (shape[0]), got shape {cond.shape}")
     if null_cond is not None:
         if cond is None:
-            raise ValueError("null_cond needs cond: guidance contrasts cond with null_cond")
+            raise BadInputError("null_cond needs cond: guidance contrasts cond with null_cond")
         if null_cond.shape != cond.shape or null_cond.dtype != cond.dtype:
-            raise ValueError(
+            raise BadInputError(
                 f"null_cond must match cond: got {null_cond.dtype} {null_cond.shape}, "
                 f"cond is {cond.dtype} {cond.shape}"
             )
     if guidance_scale != 1.0 and null_cond is None:
-        raise ValueError(
+        raise BadInputError(
             f"guidance_scale={guidance_scale} needs cond and null_cond (the unconditional input, "
             "e.g. the null class id); pass guidance_scale=1.0 to sample without guidance"
         )

@@ -6,6 +6,7 @@ from ddpm_export.diffusion.config import DiffusionConfig, SamplerName
 from ddpm_export.diffusion.ddim import DDIMScheduler
 from ddpm_export.diffusion.ddpm import DDPMScheduler
 from ddpm_export.diffusion.scheduler import Scheduler
+from ddpm_export.errors import BadInputError
 
 __all__ = ["SCHEDULERS", "make_scheduler"]
 
@@ -18,5 +19,5 @@ def make_scheduler(config: DiffusionConfig, sampler: SamplerName | None = None) 
     name = config.sampler if sampler is None else sampler
     if name not in SCHEDULERS:
         listed = ", ".join(repr(s) for s in SCHEDULERS)
-        raise ValueError(f"sampler={name!r} is not valid; choose one of: {listed}")
+        raise BadInputError(f"sampler={name!r} is not valid; choose one of: {listed}")
     return SCHEDULERS[name](config)

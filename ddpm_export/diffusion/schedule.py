@@ -19,6 +19,7 @@ import math
 import numpy as np
 
 from ddpm_export.diffusion.config import DiffusionConfig
+from ddpm_export.errors import BadInputError
 
 __all__ = [
     "BETA_SCHEDULES",
@@ -93,7 +94,7 @@ class Schedule:
         """Round ``betas`` to float32, then derive ``alphas`` and ``abar`` from that in float64."""
         betas32 = np.asarray(betas, dtype=np.float64).astype(np.float32)
         if betas32.ndim != 1 or not np.all((betas32 > 0) & (betas32 < 1)):
-            raise ValueError("betas must be a 1-D array with every value in (0, 1)")
+            raise BadInputError("betas must be a 1-D array with every value in (0, 1)")
         alphas = 1.0 - betas32.astype(np.float64)
         return cls(
             betas=_frozen(betas32),

@@ -15,6 +15,7 @@ import numpy as np
 from ddpm_export.diffusion.config import DiffusionConfig
 from ddpm_export.diffusion.schedule import Schedule
 from ddpm_export.diffusion.timesteps import previous_timesteps, spaced_timesteps
+from ddpm_export.errors import BadInputError
 
 __all__ = ["Scheduler"]
 
@@ -49,7 +50,7 @@ class Scheduler(abc.ABC):
         try:
             return self._previous[int(t)]
         except KeyError:
-            raise ValueError(
+            raise BadInputError(
                 f"t={t} is not one of the {self.num_inference_steps} timesteps this scheduler "
                 f"visits ({self.timesteps[0]} .. {self.timesteps[-1]}); use .timesteps"
             ) from None
@@ -85,12 +86,12 @@ class Scheduler(abc.ABC):
         self, model_output: np.ndarray, t: int, x_t: np.ndarray, noise: np.ndarray | None
     ) -> None:
         if model_output.shape != x_t.shape:
-            raise ValueError(
+            raise BadInputError(
                 f"model_output has shape {model_output.shape} but x_t has {x_t.shape}; "
                 "learned-variance outputs (2C channels) are not supported"
             )
         if self.uses_noise(t):
             if noise is None:
-                raise ValueError(f"{type(self).__name__}.step at t={t} is stochastic and needs noise")
+                raise BadInputError(f"{type(self).__name__}.step at t={t} is stochastic and needs noise")
             if noise.shape != x_t.shape:
-                raise ValueError(f"noise has shape {noise.shape} but x_t has {x_t.shape}")
+                raise BadInputError(f"noise has shape {noise.shape} but x_t has {x_t.shape}")

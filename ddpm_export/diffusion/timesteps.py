@@ -11,6 +11,8 @@ from typing import Literal
 
 import numpy as np
 
+from ddpm_export.errors import BadInputError
+
 TimestepSpacing = Literal["leading", "trailing"]
 
 __all__ = ["TimestepSpacing", "previous_timesteps", "spaced_timesteps"]
@@ -45,14 +47,14 @@ def spaced_timesteps(T: int, n: int, spacing: TimestepSpacing, steps_offset: int
     """
     if spacing not in _SPACINGS:
         listed = ", ".join(repr(s) for s in _SPACINGS)
-        raise ValueError(f"timestep_spacing={spacing!r} is not valid; choose one of: {listed}")
+        raise BadInputError(f"timestep_spacing={spacing!r} is not valid; choose one of: {listed}")
     if not 1 <= n <= T:
-        raise ValueError(f"num_inference_steps={n} must be in [1, num_train_timesteps={T}]")
+        raise BadInputError(f"num_inference_steps={n} must be in [1, num_train_timesteps={T}]")
     if steps_offset != 0 and spacing != "leading":
-        raise ValueError(f"steps_offset={steps_offset} only applies to leading spacing")
+        raise BadInputError(f"steps_offset={steps_offset} only applies to leading spacing")
     timesteps = _SPACINGS[spacing](T, n) + steps_offset
     if timesteps[0] >= T:
-        raise ValueError(
+        raise BadInputError(
             f"steps_offset={steps_offset} puts the first of {n} leading-spaced timesteps at "
             f"{timesteps[0]}, past the last trained timestep {T - 1}"
         )

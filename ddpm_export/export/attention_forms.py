@@ -17,6 +17,7 @@ from typing import Literal
 import torch
 from torch.onnx import symbolic_helper
 
+from ddpm_export.errors import BadInputError
 from ddpm_export.nn.attention import AttentionKernel, decomposed_attention
 
 AttentionForm = Literal["decomposed", "ort-mha", "onnx-attention"]
@@ -82,7 +83,7 @@ def attention_kernel(form: str) -> AttentionKernel:
     """The kernel that exports as ``form`` (one of ATTENTION_FORMS)."""
     kernels = {"decomposed": decomposed_attention, "ort-mha": _ort_mha, "onnx-attention": _onnx_attention}
     if form not in kernels:
-        raise ValueError(f"attention={form!r} is not valid; choose one of: auto, {', '.join(ATTENTION_FORMS)}")
+        raise BadInputError(f"attention={form!r} is not valid; choose one of: auto, {', '.join(ATTENTION_FORMS)}")
     return kernels[form]
 
 

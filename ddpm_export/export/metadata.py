@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any, Mapping
 
+from ddpm_export.errors import BadInputError
+
 PREFIX = "ddpm_export."
 UNET_CONFIG = PREFIX + "unet_config"
 DIFFUSION_CONFIG = PREFIX + "diffusion_config"
@@ -38,7 +40,7 @@ def dumps(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
-class MetadataError(ValueError):
+class MetadataError(BadInputError):
     """An ONNX file lacks ddpm-export metadata, or a metadata value does not parse."""
 
 

@@ -24,6 +24,7 @@ from safetensors.torch import save as safetensors_save
 
 from ddpm_export import __version__
 from ddpm_export.diffusion.config import DiffusionConfig
+from ddpm_export.errors import BadInputError
 from ddpm_export.export import metadata as md
 from ddpm_export.export.attention_forms import MIN_OPSET, attention_kernel, resolve_attention
 from ddpm_export.export.polygraphy_io import check_io_paths, save_torch_io
@@ -68,20 +69,20 @@ def export_onnx(model: str | Path, out: str | Path, *, opset: int = DEFAULT_OPSE
     start = time.perf_counter()
     out = Path(out)
     if out.suffix != ".onnx":
-        raise ValueError(f"output {out} must end in .onnx")
+        raise BadInputError(f"output {out} must end in .onnx")
     refuse_existing(out, force)
     check_precision(precision)
     if target not in TARGETS:
-        raise ValueError(f"target={target!r} is not valid; choose one of: {', '.join(TARGETS)}")
+        raise BadInputError(f"target={target!r} is not valid; choose one of: {', '.join(TARGETS)}")
     form = resolve_attention(attention, target)
     if opset < MIN_OPSET[form]:
-        raise ValueError(f"--attention {form} needs --opset >= {MIN_OPSET[form]}, got {opset}")
+        raise BadInputError(f"--attention {form} needs --opset >= {MIN_OPSET[form]}, got {opset}")
 
     io_paths = check_io_paths(save_io, force=force) if save_io is not None else None
     unet = load_model(model)
     diffusion = diffusion or diffusion_config_for(model) or DiffusionConfig()
     if diffusion.num_train_timesteps != unet.config.num_train_timesteps:
-        raise ValueError(f"the schedule's num_train_timesteps={diffusion.num_train_timesteps} differs from the "
+        raise BadInputError(f"the schedule's num_train_timesteps={diffusion.num_train_timesteps} differs from the "
                          f"model's {unet.config.num_train_timesteps} ({model}): fix its diffusion.json")
     spec = ExportSpec.from_config(unet.config, min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch)
     proto = trace_to_onnx(unet, spec, precision=precision, attention=form, opset=opset)

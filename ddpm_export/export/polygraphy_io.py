@@ -9,6 +9,7 @@ from pathlib import Path
 from polygraphy.comparator import IterationResult, RunResults
 from polygraphy.json import save_json
 
+from ddpm_export.errors import OutputExistsError
 from ddpm_export.export.spec import ExportSpec
 from ddpm_export.export.validate import torch_reference
 from ddpm_export.files import atomic_file
@@ -24,7 +25,7 @@ def check_io_paths(out_dir: str | Path, *, force: bool = False) -> tuple[Path, P
     paths = out / INPUTS_NAME, out / OUTPUTS_NAME
     existing = [str(p) for p in paths if p.exists()]
     if existing and not force:
-        raise FileExistsError(f"{', '.join(existing)} exist; pass --force to overwrite")
+        raise OutputExistsError(f"{', '.join(existing)} exist; pass --force to overwrite")
     return paths
 
 

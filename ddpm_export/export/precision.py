@@ -15,6 +15,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from ddpm_export.errors import BadInputError
 from ddpm_export.nn.attention import RelativePositionBias, SinusoidalPosition2D
 from ddpm_export.nn.embeddings import ClassEmbedding, TimeEmbedding
 from ddpm_export.nn.layers import BatchNorm32, GroupNorm32
@@ -38,7 +39,7 @@ def policy(precision: str) -> dict[str, object]:
 
 def check_precision(precision: str) -> None:
     if precision not in PRECISIONS:
-        raise ValueError(f"precision={precision!r} is not valid; choose one of: {', '.join(PRECISIONS)}")
+        raise BadInputError(f"precision={precision!r} is not valid; choose one of: {', '.join(PRECISIONS)}")
 
 
 class GraphModule(nn.Module):

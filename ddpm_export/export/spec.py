@@ -14,6 +14,7 @@ import numpy as np
 
 from ddpm_export.config import UNetConfig
 from ddpm_export.configbase import FrozenConfig, check
+from ddpm_export.errors import BadInputError
 
 X_NAME, T_NAME, CLASS_NAME, CONTEXT_NAME, OUT_NAME = "x_t", "t", "class_labels", "context", "model_output"
 
@@ -119,14 +120,14 @@ class ExportSpec(FrozenConfig):
         missing = [n for n in self.input_names if n not in feeds]
         extra = [n for n in feeds if n not in self.input_names]
         if missing or extra:
-            raise ValueError(f"inputs must be exactly {self.input_names}; missing {missing}, unexpected {extra}")
+            raise BadInputError(f"inputs must be exactly {self.input_names}; missing {missing}, unexpected {extra}")
         x = feeds[X_NAME]
         if x.ndim != 4:
-            raise ValueError(f"{X_NAME}: shape {tuple(x.shape)}, expected (batch, {self.in_channels}, "
+            raise BadInputError(f"{X_NAME}: shape {tuple(x.shape)}, expected (batch, {self.in_channels}, "
                              f"{self.sample_size}, {self.sample_size})")
         batch = x.shape[0]
         if not self.min_batch <= batch <= self.max_batch:
-            raise ValueError(f"{X_NAME}: batch {batch} is outside the exported range "
+            raise BadInputError(f"{X_NAME}: batch {batch} is outside the exported range "
                              f"[{self.min_batch}, {self.max_batch}]; re-export with --min-batch/--max-batch")
         length = feeds[CONTEXT_NAME].shape[1] if self.cond_kind == "context" and feeds[CONTEXT_NAME].ndim == 3 else None
         want = self.input_shapes(batch, length)
@@ -134,18 +135,18 @@ class ExportSpec(FrozenConfig):
         for name in self.input_names:
             arr = feeds[name]
             if arr.dtype != dtypes[name]:
-                raise ValueError(f"{name}: dtype {arr.dtype}, expected {np.dtype(dtypes[name]).name}")
+                raise BadInputError(f"{name}: dtype {arr.dtype}, expected {np.dtype(dtypes[name]).name}")
             if tuple(arr.shape) != want[name]:
-                raise ValueError(f"{name}: shape {tuple(arr.shape)}, expected {want[name]}")
+                raise BadInputError(f"{name}: shape {tuple(arr.shape)}, expected {want[name]}")
         if length is not None and not self.min_context <= length <= self.max_context:
-            raise ValueError(f"{CONTEXT_NAME}: length {length} is outside [{self.min_context}, {self.max_context}]")
+            raise BadInputError(f"{CONTEXT_NAME}: length {length} is outside [{self.min_context}, {self.max_context}]")
         t = feeds[T_NAME]
         if t.size and (t.min() < 0 or t.max() >= self.num_train_timesteps):
-            raise ValueError(f"{T_NAME}: values must be in [0, {self.num_train_timesteps}), got [{t.min()}, {t.max()}]")
+            raise BadInputError(f"{T_NAME}: values must be in [0, {self.num_train_timesteps}), got [{t.min()}, {t.max()}]")
         if self.cond_kind == "class":
             c = feeds[CLASS_NAME]
             if c.size and (c.min() < 0 or c.max() >= self.num_class_rows):
-                raise ValueError(f"{CLASS_NAME}: ids must be in [0, {self.num_class_rows}), got [{c.min()}, {c.max()}]")
+                raise BadInputError(f"{CLASS_NAME}: ids must be in [0, {self.num_class_rows}), got [{c.min()}, {c.max()}]")
 
 
 def feeds_for(spec: ExportSpec, x_t: np.ndarray, t: np.ndarray, cond: np.ndarray | None) -> dict[str, np.ndarray]:
@@ -153,10 +154,10 @@ def feeds_for(spec: ExportSpec, x_t: np.ndarray, t: np.ndarray, cond: np.ndarray
     feeds = {X_NAME: x_t, T_NAME: t}
     if spec.cond_kind == "none":
         if cond is not None:
-            raise ValueError("cond: this model is unconditional; pass cond=None")
+            raise BadInputError("cond: this model is unconditional; pass cond=None")
     elif cond is None:
         what = "class ids [B] int64" if spec.cond_kind == "class" else "a context [B, L, D] float32"
-        raise ValueError(f"cond: this model is conditioned on {spec.cond_kind}; pass {what}")
+        raise BadInputError(f"cond: this model is conditioned on {spec.cond_kind}; pass {what}")
     else:
         feeds[CLASS_NAME if spec.cond_kind == "class" else CONTEXT_NAME] = cond
     for name, value in feeds.items():

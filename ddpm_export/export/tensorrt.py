@@ -24,6 +24,7 @@ from typing import Any, Callable
 import onnx
 
 from ddpm_export import __version__
+from ddpm_export.errors import BadInputError, InputNotFoundError, MissingDependencyError
 from ddpm_export.export import metadata as md
 from ddpm_export.export.spec import ExportSpec
 from ddpm_export.files import atomic_file, refuse_existing
@@ -31,7 +32,7 @@ from ddpm_export.runtime.info import ModelInfo
 from ddpm_export.runtime.tensorrt import sidecar_path
 
 
-class TensorRTUnavailable(RuntimeError):
+class TensorRTUnavailable(MissingDependencyError, RuntimeError):
     """The tensorrt package (or a GPU) is missing on this machine."""
 
 
@@ -66,13 +67,13 @@ def plan_engine(onnx_path: str | Path, *, fp16: bool | None = None) -> EnginePla
     agree with the file's precision: the precision lives in the graph, not in a builder flag."""
     path = Path(onnx_path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found")
+        raise InputNotFoundError(f"{path} not found")
     model = onnx.load(str(path), load_external_data=False)
     info = ModelInfo.from_metadata({p.key: p.value for p in model.metadata_props}, source=str(path))
     spec, precision = info.spec, info.precision
     if fp16 is not None and fp16 != (precision == "fp16"):
         want = "fp16" if fp16 else "fp32"
-        raise ValueError(f"{path} is a {precision} graph but {want} was asked for; the precision lives in the ONNX "
+        raise BadInputError(f"{path} is a {precision} graph but {want} was asked for; the precision lives in the ONNX "
                          f"graph (TensorRT 11 has no FP16 builder flag): re-export it with "
                          f"`ddpm-export onnx --precision {want} --target tensorrt`")
     return EnginePlan(path, md.sha256_file(path), spec, precision, spec.profiles())

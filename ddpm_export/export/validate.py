@@ -12,12 +12,18 @@ import onnx
 import onnxruntime as ort
 import torch
 
+from ddpm_export.errors import NonFiniteOutputError, VerificationFailed
 from ddpm_export.export.spec import ExportSpec
 from ddpm_export.metrics import FP16_REL_L2, FP32_MAX_ABS, errors
 from ddpm_export.nn.unet import UNet
 
-class ValidationError(RuntimeError):
+
+class ValidationError(VerificationFailed):
     """The exported graph is malformed or disagrees with torch beyond the tolerance."""
+
+
+class NonFiniteValidationError(ValidationError, NonFiniteOutputError):
+    """ONNX Runtime produced NaN or infinity on the validation inputs."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,7 +84,7 @@ def validate_onnx(path: str | Path, unet: UNet, spec: ExportSpec, precision: str
         results.append(err)
     report = ValidationReport(precision, tuple(results))
     if not np.isfinite(report.max_abs):
-        raise ValidationError(f"{path}: non-finite outputs from ONNX Runtime")
+        raise NonFiniteValidationError(f"{path}: non-finite outputs from ONNX Runtime")
     if precision == "fp32" and report.max_abs > max_abs:
         raise ValidationError(f"{path}: fp32 max abs error {report.max_abs:.3e} exceeds {max_abs:.1e}")
     if precision == "fp16" and report.rel_l2 > rel_l2:

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ddpm_export.config import UNetConfig
+from ddpm_export.errors import BadInputError
 from ddpm_export.nn.layers import make_norm, zero_module
 
 #: (q [B, h, N, d], k [B, h, M, d], v [B, h, M, d], bias [h, N, M] | None) -> [B, h, N, d]
@@ -154,7 +155,7 @@ class AttentionBlock(nn.Module):
         x = x + out.transpose(1, 2).reshape(b, c, hgt, wid)
         if self.cross is not None:
             if context is None:
-                raise ValueError("this attention block cross-attends and needs a context")
+                raise BadInputError("this attention block cross-attends and needs a context")
             tokens = self.norm_cross(x).reshape(b, c, hgt * wid).transpose(1, 2)
             out = self.cross(tokens, context=context.to(x.dtype))
             x = x + out.transpose(1, 2).reshape(b, c, hgt, wid)

@@ -15,6 +15,7 @@ from safetensors.torch import save_file
 
 from ddpm_export.config import UNetConfig
 from ddpm_export.diffusion.config import DiffusionConfig
+from ddpm_export.errors import BadInputError
 from ddpm_export.files import atomic_dir
 from ddpm_export.nn.unet import UNet
 from ddpm_export.presets import preset_dir
@@ -25,7 +26,7 @@ WEIGHTS_NAME = "model.safetensors"
 DIFFUSERS_WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(BadInputError):
     """A checkpoint folder or file is missing, malformed or does not match its config."""
 
 

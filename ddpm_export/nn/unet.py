@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ddpm_export.config import UNetConfig
+from ddpm_export.errors import BadInputError
 from ddpm_export.nn.attention import AttentionBlock
 from ddpm_export.nn.blocks import ASPP, Downsample, ResBlock, Upsample
 from ddpm_export.nn.embeddings import ClassEmbedding, TimeEmbedding
@@ -88,10 +89,10 @@ class UNet(nn.Module):
         kind = self.config.cond_kind
         if kind == "none":
             if cond is not None:
-                raise ValueError("this model is unconditional; call it with cond=None")
+                raise BadInputError("this model is unconditional; call it with cond=None")
             return emb, None
         if cond is None:
-            raise ValueError(f"this model is {kind}-conditional and needs cond "
+            raise BadInputError(f"this model is {kind}-conditional and needs cond "
                              + ("(class ids [B] int64)" if kind == "class" else
                                 f"(a context [B, L, {self.config.context_dim}])"))
         if kind == "context":

@@ -29,6 +29,7 @@ from typing import Any, Sequence
 from ddpm_export import __version__
 from ddpm_export.configbase import ConfigError
 from ddpm_export.diffusion.config import DiffusionConfig
+from ddpm_export.errors import IntegrityError
 from ddpm_export.export.metadata import sha256_file
 from ddpm_export.files import atomic_dir
 from ddpm_export.runtime.info import ModelInfo, read_metadata
@@ -41,7 +42,7 @@ VERSION = 1
 ROLES = ("onnx", "onnx_data", "engine", "engine_sidecar")
 
 
-class BundleError(ValueError):
+class BundleError(IntegrityError):
     """A bundle's manifest is malformed, or a file is missing or does not match its sha256."""
 
 

@@ -17,6 +17,7 @@ from typing import Any, Mapping
 from ddpm_export.config import UNetConfig
 from ddpm_export.configbase import ConfigError
 from ddpm_export.diffusion.config import DiffusionConfig
+from ddpm_export.errors import InputNotFoundError, MissingDependencyError
 from ddpm_export.export import metadata as md
 from ddpm_export.export.metadata import MetadataError
 from ddpm_export.export.spec import ExportSpec
@@ -85,7 +86,7 @@ def read_metadata(path: str | Path) -> dict[str, str]:
     """``metadata_props`` of the ONNX file at ``path``: ONNX Runtime if installed, else ``onnx``."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such ONNX file")
+        raise InputNotFoundError(f"{path}: no such ONNX file")
     try:
         import onnxruntime as ort
     except ImportError:
@@ -98,7 +99,7 @@ def read_metadata(path: str | Path) -> dict[str, str]:
     try:
         import onnx
     except ImportError:
-        raise ImportError(f"reading {path} needs onnxruntime (or onnx); pip install onnxruntime") from None
+        raise MissingDependencyError(f"reading {path} needs onnxruntime (or onnx); pip install onnxruntime") from None
     model = onnx.load(str(path), load_external_data=False)
     return {p.key: p.value for p in model.metadata_props}
 

@@ -12,6 +12,7 @@ from typing import Any, Sequence
 import numpy as np
 import onnxruntime as ort
 
+from ddpm_export.errors import BadInputError, InputNotFoundError
 from ddpm_export.export.spec import OUT_NAME, ExportSpec, feeds_for
 
 __all__ = ["DEFAULT_PROVIDERS", "OnnxRuntimeBackend", "create_session"]
@@ -31,10 +32,10 @@ class OnnxRuntimeBackend:
     def __init__(self, session: ort.InferenceSession, spec: ExportSpec) -> None:
         names = [i.name for i in session.get_inputs()]
         if names != spec.input_names:
-            raise ValueError(f"the session's inputs {names} differ from the export spec's {spec.input_names}")
+            raise BadInputError(f"the session's inputs {names} differ from the export spec's {spec.input_names}")
         outputs = [o.name for o in session.get_outputs()]
         if OUT_NAME not in outputs:
-            raise ValueError(f"the session has no output {OUT_NAME!r} (outputs: {outputs})")
+            raise BadInputError(f"the session has no output {OUT_NAME!r} (outputs: {outputs})")
         self.session = session
         self.spec = spec
 
@@ -54,6 +55,6 @@ def create_session(path: str | Path, *, providers: Sequence[Any] | None = None,
     """An ``InferenceSession`` on ``path`` with ``providers`` (default: CPU)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such ONNX file")
+        raise InputNotFoundError(f"{path}: no such ONNX file")
     return ort.InferenceSession(str(path), session_options,
                                 providers=list(providers) if providers is not None else list(DEFAULT_PROVIDERS))

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from ddpm_export.configbase import check_choice
 from ddpm_export.diffusion import SCHEDULERS, Backend, DiffusionConfig, make_scheduler, sample
+from ddpm_export.errors import BadInputError
 from ddpm_export.runtime.info import ModelInfo
 
 __all__ = ["Pipeline", "SampleRequest", "chunk_seed"]
@@ -87,7 +88,7 @@ class Pipeline:
 
     def __init__(self, backend: Backend, info: ModelInfo, *, source: str = "model") -> None:
         if info.spec.out_channels != info.spec.in_channels:
-            raise ValueError(f"{source}: the model outputs {info.spec.out_channels} channels for "
+            raise BadInputError(f"{source}: the model outputs {info.spec.out_channels} channels for "
                              f"{info.spec.in_channels} input channels; the samplers read one prediction "
                              f"per input channel (learned-variance outputs are not supported)")
         self.backend = backend
@@ -217,48 +218,48 @@ def _is_int(value: Any) -> bool:
 
 def _positive_int(name: str, value: Any) -> int:
     if not _is_int(value) or value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        raise BadInputError(f"{name} must be an int >= 1, got {value!r}")
     return int(value)
 
 
 def _seed(seed: Any) -> int:
     if not _is_int(seed) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+        raise BadInputError(f"seed must be a non-negative int, got {seed!r}")
     return int(seed)
 
 
 def _config(base: DiffusionConfig, sampler: Any, steps: Any, eta: Any) -> DiffusionConfig:
     name = base.sampler if sampler is None else sampler
     if name not in SCHEDULERS:
-        raise ValueError(f"sampler={name!r} is not valid; choose one of: {', '.join(repr(s) for s in SCHEDULERS)}")
+        raise BadInputError(f"sampler={name!r} is not valid; choose one of: {', '.join(repr(s) for s in SCHEDULERS)}")
     T = base.num_train_timesteps
     n_steps = base.num_inference_steps if steps is None else steps
     if not _is_int(n_steps) or not 1 <= n_steps <= T:
-        raise ValueError(f"steps must be an int in [1, {T}] (the model's num_train_timesteps), got {steps!r}")
+        raise BadInputError(f"steps must be an int in [1, {T}] (the model's num_train_timesteps), got {steps!r}")
     changes: dict[str, Any] = {"sampler": name, "num_inference_steps": int(n_steps)}
     if eta is not None:
         if name != "ddim":
-            raise ValueError(f"eta applies to the DDIM sampler only; got eta={eta!r} with sampler={name!r}")
+            raise BadInputError(f"eta applies to the DDIM sampler only; got eta={eta!r} with sampler={name!r}")
         if isinstance(eta, bool) or not isinstance(eta, (int, float, np.floating)) or not 0.0 <= eta <= 1.0:
-            raise ValueError(f"eta must be a float in [0, 1], got {eta!r}")
+            raise BadInputError(f"eta must be a float in [0, 1], got {eta!r}")
         changes["eta"] = float(eta)
     return base.replace(**changes)
 
 
 def _guidance(info: ModelInfo, scale: Any) -> float:
     if isinstance(scale, bool) or not isinstance(scale, (int, float, np.floating)) or not math.isfinite(scale):
-        raise ValueError(f"guidance_scale must be a finite float, got {scale!r}")
+        raise BadInputError(f"guidance_scale must be a finite float, got {scale!r}")
     scale = float(scale)
     if scale != 1.0:
         if info.num_classes is None:
-            raise ValueError(f"guidance_scale={scale} needs a class-conditional model; this one is "
+            raise BadInputError(f"guidance_scale={scale} needs a class-conditional model; this one is "
                              f"{'context-conditioned' if info.spec.cond_kind == 'context' else 'unconditional'}"
                              f" -- pass guidance_scale=1.0")
         if info.null_class_id is None:
-            raise ValueError(f"guidance_scale={scale} needs a null class (the model was built with "
+            raise BadInputError(f"guidance_scale={scale} needs a null class (the model was built with "
                              f"null_class=False) -- pass guidance_scale=1.0")
         if info.spec.max_batch < 2:
-            raise ValueError(f"guidance_scale={scale} runs a doubled batch, but the graph was exported with "
+            raise BadInputError(f"guidance_scale={scale} runs a doubled batch, but the graph was exported with "
                              f"max_batch={info.spec.max_batch}; re-export with --max-batch >= 2")
     return scale
 
@@ -266,10 +267,10 @@ def _guidance(info: ModelInfo, scale: Any) -> float:
 def _cond(info: ModelInfo, n: int, classes: Any, context: Any) -> np.ndarray | None:
     kind = info.spec.cond_kind
     if kind != "class" and classes is not None:
-        raise ValueError(f"classes: this model is {'context-conditioned' if kind == 'context' else 'unconditional'}"
+        raise BadInputError(f"classes: this model is {'context-conditioned' if kind == 'context' else 'unconditional'}"
                          f" and takes no class ids; pass classes=None")
     if kind != "context" and context is not None:
-        raise ValueError("context: this model takes no context; pass context=None")
+        raise BadInputError("context: this model takes no context; pass context=None")
     if kind == "class":
         return _classes(classes, n, int(info.num_classes))  # type: ignore[arg-type]
     if kind == "context":
@@ -285,14 +286,14 @@ def _classes(classes: Any, n: int, num_classes: int) -> np.ndarray:
     else:
         arr = np.asarray(classes)
         if arr.dtype.kind not in "iu" or arr.ndim != 1:
-            raise ValueError(f"classes must be an int or a 1-D sequence of ints, got {arr.dtype} "
+            raise BadInputError(f"classes must be an int or a 1-D sequence of ints, got {arr.dtype} "
                              f"with shape {arr.shape}")
         if arr.shape[0] != n:
-            raise ValueError(f"classes must hold n={n} ids, got {arr.shape[0]}")
+            raise BadInputError(f"classes must hold n={n} ids, got {arr.shape[0]}")
         ids = arr.astype(np.int64)
     bad = ids[(ids < 0) | (ids >= num_classes)]
     if bad.size:
-        raise ValueError(f"classes: id {int(bad[0])} is outside [0, {num_classes}) (the null id {num_classes} "
+        raise BadInputError(f"classes: id {int(bad[0])} is outside [0, {num_classes}) (the null id {num_classes} "
                          f"is used only for guidance)")
     return ids
 
@@ -300,13 +301,13 @@ def _classes(classes: Any, n: int, num_classes: int) -> np.ndarray:
 def _context(context: Any, n: int, info: ModelInfo) -> np.ndarray:
     spec = info.spec
     if context is None:
-        raise ValueError(f"context: this model is context-conditioned; pass context [n, L, {spec.context_dim}] float32")
+        raise BadInputError(f"context: this model is context-conditioned; pass context [n, L, {spec.context_dim}] float32")
     if not isinstance(context, np.ndarray) or context.dtype != np.float32 or context.ndim != 3:
         got = f"{context.dtype} {context.shape}" if isinstance(context, np.ndarray) else type(context).__name__
-        raise ValueError(f"context must be a float32 array [n, L, {spec.context_dim}], got {got}")
+        raise BadInputError(f"context must be a float32 array [n, L, {spec.context_dim}], got {got}")
     n_ctx, length, dim = context.shape
     if n_ctx != n or dim != spec.context_dim or not spec.min_context <= length <= spec.max_context:
-        raise ValueError(f"context must have shape [n={n}, L in [{spec.min_context}, {spec.max_context}], "
+        raise BadInputError(f"context must have shape [n={n}, L in [{spec.min_context}, {spec.max_context}], "
                          f"{spec.context_dim}], got {list(context.shape)}")
     return context
 
@@ -315,11 +316,11 @@ def _x_T(x_T: Any, shape: tuple[int, ...]) -> np.ndarray | None:
     if x_T is None:
         return None
     if not isinstance(x_T, np.ndarray):
-        raise ValueError(f"x_T must be a numpy float32 array of shape {shape}, got {type(x_T).__name__}")
+        raise BadInputError(f"x_T must be a numpy float32 array of shape {shape}, got {type(x_T).__name__}")
     if x_T.dtype != np.float32 or x_T.shape != shape:
-        raise ValueError(f"x_T must be float32 of shape {shape}, got {x_T.dtype} {x_T.shape}")
+        raise BadInputError(f"x_T must be float32 of shape {shape}, got {x_T.dtype} {x_T.shape}")
     if not np.all(np.isfinite(x_T)):
-        raise ValueError("x_T must be finite")
+        raise BadInputError("x_T must be finite")
     return x_T
 
 
@@ -329,7 +330,7 @@ def _chunks(n: int, min_batch: int, max_batch: int, guided: bool) -> list[slice]
     chunks = [slice(i, min(i + size, n)) for i in range(0, n, size)]
     last = (chunks[-1].stop - chunks[-1].start) * per_image
     if last < min_batch:
-        raise ValueError(f"n={n}: the last chunk would run a batch of {last}, below the exported min_batch "
+        raise BadInputError(f"n={n}: the last chunk would run a batch of {last}, below the exported min_batch "
                          f"{min_batch} (chunks of {size} images{' with guidance' if guided else ''}); "
                          f"choose n so that n % {size} is 0 or at least {-(-min_batch // per_image)}")
     return chunks

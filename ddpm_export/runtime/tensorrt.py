@@ -19,12 +19,13 @@ from typing import Any
 
 import numpy as np
 
+from ddpm_export.errors import BadInputError, IntegrityError, MissingDependencyError
 from ddpm_export.export.spec import OUT_NAME, ExportSpec, feeds_for
 
 __all__ = ["EngineMismatchError", "TensorRTBackend", "read_sidecar", "sidecar_path"]
 
 
-class EngineMismatchError(ValueError):
+class EngineMismatchError(IntegrityError):
     """The engine was built from another ONNX file or by another TensorRT version."""
 
 
@@ -38,14 +39,14 @@ def read_sidecar(engine: str | Path) -> dict[str, Any]:
     """The engine's sidecar as a dict; raises ValueError when it is missing or lacks ``onnx_sha256``."""
     path = sidecar_path(engine)
     if not path.is_file():
-        raise ValueError(f"{engine}: its sidecar {path.name} is missing; an engine is usable only with the "
+        raise BadInputError(f"{engine}: its sidecar {path.name} is missing; an engine is usable only with the "
                          f"sidecar written when it was built (rebuild it)")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from e
+        raise BadInputError(f"{path}: not valid JSON ({e})") from e
     if not isinstance(data, dict) or not isinstance(data.get("onnx_sha256"), str):
-        raise ValueError(f"{path}: needs an 'onnx_sha256' string (the hash of the ONNX file the engine was built from)")
+        raise BadInputError(f"{path}: needs an 'onnx_sha256' string (the hash of the ONNX file the engine was built from)")
     return data
 
 
@@ -53,7 +54,7 @@ def _import_tensorrt() -> Any:
     try:
         import tensorrt
     except ImportError as e:
-        raise ImportError("TensorRTBackend needs the 'tensorrt' package (TensorRT >= 10), which is not installed; "
+        raise MissingDependencyError("TensorRTBackend needs the 'tensorrt' package (TensorRT >= 10), which is not installed; "
                           "on a machine with an NVIDIA GPU: pip install 'ddpm-export[gpu]'") from e
     return tensorrt
 
@@ -65,7 +66,7 @@ def _import_cudart() -> Any:
         try:
             from cuda import cudart  # older cuda-python
         except ImportError as e:
-            raise ImportError("TensorRTBackend needs the 'cuda-python' package for device buffers, which is not "
+            raise MissingDependencyError("TensorRTBackend needs the 'cuda-python' package for device buffers, which is not "
                               "installed; pip install 'ddpm-export[gpu]'") from e
     return cudart
 
@@ -108,7 +109,7 @@ class TensorRTBackend:
         names = {self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)}
         missing = [n for n in [*spec.input_names, OUT_NAME] if n not in names]
         if missing:
-            raise ValueError(f"{engine_path}: the engine has no tensor(s) {missing} (it has {sorted(names)})")
+            raise BadInputError(f"{engine_path}: the engine has no tensor(s) {missing} (it has {sorted(names)})")
         self._dtypes = {n: np.dtype(trt.nptype(self.engine.get_tensor_dtype(n))) for n in names}
         self.context = self.engine.create_execution_context()
         self._stream = self._check(cudart.cudaStreamCreate())
@@ -127,7 +128,7 @@ class TensorRTBackend:
                 host = np.ascontiguousarray(value, dtype=self._dtypes[name])  # e.g. int64 -> an int32 engine input
                 hosts.append(host)
                 if not self.context.set_input_shape(name, host.shape):
-                    raise ValueError(f"{name}: shape {host.shape} is outside the engine's optimisation profile")
+                    raise BadInputError(f"{name}: shape {host.shape} is outside the engine's optimisation profile")
                 ptr = self._buffer(name, host.nbytes)
                 self._check(cudart.cudaMemcpyAsync(ptr, host.ctypes.data, host.nbytes, h2d, self._stream))
                 self.context.set_tensor_address(name, ptr)

@@ -1,0 +1,71 @@
+"""The exceptions of ddpm-export: one base, a few kinds, each mapped to one exit status (torch-free).
+
+Every error the package raises on purpose derives from :class:`DdpmExportError`; the CLI
+(:mod:`ddpm_export.cli`) turns it into a one-line message and the exit status of its kind:
+
+==============================  ======  ===================================================
+kind                            status  meaning
+==============================  ======  ===================================================
+:class:`BadInputError`          2       an argument, flag, file or config value is wrong
+:class:`IntegrityError`         2       a file was altered or does not belong with another
+:class:`MissingDependencyError` 2       an optional package, a GPU or a driver is missing
+:class:`VerificationFailed`     1       an export disagrees with PyTorch beyond its limits
+:class:`NonFiniteOutputError`   1       a model produced NaN or infinity
+==============================  ======  ===================================================
+
+The kinds also derive from the built-in exception callers caught before this module existed
+(``ValueError``, ``ImportError``, ``RuntimeError``, ``FileExistsError``), so ``except ValueError``
+keeps working.
+"""
+
+from __future__ import annotations
+
+__all__ = ["BadInputError", "DdpmExportError", "InputNotFoundError", "IntegrityError", "MissingDependencyError", "NonFiniteOutputError",
+           "NotAFolderError", "OutputExistsError", "VerificationFailed", "exit_status"]
+
+
+class DdpmExportError(Exception):
+    """Base of every deliberate ddpm-export error; ``exit_status`` is the CLI's exit code for it."""
+
+    exit_status = 2
+
+
+class BadInputError(DdpmExportError, ValueError):
+    """An argument, flag, input file or config value is wrong; the message names it."""
+
+
+class OutputExistsError(BadInputError, FileExistsError):
+    """An output file or folder exists and ``--force`` was not given."""
+
+
+class InputNotFoundError(BadInputError, FileNotFoundError):
+    """An input file or folder named by the caller does not exist."""
+
+
+class NotAFolderError(BadInputError, NotADirectoryError):
+    """A path that must be a folder is a file."""
+
+
+class IntegrityError(DdpmExportError, ValueError):
+    """A file does not match its recorded sha256, or was built from another file or version."""
+
+
+class MissingDependencyError(DdpmExportError, ImportError):
+    """An optional dependency (tensorrt, cuda-python, matplotlib, onnx...) or a GPU is missing."""
+
+
+class VerificationFailed(DdpmExportError, RuntimeError):
+    """An export or engine disagrees with the PyTorch reference beyond its limits."""
+
+    exit_status = 1
+
+
+class NonFiniteOutputError(VerificationFailed):
+    """A model call produced NaN or infinity."""
+
+
+def exit_status(error: BaseException) -> int:
+    """The CLI exit status of ``error``: its kind's status, 2 for a missing module, else 1."""
+    if isinstance(error, DdpmExportError):
+        return error.exit_status
+    return 2 if isinstance(error, ImportError) else 1
