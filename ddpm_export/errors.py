@@ -21,7 +21,8 @@ keeps working.
 from __future__ import annotations
 
 __all__ = ["BadInputError", "DdpmExportError", "InputNotFoundError", "IntegrityError", "MissingDependencyError", "NonFiniteOutputError",
-           "NotAFolderError", "OutputExistsError", "VerificationFailed", "exit_status"]
+           "NotAFolderError", "OutputExistsError",
+           "WrongTypeError", "VerificationFailed", "exit_status"]
 
 
 class DdpmExportError(Exception):
@@ -32,6 +33,10 @@ class DdpmExportError(Exception):
 
 class BadInputError(DdpmExportError, ValueError):
     """An argument, flag, input file or config value is wrong; the message names it."""
+
+
+class WrongTypeError(BadInputError, TypeError):
+    """An argument has the wrong Python type (e.g. a list where a numpy array is needed)."""
 
 
 class OutputExistsError(BadInputError, FileExistsError):

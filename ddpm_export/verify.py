@@ -42,7 +42,7 @@ import numpy as np
 from ddpm_export.diffusion import Backend, make_scheduler, sample
 from ddpm_export.diffusion.scheduler import Scheduler
 from ddpm_export.errors import BadInputError, MissingDependencyError
-from ddpm_export.export.metadata import sha256_file
+from ddpm_export.contract.metadata import sha256_file
 from ddpm_export.files import atomic_file
 from ddpm_export.metrics import FP16_REL_L2, FP32_MAX_ABS, compare
 from ddpm_export.runtime.info import ModelInfo, read_info

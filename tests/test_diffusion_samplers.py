@@ -29,7 +29,7 @@ def test_set_timesteps() -> None:
     s.set_timesteps(4)
     assert s.timesteps.tolist() == [750, 500, 250, 0] and s.num_inference_steps == 4
     assert [s.previous_timestep(t) for t in s.timesteps] == [500, 250, 0, -1]
-    with pytest.raises(ValueError, match=r"num_inference_steps=1001 must be in \[1, num_train_timesteps=1000\]"):
+    with pytest.raises(ValueError, match=r"num_inference_steps must be an int in \[1, 1000\]"):
         s.set_timesteps(1001)
 
 

@@ -1,4 +1,4 @@
-"""ExportSpec (``ddpm_export.export.spec``): the one description of a model's graph interface.
+"""ExportSpec (``ddpm_export.contract.spec``): the one description of a model's graph interface.
 
 Torch-free: names, dynamic axes, shapes, TensorRT profiles, validation batches, sample inputs,
 the runtime input checks (each refusal names the input), the JSON round trip and refused ranges.
@@ -14,7 +14,7 @@ import pytest
 
 from ddpm_export.config import UNetConfig
 from ddpm_export.configbase import ConfigError
-from ddpm_export.export.spec import ExportSpec
+from ddpm_export.contract.spec import ExportSpec
 
 SMALL = dict(base_channels=16, channel_mult=(1, 2), sample_size=8, num_groups=8, num_res_blocks=1,
              attention_resolutions=(4,))
@@ -253,6 +253,6 @@ def test_inconsistent_specs_are_refused():
 
 
 def test_spec_imports_no_torch():
-    code = "import sys, ddpm_export.export.spec, ddpm_export.export.metadata; assert 'torch' not in sys.modules"
+    code = "import sys, ddpm_export.contract.spec, ddpm_export.contract.metadata; assert 'torch' not in sys.modules"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 0, proc.stderr

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ddpm_export.export.spec import ExportSpec
+from ddpm_export.contract.spec import ExportSpec
 from ddpm_export.metrics import errors
 
 torch = pytest.importorskip("torch")

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from ddpm_export.cli import main
-from ddpm_export.export.metadata import sha256_file
+from ddpm_export.contract.metadata import sha256_file
 from ddpm_export.export.onnx import export_onnx
 from ddpm_export.export.tensorrt import TensorRTUnavailable, build_engine, plan_engine, tensorrt_missing
 from ddpm_export.runtime.tensorrt import read_sidecar, sidecar_path

@@ -86,7 +86,7 @@ def main() -> None:
         files["naive-fp16"] = tmp / "naive16.onnx"
 
         unet = build_model(cfg, seed=args.seed).eval()
-        from ddpm_export.export.spec import ExportSpec
+        from ddpm_export.contract.spec import ExportSpec
 
         spec = ExportSpec.from_config(cfg, opt_batch=args.batch, max_batch=max(args.batch, 4))
         feeds = spec.sample_inputs(args.batch, seed=args.seed)

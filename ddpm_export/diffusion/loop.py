@@ -15,11 +15,11 @@ consume identical noise; their trajectories can be compared step by step (record
 
 from __future__ import annotations
 
-import math
 from typing import Callable, Protocol
 
 import numpy as np
 
+from ddpm_export.checks import check_guidance_scale, check_seed, check_x_T
 from ddpm_export.diffusion.scheduler import Scheduler
 from ddpm_export.errors import BadInputError
 
@@ -47,9 +47,7 @@ StepCallback = Callable[[int, int, np.ndarray, np.ndarray], None]
 
 def noise_generator(seed: int) -> np.random.Generator:
     """``numpy.random.Generator(numpy.random.PCG64(seed))``, the only noise source of sampling."""
-    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
-        raise BadInputError(f"seed must be a non-negative int, got {seed!r}")
-    return np.random.Generator(np.random.PCG64(int(seed)))
+    return np.random.Generator(np.random.PCG64(check_seed(seed)))
 
 
 def guided_output(cond_out: np.ndarray, uncond_out: np.ndarray, guidance_scale: float) -> np.ndarray:
@@ -94,7 +92,7 @@ def sample(
     guided = _check_guidance(shape[0], cond, null_cond, guidance_scale)
     rng = noise_generator(seed)
     drawn_x_T = rng.standard_normal(shape, dtype=np.float32)
-    x = drawn_x_T if x_T is None else _check_x_T(x_T, shape)
+    x = drawn_x_T if x_T is None else check_x_T(x_T, shape)
 
     for i, t in enumerate(scheduler.timesteps):
         t = int(t)
@@ -137,20 +135,11 @@ def _check_shape(shape: tuple[int, ...]) -> tuple[int, int, int, int]:
     return tuple(int(d) for d in shape)  # type: ignore[return-value]
 
 
-def _check_x_T(x_T: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    if not isinstance(x_T, np.ndarray):
-        raise TypeError(f"x_T must be a numpy array, got {type(x_T).__name__}")
-    if x_T.dtype != np.float32 or x_T.shape != shape:
-        raise BadInputError(f"x_T must be float32 of shape {shape}; got {x_T.dtype} {x_T.shape}")
-    return x_T
-
-
 def _check_guidance(
     batch: int, cond: np.ndarray | None, null_cond: np.ndarray | None, guidance_scale: float
 ) -> bool:
     """Validate the conditioning arguments; True when steps run the doubled (guided) batch."""
-    if not math.isfinite(guidance_scale):
-        raise BadInputError(f"guidance_scale must be finite, got {guidance_scale}")
+    check_guidance_scale(guidance_scale)
     if cond is not None and (cond.ndim == 0 or cond.shape[0] != batch):
         raise BadInputError(f"cond must have batch size {batch} (shape[0]), got shape {cond.shape}")
     if null_cond is not None:

@@ -11,6 +11,7 @@ from typing import Literal
 
 import numpy as np
 
+from ddpm_export.checks import Registry, check_steps
 from ddpm_export.errors import BadInputError
 
 TimestepSpacing = Literal["leading", "trailing"]
@@ -31,7 +32,7 @@ def _trailing(T: int, n: int) -> np.ndarray:
     return np.round(np.arange(T, 0, -T / n)[:n]).astype(np.int64) - 1
 
 
-_SPACINGS = {"leading": _leading, "trailing": _trailing}
+_SPACINGS = Registry("timestep_spacing", {"leading": _leading, "trailing": _trailing})
 
 
 def spaced_timesteps(T: int, n: int, spacing: TimestepSpacing, steps_offset: int = 0) -> np.ndarray:
@@ -45,14 +46,11 @@ def spaced_timesteps(T: int, n: int, spacing: TimestepSpacing, steps_offset: int
     Raises ValueError when ``n`` is outside ``[1, T]``, the spacing is unknown, or the offset
     pushes a timestep past ``T - 1``.
     """
-    if spacing not in _SPACINGS:
-        listed = ", ".join(repr(s) for s in _SPACINGS)
-        raise BadInputError(f"timestep_spacing={spacing!r} is not valid; choose one of: {listed}")
-    if not 1 <= n <= T:
-        raise BadInputError(f"num_inference_steps={n} must be in [1, num_train_timesteps={T}]")
+    make = _SPACINGS[spacing]
+    check_steps(n, T, "num_inference_steps")
     if steps_offset != 0 and spacing != "leading":
         raise BadInputError(f"steps_offset={steps_offset} only applies to leading spacing")
-    timesteps = _SPACINGS[spacing](T, n) + steps_offset
+    timesteps = make(T, n) + steps_offset
     if timesteps[0] >= T:
         raise BadInputError(
             f"steps_offset={steps_offset} puts the first of {n} leading-spaced timesteps at "

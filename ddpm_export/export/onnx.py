@@ -22,14 +22,14 @@ import onnx
 import torch
 from safetensors.torch import save as safetensors_save
 
-from ddpm_export import __version__
+from ddpm_export._version import __version__
 from ddpm_export.diffusion.config import DiffusionConfig
 from ddpm_export.errors import BadInputError
-from ddpm_export.export import metadata as md
+from ddpm_export.contract import metadata as md
 from ddpm_export.export.attention_forms import MIN_OPSET, attention_kernel, resolve_attention
 from ddpm_export.export.polygraphy_io import check_io_paths, save_torch_io
 from ddpm_export.export.precision import GraphModule, check_precision, policy
-from ddpm_export.export.spec import ExportSpec
+from ddpm_export.contract.spec import ExportSpec
 from ddpm_export.export.validate import ValidationReport, validate_onnx
 from ddpm_export.files import refuse_existing
 from ddpm_export.nn.attention import use_attention_kernel
@@ -88,16 +88,12 @@ def export_onnx(model: str | Path, out: str | Path, *, opset: int = DEFAULT_OPSE
     proto = trace_to_onnx(unet, spec, precision=precision, attention=form, opset=opset)
     source = weights_path(model)
     proto.metadata_props.clear()
-    for key, value in {
-        md.UNET_CONFIG: md.dumps(unet.config.to_dict()),
-        md.DIFFUSION_CONFIG: md.dumps(diffusion.to_dict()),
-        md.EXPORT_SPEC: md.dumps(spec.to_dict()),
-        md.PRECISION_POLICY: md.dumps(policy(precision)),
-        md.ATTENTION: form,
-        md.EXPORTER_VERSION: f"ddpm-export {__version__}; torch {torch.__version__.split('+')[0]}; onnx {onnx.__version__}",
-        md.SOURCE: str(model) if source is None else source.name,
-        md.SOURCE_SHA256: md.sha256_file(source) if source else md.sha256_bytes(_state_bytes(unet)),
-    }.items():
+    for key, value in md.metadata_props(
+        unet=unet.config, diffusion=diffusion, spec=spec, policy=policy(precision), attention=form,
+        exporter_version=f"ddpm-export {__version__}; torch {torch.__version__.split('+')[0]}; onnx {onnx.__version__}",
+        source=str(model) if source is None else source.name,
+        source_sha256=md.sha256_file(source) if source else md.sha256_bytes(_state_bytes(unet)),
+    ).items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     proto.producer_name, proto.producer_version = "ddpm-export", __version__

@@ -10,7 +10,7 @@ from polygraphy.comparator import IterationResult, RunResults
 from polygraphy.json import save_json
 
 from ddpm_export.errors import OutputExistsError
-from ddpm_export.export.spec import ExportSpec
+from ddpm_export.contract.spec import ExportSpec
 from ddpm_export.export.validate import torch_reference
 from ddpm_export.files import atomic_file
 from ddpm_export.nn.unet import UNet

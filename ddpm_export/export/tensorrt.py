@@ -7,29 +7,27 @@ TF32 is off, so an fp32 file becomes a true fp32 engine. One optimisation profil
 the file's ExportSpec (min/opt/max batch). ``tensorrt`` is imported lazily: everything up to
 the build (reading the metadata, the profile, the sidecar) works and is tested without it.
 
-Sidecar ``<engine>.json`` (read by :mod:`ddpm_export.runtime.tensorrt`): the sha256 of the ONNX
-file, the TensorRT version, the GPU, the profile and the precision, so a mismatch is refused
-with a message that says what to rebuild.
+Sidecar ``<engine>.json`` (:mod:`ddpm_export.contract.sidecar`, read by the runtime): the sha256
+of the ONNX file, the TensorRT version, the GPU, the profile and the precision, so a mismatch is
+refused with a message that says what to rebuild.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import json
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 import onnx
 
-from ddpm_export import __version__
 from ddpm_export.errors import BadInputError, InputNotFoundError, MissingDependencyError
-from ddpm_export.export import metadata as md
-from ddpm_export.export.spec import ExportSpec
+from ddpm_export.contract import metadata as md
+from ddpm_export.contract.info import ModelInfo
+from ddpm_export.contract.sidecar import make_sidecar, sidecar_path, write_sidecar
+from ddpm_export.contract.spec import ExportSpec
 from ddpm_export.files import atomic_file, refuse_existing
-from ddpm_export.runtime.info import ModelInfo
-from ddpm_export.runtime.tensorrt import sidecar_path
 
 
 class TensorRTUnavailable(MissingDependencyError, RuntimeError):
@@ -47,19 +45,9 @@ class EnginePlan:
     profile: dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]
 
     def sidecar(self, tensorrt_version: str, gpu: dict[str, Any], seconds: float) -> dict[str, Any]:
-        return {
-            "onnx_file": self.onnx_path.name,
-            "onnx_sha256": self.onnx_sha256,
-            "tensorrt_version": tensorrt_version,
-            "gpu": gpu,
-            "precision": self.precision,
-            "strongly_typed": True,
-            "tf32": False,
-            "profile": {name: {"min": list(s[0]), "opt": list(s[1]), "max": list(s[2])}
-                        for name, s in self.profile.items()},
-            "build_seconds": round(seconds, 1),
-            "ddpm_export_version": __version__,
-        }
+        return make_sidecar(onnx_file=self.onnx_path.name, onnx_sha256=self.onnx_sha256,
+                            tensorrt_version=tensorrt_version, gpu=gpu, precision=self.precision,
+                            profile=self.profile, build_seconds=seconds)
 
 
 def plan_engine(onnx_path: str | Path, *, fp16: bool | None = None) -> EnginePlan:
@@ -121,8 +109,7 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, *, fp16: bool |
     side.unlink(missing_ok=True)  # never pair the new engine with the old engine's sidecar
     with atomic_file(engine_path, force=force) as tmp:
         tmp.write_bytes(bytes(engine_bytes))
-    with atomic_file(side, force=force) as tmp:  # the sidecar last: an engine without one is refused
-        tmp.write_text(json.dumps(info, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    write_sidecar(engine_path, info, force=force)  # the sidecar last: an engine without one is refused
     log(f"wrote {engine_path} ({engine_path.stat().st_size / 2**20:.1f} MiB) and {side.name} in {seconds:.1f} s")
     return info
 

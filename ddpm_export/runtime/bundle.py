@@ -26,11 +26,12 @@ import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
-from ddpm_export import __version__
+from ddpm_export._version import __version__
 from ddpm_export.configbase import ConfigError
 from ddpm_export.diffusion.config import DiffusionConfig
 from ddpm_export.errors import IntegrityError
-from ddpm_export.export.metadata import sha256_file
+from ddpm_export.contract.metadata import sha256_file
+from ddpm_export.contract.sidecar import read_sidecar, sidecar_path
 from ddpm_export.files import atomic_dir
 from ddpm_export.runtime.info import ModelInfo, read_metadata
 
@@ -151,8 +152,6 @@ def make_bundle(onnx: Sequence[str | Path], out: str | Path, *, engines: Sequenc
     Every engine's sidecar must name the sha256 of one of the ONNX files. Raises BundleError
     (and FileExistsError when ``out`` exists and not ``force``).
     """
-    from ddpm_export.runtime.tensorrt import read_sidecar, sidecar_path
-
     onnx_paths = [Path(p) for p in onnx]
     engine_paths = [Path(p) for p in engines]
     if not onnx_paths:

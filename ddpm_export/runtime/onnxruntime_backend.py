@@ -13,7 +13,7 @@ import numpy as np
 import onnxruntime as ort
 
 from ddpm_export.errors import BadInputError, InputNotFoundError
-from ddpm_export.export.spec import OUT_NAME, ExportSpec, feeds_for
+from ddpm_export.contract.spec import OUT_NAME, ExportSpec, feeds_for
 
 __all__ = ["DEFAULT_PROVIDERS", "OnnxRuntimeBackend", "create_session"]
 

@@ -13,7 +13,6 @@ A Pipeline holds no per-call state (each call builds its own scheduler and noise
 
 from __future__ import annotations
 
-import math
 import typing
 from pathlib import Path
 from typing import Any, Literal, Sequence
@@ -21,6 +20,7 @@ from typing import Any, Literal, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
+from ddpm_export.checks import check_guidance_scale, check_seed, check_steps, check_x_T, chunk_size, is_int
 from ddpm_export.configbase import check_choice
 from ddpm_export.diffusion import SCHEDULERS, Backend, DiffusionConfig, make_scheduler, sample
 from ddpm_export.errors import BadInputError
@@ -50,7 +50,7 @@ class SampleRequest:
 
     Attributes: ``n``, ``config`` (the DiffusionConfig with the call's sampler, steps and eta),
     ``seed``, ``guidance_scale``, ``cond`` (``[n]`` int64 class ids, ``[n, L, D]`` context or
-    None), ``null_id``, ``x_T``, ``chunks`` (slices of ``0 .. n``), ``shape`` ``(C, H, W)``.
+    None), ``x_T``, ``chunks`` (slices of ``0 .. n``), ``shape`` ``(C, H, W)``.
     """
 
     def __init__(self, info: ModelInfo, n: Any, *, steps: Any, sampler: Any, seed: Any, eta: Any,
@@ -58,13 +58,12 @@ class SampleRequest:
         spec = info.spec
         self.shape = (spec.in_channels, spec.sample_size, spec.sample_size)
         self.n = _positive_int("n", n)
-        self.seed = _seed(seed)
+        self.seed = check_seed(seed)
         self.config = _config(info.diffusion, sampler, steps, eta)
         self.guidance_scale = _guidance(info, guidance_scale)
         self.guided = self.guidance_scale != 1.0
-        self.null_id = info.null_class_id
         self.cond = _cond(info, self.n, classes, context)
-        self.x_T = _x_T(x_T, (self.n, *self.shape))
+        self.x_T = None if x_T is None else check_x_T(x_T, (self.n, *self.shape))
         self.chunks = _chunks(self.n, spec.min_batch, spec.max_batch, self.guided)
 
     @property
@@ -152,7 +151,7 @@ class Pipeline:
     def chunk_size(self, guided: bool) -> int:
         """Images per backend call: ``max_batch``, or ``max_batch // 2`` with guidance (the
         conditional and unconditional halves run as one doubled batch)."""
-        return self.info.spec.max_batch // (2 if guided else 1)
+        return chunk_size(self.info.spec.max_batch, guided)
 
     # --- sampling ----------------------------------------------------------------------
     def sample(self, n: int, *, steps: int | None = None, sampler: str | None = None, seed: int = 0,
@@ -200,7 +199,7 @@ class Pipeline:
                 scheduler = make_scheduler(req.config, req.sampler)  # per call: no state shared between threads
                 b = chunk.stop - chunk.start
                 cond = None if req.cond is None else req.cond[chunk]
-                null = np.full(b, req.null_id, dtype=np.int64) if req.guided else None
+                null = self.info.null_input(b) if req.guided else None
                 outputs.append(sample(
                     self.backend, scheduler, (b, *req.shape), seed=chunk_seed(req.seed, k), cond=cond,
                     null_cond=null, guidance_scale=req.guidance_scale,
@@ -211,32 +210,12 @@ class Pipeline:
         return outputs[0] if len(outputs) == 1 else np.concatenate(outputs)
 
 
-# --- argument checks --------------------------------------------------------------------
-def _is_int(value: Any) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
-
-
-def _positive_int(name: str, value: Any) -> int:
-    if not _is_int(value) or value < 1:
-        raise BadInputError(f"{name} must be an int >= 1, got {value!r}")
-    return int(value)
-
-
-def _seed(seed: Any) -> int:
-    if not _is_int(seed) or seed < 0:
-        raise BadInputError(f"seed must be a non-negative int, got {seed!r}")
-    return int(seed)
-
-
+# --- argument checks (the shared ones live in ddpm_export.checks) ------------------------
 def _config(base: DiffusionConfig, sampler: Any, steps: Any, eta: Any) -> DiffusionConfig:
     name = base.sampler if sampler is None else sampler
-    if name not in SCHEDULERS:
-        raise BadInputError(f"sampler={name!r} is not valid; choose one of: {', '.join(repr(s) for s in SCHEDULERS)}")
-    T = base.num_train_timesteps
-    n_steps = base.num_inference_steps if steps is None else steps
-    if not _is_int(n_steps) or not 1 <= n_steps <= T:
-        raise BadInputError(f"steps must be an int in [1, {T}] (the model's num_train_timesteps), got {steps!r}")
-    changes: dict[str, Any] = {"sampler": name, "num_inference_steps": int(n_steps)}
+    SCHEDULERS[name]  # refuses an unknown sampler, listing the choices
+    n_steps = check_steps(base.num_inference_steps if steps is None else steps, base.num_train_timesteps)
+    changes: dict[str, Any] = {"sampler": name, "num_inference_steps": n_steps}
     if eta is not None:
         if name != "ddim":
             raise BadInputError(f"eta applies to the DDIM sampler only; got eta={eta!r} with sampler={name!r}")
@@ -247,90 +226,44 @@ def _config(base: DiffusionConfig, sampler: Any, steps: Any, eta: Any) -> Diffus
 
 
 def _guidance(info: ModelInfo, scale: Any) -> float:
-    if isinstance(scale, bool) or not isinstance(scale, (int, float, np.floating)) or not math.isfinite(scale):
-        raise BadInputError(f"guidance_scale must be a finite float, got {scale!r}")
-    scale = float(scale)
+    scale = check_guidance_scale(scale)
     if scale != 1.0:
         if info.num_classes is None:
             raise BadInputError(f"guidance_scale={scale} needs a class-conditional model; this one is "
-                             f"{'context-conditioned' if info.spec.cond_kind == 'context' else 'unconditional'}"
-                             f" -- pass guidance_scale=1.0")
+                                f"{info.spec.conditioning.adjective} -- pass guidance_scale=1.0")
         if info.null_class_id is None:
             raise BadInputError(f"guidance_scale={scale} needs a null class (the model was built with "
-                             f"null_class=False) -- pass guidance_scale=1.0")
+                                f"null_class=False) -- pass guidance_scale=1.0")
         if info.spec.max_batch < 2:
             raise BadInputError(f"guidance_scale={scale} runs a doubled batch, but the graph was exported with "
-                             f"max_batch={info.spec.max_batch}; re-export with --max-batch >= 2")
+                                f"max_batch={info.spec.max_batch}; re-export with --max-batch >= 2")
     return scale
 
 
 def _cond(info: ModelInfo, n: int, classes: Any, context: Any) -> np.ndarray | None:
-    kind = info.spec.cond_kind
-    if kind != "class" and classes is not None:
-        raise BadInputError(f"classes: this model is {'context-conditioned' if kind == 'context' else 'unconditional'}"
-                         f" and takes no class ids; pass classes=None")
-    if kind != "context" and context is not None:
-        raise BadInputError("context: this model takes no context; pass context=None")
-    if kind == "class":
-        return _classes(classes, n, int(info.num_classes))  # type: ignore[arg-type]
-    if kind == "context":
-        return _context(context, n, info)
-    return None
-
-
-def _classes(classes: Any, n: int, num_classes: int) -> np.ndarray:
-    if classes is None:
-        return np.arange(n, dtype=np.int64) % num_classes
-    if _is_int(classes):
-        ids = np.full(n, int(classes), dtype=np.int64)
-    else:
-        arr = np.asarray(classes)
-        if arr.dtype.kind not in "iu" or arr.ndim != 1:
-            raise BadInputError(f"classes must be an int or a 1-D sequence of ints, got {arr.dtype} "
-                             f"with shape {arr.shape}")
-        if arr.shape[0] != n:
-            raise BadInputError(f"classes must hold n={n} ids, got {arr.shape[0]}")
-        ids = arr.astype(np.int64)
-    bad = ids[(ids < 0) | (ids >= num_classes)]
-    if bad.size:
-        raise BadInputError(f"classes: id {int(bad[0])} is outside [0, {num_classes}) (the null id {num_classes} "
-                         f"is used only for guidance)")
-    return ids
-
-
-def _context(context: Any, n: int, info: ModelInfo) -> np.ndarray:
-    spec = info.spec
-    if context is None:
-        raise BadInputError(f"context: this model is context-conditioned; pass context [n, L, {spec.context_dim}] float32")
-    if not isinstance(context, np.ndarray) or context.dtype != np.float32 or context.ndim != 3:
-        got = f"{context.dtype} {context.shape}" if isinstance(context, np.ndarray) else type(context).__name__
-        raise BadInputError(f"context must be a float32 array [n, L, {spec.context_dim}], got {got}")
-    n_ctx, length, dim = context.shape
-    if n_ctx != n or dim != spec.context_dim or not spec.min_context <= length <= spec.max_context:
-        raise BadInputError(f"context must have shape [n={n}, L in [{spec.min_context}, {spec.max_context}], "
-                         f"{spec.context_dim}], got {list(context.shape)}")
-    return context
-
-
-def _x_T(x_T: Any, shape: tuple[int, ...]) -> np.ndarray | None:
-    if x_T is None:
-        return None
-    if not isinstance(x_T, np.ndarray):
-        raise BadInputError(f"x_T must be a numpy float32 array of shape {shape}, got {type(x_T).__name__}")
-    if x_T.dtype != np.float32 or x_T.shape != shape:
-        raise BadInputError(f"x_T must be float32 of shape {shape}, got {x_T.dtype} {x_T.shape}")
-    if not np.all(np.isfinite(x_T)):
-        raise BadInputError("x_T must be finite")
-    return x_T
+    """The conditioning input of a call from whichever of ``classes`` / ``context`` the model takes."""
+    kind = info.spec.conditioning
+    given = {"classes": (classes, "class ids"), "context": (context, "context")}
+    for argument, (value, noun) in given.items():
+        if argument != kind.argument and value is not None:
+            raise BadInputError(f"{argument}: this model is {kind.adjective} and takes no {noun}; "
+                                f"pass {argument}=None")
+    return kind.call_input(given[kind.argument][0] if kind.argument else None, n, info)
 
 
 def _chunks(n: int, min_batch: int, max_batch: int, guided: bool) -> list[slice]:
     per_image = 2 if guided else 1
-    size = max_batch // per_image
+    size = chunk_size(max_batch, guided)
     chunks = [slice(i, min(i + size, n)) for i in range(0, n, size)]
     last = (chunks[-1].stop - chunks[-1].start) * per_image
     if last < min_batch:
         raise BadInputError(f"n={n}: the last chunk would run a batch of {last}, below the exported min_batch "
-                         f"{min_batch} (chunks of {size} images{' with guidance' if guided else ''}); "
-                         f"choose n so that n % {size} is 0 or at least {-(-min_batch // per_image)}")
+                            f"{min_batch} (chunks of {size} images{' with guidance' if guided else ''}); "
+                            f"choose n so that n % {size} is 0 or at least {-(-min_batch // per_image)}")
     return chunks
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if not is_int(value) or value < 1:
+        raise BadInputError(f"{name} must be an int >= 1, got {value!r}")
+    return int(value)

@@ -3,16 +3,12 @@
 ``tensorrt`` and ``cuda-python`` (the ``gpu`` extra) are imported when a backend is built, not
 when this module is imported, so the rest of the runtime works without them. An engine is only
 valid for the ONNX file it was built from and for the TensorRT version that built it; both are
-read from its sidecar ``<engine file>.json`` (e.g. ``tiny.plan`` -> ``tiny.plan.json``)::
-
-    {"onnx_sha256": "<sha256 of the ONNX file>", "tensorrt_version": "10.x.y", ...}
-
-and a mismatch is refused before the engine is deserialised.
+read from its sidecar ``<engine file>.json`` (e.g. ``tiny.plan`` -> ``tiny.plan.json``,
+:mod:`ddpm_export.contract.sidecar`), and a mismatch is refused before the engine is deserialised.
 """
 
 from __future__ import annotations
 
-import json
 import threading
 from pathlib import Path
 from typing import Any
@@ -20,34 +16,10 @@ from typing import Any
 import numpy as np
 
 from ddpm_export.errors import BadInputError, IntegrityError, MissingDependencyError
-from ddpm_export.export.spec import OUT_NAME, ExportSpec, feeds_for
+from ddpm_export.contract.sidecar import EngineMismatchError, check_sidecar, read_sidecar, sidecar_path
+from ddpm_export.contract.spec import OUT_NAME, ExportSpec, feeds_for
 
 __all__ = ["EngineMismatchError", "TensorRTBackend", "read_sidecar", "sidecar_path"]
-
-
-class EngineMismatchError(IntegrityError):
-    """The engine was built from another ONNX file or by another TensorRT version."""
-
-
-def sidecar_path(engine: str | Path) -> Path:
-    """``<engine>.json`` beside the engine file."""
-    engine = Path(engine)
-    return engine.with_name(engine.name + ".json")
-
-
-def read_sidecar(engine: str | Path) -> dict[str, Any]:
-    """The engine's sidecar as a dict; raises ValueError when it is missing or lacks ``onnx_sha256``."""
-    path = sidecar_path(engine)
-    if not path.is_file():
-        raise BadInputError(f"{engine}: its sidecar {path.name} is missing; an engine is usable only with the "
-                         f"sidecar written when it was built (rebuild it)")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise BadInputError(f"{path}: not valid JSON ({e})") from e
-    if not isinstance(data, dict) or not isinstance(data.get("onnx_sha256"), str):
-        raise BadInputError(f"{path}: needs an 'onnx_sha256' string (the hash of the ONNX file the engine was built from)")
-    return data
 
 
 def _import_tensorrt() -> Any:
@@ -89,15 +61,10 @@ class TensorRTBackend:
                  device: int = 0) -> None:
         engine_path = Path(engine_path)
         sidecar = read_sidecar(engine_path)
-        if onnx_sha256 is not None and sidecar["onnx_sha256"] != onnx_sha256:
-            raise EngineMismatchError(f"{engine_path}: built from an ONNX file with sha256 {sidecar['onnx_sha256']}, "
-                                      f"not from this one ({onnx_sha256}); rebuild the engine from this ONNX file")
+        check_sidecar(engine_path, sidecar, onnx_sha256=onnx_sha256, tensorrt_version=None)
         trt = _import_tensorrt()
         self._cudart = cudart = _import_cudart()
-        built_with = sidecar.get("tensorrt_version")
-        if built_with is not None and built_with != trt.__version__:
-            raise EngineMismatchError(f"{engine_path}: built by TensorRT {built_with}, this is TensorRT "
-                                      f"{trt.__version__}; engines are not portable across versions, rebuild it")
+        check_sidecar(engine_path, sidecar, onnx_sha256=None, tensorrt_version=trt.__version__)
         self.spec = spec
         self._device = device
         self._check(cudart.cudaSetDevice(device))

@@ -2,7 +2,9 @@
 
 The single source for input/output names, dtypes, dynamic axes, min/opt/max shapes and sample
 inputs: it feeds the ONNX export (names, dynamic axes), validation (batches to run), TensorRT
-optimisation profiles, and the runtime's input checks. It is stored in the ONNX metadata.
+optimisation profiles, and the runtime's input checks. It is stored in the ONNX metadata
+(``ddpm_export.export_spec``, see docs/metadata.md). What depends on the conditioning kind is
+asked of :attr:`ExportSpec.conditioning` (:mod:`ddpm_export.contract.conditioning`).
 """
 
 from __future__ import annotations
@@ -14,9 +16,13 @@ import numpy as np
 
 from ddpm_export.config import UNetConfig
 from ddpm_export.configbase import FrozenConfig, check
-from ddpm_export.errors import BadInputError
+from ddpm_export.contract.conditioning import CLASS_NAME, CONDITIONINGS, CONTEXT_NAME, Conditioning
+from ddpm_export.errors import BadInputError, WrongTypeError
 
-X_NAME, T_NAME, CLASS_NAME, CONTEXT_NAME, OUT_NAME = "x_t", "t", "class_labels", "context", "model_output"
+__all__ = ["CLASS_NAME", "CONTEXT_NAME", "OUT_NAME", "T_NAME", "X_NAME", "ExportSpec", "feeds_for"]
+
+X_NAME, T_NAME, OUT_NAME = "x_t", "t", "model_output"
+_DTYPES = {X_NAME: "float32", T_NAME: "int64"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,9 +50,8 @@ class ExportSpec(FrozenConfig):
     def from_config(cls, cfg: UNetConfig, *, min_batch: int = 1, opt_batch: int = 4,
                     max_batch: int = 16) -> "ExportSpec":
         return cls(in_channels=cfg.in_channels, out_channels=cfg.out_channels, sample_size=cfg.sample_size,
-                   cond_kind=cfg.cond_kind,
-                   num_class_rows=cfg.num_class_rows if cfg.num_classes is not None else 0,
-                   num_train_timesteps=cfg.num_train_timesteps, context_dim=cfg.context_dim or 0,
+                   cond_kind=cfg.cond_kind, **CONDITIONINGS[cfg.cond_kind].spec_fields(cfg),
+                   num_train_timesteps=cfg.num_train_timesteps,
                    min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch)
 
     def validate(self) -> None:
@@ -54,16 +59,20 @@ class ExportSpec(FrozenConfig):
               f"need 1 <= min <= opt <= max, got {self.min_batch}/{self.opt_batch}/{self.max_batch}")
         check(1 <= self.min_context <= self.opt_context <= self.max_context, "min_context/opt_context/max_context",
               f"need 1 <= min <= opt <= max, got {self.min_context}/{self.opt_context}/{self.max_context}")
-        check((self.cond_kind == "class") == (self.num_class_rows > 0), "num_class_rows",
-              "must be > 0 exactly when cond_kind is 'class'")
-        check((self.cond_kind == "context") == (self.context_dim > 0), "context_dim",
-              "must be > 0 exactly when cond_kind is 'context'")
+        for kind in CONDITIONINGS.values():
+            if kind.size_field is not None:
+                check((kind is self.conditioning) == (getattr(self, kind.size_field) > 0), kind.size_field,
+                      f"must be > 0 exactly when cond_kind is {kind.kind!r}")
+
+    @property
+    def conditioning(self) -> Conditioning:
+        """The descriptor of ``cond_kind``."""
+        return CONDITIONINGS[self.cond_kind]
 
     # --- names and axes ----------------------------------------------------------------
     @property
     def input_names(self) -> list[str]:
-        cond = {"none": [], "class": [CLASS_NAME], "context": [CONTEXT_NAME]}[self.cond_kind]
-        return [X_NAME, T_NAME, *cond]
+        return [X_NAME, T_NAME, *self.conditioning.input_names()]
 
     @property
     def output_names(self) -> list[str]:
@@ -72,18 +81,17 @@ class ExportSpec(FrozenConfig):
     @property
     def dynamic_axes(self) -> dict[str, dict[int, str]]:
         axes = {name: {0: "batch"} for name in self.input_names + self.output_names}
-        if self.cond_kind == "context":
-            axes[CONTEXT_NAME] = {0: "batch", 1: "context_length"}
-        return axes
+        return {**axes, **self.conditioning.dynamic_axes()}
 
     def input_shapes(self, batch: int, context_length: int | None = None) -> dict[str, tuple[int, ...]]:
         s = self.sample_size
         shapes: dict[str, tuple[int, ...]] = {X_NAME: (batch, self.in_channels, s, s), T_NAME: (batch,)}
-        if self.cond_kind == "class":
-            shapes[CLASS_NAME] = (batch,)
-        elif self.cond_kind == "context":
-            shapes[CONTEXT_NAME] = (batch, context_length or self.opt_context, self.context_dim)
-        return shapes
+        return {**shapes, **self.conditioning.shape(self, batch, context_length)}
+
+    def input_dtypes(self) -> dict[str, str]:
+        """Input name -> numpy dtype name."""
+        cond = self.conditioning
+        return {**_DTYPES, **({cond.input_name: cond.dtype} if cond.input_name else {})}
 
     def output_shape(self, batch: int) -> tuple[int, ...]:
         return (batch, self.out_channels, self.sample_size, self.sample_size)
@@ -108,15 +116,11 @@ class ExportSpec(FrozenConfig):
         shapes = self.input_shapes(batch, context_length)
         feeds = {X_NAME: rng.standard_normal(shapes[X_NAME], dtype=np.float32),
                  T_NAME: rng.integers(0, self.num_train_timesteps, size=batch, dtype=np.int64)}
-        if self.cond_kind == "class":
-            feeds[CLASS_NAME] = rng.integers(0, self.num_class_rows, size=batch, dtype=np.int64)
-        elif self.cond_kind == "context":
-            feeds[CONTEXT_NAME] = rng.standard_normal(shapes[CONTEXT_NAME], dtype=np.float32)
-        return feeds
+        return {**feeds, **self.conditioning.sample(rng, self, batch, context_length)}
 
     # --- runtime checks ----------------------------------------------------------------
     def check_inputs(self, feeds: dict[str, np.ndarray]) -> None:
-        """Raise ValueError naming the input when a name, dtype, shape, batch or value is off."""
+        """Raise BadInputError naming the input when a name, dtype, shape, batch or value is off."""
         missing = [n for n in self.input_names if n not in feeds]
         extra = [n for n in feeds if n not in self.input_names]
         if missing or extra:
@@ -124,43 +128,30 @@ class ExportSpec(FrozenConfig):
         x = feeds[X_NAME]
         if x.ndim != 4:
             raise BadInputError(f"{X_NAME}: shape {tuple(x.shape)}, expected (batch, {self.in_channels}, "
-                             f"{self.sample_size}, {self.sample_size})")
+                                f"{self.sample_size}, {self.sample_size})")
         batch = x.shape[0]
         if not self.min_batch <= batch <= self.max_batch:
             raise BadInputError(f"{X_NAME}: batch {batch} is outside the exported range "
-                             f"[{self.min_batch}, {self.max_batch}]; re-export with --min-batch/--max-batch")
-        length = feeds[CONTEXT_NAME].shape[1] if self.cond_kind == "context" and feeds[CONTEXT_NAME].ndim == 3 else None
-        want = self.input_shapes(batch, length)
-        dtypes = {X_NAME: np.float32, T_NAME: np.int64, CLASS_NAME: np.int64, CONTEXT_NAME: np.float32}
-        for name in self.input_names:
+                                f"[{self.min_batch}, {self.max_batch}]; re-export with --min-batch/--max-batch")
+        want = self.input_shapes(batch, self.conditioning.length(feeds))
+        for name, dtype in self.input_dtypes().items():
             arr = feeds[name]
-            if arr.dtype != dtypes[name]:
-                raise BadInputError(f"{name}: dtype {arr.dtype}, expected {np.dtype(dtypes[name]).name}")
+            if arr.dtype != dtype:
+                raise BadInputError(f"{name}: dtype {arr.dtype}, expected {dtype}")
             if tuple(arr.shape) != want[name]:
                 raise BadInputError(f"{name}: shape {tuple(arr.shape)}, expected {want[name]}")
-        if length is not None and not self.min_context <= length <= self.max_context:
-            raise BadInputError(f"{CONTEXT_NAME}: length {length} is outside [{self.min_context}, {self.max_context}]")
         t = feeds[T_NAME]
         if t.size and (t.min() < 0 or t.max() >= self.num_train_timesteps):
-            raise BadInputError(f"{T_NAME}: values must be in [0, {self.num_train_timesteps}), got [{t.min()}, {t.max()}]")
-        if self.cond_kind == "class":
-            c = feeds[CLASS_NAME]
-            if c.size and (c.min() < 0 or c.max() >= self.num_class_rows):
-                raise BadInputError(f"{CLASS_NAME}: ids must be in [0, {self.num_class_rows}), got [{c.min()}, {c.max()}]")
+            raise BadInputError(f"{T_NAME}: values must be in [0, {self.num_train_timesteps}), "
+                                f"got [{t.min()}, {t.max()}]")
+        self.conditioning.check_values(self, feeds)
 
 
 def feeds_for(spec: ExportSpec, x_t: np.ndarray, t: np.ndarray, cond: np.ndarray | None) -> dict[str, np.ndarray]:
     """Name the Backend arguments as the graph does, refusing a ``cond`` the model cannot take."""
-    feeds = {X_NAME: x_t, T_NAME: t}
-    if spec.cond_kind == "none":
-        if cond is not None:
-            raise BadInputError("cond: this model is unconditional; pass cond=None")
-    elif cond is None:
-        what = "class ids [B] int64" if spec.cond_kind == "class" else "a context [B, L, D] float32"
-        raise BadInputError(f"cond: this model is conditioned on {spec.cond_kind}; pass {what}")
-    else:
-        feeds[CLASS_NAME if spec.cond_kind == "class" else CONTEXT_NAME] = cond
+    spec.conditioning.check_given(cond, spec.context_dim or None)
+    feeds = {X_NAME: x_t, T_NAME: t, **dict(zip(spec.conditioning.input_names(), [cond]))}
     for name, value in feeds.items():
         if not isinstance(value, np.ndarray):
-            raise TypeError(f"{name}: expected a numpy array, got {type(value).__name__}")
+            raise WrongTypeError(f"{name}: expected a numpy array, got {type(value).__name__}")
     return feeds

@@ -1,4 +1,7 @@
-"""What an exported ONNX file says about itself: ``metadata_props`` keys (torch-free)."""
+"""What an exported ONNX file says about itself: the ``metadata_props`` keys, their writer
+(:func:`metadata_props`, used by the export) and their readers (:func:`read_metadata`,
+:func:`check_required`; :class:`~ddpm_export.contract.info.ModelInfo` parses the values).
+Torch-free and onnx-free. Every key is described in docs/metadata.md."""
 
 from __future__ import annotations
 
@@ -50,6 +53,22 @@ def check_required(props: Mapping[str, str], source: str = "model") -> None:
     if missing:
         raise MetadataError(f"{source}: not a ddpm-export ONNX file: metadata key(s) {', '.join(missing)} "
                             f"missing; re-export it with `ddpm-export onnx`")
+
+
+def metadata_props(*, unet: Any, diffusion: Any, spec: Any, policy: Mapping[str, Any], attention: str,
+                   exporter_version: str, source: str, source_sha256: str) -> dict[str, str]:
+    """Every ``metadata_props`` entry of an export, keyed as :data:`REQUIRED` (+ :data:`SOURCE`);
+    configs (``UNetConfig``, ``DiffusionConfig``, ``ExportSpec``) as canonical JSON."""
+    return {
+        UNET_CONFIG: dumps(unet.to_dict()),
+        DIFFUSION_CONFIG: dumps(diffusion.to_dict()),
+        EXPORT_SPEC: dumps(spec.to_dict()),
+        PRECISION_POLICY: dumps(dict(policy)),
+        ATTENTION: attention,
+        EXPORTER_VERSION: exporter_version,
+        SOURCE: source,
+        SOURCE_SHA256: source_sha256,
+    }
 
 
 def read_metadata(model_proto: Any, source: str = "model") -> dict[str, str]:

@@ -1,0 +1,92 @@
+"""Argument checks shared by the sampling loop, the runtime and verification, each written once
+(numpy only, torch-free). Every check raises :class:`~ddpm_export.errors.BadInputError` naming
+the argument, and returns the value in its canonical type."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable, Mapping, TypeVar
+
+import numpy as np
+
+from ddpm_export.errors import BadInputError, WrongTypeError
+
+__all__ = ["Registry", "check_guidance_scale", "check_seed", "check_steps", "check_x_T", "chunk_size", "is_int"]
+
+V = TypeVar("V")
+
+
+def is_int(value: Any) -> bool:
+    """A Python or numpy integer, not a bool."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def check_seed(seed: Any) -> int:
+    """A noise seed: an int >= 0."""
+    if not is_int(seed) or seed < 0:
+        raise BadInputError(f"seed must be a non-negative int, got {seed!r}")
+    return int(seed)
+
+
+def check_steps(steps: Any, num_train_timesteps: int, name: str = "steps") -> int:
+    """A number of inference steps: an int in ``[1, T]``."""
+    T = num_train_timesteps
+    if not is_int(steps) or not 1 <= steps <= T:
+        raise BadInputError(f"{name} must be an int in [1, {T}] (the model's num_train_timesteps), got {steps!r}")
+    return int(steps)
+
+
+def check_guidance_scale(scale: Any) -> float:
+    """A classifier-free guidance scale: a finite float (1.0 means no guidance)."""
+    if isinstance(scale, (bool, np.bool_)) or not isinstance(scale, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(scale):
+        raise BadInputError(f"guidance_scale must be a finite float, got {scale!r}")
+    return float(scale)
+
+
+def check_x_T(x_T: Any, shape: tuple[int, ...]) -> np.ndarray:
+    """An explicit start of sampling: a finite float32 numpy array of ``shape``."""
+    if not isinstance(x_T, np.ndarray):
+        raise WrongTypeError(f"x_T must be a numpy array, got {type(x_T).__name__}")
+    if x_T.dtype != np.float32 or x_T.shape != tuple(shape):
+        raise BadInputError(f"x_T must be float32 of shape {tuple(shape)}, got {x_T.dtype} {x_T.shape}")
+    if not np.all(np.isfinite(x_T)):
+        raise BadInputError("x_T must be finite")
+    return x_T
+
+
+def chunk_size(max_batch: int, guided: bool) -> int:
+    """Images per model call: ``max_batch``, or ``max_batch // 2`` with guidance (the conditional
+    and unconditional halves run as one doubled batch)."""
+    return max_batch // (2 if guided else 1)
+
+
+class Registry(Mapping[str, V]):
+    """Named choices of one switch: ``registry[name]`` raises BadInputError listing the choices.
+
+    ``Registry("sampler", {"ddim": DDIMScheduler, ...})``; ``registry.names`` gives the choices
+    (for click's ``Choice``) in their declared order.
+    """
+
+    def __init__(self, field: str, entries: Mapping[str, V] | Iterable[tuple[str, V]]) -> None:
+        self.field = field
+        self._entries = dict(entries)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(self._entries)
+
+    def __getitem__(self, name: str) -> V:
+        if not isinstance(name, str) or name not in self._entries:
+            raise BadInputError(f"{self.field}={name!r} is not valid; choose one of: "
+                                f"{', '.join(repr(n) for n in self._entries)}")
+        return self._entries[name]
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries

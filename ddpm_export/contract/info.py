@@ -1,0 +1,96 @@
+"""What an exported ONNX file says about itself, parsed into the project's configs (torch-free,
+onnx-free).
+
+``ddpm-export onnx`` writes the UNet config, the DiffusionConfig (schedule and sampler
+defaults), the ExportSpec (names, dtypes, batch range), the precision policy and the source hash
+into the file's ``metadata_props`` (keys in :mod:`ddpm_export.contract.metadata`, described in
+docs/metadata.md); :class:`ModelInfo` parses them, for the runtime, the TensorRT build and
+verification alike.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, Mapping
+
+import numpy as np
+
+from ddpm_export.config import UNetConfig
+from ddpm_export.configbase import ConfigError
+from ddpm_export.diffusion.config import DiffusionConfig
+from ddpm_export.errors import BadInputError
+from ddpm_export.contract import metadata as md
+from ddpm_export.contract.metadata import MetadataError
+from ddpm_export.contract.spec import ExportSpec
+
+__all__ = ["MetadataError", "ModelInfo"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelInfo:
+    """The parsed metadata of one exported file.
+
+    Attributes:
+        unet: the architecture the file was exported from.
+        diffusion: the schedule it was trained with and the sampler defaults.
+        spec: graph interface: names, ``[min_batch, max_batch]``, valid ``t`` and class ids.
+        precision: ``"fp32"`` or ``"fp16"`` (the precision policy's name).
+        attention: the attention form in the graph.
+        source_sha256: hash of the weights it was exported from.
+        metadata: every ``metadata_props`` entry as written, for reports and bundles.
+    """
+
+    unet: UNetConfig
+    diffusion: DiffusionConfig
+    spec: ExportSpec
+    precision: str
+    attention: str
+    source_sha256: str
+    metadata: Mapping[str, str] = dataclasses.field(compare=False, repr=False)
+
+    @classmethod
+    def from_metadata(cls, props: Mapping[str, str], source: str = "model") -> "ModelInfo":
+        """Parse ``metadata_props``; raise MetadataError naming ``source`` and the bad key."""
+        md.check_required(props, source)
+
+        def parse(key: str, cls_: Any) -> Any:
+            try:
+                return cls_.from_json(props[key], source=f"{source}: metadata {key}")
+            except ConfigError as e:
+                raise MetadataError(str(e)) from e
+
+        try:
+            policy = json.loads(props[md.PRECISION_POLICY])
+            precision = policy["precision"]
+        except (ValueError, KeyError, TypeError) as e:
+            raise MetadataError(f"{source}: metadata {md.PRECISION_POLICY} is not a precision policy "
+                                f"({props[md.PRECISION_POLICY]!r})") from e
+        return cls(unet=parse(md.UNET_CONFIG, UNetConfig), diffusion=parse(md.DIFFUSION_CONFIG, DiffusionConfig),
+                   spec=parse(md.EXPORT_SPEC, ExportSpec), precision=str(precision),
+                   attention=props[md.ATTENTION], source_sha256=props[md.SOURCE_SHA256], metadata=dict(props))
+
+    # --- conditioning ------------------------------------------------------------------
+    @property
+    def num_classes(self) -> int | None:
+        """Real classes (ids ``0 .. num_classes - 1``); None for a model without class labels."""
+        return self.unet.num_classes
+
+    def null_input(self, batch: int) -> np.ndarray:
+        """The null-class ids ``[batch] int64`` contrasted with the condition under guidance."""
+        if self.null_class_id is None:
+            raise BadInputError("guidance needs a class-conditional model with a null class")
+        return np.full(batch, self.null_class_id, dtype=np.int64)
+
+    @property
+    def null_class_id(self) -> int | None:
+        """The id that means "no class" (``num_classes``), for classifier-free guidance; None if absent."""
+        if self.unet.num_classes is None or not self.unet.null_class:
+            return None
+        return self.unet.num_classes
+
+    def null_input(self, batch: int) -> np.ndarray:
+        """The null-class ids ``[batch] int64`` contrasted with the condition under guidance."""
+        if self.null_class_id is None:
+            raise BadInputError("guidance needs a class-conditional model with a null class")
+        return np.full(batch, self.null_class_id, dtype=np.int64)
