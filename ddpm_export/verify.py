@@ -1,5 +1,5 @@
 """Verification of an exported model against the PyTorch reference: single steps, whole
-trajectories with identical noise, and the final samples (DESIGN.md, principle 6).
+trajectories with identical noise, and the final samples.
 
 Both sides run through :func:`ddpm_export.diffusion.sample` with the same seed; a callback
 records ``x_t`` and the model output before every step. The reference side is
@@ -32,6 +32,7 @@ per-step errors. Otherwise the miss is the backend's, and the check fails.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import time
 from pathlib import Path
@@ -39,10 +40,12 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from ddpm_export.checks import check_guidance_scale, check_steps
+from ddpm_export.contract.metadata import sha256_file
+from ddpm_export.contract.spec import ExportSpec
 from ddpm_export.diffusion import Backend, make_scheduler, sample
 from ddpm_export.diffusion.scheduler import Scheduler
 from ddpm_export.errors import BadInputError, MissingDependencyError
-from ddpm_export.contract.metadata import sha256_file
 from ddpm_export.files import atomic_file
 from ddpm_export.metrics import FP16_REL_L2, FP32_MAX_ABS, compare
 from ddpm_export.runtime.info import ModelInfo, read_info
@@ -83,13 +86,7 @@ def _single_step_cases(info: ModelInfo, seed: int) -> list[dict[str, Any]]:
     rng = np.random.Generator(np.random.PCG64(seed))
     cases = []
     for batch in batches:
-        conds: list[tuple[str, np.ndarray | None]] = [("none", None)]
-        if spec.cond_kind == "class":
-            conds = [("classes", np.arange(batch, dtype=np.int64) % int(info.num_classes))]
-            if info.null_class_id is not None:
-                conds.append(("null", np.full(batch, info.null_class_id, dtype=np.int64)))
-        elif spec.cond_kind == "context":
-            conds = [("context", rng.standard_normal((batch, spec.opt_context, spec.context_dim), dtype=np.float32))]
+        conds = spec.conditioning.check_inputs(rng, info, batch)
         for t in ts:
             x = rng.standard_normal((batch, spec.in_channels, spec.sample_size, spec.sample_size), dtype=np.float32)
             for label, cond in conds:
@@ -119,7 +116,7 @@ class _Trajectory:
     calls: list[tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]]
 
 
-def _run(backend: Backend, scheduler: Scheduler, shape: tuple[int, int, int, int], seed: int,
+def _run(backend: Backend, scheduler: Scheduler, *, shape: tuple[int, int, int, int], seed: int,
          cond: np.ndarray | None, null: np.ndarray | None, guidance: float,
          x_T: np.ndarray | None = None) -> _Trajectory:
     xs: list[np.ndarray] = []
@@ -171,41 +168,17 @@ def verify(model: str | Path, onnx: str | Path, *, engine: str | Path | None = N
     Raises VerifyError when the file was not exported from ``model``'s config or an argument
     does not fit the exported graph.
     """
-    import onnxruntime as ort
-
     from ddpm_export import load_model
     from ddpm_export.nn.checkpoint import weights_path
-    from ddpm_export.runtime.onnxruntime_backend import OnnxRuntimeBackend
     from ddpm_export.torch_backend import TorchBackend
 
     start = time.perf_counter()
     onnx = Path(onnx)
     info = read_info(onnx)
     unet = load_model(model)
-    if info.unet != unet.config:
-        a, b = info.unet.to_dict(), unet.config.to_dict()
-        fields = sorted(k for k in a if a[k] != b.get(k))
-        raise VerifyError(f"{onnx} was not exported from {model}: their UNet configs differ in "
-                          f"{', '.join(f'{k} ({a[k]!r} in the file, {b.get(k)!r} in the model)' for k in fields)}; "
-                          f"pass the model it was exported from, or re-export it")
-    if info.precision not in THRESHOLDS:
-        raise VerifyError(f"{onnx}: precision {info.precision!r} has no thresholds (known: {', '.join(THRESHOLDS)})")
-    limits = THRESHOLDS[info.precision]
+    limits = _check_arguments(info, unet.config, model, onnx, steps, ddpm_steps, batch, guidance_scale)
     spec, cfg = info.spec, info.diffusion
     T = cfg.num_train_timesteps
-    guided = guidance_scale != 1.0
-    if guided and info.null_class_id is None:
-        raise VerifyError(f"guidance_scale={guidance_scale} needs a class-conditional model with a null class")
-    per_call = batch * (2 if guided else 1)
-    if not spec.min_batch <= per_call <= spec.max_batch:
-        raise VerifyError(f"batch={batch}{' with guidance (x2)' if guided else ''} runs {per_call} images per call, "
-                          f"outside the exported range [{spec.min_batch}, {spec.max_batch}]")
-    if not 1 <= steps <= T:
-        raise VerifyError(f"steps must be in [1, {T}], got {steps}")
-    if ddpm_steps is not None and not 1 <= ddpm_steps <= T:
-        raise VerifyError(f"ddpm_steps must be in [1, {T}], got {ddpm_steps}")
-    if spec.cond_kind == "context":
-        raise VerifyError("trajectories of context-conditioned models are not supported yet (no context source)")
 
     onnx_sha = sha256_file(onnx)
     weights = weights_path(model)
@@ -214,62 +187,21 @@ def verify(model: str | Path, onnx: str | Path, *, engine: str | Path | None = N
         log(f"warning: {onnx} records source sha256 {info.source_sha256[:12]}..., but {weights} differs")
 
     reference = TorchBackend(unet)
-    # ONNX Runtime's pool threads spin after each run by default; here every ORT call is followed by
-    # a torch call on the same cores, which the spinning would slow down (about 2x on 2 cores).
-    options = ort.SessionOptions()
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    candidates: dict[str, Backend] = {
-        "onnxruntime": OnnxRuntimeBackend.from_path(onnx, spec, providers=providers, session_options=options)}
-    if engine is not None:
-        from ddpm_export.runtime.tensorrt import TensorRTBackend
-
-        candidates["tensorrt"] = TensorRTBackend(engine, spec, onnx_sha256=onnx_sha)
-
-    notes = []
+    candidates = _candidates(onnx, spec, engine, providers, onnx_sha)
     n_ddpm = T if ddpm_steps is None else ddpm_steps
-    if n_ddpm != T:
-        notes.append(f"DDPM trajectory respaced to {n_ddpm} of {T} steps (ddpm_steps={n_ddpm}); "
-                     f"the default checks all {T}")
-    shape = (batch, spec.in_channels, spec.sample_size, spec.sample_size)
-    cond = null = None
-    if spec.cond_kind == "class":
-        cond = np.arange(batch, dtype=np.int64) % int(info.num_classes)
-        null = np.full(batch, info.null_class_id, dtype=np.int64) if guided else None
+    notes = [] if n_ddpm == T else [f"DDPM trajectory respaced to {n_ddpm} of {T} steps (ddpm_steps={n_ddpm}); "
+                                    f"the default checks all {T}"]
+    cond = spec.conditioning.call_input(None, batch, info)  # every class in turn, or None
+    null = info.null_input(batch) if guidance_scale != 1.0 else None
+    run = functools.partial(_run, shape=(batch, spec.in_channels, spec.sample_size, spec.sample_size), seed=seed,
+                            cond=cond, null=null, guidance=guidance_scale)
 
     log(f"verify {onnx} ({info.precision}) against {model} (PyTorch), seed {seed}")
-    cases = _single_step_cases(info, seed)
-    expected = [reference(c["x"], c["tt"], c["c"]) for c in cases]
+    results = _single_steps(reference, candidates, info, seed, log)
     schedulers = {"ddim": make_scheduler(cfg.replace(num_inference_steps=steps), "ddim"),
                   "ddpm": make_scheduler(cfg.replace(num_inference_steps=n_ddpm), "ddpm")}
-    results: dict[str, dict[str, Any]] = {name: {"trajectories": {}} for name in candidates}
-    for name, backend in candidates.items():
-        results[name]["single_step"] = _single_step(backend, cases, expected)
-        s = results[name]["single_step"]
-        log(f"  {name}: single step ({len(cases)} cases): max abs {s['max_abs']:.3e}, rel L2 {s['rel_l2']:.3e}")
     for kind, scheduler in schedulers.items():
-        t0 = time.perf_counter()
-        ref = _run(reference, scheduler, shape, seed, cond, null, guidance_scale)
-        self_psnr: list[float | None] = []  # the reference against itself from x_T + 1 ulp, run when needed
-        for name, backend in candidates.items():
-            got = _run(backend, scheduler, shape, seed, cond, null, guidance_scale)
-            errs = results[name]["trajectories"][kind] = _trajectory_errors(ref, got, backend, scheduler)
-            f = errs["final"]
-            errs["final_check"] = "passed"
-            if f["psnr_db"] is not None and f["psnr_db"] < limits.final_psnr_db:
-                if not self_psnr:
-                    x_T = _one_ulp(ref.x_t[0], seed + 1)
-                    probe = _run(reference, scheduler, shape, seed, cond, null, guidance_scale, x_T=x_T)
-                    self_psnr.append(compare(probe.final, ref.final)["psnr_db"])
-                errs["reference_self_psnr_db"] = self_psnr[0]
-                ill = self_psnr[0] is not None and self_psnr[0] < limits.final_psnr_db
-                errs["final_check"] = "ill_conditioned" if ill else "failed"
-            log(f"  {name}: {kind.upper()}-{scheduler.num_inference_steps}: per-step max abs model output "
-                f"{errs['model_output_max_abs_max']:.3e}, x_t {errs['x_t_max_abs_max']:.3e} (local "
-                f"{errs['local_max_abs']:.3e}); final max abs {f['max_abs']:.3e}, rel L2 {f['rel_l2']:.3e}, "
-                f"PSNR {_db(f['psnr_db'])} ({time.perf_counter() - t0:.1f} s)")
-            if errs["final_check"] == "ill_conditioned":
-                log(f"    ill-conditioned: PyTorch against itself from x_T + 1 ulp reaches only "
-                    f"{_db(self_psnr[0])}; judged by the local per-step errors")
+        _trajectories(results, kind, scheduler, run, reference, candidates, limits, seed, log)
 
     checks = _checks(results, limits, info.precision)
     failures = [c["message"] for c in checks if not c["passed"]]
@@ -284,6 +216,94 @@ def verify(model: str | Path, onnx: str | Path, *, engine: str | Path | None = N
         "ddpm_all_steps": n_ddpm == T, "notes": notes, "backends": results,
         "seconds": round(time.perf_counter() - start, 2),
     }
+
+
+def _check_arguments(info: ModelInfo, unet_config: Any, model: str | Path, onnx: Path, steps: int,
+                     ddpm_steps: int | None, batch: int, guidance_scale: float) -> Thresholds:
+    """Refuse a file not exported from ``model`` and arguments the graph cannot run; the limits."""
+    if info.unet != unet_config:
+        a, b = info.unet.to_dict(), unet_config.to_dict()
+        fields = sorted(k for k in a if a[k] != b.get(k))
+        raise VerifyError(f"{onnx} was not exported from {model}: their UNet configs differ in "
+                          f"{', '.join(f'{k} ({a[k]!r} in the file, {b.get(k)!r} in the model)' for k in fields)}; "
+                          f"pass the model it was exported from, or re-export it")
+    if info.precision not in THRESHOLDS:
+        raise VerifyError(f"{onnx}: precision {info.precision!r} has no thresholds (known: {', '.join(THRESHOLDS)})")
+    spec, T = info.spec, info.diffusion.num_train_timesteps
+    guided = check_guidance_scale(guidance_scale) != 1.0
+    if guided and info.null_class_id is None:
+        raise VerifyError(f"guidance_scale={guidance_scale} needs a class-conditional model with a null class")
+    per_call = batch * (2 if guided else 1)
+    if not spec.min_batch <= per_call <= spec.max_batch:
+        raise VerifyError(f"batch={batch}{' with guidance (x2)' if guided else ''} runs {per_call} images per call, "
+                          f"outside the exported range [{spec.min_batch}, {spec.max_batch}]")
+    check_steps(steps, T)
+    if ddpm_steps is not None:
+        check_steps(ddpm_steps, T, "ddpm_steps")
+    if not spec.conditioning.has_default_input:
+        raise VerifyError(f"trajectories of {spec.conditioning.adjective} models are not supported yet "
+                          f"(no {spec.conditioning.noun} source)")
+    return THRESHOLDS[info.precision]
+
+
+def _candidates(onnx: Path, spec: ExportSpec, engine: str | Path | None, providers: Sequence[Any] | None,
+                onnx_sha: str) -> dict[str, Backend]:
+    """ONNX Runtime on the file and, with ``engine``, TensorRT: the backends checked."""
+    import onnxruntime as ort
+
+    from ddpm_export.runtime.onnxruntime_backend import OnnxRuntimeBackend
+
+    # ONNX Runtime's pool threads spin after each run by default; here every ORT call is followed by
+    # a torch call on the same cores, which the spinning would slow down (about 2x on 2 cores).
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    candidates: dict[str, Backend] = {
+        "onnxruntime": OnnxRuntimeBackend.from_path(onnx, spec, providers=providers, session_options=options)}
+    if engine is not None:
+        from ddpm_export.runtime.tensorrt import TensorRTBackend
+
+        candidates["tensorrt"] = TensorRTBackend(engine, spec, onnx_sha256=onnx_sha)
+    return candidates
+
+
+def _single_steps(reference: Backend, candidates: dict[str, Backend], info: ModelInfo, seed: int,
+                  log: Callable[[str], None]) -> dict[str, dict[str, Any]]:
+    """Every candidate's single-step errors; the per-backend result dicts of the report."""
+    cases = _single_step_cases(info, seed)
+    expected = [reference(c["x"], c["tt"], c["c"]) for c in cases]
+    results: dict[str, dict[str, Any]] = {name: {"trajectories": {}} for name in candidates}
+    for name, backend in candidates.items():
+        results[name]["single_step"] = s = _single_step(backend, cases, expected)
+        log(f"  {name}: single step ({len(cases)} cases): max abs {s['max_abs']:.3e}, rel L2 {s['rel_l2']:.3e}")
+    return results
+
+
+def _trajectories(results: dict[str, dict[str, Any]], kind: str, scheduler: Scheduler,
+                  run: Callable[..., _Trajectory], reference: Backend, candidates: dict[str, Backend],
+                  limits: Thresholds, seed: int, log: Callable[[str], None]) -> None:
+    """One sampler's trajectory on every candidate against the reference, into ``results``."""
+    t0 = time.perf_counter()
+    ref = run(reference, scheduler)
+    self_psnr: list[float | None] = []  # the reference against itself from x_T + 1 ulp, run when needed
+    for name, backend in candidates.items():
+        got = run(backend, scheduler)
+        errs = results[name]["trajectories"][kind] = _trajectory_errors(ref, got, backend, scheduler)
+        f = errs["final"]
+        errs["final_check"] = "passed"
+        if f["psnr_db"] is not None and f["psnr_db"] < limits.final_psnr_db:
+            if not self_psnr:
+                probe = run(reference, scheduler, x_T=_one_ulp(ref.x_t[0], seed + 1))
+                self_psnr.append(compare(probe.final, ref.final)["psnr_db"])
+            errs["reference_self_psnr_db"] = self_psnr[0]
+            ill = self_psnr[0] is not None and self_psnr[0] < limits.final_psnr_db
+            errs["final_check"] = "ill_conditioned" if ill else "failed"
+        log(f"  {name}: {kind.upper()}-{scheduler.num_inference_steps}: per-step max abs model output "
+            f"{errs['model_output_max_abs_max']:.3e}, x_t {errs['x_t_max_abs_max']:.3e} (local "
+            f"{errs['local_max_abs']:.3e}); final max abs {f['max_abs']:.3e}, rel L2 {f['rel_l2']:.3e}, "
+            f"PSNR {_db(f['psnr_db'])} ({time.perf_counter() - t0:.1f} s)")
+        if errs["final_check"] == "ill_conditioned":
+            log(f"    ill-conditioned: PyTorch against itself from x_T + 1 ulp reaches only "
+                f"{_db(self_psnr[0])}; judged by the local per-step errors")
 
 
 def _db(psnr: float | None) -> str:

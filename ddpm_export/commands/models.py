@@ -9,6 +9,7 @@ import click
 def command() -> None:
     """List the presets in models/ with their parameter counts (needs torch)."""
     from ddpm_export import load_model
+    from ddpm_export.contract.conditioning import CONDITIONINGS
     from ddpm_export.presets import preset_names
 
     rows = []
@@ -16,8 +17,7 @@ def command() -> None:
         model = load_model(name)
         cfg = model.config
         n = sum(p.numel() for p in model.parameters())
-        cond = {"none": "unconditional", "class": f"{cfg.num_classes} classes",
-                "context": f"context dim {cfg.context_dim}"}[cfg.cond_kind]
+        cond = CONDITIONINGS[cfg.cond_kind].summary(cfg)
         rows.append((name, f"{n:,}", f"{cfg.in_channels}x{cfg.sample_size}x{cfg.sample_size}", cond))
     widths = [max(len(r[i]) for r in rows + [("preset", "parameters", "input", "conditioning")]) for i in range(4)]
     header = ("preset", "parameters", "input", "conditioning")

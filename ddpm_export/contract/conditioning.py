@@ -100,6 +100,10 @@ class Conditioning:
         """The checked ``[n, ...]`` input of a sampling call from the user's ``value`` (default if None)."""
         return None
 
+    def check_inputs(self, rng: np.random.Generator, info: ModelInfo, batch: int) -> list[tuple[str, Any]]:
+        """``(label, input)`` pairs that single-step verification runs at ``batch``."""
+        return [("none", None)]
+
 
 @dataclasses.dataclass(frozen=True)
 class ClassLabels(Conditioning):
@@ -147,6 +151,15 @@ class ClassLabels(Conditioning):
             if arr.shape[0] != n:
                 raise BadInputError(f"classes must hold n={n} ids, got {arr.shape[0]}")
             ids = arr.astype(np.int64)
+        return self._check_ids(ids, num_classes)
+
+    def check_inputs(self, rng: np.random.Generator, info: ModelInfo, batch: int) -> list[tuple[str, Any]]:
+        """Every class in turn, and the null class when the model has one."""
+        null = [("null", info.null_input(batch))] if info.null_class_id is not None else []
+        return [("classes", self.call_input(None, batch, info)), *null]
+
+    @staticmethod
+    def _check_ids(ids: np.ndarray, num_classes: int) -> np.ndarray:
         bad = ids[(ids < 0) | (ids >= num_classes)]
         if bad.size:
             raise BadInputError(f"classes: id {int(bad[0])} is outside [0, {num_classes}) (the null id "
@@ -202,6 +215,11 @@ class Context(Conditioning):
             raise BadInputError(f"context must have shape [n={n}, L in [{spec.min_context}, {spec.max_context}], "
                                 f"{spec.context_dim}], got {list(value.shape)}")
         return value
+
+    def check_inputs(self, rng: np.random.Generator, info: ModelInfo, batch: int) -> list[tuple[str, Any]]:
+        """One random context of the optimal length."""
+        spec = info.spec
+        return [("context", rng.standard_normal((batch, spec.opt_context, spec.context_dim), dtype=np.float32))]
 
 
 NONE = Conditioning()

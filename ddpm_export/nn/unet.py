@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ddpm_export.config import UNetConfig
-from ddpm_export.errors import BadInputError
+from ddpm_export.contract.conditioning import CONDITIONINGS
 from ddpm_export.nn.attention import AttentionBlock
 from ddpm_export.nn.blocks import ASPP, Downsample, ResBlock, Upsample
 from ddpm_export.nn.embeddings import ClassEmbedding, TimeEmbedding
@@ -43,8 +43,8 @@ class UNet(nn.Module):
         emb_dim = 4 * cfg.time_embed_dim
         self.time_embedding = TimeEmbedding(cfg)
         self.class_embedding = ClassEmbedding(cfg.num_class_rows, emb_dim) if cfg.num_classes is not None else None
-        ctx_dim = {"class": emb_dim if cfg.class_conditioning == "cross_attention" else None,
-                   "context": cfg.context_dim, "none": None}[cfg.cond_kind]
+        self.conditioning = CONDITIONINGS[cfg.cond_kind]
+        ctx_dim = self.conditioning.cross_attention_dim(cfg)
         self.conv_in = nn.Conv2d(cfg.in_channels, chans[0], 3, padding=1)
 
         skips = [chans[0]]
@@ -86,18 +86,9 @@ class UNet(nn.Module):
     def embed(self, t: torch.Tensor, cond: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Time (+ class) embedding [B, 4 C0] in float32, and the cross-attention context or None."""
         emb = self.time_embedding(t)
-        kind = self.config.cond_kind
-        if kind == "none":
-            if cond is not None:
-                raise BadInputError("this model is unconditional; call it with cond=None")
-            return emb, None
-        if cond is None:
-            raise BadInputError(f"this model is {kind}-conditional and needs cond "
-                             + ("(class ids [B] int64)" if kind == "class" else
-                                f"(a context [B, L, {self.config.context_dim}])"))
-        if kind == "context":
+        self.conditioning.check_given(cond, self.config.context_dim)
+        if self.class_embedding is None:  # unconditional (cond is None) or a context to cross-attend to
             return emb, cond
-        assert self.class_embedding is not None
         label_emb = self.class_embedding(cond)
         if self.config.class_conditioning == "embedding":
             return emb + label_emb, None
