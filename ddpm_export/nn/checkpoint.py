@@ -9,33 +9,20 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ddpm_export.config import UNetConfig
 from ddpm_export.diffusion.config import DiffusionConfig
-from ddpm_export.errors import BadInputError
 from ddpm_export.files import atomic_dir
+from ddpm_export.nn.diffusers_import import load_diffusers_unet
 from ddpm_export.nn.unet import UNet
+from ddpm_export.nn.weights import (CONFIG_NAME, DIFFUSERS_WEIGHTS_NAME, DIFFUSION_NAME, WEIGHTS_NAME,
+                                    CheckpointError, build_model, load_state_strict, read_safetensors)
 from ddpm_export.presets import preset_dir
 
-CONFIG_NAME = "config.json"
-DIFFUSION_NAME = "diffusion.json"  # optional: the DiffusionConfig the weights were trained with
-WEIGHTS_NAME = "model.safetensors"
-DIFFUSERS_WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
-
-
-class CheckpointError(BadInputError):
-    """A checkpoint folder or file is missing, malformed or does not match its config."""
-
-
-def build_model(cfg: UNetConfig, seed: int = 0) -> UNet:
-    """A freshly initialised UNet; the same ``seed`` gives the same weights."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return UNet(cfg)
-
+__all__ = ["CONFIG_NAME", "DIFFUSERS_WEIGHTS_NAME", "DIFFUSION_NAME", "WEIGHTS_NAME", "CheckpointError",
+           "build_model", "diffusion_config_for", "is_diffusers_folder", "load_checkpoint", "load_model",
+           "load_state_strict", "model_folder", "read_safetensors", "save_checkpoint", "weights_path"]
 
 def save_checkpoint(model: UNet, out_dir: str | Path, *, diffusion: DiffusionConfig | None = None,
                     force: bool = False) -> Path:
@@ -54,29 +41,6 @@ def save_checkpoint(model: UNet, out_dir: str | Path, *, diffusion: DiffusionCon
         if diffusion is not None:
             (tmp / DIFFUSION_NAME).write_text(diffusion.to_json() + "\n", encoding="utf-8")
     return out
-
-
-def load_state_strict(model: torch.nn.Module, weights: dict[str, torch.Tensor], source: str) -> None:
-    """Copy ``weights`` into ``model``; refuse missing/unexpected keys and shape mismatches by name."""
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(weights))
-    unexpected = sorted(set(weights) - set(expected))
-    if missing:
-        raise CheckpointError(f"{source}: missing key(s) {_few(missing)} expected by the config")
-    if unexpected:
-        raise CheckpointError(f"{source}: unexpected key(s) {_few(unexpected)} not in the model built from the config")
-    for key, value in weights.items():
-        if tuple(value.shape) != tuple(expected[key].shape):
-            raise CheckpointError(f"{source}: key {key!r} has shape {tuple(value.shape)}, "
-                                  f"the config expects {tuple(expected[key].shape)}")
-    model.load_state_dict(weights, strict=True)
-
-
-def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise CheckpointError(f"{path} not found")
-    with safe_open(str(path), framework="pt") as f:
-        return {k: f.get_tensor(k) for k in f.keys()}
 
 
 def load_checkpoint(folder: str | Path) -> UNet:
@@ -128,8 +92,6 @@ def load_model(spec: str | Path) -> UNet:
         if not (path / CONFIG_NAME).is_file():
             raise CheckpointError(f"{path} has no {CONFIG_NAME}")
         if is_diffusers_folder(path):
-            from ddpm_export.nn.diffusers_import import load_diffusers_unet
-
             return load_diffusers_unet(path).eval()
         return load_checkpoint(path)
     if path.exists():
@@ -139,8 +101,3 @@ def load_model(spec: str | Path) -> UNet:
     if (folder / WEIGHTS_NAME).is_file():
         return load_checkpoint(folder)
     return build_model(UNetConfig.load(folder / CONFIG_NAME)).eval()
-
-
-def _few(keys: list[str], n: int = 5) -> str:
-    shown = ", ".join(repr(k) for k in keys[:n])
-    return shown + (f" and {len(keys) - n} more" if len(keys) > n else "")

@@ -39,9 +39,9 @@ from typing import Any
 import torch
 
 from ddpm_export.config import ConfigError, UNetConfig
-from ddpm_export.nn.checkpoint import (CONFIG_NAME, DIFFUSERS_WEIGHTS_NAME, CheckpointError, _few, build_model,
-                                       load_state_strict, read_safetensors)
 from ddpm_export.nn.unet import UNet
+from ddpm_export.nn.weights import (CONFIG_NAME, DIFFUSERS_WEIGHTS_NAME, CheckpointError, build_model, few_keys,
+                                    load_state_strict, read_safetensors)
 
 __all__ = ["DIFFUSERS_DEFAULTS", "config_from_diffusers", "diffusers_key", "load_diffusers_unet",
            "our_key", "read_diffusers_config"]
@@ -330,9 +330,9 @@ def _rename(model: UNet, weights: dict[str, torch.Tensor], source: str) -> dict[
             renamed[ours], origin[ours] = value, key
     missing = sorted(diffusers_key(k) or k for k in expected if k not in renamed)
     if missing:
-        raise CheckpointError(f"{source}: missing key(s) {_few(missing)} expected by config.json")
+        raise CheckpointError(f"{source}: missing key(s) {few_keys(missing)} expected by config.json")
     if unexpected:
-        raise CheckpointError(f"{source}: unexpected key(s) {_few(sorted(unexpected))} "
+        raise CheckpointError(f"{source}: unexpected key(s) {few_keys(sorted(unexpected))} "
                               "not in the model config.json describes")
     for ours, value in renamed.items():
         if tuple(value.shape) != tuple(expected[ours].shape):

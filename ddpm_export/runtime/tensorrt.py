@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ddpm_export.errors import BadInputError, IntegrityError, MissingDependencyError
+from ddpm_export.errors import BadInputError, MissingDependencyError
 from ddpm_export.contract.sidecar import EngineMismatchError, check_sidecar, read_sidecar, sidecar_path
 from ddpm_export.contract.spec import OUT_NAME, ExportSpec, feeds_for
 

@@ -1,0 +1,59 @@
+"""What both checkpoint formats share: file names, a seeded model, strict loading of safetensors
+weights (torch). Imported by :mod:`~ddpm_export.nn.checkpoint` (our folders) and
+:mod:`~ddpm_export.nn.diffusers_import` (diffusers folders), which do not import each other's
+internals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from ddpm_export.config import UNetConfig
+from ddpm_export.errors import BadInputError
+from ddpm_export.nn.unet import UNet
+
+CONFIG_NAME = "config.json"
+DIFFUSION_NAME = "diffusion.json"  # optional: the DiffusionConfig the weights were trained with
+WEIGHTS_NAME = "model.safetensors"
+DIFFUSERS_WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
+
+
+class CheckpointError(BadInputError):
+    """A checkpoint folder or file is missing, malformed or does not match its config."""
+
+
+def build_model(cfg: UNetConfig, seed: int = 0) -> UNet:
+    """A freshly initialised UNet; the same ``seed`` gives the same weights."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return UNet(cfg)
+
+
+def load_state_strict(model: torch.nn.Module, weights: dict[str, torch.Tensor], source: str) -> None:
+    """Copy ``weights`` into ``model``; refuse missing/unexpected keys and shape mismatches by name."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(weights))
+    unexpected = sorted(set(weights) - set(expected))
+    if missing:
+        raise CheckpointError(f"{source}: missing key(s) {few_keys(missing)} expected by the config")
+    if unexpected:
+        raise CheckpointError(f"{source}: unexpected key(s) {few_keys(unexpected)} not in the model built from the config")
+    for key, value in weights.items():
+        if tuple(value.shape) != tuple(expected[key].shape):
+            raise CheckpointError(f"{source}: key {key!r} has shape {tuple(value.shape)}, "
+                                  f"the config expects {tuple(expected[key].shape)}")
+    model.load_state_dict(weights, strict=True)
+
+
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise CheckpointError(f"{path} not found")
+    with safe_open(str(path), framework="pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}
+
+
+def few_keys(keys: list[str], n: int = 5) -> str:
+    shown = ", ".join(repr(k) for k in keys[:n])
+    return shown + (f" and {len(keys) - n} more" if len(keys) > n else "")
