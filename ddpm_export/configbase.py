@@ -2,7 +2,9 @@
 
 Every config of the project derives from :class:`FrozenConfig`: a frozen dataclass with a
 ``version`` field, a ``validate()`` that raises :class:`ConfigError` naming the bad field, and
-``to_dict`` / ``from_dict`` / ``to_json`` / ``from_json`` that round-trip exactly. Tuples are
+``to_dict`` / ``from_dict`` / ``to_json`` / ``from_json`` that round-trip exactly. Every config
+is at version 1 and no migration exists: another version is refused (a future version 2 of a
+config must add a migration here, or keep refusing version 1 with a clear message). Tuples are
 written as JSON lists and read back as tuples; unknown keys are refused with their names.
 """
 
@@ -42,7 +44,8 @@ def check(condition: bool, field: str, message: str) -> None:
 class FrozenConfig:
     """Base of every config: JSON round trip, a version, validation at construction."""
 
-    #: Version written by this code; a file with a newer version is refused.
+    #: The only version this code reads and writes. There is no migration: a file with another
+    #: version (older or newer) is refused with an error naming the field.
     VERSION: ClassVar[int] = 1
 
     def __post_init__(self) -> None:

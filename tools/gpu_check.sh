@@ -7,4 +7,4 @@ set -uo pipefail
 export PYTHONPATH=$PWD OMP_WAIT_POLICY=PASSIVE PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0))"
-python3 -m pytest -q -rs -s -m "gpu or tensorrt" -p no:cacheprovider tests/test_gpu.py tests/test_tensorrt_build.py
+python3 -m pytest -q -rs -s -m "gpu or tensorrt" -p no:cacheprovider tests/export/test_gpu.py tests/export/test_tensorrt_build.py

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import click
 
+from ddpm_export.contract.choices import ATTENTION_CHOICES, PRECISIONS, TARGETS
+
 
 @click.command("onnx")
 @click.option("--model", "-m", "model", required=True,
               help="A preset name (see `ddpm-export models`), our checkpoint folder, or a diffusers UNet2DModel folder.")
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="The .onnx file to write.")
 @click.option("--opset", type=click.IntRange(17, 23), default=20, help="ONNX opset (onnx-attention needs 23).")
-@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32",
+@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32",
               help="fp16: explicitly typed mixed precision (time embedding, norm statistics and softmax stay fp32).")
-@click.option("--attention", type=click.Choice(["auto", "decomposed", "ort-mha", "onnx-attention"]), default="auto",
+@click.option("--attention", type=click.Choice(ATTENTION_CHOICES), default="auto",
               help="Form of attention in the graph; auto picks per --target.")
-@click.option("--target", type=click.Choice(["any", "onnxruntime", "tensorrt"]), default="any",
+@click.option("--target", type=click.Choice(TARGETS), default="any",
               help="Where the file will run; decides --attention auto (ort-mha for onnxruntime, else decomposed).")
 @click.option("--min-batch", type=click.IntRange(1), default=1, help="Smallest batch the graph accepts.")
 @click.option("--opt-batch", type=click.IntRange(1), default=4, help="Batch TensorRT optimises for.")

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from ddpm_export.diffusion.samplers import SCHEDULERS
 from ddpm_export.errors import BadInputError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -23,7 +24,7 @@ if TYPE_CHECKING:  # pragma: no cover
 @click.option("-n", "--num-images", "n", type=click.IntRange(1), default=16, help="Number of images.")
 @click.option("--steps", type=click.IntRange(1), default=None,
               help="Inference steps [default: the file's num_inference_steps].")
-@click.option("--sampler", type=click.Choice(["ddim", "ddpm"]), default=None,
+@click.option("--sampler", type=click.Choice(SCHEDULERS.names), default=None,
               help="Sampler [default: the file's sampler].")
 @click.option("--eta", type=click.FloatRange(0.0, 1.0), default=None,
               help="DDIM noise: 0 deterministic, 1 DDPM-like [default: the file's eta].")

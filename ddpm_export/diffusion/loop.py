@@ -1,6 +1,6 @@
 """The sampling loop over any backend, with the project's noise convention and guidance.
 
-Noise (CONVENTIONS.md): one ``numpy.random.Generator(numpy.random.PCG64(seed))`` per call,
+Noise (docs/conventions.md): one ``numpy.random.Generator(numpy.random.PCG64(seed))`` per call,
 ``standard_normal(shape, dtype=float32)`` drawn in a fixed order:
 
 1. ``x_T`` -- drawn even when an explicit ``x_T`` is passed (and then discarded), so the step

@@ -17,13 +17,11 @@ from typing import Literal
 import torch
 from torch.onnx import symbolic_helper
 
+from ddpm_export.contract.choices import ATTENTION_FORMS, MIN_OPSET
 from ddpm_export.errors import BadInputError
 from ddpm_export.nn.attention import AttentionKernel, decomposed_attention
 
 AttentionForm = Literal["decomposed", "ort-mha", "onnx-attention"]
-ATTENTION_FORMS: tuple[str, ...] = ("decomposed", "ort-mha", "onnx-attention")
-#: the lowest opset each form needs
-MIN_OPSET = {"decomposed": 17, "ort-mha": 17, "onnx-attention": 23}
 ONNX_FLOAT = 1  # TensorProto.FLOAT
 
 

@@ -26,6 +26,7 @@ from ddpm_export._version import __version__
 from ddpm_export.diffusion.config import DiffusionConfig
 from ddpm_export.errors import BadInputError
 from ddpm_export.contract import metadata as md
+from ddpm_export.contract.choices import TARGETS
 from ddpm_export.export.attention_forms import MIN_OPSET, attention_kernel, resolve_attention
 from ddpm_export.export.polygraphy_io import check_io_paths, save_torch_io
 from ddpm_export.export.precision import GraphModule, check_precision, policy
@@ -37,7 +38,6 @@ from ddpm_export.nn.checkpoint import diffusion_config_for, load_model, weights_
 from ddpm_export.nn.unet import UNet
 
 DEFAULT_OPSET = 20
-TARGETS = ("any", "onnxruntime", "tensorrt")
 EXTERNAL_DATA_THRESHOLD = 2 * 1024**3  # protobuf's 2 GB limit
 
 
@@ -129,7 +129,7 @@ def trace_to_onnx(unet: UNet, spec: ExportSpec, *, precision: str, attention: st
     feeds = spec.sample_inputs(min(2, spec.max_batch))
     args = tuple(torch.from_numpy(feeds[name]) for name in spec.input_names)
     buffer = io.BytesIO()
-    with use_attention_kernel(attention_kernel(attention)), warnings.catch_warnings(), torch.no_grad():
+    with use_attention_kernel(module, attention_kernel(attention)), warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings
         torch.onnx.export(module, args, buffer, dynamo=False, opset_version=opset,
                           input_names=spec.input_names, output_names=spec.output_names,

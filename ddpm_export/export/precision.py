@@ -15,6 +15,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from ddpm_export.contract.choices import PRECISIONS
 from ddpm_export.errors import BadInputError
 from ddpm_export.nn.attention import RelativePositionBias, SinusoidalPosition2D
 from ddpm_export.nn.embeddings import ClassEmbedding, TimeEmbedding
@@ -22,7 +23,6 @@ from ddpm_export.nn.layers import BatchNorm32, GroupNorm32
 from ddpm_export.nn.unet import UNet
 
 Precision = Literal["fp32", "fp16"]
-PRECISIONS: tuple[str, ...] = ("fp32", "fp16")
 #: modules whose parameters stay float32 in an fp16 model (they compute in float32)
 FP32_MODULES = (TimeEmbedding, ClassEmbedding, GroupNorm32, BatchNorm32, SinusoidalPosition2D, RelativePositionBias)
 FP32_ISLANDS = ("time_embedding", "class_embedding", "normalization_statistics", "position_codes",

@@ -1,9 +1,10 @@
 """Multi-head attention: the weights (``Attention``) apart from the kernel that combines them.
 
-The default kernel is the decomposed, export-friendly form of CONVENTIONS.md:
+The default kernel is the decomposed, export-friendly form of docs/conventions.md:
 ``softmax((q d^-1/4)(k d^-1/4)^T + bias) v`` with the softmax in float32 — what TensorRT fuses
-and what fp16 survives (improved-diffusion ``QKVAttention``). Export swaps the kernel, never the
-weights, through :func:`use_attention_kernel`.
+and what fp16 survives (improved-diffusion ``QKVAttention``). Like diffusers' attention
+processors, each ``Attention`` module holds its own ``kernel``; export swaps the kernels of one
+model, never the weights and never a global setting, through :func:`use_attention_kernel`.
 """
 
 from __future__ import annotations
@@ -35,30 +36,37 @@ def decomposed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     return torch.matmul(torch.softmax(w, dim=-1).to(v.dtype), v)
 
 
-_KERNEL: list[AttentionKernel] = [decomposed_attention]
-
-
 @contextlib.contextmanager
-def use_attention_kernel(kernel: AttentionKernel) -> Iterator[None]:
-    """Run every ``Attention`` with ``kernel`` inside the block (e.g. while exporting)."""
-    _KERNEL.append(kernel)
+def use_attention_kernel(model: nn.Module, kernel: AttentionKernel) -> Iterator[None]:
+    """Run every ``Attention`` of ``model`` with ``kernel`` inside the block (e.g. while exporting),
+    then give each module back the kernel it had. Other models (and other threads' models) are
+    untouched."""
+    modules = [m for m in model.modules() if isinstance(m, Attention)]
+    before = [m.kernel for m in modules]
+    for m in modules:
+        m.kernel = kernel
     try:
         yield
     finally:
-        _KERNEL.pop()
+        for m, k in zip(modules, before):
+            m.kernel = k
 
 
 class Attention(nn.Module):
     """Weights of multi-head attention: ``to_q``, ``to_k``, ``to_v``, ``to_out`` (diffusers' names).
 
     ``forward(x [B, N, C], context [B, M, C_ctx] | None, bias [h, N, M] | None) -> [B, N, C]``;
-    self-attention when ``context`` is None.
+    self-attention when ``context`` is None. ``kernel`` combines q, k, v (default
+    :func:`decomposed_attention`); it is not a parameter and not part of the state dict.
     """
+
+    kernel: AttentionKernel
 
     def __init__(self, channels: int, heads: int, context_dim: int | None = None) -> None:
         super().__init__()
         kv_dim = channels if context_dim is None else context_dim
         self.heads = heads
+        self.kernel = decomposed_attention
         self.to_q = nn.Linear(channels, channels)
         self.to_k = nn.Linear(kv_dim, channels)
         self.to_v = nn.Linear(kv_dim, channels)
@@ -74,7 +82,7 @@ class Attention(nn.Module):
         q = self.to_q(q_in).reshape(b, n, h, c // h).transpose(1, 2)
         k = self.to_k(k_in).reshape(b, kv.shape[1], h, c // h).transpose(1, 2)
         v = self.to_v(kv).reshape(b, kv.shape[1], h, c // h).transpose(1, 2)
-        out = _KERNEL[-1](q, k, v, bias)
+        out = self.kernel(q, k, v, bias)
         return self.to_out(out.transpose(1, 2).reshape(b, n, c))
 
 

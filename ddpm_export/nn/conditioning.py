@@ -2,15 +2,18 @@
 
 Each variant replaces one normalization of the block: ``forward(h [B, C, H, W], emb [B, E])``
 returns the normalized, conditioned features with ``out_channels`` channels. One primitive,
-``norm(h) * (1 + scale) + shift``, serves FiLM / AdaGN and AdaIN (STYLE.md).
+``norm(h) * (1 + scale) + shift``, serves FiLM / AdaGN and AdaIN (docs/conventions.md).
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ddpm_export.checks import Registry
 from ddpm_export.config import UNetConfig
 from ddpm_export.nn.attention import Attention
 from ddpm_export.nn.layers import instance_norm, make_norm, zero_module
@@ -87,15 +90,16 @@ class AttentionConditioning(nn.Module):
         return n + out.transpose(1, 2).reshape(b, c, hgt, wid)
 
 
+#: ``UNetConfig.time_conditioning`` -> ``(cfg, channels, emb_dim) -> module``; unknown names are refused.
+CONDITIONING_BLOCKS: Registry[Callable[[UNetConfig, int, int], nn.Module]] = Registry("time_conditioning", {
+    "add": AddConditioning,
+    "concat": ConcatConditioning,
+    "film": lambda cfg, channels, emb_dim: ScaleShiftConditioning(cfg, channels, emb_dim, instance=False),
+    "adain": lambda cfg, channels, emb_dim: ScaleShiftConditioning(cfg, channels, emb_dim, instance=True),
+    "attention": AttentionConditioning,
+})
+
+
 def make_conditioning(cfg: UNetConfig, channels: int, emb_dim: int) -> nn.Module:
-    """The conditioning chosen by ``cfg.time_conditioning`` (validated by UNetConfig)."""
-    kind = cfg.time_conditioning
-    if kind == "add":
-        return AddConditioning(cfg, channels, emb_dim)
-    if kind == "film":
-        return ScaleShiftConditioning(cfg, channels, emb_dim, instance=False)
-    if kind == "adain":
-        return ScaleShiftConditioning(cfg, channels, emb_dim, instance=True)
-    if kind == "concat":
-        return ConcatConditioning(cfg, channels, emb_dim)
-    return AttentionConditioning(cfg, channels, emb_dim)
+    """The conditioning chosen by ``cfg.time_conditioning``."""
+    return CONDITIONING_BLOCKS[cfg.time_conditioning](cfg, channels, emb_dim)

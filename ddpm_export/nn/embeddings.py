@@ -1,6 +1,6 @@
 """Timestep and class embeddings.
 
-The sinusoid follows CONVENTIONS.md: ``freqs[i] = exp(-ln(max_period) * i / (half - shift))``,
+The sinusoid follows docs/conventions.md: ``freqs[i] = exp(-ln(max_period) * i / (half - shift))``,
 ``arg = t * freqs`` in float32 (never fp16: t = 937 must stay 937), ``[cos, sin]`` when
 ``flip_sin_to_cos`` (OpenAI, diffusers ``UNet2DModel``) else ``[sin, cos]`` (Ho et al. 2020).
 """

@@ -6,10 +6,13 @@ Normalization always computes its statistics in float32 and casts back (improved
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ddpm_export.checks import Registry
 from ddpm_export.config import UNetConfig
 
 
@@ -39,13 +42,17 @@ class BatchNorm32(nn.BatchNorm2d):
         return y.to(x.dtype)
 
 
+#: ``UNetConfig.norm`` -> ``(cfg, channels) -> module``; an unknown name is refused with the choices.
+NORMS: Registry[Callable[[UNetConfig, int], nn.Module]] = Registry("norm", {
+    "group": lambda cfg, channels: GroupNorm32(cfg.num_groups, channels, eps=cfg.norm_eps),
+    "batch": lambda cfg, channels: BatchNorm32(channels, eps=cfg.norm_eps),
+    "layer": lambda cfg, channels: GroupNorm32(1, channels, eps=cfg.norm_eps),  # LayerNorm over (C, H, W)
+})
+
+
 def make_norm(cfg: UNetConfig, channels: int) -> nn.Module:
     """The configured normalization over ``channels``: group, batch or layer (= 1 group)."""
-    if cfg.norm == "group":
-        return GroupNorm32(cfg.num_groups, channels, eps=cfg.norm_eps)
-    if cfg.norm == "batch":
-        return BatchNorm32(channels, eps=cfg.norm_eps)
-    return GroupNorm32(1, channels, eps=cfg.norm_eps)
+    return NORMS[cfg.norm](cfg, channels)
 
 
 def instance_norm(channels: int, eps: float) -> nn.Module:

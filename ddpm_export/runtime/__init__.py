@@ -4,7 +4,7 @@
 (``Pipeline.from_bundle``); its backends -- :class:`OnnxRuntimeBackend` here, ``TensorRTBackend``
 in :mod:`ddpm_export.runtime.tensorrt` -- implement :class:`ddpm_export.diffusion.Backend` and
 sample through :func:`ddpm_export.diffusion.sample`. Nothing in this package imports torch, not
-even lazily (``tests/test_torch_free.py`` and ``tests/test_runtime.py`` prove it).
+even lazily (``tests/runtime/test_torch_free.py`` and ``tests/contract/test_import_rules.py`` prove it).
 """
 
 from ddpm_export.runtime.bundle import BundleError, Manifest, make_bundle, read_manifest, verify_bundle

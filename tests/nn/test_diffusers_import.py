@@ -133,6 +133,7 @@ def _folder_with_config(folder: Path, config: dict) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_ddpm_cifar10_config_matches_diffusers(tmp_path):
     theirs = _save_diffusers(tmp_path, CIFAR10)
     ours = ddpm_export.load_model(tmp_path)
@@ -210,6 +211,7 @@ def test_defaults_match_unet2dmodel_signature():
         assert DIFFUSERS_DEFAULTS[name] == default, name
 
 
+@pytest.mark.slow
 def test_ddpm_export_does_not_import_diffusers(tmp_path):
     _save_diffusers(tmp_path, SMALL)
     code = ("import sys, ddpm_export; ddpm_export.load_model(sys.argv[1]); "

@@ -11,7 +11,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-TOOLS = Path(__file__).resolve().parent.parent / "tools"
+TOOLS = Path(__file__).resolve().parents[2] / "tools"
 SMOKE = ["--steps", "3", "--batch-size", "4", "--base-channels", "8", "--warmup", "2", "--no-progress", "--threads", "1"]
 
 
@@ -59,6 +59,7 @@ def test_refuses_to_overwrite_without_force(train, tmp_path, capsys):
     assert not list(tmp_path.glob(".digits.*"))  # no staging folder left behind
 
 
+@pytest.mark.slow
 def test_training_is_reproducible(tmp_path):
     """The documented command, run twice in fresh processes (as a user regenerates the model),
     writes a byte-identical model.safetensors."""

@@ -27,7 +27,7 @@ from ddpm_export.torch_backend import TorchBackend  # noqa: E402
 
 from runtime_exports import MAX_BATCH, exported  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -214,6 +214,7 @@ def test_presets_load(name):
     assert torch.isfinite(out).all()
 
 
+@pytest.mark.slow
 def test_saving_is_byte_identical_across_processes(tmp_path):
     """The same weights give the same file bytes (and so the same sha256 in exported metadata)
     in every process; safetensors orders a multi-entry metadata map differently per process."""

@@ -65,6 +65,12 @@ FEATURE_CASES = ([(m, p, "decomposed") for m in FEATURES for p in PRECISIONS]
                  + [("context", "fp32", "ort-mha"), ("context", "fp16", "onnx-attention"),
                     ("attention-cond", "fp32", "onnx-attention"), ("attention-cond", "fp16", "ort-mha")])
 CIFAR_CASES = [("ddpm-cifar10", p, "decomposed") for p in PRECISIONS]
+
+
+def slow_if_cifar(values):
+    """Parameters naming ddpm-cifar10 (35.7 M parameters; its exports take ~45 s) carry the slow mark."""
+    return [pytest.param(v, marks=pytest.mark.slow) if "ddpm-cifar10" in (v if isinstance(v, tuple) else (v,))
+            else v for v in values]
 #: the shipped trained model: every preset exports and validates in both precisions
 DIGITS_CASES = [("digits", p, "decomposed") for p in PRECISIONS]
 ALL_CASES = PRESET_CASES + FEATURE_CASES + CIFAR_CASES + DIGITS_CASES
@@ -167,6 +173,7 @@ def test_export_validates_against_torch(exported, case):
     assert not [p for p in exp.path.parent.iterdir() if ".tmp-" in p.name]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", PRECISIONS)
 def test_ddpm_cifar10_exports_and_validates(exported, precision):
     exp = exported("ddpm-cifar10", precision)
@@ -176,7 +183,8 @@ def test_ddpm_cifar10_exports_and_validates(exported, precision):
 
 
 # --- attention forms in the graph ----------------------------------------------------------------
-@pytest.mark.parametrize("case", [c for c in ALL_CASES if c[0] != "ddpm-cifar10" or c[1] == "fp32"], ids=_case_id)
+@pytest.mark.parametrize("case", slow_if_cifar([c for c in ALL_CASES if c[0] != "ddpm-cifar10" or c[1] == "fp32"]),
+                         ids=_case_id)
 def test_attention_form_ops(exported, torch_model, case):
     """One attention node per ``Attention`` module (self, cross and time-conditioning attention alike);
     the fused forms keep no Softmax."""
@@ -281,7 +289,7 @@ def test_decomposed_prescaling_is_a_constant(exported, torch_model, name, precis
 EMBEDDING_MODELS = ("tiny", "kitchen-sink", "learned", "class-embedding", "ddpm-cifar10")
 
 
-@pytest.mark.parametrize("name", EMBEDDING_MODELS)
+@pytest.mark.parametrize("name", slow_if_cifar(EMBEDDING_MODELS))
 def test_fp16_time_embedding_is_fp32_and_equals_the_fp32_export(exported, name):
     m16, m32 = exported(name, "fp16").model, exported(name, "fp32").model
     types16 = graph.tensor_types(m16)
@@ -333,7 +341,7 @@ FP16_MODELS = ("tiny", "kitchen-sink", *FEATURES, "ddpm-cifar10")
 NORM_OPS = ("InstanceNormalization", "BatchNormalization", "GroupNormalization", "LayerNormalization")
 
 
-@pytest.mark.parametrize("name", FP16_MODELS)
+@pytest.mark.parametrize("name", slow_if_cifar(FP16_MODELS))
 def test_fp16_graph_is_explicitly_mixed_precision(exported, name):
     model = exported(name, "fp16").model
     types, index = exported(name, "fp16").inferred[0], GraphIndex(model)
@@ -562,6 +570,7 @@ def test_dynamic_context_length(exported, torch_model, precision, attention):
 
 
 # --- Polygraphy ------------------------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("precision, tolerances", [("fp32", []), ("fp16", ["--atol", "5e-3", "--rtol", "5e-3"])])
 def test_polygraphy_run_compares_with_the_saved_torch_io(exported, precision, tolerances):
     """fp32 passes Polygraphy's default tolerances (1e-5); fp16 gets --atol/--rtol 5e-3."""

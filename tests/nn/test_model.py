@@ -20,7 +20,6 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 from ddpm_export.config import UNetConfig  # noqa: E402
-from ddpm_export.nn import attention as attention_mod  # noqa: E402
 from ddpm_export.nn.attention import (  # noqa: E402
     Attention, AttentionBlock, decomposed_attention, use_attention_kernel,
 )
@@ -592,21 +591,24 @@ def test_use_attention_kernel_swaps_and_restores():
     n_attention = sum(isinstance(m, Attention) for m in model.modules())
     with torch.no_grad():
         ref = model(x, t, cond)
-        assert attention_mod._KERNEL[-1] is decomposed_attention
-        with use_attention_kernel(sdpa):
+        assert all(m.kernel is decomposed_attention for m in model.modules() if isinstance(m, Attention))
+        with use_attention_kernel(model, sdpa):
             out = model(x, t, cond)
         assert len(calls) == n_attention
         torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
-        with use_attention_kernel(zeros):
+        with use_attention_kernel(model, zeros):
             assert not torch.allclose(model(x, t, cond), ref, atol=1e-3)
-            with use_attention_kernel(sdpa):  # nested: the innermost wins
+            with use_attention_kernel(model, sdpa):  # nested: the innermost wins
                 calls.clear()
                 model(x, t, cond)
                 assert "zeros" not in calls and len(calls) == n_attention
         with pytest.raises(RuntimeError, match="boom"):
-            with use_attention_kernel(zeros):
+            with use_attention_kernel(model, zeros):
                 raise RuntimeError("boom")
-        assert attention_mod._KERNEL[-1] is decomposed_attention
+        assert all(m.kernel is decomposed_attention for m in model.modules() if isinstance(m, Attention))
+        other = randomise(build_model(cfg)).eval()  # per module: another model keeps its kernel
+        with use_attention_kernel(other, zeros):
+            assert torch.equal(model(x, t, cond), ref)
         calls.clear()
         assert torch.equal(model(x, t, cond), ref)
         assert not calls

@@ -117,6 +117,7 @@ def test_class_entropy_bits():
 
 
 # --- the shipped model -----------------------------------------------------------------
+@pytest.mark.slow
 def test_digits_checkpoint_samples_recognisable_digits(classifier, digits):
     """DDIM-20, 64 samples, no guidance: measured 0.97 confident, 1.00 as requested; noise scores 0."""
     pytest.importorskip("torch")
@@ -138,6 +139,7 @@ def test_digits_checkpoint_samples_recognisable_digits(classifier, digits):
     assert report.class_accuracy >= 0.7, report
 
 
+@pytest.mark.slow
 def test_onnxruntime_and_torch_samples_score_the_same(tmp_path, classifier, digits):
     """The same seeds through ONNX Runtime and PyTorch: samples agree to 1e-4, metrics to 1e-3."""
     pytest.importorskip("torch")

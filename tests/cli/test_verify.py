@@ -131,6 +131,7 @@ def test_outputs_are_not_overwritten_and_plot_needs_matplotlib(tiny_onnx: Path, 
     assert not (tmp_path / "d.png").exists()
 
 
+@pytest.mark.slow
 def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     result = CliRunner().invoke(main, ["demo", "--model", "tiny", "--out", str(out), "--ddpm-steps", "10"])
