@@ -68,22 +68,13 @@ def export_onnx(model: str | Path, out: str | Path, *, opset: int = DEFAULT_OPSE
     """
     start = time.perf_counter()
     out = Path(out)
-    if out.suffix != ".onnx":
-        raise BadInputError(f"output {out} must end in .onnx")
-    refuse_existing(out, force)
-    check_precision(precision)
-    if target not in TARGETS:
-        raise BadInputError(f"target={target!r} is not valid; choose one of: {', '.join(TARGETS)}")
-    form = resolve_attention(attention, target)
-    if opset < MIN_OPSET[form]:
-        raise BadInputError(f"--attention {form} needs --opset >= {MIN_OPSET[form]}, got {opset}")
-
+    form = _check_options(out, force=force, precision=precision, attention=attention, target=target, opset=opset)
     io_paths = check_io_paths(save_io, force=force) if save_io is not None else None
     unet = load_model(model)
     diffusion = diffusion or diffusion_config_for(model) or DiffusionConfig()
     if diffusion.num_train_timesteps != unet.config.num_train_timesteps:
         raise BadInputError(f"the schedule's num_train_timesteps={diffusion.num_train_timesteps} differs from the "
-                         f"model's {unet.config.num_train_timesteps} ({model}): fix its diffusion.json")
+                            f"model's {unet.config.num_train_timesteps} ({model}): fix its diffusion.json")
     spec = ExportSpec.from_config(unet.config, min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch)
     proto = trace_to_onnx(unet, spec, precision=precision, attention=form, opset=opset)
     source = weights_path(model)
@@ -99,9 +90,34 @@ def export_onnx(model: str | Path, out: str | Path, *, opset: int = DEFAULT_OPSE
     proto.producer_name, proto.producer_version = "ddpm-export", __version__
     proto.doc_string = (f"DDPM U-Net exported by ddpm-export {__version__}: precision {precision}, "
                         f"attention {form}, batch {min_batch}..{max_batch}")
+    report = _write_validated(proto, out, (unet, spec, precision) if validate else None, log)
+    if io_paths is not None:
+        save_torch_io(unet, spec, io_paths)
+    return ExportResult(out, spec, precision, form, opset, time.perf_counter() - start,
+                        out.stat().st_size, report)
 
-    # Written and validated in a temp folder beside ``out`` (with its external data, > 2 GB,
-    # under the final name), then moved into place: data file first, graph last.
+
+def _check_options(out: Path, *, force: bool, precision: str, attention: str, target: str, opset: int) -> str:
+    """Refuse bad options before any work; the attention form ``attention`` resolves to."""
+    if out.suffix != ".onnx":
+        raise BadInputError(f"output {out} must end in .onnx")
+    refuse_existing(out, force)
+    check_precision(precision)
+    if target not in TARGETS:
+        raise BadInputError(f"target={target!r} is not valid; choose one of: {', '.join(TARGETS)}")
+    form = resolve_attention(attention, target)
+    if opset < MIN_OPSET[form]:
+        raise BadInputError(f"--attention {form} needs --opset >= {MIN_OPSET[form]}, got {opset}")
+    return form
+
+
+def _write_validated(proto: onnx.ModelProto, out: Path, validation: tuple[UNet, ExportSpec, str] | None,
+                     log: Callable[[str], None]) -> ValidationReport | None:
+    """Write ``proto`` to ``out``, validated first when ``validation`` = (unet, spec, precision).
+
+    Written and validated in a temp folder beside ``out`` (with its external data, > 2 GB,
+    under the final name), then moved into place: data file first, graph last.
+    """
     tmp_dir = out.parent / f".{out.name}.tmp-{os.getpid()}"
     external = proto.ByteSize() > EXTERNAL_DATA_THRESHOLD
     data_name = out.name + ".data"
@@ -109,16 +125,13 @@ def export_onnx(model: str | Path, out: str | Path, *, opset: int = DEFAULT_OPSE
         tmp_dir.mkdir(parents=True)
         onnx.save_model(proto, str(tmp_dir / out.name), save_as_external_data=external,
                         all_tensors_to_one_file=True, location=data_name if external else None)
-        report = validate_onnx(tmp_dir / out.name, unet, spec, precision, log=log) if validate else None
+        report = validate_onnx(tmp_dir / out.name, *validation, log=log) if validation else None
         if external:
             os.replace(tmp_dir / data_name, out.parent / data_name)
         os.replace(tmp_dir / out.name, out)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
-    if io_paths is not None:
-        save_torch_io(unet, spec, io_paths)
-    return ExportResult(out, spec, precision, form, opset, time.perf_counter() - start,
-                        out.stat().st_size, report)
+    return report
 
 
 def trace_to_onnx(unet: UNet, spec: ExportSpec, *, precision: str, attention: str, opset: int) -> onnx.ModelProto:

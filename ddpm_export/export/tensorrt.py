@@ -28,6 +28,7 @@ from ddpm_export.contract.info import ModelInfo
 from ddpm_export.contract.sidecar import make_sidecar, sidecar_path, write_sidecar
 from ddpm_export.contract.spec import ExportSpec
 from ddpm_export.files import atomic_file, refuse_existing
+from ddpm_export.gpu import import_cudart
 
 
 class TensorRTUnavailable(MissingDependencyError, RuntimeError):
@@ -117,11 +118,7 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, *, fp16: bool |
 def _gpu_info() -> dict[str, Any]:
     """Name and compute capability of GPU 0 through cuda-python; what is unknown says so."""
     try:
-        try:
-            from cuda.bindings import runtime as cudart
-        except ImportError:
-            from cuda import cudart
-        err, props = cudart.cudaGetDeviceProperties(0)
+        err, props = import_cudart("the engine build").cudaGetDeviceProperties(0)
         name = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
         return {"name": name.rstrip("\x00"), "compute_capability": f"{props.major}.{props.minor}"}
     except Exception as e:  # noqa: BLE001 - informational only; the engine itself is what matters

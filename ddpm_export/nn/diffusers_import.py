@@ -40,8 +40,8 @@ import torch
 
 from ddpm_export.config import ConfigError, UNetConfig
 from ddpm_export.nn.unet import UNet
-from ddpm_export.nn.weights import (CONFIG_NAME, DIFFUSERS_WEIGHTS_NAME, CheckpointError, build_model, few_keys,
-                                    load_state_strict, read_safetensors)
+from ddpm_export.nn.weights import (CONFIG_NAME, DIFFUSERS_WEIGHTS_NAME, CheckpointError, build_model, check_state,
+                                    load_state_strict, read_safetensors, shapes)
 
 __all__ = ["DIFFUSERS_DEFAULTS", "config_from_diffusers", "diffusers_key", "load_diffusers_unet",
            "our_key", "read_diffusers_config"]
@@ -161,51 +161,11 @@ def config_from_diffusers(data: dict[str, Any], source: str = CONFIG_NAME) -> UN
 
     Raises :class:`ConfigError` naming the key and value of anything not reproduced exactly.
     """
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: expected a JSON object, got {type(data).__name__}")
-    class_name = data.get("_class_name", "UNet2DModel")
-    if class_name != "UNet2DModel":
-        raise _refuse(source, "_class_name", class_name, "is not supported; only diffusers 'UNet2DModel' is")
-    unknown = sorted(k for k in data if not k.startswith("_") and k not in DIFFUSERS_DEFAULTS)
-    if unknown:
-        raise ConfigError(f"{source}: unknown UNet2DModel key(s) {', '.join(unknown)}; ddpm-export cannot "
-                          f"tell whether they change the network (known keys: {', '.join(DIFFUSERS_DEFAULTS)})")
-    c = {**DIFFUSERS_DEFAULTS, **{k: v for k, v in data.items() if not k.startswith("_")}}
-
-    # --- what we refuse outright: switches whose other values we do not reproduce ---------------
-    for key, fixed in (("center_input_sample", False), ("class_embed_type", None), ("mid_block_scale_factor", 1)):
-        if c[key] != fixed or isinstance(c[key], bool) != isinstance(fixed, bool):
-            raise _refuse(source, key, c[key], f"is not reproduced by ddpm-export; only {fixed!r} is supported")
-    _choice(source, "act_fn", c["act_fn"], _ACTIVATIONS)
-    if c["mid_block_type"] != "UNetMidBlock2D":
-        raise _refuse(source, "mid_block_type", c["mid_block_type"],
-                      "is not supported; ddpm-export always has the 'UNetMidBlock2D' bottleneck")
-
-    # --- levels ----------------------------------------------------------------------------------
-    chans = c["block_out_channels"]
-    if (not isinstance(chans, (list, tuple)) or not chans
-            or not all(isinstance(ch, int) and not isinstance(ch, bool) and ch >= 1 for ch in chans)):
-        raise _refuse(source, "block_out_channels", chans, "must be a non-empty list of positive integers")
+    c = _with_defaults(data, source)
+    _refuse_unreproduced(source, c)
+    chans, down_attn = _levels(source, c)
     base = chans[0]
-    if any(ch % base for ch in chans):
-        raise _refuse(source, "block_out_channels", chans,
-                      f"must all be multiples of the first entry ({base}): ddpm-export's levels are "
-                      "base_channels * channel_mult[i] with integer multipliers")
-    levels = len(chans)
-    down_attn = _block_types(source, "down_block_types", c["down_block_types"], _DOWN_BLOCKS, levels)
-    up_attn = _block_types(source, "up_block_types", c["up_block_types"], _UP_BLOCKS, levels)
-    if down_attn != up_attn[::-1]:
-        raise ConfigError(
-            f"{source}: down_block_types={list(c['down_block_types'])} and up_block_types="
-            f"{list(c['up_block_types'])} place attention at different levels; ddpm-export needs up_block_types "
-            "to mirror down_block_types (up_block_types[i] has attention iff down_block_types[-1 - i] has)")
-    # diffusers uses down/upsample_type only in Attn blocks that resample (not the last level).
-    if any(down_attn[:-1]):
-        _choice(source, "downsample_type", c["downsample_type"], _RESAMPLE_TYPES)
-    if any(up_attn[:-1]):
-        _choice(source, "upsample_type", c["upsample_type"], _RESAMPLE_TYPES)
-
-    size = _sample_size(source, c["sample_size"], levels)
+    size = _sample_size(source, c["sample_size"], len(chans))
     attention_resolutions = tuple(size // 2**i for i, attn in enumerate(down_attn) if attn)
 
     # --- time embedding and conditioning ---------------------------------------------------------
@@ -245,6 +205,58 @@ def config_from_diffusers(data: dict[str, Any], source: str = CONFIG_NAME) -> UN
         return UNetConfig(**fields)
     except ConfigError as e:
         raise ConfigError(f"{source}: the UNetConfig this maps to is invalid: {e}") from e
+
+
+def _with_defaults(data: Any, source: str) -> dict[str, Any]:
+    """config.json over :data:`DIFFUSERS_DEFAULTS`; refuses other classes and unknown keys."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a JSON object, got {type(data).__name__}")
+    class_name = data.get("_class_name", "UNet2DModel")
+    if class_name != "UNet2DModel":
+        raise _refuse(source, "_class_name", class_name, "is not supported; only diffusers 'UNet2DModel' is")
+    unknown = sorted(k for k in data if not k.startswith("_") and k not in DIFFUSERS_DEFAULTS)
+    if unknown:
+        raise ConfigError(f"{source}: unknown UNet2DModel key(s) {', '.join(unknown)}; ddpm-export cannot "
+                          f"tell whether they change the network (known keys: {', '.join(DIFFUSERS_DEFAULTS)})")
+    return {**DIFFUSERS_DEFAULTS, **{k: v for k, v in data.items() if not k.startswith("_")}}
+
+
+def _refuse_unreproduced(source: str, c: dict[str, Any]) -> None:
+    """Refuse switches whose other values we do not reproduce."""
+    for key, fixed in (("center_input_sample", False), ("class_embed_type", None), ("mid_block_scale_factor", 1)):
+        if c[key] != fixed or isinstance(c[key], bool) != isinstance(fixed, bool):
+            raise _refuse(source, key, c[key], f"is not reproduced by ddpm-export; only {fixed!r} is supported")
+    _choice(source, "act_fn", c["act_fn"], _ACTIVATIONS)
+    if c["mid_block_type"] != "UNetMidBlock2D":
+        raise _refuse(source, "mid_block_type", c["mid_block_type"],
+                      "is not supported; ddpm-export always has the 'UNetMidBlock2D' bottleneck")
+
+
+def _levels(source: str, c: dict[str, Any]) -> tuple[list[int], list[bool]]:
+    """``block_out_channels`` and, per level, whether it has attention (down and up must mirror)."""
+    chans = c["block_out_channels"]
+    if (not isinstance(chans, (list, tuple)) or not chans
+            or not all(isinstance(ch, int) and not isinstance(ch, bool) and ch >= 1 for ch in chans)):
+        raise _refuse(source, "block_out_channels", chans, "must be a non-empty list of positive integers")
+    base = chans[0]
+    if any(ch % base for ch in chans):
+        raise _refuse(source, "block_out_channels", chans,
+                      f"must all be multiples of the first entry ({base}): ddpm-export's levels are "
+                      "base_channels * channel_mult[i] with integer multipliers")
+    levels = len(chans)
+    down_attn = _block_types(source, "down_block_types", c["down_block_types"], _DOWN_BLOCKS, levels)
+    up_attn = _block_types(source, "up_block_types", c["up_block_types"], _UP_BLOCKS, levels)
+    if down_attn != up_attn[::-1]:
+        raise ConfigError(
+            f"{source}: down_block_types={list(c['down_block_types'])} and up_block_types="
+            f"{list(c['up_block_types'])} place attention at different levels; ddpm-export needs up_block_types "
+            "to mirror down_block_types (up_block_types[i] has attention iff down_block_types[-1 - i] has)")
+    # diffusers uses down/upsample_type only in Attn blocks that resample (not the last level).
+    if any(down_attn[:-1]):
+        _choice(source, "downsample_type", c["downsample_type"], _RESAMPLE_TYPES)
+    if any(up_attn[:-1]):
+        _choice(source, "upsample_type", c["upsample_type"], _RESAMPLE_TYPES)
+    return list(chans), down_attn
 
 
 def read_diffusers_config(path: str | Path) -> UNetConfig:
@@ -315,7 +327,7 @@ def diffusers_key(key: str) -> str | None:
 
 def _rename(model: UNet, weights: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
     """diffusers-named weights -> ours; missing, unexpected and mis-shaped keys are refused by
-    their diffusers names (``load_state_strict`` then repeats the checks in our names)."""
+    their diffusers names (the file's own names where it has them)."""
     expected = model.state_dict()
     renamed: dict[str, torch.Tensor] = {}
     origin: dict[str, str] = {}
@@ -328,16 +340,9 @@ def _rename(model: UNet, weights: dict[str, torch.Tensor], source: str) -> dict[
             raise CheckpointError(f"{source}: keys {origin[ours]!r} and {key!r} both hold {ours!r}")
         else:
             renamed[ours], origin[ours] = value, key
-    missing = sorted(diffusers_key(k) or k for k in expected if k not in renamed)
-    if missing:
-        raise CheckpointError(f"{source}: missing key(s) {few_keys(missing)} expected by config.json")
-    if unexpected:
-        raise CheckpointError(f"{source}: unexpected key(s) {few_keys(sorted(unexpected))} "
-                              "not in the model config.json describes")
-    for ours, value in renamed.items():
-        if tuple(value.shape) != tuple(expected[ours].shape):
-            raise CheckpointError(f"{source}: key {origin[ours]!r} has shape {tuple(value.shape)}, "
-                                  f"config.json expects {tuple(expected[ours].shape)}")
+    theirs = {origin.get(k) or diffusers_key(k) or k: shape for k, shape in shapes(expected).items()}
+    given = {**{origin[k]: tuple(v.shape) for k, v in renamed.items()}, **shapes({k: weights[k] for k in unexpected})}
+    check_state(theirs, given, source, "config.json")
     return renamed
 
 

@@ -6,6 +6,7 @@ internals."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Mapping
 
 import torch
 from safetensors import safe_open
@@ -31,19 +32,30 @@ def build_model(cfg: UNetConfig, seed: int = 0) -> UNet:
         return UNet(cfg)
 
 
-def load_state_strict(model: torch.nn.Module, weights: dict[str, torch.Tensor], source: str) -> None:
-    """Copy ``weights`` into ``model``; refuse missing/unexpected keys and shape mismatches by name."""
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(weights))
-    unexpected = sorted(set(weights) - set(expected))
+def check_state(expected: Mapping[str, tuple[int, ...]], given: Mapping[str, tuple[int, ...]], source: str,
+                against: str = "the config") -> None:
+    """Refuse missing keys, unexpected keys and shape mismatches, naming them as the caller does
+    (``expected`` and ``given`` map key -> shape; ``against`` names what defines the model)."""
+    missing = sorted(set(expected) - set(given))
+    unexpected = sorted(set(given) - set(expected))
     if missing:
-        raise CheckpointError(f"{source}: missing key(s) {few_keys(missing)} expected by the config")
+        raise CheckpointError(f"{source}: missing key(s) {few_keys(missing)} expected by {against}")
     if unexpected:
-        raise CheckpointError(f"{source}: unexpected key(s) {few_keys(unexpected)} not in the model built from the config")
-    for key, value in weights.items():
-        if tuple(value.shape) != tuple(expected[key].shape):
-            raise CheckpointError(f"{source}: key {key!r} has shape {tuple(value.shape)}, "
-                                  f"the config expects {tuple(expected[key].shape)}")
+        raise CheckpointError(f"{source}: unexpected key(s) {few_keys(unexpected)} not in the model {against} "
+                              f"describes")
+    for key, shape in given.items():
+        if tuple(shape) != tuple(expected[key]):
+            raise CheckpointError(f"{source}: key {key!r} has shape {tuple(shape)}, {against} expects "
+                                  f"{tuple(expected[key])}")
+
+
+def shapes(state: Mapping[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in state.items()}
+
+
+def load_state_strict(model: torch.nn.Module, weights: dict[str, torch.Tensor], source: str) -> None:
+    """Copy ``weights`` into ``model`` after :func:`check_state` against the model's own keys."""
+    check_state(shapes(model.state_dict()), shapes(weights), source)
     model.load_state_dict(weights, strict=True)
 
 

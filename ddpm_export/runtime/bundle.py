@@ -153,41 +153,12 @@ def make_bundle(onnx: Sequence[str | Path], out: str | Path, *, engines: Sequenc
     (and FileExistsError when ``out`` exists and not ``force``).
     """
     onnx_paths = [Path(p) for p in onnx]
-    engine_paths = [Path(p) for p in engines]
     if not onnx_paths:
         raise BundleError("a bundle needs at least one ONNX file (--onnx)")
-    sources: dict[str, tuple[Path, str]] = {}  # name in the bundle -> (source path, role)
-
-    def add(path: Path, role: str) -> str:
-        if not path.is_file():
-            raise BundleError(f"{path}: no such file")
-        name = path.name
-        if not _plain_name(name):
-            raise BundleError(f"{path}: the name {name!r} cannot be used in a bundle (reserved or hidden)")
-        if name in sources:
-            raise BundleError(f"{path}: two files are named {name!r}; rename one")
-        sources[name] = (path, role)
-        return name
-
-    models, hashes = [], {}
-    first: ModelInfo | None = None
-    for path in onnx_paths:
-        props = read_metadata(path)
-        info = ModelInfo.from_metadata(props, source=str(path))
-        if first is None:
-            first = info
-        elif info.unet != first.unet or info.diffusion != first.diffusion:
-            what = "UNet config" if info.unet != first.unet else "schedule (DiffusionConfig)"
-            raise BundleError(f"{path}: its {what} differs from {onnx_paths[0]}'s; a bundle holds one model")
-        name = add(path, "onnx")
-        data = path.with_name(path.name + ".data")  # external weights, as export_onnx names them
-        if data.is_file():
-            add(data, "onnx_data")
-        hashes[sha256_file(path)] = name
-        models.append({"onnx": name, "precision": info.precision, "attention": info.attention,
-                       "engines": [], "metadata": dict(props)})
+    sources = _Sources()
+    models, hashes, first = _add_onnx_files(sources, onnx_paths)
     by_onnx = {m["onnx"]: m for m in models}
-    for path in engine_paths:
+    for path in (Path(p) for p in engines):
         if not path.is_file():
             raise BundleError(f"{path}: no such engine file")
         sidecar = read_sidecar(path)
@@ -196,10 +167,9 @@ def make_bundle(onnx: Sequence[str | Path], out: str | Path, *, engines: Sequenc
             raise BundleError(f"{path}: built from an ONNX file with sha256 {sidecar['onnx_sha256']} "
                               f"(per {sidecar_path(path).name}), which is none of the bundled ONNX files; "
                               f"rebuild the engine from {onnx_paths[0]}")
-        by_onnx[owner]["engines"].append(add(path, "engine"))
-        add(sidecar_path(path), "engine_sidecar")
+        by_onnx[owner]["engines"].append(sources.add(path, "engine"))
+        sources.add(sidecar_path(path), "engine_sidecar")
 
-    assert first is not None
     d = first.diffusion
     with atomic_dir(out, force=force) as tmp:
         files = []
@@ -213,3 +183,42 @@ def make_bundle(onnx: Sequence[str | Path], out: str | Path, *, engines: Sequenc
                                          "eta": d.eta}}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return Path(out)
+
+
+class _Sources(dict):
+    """Name in the bundle -> (source path, role); refuses missing files and clashing names."""
+
+    def add(self, path: Path, role: str) -> str:
+        if not path.is_file():
+            raise BundleError(f"{path}: no such file")
+        name = path.name
+        if not _plain_name(name):
+            raise BundleError(f"{path}: the name {name!r} cannot be used in a bundle (reserved or hidden)")
+        if name in self:
+            raise BundleError(f"{path}: two files are named {name!r}; rename one")
+        self[name] = (path, role)
+        return name
+
+
+def _add_onnx_files(sources: _Sources, onnx_paths: list[Path]
+                    ) -> tuple[list[dict[str, Any]], dict[str, str], ModelInfo]:
+    """Add each ONNX file (and its external data); its ``models`` entry, sha256 -> name, the first's info."""
+    models, hashes = [], {}
+    first: ModelInfo | None = None
+    for path in onnx_paths:
+        props = read_metadata(path)
+        info = ModelInfo.from_metadata(props, source=str(path))
+        if first is None:
+            first = info
+        elif info.unet != first.unet or info.diffusion != first.diffusion:
+            what = "UNet config" if info.unet != first.unet else "schedule (DiffusionConfig)"
+            raise BundleError(f"{path}: its {what} differs from {onnx_paths[0]}'s; a bundle holds one model")
+        name = sources.add(path, "onnx")
+        data = path.with_name(path.name + ".data")  # external weights, as export_onnx names them
+        if data.is_file():
+            sources.add(data, "onnx_data")
+        hashes[sha256_file(path)] = name
+        models.append({"onnx": name, "precision": info.precision, "attention": info.attention,
+                       "engines": [], "metadata": dict(props)})
+    assert first is not None
+    return models, hashes, first

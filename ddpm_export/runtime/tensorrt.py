@@ -15,32 +15,12 @@ from typing import Any
 
 import numpy as np
 
-from ddpm_export.errors import BadInputError, MissingDependencyError
+from ddpm_export.errors import BadInputError
+from ddpm_export.gpu import import_cudart, import_tensorrt
 from ddpm_export.contract.sidecar import EngineMismatchError, check_sidecar, read_sidecar, sidecar_path
 from ddpm_export.contract.spec import OUT_NAME, ExportSpec, feeds_for
 
 __all__ = ["EngineMismatchError", "TensorRTBackend", "read_sidecar", "sidecar_path"]
-
-
-def _import_tensorrt() -> Any:
-    try:
-        import tensorrt
-    except ImportError as e:
-        raise MissingDependencyError("TensorRTBackend needs the 'tensorrt' package (TensorRT >= 10), which is not installed; "
-                          "on a machine with an NVIDIA GPU: pip install 'ddpm-export[gpu]'") from e
-    return tensorrt
-
-
-def _import_cudart() -> Any:
-    try:
-        from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
-    except ImportError:
-        try:
-            from cuda import cudart  # older cuda-python
-        except ImportError as e:
-            raise MissingDependencyError("TensorRTBackend needs the 'cuda-python' package for device buffers, which is not "
-                              "installed; pip install 'ddpm-export[gpu]'") from e
-    return cudart
 
 
 class TensorRTBackend:
@@ -62,8 +42,8 @@ class TensorRTBackend:
         engine_path = Path(engine_path)
         sidecar = read_sidecar(engine_path)
         check_sidecar(engine_path, sidecar, onnx_sha256=onnx_sha256, tensorrt_version=None)
-        trt = _import_tensorrt()
-        self._cudart = cudart = _import_cudart()
+        trt = import_tensorrt("TensorRTBackend")
+        self._cudart = cudart = import_cudart("TensorRTBackend")
         check_sidecar(engine_path, sidecar, onnx_sha256=None, tensorrt_version=trt.__version__)
         self.spec = spec
         self._device = device

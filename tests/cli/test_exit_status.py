@@ -1,0 +1,60 @@
+"""One mapping from errors to exit statuses (``ddpm_export.cli``): 0 success, 1 verification
+failed or non-finite, 2 bad input / integrity / environment; one ``Error:`` line, and the
+traceback only with ``--debug``."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from ddpm_export.cli import main
+from ddpm_export.configbase import ConfigError
+from ddpm_export.errors import (BadInputError, DdpmExportError, IntegrityError, MissingDependencyError,
+                                NonFiniteOutputError, OutputExistsError, VerificationFailed, exit_status)
+from ddpm_export.export.tensorrt import TensorRTUnavailable
+from ddpm_export.export.validate import ValidationError
+from ddpm_export.runtime import BundleError, MetadataError
+from ddpm_export.runtime.tensorrt import EngineMismatchError
+from ddpm_export.verify import VerifyError
+
+
+@pytest.mark.parametrize("error, status, builtin", [
+    (ConfigError, 2, ValueError), (MetadataError, 2, ValueError), (VerifyError, 2, ValueError),
+    (OutputExistsError, 2, FileExistsError), (BundleError, 2, ValueError), (EngineMismatchError, 2, ValueError),
+    (TensorRTUnavailable, 2, ImportError), (ValidationError, 1, RuntimeError), (NonFiniteOutputError, 1, RuntimeError),
+])
+def test_every_error_class_has_a_kind_and_keeps_its_builtin_base(error, status, builtin):
+    assert issubclass(error, DdpmExportError) and issubclass(error, builtin)
+    assert exit_status(error("x")) == status
+    kinds = (BadInputError, IntegrityError, MissingDependencyError, VerificationFailed)
+    assert sum(issubclass(error, k) for k in kinds) == 1
+
+
+def test_a_missing_module_is_an_environment_error():
+    assert exit_status(ImportError("no module named tensorrt")) == 2
+    assert exit_status(KeyError("a bug")) == 1
+
+
+def test_bad_input_is_status_2_with_one_line_and_no_traceback(tmp_path):
+    result = CliRunner().invoke(main, ["sample", "--bundle", str(tmp_path), "-o", str(tmp_path / "g.png")])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("Error: ") and "manifest.json: missing" in result.output
+    assert "Traceback" not in result.output and isinstance(result.exception, SystemExit)
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    result = CliRunner().invoke(main, ["--debug", "sample", "--bundle", str(tmp_path), "-o", str(tmp_path / "g.png")])
+    assert isinstance(result.exception, BundleError)
+    proc = subprocess.run([sys.executable, "-m", "ddpm_export.cli", "--debug", "sample", "--bundle", str(tmp_path),
+                           "-o", str(tmp_path / "g.png")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "Traceback" in proc.stderr and "BundleError" in proc.stderr
+
+
+def test_an_altered_bundle_is_status_2(tmp_path):
+    (tmp_path / "manifest.json").write_text(json.dumps({"format": "something else"}))
+    result = CliRunner().invoke(main, ["sample", "--bundle", str(tmp_path), "-o", str(tmp_path / "g.png")])
+    assert result.exit_code == 2 and "'format' must be 'ddpm-export-bundle'" in result.output
