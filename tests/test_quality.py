@@ -161,6 +161,7 @@ def test_onnxruntime_and_torch_samples_score_the_same(tmp_path, classifier, digi
     assert ra.frechet == pytest.approx(rb.frechet, rel=1e-3)
 
 
+@pytest.mark.slow
 def test_metric_needs_no_torch():
     """The classifier and the metric run with torch unimportable (numpy + safetensors)."""
     import subprocess

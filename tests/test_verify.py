@@ -89,6 +89,7 @@ def test_a_fresh_fp32_export_passes(tiny_onnx: Path, tmp_path: Path) -> None:
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_a_class_conditional_export_passes_with_guidance(tmp_path_factory: pytest.TempPathFactory) -> None:
     path = exported("kitchen-sink", tmp_path_factory)
     report = verify("kitchen-sink", path, steps=10, ddpm_steps=10, guidance_scale=2.0, log=lambda m: None)

@@ -85,6 +85,7 @@ def test_bad_arguments_fail_with_a_message(onnx_files: dict[str, Path], tmp_path
     assert not Path(png).exists()
 
 
+@pytest.mark.slow
 def test_a_model_is_exported_on_the_fly_and_digits_is_the_default(onnx_files: dict[str, Path],
                                                                     tmp_path: Path) -> None:
     from ddpm_export.presets import default_model, preset_names

@@ -67,10 +67,17 @@ FEATURE_CASES = ([(m, p, "decomposed") for m in FEATURES for p in PRECISIONS]
 CIFAR_CASES = [("ddpm-cifar10", p, "decomposed") for p in PRECISIONS]
 
 
+def _is_slow(value) -> bool:
+    """ddpm-cifar10 (35.7 M parameters; its exports take ~45 s), and the fused attention forms on
+    models other than tiny (tiny covers every form in the quick run)."""
+    v = value if isinstance(value, tuple) else (value,)
+    fused = len(v) == 3 and v[2] != "decomposed" and v[0] != "tiny"
+    return "ddpm-cifar10" in v or fused
+
+
 def slow_if_cifar(values):
-    """Parameters naming ddpm-cifar10 (35.7 M parameters; its exports take ~45 s) carry the slow mark."""
-    return [pytest.param(v, marks=pytest.mark.slow) if "ddpm-cifar10" in (v if isinstance(v, tuple) else (v,))
-            else v for v in values]
+    """The slow parameters (:func:`_is_slow`) carry the slow mark; they still run in CI."""
+    return [pytest.param(v, marks=pytest.mark.slow) if _is_slow(v) else v for v in values]
 #: the shipped trained model: every preset exports and validates in both precisions
 DIGITS_CASES = [("digits", p, "decomposed") for p in PRECISIONS]
 ALL_CASES = PRESET_CASES + FEATURE_CASES + CIFAR_CASES + DIGITS_CASES
@@ -162,7 +169,7 @@ def _check_validation(exp: Exported, precision: str) -> None:
 
 
 # --- every form x precision validates ------------------------------------------------------------
-@pytest.mark.parametrize("case", PRESET_CASES + FEATURE_CASES + DIGITS_CASES, ids=_case_id)
+@pytest.mark.parametrize("case", slow_if_cifar(PRESET_CASES + FEATURE_CASES + DIGITS_CASES), ids=_case_id)
 def test_export_validates_against_torch(exported, case):
     name, precision, attention = case
     exp = exported(*case)
@@ -378,7 +385,8 @@ def test_fp16_graph_is_explicitly_mixed_precision(exported, name):
 
 # --- metadata -------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name, precision, attention", [("tiny", "fp32", "decomposed"),
-                                                        ("kitchen-sink", "fp16", "onnx-attention"),
+                                                        pytest.param("kitchen-sink", "fp16", "onnx-attention",
+                                                                     marks=pytest.mark.slow),
                                                         ("learned", "fp16", "decomposed")])
 def test_metadata_describes_the_export(exported, torch_model, source, name, precision, attention):
     exp = exported(name, precision, attention)
@@ -554,8 +562,9 @@ def test_dynamic_batch_runs_at_min_and_max_and_the_spec_refuses_beyond(exported,
         spec.check_inputs(spec.sample_inputs(spec.max_batch + 1))
 
 
-@pytest.mark.parametrize("precision, attention", [("fp32", "decomposed"), ("fp32", "ort-mha"),
-                                                  ("fp16", "onnx-attention")])
+@pytest.mark.parametrize("precision, attention", [("fp32", "decomposed"),
+                                                  pytest.param("fp32", "ort-mha", marks=pytest.mark.slow),
+                                                  pytest.param("fp16", "onnx-attention", marks=pytest.mark.slow)])
 def test_dynamic_context_length(exported, torch_model, precision, attention):
     exp = exported("context", precision, attention)
     spec, unet = exp.result.spec, torch_model("context")

@@ -55,7 +55,8 @@ def _save_tiny_weights(folder, weights: dict[str, torch.Tensor], cfg: UNetConfig
     return folder
 
 
-@pytest.mark.parametrize("name", PRESETS)
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "ddpm-cifar10" else n
+                                  for n in PRESETS])
 def test_round_trip_is_bit_exact_for_every_preset(name, tmp_path):
     model = _perturb(load_model(name))
     out_dir = save_checkpoint(model, tmp_path / name)
