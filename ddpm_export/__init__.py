@@ -9,10 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-__version__ = "0.1.0"
+from ddpm_export._version import __version__
 
 if TYPE_CHECKING:  # pragma: no cover
     from ddpm_export.nn.unet import UNet
+
+__all__ = ["__version__", "load_model"]
 
 
 def load_model(spec: "str | Path") -> "UNet":

@@ -20,9 +20,9 @@ keeps working.
 
 from __future__ import annotations
 
-__all__ = ["BadInputError", "DdpmExportError", "InputNotFoundError", "IntegrityError", "MissingDependencyError", "NonFiniteOutputError",
-           "NotAFolderError", "OutputExistsError",
-           "WrongTypeError", "VerificationFailed", "exit_status"]
+__all__ = ["BadInputError", "DdpmExportError", "InputNotFoundError", "IntegrityError", "MissingDependencyError",
+           "NonFiniteOutputError", "NotAFolderError", "OutputExistsError", "VerificationFailed", "WrongTypeError",
+           "exit_status"]
 
 
 class DdpmExportError(Exception):

@@ -21,7 +21,7 @@ def preset_dir(name: str) -> Path:
     """The folder of preset ``name``; raises ValueError listing the presets when unknown."""
     if name not in preset_names():
         raise BadInputError(f"unknown model {name!r}: not a folder on disk and not a preset; "
-                         f"presets: {', '.join(preset_names()) or '(none found in ' + str(MODELS_DIR) + ')'}")
+                            f"presets: {', '.join(preset_names()) or '(none found in ' + str(MODELS_DIR) + ')'}")
     return MODELS_DIR / name
 
 

@@ -41,6 +41,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ddpm_export.checks import check_guidance_scale, check_steps
+from ddpm_export.contract.info import ModelInfo
 from ddpm_export.contract.metadata import sha256_file
 from ddpm_export.contract.spec import ExportSpec
 from ddpm_export.diffusion import Backend, make_scheduler, sample
@@ -48,7 +49,7 @@ from ddpm_export.diffusion.scheduler import Scheduler
 from ddpm_export.errors import BadInputError, MissingDependencyError
 from ddpm_export.files import atomic_file
 from ddpm_export.metrics import FP16_REL_L2, FP32_MAX_ABS, compare
-from ddpm_export.runtime.info import ModelInfo, read_info
+from ddpm_export.runtime.info import read_info
 
 __all__ = ["THRESHOLDS", "Thresholds", "VerifyError", "compare", "plot_drift", "require_matplotlib", "verify",
            "write_report"]
@@ -357,7 +358,7 @@ def require_matplotlib() -> None:
         import matplotlib  # noqa: F401
     except ImportError as e:
         raise MissingDependencyError("the drift plot needs matplotlib, which is not installed: "
-                          "pip install 'ddpm-export[plot]' (or drop --plot)") from e
+                                     "pip install 'ddpm-export[plot]' (or drop --plot)") from e
 
 
 def plot_drift(report: dict[str, Any], path: str | Path, *, force: bool = False) -> Path:

@@ -23,7 +23,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from ddpm_export.contract.info import ModelInfo
     from ddpm_export.contract.spec import ExportSpec
 
-__all__ = ["CLASS", "CLASS_NAME", "CONDITIONINGS", "CONTEXT", "CONTEXT_NAME", "NONE", "ClassLabels", "Conditioning", "Context"]
+__all__ = ["CLASS", "CLASS_NAME", "CONDITIONINGS", "CONTEXT", "CONTEXT_NAME", "NONE", "ClassLabels", "Conditioning",
+           "Context"]
 
 CLASS_NAME, CONTEXT_NAME = "class_labels", "context"
 

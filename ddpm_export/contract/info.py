@@ -18,11 +18,11 @@ import numpy as np
 
 from ddpm_export.config import UNetConfig
 from ddpm_export.configbase import ConfigError
-from ddpm_export.diffusion.config import DiffusionConfig
-from ddpm_export.errors import BadInputError
 from ddpm_export.contract import metadata as md
 from ddpm_export.contract.metadata import MetadataError
 from ddpm_export.contract.spec import ExportSpec
+from ddpm_export.diffusion.config import DiffusionConfig
+from ddpm_export.errors import BadInputError
 
 __all__ = ["MetadataError", "ModelInfo"]
 

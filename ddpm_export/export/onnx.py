@@ -23,14 +23,14 @@ import torch
 from safetensors.torch import save as safetensors_save
 
 from ddpm_export._version import __version__
-from ddpm_export.diffusion.config import DiffusionConfig
-from ddpm_export.errors import BadInputError
 from ddpm_export.contract import metadata as md
 from ddpm_export.contract.choices import TARGETS
+from ddpm_export.contract.spec import ExportSpec
+from ddpm_export.diffusion.config import DiffusionConfig
+from ddpm_export.errors import BadInputError
 from ddpm_export.export.attention_forms import MIN_OPSET, attention_kernel, resolve_attention
 from ddpm_export.export.polygraphy_io import check_io_paths, save_torch_io
 from ddpm_export.export.precision import GraphModule, check_precision, policy
-from ddpm_export.contract.spec import ExportSpec
 from ddpm_export.export.validate import ValidationReport, validate_onnx
 from ddpm_export.files import refuse_existing
 from ddpm_export.nn.attention import use_attention_kernel

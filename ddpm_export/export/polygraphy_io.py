@@ -9,8 +9,8 @@ from pathlib import Path
 from polygraphy.comparator import IterationResult, RunResults
 from polygraphy.json import save_json
 
-from ddpm_export.errors import OutputExistsError
 from ddpm_export.contract.spec import ExportSpec
+from ddpm_export.errors import OutputExistsError
 from ddpm_export.export.validate import torch_reference
 from ddpm_export.files import atomic_file
 from ddpm_export.nn.unet import UNet

@@ -22,11 +22,11 @@ from typing import Any, Callable
 
 import onnx
 
-from ddpm_export.errors import BadInputError, InputNotFoundError, MissingDependencyError
 from ddpm_export.contract import metadata as md
 from ddpm_export.contract.info import ModelInfo
 from ddpm_export.contract.sidecar import make_sidecar, sidecar_path, write_sidecar
 from ddpm_export.contract.spec import ExportSpec
+from ddpm_export.errors import BadInputError, InputNotFoundError, MissingDependencyError
 from ddpm_export.files import atomic_file, refuse_existing
 from ddpm_export.gpu import import_cudart
 
@@ -63,8 +63,8 @@ def plan_engine(onnx_path: str | Path, *, fp16: bool | None = None) -> EnginePla
     if fp16 is not None and fp16 != (precision == "fp16"):
         want = "fp16" if fp16 else "fp32"
         raise BadInputError(f"{path} is a {precision} graph but {want} was asked for; the precision lives in the ONNX "
-                         f"graph (TensorRT 11 has no FP16 builder flag): re-export it with "
-                         f"`ddpm-export onnx --precision {want} --target tensorrt`")
+                            f"graph (TensorRT 11 has no FP16 builder flag): re-export it with "
+                            f"`ddpm-export onnx --precision {want} --target tensorrt`")
     return EnginePlan(path, md.sha256_file(path), spec, precision, spec.profiles())
 
 

@@ -12,8 +12,8 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from ddpm_export.errors import NonFiniteOutputError, VerificationFailed
 from ddpm_export.contract.spec import ExportSpec
+from ddpm_export.errors import NonFiniteOutputError, VerificationFailed
 from ddpm_export.metrics import FP16_REL_L2, FP32_MAX_ABS, errors
 from ddpm_export.nn.unet import UNet
 

@@ -28,12 +28,13 @@ from typing import Any, Sequence
 
 from ddpm_export._version import __version__
 from ddpm_export.configbase import ConfigError
-from ddpm_export.diffusion.config import DiffusionConfig
-from ddpm_export.errors import IntegrityError
+from ddpm_export.contract.info import ModelInfo
 from ddpm_export.contract.metadata import sha256_file
 from ddpm_export.contract.sidecar import read_sidecar, sidecar_path
+from ddpm_export.diffusion.config import DiffusionConfig
+from ddpm_export.errors import IntegrityError
 from ddpm_export.files import atomic_dir
-from ddpm_export.runtime.info import ModelInfo, read_metadata
+from ddpm_export.runtime.info import read_metadata
 
 __all__ = ["FORMAT", "MANIFEST", "BundleError", "Manifest", "make_bundle", "read_manifest", "verify_bundle"]
 

@@ -12,8 +12,8 @@ from typing import Any, Sequence
 import numpy as np
 import onnxruntime as ort
 
-from ddpm_export.errors import BadInputError, InputNotFoundError
 from ddpm_export.contract.spec import OUT_NAME, ExportSpec, feeds_for
+from ddpm_export.errors import BadInputError, InputNotFoundError
 
 __all__ = ["DEFAULT_PROVIDERS", "OnnxRuntimeBackend", "create_session"]
 

@@ -22,9 +22,9 @@ from tqdm.auto import tqdm
 
 from ddpm_export.checks import check_guidance_scale, check_seed, check_steps, check_x_T, chunk_size, is_int
 from ddpm_export.configbase import check_choice
+from ddpm_export.contract.info import ModelInfo
 from ddpm_export.diffusion import SCHEDULERS, Backend, DiffusionConfig, make_scheduler, sample
 from ddpm_export.errors import BadInputError
-from ddpm_export.runtime.info import ModelInfo
 
 __all__ = ["Pipeline", "SampleRequest", "chunk_seed"]
 
@@ -88,8 +88,8 @@ class Pipeline:
     def __init__(self, backend: Backend, info: ModelInfo, *, source: str = "model") -> None:
         if info.spec.out_channels != info.spec.in_channels:
             raise BadInputError(f"{source}: the model outputs {info.spec.out_channels} channels for "
-                             f"{info.spec.in_channels} input channels; the samplers read one prediction "
-                             f"per input channel (learned-variance outputs are not supported)")
+                                f"{info.spec.in_channels} input channels; the samplers read one prediction "
+                                f"per input channel (learned-variance outputs are not supported)")
         self.backend = backend
         self.info = info
         self.source = source

@@ -15,10 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from ddpm_export.errors import BadInputError
-from ddpm_export.gpu import import_cudart, import_tensorrt
 from ddpm_export.contract.sidecar import EngineMismatchError, check_sidecar, read_sidecar, sidecar_path
 from ddpm_export.contract.spec import OUT_NAME, ExportSpec, feeds_for
+from ddpm_export.errors import BadInputError
+from ddpm_export.gpu import import_cudart, import_tensorrt
 
 __all__ = ["EngineMismatchError", "TensorRTBackend", "read_sidecar", "sidecar_path"]
 

@@ -32,13 +32,13 @@ from safetensors.torch import save as safetensors_save  # noqa: E402
 
 from ddpm_export import __version__  # noqa: E402
 from ddpm_export.config import UNetConfig  # noqa: E402
-from ddpm_export.diffusion.config import DiffusionConfig  # noqa: E402
 from ddpm_export.contract import metadata as md
+from ddpm_export.contract.spec import ExportSpec  # noqa: E402
+from ddpm_export.diffusion.config import DiffusionConfig  # noqa: E402
 from ddpm_export.export import graph  # noqa: E402
 from ddpm_export.export import onnx as onnx_export  # noqa: E402
 from ddpm_export.export import validate as validate_mod  # noqa: E402
 from ddpm_export.export.onnx import DEFAULT_OPSET, ExportResult, export_onnx  # noqa: E402
-from ddpm_export.contract.spec import ExportSpec  # noqa: E402
 from ddpm_export.export.validate import ValidationError  # noqa: E402
 from ddpm_export.nn.attention import Attention  # noqa: E402
 from ddpm_export.nn.checkpoint import WEIGHTS_NAME, load_model  # noqa: E402
