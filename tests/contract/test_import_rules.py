@@ -139,3 +139,17 @@ def test_layering(package, forbidden):
     assert modules
     bad = {m: sorted(f for f in forbidden for hit in [_under(reachable(m), f)] if hit) for m in modules}
     assert not {m: b for m, b in bad.items() if b}, f"{package} reaches what it must not: {bad}"
+
+
+def test_importing_the_contract_loads_no_torch_or_onnx():
+    """The same rule, at run time: every contract module imports without torch, onnx or onnxruntime."""
+    import subprocess
+    import sys
+
+    code = ("import importlib, pkgutil, sys, ddpm_export.contract as c\n"
+            "for m in pkgutil.iter_modules(c.__path__): importlib.import_module(f'{c.__name__}.{m.name}')\n"
+            "loaded = sorted(m for m in ('torch', 'onnx', 'onnxruntime') if m in sys.modules)\n"
+            "assert not loaded, loaded")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=PACKAGE.parent)
+    assert proc.returncode == 0, proc.stderr
