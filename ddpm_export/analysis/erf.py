@@ -1,0 +1,109 @@
+"""Effective receptive field (ERF; Luo et al. 2016, "Understanding the Effective Receptive Field
+in Deep Convolutional Neural Networks").
+
+The ERF map is ``E[|d y_c / d x|]``: the gradient of the centre output pixel ``y_c`` (summed over
+output channels) with respect to the input ``x [B, C, H, W]``, absolute, summed over input
+channels and averaged over random inputs (and, for a U-Net, several timesteps): ``[H, W]``.
+Its size is the half-width ``r95`` of the smallest square window around the centre that holds
+95% of the map's mass; the ERF diameter ``2 r95 + 1`` is compared with the theoretical RF
+(:mod:`ddpm_export.analysis.receptive_field`), whose diameter it is along one axis.
+
+A centre pixel cannot see further than the image border, so next to ``ratio = diameter / RF``
+we report ``ratio_visible = diameter / min(RF, 2 r_max + 1)`` with ``r_max`` the largest window
+half-width that still touches the image.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from ddpm_export.analysis.inputs import example_inputs
+from ddpm_export.nn.unet import UNet
+
+__all__ = ["ErfResult", "default_timesteps", "erf_radius", "gradient_map", "measure_erf", "unet_gradient_map"]
+
+MASS = 0.95
+
+
+@dataclasses.dataclass(frozen=True)
+class ErfResult:
+    map: np.ndarray           # [H, W] mean |gradient|
+    centre: tuple[int, int]
+    radius: int               # r95: half-width of the square window holding MASS of the map
+    theoretical_rf: float
+
+    @property
+    def diameter(self) -> int:
+        return 2 * self.radius + 1
+
+    @property
+    def ratio(self) -> float:
+        return self.diameter / self.theoretical_rf
+
+    @property
+    def visible_rf(self) -> float:
+        h, w = self.map.shape
+        r_max = max(self.centre[0], h - 1 - self.centre[0], self.centre[1], w - 1 - self.centre[1])
+        return min(self.theoretical_rf, 2 * r_max + 1)
+
+    @property
+    def ratio_visible(self) -> float:
+        return self.diameter / self.visible_rf
+
+
+def gradient_map(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> np.ndarray:
+    """``|d sum_c fn(x)[b, c, H'/2, W'/2] / d x|`` summed over input channels, averaged over the batch: [H, W].
+
+    The images of a batch do not interact (eval mode), so one backward pass gives each image's gradient.
+    """
+    x = x.detach().clone().requires_grad_(True)
+    out = fn(x)
+    cy, cx = out.shape[-2] // 2, out.shape[-1] // 2
+    (grad,) = torch.autograd.grad(out[:, :, cy, cx].sum(), x)
+    return grad.abs().sum(dim=1).mean(dim=0).double().numpy()
+
+
+def erf_radius(grad_map: np.ndarray, centre: tuple[int, int], mass: float = MASS) -> int:
+    """Smallest r such that the window ``|dy| <= r, |dx| <= r`` around ``centre`` holds ``mass`` of the map."""
+    total = grad_map.sum()
+    if not total > 0:
+        raise ValueError("the gradient map is zero everywhere: the output does not depend on the input")
+    h, w = grad_map.shape
+    cy, cx = centre
+    for r in range(max(h, w)):
+        window = grad_map[max(cy - r, 0):cy + r + 1, max(cx - r, 0):cx + r + 1].sum()
+        if window >= mass * total * (1 - 1e-12):
+            return r
+    return max(h, w) - 1
+
+
+def default_timesteps(num_train_timesteps: int, count: int = 4) -> list[int]:
+    """``count`` timesteps spread over [0, T): 0, T/(count-1), ..., T-1."""
+    return sorted({round(i * (num_train_timesteps - 1) / max(count - 1, 1)) for i in range(count)})
+
+
+def unet_gradient_map(unet: UNet, timesteps: Sequence[int], samples: int, seed: int = 0) -> np.ndarray:
+    """The ERF map of ``unet``: ``samples`` standard-normal inputs (and random conditioning) per timestep."""
+    cfg = unet.config
+    generator = torch.Generator().manual_seed(seed)
+    maps = []
+    for t in timesteps:
+        x, t_batch, cond = example_inputs(cfg, samples, generator=generator,
+                                          timesteps=torch.full((samples,), int(t), dtype=torch.long))
+        maps.append(gradient_map(lambda inp: unet(inp, t_batch, cond), x))
+    return np.mean(maps, axis=0)
+
+
+def measure_erf(unet: UNet, theoretical_rf: float, *, timesteps: Sequence[int] | None = None,
+                samples: int = 2, seed: int = 0) -> ErfResult:
+    """The ERF of ``unet`` (in eval mode) against its theoretical RF."""
+    unet.eval()
+    steps = list(timesteps) if timesteps is not None else default_timesteps(unet.config.num_train_timesteps)
+    grad_map = unet_gradient_map(unet, steps, samples, seed)
+    s = unet.config.sample_size
+    centre = (s // 2, s // 2)
+    return ErfResult(grad_map, centre, erf_radius(grad_map, centre), theoretical_rf)

@@ -1,0 +1,132 @@
+"""``ddpm-export inspect``'s report: one JSON-ready dict and its text tables."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from ddpm_export.analysis.blocks import BlockTable
+from ddpm_export.analysis.erf import ErfResult
+from ddpm_export.analysis.profile import CATEGORIES, Profile
+from ddpm_export.analysis.whatif import WhatIf
+
+#: blocks listed by name in the profile; the rest are summed
+TOP_BLOCKS = 12
+
+__all__ = ["add_erf", "add_profile", "build_report", "format_erf", "format_profile", "format_tables"]
+
+
+def build_report(model: str, weights: str, model_params: int, table: BlockTable, base: WhatIf,
+                 variants: list[WhatIf]) -> dict[str, Any]:
+    """The static analysis as plain JSON types. ``total_flops`` is per image (batch 1)."""
+    return {
+        "model": model, "weights": weights, "batch": table.batch,
+        "total_params": model_params, "block_params": table.total_params,
+        "total_flops": table.total_flops, "flop_counter_flops": table.flop_counter_flops,
+        "theoretical_rf": table.rf,
+        "blocks": [dataclasses.asdict(r) for r in table.rows],
+        "what_if": [dataclasses.asdict(w) for w in (base, *variants)],
+        "seconds": {},
+    }
+
+
+def add_erf(report: dict[str, Any], erf: ErfResult, timesteps: list[int], samples: int) -> None:
+    report.update(erf_radius=erf.radius, erf_diameter=erf.diameter, erf_ratio=erf.ratio,
+                  visible_rf=erf.visible_rf, erf_ratio_visible=erf.ratio_visible,
+                  erf_timesteps=timesteps, erf_samples=samples)
+
+
+def add_profile(report: dict[str, Any], profile: Profile) -> None:
+    report["profile"] = {"runs": profile.runs, "batch": profile.batch, "threads": profile.threads,
+                         "total_us": profile.total_us, "by_category_us": profile.by_category,
+                         "by_block_us": profile.by_block, "by_op_us": profile.by_op}
+
+
+def _fmt_int(n: int | None) -> str:
+    return "-" if n is None else f"{n:,}"
+
+
+def _fmt_bytes(n: int) -> str:
+    if n == 0:
+        return "-"
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} B"
+
+
+def _table(header: list[str], rows: list[list[str]], right: set[int]) -> list[str]:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    fmt = lambda row: "  ".join(c.rjust(w) if i in right else c.ljust(w)  # noqa: E731
+                                for i, (c, w) in enumerate(zip(row, widths))).rstrip()
+    return [fmt(header), fmt(["-" * w for w in widths]), *(fmt(r) for r in rows)]
+
+
+def _block_lines(report: dict[str, Any]) -> list[str]:
+    rows = []
+    for b in report["blocks"]:
+        res = "-" if b["resolution"] is None else f"{b['resolution']}x{b['resolution']}"
+        rf = "-" if b["rf"] is None else f"{b['rf']:g}"
+        rows.append([b["name"], b["kind"], "-" if b["level"] is None else str(b["level"]), res,
+                     f"{b['in_channels']}->{b['out_channels']}", _fmt_int(b["params"]),
+                     f"{b['flops'] / 1e6:,.1f}", rf, str(b["attention_tokens"] or "-"), _fmt_bytes(b["score_bytes"])])
+    header = ["block", "kind", "level", "res", "channels", "params", "MFLOPs", "RF",
+              "attn tokens", f"scores @B={report['batch']}"]
+    return _table(header, rows, right={2, 3, 5, 6, 7, 8, 9})
+
+
+def _totals_lines(report: dict[str, Any]) -> list[str]:
+    params_ok = "agrees" if report["total_params"] == report["block_params"] else "DIFFERS"
+    flops_ok = "agrees" if report["total_flops"] == report["flop_counter_flops"] else "DIFFERS"
+    lines = [f"parameters {report['total_params']:,} (model) = {report['block_params']:,} (sum of blocks): {params_ok}",
+             f"FLOPs per image {report['total_flops']:,} (sum of blocks) vs {report['flop_counter_flops']:,} "
+             f"(torch FlopCounterMode): {flops_ok}",
+             f"theoretical receptive field of the output: {report['theoretical_rf']:g} px "
+             f"(convolutional path; attention and norms not counted)"]
+    return lines
+
+
+def _whatif_lines(report: dict[str, Any]) -> list[str]:
+    base = report["what_if"][0]
+    rows = []
+    for w in report["what_if"]:
+        if w["error"] is not None:
+            rows.append([w["change"], "-", "-", "-", "-", f"invalid: {w['error']}"])
+            continue
+        rows.append([w["change"], _fmt_int(w["params"]), f"{w['params'] / base['params']:.2f}x",
+                     f"{w['flops'] / 1e6:,.1f}", f"{w['flops'] / base['flops']:.2f}x", _fmt_bytes(w["score_bytes"])])
+    return _table(["what if", "params", "", "MFLOPs", "", f"scores @B={report['batch']}"], rows, right={1, 2, 3, 4, 5})
+
+
+def format_profile(report: dict[str, Any]) -> str:
+    """The profile section: share of kernel time per op category and per block."""
+    p = report["profile"]
+    total = p["total_us"] or 1.0
+    lines = [f"ONNX Runtime CPU profile: {p['runs']} runs at batch {p['batch']}, {p['threads']} thread(s), "
+             f"{total / p['runs'] / 1e3:.2f} ms of kernel time per run"]
+    lines += _table(["op category", "share"],
+                    [[c, f"{p['by_category_us'][c] / total:6.1%}"] for c in CATEGORIES], right={1})
+    ranked = sorted(p["by_block_us"].items(), key=lambda kv: -kv[1])
+    rows = [[k, f"{v / total:6.1%}"] for k, v in ranked[:TOP_BLOCKS]]
+    if len(ranked) > TOP_BLOCKS:
+        rest = sum(v for _, v in ranked[TOP_BLOCKS:])
+        rows.append([f"({len(ranked) - TOP_BLOCKS} more blocks)", f"{rest / total:6.1%}"])
+    lines.append("")
+    lines += _table(["block", "share"], rows, right={1})
+    return "\n".join(lines)
+
+
+def format_tables(report: dict[str, Any]) -> str:
+    """Block table, totals and what-if table."""
+    lines = [f"{report['model']}: {report['total_params']:,} parameters, "
+             f"{report['total_flops'] / 1e9:.3f} GFLOPs per image", ""]
+    return "\n".join(lines + _block_lines(report) + [""] + _totals_lines(report) + [""] + _whatif_lines(report))
+
+
+def format_erf(report: dict[str, Any]) -> str:
+    """The effective receptive field in one sentence."""
+    return (f"effective receptive field ({report['weights']} weights, {len(report['erf_timesteps'])} timesteps x "
+            f"{report['erf_samples']} inputs): 95% of the gradient mass within {report['erf_diameter']}x"
+            f"{report['erf_diameter']} px (r95 = {report['erf_radius']}); ratio to the theoretical RF "
+            f"{report['erf_ratio']:.3f}, to the RF the image lets the centre pixel see ({report['visible_rf']:g} px) "
+            f"{report['erf_ratio_visible']:.3f}")

@@ -1,0 +1,89 @@
+"""`ddpm-export inspect`: the architecture of a model, measured (blocks, receptive fields, what-if
+costs, and where ONNX Runtime spends its time)."""
+
+from __future__ import annotations
+
+import click
+
+
+class BadInput(click.ClickException):
+    """Bad input or environment: exit status 2."""
+
+    exit_code = 2
+
+
+@click.command("inspect")
+@click.option("--model", "-m", "model", required=True,
+              help="A preset name (see `ddpm-export models`), our checkpoint folder, or a diffusers UNet2DModel folder.")
+@click.option("--batch", "-b", type=click.IntRange(1), default=1,
+              help="Batch for the attention score-matrix sizes and the profile (FLOPs are per image).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the report as JSON here.")
+@click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Write the ERF heat map as a PNG here.")
+@click.option("--erf-samples", type=click.IntRange(1), default=2,
+              help="Random inputs per timestep for the effective receptive field (4 timesteps).")
+@click.option("--profile", is_flag=True, help="Also export to ONNX and profile ONNX Runtime (CPU) over a few calls.")
+@click.option("--profile-runs", type=click.IntRange(1), default=5, help="Profiled calls (after one warm-up call).")
+@click.option("--threads", type=click.IntRange(1), default=1, help="Threads for torch and ONNX Runtime.")
+@click.option("--force", is_flag=True, help="Overwrite existing output files.")
+def command(model: str, batch: int, json_path: str | None, plot: str | None, erf_samples: int, profile: bool,
+            profile_runs: int, threads: int, force: bool) -> None:
+    """Per-block table (level, resolution, channels, parameters, FLOPs, receptive field, attention
+    cost), totals cross-checked against torch's FlopCounterMode, the effective receptive field,
+    what-if costs of separable convolutions and attention, and with --profile the share of ONNX
+    Runtime time per op category and per block.
+
+    \b
+    Examples:
+      ddpm-export inspect --model ddpm-cifar10 --profile
+      ddpm-export inspect --model tiny --batch 8 --json tiny.json --plot erf.png
+    """
+    import json
+    import time
+
+    import torch
+
+    from ddpm_export import load_model
+    from ddpm_export.analysis import report as rep
+    from ddpm_export.analysis.blocks import block_table
+    from ddpm_export.analysis.erf import default_timesteps, measure_erf
+    from ddpm_export.analysis.plot import save_erf_plot
+    from ddpm_export.analysis.whatif import what_if
+    from ddpm_export.files import atomic_file, refuse_existing
+    from ddpm_export.nn.checkpoint import weights_path
+
+    start = time.perf_counter()
+    try:
+        for path in (json_path, plot):
+            if path is not None:
+                refuse_existing(path, force)
+        torch.set_num_threads(threads)
+        unet = load_model(model)
+        weights = "trained" if weights_path(model) is not None else "seed-initialised"
+    except (ValueError, FileExistsError, FileNotFoundError) as e:
+        raise BadInput(str(e)) from e
+    table = block_table(unet.config, batch)
+    report = rep.build_report(str(model), weights, sum(p.numel() for p in unet.parameters()), table,
+                              *what_if(unet.config, batch))
+    report["seconds"]["tables"] = time.perf_counter() - start
+    click.echo(rep.format_tables(report))
+
+    start = time.perf_counter()
+    timesteps = default_timesteps(unet.config.num_train_timesteps)
+    erf = measure_erf(unet, table.rf, timesteps=timesteps, samples=erf_samples)
+    rep.add_erf(report, erf, timesteps, erf_samples)
+    report["seconds"]["erf"] = time.perf_counter() - start
+    click.echo(rep.format_erf(report))
+
+    if profile:
+        from ddpm_export.analysis.profile import profile_onnxruntime
+
+        start = time.perf_counter()
+        rep.add_profile(report, profile_onnxruntime(unet, batch=batch, runs=profile_runs, threads=threads))
+        report["seconds"]["profile"] = time.perf_counter() - start
+        click.echo("\n" + rep.format_profile(report))
+    if plot is not None:
+        click.echo(f"wrote {save_erf_plot(erf, plot, force=force)}")
+    if json_path is not None:
+        with atomic_file(json_path, force=force) as tmp:
+            tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        click.echo(f"wrote {json_path}")
