@@ -36,7 +36,8 @@ class BlockRow:
     out_channels: int
     params: int
     flops: int                # per image, at the model's sample size
-    rf: float | None
+    rf: float | None          # exact: the worst-aligned output position (receptive_field.RF.size)
+    rf_formula: float | None  # the design's formula, upsampling dividing the jump
     rf_jump: float | None     # input pixels between neighbouring output positions
     attention_tokens: int     # queries of the block's spatial attention (H*W), 0 without
     score_bytes: int          # float32 score matrices of all its attention calls at the batch
@@ -49,7 +50,8 @@ class BlockTable:
     total_params: int
     total_flops: int          # sum of the rows
     flop_counter_flops: int   # torch.utils.flop_counter.FlopCounterMode on the same pass
-    rf: float                 # theoretical RF of the model's output
+    rf: float                 # theoretical RF of the model's output (exact)
+    rf_formula: float         # the same by the design's formula
 
 
 def meta_model(cfg: UNetConfig) -> UNet:
@@ -115,7 +117,7 @@ def block_table(cfg: UNetConfig, batch: int = 1) -> BlockTable:
     rows = tuple(_row(name, modules[name], shapes, counted, batch, len(cfg.channel_mult))
                  for name, shapes in seen.items())  # in the order the blocks ran
     return BlockTable(rows, batch, sum(p.numel() for p in unet.parameters()), sum(r.flops for r in rows),
-                      counter, float(model_rf.size))
+                      counter, float(model_rf.size), float(model_rf.formula))
 
 
 def _row(name: str, module: nn.Module, shapes: tuple[torch.Size, torch.Size, Any], counted: FlopHooks,
@@ -131,6 +133,7 @@ def _row(name: str, module: nn.Module, shapes: tuple[torch.Size, torch.Size, Any
         out_channels=int(shape_out[1] if len(shape_out) == 4 else shape_out[-1]),
         params=sum(p.numel() for p in module.parameters()),
         flops=sum(f for key, f in counted.flops.items() if inside(key)),
-        rf=None if rf is None else float(rf.size), rf_jump=None if rf is None else float(rf.jump),
+        rf=None if rf is None else float(rf.size), rf_formula=None if rf is None else float(rf.formula),
+        rf_jump=None if rf is None else float(rf.jump),
         attention_tokens=max((c.queries for c in calls if c.queries == spatial), default=0),
         score_bytes=sum(c.score_bytes(batch) for c in calls))

@@ -23,7 +23,7 @@ def build_report(model: str, weights: str, model_params: int, table: BlockTable,
         "model": model, "weights": weights, "batch": table.batch,
         "total_params": model_params, "block_params": table.total_params,
         "total_flops": table.total_flops, "flop_counter_flops": table.flop_counter_flops,
-        "theoretical_rf": table.rf,
+        "theoretical_rf": table.rf, "theoretical_rf_formula": table.rf_formula,
         "blocks": [dataclasses.asdict(r) for r in table.rows],
         "what_if": [dataclasses.asdict(w) for w in (base, *variants)],
         "seconds": {},
@@ -66,7 +66,7 @@ def _block_lines(report: dict[str, Any]) -> list[str]:
     rows = []
     for b in report["blocks"]:
         res = "-" if b["resolution"] is None else f"{b['resolution']}x{b['resolution']}"
-        rf = "-" if b["rf"] is None else f"{b['rf']:g}"
+        rf = "-" if b["rf"] is None else f"{b['rf']:g}" + ("" if b["rf"] == b["rf_formula"] else f" ({b['rf_formula']:g})")
         rows.append([b["name"], b["kind"], "-" if b["level"] is None else str(b["level"]), res,
                      f"{b['in_channels']}->{b['out_channels']}", _fmt_int(b["params"]),
                      f"{b['flops'] / 1e6:,.1f}", rf, str(b["attention_tokens"] or "-"), _fmt_bytes(b["score_bytes"])])
@@ -81,8 +81,9 @@ def _totals_lines(report: dict[str, Any]) -> list[str]:
     lines = [f"parameters {report['total_params']:,} (model) = {report['block_params']:,} (sum of blocks): {params_ok}",
              f"FLOPs per image {report['total_flops']:,} (sum of blocks) vs {report['flop_counter_flops']:,} "
              f"(torch FlopCounterMode): {flops_ok}",
-             f"theoretical receptive field of the output: {report['theoretical_rf']:g} px "
-             f"(convolutional path; attention and norms not counted)"]
+             f"theoretical receptive field of the output: {report['theoretical_rf']:g} px, worst-aligned position "
+             f"({report['theoretical_rf_formula']:g} by the formula with upsampling dividing the jump; "
+             f"convolutions only: attention and norms make it global)"]
     return lines
 
 

@@ -1,0 +1,64 @@
+"""The effective receptive field: exact on a single 3x3 conv, the 95% radius on known maps, and
+sane on a U-Net."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from ddpm_export import load_model
+from ddpm_export.analysis.blocks import block_table
+from ddpm_export.analysis.erf import ErfResult, default_timesteps, erf_radius, gradient_map, measure_erf
+
+
+@pytest.mark.parametrize("init", ["ones", "random"])
+def test_erf_of_a_single_3x3_conv_is_its_3x3_support(init):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(2, 4, 3, padding=1)
+    if init == "ones":
+        nn.init.ones_(conv.weight)
+    grad_map = gradient_map(conv, torch.randn(3, 2, 16, 16))
+    support = np.zeros((16, 16), dtype=bool)
+    support[7:10, 7:10] = True  # the centre output pixel (8, 8) reads rows and columns 7..9
+    assert np.array_equal(grad_map > 0, support)
+    if init == "ones":  # d/dx of a sum of 4 channels of ones-weights: 4 everywhere in the support, per channel 2
+        np.testing.assert_array_equal(grad_map[support], 4 * 2)
+    result = ErfResult(grad_map, (8, 8), erf_radius(grad_map, (8, 8)), theoretical_rf=3)
+    assert (result.radius, result.diameter, result.ratio) == (1, 3, 1.0)
+
+
+def test_erf_radius_on_known_maps():
+    delta = np.zeros((9, 9))
+    delta[4, 4] = 1
+    assert erf_radius(delta, (4, 4)) == 0
+    flat = np.ones((9, 9))  # windows of half-width r hold (2r+1)^2 / 81: 95% needs the whole map
+    assert erf_radius(flat, (4, 4)) == 4
+    ring = np.zeros((9, 9))
+    ring[4, 4], ring[4, 6] = 1, 19  # 19/20 = 95% sits 2 columns away
+    assert erf_radius(ring, (4, 4)) == 2
+    with pytest.raises(ValueError, match="zero everywhere"):
+        erf_radius(np.zeros((3, 3)), (1, 1))
+
+
+def test_visible_rf_is_bounded_by_the_image():
+    result = ErfResult(np.ones((16, 16)), (8, 8), radius=5, theoretical_rf=61)
+    assert result.visible_rf == 17 and result.ratio == pytest.approx(11 / 61)
+    assert result.ratio_visible == pytest.approx(11 / 17)
+
+
+def test_default_timesteps_span_the_schedule():
+    assert default_timesteps(1000) == [0, 333, 666, 999]
+
+
+def test_unet_erf_is_measured_and_bounded():
+    torch.manual_seed(0)
+    model = load_model("tiny")
+    rf = block_table(model.config).rf
+    result = measure_erf(model, rf, timesteps=[10, 900], samples=2)
+    assert result.map.shape == (16, 16) and np.all(result.map >= 0) and result.map[8, 8] > 0
+    assert 1 <= result.radius <= 8 and 0 < result.ratio_visible <= 1
+    # deterministic for a seed
+    again = measure_erf(model, rf, timesteps=[10, 900], samples=2)
+    np.testing.assert_array_equal(result.map, again.map)

@@ -1,0 +1,51 @@
+"""`ddpm-export inspect` on the tiny preset: tables, JSON keys, the ERF PNG, refusing outputs."""
+
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+from PIL import Image
+
+from ddpm_export import load_model
+from ddpm_export.cli import main
+
+
+def test_inspect_writes_json_and_plot_and_refuses_to_overwrite(tmp_path):
+    out, png = tmp_path / "tiny.json", tmp_path / "erf.png"
+    args = ["inspect", "--model", "tiny", "--batch", "2", "--json", str(out), "--plot", str(png), "--erf-samples", "1"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    for text in ("down.1.attentions.0", "FlopCounterMode", "agrees", "effective receptive field", "separable on"):
+        assert text in result.output
+    report = json.loads(out.read_text())
+    params = sum(p.numel() for p in load_model("tiny").parameters())
+    assert report["total_params"] == params == 177_427
+    assert report["total_flops"] == report["flop_counter_flops"] > 0
+    assert 0 < report["erf_ratio"] <= report["erf_ratio_visible"] <= 1
+    assert report["theoretical_rf"] == 61 and report["batch"] == 2
+    assert {"blocks", "what_if", "erf_radius", "seconds"} <= set(report)
+    with Image.open(png) as img:
+        assert img.format == "PNG" and img.size == (16 * 16, 16 * 16)
+
+    before = out.read_bytes()
+    again = CliRunner().invoke(main, args)
+    assert again.exit_code == 2 and "--force" in again.output and str(out) in again.output
+    assert out.read_bytes() == before
+    forced = CliRunner().invoke(main, [*args, "--force"])
+    assert forced.exit_code == 0, forced.output
+
+
+def test_inspect_profile_prints_shares(tmp_path):
+    result = CliRunner().invoke(main, ["inspect", "-m", "tiny", "--profile", "--profile-runs", "1",
+                                       "--erf-samples", "1"])
+    assert result.exit_code == 0, result.output
+    assert "ONNX Runtime CPU profile" in result.output
+    for category in ("conv", "attention", "normalization", "elementwise"):
+        assert category in result.output.split("ONNX Runtime CPU profile")[1]
+
+
+def test_inspect_unknown_model_is_bad_input():
+    result = CliRunner().invoke(main, ["inspect", "--model", "no-such-model"])
+    assert result.exit_code == 2 and "no-such-model" in result.output
+    assert "Traceback" not in result.output
