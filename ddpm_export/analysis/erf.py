@@ -5,7 +5,8 @@ The ERF map is ``E[|d y_c / d x|]``: the gradient of the centre output pixel ``y
 output channels) with respect to the input ``x [B, C, H, W]``, absolute, summed over input
 channels and averaged over random inputs (and, for a U-Net, several timesteps): ``[H, W]``.
 Its size is the half-width ``r95`` of the smallest square window around the centre that holds
-95% of the map's mass; the ERF diameter ``2 r95 + 1`` is compared with the theoretical RF
+95% of the map's mass (``r50``, the half-mass radius, describes its core); the ERF diameter
+``2 r95 + 1`` is compared with the theoretical RF
 (:mod:`ddpm_export.analysis.receptive_field`), whose diameter it is along one axis.
 
 A centre pixel cannot see further than the image border, so next to ``ratio = diameter / RF``
@@ -22,9 +23,10 @@ import numpy as np
 import torch
 
 from ddpm_export.analysis.inputs import example_inputs
+from ddpm_export.config import UNetConfig
 from ddpm_export.nn.unet import UNet
 
-__all__ = ["ErfResult", "default_timesteps", "erf_radius", "gradient_map", "measure_erf", "unet_gradient_map"]
+__all__ = ["ErfResult", "check_erf_size", "default_timesteps", "erf_radius", "gradient_map", "measure_erf", "unet_gradient_map"]
 
 MASS = 0.95
 
@@ -35,6 +37,11 @@ class ErfResult:
     centre: tuple[int, int]
     radius: int               # r95: half-width of the square window holding MASS of the map
     theoretical_rf: float
+
+    @property
+    def half_mass_radius(self) -> int:
+        """r50: half-width of the square window holding half the map's mass (the ERF's core)."""
+        return erf_radius(self.map, self.centre, 0.5)
 
     @property
     def diameter(self) -> int:
@@ -86,24 +93,41 @@ def default_timesteps(num_train_timesteps: int, count: int = 4) -> list[int]:
     return sorted({round(i * (num_train_timesteps - 1) / max(count - 1, 1)) for i in range(count)})
 
 
-def unet_gradient_map(unet: UNet, timesteps: Sequence[int], samples: int, seed: int = 0) -> np.ndarray:
-    """The ERF map of ``unet``: ``samples`` standard-normal inputs (and random conditioning) per timestep."""
+def unet_gradient_map(unet: UNet, timesteps: Sequence[int], samples: int, seed: int = 0,
+                      size: int | None = None) -> np.ndarray:
+    """The ERF map of ``unet``: ``samples`` standard-normal inputs [size x size] (and random
+    conditioning) per timestep."""
     cfg = unet.config
     generator = torch.Generator().manual_seed(seed)
     maps = []
     for t in timesteps:
-        x, t_batch, cond = example_inputs(cfg, samples, generator=generator,
+        x, t_batch, cond = example_inputs(cfg, samples, generator=generator, size=size,
                                           timesteps=torch.full((samples,), int(t), dtype=torch.long))
         maps.append(gradient_map(lambda inp: unet(inp, t_batch, cond), x))
     return np.mean(maps, axis=0)
 
 
+def check_erf_size(cfg: UNetConfig, size: int | None) -> int:
+    """The ERF input size (``size`` or the sample size); ValueError when the model cannot run at it."""
+    s = size or cfg.sample_size
+    factor = 2 ** (len(cfg.channel_mult) - 1)
+    if s % factor:
+        raise ValueError(f"ERF input size {s} must be divisible by 2**(levels-1) = {factor}")
+    if s != cfg.sample_size and cfg.positional_encoding != "none":
+        raise ValueError(f"ERF input size {s}: this model's {cfg.positional_encoding!r} position codes are fixed to "
+                         f"its sample size {cfg.sample_size}")
+    return s
+
+
 def measure_erf(unet: UNet, theoretical_rf: float, *, timesteps: Sequence[int] | None = None,
-                samples: int = 2, seed: int = 0) -> ErfResult:
-    """The ERF of ``unet`` (in eval mode) against its theoretical RF."""
+                samples: int = 2, seed: int = 0, size: int | None = None) -> ErfResult:
+    """The ERF of ``unet`` (in eval mode) against its theoretical RF, on inputs of ``size`` x
+    ``size`` (default: the model's sample size; a larger one moves the image borders away, so the
+    ERF is limited by the network, not the image; models with position codes need their own size)."""
+    cfg = unet.config
+    s = check_erf_size(cfg, size)
     unet.eval()
-    steps = list(timesteps) if timesteps is not None else default_timesteps(unet.config.num_train_timesteps)
-    grad_map = unet_gradient_map(unet, steps, samples, seed)
-    s = unet.config.sample_size
+    steps = list(timesteps) if timesteps is not None else default_timesteps(cfg.num_train_timesteps)
+    grad_map = unet_gradient_map(unet, steps, samples, seed, size=s)
     centre = (s // 2, s // 2)
     return ErfResult(grad_map, centre, erf_radius(grad_map, centre), theoretical_rf)

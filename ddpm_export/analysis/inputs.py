@@ -11,11 +11,12 @@ CONTEXT_LENGTH = 8
 
 
 def example_inputs(cfg: UNetConfig, batch: int, *, device: str | torch.device = "cpu",
-                   timesteps: torch.Tensor | None = None,
+                   timesteps: torch.Tensor | None = None, size: int | None = None,
                    generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Standard-normal ``x`` at the model's sample size, ``t`` (default: T/2 for every image) and
-    the conditioning the model needs: random class ids, or a random context [B, 8, context_dim]."""
-    s = cfg.sample_size
+    """Standard-normal ``x`` [B, C, size, size] (default: the model's sample size), ``t`` (default:
+    T/2 for every image) and the conditioning the model needs: random class ids, or a random
+    context [B, 8, context_dim]."""
+    s = size or cfg.sample_size
     meta = torch.device(device).type == "meta"
 
     def randn(*shape: int) -> torch.Tensor:

@@ -31,9 +31,10 @@ def build_report(model: str, weights: str, model_params: int, table: BlockTable,
 
 
 def add_erf(report: dict[str, Any], erf: ErfResult, timesteps: list[int], samples: int) -> None:
-    report.update(erf_radius=erf.radius, erf_diameter=erf.diameter, erf_ratio=erf.ratio,
+    report.update(erf_radius=erf.radius, erf_diameter=erf.diameter, erf_half_mass_radius=erf.half_mass_radius,
+                  erf_ratio=erf.ratio,
                   visible_rf=erf.visible_rf, erf_ratio_visible=erf.ratio_visible,
-                  erf_timesteps=timesteps, erf_samples=samples)
+                  erf_timesteps=timesteps, erf_samples=samples, erf_size=int(erf.map.shape[0]))
 
 
 def add_profile(report: dict[str, Any], profile: Profile) -> None:
@@ -127,7 +128,8 @@ def format_tables(report: dict[str, Any]) -> str:
 def format_erf(report: dict[str, Any]) -> str:
     """The effective receptive field in one sentence."""
     return (f"effective receptive field ({report['weights']} weights, {len(report['erf_timesteps'])} timesteps x "
-            f"{report['erf_samples']} inputs): 95% of the gradient mass within {report['erf_diameter']}x"
-            f"{report['erf_diameter']} px (r95 = {report['erf_radius']}); ratio to the theoretical RF "
+            f"{report['erf_samples']} inputs of {report['erf_size']}x{report['erf_size']}): 95% of the gradient mass within {report['erf_diameter']}x"
+            f"{report['erf_diameter']} px (r95 = {report['erf_radius']}, half the mass within r50 = "
+            f"{report['erf_half_mass_radius']}); ratio to the theoretical RF "
             f"{report['erf_ratio']:.3f}, to the RF the image lets the centre pixel see ({report['visible_rf']:g} px) "
             f"{report['erf_ratio_visible']:.3f}")

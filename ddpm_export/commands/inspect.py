@@ -21,11 +21,15 @@ class BadInput(click.ClickException):
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Write the ERF heat map as a PNG here.")
 @click.option("--erf-samples", type=click.IntRange(1), default=2,
               help="Random inputs per timestep for the effective receptive field (4 timesteps).")
+@click.option("--erf-size", type=click.IntRange(1), default=None,
+              help="Input size for the ERF (default: the model's sample size); a larger one keeps the image "
+                   "borders out of the measurement.")
 @click.option("--profile", is_flag=True, help="Also export to ONNX and profile ONNX Runtime (CPU) over a few calls.")
 @click.option("--profile-runs", type=click.IntRange(1), default=5, help="Profiled calls (after one warm-up call).")
 @click.option("--threads", type=click.IntRange(1), default=1, help="Threads for torch and ONNX Runtime.")
 @click.option("--force", is_flag=True, help="Overwrite existing output files.")
-def command(model: str, batch: int, json_path: str | None, plot: str | None, erf_samples: int, profile: bool,
+def command(model: str, batch: int, json_path: str | None, plot: str | None, erf_samples: int,
+            erf_size: int | None, profile: bool,
             profile_runs: int, threads: int, force: bool) -> None:
     """Per-block table (level, resolution, channels, parameters, FLOPs, receptive field, attention
     cost), totals cross-checked against torch's FlopCounterMode, the effective receptive field,
@@ -45,7 +49,7 @@ def command(model: str, batch: int, json_path: str | None, plot: str | None, erf
     from ddpm_export import load_model
     from ddpm_export.analysis import report as rep
     from ddpm_export.analysis.blocks import block_table
-    from ddpm_export.analysis.erf import default_timesteps, measure_erf
+    from ddpm_export.analysis.erf import check_erf_size, default_timesteps, measure_erf
     from ddpm_export.analysis.plot import save_erf_plot
     from ddpm_export.analysis.whatif import what_if
     from ddpm_export.files import atomic_file, refuse_existing
@@ -61,6 +65,10 @@ def command(model: str, batch: int, json_path: str | None, plot: str | None, erf
         weights = "trained" if weights_path(model) is not None else "seed-initialised"
     except (ValueError, FileExistsError, FileNotFoundError) as e:
         raise BadInput(str(e)) from e
+    try:
+        check_erf_size(unet.config, erf_size)
+    except ValueError as e:
+        raise BadInput(f"--erf-size: {e}") from e
     table = block_table(unet.config, batch)
     report = rep.build_report(str(model), weights, sum(p.numel() for p in unet.parameters()), table,
                               *what_if(unet.config, batch))
@@ -69,7 +77,7 @@ def command(model: str, batch: int, json_path: str | None, plot: str | None, erf
 
     start = time.perf_counter()
     timesteps = default_timesteps(unet.config.num_train_timesteps)
-    erf = measure_erf(unet, table.rf, timesteps=timesteps, samples=erf_samples)
+    erf = measure_erf(unet, table.rf, timesteps=timesteps, samples=erf_samples, size=erf_size)
     rep.add_erf(report, erf, timesteps, erf_samples)
     report["seconds"]["erf"] = time.perf_counter() - start
     click.echo(rep.format_erf(report))

@@ -62,3 +62,15 @@ def test_unet_erf_is_measured_and_bounded():
     # deterministic for a seed
     again = measure_erf(model, rf, timesteps=[10, 900], samples=2)
     np.testing.assert_array_equal(result.map, again.map)
+
+
+def test_erf_on_a_larger_input_and_its_limits():
+    torch.manual_seed(0)
+    model = load_model("tiny")
+    result = measure_erf(model, 61, timesteps=[500], samples=1, size=32)
+    assert result.map.shape == (32, 32) and result.centre == (16, 16) and result.visible_rf == 33
+    assert 0 <= result.half_mass_radius <= result.radius
+    with pytest.raises(ValueError, match="divisible"):
+        measure_erf(model, 61, size=31)
+    with pytest.raises(ValueError, match="relative_bias"):
+        measure_erf(load_model("kitchen-sink"), 320, size=32)

@@ -49,3 +49,9 @@ def test_inspect_unknown_model_is_bad_input():
     result = CliRunner().invoke(main, ["inspect", "--model", "no-such-model"])
     assert result.exit_code == 2 and "no-such-model" in result.output
     assert "Traceback" not in result.output
+
+
+def test_inspect_erf_size_is_checked_before_any_work():
+    result = CliRunner().invoke(main, ["inspect", "--model", "kitchen-sink", "--erf-size", "32"])
+    assert result.exit_code == 2 and "--erf-size" in result.output and "relative_bias" in result.output
+    assert "block" not in result.output  # refused before the tables
