@@ -1,7 +1,8 @@
 """What-if costs: parameters and FLOPs of the same U-Net with one cost switch changed.
 
 Each variant is the model's UNetConfig with one field replaced (``dataclasses.replace``, so it is
-validated like any config) and counted on the meta device by :func:`block_table` (no weights).
+validated like any config) and counted on the meta device (no weights) with the same FLOP hooks
+as :func:`~ddpm_export.analysis.blocks.block_table`.
 Switches: ``separable`` (a k x k conv costs ``k^2 C_in C_out`` weights, depthwise + pointwise
 ``k^2 C_in + C_in C_out``), spatial attention at each feature-map size, and the bottleneck
 attention (``mid_attention``). A variant that the config rejects is reported with the reason.
@@ -11,11 +12,15 @@ from __future__ import annotations
 
 import dataclasses
 
-from ddpm_export.analysis.blocks import block_table
+import torch
+
+from ddpm_export.analysis.blocks import meta_model
+from ddpm_export.analysis.flops import FlopHooks
+from ddpm_export.analysis.inputs import example_inputs
 from ddpm_export.config import UNetConfig
 from ddpm_export.configbase import ConfigError
 
-__all__ = ["WhatIf", "what_if"]
+__all__ = ["WhatIf", "cost", "what_if"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,9 +47,18 @@ def _variants(cfg: UNetConfig) -> list[tuple[str, dict[str, object]]]:
     return out
 
 
+def cost(cfg: UNetConfig, change: str, batch: int = 1) -> WhatIf:
+    """Parameters, FLOPs per image and attention score bytes at ``batch`` of the UNet of ``cfg``."""
+    unet = meta_model(cfg)
+    x, t, cond = example_inputs(cfg, 1, device="meta")
+    with FlopHooks(unet) as counted, torch.no_grad():
+        unet(x, t, cond)
+    scores = sum(c.score_bytes(batch) for calls in counted.attention.values() for c in calls)
+    return WhatIf(change, sum(p.numel() for p in unet.parameters()), sum(counted.flops.values()), scores)
+
+
 def what_if(cfg: UNetConfig, batch: int = 1) -> tuple[WhatIf, list[WhatIf]]:
     """``(the model as configured, one WhatIf per variant)``."""
-    base = block_table(cfg, batch)
     results = []
     for change, fields in _variants(cfg):
         try:
@@ -52,6 +66,5 @@ def what_if(cfg: UNetConfig, batch: int = 1) -> tuple[WhatIf, list[WhatIf]]:
         except ConfigError as e:
             results.append(WhatIf(change, None, None, None, str(e)))
             continue
-        table = block_table(variant, batch)
-        results.append(WhatIf(change, table.total_params, table.total_flops, sum(r.score_bytes for r in table.rows)))
-    return WhatIf("as configured", base.total_params, base.total_flops, sum(r.score_bytes for r in base.rows)), results
+        results.append(cost(variant, change, batch))
+    return cost(cfg, "as configured", batch), results

@@ -3,7 +3,13 @@ costs, and where ONNX Runtime spends its time)."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import click
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ddpm_export.analysis.erf import ErfResult
+    from ddpm_export.nn.unet import UNet
 
 
 class BadInput(click.ClickException):
@@ -41,34 +47,15 @@ def command(model: str, batch: int, json_path: str | None, plot: str | None, erf
       ddpm-export inspect --model ddpm-cifar10 --profile
       ddpm-export inspect --model tiny --batch 8 --json tiny.json --plot erf.png
     """
-    import json
     import time
 
-    import torch
-
-    from ddpm_export import load_model
     from ddpm_export.analysis import report as rep
     from ddpm_export.analysis.blocks import block_table
-    from ddpm_export.analysis.erf import check_erf_size, default_timesteps, measure_erf
-    from ddpm_export.analysis.plot import save_erf_plot
+    from ddpm_export.analysis.erf import default_timesteps, measure_erf
     from ddpm_export.analysis.whatif import what_if
-    from ddpm_export.files import atomic_file, refuse_existing
-    from ddpm_export.nn.checkpoint import weights_path
 
     start = time.perf_counter()
-    try:
-        for path in (json_path, plot):
-            if path is not None:
-                refuse_existing(path, force)
-        torch.set_num_threads(threads)
-        unet = load_model(model)
-        weights = "trained" if weights_path(model) is not None else "seed-initialised"
-    except (ValueError, FileExistsError, FileNotFoundError) as e:
-        raise BadInput(str(e)) from e
-    try:
-        check_erf_size(unet.config, erf_size)
-    except ValueError as e:
-        raise BadInput(f"--erf-size: {e}") from e
+    unet, weights = _load(model, (json_path, plot), force, threads, erf_size)
     table = block_table(unet.config, batch)
     report = rep.build_report(str(model), weights, sum(p.numel() for p in unet.parameters()), table,
                               *what_if(unet.config, batch))
@@ -89,6 +76,42 @@ def command(model: str, batch: int, json_path: str | None, plot: str | None, erf
         rep.add_profile(report, profile_onnxruntime(unet, batch=batch, runs=profile_runs, threads=threads))
         report["seconds"]["profile"] = time.perf_counter() - start
         click.echo("\n" + rep.format_profile(report))
+    _write(report, erf, json_path, plot, force)
+
+
+def _load(model: str, outputs: tuple[str | None, ...], force: bool, threads: int,
+          erf_size: int | None) -> tuple["UNet", str]:
+    """Check the outputs and options, then load the model: ``(unet, "trained" | "seed-initialised")``."""
+    import torch
+
+    from ddpm_export import load_model
+    from ddpm_export.analysis.erf import check_erf_size
+    from ddpm_export.files import refuse_existing
+    from ddpm_export.nn.checkpoint import weights_path
+
+    try:
+        for path in outputs:
+            if path is not None:
+                refuse_existing(path, force)
+        torch.set_num_threads(threads)
+        unet = load_model(model)
+        weights = "trained" if weights_path(model) is not None else "seed-initialised"
+    except (ValueError, FileExistsError, FileNotFoundError) as e:
+        raise BadInput(str(e)) from e
+    try:
+        check_erf_size(unet.config, erf_size)
+    except ValueError as e:
+        raise BadInput(f"--erf-size: {e}") from e
+    return unet, weights
+
+
+def _write(report: dict[str, Any], erf: "ErfResult", json_path: str | None, plot: str | None, force: bool) -> None:
+    """The ERF plot and the JSON report, each written atomically."""
+    import json
+
+    from ddpm_export.analysis.plot import save_erf_plot
+    from ddpm_export.files import atomic_file
+
     if plot is not None:
         click.echo(f"wrote {save_erf_plot(erf, plot, force=force)}")
     if json_path is not None:
