@@ -34,7 +34,7 @@ import torch
 
 from ddpm_export.analysis.blocks import iter_blocks
 from ddpm_export.export.onnx import DEFAULT_OPSET, trace_to_onnx
-from ddpm_export.export.spec import ExportSpec
+from ddpm_export.export.spec import T_NAME, ExportSpec
 from ddpm_export.nn.attention import Attention
 from ddpm_export.nn.layers import BatchNorm32, GroupNorm32
 from ddpm_export.nn.unet import UNet
@@ -130,7 +130,7 @@ def profile_onnxruntime(unet: UNet, *, batch: int = 1, runs: int = 5, threads: i
         rng = np.random.default_rng(seed)
         for i in range(runs + 1):
             feeds = spec.sample_inputs(batch, seed=seed + i)
-            feeds["t"] = rng.integers(0, spec.num_train_timesteps, size=batch, dtype=np.int64)
+            feeds[T_NAME] = rng.integers(0, spec.num_train_timesteps, size=batch, dtype=np.int64)
             session.run(None, feeds)
         events = json.loads(Path(session.end_profiling()).read_text(encoding="utf-8"))
     return _summarise(events, kinds, blocks, runs, batch, threads)
