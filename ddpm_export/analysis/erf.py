@@ -24,6 +24,7 @@ import torch
 
 from ddpm_export.analysis.inputs import example_inputs
 from ddpm_export.config import UNetConfig
+from ddpm_export.errors import BadInputError
 from ddpm_export.nn.unet import UNet
 
 __all__ = ["ErfResult", "check_erf_size", "default_timesteps", "erf_radius", "gradient_map", "measure_erf", "unet_gradient_map"]
@@ -78,7 +79,7 @@ def erf_radius(grad_map: np.ndarray, centre: tuple[int, int], mass: float = MASS
     """Smallest r such that the window ``|dy| <= r, |dx| <= r`` around ``centre`` holds ``mass`` of the map."""
     total = grad_map.sum()
     if not total > 0:
-        raise ValueError("the gradient map is zero everywhere: the output does not depend on the input")
+        raise BadInputError("the gradient map is zero everywhere: the output does not depend on the input")
     h, w = grad_map.shape
     cy, cx = centre
     for r in range(max(h, w)):
@@ -108,14 +109,14 @@ def unet_gradient_map(unet: UNet, timesteps: Sequence[int], samples: int, seed: 
 
 
 def check_erf_size(cfg: UNetConfig, size: int | None) -> int:
-    """The ERF input size (``size`` or the sample size); ValueError when the model cannot run at it."""
+    """The ERF input size (``size`` or the sample size); BadInputError when the model cannot run at it."""
     s = size or cfg.sample_size
     factor = 2 ** (len(cfg.channel_mult) - 1)
     if s % factor:
-        raise ValueError(f"ERF input size {s} must be divisible by 2**(levels-1) = {factor}")
+        raise BadInputError(f"--erf-size {s}: the ERF input size must be divisible by 2**(levels-1) = {factor}")
     if s != cfg.sample_size and cfg.positional_encoding != "none":
-        raise ValueError(f"ERF input size {s}: this model's {cfg.positional_encoding!r} position codes are fixed to "
-                         f"its sample size {cfg.sample_size}")
+        raise BadInputError(f"--erf-size {s}: this model's {cfg.positional_encoding!r} position codes "
+                            f"are fixed to its sample size {cfg.sample_size}")
     return s
 
 

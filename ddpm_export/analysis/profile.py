@@ -34,7 +34,7 @@ import torch
 
 from ddpm_export.analysis.blocks import iter_blocks
 from ddpm_export.export.onnx import DEFAULT_OPSET, trace_to_onnx
-from ddpm_export.export.spec import T_NAME, ExportSpec
+from ddpm_export.contract.spec import T_NAME, ExportSpec
 from ddpm_export.nn.attention import Attention
 from ddpm_export.nn.layers import BatchNorm32, GroupNorm32
 from ddpm_export.nn.unet import UNet

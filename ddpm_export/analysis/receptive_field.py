@@ -42,6 +42,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from ddpm_export.errors import BadInputError
+
 __all__ = ["RF", "RFTracker", "receptive_field"]
 
 
@@ -179,5 +181,5 @@ def receptive_field(module: torch.nn.Module, x: torch.Tensor,
         out = (call or (lambda m, t: m(t)))(module, tracker.mark(x))
     rf = tracker.rf(out)
     if rf is None:
-        raise ValueError("the output does not depend on the input through any tracked op")
+        raise BadInputError("the output does not depend on the input through any tracked op")
     return rf

@@ -12,12 +12,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from ddpm_export.nn.unet import UNet
 
 
-class BadInput(click.ClickException):
-    """Bad input or environment: exit status 2."""
-
-    exit_code = 2
-
-
 @click.command("inspect")
 @click.option("--model", "-m", "model", required=True,
               help="A preset name (see `ddpm-export models`), our checkpoint folder, or a diffusers UNet2DModel folder.")
@@ -81,7 +75,8 @@ def command(model: str, batch: int, json_path: str | None, plot: str | None, erf
 
 def _load(model: str, outputs: tuple[str | None, ...], force: bool, threads: int,
           erf_size: int | None) -> tuple["UNet", str]:
-    """Check the outputs and options, then load the model: ``(unet, "trained" | "seed-initialised")``."""
+    """Check the outputs and options, then load the model: ``(unet, "trained" | "seed-initialised")``.
+    Bad input raises :class:`~ddpm_export.errors.BadInputError` (exit status 2, mapped in ``cli.py``)."""
     import torch
 
     from ddpm_export import load_model
@@ -89,19 +84,13 @@ def _load(model: str, outputs: tuple[str | None, ...], force: bool, threads: int
     from ddpm_export.files import refuse_existing
     from ddpm_export.nn.checkpoint import weights_path
 
-    try:
-        for path in outputs:
-            if path is not None:
-                refuse_existing(path, force)
-        torch.set_num_threads(threads)
-        unet = load_model(model)
-        weights = "trained" if weights_path(model) is not None else "seed-initialised"
-    except (ValueError, FileExistsError, FileNotFoundError) as e:
-        raise BadInput(str(e)) from e
-    try:
-        check_erf_size(unet.config, erf_size)
-    except ValueError as e:
-        raise BadInput(f"--erf-size: {e}") from e
+    for path in outputs:
+        if path is not None:
+            refuse_existing(path, force)
+    torch.set_num_threads(threads)
+    unet = load_model(model)
+    weights = "trained" if weights_path(model) is not None else "seed-initialised"
+    check_erf_size(unet.config, erf_size)
     return unet, weights
 
 

@@ -11,6 +11,7 @@ from torch import nn
 from ddpm_export import load_model
 from ddpm_export.analysis.blocks import block_table
 from ddpm_export.analysis.erf import ErfResult, default_timesteps, erf_radius, gradient_map, measure_erf
+from ddpm_export.errors import BadInputError
 
 
 @pytest.mark.parametrize("init", ["ones", "random"])
@@ -38,7 +39,7 @@ def test_erf_radius_on_known_maps():
     ring = np.zeros((9, 9))
     ring[4, 4], ring[4, 6] = 1, 19  # 19/20 = 95% sits 2 columns away
     assert erf_radius(ring, (4, 4)) == 2
-    with pytest.raises(ValueError, match="zero everywhere"):
+    with pytest.raises(BadInputError, match="zero everywhere"):
         erf_radius(np.zeros((3, 3)), (1, 1))
 
 
@@ -70,7 +71,7 @@ def test_erf_on_a_larger_input_and_its_limits():
     result = measure_erf(model, 61, timesteps=[500], samples=1, size=32)
     assert result.map.shape == (32, 32) and result.centre == (16, 16) and result.visible_rf == 33
     assert 0 <= result.half_mass_radius <= result.radius
-    with pytest.raises(ValueError, match="divisible"):
+    with pytest.raises(BadInputError, match="divisible"):
         measure_erf(model, 61, size=31)
-    with pytest.raises(ValueError, match="relative_bias"):
+    with pytest.raises(BadInputError, match="relative_bias"):
         measure_erf(load_model("kitchen-sink"), 320, size=32)
