@@ -45,5 +45,7 @@ def command(bundle_dir: str, output: str, unet_backend: str, instances: int, onn
                                onnx=onnx_name, max_queue_delay_us=max_queue_delay_us, max_images=max_images,
                                force=force)
     except (ValueError, FileExistsError, NotADirectoryError, BundleError, MetadataError, ConfigError) as e:
-        raise click.ClickException(str(e)) from e
+        error = click.ClickException(str(e))
+        error.exit_code = 2  # bad input (the project's exit codes: 1 is a failed verification)
+        raise error from e
     click.echo(f"wrote {out}/ (unet: {unet_backend}, sampler: {instances} instance(s))")

@@ -28,7 +28,6 @@ UNET, SAMPLER = "unet", "sampler"
 IMAGES = "images"
 REQUIRED_INPUTS = ("seed", "num_images", "steps")
 OPTIONAL_INPUTS = ("sampler", "eta", "guidance_scale")
-BYTES_INPUTS = ("sampler",)
 #: config parameters the sampler reads.
 VERSION_PARAM, UNET_PARAM, MAX_IMAGES_PARAM = "ddpm_export_version", "unet_model", "max_images_per_request"
 

@@ -11,6 +11,16 @@ backend: serve repositories generated with ``--unet-backend python``.
 
 The stub links ``libpython3.X.so.1.0``; ``LD_LIBRARY_PATH`` puts this interpreter's library folder
 first, so the stub runs this Python with its site-packages (numpy, onnxruntime, ddpm-export).
+The stub's interpreter ignores ``PYTHONPATH``, but its ``sys.path`` starts with the working
+directory, so :class:`LocalServer` runs the server in a folder of links to the ``pythonpath``
+folders' entries (first wins): that is how a test serves this checkout's ``ddpm_export``.
+
+That stub (Triton 2.51) is built with a pybind11 that reads numpy 1's array descriptors: under
+numpy 2, ``Tensor.as_numpy()`` reads every element as the first, ``Tensor(name, array)`` sends
+no data, and a BYTES input aborts the stub process -- which is why pytriton itself requires
+``numpy<2``. When this Python has numpy 2, give the server
+a folder with ``numpy<2`` first on its path (``pip install --target DIR --no-deps "numpy<2"``;
+``./dev`` makes ``.triton-site/``); :func:`stub_numpy_site` finds it.
 """
 
 from __future__ import annotations
@@ -27,9 +37,12 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import IO
+from typing import IO, Sequence
 
-__all__ = ["LocalServer", "TritonInstall", "find_tritonserver", "free_ports"]
+__all__ = ["SITE_FOLDER", "LocalServer", "TritonInstall", "find_tritonserver", "free_ports", "stub_numpy_site"]
+
+#: where ``./dev`` installs numpy<2 for the server's Python-backend stubs (under the checkout).
+SITE_FOLDER = ".triton-site"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +69,18 @@ def find_tritonserver() -> TritonInstall | None:
     return install if all(p.exists() for p in paths) else None
 
 
+def stub_numpy_site(root: str | Path) -> list[Path] | None:
+    """The ``pythonpath`` entries that give the stubs numpy<2: ``[]`` when this Python's numpy is
+    1.x, ``[root/.triton-site]`` when that folder holds numpy 1.x, else None (no usable numpy)."""
+    import numpy
+
+    if int(numpy.__version__.split(".")[0]) < 2:
+        return []
+    site = Path(root) / SITE_FOLDER
+    versions = sorted(site.glob("numpy-1.*.dist-info"))
+    return [site] if versions and (site / "numpy").is_dir() else None
+
+
 def free_ports(n: int) -> list[int]:
     """``n`` distinct TCP ports free on 127.0.0.1 right now."""
     sockets = []
@@ -73,16 +98,17 @@ def free_ports(n: int) -> list[int]:
 class LocalServer:
     """``tritonserver`` on 127.0.0.1 serving ``repository``; a context manager that always stops it.
 
-    ``work`` is a scratch folder for the backend folder and the server log (``server.log``).
-    ``env`` adds variables for the server and its Python-backend stubs (e.g. ``PYTHONPATH``).
+    ``work`` is a scratch folder for the backend folder, the working directory and the server log
+    (``server.log``). ``pythonpath``: folders whose packages the stubs import before site-packages
+    (see the module doc).
     """
 
     def __init__(self, install: TritonInstall, repository: str | Path, work: str | Path, *,
-                 env: dict[str, str] | None = None) -> None:
+                 pythonpath: Sequence[str | Path] = ()) -> None:
         self.install = install
-        self.repository = Path(repository)
-        self.work = Path(work)
-        self.extra_env = dict(env or {})
+        self.repository = Path(repository).resolve()
+        self.work = Path(work).resolve()
+        self.pythonpath = [Path(p).resolve() for p in pythonpath]
         self.http_port, self.grpc_port, self.metrics_port = free_ports(3)
         self.process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
@@ -109,8 +135,19 @@ class LocalServer:
         shutil.copy2(self.install.stub, folder / self.install.stub.name)
         return folder.parent
 
+    def working_directory(self) -> Path:
+        """``work/cwd/``: a link to every entry of the ``pythonpath`` folders (first wins)."""
+        folder = self.work / "cwd"
+        folder.mkdir(parents=True, exist_ok=True)
+        for root in self.pythonpath:
+            for item in sorted(root.iterdir()):
+                link = folder / item.name
+                if not item.name.startswith(".") and not link.exists() and not link.is_symlink():
+                    link.symlink_to(item)
+        return folder
+
     def environment(self) -> dict[str, str]:
-        env = {**os.environ, **self.extra_env}
+        env = dict(os.environ)
         libdir = sysconfig.get_config_var("LIBDIR")
         env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (libdir, str(self.install.libs),
                                                               env.get("LD_LIBRARY_PATH")) if p)
@@ -125,7 +162,7 @@ class LocalServer:
                    "--exit-on-error", "true", "--disable-auto-complete-config"]
         self._log = open(self.log_path, "wb")
         self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, env=self.environment(),
-                                        start_new_session=True)
+                                        cwd=self.working_directory(), start_new_session=True)
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         """Poll ``/v2/health/ready`` until every model is loaded; raise with the log's tail otherwise."""
