@@ -41,7 +41,8 @@ def server(bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[L
     assert install is not None and site is not None  # the triton marker skips otherwise (conftest.py)
     work = tmp_path_factory.mktemp("triton")
     result = CliRunner().invoke(main, ["triton", "--bundle", str(bundle), "-o", str(work / "repo"),
-                                       "--unet-backend", "python", "--instances", "4"])
+                                       "--unet-backend", "python", "--instances", "4",
+                                       "--max-queue-delay-us", "20000"])  # calls of concurrent requests surely meet
     assert result.exit_code == 0, result.output
     # the stubs import numpy<2 (see local_server) and this checkout's ddpm_export, as installed
     with LocalServer(install, work / "repo", work, pythonpath=[*site, ROOT]) as running:
@@ -106,13 +107,41 @@ def test_served_images_equal_pipeline_sample(server: LocalServer, pipe: Pipeline
     assert np.abs(got - want).max() <= TOL
 
 
+def unet_counts(server: LocalServer) -> tuple[int, int]:
+    """(BLS calls the unet answered, batched executions it ran), from Triton's statistics."""
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    try:
+        stats = client.get_inference_statistics("unet", as_json=True)["model_stats"][0]
+    finally:
+        client.close()
+    return int(stats["inference_stats"]["success"].get("count", 0)), int(stats.get("execution_count", 0))
+
+
 def test_concurrent_clients_each_get_their_own_images(server: LocalServer, pipe: Pipeline) -> None:
-    jobs = [(protocol, seed) for seed in range(8) for protocol in ("http", "grpc")][:8]
+    """8 requests from 4 threads: their step calls are merged into shared unet batches (fewer
+    executions than calls) and every client still gets exactly its own Pipeline.sample images."""
+    jobs = [("http" if seed % 2 else "grpc", seed) for seed in range(8)]
+    calls0, executions0 = unet_counts(server)
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
-        results = list(pool.map(lambda job: infer(server, job[0], request(job[1], 4, 5)), jobs))
+        results = list(pool.map(lambda job: infer(server, job[0], request(job[1], 2, 5)), jobs))
+    calls, executions = (a - b for a, b in zip(unet_counts(server), (calls0, executions0)))
+    assert calls == 8 * 5 and executions < calls
     for (_, seed), got in zip(jobs, results):
-        assert np.abs(got - pipe.sample(4, steps=5, seed=seed, progress=False)).max() <= TOL
-    assert len({r.tobytes() for r in results}) == len({seed for _, seed in jobs})
+        assert np.abs(got - pipe.sample(2, steps=5, seed=seed, progress=False)).max() <= TOL
+    assert len({r.tobytes() for r in results}) == len(jobs)
+
+
+def test_the_unet_refuses_a_bad_call_naming_the_input(server: LocalServer) -> None:
+    client = httpclient.InferenceServerClient(server.http_url)
+    try:
+        values = {"x_t": np.zeros((2, 1, 16, 16), np.float32), "t": np.array([[5], [1000]], np.int64),
+                  "class_labels": np.zeros((2, 1), np.int64)}
+        with pytest.raises(InferenceServerException, match=r"t: values must be in \[0, 1000\)"):
+            client.infer("unet", inputs(httpclient, **values))
+        values["t"] = np.array([[5], [999]], np.int64)
+        assert client.infer("unet", inputs(httpclient, **values)).as_numpy("model_output").shape == (2, 1, 16, 16)
+    finally:
+        client.close()
 
 
 @pytest.mark.parametrize(("values", "message"), [
