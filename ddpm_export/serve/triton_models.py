@@ -144,11 +144,11 @@ class UNetModel:
         if good:
             try:
                 outputs = self._run([feeds for _, feeds in good])
+                for (i, _), out in zip(good, outputs):
+                    responses[i] = pb.InferenceResponse(output_tensors=[pb.Tensor(OUT_NAME, np.ascontiguousarray(out))])
             except Exception as e:  # noqa: BLE001 -- answer the batch, keep the model alive
-                outputs = [pb.TritonError(f"unet failed: {type(e).__name__}: {e}")] * len(good)
-            for (i, _), out in zip(good, outputs):
-                responses[i] = (pb.InferenceResponse(error=out) if isinstance(out, pb.TritonError)
-                                else pb.InferenceResponse(output_tensors=[pb.Tensor(OUT_NAME, np.ascontiguousarray(out))]))
+                for i, _ in good:
+                    responses[i] = pb.InferenceResponse(error=pb.TritonError(f"unet failed: {type(e).__name__}: {e}"))
         return responses
 
     def _feeds(self, request: Any) -> dict[str, np.ndarray]:
