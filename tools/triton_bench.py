@@ -7,7 +7,8 @@ measures, for requests of ``-n`` images with ``--steps`` DDIM steps:
 
 * the latency of one request (median of ``--repeats``), served over gRPC vs ``Pipeline.sample``;
 * the throughput (images/s) of ``--clients`` concurrent clients sending ``--requests`` requests
-  in all, vs the same number of threads sharing one Pipeline;
+  in all, vs the same number of threads sharing one Pipeline (median of ``--rounds``);
+  the two ways alternate, so a shared machine's load weighs on both alike;
 * how the unet's dynamic batcher merged the sampler instances' per-step calls (Triton's
   statistics: U-Net requests per execution);
 * the machine's load (``uptime``) before and after.
@@ -53,20 +54,29 @@ def served(url: str, seed: int, n: int, steps: int) -> np.ndarray:
         client.close()
 
 
-def latency(run, repeats: int) -> float:
-    times = []
+def latency(runs: dict, repeats: int) -> dict[str, float]:
+    """Median seconds of one request per way of running it, the ways interleaved (a shared
+    machine's load then weighs on both alike)."""
+    times: dict[str, list[float]] = {name: [] for name in runs}
     for i in range(repeats):
-        start = time.perf_counter()
-        run(i)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run(i)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
-def throughput(run, clients: int, requests: int) -> float:
-    start = time.perf_counter()
-    with concurrent.futures.ThreadPoolExecutor(clients) as pool:
-        list(pool.map(run, range(requests)))
-    return requests / (time.perf_counter() - start)
+def throughput(runs: dict, clients: int, requests: int, rounds: int, images: int) -> dict[str, float]:
+    """Images per second of ``clients`` threads sending ``requests`` requests; the median of
+    ``rounds`` interleaved rounds."""
+    rates: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+                list(pool.map(run, range(requests)))
+            rates[name].append(images * requests / (time.perf_counter() - start))
+    return {name: statistics.median(r) for name, r in rates.items()}
 
 
 def unet_batching(url: str) -> dict[str, float]:
@@ -102,7 +112,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="DDIM steps per request")
     parser.add_argument("--repeats", type=int, default=5, help="requests timed for the latency")
     parser.add_argument("--clients", type=int, default=4, help="concurrent clients / threads")
-    parser.add_argument("--requests", type=int, default=16, help="requests in the throughput run")
+    parser.add_argument("--requests", type=int, default=16, help="requests in one throughput round")
+    parser.add_argument("--rounds", type=int, default=3, help="throughput rounds (median)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args()
     install, site = find_tritonserver(), stub_numpy_site(ROOT)
@@ -123,14 +134,12 @@ def main() -> None:
         with LocalServer(install, repo, work, pythonpath=[*site, ROOT]) as server:
             remote = lambda i: served(server.grpc_url, i, args.n, args.steps)  # noqa: E731
             max_abs = float(np.abs(remote(0) - local(0)).max())  # also warms both up
-            figures = {
-                "latency_s": {"triton": latency(remote, args.repeats), "pipeline": latency(local, args.repeats)},
-                "images_per_s": {"triton": args.n * throughput(remote, args.clients, args.requests),
-                                 "pipeline": args.n * throughput(local, args.clients, args.requests)},
-                "unet_batching": unet_batching(server.grpc_url),
-            }
+            runs = {"triton": remote, "pipeline": local}
+            figures = {"latency_s": latency(runs, args.repeats),
+                       "images_per_s": throughput(runs, args.clients, args.requests, args.rounds, args.n),
+                       "unet_batching": unet_batching(server.grpc_url)}
     report = {"images_per_request": args.n, "steps": args.steps, "clients": args.clients,
-              "requests": args.requests, "max_abs_vs_pipeline": max_abs, **figures,
+              "requests": args.requests, "rounds": args.rounds, "max_abs_vs_pipeline": max_abs, **figures,
               "cpu": cpu(), "load_before": load_before, "load_after": uptime()}
     print(json.dumps(report, indent=2))
     if args.json is not None:
