@@ -136,10 +136,14 @@ class LocalServer:
         return folder.parent
 
     def working_directory(self) -> Path:
-        """``work/cwd/``: a link to every entry of the ``pythonpath`` folders (first wins)."""
+        """``work/cwd/``: a link to every entry of the ``pythonpath`` folders, then of this virtual
+        environment's site-packages if it runs in one (the stub runs the base interpreter, which
+        knows nothing of the venv); the first entry of a name wins."""
         folder = self.work / "cwd"
         folder.mkdir(parents=True, exist_ok=True)
-        for root in self.pythonpath:
+        venv = sys.prefix != sys.base_prefix
+        site = [Path(p) for p in dict.fromkeys(sysconfig.get_paths()[k] for k in ("purelib", "platlib"))] if venv else []
+        for root in [*self.pythonpath, *site]:
             for item in sorted(root.iterdir()):
                 link = folder / item.name
                 if not item.name.startswith(".") and not link.exists() and not link.is_symlink():
