@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import click
 
-BACKENDS = ("onnxruntime", "tensorrt", "openvino", "python")  # ddpm_export.serve.UNET_BACKENDS (checked by a test)
+from ddpm_export.serve.configs import UNET_BACKENDS
 
 
 @click.command("triton")
 @click.option("--bundle", "bundle_dir", required=True, type=click.Path(file_okay=False, exists=True),
               help="A bundle folder (`ddpm-export bundle`); every file's sha256 is checked first.")
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="The model repository folder to write.")
-@click.option("--unet-backend", type=click.Choice(BACKENDS), default="onnxruntime",
+@click.option("--unet-backend", type=click.Choice(UNET_BACKENDS.names), default="onnxruntime",
               help="How Triton runs the U-Net: onnxruntime_onnx, tensorrt_plan (needs an engine in the bundle), "
                    "OpenVINO, or a Python-backend model running ddpm-export's ONNX Runtime backend "
                    "(for servers without those backends, e.g. the CPU build in nvidia-pytriton).")
@@ -36,16 +36,8 @@ def command(bundle_dir: str, output: str, unet_backend: str, instances: int, onn
       ddpm-export triton --bundle digits-bundle -o triton-repo --unet-backend python
       tritonserver --model-repository triton-repo
     """
-    from ddpm_export.configbase import ConfigError
-    from ddpm_export.runtime import BundleError, MetadataError
     from ddpm_export.serve import write_repository
 
-    try:
-        out = write_repository(bundle_dir, output, unet_backend=unet_backend, instances=instances,  # type: ignore[arg-type]
-                               onnx=onnx_name, max_queue_delay_us=max_queue_delay_us, max_images=max_images,
-                               force=force)
-    except (ValueError, FileExistsError, NotADirectoryError, BundleError, MetadataError, ConfigError) as e:
-        error = click.ClickException(str(e))
-        error.exit_code = 2  # bad input (the project's exit codes: 1 is a failed verification)
-        raise error from e
+    out = write_repository(bundle_dir, output, unet_backend=unet_backend, instances=instances,  # type: ignore[arg-type]
+                           onnx=onnx_name, max_queue_delay_us=max_queue_delay_us, max_images=max_images, force=force)
     click.echo(f"wrote {out}/ (unet: {unet_backend}, sampler: {instances} instance(s))")

@@ -3,9 +3,10 @@
 ``unet``: the exported U-Net with the graph's interface (names and dims without the batch axis),
 ``max_batch_size`` = the spec's ``max_batch`` and ``dynamic_batching``, so Triton merges the
 per-step calls of concurrent sampling loops into one batch (every call is already within
-``[min_batch, max_batch]``, so a merged batch is too). ``t`` and ``class_labels`` are ``[B]`` in
-the graph; Triton needs at least one dim per tensor, so they are declared ``dims: [1]`` with
-``reshape { shape: [] }``: clients send ``[B, 1]``, the model sees ``[B]``.
+``[min_batch, max_batch]``, so a merged batch is too). The inputs are read off the ExportSpec
+(names, dtypes, shapes, dynamic axes; the conditioning input from its contract descriptor).
+``[B]`` inputs (``t``, class ids) need at least one dim in Triton, so they are declared
+``dims: [1]`` with ``reshape { shape: [] }``: clients send ``[B, 1]``, the model sees ``[B]``.
 
 ``sampler``: the Python-backend model that runs the sampling loop and calls ``unet`` per step
 (see :mod:`ddpm_export.serve.triton_models`); no batching of its own (``max_batch_size: 0``),
@@ -17,11 +18,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from ddpm_export import __version__
-from ddpm_export.export.spec import CLASS_NAME, CONTEXT_NAME, OUT_NAME, T_NAME, X_NAME, ExportSpec
+from ddpm_export._version import __version__
+from ddpm_export.checks import Registry
+from ddpm_export.contract.spec import OUT_NAME, ExportSpec
 from ddpm_export.serve.pbtxt import Enum
 
-__all__ = ["SAMPLER", "UNET", "UNET_BACKENDS", "UNetTarget", "sampler_config", "unet_config"]
+__all__ = ["SAMPLER", "UNET", "UNET_BACKENDS", "UNetTarget", "batch_only_inputs", "sampler_config", "unet_config"]
 
 UNET, SAMPLER = "unet", "sampler"
 #: the sampler's output and the request inputs it reads (the optional ones may be left out).
@@ -46,13 +48,16 @@ class UNetTarget:
     kind: str | None
 
 
-UNET_BACKENDS = {
+#: ``--unet-backend`` name -> its target; an unknown name is refused listing the choices.
+UNET_BACKENDS: Registry[UNetTarget] = Registry("unet_backend", {
     "onnxruntime": UNetTarget("platform", "onnxruntime_onnx", "model.onnx", None, None),
     "tensorrt": UNetTarget("platform", "tensorrt_plan", "model.plan", None, "KIND_GPU"),
     "openvino": UNetTarget("backend", "openvino", "model.onnx", "model.onnx", "KIND_CPU"),  # its default is IR
     # our ONNX Runtime backend in-process; Triton loads unet/1/model.py, which opens model.onnx
     "python": UNetTarget("backend", "python", "model.onnx", None, "KIND_CPU"),
-}
+})
+#: numpy dtype name of a graph input -> Triton's data type
+_DATA_TYPES = {"float32": "TYPE_FP32", "int64": "TYPE_INT64"}
 
 
 def _tensor(name: str, dtype: str, dims: list[int], *, batch_only: bool = False,
@@ -65,16 +70,23 @@ def _tensor(name: str, dtype: str, dims: list[int], *, batch_only: bool = False,
     return entry
 
 
+def batch_only_inputs(spec: ExportSpec) -> tuple[str, ...]:
+    """The graph inputs shaped ``[B]`` (``t``, class ids): ``[B, 1]`` on the wire."""
+    return tuple(name for name, shape in spec.input_shapes(1).items() if len(shape) == 1)
+
+
+def _dims(spec: ExportSpec, name: str, shape: tuple[int, ...]) -> list[int]:
+    """``shape`` with its dynamic axes (from the spec and the conditioning descriptor) as -1."""
+    axes = spec.dynamic_axes.get(name, {})
+    return [-1 if axis in axes else size for axis, size in enumerate(shape)]
+
+
 def unet_inputs(spec: ExportSpec) -> list[dict[str, Any]]:
     """The graph's inputs without the batch axis."""
-    s = spec.sample_size
-    inputs = [_tensor(X_NAME, "TYPE_FP32", [spec.in_channels, s, s]),
-              _tensor(T_NAME, "TYPE_INT64", [1], batch_only=True)]
-    if spec.cond_kind == "class":
-        inputs.append(_tensor(CLASS_NAME, "TYPE_INT64", [1], batch_only=True))
-    elif spec.cond_kind == "context":
-        inputs.append(_tensor(CONTEXT_NAME, "TYPE_FP32", [-1, spec.context_dim]))
-    return inputs
+    shapes, dtypes, batch_only = spec.input_shapes(1), spec.input_dtypes(), batch_only_inputs(spec)
+    return [_tensor(name, _DATA_TYPES[dtypes[name]], _dims(spec, name, shapes[name])[1:] or [1],
+                    batch_only=name in batch_only)
+            for name in spec.input_names]
 
 
 def unet_config(spec: ExportSpec, backend: str, *, max_queue_delay_us: int) -> dict[str, Any]:
@@ -107,10 +119,11 @@ def sampler_inputs(spec: ExportSpec) -> list[dict[str, Any]]:
     inputs += [_tensor("sampler", "TYPE_STRING", [1], optional=True),
                _tensor("eta", "TYPE_FP32", [1], optional=True),
                _tensor("guidance_scale", "TYPE_FP32", [1], optional=True)]
-    if spec.cond_kind == "class":
-        inputs.append(_tensor("class_labels", "TYPE_INT64", [-1], optional=True))
-    elif spec.cond_kind == "context":
-        inputs.append(_tensor("context", "TYPE_FP32", [-1, -1, spec.context_dim]))
+    cond = spec.conditioning
+    if cond.input_name is not None:  # [n, ...] as the graph takes it; optional where the model has a default
+        shape = cond.shape(spec, 1, None)[cond.input_name]
+        inputs.append(_tensor(cond.input_name, _DATA_TYPES[str(cond.dtype)], _dims(spec, cond.input_name, shape),
+                              optional=cond.has_default_input))
     return inputs
 
 

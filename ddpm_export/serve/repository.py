@@ -21,11 +21,12 @@ import typing
 from pathlib import Path
 from typing import Literal
 
-from ddpm_export import __version__
-from ddpm_export.configbase import check_choice
+from ddpm_export._version import __version__
+from ddpm_export.checks import is_int
+from ddpm_export.contract.info import ModelInfo
+from ddpm_export.errors import BadInputError
 from ddpm_export.files import atomic_dir
 from ddpm_export.runtime.bundle import BundleError, verify_bundle
-from ddpm_export.runtime.info import ModelInfo
 from ddpm_export.serve.configs import SAMPLER, UNET, UNET_BACKENDS, sampler_config, unet_config
 from ddpm_export.serve.pbtxt import to_pbtxt
 from ddpm_export.serve.triton_models import INFO_FILE
@@ -58,21 +59,20 @@ def write_repository(bundle: str | Path, out: str | Path, *, unet_backend: UNetB
         max_images: the largest ``num_images`` one request may ask for.
         force: replace an existing ``out``.
 
-    Raises BundleError (bundle problems, a backend the bundle cannot serve), ValueError (bad
-    arguments) and FileExistsError (``out`` exists and not ``force``).
+    Raises BundleError (bundle problems, a backend the bundle cannot serve), BadInputError (bad
+    arguments) and OutputExistsError (``out`` exists and not ``force``).
     """
-    check_choice("unet_backend", unet_backend, tuple(UNET_BACKENDS))
+    target = UNET_BACKENDS[unet_backend]  # refuses an unknown name, listing the choices
     for name, value, low in (("instances", instances, 1), ("max_queue_delay_us", max_queue_delay_us, 0),
                              ("max_images", max_images, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+        if not is_int(value) or value < low:
+            raise BadInputError(f"{name} must be an int >= {low}, got {value!r}")
     folder = Path(bundle)
     manifest = verify_bundle(folder)
     entry = manifest.model(onnx)
     info = ModelInfo.from_metadata(entry["metadata"], source=f"{folder}: {entry['onnx']}")
     source = _unet_source(folder, entry, info, unet_backend)
     data = [name for name in (entry["onnx"] + ".data",) if name in manifest.files]  # as export_onnx names it
-    target = UNET_BACKENDS[unet_backend]
     with atomic_dir(out, force=force) as tmp:
         unet_dir, sampler_dir = tmp / UNET / "1", tmp / SAMPLER / "1"
         unet_dir.mkdir(parents=True)

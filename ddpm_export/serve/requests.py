@@ -12,17 +12,20 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ddpm_export.runtime.info import ModelInfo
+from ddpm_export.contract.conditioning import CONDITIONINGS
+from ddpm_export.contract.info import ModelInfo
+from ddpm_export.errors import BadInputError
 from ddpm_export.runtime.pipeline import SampleRequest
 from ddpm_export.serve.configs import OPTIONAL_INPUTS, REQUIRED_INPUTS
 
 __all__ = ["RequestError", "parse_request"]
 
-#: SampleRequest's argument names that differ from the request inputs.
-_INPUT_OF_ARGUMENT = {"n": "num_images", "classes": "class_labels"}
+#: SampleRequest's argument names -> the request inputs (the conditioning's from its descriptor).
+_INPUT_OF_ARGUMENT = {"n": "num_images",
+                      **{c.argument: c.input_name for c in CONDITIONINGS.values() if c.argument and c.input_name}}
 
 
-class RequestError(ValueError):
+class RequestError(BadInputError):
     """A bad sampler request; the message names the input."""
 
 
@@ -34,7 +37,8 @@ def parse_request(info: ModelInfo, inputs: Mapping[str, np.ndarray], *, max_imag
     ``context``: float32 ``[n, L, D]``. Absent optional inputs take the model's defaults.
     ``num_images`` is capped at ``max_images`` so that one request cannot exhaust the server.
     """
-    allowed = (*REQUIRED_INPUTS, *OPTIONAL_INPUTS, *_cond_inputs(info))
+    cond = info.spec.conditioning
+    allowed = (*REQUIRED_INPUTS, *OPTIONAL_INPUTS, *cond.input_names())
     for name in inputs:
         if name not in allowed:
             raise RequestError(f"{name}: not an input of this model (inputs: {', '.join(allowed)})")
@@ -45,21 +49,32 @@ def parse_request(info: ModelInfo, inputs: Mapping[str, np.ndarray], *, max_imag
     if n > max_images:
         raise RequestError(f"num_images: at most {max_images} per request (the server's "
                            f"max_images_per_request), got {n}")
-    classes = inputs.get("class_labels")
-    if classes is not None and (classes.dtype != np.int64 or classes.ndim != 1):
-        raise RequestError(f"class_labels: must be int64 [num_images], got {classes.dtype} {list(classes.shape)}")
-    try:
+    conditioning = _conditioning(info, inputs)
+    try:  # SampleRequest's own checks name its arguments; _name_input renames them to the inputs
         return SampleRequest(
             info, n, steps=_one(inputs, "steps", np.int64), sampler=_sampler(inputs),
             seed=_one(inputs, "seed", np.int64), eta=_optional_float(inputs, "eta"),
-            guidance_scale=_optional_float(inputs, "guidance_scale", 1.0), classes=classes,
-            context=inputs.get("context"), x_T=None)
-    except ValueError as e:
+            guidance_scale=_optional_float(inputs, "guidance_scale", 1.0), x_T=None, **conditioning)
+    except BadInputError as e:
         raise RequestError(_name_input(str(e))) from e
 
 
-def _cond_inputs(info: ModelInfo) -> tuple[str, ...]:
-    return {"none": (), "class": ("class_labels",), "context": ("context",)}[info.spec.cond_kind]
+def _conditioning(info: ModelInfo, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray | None]:
+    """SampleRequest's conditioning arguments (``classes``, ``context``): the request's input for
+    the model's kind (None when not sent), None for the others. The input must have the graph
+    input's dtype and rank; the descriptor checks its values."""
+    cond = info.spec.conditioning
+    arguments: dict[str, np.ndarray | None] = {c.argument: None for c in CONDITIONINGS.values() if c.argument}
+    value = None if cond.input_name is None else inputs.get(cond.input_name)
+    if value is None or cond.argument is None:
+        return arguments
+    want = cond.shape(info.spec, 1, None)[cond.input_name]
+    if value.dtype != cond.dtype or value.ndim != len(want):
+        axes = cond.dynamic_axes().get(cond.input_name, {})
+        dims = ["num_images", *(axes.get(i, str(size)) for i, size in enumerate(want) if i)]
+        raise RequestError(f"{cond.input_name}: must be {cond.dtype} [{', '.join(dims)}], got {value.dtype} "
+                           f"{list(value.shape)}")
+    return {**arguments, cond.argument: value}
 
 
 def _one(inputs: Mapping[str, np.ndarray], name: str, dtype: type) -> Any:

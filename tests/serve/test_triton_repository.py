@@ -17,10 +17,10 @@ pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2", reason="needs th
 from google.protobuf import text_format  # noqa: E402
 
 from ddpm_export.cli import main  # noqa: E402
-from ddpm_export.commands.triton import BACKENDS  # noqa: E402
-from ddpm_export.export.spec import ExportSpec  # noqa: E402
+from ddpm_export.contract.sidecar import sidecar_path  # noqa: E402
+from ddpm_export.contract.spec import ExportSpec  # noqa: E402
+from ddpm_export.errors import BadInputError  # noqa: E402
 from ddpm_export.runtime import make_bundle, read_info  # noqa: E402
-from ddpm_export.runtime.tensorrt import sidecar_path  # noqa: E402
 from ddpm_export.serve import UNET_BACKENDS, write_repository  # noqa: E402
 from ddpm_export.serve.configs import sampler_config, unet_config  # noqa: E402
 from ddpm_export.serve.pbtxt import Enum, to_pbtxt  # noqa: E402
@@ -44,8 +44,13 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_bundle([onnx], folder / "bundle", engines=[plan])
 
 
-def test_the_cli_offers_exactly_the_backends_the_writer_knows() -> None:
-    assert set(BACKENDS) == set(UNET_BACKENDS)
+BACKENDS = UNET_BACKENDS.names  # the CLI's --unet-backend choices
+
+
+def test_an_unknown_backend_is_refused_listing_the_choices(bundle: Path, tmp_path: Path) -> None:
+    with pytest.raises(BadInputError, match="unet_backend='triton'.*'onnxruntime', 'tensorrt', 'openvino', 'python'"):
+        write_repository(bundle, tmp_path / "repo", unet_backend="triton")  # type: ignore[arg-type]
+    assert not (tmp_path / "repo").exists()
 
 
 # ids "onnxruntime-unet", ...: a bare "tensorrt" id would read as the tensorrt marker (conftest.py)

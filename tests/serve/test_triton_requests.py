@@ -11,7 +11,7 @@ import pytest
 
 from ddpm_export.config import UNetConfig
 from ddpm_export.diffusion import DiffusionConfig
-from ddpm_export.export.spec import ExportSpec
+from ddpm_export.contract.spec import ExportSpec
 from ddpm_export.runtime import ModelInfo, SampleRequest
 from ddpm_export.serve import RequestError, parse_request
 
