@@ -1,10 +1,14 @@
-"""Skip tests marked ``gpu`` / ``tensorrt`` with the reason when the machine cannot run them."""
+"""Skip tests marked ``gpu`` / ``tensorrt`` / ``triton`` with the reason when the machine cannot run them."""
 
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 
 import pytest
+
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _gpu_missing() -> str | None:
@@ -21,8 +25,21 @@ def _tensorrt_missing() -> str | None:
     return _gpu_missing()
 
 
+def _tritonserver_missing() -> str | None:
+    if importlib.util.find_spec("tritonclient") is None:
+        return "tritonclient is not installed (pip install 'ddpm-export[serve]')"
+    from ddpm_export.serve.local_server import find_tritonserver, stub_numpy_site
+
+    if find_tritonserver() is None:
+        return "no tritonserver with a Python-backend stub for this Python (pip install nvidia-pytriton --no-deps)"
+    if stub_numpy_site(ROOT) is None:
+        return ("nvidia-pytriton's Python-backend stub needs numpy<2 and this Python has numpy 2; "
+                "./dev installs numpy<2 into .triton-site/ for the server")
+    return None
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    reasons = {"gpu": _gpu_missing, "tensorrt": _tensorrt_missing}
+    reasons = {"gpu": _gpu_missing, "tensorrt": _tensorrt_missing, "triton": _tritonserver_missing}
     cache: dict[str, str | None] = {}
     for item in items:
         for mark, why in reasons.items():

@@ -131,6 +131,7 @@ def test_no_import_cycles():
     ("ddpm_export.runtime", ["ddpm_export.export", "ddpm_export.nn", "torch"]),
     ("ddpm_export.diffusion", ["ddpm_export.export", "ddpm_export.nn", "ddpm_export.runtime", "torch"]),
     ("ddpm_export.export", ["ddpm_export.runtime"]),
+    ("ddpm_export.serve", ["ddpm_export.export", "ddpm_export.nn", "torch"]),
     ("ddpm_export.contract", ["ddpm_export.export", "ddpm_export.runtime", "ddpm_export.nn", "torch", "onnx",
                               "onnxruntime"]),
 ])

@@ -1,0 +1,43 @@
+"""`ddpm-export triton`: a Triton Inference Server model repository from a bundle."""
+
+from __future__ import annotations
+
+import click
+
+from ddpm_export.serve.configs import UNET_BACKENDS
+
+
+@click.command("triton")
+@click.option("--bundle", "bundle_dir", required=True, type=click.Path(file_okay=False, exists=True),
+              help="A bundle folder (`ddpm-export bundle`); every file's sha256 is checked first.")
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="The model repository folder to write.")
+@click.option("--unet-backend", type=click.Choice(UNET_BACKENDS.names), default="onnxruntime",
+              help="How Triton runs the U-Net: onnxruntime_onnx, tensorrt_plan (needs an engine in the bundle), "
+                   "OpenVINO, or a Python-backend model running ddpm-export's ONNX Runtime backend "
+                   "(for servers without those backends, e.g. the CPU build in nvidia-pytriton).")
+@click.option("--instances", type=click.IntRange(1), default=4,
+              help="Sampler instances: requests sampled at once (their U-Net calls are batched together).")
+@click.option("--onnx", "onnx_name", default=None, help="Which ONNX file of the bundle (its name) [default: the first].")
+@click.option("--max-queue-delay-us", type=click.IntRange(0), default=500,
+              help="How long the unet's dynamic batcher waits to merge calls, in microseconds.")
+@click.option("--max-images", type=click.IntRange(1), default=1024, help="The largest num_images one request may ask for.")
+@click.option("--force", is_flag=True, help="Replace an existing repository folder.")
+def command(bundle_dir: str, output: str, unet_backend: str, instances: int, onnx_name: str | None,
+            max_queue_delay_us: int, max_images: int, force: bool) -> None:
+    """Write a Triton model repository: `unet` (dynamic batching) and `sampler` (the loop, via BLS).
+
+    \b
+    A request to `sampler` (seed, num_images, steps; optional sampler, eta, guidance_scale,
+    class_labels) returns the images `Pipeline.sample` returns for the same arguments. The
+    Python-backend models need this ddpm-export version installed in the server's Python.
+    The folder is written under a temporary name and renamed into place.
+    \b
+    Example:
+      ddpm-export triton --bundle digits-bundle -o triton-repo --unet-backend python
+      tritonserver --model-repository triton-repo
+    """
+    from ddpm_export.serve import write_repository
+
+    out = write_repository(bundle_dir, output, unet_backend=unet_backend, instances=instances,  # type: ignore[arg-type]
+                           onnx=onnx_name, max_queue_delay_us=max_queue_delay_us, max_images=max_images, force=force)
+    click.echo(f"wrote {out}/ (unet: {unet_backend}, sampler: {instances} instance(s))")

@@ -1,0 +1,218 @@
+"""Run a real ``tritonserver`` on this machine from the ``nvidia-pytriton`` wheel (CPU build).
+
+The wheel ships the server binary (``pytriton/tritonserver/bin/tritonserver``), the Python
+backend (``.../backends/python/``), one Python-backend stub per Python version
+(``.../python_backend_stubs/3.X/triton_python_backend_stub``) and its shared libraries
+(``nvidia_pytriton.libs/``). :func:`find_tritonserver` locates them without importing
+``pytriton`` (whose own Python API is not needed); :class:`LocalServer` assembles a backend folder
+(the Python backend plus this Python's stub) and runs ``tritonserver --model-repository R
+--backend-directory B`` on 127.0.0.1. That build has no ONNX Runtime, TensorRT or OpenVINO
+backend: serve repositories generated with ``--unet-backend python``.
+
+The stub links ``libpython3.X.so.1.0``; ``LD_LIBRARY_PATH`` puts this interpreter's library folder
+first, so the stub runs this Python with its site-packages (numpy, onnxruntime, ddpm-export).
+The stub's interpreter ignores ``PYTHONPATH``, but its ``sys.path`` starts with the working
+directory, so :class:`LocalServer` runs the server in a folder of links to the ``pythonpath``
+folders' entries (first wins): that is how a test serves this checkout's ``ddpm_export``.
+
+That stub (Triton 2.51) is built with a pybind11 that reads numpy 1's array descriptors: under
+numpy 2, ``Tensor.as_numpy()`` reads every element as the first, ``Tensor(name, array)`` sends
+no data, and a BYTES input aborts the stub process -- which is why pytriton itself requires
+``numpy<2``. When this Python has numpy 2, give the server
+a folder with ``numpy<2`` first on its path (``pip install --target DIR --no-deps "numpy<2"``;
+``./dev`` makes ``.triton-site/``); :func:`stub_numpy_site` finds it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import IO, Sequence
+
+__all__ = ["SITE_FOLDER", "LocalServer", "TritonInstall", "find_tritonserver", "free_ports", "stub_numpy_site"]
+
+#: where ``./dev`` installs numpy<2 for the server's Python-backend stubs (under the checkout).
+SITE_FOLDER = ".triton-site"
+
+
+@dataclasses.dataclass(frozen=True)
+class TritonInstall:
+    """Paths inside an installed ``nvidia-pytriton`` wheel."""
+
+    binary: Path
+    python_backend: Path
+    stub: Path
+    libs: Path
+
+
+def find_tritonserver() -> TritonInstall | None:
+    """The ``nvidia-pytriton`` server files for this Python version, or None when not installed."""
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    root = Path(next(iter(spec.submodule_search_locations))) / "tritonserver"
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    install = TritonInstall(binary=root / "bin" / "tritonserver", python_backend=root / "backends" / "python",
+                            stub=root / "python_backend_stubs" / version / "triton_python_backend_stub",
+                            libs=root.parent.parent / "nvidia_pytriton.libs")
+    paths = (install.binary, install.python_backend / "libtriton_python.so", install.stub)
+    return install if all(p.exists() for p in paths) else None
+
+
+def stub_numpy_site(root: str | Path) -> list[Path] | None:
+    """The ``pythonpath`` entries that give the stubs numpy<2: ``[]`` when this Python's numpy is
+    1.x, ``[root/.triton-site]`` when that folder holds numpy 1.x, else None (no usable numpy)."""
+    import numpy
+
+    if int(numpy.__version__.split(".")[0]) < 2:
+        return []
+    site = Path(root) / SITE_FOLDER
+    versions = sorted(site.glob("numpy-1.*.dist-info"))
+    return [site] if versions and (site / "numpy").is_dir() else None
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct TCP ports free on 127.0.0.1 right now."""
+    sockets = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            sockets.append(s)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+class LocalServer:
+    """``tritonserver`` on 127.0.0.1 serving ``repository``; a context manager that always stops it.
+
+    ``work`` is a scratch folder for the backend folder, the working directory and the server log
+    (``server.log``). ``pythonpath``: folders whose packages the stubs import before site-packages
+    (see the module doc).
+    """
+
+    def __init__(self, install: TritonInstall, repository: str | Path, work: str | Path, *,
+                 pythonpath: Sequence[str | Path] = ()) -> None:
+        self.install = install
+        self.repository = Path(repository).resolve()
+        self.work = Path(work).resolve()
+        self.pythonpath = [Path(p).resolve() for p in pythonpath]
+        self.http_port, self.grpc_port, self.metrics_port = free_ports(3)
+        self.process: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    @property
+    def http_url(self) -> str:
+        return f"127.0.0.1:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.work / "server.log"
+
+    def backend_directory(self) -> Path:
+        """``work/backends/python/``: the Python backend's files plus this Python's stub."""
+        folder = self.work / "backends" / "python"
+        folder.mkdir(parents=True, exist_ok=True)
+        for item in self.install.python_backend.iterdir():
+            if item.is_file():
+                shutil.copy2(item, folder / item.name)
+        shutil.copy2(self.install.stub, folder / self.install.stub.name)
+        return folder.parent
+
+    def working_directory(self) -> Path:
+        """``work/cwd/``: a link to every entry of the ``pythonpath`` folders, then of this virtual
+        environment's site-packages if it runs in one (the stub runs the base interpreter, which
+        knows nothing of the venv); the first entry of a name wins."""
+        folder = self.work / "cwd"
+        folder.mkdir(parents=True, exist_ok=True)
+        venv = sys.prefix != sys.base_prefix
+        site = [Path(p) for p in dict.fromkeys(sysconfig.get_paths()[k] for k in ("purelib", "platlib"))] if venv else []
+        for root in [*self.pythonpath, *site]:
+            for item in sorted(root.iterdir()):
+                link = folder / item.name
+                if not item.name.startswith(".") and not link.exists() and not link.is_symlink():
+                    link.symlink_to(item)
+        return folder
+
+    def environment(self) -> dict[str, str]:
+        env = dict(os.environ)
+        libdir = sysconfig.get_config_var("LIBDIR")
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (libdir, str(self.install.libs),
+                                                              env.get("LD_LIBRARY_PATH")) if p)
+        return env
+
+    def start(self) -> None:
+        command = [str(self.install.binary), "--model-repository", str(self.repository),
+                   "--backend-directory", str(self.backend_directory()),
+                   "--http-address", "127.0.0.1", "--http-port", str(self.http_port),
+                   "--grpc-address", "127.0.0.1", "--grpc-port", str(self.grpc_port),
+                   "--metrics-address", "127.0.0.1", "--metrics-port", str(self.metrics_port),
+                   "--exit-on-error", "true", "--disable-auto-complete-config"]
+        self._log = open(self.log_path, "wb")
+        self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, env=self.environment(),
+                                        cwd=self.working_directory(), start_new_session=True)
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Poll ``/v2/health/ready`` until every model is loaded; raise with the log's tail otherwise."""
+        deadline = time.monotonic() + timeout
+        assert self.process is not None, "start() first"
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"tritonserver exited with {self.process.returncode}:\n{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(f"http://{self.http_url}/v2/health/ready", timeout=1) as r:
+                    if r.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(0.2)
+        raise TimeoutError(f"tritonserver not ready after {timeout:.0f} s:\n{self.log_tail()}")
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def log_tail(self, lines: int = 40) -> str:
+        if not self.log_path.is_file():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self, grace: float = 10.0) -> None:
+        """SIGTERM (Triton unloads its models and exits), SIGKILL to the process group after ``grace`` s."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(grace)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, 9)  # the server and its stub processes, which it started
+                self.process.wait()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def __enter__(self) -> "LocalServer":
+        self.start()
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,162 @@
+"""`ddpm-export triton` without a server: every generated config.pbtxt parses with Triton's own
+schema (tritonclient's ``model_config_pb2``) for every --unet-backend and every conditioning, the
+files land where each backend loads them, and bad arguments are refused naming the flag."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+pytest.importorskip("torch", reason="the export needs torch")
+pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2", reason="needs the serve extra (tritonclient)")
+from google.protobuf import text_format  # noqa: E402
+
+from ddpm_export.cli import main  # noqa: E402
+from ddpm_export.contract.sidecar import sidecar_path  # noqa: E402
+from ddpm_export.contract.spec import ExportSpec  # noqa: E402
+from ddpm_export.errors import BadInputError  # noqa: E402
+from ddpm_export.runtime import make_bundle, read_info  # noqa: E402
+from ddpm_export.serve import UNET_BACKENDS, write_repository  # noqa: E402
+from ddpm_export.serve.configs import sampler_config, unet_config  # noqa: E402
+from ddpm_export.serve.pbtxt import Enum, to_pbtxt  # noqa: E402
+
+from runtime_exports import MAX_BATCH, exported  # noqa: E402
+
+
+def parse(text: str) -> "pb2.ModelConfig":
+    return text_format.Parse(text, pb2.ModelConfig())
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tiny (unconditional) with a stand-in engine: the repository copies it, never loads it."""
+    onnx = exported("tiny", tmp_path_factory)
+    folder = tmp_path_factory.mktemp("engine")
+    plan = folder / "tiny.plan"
+    plan.write_bytes(b"not really an engine")
+    sha = hashlib.sha256(onnx.read_bytes()).hexdigest()
+    sidecar_path(plan).write_text(json.dumps({"onnx_sha256": sha, "tensorrt_version": "10.0.0"}))
+    return make_bundle([onnx], folder / "bundle", engines=[plan])
+
+
+BACKENDS = UNET_BACKENDS.names  # the CLI's --unet-backend choices
+
+
+def test_an_unknown_backend_is_refused_listing_the_choices(bundle: Path, tmp_path: Path) -> None:
+    with pytest.raises(BadInputError, match="unet_backend='triton'.*'onnxruntime', 'tensorrt', 'openvino', 'python'"):
+        write_repository(bundle, tmp_path / "repo", unet_backend="triton")  # type: ignore[arg-type]
+    assert not (tmp_path / "repo").exists()
+
+
+# ids "onnxruntime-unet", ...: a bare "tensorrt" id would read as the tensorrt marker (conftest.py)
+@pytest.mark.parametrize("backend", BACKENDS, ids=[f"{b}-unet" for b in BACKENDS])
+def test_every_config_parses_and_matches_the_export_spec(bundle: Path, tmp_path: Path, backend: str) -> None:
+    result = CliRunner().invoke(main, ["triton", "--bundle", str(bundle), "-o", str(tmp_path / "repo"),
+                                       "--unet-backend", backend, "--instances", "3"])
+    assert result.exit_code == 0, result.output
+    repo = tmp_path / "repo"
+    spec = read_info(bundle / "tiny.onnx").spec
+    unet = parse((repo / "unet" / "config.pbtxt").read_text())
+    target = UNET_BACKENDS[backend]
+    assert (unet.platform if target.field == "platform" else unet.backend) == target.value
+    assert unet.max_batch_size == spec.max_batch == MAX_BATCH
+    assert [i.name for i in unet.input] == spec.input_names == ["x_t", "t"]
+    assert list(unet.input[0].dims) == [spec.in_channels, spec.sample_size, spec.sample_size]
+    assert unet.input[0].data_type == pb2.TYPE_FP32 and unet.input[1].data_type == pb2.TYPE_INT64
+    assert list(unet.input[1].dims) == [1] and unet.input[1].HasField("reshape") and not unet.input[1].reshape.shape
+    assert [o.name for o in unet.output] == ["model_output"]
+    assert list(unet.output[0].dims) == [spec.out_channels, spec.sample_size, spec.sample_size]
+    assert list(unet.dynamic_batching.preferred_batch_size) == sorted({spec.opt_batch, spec.max_batch})
+    assert (repo / "unet" / "1" / target.filename).is_file()
+    assert (repo / "unet" / "1" / "model.py").is_file() == (backend == "python")
+
+    sampler = parse((repo / "sampler" / "config.pbtxt").read_text())
+    assert sampler.backend == "python" and sampler.max_batch_size == 0
+    assert [(i.name, i.optional) for i in sampler.input] == [
+        ("seed", False), ("num_images", False), ("steps", False), ("sampler", True), ("eta", True),
+        ("guidance_scale", True)]  # tiny is unconditional: no class_labels
+    assert [i.data_type for i in sampler.input] == [pb2.TYPE_INT64] * 3 + [pb2.TYPE_STRING, pb2.TYPE_FP32, pb2.TYPE_FP32]
+    assert [(o.name, list(o.dims)) for o in sampler.output] == [("images", [-1, *unet.input[0].dims])]
+    assert [(g.count, g.kind) for g in sampler.instance_group] == [(3, pb2.ModelInstanceGroup.KIND_CPU)]
+    assert sampler.parameters["unet_model"].string_value == "unet"
+    info = json.loads((repo / "sampler" / "1" / "model_info.json").read_text())
+    assert info == json.loads((bundle / "manifest.json").read_text())["models"][0]["metadata"]
+
+
+def test_tensorrt_serves_the_bundled_engine(bundle: Path, tmp_path: Path) -> None:
+    repo = write_repository(bundle, tmp_path / "repo", unet_backend="tensorrt")
+    assert (repo / "unet" / "1" / "model.plan").read_bytes() == (bundle / "tiny.plan").read_bytes()
+
+
+@pytest.mark.parametrize("spec", [
+    ExportSpec(in_channels=1, out_channels=1, sample_size=16, cond_kind="class", num_class_rows=11,
+               min_batch=1, opt_batch=2, max_batch=8),
+    ExportSpec(cond_kind="context", context_dim=24, min_batch=2, opt_batch=16, max_batch=16),
+], ids=["class", "context"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_conditioned_models_configs_parse(spec: ExportSpec, backend: str) -> None:
+    unet = parse(to_pbtxt(unet_config(spec, backend, max_queue_delay_us=100)))
+    assert [i.name for i in unet.input] == spec.input_names
+    cond = unet.input[2]
+    if spec.cond_kind == "class":
+        assert cond.data_type == pb2.TYPE_INT64 and list(cond.dims) == [1] and cond.HasField("reshape")
+    else:
+        assert cond.data_type == pb2.TYPE_FP32 and list(cond.dims) == [-1, 24]
+    assert list(unet.dynamic_batching.preferred_batch_size) == sorted({spec.opt_batch, spec.max_batch})
+    assert unet.dynamic_batching.max_queue_delay_microseconds == 100
+    sampler = parse(to_pbtxt(sampler_config(spec, instances=2, max_images=64)))
+    last = sampler.input[-1]
+    if spec.cond_kind == "class":
+        assert (last.name, list(last.dims), last.optional) == ("class_labels", [-1], True)
+    else:
+        assert (last.name, list(last.dims), last.optional) == ("context", [-1, -1, 24], False)
+
+
+def test_pbtxt_writer_round_trips_through_protobuf() -> None:
+    text = to_pbtxt({"name": 'a "quoted" \\ name', "max_batch_size": 4,
+                     "input": [{"name": "x", "data_type": Enum("TYPE_FP16"), "dims": [-1, 3]}],
+                     "dynamic_batching": {"preferred_batch_size": [], "max_queue_delay_microseconds": 0},
+                     "parameters": [{"key": "k", "value": {"string_value": "v"}}]})
+    config = parse(text)
+    assert config.name == 'a "quoted" \\ name' and config.max_batch_size == 4
+    assert config.input[0].data_type == pb2.TYPE_FP16 and list(config.input[0].dims) == [-1, 3]
+    assert config.parameters["k"].string_value == "v"
+    with pytest.raises(ValueError, match="name"):
+        to_pbtxt({"name": "two\nlines"})
+    with pytest.raises(TypeError, match="dims"):
+        to_pbtxt({"dims": [np.int64(3)]})
+
+
+def test_tensorrt_without_an_engine_is_refused_naming_the_fix(bundle: Path, tmp_path: Path) -> None:
+    plain = make_bundle([bundle / "tiny.onnx"], tmp_path / "plain")
+    result = CliRunner().invoke(main, ["triton", "--bundle", str(plain), "-o", str(tmp_path / "repo"),
+                                       "--unet-backend", "tensorrt"])
+    assert result.exit_code == 2
+    assert "no TensorRT engine" in result.output and "ddpm-export bundle --engine" in result.output
+    assert not (tmp_path / "repo").exists()
+
+
+def test_an_existing_repository_needs_force(bundle: Path, tmp_path: Path) -> None:
+    args = ["triton", "--bundle", str(bundle), "-o", str(tmp_path / "repo"), "--unet-backend", "python"]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    (tmp_path / "repo" / "marker").write_text("old")
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2 and "--force" in result.output
+    assert (tmp_path / "repo" / "marker").is_file()
+    assert CliRunner().invoke(main, [*args, "--force"]).exit_code == 0
+    assert not (tmp_path / "repo" / "marker").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["repo"]  # no temporary folder left behind
+
+
+def test_a_tampered_bundle_is_refused(bundle: Path, tmp_path: Path) -> None:
+    copy = make_bundle([bundle / "tiny.onnx"], tmp_path / "copy")
+    data = bytearray((copy / "tiny.onnx").read_bytes())
+    data[-1] ^= 1
+    (copy / "tiny.onnx").write_bytes(bytes(data))
+    result = CliRunner().invoke(main, ["triton", "--bundle", str(copy), "-o", str(tmp_path / "repo")])
+    assert result.exit_code == 2 and "tiny.onnx" in result.output and "sha256" in result.output

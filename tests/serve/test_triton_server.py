@@ -1,0 +1,160 @@
+"""End to end on a real Triton server: the digits bundle -> `ddpm-export triton --unet-backend python`
+-> the `tritonserver` of the nvidia-pytriton wheel on free 127.0.0.1 ports -> tritonclient over
+HTTP and gRPC. Served images equal ``Pipeline.sample`` with the same arguments (max abs <= 1e-5),
+concurrent clients each get their own images, a bad request gets an error naming the input and
+the server keeps serving, and the server is always stopped (LocalServer's context manager)."""
+
+from __future__ import annotations
+
+import concurrent.futures
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+pytest.importorskip("torch", reason="the export needs torch")
+httpclient = pytest.importorskip("tritonclient.http", reason="needs the serve extra (tritonclient)")
+grpcclient = pytest.importorskip("tritonclient.grpc", reason="needs the serve extra (tritonclient)")
+from tritonclient.utils import InferenceServerException  # noqa: E402
+
+from ddpm_export.cli import main  # noqa: E402
+from ddpm_export.runtime import Pipeline, make_bundle  # noqa: E402
+from ddpm_export.serve.local_server import LocalServer, find_tritonserver, stub_numpy_site  # noqa: E402
+
+from runtime_exports import exported  # noqa: E402
+
+pytestmark = pytest.mark.triton
+ROOT = Path(__file__).resolve().parents[2]
+TOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_bundle([exported("digits", tmp_path_factory)], tmp_path_factory.mktemp("digits") / "bundle")
+
+
+@pytest.fixture(scope="module")
+def server(bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
+    install, site = find_tritonserver(), stub_numpy_site(ROOT)
+    assert install is not None and site is not None  # the triton marker skips otherwise (conftest.py)
+    work = tmp_path_factory.mktemp("triton")
+    result = CliRunner().invoke(main, ["triton", "--bundle", str(bundle), "-o", str(work / "repo"),
+                                       "--unet-backend", "python", "--instances", "4",
+                                       "--max-queue-delay-us", "20000"])  # calls of concurrent requests surely meet
+    assert result.exit_code == 0, result.output
+    # the stubs import numpy<2 (see local_server) and this checkout's ddpm_export, as installed
+    with LocalServer(install, work / "repo", work, pythonpath=[*site, ROOT]) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def pipe(bundle: Path) -> Pipeline:
+    return Pipeline.from_bundle(bundle)
+
+
+def inputs(module: Any, **values: np.ndarray) -> list[Any]:
+    """tritonclient InferInputs (``module`` is tritonclient.http or .grpc) from arrays."""
+    dtypes = {np.dtype(np.int64): "INT64", np.dtype(np.float32): "FP32", np.dtype(np.object_): "BYTES"}
+    out = []
+    for name, array in values.items():
+        item = module.InferInput(name, list(array.shape), dtypes[array.dtype])
+        item.set_data_from_numpy(array)
+        out.append(item)
+    return out
+
+
+def request(seed: int, n: int, steps: int, *, sampler: str | None = None, eta: float | None = None,
+            guidance: float | None = None, classes: list[int] | None = None) -> dict[str, np.ndarray]:
+    values = {"seed": np.array([seed], np.int64), "num_images": np.array([n], np.int64),
+              "steps": np.array([steps], np.int64)}
+    if sampler is not None:
+        values["sampler"] = np.array([sampler.encode()], np.object_)
+    if eta is not None:
+        values["eta"] = np.array([eta], np.float32)
+    if guidance is not None:
+        values["guidance_scale"] = np.array([guidance], np.float32)
+    if classes is not None:
+        values["class_labels"] = np.array(classes, np.int64)
+    return values
+
+
+def infer(server: LocalServer, protocol: str, values: dict[str, np.ndarray]) -> np.ndarray:
+    module = httpclient if protocol == "http" else grpcclient
+    client = module.InferenceServerClient(server.http_url if protocol == "http" else server.grpc_url)
+    try:
+        return client.infer("sampler", inputs(module, **values)).as_numpy("images")
+    finally:
+        client.close()
+
+
+CASES = {  # exactly representable eta / guidance, so float32 on the wire changes nothing
+    "ddim-default-classes": (dict(seed=3, n=4, steps=5), dict()),
+    "ddim-eta-guided-two-chunks": (dict(seed=11, n=5, steps=4, eta=0.5, guidance=1.5, classes=[3, 1, 4, 1, 5]),
+                                   dict(eta=0.5, guidance_scale=1.5, classes=[3, 1, 4, 1, 5])),
+    "ddpm": (dict(seed=2**40, n=3, steps=6, sampler="ddpm"), dict(sampler="ddpm")),
+}
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_served_images_equal_pipeline_sample(server: LocalServer, pipe: Pipeline, protocol: str, case: str) -> None:
+    args, extra = CASES[case]
+    got = infer(server, protocol, request(**args))
+    want = pipe.sample(args["n"], steps=args["steps"], seed=args["seed"], progress=False, **extra)
+    assert got.shape == want.shape == (args["n"], 1, 16, 16)
+    assert np.abs(got - want).max() <= TOL
+
+
+def unet_counts(server: LocalServer) -> tuple[int, int]:
+    """(BLS calls the unet answered, batched executions it ran), from Triton's statistics."""
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    try:
+        stats = client.get_inference_statistics("unet", as_json=True)["model_stats"][0]
+    finally:
+        client.close()
+    return int(stats["inference_stats"]["success"].get("count", 0)), int(stats.get("execution_count", 0))
+
+
+def test_concurrent_clients_each_get_their_own_images(server: LocalServer, pipe: Pipeline) -> None:
+    """8 requests from 4 threads: their step calls are merged into shared unet batches (fewer
+    executions than calls) and every client still gets exactly its own Pipeline.sample images."""
+    jobs = [("http" if seed % 2 else "grpc", seed) for seed in range(8)]
+    calls0, executions0 = unet_counts(server)
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda job: infer(server, job[0], request(job[1], 2, 5)), jobs))
+    calls, executions = (a - b for a, b in zip(unet_counts(server), (calls0, executions0)))
+    assert calls == 8 * 5 and executions < calls
+    for (_, seed), got in zip(jobs, results):
+        assert np.abs(got - pipe.sample(2, steps=5, seed=seed, progress=False)).max() <= TOL
+    assert len({r.tobytes() for r in results}) == len(jobs)
+
+
+def test_the_unet_refuses_a_bad_call_naming_the_input(server: LocalServer) -> None:
+    client = httpclient.InferenceServerClient(server.http_url)
+    try:
+        values = {"x_t": np.zeros((2, 1, 16, 16), np.float32), "t": np.array([[5], [1000]], np.int64),
+                  "class_labels": np.zeros((2, 1), np.int64)}
+        with pytest.raises(InferenceServerException, match=r"t: values must be in \[0, 1000\)"):
+            client.infer("unet", inputs(httpclient, **values))
+        values["t"] = np.array([[5], [999]], np.int64)
+        assert client.infer("unet", inputs(httpclient, **values)).as_numpy("model_output").shape == (2, 1, 16, 16)
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    (request(-1, 2, 3), "seed must be a non-negative int"),
+    (request(0, 2, 3, classes=[1, 10]), "class_labels: id 10 is outside [0, 10)"),
+    (request(0, 2, 3, sampler="euler"), "sampler='euler' is not valid"),
+    ({"seed": np.array([0], np.int64), "num_images": np.array([2], np.int64)}, "steps"),  # Triton's own check
+])
+def test_a_bad_request_gets_an_error_naming_the_input_and_the_server_keeps_serving(
+        server: LocalServer, pipe: Pipeline, values: dict[str, np.ndarray], message: str) -> None:
+    for protocol in ("http", "grpc"):
+        with pytest.raises(InferenceServerException) as e:
+            infer(server, protocol, values)
+        assert message in str(e.value)
+    assert server.alive()
+    assert np.abs(infer(server, "http", request(5, 2, 3)) - pipe.sample(2, steps=3, seed=5, progress=False)).max() <= TOL

@@ -1,0 +1,150 @@
+#!/usr/bin/env python3
+"""Triton serving vs ``Pipeline.sample`` in one process, on the digits model (CPU).
+
+Starts the ``tritonserver`` of the nvidia-pytriton wheel on a repository generated with
+``ddpm-export triton --unet-backend python`` (see ``ddpm_export/serve/local_server.py``) and
+measures, for requests of ``-n`` images with ``--steps`` DDIM steps:
+
+* the latency of one request (median of ``--repeats``), served over gRPC vs ``Pipeline.sample``;
+* the throughput (images/s) of ``--clients`` concurrent clients sending ``--requests`` requests
+  in all, vs the same number of threads sharing one Pipeline (median of ``--rounds``);
+  the two ways alternate, so a shared machine's load weighs on both alike;
+* how the unet's dynamic batcher merged the sampler instances' per-step calls (Triton's
+  statistics: U-Net requests per execution);
+* the machine's load (``uptime``) before and after.
+
+    OMP_WAIT_POLICY=PASSIVE python tools/triton_bench.py [--bundle B] [-n 4] [--steps 20]
+
+Without ``--bundle`` the shipped digits model is exported first (needs torch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import platform
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+
+from ddpm_export.runtime import Pipeline, make_bundle
+from ddpm_export.serve import write_repository
+from ddpm_export.serve.local_server import LocalServer, find_tritonserver, stub_numpy_site
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def served(url: str, seed: int, n: int, steps: int) -> np.ndarray:
+    client = grpcclient.InferenceServerClient(url)
+    try:
+        values = {"seed": [seed], "num_images": [n], "steps": [steps]}
+        inputs = []
+        for name, value in values.items():
+            item = grpcclient.InferInput(name, [1], "INT64")
+            item.set_data_from_numpy(np.array(value, np.int64))
+            inputs.append(item)
+        return client.infer("sampler", inputs).as_numpy("images")
+    finally:
+        client.close()
+
+
+def latency(runs: dict, repeats: int) -> dict[str, float]:
+    """Median seconds of one request per way of running it, the ways interleaved (a shared
+    machine's load then weighs on both alike)."""
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for i in range(repeats):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run(i)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def throughput(runs: dict, clients: int, requests: int, rounds: int, images: int) -> dict[str, float]:
+    """Images per second of ``clients`` threads sending ``requests`` requests; the median of
+    ``rounds`` interleaved rounds."""
+    rates: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+                list(pool.map(run, range(requests)))
+            rates[name].append(images * requests / (time.perf_counter() - start))
+    return {name: statistics.median(r) for name, r in rates.items()}
+
+
+def unet_batching(url: str) -> dict[str, float]:
+    """BLS calls the unet received, the batched executions Triton ran, and images per execution."""
+    client = grpcclient.InferenceServerClient(url)
+    try:
+        stats = client.get_inference_statistics("unet", as_json=True)["model_stats"][0]
+    finally:
+        client.close()
+    calls = int(stats["inference_stats"]["success"].get("count", 0))
+    images, executions = int(stats.get("inference_count", 0)), int(stats.get("execution_count", 0))
+    return {"calls": calls, "executions": executions, "images_per_execution": images / max(executions, 1)}
+
+
+def cpu() -> str:
+    """The CPU model and its vector flags, from /proc/cpuinfo."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
+                 platform.machine())
+    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
+    vector = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "amx_tile") if f in flags]
+    return f"{model} ({', '.join(vector) or 'no AVX2'}), {info.count('processor')} logical CPUs"
+
+
+def uptime() -> str:
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bundle", type=Path, default=None, help="a bundle folder [default: export digits]")
+    parser.add_argument("-n", type=int, default=4, help="images per request")
+    parser.add_argument("--steps", type=int, default=20, help="DDIM steps per request")
+    parser.add_argument("--repeats", type=int, default=5, help="requests timed for the latency")
+    parser.add_argument("--clients", type=int, default=4, help="concurrent clients / threads")
+    parser.add_argument("--requests", type=int, default=16, help="requests in one throughput round")
+    parser.add_argument("--rounds", type=int, default=3, help="throughput rounds (median)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    args = parser.parse_args()
+    install, site = find_tritonserver(), stub_numpy_site(ROOT)
+    if install is None or site is None:
+        raise SystemExit("needs nvidia-pytriton and numpy<2 for its stub (./dev installs both)")
+    load_before = uptime()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        bundle = args.bundle
+        if bundle is None:
+            from ddpm_export.export.onnx import export_onnx
+
+            onnx = export_onnx("digits", work / "digits.onnx", max_batch=8, log=lambda m: None).path
+            bundle = make_bundle([onnx], work / "bundle")
+        repo = write_repository(bundle, work / "repo", unet_backend="python", instances=args.clients)
+        pipe = Pipeline.from_bundle(bundle)
+        local = lambda i: pipe.sample(args.n, steps=args.steps, seed=i, progress=False)  # noqa: E731
+        with LocalServer(install, repo, work, pythonpath=[*site, ROOT]) as server:
+            remote = lambda i: served(server.grpc_url, i, args.n, args.steps)  # noqa: E731
+            max_abs = float(np.abs(remote(0) - local(0)).max())  # also warms both up
+            runs = {"triton": remote, "pipeline": local}
+            figures = {"latency_s": latency(runs, args.repeats),
+                       "images_per_s": throughput(runs, args.clients, args.requests, args.rounds, args.n),
+                       "unet_batching": unet_batching(server.grpc_url)}
+    report = {"images_per_request": args.n, "steps": args.steps, "clients": args.clients,
+              "requests": args.requests, "rounds": args.rounds, "max_abs_vs_pipeline": max_abs, **figures,
+              "cpu": cpu(), "load_before": load_before, "load_after": uptime()}
+    print(json.dumps(report, indent=2))
+    if args.json is not None:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
