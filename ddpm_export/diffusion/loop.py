@@ -71,7 +71,9 @@ def sample(
 
     Args:
         backend: the network, see :class:`Backend`.
-        scheduler: a :class:`DDPMScheduler` or :class:`DDIMScheduler`, already ``set_timesteps``.
+        scheduler: any :class:`Scheduler`, already ``set_timesteps``. It is ``reset()`` first,
+            so a multistep solver starts without history (one scheduler serves one run at a time;
+            concurrent runs need one each, as :class:`~ddpm_export.runtime.Pipeline` does).
         shape: ``(B, C, H, W)`` of the samples.
         seed: seeds the PCG64 generator of all noise (see the module doc for the draw order).
         cond: conditioning for the backend, batch size B (class ids ``[B]`` or context ``[B, L, D]``).
@@ -91,6 +93,7 @@ def sample(
     shape = _check_shape(shape)
     guided = _check_guidance(shape[0], cond, null_cond, guidance_scale)
     rng = noise_generator(seed)
+    scheduler.reset()
     drawn_x_T = rng.standard_normal(shape, dtype=np.float32)
     x = drawn_x_T if x_T is None else check_x_T(x_T, shape)
 
