@@ -11,6 +11,7 @@ sampling alone, on this machine at its current load (printed with ``uptime``'s l
 indicative only on a shared machine.
 
     OMP_WAIT_POLICY=PASSIVE python tools/solver_table.py --json solver-table.json --markdown solver-table.md
+    OMP_WAIT_POLICY=PASSIVE python tools/solver_table.py --set use_karras_sigmas=false   # another setting
 """
 
 from __future__ import annotations
@@ -66,8 +67,7 @@ def _row(pipe, sampler: str, steps: int, args, clf, digits) -> dict:
     x = pipe.sample(args.num_samples, sampler=sampler, steps=steps, seed=args.seed, classes=labels, progress=False)
     seconds = time.perf_counter() - start
     s = score(x, clf, digits.heldout_x, labels)
-    return {"sampler": sampler, "steps": steps, "timestep_spacing": pipe.info.diffusion.timestep_spacing,
-            "model_calls": steps, "confident_fraction": s.confident_fraction, "frechet": s.frechet,
+    return {"sampler": sampler, "steps": steps, "model_calls": steps, "confident_fraction": s.confident_fraction, "frechet": s.frechet,
             "class_entropy_bits": s.class_entropy_bits, "label_accuracy": s.class_accuracy,
             "seconds": round(seconds, 2), "images_per_s": args.num_samples / seconds,
             "load_average_before": load_before, "load_average_after": _load_average()}
@@ -93,8 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--baseline", nargs="*", default=["ddim:50"], help="sampler:steps rows first")
     p.add_argument("--solvers", nargs="*", default=["dpm-solver++", "unipc"])
     p.add_argument("--steps", type=int, nargs="*", default=[5, 10, 15, 20, 25])
-    p.add_argument("--timestep-spacing", default=None, choices=["leading", "trailing", "linspace"],
-                   help="override the model's spacing for every row (default: the model's)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=JSON",
+                   help="override a DiffusionConfig field of the file for every row, e.g. timestep_spacing='\"trailing\"' "
+                        "or use_karras_sigmas=false (repeatable; default: the file's sampling defaults)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
     p.add_argument("--max-batch", type=int, default=120, help="images per model call (export's max batch)")
@@ -112,14 +113,14 @@ def main(argv: list[str] | None = None) -> int:
               "heldout_real_confident": held.confident_fraction, "rows": []}
     with tempfile.TemporaryDirectory(prefix="solver-table-") as tmp:
         pipe = _pipeline(args.model, args.onnx, args.threads, args.max_batch, Path(tmp))
-        if args.timestep_spacing is not None:  # the sampling defaults of the file, overridden for the table
-            pipe.info = dataclasses.replace(pipe.info, diffusion=pipe.info.diffusion.replace(
-                timestep_spacing=args.timestep_spacing))
-        report["timestep_spacing"] = pipe.info.diffusion.timestep_spacing
+        if args.overrides:  # the sampling defaults of the file, overridden for the table
+            changes = {k: json.loads(v) for k, v in (o.split("=", 1) for o in args.overrides)}
+            pipe.info = dataclasses.replace(pipe.info, diffusion=pipe.info.diffusion.replace(**changes))
+        report["diffusion"] = pipe.info.diffusion.to_dict()
         for sampler, steps in _settings(args):
             row = _row(pipe, sampler, steps, args, clf, digits)
             report["rows"].append(row)
-            print(f"{sampler:>14s}-{steps:<3d} ({row['timestep_spacing']}): confident {row['confident_fraction']:.3f}"
+            print(f"{sampler:>14s}-{steps:<3d}: confident {row['confident_fraction']:.3f}"
                   f"  FD {row['frechet']:.3f}  {row['images_per_s']:.1f} images/s  (load {row['load_average_before']})",
                   flush=True)
             if args.json is not None:
