@@ -34,6 +34,16 @@ SOLVER_LABELS = {"ddim": "DDIM", "ddpm": "DDPM", "dpm-solver++": "DPM-Solver++ 2
                  "dpm-solver": "DPM-Solver 2M", "sde-dpm-solver++": "SDE-DPM-Solver++ 2M"}
 
 
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def _load_average() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
@@ -67,7 +77,8 @@ def _row(pipe, sampler: str, steps: int, args, clf, digits) -> dict:
     x = pipe.sample(args.num_samples, sampler=sampler, steps=steps, seed=args.seed, classes=labels, progress=False)
     seconds = time.perf_counter() - start
     s = score(x, clf, digits.heldout_x, labels)
-    return {"sampler": sampler, "steps": steps, "model_calls": steps, "confident_fraction": s.confident_fraction, "frechet": s.frechet,
+    return {"sampler": sampler, "steps": steps, "model_calls": steps, "confident_fraction": s.confident_fraction,
+            "frechet": s.frechet,
             "class_entropy_bits": s.class_entropy_bits, "label_accuracy": s.class_accuracy,
             "seconds": round(seconds, 2), "images_per_s": args.num_samples / seconds,
             "load_average_before": load_before, "load_average_after": _load_average()}
@@ -94,8 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--solvers", nargs="*", default=["dpm-solver++", "unipc"])
     p.add_argument("--steps", type=int, nargs="*", default=[5, 10, 15, 20, 25])
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=JSON",
-                   help="override a DiffusionConfig field of the file for every row, e.g. timestep_spacing='\"trailing\"' "
-                        "or use_karras_sigmas=false (repeatable; default: the file's sampling defaults)")
+                   help="override a DiffusionConfig field of the file for every row, e.g. "
+                        "timestep_spacing='\"trailing\"' or use_karras_sigmas=false (repeatable; default: the "
+                        "file's sampling defaults)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
     p.add_argument("--max-batch", type=int, default=120, help="images per model call (export's max batch)")
@@ -107,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     digits = load_digits_split()
     held = score(digits.heldout_x, clf, digits.heldout_x, digits.heldout_y)
     report = {"model": args.model, "num_samples": args.num_samples, "seed": args.seed, "guidance_scale": 1.0,
-              "threads": args.threads, "max_batch": args.max_batch, "cpu": platform.processor() or platform.machine(),
+              "threads": args.threads, "max_batch": args.max_batch, "cpu": _cpu_model(),
               "cpu_count": os.cpu_count(), "reference_frechet": reference_frechet(clf, digits, n=args.num_samples,
                                                                                      seed=args.seed),
               "heldout_real_confident": held.confident_fraction, "rows": []}

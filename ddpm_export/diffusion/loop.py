@@ -5,8 +5,9 @@ Noise (docs/conventions.md): one ``numpy.random.Generator(numpy.random.PCG64(see
 
 1. ``x_T`` -- drawn even when an explicit ``x_T`` is passed (and then discarded), so the step
    noise of a run never depends on whether its start was given;
-2. one array per step, in step order, whether or not the step uses it (DDIM with eta = 0 and
-   DDPM's last step do not), so DDPM, DDIM and every eta see the same noise stream.
+2. one array per step, in step order, whether or not the step uses it (DDIM with eta = 0,
+   DDPM's last step and the ODE solvers do not), so DDPM, DDIM at every eta and the SDE solver
+   (``sde-dpm-solver++``) see the same noise stream.
 
 PyTorch, ONNX Runtime and TensorRT backends all run through :func:`sample` and therefore
 consume identical noise; their trajectories can be compared step by step (record them with

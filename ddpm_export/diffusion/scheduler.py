@@ -21,7 +21,8 @@ __all__ = ["Scheduler"]
 
 
 class Scheduler(abc.ABC):
-    """Base of :class:`DDPMScheduler` and :class:`DDIMScheduler`.
+    """Base of :class:`DDPMScheduler`, :class:`DDIMScheduler` and the multistep solvers
+    (:class:`~ddpm_export.diffusion.multistep.MultistepScheduler`).
 
     Attributes:
         config: the :class:`DiffusionConfig` it was built from.

@@ -37,10 +37,12 @@ def sink(sink_onnx: Path) -> Pipeline:
 def test_solver_samples_equal_a_torch_run_of_the_same_loop(sink: Pipeline, sampler: str, steps: int) -> None:
     """With guidance: the conditional and null halves in one batch, guided output into the solver."""
     n = 3
-    got = sink.sample(n, sampler=sampler, steps=steps, seed=7, classes=[1, 5, 9], guidance_scale=2.0, progress=False)
+    got = sink.sample(n, sampler=sampler, steps=steps, seed=7, classes=[1, 5, 9], guidance_scale=2.0,
+                      progress=False)
     scheduler = make_scheduler(sink.info.diffusion.replace(num_inference_steps=steps), sampler)
     want = sample(TorchBackend(load_model("kitchen-sink")), scheduler, (n, 3, 16, 16), seed=7,
-                  cond=np.array([1, 5, 9], dtype=np.int64), null_cond=np.full(n, 10, dtype=np.int64), guidance_scale=2.0)
+                  cond=np.array([1, 5, 9], dtype=np.int64), null_cond=np.full(n, 10, dtype=np.int64),
+                  guidance_scale=2.0)
     assert got.shape == want.shape and got.dtype == np.float32
     assert np.abs(got - want).max() <= 1e-4
 
@@ -83,7 +85,8 @@ def test_cli_sample_offers_every_registered_sampler(sink_onnx: Path, tmp_path: P
                                   "--no-progress", "-o", str(tmp_path / "grid.png")])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    result = runner.invoke(main, ["sample", "--onnx", str(sink_onnx), "--sampler", "euler", "-o", str(tmp_path / "x.png")])
+    result = runner.invoke(main, ["sample", "--onnx", str(sink_onnx), "--sampler", "euler",
+                                  "-o", str(tmp_path / "x.png")])
     assert result.exit_code == 2
     assert "'ddim', 'ddpm', 'dpm-solver++', 'dpm-solver', 'sde-dpm-solver++', 'unipc'" in result.output
 
