@@ -44,7 +44,7 @@ def test_solver_fields_use_diffusers_names_and_defaults() -> None:
     (dict(sampler="dpm-solver", algorithm_type="dpmsolver"),
      "final_sigmas_type: sampler='dpm-solver' needs final_sigmas_type='sigma_min', got 'zero'"),
     (dict(sampler="unipc", solver_type="midpoint"),
-     "solver_type: 'midpoint' is not a solver type of sampler='unipc'; choose one of: 'bh1', 'bh2'"),
+     "solver_type: 'midpoint' is not a solver type of sampler='unipc'; choose one of: 'bh2', 'bh1'"),
     (dict(sampler="dpm-solver++", solver_type="bh2"), "choose one of: 'midpoint', 'heun'"),
     (dict(solver_type="rk4"), "solver_type='rk4' has the wrong type"),
     (dict(use_karras_sigmas=True, final_sigmas_type="sigma_min"), "use_karras_sigmas=True ends at sigma(t=0)"),
