@@ -72,9 +72,8 @@ def sample(
 
     Args:
         backend: the network, see :class:`Backend`.
-        scheduler: any :class:`Scheduler`, already ``set_timesteps``. It is ``reset()`` first,
-            so a multistep solver starts without history (one scheduler serves one run at a time;
-            concurrent runs need one each, as :class:`~ddpm_export.runtime.Pipeline` does).
+        scheduler: any :class:`Scheduler`, already ``set_timesteps``; ``reset()`` here (a solver's
+            history), so it serves one run at a time (Pipeline builds one per call).
         shape: ``(B, C, H, W)`` of the samples.
         seed: seeds the PCG64 generator of all noise (see the module doc for the draw order).
         cond: conditioning for the backend, batch size B (class ids ``[B]`` or context ``[B, L, D]``).
