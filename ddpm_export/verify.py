@@ -8,9 +8,11 @@ candidates are ONNX Runtime on the file and, when an engine is given, TensorRT.
 
 1. Single steps at several ``t`` (0, 937, T/2, T-1), at the exported min/opt/max batch, and for
    class-conditional models over the class ids and the null class.
-2. Trajectories: DDIM with ``steps`` (default 50) and DDPM over all T steps (``ddpm_steps`` may
-   respace it for big models; the report says so). Per step: max abs error of the model output
-   and of ``x_t``.
+2. Trajectories: DDIM with ``steps`` (default 50), DDPM over all T steps (``ddpm_steps`` may
+   respace it for big models; the report says so) and the multistep solvers ``solvers``
+   (DPM-Solver++ and UniPC, ``solver_steps`` each, default 10). Per step: max abs error of the
+   model output and of ``x_t``. A multistep solver's history is reset at the start of every run
+   (the loop does it), so one scheduler serves the reference and every candidate in turn.
    Also per step, "local" errors: the candidate re-run on exactly the reference's inputs of each
    model call (teacher forcing), which measure the backend alone, without accumulated drift.
 3. Final samples: max abs, relative L2 and PSNR ``10 log10(4 / MSE)`` (images in [-1, 1], so the
@@ -44,7 +46,7 @@ from ddpm_export.checks import check_guidance_scale, check_steps
 from ddpm_export.contract.info import ModelInfo
 from ddpm_export.contract.metadata import sha256_file
 from ddpm_export.contract.spec import ExportSpec
-from ddpm_export.diffusion import Backend, make_scheduler, sample
+from ddpm_export.diffusion import Backend, DiffusionConfig, make_scheduler, sample
 from ddpm_export.diffusion.scheduler import Scheduler
 from ddpm_export.errors import BadInputError, MissingDependencyError
 from ddpm_export.files import atomic_file
@@ -56,6 +58,8 @@ __all__ = ["THRESHOLDS", "Thresholds", "VerifyError", "compare", "plot_drift", "
 
 #: single-step timesteps always checked (those >= T are dropped), plus T // 2 and T - 1
 SINGLE_STEP_TIMESTEPS = (0, 937)
+#: multistep solvers whose whole trajectories are verified by default (besides DDIM and DDPM)
+SOLVERS = ("dpm-solver++", "unipc")
 
 
 class VerifyError(BadInputError):
@@ -161,7 +165,8 @@ def _one_ulp(x_T: np.ndarray, seed: int) -> np.ndarray:
 
 # --- the whole check ------------------------------------------------------------------------
 def verify(model: str | Path, onnx: str | Path, *, engine: str | Path | None = None, steps: int = 50,
-           ddpm_steps: int | None = None, seed: int = 0, batch: int = 2, guidance_scale: float = 1.0,
+           ddpm_steps: int | None = None, solver_steps: int = 10, solvers: Sequence[str] = SOLVERS,
+           seed: int = 0, batch: int = 2, guidance_scale: float = 1.0,
            providers: Sequence[Any] | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Verify ``onnx`` (and ``engine``) against the PyTorch ``model``; return the report (a dict).
 
@@ -180,6 +185,7 @@ def verify(model: str | Path, onnx: str | Path, *, engine: str | Path | None = N
     limits = _check_arguments(info, unet.config, model, onnx, steps, ddpm_steps, batch, guidance_scale)
     spec, cfg = info.spec, info.diffusion
     T = cfg.num_train_timesteps
+    solver_schedulers = _solver_schedulers(cfg, solvers, solver_steps)
 
     onnx_sha = sha256_file(onnx)
     weights = weights_path(model)
@@ -200,7 +206,7 @@ def verify(model: str | Path, onnx: str | Path, *, engine: str | Path | None = N
     log(f"verify {onnx} ({info.precision}) against {model} (PyTorch), seed {seed}")
     results = _single_steps(reference, candidates, info, seed, log)
     schedulers = {"ddim": make_scheduler(cfg.replace(num_inference_steps=steps), "ddim"),
-                  "ddpm": make_scheduler(cfg.replace(num_inference_steps=n_ddpm), "ddpm")}
+                  "ddpm": make_scheduler(cfg.replace(num_inference_steps=n_ddpm), "ddpm"), **solver_schedulers}
     for kind, scheduler in schedulers.items():
         _trajectories(results, kind, scheduler, run, reference, candidates, limits, seed, log)
 
@@ -305,6 +311,14 @@ def _trajectories(results: dict[str, dict[str, Any]], kind: str, scheduler: Sche
         if errs["final_check"] == "ill_conditioned":
             log(f"    ill-conditioned: PyTorch against itself from x_T + 1 ulp reaches only "
                 f"{_db(self_psnr[0])}; judged by the local per-step errors")
+
+
+def _solver_schedulers(cfg: DiffusionConfig, solvers: Sequence[str], steps: int) -> dict[str, Scheduler]:
+    """The multistep solvers' schedulers at ``steps`` with the file's settings (refused up front)."""
+    try:
+        return {name: make_scheduler(cfg.replace(num_inference_steps=steps), name) for name in solvers}
+    except ValueError as e:
+        raise VerifyError(f"solver trajectories (solver_steps={steps}): {e}") from None
 
 
 def _db(psnr: float | None) -> str:

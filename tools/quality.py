@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ddpm_export.diffusion import DiffusionConfig, make_scheduler
+from ddpm_export.diffusion import SCHEDULERS, DiffusionConfig, make_scheduler
 from ddpm_export.quality import (CLASSIFIER_DIR, DigitClassifier, generate, load_digits_split, onnx_backend,
                                  reference_frechet, score)
 
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--per-class", type=int, default=20, help="guided samples per requested class")
     p.add_argument("--guidance", type=float, default=1.5, help="classifier-free guidance scale of the guided run")
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the checkpoint's diffusion.json)")
-    p.add_argument("--sampler", choices=["ddim", "ddpm"], default=None, help="default: the checkpoint's diffusion.json")
+    p.add_argument("--sampler", choices=list(SCHEDULERS), default=None, help="default: the checkpoint's diffusion.json")
     p.add_argument("--batch-size", type=int, default=125, help="samples per sampling batch (guided runs double it)")
     p.add_argument("--compare", action="store_true", help="also sample --compare-samples with both engines")
     p.add_argument("--compare-samples", type=int, default=200)

@@ -31,8 +31,8 @@ def command(model: str | None, out_dir: str, ddpm_steps: int | None, force: bool
       grid.png     samples from ONNX Runtime (class-conditional: every class in turn,
                    one row per pass, guidance scale 1.5)
       samples.npy  the same samples, [n, C, H, W] float32 in [-1, 1]
-      report.json  `ddpm-export verify`'s report: single steps, DDIM-50 and DDPM
-                   trajectories over all T steps, final-sample PSNR
+      report.json  `ddpm-export verify`'s report: single steps, DDIM-50, DDPM over all
+                   T steps, DPM-Solver++-10 and UniPC-10 trajectories, final-sample PSNR
       drift.png    per-step error against step (when matplotlib is installed)
     Exits with status 1 when verification fails (the folder is still written).
     """

@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # pragma: no cover
 @click.option("--steps", type=click.IntRange(1), default=None,
               help="Inference steps [default: the file's num_inference_steps].")
 @click.option("--sampler", type=click.Choice(SCHEDULERS.names), default=None,
-              help="Sampler [default: the file's sampler].")
+              help="Sampler; the multistep solvers read their settings from the file [default: the file's sampler].")
 @click.option("--eta", type=click.FloatRange(0.0, 1.0), default=None,
               help="DDIM noise: 0 deterministic, 1 DDPM-like [default: the file's eta].")
 @click.option("--seed", type=click.IntRange(0), default=0, help="Noise seed.")

@@ -16,6 +16,8 @@ import click
 @click.option("--ddpm-steps", type=click.IntRange(1), default=None,
               help="Respace the DDPM trajectory to this many steps [default: all T]; for big models "
                    "(the report notes it).")
+@click.option("--solver-steps", type=click.IntRange(1), default=10,
+              help="Steps of the DPM-Solver++ and UniPC trajectories.")
 @click.option("--seed", type=click.IntRange(0), default=0, help="Noise seed, the same on both sides.")
 @click.option("--batch", type=click.IntRange(1), default=2, help="Images per trajectory.")
 @click.option("--guidance", type=float, default=1.0,
@@ -24,14 +26,16 @@ import click
 @click.option("--plot", type=click.Path(dir_okay=False), default=None,
               help="Plot the per-step error against step to this PNG (needs matplotlib).")
 @click.option("--force", is_flag=True, help="Overwrite existing --report / --plot files.")
-def command(model: str, onnx_path: str, engine: str | None, steps: int, ddpm_steps: int | None, seed: int,
+def command(model: str, onnx_path: str, engine: str | None, steps: int, ddpm_steps: int | None, solver_steps: int,
+            seed: int,
             batch: int, guidance: float, report: str | None, plot: str | None, force: bool) -> None:
     """Verify an ONNX file (and an engine) against the PyTorch model, step by step.
 
     \b
     1. single model calls at t = 0, 937, T/2, T-1, at the exported min/opt/max batch and,
        for class-conditional models, over class ids and the null class;
-    2. DDIM (--steps) and DDPM (all T steps) trajectories with identical noise on both sides:
+    2. DDIM (--steps), DDPM (all T steps), DPM-Solver++ and UniPC (--solver-steps)
+       trajectories with identical noise on both sides:
        per-step max abs error of the model output and of x_t, and of each model call re-run
        on the reference's inputs ("local");
     3. the final samples: max abs, relative L2, PSNR = 10 log10(4 / MSE).
@@ -50,8 +54,8 @@ def command(model: str, onnx_path: str, engine: str | None, steps: int, ddpm_ste
             refuse_existing(path, force)
     if plot is not None:
         require_matplotlib()
-    result = verify(model, onnx_path, engine=engine, steps=steps, ddpm_steps=ddpm_steps, seed=seed,
-                    batch=batch, guidance_scale=guidance, log=click.echo)
+    result = verify(model, onnx_path, engine=engine, steps=steps, ddpm_steps=ddpm_steps, solver_steps=solver_steps,
+                    seed=seed, batch=batch, guidance_scale=guidance, log=click.echo)
     if report is not None:
         write_report(result, report, force=force)
         click.echo(f"wrote {report}")

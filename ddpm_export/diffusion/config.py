@@ -2,29 +2,61 @@
 
 Defaults follow diffusers' ``DDPMScheduler`` / ``DDIMScheduler`` (linear betas 1e-4..0.02 over
 T = 1000, epsilon prediction, ``fixed_small`` variance, x0 clipped to [-1, 1], ``leading``
-timestep spacing). One config serves both samplers; each field says which sampler reads it.
+timestep spacing). One config serves every sampler; each field says which sampler reads it.
+The multistep solvers' fields carry diffusers' keyword names and defaults
+(``DPMSolverMultistepScheduler`` / ``UniPCMultistepScheduler``).
+
+Version 2 added the multistep solvers (their fields and sampler names, ``linspace`` spacing).
+A version-1 file reads as version 2 with those fields at their defaults, which mean exactly what
+version 1 meant (no version-1 sampler reads them).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+from typing import Any, Literal
 
 from ddpm_export.configbase import ConfigError, FrozenConfig, check
-from ddpm_export.diffusion.timesteps import TimestepSpacing, spaced_timesteps
+from ddpm_export.diffusion.timesteps import TimestepSpacing, solver_timesteps, spaced_timesteps
 
 BetaSchedule = Literal["linear", "scaled_linear", "cosine"]
 PredictionType = Literal["epsilon", "sample", "v_prediction"]
 VarianceType = Literal["fixed_small", "fixed_large"]
-SamplerName = Literal["ddim", "ddpm"]
+SamplerName = Literal["ddim", "ddpm", "dpm-solver++", "dpm-solver", "sde-dpm-solver++", "unipc"]
+AlgorithmType = Literal["dpmsolver++", "dpmsolver", "sde-dpmsolver++"]
+SolverType = Literal["midpoint", "heun", "bh1", "bh2"]
+FinalSigmasType = Literal["zero", "sigma_min"]
+
+#: What each DPM-Solver sampler name fixes. ``dpm-solver`` (noise prediction) cannot land on
+#: sigma = 0 (lambda = +inf makes its update 0 * inf), so it ends at sigma_min, as diffusers requires.
+SAMPLER_PRESETS: dict[str, dict[str, Any]] = {
+    "dpm-solver++": {"algorithm_type": "dpmsolver++"},
+    "dpm-solver": {"algorithm_type": "dpmsolver", "final_sigmas_type": "sigma_min"},
+    "sde-dpm-solver++": {"algorithm_type": "sde-dpmsolver++"},
+}
+#: The multistep solvers (``solver_timesteps`` spacing, sigma schedule) and their solver_type
+#: choices, the default (``solver_type=None``) first: diffusers' midpoint and bh2.
+DPM_SOLVER_TYPES = ("midpoint", "heun")
+UNIPC_SOLVER_TYPES = ("bh2", "bh1")
+SOLVER_TYPES: dict[str, tuple[str, ...]] = {
+    "dpm-solver++": DPM_SOLVER_TYPES, "dpm-solver": DPM_SOLVER_TYPES, "sde-dpm-solver++": DPM_SOLVER_TYPES,
+    "unipc": UNIPC_SOLVER_TYPES,
+}
 
 __all__ = [
+    "AlgorithmType",
     "BetaSchedule",
     "ConfigError",
+    "DPM_SOLVER_TYPES",
     "DiffusionConfig",
+    "FinalSigmasType",
+    "SAMPLER_PRESETS",
+    "SOLVER_TYPES",
     "PredictionType",
     "SamplerName",
+    "SolverType",
     "TimestepSpacing",
+    "UNIPC_SOLVER_TYPES",
     "VarianceType",
 ]
 
@@ -37,7 +69,9 @@ class DiffusionConfig(FrozenConfig):
     is defined by its ``abar(t)`` curve alone and does not read ``beta_start`` / ``beta_end``.
     """
 
-    version: int = 1
+    VERSION = 2
+
+    version: int = 2
     # --- forward process (training) --------------------------------------------------------
     num_train_timesteps: int = 1000             # T; valid timesteps are 0 .. T-1
     beta_schedule: BetaSchedule = "linear"
@@ -46,15 +80,36 @@ class DiffusionConfig(FrozenConfig):
     prediction_type: PredictionType = "epsilon"  # what the network outputs: eps, x0 or v
     # --- reverse process -------------------------------------------------------------------
     variance_type: VarianceType = "fixed_small"  # DDPM: beta~_t (Ho eq. 7) or beta_t
-    clip_sample: bool = True                    # clip the predicted x0 (both samplers)
+    clip_sample: bool = True                    # clip the predicted x0 (DDPM, DDIM; the solvers, as diffusers', do not)
     clip_sample_range: float = 1.0              # ... to [-range, range]
     timestep_spacing: TimestepSpacing = "leading"  # how N inference steps pick from 0 .. T-1
     steps_offset: int = 0                       # added to every leading-spaced timestep
     set_alpha_to_one: bool = True               # DDIM: abar before the last step is 1 (else abar_0)
+    # --- multistep solvers: DPM-Solver(++) and UniPC, diffusers' keywords ------------------
+    solver_order: int = 2                       # 1..3 (2 = DPM-Solver++ 2M, UniPC-2)
+    algorithm_type: AlgorithmType = "dpmsolver++"  # DPM-Solver; fixed by the sampler name
+    solver_type: SolverType | None = None       # DPM: midpoint|heun, UniPC: bh1|bh2; None: midpoint / bh2
+    lower_order_final: bool = True              # lower orders at the end (DPM: with < 15 steps)
+    use_karras_sigmas: bool = False             # Karras et al. 2022 sigmas (rho = 7) instead of the spacing
+    final_sigmas_type: FinalSigmasType = "zero"  # the last step lands on sigma 0 or on sigma(t=0)
+    predict_x0: bool = True                     # UniPC: data prediction (UniPC's "++"), else noise
+    disable_corrector: tuple[int, ...] = ()     # UniPC: steps (0-based) whose corrector is skipped
     # --- sampler defaults used by the runtime ----------------------------------------------
     sampler: SamplerName = "ddim"
     num_inference_steps: int = 50               # N
     eta: float = 0.0                            # DDIM: 0 deterministic, 1 DDPM-like noise
+
+    @classmethod
+    def from_dict(cls, data: Any, *, source: str = "config") -> "DiffusionConfig":
+        """Also reads version 1 (see the module doc): it becomes version 2 with the solver defaults."""
+        if isinstance(data, dict) and data.get("version") == 1:
+            data = {**data, "version": 2}
+        return super().from_dict(data, source=source)
+
+    @property
+    def is_solver(self) -> bool:
+        """Whether ``sampler`` is a multistep solver (DPM-Solver or UniPC)."""
+        return self.sampler in SOLVER_TYPES
 
     def validate(self) -> None:
         T = self.num_train_timesteps
@@ -73,8 +128,37 @@ class DiffusionConfig(FrozenConfig):
               f"timestep_spacing={self.timestep_spacing!r}, set it to 0")
         n = self.num_inference_steps
         check(1 <= n <= T, "num_inference_steps", f"must be in [1, num_train_timesteps={T}], got {n}")
+        spacing = solver_timesteps if self.is_solver else spaced_timesteps
         try:
-            spaced_timesteps(T, n, self.timestep_spacing, self.steps_offset)
-        except ValueError as e:
-            raise ConfigError(f"steps_offset: {e}") from e
+            spacing(T, n, self.timestep_spacing, self.steps_offset)
+        except ValueError as e:  # the offset past T - 1, or (solvers, leading) n >= T
+            field = "steps_offset" if self.steps_offset and "steps_offset" in str(e) else "num_inference_steps"
+            raise ConfigError(f"{field}: {e}") from e
         check(0.0 <= self.eta <= 1.0, "eta", f"must be in [0, 1], got {self.eta}")
+        self._validate_solver()
+
+    def _validate_solver(self) -> None:
+        check(1 <= self.solver_order <= 3, "solver_order", f"must be 1, 2 or 3, got {self.solver_order}")
+        check(all(i >= 0 for i in self.disable_corrector), "disable_corrector",
+              f"must list step indices >= 0, got {list(self.disable_corrector)}")
+        for key, value in SAMPLER_PRESETS.get(self.sampler, {}).items():
+            check(getattr(self, key) == value, key,
+                  f"sampler={self.sampler!r} needs {key}={value!r}, got {getattr(self, key)!r}")
+        if self.is_solver and self.solver_type is not None:
+            choices = SOLVER_TYPES[self.sampler]
+            check(self.solver_type in choices, "solver_type",
+                  f"{self.solver_type!r} is not a solver type of sampler={self.sampler!r}; choose one of: "
+                  f"{', '.join(repr(c) for c in choices)} (or None for its default)")
+        # diffusers' UniPC would return NaN: an order >= 2 predictor cannot land on sigma = 0 (lambda = inf).
+        check(not (self.sampler == "unipc" and self.final_sigmas_type == "zero" and self.solver_order > 1
+                   and not self.lower_order_final), "lower_order_final",
+              "sampler='unipc' with final_sigmas_type='zero' and solver_order > 1 needs lower_order_final=True "
+              "(a multistep update cannot land on sigma = 0)")
+        # Karras sigmas end at sigma(t=0) already: a last step to sigma_min would not move (and is
+        # 0 / 0 at order >= 2, NaN in diffusers).
+        check(not (self.use_karras_sigmas and self.final_sigmas_type == "sigma_min"), "final_sigmas_type",
+              "use_karras_sigmas=True ends at sigma(t=0) already; use final_sigmas_type='zero'")
+        # Noise prediction cannot land on sigma = 0 either (sigma_t (e^h - 1) is 0 * inf there).
+        check(not (self.sampler == "unipc" and not self.predict_x0 and self.final_sigmas_type == "zero"),
+              "final_sigmas_type", "sampler='unipc' with predict_x0=False needs final_sigmas_type='sigma_min' "
+              "(noise prediction cannot land on sigma = 0)")

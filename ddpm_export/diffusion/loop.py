@@ -5,8 +5,9 @@ Noise (docs/conventions.md): one ``numpy.random.Generator(numpy.random.PCG64(see
 
 1. ``x_T`` -- drawn even when an explicit ``x_T`` is passed (and then discarded), so the step
    noise of a run never depends on whether its start was given;
-2. one array per step, in step order, whether or not the step uses it (DDIM with eta = 0 and
-   DDPM's last step do not), so DDPM, DDIM and every eta see the same noise stream.
+2. one array per step, in step order, whether or not the step uses it (DDIM with eta = 0,
+   DDPM's last step and the ODE solvers do not), so DDPM, DDIM at every eta and the SDE solver
+   (``sde-dpm-solver++``) see the same noise stream.
 
 PyTorch, ONNX Runtime and TensorRT backends all run through :func:`sample` and therefore
 consume identical noise; their trajectories can be compared step by step (record them with
@@ -71,7 +72,8 @@ def sample(
 
     Args:
         backend: the network, see :class:`Backend`.
-        scheduler: a :class:`DDPMScheduler` or :class:`DDIMScheduler`, already ``set_timesteps``.
+        scheduler: any :class:`Scheduler`, already ``set_timesteps``; ``reset()`` here (a solver's
+            history), so it serves one run at a time (Pipeline builds one per call).
         shape: ``(B, C, H, W)`` of the samples.
         seed: seeds the PCG64 generator of all noise (see the module doc for the draw order).
         cond: conditioning for the backend, batch size B (class ids ``[B]`` or context ``[B, L, D]``).
@@ -91,6 +93,7 @@ def sample(
     shape = _check_shape(shape)
     guided = _check_guidance(shape[0], cond, null_cond, guidance_scale)
     rng = noise_generator(seed)
+    scheduler.reset()
     drawn_x_T = rng.standard_normal(shape, dtype=np.float32)
     x = drawn_x_T if x_T is None else check_x_T(x_T, shape)
 

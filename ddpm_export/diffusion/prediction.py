@@ -21,7 +21,7 @@ import numpy as np
 
 from ddpm_export.diffusion.config import PredictionType
 
-__all__ = ["clip_x0", "predict_x0_eps"]
+__all__ = ["clip_x0", "predict_x0_eps", "split_prediction"]
 
 # (model_output, x_t, sqrt(abar_t), sqrt(1 - abar_t)) -> (x0, eps)
 _Split = Callable[[np.ndarray, np.ndarray, float, float], tuple[np.ndarray, np.ndarray]]
@@ -54,9 +54,17 @@ def predict_x0_eps(
     ``abar_t`` is ``alphas_cumprod[t]``; ``eps_hat`` is derived from the unclipped ``x0_hat``
     (diffusers' default, ``use_clipped_model_output=False``).
     """
+    return split_prediction(model_output, x_t, math.sqrt(abar_t), math.sqrt(1.0 - abar_t), prediction_type)
+
+
+def split_prediction(
+    model_output: np.ndarray, x_t: np.ndarray, alpha_t: float, sigma_t: float, prediction_type: PredictionType
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(x0_hat, eps_hat)`` for ``x_t = alpha_t x0 + sigma_t eps`` given the two coefficients
+    (the multistep solvers hold ``alpha_t``, ``sigma_t`` rather than ``abar_t``); float64."""
     out = np.asarray(model_output, dtype=np.float64)
     x = np.asarray(x_t, dtype=np.float64)
-    return _SPLITS[prediction_type](out, x, math.sqrt(abar_t), math.sqrt(1.0 - abar_t))
+    return _SPLITS[prediction_type](out, x, alpha_t, sigma_t)
 
 
 def clip_x0(x0: np.ndarray, clip_sample: bool, clip_sample_range: float) -> np.ndarray:

@@ -21,7 +21,8 @@ __all__ = ["Scheduler"]
 
 
 class Scheduler(abc.ABC):
-    """Base of :class:`DDPMScheduler` and :class:`DDIMScheduler`.
+    """Base of :class:`DDPMScheduler`, :class:`DDIMScheduler` and the multistep solvers
+    (:class:`~ddpm_export.diffusion.multistep.MultistepScheduler`).
 
     Attributes:
         config: the :class:`DiffusionConfig` it was built from.
@@ -44,6 +45,10 @@ class Scheduler(abc.ABC):
         self.timesteps.setflags(write=False)
         self.num_inference_steps = num_inference_steps
         self._previous = previous_timesteps(self.timesteps)
+
+    def reset(self) -> None:
+        """Forget any state of a previous run (the multistep solvers' history; DDPM and DDIM
+        have none). :func:`ddpm_export.diffusion.sample` calls it before the first step."""
 
     def previous_timestep(self, t: int) -> int:
         """The timestep visited after ``t`` (``t - T // N`` for leading spacing), -1 after the last."""

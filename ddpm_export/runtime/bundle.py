@@ -10,7 +10,11 @@
      "models": [{"onnx": "tiny.onnx", "precision": "fp32", "attention": "decomposed",
                  "engines": ["tiny.plan"], "metadata": {<the ONNX file's metadata_props>}}],
      "diffusion": {<DiffusionConfig>},
-     "sampler_defaults": {"sampler": "ddim", "num_inference_steps": 50, "eta": 0.0}}
+     "sampler_defaults": {"sampler": "ddim", "num_inference_steps": 50, "eta": 0.0, ...}}
+
+``sampler_defaults`` repeats, for reading at a glance, the default sampler, its steps, DDIM's eta
+and the fields that sampler reads (``ddpm_export.diffusion.sampler_defaults``); ``diffusion`` is
+the authority.
 
 Every ONNX file of a bundle comes from the same model (UNet config) and schedule; they may differ
 in precision, attention form or batch range. ``models[i].metadata`` lets a TensorRT-only app
@@ -32,6 +36,7 @@ from ddpm_export.contract.info import ModelInfo
 from ddpm_export.contract.metadata import sha256_file
 from ddpm_export.contract.sidecar import read_sidecar, sidecar_path
 from ddpm_export.diffusion.config import DiffusionConfig
+from ddpm_export.diffusion.samplers import sampler_defaults
 from ddpm_export.errors import IntegrityError
 from ddpm_export.files import atomic_dir
 from ddpm_export.runtime.info import read_metadata
@@ -180,8 +185,7 @@ def make_bundle(onnx: Sequence[str | Path], out: str | Path, *, engines: Sequenc
                           "role": role})
         manifest = {"format": FORMAT, "version": VERSION, "created_by": f"ddpm-export {__version__}",
                     "files": files, "models": models, "diffusion": d.to_dict(),
-                    "sampler_defaults": {"sampler": d.sampler, "num_inference_steps": d.num_inference_steps,
-                                         "eta": d.eta}}
+                    "sampler_defaults": sampler_defaults(d)}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return Path(out)
 

@@ -21,9 +21,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ddpm_export.checks import check_guidance_scale, check_seed, check_steps, check_x_T, chunk_size, is_int
-from ddpm_export.configbase import check_choice
+from ddpm_export.configbase import ConfigError, check_choice
 from ddpm_export.contract.info import ModelInfo
-from ddpm_export.diffusion import SCHEDULERS, Backend, DiffusionConfig, make_scheduler, sample
+from ddpm_export.diffusion import SCHEDULERS, Backend, DiffusionConfig, make_scheduler, sample, sampler_config
 from ddpm_export.errors import BadInputError
 
 __all__ = ["Pipeline", "SampleRequest", "chunk_seed"]
@@ -165,7 +165,9 @@ class Pipeline:
         Args:
             n: number of images (>= 1).
             steps: inference steps N (default: the metadata's ``num_inference_steps``), in [1, T].
-            sampler: ``"ddim"`` or ``"ddpm"`` (default: the metadata's ``sampler``).
+            sampler: ``"ddim"``, ``"ddpm"``, ``"dpm-solver++"``, ``"dpm-solver"``, ``"sde-dpm-solver++"``
+                or ``"unipc"`` (default: the metadata's ``sampler``); the solvers read their settings
+                (order, solver type, ...) from the metadata's DiffusionConfig.
             seed: noise seed (>= 0), see the chunking rule below.
             eta: DDIM's noise level in [0, 1] (default: the metadata's ``eta``); DDIM only.
             guidance_scale: classifier-free guidance ``uncond + s (cond - uncond)``; 1.0 is none.
@@ -215,14 +217,17 @@ def _config(base: DiffusionConfig, sampler: Any, steps: Any, eta: Any) -> Diffus
     name = base.sampler if sampler is None else sampler
     SCHEDULERS[name]  # refuses an unknown sampler, listing the choices
     n_steps = check_steps(base.num_inference_steps if steps is None else steps, base.num_train_timesteps)
-    changes: dict[str, Any] = {"sampler": name, "num_inference_steps": n_steps}
+    changes: dict[str, Any] = {"num_inference_steps": n_steps}
     if eta is not None:
         if name != "ddim":
             raise BadInputError(f"eta applies to the DDIM sampler only; got eta={eta!r} with sampler={name!r}")
         if isinstance(eta, bool) or not isinstance(eta, (int, float, np.floating)) or not 0.0 <= eta <= 1.0:
             raise BadInputError(f"eta must be a float in [0, 1], got {eta!r}")
         changes["eta"] = float(eta)
-    return base.replace(**changes)
+    try:
+        return sampler_config(base, name, **changes)
+    except ConfigError as e:
+        raise ConfigError(f"sampler={name!r} with this model's DiffusionConfig: {e}") from None
 
 
 def _guidance(info: ModelInfo, scale: Any) -> float:

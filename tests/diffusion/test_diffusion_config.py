@@ -13,7 +13,7 @@ from ddpm_export.diffusion import DiffusionConfig
 def test_defaults_follow_diffusers() -> None:
     c = DiffusionConfig()
     assert (c.version, c.num_train_timesteps, c.beta_schedule, c.beta_start, c.beta_end) == (
-        1, 1000, "linear", 1e-4, 0.02)
+        2, 1000, "linear", 1e-4, 0.02)
     assert (c.prediction_type, c.variance_type, c.clip_sample, c.clip_sample_range) == (
         "epsilon", "fixed_small", True, 1.0)
     assert (c.timestep_spacing, c.steps_offset, c.set_alpha_to_one) == ("leading", 0, True)
@@ -31,7 +31,7 @@ def test_defaults_follow_diffusers() -> None:
 def test_json_round_trip(config: DiffusionConfig) -> None:
     text = config.to_json()
     assert DiffusionConfig.from_json(text) == config
-    assert json.loads(text)["version"] == 1
+    assert json.loads(text)["version"] == 2
     assert DiffusionConfig.from_dict(config.to_dict()) == config
 
 
@@ -41,10 +41,11 @@ def test_json_round_trip(config: DiffusionConfig) -> None:
     (dict(prediction_type="eps"),
      "prediction_type='eps' is not valid; choose one of: 'epsilon', 'sample', 'v_prediction'"),
     (dict(variance_type="learned"), "choose one of: 'fixed_small', 'fixed_large'"),
-    (dict(timestep_spacing="linspace"), "choose one of: 'leading', 'trailing'"),
-    (dict(sampler="euler"), "sampler='euler' is not valid; choose one of: 'ddim', 'ddpm'"),
+    (dict(timestep_spacing="uniform"), "choose one of: 'leading', 'trailing', 'linspace'"),
+    (dict(sampler="euler"), "sampler='euler' is not valid; choose one of: 'ddim', 'ddpm', 'dpm-solver++', "
+                            "'dpm-solver', 'sde-dpm-solver++', 'unipc'"),
     (dict(num_inference_steps=50.0), "num_inference_steps=50.0 has the wrong type; expected int"),
-    (dict(version=2), "version: 2 is not supported"),
+    (dict(version=3), "version: 3 is not supported"),
     (dict(num_train_timesteps=1), "num_train_timesteps: must be >= 2, got 1"),
     (dict(beta_start=0.0), "beta_start: must be in (0, 1), got 0.0"),
     (dict(beta_start=0.03), "beta_end: must be >= beta_start=0.03, got 0.02"),

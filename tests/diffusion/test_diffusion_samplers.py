@@ -37,8 +37,9 @@ def test_spacings() -> None:
     assert spaced_timesteps(1000, 4, "leading", steps_offset=1).tolist() == [751, 501, 251, 1]
     assert spaced_timesteps(1000, 4, "trailing").tolist() == [999, 749, 499, 249]
     assert spaced_timesteps(10, 10, "trailing").tolist() == list(range(9, -1, -1))
-    with pytest.raises(ValueError, match="timestep_spacing='linspace' is not valid"):
-        spaced_timesteps(1000, 4, "linspace")  # type: ignore[arg-type]
+    assert spaced_timesteps(1000, 4, "linspace").tolist() == [999, 666, 333, 0]
+    with pytest.raises(ValueError, match="timestep_spacing='uniform' is not valid"):
+        spaced_timesteps(1000, 4, "uniform")  # type: ignore[arg-type]
 
 
 def test_every_step_count_gives_n_distinct_timesteps() -> None:

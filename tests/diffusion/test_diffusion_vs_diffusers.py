@@ -86,6 +86,7 @@ def test_schedule_matches_diffusers(schedule: str) -> None:
 @pytest.mark.parametrize("spacing,n,offset", [
     ("leading", 50, 0), ("leading", 50, 1), ("leading", 7, 0), ("leading", 1000, 0),
     ("trailing", 50, 0), ("trailing", 7, 0), ("trailing", 1000, 0), ("trailing", 1, 0),
+    ("linspace", 50, 0), ("linspace", 7, 0), ("linspace", 1000, 0), ("linspace", 1, 0),
 ])
 def test_timesteps_match_diffusers(spacing: str, n: int, offset: int) -> None:
     config = DiffusionConfig(timestep_spacing=spacing, steps_offset=offset, num_inference_steps=n)

@@ -1,0 +1,148 @@
+#!/usr/bin/env python3
+"""Sample quality against model calls: DDIM-50 vs the multistep solvers at 5..25 steps.
+
+Every setting samples the same ``--num-samples`` digits (labels 0..9 in turn, no guidance, the
+same seed) through the torch-free runtime (``Pipeline`` on ONNX Runtime, the shipped digits
+model exported to ONNX) and scores them with ``ddpm_export.quality`` (the classifier in
+``models/digit-classifier``): the share classified with confidence > 0.9 and the Fréchet distance
+to the held-out real digits in the classifier's feature space (lower is better; the line
+"real digits" is held-out vs as many training digits). Images per second are wall-clock of the
+sampling alone, on this machine at its current load (printed with ``uptime``'s load average):
+indicative only on a shared machine.
+
+    OMP_WAIT_POLICY=PASSIVE python tools/solver_table.py --json solver-table.json --markdown solver-table.md
+    OMP_WAIT_POLICY=PASSIVE python tools/solver_table.py --set use_karras_sigmas=false   # another setting
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ddpm_export.quality import CLASSIFIER_DIR, DigitClassifier, load_digits_split, reference_frechet, score
+
+SOLVER_LABELS = {"ddim": "DDIM", "ddpm": "DDPM", "dpm-solver++": "DPM-Solver++ 2M", "unipc": "UniPC bh2",
+                 "dpm-solver": "DPM-Solver 2M", "sde-dpm-solver++": "SDE-DPM-Solver++ 2M"}
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _load_average() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def _pipeline(model: str, onnx: Path | None, threads: int, max_batch: int, tmp: Path):
+    import onnxruntime as ort
+
+    from ddpm_export.runtime import Pipeline
+
+    if onnx is None:
+        from ddpm_export.export.onnx import export_onnx
+
+        onnx = tmp / "model.onnx"
+        export_onnx(model, onnx, opt_batch=max_batch, max_batch=max_batch, log=lambda s: None)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    return Pipeline.from_onnx(onnx, session_options=opts)
+
+
+def _settings(args: argparse.Namespace) -> list[tuple[str, int]]:
+    runs = [(name, int(steps)) for name, steps in (b.split(":") for b in args.baseline)]
+    runs += [(solver, steps) for steps in args.steps for solver in args.solvers]
+    return runs
+
+
+def _row(pipe, sampler: str, steps: int, args, clf, digits) -> dict:
+    labels = np.arange(args.num_samples) % 10
+    load_before = _load_average()
+    start = time.perf_counter()
+    x = pipe.sample(args.num_samples, sampler=sampler, steps=steps, seed=args.seed, classes=labels, progress=False)
+    seconds = time.perf_counter() - start
+    s = score(x, clf, digits.heldout_x, labels)
+    return {"sampler": sampler, "steps": steps, "model_calls": steps, "confident_fraction": s.confident_fraction,
+            "frechet": s.frechet,
+            "class_entropy_bits": s.class_entropy_bits, "label_accuracy": s.class_accuracy,
+            "seconds": round(seconds, 2), "images_per_s": args.num_samples / seconds,
+            "load_average_before": load_before, "load_average_after": _load_average()}
+
+
+def markdown(report: dict) -> str:
+    lines = ["| sampler | steps (model calls) | confidently classified | Fréchet distance | images/s |",
+             "|---|---|---|---|---|"]
+    for r in report["rows"]:
+        lines.append(f"| {SOLVER_LABELS.get(r['sampler'], r['sampler'])} | {r['steps']} | "
+                     f"{r['confident_fraction']:.3f} | {r['frechet']:.2f} | {r['images_per_s']:.1f} |")
+    lines.append(f"| real digits (held-out vs {report['num_samples']} training) | – | "
+                 f"{report['heldout_real_confident']:.3f} | {report['reference_frechet']:.2f} | – |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", default="models/digits", help="checkpoint folder (exported to ONNX first)")
+    p.add_argument("--onnx", type=Path, default=None, help="use this export of --model instead")
+    p.add_argument("--num-samples", type=int, default=360)
+    p.add_argument("--baseline", nargs="*", default=["ddim:50"], help="sampler:steps rows first")
+    p.add_argument("--solvers", nargs="*", default=["dpm-solver++", "unipc"])
+    p.add_argument("--steps", type=int, nargs="*", default=[5, 10, 15, 20, 25])
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=JSON",
+                   help="override a DiffusionConfig field of the file for every row, e.g. "
+                        "timestep_spacing='\"trailing\"' or use_karras_sigmas=false (repeatable; default: the "
+                        "file's sampling defaults)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
+    p.add_argument("--max-batch", type=int, default=120, help="images per model call (export's max batch)")
+    p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--markdown", type=Path, default=None)
+    args = p.parse_args(argv)
+
+    clf = DigitClassifier.load(CLASSIFIER_DIR)
+    digits = load_digits_split()
+    held = score(digits.heldout_x, clf, digits.heldout_x, digits.heldout_y)
+    report = {"model": args.model, "num_samples": args.num_samples, "seed": args.seed, "guidance_scale": 1.0,
+              "threads": args.threads, "max_batch": args.max_batch, "cpu": _cpu_model(),
+              "cpu_count": os.cpu_count(), "reference_frechet": reference_frechet(clf, digits, n=args.num_samples,
+                                                                                     seed=args.seed),
+              "heldout_real_confident": held.confident_fraction, "rows": []}
+    with tempfile.TemporaryDirectory(prefix="solver-table-") as tmp:
+        pipe = _pipeline(args.model, args.onnx, args.threads, args.max_batch, Path(tmp))
+        if args.overrides:  # the sampling defaults of the file, overridden for the table
+            changes = {k: json.loads(v) for k, v in (o.split("=", 1) for o in args.overrides)}
+            pipe.info = dataclasses.replace(pipe.info, diffusion=pipe.info.diffusion.replace(**changes))
+        report["diffusion"] = pipe.info.diffusion.to_dict()
+        for sampler, steps in _settings(args):
+            row = _row(pipe, sampler, steps, args, clf, digits)
+            report["rows"].append(row)
+            print(f"{sampler:>14s}-{steps:<3d}: confident {row['confident_fraction']:.3f}"
+                  f"  FD {row['frechet']:.3f}  {row['images_per_s']:.1f} images/s  (load {row['load_average_before']})",
+                  flush=True)
+            if args.json is not None:
+                args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    table = markdown(report)
+    print(table)
+    if args.markdown is not None:
+        args.markdown.write_text(table, encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
