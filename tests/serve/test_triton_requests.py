@@ -62,7 +62,7 @@ def test_absent_optional_inputs_take_the_model_defaults(info: ModelInfo) -> None
     (dict(sampler=np.array([b"euler"], np.object_)), "sampler='euler' is not valid"),
     (dict(sampler=np.array([b"\xff"], np.object_)), "sampler: not UTF-8"),
     (dict(sampler=np.array([b"ddpm"], np.object_), eta=np.array([0.5], np.float32)), "eta applies to the DDIM"),
-    (dict(eta=np.array([2.0], np.float32)), "eta must be a float in [0, 1]"),
+    (dict(sampler=np.array([b"ddim"], np.object_), eta=np.array([2.0], np.float32)), "eta must be a float in [0, 1]"),
     (dict(guidance_scale=np.array([np.inf], np.float32)), "guidance_scale must be a finite float"),
     (dict(class_labels=np.array([1, 2], np.int64)), "class_labels must hold n=5 ids"),
     (dict(class_labels=np.array([0, 1, 2, 3, 10], np.int64)), "class_labels: id 10 is outside [0, 10)"),

@@ -90,10 +90,12 @@ def infer(server: LocalServer, protocol: str, values: dict[str, np.ndarray]) -> 
 
 
 CASES = {  # exactly representable eta / guidance, so float32 on the wire changes nothing
-    "ddim-default-classes": (dict(seed=3, n=4, steps=5), dict()),
-    "ddim-eta-guided-two-chunks": (dict(seed=11, n=5, steps=4, eta=0.5, guidance=1.5, classes=[3, 1, 4, 1, 5]),
-                                   dict(eta=0.5, guidance_scale=1.5, classes=[3, 1, 4, 1, 5])),
+    "default-sampler-classes": (dict(seed=3, n=4, steps=5), dict()),  # the model's default (UniPC)
+    "ddim-eta-guided-two-chunks": (dict(seed=11, n=5, steps=4, sampler="ddim", eta=0.5, guidance=1.5,
+                                        classes=[3, 1, 4, 1, 5]),
+                                   dict(sampler="ddim", eta=0.5, guidance_scale=1.5, classes=[3, 1, 4, 1, 5])),
     "ddpm": (dict(seed=2**40, n=3, steps=6, sampler="ddpm"), dict(sampler="ddpm")),
+    "dpm-solver++": (dict(seed=5, n=3, steps=6, sampler="dpm-solver++"), dict(sampler="dpm-solver++")),
 }
 
 
