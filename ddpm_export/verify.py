@@ -46,7 +46,7 @@ from ddpm_export.checks import check_guidance_scale, check_steps
 from ddpm_export.contract.info import ModelInfo
 from ddpm_export.contract.metadata import sha256_file
 from ddpm_export.contract.spec import ExportSpec
-from ddpm_export.diffusion import Backend, DiffusionConfig, make_scheduler, sample
+from ddpm_export.diffusion import Backend, DiffusionConfig, make_scheduler, sample, sampler_config
 from ddpm_export.diffusion.scheduler import Scheduler
 from ddpm_export.errors import BadInputError, MissingDependencyError
 from ddpm_export.files import atomic_file
@@ -205,8 +205,8 @@ def verify(model: str | Path, onnx: str | Path, *, engine: str | Path | None = N
 
     log(f"verify {onnx} ({info.precision}) against {model} (PyTorch), seed {seed}")
     results = _single_steps(reference, candidates, info, seed, log)
-    schedulers = {"ddim": make_scheduler(cfg.replace(num_inference_steps=steps), "ddim"),
-                  "ddpm": make_scheduler(cfg.replace(num_inference_steps=n_ddpm), "ddpm"), **solver_schedulers}
+    schedulers = {"ddim": _scheduler(cfg, "ddim", steps), "ddpm": _scheduler(cfg, "ddpm", n_ddpm),
+                  **solver_schedulers}
     for kind, scheduler in schedulers.items():
         _trajectories(results, kind, scheduler, run, reference, candidates, limits, seed, log)
 
@@ -316,9 +316,15 @@ def _trajectories(results: dict[str, dict[str, Any]], kind: str, scheduler: Sche
 def _solver_schedulers(cfg: DiffusionConfig, solvers: Sequence[str], steps: int) -> dict[str, Scheduler]:
     """The multistep solvers' schedulers at ``steps`` with the file's settings (refused up front)."""
     try:
-        return {name: make_scheduler(cfg.replace(num_inference_steps=steps), name) for name in solvers}
+        return {name: _scheduler(cfg, name, steps) for name in solvers}
     except ValueError as e:
         raise VerifyError(f"solver trajectories (solver_steps={steps}): {e}") from None
+
+
+def _scheduler(cfg: DiffusionConfig, sampler: str, steps: int) -> Scheduler:
+    """``sampler`` at ``steps`` with the file's schedule; validated as that sampler, not as the
+    file's default one (a UniPC default must not refuse DDPM's 1000 steps)."""
+    return make_scheduler(sampler_config(cfg, sampler, num_inference_steps=steps))
 
 
 def _db(psnr: float | None) -> str:
