@@ -13,6 +13,11 @@ kind                            status  meaning
 :class:`NonFiniteOutputError`   1       a model produced NaN or infinity
 ==============================  ======  ===================================================
 
+An error of no kind derives from :class:`DdpmExportError` itself and keeps its status 2: a tool
+failing on valid input in this environment, e.g. a TensorRT build that fails on an unsupported
+operator or out of GPU memory (``export.trt_failures.BuildFailed``) -- never status 1, which only
+says that an output disagrees with PyTorch or is not finite.
+
 The kinds also derive from the built-in exception callers caught before this module existed
 (``ValueError``, ``ImportError``, ``RuntimeError``, ``FileExistsError``), so ``except ValueError``
 keeps working.

@@ -7,11 +7,12 @@ import them through here, when they are first needed.
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any
 
 from ddpm_export.errors import MissingDependencyError
 
-__all__ = ["import_cudart", "import_tensorrt"]
+__all__ = ["gpu_missing", "import_cudart", "import_tensorrt"]
 
 INSTALL_HINT = "on a machine with an NVIDIA GPU: pip install 'ddpm-export[gpu]'"
 
@@ -37,3 +38,22 @@ def import_cudart(what: str = "TensorRT") -> Any:
             raise MissingDependencyError(f"{what} needs the 'cuda-python' package for device buffers, which is "
                                          f"not installed; pip install 'ddpm-export[gpu]'") from e
     return cudart
+
+
+def gpu_missing() -> str | None:
+    """Why nothing can run on TensorRT here -- no tensorrt, no cuda-python, no driver or no GPU --
+    or None. Checked before work that would be wasted (an export, a build), importing nothing
+    heavier than cuda-python."""
+    if importlib.util.find_spec("tensorrt") is None:
+        return f"the 'tensorrt' package is not installed; {INSTALL_HINT}"
+    try:
+        rt = import_cudart()
+    except MissingDependencyError:
+        return f"the 'cuda-python' package is not installed; {INSTALL_HINT}"
+    try:
+        err, count = rt.cudaGetDeviceCount()
+    except Exception as e:  # noqa: BLE001 - a driver missing altogether raises instead of returning an error
+        return f"CUDA is not usable here ({type(e).__name__}: {e})"
+    if err != rt.cudaError_t.cudaSuccess or count < 1:
+        return f"no CUDA GPU is visible (cudaGetDeviceCount: {err}, {count} device(s))"
+    return None

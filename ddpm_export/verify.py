@@ -167,8 +167,10 @@ def _one_ulp(x_T: np.ndarray, seed: int) -> np.ndarray:
 def verify(model: str | Path, onnx: str | Path, *, engine: str | Path | None = None, steps: int = 50,
            ddpm_steps: int | None = None, solver_steps: int = 10, solvers: Sequence[str] = SOLVERS,
            seed: int = 0, batch: int = 2, guidance_scale: float = 1.0,
-           providers: Sequence[Any] | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Verify ``onnx`` (and ``engine``) against the PyTorch ``model``; return the report (a dict).
+           providers: Sequence[Any] | None = None, gpu_backends: Sequence[str] = (),
+           log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Verify ``onnx`` (and ``engine``, and the file on ``gpu_backends``: ``"ort-cuda"``,
+    ``"ort-tensorrt"``) against the PyTorch ``model``; return the report (a dict).
 
     ``report["passed"]`` says whether every check passed and ``report["failures"]`` which did not.
     Raises VerifyError when the file was not exported from ``model``'s config or an argument
@@ -194,7 +196,7 @@ def verify(model: str | Path, onnx: str | Path, *, engine: str | Path | None = N
         log(f"warning: {onnx} records source sha256 {info.source_sha256[:12]}..., but {weights} differs")
 
     reference = TorchBackend(unet)
-    candidates = _candidates(onnx, spec, engine, providers, onnx_sha)
+    candidates = _candidates(onnx, spec, engine, providers, onnx_sha, gpu_backends)
     n_ddpm = T if ddpm_steps is None else ddpm_steps
     notes = [] if n_ddpm == T else [f"DDPM trajectory respaced to {n_ddpm} of {T} steps (ddpm_steps={n_ddpm}); "
                                     f"the default checks all {T}"]
@@ -254,8 +256,9 @@ def _check_arguments(info: ModelInfo, unet_config: Any, model: str | Path, onnx:
 
 
 def _candidates(onnx: Path, spec: ExportSpec, engine: str | Path | None, providers: Sequence[Any] | None,
-                onnx_sha: str) -> dict[str, Backend]:
-    """ONNX Runtime on the file and, with ``engine``, TensorRT: the backends checked."""
+                onnx_sha: str, gpu_backends: Sequence[str] = ()) -> dict[str, Backend]:
+    """ONNX Runtime on the file, the file on ``gpu_backends`` (ONNX Runtime's CUDA / TensorRT
+    providers) and, with ``engine``, TensorRT: the backends checked."""
     import onnxruntime as ort
 
     from ddpm_export.runtime.onnxruntime_backend import OnnxRuntimeBackend
@@ -266,6 +269,10 @@ def _candidates(onnx: Path, spec: ExportSpec, engine: str | Path | None, provide
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     candidates: dict[str, Backend] = {
         "onnxruntime": OnnxRuntimeBackend.from_path(onnx, spec, providers=providers, session_options=options)}
+    for name in gpu_backends:
+        from ddpm_export.runtime.ort_gpu import gpu_backend
+
+        candidates[name] = gpu_backend(onnx, name, spec)
     if engine is not None:
         from ddpm_export.runtime.tensorrt import TensorRTBackend
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
+from ddpm_export.contract.choices import BACKENDS
 from ddpm_export.diffusion.samplers import SCHEDULERS
 from ddpm_export.errors import BadInputError
 
@@ -37,11 +38,17 @@ if TYPE_CHECKING:  # pragma: no cover
 @click.option("--save-npy", type=click.Path(dir_okay=False), default=None,
               help="Also write the raw samples [n, C, H, W] float32 in [-1, 1] as .npy.")
 @click.option("--scale", type=click.IntRange(1, 16), default=1, help="Enlarge each tile this many times (nearest).")
+@click.option("--backend", type=click.Choice(BACKENDS), default="onnxruntime",
+              help="onnxruntime (CPU); ort-cuda / ort-tensorrt: ONNX Runtime's GPU providers (onnxruntime-gpu); "
+                   "tensorrt: the bundle's engine (--bundle only).")
+@click.option("--trt-fp16", is_flag=True, help="ort-tensorrt: let TensorRT run in fp16 (trt_fp16_enable).")
+@click.option("--trt-cache", type=click.Path(file_okay=False), default=None,
+              help="ort-tensorrt: engine and timing cache folder, so later runs skip the engine build.")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 @click.option("--force", is_flag=True, help="Overwrite existing output files.")
 def command(onnx_path: str | None, bundle_dir: str | None, model: str | None, n: int, steps: int | None, sampler: str | None,
             eta: float | None, seed: int, class_id: int | None, guidance: float, output: str, save_npy: str | None,
-            scale: int, progress: bool, force: bool) -> None:
+            scale: int, backend: str, trt_fp16: bool, trt_cache: str | None, progress: bool, force: bool) -> None:
     """Sample images with ONNX Runtime (no PyTorch) and write them as a PNG grid.
 
     \b
@@ -59,12 +66,16 @@ def command(onnx_path: str | None, bundle_dir: str | None, model: str | None, n:
 
     if sum(x is not None for x in (onnx_path, bundle_dir, model)) > 1:
         raise click.UsageError("pass at most one of --onnx, --bundle and --model")
+    if backend == "tensorrt" and bundle_dir is None:
+        raise click.UsageError("--backend tensorrt runs a bundle's engine: pass --bundle")
+    if (trt_fp16 or trt_cache is not None) and backend != "ort-tensorrt":
+        raise click.UsageError("--trt-fp16 and --trt-cache apply to --backend ort-tensorrt")
     for path in (output, save_npy):
         if path is not None:
             refuse_existing(path, force)
     if save_npy is not None and save_npy == output:
         raise BadInputError("--save-npy and --output name the same file")
-    pipe = _load(onnx_path, bundle_dir, model)
+    pipe = _load(onnx_path, bundle_dir, model, backend, trt_fp16, trt_cache)
     images = pipe.sample(n, steps=steps, sampler=sampler, seed=seed, eta=eta, guidance_scale=guidance,
                          classes=class_id, progress=progress)
     save_grid(images, output, force=force, scale=scale)
@@ -75,19 +86,24 @@ def command(onnx_path: str | None, bundle_dir: str | None, model: str | None, n:
                f"{info.precision})" + (f" and {save_npy}" if save_npy else ""))
 
 
-def _load(onnx_path: str | None, bundle_dir: str | None, model: str | None) -> Pipeline:
-    """The Pipeline of whichever source was given (default: the shipped model, exported on the fly)."""
+def _load(onnx_path: str | None, bundle_dir: str | None, model: str | None, backend: str, trt_fp16: bool,
+          trt_cache: str | None) -> Pipeline:
+    """The Pipeline of whichever source was given (default: the shipped model, exported on the fly),
+    on ``backend``; a GPU backend whose provider is missing raises ProviderUnavailable (exit 2)."""
     from ddpm_export.presets import default_model
     from ddpm_export.runtime import Pipeline
 
     if bundle_dir is not None:
-        return Pipeline.from_bundle(bundle_dir)
+        return Pipeline.from_bundle(bundle_dir, backend=backend)  # type: ignore[arg-type]
+    gpu: dict[str, Any] = {} if backend == "onnxruntime" else {"backend": backend}
+    if backend == "ort-tensorrt":
+        gpu.update(trt_fp16=trt_fp16, trt_cache_dir=trt_cache)
     if onnx_path is not None:
-        return Pipeline.from_onnx(onnx_path)
-    return _export_and_load(model or default_model())
+        return Pipeline.from_onnx(onnx_path, **gpu)
+    return _export_and_load(model or default_model(), gpu)
 
 
-def _export_and_load(model: str) -> Pipeline:
+def _export_and_load(model: str, gpu: dict[str, Any]) -> Pipeline:
     """Export ``model`` (validated, fp32) into a temporary folder and load it; the file goes away."""
     import tempfile
     from pathlib import Path
@@ -98,4 +114,4 @@ def _export_and_load(model: str) -> Pipeline:
     with tempfile.TemporaryDirectory() as tmp:
         click.echo(f"exporting {model} to ONNX (use `ddpm-export onnx` once and --onnx to skip this)")
         path = export_onnx(model, Path(tmp) / "model.onnx", log=lambda line: None).path
-        return Pipeline.from_onnx(path)
+        return Pipeline.from_onnx(path, **gpu)

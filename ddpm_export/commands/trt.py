@@ -1,35 +1,104 @@
-"""`ddpm-export trt`: build a TensorRT engine from an exported ONNX file."""
+"""`ddpm-export trt`: build a TensorRT engine from an exported ONNX file (or a model, in one step)."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
+
+from ddpm_export.contract.choices import HARDWARE_COMPATIBILITY
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ddpm_export.export.trt_options import BuildOptions
 
 
 @click.command("trt")
-@click.option("--onnx", "onnx_path", required=True, type=click.Path(exists=True, dir_okay=False),
+@click.option("--onnx", "onnx_path", type=click.Path(exists=True, dir_okay=False), default=None,
               help="An ONNX file written by `ddpm-export onnx` (its metadata gives the shape profile).")
-@click.option("--save-engine", "-o", "engine", required=True, type=click.Path(dir_okay=False),
+@click.option("--model", "-m", "model", default=None,
+              help="Export this preset or checkpoint folder first (needs torch), then build: one step.")
+@click.option("-o", "--output", "--save-engine", "engine", required=True, type=click.Path(dir_okay=False),
               help="The engine file to write; its sidecar <engine>.json is written beside it.")
 @click.option("--fp16/--fp32", "fp16", default=None,
-              help="Assert the ONNX file's precision. Precision lives in the graph (TensorRT 11 has no FP16 "
-                   "builder flag): for an fp16 engine export with `ddpm-export onnx --precision fp16`.")
+              help="--fp16: an fp16 engine; an fp32 file of ours is converted to the fp16 policy's graph first "
+                   "(written beside the engine as <engine>.onnx). --fp32 refuses an fp16 file. Default: the "
+                   "file's precision.")
+@click.option("--timing-cache", type=click.Path(dir_okay=False), default=None,
+              help="TensorRT timing cache: read if it exists, written back (atomically) with this build's timings.")
+@click.option("--workspace", type=click.IntRange(1), default=None, metavar="MiB",
+              help="Limit TensorRT's workspace memory pool [default: TensorRT's, the GPU's memory].")
+@click.option("--version-compatible", is_flag=True,
+              help="Build a version-compatible engine (runs on later TensorRT releases of the same major version).")
+@click.option("--hardware-compatibility", type=click.Choice(HARDWARE_COMPATIBILITY),
+              default="none", help="GPUs the engine may run on besides the builder's kind.")
 @click.option("--builder-optimization-level", type=click.IntRange(0, 5), default=3,
               help="TensorRT builder optimisation level (higher: slower build, maybe faster engine).")
+@click.option("--min-batch", type=click.IntRange(1), default=None, help="With --model: smallest batch [1].")
+@click.option("--opt-batch", type=click.IntRange(1), default=None, help="With --model: batch to optimise for [4].")
+@click.option("--max-batch", type=click.IntRange(1), default=None, help="With --model: largest batch [16].")
+@click.option("--progress/--no-progress", default=True, help="Show TensorRT's build progress.")
 @click.option("--force", is_flag=True, help="Overwrite existing files.")
-def command(onnx_path: str, engine: str, fp16: bool | None, builder_optimization_level: int, force: bool) -> None:
+def command(onnx_path: str | None, model: str | None, engine: str, fp16: bool | None, timing_cache: str | None,
+            workspace: int | None, version_compatible: bool, hardware_compatibility: str,
+            builder_optimization_level: int, min_batch: int | None, opt_batch: int | None, max_batch: int | None,
+            progress: bool, force: bool) -> None:
     """Build a strongly typed TensorRT engine (needs a GPU and the `gpu` extra).
 
     \b
     One optimisation profile covers the file's batch range (min/opt/max from its ExportSpec);
     TF32 is off, so an fp32 file gives an fp32 engine and an fp16 file an fp16 engine with the
-    same fp32 islands. The sidecar records the ONNX sha256, TensorRT version and GPU; runtimes
-    refuse an engine whose sidecar does not match.
+    same fp32 islands. The sidecar records the ONNX sha256, TensorRT version, GPU and the
+    compatibility options; runtimes refuse an engine that cannot run there.
+    Exit status: 0 built; 2 bad input, TensorRT, CUDA or a GPU missing, or TensorRT failed to
+    build a valid file (the message names the node and a hint); nothing is written then. 1 only
+    when the one-step export (--model) disagrees with PyTorch.
     \b
-    Example:
-      ddpm-export onnx --model digits --precision fp16 --target tensorrt -o digits16.onnx
-      ddpm-export trt --onnx digits16.onnx --fp16 -o digits16.plan
+    Examples:
+      ddpm-export trt --model digits --fp16 -o digits16.plan
+      ddpm-export onnx --model digits -o digits.onnx
+      ddpm-export trt --onnx digits.onnx --fp16 -o digits16.plan --timing-cache trt.cache
     """
     from ddpm_export.export.tensorrt import build_engine
+    from ddpm_export.export.trt_options import BuildOptions
 
-    build_engine(onnx_path, engine, fp16=fp16, optimization_level=builder_optimization_level, force=force,
-                 log=click.echo)
+    if (onnx_path is None) == (model is None):
+        raise click.UsageError("pass exactly one of --onnx and --model")
+    batches = {k: v for k, v in (("min_batch", min_batch), ("opt_batch", opt_batch), ("max_batch", max_batch))
+               if v is not None}
+    if batches and model is None:
+        raise click.UsageError("--min-batch/--opt-batch/--max-batch apply to --model (an ONNX file has its own)")
+    options = BuildOptions(workspace_mib=workspace, timing_cache=timing_cache, version_compatible=version_compatible,
+                           hardware_compatibility=hardware_compatibility,  # type: ignore[arg-type]
+                           builder_optimization_level=builder_optimization_level, progress=progress)
+    if model is not None:
+        _export_and_build(model, engine, fp16, options, batches, force)
+    else:
+        # errors go to the CLI's one mapping (ddpm_export.errors): TensorRTUnavailable, BuildFailed -> 2
+        build_engine(onnx_path, engine, fp16=fp16, options=options, keep_onnx=False, force=force, log=click.echo)
+
+
+def _export_and_build(model: str, engine: str, fp16: bool | None, options: BuildOptions, batches: dict[str, int],
+                      force: bool) -> None:
+    """Export ``model`` (fp16 policy with --fp16) into a temporary folder, then build from it;
+    the exported file is kept beside the engine as ``<engine>.onnx``."""
+    import tempfile
+    from pathlib import Path
+
+    from ddpm_export.contract.sidecar import sidecar_path
+    from ddpm_export.export.tensorrt import TensorRTUnavailable, build_engine, engine_onnx_path, tensorrt_missing
+    from ddpm_export.files import refuse_existing
+
+    for path in (engine, sidecar_path(engine), engine_onnx_path(engine)):
+        refuse_existing(path, force)
+    why = tensorrt_missing()  # before a minutes-long export
+    if why:
+        raise TensorRTUnavailable(f"cannot build {engine}: {why}")
+    from ddpm_export.export.onnx import export_onnx
+
+    precision = "fp16" if fp16 else "fp32"
+    with tempfile.TemporaryDirectory() as tmp:
+        click.echo(f"exporting {model} ({precision}, target tensorrt)")
+        # a ValidationError (the export disagrees with torch) is a failed verification: exit 1
+        path = export_onnx(model, Path(tmp) / "model.onnx", precision=precision, target="tensorrt",
+                           log=click.echo, **batches).path
+        build_engine(path, engine, fp16=fp16, options=options, keep_onnx=True, force=force, log=click.echo)

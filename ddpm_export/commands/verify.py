@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from ddpm_export.contract.choices import ORT_GPU_BACKENDS
+
 
 @click.command("verify")
 @click.option("--model", "-m", "model", required=True,
@@ -25,10 +27,12 @@ import click
 @click.option("--report", type=click.Path(dir_okay=False), default=None, help="Write the report as JSON here.")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None,
               help="Plot the per-step error against step to this PNG (needs matplotlib).")
+@click.option("--backend", "gpu_backends", type=click.Choice(ORT_GPU_BACKENDS), multiple=True,
+              help="Also verify the file on ONNX Runtime's GPU provider(s) (onnxruntime-gpu); repeatable.")
 @click.option("--force", is_flag=True, help="Overwrite existing --report / --plot files.")
 def command(model: str, onnx_path: str, engine: str | None, steps: int, ddpm_steps: int | None, solver_steps: int,
-            seed: int,
-            batch: int, guidance: float, report: str | None, plot: str | None, force: bool) -> None:
+            seed: int, batch: int, guidance: float, report: str | None, plot: str | None,
+            gpu_backends: tuple[str, ...], force: bool) -> None:
     """Verify an ONNX file (and an engine) against the PyTorch model, step by step.
 
     \b
@@ -55,7 +59,7 @@ def command(model: str, onnx_path: str, engine: str | None, steps: int, ddpm_ste
     if plot is not None:
         require_matplotlib()
     result = verify(model, onnx_path, engine=engine, steps=steps, ddpm_steps=ddpm_steps, solver_steps=solver_steps,
-                    seed=seed, batch=batch, guidance_scale=guidance, log=click.echo)
+                    seed=seed, batch=batch, guidance_scale=guidance, gpu_backends=gpu_backends, log=click.echo)
     if report is not None:
         write_report(result, report, force=force)
         click.echo(f"wrote {report}")

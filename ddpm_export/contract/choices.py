@@ -6,7 +6,8 @@ The export modules map each name to its implementation (``export/attention_forms
 
 from __future__ import annotations
 
-__all__ = ["ATTENTION_CHOICES", "ATTENTION_FORMS", "MIN_OPSET", "PRECISIONS", "TARGETS"]
+__all__ = ["ATTENTION_CHOICES", "ATTENTION_FORMS", "BACKENDS", "HARDWARE_COMPATIBILITY", "MIN_OPSET", "ORT_GPU_BACKENDS",
+           "PRECISIONS", "TARGETS"]
 
 #: precision policies of an export (``ddpm_export.precision_policy``'s ``precision``)
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16")
@@ -18,3 +19,11 @@ ATTENTION_CHOICES: tuple[str, ...] = ("auto", *ATTENTION_FORMS)
 MIN_OPSET = {"decomposed": 17, "ort-mha": 17, "onnx-attention": 23}
 #: where an exported file will run (decides ``--attention auto``)
 TARGETS: tuple[str, ...] = ("any", "onnxruntime", "tensorrt")
+#: ``--hardware-compatibility`` of a TensorRT engine (recorded in its sidecar): only GPUs like the
+#: builder's, any GPU of compute capability >= 8.0, or any GPU of the builder's compute capability
+HARDWARE_COMPATIBILITY: tuple[str, ...] = ("none", "ampere+", "same-compute-capability")
+#: ONNX Runtime's GPU execution providers as runtime backends (``ddpm_export.runtime.ort_gpu``)
+ORT_GPU_BACKENDS: tuple[str, ...] = ("ort-cuda", "ort-tensorrt")
+#: every runtime backend (``Pipeline``'s ``backend``): ONNX Runtime on the CPU, its GPU providers,
+#: or a TensorRT engine
+BACKENDS: tuple[str, ...] = ("onnxruntime", *ORT_GPU_BACKENDS, "tensorrt")

@@ -8,26 +8,46 @@ before the engine is deserialised. Fields (docs/metadata.md)::
     {"onnx_file": "tiny.onnx", "onnx_sha256": "<sha256 of the ONNX file>", "tensorrt_version": "10.x.y",
      "gpu": {"name": ..., "compute_capability": "9.0"}, "precision": "fp16", "strongly_typed": true,
      "tf32": false, "profile": {"x_t": {"min": [...], "opt": [...], "max": [...]}, ...},
-     "build_seconds": 12.3, "ddpm_export_version": "0.1.0"}
+     "build_seconds": 12.3, "ddpm_export_version": "0.1.0",
+     "version_compatible": false, "hardware_compatibility": "none",
+     "builder": {"workspace_mib": null, "timing_cache": false, "builder_optimization_level": 3},
+     "converted_from": {"onnx_file": "tiny.onnx", "onnx_sha256": "..."}}   # only after the fp16 pass
+
+Every option that makes an engine incompatible with another setup is recorded, and
+:func:`check_sidecar` applies TensorRT's rules before the engine is deserialised, so a mismatch
+is refused with a message that says what to rebuild rather than by a deserialisation error:
+
+- a plain engine runs only on the TensorRT version that built it; a version-compatible one
+  (``BuilderFlag.VERSION_COMPATIBLE``) also on later releases of the same major version;
+- ``hardware_compatibility`` ``none``: only on GPUs like the builder's (same compute capability
+  is what can be checked); ``same-compute-capability``: any GPU of that capability; ``ampere+``:
+  any GPU of compute capability >= 8.0.
+
+Sidecars written before these keys existed read as ``version_compatible=False``,
+``hardware_compatibility="none"``.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, Mapping
 
 from ddpm_export._version import __version__
-from ddpm_export.errors import IntegrityError
+from ddpm_export.contract.choices import HARDWARE_COMPATIBILITY
+from ddpm_export.errors import BadInputError, IntegrityError
 from ddpm_export.files import atomic_file
 
-__all__ = ["EngineMismatchError", "check_sidecar", "make_sidecar", "read_sidecar", "sidecar_path", "write_sidecar"]
+__all__ = ["EngineMismatchError", "check_sidecar", "make_sidecar", "needs_host_code", "read_sidecar", "sidecar_path",
+           "write_sidecar"]
 
 Profile = Mapping[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]
+AMPERE = (8, 0)
 
 
 class EngineMismatchError(IntegrityError):
-    """The engine was built from another ONNX file or by another TensorRT version."""
+    """The engine was built from another ONNX file, or for another TensorRT version or GPU."""
 
 
 def sidecar_path(engine: str | Path) -> Path:
@@ -37,9 +57,19 @@ def sidecar_path(engine: str | Path) -> Path:
 
 
 def make_sidecar(*, onnx_file: str, onnx_sha256: str, tensorrt_version: str, gpu: Mapping[str, Any],
-                 precision: str, profile: Profile, build_seconds: float) -> dict[str, Any]:
-    """The sidecar of a strongly typed, TF32-free engine (the only kind the build makes)."""
-    return {
+                 precision: str, profile: Profile, build_seconds: float, version_compatible: bool = False,
+                 hardware_compatibility: str = "none", builder: Mapping[str, Any] | None = None,
+                 converted_from: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The sidecar of a strongly typed, TF32-free engine (the only kind the build makes).
+
+    ``builder``: the build options that do not limit where the engine runs (workspace, timing
+    cache, optimisation level); ``converted_from``: the fp32 file the built graph was made from
+    by the fp16 pass (``onnx_file``, ``onnx_sha256``).
+    """
+    if hardware_compatibility not in HARDWARE_COMPATIBILITY:
+        raise BadInputError(f"hardware_compatibility={hardware_compatibility!r}; choose one of: "
+                         f"{', '.join(HARDWARE_COMPATIBILITY)}")
+    sidecar = {
         "onnx_file": onnx_file,
         "onnx_sha256": onnx_sha256,
         "tensorrt_version": tensorrt_version,
@@ -47,10 +77,17 @@ def make_sidecar(*, onnx_file: str, onnx_sha256: str, tensorrt_version: str, gpu
         "precision": precision,
         "strongly_typed": True,
         "tf32": False,
+        "version_compatible": version_compatible,
+        "hardware_compatibility": hardware_compatibility,
         "profile": {name: {"min": list(s[0]), "opt": list(s[1]), "max": list(s[2])} for name, s in profile.items()},
         "build_seconds": round(build_seconds, 1),
         "ddpm_export_version": __version__,
     }
+    if builder is not None:
+        sidecar["builder"] = dict(builder)
+    if converted_from is not None:
+        sidecar["converted_from"] = dict(converted_from)
+    return sidecar
 
 
 def write_sidecar(engine: str | Path, sidecar: Mapping[str, Any], *, force: bool = False) -> Path:
@@ -78,13 +115,64 @@ def read_sidecar(engine: str | Path) -> dict[str, Any]:
 
 
 def check_sidecar(engine: str | Path, sidecar: Mapping[str, Any], *, onnx_sha256: str | None,
-                  tensorrt_version: str | None) -> None:
-    """Refuse an engine built from another ONNX file (when ``onnx_sha256`` is given) or by another
-    TensorRT version (when the sidecar records one and ``tensorrt_version`` is given)."""
+                  tensorrt_version: str | None, compute_capability: str | None = None) -> None:
+    """Refuse an engine built from another ONNX file (when ``onnx_sha256`` is given), for another
+    TensorRT version (when ``tensorrt_version`` is given and the sidecar records one) or for
+    another GPU (when ``compute_capability`` of the GPU that would run it, e.g. ``"8.9"``, is
+    given), by the rules in the module docstring."""
     if onnx_sha256 is not None and sidecar["onnx_sha256"] != onnx_sha256:
         raise EngineMismatchError(f"{engine}: built from an ONNX file with sha256 {sidecar['onnx_sha256']}, "
                                   f"not from this one ({onnx_sha256}); rebuild the engine from this ONNX file")
-    built_with = sidecar.get("tensorrt_version")
-    if tensorrt_version is not None and built_with is not None and built_with != tensorrt_version:
-        raise EngineMismatchError(f"{engine}: built by TensorRT {built_with}, this is TensorRT "
-                                  f"{tensorrt_version}; engines are not portable across versions, rebuild it")
+    if tensorrt_version is not None:
+        _check_version(engine, sidecar, tensorrt_version)
+    if compute_capability is not None:
+        _check_gpu(engine, sidecar, _capability(compute_capability))
+
+
+def needs_host_code(sidecar: Mapping[str, Any]) -> bool:
+    """A version-compatible engine embeds its lean runtime (host code): the runtime must allow
+    it (``trt.Runtime.engine_host_code_allowed = True``) to deserialise it."""
+    return bool(sidecar.get("version_compatible", False))
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in re.findall(r"\d+", str(text))[:3])
+
+
+def _capability(text: Any) -> tuple[int, int] | None:
+    parts = re.findall(r"\d+", str(text)) if text is not None else []
+    return (int(parts[0]), int(parts[1])) if len(parts) >= 2 else None
+
+
+def _check_version(engine: str | Path, sidecar: Mapping[str, Any], tensorrt_version: str) -> None:
+    built = sidecar.get("tensorrt_version")
+    if built is None or built == tensorrt_version:
+        return
+    if not sidecar.get("version_compatible", False):
+        raise EngineMismatchError(f"{engine}: built by TensorRT {built}, this is TensorRT {tensorrt_version}; "
+                                  f"engines are not portable across versions: rebuild it (or build it with "
+                                  f"--version-compatible)")
+    have, want = _version(tensorrt_version), _version(built)
+    if not have or not want or have[0] != want[0] or have < want:
+        raise EngineMismatchError(f"{engine}: a version-compatible engine of TensorRT {built} runs on later "
+                                  f"{want[0] if want else '?'}.x releases only, this is TensorRT {tensorrt_version}: "
+                                  f"rebuild it")
+
+
+def _check_gpu(engine: str | Path, sidecar: Mapping[str, Any], have: tuple[int, int] | None) -> None:
+    level = sidecar.get("hardware_compatibility", "none")
+    gpu = sidecar.get("gpu") or {}
+    built = _capability(gpu.get("compute_capability"))
+    if have is None:
+        return
+    if level not in HARDWARE_COMPATIBILITY:
+        raise EngineMismatchError(f"{engine}: unknown hardware_compatibility {level!r} in its sidecar; rebuild it")
+    if level == "ampere+":
+        if have < AMPERE:
+            raise EngineMismatchError(f"{engine}: built for Ampere and later GPUs (compute capability >= 8.0); "
+                                      f"this GPU has {have[0]}.{have[1]}")
+        return
+    if built is not None and built != have:
+        raise EngineMismatchError(f"{engine}: built on a GPU of compute capability {built[0]}.{built[1]} "
+                                  f"({gpu.get('name', 'unknown')}), this GPU has {have[0]}.{have[1]}: rebuild it "
+                                  f"here, or build it with --hardware-compatibility ampere+")

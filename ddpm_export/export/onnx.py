@@ -30,7 +30,8 @@ from ddpm_export.diffusion.config import DiffusionConfig
 from ddpm_export.errors import BadInputError
 from ddpm_export.export.attention_forms import MIN_OPSET, attention_kernel, resolve_attention
 from ddpm_export.export.polygraphy_io import check_io_paths, save_torch_io
-from ddpm_export.export.precision import GraphModule, check_precision, policy
+from ddpm_export.export.precision import GraphModule
+from ddpm_export.export.precision_policy import check_precision, policy
 from ddpm_export.export.validate import ValidationReport, validate_onnx
 from ddpm_export.files import refuse_existing
 from ddpm_export.nn.attention import use_attention_kernel

@@ -10,36 +10,18 @@ inputs and outputs stay float32; casts at the boundary are part of the graph.
 from __future__ import annotations
 
 import copy
-from typing import Literal
 
 import torch
 from torch import nn
 
-from ddpm_export.contract.choices import PRECISIONS
-from ddpm_export.errors import BadInputError
+from ddpm_export.export.precision_policy import check_precision
 from ddpm_export.nn.attention import RelativePositionBias, SinusoidalPosition2D
 from ddpm_export.nn.embeddings import ClassEmbedding, TimeEmbedding
 from ddpm_export.nn.layers import BatchNorm32, GroupNorm32
 from ddpm_export.nn.unet import UNet
 
-Precision = Literal["fp32", "fp16"]
 #: modules whose parameters stay float32 in an fp16 model (they compute in float32)
 FP32_MODULES = (TimeEmbedding, ClassEmbedding, GroupNorm32, BatchNorm32, SinusoidalPosition2D, RelativePositionBias)
-FP32_ISLANDS = ("time_embedding", "class_embedding", "normalization_statistics", "position_codes",
-                "attention_bias_and_softmax")
-
-
-def policy(precision: str) -> dict[str, object]:
-    """The policy as recorded in the ONNX metadata."""
-    check_precision(precision)
-    return {"precision": precision, "io_dtype": "float32",
-            "compute_dtype": "float16" if precision == "fp16" else "float32",
-            "fp32_islands": list(FP32_ISLANDS) if precision == "fp16" else []}
-
-
-def check_precision(precision: str) -> None:
-    if precision not in PRECISIONS:
-        raise BadInputError(f"precision={precision!r} is not valid; choose one of: {', '.join(PRECISIONS)}")
 
 
 class GraphModule(nn.Module):

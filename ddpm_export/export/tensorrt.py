@@ -8,14 +8,21 @@ the file's ExportSpec (min/opt/max batch). ``tensorrt`` is imported lazily: ever
 the build (reading the metadata, the profile, the sidecar) works and is tested without it.
 
 Sidecar ``<engine>.json`` (:mod:`ddpm_export.contract.sidecar`, read by the runtime): the sha256
-of the ONNX file, the TensorRT version, the GPU, the profile and the precision, so a mismatch is
-refused with a message that says what to rebuild.
+of the ONNX file, the TensorRT version, the GPU, the profile and the precision, and every option
+that limits where the engine runs (``version_compatible``, ``hardware_compatibility``; the rules
+are in the contract too), so a mismatch is refused with a message that says what to rebuild.
+
+``fp16=True`` on an fp32 file of ours runs the fp16 graph pass (:mod:`ddpm_export.export.fp16_pass`)
+first; the graph the engine is built from is then written beside it as ``<engine>.onnx`` (its
+sha256 is the sidecar's ``onnx_sha256``; the fp32 file it came from is ``converted_from``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
+import json
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -27,12 +34,14 @@ from ddpm_export.contract.info import ModelInfo
 from ddpm_export.contract.sidecar import make_sidecar, sidecar_path, write_sidecar
 from ddpm_export.contract.spec import ExportSpec
 from ddpm_export.errors import BadInputError, InputNotFoundError, MissingDependencyError
+from ddpm_export.export import fp16_pass, trt_build
+from ddpm_export.export.trt_options import BuildOptions, builder_config
 from ddpm_export.files import atomic_file, refuse_existing
-from ddpm_export.gpu import import_cudart
+from ddpm_export.gpu import gpu_missing, import_cudart, import_tensorrt
 
 
 class TensorRTUnavailable(MissingDependencyError, RuntimeError):
-    """The tensorrt package (or a GPU) is missing on this machine."""
+    """The tensorrt or cuda-python package, or a CUDA GPU, is missing on this machine (exit 2)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,74 +54,111 @@ class EnginePlan:
     precision: str
     profile: dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]
 
-    def sidecar(self, tensorrt_version: str, gpu: dict[str, Any], seconds: float) -> dict[str, Any]:
+    def sidecar(self, tensorrt_version: str, gpu: dict[str, Any], seconds: float,
+                options: BuildOptions = BuildOptions(), converted_from: "EnginePlan | None" = None) -> dict[str, Any]:
+        """The engine's sidecar (:func:`ddpm_export.contract.sidecar.make_sidecar`); ``converted_from``:
+        the fp32 file this plan's graph was made from by the fp16 pass."""
+        source = None if converted_from is None else {"onnx_file": converted_from.onnx_path.name,
+                                                      "onnx_sha256": converted_from.onnx_sha256}
         return make_sidecar(onnx_file=self.onnx_path.name, onnx_sha256=self.onnx_sha256,
                             tensorrt_version=tensorrt_version, gpu=gpu, precision=self.precision,
-                            profile=self.profile, build_seconds=seconds)
+                            profile=self.profile, build_seconds=seconds, **options.compatibility(),
+                            builder=options.builder(), converted_from=source)
 
 
 def plan_engine(onnx_path: str | Path, *, fp16: bool | None = None) -> EnginePlan:
-    """Read the ONNX file's metadata and decide the build. ``fp16`` (the ``--fp16`` flag) must
-    agree with the file's precision: the precision lives in the graph, not in a builder flag."""
+    """Read the ONNX file's metadata and decide the build. ``fp16=True`` (``--fp16``) accepts an
+    fp32 file too (the build converts it, see :func:`build_engine`); ``fp16=False`` (``--fp32``)
+    refuses an fp16 file: precision lives in the graph, and fp16 weights cannot become fp32 ones."""
     path = Path(onnx_path)
     if not path.is_file():
         raise InputNotFoundError(f"{path} not found")
     model = onnx.load(str(path), load_external_data=False)
     info = ModelInfo.from_metadata({p.key: p.value for p in model.metadata_props}, source=str(path))
     spec, precision = info.spec, info.precision
-    if fp16 is not None and fp16 != (precision == "fp16"):
-        want = "fp16" if fp16 else "fp32"
-        raise BadInputError(f"{path} is a {precision} graph but {want} was asked for; the precision lives in the ONNX "
-                            f"graph (TensorRT 11 has no FP16 builder flag): re-export it with "
-                            f"`ddpm-export onnx --precision {want} --target tensorrt`")
+    if fp16 is False and precision == "fp16":
+        raise BadInputError(f"{path} is an fp16 graph but fp32 was asked for; the precision lives in the ONNX "
+                         f"graph: export an fp32 file with `ddpm-export onnx --precision fp32`")
     return EnginePlan(path, md.sha256_file(path), spec, precision, spec.profiles())
 
 
+def engine_onnx_path(engine: str | Path) -> Path:
+    """``<engine>.onnx``: the graph an engine was built from, when the build made it."""
+    engine = Path(engine)
+    return engine.with_name(engine.name + ".onnx")
+
+
 def tensorrt_missing() -> str | None:
-    """Why an engine cannot be built here, or None."""
-    if importlib.util.find_spec("tensorrt") is None:
-        return ("the 'tensorrt' package is not installed; on a machine with an NVIDIA GPU: "
-                "pip install 'ddpm-export[gpu]'")
-    return None
+    """Why an engine cannot be built here (tensorrt, cuda-python or a GPU missing), or None."""
+    return gpu_missing()
 
 
 def build_engine(onnx_path: str | Path, engine_path: str | Path, *, fp16: bool | None = None,
-                 optimization_level: int = 3, force: bool = False,
+                 options: BuildOptions = BuildOptions(), keep_onnx: bool = False, force: bool = False,
                  log: Callable[[str], None] = print) -> dict[str, Any]:
     """Build ``engine_path`` (+ its sidecar) from ``onnx_path``; returns the sidecar dict.
 
-    Both files are written atomically; existing ones are refused unless ``force``.
+    ``fp16=True`` on an fp32 file builds from its fp16 graph (the fp16 pass). That graph -- or,
+    with ``keep_onnx``, the file itself (e.g. a temporary export) -- is written to
+    :func:`engine_onnx_path`. Files are written atomically (engine, graph, timing cache, sidecar
+    last); existing ones are refused unless ``force``; nothing is written when TensorRT, CUDA or a
+    GPU is missing (TensorRTUnavailable) or the build fails (``trt_failures.BuildFailed``).
     """
     engine_path = Path(engine_path)
     side = sidecar_path(engine_path)
-    for path in (engine_path, side):
-        refuse_existing(path, force)
-    plan = plan_engine(onnx_path, fp16=fp16)
+    source = plan_engine(onnx_path, fp16=fp16)
+    convert = fp16 is True and source.precision == "fp32"
+    graph_out = engine_onnx_path(engine_path) if convert or keep_onnx else None
+    for path in (engine_path, side, graph_out):
+        if path is not None:
+            refuse_existing(path, force)
     why = tensorrt_missing()
     if why:
         raise TensorRTUnavailable(f"cannot build {engine_path}: {why}")
+    engine_path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=engine_path.parent, prefix=f".{engine_path.name}.") as tmp:
+        plan = source
+        if convert:
+            log(f"converting {source.onnx_path.name} to the fp16 policy's graph (fp16 pass)")
+            plan = plan_engine(fp16_pass.convert_file(source.onnx_path, Path(tmp) / graph_out.name), fp16=True)
+        engine_bytes, cache, seconds = _build(plan, options, log)
+        info = plan.sidecar(_trt_version(), _gpu_info(), seconds, options, converted_from=source if convert else None)
+        info["onnx_file"] = graph_out.name if graph_out is not None else info["onnx_file"]
+        _write(engine_path, engine_bytes, plan.onnx_path if graph_out is not None else None, graph_out, cache,
+               options, info, force)
+    log(f"wrote {engine_path} ({engine_path.stat().st_size / 2**20:.1f} MiB) and {side.name} in {seconds:.1f} s"
+        + (f"; the graph it was built from: {graph_out.name}" if graph_out is not None else ""))
+    return info
 
-    import tensorrt as trt
-    from polygraphy.backend.trt import CreateConfig, EngineBytesFromNetwork, NetworkFromOnnxPath, Profile
 
-    profile = Profile()
-    for name, (lo, opt, hi) in plan.profile.items():
-        profile.add(name, min=lo, opt=opt, max=hi)
-    log(f"building a strongly typed {plan.precision} engine with TensorRT {trt.__version__} "
-        f"(batch {plan.spec.min_batch}..{plan.spec.max_batch}, opt {plan.spec.opt_batch})")
+def _trt_version() -> str:
+    return str(import_tensorrt("the engine build").__version__)
+
+
+def _build(plan: EnginePlan, options: BuildOptions, log: Callable[[str], None]) -> tuple[bytes, bytes | None, float]:
+    description = builder_config(plan, options)
+    log(f"building a strongly typed {plan.precision} engine with TensorRT {_trt_version()} "
+        f"(batch {plan.spec.min_batch}..{plan.spec.max_batch}, opt {plan.spec.opt_batch}; "
+        f"{json.dumps(description['create_config'], sort_keys=True)})")
     start = time.perf_counter()
-    network = NetworkFromOnnxPath(str(plan.onnx_path), strongly_typed=True)
-    config = CreateConfig(tf32=False, profiles=[profile], builder_optimization_level=optimization_level)
-    engine_bytes = EngineBytesFromNetwork(network, config=config)()
-    seconds = time.perf_counter() - start
-    info = plan.sidecar(trt.__version__, _gpu_info(), seconds)
+    engine_bytes, cache = trt_build.build_serialized(plan.onnx_path, description, max_batch=plan.spec.max_batch,
+                                                     log=log)
+    return engine_bytes, cache, time.perf_counter() - start
 
+
+def _write(engine_path: Path, engine_bytes: bytes, graph: Path | None, graph_out: Path | None,
+           cache: bytes | None, options: BuildOptions, info: dict[str, Any], force: bool) -> None:
+    side = sidecar_path(engine_path)
     side.unlink(missing_ok=True)  # never pair the new engine with the old engine's sidecar
     with atomic_file(engine_path, force=force) as tmp:
-        tmp.write_bytes(bytes(engine_bytes))
+        tmp.write_bytes(engine_bytes)
+    if graph is not None and graph_out is not None:
+        with atomic_file(graph_out, force=force) as tmp:
+            shutil.copyfile(graph, tmp)
+    if cache is not None and options.timing_cache is not None:
+        with atomic_file(options.timing_cache, force=True) as tmp:  # read at the start, merged, written back
+            tmp.write_bytes(cache)
     write_sidecar(engine_path, info, force=force)  # the sidecar last: an engine without one is refused
-    log(f"wrote {engine_path} ({engine_path.stat().st_size / 2**20:.1f} MiB) and {side.name} in {seconds:.1f} s")
-    return info
 
 
 def _gpu_info() -> dict[str, Any]:

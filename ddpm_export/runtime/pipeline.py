@@ -13,7 +13,6 @@ A Pipeline holds no per-call state (each call builds its own scheduler and noise
 
 from __future__ import annotations
 
-import typing
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
@@ -22,13 +21,14 @@ from tqdm.auto import tqdm
 
 from ddpm_export.checks import check_guidance_scale, check_seed, check_steps, check_x_T, chunk_size, is_int
 from ddpm_export.configbase import ConfigError, check_choice
+from ddpm_export.contract.choices import BACKENDS, ORT_GPU_BACKENDS
 from ddpm_export.contract.info import ModelInfo
 from ddpm_export.diffusion import SCHEDULERS, Backend, DiffusionConfig, make_scheduler, sample, sampler_config
 from ddpm_export.errors import BadInputError
 
 __all__ = ["Pipeline", "SampleRequest", "chunk_seed"]
 
-BackendName = Literal["onnxruntime", "tensorrt"]
+BackendName = Literal["onnxruntime", "ort-cuda", "ort-tensorrt", "tensorrt"]
 
 
 def chunk_seed(seed: int, k: int) -> int:
@@ -95,15 +95,29 @@ class Pipeline:
         self.source = source
 
     @classmethod
-    def from_onnx(cls, path: str | Path, *, providers: Sequence[Any] | None = None,
-                  session_options: Any = None) -> "Pipeline":
+    def from_onnx(cls, path: str | Path, *, backend: BackendName = "onnxruntime",
+                  providers: Sequence[Any] | None = None, session_options: Any = None, device: int = 0,
+                  trt_fp16: bool = False, trt_cache_dir: str | Path | None = None) -> "Pipeline":
         """A Pipeline on ONNX Runtime; everything else comes from the file's metadata.
 
-        ``providers`` defaults to ``["CPUExecutionProvider"]``.
+        ``backend``: ``"onnxruntime"`` with ``providers`` (default ``["CPUExecutionProvider"]``),
+        or ``"ort-cuda"`` / ``"ort-tensorrt"`` on CUDA ``device`` (:mod:`ddpm_export.runtime.ort_gpu`;
+        ``trt_fp16`` and the engine cache folder ``trt_cache_dir`` for ``ort-tensorrt``), which
+        raise ProviderUnavailable rather than run on the CPU.
         """
         from ddpm_export.runtime.onnxruntime_backend import OnnxRuntimeBackend, create_session
 
-        session = create_session(path, providers=providers, session_options=session_options)
+        check_choice("backend", backend, ("onnxruntime", *ORT_GPU_BACKENDS))
+        if backend == "onnxruntime":
+            session = create_session(path, providers=providers, session_options=session_options)
+        else:
+            from ddpm_export.runtime.info import read_info
+            from ddpm_export.runtime.ort_gpu import create_gpu_session
+
+            if providers is not None:
+                raise BadInputError(f"providers apply to backend='onnxruntime'; {backend!r} chooses its own")
+            session = create_gpu_session(path, backend, read_info(path).spec, device=device, fp16=trt_fp16,
+                                         cache_dir=trt_cache_dir, session_options=session_options)
         info = ModelInfo.from_metadata(session.get_modelmeta().custom_metadata_map, source=str(path))
         return cls(OnnxRuntimeBackend(session, info.spec), info, source=str(path))
 
@@ -115,18 +129,20 @@ class Pipeline:
 
         Args:
             onnx: which of the bundle's ONNX files (its name); default the first one listed.
-            backend: ``"onnxruntime"`` runs the ONNX file; ``"tensorrt"`` runs the engine built
-                from it (metadata from the manifest, so neither onnx nor onnxruntime is needed).
-            device: CUDA device of the TensorRT backend.
+            backend: ``"onnxruntime"`` runs the ONNX file (``"ort-cuda"`` / ``"ort-tensorrt"``: on
+                ONNX Runtime's GPU providers); ``"tensorrt"`` runs the engine built from it
+                (metadata from the manifest, so neither onnx nor onnxruntime is needed).
+            device: CUDA device of the GPU backends.
         """
         from ddpm_export.runtime import bundle as bundle_mod
 
-        check_choice("backend", backend, typing.get_args(BackendName))  # before hashing every file
+        check_choice("backend", backend, BACKENDS)  # before hashing every file
         manifest = bundle_mod.verify_bundle(directory)
         entry = manifest.model(onnx)
         folder = Path(directory)
-        if backend == "onnxruntime":
-            pipe = cls.from_onnx(folder / entry["onnx"], providers=providers, session_options=session_options)
+        if backend != "tensorrt":
+            pipe = cls.from_onnx(folder / entry["onnx"], backend=backend, providers=providers,
+                                 session_options=session_options, device=device)
             if pipe.info.diffusion != manifest.diffusion:
                 raise bundle_mod.BundleError(f"{folder / bundle_mod.MANIFEST}: the schedule differs from the metadata "
                                              f"of {entry['onnx']}; rebuild the bundle with `ddpm-export bundle`")

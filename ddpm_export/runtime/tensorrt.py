@@ -2,8 +2,9 @@
 
 ``tensorrt`` and ``cuda-python`` (the ``gpu`` extra) are imported when a backend is built, not
 when this module is imported, so the rest of the runtime works without them. An engine is only
-valid for the ONNX file it was built from and for the TensorRT version that built it; both are
-read from its sidecar ``<engine file>.json`` (e.g. ``tiny.plan`` -> ``tiny.plan.json``,
+valid for the ONNX file it was built from, for the TensorRT version that built it (or later ones
+of its major version, when version-compatible) and for GPUs its hardware compatibility allows; all
+are read from its sidecar ``<engine file>.json`` (e.g. ``tiny.plan`` -> ``tiny.plan.json``,
 :mod:`ddpm_export.contract.sidecar`), and a mismatch is refused before the engine is deserialised.
 """
 
@@ -15,7 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from ddpm_export.contract.sidecar import EngineMismatchError, check_sidecar, read_sidecar, sidecar_path
+from ddpm_export.contract.sidecar import (
+    EngineMismatchError, check_sidecar, needs_host_code, read_sidecar, sidecar_path,
+)
 from ddpm_export.contract.spec import OUT_NAME, ExportSpec, feeds_for
 from ddpm_export.errors import BadInputError
 from ddpm_export.gpu import import_cudart, import_tensorrt
@@ -44,12 +47,15 @@ class TensorRTBackend:
         check_sidecar(engine_path, sidecar, onnx_sha256=onnx_sha256, tensorrt_version=None)
         trt = import_tensorrt("TensorRTBackend")
         self._cudart = cudart = import_cudart("TensorRTBackend")
-        check_sidecar(engine_path, sidecar, onnx_sha256=None, tensorrt_version=trt.__version__)
+        props = self._check(cudart.cudaGetDeviceProperties(device))
+        check_sidecar(engine_path, sidecar, onnx_sha256=None, tensorrt_version=trt.__version__,
+                      compute_capability=f"{props.major}.{props.minor}")
         self.spec = spec
         self._device = device
         self._check(cudart.cudaSetDevice(device))
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
+        self._runtime.engine_host_code_allowed = needs_host_code(sidecar)  # version-compatible engines
         self.engine = self._runtime.deserialize_cuda_engine(engine_path.read_bytes())
         if self.engine is None:
             raise RuntimeError(f"{engine_path}: TensorRT could not deserialise the engine (see the log above)")

@@ -1,0 +1,42 @@
+"""Where an engine may run, from its sidecar (contract.sidecar): TensorRT's version and hardware compatibility rules."""
+
+from __future__ import annotations
+
+import pytest
+
+from ddpm_export.contract.sidecar import EngineMismatchError, check_sidecar, needs_host_code
+
+H200 = {"name": "NVIDIA H200", "compute_capability": "9.0"}
+
+
+def side(**kw):
+    return {"onnx_sha256": "0" * 64, "tensorrt_version": "10.8.0.43", "gpu": H200, **kw}
+
+
+@pytest.mark.parametrize("sidecar, trt, cc, match", [
+    (side(), "10.8.0.43", "9.0", None),
+    (side(), "10.9.0.34", "9.0", "built by TensorRT 10.8.0.43, this is TensorRT 10.9.0.34"),
+    (side(version_compatible=True), "10.9.0.34", "9.0", None),
+    (side(version_compatible=True), "10.7.0.23", "9.0", "later 10.x releases only"),
+    (side(version_compatible=True), "11.0.0.1", "9.0", "later 10.x releases only"),
+    (side(), "10.8.0.43", "8.9", "compute capability 9.0 \\(NVIDIA H200\\), this GPU has 8.9"),
+    (side(hardware_compatibility="same-compute-capability"), "10.8.0.43", "9.0", None),
+    (side(hardware_compatibility="same-compute-capability"), "10.8.0.43", "8.6", "this GPU has 8.6"),
+    (side(hardware_compatibility="ampere+"), "10.8.0.43", "8.6", None),
+    (side(hardware_compatibility="ampere+"), "10.8.0.43", "10.0", None),
+    (side(hardware_compatibility="ampere+"), "10.8.0.43", "7.5", "compute capability >= 8.0"),
+    (side(hardware_compatibility="volta+"), "10.8.0.43", "9.0", "unknown hardware_compatibility"),
+    (side(), "10.8.0.43", None, None),  # GPU unknown: only the version is checked
+    ({"onnx_sha256": "0" * 64, "gpu": {"name": "unknown"}}, "10.8.0.43", "9.0", None),  # an old sidecar
+], ids=["same", "other-version", "vc-later", "vc-earlier", "vc-next-major", "other-gpu", "same-cc", "same-cc-other",
+        "ampere-86", "ampere-100", "ampere-turing", "bad-level", "gpu-unknown", "old-sidecar"])
+def test_rules(sidecar, trt, cc, match):
+    if match is None:
+        check_sidecar("m.plan", sidecar, onnx_sha256=None, tensorrt_version=trt, compute_capability=cc)
+    else:
+        with pytest.raises(EngineMismatchError, match=match):
+            check_sidecar("m.plan", sidecar, onnx_sha256=None, tensorrt_version=trt, compute_capability=cc)
+
+
+def test_version_compatible_engines_need_host_code_allowed():
+    assert needs_host_code(side(version_compatible=True)) and not needs_host_code(side())

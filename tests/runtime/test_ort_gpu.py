@@ -1,0 +1,108 @@
+"""ONNX Runtime's CUDA and TensorRT execution providers as backends. Here (onnxruntime without GPU
+providers) a GPU backend must refuse to run rather than fall back to the CPU; the providers it
+would ask for are checked as data. The GPU runs are marked ``gpu``."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+ort = pytest.importorskip("onnxruntime")
+
+from ddpm_export.contract.spec import ExportSpec  # noqa: E402
+from ddpm_export.runtime import Pipeline  # noqa: E402
+from ddpm_export.runtime.ort_gpu import ORT_GPU_BACKENDS, ProviderUnavailable, provider_options  # noqa: E402
+
+SPEC = ExportSpec(in_channels=1, out_channels=1, sample_size=16, cond_kind="class", num_class_rows=11,
+                  min_batch=1, opt_batch=4, max_batch=8)
+HAS = set(ort.get_available_providers())
+
+
+def test_cuda_provider_options():
+    assert provider_options("ort-cuda", SPEC, device=1) == [("CUDAExecutionProvider", {"device_id": 1})]
+    with pytest.raises(ValueError, match="apply to backend='ort-tensorrt' only"):
+        provider_options("ort-cuda", SPEC, fp16=True)
+    with pytest.raises(ValueError, match="choose one of: 'ort-cuda', 'ort-tensorrt'"):
+        provider_options("cuda", SPEC)
+
+
+def test_tensorrt_provider_options_profile_fp16_and_cache(tmp_path):
+    (name, trt), cuda = provider_options("ort-tensorrt", SPEC, fp16=True, cache_dir=tmp_path)
+    assert name == "TensorrtExecutionProvider" and cuda == ("CUDAExecutionProvider", {"device_id": 0})
+    assert trt == {"device_id": 0, "trt_fp16_enable": True,
+                   "trt_profile_min_shapes": "x_t:1x1x16x16,t:1,class_labels:1",
+                   "trt_profile_opt_shapes": "x_t:4x1x16x16,t:4,class_labels:4",
+                   "trt_profile_max_shapes": "x_t:8x1x16x16,t:8,class_labels:8",
+                   "trt_engine_cache_enable": True, "trt_engine_cache_path": str(tmp_path),
+                   "trt_timing_cache_enable": True, "trt_timing_cache_path": str(tmp_path)}
+    (_, plain), _ = provider_options("ort-tensorrt", SPEC)
+    assert "trt_engine_cache_enable" not in plain and plain["trt_fp16_enable"] is False
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    pytest.importorskip("torch")
+    from ddpm_export.export.onnx import export_onnx
+
+    return export_onnx("tiny", tmp_path_factory.mktemp("ortgpu") / "tiny.onnx", min_batch=1, opt_batch=2,
+                       max_batch=4, validate=False, log=lambda s: None).path
+
+
+@pytest.mark.parametrize("backend", list(ORT_GPU_BACKENDS))
+def test_a_missing_provider_is_an_error_not_a_cpu_run(tiny, backend):
+    if ORT_GPU_BACKENDS[backend] in HAS:
+        pytest.skip(f"{ORT_GPU_BACKENDS[backend]} is available here")
+    with pytest.raises(ProviderUnavailable, match=f"no {ORT_GPU_BACKENDS[backend]}.*onnxruntime-gpu"):
+        Pipeline.from_onnx(tiny, backend=backend)
+
+
+def test_providers_are_for_the_cpu_backend_only(tiny):
+    with pytest.raises(ValueError, match="providers apply to backend='onnxruntime'"):
+        Pipeline.from_onnx(tiny, backend="ort-cuda", providers=["CPUExecutionProvider"])
+    with pytest.raises(ValueError, match="backend='ort-gpu' is not valid"):
+        Pipeline.from_onnx(tiny, backend="ort-gpu")  # type: ignore[arg-type]
+
+
+@pytest.mark.skipif("CUDAExecutionProvider" in HAS, reason="onnxruntime here has the CUDA provider")
+def test_sample_cli_exits_2_and_writes_nothing(tiny, tmp_path):
+    from ddpm_export.cli import main
+
+    result = CliRunner().invoke(main, ["sample", "--onnx", str(tiny), "--backend", "ort-cuda", "-n", "2",
+                                       "-o", str(tmp_path / "g.png"), "--no-progress"])
+    assert result.exit_code == 2, result.output
+    assert [line for line in result.output.splitlines() if line] == [
+        line for line in result.output.splitlines() if line.startswith("Error: backend 'ort-cuda'")]
+    assert list(tmp_path.iterdir()) == []
+    result = CliRunner().invoke(main, ["sample", "--onnx", str(tiny), "--trt-fp16", "-o", str(tmp_path / "g.png")])
+    assert result.exit_code == 2 and "apply to --backend ort-tensorrt" in result.output
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", list(ORT_GPU_BACKENDS))
+def test_gpu_backend_runs_on_its_provider_and_matches_the_cpu(tiny, tmp_path, backend):
+    if ORT_GPU_BACKENDS[backend] not in HAS:
+        pytest.skip(f"onnxruntime here ({ort.__version__}) has no {ORT_GPU_BACKENDS[backend]}: "
+                    f"install onnxruntime-gpu")
+    kwargs = {"trt_cache_dir": tmp_path / "cache"} if backend == "ort-tensorrt" else {}
+    gpu = Pipeline.from_onnx(tiny, backend=backend, **kwargs)
+    assert gpu.backend.session.get_providers()[0] == ORT_GPU_BACKENDS[backend]
+    cpu = Pipeline.from_onnx(tiny)
+    a = gpu.sample(4, steps=10, seed=3, progress=False)
+    b = cpu.sample(4, steps=10, seed=3, progress=False)
+    rel = float(np.linalg.norm(a - b) / np.linalg.norm(b))
+    print(f"{backend} vs CPU after 10 DDIM steps: rel L2 {rel:.2e}")
+    assert rel < 1e-3  # fp32 graph; TF32 convolutions may be on
+    if backend == "ort-tensorrt":
+        assert any((tmp_path / "cache").iterdir())  # the engine was cached
+
+
+@pytest.mark.skipif("CUDAExecutionProvider" in HAS, reason="onnxruntime here has the CUDA provider")
+def test_verify_cli_with_a_missing_provider_exits_2(tiny, tmp_path):
+    from ddpm_export.cli import main
+
+    report = tmp_path / "r.json"
+    result = CliRunner().invoke(main, ["verify", "--model", "tiny", "--onnx", str(tiny), "--backend", "ort-cuda",
+                                       "--report", str(report)])
+    assert result.exit_code == 2 and "Error: backend 'ort-cuda'" in result.output, result.output
+    assert not report.exists()

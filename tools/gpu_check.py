@@ -1,0 +1,102 @@
+"""The GPU check as one table: engines (fp32, fp16 from the fp32 file), ONNX Runtime's CUDA and
+TensorRT providers, `verify` against PyTorch (fp32 >= 60 dB, fp16 >= 40 dB) and `bench` when the
+command exists. Every step runs the real CLI in a subprocess; a step that cannot run on this
+machine says why (SKIP) instead of failing the rest. Called by tools/gpu_check.sh.
+
+    python tools/gpu_check.py [--model digits] [--out gpu-check-out]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROWS: list[tuple[str, str, str, str]] = []
+
+
+def cli(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ddpm_export.cli", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def step(name: str, *args: str, report: Path | None = None) -> bool:
+    """Run one CLI step and add its row: PASS / FAIL (exit 1) / SKIP (exit 2: environment)."""
+    start = time.perf_counter()
+    proc = cli(*args)
+    seconds = f"{time.perf_counter() - start:.1f}"
+    last = (proc.stderr.strip() or proc.stdout.strip()).splitlines()[-1:] or [""]
+    status = {0: "PASS", 2: "SKIP"}.get(proc.returncode, "FAIL")
+    detail = last[0][:110]
+    if report is not None and report.is_file():
+        detail = _verify_detail(json.loads(report.read_text()))
+    ROWS.append((name, status, seconds, detail))
+    if status == "FAIL":
+        print(f"--- {name} failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}", flush=True)
+    return proc.returncode == 0
+
+
+def _verify_detail(report: dict) -> str:
+    parts = []
+    for name, r in report["backends"].items():
+        ddim = r["trajectories"]["ddim"]["final"]["psnr_db"]
+        parts.append(f"{name}: step rel L2 {r['single_step']['rel_l2']:.1e}, DDIM PSNR "
+                     f"{'inf' if ddim is None else f'{ddim:.1f}'} dB")
+    return f"{report['precision']} (>= {report['thresholds']['final_psnr_db']:g} dB) " + "; ".join(parts)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="digits")
+    parser.add_argument("--out", type=Path, default=Path("gpu-check-out"))
+    args = parser.parse_args()
+    out, m = args.out, args.model
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    fp32 = out / f"{m}.onnx"
+    if not step(f"export {m} fp32", "onnx", "--model", m, "-o", str(fp32), "--target", "tensorrt"):
+        return _print()
+    cache = str(out / "trt.timing-cache")
+    step("trt fp32 engine", "trt", "--onnx", str(fp32), "-o", str(out / "fp32.plan"), "--timing-cache", cache,
+         "--no-progress")
+    step("trt fp16 engine (fp16 pass)", "trt", "--onnx", str(fp32), "--fp16", "-o", str(out / "fp16.plan"),
+         "--timing-cache", cache, "--no-progress")
+    step("trt --model --fp16 (one step)", "trt", "--model", m, "--fp16", "-o", str(out / "one.plan"),
+         "--version-compatible", "--hardware-compatibility", "ampere+", "--workspace", "4096", "--no-progress")
+    for name, onnx, engine in (("verify fp32 engine", fp32, out / "fp32.plan"),
+                               ("verify fp16 engine", out / "fp16.plan.onnx", out / "fp16.plan"),
+                               ("verify vc/ampere+ engine", out / "one.plan.onnx", out / "one.plan")):
+        if engine.is_file():
+            report = out / f"{engine.stem}.report.json"
+            step(name, "verify", "--model", m, "--onnx", str(onnx), "--engine", str(engine), "--report", str(report),
+                 report=report)
+        else:
+            ROWS.append((name, "SKIP", "0.0", f"no {engine.name} (its build did not pass)"))
+    for backend in ("ort-cuda", "ort-tensorrt"):
+        report = out / f"{backend}.report.json"
+        step(f"verify {backend}", "verify", "--model", m, "--onnx", str(fp32), "--backend", backend,
+             "--report", str(report), report=report)
+    if cli("bench", "--help").returncode == 0:
+        step("bench", "bench", "--onnx", str(fp32), *(["--engine", str(out / "fp32.plan")]
+                                                         if (out / "fp32.plan").is_file() else []))
+    else:
+        ROWS.append(("bench", "SKIP", "0.0", "no `ddpm-export bench` in this version"))
+    return _print()
+
+
+def _print() -> int:
+    widths = [max(len(r[i]) for r in [("check", "status", "s", "detail"), *ROWS]) for i in range(4)]
+    line = "  ".join(f"{{:{w}}}" for w in widths)
+    print("\n" + line.format("check", "status", "s", "detail"))
+    print(line.format(*("-" * w for w in widths)))
+    for row in ROWS:
+        print(line.format(*row))
+    return 1 if any(r[1] == "FAIL" for r in ROWS) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
