@@ -207,9 +207,8 @@ def verify(model: str | Path, onnx: str | Path, *, engine: str | Path | None = N
 
     log(f"verify {onnx} ({info.precision}) against {model} (PyTorch), seed {seed}")
     results = _single_steps(reference, candidates, info, seed, log)
-    schedulers = {"ddim": _scheduler(cfg, "ddim", steps), "ddpm": _scheduler(cfg, "ddpm", n_ddpm),
-                  **solver_schedulers}
-    for kind, scheduler in schedulers.items():
+    for kind, scheduler in {"ddim": _scheduler(cfg, "ddim", steps), "ddpm": _scheduler(cfg, "ddpm", n_ddpm),
+                            **solver_schedulers}.items():
         _trajectories(results, kind, scheduler, run, reference, candidates, limits, seed, log)
 
     checks = _checks(results, limits, info.precision)
