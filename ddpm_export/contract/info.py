@@ -76,12 +76,6 @@ class ModelInfo:
         """Real classes (ids ``0 .. num_classes - 1``); None for a model without class labels."""
         return self.unet.num_classes
 
-    def null_input(self, batch: int) -> np.ndarray:
-        """The null-class ids ``[batch] int64`` contrasted with the condition under guidance."""
-        if self.null_class_id is None:
-            raise BadInputError("guidance needs a class-conditional model with a null class")
-        return np.full(batch, self.null_class_id, dtype=np.int64)
-
     @property
     def null_class_id(self) -> int | None:
         """The id that means "no class" (``num_classes``), for classifier-free guidance; None if absent."""

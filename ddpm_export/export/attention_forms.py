@@ -17,7 +17,7 @@ from typing import Literal
 import torch
 from torch.onnx import symbolic_helper
 
-from ddpm_export.contract.choices import ATTENTION_FORMS, MIN_OPSET
+from ddpm_export.contract.choices import ATTENTION_FORMS
 from ddpm_export.errors import BadInputError
 from ddpm_export.nn.attention import AttentionKernel, decomposed_attention
 

@@ -24,11 +24,11 @@ from safetensors.torch import save as safetensors_save
 
 from ddpm_export._version import __version__
 from ddpm_export.contract import metadata as md
-from ddpm_export.contract.choices import TARGETS
+from ddpm_export.contract.choices import MIN_OPSET, TARGETS
 from ddpm_export.contract.spec import ExportSpec
 from ddpm_export.diffusion.config import DiffusionConfig
 from ddpm_export.errors import BadInputError
-from ddpm_export.export.attention_forms import MIN_OPSET, attention_kernel, resolve_attention
+from ddpm_export.export.attention_forms import attention_kernel, resolve_attention
 from ddpm_export.export.polygraphy_io import check_io_paths, save_torch_io
 from ddpm_export.export.precision import GraphModule
 from ddpm_export.export.precision_policy import check_precision, policy
