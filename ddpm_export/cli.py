@@ -17,7 +17,7 @@ import click
 
 from ddpm_export import commands
 from ddpm_export._version import __version__
-from ddpm_export.errors import DdpmExportError, exit_status
+from ddpm_export.errors import DdpmExportError, describe, exit_status
 
 
 class Failure(click.ClickException):
@@ -34,10 +34,10 @@ class _Main(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (DdpmExportError, ImportError) as e:
+        except (DdpmExportError, ImportError, OSError) as e:
             if ctx.meta.get("ddpm_export.debug"):
                 raise
-            raise Failure(str(e), exit_status(e)) from e
+            raise Failure(describe(e), exit_status(e)) from e
 
 
 @click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})

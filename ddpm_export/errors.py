@@ -27,7 +27,10 @@ from __future__ import annotations
 
 __all__ = ["BadInputError", "DdpmExportError", "InputNotFoundError", "IntegrityError", "MissingDependencyError",
            "NonFiniteOutputError", "NotAFolderError", "OutputExistsError", "VerificationFailed", "WrongTypeError",
-           "exit_status"]
+           "describe", "exit_status"]
+
+#: Modules of the ``export`` extra: a command that imports one needs ``pip install 'ddpm-export[export]'``.
+EXPORT_EXTRA = ("torch", "onnx", "safetensors", "polygraphy")
 
 
 class DdpmExportError(Exception):
@@ -75,7 +78,23 @@ class NonFiniteOutputError(VerificationFailed):
 
 
 def exit_status(error: BaseException) -> int:
-    """The CLI exit status of ``error``: its kind's status, 2 for a missing module, else 1."""
+    """The CLI exit status of ``error``: its kind's status; 2 for a missing module or an operating
+    system error (a file that cannot be read or written: environment), else 1."""
     if isinstance(error, DdpmExportError):
         return error.exit_status
-    return 2 if isinstance(error, ImportError) else 1
+    return 2 if isinstance(error, (ImportError, OSError)) else 1
+
+
+def describe(error: BaseException) -> str:
+    """The one-line message of ``error`` for the CLI: a missing module of the export extra says
+    which extra to install; an operating-system error names the file and what to do."""
+    if isinstance(error, DdpmExportError):
+        return str(error)
+    if isinstance(error, ModuleNotFoundError) and (error.name or "").split(".")[0] in EXPORT_EXTRA:
+        return (f"this command needs the export extra (no module {error.name!r}): "
+                f"pip install 'ddpm-export[export]'")
+    if isinstance(error, OSError) and not isinstance(error, ImportError):
+        where = " -> ".join(str(f) for f in (error.filename, error.filename2) if f is not None) or "a file"
+        return (f"{where}: {error.strerror or error} -- check that the folder exists, is writable "
+                f"and has free space")
+    return str(error)

@@ -1,31 +1,51 @@
-"""Named models shipped in ``models/`` (torch-free): each is a folder with ``config.json``
-and, for trained ones, ``model.safetensors``."""
+"""Named models shipped inside the package, in ``ddpm_export/models/`` (torch-free): each is a
+folder with ``config.json`` and, for trained ones, ``model.safetensors`` (and, for the default
+model, ``model.onnx``, so that sampling needs neither torch nor onnx).
+
+The folder is package data found through :mod:`importlib.resources`, never a shared top-level
+``models/`` folder that any other package could write into.
+"""
 
 from __future__ import annotations
 
+from importlib import resources
 from pathlib import Path
 
 from ddpm_export.errors import BadInputError
 
-MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+__all__ = ["MODELS_DIR", "ONNX_NAME", "default_model", "preset_dir", "preset_names", "shipped_onnx"]
+
+#: The presets' folder, ``ddpm_export/models`` wherever the package is installed.
+MODELS_DIR = Path(str(resources.files("ddpm_export") / "models"))
+#: A preset's pre-exported ONNX file (fp32, the export's defaults), when it ships one.
+ONNX_NAME = "model.onnx"
 
 
 def preset_names() -> list[str]:
-    """Every folder of ``models/`` that holds a config.json, sorted."""
+    """Every folder of the presets' folder that holds a config.json, sorted."""
     if not MODELS_DIR.is_dir():
         return []
     return sorted(p.parent.name for p in MODELS_DIR.glob("*/config.json"))
 
 
 def preset_dir(name: str) -> Path:
-    """The folder of preset ``name``; raises ValueError listing the presets when unknown."""
-    if name not in preset_names():
+    """The folder of preset ``name``; raises BadInputError listing the presets when unknown."""
+    names = preset_names()
+    if name not in names:
         raise BadInputError(f"unknown model {name!r}: not a folder on disk and not a preset; "
-                            f"presets: {', '.join(preset_names()) or '(none found in ' + str(MODELS_DIR) + ')'}")
+                            f"presets: {', '.join(names) or '(none found in ' + str(MODELS_DIR) + ')'}")
     return MODELS_DIR / name
 
 
+def shipped_onnx(name: str) -> Path | None:
+    """The pre-exported ONNX file shipped with preset ``name``, or None when it has none."""
+    if name not in preset_names():
+        return None
+    path = MODELS_DIR / name / ONNX_NAME
+    return path if path.is_file() else None
+
+
 def default_model() -> str:
-    """``digits`` (the trained, class-conditional model) when it is in models/, else ``tiny``:
+    """``digits`` (the trained, class-conditional model) when it is shipped, else ``tiny``:
     the model of ``ddpm-export demo`` and ``ddpm-export sample`` when none is named."""
     return "digits" if "digits" in preset_names() else "tiny"

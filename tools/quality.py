@@ -12,7 +12,7 @@ overridden):
 - guided samples (``--guidance``): the share predicted as the requested class;
 - ``--compare``: the same seeds through PyTorch and ONNX Runtime; sample difference and both scores.
 
-    OMP_WAIT_POLICY=PASSIVE python tools/quality.py --model models/digits --compare --json quality.json
+    OMP_WAIT_POLICY=PASSIVE python tools/quality.py --model ddpm_export/models/digits --compare --json quality.json
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def exported_backend(model: str, onnx_path: Path, threads: int, max_batch: int):
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", default="models/digits", help="checkpoint folder (or preset name)")
+    p.add_argument("--model", default="ddpm_export/models/digits", help="checkpoint folder (or preset name)")
     p.add_argument("--classifier", default=str(CLASSIFIER_DIR), help="digit classifier folder")
     p.add_argument("--backend", choices=["onnx", "torch"], default="onnx",
                    help="engine for the main scores (ONNX Runtime exports the model to a temp file first)")

@@ -13,7 +13,7 @@ short runs are not dominated by the random initialisation.
 
 The held-out digits (``ddpm_export.quality.load_digits_split``) are never seen here.
 
-    OMP_WAIT_POLICY=PASSIVE python tools/train.py --out models/digits --force
+    OMP_WAIT_POLICY=PASSIVE python tools/train.py --out ddpm_export/models/digits --force
 
 Seeded: the same flags and thread count give the same weights.
 """
@@ -78,7 +78,7 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--out", default="models/digits", help="checkpoint folder to write")
+    p.add_argument("--out", default="ddpm_export/models/digits", help="checkpoint folder to write")
     p.add_argument("--steps", type=int, default=2400, help="optimiser steps")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3, help="peak Adam learning rate")

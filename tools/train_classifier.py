@@ -8,7 +8,7 @@ images (pixel noise, noise blobs, digits under heavy diffusion noise) are traine
 uniform distribution, so that noise is not classified with confidence. The weights are written as
 safetensors under torch's names; ``ddpm_export.quality.DigitClassifier`` evaluates them in numpy.
 
-    OMP_WAIT_POLICY=PASSIVE python tools/train_classifier.py --out models/digit-classifier --force
+    OMP_WAIT_POLICY=PASSIVE python tools/train_classifier.py --out ddpm_export/models/digit-classifier --force
 
 The folder holds ``classifier.json`` (architecture, flags, held-out accuracy) and
 ``classifier.safetensors``; deliberately no ``config.json``, which would make it a U-Net preset.
@@ -78,7 +78,7 @@ def outliers(n: int, like: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--out", default="models/digit-classifier", help="folder to write")
+    p.add_argument("--out", default="ddpm_export/models/digit-classifier", help="folder to write")
     p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-3)

@@ -1,25 +1,42 @@
-"""`ddpm-export models`: the presets and their sizes."""
+"""`ddpm-export models`: the presets and their sizes (torch-free for presets with weights)."""
 
 from __future__ import annotations
+
+import importlib.util
 
 import click
 
 
 @click.command("models")
 def command() -> None:
-    """List the presets in models/ with their parameter counts (needs torch)."""
-    from ddpm_export import load_model
-    from ddpm_export.contract.conditioning import CONDITIONINGS
-    from ddpm_export.presets import preset_names
+    """List the presets shipped in the package with their parameter counts.
 
+    Counts come from the weights file's header; a config-only preset (initialised from a seed)
+    is counted with torch when the export extra is installed, else shown as "-".
+    """
+    from ddpm_export.config import UNetConfig
+    from ddpm_export.contract.conditioning import CONDITIONINGS
+    from ddpm_export.presets import ONNX_NAME, preset_dir, preset_names
+    from ddpm_export.weights_header import parameter_count
+
+    header = ("preset", "parameters", "input", "conditioning", "ships")
     rows = []
     for name in preset_names():
-        model = load_model(name)
-        cfg = model.config
-        n = sum(p.numel() for p in model.parameters())
-        cond = CONDITIONINGS[cfg.cond_kind].summary(cfg)
-        rows.append((name, f"{n:,}", f"{cfg.in_channels}x{cfg.sample_size}x{cfg.sample_size}", cond))
-    widths = [max(len(r[i]) for r in rows + [("preset", "parameters", "input", "conditioning")]) for i in range(4)]
-    header = ("preset", "parameters", "input", "conditioning")
+        folder = preset_dir(name)
+        cfg = UNetConfig.load(folder / "config.json")
+        weights = folder / "model.safetensors"
+        if weights.is_file():
+            n = f"{parameter_count(weights):,}"
+        elif importlib.util.find_spec("torch") is not None:
+            from ddpm_export import load_model
+
+            n = f"{sum(p.numel() for p in load_model(name).parameters()):,}"
+        else:
+            n = "-"
+        ships = ", ".join(f for f in ("weights" if weights.is_file() else "", "onnx" if (folder / ONNX_NAME).is_file()
+                                      else "") if f) or "config"
+        rows.append((name, n, f"{cfg.in_channels}x{cfg.sample_size}x{cfg.sample_size}",
+                     CONDITIONINGS[cfg.cond_kind].summary(cfg), ships))
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         click.echo("  ".join(c.ljust(w) if i != 1 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip())

@@ -20,8 +20,9 @@ if TYPE_CHECKING:  # pragma: no cover
 @click.option("--bundle", "bundle_dir", type=click.Path(file_okay=False, exists=True), default=None,
               help="A bundle folder (`ddpm-export bundle`); every file's sha256 is checked first.")
 @click.option("--model", "-m", "model", default=None,
-              help="Export this preset or checkpoint folder on the fly (needs the export extra: torch) "
-                   "[default, when neither --onnx nor --bundle is given: digits if shipped, else tiny].")
+              help="A preset or checkpoint folder: a preset's shipped ONNX file, else exported on the fly "
+                   "(needs the export extra: torch) [default, when neither --onnx nor --bundle is given: "
+                   "digits if shipped, else tiny].")
 @click.option("-n", "--num-images", "n", type=click.IntRange(1), default=16, help="Number of images.")
 @click.option("--steps", type=click.IntRange(1), default=None,
               help="Inference steps [default: the file's num_inference_steps].")
@@ -88,10 +89,12 @@ def command(onnx_path: str | None, bundle_dir: str | None, model: str | None, n:
 
 def _load(onnx_path: str | None, bundle_dir: str | None, model: str | None, backend: str, trt_fp16: bool,
           trt_cache: str | None) -> Pipeline:
-    """The Pipeline of whichever source was given (default: the shipped model, exported on the fly),
+    """The Pipeline of whichever source was given (default: the shipped model's ONNX file),
     on ``backend``; a GPU backend whose provider is missing raises ProviderUnavailable (exit 2)."""
     from ddpm_export.presets import default_model
     from ddpm_export.runtime import Pipeline
+
+    from ddpm_export.presets import shipped_onnx
 
     if bundle_dir is not None:
         return Pipeline.from_bundle(bundle_dir, backend=backend)  # type: ignore[arg-type]
@@ -100,7 +103,9 @@ def _load(onnx_path: str | None, bundle_dir: str | None, model: str | None, back
         gpu.update(trt_fp16=trt_fp16, trt_cache_dir=trt_cache)
     if onnx_path is not None:
         return Pipeline.from_onnx(onnx_path, **gpu)
-    return _export_and_load(model or default_model(), gpu)
+    name = model or default_model()
+    shipped = shipped_onnx(name)  # a preset's pre-exported file: no torch, no onnx needed
+    return Pipeline.from_onnx(shipped, **gpu) if shipped is not None else _export_and_load(name, gpu)
 
 
 def _export_and_load(model: str, gpu: dict[str, Any]) -> Pipeline:

@@ -85,7 +85,8 @@ def weights_path(spec: str | Path) -> Path | None:
 def load_model(spec: str | Path) -> UNet:
     """A preset name, our checkpoint folder, or a diffusers ``UNet2DModel`` folder -> UNet (eval mode).
 
-    Presets without ``model.safetensors`` get weights from ``build_model(cfg, seed=0)``.
+    Presets and folders without ``model.safetensors`` (config only) get weights from
+    ``build_model(cfg, seed=0)``.
     """
     path = Path(spec)
     if path.is_dir():
@@ -93,6 +94,8 @@ def load_model(spec: str | Path) -> UNet:
             raise CheckpointError(f"{path} has no {CONFIG_NAME}")
         if is_diffusers_folder(path):
             return load_diffusers_unet(path).eval()
+        if not (path / WEIGHTS_NAME).exists():  # a config-only folder, like a preset without weights
+            return build_model(UNetConfig.load(path / CONFIG_NAME)).eval()
         return load_checkpoint(path)
     if path.exists():
         raise CheckpointError(f"{path} is a file; pass the checkpoint folder that holds "

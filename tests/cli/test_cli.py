@@ -60,10 +60,13 @@ def test_models_lists_the_presets_with_their_sizes():
     result = CliRunner().invoke(main, ["models"])
     assert result.exit_code == 0, result.output
     lines = result.output.strip().splitlines()
-    assert lines[0].split() == ["preset", "parameters", "input", "conditioning"]
+    assert lines[0].split() == ["preset", "parameters", "input", "conditioning", "ships"]
     rows = {line.split()[0]: line.split() for line in lines[1:]}
     assert sorted(rows) == ["ddpm-cifar10", "digits", "kitchen-sink", "tiny"]
-    assert rows["ddpm-cifar10"][1:] == ["35,746,307", "3x32x32", "unconditional"]
-    assert rows["tiny"][1:] == ["177,427", "3x16x16", "unconditional"]
-    assert rows["kitchen-sink"][2:] == ["3x16x16", "10", "classes"]
-    assert rows["digits"][2:] == ["1x16x16", "10", "classes"]
+    assert rows["ddpm-cifar10"][1:] == ["35,746,307", "3x32x32", "unconditional", "config"]
+    assert rows["tiny"][1:] == ["177,427", "3x16x16", "unconditional", "config"]
+    assert rows["kitchen-sink"][2:] == ["3x16x16", "10", "classes", "config"]
+    assert rows["digits"][2:] == ["1x16x16", "10", "classes", "weights,", "onnx"]
+    import ddpm_export
+
+    assert rows["digits"][1] == f"{sum(p.numel() for p in ddpm_export.load_model('digits').parameters()):,}"

@@ -1,0 +1,60 @@
+"""The package data: presets found through importlib.resources, the shipped ONNX file in step
+with the shipped weights and configs, a config-only folder given as a path."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from click.testing import CliRunner
+
+from ddpm_export import presets
+from ddpm_export.cli import main
+from ddpm_export.contract import metadata as md
+from ddpm_export.runtime.info import read_metadata
+
+
+def test_presets_live_inside_the_package():
+    import ddpm_export
+
+    assert presets.MODELS_DIR.parent == presets.Path(ddpm_export.__file__).resolve().parent
+    assert presets.preset_names() == ["ddpm-cifar10", "digits", "kitchen-sink", "tiny"]
+    assert presets.shipped_onnx("digits") == presets.MODELS_DIR / "digits" / "model.onnx"
+    assert presets.shipped_onnx("tiny") is None and presets.shipped_onnx("nope") is None
+
+
+def test_shipped_onnx_was_exported_from_the_shipped_weights_and_configs():
+    folder = presets.MODELS_DIR / "digits"
+    props = read_metadata(folder / "model.onnx")
+    assert props[md.SOURCE_SHA256] == md.sha256_file(folder / "model.safetensors")
+    assert json.loads(props[md.UNET_CONFIG]) == json.loads((folder / "config.json").read_text())
+    diffusion = json.loads((folder / "diffusion.json").read_text())
+    assert {k: v for k, v in json.loads(props[md.DIFFUSION_CONFIG]).items() if k in diffusion} == diffusion
+
+
+def test_config_only_folder_given_as_a_path(tmp_path):
+    pytest.importorskip("torch")
+    import ddpm_export
+
+    folder = tmp_path / "models" / "tiny"
+    shutil.copytree(presets.MODELS_DIR / "tiny", folder)
+    by_path = ddpm_export.load_model(folder)
+    by_name = ddpm_export.load_model("tiny")
+    assert all((a == b).all() for a, b in zip(by_path.state_dict().values(), by_name.state_dict().values()))
+
+
+def test_python_dash_m_runs_the_cli():
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "ddpm_export", "--help"], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert proc.returncode == 0 and "Usage: ddpm-export" in proc.stdout, proc.stderr
+
+
+def test_sample_default_needs_no_export(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["sample", "-n", "2", "--steps", "3", "-o", "x.png"])
+    assert result.exit_code == 0, result.output
+    assert "exporting" not in result.output and (tmp_path / "x.png").is_file()

@@ -1,0 +1,81 @@
+"""The wheel, installed as a production user would: a fresh venv with only the core
+dependencies (no torch, no onnx), outside the source tree."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+import pytest
+
+from ddpm_export.presets import preset_names
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _run(cmd: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(bin folder of a fresh venv with the wheel installed, a scratch folder outside the tree)."""
+    tmp = tmp_path_factory.mktemp("wheel")
+    src = tmp / "src"  # a clean copy: no stale build/ folder of the checkout can leak into the wheel
+    shutil.copytree(ROOT / "ddpm_export", src / "ddpm_export",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".*.tmp-*"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    built = _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                  "-w", str(tmp / "dist"), str(src)], cwd=tmp)
+    assert built.returncode == 0, built.stderr
+    [wheel] = (tmp / "dist").glob("ddpm_export-*.whl")
+    venv.create(tmp / "venv", with_pip=True)
+    bin_dir = tmp / "venv" / "bin"
+    pip = _run([str(bin_dir / "python"), "-m", "pip", "install", "-q", str(wheel)], cwd=tmp)
+    assert pip.returncode == 0, pip.stderr
+    work = tmp / "work"
+    work.mkdir()
+    return bin_dir, work
+
+
+def test_the_venv_has_only_the_core_dependencies(installed):
+    bin_dir, work = installed
+    probe = _run([str(bin_dir / "python"), "-c", "import importlib.util as u; "
+                  "print([m for m in ('torch', 'onnx', 'safetensors') if u.find_spec(m)])"], cwd=work)
+    assert probe.stdout.strip() == "[]", probe.stdout + probe.stderr
+
+
+def test_models_lists_every_preset(installed):
+    bin_dir, work = installed
+    proc = _run([str(bin_dir / "ddpm-export"), "models"], cwd=work)
+    assert proc.returncode == 0, proc.stderr
+    rows = {line.split()[0]: line.split() for line in proc.stdout.strip().splitlines()[1:]}
+    assert sorted(rows) == preset_names() and "digits" in rows
+    assert rows["digits"][1] == "1,114,209"
+
+
+def test_sample_runs_the_shipped_model_without_torch(installed):
+    bin_dir, work = installed
+    proc = _run([str(bin_dir / "ddpm-export"), "sample", "-n", "4", "-o", "x.png"], cwd=work)
+    assert proc.returncode == 0, proc.stderr
+    assert "wrote x.png (4 images, 1x16x16, fp32)" in proc.stdout
+    from PIL import Image
+
+    with Image.open(work / "x.png") as image:
+        assert min(image.size) >= 32  # 2x2 tiles of 16x16
+        assert len(set(image.getdata())) > 10  # real digits, not a flat image
+
+
+def test_export_commands_name_the_missing_extra(installed):
+    bin_dir, work = installed
+    proc = _run([str(bin_dir / "python"), "-m", "ddpm_export", "onnx", "--model", "digits", "-o", "d.onnx"], cwd=work)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "Error: this command needs the export extra (no module 'onnx'): pip install 'ddpm-export[export]'"]
+    assert not (work / "d.onnx").exists()
