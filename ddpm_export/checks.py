@@ -11,7 +11,7 @@ import numpy as np
 
 from ddpm_export.errors import BadInputError, WrongTypeError
 
-__all__ = ["Registry", "check_guidance_scale", "check_seed", "check_steps", "check_x_T", "chunk_size", "is_int"]
+__all__ = ["Registry", "check_fits_in_memory", "check_guidance_scale", "physical_memory", "check_seed", "check_steps", "check_x_T", "chunk_size", "is_int"]
 
 V = TypeVar("V")
 
@@ -53,6 +53,25 @@ def check_x_T(x_T: Any, shape: tuple[int, ...]) -> np.ndarray:
     if not np.all(np.isfinite(x_T)):
         raise BadInputError("x_T must be finite")
     return x_T
+
+
+def physical_memory() -> int:
+    """This machine's physical memory in bytes (``os.sysconf``; 1 TiB when it cannot tell)."""
+    import os
+
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        return 1 << 40
+
+
+def check_fits_in_memory(name: str, count: int, bytes_each: int, what: str) -> None:
+    """Refuse ``count`` items of ``bytes_each`` bytes (``what`` says which) when together they
+    exceed this machine's physical memory: before any allocation, naming the argument ``name``."""
+    need, have = count * bytes_each, physical_memory()
+    if need > have:
+        raise BadInputError(f"{name}={count}: {what} would need {need / 2**30:,.1f} GiB, more than this machine's "
+                            f"{have / 2**30:,.1f} GiB of memory; ask for fewer")
 
 
 def chunk_size(max_batch: int, guided: bool) -> int:

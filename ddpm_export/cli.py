@@ -58,6 +58,22 @@ def main(ctx: click.Context, debug: bool) -> None:
     or environment (e.g. a missing optional dependency).
     """
     ctx.meta["ddpm_export.debug"] = debug
+    _exit_cleanly_on_sigterm(ctx)
+
+
+def _exit_cleanly_on_sigterm(ctx: click.Context) -> None:
+    """While a command runs, SIGTERM raises SystemExit(143) like SIGINT raises KeyboardInterrupt,
+    so that every ``finally`` runs and no temporary file is left (``ddpm_export.files``); the
+    previous handler is restored afterwards. Main thread only."""
+    import signal
+    import threading
+
+    def stop(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, stop)
+        ctx.call_on_close(lambda: signal.signal(signal.SIGTERM, previous))
 
 
 def _register_commands() -> None:

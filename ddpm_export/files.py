@@ -3,6 +3,12 @@
 Every artifact is written to a temporary sibling (same folder, so the rename stays on one file
 system) and renamed into place with :func:`os.replace`; an existing target is refused unless
 ``force``. Torch-free.
+
+Temporary names are ``.<name>.tmp-<pid>-<random>`` (``.old-`` for a folder moved aside), unique
+per call across threads and processes. They are removed when the write fails, when the process
+gets SIGINT or SIGTERM (the CLI turns SIGTERM into an exit that runs the clean-ups), and -- for a
+process killed outright (SIGKILL, power loss) -- by the next write to the same destination,
+which removes the leftovers of every process that no longer runs (:func:`remove_leftovers`).
 """
 
 from __future__ import annotations
@@ -16,13 +22,54 @@ from typing import Iterator
 
 from ddpm_export.errors import NotAFolderError, OutputExistsError
 
-__all__ = ["atomic_dir", "atomic_file", "refuse_existing"]
+__all__ = ["atomic_dir", "atomic_file", "refuse_existing", "remove_leftovers", "temp_sibling"]
 
 
 def refuse_existing(path: str | Path, force: bool, flag: str = "--force") -> None:
     """Raise FileExistsError when ``path`` exists and not ``force``."""
     if Path(path).exists() and not force:
         raise OutputExistsError(f"{path} exists; pass {flag} to overwrite it")
+
+
+def temp_sibling(path: str | Path, kind: str = "tmp") -> Path:
+    """A fresh hidden name beside ``path``: ``.<name>.<kind>-<pid>-<random hex>``."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{kind}-{os.getpid()}-{uuid.uuid4().hex}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_leftovers(path: str | Path) -> list[Path]:
+    """Remove the temporary siblings of ``path`` left by processes that no longer run (killed
+    mid-write); those of running processes, this one included, are kept. Returns what was removed."""
+    path = Path(path)
+    removed = []
+    if not path.parent.is_dir():
+        return removed
+    for kind in ("tmp", "old"):
+        for leftover in path.parent.glob(f".{glob_escape(path.name)}.{kind}-*"):
+            pid = leftover.name.rsplit(f".{kind}-", 1)[1].split("-", 1)[0]
+            if pid.isdigit() and _alive(int(pid)):
+                continue
+            if leftover.is_dir() and not leftover.is_symlink():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
+            removed.append(leftover)
+    return removed
+
+
+def glob_escape(name: str) -> str:
+    """``name`` with glob's special characters taken literally."""
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
 
 
 @contextlib.contextmanager
@@ -35,7 +82,8 @@ def atomic_file(path: str | Path, *, force: bool = False) -> Iterator[Path]:
     path = Path(path)
     refuse_existing(path, force)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
+    remove_leftovers(path)
+    tmp = temp_sibling(path)
     try:
         yield tmp
         if not tmp.is_file():
@@ -57,8 +105,9 @@ def atomic_dir(path: str | Path, *, force: bool = False) -> Iterator[Path]:
     if path.exists() and not path.is_dir():
         raise NotAFolderError(f"{path} exists and is not a folder")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")  # unique: threads never collide
-    old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex}")
+    remove_leftovers(path)
+    tmp = temp_sibling(path)  # unique: threads and processes never collide
+    old = temp_sibling(path, "old")
     tmp.mkdir()
     try:
         yield tmp

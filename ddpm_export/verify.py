@@ -36,6 +36,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -372,10 +373,22 @@ def _checks(results: dict[str, dict[str, Any]], limits: Thresholds, precision: s
 def write_report(report: dict[str, Any], path: str | Path, *, force: bool = False) -> Path:
     """The report as JSON (strict: no NaN / Infinity), written atomically."""
     path = Path(path)
-    text = json.dumps(report, indent=2, allow_nan=False) + "\n"
+    text = json.dumps(_finite_or_null(report), indent=2, allow_nan=False) + "\n"
     with atomic_file(path, force=force) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return path
+
+
+def _finite_or_null(value: Any) -> Any:
+    """``value`` with every NaN or infinite float replaced by None (JSON null): a report of a
+    non-finite export stays strict JSON; its checks already say they failed."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_null(v) for v in value]
+    return value
 
 
 def require_matplotlib() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +85,7 @@ def _export_and_sample(model: str, out: Path, tmp: Path) -> float:
     click.echo(f"[2/3] sample {n} images with ONNX Runtime: {cfg.sampler.upper()}-{cfg.num_inference_steps}"
                + (f", classes 0..{classes - 1} twice, guidance {guidance:g}" if classes else ""))
     t0 = time.perf_counter()
-    images = pipe.sample(n, seed=0, guidance_scale=guidance, progress=True)
+    images = pipe.sample(n, seed=0, guidance_scale=guidance, progress=sys.stderr.isatty())
     seconds = time.perf_counter() - t0
     scale = max(1, 64 // info.spec.sample_size)
     save_grid(images, tmp / "grid.png", columns=classes or None, scale=scale)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -45,11 +46,12 @@ if TYPE_CHECKING:  # pragma: no cover
 @click.option("--trt-fp16", is_flag=True, help="ort-tensorrt: let TensorRT run in fp16 (trt_fp16_enable).")
 @click.option("--trt-cache", type=click.Path(file_okay=False), default=None,
               help="ort-tensorrt: engine and timing cache folder, so later runs skip the engine build.")
-@click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
+@click.option("--progress/--no-progress", default=None, show_default=False,
+              help="Show a progress bar [default: when stderr is a terminal].")
 @click.option("--force", is_flag=True, help="Overwrite existing output files.")
 def command(onnx_path: str | None, bundle_dir: str | None, model: str | None, n: int, steps: int | None, sampler: str | None,
             eta: float | None, seed: int, class_id: int | None, guidance: float, output: str, save_npy: str | None,
-            scale: int, backend: str, trt_fp16: bool, trt_cache: str | None, progress: bool, force: bool) -> None:
+            scale: int, backend: str, trt_fp16: bool, trt_cache: str | None, progress: bool | None, force: bool) -> None:
     """Sample images with ONNX Runtime (no PyTorch) and write them as a PNG grid.
 
     \b
@@ -78,7 +80,7 @@ def command(onnx_path: str | None, bundle_dir: str | None, model: str | None, n:
         raise BadInputError("--save-npy and --output name the same file")
     pipe = _load(onnx_path, bundle_dir, model, backend, trt_fp16, trt_cache)
     images = pipe.sample(n, steps=steps, sampler=sampler, seed=seed, eta=eta, guidance_scale=guidance,
-                         classes=class_id, progress=progress)
+                         classes=class_id, progress=sys.stderr.isatty() if progress is None else progress)
     save_grid(images, output, force=force, scale=scale)
     if save_npy is not None:
         write_npy(images, save_npy, force=force)

@@ -22,7 +22,7 @@ from ddpm_export.contract import metadata as md
 from ddpm_export.contract.metadata import MetadataError
 from ddpm_export.contract.spec import ExportSpec
 from ddpm_export.diffusion.config import DiffusionConfig
-from ddpm_export.errors import BadInputError
+from ddpm_export.errors import BadInputError, IntegrityError
 
 __all__ = ["MetadataError", "ModelInfo"]
 
@@ -66,9 +66,28 @@ class ModelInfo:
         except (ValueError, KeyError, TypeError) as e:
             raise MetadataError(f"{source}: metadata {md.PRECISION_POLICY} is not a precision policy "
                                 f"({props[md.PRECISION_POLICY]!r})") from e
-        return cls(unet=parse(md.UNET_CONFIG, UNetConfig), diffusion=parse(md.DIFFUSION_CONFIG, DiffusionConfig),
+        info = cls(unet=parse(md.UNET_CONFIG, UNetConfig), diffusion=parse(md.DIFFUSION_CONFIG, DiffusionConfig),
                    spec=parse(md.EXPORT_SPEC, ExportSpec), precision=str(precision),
                    attention=props[md.ATTENTION], source_sha256=props[md.SOURCE_SHA256], metadata=dict(props))
+        info.check_consistent(source)
+        return info
+
+    def check_consistent(self, source: str = "model") -> None:
+        """Refuse metadata that disagrees with itself: the export spec against the UNet config
+        it was derived from, and the schedule's T against the model's T."""
+        T = self.unet.num_train_timesteps
+        if self.diffusion.num_train_timesteps != T:
+            raise IntegrityError(f"{source}: metadata {md.DIFFUSION_CONFIG} has num_train_timesteps="
+                                 f"{self.diffusion.num_train_timesteps} but the model ({md.UNET_CONFIG}) was built "
+                                 f"for {T}; the file was edited or mixed up -- re-export it with `ddpm-export onnx`")
+        s = self.spec
+        want = ExportSpec.from_config(self.unet, min_batch=s.min_batch, opt_batch=s.opt_batch, max_batch=s.max_batch)
+        for field in ("in_channels", "out_channels", "sample_size", "cond_kind", "num_class_rows",
+                      "num_train_timesteps", "context_dim"):
+            if getattr(s, field) != getattr(want, field):
+                raise IntegrityError(f"{source}: metadata {md.EXPORT_SPEC} has {field}={getattr(s, field)!r} but "
+                                     f"{md.UNET_CONFIG} gives {getattr(want, field)!r}; the file was edited or mixed "
+                                     f"up -- re-export it with `ddpm-export onnx`")
 
     # --- conditioning ------------------------------------------------------------------
     @property

@@ -19,9 +19,11 @@ from ddpm_export.configbase import FrozenConfig, check
 from ddpm_export.contract.conditioning import CLASS_NAME, CONDITIONINGS, CONTEXT_NAME, Conditioning
 from ddpm_export.errors import BadInputError, WrongTypeError
 
-__all__ = ["CLASS_NAME", "CONTEXT_NAME", "OUT_NAME", "T_NAME", "X_NAME", "ExportSpec", "feeds_for"]
+__all__ = ["CLASS_NAME", "CONTEXT_NAME", "MAX_BATCH", "OUT_NAME", "T_NAME", "X_NAME", "ExportSpec", "feeds_for"]
 
 X_NAME, T_NAME, OUT_NAME = "x_t", "t", "model_output"
+#: The largest batch a graph may be exported for (it is traced, validated and profiled at it).
+MAX_BATCH = 4096
 _DTYPES = {X_NAME: "float32", T_NAME: "int64"}
 
 
@@ -57,6 +59,8 @@ class ExportSpec(FrozenConfig):
     def validate(self) -> None:
         check(1 <= self.min_batch <= self.opt_batch <= self.max_batch, "min_batch/opt_batch/max_batch",
               f"need 1 <= min <= opt <= max, got {self.min_batch}/{self.opt_batch}/{self.max_batch}")
+        check(self.max_batch <= MAX_BATCH, "max_batch",
+              f"{self.max_batch} is more than {MAX_BATCH} (a graph is exported, validated and profiled at it)")
         check(1 <= self.min_context <= self.opt_context <= self.max_context, "min_context/opt_context/max_context",
               f"need 1 <= min <= opt <= max, got {self.min_context}/{self.opt_context}/{self.max_context}")
         for kind in CONDITIONINGS.values():

@@ -33,7 +33,7 @@ from ddpm_export.export.polygraphy_io import check_io_paths, save_torch_io
 from ddpm_export.export.precision import GraphModule
 from ddpm_export.export.precision_policy import check_precision, policy
 from ddpm_export.export.validate import ValidationReport, validate_onnx
-from ddpm_export.files import refuse_existing
+from ddpm_export.files import refuse_existing, remove_leftovers, temp_sibling
 from ddpm_export.nn.attention import use_attention_kernel
 from ddpm_export.nn.checkpoint import diffusion_config_for, load_model, weights_path
 from ddpm_export.nn.unet import UNet
@@ -119,11 +119,13 @@ def _write_validated(proto: onnx.ModelProto, out: Path, validation: tuple[UNet, 
     Written and validated in a temp folder beside ``out`` (with its external data, > 2 GB,
     under the final name), then moved into place: data file first, graph last.
     """
-    tmp_dir = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(out)  # of a killed earlier run; the temp folder below is unique per call
+    tmp_dir = temp_sibling(out)
     external = proto.ByteSize() > EXTERNAL_DATA_THRESHOLD
     data_name = out.name + ".data"
     try:
-        tmp_dir.mkdir(parents=True)
+        tmp_dir.mkdir()
         onnx.save_model(proto, str(tmp_dir / out.name), save_as_external_data=external,
                         all_tensors_to_one_file=True, location=data_name if external else None)
         report = validate_onnx(tmp_dir / out.name, *validation, log=log) if validation else None

@@ -14,6 +14,7 @@ from safetensors import safe_open
 from ddpm_export.config import UNetConfig
 from ddpm_export.errors import BadInputError
 from ddpm_export.nn.unet import UNet
+from ddpm_export.weights_header import read_header
 
 CONFIG_NAME = "config.json"
 DIFFUSION_NAME = "diffusion.json"  # optional: the DiffusionConfig the weights were trained with
@@ -55,15 +56,37 @@ def shapes(state: Mapping[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
 
 def load_state_strict(model: torch.nn.Module, weights: dict[str, torch.Tensor], source: str) -> None:
     """Copy ``weights`` into ``model`` after :func:`check_state` against the model's own keys."""
-    check_state(shapes(model.state_dict()), shapes(weights), source)
+    own = model.state_dict()
+    check_state(shapes(own), shapes(weights), source)
+    for key, value in weights.items():  # load_state_dict would cast silently (e.g. int weights to float)
+        if value.is_floating_point() != own[key].is_floating_point():
+            raise CheckpointError(f"{source}: key {key!r} has dtype {value.dtype}, the model expects "
+                                  f"{own[key].dtype}")
     model.load_state_dict(weights, strict=True)
 
 
 def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of the safetensors file ``path``; a NaN or infinite weight is a CheckpointError.
+
+    The header is checked first (torch-free), so a truncated or foreign file (e.g. a pickle
+    renamed ``.safetensors``) is refused with the file's name before any tensor is read.
+    """
     if not path.is_file():
         raise CheckpointError(f"{path} not found")
-    with safe_open(str(path), framework="pt") as f:
-        return {k: f.get_tensor(k) for k in f.keys()}
+    try:
+        read_header(path)
+    except BadInputError as e:
+        raise CheckpointError(str(e)) from e
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors' SafetensorError derives from Exception only
+        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from e
+    for key, value in state.items():
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise CheckpointError(f"{path}: tensor {key!r} holds NaN or infinite values; the checkpoint is "
+                                  f"corrupt (or training diverged) -- use another checkpoint")
+    return state
 
 
 def few_keys(keys: list[str], n: int = 5) -> str:

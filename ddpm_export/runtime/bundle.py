@@ -106,15 +106,28 @@ def read_manifest(folder: str | Path) -> Manifest:
         name = entry["path"]
         need(_plain_name(name), f"file {name!r} must be a plain file name inside the bundle folder")
         need(name not in files, f"file {name!r} is listed twice")
-        need(entry["role"] in ROLES, f"file {name!r}: role {entry['role']!r} is not one of {', '.join(ROLES)}")
+        need(isinstance(entry["role"], str) and entry["role"] in ROLES,
+             f"file {name!r}: role {entry['role']!r} is not one of {', '.join(ROLES)}")
+        need(isinstance(entry["sha256"], str) and len(entry["sha256"]) == 64
+             and all(c in "0123456789abcdef" for c in entry["sha256"]),
+             f"file {name!r}: sha256 must be 64 lowercase hex digits, got {entry['sha256']!r}")
+        need(type(entry["size"]) is int and entry["size"] >= 0,
+             f"file {name!r}: size must be a non-negative integer, got {entry['size']!r}")
         files[name] = {"sha256": entry["sha256"], "size": entry["size"], "role": entry["role"]}
     models = data.get("models")
     need(isinstance(models, list) and models, "'models' must be a non-empty list")
     for m in models:
         need(isinstance(m, dict) and {"onnx", "engines", "metadata"} <= set(m),
              f"every 'models' entry needs onnx, engines and metadata; got {m!r}")
+        need(isinstance(m["onnx"], str) and isinstance(m["engines"], list)
+             and all(isinstance(e, str) for e in m["engines"]),
+             f"a 'models' entry needs onnx as a file name and engines as a list of file names; got {m!r}")
+        need(isinstance(m["metadata"], dict) and all(isinstance(k, str) and isinstance(v, str)
+                                                     for k, v in m["metadata"].items()),
+             f"model {m['onnx']!r}: 'metadata' must map strings to strings")
         for name in [m["onnx"], *m["engines"]]:
             need(name in files, f"model file {name!r} is not listed in 'files'")
+    need(isinstance(data.get("sampler_defaults", {}), dict), "'sampler_defaults' must be an object")
     try:
         diffusion = DiffusionConfig.from_dict(data.get("diffusion"), source=f"{path}: diffusion")
     except ConfigError as e:
@@ -129,6 +142,7 @@ def verify_bundle(folder: str | Path) -> Manifest:
     """
     manifest = read_manifest(folder)
     folder = Path(folder)
+    _refuse_strangers(folder, manifest)
     for name, entry in manifest.files.items():
         path = folder / name
         if not path.is_file():
@@ -142,6 +156,18 @@ def verify_bundle(folder: str | Path) -> Manifest:
             raise BundleError(f"{path}: {got} does not match {MANIFEST} ({want}); the file was modified or "
                               f"corrupted -- rebuild the bundle with `ddpm-export bundle`")
     return manifest
+
+
+def _refuse_strangers(folder: Path, manifest: Manifest) -> None:
+    """Refuse symlinks (they could point out of the bundle) and anything the manifest does not
+    list: ONNX Runtime would load an unlisted external-data file without its hash being checked."""
+    for path in sorted(folder.iterdir()):
+        if path.is_symlink():
+            raise BundleError(f"{path}: is a symbolic link; a bundle holds real files only (it could point out "
+                              f"of the bundle) -- copy the file in and rebuild the bundle with `ddpm-export bundle`")
+        if path.name != MANIFEST and path.name not in manifest.files:
+            raise BundleError(f"{path}: not listed in {MANIFEST}, so its sha256 is not checked; remove it or "
+                              f"rebuild the bundle with `ddpm-export bundle`")
 
 
 def _plain_name(name: Any) -> bool:
@@ -205,6 +231,25 @@ class _Sources(dict):
         return name
 
 
+def external_data_files(path: Path) -> list[Path]:
+    """The external-data files the ONNX file ``path`` names (read with ``onnx`` when installed;
+    without it, ``<name>.data`` as ``export_onnx`` names it). Each must be a file beside ``path``."""
+    try:
+        import onnx
+        from onnx.external_data_helper import _get_all_tensors, uses_external_data
+    except ImportError:
+        data = path.with_name(path.name + ".data")
+        return [data] if data.is_file() else []
+    proto = onnx.load(str(path), load_external_data=False)
+    names = sorted({entry.value for tensor in _get_all_tensors(proto) if uses_external_data(tensor)
+                    for entry in tensor.external_data if entry.key == "location"})
+    for name in names:
+        if not _plain_name(name) or name == path.name:
+            raise BundleError(f"{path}: external data {name!r} is not a plain file name beside it (it escapes its "
+                              f"folder); a bundle holds only files of one folder")
+    return [path.with_name(name) for name in names]
+
+
 def _add_onnx_files(sources: _Sources, onnx_paths: list[Path]
                     ) -> tuple[list[dict[str, Any]], dict[str, str], ModelInfo]:
     """Add each ONNX file (and its external data); its ``models`` entry, sha256 -> name, the first's info."""
@@ -219,8 +264,7 @@ def _add_onnx_files(sources: _Sources, onnx_paths: list[Path]
             what = "UNet config" if info.unet != first.unet else "schedule (DiffusionConfig)"
             raise BundleError(f"{path}: its {what} differs from {onnx_paths[0]}'s; a bundle holds one model")
         name = sources.add(path, "onnx")
-        data = path.with_name(path.name + ".data")  # external weights, as export_onnx names them
-        if data.is_file():
+        for data in external_data_files(path):
             sources.add(data, "onnx_data")
         hashes[sha256_file(path)] = name
         models.append({"onnx": name, "precision": info.precision, "attention": info.attention,

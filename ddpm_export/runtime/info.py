@@ -29,7 +29,9 @@ def read_metadata(path: str | Path) -> dict[str, str]:
     if ort is not None:
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        from ddpm_export.runtime.onnxruntime_backend import create_session
+
+        session = create_session(path, providers=["CPUExecutionProvider"], session_options=opts)
         return dict(session.get_modelmeta().custom_metadata_map)
     try:
         import onnx

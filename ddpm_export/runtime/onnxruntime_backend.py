@@ -14,6 +14,7 @@ import onnxruntime as ort
 
 from ddpm_export.contract.spec import OUT_NAME, ExportSpec, feeds_for
 from ddpm_export.errors import BadInputError, InputNotFoundError
+from ddpm_export.runtime.integrity import check_graph
 
 __all__ = ["DEFAULT_PROVIDERS", "OnnxRuntimeBackend", "create_session"]
 
@@ -29,20 +30,15 @@ class OnnxRuntimeBackend:
     naming the input rather than deep inside the runtime.
     """
 
-    def __init__(self, session: ort.InferenceSession, spec: ExportSpec) -> None:
-        names = [i.name for i in session.get_inputs()]
-        if names != spec.input_names:
-            raise BadInputError(f"the session's inputs {names} differ from the export spec's {spec.input_names}")
-        outputs = [o.name for o in session.get_outputs()]
-        if OUT_NAME not in outputs:
-            raise BadInputError(f"the session has no output {OUT_NAME!r} (outputs: {outputs})")
+    def __init__(self, session: ort.InferenceSession, spec: ExportSpec, *, source: str = "the session") -> None:
+        check_graph(session.get_inputs(), session.get_outputs(), spec, source=source)
         self.session = session
         self.spec = spec
 
     @classmethod
     def from_path(cls, path: str | Path, spec: ExportSpec, *, providers: Sequence[Any] | None = None,
                   session_options: ort.SessionOptions | None = None) -> "OnnxRuntimeBackend":
-        return cls(create_session(path, providers=providers, session_options=session_options), spec)
+        return cls(create_session(path, providers=providers, session_options=session_options), spec, source=str(path))
 
     def __call__(self, x_t: np.ndarray, t: np.ndarray, cond: np.ndarray | None) -> np.ndarray:
         feeds = feeds_for(self.spec, x_t, t, cond)
@@ -56,5 +52,15 @@ def create_session(path: str | Path, *, providers: Sequence[Any] | None = None,
     path = Path(path)
     if not path.is_file():
         raise InputNotFoundError(f"{path}: no such ONNX file")
-    return ort.InferenceSession(str(path), session_options,
-                                providers=list(providers) if providers is not None else list(DEFAULT_PROVIDERS))
+    try:
+        return ort.InferenceSession(str(path), session_options,
+                                    providers=list(providers) if providers is not None else list(DEFAULT_PROVIDERS))
+    except Exception as e:  # ONNX Runtime's own classes (InvalidProtobuf, Fail, ...) derive from Exception only
+        raise BadInputError(f"{path}: ONNX Runtime cannot load this file ({load_error(e)}); is it a complete "
+                            f"ONNX file written by `ddpm-export onnx`, with its external data beside it?") from e
+
+
+def load_error(error: BaseException) -> str:
+    """The first line of an ONNX Runtime load error, without its ``[ONNXRuntimeError] : 7 :`` prefix."""
+    text = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return text.rsplit("] : ", 1)[-1].split(" : ", 1)[-1][:300]

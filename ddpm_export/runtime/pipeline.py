@@ -19,12 +19,14 @@ from typing import Any, Literal, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from ddpm_export.checks import check_guidance_scale, check_seed, check_steps, check_x_T, chunk_size, is_int
+from ddpm_export.checks import (check_fits_in_memory, check_guidance_scale, check_seed, check_steps, check_x_T,
+                                chunk_size, is_int)
 from ddpm_export.configbase import ConfigError, check_choice
 from ddpm_export.contract.choices import BACKENDS, ORT_GPU_BACKENDS
 from ddpm_export.contract.info import ModelInfo
 from ddpm_export.diffusion import SCHEDULERS, Backend, DiffusionConfig, make_scheduler, sample, sampler_config
 from ddpm_export.errors import BadInputError
+from ddpm_export.runtime.integrity import check_finite
 
 __all__ = ["Pipeline", "SampleRequest", "chunk_seed"]
 
@@ -58,6 +60,8 @@ class SampleRequest:
         spec = info.spec
         self.shape = (spec.in_channels, spec.sample_size, spec.sample_size)
         self.n = _positive_int("n", n)
+        # the result, its start noise and the last step's arrays: refused before anything is allocated
+        check_fits_in_memory("n", self.n, 4 * 4 * int(np.prod(self.shape)), "the images")
         self.seed = check_seed(seed)
         self.config = _config(info.diffusion, sampler, steps, eta)
         self.guidance_scale = _guidance(info, guidance_scale)
@@ -119,7 +123,7 @@ class Pipeline:
             session = create_gpu_session(path, backend, read_info(path).spec, device=device, fp16=trt_fp16,
                                          cache_dir=trt_cache_dir, session_options=session_options)
         info = ModelInfo.from_metadata(session.get_modelmeta().custom_metadata_map, source=str(path))
-        return cls(OnnxRuntimeBackend(session, info.spec), info, source=str(path))
+        return cls(OnnxRuntimeBackend(session, info.spec, source=str(path)), info, source=str(path))
 
     @classmethod
     def from_bundle(cls, directory: str | Path, *, onnx: str | None = None, backend: BackendName = "onnxruntime",
@@ -173,7 +177,7 @@ class Pipeline:
     def sample(self, n: int, *, steps: int | None = None, sampler: str | None = None, seed: int = 0,
                eta: float | None = None, guidance_scale: float = 1.0,
                classes: int | Sequence[int] | np.ndarray | None = None, context: np.ndarray | None = None,
-               x_T: np.ndarray | None = None, progress: bool = True) -> np.ndarray:
+               x_T: np.ndarray | None = None, progress: bool = False) -> np.ndarray:
         """Sample ``n`` images; returns ``[n, C, H, W]`` float32 in ``[-1, 1]``.
 
         Every argument is checked before the first model call; errors name the argument.
@@ -194,7 +198,8 @@ class Pipeline:
                 Default: ``i % num_classes`` for image ``i`` (every class in turn).
             context: context-conditioned models only: ``[n, L, D]`` float32 (no guidance).
             x_T: the starting noise ``[n, C, H, W]`` float32 (default: drawn from the seed).
-            progress: show a tqdm bar over all steps of all chunks.
+            progress: show a tqdm bar over all steps of all chunks (off by default in the library;
+                the CLI turns it on when stderr is a terminal).
 
         Chunking: images per backend call are capped at ``max_batch`` (``max_batch // 2`` with
         guidance). Image ``i`` belongs to chunk ``k = i // chunk_size``; chunk ``k`` is exactly
@@ -222,10 +227,16 @@ class Pipeline:
                     self.backend, scheduler, (b, *req.shape), seed=chunk_seed(req.seed, k), cond=cond,
                     null_cond=null, guidance_scale=req.guidance_scale,
                     x_T=None if req.x_T is None else req.x_T[chunk],
-                    callback=(lambda i, t, x, out: bar.update(1)) if progress else None))
+                    callback=lambda i, t, x, out: self._step_done(bar, out, step=i + 1, steps=req.steps, t=t)))
         finally:
             bar.close()
         return outputs[0] if len(outputs) == 1 else np.concatenate(outputs)
+
+
+    def _step_done(self, bar: Any, model_output: np.ndarray, *, step: int, steps: int, t: int) -> None:
+        """After every model call: stop on a non-finite output (no image is returned), advance the bar."""
+        check_finite(model_output, step=step, steps=steps, t=t, source=self.source)
+        bar.update(1)
 
 
 # --- argument checks (the shared ones live in ddpm_export.checks) ------------------------
