@@ -78,7 +78,7 @@ class FrozenConfig:
         unknown = sorted(set(data) - names)
         if unknown:
             raise ConfigError(
-                f"{source}: unknown field(s) {', '.join(unknown)} for {cls.__name__}; "
+                f"{source}: unknown field(s) {', '.join(repr(u) for u in unknown)} for {cls.__name__}; "
                 f"known fields: {', '.join(sorted(names))}"
             )
         version = data.get("version", cls.VERSION)

@@ -20,15 +20,24 @@ import uuid
 from pathlib import Path
 from typing import Iterator
 
-from ddpm_export.errors import NotAFolderError, OutputExistsError
+from ddpm_export.errors import BadInputError, NotAFolderError, OutputExistsError
 
 __all__ = ["atomic_dir", "atomic_file", "refuse_existing", "remove_leftovers", "temp_sibling"]
 
 
 def refuse_existing(path: str | Path, force: bool, flag: str = "--force") -> None:
-    """Raise FileExistsError when ``path`` exists and not ``force``."""
+    """Refuse, before any work, an output ``path`` that exists (unless ``force``: FileExistsError)
+    or that cannot be created: a file where a folder above it should be, or a folder this
+    process may not write into."""
     if Path(path).exists() and not force:
         raise OutputExistsError(f"{path} exists; pass {flag} to overwrite it")
+    parent = Path(path).absolute().parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise NotAFolderError(f"{path}: cannot be written, {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise BadInputError(f"{path}: cannot be written, the folder {parent} is not writable")
 
 
 def temp_sibling(path: str | Path, kind: str = "tmp") -> Path:

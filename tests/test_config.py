@@ -164,7 +164,7 @@ def test_unknown_key_in_json_is_refused_with_its_name():
     with pytest.raises(ConfigError) as info:
         UNetConfig.from_json('{"base_channels": 16, "bogus": 1, "attn_res": [8]}', source="my.json")
     message = str(info.value)
-    assert "my.json" in message and "unknown field(s) attn_res, bogus" in message
+    assert "my.json" in message and "unknown field(s) 'attn_res', 'bogus'" in message
     assert "known fields:" in message and "base_channels" in message
 
 

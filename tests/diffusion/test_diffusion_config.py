@@ -69,7 +69,7 @@ def test_cosine_does_not_read_beta_range() -> None:
 
 
 def test_unknown_field_and_bad_json_are_refused() -> None:
-    with pytest.raises(ConfigError, match="unknown field\\(s\\) betas"):
+    with pytest.raises(ConfigError, match="unknown field\\(s\\) 'betas'"):
         DiffusionConfig.from_dict({"betas": [0.1]})
     with pytest.raises(ConfigError, match="not valid JSON"):
         DiffusionConfig.from_json("{")

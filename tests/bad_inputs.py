@@ -1,0 +1,53 @@
+"""Shared by the bad-input corpus (tests/*/test_bad_*.py): run the CLI, and check that it failed
+the way the rules say -- one ``Error:`` line with the expected status and words, no traceback --
+and that nothing under the watched folders was written, changed or left behind."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+from typing import Iterable
+
+from click.testing import CliRunner, Result
+
+from ddpm_export.cli import main
+
+
+def snapshot(*roots: Path) -> dict[str, str]:
+    """Every entry under ``roots`` (hidden ones included) -> its content hash, ``dir`` or ``link``."""
+    state = {}
+    for root in roots:
+        if not root.exists():
+            continue
+        for path in sorted([root, *root.rglob("*")]):
+            key = str(path)
+            if path.is_symlink():
+                state[key] = f"link:{path.readlink()}"
+            elif path.is_dir():
+                state[key] = "dir"
+            else:
+                state[key] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return state
+
+
+def run(args: Iterable[str]) -> Result:
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def expect_failure(args: Iterable[str], status: int, *words: str, watch: Iterable[Path] = ()) -> str:
+    """Run ``ddpm-export args``; assert exit ``status``, an ``Error:`` line holding every one of
+    ``words`` (regular expressions), no traceback, and no change under ``watch``; the output."""
+    watch = list(watch)
+    before = snapshot(*watch)
+    result = run(args)
+    out = result.output
+    assert result.exit_code == status, f"exit {result.exit_code}, want {status}: {out}"
+    assert isinstance(result.exception, SystemExit), f"escaped: {result.exception!r}\n{out}"
+    assert "Traceback" not in out, out
+    errors = [line for line in out.splitlines() if line.startswith("Error")]
+    assert errors, f"no Error line: {out}"
+    for word in words:
+        assert re.search(word, out), f"{word!r} not in {out!r}"
+    assert snapshot(*watch) == before, "files were written or changed"
+    return out

@@ -1,0 +1,173 @@
+"""Bad-input corpus, bundles and engine sidecars: manifest fields of the wrong type, unlisted
+files, symlinks, altered or missing files, external data that escapes; sidecars missing, not
+JSON or naming another ONNX file. ``ddpm-export sample --bundle`` / ``ddpm-export bundle`` refuse
+each with one line naming the file (exit 2), nothing written."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch", reason="the exports need torch")
+onnx = pytest.importorskip("onnx")
+
+from ddpm_export.runtime import make_bundle  # noqa: E402
+
+from bad_inputs import expect_failure  # noqa: E402
+from runtime_exports import exported  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    return exported("tiny", tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def good_bundle(tmp_path_factory, tiny) -> Path:
+    return make_bundle([tiny], tmp_path_factory.mktemp("bundle") / "b")
+
+
+@pytest.fixture()
+def bundle(tmp_path, good_bundle) -> Path:
+    folder = tmp_path / "b"
+    shutil.copytree(good_bundle, folder)
+    return folder
+
+
+def _sample(bundle: Path, out: Path) -> list:
+    return ["sample", "--bundle", bundle, "-n", "2", "--steps", "2", "-o", out / "x.png", "--no-progress"]
+
+
+def _edit_manifest(folder: Path, edit) -> None:
+    path = folder / "manifest.json"
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+
+
+def _file(data, key, value):
+    data["files"][0][key] = value
+
+
+MANIFEST_CASES = {
+    "format": (lambda d: d.update(format="zip"), "'format' must be 'ddpm-export-bundle'"),
+    "version": (lambda d: d.update(version="1"), "'version' '1' is not supported"),
+    "files-not-list": (lambda d: d.update(files={"a": 1}), "'files' must be a non-empty list"),
+    "files-empty": (lambda d: d.update(files=[]), "'files' must be a non-empty list"),
+    "entry-not-object": (lambda d: d["files"].__setitem__(0, "tiny.onnx"), "every 'files' entry needs"),
+    "size-is-text": (lambda d: _file(d, "size", "836952"), "size must be a non-negative integer, got '836952'"),
+    "size-negative": (lambda d: _file(d, "size", -1), "size must be a non-negative integer"),
+    "size-is-bool": (lambda d: _file(d, "size", True), "size must be a non-negative integer"),
+    "sha256-is-int": (lambda d: _file(d, "sha256", 12), "sha256 must be 64 lowercase hex digits"),
+    "sha256-short": (lambda d: _file(d, "sha256", "abc"), "sha256 must be 64 lowercase hex digits"),
+    "role-is-list": (lambda d: _file(d, "role", ["onnx"]), "role \\['onnx'\\] is not one of"),
+    "role-unknown": (lambda d: _file(d, "role", "weights"), "role 'weights' is not one of"),
+    "path-escapes": (lambda d: _file(d, "path", "../tiny.onnx"), "must be a plain file name"),
+    "path-is-int": (lambda d: _file(d, "path", 3), "must be a plain file name"),
+    "engines-not-list": (lambda d: d["models"][0].update(engines="x.plan"), "engines as a list of file names"),
+    "metadata-not-object": (lambda d: d["models"][0].update(metadata=[1]), "'metadata' must map strings"),
+    "models-missing": (lambda d: d.pop("models"), "'models' must be a non-empty list"),
+    "diffusion-bad": (lambda d: d.update(diffusion={"num_train_timesteps": "many"}), "num_train_timesteps"),
+    "sampler-defaults": (lambda d: d.update(sampler_defaults=[1]), "'sampler_defaults' must be an object"),
+}
+
+
+@pytest.mark.parametrize("name", MANIFEST_CASES)
+def test_bad_manifest_fields(tmp_path, bundle, name):
+    edit, message = MANIFEST_CASES[name]
+    _edit_manifest(bundle, edit)
+    out = tmp_path / "out"
+    out.mkdir()
+    expect_failure(_sample(bundle, out), 2, "manifest.json", message, watch=[tmp_path])
+
+
+def test_manifest_not_json(tmp_path, bundle):
+    (bundle / "manifest.json").write_text("{")
+    expect_failure(_sample(bundle, tmp_path), 2, "manifest.json: not valid JSON", watch=[tmp_path])
+
+
+def test_manifest_missing(tmp_path, bundle):
+    (bundle / "manifest.json").unlink()
+    expect_failure(_sample(bundle, tmp_path), 2, "manifest.json: missing", watch=[tmp_path])
+
+
+def test_unlisted_file(tmp_path, bundle):
+    (bundle / "tiny.onnx.data").write_bytes(b"weights nobody hashed")
+    expect_failure(_sample(bundle, tmp_path), 2, "tiny.onnx.data: not listed in manifest.json", watch=[tmp_path])
+
+
+def test_symlink_member(tmp_path, bundle):
+    outside = tmp_path / "elsewhere.onnx"
+    shutil.move(bundle / "tiny.onnx", outside)
+    os.symlink(outside, bundle / "tiny.onnx")
+    expect_failure(_sample(bundle, tmp_path), 2, "tiny.onnx: is a symbolic link", watch=[tmp_path])
+
+
+def test_altered_file(tmp_path, bundle):
+    data = bytearray((bundle / "tiny.onnx").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (bundle / "tiny.onnx").write_bytes(bytes(data))
+    expect_failure(_sample(bundle, tmp_path), 2, "tiny.onnx: sha256 .* does not match manifest.json",
+                   watch=[tmp_path])
+
+
+def test_grown_file(tmp_path, bundle):
+    with open(bundle / "tiny.onnx", "ab") as f:
+        f.write(b"\0")
+    expect_failure(_sample(bundle, tmp_path), 2, "tiny.onnx: size \\d+ bytes does not match", watch=[tmp_path])
+
+
+def test_listed_file_missing(tmp_path, bundle):
+    (bundle / "tiny.onnx").unlink()
+    expect_failure(_sample(bundle, tmp_path), 2, "tiny.onnx: missing; manifest.json lists it", watch=[tmp_path])
+
+
+def test_bundle_covers_every_external_data_file(tmp_path, tiny):
+    """External data under any name is bundled and hashed; one escaping its folder is refused."""
+    proto = onnx.load(str(tiny))
+    src = tmp_path / "src"
+    src.mkdir()
+    onnx.save_model(proto, str(src / "m.onnx"), save_as_external_data=True, location="weights.bin", size_threshold=0)
+    made = make_bundle([src / "m.onnx"], tmp_path / "ok")
+    roles = {f["path"]: f["role"] for f in json.loads((made / "manifest.json").read_text())["files"]}
+    assert roles == {"m.onnx": "onnx", "weights.bin": "onnx_data"}
+    proto = onnx.load(str(src / "m.onnx"), load_external_data=False)
+    for tensor in onnx.external_data_helper._get_all_tensors(proto):
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = "../weights.bin"
+    onnx.save(proto, str(src / "m.onnx"))
+    shutil.copy(src / "weights.bin", tmp_path / "weights.bin")
+    expect_failure(["bundle", "--onnx", src / "m.onnx", "-o", tmp_path / "bad"], 2,
+                   "m.onnx", "escapes", watch=[tmp_path])
+
+
+# --- engine sidecars ---------------------------------------------------------------------------
+def _engine(tmp_path: Path, sidecar: str | None) -> Path:
+    engine = tmp_path / "e" / "tiny.plan"
+    engine.parent.mkdir()
+    engine.write_bytes(b"not really an engine")
+    if sidecar is not None:
+        (engine.parent / "tiny.plan.json").write_text(sidecar)
+    return engine
+
+
+SIDECAR_CASES = {
+    "missing": (None, "its sidecar tiny.plan.json is missing"),
+    "not-json": ("{", "tiny.plan.json: not valid JSON"),
+    "a-list": ("[]", "needs an 'onnx_sha256' string"),
+    "sha-not-text": ('{"onnx_sha256": 5}', "needs an 'onnx_sha256' string"),
+    "another-onnx": ('{"onnx_sha256": "' + "0" * 64 + '"}', "none of the bundled ONNX files"),
+}
+
+
+@pytest.mark.parametrize("name", SIDECAR_CASES)
+def test_bad_engine_sidecar(tmp_path, tiny, name):
+    text, message = SIDECAR_CASES[name]
+    engine = _engine(tmp_path, text)
+    expect_failure(["bundle", "--onnx", tiny, "--engine", engine, "-o", tmp_path / "b"], 2, message,
+                   watch=[tmp_path])

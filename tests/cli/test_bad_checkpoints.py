@@ -1,0 +1,142 @@
+"""Bad-input corpus, checkpoints: truncated or foreign weight files, missing/extra keys, wrong
+shapes or dtypes, NaN weights, pickles -- each refused by ``ddpm-export onnx --model <folder>``
+with one line naming the file (exit 2), nothing written."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+from safetensors.torch import load_file, save_file  # noqa: E402
+
+from ddpm_export.nn.checkpoint import save_checkpoint  # noqa: E402
+from ddpm_export.nn.weights import build_model  # noqa: E402
+from ddpm_export.config import UNetConfig  # noqa: E402
+from ddpm_export.presets import MODELS_DIR  # noqa: E402
+
+from bad_inputs import expect_failure  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def good(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("ckpt") / "tiny"
+    save_checkpoint(build_model(UNetConfig.load(MODELS_DIR / "tiny" / "config.json")), folder)
+    return folder
+
+
+def _edit_state(path: Path, edit) -> None:
+    state = load_file(str(path))
+    edit(state)
+    save_file(state, str(path))
+
+
+def _nan(state):
+    key = next(k for k in state if k.endswith("weight"))
+    state[key] = state[key].clone()
+    state[key].view(-1)[0] = float("nan")
+
+
+def _inf(state):
+    key = sorted(state)[-1]
+    state[key] = state[key].clone()
+    state[key].view(-1)[-1] = float("inf")
+
+
+def _shape(state):
+    key = next(k for k in state if k.endswith("weight"))
+    state[key] = torch.zeros(3, 3)
+
+
+def _dtype(state):
+    key = next(k for k in state if k.endswith("weight"))
+    state[key] = state[key].to(torch.int32)
+
+
+def _missing(state):
+    del state[sorted(state)[0]]
+
+
+def _extra(state):
+    state["bonus.weight"] = torch.zeros(2)
+
+
+STATE_EDITS = {
+    "nan-weight": (_nan, "NaN or infinite values"),
+    "inf-weight": (_inf, "NaN or infinite values"),
+    "wrong-shape": (_shape, "has shape \\(3, 3\\), the config expects"),
+    "wrong-dtype": (_dtype, "has dtype torch.int32, the model expects torch.float32"),
+    "missing-key": (_missing, "missing key\\(s\\)"),
+    "extra-key": (_extra, "unexpected key\\(s\\) 'bonus.weight'"),
+}
+
+
+@pytest.mark.parametrize("name", STATE_EDITS)
+def test_bad_weights(tmp_path, good, name):
+    edit, message = STATE_EDITS[name]
+    folder = tmp_path / "ckpt"
+    shutil.copytree(good, folder)
+    _edit_state(folder / "model.safetensors", edit)
+    expect_failure(["onnx", "--model", folder, "-o", tmp_path / "out.onnx", "--no-validate"], 2,
+                   "model.safetensors", message, watch=[tmp_path])
+
+
+def _truncate_half(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _truncate_header(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:4])
+
+
+def _pickle(path: Path) -> None:
+    torch.save({"w": torch.zeros(2)}, str(path))
+
+
+def _random(path: Path) -> None:
+    path.write_bytes(bytes(range(256)) * 10)
+
+
+def _empty(path: Path) -> None:
+    path.write_bytes(b"")
+
+
+def _bad_header_json(path: Path) -> None:
+    path.write_bytes((10).to_bytes(8, "little") + b"{not json}" + b"\0" * 8)
+
+
+FILE_EDITS = {
+    "truncated-half": (_truncate_half, "truncated"),
+    "truncated-header": (_truncate_header, "not a safetensors file or truncated"),
+    "pickle": (_pickle, "not a safetensors file or truncated|header is not JSON"),
+    "random-bytes": (_random, "not a safetensors file or truncated"),
+    "empty": (_empty, "not a safetensors file or truncated"),
+    "header-not-json": (_bad_header_json, "header is not JSON"),
+}
+
+
+@pytest.mark.parametrize("name", FILE_EDITS)
+def test_bad_weight_files(tmp_path, good, name):
+    edit, message = FILE_EDITS[name]
+    folder = tmp_path / "ckpt"
+    shutil.copytree(good, folder)
+    edit(folder / "model.safetensors")
+    expect_failure(["onnx", "--model", folder, "-o", tmp_path / "out.onnx", "--no-validate"], 2,
+                   "model.safetensors", message, watch=[tmp_path])
+
+
+def test_pickled_diffusers_folder_is_refused(tmp_path):
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"_class_name": "UNet2DModel", "sample_size": 16}')
+    torch.save({"w": torch.zeros(2)}, str(folder / "diffusion_pytorch_model.bin"))
+    expect_failure(["onnx", "--model", folder, "-o", tmp_path / "out.onnx", "--no-validate"], 2,
+                   "diffusion_pytorch_model.bin", "safetensors", watch=[tmp_path])
+
+
+def test_model_given_as_a_file(tmp_path, good):
+    expect_failure(["onnx", "--model", good / "model.safetensors", "-o", tmp_path / "out.onnx"], 2,
+                   "is a file; pass the checkpoint folder", watch=[tmp_path, good])

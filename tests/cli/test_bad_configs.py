@@ -1,0 +1,113 @@
+"""Bad-input corpus, configs: every malformed ``config.json`` / ``diffusion.json`` is refused with
+one line naming the file and field (exit 2), nothing written; config parsing fuzzed with
+hypothesis (any JSON value either parses into a valid config or raises ConfigError)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ddpm_export.config import UNetConfig
+from ddpm_export.configbase import ConfigError
+from ddpm_export.contract.spec import ExportSpec
+from ddpm_export.diffusion.config import DiffusionConfig
+from ddpm_export.presets import MODELS_DIR
+
+from bad_inputs import expect_failure
+
+TINY = json.loads((MODELS_DIR / "tiny" / "config.json").read_text())
+
+CASES = {
+    "not-json": ("{sample_size: 16", "config.json: not valid JSON"),
+    "empty-file": ("", "config.json: not valid JSON"),
+    "a-list": ("[1, 2]", "expected a JSON object, got list"),
+    "unknown-field": (json.dumps({**TINY, "widht": 3}), "unknown field.*widht"),
+    "wrong-type": (json.dumps({**TINY, "sample_size": "16"}), "sample_size='16' has the wrong type"),
+    "bad-choice": (json.dumps({**TINY, "norm": "instance"}), "norm='instance' is not valid; choose one of"),
+    "negative": (json.dumps({**TINY, "base_channels": -16}), "base_channels"),
+    "future-version": (json.dumps({**TINY, "version": 99}), "version=99 is not supported"),
+    "float-for-int": (json.dumps({**TINY, "num_res_blocks": 1.5}), "num_res_blocks=1.5 has the wrong type"),
+}
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_bad_config_json(tmp_path, name):
+    pytest.importorskip("torch")
+    text, message = CASES[name]
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text(text)
+    expect_failure(["onnx", "--model", folder, "-o", tmp_path / "out.onnx", "--no-validate"], 2, message,
+                   watch=[tmp_path])
+
+
+@pytest.mark.parametrize("text, message", [
+    (json.dumps({"num_train_timesteps": 500}), "num_train_timesteps=500 differs from the model's 1000"),
+    ("{not json", "diffusion.json: not valid JSON"),
+    (json.dumps({"beta_schedule": "cosine-ish"}), "beta_schedule='cosine-ish' is not valid"),
+], ids=["other-T", "not-json", "bad-choice"])
+def test_bad_diffusion_json(tmp_path, text, message):
+    pytest.importorskip("torch")
+    folder = tmp_path / "model"
+    shutil.copytree(MODELS_DIR / "tiny", folder)
+    (folder / "diffusion.json").write_text(text)
+    expect_failure(["onnx", "--model", folder, "-o", tmp_path / "out.onnx", "--no-validate"], 2, message,
+                   watch=[tmp_path])
+
+
+def test_folder_without_config(tmp_path):
+    pytest.importorskip("torch")
+    (tmp_path / "model").mkdir()
+    expect_failure(["onnx", "--model", tmp_path / "model", "-o", tmp_path / "out.onnx"], 2, "has no config.json",
+                   watch=[tmp_path])
+
+
+def test_unknown_model_name(tmp_path):
+    pytest.importorskip("torch")
+    expect_failure(["onnx", "--model", "no-such-preset", "-o", tmp_path / "out.onnx"], 2,
+                   "unknown model 'no-such-preset'", "presets: ddpm-cifar10, digits, kitchen-sink, tiny",
+                   watch=[tmp_path])
+
+
+# --- fuzzing ---------------------------------------------------------------------------------
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**40, 2**40) | st.floats(allow_nan=True) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=8)
+
+
+def _fields(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+@pytest.mark.parametrize("cls, base", [(UNetConfig, TINY), (DiffusionConfig, {}), (ExportSpec, {})],
+                         ids=["UNetConfig", "DiffusionConfig", "ExportSpec"])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_config_parsing_fuzzed(cls, base, data):
+    """Any JSON object either parses into a config that round-trips, or raises ConfigError
+    (exit 2, one line) -- never another exception."""
+    keys = st.sampled_from(_fields(cls)) | st.text(max_size=6)
+    changes = data.draw(st.dictionaries(keys, JSON_VALUES, max_size=4))
+    doc = {**base, **changes}
+    try:
+        cfg = cls.from_dict(doc, source="fuzz")
+    except ConfigError as e:
+        assert str(e).startswith("fuzz") and "\n" not in str(e)
+        return
+    assert cls.from_json(cfg.to_json()) == cfg
+
+
+@settings(max_examples=60, deadline=None)
+@given(text=st.text(max_size=40) | st.binary(max_size=40).map(lambda b: b.decode("latin-1")))
+def test_config_text_fuzzed(text):
+    try:
+        UNetConfig.from_json(text, source="fuzz.json")
+    except ConfigError as e:
+        assert str(e).startswith("fuzz.json")

@@ -1,0 +1,165 @@
+"""Bad-input corpus, ONNX files: truncated, not ONNX, without or with inconsistent metadata,
+external data missing or escaping its folder, a model whose output is NaN -- each refused by
+``ddpm-export sample --onnx`` with one line naming the file (exit 2; NaN output: exit 1), and no
+image written."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch", reason="the exports need torch")
+onnx = pytest.importorskip("onnx")
+from onnx import numpy_helper  # noqa: E402
+
+from ddpm_export.contract import metadata as md  # noqa: E402
+
+from bad_inputs import expect_failure, run  # noqa: E402
+from runtime_exports import exported  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    return exported("tiny", tmp_path_factory)
+
+
+def _sample(path: Path, out: Path, *extra: str) -> list[str]:
+    return ["sample", "--onnx", path, "-n", "2", "--steps", "2", "-o", out / "x.png", "--save-npy", out / "x.npy",
+            "--no-progress", *extra]
+
+
+def _set_meta(proto, key: str, edit) -> None:
+    for p in proto.metadata_props:
+        if p.key == key:
+            p.value = edit(p.value)
+
+
+def _json_edit(**changes):
+    return lambda text: json.dumps({**json.loads(text), **changes})
+
+
+def _bytes_truncated(data: bytes) -> bytes:
+    return data[: len(data) // 2]
+
+
+BYTE_CASES = {
+    "truncated": (_bytes_truncated, "ONNX Runtime cannot load this file"),
+    "random-bytes": (lambda data: bytes(range(256)) * 64, "ONNX Runtime cannot load this file"),
+    "empty": (lambda data: b"", "ONNX Runtime cannot load this file"),
+    "text-file": (lambda data: b"hello, I am not a model\n", "ONNX Runtime cannot load this file"),
+    "last-byte-cut": (lambda data: data[:-1], "ONNX Runtime cannot load this file|metadata"),
+}
+
+
+@pytest.mark.parametrize("name", BYTE_CASES)
+def test_corrupt_onnx_bytes(tmp_path, tiny, name):
+    edit, message = BYTE_CASES[name]
+    bad = tmp_path / "in" / "bad.onnx"
+    bad.parent.mkdir()
+    bad.write_bytes(edit(tiny.read_bytes()))
+    out = tmp_path / "out"
+    out.mkdir()
+    expect_failure(_sample(bad, out), 2, "bad.onnx", message, watch=[tmp_path])
+
+
+META_CASES = {
+    "no-metadata": (lambda p: p.metadata_props.clear(), "not a ddpm-export ONNX file: metadata key"),
+    "schedule-of-another-T": (lambda p: _set_meta(p, md.DIFFUSION_CONFIG, _json_edit(num_train_timesteps=500)),
+                              "num_train_timesteps=500 but the model .* was built for 1000"),
+    "spec-disagrees-with-config": (lambda p: _set_meta(p, md.EXPORT_SPEC, _json_edit(sample_size=32)),
+                                   "export_spec has sample_size=32 but .*unet_config gives 16"),
+    "spec-disagrees-with-graph": (
+        lambda p: (_set_meta(p, md.EXPORT_SPEC, _json_edit(in_channels=1, out_channels=1)),
+                   _set_meta(p, md.UNET_CONFIG, _json_edit(in_channels=1, out_channels=1))),
+        "graph 'x_t' has shape .* says \\(batch, 1, 16, 16\\)"),
+    "metadata-not-json": (lambda p: _set_meta(p, md.UNET_CONFIG, lambda v: v[:-3]), "unet_config: not valid JSON"),
+    "bad-precision-policy": (lambda p: _set_meta(p, md.PRECISION_POLICY, lambda v: "[1]"),
+                             "precision_policy is not a precision policy"),
+    "bad-spec-field": (lambda p: _set_meta(p, md.EXPORT_SPEC, _json_edit(max_batch=0)), "min_batch/opt_batch/max_batch"),
+}
+
+
+@pytest.mark.parametrize("name", META_CASES)
+def test_bad_metadata(tmp_path, tiny, name):
+    edit, message = META_CASES[name]
+    proto = onnx.load(str(tiny))
+    edit(proto)
+    bad = tmp_path / "bad.onnx"
+    onnx.save(proto, str(bad))
+    out = tmp_path / "out"
+    out.mkdir()
+    expect_failure(_sample(bad, out), 2, "bad.onnx", message, watch=[tmp_path])
+
+
+def _with_external_data(tiny: Path, folder: Path, location: str) -> Path:
+    proto = onnx.load(str(tiny))
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "ext.onnx"
+    onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="ext.onnx.data", size_threshold=0)
+    if location != "ext.onnx.data":
+        proto = onnx.load(str(path), load_external_data=False)
+        for tensor in onnx.external_data_helper._get_all_tensors(proto):
+            for entry in tensor.external_data:
+                if entry.key == "location":
+                    entry.value = location
+        onnx.save(proto, str(path))
+    return path
+
+
+def test_external_data_missing(tmp_path, tiny):
+    path = _with_external_data(tiny, tmp_path / "m", "ext.onnx.data")
+    (tmp_path / "m" / "ext.onnx.data").unlink()
+    out = tmp_path / "out"
+    out.mkdir()
+    expect_failure(_sample(path, out), 2, "ext.onnx", "ONNX Runtime cannot load", watch=[tmp_path])
+
+
+def test_external_data_escaping_its_folder(tmp_path, tiny):
+    path = _with_external_data(tiny, tmp_path / "m", "../outside.data")
+    shutil.move(tmp_path / "m" / "ext.onnx.data", tmp_path / "outside.data")
+    out = tmp_path / "out"
+    out.mkdir()
+    expect_failure(_sample(path, out), 2, "ext.onnx", "ONNX Runtime cannot load", watch=[tmp_path])
+
+
+@pytest.fixture(scope="module")
+def nan_model(tmp_path_factory, tiny) -> Path:
+    proto = onnx.load(str(tiny))
+    biggest = max(proto.graph.initializer, key=lambda t: np.prod(t.dims))
+    values = numpy_helper.to_array(biggest).copy()
+    values[...] = np.nan
+    biggest.CopyFrom(numpy_helper.from_array(values, biggest.name))
+    path = tmp_path_factory.mktemp("nan") / "nan.onnx"
+    onnx.save(proto, str(path))
+    return path
+
+
+def test_nan_output_stops_sampling(tmp_path, nan_model):
+    out = tmp_path / "out"
+    out.mkdir()
+    expect_failure(_sample(nan_model, out), 1, "nan.onnx", "not finite at step 1/2 \\(t=\\d+\\)", "no image",
+                   watch=[tmp_path])
+
+
+def test_nan_output_in_the_library(nan_model):
+    from ddpm_export.errors import NonFiniteOutputError
+    from ddpm_export.runtime import Pipeline
+
+    with pytest.raises(NonFiniteOutputError, match="step 1/3"):
+        Pipeline.from_onnx(nan_model).sample(2, steps=3)
+
+
+def test_verify_report_of_a_nan_model(tmp_path, nan_model):
+    """verify fails (exit 1) and its --report is still strict JSON (NaN written as null)."""
+    report = tmp_path / "report.json"
+    result = run(["verify", "--model", "tiny", "--onnx", nan_model, "--steps", "2", "--ddpm-steps", "2",
+                  "--report", report])
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output and isinstance(result.exception, SystemExit)
+    data = json.loads(report.read_text(), parse_constant=lambda c: pytest.fail(f"{c} in the report"))
+    assert data["passed"] is False

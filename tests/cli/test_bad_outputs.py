@@ -1,0 +1,252 @@
+"""Bad-input corpus, CLI outputs: existing outputs, the same file given twice, unwritable or full
+destinations, outputs under a file, wrong suffixes, a missing optional dependency -- each refused
+with one line (exit 2) and nothing written or changed. And nothing left behind: unique temp
+names per call, leftovers of killed runs removed by the next write."""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch", reason="the exports need torch")
+pytest.importorskip("onnx")
+
+from ddpm_export.files import atomic_file, remove_leftovers, temp_sibling  # noqa: E402
+
+from bad_inputs import expect_failure  # noqa: E402
+from runtime_exports import exported  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    return exported("tiny", tmp_path_factory)
+
+
+def _sample(tiny: Path, *args) -> list:
+    return ["sample", "--onnx", tiny, "-n", "2", "--steps", "2", "--no-progress", *args]
+
+
+def test_existing_output(tmp_path, tiny):
+    (tmp_path / "x.png").write_bytes(b"precious")
+    expect_failure(_sample(tiny, "-o", tmp_path / "x.png"), 2, "x.png exists; pass --force", watch=[tmp_path])
+
+
+def test_existing_npy(tmp_path, tiny):
+    (tmp_path / "x.npy").write_bytes(b"precious")
+    expect_failure(_sample(tiny, "-o", tmp_path / "x.png", "--save-npy", tmp_path / "x.npy"), 2,
+                   "x.npy exists; pass --force", watch=[tmp_path])
+
+
+@pytest.mark.parametrize("spelling", ["same", "dot-slash", "dot-dot"])
+def test_same_file_twice(tmp_path, tiny, spelling, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sub").mkdir()
+    other = {"same": "o.png", "dot-slash": "./o.png", "dot-dot": "sub/../o.png"}[spelling]
+    (tmp_path / "o.png").write_bytes(b"precious")
+    expect_failure(_sample(tiny, "-o", "o.png", "--save-npy", other, "--force"), 2, "name the same file",
+                   watch=[tmp_path])
+
+
+def test_output_under_a_file(tmp_path, tiny):
+    (tmp_path / "file.txt").write_text("I am a file")
+    expect_failure(_sample(tiny, "-o", tmp_path / "file.txt" / "x.png"), 2, "file.txt is a file, not a folder",
+                   watch=[tmp_path])
+
+
+def test_output_deep_under_a_file(tmp_path, tiny):
+    (tmp_path / "file.txt").write_text("I am a file")
+    expect_failure(["onnx", "--model", "tiny", "-o", tmp_path / "file.txt" / "a" / "b.onnx"], 2,
+                   "file.txt is a file, not a folder", watch=[tmp_path])
+
+
+def test_bundle_output_under_a_file(tmp_path, tiny):
+    (tmp_path / "f").write_text("x")
+    expect_failure(["bundle", "--onnx", tiny, "-o", tmp_path / "f" / "b"], 2, "is a file, not a folder",
+                   watch=[tmp_path])
+
+
+def test_bundle_output_is_a_file(tmp_path, tiny):
+    (tmp_path / "b").write_text("x")
+    expect_failure(["bundle", "--onnx", tiny, "-o", tmp_path / "b", "--force"], 2, "b. is a file",
+                   watch=[tmp_path])
+
+
+def test_unwritable_destination(tmp_path, tiny):
+    if os.geteuid() == 0:
+        target = Path("/proc/self/ddpm-export-out.png")  # not writable even for root
+    else:
+        (tmp_path / "ro").mkdir(mode=0o500)
+        target = tmp_path / "ro" / "x.png"
+    out = expect_failure(_sample(tiny, "-o", target), 2, "ddpm-export-out.png|x.png", watch=[tmp_path])
+    assert "cannot be written" in out or "check that the folder exists" in out
+
+
+def test_full_disk(tmp_path, tiny):
+    """A write that fails half-way (a full disk, simulated by RLIMIT_FSIZE) is one line, exit 2,
+    and leaves no temp file and no output."""
+    def limit() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (200, 200))
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-m", "ddpm_export", "sample", "--onnx", str(tiny), "-n", "2",
+                           "--steps", "2", "--no-progress", "-o", str(tmp_path / "x.png")], cwd=tmp_path, env=env,
+                          preexec_fn=limit, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().startswith("Error: ") and "File too large" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_wrong_onnx_suffix(tmp_path):
+    expect_failure(["onnx", "--model", "tiny", "-o", tmp_path / "t.txt"], 2, "must end in .onnx", watch=[tmp_path])
+
+
+def test_existing_verify_report(tmp_path, tiny):
+    (tmp_path / "r.json").write_text("{}")
+    expect_failure(["verify", "--model", "tiny", "--onnx", tiny, "--report", tmp_path / "r.json"], 2,
+                   "r.json exists", watch=[tmp_path])
+
+
+def test_missing_tensorrt_is_one_line(tmp_path, tiny):
+    import importlib.util
+
+    if importlib.util.find_spec("tensorrt") is not None:
+        pytest.skip("tensorrt is installed here")
+    expect_failure(["trt", "--onnx", tiny, "-o", tmp_path / "t.plan"], 2, "tensorrt", watch=[tmp_path])
+
+
+# --- nothing left -----------------------------------------------------------------------------
+def test_temp_names_are_unique_per_call():
+    names = {temp_sibling("x.png").name for _ in range(1000)}
+    assert len(names) == 1000 and all(n.startswith(f".x.png.tmp-{os.getpid()}-") for n in names)
+
+
+def test_concurrent_writes_to_one_path(tmp_path):
+    """Threads writing the same destination never delete each other's temp files."""
+    errors = []
+
+    def write(k: int) -> None:
+        try:
+            with atomic_file(tmp_path / "x.bin", force=True) as tmp:
+                tmp.write_bytes(bytes([k]) * 100_000)
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=write, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    data = (tmp_path / "x.bin").read_bytes()
+    assert len(data) == 100_000 and len(set(data)) == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["x.bin"]
+
+
+def test_two_exports_to_one_path_in_one_process(tmp_path, tiny):
+    """The export's write step (temp folder, validation, rename) from several threads at once:
+    each has its own temp folder (torch's tracing itself is not thread-safe, so the graph is
+    traced once)."""
+    import onnx
+
+    from ddpm_export.export.onnx import _write_validated
+
+    proto = onnx.load(str(tiny))
+    errors = []
+
+    def run() -> None:
+        try:
+            _write_validated(proto, tmp_path / "t.onnx", None, log=lambda m: None)
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert [p.name for p in tmp_path.iterdir()] == ["t.onnx"]
+    assert (tmp_path / "t.onnx").read_bytes() == proto.SerializeToString()
+
+
+def test_next_write_removes_leftovers_of_dead_processes(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    dead_pid = int(dead.stdout)
+    stale_dir = tmp_path / f".x.png.tmp-{dead_pid}-abc"
+    stale_dir.mkdir()
+    (stale_dir / "x.png").write_bytes(b"half")
+    stale_file = tmp_path / f".x.png.old-{dead_pid}-def"
+    stale_file.write_bytes(b"half")
+    mine = tmp_path / f".x.png.tmp-{os.getpid()}-ghi"  # a live writer (this process): kept
+    mine.write_bytes(b"in progress")
+    other = tmp_path / f".y.png.tmp-{dead_pid}-abc"  # another destination: not touched
+    other.write_bytes(b"")
+    with atomic_file(tmp_path / "x.png") as tmp:
+        tmp.write_bytes(b"png")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["x.png", mine.name, other.name])
+    assert remove_leftovers(tmp_path / "y.png") == [other]
+
+
+def _export_process(out: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "ddpm_export", "onnx", "--model", "ddpm-cifar10", "-o", str(out)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_temp(folder: Path, proc: subprocess.Popen, timeout: float = 600) -> list[Path]:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = [p for p in folder.iterdir() if ".tmp-" in p.name and any(p.iterdir())]
+        if found:
+            return found
+        assert proc.poll() is None, f"the export ended before it wrote its temp folder: {proc.stderr.read()}"
+        time.sleep(0.02)
+    raise AssertionError("no temp folder appeared")
+
+
+@pytest.mark.slow
+def test_sigkill_during_export_then_next_write_cleans_up(tmp_path):
+    """A SIGKILLed export leaves its temp folder (nothing can run then) and no output; the next
+    export to the same destination removes the leftover."""
+    out = tmp_path / "c.onnx"
+    proc = _export_process(out)
+    try:
+        leftovers = _wait_for_temp(tmp_path, proc)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert all(p.exists() for p in leftovers) and not out.exists()
+    from ddpm_export.export.onnx import export_onnx
+
+    export_onnx("tiny", out, validate=False, log=lambda m: None)
+    assert [p.name for p in tmp_path.iterdir()] == ["c.onnx"]
+
+
+@pytest.mark.slow
+def test_sigterm_during_export_removes_its_temp_files(tmp_path):
+    out = tmp_path / "c.onnx"
+    proc = _export_process(out)
+    try:
+        _wait_for_temp(tmp_path, proc)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert list(tmp_path.iterdir()) == []
