@@ -9,7 +9,9 @@ click's own (status 2).
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import io
 import pkgutil
 from typing import Any
 
@@ -18,6 +20,8 @@ import click
 from ddpm_export import commands
 from ddpm_export._version import __version__
 from ddpm_export.errors import DdpmExportError, describe, exit_status
+from ddpm_export.console import VERBOSITY
+from ddpm_export.threads import set_threads
 
 
 class Failure(click.ClickException):
@@ -43,8 +47,13 @@ class _Main(click.Group):
 @click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.version_option(__version__, prog_name="ddpm-export")
 @click.option("--debug", is_flag=True, help="Show the full traceback of an error instead of one line.")
+@click.option("-v", "--verbose", "verbosity", flag_value=2, help="Progress bars even when stderr is not a terminal.")
+@click.option("-q", "--quiet", "verbosity", flag_value=0,
+              help="Print nothing but errors (stderr); no progress bars.")
+@click.option("--threads", type=click.IntRange(1), default=None,
+              help="CPU threads for ONNX Runtime and PyTorch [default: theirs].")
 @click.pass_context
-def main(ctx: click.Context, debug: bool) -> None:
+def main(ctx: click.Context, debug: bool, verbosity: int | None, threads: int | None) -> None:
     """Take a DDPM U-Net from PyTorch to ONNX / TensorRT and sample it without PyTorch.
 
     \b
@@ -58,7 +67,13 @@ def main(ctx: click.Context, debug: bool) -> None:
     or environment (e.g. a missing optional dependency).
     """
     ctx.meta["ddpm_export.debug"] = debug
+    ctx.meta[VERBOSITY] = 1 if verbosity is None else verbosity
+    if verbosity == 0:  # -q: the commands' stdout lines are dropped; errors (stderr) still show
+        ctx.with_resource(contextlib.redirect_stdout(io.StringIO()))
+    set_threads(threads)
+    ctx.call_on_close(lambda: set_threads(None))
     _exit_cleanly_on_sigterm(ctx)
+
 
 
 def _exit_cleanly_on_sigterm(ctx: click.Context) -> None:

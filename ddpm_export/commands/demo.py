@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,8 @@ VERIFY_ROWS = 2
 @click.command("demo")
 @click.option("--model", "-m", "model", default=None,
               help="Preset name or checkpoint folder [default: digits if shipped, else tiny].")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="demo-out", help="Folder to write.")
+@click.option("-o", "--output", "--out", "out_dir", type=click.Path(file_okay=False), default="demo-out",
+              help="Folder to write.")
 @click.option("--ddpm-steps", type=click.IntRange(1), default=None,
               help="Respace the verified DDPM trajectory to this many steps [default: all T].")
 @click.option("--force", is_flag=True, help="Replace an existing --out folder.")
@@ -65,6 +65,7 @@ def _export_and_sample(model: str, out: Path, tmp: Path) -> float:
     """Steps 1 and 2: export to ``tmp/model.onnx``, sample the grid; returns the guidance used."""
     import time
 
+    from ddpm_export.console import show_progress
     from ddpm_export.export.onnx import export_onnx
     from ddpm_export.images import save_grid, save_npy
     from ddpm_export.runtime import Pipeline
@@ -85,7 +86,7 @@ def _export_and_sample(model: str, out: Path, tmp: Path) -> float:
     click.echo(f"[2/3] sample {n} images with ONNX Runtime: {cfg.sampler.upper()}-{cfg.num_inference_steps}"
                + (f", classes 0..{classes - 1} twice, guidance {guidance:g}" if classes else ""))
     t0 = time.perf_counter()
-    images = pipe.sample(n, seed=0, guidance_scale=guidance, progress=sys.stderr.isatty())
+    images = pipe.sample(n, seed=0, guidance_scale=guidance, progress=show_progress())
     seconds = time.perf_counter() - t0
     scale = max(1, 64 // info.spec.sample_size)
     save_grid(images, tmp / "grid.png", columns=classes or None, scale=scale)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import sys
+import os
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -47,7 +47,7 @@ if TYPE_CHECKING:  # pragma: no cover
 @click.option("--trt-cache", type=click.Path(file_okay=False), default=None,
               help="ort-tensorrt: engine and timing cache folder, so later runs skip the engine build.")
 @click.option("--progress/--no-progress", default=None, show_default=False,
-              help="Show a progress bar [default: when stderr is a terminal].")
+              help="Show a progress bar [default: when stderr is a terminal, on with -v, off with -q].")
 @click.option("--force", is_flag=True, help="Overwrite existing output files.")
 def command(onnx_path: str | None, bundle_dir: str | None, model: str | None, n: int, steps: int | None, sampler: str | None,
             eta: float | None, seed: int, class_id: int | None, guidance: float, output: str, save_npy: str | None,
@@ -64,6 +64,7 @@ def command(onnx_path: str | None, bundle_dir: str | None, model: str | None, n:
       ddpm-export sample --onnx tiny.onnx -n 16 -o grid.png
       ddpm-export sample --bundle bundle/ -n 20 --class 3 --guidance 3 --steps 50 -o threes.png
     """
+    from ddpm_export.console import show_progress
     from ddpm_export.files import refuse_existing
     from ddpm_export.images import save_grid, save_npy as write_npy
 
@@ -73,14 +74,14 @@ def command(onnx_path: str | None, bundle_dir: str | None, model: str | None, n:
         raise click.UsageError("--backend tensorrt runs a bundle's engine: pass --bundle")
     if (trt_fp16 or trt_cache is not None) and backend != "ort-tensorrt":
         raise click.UsageError("--trt-fp16 and --trt-cache apply to --backend ort-tensorrt")
+    if save_npy is not None and os.path.realpath(save_npy) == os.path.realpath(output):
+        raise BadInputError(f"--save-npy {save_npy} and --output {output} name the same file; give two paths")
     for path in (output, save_npy):
         if path is not None:
             refuse_existing(path, force)
-    if save_npy is not None and save_npy == output:
-        raise BadInputError("--save-npy and --output name the same file")
     pipe = _load(onnx_path, bundle_dir, model, backend, trt_fp16, trt_cache)
     images = pipe.sample(n, steps=steps, sampler=sampler, seed=seed, eta=eta, guidance_scale=guidance,
-                         classes=class_id, progress=sys.stderr.isatty() if progress is None else progress)
+                         classes=class_id, progress=show_progress(progress))
     save_grid(images, output, force=force, scale=scale)
     if save_npy is not None:
         write_npy(images, save_npy, force=force)

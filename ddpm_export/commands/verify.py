@@ -24,7 +24,8 @@ from ddpm_export.contract.choices import ORT_GPU_BACKENDS
 @click.option("--batch", type=click.IntRange(1), default=2, help="Images per trajectory.")
 @click.option("--guidance", type=float, default=1.0,
               help="Classifier-free guidance scale of the trajectories (class-conditional models); 1 = none.")
-@click.option("--report", type=click.Path(dir_okay=False), default=None, help="Write the report as JSON here.")
+@click.option("-o", "--output", "--report", "report", type=click.Path(dir_okay=False), default=None,
+              help="Write the report as JSON here.")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None,
               help="Plot the per-step error against step to this PNG (needs matplotlib).")
 @click.option("--backend", "gpu_backends", type=click.Choice(ORT_GPU_BACKENDS), multiple=True,

@@ -15,6 +15,7 @@ import onnxruntime as ort
 from ddpm_export.contract.spec import OUT_NAME, ExportSpec, feeds_for
 from ddpm_export.errors import BadInputError, InputNotFoundError
 from ddpm_export.runtime.integrity import check_graph
+from ddpm_export.threads import get_threads
 
 __all__ = ["DEFAULT_PROVIDERS", "OnnxRuntimeBackend", "create_session"]
 
@@ -52,6 +53,10 @@ def create_session(path: str | Path, *, providers: Sequence[Any] | None = None,
     path = Path(path)
     if not path.is_file():
         raise InputNotFoundError(f"{path}: no such ONNX file")
+    threads = get_threads()
+    if session_options is None and threads is not None:
+        session_options = ort.SessionOptions()
+        session_options.intra_op_num_threads = threads
     try:
         return ort.InferenceSession(str(path), session_options,
                                     providers=list(providers) if providers is not None else list(DEFAULT_PROVIDERS))

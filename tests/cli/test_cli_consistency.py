@@ -1,0 +1,76 @@
+"""One shape for every command: ``-o/--output`` for the main output (old spellings kept as
+aliases), ``-v/-q``, ``--threads``, ``python -m ddpm_export``, ``py.typed``, no progress bar from
+the library unless asked."""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from ddpm_export.cli import main
+
+MAIN_OUTPUT = {"onnx": "output", "sample": "output", "bundle": "output", "trt": "engine", "verify": "report",
+               "demo": "out_dir"}
+ALIASES = {"trt": "--save-engine", "verify": "--report", "demo": "--out"}
+
+
+@pytest.mark.parametrize("name", sorted(MAIN_OUTPUT))
+def test_main_output_is_dash_o(name):
+    command = main.commands[name]
+    [option] = [p for p in command.params if p.name == MAIN_OUTPUT[name]]
+    assert "-o" in option.opts and "--output" in option.opts, option.opts
+    if name in ALIASES:
+        assert ALIASES[name] in option.opts
+
+
+def test_every_command_with_an_output_is_listed():
+    for name, command in main.commands.items():
+        if any("-o" in p.opts for p in command.params if hasattr(p, "opts")):
+            assert name in MAIN_OUTPUT, name
+
+
+def test_quiet_prints_nothing_but_errors(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["-q", "sample", "-n", "2", "--steps", "2", "-o", "x.png"])
+    assert result.exit_code == 0 and result.output == "" and (tmp_path / "x.png").is_file()
+    result = CliRunner().invoke(main, ["-q", "sample", "-n", "2", "-o", "x.png"])
+    assert result.exit_code == 2 and result.output.startswith("Error: x.png exists")
+
+
+def test_verbose_draws_progress(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["-v", "sample", "-n", "2", "--steps", "3", "-o", "x.png"])
+    assert result.exit_code == 0 and "0/3" in result.output, result.output
+    result = CliRunner().invoke(main, ["sample", "-n", "2", "--steps", "3", "-o", "y.png"])
+    assert result.exit_code == 0 and "0/3" not in result.output  # not a terminal: no bar by default
+
+
+def test_threads_reach_onnxruntime(tmp_path):
+    from ddpm_export.presets import shipped_onnx
+    from ddpm_export.runtime.onnxruntime_backend import create_session
+    from ddpm_export.threads import get_threads, set_threads
+
+    set_threads(1)
+    try:
+        session = create_session(shipped_onnx("digits"))
+        assert session.get_session_options().intra_op_num_threads == 1
+    finally:
+        set_threads(None)
+    assert get_threads() is None
+    result = CliRunner().invoke(main, ["--threads", "0", "models"])
+    assert result.exit_code == 2 and "--threads" in result.output
+
+
+def test_library_draws_no_progress_by_default():
+    from ddpm_export.runtime import Pipeline
+
+    assert inspect.signature(Pipeline.sample).parameters["progress"].default is False
+
+
+def test_py_typed_ships():
+    import ddpm_export
+
+    assert (Path(ddpm_export.__file__).parent / "py.typed").is_file()
