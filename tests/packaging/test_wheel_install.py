@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import venv
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,11 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
                   "-w", str(tmp / "dist"), str(src)], cwd=tmp)
     assert built.returncode == 0, built.stderr
     [wheel] = (tmp / "dist").glob("ddpm_export-*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        names = set(zf.namelist())
+    assert {"ddpm_export/py.typed", "ddpm_export/models/digits/model.onnx",
+            "ddpm_export/models/digit-classifier/classifier.safetensors"} <= names
+    assert not any(n.startswith("models/") for n in names)  # never a shared top-level folder
     venv.create(tmp / "venv", with_pip=True)
     bin_dir = tmp / "venv" / "bin"
     pip = _run([str(bin_dir / "python"), "-m", "pip", "install", "-q", str(wheel)], cwd=tmp)
