@@ -4,7 +4,7 @@
 Every setting samples the same ``--num-samples`` digits (labels 0..9 in turn, no guidance, the
 same seed) through the torch-free runtime (``Pipeline`` on ONNX Runtime, the shipped digits
 model exported to ONNX) and scores them with ``ddpm_export.quality`` (the classifier in
-``models/digit-classifier``): the share classified with confidence > 0.9 and the Fréchet distance
+``ddpm_export/models/digit-classifier``): the share classified with confidence > 0.9 and the Fréchet distance
 to the held-out real digits in the classifier's feature space (lower is better; the line
 "real digits" is held-out vs as many training digits). Images per second are wall-clock of the
 sampling alone, on this machine at its current load (printed with ``uptime``'s load average):
@@ -98,7 +98,7 @@ def markdown(report: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", default="models/digits", help="checkpoint folder (exported to ONNX first)")
+    p.add_argument("--model", default="ddpm_export/models/digits", help="checkpoint folder (exported to ONNX first)")
     p.add_argument("--onnx", type=Path, default=None, help="use this export of --model instead")
     p.add_argument("--num-samples", type=int, default=360)
     p.add_argument("--baseline", nargs="*", default=["ddim:50"], help="sampler:steps rows first")

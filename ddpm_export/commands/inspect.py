@@ -17,7 +17,8 @@ if TYPE_CHECKING:  # pragma: no cover
               help="A preset name (see `ddpm-export models`), our checkpoint folder, or a diffusers UNet2DModel folder.")
 @click.option("--batch", "-b", type=click.IntRange(1), default=1,
               help="Batch for the attention score-matrix sizes and the profile (FLOPs are per image).")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the report as JSON here.")
+@click.option("-o", "--output", "--json", "json_path", type=click.Path(dir_okay=False), default=None,
+              help="Write the report as JSON here.")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Write the ERF heat map as a PNG here.")
 @click.option("--erf-samples", type=click.IntRange(1), default=2,
               help="Random inputs per timestep for the effective receptive field (4 timesteps).")
