@@ -38,6 +38,11 @@ class _Main(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except KeyboardInterrupt:  # SIGINT: every ``finally`` has run, no temp file is left
+            if ctx.meta.get("ddpm_export.debug"):
+                raise
+            click.echo("Error: interrupted; nothing was left half-written", err=True)
+            raise SystemExit(130) from None
         except (DdpmExportError, ImportError, OSError) as e:
             if ctx.meta.get("ddpm_export.debug"):
                 raise

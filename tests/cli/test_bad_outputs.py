@@ -238,15 +238,16 @@ def test_sigkill_during_export_then_next_write_cleans_up(tmp_path):
 
 
 @pytest.mark.slow
-def test_sigterm_during_export_removes_its_temp_files(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_during_export_removes_its_temp_files(tmp_path, signum):
     out = tmp_path / "c.onnx"
     proc = _export_process(out)
     try:
         _wait_for_temp(tmp_path, proc)
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signum)
         proc.wait(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 128 + signal.SIGTERM
+    assert proc.returncode == 128 + signum, proc.stderr.read()
     assert list(tmp_path.iterdir()) == []
