@@ -4,18 +4,17 @@ and every bad one is refused with a message that starts with the request input's
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from ddpm_export.config import UNetConfig
 from ddpm_export.diffusion import DiffusionConfig
+from ddpm_export.presets import MODELS_DIR
 from ddpm_export.contract.spec import ExportSpec
 from ddpm_export.runtime import ModelInfo, SampleRequest
 from ddpm_export.serve import RequestError, parse_request
 
-DIGITS = Path(__file__).resolve().parents[2] / "models" / "digits"
+DIGITS = MODELS_DIR / "digits"
 
 
 @pytest.fixture(scope="module")
