@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from ddpm_export.contract.choices import ATTENTION_CHOICES, PRECISIONS, TARGETS
+from ddpm_export.contract.spec import MAX_BATCH
 
 
 @click.command("onnx")
@@ -18,9 +19,9 @@ from ddpm_export.contract.choices import ATTENTION_CHOICES, PRECISIONS, TARGETS
               help="Form of attention in the graph; auto picks per --target.")
 @click.option("--target", type=click.Choice(TARGETS), default="any",
               help="Where the file will run; decides --attention auto (ort-mha for onnxruntime, else decomposed).")
-@click.option("--min-batch", type=click.IntRange(1), default=1, help="Smallest batch the graph accepts.")
-@click.option("--opt-batch", type=click.IntRange(1), default=4, help="Batch TensorRT optimises for.")
-@click.option("--max-batch", type=click.IntRange(1), default=16, help="Largest batch the graph accepts.")
+@click.option("--min-batch", type=click.IntRange(1, MAX_BATCH), default=1, help="Smallest batch the graph accepts.")
+@click.option("--opt-batch", type=click.IntRange(1, MAX_BATCH), default=4, help="Batch TensorRT optimises for.")
+@click.option("--max-batch", type=click.IntRange(1, MAX_BATCH), default=16, help="Largest batch the graph accepts.")
 @click.option("--save-io", type=click.Path(file_okay=False), default=None,
               help="Also write torch's inputs/outputs as Polygraphy JSON (inputs.json, outputs.json) here.")
 @click.option("--validate/--no-validate", default=True, help="Check the graph and compare ONNX Runtime with torch.")

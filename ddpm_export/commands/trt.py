@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 import click
 
 from ddpm_export.contract.choices import HARDWARE_COMPATIBILITY
+from ddpm_export.contract.spec import MAX_BATCH
 
 if TYPE_CHECKING:  # pragma: no cover
     from ddpm_export.export.trt_options import BuildOptions
@@ -33,9 +34,9 @@ if TYPE_CHECKING:  # pragma: no cover
               default="none", help="GPUs the engine may run on besides the builder's kind.")
 @click.option("--builder-optimization-level", type=click.IntRange(0, 5), default=3,
               help="TensorRT builder optimisation level (higher: slower build, maybe faster engine).")
-@click.option("--min-batch", type=click.IntRange(1), default=None, help="With --model: smallest batch [1].")
-@click.option("--opt-batch", type=click.IntRange(1), default=None, help="With --model: batch to optimise for [4].")
-@click.option("--max-batch", type=click.IntRange(1), default=None, help="With --model: largest batch [16].")
+@click.option("--min-batch", type=click.IntRange(1, MAX_BATCH), default=None, help="With --model: smallest batch [1].")
+@click.option("--opt-batch", type=click.IntRange(1, MAX_BATCH), default=None, help="With --model: batch to optimise for [4].")
+@click.option("--max-batch", type=click.IntRange(1, MAX_BATCH), default=None, help="With --model: largest batch [16].")
 @click.option("--progress/--no-progress", default=True, help="Show TensorRT's build progress.")
 @click.option("--force", is_flag=True, help="Overwrite existing files.")
 def command(onnx_path: str | None, model: str | None, engine: str, fp16: bool | None, timing_cache: str | None,

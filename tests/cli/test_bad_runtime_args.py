@@ -70,7 +70,15 @@ def test_absurd_image_count_in_the_cli(tmp_path):
 
 def test_absurd_max_batch_in_the_cli(tmp_path):
     expect_failure(["onnx", "--model", "tiny", "-o", tmp_path / "t.onnx", "--max-batch", str(10**9)], 2,
-                   "max_batch: 1000000000 is more than 4096", watch=[tmp_path])
+                   "--max-batch", "1000000000 is not in the range 1<=x<=4096", watch=[tmp_path])
+
+
+def test_absurd_max_batch_in_the_library(tmp_path):
+    from ddpm_export.export.onnx import export_onnx
+
+    with pytest.raises(BadInputError, match="max_batch: 1000000000 is more than 4096"):
+        export_onnx("tiny", tmp_path / "t.onnx", max_batch=10**9, log=lambda m: None)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_backend_refuses_bad_feeds(pipes):
