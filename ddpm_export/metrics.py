@@ -7,11 +7,24 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["FP16_REL_L2", "FP32_MAX_ABS", "compare", "errors"]
+__all__ = ["BF16_FINAL_PSNR_DB", "BF16_LOCAL_REL_L2", "BF16_REL_L2", "FP16_REL_L2", "FP32_MAX_ABS",
+           "INT8_FINAL_PSNR_DB", "INT8_LOCAL_REL_L2", "INT8_REL_L2", "compare", "errors"]
 
 #: one model call, exported vs torch float32: max abs error for fp32 files, relative L2 for fp16
 FP32_MAX_ABS = 1e-4
 FP16_REL_L2 = 2e-2
+#: OpenVINO computing an fp32 file in bfloat16, and int8 QDQ files, measured on the digits model
+#: (README, "Lower precision"): one call at verify's fixed timesteps (bf16 3.9e-3, int8 1.2e-2), the
+#: worst call along a trajectory re-run on the reference's inputs (bf16 0.12, int8 0.31: always at
+#: t < 20, where the network must find a faint noise in a finished image and the step scales its
+#: error by sqrt(1 - abar_t) < 0.03), and the final samples (bf16 56 dB, int8 45 dB). Each limit
+#: leaves about 2-4x (10 dB) of margin over the measurement.
+BF16_REL_L2 = 2e-2
+BF16_LOCAL_REL_L2 = 0.25
+BF16_FINAL_PSNR_DB = 40.0
+INT8_REL_L2 = 5e-2
+INT8_LOCAL_REL_L2 = 0.6
+INT8_FINAL_PSNR_DB = 35.0
 
 
 def errors(actual: np.ndarray, expected: np.ndarray) -> tuple[float, float]:

@@ -51,10 +51,11 @@ from ddpm_export.diffusion import Backend, DiffusionConfig, make_scheduler, samp
 from ddpm_export.diffusion.scheduler import Scheduler
 from ddpm_export.errors import BadInputError, MissingDependencyError
 from ddpm_export.files import atomic_file
-from ddpm_export.metrics import FP16_REL_L2, FP32_MAX_ABS, compare
+from ddpm_export.metrics import (BF16_FINAL_PSNR_DB, BF16_LOCAL_REL_L2, BF16_REL_L2, FP16_REL_L2, FP32_MAX_ABS,
+                                  INT8_FINAL_PSNR_DB, INT8_LOCAL_REL_L2, INT8_REL_L2, compare)
 from ddpm_export.runtime.info import read_info
 
-__all__ = ["THRESHOLDS", "Thresholds", "VerifyError", "compare", "plot_drift", "require_matplotlib", "verify",
+__all__ = ["THRESHOLDS", "Thresholds", "VerifyError", "compare", "effective_precision", "plot_drift", "require_matplotlib", "verify",
            "write_report"]
 
 #: single-step timesteps always checked (those >= T are dropped), plus T // 2 and T - 1
@@ -75,12 +76,29 @@ class Thresholds:
     final_psnr_db: float
     step_max_abs: float | None = None
     step_rel_l2: float | None = None
+    #: the per-step (local) relative L2 limit where it differs from ``step_rel_l2`` (bf16, int8)
+    local_rel_l2: float | None = None
 
 
+#: by the precision a backend computes (:func:`effective_precision`); bf16 and int8 limits are
+#: measured on the digits model, see :mod:`ddpm_export.metrics`
 THRESHOLDS = {
     "fp32": Thresholds(final_psnr_db=60.0, step_max_abs=FP32_MAX_ABS),
     "fp16": Thresholds(final_psnr_db=40.0, step_rel_l2=FP16_REL_L2),
+    "bf16": Thresholds(final_psnr_db=BF16_FINAL_PSNR_DB, step_rel_l2=BF16_REL_L2, local_rel_l2=BF16_LOCAL_REL_L2),
+    "int8": Thresholds(final_psnr_db=INT8_FINAL_PSNR_DB, step_rel_l2=INT8_REL_L2, local_rel_l2=INT8_LOCAL_REL_L2),
 }
+
+
+def effective_precision(file_precision: str, backend: Backend) -> str:
+    """The arithmetic a backend really runs the file in: ``"bf16"`` when OpenVINO computes an
+    fp32 file in bfloat16 (its ``inference_precision``, its default on CPUs with BF16), else the
+    file's own precision (an int8 file stays ``"int8"``: its error is the quantizer's)."""
+    from ddpm_export.runtime.openvino_backend import OpenVinoBackend
+
+    if isinstance(backend, OpenVinoBackend) and backend.inference_precision == "bf16" and file_precision == "fp32":
+        return "bf16"
+    return file_precision
 
 
 # --- the parts ------------------------------------------------------------------------------
@@ -169,9 +187,12 @@ def verify(model: str | Path, onnx: str | Path, *, engine: str | Path | None = N
            ddpm_steps: int | None = None, solver_steps: int = 10, solvers: Sequence[str] = SOLVERS,
            seed: int = 0, batch: int = 2, guidance_scale: float = 1.0,
            providers: Sequence[Any] | None = None, gpu_backends: Sequence[str] = (),
+           threads: int | None = None, inference_precision: str | None = None,
            log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Verify ``onnx`` (and ``engine``, and the file on ``gpu_backends``: ``"ort-cuda"``,
-    ``"ort-tensorrt"``) against the PyTorch ``model``; return the report (a dict).
+    """Verify ``onnx`` (and ``engine``, and the file on ``gpu_backends``: ``"openvino"`` (with
+    ``inference_precision``), ``"ort-cuda"``, ``"ort-tensorrt"``) against the PyTorch ``model``;
+    return the report (a dict). ``threads``: the CPU backends' threads. Each backend is held to the
+    thresholds of the precision it computes (:func:`effective_precision`).
 
     ``report["passed"]`` says whether every check passed and ``report["failures"]`` which did not.
     Raises VerifyError when the file was not exported from ``model``'s config or an argument
@@ -197,7 +218,9 @@ def verify(model: str | Path, onnx: str | Path, *, engine: str | Path | None = N
         log(f"warning: {onnx} records source sha256 {info.source_sha256[:12]}..., but {weights} differs")
 
     reference = TorchBackend(unet)
-    candidates = _candidates(onnx, spec, engine, providers, onnx_sha, gpu_backends)
+    candidates = _candidates(onnx, spec, engine, providers, onnx_sha, gpu_backends, threads, inference_precision)
+    precisions = {name: effective_precision(info.precision, backend) for name, backend in candidates.items()}
+    per_backend = {name: THRESHOLDS[p] for name, p in precisions.items()}
     n_ddpm = T if ddpm_steps is None else ddpm_steps
     notes = [] if n_ddpm == T else [f"DDPM trajectory respaced to {n_ddpm} of {T} steps (ddpm_steps={n_ddpm}); "
                                     f"the default checks all {T}"]
@@ -206,13 +229,14 @@ def verify(model: str | Path, onnx: str | Path, *, engine: str | Path | None = N
     run = functools.partial(_run, shape=(batch, spec.in_channels, spec.sample_size, spec.sample_size), seed=seed,
                             cond=cond, null=null, guidance=guidance_scale)
 
-    log(f"verify {onnx} ({info.precision}) against {model} (PyTorch), seed {seed}")
+    log(f"verify {onnx} ({info.precision}) against {model} (PyTorch), seed {seed}; backends: "
+        + ", ".join(f"{name} ({p})" for name, p in precisions.items()))
     results = _single_steps(reference, candidates, info, seed, log)
     for kind, scheduler in {"ddim": _scheduler(cfg, "ddim", steps), "ddpm": _scheduler(cfg, "ddpm", n_ddpm),
                             **solver_schedulers}.items():
-        _trajectories(results, kind, scheduler, run, reference, candidates, limits, seed, log)
+        _trajectories(results, kind, scheduler, run, reference, candidates, per_backend, seed, log)
 
-    checks = _checks(results, limits, info.precision)
+    checks = _checks(results, per_backend, precisions)
     failures = [c["message"] for c in checks if not c["passed"]]
     return {
         "passed": not failures, "failures": failures, "checks": checks,
@@ -220,6 +244,8 @@ def verify(model: str | Path, onnx: str | Path, *, engine: str | Path | None = N
         "engine": None if engine is None else str(engine),
         "precision": info.precision, "attention": info.attention,
         "thresholds": dataclasses.asdict(limits), "source_sha256_match": source_match,
+        "backend_precisions": precisions,
+        "backend_thresholds": {name: dataclasses.asdict(t) for name, t in per_backend.items()},
         "seed": seed, "batch": batch, "classes": None if cond is None else cond.tolist(),
         "guidance_scale": guidance_scale, "schedule": cfg.to_dict(),
         "ddpm_all_steps": n_ddpm == T, "notes": notes, "backends": results,
@@ -256,9 +282,14 @@ def _check_arguments(info: ModelInfo, unet_config: Any, model: str | Path, onnx:
 
 
 def _candidates(onnx: Path, spec: ExportSpec, engine: str | Path | None, providers: Sequence[Any] | None,
-                onnx_sha: str, gpu_backends: Sequence[str] = ()) -> dict[str, Backend]:
-    """ONNX Runtime on the file, the file on ``gpu_backends`` (ONNX Runtime's CUDA / TensorRT
-    providers) and, with ``engine``, TensorRT: the backends checked."""
+                onnx_sha: str, gpu_backends: Sequence[str] = (), threads: int | None = None,
+                inference_precision: str | None = None) -> dict[str, Backend]:
+    """ONNX Runtime on the file, the file on ``gpu_backends`` (OpenVINO; ONNX Runtime's CUDA /
+    TensorRT providers) and, with ``engine``, TensorRT: the backends checked."""
+    from ddpm_export.runtime.backends import RuntimeOptions, load_onnx_backend
+    from ddpm_export.runtime.onnxruntime_backend import session_options_for
+    from ddpm_export.threads import get_threads
+
     import onnxruntime as ort
 
     from ddpm_export.runtime.onnxruntime_backend import OnnxRuntimeBackend
@@ -267,9 +298,17 @@ def _candidates(onnx: Path, spec: ExportSpec, engine: str | Path | None, provide
     # a torch call on the same cores, which the spinning would slow down (about 2x on 2 cores).
     options = ort.SessionOptions()
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if inference_precision is not None and "openvino" not in gpu_backends:
+        raise VerifyError("inference_precision applies to the openvino backend; add it (--backend openvino)")
     candidates: dict[str, Backend] = {
-        "onnxruntime": OnnxRuntimeBackend.from_path(onnx, spec, providers=providers, session_options=options)}
+        "onnxruntime": OnnxRuntimeBackend.from_path(onnx, spec, providers=providers,
+                                                    session_options=session_options_for(threads or get_threads(),
+                                                                                        options))}
     for name in gpu_backends:
+        if name == "openvino":
+            candidates[name] = load_onnx_backend(name, onnx, spec, RuntimeOptions(
+                threads=threads, inference_precision=inference_precision))
+            continue
         from ddpm_export.runtime.ort_gpu import gpu_backend
 
         candidates[name] = gpu_backend(onnx, name, spec)
@@ -294,7 +333,7 @@ def _single_steps(reference: Backend, candidates: dict[str, Backend], info: Mode
 
 def _trajectories(results: dict[str, dict[str, Any]], kind: str, scheduler: Scheduler,
                   run: Callable[..., _Trajectory], reference: Backend, candidates: dict[str, Backend],
-                  limits: Thresholds, seed: int, log: Callable[[str], None]) -> None:
+                  limits: dict[str, Thresholds], seed: int, log: Callable[[str], None]) -> None:
     """One sampler's trajectory on every candidate against the reference, into ``results``."""
     t0 = time.perf_counter()
     ref = run(reference, scheduler)
@@ -304,12 +343,12 @@ def _trajectories(results: dict[str, dict[str, Any]], kind: str, scheduler: Sche
         errs = results[name]["trajectories"][kind] = _trajectory_errors(ref, got, backend, scheduler)
         f = errs["final"]
         errs["final_check"] = "passed"
-        if f["psnr_db"] is not None and f["psnr_db"] < limits.final_psnr_db:
+        if f["psnr_db"] is not None and f["psnr_db"] < limits[name].final_psnr_db:
             if not self_psnr:
                 probe = run(reference, scheduler, x_T=_one_ulp(ref.x_t[0], seed + 1))
                 self_psnr.append(compare(probe.final, ref.final)["psnr_db"])
             errs["reference_self_psnr_db"] = self_psnr[0]
-            ill = self_psnr[0] is not None and self_psnr[0] < limits.final_psnr_db
+            ill = self_psnr[0] is not None and self_psnr[0] < limits[name].final_psnr_db
             errs["final_check"] = "ill_conditioned" if ill else "failed"
         log(f"  {name}: {kind.upper()}-{scheduler.num_inference_steps}: per-step max abs model output "
             f"{errs['model_output_max_abs_max']:.3e}, x_t {errs['x_t_max_abs_max']:.3e} (local "
@@ -338,12 +377,15 @@ def _db(psnr: float | None) -> str:
     return "inf (identical)" if psnr is None else f"{psnr:.2f} dB"
 
 
-def _checks(results: dict[str, dict[str, Any]], limits: Thresholds, precision: str) -> list[dict[str, Any]]:
+def _checks(results: dict[str, dict[str, Any]], per_backend: dict[str, Thresholds],
+            precisions: dict[str, str]) -> list[dict[str, Any]]:
     checks: list[dict[str, Any]] = []
+    limits, precision = THRESHOLDS["fp32"], "fp32"  # rebound per backend below
 
-    def step_checks(prefix: str, label: str, max_abs: float, rel_l2: float) -> None:
+    def step_checks(prefix: str, label: str, max_abs: float, rel_l2: float, local: bool = False) -> None:
+        rel_limit = limits.local_rel_l2 if local and limits.local_rel_l2 is not None else limits.step_rel_l2
         for metric, value, limit, what in (("max_abs", max_abs, limits.step_max_abs, "max abs"),
-                                           ("rel_l2", rel_l2, limits.step_rel_l2, "relative L2")):
+                                           ("rel_l2", rel_l2, rel_limit, "relative L2")):
             if limit is None:
                 continue
             ok = value <= limit
@@ -352,12 +394,13 @@ def _checks(results: dict[str, dict[str, Any]], limits: Thresholds, precision: s
                            "message": f"{label} {what} error {value:.3e} {relation} {limit:.1e} ({precision})"})
 
     for name, r in results.items():
+        limits, precision = per_backend[name], precisions[name]
         s = r["single_step"]
         step_checks(f"{name}.single_step", f"{name}: single-step", s["max_abs"], s["rel_l2"])
         for kind, traj in r["trajectories"].items():
             label = f"{kind.upper()}-{traj['num_inference_steps']}"
             step_checks(f"{name}.{kind}.local", f"{name}: {label} per-step (local)", traj["local_max_abs"],
-                        traj["local_rel_l2"])
+                        traj["local_rel_l2"], local=True)
             psnr, state = traj["final"]["psnr_db"], traj["final_check"]
             message = (f"{name}: {label} final-sample PSNR {_db(psnr)} {'>=' if state == 'passed' else '<'} "
                        f"{limits.final_psnr_db:g} dB ({precision})")

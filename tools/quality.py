@@ -10,7 +10,11 @@ overridden):
   entropy of the predicted-class histogram (bits; log2 10 = 3.32 is balanced), Fréchet distance
   vs the held-out digits and its ratio to the reference;
 - guided samples (``--guidance``): the share predicted as the requested class;
-- ``--compare``: the same seeds through PyTorch and ONNX Runtime; sample difference and both scores.
+- ``--compare``: the same seeds through PyTorch and ONNX Runtime; sample difference and both scores;
+- ``--low-precision``: the same seeds through every low-precision path -- int8 (QDQ, calibrated on
+  the sampler's trajectories) in ONNX Runtime and OpenVINO, OpenVINO bf16 on the fp32 file -- each
+  scored against fp32 ONNX Runtime with the targets confident fraction within 0.02 and Fréchet
+  distance within 1.15x.
 
     OMP_WAIT_POLICY=PASSIVE python tools/quality.py --model ddpm_export/models/digits --compare --json quality.json
 """
@@ -50,6 +54,47 @@ def exported_backend(model: str, onnx_path: Path, threads: int, max_batch: int):
     return onnx_backend(onnx_path, threads=threads)
 
 
+LOW_PRECISION_PATHS = {  # name -> (file precision, backend, OpenVINO inference precision)
+    "fp32 onnxruntime": ("fp32", "onnxruntime", None),
+    "int8 onnxruntime": ("int8", "onnxruntime", None),
+    "int8 openvino": ("int8", "openvino", "f32"),
+    "int8 openvino bf16": ("int8", "openvino", "bf16"),
+    "bf16 openvino": ("fp32", "openvino", "bf16"),
+}
+
+
+def low_precision(model: str, folder: Path, labels: np.ndarray, scheduler, clf, digits, null_class: int,
+                  args: argparse.Namespace) -> dict:
+    """Score every low-precision path on the same seeds against fp32 ONNX Runtime."""
+    from ddpm_export.export.onnx import export_onnx
+    from ddpm_export.runtime import read_info
+    from ddpm_export.runtime.backends import RuntimeOptions, load_onnx_backend
+
+    max_batch = 2 * args.batch_size
+    files = {p: folder / f"digits-{p}.onnx" for p in ("fp32", "int8")}
+    for precision, path in files.items():
+        export_onnx(model, path, precision=precision, opt_batch=min(64, max_batch), max_batch=max_batch,
+                    log=lambda s: None)
+    out: dict = {}
+    for name, (precision, backend, ov_precision) in LOW_PRECISION_PATHS.items():
+        path = files[precision]
+        runner = load_onnx_backend(backend, path, read_info(path).spec,
+                                   RuntimeOptions(threads=args.threads, inference_precision=ov_precision))
+        start = time.perf_counter()
+        x = generate(runner, scheduler, labels, seed=args.seed, null_class=null_class, batch_size=args.batch_size)
+        r = score(x, clf, digits.heldout_x, labels)
+        out[name] = {**r.to_dict(), "seconds": round(time.perf_counter() - start, 1)}
+    base = out["fp32 onnxruntime"]
+    for name, r in out.items():
+        r["confident_delta"] = r["confident_fraction"] - base["confident_fraction"]
+        r["frechet_ratio_to_fp32"] = r["frechet"] / base["frechet"]
+        r["within_targets"] = abs(r["confident_delta"]) <= 0.02 and r["frechet_ratio_to_fp32"] <= 1.15
+        print(f"  {name:20s} confident {r['confident_fraction']:.4f} ({r['confident_delta']:+.4f})  "
+              f"FD {r['frechet']:.4f} ({r['frechet_ratio_to_fp32']:.3f}x fp32)  "
+              f"{'within targets' if r['within_targets'] else 'OUTSIDE targets'}  ({r['seconds']:.0f} s)")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -65,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=125, help="samples per sampling batch (guided runs double it)")
     p.add_argument("--compare", action="store_true", help="also sample --compare-samples with both engines")
     p.add_argument("--compare-samples", type=int, default=200)
+    p.add_argument("--low-precision", action="store_true",
+                   help="only score int8 (ONNX Runtime, OpenVINO) and OpenVINO bf16 against fp32, same seeds")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", type=Path, default=None, help="write the figures here")
@@ -101,6 +148,16 @@ def main(argv: list[str] | None = None) -> int:
         return backends[name]
 
     n = args.num_samples
+    if args.low_precision:
+        print(f"low-precision paths, {n} samples ({sampler_name}, no guidance), same seeds:")
+        report["low_precision"] = low_precision(args.model, Path(tmp.name), np.arange(n) % 10, scheduler, clf,
+                                                digits, null_class, args)
+        report["low_precision_samples"] = n
+        if args.json is not None:
+            args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+            print(f"wrote {args.json}")
+        tmp.cleanup()
+        return 0
     ref = reference_frechet(clf, digits, n=n, seed=args.seed)
     ref_full = reference_frechet(clf, digits)
     labels = np.arange(n) % 10

@@ -14,11 +14,14 @@ from ddpm_export.contract.spec import MAX_BATCH
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="The .onnx file to write.")
 @click.option("--opset", type=click.IntRange(17, 23), default=20, help="ONNX opset (onnx-attention needs 23).")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="fp32",
-              help="fp16: explicitly typed mixed precision (time embedding, norm statistics and softmax stay fp32).")
+              help="fp16: explicitly typed mixed precision (time embedding, norm statistics and softmax stay fp32); "
+                   "int8: QDQ calibrated on the sampler's own trajectories (embedding, first/last conv and "
+                   "attention stay float).")
 @click.option("--attention", type=click.Choice(ATTENTION_CHOICES), default="auto",
               help="Form of attention in the graph; auto picks per --target.")
 @click.option("--target", type=click.Choice(TARGETS), default="any",
-              help="Where the file will run; decides --attention auto (ort-mha for onnxruntime, else decomposed).")
+              help="Where the file will run; decides --attention auto (the form measured fastest there: decomposed "
+                   "for onnxruntime on CPU and for tensorrt).")
 @click.option("--min-batch", type=click.IntRange(1, MAX_BATCH), default=1, help="Smallest batch the graph accepts.")
 @click.option("--opt-batch", type=click.IntRange(1, MAX_BATCH), default=4, help="Batch TensorRT optimises for.")
 @click.option("--max-batch", type=click.IntRange(1, MAX_BATCH), default=16, help="Largest batch the graph accepts.")

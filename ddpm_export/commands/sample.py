@@ -41,8 +41,10 @@ if TYPE_CHECKING:  # pragma: no cover
               help="Also write the raw samples [n, C, H, W] float32 in [-1, 1] as .npy.")
 @click.option("--scale", type=click.IntRange(1, 16), default=1, help="Enlarge each tile this many times (nearest).")
 @click.option("--backend", type=click.Choice(BACKENDS), default="onnxruntime",
-              help="onnxruntime (CPU); ort-cuda / ort-tensorrt: ONNX Runtime's GPU providers (onnxruntime-gpu); "
-                   "tensorrt: the bundle's engine (--bundle only).")
+              help="onnxruntime (CPU); openvino (CPU, the openvino extra); ort-cuda / ort-tensorrt: ONNX Runtime's "
+                   "GPU providers (onnxruntime-gpu); tensorrt: the bundle's engine (--bundle only).")
+@click.option("--inference-precision", type=click.Choice(("f32", "bf16")), default=None,
+              help="openvino: compute in f32 or bf16 [default: OpenVINO's choice, bf16 on CPUs with BF16].")
 @click.option("--trt-fp16", is_flag=True, help="ort-tensorrt: let TensorRT run in fp16 (trt_fp16_enable).")
 @click.option("--trt-cache", type=click.Path(file_okay=False), default=None,
               help="ort-tensorrt: engine and timing cache folder, so later runs skip the engine build.")
@@ -51,8 +53,9 @@ if TYPE_CHECKING:  # pragma: no cover
 @click.option("--force", is_flag=True, help="Overwrite existing output files.")
 def command(onnx_path: str | None, bundle_dir: str | None, model: str | None, n: int, steps: int | None, sampler: str | None,
             eta: float | None, seed: int, class_id: int | None, guidance: float, output: str, save_npy: str | None,
-            scale: int, backend: str, trt_fp16: bool, trt_cache: str | None, progress: bool | None, force: bool) -> None:
-    """Sample images with ONNX Runtime (no PyTorch) and write them as a PNG grid.
+            scale: int, backend: str, inference_precision: str | None, trt_fp16: bool, trt_cache: str | None,
+            progress: bool | None, force: bool) -> None:
+    """Sample images with ONNX Runtime or OpenVINO (no PyTorch) and write them as a PNG grid.
 
     \b
     Images are mapped from [-1, 1] to 0..255 (grayscale for 1 channel), ceil(sqrt(n))
@@ -63,6 +66,7 @@ def command(onnx_path: str | None, bundle_dir: str | None, model: str | None, n:
       ddpm-export sample -n 40 --guidance 1.5 -o digits.png     # the shipped digits model
       ddpm-export sample --onnx tiny.onnx -n 16 -o grid.png
       ddpm-export sample --bundle bundle/ -n 20 --class 3 --guidance 3 --steps 50 -o threes.png
+      ddpm-export --threads 2 sample --onnx tiny.onnx --backend openvino --inference-precision bf16 -o grid.png
     """
     from ddpm_export.console import show_progress
     from ddpm_export.files import refuse_existing
@@ -74,12 +78,15 @@ def command(onnx_path: str | None, bundle_dir: str | None, model: str | None, n:
         raise click.UsageError("--backend tensorrt runs a bundle's engine: pass --bundle")
     if (trt_fp16 or trt_cache is not None) and backend != "ort-tensorrt":
         raise click.UsageError("--trt-fp16 and --trt-cache apply to --backend ort-tensorrt")
+    if inference_precision is not None and backend != "openvino":
+        raise click.UsageError("--inference-precision applies to --backend openvino")
     if save_npy is not None and os.path.realpath(save_npy) == os.path.realpath(output):
         raise BadInputError(f"--save-npy {save_npy} and --output {output} name the same file; give two paths")
     for path in (output, save_npy):
         if path is not None:
             refuse_existing(path, force)
-    pipe = _load(onnx_path, bundle_dir, model, backend, trt_fp16, trt_cache)
+    cpu = {} if inference_precision is None else {"inference_precision": inference_precision}
+    pipe = _load(onnx_path, bundle_dir, model, backend, trt_fp16, trt_cache, cpu)
     images = pipe.sample(n, steps=steps, sampler=sampler, seed=seed, eta=eta, guidance_scale=guidance,
                          classes=class_id, progress=show_progress(progress))
     save_grid(images, output, force=force, scale=scale)
@@ -91,7 +98,7 @@ def command(onnx_path: str | None, bundle_dir: str | None, model: str | None, n:
 
 
 def _load(onnx_path: str | None, bundle_dir: str | None, model: str | None, backend: str, trt_fp16: bool,
-          trt_cache: str | None) -> Pipeline:
+          trt_cache: str | None, cpu: dict[str, Any]) -> Pipeline:
     """The Pipeline of whichever source was given (default: the shipped model's ONNX file),
     on ``backend``; a GPU backend whose provider is missing raises ProviderUnavailable (exit 2)."""
     from ddpm_export.presets import default_model
@@ -100,8 +107,8 @@ def _load(onnx_path: str | None, bundle_dir: str | None, model: str | None, back
     from ddpm_export.presets import shipped_onnx
 
     if bundle_dir is not None:
-        return Pipeline.from_bundle(bundle_dir, backend=backend)  # type: ignore[arg-type]
-    gpu: dict[str, Any] = {} if backend == "onnxruntime" else {"backend": backend}
+        return Pipeline.from_bundle(bundle_dir, backend=backend, **cpu)  # type: ignore[arg-type]
+    gpu: dict[str, Any] = {} if backend == "onnxruntime" else {"backend": backend, **cpu}
     if backend == "ort-tensorrt":
         gpu.update(trt_fp16=trt_fp16, trt_cache_dir=trt_cache)
     if onnx_path is not None:

@@ -28,12 +28,15 @@ from ddpm_export.contract.choices import ORT_GPU_BACKENDS
               help="Write the report as JSON here.")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None,
               help="Plot the per-step error against step to this PNG (needs matplotlib).")
-@click.option("--backend", "gpu_backends", type=click.Choice(ORT_GPU_BACKENDS), multiple=True,
-              help="Also verify the file on ONNX Runtime's GPU provider(s) (onnxruntime-gpu); repeatable.")
+@click.option("--backend", "gpu_backends", type=click.Choice(("openvino", *ORT_GPU_BACKENDS)), multiple=True,
+              help="Also verify the file on OpenVINO (the openvino extra) or ONNX Runtime's GPU provider(s) "
+                   "(onnxruntime-gpu); repeatable. Each is held to the thresholds of the precision it computes.")
+@click.option("--inference-precision", type=click.Choice(("f32", "bf16")), default=None,
+              help="OpenVINO: compute in f32 or bf16 [default: OpenVINO's choice, bf16 on CPUs with BF16].")
 @click.option("--force", is_flag=True, help="Overwrite existing --report / --plot files.")
 def command(model: str, onnx_path: str, engine: str | None, steps: int, ddpm_steps: int | None, solver_steps: int,
             seed: int, batch: int, guidance: float, report: str | None, plot: str | None,
-            gpu_backends: tuple[str, ...], force: bool) -> None:
+            gpu_backends: tuple[str, ...], inference_precision: str | None, force: bool) -> None:
     """Verify an ONNX file (and an engine) against the PyTorch model, step by step.
 
     \b
@@ -44,7 +47,7 @@ def command(model: str, onnx_path: str, engine: str | None, steps: int, ddpm_ste
        per-step max abs error of the model output and of x_t, and of each model call re-run
        on the reference's inputs ("local");
     3. the final samples: max abs, relative L2, PSNR = 10 log10(4 / MSE).
-    Thresholds by the file's precision (fp32: PSNR >= 60 dB, single step max abs <= 1e-4;
+    Thresholds by the precision each backend computes (bf16 and int8: see ddpm_export.metrics; fp32: PSNR >= 60 dB, single step max abs <= 1e-4;
     fp16: PSNR >= 40 dB, relative L2 <= 2e-2). Exits with status 1 naming the failed checks.
     \b
     Example:
@@ -60,7 +63,8 @@ def command(model: str, onnx_path: str, engine: str | None, steps: int, ddpm_ste
     if plot is not None:
         require_matplotlib()
     result = verify(model, onnx_path, engine=engine, steps=steps, ddpm_steps=ddpm_steps, solver_steps=solver_steps,
-                    seed=seed, batch=batch, guidance_scale=guidance, gpu_backends=gpu_backends, log=click.echo)
+                    seed=seed, batch=batch, guidance_scale=guidance, gpu_backends=gpu_backends,
+                    inference_precision=inference_precision, log=click.echo)
     if report is not None:
         write_report(result, report, force=force)
         click.echo(f"wrote {report}")

@@ -10,7 +10,7 @@ __all__ = ["ATTENTION_CHOICES", "ATTENTION_FORMS", "BACKENDS", "HARDWARE_COMPATI
            "PRECISIONS", "TARGETS"]
 
 #: precision policies of an export (``ddpm_export.precision_policy``'s ``precision``)
-PRECISIONS: tuple[str, ...] = ("fp32", "fp16")
+PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
 #: forms of attention in the graph (``ddpm_export.attention``)
 ATTENTION_FORMS: tuple[str, ...] = ("decomposed", "ort-mha", "onnx-attention")
 #: ``--attention`` values: a form, or ``auto`` (chosen per ``--target``)
@@ -24,6 +24,7 @@ TARGETS: tuple[str, ...] = ("any", "onnxruntime", "tensorrt")
 HARDWARE_COMPATIBILITY: tuple[str, ...] = ("none", "ampere+", "same-compute-capability")
 #: ONNX Runtime's GPU execution providers as runtime backends (``ddpm_export.runtime.ort_gpu``)
 ORT_GPU_BACKENDS: tuple[str, ...] = ("ort-cuda", "ort-tensorrt")
-#: every runtime backend (``Pipeline``'s ``backend``): ONNX Runtime on the CPU, its GPU providers,
+#: every runtime backend (``Pipeline``'s ``backend``): ONNX Runtime on the CPU, OpenVINO (CPU;
+#: ``ddpm_export.runtime.openvino_backend``), ONNX Runtime's GPU providers,
 #: or a TensorRT engine
-BACKENDS: tuple[str, ...] = ("onnxruntime", *ORT_GPU_BACKENDS, "tensorrt")
+BACKENDS: tuple[str, ...] = ("onnxruntime", "openvino", *ORT_GPU_BACKENDS, "tensorrt")

@@ -29,6 +29,7 @@ from ddpm_export.contract.spec import ExportSpec
 from ddpm_export.diffusion.config import DiffusionConfig
 from ddpm_export.errors import BadInputError
 from ddpm_export.export.attention_forms import attention_kernel, resolve_attention
+from ddpm_export.export.int8 import CalibrationConfig
 from ddpm_export.export.polygraphy_io import check_io_paths, save_torch_io
 from ddpm_export.export.precision import GraphModule
 from ddpm_export.export.precision_policy import check_precision, policy
@@ -57,12 +58,13 @@ class ExportResult:
 def export_onnx(model: str | Path, out: str | Path, *, opset: int = DEFAULT_OPSET, precision: str = "fp32",
                 attention: str = "auto", target: str = "any", min_batch: int = 1, opt_batch: int = 4,
                 max_batch: int = 16, diffusion: DiffusionConfig | None = None, validate: bool = True,
-                save_io: str | Path | None = None, force: bool = False,
+                save_io: str | Path | None = None, force: bool = False, calibration: CalibrationConfig | None = None,
                 log: Callable[[str], None] = print) -> ExportResult:
     """Export ``model`` (a preset name, our checkpoint folder or a diffusers folder) to ``out``.
 
     The schedule recorded in the metadata is ``diffusion``, else the folder's ``diffusion.json``,
-    else the default DiffusionConfig.
+    else the default DiffusionConfig. ``precision="int8"`` quantizes the float32 graph, calibrated
+    on the sampler's own trajectories (``calibration``, see :mod:`ddpm_export.export.int8`).
 
     Raises FileExistsError when ``out`` exists and not ``force``; ValueError for bad options;
     ``ValidationError`` when the exported graph disagrees with torch (nothing is written then).
@@ -78,6 +80,8 @@ def export_onnx(model: str | Path, out: str | Path, *, opset: int = DEFAULT_OPSE
                             f"model's {unet.config.num_train_timesteps} ({model}): fix its diffusion.json")
     spec = ExportSpec.from_config(unet.config, min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch)
     proto = trace_to_onnx(unet, spec, precision=precision, attention=form, opset=opset)
+    if precision == "int8":
+        proto = _quantize(proto, unet, spec, diffusion, calibration, log)
     source = weights_path(model)
     proto.metadata_props.clear()
     for key, value in md.metadata_props(
@@ -152,6 +156,21 @@ def trace_to_onnx(unet: UNet, spec: ExportSpec, *, precision: str, attention: st
                           dynamic_axes=spec.dynamic_axes, do_constant_folding=True,
                           custom_opsets={"com.microsoft": 1} if attention == "ort-mha" else None)
     return onnx.load_from_string(buffer.getvalue())
+
+
+def _quantize(proto: onnx.ModelProto, unet: UNet, spec: ExportSpec, diffusion: DiffusionConfig,
+              calibration: CalibrationConfig | None, log: Callable[[str], None]) -> onnx.ModelProto:
+    """Record calibration inputs along DDIM trajectories of the float32 model; quantize to QDQ int8."""
+    from ddpm_export.export.int8 import CalibrationConfig, quantize_int8, record_calibration_inputs
+    from ddpm_export.torch_backend import TorchBackend
+
+    cfg = calibration or CalibrationConfig()
+    cond = unet.config
+    feeds = record_calibration_inputs(TorchBackend(unet), spec, diffusion, cond.num_classes,
+                                      cond.num_classes if cond.num_classes is not None and cond.null_class else None, cfg)
+    log(f"int8: calibrating on {len(feeds)} model calls along {cfg.trajectories} DDIM trajectories; "
+        f"float: {', '.join(cfg.float_groups)}")
+    return quantize_int8(proto, feeds, float_groups=cfg.float_groups)
 
 
 def _state_bytes(unet: UNet) -> bytes:

@@ -14,7 +14,7 @@ from ddpm_export.errors import BadInputError
 
 __all__ = ["FP32_ISLANDS", "PRECISIONS", "Precision", "check_precision", "policy"]
 
-Precision = Literal["fp32", "fp16"]
+Precision = Literal["fp32", "fp16", "int8"]  # int8: the fp32 graph, quantized (ddpm_export.export.int8)
 FP32_ISLANDS = ("time_embedding", "class_embedding", "normalization_statistics", "position_codes",
                 "attention_bias_and_softmax")
 
@@ -22,6 +22,10 @@ FP32_ISLANDS = ("time_embedding", "class_embedding", "normalization_statistics",
 def policy(precision: str) -> dict[str, object]:
     """The policy as recorded in the ONNX metadata."""
     check_precision(precision)
+    if precision == "int8":
+        return {"precision": "int8", "io_dtype": "float32", "compute_dtype": "int8 QDQ (Conv, MatMul, Gemm)",
+                "float_islands": ["embedding", "first_last_conv", "attention"],
+                "calibration": "sampler trajectories (ddpm_export.export.int8)"}
     return {"precision": precision, "io_dtype": "float32",
             "compute_dtype": "float16" if precision == "fp16" else "float32",
             "fp32_islands": list(FP32_ISLANDS) if precision == "fp16" else []}

@@ -14,7 +14,7 @@ import torch
 
 from ddpm_export.contract.spec import ExportSpec
 from ddpm_export.errors import NonFiniteOutputError, VerificationFailed
-from ddpm_export.metrics import FP16_REL_L2, FP32_MAX_ABS, errors
+from ddpm_export.metrics import FP16_REL_L2, FP32_MAX_ABS, INT8_REL_L2, errors
 from ddpm_export.nn.unet import UNet
 
 
@@ -87,6 +87,8 @@ def validate_onnx(path: str | Path, unet: UNet, spec: ExportSpec, precision: str
         raise NonFiniteValidationError(f"{path}: non-finite outputs from ONNX Runtime")
     if precision == "fp32" and report.max_abs > max_abs:
         raise ValidationError(f"{path}: fp32 max abs error {report.max_abs:.3e} exceeds {max_abs:.1e}")
+    if precision == "int8" and report.rel_l2 > INT8_REL_L2:
+        raise ValidationError(f"{path}: int8 relative L2 error {report.rel_l2:.3e} exceeds {INT8_REL_L2:.1e}")
     if precision == "fp16" and report.rel_l2 > rel_l2:
         raise ValidationError(f"{path}: fp16 relative L2 error {report.rel_l2:.3e} exceeds {rel_l2:.1e}")
     return report

@@ -17,7 +17,7 @@ from ddpm_export.errors import BadInputError, InputNotFoundError
 from ddpm_export.runtime.integrity import check_graph
 from ddpm_export.threads import get_threads
 
-__all__ = ["DEFAULT_PROVIDERS", "OnnxRuntimeBackend", "create_session"]
+__all__ = ["DEFAULT_PROVIDERS", "OnnxRuntimeBackend", "create_session", "session_options_for"]
 
 #: CPU unless told otherwise; pass e.g. ``["CUDAExecutionProvider", "CPUExecutionProvider"]`` with onnxruntime-gpu.
 DEFAULT_PROVIDERS = ("CPUExecutionProvider",)
@@ -69,3 +69,14 @@ def load_error(error: BaseException) -> str:
     """The first line of an ONNX Runtime load error, without its ``[ONNXRuntimeError] : 7 :`` prefix."""
     text = (str(error).strip().splitlines() or [type(error).__name__])[0]
     return text.rsplit("] : ", 1)[-1].split(" : ", 1)[-1][:300]
+
+
+def session_options_for(threads: int | None, session_options: ort.SessionOptions | None = None) -> ort.SessionOptions:
+    """``session_options`` (or new ones) with ``intra_op_num_threads = threads`` and
+    ``inter_op_num_threads = 1`` (the U-Net is one chain of nodes; nothing runs in parallel
+    between them); ``threads=None`` leaves ONNX Runtime's default (one per physical core)."""
+    opts = session_options if session_options is not None else ort.SessionOptions()
+    if threads is not None:
+        opts.intra_op_num_threads = int(threads)
+        opts.inter_op_num_threads = 1
+    return opts

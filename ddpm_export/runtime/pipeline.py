@@ -30,7 +30,7 @@ from ddpm_export.runtime.integrity import check_finite
 
 __all__ = ["Pipeline", "SampleRequest", "chunk_seed"]
 
-BackendName = Literal["onnxruntime", "ort-cuda", "ort-tensorrt", "tensorrt"]
+BackendName = Literal["onnxruntime", "openvino", "ort-cuda", "ort-tensorrt", "tensorrt"]
 
 
 def chunk_seed(seed: int, k: int) -> int:
@@ -99,41 +99,56 @@ class Pipeline:
         self.source = source
 
     @classmethod
-    def from_onnx(cls, path: str | Path, *, backend: BackendName = "onnxruntime",
+    def from_onnx(cls, path: str | Path, *, backend: BackendName = "onnxruntime", threads: int | None = None,
+                  inference_precision: str | None = None,
                   providers: Sequence[Any] | None = None, session_options: Any = None, device: int = 0,
                   trt_fp16: bool = False, trt_cache_dir: str | Path | None = None) -> "Pipeline":
-        """A Pipeline on ONNX Runtime; everything else comes from the file's metadata.
+        """A Pipeline on ONNX Runtime or OpenVINO; everything else comes from the file's metadata.
+
+        The CPU backends (:data:`ddpm_export.runtime.backends.CPU_BACKENDS`: ``"onnxruntime"``,
+        ``"openvino"``) take ``threads`` (None: by model size,
+        :func:`ddpm_export.runtime.backends.default_threads`); OpenVINO takes ``inference_precision``
+        (``"f32"``, ``"bf16"``, None: its default for this CPU).
 
         ``backend``: ``"onnxruntime"`` with ``providers`` (default ``["CPUExecutionProvider"]``),
         or ``"ort-cuda"`` / ``"ort-tensorrt"`` on CUDA ``device`` (:mod:`ddpm_export.runtime.ort_gpu`;
         ``trt_fp16`` and the engine cache folder ``trt_cache_dir`` for ``ort-tensorrt``), which
         raise ProviderUnavailable rather than run on the CPU.
         """
-        from ddpm_export.runtime.onnxruntime_backend import OnnxRuntimeBackend, create_session
+        from ddpm_export.runtime.backends import CPU_BACKENDS, RuntimeOptions, load_onnx_backend
+        from ddpm_export.runtime.onnxruntime_backend import OnnxRuntimeBackend
 
-        check_choice("backend", backend, ("onnxruntime", *ORT_GPU_BACKENDS))
-        if backend == "onnxruntime":
-            session = create_session(path, providers=providers, session_options=session_options)
-        else:
+        check_choice("backend", backend, (*CPU_BACKENDS, *ORT_GPU_BACKENDS))
+        if backend in CPU_BACKENDS:
             from ddpm_export.runtime.info import read_info
-            from ddpm_export.runtime.ort_gpu import create_gpu_session
 
-            if providers is not None:
-                raise BadInputError(f"providers apply to backend='onnxruntime'; {backend!r} chooses its own")
-            session = create_gpu_session(path, backend, read_info(path).spec, device=device, fp16=trt_fp16,
-                                         cache_dir=trt_cache_dir, session_options=session_options)
+            info = read_info(path)
+            options = RuntimeOptions(threads=threads, inference_precision=inference_precision, providers=providers,
+                                     session_options=session_options)
+            return cls(load_onnx_backend(backend, path, info.spec, options), info, source=str(path))
+        if threads is not None or inference_precision is not None:
+            raise BadInputError(f"threads and inference_precision apply to the CPU backends, not {backend!r}")
+        from ddpm_export.runtime.info import read_info
+        from ddpm_export.runtime.ort_gpu import create_gpu_session
+
+        if providers is not None:
+            raise BadInputError(f"providers apply to backend='onnxruntime'; {backend!r} chooses its own")
+        session = create_gpu_session(path, backend, read_info(path).spec, device=device, fp16=trt_fp16,
+                                     cache_dir=trt_cache_dir, session_options=session_options)
         info = ModelInfo.from_metadata(session.get_modelmeta().custom_metadata_map, source=str(path))
         return cls(OnnxRuntimeBackend(session, info.spec, source=str(path)), info, source=str(path))
 
     @classmethod
     def from_bundle(cls, directory: str | Path, *, onnx: str | None = None, backend: BackendName = "onnxruntime",
+                    threads: int | None = None, inference_precision: str | None = None,
                     providers: Sequence[Any] | None = None, session_options: Any = None,
                     device: int = 0) -> "Pipeline":
         """A Pipeline on a bundle folder, after checking every file's sha256 against ``manifest.json``.
 
         Args:
             onnx: which of the bundle's ONNX files (its name); default the first one listed.
-            backend: ``"onnxruntime"`` runs the ONNX file (``"ort-cuda"`` / ``"ort-tensorrt"``: on
+            backend: ``"onnxruntime"`` or ``"openvino"`` run the ONNX file (with ``threads`` and
+                ``inference_precision`` as in :meth:`from_onnx`; ``"ort-cuda"`` / ``"ort-tensorrt"``: on
                 ONNX Runtime's GPU providers); ``"tensorrt"`` runs the engine built from it
                 (metadata from the manifest, so neither onnx nor onnxruntime is needed).
             device: CUDA device of the GPU backends.
@@ -145,7 +160,8 @@ class Pipeline:
         entry = manifest.model(onnx)
         folder = Path(directory)
         if backend != "tensorrt":
-            pipe = cls.from_onnx(folder / entry["onnx"], backend=backend, providers=providers,
+            pipe = cls.from_onnx(folder / entry["onnx"], backend=backend, threads=threads,
+                                 inference_precision=inference_precision, providers=providers,
                                  session_options=session_options, device=device)
             if pipe.info.diffusion != manifest.diffusion:
                 raise bundle_mod.BundleError(f"{folder / bundle_mod.MANIFEST}: the schedule differs from the metadata "

@@ -514,8 +514,7 @@ def test_onnx_attention_needs_opset_23(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, choices", [
-    (dict(precision="fp8"), "fp32, fp16"),
-    (dict(precision="int8"), "fp32, fp16"),
+    (dict(precision="fp8"), "fp32, fp16, int8"),  # int8: ddpm_export.export.int8
     (dict(attention="flash"), "auto, decomposed, ort-mha, onnx-attention"),
     (dict(target="cuda"), "any, onnxruntime, tensorrt"),
 ])
@@ -538,7 +537,9 @@ def test_bad_batch_range_is_refused(source, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("target, form", [("onnxruntime", "ort-mha"), ("tensorrt", "decomposed"), ("any", "decomposed")])
+# auto follows the measured table AUTO_ATTENTION (attention_forms.py): on ONNX Runtime's CPU provider the
+# decomposed form measured as fast or faster than ort-mha and onnx-attention (ddpm-export bench, README "Speed")
+@pytest.mark.parametrize("target, form", [("onnxruntime", "decomposed"), ("tensorrt", "decomposed"), ("any", "decomposed")])
 def test_auto_attention_picks_per_target(source, tmp_path, target, form):
     result = export_onnx(source("micro"), tmp_path / "m.onnx", attention="auto", target=target, log=lambda s: None)
     assert result.attention == form

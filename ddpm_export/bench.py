@@ -1,0 +1,377 @@
+"""``ddpm-export bench``: sampling speed of every path side by side, in one process.
+
+Paths (every one runs the same numpy DDIM loop, :func:`ddpm_export.diffusion.sample`, with the
+same seed, batch, steps and thread count):
+
+- peers, what a user gets from the tools they know:
+  ``eager`` -- our PyTorch reference model, eager, ``torch.set_num_threads(threads)``;
+  ``plain-ort`` -- ``torch.onnx.export(model, args, f, dynamo=False)`` of the same model with
+  every other setting left at its default (static shapes, one file per batch) in ONNX Runtime;
+  ``plain-ov-f32`` / ``plain-ov-bf16`` -- OpenVINO on that plain file.
+- ours: each (backend, precision) through :meth:`ddpm_export.runtime.Pipeline.sample`
+  (input checks and all), on files written by ``ddpm-export onnx``.
+
+Per path and batch: median and p90 milliseconds per step of the whole sampling loop (each step
+timed from one model call to the next, so the sampler's own numpy work is inside), images/s of a
+full default-length sampling run at that rate, the ratio to eager and to the best peer, achieved
+GFLOP/s (FLOPs per forward counted by ``torch.utils.flop_counter.FlopCounterMode`` on the
+reference model) and its fraction of a fp32 GEMM ceiling measured in the same run, peak RSS of
+the process while the path ran, and the sampler's overhead outside the model call (% of a step).
+
+Runs are interleaved (repeat r runs every path once) so that a change in background load hits
+all paths alike; the load actually seen is reported. ONNX Runtime sessions run with
+``session.intra_op.allow_spinning = 0`` here (peers and ours alike): spinning pool threads of one
+session would steal the cores from the next path in this single process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ddpm_export.configbase import check_choice
+from ddpm_export.diffusion import Backend, make_scheduler, sample
+from ddpm_export.machine import LoadMeter, PeakRss, cpu_info, gemm_ceiling
+from ddpm_export.runtime.backends import CPU_BACKENDS
+from ddpm_export.runtime.info import ModelInfo, read_info
+
+__all__ = ["BenchConfig", "OUR_PRECISIONS", "run_bench"]
+
+#: what "precision" means for our paths: the file written and how the backend computes it
+OUR_PRECISIONS: dict[str, tuple[str, str | None]] = {  # name -> (file precision, OpenVINO inference precision)
+    "fp32": ("fp32", "f32"),
+    "bf16": ("fp32", "bf16"),   # OpenVINO only: an fp32 file computed in bfloat16
+    "int8": ("int8", "f32"),    # QDQ int8 file; float islands in f32
+    "int8-bf16": ("int8", "bf16"),  # OpenVINO only: the int8 file, its float islands in bfloat16
+}
+PEERS = ("eager", "plain-ort", "plain-ov-f32", "plain-ov-bf16")
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchConfig:
+    """One bench run. ``model``: preset/checkpoint (peers and our exports); ``onnx``: our file
+    (else exported from ``model``); ``attention``: forms of our fp32 ONNX Runtime files."""
+
+    model: str | None = None
+    onnx: str | None = None
+    backends: tuple[str, ...] = tuple(CPU_BACKENDS)
+    precisions: tuple[str, ...] = ("fp32", "bf16", "int8", "int8-bf16")
+    attention: tuple[str, ...] = ("auto",)
+    batches: tuple[int, ...] = (1, 8)
+    threads: int = 2
+    steps: int = 10
+    repeats: int = 3
+    peers: bool = True
+
+    def __post_init__(self) -> None:
+        if (self.model is None) == (self.onnx is None) and self.model is None:
+            raise ValueError("bench needs --model or --onnx")
+        for b in self.backends:
+            check_choice("backend", b, tuple(CPU_BACKENDS))
+        for p in self.precisions:
+            check_choice("precision", p, tuple(OUR_PRECISIONS))
+        if self.peers and self.model is None:
+            raise ValueError("the peers (eager, plain export) need --model; pass --no-peers with --onnx alone")
+        if min(self.batches) < 1 or self.threads < 1 or self.steps < 1 or self.repeats < 1:
+            raise ValueError("batch, threads, steps and repeats must be >= 1")
+
+
+@dataclasses.dataclass
+class _Path:
+    name: str
+    group: str                       # "peer" or "ours"
+    runner: Callable[[int], Callable[[], None]]  # batch -> one timed sampling run
+    info: dict[str, Any]
+    timer: "_Timed"
+
+
+class _Timed:
+    """A Backend wrapper recording the start and end of every model call."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self.starts: list[float] = []
+        self.ends: list[float] = []
+
+    def __call__(self, x: np.ndarray, t: np.ndarray, c: np.ndarray | None) -> np.ndarray:
+        self.starts.append(time.perf_counter())
+        out = self.backend(x, t, c)
+        self.ends.append(time.perf_counter())
+        return out
+
+    def reset(self) -> None:
+        self.starts, self.ends = [], []
+
+
+class _Positional:
+    """A plain file's session (inputs named by torch) as a Backend: feeds by position."""
+
+    def __init__(self, run: Callable[[list[np.ndarray]], np.ndarray]) -> None:
+        self.run = run
+
+    def __call__(self, x: np.ndarray, t: np.ndarray, c: np.ndarray | None) -> np.ndarray:
+        return self.run([x, t] if c is None else [x, t, c])
+
+
+# --- building the paths ----------------------------------------------------------------------
+def _ort_options(threads: int) -> Any:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return opts
+
+
+def _plain_backend(path: Path, engine: str, threads: int) -> Backend:
+    if engine == "ort":
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(path), _ort_options(threads), providers=["CPUExecutionProvider"])
+        names = [i.name for i in session.get_inputs()]
+        return _Positional(lambda args: session.run(None, dict(zip(names, args)))[0])
+    from ddpm_export.runtime.openvino_backend import require_openvino
+
+    ov = require_openvino()
+    compiled = ov.Core().compile_model(str(path), "CPU", {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads,
+                                                          "INFERENCE_PRECISION_HINT": engine.split("-")[1]})
+    request = compiled.create_infer_request()
+    return _Positional(lambda args: np.array(request.infer(args)[0], copy=True))
+
+
+def _loop_runner(backends: Callable[[int], Backend], info: ModelInfo, steps: int, timer: _Timed) -> Callable[[int], Callable[[], None]]:
+    """batch -> a run of the shared DDIM loop on ``backends(batch)`` through ``timer``."""
+    scheduler = make_scheduler(info.diffusion.replace(num_inference_steps=steps), "ddim")
+    spec = info.spec
+
+    def for_batch(batch: int) -> Callable[[], None]:
+        backend = backends(batch)
+        cond = (np.arange(batch, dtype=np.int64) % int(info.num_classes)) if spec.cond_kind == "class" else None
+
+        def run() -> None:
+            timer.backend = backend
+            sample(timer, scheduler, (batch, spec.in_channels, spec.sample_size, spec.sample_size), seed=0, cond=cond)
+        return run
+    return for_batch
+
+
+def _peer_paths(model: str, info: ModelInfo, cfg: BenchConfig, folder: Path) -> list[_Path]:
+    """eager, and the plain export (one static-shape file per batch) in ONNX Runtime and OpenVINO."""
+    import torch
+
+    from ddpm_export import load_model
+    from ddpm_export.torch_backend import TorchBackend
+
+    unet = load_model(model).eval()
+    plain: dict[int, Path] = {}
+
+    def plain_file(batch: int) -> Path:
+        if batch not in plain:
+            import warnings
+
+            feeds = info.spec.sample_inputs(batch)
+            args = tuple(torch.from_numpy(feeds[n]) for n in info.spec.input_names)
+            plain[batch] = folder / f"plain-b{batch}.onnx"
+            with warnings.catch_warnings(), torch.no_grad():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(unet, args, str(plain[batch]), dynamo=False)  # every other setting default
+        return plain[batch]
+
+    paths = []
+    for name, make in (("eager", lambda b: TorchBackend(unet)),
+                       ("plain-ort", lambda b: _plain_backend(plain_file(b), "ort", cfg.threads)),
+                       ("plain-ov-f32", lambda b: _plain_backend(plain_file(b), "ov-f32", cfg.threads)),
+                       ("plain-ov-bf16", lambda b: _plain_backend(plain_file(b), "ov-bf16", cfg.threads))):
+        if name.startswith("plain-ov") and "openvino" not in cfg.backends:
+            continue
+        timer = _Timed(None)  # type: ignore[arg-type]
+        paths.append(_Path(name, "peer", _loop_runner(make, info, cfg.steps, timer),
+                           {"backend": name, "precision": "bf16" if name.endswith("bf16") else "fp32"}, timer))
+    return paths
+
+
+def _our_paths(files: dict[tuple[str, str], Path], cfg: BenchConfig) -> list[_Path]:
+    """Each (backend, precision) through Pipeline.sample on our files ``{(file precision, attention
+    form): path}``; several attention forms are compared on ONNX Runtime fp32 only."""
+    from ddpm_export.runtime import Pipeline
+
+    paths = []
+    forms = [form for prec, form in files if prec == "fp32"]
+    for precision in cfg.precisions:
+        file_precision, ov_precision = OUR_PRECISIONS[precision]
+        for backend in cfg.backends:
+            if precision in ("bf16", "int8-bf16") and backend != "openvino":
+                continue  # bf16 is OpenVINO's inference precision
+            for (prec, form), path in files.items():
+                if prec != file_precision or (backend == "openvino" and form != next(f for p, f in files if p == prec)):
+                    continue
+                kwargs: dict[str, Any] = {"threads": cfg.threads}
+                if backend == "openvino":
+                    kwargs["inference_precision"] = ov_precision
+                else:
+                    kwargs["session_options"] = _ort_options(cfg.threads)
+                pipe = Pipeline.from_onnx(path, backend=backend, **kwargs)
+                timer = _Timed(pipe.backend)
+                timed = Pipeline(timer, pipe.info, source=str(path))
+
+                def runner(batch: int, timed: Pipeline = timed) -> Callable[[], None]:
+                    return lambda: timed.sample(batch, steps=cfg.steps, sampler="ddim", seed=0, progress=False)
+                several = len(forms) > 1 and prec == "fp32" and backend == "onnxruntime"
+                name = f"ours-{backend}-{precision}" + (f"-{form}" if several else "")
+                paths.append(_Path(name, "ours", runner, {"backend": backend, "precision": precision,
+                                                          "attention": form, "file": path.name}, timer))
+    return paths
+
+
+def _export_ours(model: str, cfg: BenchConfig, folder: Path, log: Callable[[str], None]) -> dict[tuple[str, str], Path]:
+    """Our files for ``model``: fp32 in each attention form asked for, and int8 when asked for.
+    Not validated here (``verify`` does that); batch range 1..max(batches)."""
+    from ddpm_export.contract.choices import MIN_OPSET
+    from ddpm_export.export.attention_forms import resolve_attention
+    from ddpm_export.export.onnx import DEFAULT_OPSET, export_onnx
+
+    files: dict[tuple[str, str], Path] = {}
+    max_batch = max(max(cfg.batches), 2)
+    wanted = {OUR_PRECISIONS[p][0] for p in cfg.precisions}
+    for precision in sorted(wanted, key=["fp32", "int8"].index):
+        for attention in (cfg.attention if precision == "fp32" else ("auto",)):
+            out = folder / f"ours-{precision}-{attention}.onnx"
+            log(f"exporting {model} ({precision}, attention {attention}) for the bench")
+            opset = max(DEFAULT_OPSET, MIN_OPSET[resolve_attention(attention, "onnxruntime")])
+            result = export_onnx(model, out, precision=precision, attention=attention, target="onnxruntime", opset=opset,
+                                 opt_batch=min(4, max_batch), max_batch=max_batch, validate=False,
+                                 log=lambda line: None)
+            files[(precision, result.attention)] = result.path
+    return files
+
+
+# --- measuring -------------------------------------------------------------------------------
+def flops_per_image(info: ModelInfo, model: str | None) -> float:
+    """FLOPs of one forward at batch 1 (FlopCounterMode; 2 per multiply-add), on ``model`` or a
+    seed-initialised network of the file's config (FLOPs do not depend on the weights)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from ddpm_export import load_model
+    from ddpm_export.nn.checkpoint import build_model
+
+    unet = (load_model(model) if model is not None else build_model(info.unet)).eval()
+    feeds = info.spec.sample_inputs(1)
+    args = [torch.from_numpy(feeds[n]) for n in info.spec.input_names]
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        unet(*args)
+    return float(counter.get_total_flops())
+
+
+def _measure(paths: list[_Path], batch: int, cfg: BenchConfig, log: Callable[[str], None]) -> dict[str, dict[str, Any]]:
+    """Warm every path up, then ``repeats`` interleaved rounds; per-step times, model-call share, RSS."""
+    runs = {}
+    for p in paths:
+        runs[p.name] = p.runner(batch)
+        runs[p.name]()  # warm-up: first-run allocations, OpenVINO's shape compilation
+    steps: dict[str, list[float]] = {p.name: [] for p in paths}
+    overhead: dict[str, list[float]] = {p.name: [] for p in paths}
+    rss: dict[str, float] = {p.name: 0.0 for p in paths}
+    for r in range(cfg.repeats):
+        for p in paths:
+            p.timer.reset()
+            with PeakRss() as peak:
+                start = time.perf_counter()
+                runs[p.name]()
+                end = time.perf_counter()
+            marks = [start, *p.timer.starts[1:], end]  # the loop's set-up counts to the first step
+            steps[p.name] += [1e3 * (b - a) for a, b in zip(marks, marks[1:])]
+            model = sum(e - s for s, e in zip(p.timer.starts, p.timer.ends))
+            overhead[p.name].append(1.0 - model / (end - start))
+            rss[p.name] = max(rss[p.name], peak.mib)
+        log(f"  batch {batch}: round {r + 1}/{cfg.repeats} done")
+    return {name: {"median_ms": statistics.median(v), "p90_ms": float(np.percentile(v, 90)),
+                   "sampler_overhead_pct": 100 * statistics.median(overhead[name]), "peak_rss_mib": rss[name]}
+            for name, v in steps.items()}
+
+
+def _ratios(rows: dict[str, dict[str, Any]], groups: dict[str, str], batch: int, flops: float, gemm: float,
+            full_steps: int) -> None:
+    """Add images/s, ratios to eager and to the best peer, GFLOP/s and the GEMM fraction in place."""
+    peers = [name for name in rows if groups[name] == "peer"]
+    best = min(peers, key=lambda n: rows[n]["median_ms"]) if peers else None
+    for name, row in rows.items():
+        ms = row["median_ms"]
+        row["images_per_s"] = batch * 1e3 / (ms * full_steps)
+        row["gflops"] = flops * batch / (ms / 1e3) / 1e9
+        row["gemm_fraction"] = row["gflops"] / gemm
+        row["vs_eager"] = rows["eager"]["median_ms"] / ms if "eager" in rows else None
+        row["vs_best_peer"] = rows[best]["median_ms"] / ms if best else None
+        row["best_peer"] = best
+
+
+# --- the whole run ---------------------------------------------------------------------------
+def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Build every path, measure them side by side, return the report (JSON-ready dict)."""
+    import torch
+
+    torch.set_num_threads(cfg.threads)
+    report: dict[str, Any] = {"cpu": cpu_info(), "threads": {"intra_op": cfg.threads, "inter_op": 1,
+                              "torch": torch.get_num_threads()},
+                              "config": {**dataclasses.asdict(cfg)}}
+    with tempfile.TemporaryDirectory(prefix="ddpm-bench-") as tmp:
+        folder = Path(tmp)
+        files = ({(read_info(cfg.onnx).precision, read_info(cfg.onnx).attention): Path(cfg.onnx)} if cfg.onnx
+                 else _export_ours(str(cfg.model), cfg, folder, log))
+        info = read_info(next(iter(files.values())))
+        paths = (_peer_paths(str(cfg.model), info, cfg, folder) if cfg.peers else []) + _our_paths(files, cfg)
+        flops = flops_per_image(info, cfg.model)
+        meter = LoadMeter().start()
+        # the ceiling is the best of several measurements (before, between and after the batches):
+        # on a shared machine one snapshot can land in a busy moment
+        gemms = [gemm_ceiling(cfg.threads)]
+        report["flops_per_image"] = flops
+        report["paths"] = [{"name": p.name, "group": p.group, **p.info} for p in paths]
+        report["results"] = {}
+        groups = {p.name: p.group for p in paths}
+        for batch in cfg.batches:
+            log(f"measuring batch {batch} ({len(paths)} paths, {cfg.repeats} x {cfg.steps} steps each)")
+            report["results"][str(batch)] = _measure(paths, batch, cfg, log)
+            gemms.append(gemm_ceiling(cfg.threads))
+        report["gemm_ceiling"] = {**max(gemms, key=lambda g: g["gflops"]),
+                                  "measurements": [g["gflops"] for g in gemms]}
+        for batch, rows in report["results"].items():
+            _ratios(rows, groups, int(batch), flops, report["gemm_ceiling"]["gflops"], info.diffusion.num_inference_steps)
+        report["load"] = meter.stop()
+        report["images_per_s_steps"] = info.diffusion.num_inference_steps
+    return report
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The report as a text table with the machine header."""
+    cpu, load = report["cpu"], report["load"]
+    flags = ", ".join(f"{k.upper() if k != 'avx512' else 'AVX-512'} {'yes' if v else 'no'}"
+                      for k, v in cpu["flags"].items())
+    lines = [f"CPU: {cpu['model']} ({cpu['usable_cpus']} of {cpu['logical_cpus']} logical CPUs usable); {flags}",
+             f"threads: {report['threads']['intra_op']} intra-op, 1 inter-op, torch {report['threads']['torch']}; "
+             f"background load: {100 * load['background_cpu_fraction']:.0f}% of the CPUs busy with other processes, "
+             f"load average {load['loadavg_1min_before']} -> {load['loadavg_1min_after']}",
+             f"fp32 GEMM ceiling (ONNX Runtime MatMul {report['gemm_ceiling']['size']}^3): "
+             f"{report['gemm_ceiling']['gflops']} GFLOP/s (best of {report['gemm_ceiling']['measurements']}); "
+             f"{report['flops_per_image'] / 1e9:.2f} GFLOP per image per forward; images/s for a "
+             f"{report['images_per_s_steps']}-step run", ""]
+    head = (f"{'path':<34} {'batch':>5} {'ms/step':>9} {'p90':>9} {'img/s':>8} {'x eager':>8} {'x best':>7} "
+            f"{'GFLOP/s':>8} {'%GEMM':>6} {'RSS MiB':>8} {'loop %':>7}")
+    lines += [head, "-" * len(head)]
+    for batch, rows in report["results"].items():
+        for name, r in rows.items():
+            eager = "-" if r["vs_eager"] is None else f"{r['vs_eager']:.2f}"
+            best = "-" if r["vs_best_peer"] is None else f"{r['vs_best_peer']:.2f}"
+            lines.append(f"{name:<34} {batch:>5} {r['median_ms']:>9.1f} {r['p90_ms']:>9.1f} {r['images_per_s']:>8.2f} "
+                         f"{eager:>8} {best:>7} {r['gflops']:>8.1f} {100 * r['gemm_fraction']:>5.0f}% "
+                         f"{r['peak_rss_mib']:>8.0f} {r['sampler_overhead_pct']:>6.1f}%")
+        lines.append("")
+    lines.append("x eager / x best: speed relative to eager and to the fastest peer (eager, plain-ort, plain-ov-*); "
+                 "loop %: time outside the model call")
+    return "\n".join(lines)

@@ -1,0 +1,84 @@
+"""`ddpm-export bench`: every sampling path side by side, in one process, with the same threads."""
+
+from __future__ import annotations
+
+import os
+
+import click
+
+from ddpm_export.runtime.backends import CPU_BACKENDS
+
+
+def _csv(kind: type, choices: tuple[str, ...] | None = None):  # type: ignore[no-untyped-def]
+    def parse(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple | None:
+        if value is None:
+            return None
+        try:
+            items = tuple(kind(v.strip()) for v in value.split(",") if v.strip())
+        except ValueError:
+            raise click.BadParameter(f"expected a comma-separated list, got {value!r}") from None
+        bad = [v for v in items if choices is not None and v not in choices]
+        if not items or bad:
+            raise click.BadParameter(f"{', '.join(map(str, bad)) or value!r}: choose from {', '.join(choices or ())}")
+        return items
+    return parse
+
+
+@click.command("bench")
+@click.option("--model", "-m", "model", default=None,
+              help="Preset or checkpoint folder: our files are exported from it, and the peers (eager, plain export) run it.")
+@click.option("--onnx", "onnx_path", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Bench this file of ours (with --model also the peers; else pass --no-peers).")
+@click.option("--backend", "backends", default=",".join(CPU_BACKENDS), callback=_csv(str, tuple(CPU_BACKENDS)),
+              help="Our backends, comma-separated.")
+@click.option("--precision", "precisions", default="fp32,bf16,int8,int8-bf16",
+              callback=_csv(str, ("fp32", "bf16", "int8", "int8-bf16")),
+              help="Our precisions: fp32, bf16 (OpenVINO computing the fp32 file in bfloat16), int8 (QDQ file), "
+                   "int8-bf16 (OpenVINO: the int8 file with its float parts in bfloat16).")
+@click.option("--attention", default="auto", callback=_csv(str, ("auto", "decomposed", "ort-mha", "onnx-attention")),
+              help="Attention forms of our fp32 file, compared on ONNX Runtime (auto: what --target onnxruntime picks).")
+@click.option("--batch", "batches", default="1,8", callback=_csv(int), help="Batch sizes, comma-separated.")
+@click.option("--threads", type=click.IntRange(1), default=None,
+              help="Threads for every engine [default: `ddpm-export --threads`, else every CPU this process may use].")
+@click.option("--steps", type=click.IntRange(1), default=10, help="DDIM steps per timed run.")
+@click.option("--repeats", type=click.IntRange(1), default=3, help="Interleaved rounds (every path once per round).")
+@click.option("--peers/--no-peers", default=True, help="Also run eager PyTorch and the plain torch.onnx.export file.")
+@click.option("-o", "--output", "--json", "json_path", type=click.Path(dir_okay=False), default=None,
+              help="Write the report as JSON here.")
+@click.option("--force", is_flag=True, help="Overwrite an existing --json file.")
+def command(model: str | None, onnx_path: str | None, backends: tuple, precisions: tuple, attention: tuple,
+            batches: tuple, threads: int | None, steps: int, repeats: int, peers: bool, json_path: str | None,
+            force: bool) -> None:
+    """Measure sampling speed: torch eager, the plain-export peers and our paths, side by side.
+
+    \b
+    Per path and batch: median / p90 ms per step of the whole sampling loop, images/s of a
+    full default-length run, speed relative to eager and to the best peer, achieved GFLOP/s
+    and its fraction of a fp32 GEMM ceiling measured in the same run, peak RSS, and the
+    sampler's time outside the model. Prints the CPU model and flags, the thread settings
+    and the background load seen. Needs the export extra (torch); openvino for OpenVINO paths.
+    \b
+    Examples:
+      ddpm-export bench --model ddpm-cifar10 --batch 1,8 --threads 2 --json bench.json
+      ddpm-export bench --model tiny --steps 2 --precision fp32 --attention decomposed,ort-mha
+    """
+    import json
+
+    from ddpm_export.bench import BenchConfig, format_report, run_bench
+    from ddpm_export.files import atomic_file, refuse_existing
+    from ddpm_export.threads import get_threads
+
+    try:
+        if json_path is not None:
+            refuse_existing(json_path, force)
+        cfg = BenchConfig(model=model, onnx=onnx_path, backends=backends, precisions=precisions, attention=attention,
+                          batches=batches, threads=threads or get_threads() or len(os.sched_getaffinity(0)), steps=steps,
+                          repeats=repeats, peers=peers)
+        report = run_bench(cfg, log=click.echo)
+    except (ValueError, ImportError, FileExistsError, FileNotFoundError) as e:
+        raise click.ClickException(str(e)) from e
+    click.echo(format_report(report))
+    if json_path is not None:
+        with atomic_file(json_path, force=force) as tmp:
+            tmp.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+        click.echo(f"wrote {json_path}")

@@ -1,0 +1,171 @@
+"""int8: a QDQ ONNX file calibrated on the sampler's own trajectories (static quantization with
+``onnxruntime.quantization``).
+
+Calibration data are the inputs the model really sees: :func:`record_calibration_inputs` runs
+the numpy DDIM loop (:func:`ddpm_export.diffusion.sample`, the loop every backend shares) on the
+float32 PyTorch model and records every call's ``(x_t, t, cond)`` -- several trajectories, each
+with a different number of steps so that their timesteps interleave, every class in turn and,
+with classifier-free guidance, the null class in the same calls.
+
+What is quantized: the weights per output channel (int8, symmetric) and activations per tensor
+(uint8, from the calibrated min/max) at the inputs of Conv and of the linear projections. What
+stays float (``nodes_to_exclude``), chosen by measurement on the digits model (README, "int8"):
+
+- the time/class-embedding island: every node that depends on ``t`` / ``class_labels`` but not on
+  ``x_t`` (sinusoid, MLP, the per-block projections) -- a few KFLOP, and the embedding of t = 937
+  must stay what it is;
+- the first and the last convolution: the first sees x_t, whose range swings from pure noise to
+  image over the trajectory, the last writes the prediction itself, so its error is the output's;
+- attention (the q/k/v/out projections and the two activation x activation MatMuls).
+Skip concatenations are not quantized as such (Concat is not in the quantized op types); the
+convolution after one quantizes its input once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import tempfile
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import onnx
+
+from ddpm_export.diffusion.config import DiffusionConfig
+from ddpm_export.contract.spec import CLASS_NAME, CONTEXT_NAME, T_NAME, X_NAME, ExportSpec
+
+__all__ = ["CalibrationConfig", "FLOAT_GROUPS", "float_nodes", "quantize_int8", "record_calibration_inputs",
+           "untie_initializers"]
+
+#: the node groups kept in float by default (see the module docstring)
+FLOAT_GROUPS: tuple[str, ...] = ("embedding", "first_last_conv", "attention")
+QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")
+
+
+@dataclasses.dataclass(frozen=True)
+class CalibrationConfig:
+    """Calibration trajectories: ``trajectories`` DDIM runs of ``steps``, ``steps + 1``, ... steps,
+    ``images`` each (raised to the number of classes for class models, so every class appears),
+    with ``guidance_scale`` (class models with a null class: the null half is recorded too)."""
+
+    trajectories: int = 3
+    steps: int = 16
+    images: int = 4
+    guidance_scale: float = 1.5
+    seed: int = 1234
+    float_groups: tuple[str, ...] = FLOAT_GROUPS
+
+
+def record_calibration_inputs(backend: Callable, spec: ExportSpec, diffusion: DiffusionConfig,
+                              num_classes: int | None, null_class: int | None,
+                              cfg: CalibrationConfig) -> list[dict[str, np.ndarray]]:
+    """Every model call of ``cfg.trajectories`` DDIM runs of ``backend`` (the float32 model), as feeds."""
+    from ddpm_export.diffusion import make_scheduler, sample
+
+    calls: list[dict[str, np.ndarray]] = []
+
+    def recording(x: np.ndarray, t: np.ndarray, c: np.ndarray | None) -> np.ndarray:
+        feeds = {X_NAME: x, T_NAME: t}
+        if c is not None:
+            feeds[CLASS_NAME if spec.cond_kind == "class" else CONTEXT_NAME] = c
+        calls.append(feeds)
+        return backend(x, t, c)
+
+    n = max(cfg.images, num_classes or 0)
+    guided = num_classes is not None and null_class is not None and 2 * n <= spec.max_batch
+    n = n if n * (2 if guided else 1) <= spec.max_batch else spec.max_batch
+    for k in range(cfg.trajectories):
+        scheduler = make_scheduler(diffusion.replace(num_inference_steps=cfg.steps + k), "ddim")
+        cond = (np.arange(k, k + n, dtype=np.int64) % num_classes) if num_classes is not None else None
+        sample(recording, scheduler, (n, spec.in_channels, spec.sample_size, spec.sample_size), seed=cfg.seed + k,
+               cond=cond, null_cond=np.full(n, null_class, dtype=np.int64) if guided else None,
+               guidance_scale=cfg.guidance_scale if guided else 1.0)
+    return calls
+
+
+def float_nodes(model: onnx.ModelProto, groups: tuple[str, ...]) -> list[str]:
+    """Names of the quantizable nodes kept in float for ``groups`` (subset of FLOAT_GROUPS)."""
+    unknown = [g for g in groups if g not in FLOAT_GROUPS]
+    if unknown:
+        raise ValueError(f"float groups {unknown} are not valid; choose from: {', '.join(FLOAT_GROUPS)}")
+    nodes = list(model.graph.node)
+    from_x = {X_NAME}  # every tensor that depends on x_t (nodes are topologically sorted)
+    for node in nodes:
+        if any(i in from_x for i in node.input):
+            from_x.update(node.output)
+    keep: list[str] = []
+    if "embedding" in groups:
+        keep += [n.name for n in nodes if n.op_type in QUANTIZED_OPS and not any(i in from_x for i in n.input)]
+    if "first_last_conv" in groups:
+        convs = [n.name for n in nodes if n.op_type == "Conv"]
+        keep += convs[:1] + convs[-1:]
+    if "attention" in groups:
+        keep += [n.name for n in nodes if n.op_type in QUANTIZED_OPS and "attention" in n.name.lower()]
+    return sorted(set(keep))
+
+
+def untie_initializers(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``proto`` in which every ``Identity`` of an initializer is replaced by its own copy
+    of that initializer. The TorchScript exporter ties equal tensors (e.g. the zero-initialised
+    last convolution of every residual block) through Identity nodes; quantized, one shared weight
+    reaches several convolutions through ``Identity(DequantizeLinear(w))``, which OpenVINO's CPU
+    plugin cannot compile ("No suitable implementations")."""
+    model = onnx.ModelProto()
+    model.CopyFrom(proto)
+    inits = {t.name: t for t in model.graph.initializer}
+    kept = []
+    for node in model.graph.node:
+        if node.op_type == "Identity" and node.input[0] in inits:
+            copy = onnx.TensorProto()
+            copy.CopyFrom(inits[node.input[0]])
+            copy.name = node.output[0]
+            model.graph.initializer.append(copy)
+        else:
+            kept.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
+    return model
+
+
+@contextlib.contextmanager
+def _quiet_quantizer() -> Iterator[None]:
+    """The quantizer logs advice (pre-processing, non-initializer biases) at WARNING on the root logger."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+class _Reader:
+    """An ``onnxruntime.quantization.CalibrationDataReader`` over recorded feeds."""
+
+    def __init__(self, feeds: list[dict[str, np.ndarray]]) -> None:
+        self._it: Iterator[dict[str, np.ndarray]] = iter(feeds)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._it, None)
+
+
+def quantize_int8(proto: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], *,
+                  float_groups: tuple[str, ...] = FLOAT_GROUPS) -> onnx.ModelProto:
+    """The QDQ int8 model of the float32 ``proto``, calibrated (min/max) on ``feeds``."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Reader(_Reader, CalibrationDataReader):
+        pass
+
+    proto = untie_initializers(proto)
+    exclude = float_nodes(proto, float_groups)
+    with tempfile.TemporaryDirectory(prefix="ddpm-int8-") as tmp, _quiet_quantizer():
+        src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+        onnx.save_model(proto, str(src))
+        quantize_static(str(src), str(dst), Reader(feeds), quant_format=QuantFormat.QDQ,
+                        op_types_to_quantize=list(QUANTIZED_OPS), per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
+                        calibration_providers=["CPUExecutionProvider"])
+        return onnx.load(str(dst))

@@ -1,0 +1,94 @@
+"""OpenVINO as a sampling backend on the CPU (implements :class:`ddpm_export.diffusion.Backend`).
+
+OpenVINO reads the exported ONNX file itself (no conversion step, no ``onnx`` package) and
+compiles it for the CPU plugin with:
+
+- ``INFERENCE_NUM_THREADS = threads``;
+- ``INFERENCE_PRECISION_HINT``: ``"f32"`` keeps float32 arithmetic; ``"bf16"`` runs
+  convolutions and matmuls in bfloat16 (8-bit mantissa, relative rounding 2^-9 per operation)
+  on CPUs with AVX-512 BF16 or AMX; ``None`` leaves the plugin's default for this CPU, which is
+  bf16 on some CPUs (read it back from :attr:`OpenVinoBackend.inference_precision`);
+- ``PERFORMANCE_HINT = LATENCY`` (one stream: the sampler makes one call at a time).
+
+A QDQ int8 file (``ddpm-export onnx --precision int8``) runs through the same class: OpenVINO
+turns the QuantizeLinear/DequantizeLinear pairs into int8 kernels (VNNI where present).
+
+An ``InferRequest`` is not thread-safe, so each thread gets its own (``threading.local``); the
+compiled model is shared, so one backend (and one Pipeline) serves many threads.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ddpm_export.contract.spec import OUT_NAME, ExportSpec, feeds_for
+from ddpm_export.errors import BadInputError, InputNotFoundError, MissingDependencyError
+
+__all__ = ["OpenVinoBackend", "require_openvino"]
+
+
+def require_openvino() -> Any:
+    """The ``openvino`` module, or MissingDependencyError saying how to install it."""
+    try:
+        import openvino
+    except ImportError:
+        raise MissingDependencyError("the openvino backend needs OpenVINO: pip install 'ddpm-export[openvino]'") from None
+    return openvino
+
+
+class OpenVinoBackend:
+    """``backend(x_t [B,C,H,W] f32, t [B] i64, cond) -> model output [B,C,H,W] f32`` on OpenVINO's CPU plugin.
+
+    Every call is checked against the :class:`ExportSpec` before it reaches the compiled model.
+
+    Args:
+        path: the ONNX file.
+        spec: its export spec (from the metadata).
+        threads: ``INFERENCE_NUM_THREADS`` (None: the plugin's default, one per physical core).
+        inference_precision: ``"f32"``, ``"bf16"`` or None (the plugin's default for this CPU).
+    """
+
+    def __init__(self, path: str | Path, spec: ExportSpec, *, threads: int | None = None,
+                 inference_precision: str | None = None) -> None:
+        ov = require_openvino()
+        path = Path(path)
+        if not path.is_file():
+            raise InputNotFoundError(f"{path}: no such ONNX file")
+        core = ov.Core()
+        model = core.read_model(str(path))
+        names = [port.get_any_name() for port in model.inputs]
+        if names != spec.input_names:
+            raise BadInputError(f"{path}: the model's inputs {names} differ from the export spec's {spec.input_names}")
+        outputs = [port.get_any_name() for port in model.outputs]
+        if OUT_NAME not in outputs:
+            raise BadInputError(f"{path}: the model has no output {OUT_NAME!r} (outputs: {outputs})")
+        config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
+        if threads is not None:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        if inference_precision is not None:
+            config["INFERENCE_PRECISION_HINT"] = inference_precision
+        self.compiled = core.compile_model(model, "CPU", config)
+        self.spec = spec
+        self.output_index = outputs.index(OUT_NAME)
+        self.threads = int(self.compiled.get_property("INFERENCE_NUM_THREADS"))
+        #: the precision OpenVINO actually computes in ("f32" or "bf16"), whatever was asked for
+        self.inference_precision = self.compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
+        self._local = threading.local()
+
+    def _request(self) -> Any:
+        request = getattr(self._local, "request", None)  # threading.local: absent until this thread's first call
+        if request is None:
+            request = self._local.request = self.compiled.create_infer_request()
+        return request
+
+    def __call__(self, x_t: np.ndarray, t: np.ndarray, cond: np.ndarray | None) -> np.ndarray:
+        feeds = feeds_for(self.spec, x_t, t, cond)
+        self.spec.check_inputs(feeds)
+        request = self._request()
+        request.infer(feeds)
+        # the request reuses its output buffer on the next call: hand out a copy
+        return np.array(request.get_output_tensor(self.output_index).data, dtype=np.float32, copy=True)

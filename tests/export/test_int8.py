@@ -1,0 +1,94 @@
+"""``ddpm-export onnx --precision int8``: a QDQ file calibrated on the sampler's trajectories, with
+the embedding island, the first and last convolution and attention kept in float; it samples
+through the same Pipeline in ONNX Runtime and OpenVINO and verifies with the int8 thresholds."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch", reason="the export needs torch")
+onnx = pytest.importorskip("onnx")
+
+from click.testing import CliRunner  # noqa: E402
+
+from ddpm_export.cli import main  # noqa: E402
+from ddpm_export.export.int8 import CalibrationConfig, float_nodes, record_calibration_inputs  # noqa: E402
+from ddpm_export.export.onnx import export_onnx  # noqa: E402
+from ddpm_export.metrics import INT8_REL_L2, errors  # noqa: E402
+from ddpm_export.runtime import Pipeline, read_info  # noqa: E402
+
+HAS_OPENVINO = importlib.util.find_spec("openvino") is not None
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("int8")
+    return {p: export_onnx("kitchen-sink", folder / f"sink-{p}.onnx", precision=p, max_batch=8,
+                           log=lambda s: None).path for p in ("fp32", "int8")}
+
+
+def test_calibration_follows_the_sampler_over_classes_and_the_null_class() -> None:
+    from ddpm_export import load_model
+    from ddpm_export.diffusion import DiffusionConfig
+    from ddpm_export.contract.spec import ExportSpec
+    from ddpm_export.torch_backend import TorchBackend
+
+    unet = load_model("kitchen-sink")
+    spec = ExportSpec.from_config(unet.config, max_batch=32)
+    cfg = CalibrationConfig(trajectories=2, steps=3)
+    calls = record_calibration_inputs(TorchBackend(unet), spec, DiffusionConfig(), unet.config.num_classes,
+                                      unet.config.num_classes, cfg)
+    assert len(calls) == 3 + 4  # one call per step of each trajectory (3 and 4 steps)
+    ts = {int(t) for c in calls for t in c["t"]}
+    assert ts == {0, 250, 500, 750, 333, 666}  # the two trajectories' timesteps interleave (both end at t = 0)
+    classes = {int(c) for call in calls for c in call["class_labels"]}
+    assert classes == set(range(unet.config.num_classes + 1))  # every class and the null class
+
+
+def test_int8_file_is_qdq_with_the_float_islands(files: dict[str, Path]) -> None:
+    model = onnx.load(str(files["int8"]))
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("QuantizeLinear") > 10 and ops.count("DequantizeLinear") > 10
+    info = read_info(files["int8"])
+    assert info.precision == "int8" and info.unet == read_info(files["fp32"]).unet
+    fp32 = onnx.load(str(files["fp32"]))
+    kept = float_nodes(fp32, ("embedding", "first_last_conv", "attention"))
+    convs = [n.name for n in fp32.graph.node if n.op_type == "Conv"]
+    assert convs[0] in kept and convs[-1] in kept and any("/cond/" in k or "embedding" in k for k in kept)
+    produced_by_dq = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    by_name = {n.name: n for n in model.graph.node}
+    for name in kept:  # kept nodes read no dequantized tensor
+        assert not any(i in produced_by_dq for i in by_name[name].input), name
+    quantized = [n for n in model.graph.node if n.op_type == "Conv" and n.name not in kept]
+    assert quantized and all(any(i in produced_by_dq for i in n.input) for n in quantized)
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_int8_samples_through_the_pipeline(files: dict[str, Path], backend: str) -> None:
+    if backend == "openvino" and not HAS_OPENVINO:
+        pytest.skip("openvino is not installed (pip install 'ddpm-export[openvino]')")
+    kwargs = {"inference_precision": "f32"} if backend == "openvino" else {}
+    int8 = Pipeline.from_onnx(files["int8"], backend=backend, threads=1, **kwargs)
+    fp32 = Pipeline.from_onnx(files["fp32"], threads=1)
+    feeds = int8.info.spec.sample_inputs(4, seed=1)
+    got, want = (p.backend(feeds["x_t"], feeds["t"], feeds["class_labels"]) for p in (int8, fp32))
+    assert 0 < errors(got, want)[1] <= INT8_REL_L2  # quantized (not equal), within the int8 limit
+    x = int8.sample(4, steps=3, guidance_scale=1.5, progress=False)
+    assert x.shape == (4, *int8.image_shape) and np.isfinite(x).all()
+
+
+def test_verify_holds_int8_to_its_own_thresholds(tmp_path: Path) -> None:
+    # the trained digits model: the int8 limits (ddpm_export.metrics) are set from its measurements;
+    # an untrained network such as kitchen-sink turns int8's error into ~31 dB final samples
+    path = export_onnx("digits", tmp_path / "digits-int8.onnx", precision="int8", max_batch=8,
+                       calibration=CalibrationConfig(trajectories=2, steps=10), log=lambda s: None).path
+    backends = ["onnxruntime"] + (["openvino"] if HAS_OPENVINO else [])
+    for backend in backends:
+        result = CliRunner().invoke(main, ["verify", "--model", "digits", "--onnx", str(path), "--backend", backend,
+                                           "--steps", "10", "--ddpm-steps", "20", "--threads", "1"])
+        assert f"{backend} (int8)" in result.output
+        assert result.exit_code == 0, result.output

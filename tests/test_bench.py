@@ -1,0 +1,57 @@
+"""``ddpm-export bench`` on the tiny preset with 2 steps: every path runs and the report carries
+every field (no timed assertions: speed is what the bench measures, not what a test checks)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch", reason="the peers and the exports need torch")
+pytest.importorskip("onnx")
+
+from click.testing import CliRunner  # noqa: E402
+
+from ddpm_export.cli import main  # noqa: E402
+
+HAS_OPENVINO = importlib.util.find_spec("openvino") is not None
+ROW_FIELDS = {"median_ms", "p90_ms", "images_per_s", "vs_eager", "vs_best_peer", "best_peer", "gflops",
+              "gemm_fraction", "peak_rss_mib", "sampler_overhead_pct"}
+
+
+def test_bench_reports_every_path(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    backends = "onnxruntime,openvino" if HAS_OPENVINO else "onnxruntime"
+    result = CliRunner().invoke(main, ["bench", "--model", "tiny", "--steps", "2", "--repeats", "1", "--batch", "1,2",
+                                       "--threads", "1", "--backend", backends, "--precision", "fp32,bf16,int8",
+                                       "--attention", "decomposed,ort-mha", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "CPU:" in result.output and "AVX-512" in result.output and "background load" in result.output
+    report = json.loads(out.read_text())
+    assert set(report["cpu"]["flags"]) == {"avx2", "avx512", "vnni", "bf16", "amx"}
+    assert report["threads"] == {"intra_op": 1, "inter_op": 1, "torch": 1}
+    assert report["gemm_ceiling"]["gflops"] > 0 and report["flops_per_image"] > 0
+    assert 0.0 <= report["load"]["background_cpu_fraction"] <= 1.0
+    names = {p["name"] for p in report["paths"]}
+    expected = {"eager", "plain-ort", "ours-onnxruntime-fp32-decomposed", "ours-onnxruntime-fp32-ort-mha",
+                "ours-onnxruntime-int8"}
+    if HAS_OPENVINO:
+        expected |= {"plain-ov-f32", "plain-ov-bf16", "ours-openvino-fp32", "ours-openvino-bf16", "ours-openvino-int8"}
+    assert names == expected
+    for batch in ("1", "2"):
+        rows = report["results"][batch]
+        assert set(rows) == expected
+        for name, row in rows.items():
+            assert set(row) == ROW_FIELDS, name
+            assert row["p90_ms"] >= row["median_ms"] > 0
+            assert row["vs_eager"] > 0 and row["best_peer"] in {"eager", "plain-ort", "plain-ov-f32", "plain-ov-bf16"}
+            assert 0 <= row["sampler_overhead_pct"] < 100 and row["peak_rss_mib"] > 0
+        assert rows["eager"]["vs_eager"] == 1.0
+        assert max(rows[p]["vs_best_peer"] for p in rows if p in {"eager", "plain-ort"}) <= 1.0
+
+
+def test_bench_needs_a_model_or_a_file() -> None:
+    result = CliRunner().invoke(main, ["bench"])
+    assert result.exit_code != 0 and "bench needs --model or --onnx" in result.output
