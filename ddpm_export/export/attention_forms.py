@@ -87,10 +87,11 @@ def attention_kernel(form: str) -> AttentionKernel:
 
 #: What ``auto`` picks per target: the form measured fastest there, not the one assumed fastest.
 #: onnxruntime: ``ddpm-export bench --model ddpm-cifar10 --attention decomposed,ort-mha,onnx-attention``
-#: (ONNX Runtime CPU provider, 2 threads, AMD EPYC with AVX-512; README, "Speed"): the decomposed
-#: form was never slower than the fused ones and up to 1.2x faster at batch 1 (ort-mha's CPU kernel
-#: transposes q/k/v into its own layout around 16x16 tokens; ORT fuses the decomposed MatMul-Softmax-
-#: MatMul itself), so ort-mha is kept as an explicit choice (e.g. CUDA), not the default.
+#: (ONNX Runtime CPU provider, 2 threads, 2-core AMD EPYC with AVX-512, four runs on a shared machine;
+#: README, "Speed"): ort-mha took 0.98-1.21x the decomposed form's time per step at batch 1
+#: (mean 1.06x) and 0.97-1.08x at batch 8 (mean 1.02x); onnx-attention 0.93-1.18x and 0.89-1.02x.
+#: No fused form was consistently faster, ort-mha was up to 1.21x slower, and decomposed is also the
+#: form OpenVINO runs, so auto picks decomposed for onnxruntime (ort-mha stays an explicit choice).
 #: tensorrt / any: decomposed -- TensorRT fuses it into its own attention kernel; every runtime runs it.
 AUTO_ATTENTION: dict[str, str] = {"any": "decomposed", "onnxruntime": "decomposed", "tensorrt": "decomposed"}
 
