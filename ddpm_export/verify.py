@@ -186,13 +186,11 @@ def _one_ulp(x_T: np.ndarray, seed: int) -> np.ndarray:
 def verify(model: str | Path, onnx: str | Path, *, engine: str | Path | None = None, steps: int = 50,
            ddpm_steps: int | None = None, solver_steps: int = 10, solvers: Sequence[str] = SOLVERS,
            seed: int = 0, batch: int = 2, guidance_scale: float = 1.0,
-           providers: Sequence[Any] | None = None, gpu_backends: Sequence[str] = (),
-           threads: int | None = None, inference_precision: str | None = None,
-           log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Verify ``onnx`` (and ``engine``, and the file on ``gpu_backends``: ``"openvino"`` (with
-    ``inference_precision``), ``"ort-cuda"``, ``"ort-tensorrt"``) against the PyTorch ``model``;
-    return the report (a dict). ``threads``: the CPU backends' threads. Each backend is held to the
-    thresholds of the precision it computes (:func:`effective_precision`).
+           providers: Sequence[Any] | None = None, gpu_backends: Sequence[str] = (), threads: int | None = None,
+           inference_precision: str | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Verify ``onnx`` (and ``engine``, and the file on ``gpu_backends``: ``"openvino"``, ``"ort-cuda"``,
+    ``"ort-tensorrt"``) against the PyTorch ``model``, each backend held to the thresholds of the
+    precision it computes (:func:`effective_precision`); return the report (a dict).
 
     ``report["passed"]`` says whether every check passed and ``report["failures"]`` which did not.
     Raises VerifyError when the file was not exported from ``model``'s config or an argument
@@ -202,17 +200,14 @@ def verify(model: str | Path, onnx: str | Path, *, engine: str | Path | None = N
     from ddpm_export.nn.checkpoint import weights_path
     from ddpm_export.torch_backend import TorchBackend
 
-    start = time.perf_counter()
-    onnx = Path(onnx)
+    start, onnx = time.perf_counter(), Path(onnx)
     info = read_info(onnx)
     unet = load_model(model)
     limits = _check_arguments(info, unet.config, model, onnx, steps, ddpm_steps, batch, guidance_scale)
-    spec, cfg = info.spec, info.diffusion
-    T = cfg.num_train_timesteps
+    spec, cfg, T = info.spec, info.diffusion, info.diffusion.num_train_timesteps
     solver_schedulers = _solver_schedulers(cfg, solvers, solver_steps)
 
-    onnx_sha = sha256_file(onnx)
-    weights = weights_path(model)
+    onnx_sha, weights = sha256_file(onnx), weights_path(model)
     source_match = None if weights is None else sha256_file(weights) == info.source_sha256
     if source_match is False:
         log(f"warning: {onnx} records source sha256 {info.source_sha256[:12]}..., but {weights} differs")
@@ -220,7 +215,6 @@ def verify(model: str | Path, onnx: str | Path, *, engine: str | Path | None = N
     reference = TorchBackend(unet)
     candidates = _candidates(onnx, spec, engine, providers, onnx_sha, gpu_backends, threads, inference_precision)
     precisions = {name: effective_precision(info.precision, backend) for name, backend in candidates.items()}
-    per_backend = {name: THRESHOLDS[p] for name, p in precisions.items()}
     n_ddpm = T if ddpm_steps is None else ddpm_steps
     notes = [] if n_ddpm == T else [f"DDPM trajectory respaced to {n_ddpm} of {T} steps (ddpm_steps={n_ddpm}); "
                                     f"the default checks all {T}"]
@@ -229,28 +223,36 @@ def verify(model: str | Path, onnx: str | Path, *, engine: str | Path | None = N
     run = functools.partial(_run, shape=(batch, spec.in_channels, spec.sample_size, spec.sample_size), seed=seed,
                             cond=cond, null=null, guidance=guidance_scale)
 
-    log(f"verify {onnx} ({info.precision}) against {model} (PyTorch), seed {seed}; backends: "
-        + ", ".join(f"{name} ({p})" for name, p in precisions.items()))
+    log(f"verify {onnx} ({info.precision}) against {model} (PyTorch), seed {seed}; {_named(precisions)}")
     results = _single_steps(reference, candidates, info, seed, log)
     for kind, scheduler in {"ddim": _scheduler(cfg, "ddim", steps), "ddpm": _scheduler(cfg, "ddpm", n_ddpm),
                             **solver_schedulers}.items():
-        _trajectories(results, kind, scheduler, run, reference, candidates, per_backend, seed, log)
+        _trajectories(results, kind, scheduler, run, reference, candidates, _limits(precisions), seed, log)
 
-    checks = _checks(results, per_backend, precisions)
+    checks = _checks(results, _limits(precisions), precisions)
     failures = [c["message"] for c in checks if not c["passed"]]
     return {
         "passed": not failures, "failures": failures, "checks": checks,
         "model": str(model), "onnx": str(onnx), "onnx_sha256": onnx_sha,
         "engine": None if engine is None else str(engine),
         "precision": info.precision, "attention": info.attention,
-        "thresholds": dataclasses.asdict(limits), "source_sha256_match": source_match,
-        "backend_precisions": precisions,
-        "backend_thresholds": {name: dataclasses.asdict(t) for name, t in per_backend.items()},
+        "thresholds": dataclasses.asdict(limits), "source_sha256_match": source_match, "backend_precisions": precisions,
+        "backend_thresholds": {name: dataclasses.asdict(t) for name, t in _limits(precisions).items()},
         "seed": seed, "batch": batch, "classes": None if cond is None else cond.tolist(),
         "guidance_scale": guidance_scale, "schedule": cfg.to_dict(),
         "ddpm_all_steps": n_ddpm == T, "notes": notes, "backends": results,
         "seconds": round(time.perf_counter() - start, 2),
     }
+
+
+def _named(precisions: dict[str, str]) -> str:
+    """``"backends: onnxruntime (fp32), openvino (bf16)"``."""
+    return "backends: " + ", ".join(f"{name} ({p})" for name, p in precisions.items())
+
+
+def _limits(precisions: dict[str, str]) -> dict[str, Thresholds]:
+    """Each backend's thresholds, by the precision it computes."""
+    return {name: THRESHOLDS[p] for name, p in precisions.items()}
 
 
 def _check_arguments(info: ModelInfo, unet_config: Any, model: str | Path, onnx: Path, steps: int,
