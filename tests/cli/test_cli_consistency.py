@@ -13,8 +13,8 @@ from click.testing import CliRunner
 from ddpm_export.cli import main
 
 MAIN_OUTPUT = {"onnx": "output", "sample": "output", "bundle": "output", "trt": "engine", "verify": "report",
-               "demo": "out_dir", "triton": "output", "inspect": "json_path"}
-ALIASES = {"trt": "--save-engine", "verify": "--report", "demo": "--out", "inspect": "--json"}
+               "demo": "out_dir", "triton": "output", "inspect": "json_path", "bench": "json_path"}
+ALIASES = {"trt": "--save-engine", "verify": "--report", "demo": "--out", "inspect": "--json", "bench": "--json"}
 
 
 @pytest.mark.parametrize("name", sorted(MAIN_OUTPUT))

@@ -87,7 +87,7 @@ def test_verify_holds_int8_to_its_own_thresholds(tmp_path: Path) -> None:
     path = export_onnx("digits", tmp_path / "digits-int8.onnx", precision="int8", max_batch=8,
                        calibration=CalibrationConfig(trajectories=2, steps=10), log=lambda s: None).path
     extra = ["--backend", "openvino", "--inference-precision", "f32"] if HAS_OPENVINO else []
-    result = CliRunner().invoke(main, ["verify", "--model", "digits", "--onnx", str(path), "--steps", "10",
-                                       "--ddpm-steps", "20", "--solver-steps", "5", "--threads", "1", *extra])
+    result = CliRunner().invoke(main, ["--threads", "1", "verify", "--model", "digits", "--onnx", str(path),
+                                       "--steps", "10", "--ddpm-steps", "20", "--solver-steps", "5", *extra])
     assert "onnxruntime (int8)" in result.output and (not extra or "openvino (int8)" in result.output)
     assert result.exit_code == 0, result.output
