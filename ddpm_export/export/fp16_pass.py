@@ -27,14 +27,13 @@ casts to the type a tensor already has.
 from __future__ import annotations
 
 import json
-from collections import defaultdict
 from pathlib import Path
 import onnx
 from onnx import TensorProto
 
 from ddpm_export.contract import metadata as md
 from ddpm_export.errors import BadInputError
-from ddpm_export.export.graph import tensor_types
+from ddpm_export.export.graph import consumers, tensor_types
 from ddpm_export.export.precision_policy import policy
 from ddpm_export.files import atomic_file, refuse_existing
 
@@ -50,14 +49,6 @@ _HOLDERS = ("Constant", "Identity")
 _FLOAT32_INPUTS = {"Resize": (2,)}
 
 
-def _users(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
-    users: dict[str, list[onnx.NodeProto]] = defaultdict(list)
-    for node in model.graph.node:
-        for name in node.input:
-            users[name].append(node)
-    return users
-
-
 def _scope(name: str) -> str:
     """``/unet/resnets.0/norm2/InstanceNormalization`` -> ``/unet/resnets.0/norm2/``."""
     return name[: name.rfind("/") + 1] if name.count("/") >= 2 else ""
@@ -67,7 +58,7 @@ def fp32_islands(model: onnx.ModelProto) -> dict[str, set[str]]:
     """Names of the nodes that compute in float32 under the fp16 policy, per island (see the
     module docstring). ``model`` is an fp32 graph exported by us, with every node named."""
     types = tensor_types(model)
-    users = _users(model)
+    users = consumers(model)
     producer = {out: node for node in model.graph.node for out in node.output}
     islands = {"embedding": _embedding(model, types, users), "normalization": _normalization(model),
                "softmax": _softmax(model, producer)}

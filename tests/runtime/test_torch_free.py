@@ -7,18 +7,11 @@ import sys
 import textwrap
 from pathlib import Path
 
+from blockers import BLOCK_TORCH
+
 ROOT = Path(__file__).resolve().parents[2]
 
-SCRIPT = textwrap.dedent("""
-    import importlib, pkgutil, sys
-
-    class BlockTorch:
-        def find_spec(self, name, path=None, target=None):
-            if name == "torch" or name.startswith("torch."):
-                raise ImportError(f"torch is blocked in this test (importing {name})")
-            return None
-
-    sys.meta_path.insert(0, BlockTorch())
+SCRIPT = BLOCK_TORCH + textwrap.dedent("""
     try:
         import torch  # noqa: F401
     except ImportError:
