@@ -34,7 +34,7 @@ import numpy as np
 import onnx
 
 from ddpm_export.diffusion.config import DiffusionConfig
-from ddpm_export.contract.spec import CLASS_NAME, CONTEXT_NAME, T_NAME, X_NAME, ExportSpec
+from ddpm_export.contract.spec import T_NAME, X_NAME, ExportSpec
 
 __all__ = ["CalibrationConfig", "FLOAT_GROUPS", "float_nodes", "quantize_int8", "record_calibration_inputs",
            "untie_initializers"]
@@ -62,14 +62,14 @@ def record_calibration_inputs(backend: Callable, spec: ExportSpec, diffusion: Di
                               num_classes: int | None, null_class: int | None,
                               cfg: CalibrationConfig) -> list[dict[str, np.ndarray]]:
     """Every model call of ``cfg.trajectories`` DDIM runs of ``backend`` (the float32 model), as feeds."""
-    from ddpm_export.diffusion import make_scheduler, sample
+    from ddpm_export.diffusion import make_scheduler, sample, sampler_config
 
     calls: list[dict[str, np.ndarray]] = []
 
     def recording(x: np.ndarray, t: np.ndarray, c: np.ndarray | None) -> np.ndarray:
         feeds = {X_NAME: x, T_NAME: t}
         if c is not None:
-            feeds[CLASS_NAME if spec.cond_kind == "class" else CONTEXT_NAME] = c
+            feeds[spec.conditioning.input_name] = c
         calls.append(feeds)
         return backend(x, t, c)
 
@@ -77,7 +77,7 @@ def record_calibration_inputs(backend: Callable, spec: ExportSpec, diffusion: Di
     guided = num_classes is not None and null_class is not None and 2 * n <= spec.max_batch
     n = n if n * (2 if guided else 1) <= spec.max_batch else spec.max_batch
     for k in range(cfg.trajectories):
-        scheduler = make_scheduler(diffusion.replace(num_inference_steps=cfg.steps + k), "ddim")
+        scheduler = make_scheduler(sampler_config(diffusion, "ddim", num_inference_steps=cfg.steps + k))
         cond = (np.arange(k, k + n, dtype=np.int64) % num_classes) if num_classes is not None else None
         sample(recording, scheduler, (n, spec.in_channels, spec.sample_size, spec.sample_size), seed=cfg.seed + k,
                cond=cond, null_cond=np.full(n, null_class, dtype=np.int64) if guided else None,
