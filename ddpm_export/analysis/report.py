@@ -8,12 +8,14 @@ from typing import Any
 from ddpm_export.analysis.blocks import BlockTable
 from ddpm_export.analysis.erf import ErfResult
 from ddpm_export.analysis.profile import CATEGORIES, Profile
+from ddpm_export.analysis.trt_layers import LayerProfile
 from ddpm_export.analysis.whatif import WhatIf
 
 #: blocks listed by name in the profile; the rest are summed
 TOP_BLOCKS = 12
 
-__all__ = ["add_erf", "add_profile", "build_report", "format_erf", "format_profile", "format_tables"]
+__all__ = ["add_erf", "add_profile", "add_trt_profile", "build_report", "format_erf", "format_profile", "format_tables",
+           "format_trt_profile"]
 
 
 def build_report(model: str, weights: str, model_params: int, table: BlockTable, base: WhatIf,
@@ -41,6 +43,13 @@ def add_profile(report: dict[str, Any], profile: Profile) -> None:
     report["profile"] = {"runs": profile.runs, "batch": profile.batch, "threads": profile.threads,
                          "total_us": profile.total_us, "by_category_us": profile.by_category,
                          "by_block_us": profile.by_block, "by_op_us": profile.by_op}
+
+
+def add_trt_profile(report: dict[str, Any], profile: LayerProfile, engine: str) -> None:
+    report["tensorrt_profile"] = {"engine": engine, "runs": profile.runs, "batch": profile.batch,
+                                  "total_us": profile.total_us, "unplaced_us": profile.unplaced_us,
+                                  "by_category_us": profile.by_category, "by_block_us": profile.by_block,
+                                  "by_layer_us": profile.by_layer}
 
 
 def _fmt_int(n: int | None) -> str:
@@ -104,18 +113,33 @@ def format_profile(report: dict[str, Any]) -> str:
     """The profile section: share of kernel time per op category and per block."""
     p = report["profile"]
     total = p["total_us"] or 1.0
-    lines = [f"ONNX Runtime CPU profile: {p['runs']} runs at batch {p['batch']}, {p['threads']} thread(s), "
-             f"{total / p['runs'] / 1e3:.2f} ms of kernel time per run"]
-    lines += _table(["op category", "share"],
-                    [[c, f"{p['by_category_us'][c] / total:6.1%}"] for c in CATEGORIES], right={1})
-    ranked = sorted(p["by_block_us"].items(), key=lambda kv: -kv[1])
+    head = (f"ONNX Runtime CPU profile: {p['runs']} runs at batch {p['batch']}, {p['threads']} thread(s), "
+            f"{total / p['runs'] / 1e3:.2f} ms of kernel time per run")
+    return "\n".join([head, *_share_lines(p["by_category_us"], p["by_block_us"], total)])
+
+
+def format_trt_profile(report: dict[str, Any]) -> str:
+    """The TensorRT section, in the shape of :func:`format_profile`, with the slowest layers."""
+    p = report["tensorrt_profile"]
+    total = p["total_us"] or 1.0
+    head = (f"TensorRT per-layer profile of {p['engine']}: {p['runs']} runs at batch {p['batch']}, "
+            f"{total / p['runs'] / 1e3:.3f} ms of layer time per run"
+            + (f" ({p['unplaced_us'] / total:.1%} in layers naming no node of the model)" if p["unplaced_us"] else ""))
+    layers = sorted(p["by_layer_us"].items(), key=lambda kv: -kv[1])[:TOP_BLOCKS]
+    rows = [[name if len(name) <= 90 else name[:87] + "...", f"{us / total:6.1%}"] for name, us in layers]
+    return "\n".join([head, *_share_lines(p["by_category_us"], p["by_block_us"], total), "",
+                      *_table(["layer (slowest)", "share"], rows, right={1})])
+
+
+def _share_lines(by_category: dict[str, float], by_block: dict[str, float], total: float) -> list[str]:
+    """Share of ``total`` per op category, then per block (the top :data:`TOP_BLOCKS`, the rest summed)."""
+    lines = _table(["op category", "share"], [[c, f"{by_category[c] / total:6.1%}"] for c in CATEGORIES], right={1})
+    ranked = sorted(by_block.items(), key=lambda kv: -kv[1])
     rows = [[k, f"{v / total:6.1%}"] for k, v in ranked[:TOP_BLOCKS]]
     if len(ranked) > TOP_BLOCKS:
         rest = sum(v for _, v in ranked[TOP_BLOCKS:])
         rows.append([f"({len(ranked) - TOP_BLOCKS} more blocks)", f"{rest / total:6.1%}"])
-    lines.append("")
-    lines += _table(["block", "share"], rows, right={1})
-    return "\n".join(lines)
+    return [*lines, "", *_table(["block", "share"], rows, right={1})]
 
 
 def format_tables(report: dict[str, Any]) -> str:

@@ -26,21 +26,25 @@ if TYPE_CHECKING:  # pragma: no cover
               help="Input size for the ERF (default: the model's sample size); a larger one keeps the image "
                    "borders out of the measurement.")
 @click.option("--profile", is_flag=True, help="Also export to ONNX and profile ONNX Runtime (CPU) over a few calls.")
+@click.option("--engine", type=click.Path(dir_okay=False), default=None,
+              help="With --profile: also TensorRT's per-layer profile of this engine (built from an export of "
+                   "--model; its sidecar is checked), on the GPU.")
 @click.option("--profile-runs", type=click.IntRange(1), default=5, help="Profiled calls (after one warm-up call).")
 @click.option("--threads", type=click.IntRange(1), default=1, help="Threads for torch and ONNX Runtime.")
 @click.option("--force", is_flag=True, help="Overwrite existing output files.")
 def command(model: str, batch: int, json_path: str | None, plot: str | None, erf_samples: int,
-            erf_size: int | None, profile: bool,
+            erf_size: int | None, profile: bool, engine: str | None,
             profile_runs: int, threads: int, force: bool) -> None:
     """Per-block table (level, resolution, channels, parameters, FLOPs, receptive field, attention
     cost), totals cross-checked against torch's FlopCounterMode, the effective receptive field,
     what-if costs of separable convolutions and attention, and with --profile the share of ONNX
-    Runtime time per op category and per block.
+    Runtime time per op category and per block (with --engine, of TensorRT's layer time too).
 
     \b
     Examples:
       ddpm-export inspect --model ddpm-cifar10 --profile
       ddpm-export inspect --model tiny --batch 8 --json tiny.json --plot erf.png
+      ddpm-export inspect --model tiny --profile --engine tiny.plan
     """
     import time
 
@@ -49,6 +53,8 @@ def command(model: str, batch: int, json_path: str | None, plot: str | None, erf
     from ddpm_export.analysis.erf import default_timesteps, measure_erf
     from ddpm_export.analysis.whatif import what_if
 
+    if engine is not None:
+        _check_engine_option(engine, profile, batch)
     start = time.perf_counter()
     unet, weights = _load(model, (json_path, plot), force, threads, erf_size)
     table = block_table(unet.config, batch)
@@ -65,13 +71,41 @@ def command(model: str, batch: int, json_path: str | None, plot: str | None, erf
     click.echo(rep.format_erf(report))
 
     if profile:
-        from ddpm_export.analysis.profile import profile_onnxruntime
+        _profile(report, unet, batch, profile_runs, threads, engine)
+    _write(report, erf, json_path, plot, force)
+
+
+def _check_engine_option(engine: str, profile: bool, batch: int) -> None:
+    """Refuse ``--engine`` before any work: without --profile, without TensorRT or a GPU
+    (MissingDependencyError, exit 2), or with an engine that is missing, has no sidecar or does
+    not take ``batch``."""
+    from ddpm_export.analysis.trt_profile import check_engine, require_gpu
+    from ddpm_export.errors import BadInputError
+
+    if not profile:
+        raise BadInputError("--engine profiles the engine: it needs --profile")
+    require_gpu()
+    check_engine(engine, batch)
+
+
+def _profile(report: dict[str, Any], unet: "UNet", batch: int, runs: int, threads: int, engine: str | None) -> None:
+    """ONNX Runtime's profile, then with ``engine`` TensorRT's per-layer profile, printed and added to ``report``."""
+    import time
+
+    from ddpm_export.analysis import report as rep
+    from ddpm_export.analysis.profile import profile_onnxruntime
+
+    start = time.perf_counter()
+    rep.add_profile(report, profile_onnxruntime(unet, batch=batch, runs=runs, threads=threads))
+    report["seconds"]["profile"] = time.perf_counter() - start
+    click.echo("\n" + rep.format_profile(report))
+    if engine is not None:
+        from ddpm_export.analysis.trt_profile import profile_tensorrt
 
         start = time.perf_counter()
-        rep.add_profile(report, profile_onnxruntime(unet, batch=batch, runs=profile_runs, threads=threads))
-        report["seconds"]["profile"] = time.perf_counter() - start
-        click.echo("\n" + rep.format_profile(report))
-    _write(report, erf, json_path, plot, force)
+        rep.add_trt_profile(report, profile_tensorrt(unet, engine, batch=batch, runs=runs), str(engine))
+        report["seconds"]["tensorrt_profile"] = time.perf_counter() - start
+        click.echo("\n" + rep.format_trt_profile(report))
 
 
 def _load(model: str, outputs: tuple[str | None, ...], force: bool, threads: int,

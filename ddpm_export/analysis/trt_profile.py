@@ -1,0 +1,81 @@
+"""Where the time goes in a TensorRT engine: its per-layer profile over a few model calls.
+
+The engine runs on :class:`ddpm_export.runtime.tensorrt.TensorRTBackend` (its sidecar is checked
+first: an engine built from another ONNX file, for another TensorRT version or GPU is refused)
+with a ``tensorrt.IProfiler`` attached to the execution context after one warm-up call; TensorRT
+then calls ``report_layer_time(layer_name, ms)`` once per layer for every ``execute_async_v3``.
+The layers are placed in blocks and op categories by :mod:`ddpm_export.analysis.trt_layers`.
+
+Layer names are the ONNX node names only when the engine was built with a profiling verbosity
+other than NONE (the build's default, ``LAYER_NAMES_ONLY``, keeps them); an engine built with
+NONE reports layer indices, which place no time (all of it shows as ``(glue)``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ddpm_export.analysis.trt_layers import LayerProfile, layer_map, summarise_layers
+from ddpm_export.contract.sidecar import read_sidecar
+from ddpm_export.contract.spec import T_NAME, X_NAME, ExportSpec
+from ddpm_export.errors import BadInputError, MissingDependencyError
+from ddpm_export.gpu import gpu_missing, import_tensorrt
+from ddpm_export.nn.unet import UNet
+
+__all__ = ["check_engine", "profile_tensorrt", "require_gpu"]
+
+
+def require_gpu(what: str = "inspect --engine") -> None:
+    """MissingDependencyError (exit 2) when TensorRT, cuda-python or a GPU is missing."""
+    why = gpu_missing()
+    if why is not None:
+        raise MissingDependencyError(f"{what} profiles a TensorRT engine on a GPU: {why}")
+
+
+def check_engine(engine: str | Path, batch: int) -> None:
+    """Refuse, before any work, an engine that is missing, has no sidecar, or whose optimisation
+    profile does not take ``batch``."""
+    if not Path(engine).is_file():
+        raise BadInputError(f"--engine {engine}: no such file")
+    profile = read_sidecar(engine).get("profile", {}).get(X_NAME)
+    if profile is not None and not profile["min"][0] <= batch <= profile["max"][0]:
+        raise BadInputError(f"--batch {batch}: the engine {engine} takes batches {profile['min'][0]}.."
+                            f"{profile['max'][0]} (its optimisation profile)")
+
+
+def _profiler(trt: Any) -> Any:
+    """An ``IProfiler`` collecting ``(layer name, ms)`` in ``.reports``."""
+
+    class LayerTimes(trt.IProfiler):  # type: ignore[misc, name-defined]
+        def __init__(self) -> None:
+            trt.IProfiler.__init__(self)
+            self.reports: list[tuple[str, float]] = []
+
+        def report_layer_time(self, layer_name: str, ms: float) -> None:
+            self.reports.append((layer_name, ms))
+
+    return LayerTimes()
+
+
+def profile_tensorrt(unet: UNet, engine: str | Path, *, batch: int = 1, runs: int = 5, seed: int = 0,
+                     device: int = 0) -> LayerProfile:
+    """Run ``engine`` (built from an export of ``unet``) ``runs + 1`` times at ``batch`` and sum
+    the per-layer times of the last ``runs`` calls per op category and block."""
+    from ddpm_export.runtime.tensorrt import TensorRTBackend
+
+    require_gpu()
+    trt = import_tensorrt("inspect --engine")
+    spec = ExportSpec.from_config(unet.config, min_batch=1, opt_batch=max(batch, 1), max_batch=max(batch, 2))
+    lmap = layer_map(unet)
+    profiler = _profiler(trt)
+    with TensorRTBackend(engine, spec, device=device) as backend:
+        for i in range(runs + 1):
+            if i == 1:  # after the warm-up call
+                backend.context.profiler = profiler
+            feeds = spec.sample_inputs(batch, seed=seed + i)
+            cond = next((feeds[n] for n in spec.conditioning.input_names()), None)
+            backend(feeds[X_NAME], feeds[T_NAME], cond)
+    if not profiler.reports:
+        raise RuntimeError(f"{engine}: TensorRT reported no layer times")
+    return summarise_layers(profiler.reports, lmap, runs=runs, batch=batch)
