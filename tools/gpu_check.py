@@ -1,7 +1,8 @@
 """The GPU check as one table: engines (fp32, fp16 from the fp32 file), ONNX Runtime's CUDA and
-TensorRT providers, `verify` against PyTorch (fp32 >= 60 dB, fp16 >= 40 dB) and `bench` when the
-command exists. Every step runs the real CLI in a subprocess; a step that cannot run on this
-machine says why (SKIP) instead of failing the rest. Called by tools/gpu_check.sh.
+TensorRT providers, `verify` against PyTorch (fp32 >= 60 dB, fp16 >= 40 dB), `inspect`'s
+TensorRT per-layer profile of the fp32 engine and `bench` when the command exists. Every step
+runs the real CLI in a subprocess; a step that cannot run on this machine says why (SKIP)
+instead of failing the rest. Called by tools/gpu_check.sh.
 
     python tools/gpu_check.py [--model digits] [--out gpu-check-out]
 """
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 ROWS: list[tuple[str, str, str, str]] = []
 
@@ -24,17 +26,17 @@ def cli(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
                           timeout=timeout)
 
 
-def step(name: str, *args: str, report: Path | None = None) -> bool:
+def step(name: str, *args: str, report: Path | None = None, detail: Callable[[dict], str] | None = None) -> bool:
     """Run one CLI step and add its row: PASS / FAIL (exit 1) / SKIP (exit 2: environment)."""
     start = time.perf_counter()
     proc = cli(*args)
     seconds = f"{time.perf_counter() - start:.1f}"
     last = (proc.stderr.strip() or proc.stdout.strip()).splitlines()[-1:] or [""]
     status = {0: "PASS", 2: "SKIP"}.get(proc.returncode, "FAIL")
-    detail = last[0][:110]
+    line = last[0][:110]
     if report is not None and report.is_file():
-        detail = _verify_detail(json.loads(report.read_text()))
-    ROWS.append((name, status, seconds, detail))
+        line = (detail or _verify_detail)(json.loads(report.read_text()))
+    ROWS.append((name, status, seconds, line))
     if status == "FAIL":
         print(f"--- {name} failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}", flush=True)
     return proc.returncode == 0
@@ -47,6 +49,12 @@ def _verify_detail(report: dict) -> str:
         parts.append(f"{name}: step rel L2 {r['single_step']['rel_l2']:.1e}, DDIM PSNR "
                      f"{'inf' if ddim is None else f'{ddim:.1f}'} dB")
     return f"{report['precision']} (>= {report['thresholds']['final_psnr_db']:g} dB) " + "; ".join(parts)
+
+
+def _profile_detail(report: dict) -> str:
+    p = report["tensorrt_profile"]
+    shares = ", ".join(f"{c} {us / p['total_us']:.0%}" for c, us in p["by_category_us"].items() if us)
+    return f"{p['total_us'] / p['runs'] / 1e3:.3f} ms/run: {shares}; unplaced {p['unplaced_us'] / p['total_us']:.0%}"
 
 
 def main() -> int:
@@ -76,6 +84,11 @@ def main() -> int:
                  report=report)
         else:
             ROWS.append((name, "SKIP", "0.0", f"no {engine.name} (its build did not pass)"))
+    if (out / "fp32.plan").is_file():
+        report = out / "inspect.json"
+        step("inspect --profile --engine fp32", "inspect", "--model", m, "--profile", "--profile-runs", "3",
+             "--erf-samples", "1", "--engine", str(out / "fp32.plan"), "--json", str(report), report=report,
+             detail=_profile_detail)
     for backend in ("ort-cuda", "ort-tensorrt"):
         report = out / f"{backend}.report.json"
         step(f"verify {backend}", "verify", "--model", m, "--onnx", str(fp32), "--backend", backend,
