@@ -164,3 +164,22 @@ def test_real_engine_profile(tmp_path):
                                        "--erf-samples", "1", "--batch", "2", "--engine", str(plan)])
     assert result.exit_code == 0, result.output
     assert "TensorRT per-layer profile" in result.output
+
+
+def test_check_engine_refuses_missing_files_sidecars_and_batches(tmp_path):
+    from ddpm_export.analysis.trt_profile import check_engine
+    from ddpm_export.contract.sidecar import make_sidecar, write_sidecar
+    from ddpm_export.errors import BadInputError, IntegrityError
+
+    plan = tmp_path / "tiny.plan"
+    with pytest.raises(BadInputError, match="no such file"):
+        check_engine(plan, 1)
+    plan.write_bytes(b"not an engine")
+    with pytest.raises(IntegrityError, match="sidecar"):
+        check_engine(plan, 1)
+    write_sidecar(plan, make_sidecar(onnx_file="tiny.onnx", onnx_sha256="0" * 64, tensorrt_version="10.0.0",
+                                     gpu={}, precision="fp32", build_seconds=1.0,
+                                     profile={"x_t": ((1, 3, 16, 16), (4, 3, 16, 16), (8, 3, 16, 16))}))
+    check_engine(plan, 8)
+    with pytest.raises(BadInputError, match=r"--batch 9: .*1\.\.8"):
+        check_engine(plan, 9)
