@@ -21,6 +21,7 @@ ROW_FIELDS = {"median_ms", "p90_ms", "images_per_s", "vs_eager", "vs_best_peer",
               "gemm_fraction", "peak_rss_mib", "sampler_overhead_pct"}
 
 
+@pytest.mark.slow
 def test_bench_reports_every_path(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     backends = "onnxruntime,openvino" if HAS_OPENVINO else "onnxruntime"

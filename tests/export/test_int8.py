@@ -81,6 +81,7 @@ def test_int8_samples_through_the_pipeline(files: dict[str, Path], backend: str)
     assert x.shape == (4, *int8.image_shape) and np.isfinite(x).all()
 
 
+@pytest.mark.slow
 def test_verify_holds_int8_to_its_own_thresholds(tmp_path: Path) -> None:
     # the trained digits model: the int8 limits (ddpm_export.metrics) are set from its measurements;
     # an untrained network such as kitchen-sink turns int8's error into ~31 dB final samples

@@ -15,6 +15,9 @@ import pytest
 
 from ddpm_export.presets import preset_names
 
+# builds a wheel and a venv: end to end, so out of the quick run (-m 'not slow'); CI runs it
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

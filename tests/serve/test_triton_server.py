@@ -25,7 +25,7 @@ from ddpm_export.serve.local_server import LocalServer, find_tritonserver, stub_
 
 from runtime_exports import exported  # noqa: E402
 
-pytestmark = pytest.mark.triton
+pytestmark = [pytest.mark.triton, pytest.mark.slow]  # a real server: CI runs it, -m 'not slow' skips it
 ROOT = Path(__file__).resolve().parents[2]
 TOL = 1e-5
 
