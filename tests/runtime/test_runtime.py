@@ -9,7 +9,6 @@ import dataclasses
 import subprocess
 import sys
 import textwrap
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +24,7 @@ from ddpm_export.runtime import (  # noqa: E402
 )
 from ddpm_export.torch_backend import TorchBackend  # noqa: E402
 
+from concurrency import assert_threads_match_sequential  # noqa: E402
 from runtime_exports import MAX_BATCH, exported  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -180,22 +180,7 @@ def test_a_last_chunk_below_min_batch_is_refused(tiny: Pipeline) -> None:
 def test_eight_threads_share_one_pipeline_bit_identically(sink: Pipeline) -> None:
     jobs = [dict(seed=s, classes=s % 10, guidance_scale=1.0 + 0.5 * (s % 3), eta=0.5 * (s % 2))
             for s in range(8)]
-    sequential = [sink.sample(2, steps=3, progress=False, **job) for job in jobs]
-    results: list = [None] * len(jobs)
-    barrier = threading.Barrier(len(jobs))
-
-    def work(i: int) -> None:
-        barrier.wait()
-        results[i] = sink.sample(2, steps=3, progress=False, **jobs[i])
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(jobs))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    for got, want in zip(results, sequential):
-        assert got is not None
-        np.testing.assert_array_equal(got, want)
+    assert_threads_match_sequential(sink, jobs, steps=3)
 
 
 # --- input checks ------------------------------------------------------------------------------

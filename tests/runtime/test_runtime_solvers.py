@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ from ddpm_export.runtime import Pipeline  # noqa: E402
 from ddpm_export.torch_backend import TorchBackend  # noqa: E402
 from ddpm_export.verify import verify  # noqa: E402
 
+from concurrency import assert_threads_match_sequential  # noqa: E402
 from runtime_exports import exported  # noqa: E402
 
 
@@ -51,22 +51,7 @@ def test_threads_share_one_pipeline_across_solvers_bit_identically(sink: Pipelin
     """Each call builds its own scheduler, so multistep histories never mix between threads."""
     samplers = ["dpm-solver++", "unipc", "sde-dpm-solver++", "ddim", "dpm-solver++", "unipc"]
     jobs = [dict(sampler=s, seed=i, classes=i % 10, guidance_scale=1.0 + 0.5 * (i % 2)) for i, s in enumerate(samplers)]
-    sequential = [sink.sample(2, steps=4, progress=False, **job) for job in jobs]
-    results: list = [None] * len(jobs)
-    barrier = threading.Barrier(len(jobs))
-
-    def work(i: int) -> None:
-        barrier.wait()
-        results[i] = sink.sample(2, steps=4, progress=False, **jobs[i])
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(jobs))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    for got, want in zip(results, sequential):
-        assert got is not None
-        np.testing.assert_array_equal(got, want)
+    assert_threads_match_sequential(sink, jobs, steps=4)
 
 
 def test_a_sampler_the_config_cannot_run_is_refused_by_name(sink: Pipeline) -> None:
