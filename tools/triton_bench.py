@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import json
-import platform
 import statistics
 import subprocess
 import tempfile
@@ -33,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import tritonclient.grpc as grpcclient
 
+from ddpm_export.machine import cpu_info
 from ddpm_export.runtime import Pipeline, make_bundle
 from ddpm_export.serve import write_repository
 from ddpm_export.serve.local_server import LocalServer, find_tritonserver, stub_numpy_site
@@ -91,16 +91,6 @@ def unet_batching(url: str) -> dict[str, float]:
     return {"calls": calls, "executions": executions, "images_per_execution": images / max(executions, 1)}
 
 
-def cpu() -> str:
-    """The CPU model and its vector flags, from /proc/cpuinfo."""
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
-                 platform.machine())
-    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
-    vector = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "amx_tile") if f in flags]
-    return f"{model} ({', '.join(vector) or 'no AVX2'}), {info.count('processor')} logical CPUs"
-
-
 def uptime() -> str:
     return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
@@ -140,7 +130,7 @@ def main() -> None:
                        "unet_batching": unet_batching(server.grpc_url)}
     report = {"images_per_request": args.n, "steps": args.steps, "clients": args.clients,
               "requests": args.requests, "rounds": args.rounds, "max_abs_vs_pipeline": max_abs, **figures,
-              "cpu": cpu(), "load_before": load_before, "load_after": uptime()}
+              "cpu": cpu_info(), "load_before": load_before, "load_after": uptime()}
     print(json.dumps(report, indent=2))
     if args.json is not None:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
