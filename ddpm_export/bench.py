@@ -61,7 +61,7 @@ class BenchConfig:
     model: str | None = None
     onnx: str | None = None
     backends: tuple[str, ...] = tuple(CPU_BACKENDS)
-    precisions: tuple[str, ...] = ("fp32", "bf16", "int8", "int8-bf16")
+    precisions: tuple[str, ...] = tuple(OUR_PRECISIONS)
     attention: tuple[str, ...] = ("auto",)
     batches: tuple[int, ...] = (1, 8)
     threads: int = 2
@@ -70,7 +70,7 @@ class BenchConfig:
     peers: bool = True
 
     def __post_init__(self) -> None:
-        if (self.model is None) == (self.onnx is None) and self.model is None:
+        if self.model is None and self.onnx is None:
             raise ValueError("bench needs --model or --onnx")
         for b in self.backends:
             check_choice("backend", b, tuple(CPU_BACKENDS))
@@ -123,10 +123,11 @@ class _Positional:
 def _ort_options(threads: int) -> Any:
     import onnxruntime as ort
 
+    from ddpm_export.runtime.onnxruntime_backend import session_options_for
+
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return opts
+    return session_options_for(threads, opts)
 
 
 def _plain_backend(path: Path, engine: str, threads: int) -> Backend:
@@ -163,14 +164,12 @@ def _loop_runner(backends: Callable[[int], Backend], info: ModelInfo, steps: int
     return for_batch
 
 
-def _peer_paths(model: str, info: ModelInfo, cfg: BenchConfig, folder: Path) -> list[_Path]:
+def _peer_paths(unet: Any, info: ModelInfo, cfg: BenchConfig, folder: Path) -> list[_Path]:
     """eager, and the plain export (one static-shape file per batch) in ONNX Runtime and OpenVINO."""
     import torch
 
-    from ddpm_export import load_model
     from ddpm_export.torch_backend import TorchBackend
 
-    unet = load_model(model).eval()
     plain: dict[int, Path] = {}
 
     def plain_file(batch: int) -> Path:
@@ -254,16 +253,20 @@ def _export_ours(model: str, cfg: BenchConfig, folder: Path, log: Callable[[str]
 
 
 # --- measuring -------------------------------------------------------------------------------
-def flops_per_image(info: ModelInfo, model: str | None) -> float:
-    """FLOPs of one forward at batch 1 (FlopCounterMode; 2 per multiply-add), on ``model`` or a
-    seed-initialised network of the file's config (FLOPs do not depend on the weights)."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
+def _reference_model(info: ModelInfo, model: str | None) -> Any:
+    """The PyTorch model: ``model`` loaded (eager peer, plain export, FLOPs), or with ``--onnx``
+    alone a seed-initialised network of the file's config (FLOPs do not depend on the weights)."""
     from ddpm_export import load_model
     from ddpm_export.nn.checkpoint import build_model
 
-    unet = (load_model(model) if model is not None else build_model(info.unet)).eval()
+    return (load_model(model) if model is not None else build_model(info.unet)).eval()
+
+
+def flops_per_image(info: ModelInfo, unet: Any) -> float:
+    """FLOPs of one forward of ``unet`` at batch 1 (FlopCounterMode; 2 per multiply-add)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
     feeds = info.spec.sample_inputs(1)
     args = [torch.from_numpy(feeds[n]) for n in info.spec.input_names]
     with FlopCounterMode(display=False) as counter, torch.no_grad():
@@ -324,11 +327,15 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
                               "config": {**dataclasses.asdict(cfg)}}
     with tempfile.TemporaryDirectory(prefix="ddpm-bench-") as tmp:
         folder = Path(tmp)
-        files = ({(read_info(cfg.onnx).precision, read_info(cfg.onnx).attention): Path(cfg.onnx)} if cfg.onnx
-                 else _export_ours(str(cfg.model), cfg, folder, log))
-        info = read_info(next(iter(files.values())))
-        paths = (_peer_paths(str(cfg.model), info, cfg, folder) if cfg.peers else []) + _our_paths(files, cfg)
-        flops = flops_per_image(info, cfg.model)
+        if cfg.onnx:
+            info = read_info(cfg.onnx)
+            files = {(info.precision, info.attention): Path(cfg.onnx)}
+        else:
+            files = _export_ours(str(cfg.model), cfg, folder, log)
+            info = read_info(next(iter(files.values())))
+        unet = _reference_model(info, cfg.model)
+        paths = (_peer_paths(unet, info, cfg, folder) if cfg.peers else []) + _our_paths(files, cfg)
+        flops = flops_per_image(info, unet)
         meter = LoadMeter().start()
         # the ceiling is the best of several measurements (before, between and after the batches):
         # on a shared machine one snapshot can land in a busy moment

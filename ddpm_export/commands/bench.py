@@ -6,6 +6,7 @@ import os
 
 import click
 
+from ddpm_export.contract.choices import ATTENTION_CHOICES
 from ddpm_export.runtime.backends import CPU_BACKENDS
 
 
@@ -35,7 +36,7 @@ def _csv(kind: type, choices: tuple[str, ...] | None = None):  # type: ignore[no
               callback=_csv(str, ("fp32", "bf16", "int8", "int8-bf16")),
               help="Our precisions: fp32, bf16 (OpenVINO computing the fp32 file in bfloat16), int8 (QDQ file), "
                    "int8-bf16 (OpenVINO: the int8 file with its float parts in bfloat16).")
-@click.option("--attention", default="auto", callback=_csv(str, ("auto", "decomposed", "ort-mha", "onnx-attention")),
+@click.option("--attention", default="auto", callback=_csv(str, ATTENTION_CHOICES),
               help="Attention forms of our fp32 file, compared on ONNX Runtime (auto: what --target onnxruntime picks).")
 @click.option("--batch", "batches", default="1,8", callback=_csv(int), help="Batch sizes, comma-separated.")
 @click.option("--threads", type=click.IntRange(1), default=None,
