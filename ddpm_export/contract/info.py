@@ -11,7 +11,6 @@ verification alike.
 from __future__ import annotations
 
 import dataclasses
-import json
 from typing import Any, Mapping
 
 import numpy as np
@@ -60,12 +59,7 @@ class ModelInfo:
             except ConfigError as e:
                 raise MetadataError(str(e)) from e
 
-        try:
-            policy = json.loads(props[md.PRECISION_POLICY])
-            precision = policy["precision"]
-        except (ValueError, KeyError, TypeError) as e:
-            raise MetadataError(f"{source}: metadata {md.PRECISION_POLICY} is not a precision policy "
-                                f"({props[md.PRECISION_POLICY]!r})") from e
+        precision = md.precision_of(props, source)
         info = cls(unet=parse(md.UNET_CONFIG, UNetConfig), diffusion=parse(md.DIFFUSION_CONFIG, DiffusionConfig),
                    spec=parse(md.EXPORT_SPEC, ExportSpec), precision=str(precision),
                    attention=props[md.ATTENTION], source_sha256=props[md.SOURCE_SHA256], metadata=dict(props))

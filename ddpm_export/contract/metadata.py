@@ -55,6 +55,15 @@ def check_required(props: Mapping[str, str], source: str = "model") -> None:
                             f"missing; re-export it with `ddpm-export onnx`")
 
 
+def precision_of(props: Mapping[str, str], source: str = "model") -> str:
+    """The precision (``"fp32"``, ``"fp16"``, ``"int8"``) recorded in ``props``' precision policy."""
+    try:
+        return str(json.loads(props[PRECISION_POLICY])["precision"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise MetadataError(f"{source}: metadata {PRECISION_POLICY} is not a precision policy "
+                            f"({props.get(PRECISION_POLICY)!r})") from e
+
+
 def metadata_props(*, unet: Any, diffusion: Any, spec: Any, policy: Mapping[str, Any], attention: str,
                    exporter_version: str, source: str, source_sha256: str) -> dict[str, str]:
     """Every ``metadata_props`` entry of an export, keyed as :data:`REQUIRED` (+ :data:`SOURCE`);

@@ -26,14 +26,13 @@ casts to the type a tensor already has.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 import onnx
 from onnx import TensorProto
 
 from ddpm_export.contract import metadata as md
 from ddpm_export.errors import BadInputError
-from ddpm_export.export.graph import consumers, tensor_types
+from ddpm_export.export.graph import FLOAT_TYPES, cast_to, consumers, tensor_types
 from ddpm_export.export.precision_policy import policy
 from ddpm_export.files import atomic_file, refuse_existing
 
@@ -42,7 +41,6 @@ __all__ = ["FP16_PASS", "NORM_OPS", "convert_file", "convert_model", "fp32_islan
 #: metadata key recording that a file was made by this pass (and from which fp32 file)
 FP16_PASS = md.PREFIX + "fp16_pass"
 NORM_OPS = ("InstanceNormalization", "BatchNormalization", "GroupNormalization", "LayerNormalization")
-FLOATS = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16)
 #: nodes that only hold or alias a value: kept fp32 only when every reader is fp32
 _HOLDERS = ("Constant", "Identity")
 #: inputs that ONNX (and TensorRT) want in float32 whatever the data's type: Resize's scales
@@ -68,8 +66,8 @@ def fp32_islands(model: onnx.ModelProto) -> dict[str, set[str]]:
 
 def _embedding(model: onnx.ModelProto, types: dict[str, int], users: dict[str, list[onnx.NodeProto]]) -> set[str]:
     """Float nodes downstream of the integer inputs, up to (not including) a float -> float Cast."""
-    is_float = lambda name: types.get(name) in FLOATS  # noqa: E731
-    frontier = [i.name for i in model.graph.input if i.type.tensor_type.elem_type not in FLOATS]
+    is_float = lambda name: types.get(name) in FLOAT_TYPES  # noqa: E731
+    frontier = [i.name for i in model.graph.input if i.type.tensor_type.elem_type not in FLOAT_TYPES]
     seen: set[str] = set()
     while frontier:
         for node in users.get(frontier.pop(), []):
@@ -147,10 +145,6 @@ def convert_model(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def _cast_to(node: onnx.NodeProto) -> int | None:
-    return next((a.i for a in node.attribute if a.name == "to"), None) if node.op_type == "Cast" else None
-
-
 #: (outer, inner) casts whose round trip is dropped: fp32 -> fp16 -> fp32 between two fp32 nodes
 #: (the converter's, lossy: the islands must stay fp32), and fp16 -> fp32 -> fp16 (exact)
 _ROUND_TRIPS = {(TensorProto.FLOAT, TensorProto.FLOAT16), (TensorProto.FLOAT16, TensorProto.FLOAT)}
@@ -159,19 +153,19 @@ _ROUND_TRIPS = {(TensorProto.FLOAT, TensorProto.FLOAT16), (TensorProto.FLOAT16, 
 def _remove_round_trips(model: onnx.ModelProto) -> None:
     """Drop ``Cast(a)(Cast(b)(x: a))`` for (a, b) in _ROUND_TRIPS and casts to the type their input has."""
     outputs = {o.name for o in model.graph.output}
+    types = tensor_types(model)  # removing casts re-points inputs; no remaining tensor changes type
     while True:
-        types = tensor_types(model)
         producer = {out: node for node in model.graph.node for out in node.output}
         rename: dict[str, str] = {}
         for node in model.graph.node:
-            to = _cast_to(node)
+            to = cast_to(node)
             if to is None or node.output[0] in outputs:
                 continue
             src = node.input[0]
             up = producer.get(src)
             if types.get(src) == to:
                 rename[node.output[0]] = src
-            elif up is not None and (to, _cast_to(up)) in _ROUND_TRIPS and types.get(up.input[0]) == to:
+            elif up is not None and (to, cast_to(up)) in _ROUND_TRIPS and types.get(up.input[0]) == to:
                 rename[node.output[0]] = up.input[0]
         if not rename:
             return
@@ -230,23 +224,21 @@ def _toposort(model: onnx.ModelProto) -> None:
     model.graph.node.extend(order)
 
 
-def convert_file(src: str | Path, dst: str | Path, *, force: bool = False) -> Path:
+def convert_file(src: str | Path, dst: str | Path, *, force: bool = False, source_sha256: str | None = None) -> Path:
     """Write the fp16-typed graph of the fp32 file ``src`` to ``dst`` (atomically), with the
     metadata of ``src``, the fp16 precision policy and a ``ddpm_export.fp16_pass`` record
-    ``{"from_sha256": ..., "converter": ...}``. Raises BadInputError for a file that is not an fp32
+    ``{"from_sha256": ..., "converter": ...}`` (``source_sha256``: that of ``src`` when the caller
+    has hashed it already). Raises BadInputError for a file that is not an fp32
     graph of ours (a MetadataError names the missing keys)."""
     src, dst = Path(src), Path(dst)
     refuse_existing(dst, force)
     model = onnx.load(str(src))
     props = md.read_metadata(model, source=str(src))
-    try:
-        precision = json.loads(props[md.PRECISION_POLICY])["precision"]
-    except (ValueError, KeyError, TypeError) as e:
-        raise md.MetadataError(f"{src}: metadata {md.PRECISION_POLICY} is not a precision policy") from e
+    precision = md.precision_of(props, str(src))
     if precision != "fp32":
         raise BadInputError(f"{src} is a {precision} graph already; the fp16 pass converts fp32 files")
     converted = convert_model(model)
-    _set_metadata(converted, props, md.sha256_file(src))
+    _set_metadata(converted, props, source_sha256 or md.sha256_file(src))
     onnx.checker.check_model(converted, full_check=True)
     with atomic_file(dst, force=force) as tmp:
         onnx.save_model(converted, str(tmp))

@@ -35,10 +35,9 @@ def consumers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
     return out
 
 
-def _cast_to(node: onnx.NodeProto) -> int | None:
-    if node.op_type != "Cast":
-        return None
-    return next(a.i for a in node.attribute if a.name == "to")
+def cast_to(node: onnx.NodeProto) -> int | None:
+    """The element type a Cast node casts to; None for any other node."""
+    return next((a.i for a in node.attribute if a.name == "to"), None) if node.op_type == "Cast" else None
 
 
 def embedding_subgraph(model: onnx.ModelProto, input_name: str = "t") -> tuple[list[onnx.NodeProto], list[str]]:
@@ -60,7 +59,7 @@ def embedding_subgraph(model: onnx.ModelProto, input_name: str = "t") -> tuple[l
             if key in seen:
                 continue
             seen.add(key)
-            if _cast_to(node) == TensorProto.FLOAT16:
+            if cast_to(node) == TensorProto.FLOAT16:
                 boundary.append(node.input[0])
                 continue
             nodes.append(node)

@@ -120,7 +120,8 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, *, fp16: bool |
         plan = source
         if convert:
             log(f"converting {source.onnx_path.name} to the fp16 policy's graph (fp16 pass)")
-            plan = plan_engine(fp16_pass.convert_file(source.onnx_path, Path(tmp) / graph_out.name), fp16=True)
+            plan = plan_engine(fp16_pass.convert_file(source.onnx_path, Path(tmp) / graph_out.name,
+                                                        source_sha256=source.onnx_sha256), fp16=True)
         engine_bytes, cache, seconds = _build(plan, options, log)
         info = plan.sidecar(_trt_version(), _gpu_info(), seconds, options, converted_from=source if convert else None)
         info["onnx_file"] = graph_out.name if graph_out is not None else info["onnx_file"]
