@@ -36,7 +36,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ddpm_export.configbase import check_choice
-from ddpm_export.diffusion import Backend, make_scheduler, sample, sampler_config
+from ddpm_export.diffusion import Backend, make_scheduler, sample
 from ddpm_export.machine import LoadMeter, PeakRss, cpu_info, gemm_ceiling
 from ddpm_export.runtime.backends import CPU_BACKENDS
 from ddpm_export.runtime.info import ModelInfo, read_info
@@ -148,7 +148,7 @@ def _plain_backend(path: Path, engine: str, threads: int) -> Backend:
 
 def _loop_runner(backends: Callable[[int], Backend], info: ModelInfo, steps: int, timer: _Timed) -> Callable[[int], Callable[[], None]]:
     """batch -> a run of the shared DDIM loop on ``backends(batch)`` through ``timer``."""
-    scheduler = make_scheduler(sampler_config(info.diffusion, "ddim", num_inference_steps=steps))
+    scheduler = make_scheduler(info.diffusion, "ddim", num_inference_steps=steps)
     spec = info.spec
 
     def for_batch(batch: int) -> Callable[[], None]:

@@ -47,7 +47,7 @@ from ddpm_export.checks import check_guidance_scale, check_steps
 from ddpm_export.contract.info import ModelInfo
 from ddpm_export.contract.metadata import sha256_file
 from ddpm_export.contract.spec import ExportSpec
-from ddpm_export.diffusion import Backend, DiffusionConfig, make_scheduler, sample, sampler_config
+from ddpm_export.diffusion import Backend, DiffusionConfig, make_scheduler, sample
 from ddpm_export.diffusion.scheduler import Scheduler
 from ddpm_export.errors import BadInputError, MissingDependencyError
 from ddpm_export.files import atomic_file
@@ -372,7 +372,7 @@ def _solver_schedulers(cfg: DiffusionConfig, solvers: Sequence[str], steps: int)
 def _scheduler(cfg: DiffusionConfig, sampler: str, steps: int) -> Scheduler:
     """``sampler`` at ``steps`` with the file's schedule; validated as that sampler, not as the
     file's default one (a UniPC default must not refuse DDPM's 1000 steps)."""
-    return make_scheduler(sampler_config(cfg, sampler, num_inference_steps=steps))
+    return make_scheduler(cfg, sampler, num_inference_steps=steps)
 
 
 def _db(psnr: float | None) -> str:

@@ -89,7 +89,6 @@ class DPMSolverMultistepScheduler(MultistepScheduler):
         if self.uses_noise(t):
             assert noise is not None  # checked by _begin_step
             x_prev = x_prev + cz * np.asarray(noise, dtype=np.float64)
-        self.lower_order_nums = min(self.lower_order_nums + 1, self.config.solver_order)
         self.step_index += 1
         return x_prev.astype(np.float32)
 

@@ -58,7 +58,6 @@ class MultistepScheduler(Scheduler):
     def reset(self) -> None:
         """Forget the history: the next step is step 0 at ``timesteps[0]``."""
         self.step_index = 0
-        self.lower_order_nums = 0  # steps whose outputs are in the history (capped at solver_order)
         self.model_outputs: list[np.ndarray] = []  # converted outputs, oldest first, <= solver_order
 
     # --- the Scheduler contract by step index ------------------------------------------------

@@ -52,10 +52,11 @@ def sampler_config(config: DiffusionConfig, sampler: SamplerName, **changes: Any
     return config.replace(**{**changes, "sampler": sampler, **SAMPLER_PRESETS.get(sampler, {})})
 
 
-def make_scheduler(config: DiffusionConfig, sampler: SamplerName | None = None) -> Scheduler:
-    """The scheduler for ``sampler`` (default ``config.sampler``), set to ``config.num_inference_steps``."""
+def make_scheduler(config: DiffusionConfig, sampler: SamplerName | None = None, **changes: Any) -> Scheduler:
+    """The scheduler for ``sampler`` (default ``config.sampler``) with ``changes`` to the config
+    (e.g. ``num_inference_steps``), validated once as that sampler's config."""
     name = config.sampler if sampler is None else sampler
-    return SCHEDULERS[name](sampler_config(config, name))
+    return SCHEDULERS[name](sampler_config(config, name, **changes))
 
 
 def sampler_defaults(config: DiffusionConfig) -> dict[str, Any]:

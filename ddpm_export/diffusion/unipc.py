@@ -68,7 +68,6 @@ class UniPCMultistepScheduler(MultistepScheduler):
         self.this_order = self.step_order(i)
         self.last_sample = x
         x_prev = self._update(i, self.this_order, x, None)
-        self.lower_order_nums = min(self.lower_order_nums + 1, self.config.solver_order)
         self.step_index += 1
         return x_prev.astype(np.float32)
 

@@ -64,7 +64,7 @@ def record_calibration_inputs(backend: Callable, spec: ExportSpec, diffusion: Di
                               num_classes: int | None, null_class: int | None,
                               cfg: CalibrationConfig) -> list[dict[str, np.ndarray]]:
     """Every model call of ``cfg.trajectories`` DDIM runs of ``backend`` (the float32 model), as feeds."""
-    from ddpm_export.diffusion import make_scheduler, sample, sampler_config
+    from ddpm_export.diffusion import make_scheduler, sample
 
     calls: list[dict[str, np.ndarray]] = []
 
@@ -79,7 +79,7 @@ def record_calibration_inputs(backend: Callable, spec: ExportSpec, diffusion: Di
     guided = num_classes is not None and null_class is not None and 2 * n <= spec.max_batch
     n = n if n * (2 if guided else 1) <= spec.max_batch else spec.max_batch
     for k in range(cfg.trajectories):
-        scheduler = make_scheduler(sampler_config(diffusion, "ddim", num_inference_steps=cfg.steps + k))
+        scheduler = make_scheduler(diffusion, "ddim", num_inference_steps=cfg.steps + k)
         cond = (np.arange(k, k + n, dtype=np.int64) % num_classes) if num_classes is not None else None
         sample(recording, scheduler, (n, spec.in_channels, spec.sample_size, spec.sample_size), seed=cfg.seed + k,
                cond=cond, null_cond=np.full(n, null_class, dtype=np.int64) if guided else None,
