@@ -90,16 +90,14 @@ def solver_timesteps(T: int, n: int, spacing: TimestepSpacing, steps_offset: int
     - ``linspace``: ``round(linspace(0, T - 1, n + 1))`` descending without its last value 0
       (999, 899, ..., 100 for n = 10).
     """
-    _checked(T, n, spacing, steps_offset)
-    if spacing == "leading":
-        if T // (n + 1) == 0:
+    make = _checked(T, n, spacing, steps_offset)
+    if spacing == "trailing":
+        timesteps = make(T, n)
+    else:  # leading / linspace over n + 1 intervals, without their last value 0
+        if spacing == "leading" and n + 1 > T:
             raise BadInputError(f"num_inference_steps={n}: leading spacing of a multistep solver needs "
                                 f"num_inference_steps < num_train_timesteps={T}")
-        timesteps = (np.arange(n, 0, -1, dtype=np.int64) * (T // (n + 1))) + steps_offset
-    elif spacing == "linspace":
-        timesteps = np.linspace(0, T - 1, n + 1).round()[::-1][:-1].astype(np.int64)
-    else:
-        timesteps = _trailing(T, n)
+        timesteps = make(T, n + 1)[:-1] + steps_offset
     _check_first(timesteps, T, n, steps_offset)
     return np.ascontiguousarray(timesteps)
 
