@@ -27,17 +27,17 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
 
 from ddpm_export.analysis.blocks import iter_blocks
 from ddpm_export.export.onnx import DEFAULT_OPSET, trace_to_onnx
-from ddpm_export.contract.spec import T_NAME, ExportSpec
+from ddpm_export.contract.spec import ExportSpec
 from ddpm_export.nn.attention import Attention
 from ddpm_export.nn.layers import BatchNorm32, GroupNorm32
 from ddpm_export.nn.unet import UNet
+from ddpm_export.runtime.onnxruntime_backend import create_session, session_options_for
 
 __all__ = ["CATEGORIES", "Profile", "profile_onnxruntime", "qualified_scope_names"]
 
@@ -58,9 +58,6 @@ class Profile:
     by_category: dict[str, float]
     by_block: dict[str, float]
     by_op: dict[str, float]
-
-    def share(self, us: float) -> float:
-        return us / self.total_us if self.total_us else 0.0
 
 
 @contextlib.contextmanager
@@ -124,14 +121,10 @@ def profile_onnxruntime(unet: UNet, *, batch: int = 1, runs: int = 5, threads: i
         options = ort.SessionOptions()
         options.enable_profiling = True
         options.profile_file_prefix = str(Path(tmp) / "profile")
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        rng = np.random.default_rng(seed)
-        for i in range(runs + 1):
-            feeds = spec.sample_inputs(batch, seed=seed + i)
-            feeds[T_NAME] = rng.integers(0, spec.num_train_timesteps, size=batch, dtype=np.int64)
-            session.run(None, feeds)
+        session = create_session(path, providers=["CPUExecutionProvider"],
+                                 session_options=session_options_for(threads, options))
+        for i in range(runs + 1):  # sample_inputs draws t over [0, T) too
+            session.run(None, spec.sample_inputs(batch, seed=seed + i))
         events = json.loads(Path(session.end_profiling()).read_text(encoding="utf-8"))
     return _summarise(events, kinds, blocks, runs, batch, threads)
 
