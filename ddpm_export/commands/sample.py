@@ -101,24 +101,22 @@ def _load(onnx_path: str | None, bundle_dir: str | None, model: str | None, back
           trt_cache: str | None, cpu: dict[str, Any]) -> Pipeline:
     """The Pipeline of whichever source was given (default: the shipped model's ONNX file),
     on ``backend``; a GPU backend whose provider is missing raises ProviderUnavailable (exit 2)."""
-    from ddpm_export.presets import default_model
+    from ddpm_export.presets import default_model, shipped_onnx
     from ddpm_export.runtime import Pipeline
-
-    from ddpm_export.presets import shipped_onnx
 
     if bundle_dir is not None:
         return Pipeline.from_bundle(bundle_dir, backend=backend, **cpu)  # type: ignore[arg-type]
-    gpu: dict[str, Any] = {} if backend == "onnxruntime" else {"backend": backend, **cpu}
+    options: dict[str, Any] = {"backend": backend, **cpu}
     if backend == "ort-tensorrt":
-        gpu.update(trt_fp16=trt_fp16, trt_cache_dir=trt_cache)
+        options.update(trt_fp16=trt_fp16, trt_cache_dir=trt_cache)
     if onnx_path is not None:
-        return Pipeline.from_onnx(onnx_path, **gpu)
+        return Pipeline.from_onnx(onnx_path, **options)
     name = model or default_model()
     shipped = shipped_onnx(name)  # a preset's pre-exported file: no torch, no onnx needed
-    return Pipeline.from_onnx(shipped, **gpu) if shipped is not None else _export_and_load(name, gpu)
+    return Pipeline.from_onnx(shipped, **options) if shipped is not None else _export_and_load(name, options)
 
 
-def _export_and_load(model: str, gpu: dict[str, Any]) -> Pipeline:
+def _export_and_load(model: str, options: dict[str, Any]) -> Pipeline:
     """Export ``model`` (validated, fp32) into a temporary folder and load it; the file goes away."""
     import tempfile
     from pathlib import Path
@@ -129,4 +127,4 @@ def _export_and_load(model: str, gpu: dict[str, Any]) -> Pipeline:
     with tempfile.TemporaryDirectory() as tmp:
         click.echo(f"exporting {model} to ONNX (use `ddpm-export onnx` once and --onnx to skip this)")
         path = export_onnx(model, Path(tmp) / "model.onnx", log=lambda line: None).path
-        return Pipeline.from_onnx(path, **gpu)
+        return Pipeline.from_onnx(path, **options)

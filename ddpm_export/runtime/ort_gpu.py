@@ -88,4 +88,4 @@ def gpu_backend(path: str | Path, backend: str, spec: ExportSpec, **kwargs: Any)
     """An :class:`~ddpm_export.runtime.onnxruntime_backend.OnnxRuntimeBackend` on ``backend``."""
     from ddpm_export.runtime.onnxruntime_backend import OnnxRuntimeBackend
 
-    return OnnxRuntimeBackend(create_gpu_session(path, backend, spec, **kwargs), spec)
+    return OnnxRuntimeBackend(create_gpu_session(path, backend, spec, **kwargs), spec, source=str(path))

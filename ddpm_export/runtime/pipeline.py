@@ -116,27 +116,23 @@ class Pipeline:
         raise ProviderUnavailable rather than run on the CPU.
         """
         from ddpm_export.runtime.backends import CPU_BACKENDS, RuntimeOptions, load_onnx_backend
-        from ddpm_export.runtime.onnxruntime_backend import OnnxRuntimeBackend
+        from ddpm_export.runtime.info import read_info
 
         check_choice("backend", backend, (*CPU_BACKENDS, *ORT_GPU_BACKENDS))
         if backend in CPU_BACKENDS:
-            from ddpm_export.runtime.info import read_info
-
             info = read_info(path)
             options = RuntimeOptions(threads=threads, inference_precision=inference_precision, providers=providers,
                                      session_options=session_options)
             return cls(load_onnx_backend(backend, path, info.spec, options), info, source=str(path))
         if threads is not None or inference_precision is not None:
             raise BadInputError(f"threads and inference_precision apply to the CPU backends, not {backend!r}")
-        from ddpm_export.runtime.info import read_info
-        from ddpm_export.runtime.ort_gpu import create_gpu_session
+        from ddpm_export.runtime.ort_gpu import gpu_backend
 
         if providers is not None:
             raise BadInputError(f"providers apply to backend='onnxruntime'; {backend!r} chooses its own")
-        session = create_gpu_session(path, backend, read_info(path).spec, device=device, fp16=trt_fp16,
-                                     cache_dir=trt_cache_dir, session_options=session_options)
-        info = ModelInfo.from_metadata(session.get_modelmeta().custom_metadata_map, source=str(path))
-        return cls(OnnxRuntimeBackend(session, info.spec, source=str(path)), info, source=str(path))
+        info = read_info(path)
+        return cls(gpu_backend(path, backend, info.spec, device=device, fp16=trt_fp16, cache_dir=trt_cache_dir,
+                               session_options=session_options), info, source=str(path))
 
     @classmethod
     def from_bundle(cls, directory: str | Path, *, onnx: str | None = None, backend: BackendName = "onnxruntime",
