@@ -161,7 +161,7 @@ def trace_to_onnx(unet: UNet, spec: ExportSpec, *, precision: str, attention: st
 def _quantize(proto: onnx.ModelProto, unet: UNet, spec: ExportSpec, diffusion: DiffusionConfig,
               calibration: CalibrationConfig | None, log: Callable[[str], None]) -> onnx.ModelProto:
     """Record calibration inputs along DDIM trajectories of the float32 model; quantize to QDQ int8."""
-    from ddpm_export.export.int8 import CalibrationConfig, quantize_int8, record_calibration_inputs
+    from ddpm_export.export.int8 import quantize_int8, record_calibration_inputs
     from ddpm_export.torch_backend import TorchBackend
 
     cfg = calibration or CalibrationConfig()

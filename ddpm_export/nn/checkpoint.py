@@ -94,13 +94,12 @@ def load_model(spec: str | Path) -> UNet:
             raise CheckpointError(f"{path} has no {CONFIG_NAME}")
         if is_diffusers_folder(path):
             return load_diffusers_unet(path).eval()
-        if not (path / WEIGHTS_NAME).exists():  # a config-only folder, like a preset without weights
-            return build_model(UNetConfig.load(path / CONFIG_NAME)).eval()
-        return load_checkpoint(path)
-    if path.exists():
+        folder = path
+    elif path.exists():
         raise CheckpointError(f"{path} is a file; pass the checkpoint folder that holds "
                               f"{CONFIG_NAME} and {WEIGHTS_NAME}")
-    folder = preset_dir(str(spec))
-    if (folder / WEIGHTS_NAME).is_file():
+    else:
+        folder = preset_dir(str(spec))
+    if (folder / WEIGHTS_NAME).exists():
         return load_checkpoint(folder)
-    return build_model(UNetConfig.load(folder / CONFIG_NAME)).eval()
+    return build_model(UNetConfig.load(folder / CONFIG_NAME)).eval()  # config only, like most presets
