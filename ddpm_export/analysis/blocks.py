@@ -73,6 +73,11 @@ def iter_blocks(unet: UNet) -> Iterator[tuple[str, nn.Module]]:
     yield from expand("", unet)
 
 
+def block_names(unet: UNet) -> tuple[str, ...]:
+    """The blocks' qualified names, longest first (a module belongs to the first that prefixes it)."""
+    return tuple(sorted((name for name, _ in iter_blocks(unet)), key=len, reverse=True))
+
+
 def _level(name: str, levels: int) -> int | None:
     head, _, rest = name.partition(".")
     if head in ("time_embedding", "class_embedding"):

@@ -25,13 +25,13 @@ import dataclasses
 import json
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import onnx
 import onnxruntime as ort
 import torch
 
-from ddpm_export.analysis.blocks import iter_blocks
+from ddpm_export.analysis.blocks import block_names
 from ddpm_export.export.onnx import DEFAULT_OPSET, trace_to_onnx
 from ddpm_export.contract.spec import ExportSpec
 from ddpm_export.nn.attention import Attention
@@ -101,7 +101,7 @@ def _classify(op: str, module: str | None, kinds: dict[str, type]) -> str:
     return "elementwise"
 
 
-def _block_of(module: str | None, blocks: list[str]) -> str:
+def _block_of(module: str | None, blocks: Sequence[str]) -> str:
     if module is None:
         return GLUE
     return next((b for b in blocks if module == b or module.startswith(b + ".")), GLUE)
@@ -114,7 +114,7 @@ def profile_onnxruntime(unet: UNet, *, batch: int = 1, runs: int = 5, threads: i
     with qualified_scope_names():
         proto = trace_to_onnx(unet, spec, precision="fp32", attention="ort-mha", opset=DEFAULT_OPSET)
     kinds = {name: type(m) for name, m in unet.named_modules()}
-    blocks = sorted((name for name, _ in iter_blocks(unet)), key=len, reverse=True)
+    blocks = block_names(unet)
     with tempfile.TemporaryDirectory(prefix="ddpm-inspect-") as tmp:
         path = Path(tmp) / "model.onnx"
         onnx.save_model(proto, str(path))
@@ -129,7 +129,7 @@ def profile_onnxruntime(unet: UNet, *, batch: int = 1, runs: int = 5, threads: i
     return _summarise(events, kinds, blocks, runs, batch, threads)
 
 
-def _summarise(events: list[dict], kinds: dict[str, type], blocks: list[str], runs: int, batch: int,
+def _summarise(events: list[dict], kinds: dict[str, type], blocks: Sequence[str], runs: int, batch: int,
                threads: int) -> Profile:
     model_runs = sorted((e for e in events if e.get("name") == "model_run"), key=lambda e: e["ts"])
     warm_end = model_runs[0]["ts"] + model_runs[0]["dur"] if model_runs else -1

@@ -26,7 +26,7 @@ import dataclasses
 import re
 from typing import Iterable, Mapping
 
-from ddpm_export.analysis.blocks import iter_blocks
+from ddpm_export.analysis.blocks import block_names
 from ddpm_export.analysis.profile import CATEGORIES, GLUE, _block_of, _classify, _module_of, qualified_scope_names
 from ddpm_export.contract.spec import ExportSpec
 from ddpm_export.export.attention_forms import AUTO_ATTENTION
@@ -92,7 +92,7 @@ def scope_map(unet: UNet) -> tuple[dict[str, str | None], dict[str, str | None],
 def layer_map(unet: UNet) -> LayerMap:
     """The :class:`LayerMap` of ``unet`` (two ONNX traces: about a second for the tiny preset)."""
     nodes, scopes, order = scope_map(unet)
-    blocks = tuple(sorted((name for name, _ in iter_blocks(unet)), key=len, reverse=True))
+    blocks = block_names(unet)
     return LayerMap(nodes, scopes, order, {name: type(m) for name, m in unet.named_modules()}, blocks)
 
 
@@ -135,7 +135,7 @@ def place_layer(layer: str, lmap: LayerMap) -> tuple[str, str] | None:
     for node in names:
         module = _module(node, lmap)
         op = _OP.sub("", node.rpartition("/")[2])
-        placed.append((_block_of(module, list(lmap.blocks)), _classify(op, module, lmap.kinds)))
+        placed.append((_block_of(module, lmap.blocks), _classify(op, module, lmap.kinds)))
     if copy:
         return placed[0][0], "elementwise"
     rank = {c: i for i, c in enumerate(CATEGORIES)}
