@@ -31,6 +31,7 @@ from ddpm_export.analysis.profile import CATEGORIES, GLUE, _block_of, _classify,
 from ddpm_export.contract.spec import ExportSpec
 from ddpm_export.export.attention_forms import AUTO_ATTENTION
 from ddpm_export.export.onnx import DEFAULT_OPSET, trace_to_onnx
+from ddpm_export.export.rewrites import resolve_rewrites
 from ddpm_export.nn.unet import UNet
 
 __all__ = ["LayerMap", "LayerProfile", "layer_map", "node_names", "place_layer", "scope_map", "summarise_layers"]
@@ -72,12 +73,14 @@ class LayerProfile:
 
 def scope_map(unet: UNet) -> tuple[dict[str, str | None], dict[str, str | None], tuple[str, ...]]:
     """``(node -> module, scope -> module, node order)`` of the graph ``ddpm-export onnx --target
-    tensorrt`` exports for ``unet`` (fp32), from two traces zipped node for node."""
+    tensorrt`` exports for ``unet`` (fp32; its attention form and rewrites as ``auto`` picks them
+    for TensorRT), from two traces zipped node for node."""
     spec = ExportSpec.from_config(unet.config, min_batch=1, opt_batch=2, max_batch=2)
     form = AUTO_ATTENTION["tensorrt"]
-    plain = trace_to_onnx(unet, spec, precision="fp32", attention=form, opset=DEFAULT_OPSET)
+    rewrites = resolve_rewrites("auto", "fp32", "tensorrt")
+    plain = trace_to_onnx(unet, spec, precision="fp32", attention=form, opset=DEFAULT_OPSET, rewrites=rewrites)
     with qualified_scope_names():
-        qualified = trace_to_onnx(unet, spec, precision="fp32", attention=form, opset=DEFAULT_OPSET)
+        qualified = trace_to_onnx(unet, spec, precision="fp32", attention=form, opset=DEFAULT_OPSET, rewrites=rewrites)
     if [n.op_type for n in plain.graph.node] != [n.op_type for n in qualified.graph.node]:
         raise RuntimeError("the two traces of the model differ; cannot map TensorRT layer names to blocks")
     nodes: dict[str, str | None] = {}

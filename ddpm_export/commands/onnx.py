@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ddpm_export.contract.choices import ATTENTION_CHOICES, PRECISIONS, TARGETS
+from ddpm_export.contract.choices import ATTENTION_CHOICES, PRECISIONS, REWRITES, TARGETS
 from ddpm_export.contract.spec import MAX_BATCH
 
 
@@ -22,6 +22,10 @@ from ddpm_export.contract.spec import MAX_BATCH
 @click.option("--target", type=click.Choice(TARGETS), default="any",
               help="Where the file will run; decides --attention auto (the form measured fastest there: decomposed "
                    "for onnxruntime on CPU and for tensorrt).")
+@click.option("--rewrites", default="auto", show_default=True,
+              help=f"Exact rewrites (same function, fewer multiply-adds): a comma-separated list of "
+                   f"{', '.join(REWRITES)}; none; or auto (what was measured faster: both for fp32, none for "
+                   f"fp16, int8 and --target tensorrt).")
 @click.option("--min-batch", type=click.IntRange(1, MAX_BATCH), default=1, help="Smallest batch the graph accepts.")
 @click.option("--opt-batch", type=click.IntRange(1, MAX_BATCH), default=4, help="Batch TensorRT optimises for.")
 @click.option("--max-batch", type=click.IntRange(1, MAX_BATCH), default=16, help="Largest batch the graph accepts.")
@@ -29,8 +33,8 @@ from ddpm_export.contract.spec import MAX_BATCH
               help="Also write torch's inputs/outputs as Polygraphy JSON (inputs.json, outputs.json) here.")
 @click.option("--validate/--no-validate", default=True, help="Check the graph and compare ONNX Runtime with torch.")
 @click.option("--force", is_flag=True, help="Overwrite existing output files.")
-def command(model: str, output: str, opset: int, precision: str, attention: str, target: str, min_batch: int,
-             opt_batch: int, max_batch: int, save_io: str | None, validate: bool, force: bool) -> None:
+def command(model: str, output: str, opset: int, precision: str, attention: str, target: str, rewrites: str,
+            min_batch: int, opt_batch: int, max_batch: int, save_io: str | None, validate: bool, force: bool) -> None:
     """Export a model to ONNX and validate it against PyTorch.
 
     \b
@@ -45,10 +49,10 @@ def command(model: str, output: str, opset: int, precision: str, attention: str,
 
     click.echo(f"exporting {model} -> {output} ({precision}, opset {opset})")
     result = export_onnx(model, output, opset=opset, precision=precision, attention=attention, target=target,
-                         min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch, validate=validate,
+                         rewrites=rewrites, min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch, validate=validate,
                          save_io=save_io, force=force, log=click.echo)
     size = result.size_bytes / 2**20
     click.echo(f"wrote {result.path} ({size:.2f} MiB) in {result.seconds:.1f} s; attention {result.attention}, "
-               f"batch {result.spec.min_batch}..{result.spec.max_batch}")
+               f"rewrites {','.join(result.rewrites) or 'none'}, batch {result.spec.min_batch}..{result.spec.max_batch}")
     if result.validation is not None:
         click.echo(f"validation passed: max abs {result.validation.max_abs:.3e}, rel L2 {result.validation.rel_l2:.3e}")

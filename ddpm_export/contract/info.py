@@ -38,6 +38,8 @@ class ModelInfo:
         attention: the attention form in the graph.
         source_sha256: hash of the weights it was exported from.
         metadata: every ``metadata_props`` entry as written, for reports and bundles.
+        rewrites: the exact rewrites applied (:data:`ddpm_export.contract.choices.REWRITES`);
+            empty for files written before they existed.
     """
 
     unet: UNetConfig
@@ -47,6 +49,7 @@ class ModelInfo:
     attention: str
     source_sha256: str
     metadata: Mapping[str, str] = dataclasses.field(compare=False, repr=False)
+    rewrites: tuple[str, ...] = ()
 
     @classmethod
     def from_metadata(cls, props: Mapping[str, str], source: str = "model") -> "ModelInfo":
@@ -62,7 +65,8 @@ class ModelInfo:
         precision = md.precision_of(props, source)
         info = cls(unet=parse(md.UNET_CONFIG, UNetConfig), diffusion=parse(md.DIFFUSION_CONFIG, DiffusionConfig),
                    spec=parse(md.EXPORT_SPEC, ExportSpec), precision=str(precision),
-                   attention=props[md.ATTENTION], source_sha256=props[md.SOURCE_SHA256], metadata=dict(props))
+                   attention=props[md.ATTENTION], source_sha256=props[md.SOURCE_SHA256], metadata=dict(props),
+                   rewrites=tuple(name for name in props.get(md.REWRITES, "").split(",") if name))
         info.check_consistent(source)
         return info
 

@@ -33,10 +33,12 @@ from ddpm_export.export.int8 import CalibrationConfig
 from ddpm_export.export.polygraphy_io import check_io_paths, save_torch_io
 from ddpm_export.export.precision import GraphModule
 from ddpm_export.export.precision_policy import check_precision, policy
+from ddpm_export.export.rewrites import resolve_rewrites
 from ddpm_export.export.validate import ValidationReport, validate_onnx
 from ddpm_export.files import refuse_existing, remove_leftovers, temp_sibling
 from ddpm_export.nn.attention import use_attention_kernel
 from ddpm_export.nn.checkpoint import diffusion_config_for, load_model, weights_path
+from ddpm_export.nn.rewrites import use_rewrites
 from ddpm_export.nn.unet import UNet
 
 DEFAULT_OPSET = 20
@@ -49,6 +51,7 @@ class ExportResult:
     spec: ExportSpec
     precision: str
     attention: str
+    rewrites: tuple[str, ...]
     opset: int
     seconds: float
     size_bytes: int
@@ -57,7 +60,8 @@ class ExportResult:
 
 def export_onnx(model: str | Path, out: str | Path, *, opset: int = DEFAULT_OPSET, precision: str = "fp32",
                 attention: str = "auto", target: str = "any", min_batch: int = 1, opt_batch: int = 4,
-                max_batch: int = 16, diffusion: DiffusionConfig | None = None, validate: bool = True,
+                max_batch: int = 16, rewrites: str = "auto", diffusion: DiffusionConfig | None = None,
+                validate: bool = True,
                 save_io: str | Path | None = None, force: bool = False, calibration: CalibrationConfig | None = None,
                 log: Callable[[str], None] = print) -> ExportResult:
     """Export ``model`` (a preset name, our checkpoint folder or a diffusers folder) to ``out``.
@@ -65,6 +69,8 @@ def export_onnx(model: str | Path, out: str | Path, *, opset: int = DEFAULT_OPSE
     The schedule recorded in the metadata is ``diffusion``, else the folder's ``diffusion.json``,
     else the default DiffusionConfig. ``precision="int8"`` quantizes the float32 graph, calibrated
     on the sampler's own trajectories (``calibration``, see :mod:`ddpm_export.export.int8`).
+    ``rewrites``: ``auto`` (per precision, :mod:`ddpm_export.export.rewrites`), ``none``, or
+    a comma-separated list of exact rewrites (:mod:`ddpm_export.nn.rewrites`).
 
     Raises FileExistsError when ``out`` exists and not ``force``; ValueError for bad options;
     ``ValidationError`` when the exported graph disagrees with torch (nothing is written then).
@@ -72,6 +78,7 @@ def export_onnx(model: str | Path, out: str | Path, *, opset: int = DEFAULT_OPSE
     start = time.perf_counter()
     out = Path(out)
     form = _check_options(out, force=force, precision=precision, attention=attention, target=target, opset=opset)
+    applied = resolve_rewrites(rewrites, precision, target)
     io_paths = check_io_paths(save_io, force=force) if save_io is not None else None
     unet = load_model(model)
     diffusion = diffusion or diffusion_config_for(model) or DiffusionConfig()
@@ -79,13 +86,13 @@ def export_onnx(model: str | Path, out: str | Path, *, opset: int = DEFAULT_OPSE
         raise BadInputError(f"the schedule's num_train_timesteps={diffusion.num_train_timesteps} differs from the "
                             f"model's {unet.config.num_train_timesteps} ({model}): fix its diffusion.json")
     spec = ExportSpec.from_config(unet.config, min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch)
-    proto = trace_to_onnx(unet, spec, precision=precision, attention=form, opset=opset)
+    proto = trace_to_onnx(unet, spec, precision=precision, attention=form, opset=opset, rewrites=applied)
     if precision == "int8":
         proto = _quantize(proto, unet, spec, diffusion, calibration, log)
     source = weights_path(model)
     proto.metadata_props.clear()
     for key, value in md.metadata_props(
-        unet=unet.config, diffusion=diffusion, spec=spec, policy=policy(precision), attention=form,
+        unet=unet.config, diffusion=diffusion, spec=spec, policy=policy(precision), attention=form, rewrites=applied,
         exporter_version=f"ddpm-export {__version__}; torch {torch.__version__.split('+')[0]}; onnx {onnx.__version__}",
         source=str(model) if source is None else source.name,
         source_sha256=md.sha256_file(source) if source else md.sha256_bytes(_state_bytes(unet)),
@@ -94,11 +101,11 @@ def export_onnx(model: str | Path, out: str | Path, *, opset: int = DEFAULT_OPSE
         entry.key, entry.value = key, value
     proto.producer_name, proto.producer_version = "ddpm-export", __version__
     proto.doc_string = (f"DDPM U-Net exported by ddpm-export {__version__}: precision {precision}, "
-                        f"attention {form}, batch {min_batch}..{max_batch}")
+                        f"attention {form}, rewrites {','.join(applied) or 'none'}, batch {min_batch}..{max_batch}")
     report = _write_validated(proto, out, (unet, spec, precision) if validate else None, log)
     if io_paths is not None:
         save_torch_io(unet, spec, io_paths)
-    return ExportResult(out, spec, precision, form, opset, time.perf_counter() - start,
+    return ExportResult(out, spec, precision, form, applied, opset, time.perf_counter() - start,
                         out.stat().st_size, report)
 
 
@@ -141,15 +148,18 @@ def _write_validated(proto: onnx.ModelProto, out: Path, validation: tuple[UNet, 
     return report
 
 
-def trace_to_onnx(unet: UNet, spec: ExportSpec, *, precision: str, attention: str, opset: int) -> onnx.ModelProto:
-    """Trace the precision-wrapped ``unet`` with the ``attention`` kernel into an ONNX model."""
+def trace_to_onnx(unet: UNet, spec: ExportSpec, *, precision: str, attention: str, opset: int,
+                  rewrites: tuple[str, ...] = ()) -> onnx.ModelProto:
+    """Trace the precision-wrapped ``unet`` with the ``attention`` kernel and the exact ``rewrites``
+    into an ONNX model."""
     module = GraphModule(unet, precision)
     # Tracing runs the model once; fp16 convolutions on a CPU are slow, so trace a small batch
     # (2, not 1, so that no size-1 broadcast is baked in; validation covers every batch).
     feeds = spec.sample_inputs(min(2, spec.max_batch))
     args = tuple(torch.from_numpy(feeds[name]) for name in spec.input_names)
     buffer = io.BytesIO()
-    with use_attention_kernel(module, attention_kernel(attention)), warnings.catch_warnings(), torch.no_grad():
+    with use_attention_kernel(module, attention_kernel(attention)), use_rewrites(module, rewrites), \
+            warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings
         torch.onnx.export(module, args, buffer, dynamo=False, opset_version=opset,
                           input_names=spec.input_names, output_names=spec.output_names,

@@ -58,15 +58,23 @@ class Attention(nn.Module):
     ``forward(x [B, N, C], context [B, M, C_ctx] | None, bias [h, N, M] | None) -> [B, N, C]``;
     self-attention when ``context`` is None. ``kernel`` combines q, k, v (default
     :func:`decomposed_attention`); it is not a parameter and not part of the state dict.
+
+    ``fold_qk`` and ``fold_vo`` are None unless set while exporting
+    (:func:`ddpm_export.nn.rewrites.use_rewrites`, single-head self-attention): then the module
+    computes ``kernel(fold_qk(x_q), x_k, fold_vo(x))``, two projections instead of four, the
+    same map (:func:`ddpm_export.nn.rewrites.fold_attention` gives the algebra).
     """
 
     kernel: AttentionKernel
+    fold_qk: nn.Linear | None
+    fold_vo: nn.Linear | None
 
     def __init__(self, channels: int, heads: int, context_dim: int | None = None) -> None:
         super().__init__()
         kv_dim = channels if context_dim is None else context_dim
         self.heads = heads
         self.kernel = decomposed_attention
+        self.fold_qk = self.fold_vo = None
         self.to_q = nn.Linear(channels, channels)
         self.to_k = nn.Linear(kv_dim, channels)
         self.to_v = nn.Linear(kv_dim, channels)
@@ -78,12 +86,23 @@ class Attention(nn.Module):
         kv = x if context is None else context
         q_in = x if qk_extra is None else x + qk_extra
         k_in = kv if (qk_extra is None or context is not None) else kv + qk_extra
+        if self.fold_qk is not None and self.fold_vo is not None:
+            return self._folded(self.fold_qk, self.fold_vo, q_in, k_in, kv, bias)
         h = self.heads
         q = self.to_q(q_in).reshape(b, n, h, c // h).transpose(1, 2)
         k = self.to_k(k_in).reshape(b, kv.shape[1], h, c // h).transpose(1, 2)
         v = self.to_v(kv).reshape(b, kv.shape[1], h, c // h).transpose(1, 2)
         out = self.kernel(q, k, v, bias)
         return self.to_out(out.transpose(1, 2).reshape(b, n, c))
+
+    def _folded(self, fold_qk: nn.Linear, fold_vo: nn.Linear, q_in: torch.Tensor, k_in: torch.Tensor,
+                kv: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """The same map through the folded projections (one head, so d = C)."""
+        b, n, c = q_in.shape
+        q = fold_qk(q_in).reshape(b, 1, n, c)
+        k = k_in.reshape(b, 1, k_in.shape[1], c)
+        v = fold_vo(kv).reshape(b, 1, kv.shape[1], c)
+        return self.kernel(q, k, v, bias).reshape(b, n, c)
 
 
 class SinusoidalPosition2D(nn.Module):

@@ -1,0 +1,36 @@
+"""``--rewrites``: which exact rewrites (:mod:`ddpm_export.nn.rewrites`) an export applies.
+
+``auto`` picks per precision what was measured faster (ddpm-cifar10, 2 threads, AVX-512
+EPYC, files side by side in one run; README, "Speed"; docs/speed-levers.md):
+
+- fp32: both. ``upsample-deconv`` took 1.02-1.05x less time per forward in ONNX Runtime and
+  1.06-1.10x in OpenVINO (f32 and bf16); with ``attention-fold`` as well, 1.08-1.09x in ONNX
+  Runtime and 1.09-1.12x in OpenVINO, at batch 1 and 8.
+- int8: none. Both were slower on the QDQ file: ``upsample-deconv`` 0.90-0.93x (the transposed
+  conv does not run as an int8 kernel), ``attention-fold`` 0.95-0.99x.
+- fp16, and anything for ``--target tensorrt``: none, until measured on a GPU (TensorRT has its
+  own deconvolution and attention kernels; this project has not had a GPU to time them on).
+"""
+
+from __future__ import annotations
+
+from ddpm_export.contract.choices import REWRITES
+from ddpm_export.nn.rewrites import check_rewrites
+
+__all__ = ["AUTO_REWRITES", "REWRITE_CHOICES", "resolve_rewrites"]
+
+AUTO_REWRITES: dict[str, tuple[str, ...]] = {"fp32": REWRITES, "fp16": (), "int8": ()}
+#: what ``--rewrites`` accepts besides a comma-separated list of :data:`REWRITES`
+REWRITE_CHOICES = ("auto", "none", *REWRITES)
+
+
+def resolve_rewrites(value: str, precision: str, target: str = "any") -> tuple[str, ...]:
+    """``"auto"`` -> :data:`AUTO_REWRITES` ``[precision]`` (none for ``target="tensorrt"``);
+    ``"none"`` or ``""`` -> ``()``; else the comma-separated names, each checked (BadInputError
+    listing the choices), in the order of :data:`REWRITES`."""
+    if value == "auto":
+        return () if target == "tensorrt" else AUTO_REWRITES[precision]
+    if value in ("none", ""):
+        return ()
+    names = tuple(dict.fromkeys(part.strip() for part in value.split(",")))
+    return tuple(name for name in REWRITES if name in check_rewrites(names))

@@ -1,0 +1,152 @@
+"""Exact rewrites (``ddpm_export.nn.rewrites``): each rewritten module computes what the module
+computes without it, on random weights (nothing zero-initialised), to float32 rounding.
+
+The oracle is the plain module itself (nearest upsampling + conv; four projections + softmax),
+run in float64 where a bound must be tight.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+import torch.nn.functional as F  # noqa: E402
+
+import ddpm_export  # noqa: E402
+from ddpm_export.config import UNetConfig  # noqa: E402
+from ddpm_export.errors import BadInputError  # noqa: E402
+from ddpm_export.nn.attention import Attention, AttentionBlock  # noqa: E402
+from ddpm_export.nn.blocks import Upsample  # noqa: E402
+from ddpm_export.nn.rewrites import can_fold, fold_attention, upsample_deconv, use_rewrites  # noqa: E402
+
+#: float32 rounding of a few hundred-term sums of O(1) values; measured 1e-6 .. 3e-6
+FP32_ATOL = 2e-5
+
+
+def _randomise(module: torch.nn.Module, seed: int) -> torch.nn.Module:
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+    return module.eval()
+
+
+@pytest.mark.parametrize("channels,size,batch", [(4, 1, 1), (8, 5, 2), (16, 8, 3)])
+def test_upsample_deconv_equals_nearest_then_conv(channels, size, batch):
+    up = _randomise(Upsample(channels), seed=channels).double()
+    x = torch.randn(batch, channels, size, size, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = up(x)
+        deconv = upsample_deconv(up.conv)
+        out = F.conv_transpose2d(x, deconv.weight, deconv.bias, stride=2, padding=1)
+    assert out.shape == ref.shape == (batch, channels, 2 * size, 2 * size)
+    assert float((out - ref).abs().max()) < 1e-12  # an identity: float64 rounding only
+
+
+def test_upsample_deconv_taps_on_a_one_hot_kernel():
+    """Independent check of the tap table: a kernel that only reads the pixel below (w[+1, 0])."""
+    conv = torch.nn.Conv2d(1, 1, 3, padding=1, bias=False)
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.weight[0, 0, 2, 1] = 1.0  # out(y, x) = up(y + 1, x)
+    weight = upsample_deconv(conv).weight.detach()
+    # per axis y: taps [w1, w0 + w1, w-1 + w0, w-1] = [1, 1, 0, 0]; along x only w0 = 1: [0, 1, 1, 0]
+    expected = torch.outer(torch.tensor([1.0, 1.0, 0.0, 0.0]), torch.tensor([0.0, 1.0, 1.0, 0.0]))
+    assert torch.equal(weight[0, 0], expected)
+
+
+def _attention_case(bias: bool, extra: bool, channels: int = 16, tokens: int = 9, batch: int = 2):
+    attn = _randomise(Attention(channels, heads=1), seed=3)
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(batch, tokens, channels, generator=gen)
+    kwargs = {}
+    if bias:
+        kwargs["bias"] = torch.randn(1, tokens, tokens, generator=gen)
+    if extra:
+        kwargs["qk_extra"] = torch.randn(tokens, channels, generator=gen)
+    return attn, x, kwargs
+
+
+@pytest.mark.parametrize("bias,extra", [(False, False), (True, False), (False, True), (True, True)])
+def test_folded_attention_equals_four_projections(bias, extra):
+    attn, x, kwargs = _attention_case(bias, extra)
+    with torch.no_grad():
+        ref = attn(x, **kwargs)
+        with use_rewrites(attn, ("attention-fold",)) as n:
+            out = attn(x, **kwargs)
+    assert n == 1
+    assert attn.fold_qk is None and attn.fold_vo is None  # undone on exit
+    assert set(attn.state_dict()) == {f"{p}.{w}" for p in ("to_q", "to_k", "to_v", "to_out") for w in ("weight", "bias")}
+    assert float((out - ref).abs().max()) < FP32_ATOL
+
+
+def _softmax64(q, k, v, bias=None):
+    """Attention entirely in float64 (the model's kernel takes its softmax in float32)."""
+    w = q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5
+    return torch.softmax(w if bias is None else w + bias, dim=-1) @ v
+
+
+def test_folded_attention_in_float64_is_an_identity():
+    attn, x, kwargs = _attention_case(True, True)
+    attn, x = attn.double(), x.double()
+    attn.kernel = _softmax64
+    kwargs = {k: v.double() for k, v in kwargs.items()}
+    with torch.no_grad():
+        ref = attn(x, **kwargs)
+        attn.fold_qk, attn.fold_vo = fold_attention(attn)
+        out = attn(x, **kwargs)
+    assert float((out - ref).abs().max()) < 1e-12
+
+
+def test_folded_weights_are_the_stated_products():
+    attn = _randomise(Attention(6, heads=1), seed=9)
+    qk, vo = fold_attention(attn)
+    wq, bq, wk = attn.to_q.weight.detach(), attn.to_q.bias.detach(), attn.to_k.weight.detach()
+    wv, bv, wo, bo = (attn.to_v.weight.detach(), attn.to_v.bias.detach(), attn.to_out.weight.detach(),
+                      attn.to_out.bias.detach())
+    torch.testing.assert_close(qk.weight, wk.T @ wq)
+    torch.testing.assert_close(qk.bias, wk.T @ bq)
+    torch.testing.assert_close(vo.weight, wo @ wv)
+    torch.testing.assert_close(vo.bias, wo @ bv + bo)
+    assert not qk.weight.requires_grad and qk.weight.dtype == wq.dtype
+
+
+def test_only_single_head_self_attention_is_folded():
+    assert can_fold(Attention(8, heads=1))
+    assert not can_fold(Attention(8, heads=2))
+    assert not can_fold(Attention(8, heads=1, context_dim=5))
+    with pytest.raises(ValueError, match="single-head self-attention"):
+        fold_attention(Attention(8, heads=2))
+    cfg = UNetConfig(base_channels=8, channel_mult=(1,), sample_size=4, num_groups=4, num_res_blocks=1,
+                     attention_resolutions=(4,), context_dim=5, zero_init=False)
+    block = _randomise(AttentionBlock(cfg, 8, 4, context_dim=5), seed=2)
+    x, ctx = torch.randn(2, 8, 4, 4), torch.randn(2, 3, 5)
+    with torch.no_grad():
+        ref = block(x, ctx)
+        with use_rewrites(block, ("attention-fold",)) as n:
+            assert block.attn.fold_qk is not None and block.cross.fold_qk is None
+            out = block(x, ctx)
+    assert n == 1
+    assert float((out - ref).abs().max()) < FP32_ATOL
+
+
+def test_a_whole_unet_with_both_rewrites_matches(tmp_path):
+    unet = _randomise(ddpm_export.load_model("tiny"), seed=11)
+    gen = torch.Generator().manual_seed(0)
+    x, t = torch.randn(3, 3, 16, 16, generator=gen), torch.tensor([0, 500, 999])
+    with torch.no_grad():
+        ref = unet(x, t)
+        with use_rewrites(unet, ("upsample-deconv", "attention-fold")) as n:
+            out = unet(x, t)
+        again = unet(x, t)
+    n_up = sum(isinstance(m, Upsample) for m in unet.modules())
+    n_attn = sum(isinstance(m, Attention) for m in unet.modules())
+    assert n == n_up + n_attn and n_up >= 1 and n_attn >= 1
+    assert float((out - ref).abs().max()) < FP32_ATOL * float(ref.abs().max())
+    assert torch.equal(again, ref)  # the model is itself again after the block
+
+
+def test_unknown_rewrite_lists_the_choices():
+    with pytest.raises(BadInputError, match="'winograd' are not valid; choose from: upsample-deconv, attention-fold"):
+        with use_rewrites(Upsample(4), ("winograd",)):
+            pass
