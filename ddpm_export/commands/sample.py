@@ -104,11 +104,11 @@ def _load(onnx_path: str | None, bundle_dir: str | None, model: str | None, back
     from ddpm_export.presets import default_model, shipped_onnx
     from ddpm_export.runtime import Pipeline
 
-    if bundle_dir is not None:
-        return Pipeline.from_bundle(bundle_dir, backend=backend, **cpu)  # type: ignore[arg-type]
     options: dict[str, Any] = {"backend": backend, **cpu}
     if backend == "ort-tensorrt":
         options.update(trt_fp16=trt_fp16, trt_cache_dir=trt_cache)
+    if bundle_dir is not None:
+        return Pipeline.from_bundle(bundle_dir, **options)
     if onnx_path is not None:
         return Pipeline.from_onnx(onnx_path, **options)
     name = model or default_model()

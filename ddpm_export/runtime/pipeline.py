@@ -138,27 +138,31 @@ class Pipeline:
     def from_bundle(cls, directory: str | Path, *, onnx: str | None = None, backend: BackendName = "onnxruntime",
                     threads: int | None = None, inference_precision: str | None = None,
                     providers: Sequence[Any] | None = None, session_options: Any = None,
-                    device: int = 0) -> "Pipeline":
+                    device: int = 0, trt_fp16: bool = False, trt_cache_dir: str | Path | None = None) -> "Pipeline":
         """A Pipeline on a bundle folder, after checking every file's sha256 against ``manifest.json``.
 
         Args:
             onnx: which of the bundle's ONNX files (its name); default the first one listed.
             backend: ``"onnxruntime"`` or ``"openvino"`` run the ONNX file (with ``threads`` and
                 ``inference_precision`` as in :meth:`from_onnx`; ``"ort-cuda"`` / ``"ort-tensorrt"``: on
-                ONNX Runtime's GPU providers); ``"tensorrt"`` runs the engine built from it
-                (metadata from the manifest, so neither onnx nor onnxruntime is needed).
+                ONNX Runtime's GPU providers, ``"ort-tensorrt"`` with ``trt_fp16`` and
+                ``trt_cache_dir`` as in :meth:`from_onnx`); ``"tensorrt"`` runs the engine built
+                from it (metadata from the manifest, so neither onnx nor onnxruntime is needed).
             device: CUDA device of the GPU backends.
         """
         from ddpm_export.runtime import bundle as bundle_mod
 
         check_choice("backend", backend, BACKENDS)  # before hashing every file
+        if (trt_fp16 or trt_cache_dir is not None) and backend != "ort-tensorrt":
+            raise BadInputError(f"trt_fp16 and trt_cache_dir apply to backend='ort-tensorrt', not {backend!r}")
         manifest = bundle_mod.verify_bundle(directory)
         entry = manifest.model(onnx)
         folder = Path(directory)
         if backend != "tensorrt":
             pipe = cls.from_onnx(folder / entry["onnx"], backend=backend, threads=threads,
                                  inference_precision=inference_precision, providers=providers,
-                                 session_options=session_options, device=device)
+                                 session_options=session_options, device=device, trt_fp16=trt_fp16,
+                                 trt_cache_dir=trt_cache_dir)
             if pipe.info.diffusion != manifest.diffusion:
                 raise bundle_mod.BundleError(f"{folder / bundle_mod.MANIFEST}: the schedule differs from the metadata "
                                              f"of {entry['onnx']}; rebuild the bundle with `ddpm-export bundle`")

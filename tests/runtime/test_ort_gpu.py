@@ -106,3 +106,17 @@ def test_verify_cli_with_a_missing_provider_exits_2(tiny, tmp_path):
                                        "--report", str(report)])
     assert result.exit_code == 2 and "Error: backend 'ort-cuda'" in result.output, result.output
     assert not report.exists()
+
+
+def test_bundle_takes_the_tensorrt_provider_options_or_refuses_them(tiny, tmp_path):
+    """``sample --bundle --backend ort-tensorrt --trt-fp16 --trt-cache`` reaches the provider (it
+    was once dropped silently); on another backend the options are refused."""
+    from ddpm_export.runtime.bundle import make_bundle
+
+    bundle = make_bundle([tiny], tmp_path / "b")
+    with pytest.raises(ValueError, match="trt_fp16 and trt_cache_dir apply to backend='ort-tensorrt', not 'onnxruntime'"):
+        Pipeline.from_bundle(bundle, trt_fp16=True)
+    if "TensorrtExecutionProvider" in HAS:
+        pytest.skip("onnxruntime here has the TensorRT provider; the GPU test covers the options")
+    with pytest.raises(ProviderUnavailable):
+        Pipeline.from_bundle(bundle, backend="ort-tensorrt", trt_fp16=True, trt_cache_dir=tmp_path / "cache")
