@@ -49,8 +49,8 @@ def command(model: str, output: str, opset: int, precision: str, attention: str,
 
     click.echo(f"exporting {model} -> {output} ({precision}, opset {opset})")
     result = export_onnx(model, output, opset=opset, precision=precision, attention=attention, target=target,
-                         rewrites=rewrites, min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch, validate=validate,
-                         save_io=save_io, force=force, log=click.echo)
+                         rewrites=rewrites, min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch,
+                         validate=validate, save_io=save_io, force=force, log=click.echo)
     size = result.size_bytes / 2**20
     click.echo(f"wrote {result.path} ({size:.2f} MiB) in {result.seconds:.1f} s; attention {result.attention}, "
                f"rewrites {','.join(result.rewrites) or 'none'}, batch {result.spec.min_batch}..{result.spec.max_batch}")

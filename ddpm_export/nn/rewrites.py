@@ -101,8 +101,9 @@ def use_rewrites(model: nn.Module, rewrites: tuple[str, ...]) -> Iterator[int]:
     """Run ``model`` with ``rewrites`` (names from :data:`REWRITES`) inside the block; yields how
     many modules were rewritten. Attention modules that cannot be folded keep their projections."""
     check_rewrites(rewrites)
-    ups = [m for m in model.modules() if isinstance(m, Upsample)] if "upsample-deconv" in rewrites else []
-    attns = [m for m in model.modules() if isinstance(m, Attention) and can_fold(m)] if "attention-fold" in rewrites else []
+    modules = list(model.modules())
+    ups = [m for m in modules if isinstance(m, Upsample)] if "upsample-deconv" in rewrites else []
+    attns = [m for m in modules if isinstance(m, Attention) and can_fold(m)] if "attention-fold" in rewrites else []
     for up in ups:
         up.deconv = upsample_deconv(up.conv)
     for attn in attns:
