@@ -199,10 +199,18 @@ def test_next_write_removes_leftovers_of_dead_processes(tmp_path):
     assert remove_leftovers(tmp_path / "y.png") == [other]
 
 
+def _default_sigint() -> None:
+    """In the child: SIGINT back to its default. A test run started in the background by a
+    non-interactive shell (``pytest &``) ignores SIGINT, Python keeps an ignored SIGINT ignored,
+    and the export would then run to the end instead of being interrupted."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _export_process(out: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, "-m", "ddpm_export", "onnx", "--model", "ddpm-cifar10", "-o", str(out)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_default_sigint)
 
 
 def _wait_for_temp(folder: Path, proc: subprocess.Popen, timeout: float = 600) -> list[Path]:
