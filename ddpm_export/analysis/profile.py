@@ -33,6 +33,7 @@ import torch
 
 from ddpm_export.analysis.blocks import block_names
 from ddpm_export.export.onnx import DEFAULT_OPSET, trace_to_onnx
+from ddpm_export.export.rewrites import resolve_rewrites
 from ddpm_export.contract.spec import ExportSpec
 from ddpm_export.nn.attention import Attention
 from ddpm_export.nn.layers import BatchNorm32, GroupNorm32
@@ -88,7 +89,7 @@ def _module_of(node_name: str) -> str | None:
 
 
 def _classify(op: str, module: str | None, kinds: dict[str, type]) -> str:
-    if op in ("Conv", "FusedConv"):
+    if op in ("Conv", "FusedConv", "ConvTranspose"):
         return "conv"
     chain = [] if module is None else [".".join(module.split(".")[:i]) for i in range(1, module.count(".") + 2)]
     classes = [kinds.get(name) for name in chain]
@@ -108,11 +109,14 @@ def _block_of(module: str | None, blocks: Sequence[str]) -> str:
 
 
 def profile_onnxruntime(unet: UNet, *, batch: int = 1, runs: int = 5, threads: int = 1, seed: int = 0) -> Profile:
-    """Trace ``unet`` to ONNX (in a temporary folder), run it ``runs + 1`` times at ``batch`` with
-    ONNX Runtime's profiler on (CPU provider, ``threads`` intra-op threads) and sum kernel times."""
+    """Trace ``unet`` to ONNX (in a temporary folder; with the exact rewrites an fp32 export for
+    ONNX Runtime gets), run it ``runs + 1`` times at ``batch`` with ONNX Runtime's profiler on
+    (CPU provider, ``threads`` intra-op threads) and sum kernel times."""
     spec = ExportSpec.from_config(unet.config, min_batch=1, opt_batch=max(batch, 1), max_batch=max(batch, 2))
+    rewrites = resolve_rewrites("auto", "fp32", "onnxruntime")
     with qualified_scope_names():
-        proto = trace_to_onnx(unet, spec, precision="fp32", attention="ort-mha", opset=DEFAULT_OPSET)
+        proto = trace_to_onnx(unet, spec, precision="fp32", attention="ort-mha", opset=DEFAULT_OPSET,
+                              rewrites=rewrites)
     kinds = {name: type(m) for name, m in unet.named_modules()}
     blocks = block_names(unet)
     with tempfile.TemporaryDirectory(prefix="ddpm-inspect-") as tmp:

@@ -24,3 +24,12 @@ def test_profile_attributes_every_kernel(name):
     assert prof.by_category["conv"] > 0 and prof.by_category["attention"] > 0
     assert prof.by_category["normalization"] > 0
     assert any(b.startswith("up.") for b in prof.by_block) and "conv_in" in prof.by_block
+
+
+def test_profile_runs_the_rewritten_graph_and_counts_its_deconvolutions_as_conv():
+    """inspect profiles what an fp32 export for ONNX Runtime contains: the upsampling conv is a
+    ConvTranspose there (the exact rewrites), and its time is conv time of an up block."""
+    unet = load_model("tiny")
+    prof = profile_onnxruntime(unet, batch=1, runs=1)
+    assert prof.by_op.get("ConvTranspose", 0.0) > 0 and "Resize" not in prof.by_op
+    assert prof.by_category["conv"] >= prof.by_op["ConvTranspose"] + prof.by_op.get("Conv", 0.0) > 0
