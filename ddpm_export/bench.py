@@ -31,17 +31,18 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
 from ddpm_export.configbase import check_choice
+from ddpm_export.contract.choices import REWRITE_CHOICES
 from ddpm_export.diffusion import Backend, make_scheduler, sample
 from ddpm_export.machine import LoadMeter, PeakRss, cpu_info, gemm_ceiling
 from ddpm_export.runtime.backends import CPU_BACKENDS
 from ddpm_export.runtime.info import ModelInfo, read_info
 
-__all__ = ["BenchConfig", "OUR_PRECISIONS", "run_bench"]
+__all__ = ["BenchConfig", "OUR_PRECISIONS", "OurFile", "run_bench"]
 
 #: what "precision" means for our paths: the file written and how the backend computes it
 OUR_PRECISIONS: dict[str, tuple[str, str | None]] = {  # name -> (file precision, OpenVINO inference precision)
@@ -53,16 +54,26 @@ OUR_PRECISIONS: dict[str, tuple[str, str | None]] = {  # name -> (file precision
 PEERS = ("eager", "plain-ort", "plain-ov-f32", "plain-ov-bf16")
 
 
+class OurFile(NamedTuple):
+    """One of our files: its precision, attention form and rewrites variant."""
+
+    precision: str
+    attention: str
+    rewrites: str
+
+
 @dataclasses.dataclass(frozen=True)
 class BenchConfig:
     """One bench run. ``model``: preset/checkpoint (peers and our exports); ``onnx``: our file
-    (else exported from ``model``); ``attention``: forms of our fp32 ONNX Runtime files."""
+    (else exported from ``model``); ``attention``: forms of our fp32 ONNX Runtime files;
+    ``rewrites``: variants of our fp32 files (``auto``, ``none`` or one rewrite's name each)."""
 
     model: str | None = None
     onnx: str | None = None
     backends: tuple[str, ...] = tuple(CPU_BACKENDS)
     precisions: tuple[str, ...] = tuple(OUR_PRECISIONS)
     attention: tuple[str, ...] = ("auto",)
+    rewrites: tuple[str, ...] = ("auto",)
     batches: tuple[int, ...] = (1, 8)
     threads: int = 2
     steps: int = 10
@@ -76,6 +87,8 @@ class BenchConfig:
             check_choice("backend", b, tuple(CPU_BACKENDS))
         for p in self.precisions:
             check_choice("precision", p, tuple(OUR_PRECISIONS))
+        for r in self.rewrites:
+            check_choice("rewrites", r, REWRITE_CHOICES)
         if self.peers and self.model is None:
             raise ValueError("the peers (eager, plain export) need --model; pass --no-peers with --onnx alone")
         if min(self.batches) < 1 or self.threads < 1 or self.steps < 1 or self.repeats < 1:
@@ -197,20 +210,22 @@ def _peer_paths(unet: Any, info: ModelInfo, cfg: BenchConfig, folder: Path) -> l
     return paths
 
 
-def _our_paths(files: dict[tuple[str, str], Path], cfg: BenchConfig) -> list[_Path]:
-    """Each (backend, precision) through Pipeline.sample on our files ``{(file precision, attention
-    form): path}``; several attention forms are compared on ONNX Runtime fp32 only."""
+def _our_paths(files: dict[OurFile, Path], cfg: BenchConfig) -> list[_Path]:
+    """Each (backend, precision) through Pipeline.sample on our ``files``. Several attention forms
+    are compared on ONNX Runtime fp32 only; several rewrites variants on every fp32 path."""
     from ddpm_export.runtime import Pipeline
 
     paths = []
-    forms = [form for prec, form in files if prec == "fp32"]
+    fp32 = [f for f in files if f.precision == "fp32"]
+    several_forms, several_rewrites = len({f.attention for f in fp32}) > 1, len({f.rewrites for f in fp32}) > 1
     for precision in cfg.precisions:
         file_precision, ov_precision = OUR_PRECISIONS[precision]
         for backend in cfg.backends:
             if precision in ("bf16", "int8-bf16") and backend != "openvino":
                 continue  # bf16 is OpenVINO's inference precision
-            for (prec, form), path in files.items():
-                if prec != file_precision or (backend == "openvino" and form != next(f for p, f in files if p == prec)):
+            first_form = next((f.attention for f in files if f.precision == file_precision), None)
+            for key, path in files.items():
+                if key.precision != file_precision or (backend == "openvino" and key.attention != first_form):
                     continue
                 kwargs: dict[str, Any] = {"threads": cfg.threads}
                 if backend == "openvino":
@@ -223,32 +238,37 @@ def _our_paths(files: dict[tuple[str, str], Path], cfg: BenchConfig) -> list[_Pa
 
                 def runner(batch: int, timed: Pipeline = timed) -> Callable[[], None]:
                     return lambda: timed.sample(batch, steps=cfg.steps, sampler="ddim", seed=0, progress=False)
-                several = len(forms) > 1 and prec == "fp32" and backend == "onnxruntime"
-                name = f"ours-{backend}-{precision}" + (f"-{form}" if several else "")
+                name = f"ours-{backend}-{precision}"
+                name += f"-{key.attention}" if several_forms and key.precision == "fp32" and backend == "onnxruntime" else ""
+                name += f"-rewrites-{key.rewrites}" if several_rewrites and key.precision == "fp32" else ""
                 paths.append(_Path(name, "ours", runner, {"backend": backend, "precision": precision,
-                                                          "attention": form, "file": path.name}, timer))
+                                                          "attention": key.attention,
+                                                          "rewrites": list(pipe.info.rewrites), "file": path.name},
+                                   timer))
     return paths
 
 
-def _export_ours(model: str, cfg: BenchConfig, folder: Path, log: Callable[[str], None]) -> dict[tuple[str, str], Path]:
-    """Our files for ``model``: fp32 in each attention form asked for, and int8 when asked for.
-    Not validated here (``verify`` does that); batch range 1..max(batches)."""
+def _export_ours(model: str, cfg: BenchConfig, folder: Path, log: Callable[[str], None]) -> dict[OurFile, Path]:
+    """Our files for ``model``: fp32 in each attention form and rewrites variant asked for, and
+    int8 (``auto``: no rewrites) when asked for. Not validated here (``verify`` does that);
+    batch range 1..max(batches)."""
     from ddpm_export.contract.choices import MIN_OPSET
     from ddpm_export.export.attention_forms import resolve_attention
     from ddpm_export.export.onnx import DEFAULT_OPSET, export_onnx
 
-    files: dict[tuple[str, str], Path] = {}
+    files: dict[OurFile, Path] = {}
     max_batch = max(max(cfg.batches), 2)
     wanted = {OUR_PRECISIONS[p][0] for p in cfg.precisions}
     for precision in sorted(wanted, key=["fp32", "int8"].index):
-        for attention in (cfg.attention if precision == "fp32" else ("auto",)):
-            out = folder / f"ours-{precision}-{attention}.onnx"
-            log(f"exporting {model} ({precision}, attention {attention}) for the bench")
+        variants = [(a, r) for a in cfg.attention for r in cfg.rewrites] if precision == "fp32" else [("auto", "auto")]
+        for attention, rewrites in variants:
+            out = folder / f"ours-{precision}-{attention}-{rewrites}.onnx"
+            log(f"exporting {model} ({precision}, attention {attention}, rewrites {rewrites}) for the bench")
             opset = max(DEFAULT_OPSET, MIN_OPSET[resolve_attention(attention, "onnxruntime")])
             result = export_onnx(model, out, precision=precision, attention=attention, target="onnxruntime", opset=opset,
-                                 opt_batch=min(4, max_batch), max_batch=max_batch, validate=False,
+                                 rewrites=rewrites, opt_batch=min(4, max_batch), max_batch=max_batch, validate=False,
                                  log=lambda line: None)
-            files[(precision, result.attention)] = result.path
+            files[OurFile(precision, result.attention, rewrites)] = result.path
     return files
 
 
@@ -329,7 +349,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
         folder = Path(tmp)
         if cfg.onnx:
             info = read_info(cfg.onnx)
-            files = {(info.precision, info.attention): Path(cfg.onnx)}
+            files = {OurFile(info.precision, info.attention, ",".join(info.rewrites) or "none"): Path(cfg.onnx)}
         else:
             files = _export_ours(str(cfg.model), cfg, folder, log)
             info = read_info(next(iter(files.values())))

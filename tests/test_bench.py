@@ -56,3 +56,29 @@ def test_bench_reports_every_path(tmp_path: Path) -> None:
 def test_bench_needs_a_model_or_a_file() -> None:
     result = CliRunner().invoke(main, ["bench"])
     assert result.exit_code != 0 and "bench needs --model or --onnx" in result.output
+
+
+@pytest.mark.slow
+def test_bench_compares_rewrites_variants_on_each_fp32_path(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    backends = "onnxruntime,openvino" if HAS_OPENVINO else "onnxruntime"
+    result = CliRunner().invoke(main, ["bench", "--model", "tiny", "--steps", "1", "--repeats", "1", "--batch", "1",
+                                       "--threads", "1", "--backend", backends, "--precision", "fp32,int8",
+                                       "--rewrites", "auto,none,upsample-deconv", "--no-peers", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    paths = {p["name"]: p for p in json.loads(out.read_text())["paths"]}
+    expected = {f"ours-onnxruntime-fp32-rewrites-{v}" for v in ("auto", "none", "upsample-deconv")}
+    expected.add("ours-onnxruntime-int8")  # int8 files get auto (no rewrite): not a variant
+    if HAS_OPENVINO:
+        expected |= {f"ours-openvino-fp32-rewrites-{v}" for v in ("auto", "none", "upsample-deconv")}
+        expected.add("ours-openvino-int8")
+    assert set(paths) == expected
+    assert paths["ours-onnxruntime-fp32-rewrites-auto"]["rewrites"] == ["upsample-deconv", "attention-fold"]
+    assert paths["ours-onnxruntime-fp32-rewrites-none"]["rewrites"] == []
+    assert paths["ours-onnxruntime-fp32-rewrites-upsample-deconv"]["rewrites"] == ["upsample-deconv"]
+    assert paths["ours-onnxruntime-int8"]["rewrites"] == []
+
+
+def test_bench_refuses_an_unknown_rewrites_variant() -> None:
+    result = CliRunner().invoke(main, ["bench", "--model", "tiny", "--rewrites", "auto,faster"])
+    assert result.exit_code == 2 and "faster" in result.output and "upsample-deconv" in result.output

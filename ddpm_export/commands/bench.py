@@ -6,7 +6,7 @@ import os
 
 import click
 
-from ddpm_export.contract.choices import ATTENTION_CHOICES
+from ddpm_export.contract.choices import ATTENTION_CHOICES, REWRITE_CHOICES
 from ddpm_export.runtime.backends import CPU_BACKENDS
 
 
@@ -38,6 +38,9 @@ def _csv(kind: type, choices: tuple[str, ...] | None = None):  # type: ignore[no
                    "int8-bf16 (OpenVINO: the int8 file with its float parts in bfloat16).")
 @click.option("--attention", default="auto", callback=_csv(str, ATTENTION_CHOICES),
               help="Attention forms of our fp32 file, compared on ONNX Runtime (auto: what --target onnxruntime picks).")
+@click.option("--rewrites", default="auto", callback=_csv(str, REWRITE_CHOICES),
+              help="Rewrites variants of our fp32 file, compared on every fp32 path: auto (what `ddpm-export onnx` "
+                   "applies), none, or one rewrite alone (upsample-deconv, attention-fold).")
 @click.option("--batch", "batches", default="1,8", callback=_csv(int), help="Batch sizes, comma-separated.")
 @click.option("--threads", type=click.IntRange(1), default=None,
               help="Threads for every engine [default: `ddpm-export --threads`, else every CPU this process may use].")
@@ -48,7 +51,7 @@ def _csv(kind: type, choices: tuple[str, ...] | None = None):  # type: ignore[no
               help="Write the report as JSON here.")
 @click.option("--force", is_flag=True, help="Overwrite an existing --json file.")
 def command(model: str | None, onnx_path: str | None, backends: tuple, precisions: tuple, attention: tuple,
-            batches: tuple, threads: int | None, steps: int, repeats: int, peers: bool, json_path: str | None,
+            rewrites: tuple, batches: tuple, threads: int | None, steps: int, repeats: int, peers: bool, json_path: str | None,
             force: bool) -> None:
     """Measure sampling speed: torch eager, the plain-export peers and our paths, side by side.
 
@@ -62,6 +65,7 @@ def command(model: str | None, onnx_path: str | None, backends: tuple, precision
     Examples:
       ddpm-export bench --model ddpm-cifar10 --batch 1,8 --threads 2 --json bench.json
       ddpm-export bench --model tiny --steps 2 --precision fp32 --attention decomposed,ort-mha
+      ddpm-export bench --model ddpm-cifar10 --precision fp32,bf16 --rewrites auto,none
     """
     import json
 
@@ -73,7 +77,7 @@ def command(model: str | None, onnx_path: str | None, backends: tuple, precision
         if json_path is not None:
             refuse_existing(json_path, force)
         cfg = BenchConfig(model=model, onnx=onnx_path, backends=backends, precisions=precisions, attention=attention,
-                          batches=batches, threads=threads or get_threads() or len(os.sched_getaffinity(0)), steps=steps,
+                          rewrites=rewrites, batches=batches, threads=threads or get_threads() or len(os.sched_getaffinity(0)), steps=steps,
                           repeats=repeats, peers=peers)
         report = run_bench(cfg, log=click.echo)
     except (ValueError, ImportError, FileExistsError, FileNotFoundError) as e:

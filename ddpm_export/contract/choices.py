@@ -7,7 +7,7 @@ The export modules map each name to its implementation (``export/attention_forms
 from __future__ import annotations
 
 __all__ = ["ATTENTION_CHOICES", "ATTENTION_FORMS", "BACKENDS", "HARDWARE_COMPATIBILITY", "MIN_OPSET", "ORT_GPU_BACKENDS",
-           "PRECISIONS", "REWRITES", "TARGETS"]
+           "PRECISIONS", "REWRITE_CHOICES", "REWRITES", "TARGETS"]
 
 #: precision policies of an export (``ddpm_export.precision_policy``'s ``precision``)
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
@@ -20,6 +20,8 @@ MIN_OPSET = {"decomposed": 17, "ort-mha": 17, "onnx-attention": 23}
 #: exact rewrites an export may apply (``ddpm_export.nn.rewrites``); ``--rewrites`` also takes
 #: ``auto`` (chosen per precision, ``ddpm_export.export.rewrites``) and ``none``
 REWRITES: tuple[str, ...] = ("upsample-deconv", "attention-fold")
+#: one ``--rewrites`` token: ``auto``, ``none`` or one rewrite (``bench --rewrites`` compares several)
+REWRITE_CHOICES: tuple[str, ...] = ("auto", "none", *REWRITES)
 #: where an exported file will run (decides ``--attention auto``)
 TARGETS: tuple[str, ...] = ("any", "onnxruntime", "tensorrt")
 #: ``--hardware-compatibility`` of a TensorRT engine (recorded in its sidecar): only GPUs like the
