@@ -21,14 +21,20 @@ ROW_FIELDS = {"median_ms", "p90_ms", "images_per_s", "vs_eager", "vs_best_peer",
               "gemm_fraction", "peak_rss_mib", "sampler_overhead_pct"}
 
 
+def _bench_tiny(out: Path, *args: str):  # type: ignore[no-untyped-def]
+    """``ddpm-export bench --model tiny`` on one thread, one round, every backend installed; JSON to ``out``."""
+    backends = "onnxruntime,openvino" if HAS_OPENVINO else "onnxruntime"
+    result = CliRunner().invoke(main, ["bench", "--model", "tiny", "--repeats", "1", "--threads", "1",
+                                       "--backend", backends, *args, "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    return result
+
+
 @pytest.mark.slow
 def test_bench_reports_every_path(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
-    backends = "onnxruntime,openvino" if HAS_OPENVINO else "onnxruntime"
-    result = CliRunner().invoke(main, ["bench", "--model", "tiny", "--steps", "2", "--repeats", "1", "--batch", "1,2",
-                                       "--threads", "1", "--backend", backends, "--precision", "fp32,bf16,int8",
-                                       "--attention", "decomposed,ort-mha", "--json", str(out)])
-    assert result.exit_code == 0, result.output
+    result = _bench_tiny(out, "--steps", "2", "--batch", "1,2", "--precision", "fp32,bf16,int8",
+                         "--attention", "decomposed,ort-mha")
     assert "CPU:" in result.output and "AVX-512" in result.output and "background load" in result.output
     report = json.loads(out.read_text())
     assert set(report["cpu"]["flags"]) == {"avx2", "avx512", "vnni", "bf16", "amx"}
@@ -61,11 +67,8 @@ def test_bench_needs_a_model_or_a_file() -> None:
 @pytest.mark.slow
 def test_bench_compares_rewrites_variants_on_each_fp32_path(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
-    backends = "onnxruntime,openvino" if HAS_OPENVINO else "onnxruntime"
-    result = CliRunner().invoke(main, ["bench", "--model", "tiny", "--steps", "1", "--repeats", "1", "--batch", "1",
-                                       "--threads", "1", "--backend", backends, "--precision", "fp32,int8",
-                                       "--rewrites", "auto,none,upsample-deconv", "--no-peers", "--json", str(out)])
-    assert result.exit_code == 0, result.output
+    _bench_tiny(out, "--steps", "1", "--batch", "1", "--precision", "fp32,int8", "--rewrites", "auto,none,upsample-deconv",
+                "--no-peers")
     paths = {p["name"]: p for p in json.loads(out.read_text())["paths"]}
     expected = {f"ours-onnxruntime-fp32-rewrites-{v}" for v in ("auto", "none", "upsample-deconv")}
     expected.add("ours-onnxruntime-int8")  # int8 files get auto (no rewrite): not a variant
