@@ -214,7 +214,7 @@ def verify(model: str | Path, onnx: str | Path, *, engine: str | Path | None = N
 
     reference = TorchBackend(unet)
     candidates = _candidates(onnx, spec, engine, providers, onnx_sha, gpu_backends, threads, inference_precision)
-    precisions = {name: effective_precision(info.precision, backend) for name, backend in candidates.items()}
+    precisions, backend_limits = _precisions(info, candidates)
     n_ddpm = T if ddpm_steps is None else ddpm_steps
     notes = [] if n_ddpm == T else [f"DDPM trajectory respaced to {n_ddpm} of {T} steps (ddpm_steps={n_ddpm}); "
                                     f"the default checks all {T}"]
@@ -227,9 +227,9 @@ def verify(model: str | Path, onnx: str | Path, *, engine: str | Path | None = N
     results = _single_steps(reference, candidates, info, seed, log)
     for kind, scheduler in {"ddim": _scheduler(cfg, "ddim", steps), "ddpm": _scheduler(cfg, "ddpm", n_ddpm),
                             **solver_schedulers}.items():
-        _trajectories(results, kind, scheduler, run, reference, candidates, _limits(precisions), seed, log)
+        _trajectories(results, kind, scheduler, run, reference, candidates, backend_limits, seed, log)
 
-    checks = _checks(results, _limits(precisions), precisions)
+    checks = _checks(results, backend_limits, precisions)
     failures = [c["message"] for c in checks if not c["passed"]]
     return {
         "passed": not failures, "failures": failures, "checks": checks,
@@ -237,7 +237,7 @@ def verify(model: str | Path, onnx: str | Path, *, engine: str | Path | None = N
         "engine": None if engine is None else str(engine),
         "precision": info.precision, "attention": info.attention, "rewrites": list(info.rewrites),
         "thresholds": dataclasses.asdict(limits), "source_sha256_match": source_match, "backend_precisions": precisions,
-        "backend_thresholds": {name: dataclasses.asdict(t) for name, t in _limits(precisions).items()},
+        "backend_thresholds": {name: dataclasses.asdict(t) for name, t in backend_limits.items()},
         "seed": seed, "batch": batch, "classes": None if cond is None else cond.tolist(),
         "guidance_scale": guidance_scale, "schedule": cfg.to_dict(),
         "ddpm_all_steps": n_ddpm == T, "notes": notes, "backends": results,
@@ -250,9 +250,10 @@ def _named(precisions: dict[str, str]) -> str:
     return "backends: " + ", ".join(f"{name} ({p})" for name, p in precisions.items())
 
 
-def _limits(precisions: dict[str, str]) -> dict[str, Thresholds]:
-    """Each backend's thresholds, by the precision it computes."""
-    return {name: THRESHOLDS[p] for name, p in precisions.items()}
+def _precisions(info: ModelInfo, candidates: dict[str, Backend]) -> tuple[dict[str, str], dict[str, Thresholds]]:
+    """Each backend's effective precision, and the thresholds it is held to by that precision."""
+    precisions = {name: effective_precision(info.precision, backend) for name, backend in candidates.items()}
+    return precisions, {name: THRESHOLDS[p] for name, p in precisions.items()}
 
 
 def _check_arguments(info: ModelInfo, unet_config: Any, model: str | Path, onnx: Path, steps: int,
