@@ -130,7 +130,7 @@ def test_only_single_head_self_attention_is_folded():
     assert float((out - ref).abs().max()) < FP32_ATOL
 
 
-def test_a_whole_unet_with_both_rewrites_matches(tmp_path):
+def test_a_whole_unet_with_both_rewrites_matches():
     unet = _randomise(ddpm_export.load_model("tiny"), seed=11)
     gen = torch.Generator().manual_seed(0)
     x, t = torch.randn(3, 3, 16, 16, generator=gen), torch.tensor([0, 500, 999])
