@@ -54,9 +54,8 @@ def create_session(path: str | Path, *, providers: Sequence[Any] | None = None,
     if not path.is_file():
         raise InputNotFoundError(f"{path}: no such ONNX file")
     threads = get_threads()
-    if session_options is None and threads is not None:
-        session_options = ort.SessionOptions()
-        session_options.intra_op_num_threads = threads
+    if session_options is None and threads is not None:  # `ddpm-export --threads N`
+        session_options = session_options_for(threads)
     try:
         return ort.InferenceSession(str(path), session_options,
                                     providers=list(providers) if providers is not None else list(DEFAULT_PROVIDERS))
