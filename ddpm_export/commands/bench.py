@@ -40,7 +40,7 @@ def _csv(kind: type, choices: tuple[str, ...] | None = None):  # type: ignore[no
               help="Attention forms of our fp32 file, compared on ONNX Runtime (auto: what --target onnxruntime picks).")
 @click.option("--rewrites", default="auto", callback=_csv(str, REWRITE_CHOICES),
               help="Rewrites variants of our fp32 file, compared on every fp32 path: auto (what `ddpm-export onnx` "
-                   "applies), none, or one rewrite alone (upsample-deconv, attention-fold).")
+                   "applies), none, or one rewrite alone (upsample-deconv, upsample-subpixel, attention-fold).")
 @click.option("--batch", "batches", default="1,8", callback=_csv(int), help="Batch sizes, comma-separated.")
 @click.option("--threads", type=click.IntRange(1), default=None,
               help="Threads for every engine [default: `ddpm-export --threads`, else every CPU this process may use].")

@@ -19,7 +19,7 @@ ATTENTION_CHOICES: tuple[str, ...] = ("auto", *ATTENTION_FORMS)
 MIN_OPSET = {"decomposed": 17, "ort-mha": 17, "onnx-attention": 23}
 #: exact rewrites an export may apply (``ddpm_export.nn.rewrites``); ``--rewrites`` also takes
 #: ``auto`` (chosen per precision, ``ddpm_export.export.rewrites``) and ``none``
-REWRITES: tuple[str, ...] = ("upsample-deconv", "attention-fold")
+REWRITES: tuple[str, ...] = ("upsample-deconv", "upsample-subpixel", "attention-fold")
 #: one ``--rewrites`` token: ``auto``, ``none`` or one rewrite (``bench --rewrites`` compares several)
 REWRITE_CHOICES: tuple[str, ...] = ("auto", "none", *REWRITES)
 #: where an exported file will run (decides ``--attention auto``)

@@ -3,12 +3,14 @@
 ``auto`` picks per precision what was measured faster (ddpm-cifar10, 2 threads, AVX-512
 EPYC, files side by side in one run; README, "Speed"; docs/speed-levers.md):
 
-- fp32: both. ``upsample-deconv`` alone made a forward 1.01-1.07x faster in ONNX Runtime and
-  1.01-1.10x in OpenVINO (f32 and bf16); with ``attention-fold`` as well, 1.08-1.09x in ONNX
-  Runtime and 1.09-1.12x in OpenVINO, at batch 1 and 8.
-- int8: none. Both were slower on the QDQ file or within noise: ``upsample-deconv`` 0.90-0.95x
-  (the transposed conv does not run as an int8 kernel; 1.01-1.02x with OpenVINO's float parts in
-  bf16), ``attention-fold`` 0.95-1.00x.
+- fp32: ``upsample-deconv`` and ``attention-fold``. ``upsample-deconv`` alone made a forward
+  1.01-1.07x faster in ONNX Runtime and 1.01-1.10x in OpenVINO (f32 and bf16); with
+  ``attention-fold`` as well, 1.08-1.09x in ONNX Runtime and 1.09-1.12x in OpenVINO, at batch 1
+  and 8. ``upsample-subpixel`` instead of ``upsample-deconv``: 0.95-1.01x in ONNX Runtime.
+- int8: ``upsample-subpixel``: 1.03-1.05x in OpenVINO with bf16 float parts (the best CPU path)
+  at batch 1 and 8, 1.01-1.05x with f32 float parts, 1.01x in ONNX Runtime. ``upsample-deconv``
+  was 0.90-0.95x (the transposed conv does not run as an int8 kernel) and ``attention-fold``
+  0.95-1.00x.
 - fp16, and anything for ``--target tensorrt``: none, until measured on a GPU (TensorRT has its
   own deconvolution and attention kernels; this project has not had a GPU to time them on).
 """
@@ -20,7 +22,8 @@ from ddpm_export.nn.rewrites import check_rewrites
 
 __all__ = ["AUTO_REWRITES", "resolve_rewrites"]
 
-AUTO_REWRITES: dict[str, tuple[str, ...]] = {"fp32": REWRITES, "fp16": (), "int8": ()}
+AUTO_REWRITES: dict[str, tuple[str, ...]] = {"fp32": ("upsample-deconv", "attention-fold"), "fp16": (),
+                                              "int8": ("upsample-subpixel",)}
 
 
 def resolve_rewrites(value: str, precision: str, target: str = "any") -> tuple[str, ...]:

@@ -85,21 +85,22 @@ class Downsample(nn.Module):
 class Upsample(nn.Module):
     """Double H and W: nearest-neighbour interpolation, then a 3 x 3 conv.
 
-    ``forward(x [B, C, H, W]) -> [B, C, 2H, 2W]``. ``deconv`` is None unless set while exporting
-    (:func:`ddpm_export.nn.rewrites.use_rewrites`): the same map as one stride-2 4 x 4 transposed
-    convolution, 16/36 of the multiply-adds (:func:`ddpm_export.nn.rewrites.upsample_deconv`).
+    ``forward(x [B, C, H, W]) -> [B, C, 2H, 2W]``. ``rewrite`` is None unless set while exporting
+    (:func:`ddpm_export.nn.rewrites.use_rewrites`): the same map with 16/36 of the multiply-adds,
+    as one stride-2 4 x 4 transposed convolution (:func:`ddpm_export.nn.rewrites.upsample_deconv`)
+    or as four 2 x 2 convolutions and a depth-to-space (:class:`ddpm_export.nn.subpixel.SubpixelUpsample`).
     """
 
-    deconv: nn.ConvTranspose2d | None
+    rewrite: nn.Module | None
 
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
-        self.deconv = None
+        self.rewrite = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.deconv is not None:
-            return self.deconv(x)
+        if self.rewrite is not None:
+            return self.rewrite(x)
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 

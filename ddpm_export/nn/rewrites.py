@@ -7,6 +7,9 @@ ddpm-cifar10 (README, "Speed"; ``ddpm_export.export.rewrites`` says where each i
 - ``upsample-deconv``: nearest x2 then a 3 x 3 conv == one stride-2 4 x 4 transposed conv
   (:func:`upsample_deconv`): 16 instead of 36 multiply-adds per output pixel and channel pair,
   and no 4x-sized upsampled tensor.
+- ``upsample-subpixel``: the same map as four 2 x 2 convs, one per output phase, and a
+  depth-to-space (:class:`ddpm_export.nn.subpixel.SubpixelUpsample`): the same 16 multiply-adds,
+  as ordinary convolutions (what an int8 runtime quantizes). One upsampling form at a time.
 - ``attention-fold``: single-head self-attention's q/k and v/out projection pairs each folded
   into one matrix (:func:`fold_attention`): 2 N C^2 instead of 4 N C^2 multiply-adds.
 
@@ -18,7 +21,7 @@ like every other weight), and removed when the block exits.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -27,19 +30,25 @@ from ddpm_export.contract.choices import REWRITES
 from ddpm_export.errors import BadInputError
 from ddpm_export.nn.attention import Attention
 from ddpm_export.nn.blocks import Upsample
+from ddpm_export.nn.subpixel import SubpixelUpsample
 
-__all__ = ["REWRITES", "can_fold", "check_rewrites", "fold_attention", "upsample_deconv", "use_rewrites"]
+__all__ = ["REWRITES", "UPSAMPLE_REWRITES", "can_fold", "check_rewrites", "fold_attention", "upsample_deconv",
+           "use_rewrites"]
 
 #: the 4 taps of the transposed conv from the 3 taps w[-1], w[0], w[1] of the conv, per axis
 _DECONV_TAPS = torch.tensor([[0.0, 0.0, 1.0], [0.0, 1.0, 1.0], [1.0, 1.0, 0.0], [1.0, 0.0, 0.0]], dtype=torch.float64)
 
 
 def check_rewrites(names: tuple[str, ...]) -> tuple[str, ...]:
-    """``names`` if each is one of :data:`REWRITES`, else a BadInputError listing the choices."""
+    """``names`` if each is one of :data:`REWRITES` and at most one rewrites the upsampling, else a
+    BadInputError listing the choices."""
     unknown = [n for n in names if n not in REWRITES]
     if unknown:
         raise BadInputError(f"rewrites {', '.join(map(repr, unknown))} are not valid; choose from: "
                             f"{', '.join(REWRITES)} (or auto, none)")
+    upsampling = [n for n in names if n in UPSAMPLE_REWRITES]
+    if len(upsampling) > 1:
+        raise BadInputError(f"rewrites {' and '.join(upsampling)} both rewrite the upsampling conv; choose one")
     return names
 
 
@@ -65,6 +74,12 @@ def upsample_deconv(conv: nn.Conv2d) -> nn.ConvTranspose2d:
         if conv.bias is not None:
             deconv.bias.copy_(conv.bias.detach())
     return deconv.requires_grad_(False)
+
+
+#: the rewrites of the upsampling conv, each building its module from the 3 x 3 conv; an
+#: ``Upsample`` takes at most one
+UPSAMPLE_REWRITES: dict[str, Callable[[nn.Conv2d], nn.Module]] = {
+    "upsample-deconv": upsample_deconv, "upsample-subpixel": SubpixelUpsample}
 
 
 def can_fold(attn: Attention) -> bool:
@@ -102,16 +117,17 @@ def use_rewrites(model: nn.Module, rewrites: tuple[str, ...]) -> Iterator[int]:
     many modules were rewritten. Attention modules that cannot be folded keep their projections."""
     check_rewrites(rewrites)
     modules = list(model.modules())
-    ups = [m for m in modules if isinstance(m, Upsample)] if "upsample-deconv" in rewrites else []
+    upsampling = [UPSAMPLE_REWRITES[name] for name in rewrites if name in UPSAMPLE_REWRITES]
+    ups = [m for m in modules if isinstance(m, Upsample)] if upsampling else []
     attns = [m for m in modules if isinstance(m, Attention) and can_fold(m)] if "attention-fold" in rewrites else []
     for up in ups:
-        up.deconv = upsample_deconv(up.conv)
+        up.rewrite = upsampling[0](up.conv)
     for attn in attns:
         attn.fold_qk, attn.fold_vo = fold_attention(attn)
     try:
         yield len(ups) + len(attns)
     finally:
         for up in ups:
-            up.deconv = None
+            up.rewrite = None
         for attn in attns:
             attn.fold_qk = attn.fold_vo = None

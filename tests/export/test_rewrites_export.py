@@ -34,10 +34,14 @@ def files(tmp_path_factory):
     """tiny (zero_init off: every weight nonzero) exported with each rewrite set, batch 1..4."""
     root = tmp_path_factory.mktemp("rewrites")
     out = {}
-    for name in ("none", "upsample-deconv", "attention-fold", "auto"):
+    for name in ("none", "upsample-deconv", "upsample-subpixel", "attention-fold", "auto"):
         out[name] = export_onnx("tiny", root / f"{name}.onnx", rewrites=name, max_batch=4, opt_batch=2,
                                 log=lambda line: None)
     return out
+
+
+def _attrs(node: onnx.NodeProto) -> dict:
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
 
 
 def _weighted_matmuls(model: onnx.ModelProto) -> int:
@@ -53,12 +57,20 @@ def test_each_rewrite_changes_the_graph_as_stated(files):
     assert n_up >= 1 and count_ops(plain, "ConvTranspose") == 0
     assert count_ops(deconv, "Resize") == 0 and count_ops(deconv, "ConvTranspose") == n_up
     assert count_ops(deconv, "Conv") == count_ops(plain, "Conv") - n_up
+    # subpixel: each upsampling conv becomes four 2 x 2 convs (asymmetric pads, no Pad node) + DepthToSpace
+    subpixel = onnx.load(str(files["upsample-subpixel"].path))
+    assert count_ops(subpixel, "Resize") == 0 and count_ops(subpixel, "Pad") == count_ops(plain, "Pad")
+    assert count_ops(subpixel, "Conv") == count_ops(plain, "Conv") + 3 * n_up
+    d2s = [n for n in subpixel.graph.node if n.op_type == "DepthToSpace"]
+    assert len(d2s) == n_up and all(_attrs(n) == {"blocksize": 2, "mode": b"DCR"} for n in d2s)
+    phases = [_attrs(n)["pads"] for n in subpixel.graph.node if n.op_type == "Conv" and _attrs(n)["kernel_shape"] == [2, 2]]
+    assert sorted(phases) == sorted([[1 - a, 1 - b, a, b] for a in (0, 1) for b in (0, 1)] * n_up)
     # four projections per single-head attention become two (q''; v'' with the out bias after)
     assert _weighted_matmuls(folded) == _weighted_matmuls(plain) // 2
     assert count_ops(folded, "Resize") == n_up
 
 
-@pytest.mark.parametrize("name", ["upsample-deconv", "attention-fold", "auto"])
+@pytest.mark.parametrize("name", ["upsample-deconv", "upsample-subpixel", "attention-fold", "auto"])
 def test_rewritten_file_computes_what_the_plain_file_computes(files, name):
     spec = read_info(files["none"].path).spec
     for batch in (1, 4):
@@ -87,22 +99,27 @@ def test_a_file_without_the_key_reads_as_no_rewrites(files):
 
 def test_resolve_rewrites():
     assert resolve_rewrites("auto", "fp32") == ("upsample-deconv", "attention-fold")
-    assert resolve_rewrites("auto", "int8") == resolve_rewrites("auto", "fp16") == ()
+    assert resolve_rewrites("auto", "int8") == ("upsample-subpixel",)  # the int8 kernels take plain convs
+    assert resolve_rewrites("auto", "fp16") == resolve_rewrites("auto", "int8", "tensorrt") == ()
     assert resolve_rewrites("none", "fp32") == ()
     assert resolve_rewrites("auto", "fp32", "tensorrt") == ()  # not measured on a GPU
     assert resolve_rewrites("auto", "fp32", "onnxruntime") == resolve_rewrites("auto", "fp32", "any")
     # a list comes back de-duplicated, in the canonical order
     assert resolve_rewrites("attention-fold, upsample-deconv,attention-fold", "int8") == (
         "upsample-deconv", "attention-fold")
-    with pytest.raises(BadInputError, match="'fast' are not valid; choose from: upsample-deconv, attention-fold"):
+    with pytest.raises(BadInputError, match="'fast' are not valid; choose from: upsample-deconv, upsample-subpixel, "
+                                            "attention-fold"):
         resolve_rewrites("upsample-deconv,fast", "fp32")
+    with pytest.raises(BadInputError, match="both rewrite the upsampling conv; choose one"):
+        resolve_rewrites("upsample-subpixel,upsample-deconv", "fp32")
 
 
 def test_cli_refuses_a_bad_rewrite_before_exporting(tmp_path):
     out = tmp_path / "m.onnx"
     result = CliRunner().invoke(main, ["onnx", "-m", "tiny", "-o", str(out), "--rewrites", "magic"])
     assert result.exit_code == 2
-    assert "'magic' are not valid; choose from: upsample-deconv, attention-fold (or auto, none)" in result.output
+    assert ("'magic' are not valid; choose from: upsample-deconv, upsample-subpixel, attention-fold (or auto, none)"
+            in result.output)
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 

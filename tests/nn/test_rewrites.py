@@ -18,6 +18,7 @@ from ddpm_export.errors import BadInputError  # noqa: E402
 from ddpm_export.nn.attention import Attention, AttentionBlock  # noqa: E402
 from ddpm_export.nn.blocks import Upsample  # noqa: E402
 from ddpm_export.nn.rewrites import can_fold, fold_attention, upsample_deconv, use_rewrites  # noqa: E402
+from ddpm_export.nn.subpixel import SubpixelUpsample  # noqa: E402
 
 #: float32 rounding of a few hundred-term sums of O(1) values; measured 1e-6 .. 3e-6
 FP32_ATOL = 2e-5
@@ -53,6 +54,39 @@ def test_upsample_deconv_taps_on_a_one_hot_kernel():
     # per axis y: taps [w1, w0 + w1, w-1 + w0, w-1] = [1, 1, 0, 0]; along x only w0 = 1: [0, 1, 1, 0]
     expected = torch.outer(torch.tensor([1.0, 1.0, 0.0, 0.0]), torch.tensor([0.0, 1.0, 1.0, 0.0]))
     assert torch.equal(weight[0, 0], expected)
+
+
+@pytest.mark.parametrize("channels,size,batch,bias", [(4, 1, 1, True), (8, 5, 2, True), (16, 8, 3, True),
+                                                      (6, 4, 2, False)])
+def test_upsample_subpixel_equals_nearest_then_conv(channels, size, batch, bias):
+    conv = _randomise(torch.nn.Conv2d(channels, channels + 1, 3, padding=1, bias=bias), seed=channels).double()
+    x = torch.randn(batch, channels, size, size, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        out = SubpixelUpsample(conv)(x)
+    assert out.shape == ref.shape == (batch, channels + 1, 2 * size, 2 * size)
+    assert float((out - ref).abs().max()) < 1e-12  # an identity: float64 rounding only
+
+
+def test_upsample_subpixel_taps_on_a_one_hot_kernel():
+    """Independent check of the phase table: a kernel that only reads the pixel below (w[+1, 0]).
+
+    Output row 2i + a reads upsampled row 2i + a + 1 = input row i + a: the second of the two rows
+    phase a reads (i - 1, i for a = 0; i, i + 1 for a = 1). Column j reads input column j: the
+    second column for phase b = 0 (j - 1, j), the first for b = 1 (j, j + 1)."""
+    conv = torch.nn.Conv2d(1, 1, 3, padding=1, bias=False)
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.weight[0, 0, 2, 1] = 1.0
+    phases = [p.weight.detach()[0, 0] for p in SubpixelUpsample(conv).phases]  # (a, b) = 00, 01, 10, 11
+    rows, cols = torch.tensor([0.0, 1.0]), {0: torch.tensor([0.0, 1.0]), 1: torch.tensor([1.0, 0.0])}
+    for index, got in enumerate(phases):
+        assert torch.equal(got, torch.outer(rows, cols[index % 2])), index
+
+
+def test_upsample_subpixel_refuses_another_conv():
+    with pytest.raises(ValueError, match="3 x 3 conv with padding 1"):
+        SubpixelUpsample(torch.nn.Conv2d(4, 4, 3, padding=0))
 
 
 def _attention_case(bias: bool, extra: bool, channels: int = 16, tokens: int = 9, batch: int = 2):
@@ -130,13 +164,15 @@ def test_only_single_head_self_attention_is_folded():
     assert float((out - ref).abs().max()) < FP32_ATOL
 
 
-def test_a_whole_unet_with_both_rewrites_matches():
+@pytest.mark.parametrize("upsampling", ["upsample-deconv", "upsample-subpixel"])
+def test_a_whole_unet_with_an_upsampling_rewrite_and_the_fold_matches(upsampling):
     unet = _randomise(ddpm_export.load_model("tiny"), seed=11)
     gen = torch.Generator().manual_seed(0)
     x, t = torch.randn(3, 3, 16, 16, generator=gen), torch.tensor([0, 500, 999])
     with torch.no_grad():
         ref = unet(x, t)
-        with use_rewrites(unet, ("upsample-deconv", "attention-fold")) as n:
+        with use_rewrites(unet, (upsampling, "attention-fold")) as n:
+            assert all(m.rewrite is not None for m in unet.modules() if isinstance(m, Upsample))
             out = unet(x, t)
         again = unet(x, t)
     n_up = sum(isinstance(m, Upsample) for m in unet.modules())
@@ -147,6 +183,15 @@ def test_a_whole_unet_with_both_rewrites_matches():
 
 
 def test_unknown_rewrite_lists_the_choices():
-    with pytest.raises(BadInputError, match="'winograd' are not valid; choose from: upsample-deconv, attention-fold"):
+    with pytest.raises(BadInputError, match="'winograd' are not valid; choose from: upsample-deconv, "
+                                            "upsample-subpixel, attention-fold"):
         with use_rewrites(Upsample(4), ("winograd",)):
             pass
+
+
+def test_two_upsampling_rewrites_are_refused():
+    up = Upsample(4)
+    with pytest.raises(BadInputError, match="upsample-deconv and upsample-subpixel both rewrite the upsampling conv"):
+        with use_rewrites(up, ("upsample-deconv", "upsample-subpixel")):
+            pass
+    assert up.rewrite is None
