@@ -119,6 +119,7 @@ class Pipeline:
         from ddpm_export.runtime.info import read_info
 
         check_choice("backend", backend, (*CPU_BACKENDS, *ORT_GPU_BACKENDS))
+        _check_trt_options(backend, trt_fp16, trt_cache_dir)
         if backend in CPU_BACKENDS:
             info = read_info(path)
             options = RuntimeOptions(threads=threads, inference_precision=inference_precision, providers=providers,
@@ -153,8 +154,7 @@ class Pipeline:
         from ddpm_export.runtime import bundle as bundle_mod
 
         check_choice("backend", backend, BACKENDS)  # before hashing every file
-        if (trt_fp16 or trt_cache_dir is not None) and backend != "ort-tensorrt":
-            raise BadInputError(f"trt_fp16 and trt_cache_dir apply to backend='ort-tensorrt', not {backend!r}")
+        _check_trt_options(backend, trt_fp16, trt_cache_dir)
         manifest = bundle_mod.verify_bundle(directory)
         entry = manifest.model(onnx)
         folder = Path(directory)
@@ -256,6 +256,13 @@ class Pipeline:
 
 
 # --- argument checks (the shared ones live in ddpm_export.checks) ------------------------
+def _check_trt_options(backend: str, trt_fp16: bool, trt_cache_dir: str | Path | None) -> None:
+    """TensorRT provider options on any backend but ``ort-tensorrt`` are a mistake: refuse them
+    rather than drop them."""
+    if (trt_fp16 or trt_cache_dir is not None) and backend != "ort-tensorrt":
+        raise BadInputError(f"trt_fp16 and trt_cache_dir apply to backend='ort-tensorrt', not {backend!r}")
+
+
 def _config(base: DiffusionConfig, sampler: Any, steps: Any, eta: Any) -> DiffusionConfig:
     name = base.sampler if sampler is None else sampler
     SCHEDULERS[name]  # refuses an unknown sampler, listing the choices

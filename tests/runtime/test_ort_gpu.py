@@ -110,12 +110,18 @@ def test_verify_cli_with_a_missing_provider_exits_2(tiny, tmp_path):
 
 def test_bundle_takes_the_tensorrt_provider_options_or_refuses_them(tiny, tmp_path):
     """``sample --bundle --backend ort-tensorrt --trt-fp16 --trt-cache`` reaches the provider (it
-    was once dropped silently); on another backend the options are refused."""
+    was once dropped silently); on another backend the options are refused, by from_bundle and
+    from_onnx alike."""
     from ddpm_export.runtime.bundle import make_bundle
 
     bundle = make_bundle([tiny], tmp_path / "b")
     with pytest.raises(ValueError, match="trt_fp16 and trt_cache_dir apply to backend='ort-tensorrt', not 'onnxruntime'"):
         Pipeline.from_bundle(bundle, trt_fp16=True)
+    # from_onnx refuses them too (it once ignored them on the CPU backends)
+    for backend in ("onnxruntime", "openvino", "ort-cuda"):
+        with pytest.raises(ValueError, match=f"apply to backend='ort-tensorrt', not '{backend}'"):
+            Pipeline.from_onnx(tiny, backend=backend, trt_cache_dir=tmp_path / "cache")
+    assert not (tmp_path / "cache").exists()
     if "TensorrtExecutionProvider" in HAS:
         pytest.skip("onnxruntime here has the TensorRT provider; the GPU test covers the options")
     with pytest.raises(ProviderUnavailable):
