@@ -250,8 +250,8 @@ def _our_paths(files: dict[OurFile, Path], cfg: BenchConfig) -> list[_Path]:
 
 def _export_ours(model: str, cfg: BenchConfig, folder: Path, log: Callable[[str], None]) -> dict[OurFile, Path]:
     """Our files for ``model``: fp32 in each attention form and rewrites variant asked for, and
-    int8 (``auto``: no rewrites) when asked for. Not validated here (``verify`` does that);
-    batch range 1..max(batches)."""
+    int8 (with the ``auto`` rewrites for int8) when asked for. Not validated here (``verify`` does
+    that); batch range 1..max(batches)."""
     from ddpm_export.contract.choices import MIN_OPSET
     from ddpm_export.export.attention_forms import resolve_attention
     from ddpm_export.export.onnx import DEFAULT_OPSET, export_onnx

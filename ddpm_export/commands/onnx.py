@@ -25,8 +25,8 @@ from ddpm_export.contract.spec import MAX_BATCH
 @click.option("--rewrites", default="auto", show_default=True,
               help=f"Exact rewrites (same function, fewer multiply-adds): a comma-separated list of "
                    f"{', '.join(REWRITES)} (one upsampling form at most); none; or auto (what was measured "
-                   f"faster: upsample-deconv,attention-fold for fp32, upsample-subpixel for int8, none for fp16 "
-                   f"and --target tensorrt).")
+                   f"faster: upsample-deconv,attention-fold for fp32, upsample-subpixel,attention-fold for int8, "
+                   f"none for fp16 and --target tensorrt).")
 @click.option("--min-batch", type=click.IntRange(1, MAX_BATCH), default=1, help="Smallest batch the graph accepts.")
 @click.option("--opt-batch", type=click.IntRange(1, MAX_BATCH), default=4, help="Batch TensorRT optimises for.")
 @click.option("--max-batch", type=click.IntRange(1, MAX_BATCH), default=16, help="Largest batch the graph accepts.")

@@ -20,7 +20,9 @@ stays float (``nodes_to_exclude``), chosen by measurement on the digits model (R
   projections are quantized: kept float they were 19% of an int8 forward at batch 1 on
   ddpm-cifar10 (ONNX Runtime profile), and quantizing them kept the quality targets (README).
 Skip concatenations are not quantized as such (Concat is not in the quantized op types); the
-convolution after one quantizes its input once.
+convolution after one quantizes its input once. The upsampling convolutions arrive in the form of
+the int8 rewrites (``ddpm_export.export.rewrites``: ``upsample-subpixel``, four 2 x 2 phase
+convolutions, each quantized like any other Conv).
 """
 
 from __future__ import annotations

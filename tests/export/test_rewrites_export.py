@@ -99,7 +99,7 @@ def test_a_file_without_the_key_reads_as_no_rewrites(files):
 
 def test_resolve_rewrites():
     assert resolve_rewrites("auto", "fp32") == ("upsample-deconv", "attention-fold")
-    assert resolve_rewrites("auto", "int8") == ("upsample-subpixel",)  # the int8 kernels take plain convs
+    assert resolve_rewrites("auto", "int8") == ("upsample-subpixel", "attention-fold")  # int8 kernels take plain convs
     assert resolve_rewrites("auto", "fp16") == resolve_rewrites("auto", "int8", "tensorrt") == ()
     assert resolve_rewrites("none", "fp32") == ()
     assert resolve_rewrites("auto", "fp32", "tensorrt") == ()  # not measured on a GPU
