@@ -21,7 +21,9 @@ from ddpm_export.contract.spec import MAX_BATCH
               help="Form of attention in the graph; auto picks per --target.")
 @click.option("--target", type=click.Choice(TARGETS), default="any",
               help="Where the file will run; decides --attention auto (the form measured fastest there: decomposed "
-                   "for onnxruntime on CPU and for tensorrt).")
+                   "everywhere), --rewrites auto (none for tensorrt) and, for int8, where the quantize/dequantize "
+                   "pairs go: openvino leaves the outputs of the int8 convs float (faster in OpenVINO, 2.6-3x "
+                   "slower in ONNX Runtime); the others quantize them, as ONNX Runtime needs.")
 @click.option("--rewrites", default="auto", show_default=True,
               help=f"Exact rewrites (same function, fewer multiply-adds): a comma-separated list of "
                    f"{', '.join(REWRITES)} (one upsampling form at most); none; or auto (what was measured "
@@ -54,6 +56,7 @@ def command(model: str, output: str, opset: int, precision: str, attention: str,
                          validate=validate, save_io=save_io, force=force, log=click.echo)
     size = result.size_bytes / 2**20
     click.echo(f"wrote {result.path} ({size:.2f} MiB) in {result.seconds:.1f} s; attention {result.attention}, "
-               f"rewrites {','.join(result.rewrites) or 'none'}, batch {result.spec.min_batch}..{result.spec.max_batch}")
+               f"rewrites {','.join(result.rewrites) or 'none'}, batch {result.spec.min_batch}..{result.spec.max_batch}"
+               + (f", target {target}" if target != "any" else ""))
     if result.validation is not None:
         click.echo(f"validation passed: max abs {result.validation.max_abs:.3e}, rel L2 {result.validation.rel_l2:.3e}")

@@ -22,8 +22,9 @@ MIN_OPSET = {"decomposed": 17, "ort-mha": 17, "onnx-attention": 23}
 REWRITES: tuple[str, ...] = ("upsample-deconv", "upsample-subpixel", "attention-fold")
 #: one ``--rewrites`` token: ``auto``, ``none`` or one rewrite (``bench --rewrites`` compares several)
 REWRITE_CHOICES: tuple[str, ...] = ("auto", "none", *REWRITES)
-#: where an exported file will run (decides ``--attention auto``)
-TARGETS: tuple[str, ...] = ("any", "onnxruntime", "tensorrt")
+#: where an exported file will run: decides ``--attention auto``, ``--rewrites auto`` and, for int8,
+#: where the quantize/dequantize pairs go (``ddpm_export.export.int8``)
+TARGETS: tuple[str, ...] = ("any", "onnxruntime", "openvino", "tensorrt")
 #: ``--hardware-compatibility`` of a TensorRT engine (recorded in its sidecar): only GPUs like the
 #: builder's, any GPU of compute capability >= 8.0, or any GPU of the builder's compute capability
 HARDWARE_COMPATIBILITY: tuple[str, ...] = ("none", "ampere+", "same-compute-capability")

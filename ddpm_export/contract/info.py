@@ -40,6 +40,8 @@ class ModelInfo:
         metadata: every ``metadata_props`` entry as written, for reports and bundles.
         rewrites: the exact rewrites applied (:data:`ddpm_export.contract.choices.REWRITES`);
             empty for files written before they existed.
+        target: the runtime it was exported for (:data:`ddpm_export.contract.choices.TARGETS`);
+            ``"any"`` for files written before it was recorded.
     """
 
     unet: UNetConfig
@@ -50,6 +52,7 @@ class ModelInfo:
     source_sha256: str
     metadata: Mapping[str, str] = dataclasses.field(compare=False, repr=False)
     rewrites: tuple[str, ...] = ()
+    target: str = "any"
 
     @classmethod
     def from_metadata(cls, props: Mapping[str, str], source: str = "model") -> "ModelInfo":
@@ -66,7 +69,8 @@ class ModelInfo:
         info = cls(unet=parse(md.UNET_CONFIG, UNetConfig), diffusion=parse(md.DIFFUSION_CONFIG, DiffusionConfig),
                    spec=parse(md.EXPORT_SPEC, ExportSpec), precision=str(precision),
                    attention=props[md.ATTENTION], source_sha256=props[md.SOURCE_SHA256], metadata=dict(props),
-                   rewrites=tuple(name for name in props.get(md.REWRITES, "").split(",") if name))
+                   rewrites=tuple(name for name in props.get(md.REWRITES, "").split(",") if name),
+                   target=props.get(md.TARGET, "any"))
         info.check_consistent(source)
         return info
 

@@ -19,6 +19,7 @@ EXPORT_SPEC = PREFIX + "export_spec"
 PRECISION_POLICY = PREFIX + "precision_policy"
 ATTENTION = PREFIX + "attention"
 REWRITES = PREFIX + "rewrites"  # optional: files written before it existed have no exact rewrites
+TARGET = PREFIX + "target"  # optional: files written before it existed were exported for any runtime
 EXPORTER_VERSION = PREFIX + "exporter_version"
 SOURCE = PREFIX + "source"
 SOURCE_SHA256 = PREFIX + "source_sha256"
@@ -66,9 +67,11 @@ def precision_of(props: Mapping[str, str], source: str = "model") -> str:
 
 
 def metadata_props(*, unet: Any, diffusion: Any, spec: Any, policy: Mapping[str, Any], attention: str,
-                   rewrites: tuple[str, ...], exporter_version: str, source: str, source_sha256: str) -> dict[str, str]:
+                   rewrites: tuple[str, ...], target: str, exporter_version: str, source: str,
+                   source_sha256: str) -> dict[str, str]:
     """Every ``metadata_props`` entry of an export, keyed as :data:`REQUIRED` (+ :data:`SOURCE`,
-    :data:`REWRITES`); configs (``UNetConfig``, ``DiffusionConfig``, ``ExportSpec``) as canonical JSON."""
+    :data:`REWRITES`, :data:`TARGET`); configs (``UNetConfig``, ``DiffusionConfig``, ``ExportSpec``)
+    as canonical JSON."""
     return {
         UNET_CONFIG: dumps(unet.to_dict()),
         DIFFUSION_CONFIG: dumps(diffusion.to_dict()),
@@ -76,6 +79,7 @@ def metadata_props(*, unet: Any, diffusion: Any, spec: Any, policy: Mapping[str,
         PRECISION_POLICY: dumps(dict(policy)),
         ATTENTION: attention,
         REWRITES: ",".join(rewrites),
+        TARGET: target,
         EXPORTER_VERSION: exporter_version,
         SOURCE: source,
         SOURCE_SHA256: source_sha256,

@@ -93,7 +93,10 @@ def attention_kernel(form: str) -> AttentionKernel:
 #: No fused form was consistently faster, ort-mha was up to 1.21x slower, and decomposed is also the
 #: form OpenVINO runs, so auto picks decomposed for onnxruntime (ort-mha stays an explicit choice).
 #: tensorrt / any: decomposed -- TensorRT fuses it into its own attention kernel; every runtime runs it.
-AUTO_ATTENTION: dict[str, str] = {"any": "decomposed", "onnxruntime": "decomposed", "tensorrt": "decomposed"}
+#: openvino: decomposed -- the form OpenVINO's CPU plugin fuses into its own attention subgraph (it
+#: has no com.microsoft ops).
+AUTO_ATTENTION: dict[str, str] = {"any": "decomposed", "onnxruntime": "decomposed", "openvino": "decomposed",
+                                  "tensorrt": "decomposed"}
 
 
 def resolve_attention(form: str, target: str) -> str:

@@ -19,6 +19,10 @@ stays float (``nodes_to_exclude``), chosen by measurement on the digits model (R
 - attention's two activation x activation MatMuls (q k^T and softmax(.) v). Its q/k/v/out
   projections are quantized: kept float they were 19% of an int8 forward at batch 1 on
   ddpm-cifar10 (ONNX Runtime profile), and quantizing them kept the quality targets (README).
+Where the quantize/dequantize pairs go depends on the runtime (:func:`quantizes_outputs`, from
+``--target``): ONNX Runtime fuses ``DQ -> Conv -> Q`` into one QLinearConv only when the output is
+quantized too, OpenVINO runs its int8 convolutions with float outputs and is faster without.
+
 Skip concatenations are not quantized as such (Concat is not in the quantized op types); the
 convolution after one quantizes its input once. The upsampling convolutions arrive in the form of
 the int8 rewrites (``ddpm_export.export.rewrites``: ``upsample-subpixel``, four 2 x 2 phase
@@ -40,8 +44,8 @@ import onnx
 from ddpm_export.diffusion.config import DiffusionConfig
 from ddpm_export.contract.spec import T_NAME, X_NAME, ExportSpec
 
-__all__ = ["CalibrationConfig", "FLOAT_GROUPS", "float_nodes", "quantize_int8", "record_calibration_inputs",
-           "untie_initializers"]
+__all__ = ["CalibrationConfig", "FLOAT_GROUPS", "float_nodes", "quantize_int8", "quantizes_outputs",
+           "record_calibration_inputs", "untie_initializers"]
 
 #: the node groups kept in float by default (see the module docstring)
 FLOAT_GROUPS: tuple[str, ...] = ("embedding", "first_last_conv", "attention")
@@ -157,9 +161,24 @@ class _Reader:
         return next(self._it, None)
 
 
+def quantizes_outputs(target: str) -> bool:
+    """Whether an int8 export for ``target`` (``--target``) also quantizes the outputs of its
+    quantized ops. Measured on ddpm-cifar10 (2 threads; docs/speed-levers.md), outputs left float:
+
+    - ONNX Runtime: 0.34-0.38x. Its QDQ fusion needs ``DQ -> Conv -> Q`` to make a QLinearConv;
+      without the Q the conv runs in float on dequantized weights. So every target but openvino
+      quantizes them.
+    - OpenVINO: 1.04-1.05x at batch 1 (1.01-1.04x at batch 8). Its int8 convolutions write float
+      anyway; a quantized output costs a requantization and u8 -> f32 reorders before the
+      residual adds, GroupNorms and skip convolutions.
+    """
+    return target != "openvino"
+
+
 def quantize_int8(proto: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], *,
-                  float_groups: tuple[str, ...] = FLOAT_GROUPS) -> onnx.ModelProto:
-    """The QDQ int8 model of the float32 ``proto``, calibrated (min/max) on ``feeds``."""
+                  float_groups: tuple[str, ...] = FLOAT_GROUPS, quantized_outputs: bool = True) -> onnx.ModelProto:
+    """The QDQ int8 model of the float32 ``proto``, calibrated (min/max) on ``feeds``; with
+    ``quantized_outputs`` False, the outputs of Conv, MatMul and Gemm stay float (:func:`quantizes_outputs`)."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     class Reader(_Reader, CalibrationDataReader):
@@ -173,5 +192,7 @@ def quantize_int8(proto: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], *,
         quantize_static(str(src), str(dst), Reader(feeds), quant_format=QuantFormat.QDQ,
                         op_types_to_quantize=list(QUANTIZED_OPS), per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
-                        calibration_providers=["CPUExecutionProvider"])
+                        calibration_providers=["CPUExecutionProvider"],
+                        extra_options={} if quantized_outputs else {
+                            "OpTypesToExcludeOutputQuantization": list(QUANTIZED_OPS)})
         return onnx.load(str(dst))

@@ -29,7 +29,7 @@ from ddpm_export.contract.spec import ExportSpec
 from ddpm_export.diffusion.config import DiffusionConfig
 from ddpm_export.errors import BadInputError
 from ddpm_export.export.attention_forms import attention_kernel, resolve_attention
-from ddpm_export.export.int8 import CalibrationConfig
+from ddpm_export.export.int8 import CalibrationConfig, quantizes_outputs
 from ddpm_export.export.polygraphy_io import check_io_paths, save_torch_io
 from ddpm_export.export.precision import GraphModule
 from ddpm_export.export.precision_policy import check_precision, policy
@@ -88,11 +88,12 @@ def export_onnx(model: str | Path, out: str | Path, *, opset: int = DEFAULT_OPSE
     spec = ExportSpec.from_config(unet.config, min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch)
     proto = trace_to_onnx(unet, spec, precision=precision, attention=form, opset=opset, rewrites=applied)
     if precision == "int8":
-        proto = _quantize(proto, unet, spec, diffusion, calibration, log)
+        proto = _quantize(proto, unet, spec, diffusion, calibration, quantizes_outputs(target), log)
     source = weights_path(model)
     proto.metadata_props.clear()
     for key, value in md.metadata_props(
-        unet=unet.config, diffusion=diffusion, spec=spec, policy=policy(precision), attention=form, rewrites=applied,
+        unet=unet.config, diffusion=diffusion, spec=spec, attention=form, rewrites=applied, target=target,
+        policy=policy(precision, quantized_outputs=quantizes_outputs(target)),
         exporter_version=f"ddpm-export {__version__}; torch {torch.__version__.split('+')[0]}; onnx {onnx.__version__}",
         source=str(model) if source is None else source.name,
         source_sha256=md.sha256_file(source) if source else md.sha256_bytes(_state_bytes(unet)),
@@ -169,7 +170,8 @@ def trace_to_onnx(unet: UNet, spec: ExportSpec, *, precision: str, attention: st
 
 
 def _quantize(proto: onnx.ModelProto, unet: UNet, spec: ExportSpec, diffusion: DiffusionConfig,
-              calibration: CalibrationConfig | None, log: Callable[[str], None]) -> onnx.ModelProto:
+              calibration: CalibrationConfig | None, quantized_outputs: bool,
+              log: Callable[[str], None]) -> onnx.ModelProto:
     """Record calibration inputs along DDIM trajectories of the float32 model; quantize to QDQ int8."""
     from ddpm_export.export.int8 import quantize_int8, record_calibration_inputs
     from ddpm_export.torch_backend import TorchBackend
@@ -180,7 +182,7 @@ def _quantize(proto: onnx.ModelProto, unet: UNet, spec: ExportSpec, diffusion: D
                                       cond.num_classes if cond.num_classes is not None and cond.null_class else None, cfg)
     log(f"int8: calibrating on {len(feeds)} model calls along {cfg.trajectories} DDIM trajectories; "
         f"float: {', '.join(cfg.float_groups)}")
-    return quantize_int8(proto, feeds, float_groups=cfg.float_groups)
+    return quantize_int8(proto, feeds, float_groups=cfg.float_groups, quantized_outputs=quantized_outputs)
 
 
 def _state_bytes(unet: UNet) -> bytes:

@@ -19,11 +19,13 @@ FP32_ISLANDS = ("time_embedding", "class_embedding", "normalization_statistics",
                 "attention_bias_and_softmax")
 
 
-def policy(precision: str) -> dict[str, object]:
-    """The policy as recorded in the ONNX metadata."""
+def policy(precision: str, *, quantized_outputs: bool = True) -> dict[str, object]:
+    """The policy as recorded in the ONNX metadata. ``quantized_outputs``: int8 only, whether the
+    outputs of the quantized ops are quantized too (:func:`ddpm_export.export.int8.quantize_int8`)."""
     check_precision(precision)
     if precision == "int8":
         return {"precision": "int8", "io_dtype": "float32", "compute_dtype": "int8 QDQ (Conv, MatMul, Gemm)",
+                "quantized_outputs": quantized_outputs,
                 "float_islands": ["embedding", "first_last_conv", "attention"],
                 "calibration": "sampler trajectories (ddpm_export.export.int8)"}
     return {"precision": precision, "io_dtype": "float32",

@@ -516,7 +516,7 @@ def test_onnx_attention_needs_opset_23(tmp_path):
 @pytest.mark.parametrize("kwargs, choices", [
     (dict(precision="fp8"), "fp32, fp16, int8"),  # int8: ddpm_export.export.int8
     (dict(attention="flash"), "auto, decomposed, ort-mha, onnx-attention"),
-    (dict(target="cuda"), "any, onnxruntime, tensorrt"),
+    (dict(target="cuda"), "any, onnxruntime, openvino, tensorrt"),
 ])
 def test_bad_options_are_refused_listing_the_choices(tmp_path, kwargs, choices):
     (key, value), = kwargs.items()

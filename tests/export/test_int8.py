@@ -27,8 +27,33 @@ HAS_OPENVINO = importlib.util.find_spec("openvino") is not None
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("int8")
-    return {p: export_onnx("kitchen-sink", folder / f"sink-{p}.onnx", precision=p, max_batch=8,
-                           log=lambda s: None).path for p in ("fp32", "int8")}
+    files = {p: export_onnx("kitchen-sink", folder / f"sink-{p}.onnx", precision=p, max_batch=8,
+                            log=lambda s: None).path for p in ("fp32", "int8")}
+    files["int8-openvino"] = export_onnx("kitchen-sink", folder / "sink-int8-ov.onnx", precision="int8", max_batch=8,
+                                         target="openvino", log=lambda s: None).path
+    return files
+
+
+def _quantized_outputs(model: onnx.ModelProto) -> tuple[int, int]:
+    """(quantized ops whose output is quantized for a float consumer, quantized ops): a quantized op
+    is a Conv/MatMul/Gemm reading a dequantized tensor; an output quantized only because the next
+    op is a quantized op too (a conv feeding a conv) is that op's input quantization, not counted."""
+    nodes = model.graph.node
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for n in nodes:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+    dq = {o for n in nodes if n.op_type == "DequantizeLinear" for o in n.output}
+    ops = [n for n in nodes if n.op_type in ("Conv", "MatMul", "Gemm") and any(i in dq for i in n.input)]
+    quantized_ops = {id(n) for n in ops}
+
+    def feeds_float(op: onnx.NodeProto) -> bool:
+        for q in (r for r in readers.get(op.output[0], []) if r.op_type == "QuantizeLinear"):
+            for d in readers.get(q.output[0], []):
+                if any(id(r) not in quantized_ops for r in readers.get(d.output[0], [])):
+                    return True
+        return False
+    return sum(feeds_float(n) for n in ops), len(ops)
 
 
 def test_calibration_follows_the_sampler_over_classes_and_the_null_class() -> None:
@@ -70,12 +95,25 @@ def test_int8_file_is_qdq_with_the_float_islands(files: dict[str, Path]) -> None
     assert ops.count("DepthToSpace") >= 1 and "Resize" not in ops
 
 
-@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
-def test_int8_samples_through_the_pipeline(files: dict[str, Path], backend: str) -> None:
+def test_the_openvino_target_leaves_the_quantized_ops_outputs_float(files: dict[str, Path]) -> None:
+    """--target openvino: the same quantized inputs and weights, no QuantizeLinear on the outputs of
+    the int8 ops (ONNX Runtime needs them to fuse QLinearConv; OpenVINO is faster without)."""
+    quantized, total = _quantized_outputs(onnx.load(str(files["int8"])))
+    assert total > 10 and quantized > total // 2  # any target: outputs quantized (for ONNX Runtime's QLinear ops)
+    quantized_ov, total_ov = _quantized_outputs(onnx.load(str(files["int8-openvino"])))
+    assert total_ov == total and quantized_ov == 0
+    info = read_info(files["int8-openvino"])
+    assert info.target == "openvino" and read_info(files["int8"]).target == "any"
+    assert '"quantized_outputs":false' in info.metadata["ddpm_export.precision_policy"]
+
+
+@pytest.mark.parametrize("backend,which", [("onnxruntime", "int8"), ("openvino", "int8"),
+                                           ("openvino", "int8-openvino")])
+def test_int8_samples_through_the_pipeline(files: dict[str, Path], backend: str, which: str) -> None:
     if backend == "openvino" and not HAS_OPENVINO:
         pytest.skip("openvino is not installed (pip install 'ddpm-export[openvino]')")
     kwargs = {"inference_precision": "f32"} if backend == "openvino" else {}
-    int8 = Pipeline.from_onnx(files["int8"], backend=backend, threads=1, **kwargs)
+    int8 = Pipeline.from_onnx(files[which], backend=backend, threads=1, **kwargs)
     fp32 = Pipeline.from_onnx(files["fp32"], threads=1)
     feeds = int8.info.spec.sample_inputs(4, seed=1)
     got, want = (p.backend(feeds["x_t"], feeds["t"], feeds["class_labels"]) for p in (int8, fp32))

@@ -89,12 +89,14 @@ def test_metadata_records_the_rewrites(files):
     assert files["auto"].rewrites == AUTO_REWRITES["fp32"]
 
 
-def test_a_file_without_the_key_reads_as_no_rewrites(files):
+def test_a_file_without_the_keys_reads_as_no_rewrites_for_any_target(files):
     props = dict(read_info(files["auto"].path).metadata)
-    del props[md.REWRITES]
+    assert props[md.TARGET] == "any"
+    del props[md.REWRITES], props[md.TARGET]  # a file written before the keys existed
     from ddpm_export.runtime.info import ModelInfo
 
-    assert ModelInfo.from_metadata(props).rewrites == ()
+    info = ModelInfo.from_metadata(props)
+    assert info.rewrites == () and info.target == "any"
 
 
 def test_resolve_rewrites():
