@@ -55,11 +55,12 @@ PEERS = ("eager", "plain-ort", "plain-ov-f32", "plain-ov-bf16")
 
 
 class OurFile(NamedTuple):
-    """One of our files: its precision, attention form and rewrites variant."""
+    """One of our files: its precision, attention form, rewrites variant and ``--target``."""
 
     precision: str
     attention: str
     rewrites: str
+    target: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -224,8 +225,12 @@ def _our_paths(files: dict[OurFile, Path], cfg: BenchConfig) -> list[_Path]:
             if precision in ("bf16", "int8-bf16") and backend != "openvino":
                 continue  # bf16 is OpenVINO's inference precision
             first_form = next((f.attention for f in files if f.precision == file_precision), None)
+            # a file exported for this backend (int8: --target decides the QDQ layout) when there is one
+            targeted = any(f.target == backend for f in files if f.precision == file_precision)
             for key, path in files.items():
                 if key.precision != file_precision or (backend == "openvino" and key.attention != first_form):
+                    continue
+                if targeted and key.target != backend:
                     continue
                 kwargs: dict[str, Any] = {"threads": cfg.threads}
                 if backend == "openvino":
@@ -242,15 +247,16 @@ def _our_paths(files: dict[OurFile, Path], cfg: BenchConfig) -> list[_Path]:
                 name += f"-{key.attention}" if several_forms and key.precision == "fp32" and backend == "onnxruntime" else ""
                 name += f"-rewrites-{key.rewrites}" if several_rewrites and key.precision == "fp32" else ""
                 paths.append(_Path(name, "ours", runner, {"backend": backend, "precision": precision,
-                                                          "attention": key.attention,
+                                                          "attention": key.attention, "target": key.target,
                                                           "rewrites": list(pipe.info.rewrites), "file": path.name},
                                    timer))
     return paths
 
 
 def _export_ours(model: str, cfg: BenchConfig, folder: Path, log: Callable[[str], None]) -> dict[OurFile, Path]:
-    """Our files for ``model``: fp32 in each attention form and rewrites variant asked for, and
-    int8 (with the ``auto`` rewrites for int8) when asked for. Not validated here (``verify`` does
+    """Our files for ``model``: fp32 in each attention form and rewrites variant asked for (exported
+    for ONNX Runtime; OpenVINO runs the same file), and int8 (``auto`` rewrites) exported for each
+    backend asked for (``--target``: the QDQ layout differs). Not validated here (``verify`` does
     that); batch range 1..max(batches)."""
     from ddpm_export.contract.choices import MIN_OPSET
     from ddpm_export.export.attention_forms import resolve_attention
@@ -260,15 +266,17 @@ def _export_ours(model: str, cfg: BenchConfig, folder: Path, log: Callable[[str]
     max_batch = max(max(cfg.batches), 2)
     wanted = {OUR_PRECISIONS[p][0] for p in cfg.precisions}
     for precision in sorted(wanted, key=["fp32", "int8"].index):
-        variants = [(a, r) for a in cfg.attention for r in cfg.rewrites] if precision == "fp32" else [("auto", "auto")]
-        for attention, rewrites in variants:
-            out = folder / f"ours-{precision}-{attention}-{rewrites}.onnx"
-            log(f"exporting {model} ({precision}, attention {attention}, rewrites {rewrites}) for the bench")
-            opset = max(DEFAULT_OPSET, MIN_OPSET[resolve_attention(attention, "onnxruntime")])
-            result = export_onnx(model, out, precision=precision, attention=attention, target="onnxruntime", opset=opset,
+        variants = ([(a, r, "onnxruntime") for a in cfg.attention for r in cfg.rewrites] if precision == "fp32"
+                    else [("auto", "auto", backend) for backend in cfg.backends])
+        for attention, rewrites, target in variants:
+            out = folder / f"ours-{precision}-{attention}-{rewrites}-{target}.onnx"
+            log(f"exporting {model} ({precision}, attention {attention}, rewrites {rewrites}, target {target}) "
+                f"for the bench")
+            opset = max(DEFAULT_OPSET, MIN_OPSET[resolve_attention(attention, target)])
+            result = export_onnx(model, out, precision=precision, attention=attention, target=target, opset=opset,
                                  rewrites=rewrites, opt_batch=min(4, max_batch), max_batch=max_batch, validate=False,
                                  log=lambda line: None)
-            files[OurFile(precision, result.attention, rewrites)] = result.path
+            files[OurFile(precision, result.attention, rewrites, target)] = result.path
     return files
 
 
@@ -349,7 +357,8 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
         folder = Path(tmp)
         if cfg.onnx:
             info = read_info(cfg.onnx)
-            files = {OurFile(info.precision, info.attention, ",".join(info.rewrites) or "none"): Path(cfg.onnx)}
+            files = {OurFile(info.precision, info.attention, ",".join(info.rewrites) or "none", info.target):
+                     Path(cfg.onnx)}
         else:
             files = _export_ours(str(cfg.model), cfg, folder, log)
             info = read_info(next(iter(files.values())))

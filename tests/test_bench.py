@@ -71,7 +71,7 @@ def test_bench_compares_rewrites_variants_on_each_fp32_path(tmp_path: Path) -> N
                 "--no-peers")
     paths = {p["name"]: p for p in json.loads(out.read_text())["paths"]}
     expected = {f"ours-onnxruntime-fp32-rewrites-{v}" for v in ("auto", "none", "upsample-deconv")}
-    expected.add("ours-onnxruntime-int8")  # int8 files get auto (no rewrite): not a variant
+    expected.add("ours-onnxruntime-int8")  # int8 files get their auto rewrites: not a variant
     if HAS_OPENVINO:
         expected |= {f"ours-openvino-fp32-rewrites-{v}" for v in ("auto", "none", "upsample-deconv")}
         expected.add("ours-openvino-int8")
@@ -79,7 +79,13 @@ def test_bench_compares_rewrites_variants_on_each_fp32_path(tmp_path: Path) -> N
     assert paths["ours-onnxruntime-fp32-rewrites-auto"]["rewrites"] == ["upsample-deconv", "attention-fold"]
     assert paths["ours-onnxruntime-fp32-rewrites-none"]["rewrites"] == []
     assert paths["ours-onnxruntime-fp32-rewrites-upsample-deconv"]["rewrites"] == ["upsample-deconv"]
-    assert paths["ours-onnxruntime-int8"]["rewrites"] == []
+    assert paths["ours-onnxruntime-int8"]["rewrites"] == ["upsample-subpixel", "attention-fold"]
+    # each backend's int8 path runs the file exported for it (--target decides the QDQ layout)
+    assert paths["ours-onnxruntime-int8"]["target"] == "onnxruntime"
+    assert paths["ours-onnxruntime-fp32-rewrites-auto"]["target"] == "onnxruntime"
+    if HAS_OPENVINO:
+        assert paths["ours-openvino-int8"]["target"] == "openvino"
+        assert paths["ours-openvino-fp32-rewrites-auto"]["target"] == "onnxruntime"  # the same fp32 file
 
 
 def test_bench_refuses_an_unknown_rewrites_variant() -> None:

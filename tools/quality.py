@@ -12,9 +12,9 @@ overridden):
 - guided samples (``--guidance``): the share predicted as the requested class;
 - ``--compare``: the same seeds through PyTorch and ONNX Runtime; sample difference and both scores;
 - ``--low-precision``: the same seeds through every low-precision path -- int8 (QDQ, calibrated on
-  the sampler's trajectories) in ONNX Runtime and OpenVINO, OpenVINO bf16 on the fp32 file -- each
-  scored against fp32 ONNX Runtime with the targets confident fraction within 0.02 and Fréchet
-  distance within 1.15x.
+  the sampler's trajectories; each backend runs the file exported with its ``--target``) in ONNX
+  Runtime and OpenVINO, OpenVINO bf16 on the fp32 file -- each scored against fp32 ONNX Runtime
+  with the targets confident fraction within 0.02 and Fréchet distance within 1.15x.
 
     OMP_WAIT_POLICY=PASSIVE python tools/quality.py --model ddpm_export/models/digits --compare --json quality.json
 """
@@ -54,12 +54,12 @@ def exported_backend(model: str, onnx_path: Path, threads: int, max_batch: int):
     return onnx_backend(onnx_path, threads=threads)
 
 
-LOW_PRECISION_PATHS = {  # name -> (file precision, backend, OpenVINO inference precision)
-    "fp32 onnxruntime": ("fp32", "onnxruntime", None),
-    "int8 onnxruntime": ("int8", "onnxruntime", None),
-    "int8 openvino": ("int8", "openvino", "f32"),
-    "int8 openvino bf16": ("int8", "openvino", "bf16"),
-    "bf16 openvino": ("fp32", "openvino", "bf16"),
+LOW_PRECISION_PATHS = {  # name -> ((file precision, --target), backend, OpenVINO inference precision)
+    "fp32 onnxruntime": (("fp32", "any"), "onnxruntime", None),
+    "int8 onnxruntime": (("int8", "onnxruntime"), "onnxruntime", None),
+    "int8 openvino": (("int8", "openvino"), "openvino", "f32"),
+    "int8 openvino bf16": (("int8", "openvino"), "openvino", "bf16"),
+    "bf16 openvino": (("fp32", "any"), "openvino", "bf16"),
 }
 
 
@@ -71,13 +71,13 @@ def low_precision(model: str, folder: Path, labels: np.ndarray, scheduler, clf, 
     from ddpm_export.runtime.backends import RuntimeOptions, load_onnx_backend
 
     max_batch = 2 * args.batch_size
-    files = {p: folder / f"digits-{p}.onnx" for p in ("fp32", "int8")}
-    for precision, path in files.items():
-        export_onnx(model, path, precision=precision, opt_batch=min(64, max_batch), max_batch=max_batch,
-                    log=lambda s: None)
+    files = {key: folder / f"digits-{key[0]}-{key[1]}.onnx" for key, _, _ in LOW_PRECISION_PATHS.values()}
+    for (precision, target), path in files.items():  # int8: each backend's file (--target: the QDQ layout)
+        export_onnx(model, path, precision=precision, target=target, opt_batch=min(64, max_batch),
+                    max_batch=max_batch, log=lambda s: None)
     out: dict = {}
-    for name, (precision, backend, ov_precision) in LOW_PRECISION_PATHS.items():
-        path = files[precision]
+    for name, (key, backend, ov_precision) in LOW_PRECISION_PATHS.items():
+        path = files[key]
         runner = load_onnx_backend(backend, path, read_info(path).spec,
                                    RuntimeOptions(threads=args.threads, inference_precision=ov_precision))
         start = time.perf_counter()
