@@ -236,6 +236,7 @@ def verify(model: str | Path, onnx: str | Path, *, engine: str | Path | None = N
         "model": str(model), "onnx": str(onnx), "onnx_sha256": onnx_sha,
         "engine": None if engine is None else str(engine),
         "precision": info.precision, "attention": info.attention, "rewrites": list(info.rewrites),
+        "target": info.target,
         "thresholds": dataclasses.asdict(limits), "source_sha256_match": source_match, "backend_precisions": precisions,
         "backend_thresholds": {name: dataclasses.asdict(t) for name, t in backend_limits.items()},
         "seed": seed, "batch": batch, "classes": None if cond is None else cond.tolist(),
