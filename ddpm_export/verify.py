@@ -234,9 +234,8 @@ def verify(model: str | Path, onnx: str | Path, *, engine: str | Path | None = N
     return {
         "passed": not failures, "failures": failures, "checks": checks,
         "model": str(model), "onnx": str(onnx), "onnx_sha256": onnx_sha,
-        "engine": None if engine is None else str(engine),
+        "engine": None if engine is None else str(engine), "target": info.target,
         "precision": info.precision, "attention": info.attention, "rewrites": list(info.rewrites),
-        "target": info.target,
         "thresholds": dataclasses.asdict(limits), "source_sha256_match": source_match, "backend_precisions": precisions,
         "backend_thresholds": {name: dataclasses.asdict(t) for name, t in backend_limits.items()},
         "seed": seed, "batch": batch, "classes": None if cond is None else cond.tolist(),

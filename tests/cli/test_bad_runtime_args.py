@@ -5,7 +5,6 @@ call or allocation; the same through ``ddpm-export sample`` and ``ddpm-export on
 from __future__ import annotations
 
 import tracemalloc
-from pathlib import Path
 
 import numpy as np
 import pytest
