@@ -51,8 +51,8 @@ def _csv(kind: type, choices: tuple[str, ...] | None = None):  # type: ignore[no
               help="Write the report as JSON here.")
 @click.option("--force", is_flag=True, help="Overwrite an existing --json file.")
 def command(model: str | None, onnx_path: str | None, backends: tuple, precisions: tuple, attention: tuple,
-            rewrites: tuple, batches: tuple, threads: int | None, steps: int, repeats: int, peers: bool, json_path: str | None,
-            force: bool) -> None:
+            rewrites: tuple, batches: tuple, threads: int | None, steps: int, repeats: int, peers: bool,
+            json_path: str | None, force: bool) -> None:
     """Measure sampling speed: torch eager, the plain-export peers and our paths, side by side.
 
     \b
@@ -77,7 +77,8 @@ def command(model: str | None, onnx_path: str | None, backends: tuple, precision
         if json_path is not None:
             refuse_existing(json_path, force)
         cfg = BenchConfig(model=model, onnx=onnx_path, backends=backends, precisions=precisions, attention=attention,
-                          rewrites=rewrites, batches=batches, threads=threads or get_threads() or len(os.sched_getaffinity(0)), steps=steps,
+                          rewrites=rewrites, batches=batches,
+                          threads=threads or get_threads() or len(os.sched_getaffinity(0)), steps=steps,
                           repeats=repeats, peers=peers)
         report = run_bench(cfg, log=click.echo)
     except (ValueError, ImportError, FileExistsError, FileNotFoundError) as e:

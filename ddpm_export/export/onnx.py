@@ -87,13 +87,14 @@ def export_onnx(model: str | Path, out: str | Path, *, opset: int = DEFAULT_OPSE
                             f"model's {unet.config.num_train_timesteps} ({model}): fix its diffusion.json")
     spec = ExportSpec.from_config(unet.config, min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch)
     proto = trace_to_onnx(unet, spec, precision=precision, attention=form, opset=opset, rewrites=applied)
+    quantized_outputs = quantizes_outputs(target)  # int8 only: the QDQ layout --target asks for
     if precision == "int8":
-        proto = _quantize(proto, unet, spec, diffusion, calibration, quantizes_outputs(target), log)
+        proto = _quantize(proto, unet, spec, diffusion, calibration, quantized_outputs, log)
     source = weights_path(model)
     proto.metadata_props.clear()
     for key, value in md.metadata_props(
         unet=unet.config, diffusion=diffusion, spec=spec, attention=form, rewrites=applied, target=target,
-        policy=policy(precision, quantized_outputs=quantizes_outputs(target)),
+        policy=policy(precision, quantized_outputs=quantized_outputs),
         exporter_version=f"ddpm-export {__version__}; torch {torch.__version__.split('+')[0]}; onnx {onnx.__version__}",
         source=str(model) if source is None else source.name,
         source_sha256=md.sha256_file(source) if source else md.sha256_bytes(_state_bytes(unet)),
