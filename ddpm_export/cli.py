@@ -13,13 +13,14 @@ import contextlib
 import importlib
 import io
 import pkgutil
-from typing import Any
+import warnings
+from typing import Any, Iterator
 
 import click
 
 from ddpm_export import commands
 from ddpm_export._version import __version__
-from ddpm_export.errors import DdpmExportError, describe, exit_status
+from ddpm_export.errors import DdpmExportError, DdpmExportWarning, describe, exit_status
 from ddpm_export.console import VERBOSITY
 from ddpm_export.threads import set_threads
 
@@ -30,6 +31,26 @@ class Failure(click.ClickException):
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+@contextlib.contextmanager
+def _warnings_as_lines(quiet: bool) -> Iterator[None]:
+    """While a command runs: ddpm-export's warnings (:class:`DdpmExportWarning`) as one ``Warning:
+    ...`` line on stderr (none under ``-q``); other packages' warnings as Python shows them."""
+    with warnings.catch_warnings():
+        if quiet:
+            warnings.simplefilter("ignore", DdpmExportWarning)
+        else:
+            python_show = warnings.showwarning
+
+            def show(message: Any, category: type[Warning], filename: str, lineno: int, file: Any = None,
+                     line: str | None = None) -> None:
+                if issubclass(category, DdpmExportWarning):
+                    click.echo(f"Warning: {message}", err=True)
+                else:
+                    python_show(message, category, filename, lineno, file, line)
+            warnings.showwarning = show
+        yield
 
 
 class _Main(click.Group):
@@ -75,6 +96,7 @@ def main(ctx: click.Context, debug: bool, verbosity: int | None, threads: int | 
     ctx.meta[VERBOSITY] = 1 if verbosity is None else verbosity
     if verbosity == 0:  # -q: the commands' stdout lines are dropped; errors (stderr) still show
         ctx.with_resource(contextlib.redirect_stdout(io.StringIO()))
+    ctx.with_resource(_warnings_as_lines(quiet=verbosity == 0))
     set_threads(threads)
     ctx.call_on_close(lambda: set_threads(None))
     _exit_cleanly_on_sigterm(ctx)

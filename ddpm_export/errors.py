@@ -25,9 +25,9 @@ keeps working.
 
 from __future__ import annotations
 
-__all__ = ["BadInputError", "DdpmExportError", "InputNotFoundError", "IntegrityError", "MissingDependencyError",
-           "NonFiniteOutputError", "NotAFolderError", "OutputExistsError", "VerificationFailed", "WrongTypeError",
-           "describe", "exit_status"]
+__all__ = ["BadInputError", "DdpmExportError", "DdpmExportWarning", "InputNotFoundError", "IntegrityError",
+           "MissingDependencyError", "NonFiniteOutputError", "NotAFolderError", "OutputExistsError",
+           "TargetMismatchWarning", "VerificationFailed", "WrongTypeError", "describe", "exit_status"]
 
 #: Modules of the ``export`` extra: a command that imports one needs ``pip install 'ddpm-export[export]'``.
 EXPORT_EXTRA = ("torch", "onnx", "safetensors", "polygraphy")
@@ -75,6 +75,15 @@ class VerificationFailed(DdpmExportError, RuntimeError):
 
 class NonFiniteOutputError(VerificationFailed):
     """A model call produced NaN or infinity."""
+
+
+class DdpmExportWarning(UserWarning):
+    """Base of ddpm-export's warnings: the work goes on, but the caller should know (the CLI prints
+    ``Warning: ...`` on stderr, nothing under ``-q``)."""
+
+
+class TargetMismatchWarning(DdpmExportWarning):
+    """A file exported for one runtime (``--target``) is loaded on another, where it runs slower."""
 
 
 def exit_status(error: BaseException) -> int:

@@ -13,6 +13,7 @@ A Pipeline holds no per-call state (each call builds its own scheduler and noise
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
@@ -25,7 +26,7 @@ from ddpm_export.configbase import ConfigError, check_choice
 from ddpm_export.contract.choices import BACKENDS, ORT_GPU_BACKENDS
 from ddpm_export.contract.info import ModelInfo
 from ddpm_export.diffusion import SCHEDULERS, Backend, DiffusionConfig, make_scheduler, sample, sampler_config
-from ddpm_export.errors import BadInputError
+from ddpm_export.errors import BadInputError, TargetMismatchWarning
 from ddpm_export.runtime.integrity import check_finite
 
 __all__ = ["Pipeline", "SampleRequest", "chunk_seed"]
@@ -79,6 +80,18 @@ class SampleRequest:
         return self.config.num_inference_steps
 
 
+def _warn_on_target_mismatch(path: str | Path, info: ModelInfo, backend: str) -> None:
+    """TargetMismatchWarning where the file's ``--target`` makes it measurably slow on ``backend``:
+    an int8 file for OpenVINO (outputs of its int8 ops left float) ran 0.34-0.38x as fast in ONNX
+    Runtime as the file for ONNX Runtime (ddpm-cifar10; ``ddpm_export.export.int8.quantizes_outputs``).
+    Other pairs differed by a few percent at most, and a file for ``any`` fits every backend."""
+    if backend == "onnxruntime" and info.precision == "int8" and info.target == "openvino":
+        warnings.warn(f"{path}: this int8 file was exported with --target openvino, which leaves the outputs "
+                      f"of its int8 ops float; ONNX Runtime then runs those ops in float (about 3x slower "
+                      f"on ddpm-cifar10). For ONNX Runtime, export with --target onnxruntime (or any)",
+                      TargetMismatchWarning, stacklevel=3)
+
+
 class Pipeline:
     """Sample ``[n, C, H, W]`` images in ``[-1, 1]`` from an exported U-Net.
 
@@ -122,6 +135,7 @@ class Pipeline:
         _check_trt_options(backend, trt_fp16, trt_cache_dir)
         if backend in CPU_BACKENDS:
             info = read_info(path)
+            _warn_on_target_mismatch(path, info, backend)
             options = RuntimeOptions(threads=threads, inference_precision=inference_precision, providers=providers,
                                      session_options=session_options)
             return cls(load_onnx_backend(backend, path, info.spec, options), info, source=str(path))

@@ -16,6 +16,7 @@ onnx = pytest.importorskip("onnx")
 from click.testing import CliRunner  # noqa: E402
 
 from ddpm_export.cli import main  # noqa: E402
+from ddpm_export.errors import TargetMismatchWarning  # noqa: E402
 from ddpm_export.export.int8 import CalibrationConfig, float_nodes, record_calibration_inputs  # noqa: E402
 from ddpm_export.export.onnx import export_onnx  # noqa: E402
 from ddpm_export.metrics import INT8_REL_L2, errors  # noqa: E402
@@ -120,6 +121,28 @@ def test_int8_samples_through_the_pipeline(files: dict[str, Path], backend: str,
     assert 0 < errors(got, want)[1] <= INT8_REL_L2  # quantized (not equal), within the int8 limit
     x = int8.sample(4, steps=3, guidance_scale=1.5, progress=False)
     assert x.shape == (4, *int8.image_shape) and np.isfinite(x).all()
+
+
+def test_an_openvino_int8_file_on_onnx_runtime_warns_once_and_still_samples(files: dict[str, Path], tmp_path: Path,
+                                                                           recwarn: pytest.WarningsRecorder) -> None:
+    """ONNX Runtime runs the int8 ops of a --target openvino file in float (0.34-0.38x on
+    ddpm-cifar10): the library warns with the fix; every fitting pair loads silently."""
+    with pytest.warns(TargetMismatchWarning, match=r"--target openvino.*export with --target onnxruntime \(or any\)"):
+        Pipeline.from_onnx(files["int8-openvino"], threads=1)
+    recwarn.clear()
+    Pipeline.from_onnx(files["int8"], threads=1)  # target any
+    Pipeline.from_onnx(files["fp32"], threads=1)
+    if HAS_OPENVINO:
+        Pipeline.from_onnx(files["int8-openvino"], backend="openvino", threads=1, inference_precision="f32")
+    assert not [w for w in recwarn if issubclass(w.category, TargetMismatchWarning)]
+    # the CLI: one "Warning:" line on stderr, the samples written all the same; nothing under -q
+    args = ["sample", "--onnx", str(files["int8-openvino"]), "-n", "1", "--steps", "2", "--no-progress"]
+    loud = CliRunner().invoke(main, [*args, "-o", str(tmp_path / "a.png")])
+    assert loud.exit_code == 0, loud.output
+    assert loud.stderr.count("Warning: ") == 1 and "exported with --target openvino" in loud.stderr
+    assert (tmp_path / "a.png").exists()
+    quiet = CliRunner().invoke(main, ["-q", *args, "-o", str(tmp_path / "b.png")])
+    assert quiet.exit_code == 0 and quiet.stderr == "" and (tmp_path / "b.png").exists()
 
 
 @pytest.mark.slow
