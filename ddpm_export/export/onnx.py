@@ -34,7 +34,7 @@ from ddpm_export.export.polygraphy_io import check_io_paths, save_torch_io
 from ddpm_export.export.precision import GraphModule
 from ddpm_export.export.precision_policy import check_precision, policy
 from ddpm_export.export.rewrites import resolve_rewrites
-from ddpm_export.export.validate import ValidationReport, validate_onnx
+from ddpm_export.export.validate import ValidationError, ValidationReport, validate_onnx
 from ddpm_export.files import refuse_existing, remove_leftovers, temp_sibling
 from ddpm_export.nn.attention import use_attention_kernel
 from ddpm_export.nn.checkpoint import diffusion_config_for, load_model, weights_path
@@ -141,7 +141,10 @@ def _write_validated(proto: onnx.ModelProto, out: Path, validation: tuple[UNet, 
         tmp_dir.mkdir()
         onnx.save_model(proto, str(tmp_dir / out.name), save_as_external_data=external,
                         all_tensors_to_one_file=True, location=data_name if external else None)
-        report = validate_onnx(tmp_dir / out.name, *validation, log=log) if validation else None
+        try:
+            report = validate_onnx(tmp_dir / out.name, *validation, log=log, name=out) if validation else None
+        except ValidationError as e:
+            raise type(e)(f"{e}; nothing was written (--no-validate, validate=False in Python, writes the file unchecked)") from e
         if external:
             os.replace(tmp_dir / data_name, out.parent / data_name)
         os.replace(tmp_dir / out.name, out)

@@ -54,41 +54,44 @@ def torch_reference(unet: UNet, spec: ExportSpec, feeds: dict[str, np.ndarray]) 
         return unet.eval()(*args).numpy()
 
 
-def check_graph(path: str | Path) -> onnx.ModelProto:
-    """onnx.checker (full) and strict shape inference with type checks; returns the model."""
+def check_graph(path: str | Path, name: str | Path | None = None) -> onnx.ModelProto:
+    """onnx.checker (full) and strict shape inference with type checks; returns the model. Errors
+    name the file ``name`` (default ``path``)."""
     try:
         onnx.checker.check_model(str(path), full_check=True)
         model = onnx.load(str(path))
         onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
-        raise ValidationError(f"{path}: ONNX check failed: {e}") from e
+        raise ValidationError(f"{path if name is None else name}: ONNX check failed: {e}") from e
     return model
 
 
 def validate_onnx(path: str | Path, unet: UNet, spec: ExportSpec, precision: str, *,
                   max_abs: float = FP32_MAX_ABS, rel_l2: float = FP16_REL_L2,
-                  log: Callable[[str], None] = print) -> ValidationReport:
+                  log: Callable[[str], None] = print, name: str | Path | None = None) -> ValidationReport:
     """Run every check; raise ValidationError when one fails. fp32 is held to ``max_abs``,
-    fp16 to ``rel_l2`` (against the float32 torch model in both cases)."""
-    check_graph(path)
+    fp16 to ``rel_l2`` (against the float32 torch model in both cases). Messages name the file
+    ``name`` (default ``path``: an export validates a temp copy of the file it will write)."""
+    check_graph(path, name)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    shown = path if name is None else name
     results = []
     for batch in spec.validation_batches():
         feeds = spec.sample_inputs(batch, seed=batch)
         got = session.run(None, feeds)[0]
         if got.shape != spec.output_shape(batch) or got.dtype != np.float32:
-            raise ValidationError(f"{path}: batch {batch}: output {got.dtype}{list(got.shape)}, "
+            raise ValidationError(f"{shown}: batch {batch}: output {got.dtype}{list(got.shape)}, "
                                   f"expected float32{list(spec.output_shape(batch))}")
         err = BatchError(batch, *errors(got, torch_reference(unet, spec, feeds)))
         log(f"  batch {batch:3d}: max abs {err.max_abs:.3e}  rel L2 {err.rel_l2:.3e}  (vs torch fp32)")
         results.append(err)
     report = ValidationReport(precision, tuple(results))
     if not np.isfinite(report.max_abs):
-        raise NonFiniteValidationError(f"{path}: non-finite outputs from ONNX Runtime")
+        raise NonFiniteValidationError(f"{shown}: non-finite outputs from ONNX Runtime")
     if precision == "fp32" and report.max_abs > max_abs:
-        raise ValidationError(f"{path}: fp32 max abs error {report.max_abs:.3e} exceeds {max_abs:.1e}")
+        raise ValidationError(f"{shown}: fp32 max abs error {report.max_abs:.3e} exceeds {max_abs:.1e}")
     if precision == "int8" and report.rel_l2 > INT8_REL_L2:
-        raise ValidationError(f"{path}: int8 relative L2 error {report.rel_l2:.3e} exceeds {INT8_REL_L2:.1e}")
+        raise ValidationError(f"{shown}: int8 relative L2 error {report.rel_l2:.3e} exceeds {INT8_REL_L2:.1e}")
     if precision == "fp16" and report.rel_l2 > rel_l2:
-        raise ValidationError(f"{path}: fp16 relative L2 error {report.rel_l2:.3e} exceeds {rel_l2:.1e}")
+        raise ValidationError(f"{shown}: fp16 relative L2 error {report.rel_l2:.3e} exceeds {rel_l2:.1e}")
     return report

@@ -460,9 +460,13 @@ def _impossible_tolerance(monkeypatch) -> None:
 
 
 def test_failed_validation_writes_nothing(source, tmp_path, monkeypatch):
+    """The message names the file asked for (not the temp copy validated) and how to write it anyway."""
     _impossible_tolerance(monkeypatch)
-    with pytest.raises(ValidationError, match="exceeds"):
-        export_onnx(source("micro"), tmp_path / "model.onnx", log=lambda s: None)
+    out = tmp_path / "model.onnx"
+    with pytest.raises(ValidationError) as caught:
+        export_onnx(source("micro"), out, log=lambda s: None)
+    assert str(caught.value).startswith(f"{out}: fp32 max abs error ")
+    assert "exceeds 0.0e+00; nothing was written (--no-validate, validate=False in Python, " in str(caught.value)
     assert list(tmp_path.iterdir()) == []
 
 
