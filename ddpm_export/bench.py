@@ -13,7 +13,10 @@ same seed, batch, steps and thread count):
 
 Per path and batch: median and p90 milliseconds per step of the whole sampling loop (each step
 timed from one model call to the next, so the sampler's own numpy work is inside), images/s of a
-full default-length sampling run at that rate, the ratio to eager and to the best peer, achieved
+full default-length sampling run at that rate, the ratio to eager, to the best peer and (ours) to
+the peer on the same engine and precision (:data:`SAME_ENGINE_PEER`), the last two also per
+interleaved round (each round's median step against the other path's: the spread says how much
+a ratio moved while the run lasted), achieved
 GFLOP/s (FLOPs per forward counted by ``torch.utils.flop_counter.FlopCounterMode`` on the
 reference model) and its fraction of a fp32 GEMM ceiling measured in the same run, peak RSS of
 the process while the path ran, and the sampler's overhead outside the model call (% of a step).
@@ -303,12 +306,14 @@ def flops_per_image(info: ModelInfo, unet: Any) -> float:
 
 
 def _measure(paths: list[_Path], batch: int, cfg: BenchConfig, log: Callable[[str], None]) -> dict[str, dict[str, Any]]:
-    """Warm every path up, then ``repeats`` interleaved rounds; per-step times, model-call share, RSS."""
+    """Warm every path up, then ``repeats`` interleaved rounds; per-step times (and each round's
+    median), model-call share, RSS."""
     runs = {}
     for p in paths:
         runs[p.name] = p.runner(batch)
         runs[p.name]()  # warm-up: first-run allocations, OpenVINO's shape compilation
     steps: dict[str, list[float]] = {p.name: [] for p in paths}
+    rounds: dict[str, list[float]] = {p.name: [] for p in paths}  # each round's median step
     overhead: dict[str, list[float]] = {p.name: [] for p in paths}
     rss: dict[str, float] = {p.name: 0.0 for p in paths}
     for r in range(cfg.repeats):
@@ -319,29 +324,50 @@ def _measure(paths: list[_Path], batch: int, cfg: BenchConfig, log: Callable[[st
                 runs[p.name]()
                 end = time.perf_counter()
             marks = [start, *p.timer.starts[1:], end]  # the loop's set-up counts to the first step
-            steps[p.name] += [1e3 * (b - a) for a, b in zip(marks, marks[1:])]
+            this_round = [1e3 * (b - a) for a, b in zip(marks, marks[1:])]
+            steps[p.name] += this_round
+            rounds[p.name].append(statistics.median(this_round))
             model = sum(e - s for s, e in zip(p.timer.starts, p.timer.ends))
             overhead[p.name].append(1.0 - model / (end - start))
             rss[p.name] = max(rss[p.name], peak.mib)
         log(f"  batch {batch}: round {r + 1}/{cfg.repeats} done")
     return {name: {"median_ms": statistics.median(v), "p90_ms": float(np.percentile(v, 90)),
-                   "sampler_overhead_pct": 100 * statistics.median(overhead[name]), "peak_rss_mib": rss[name]}
+                   "round_median_ms": rounds[name], "sampler_overhead_pct": 100 * statistics.median(overhead[name]), "peak_rss_mib": rss[name]}
             for name, v in steps.items()}
 
 
-def _ratios(rows: dict[str, dict[str, Any]], groups: dict[str, str], batch: int, flops: float, gemm: float,
-            full_steps: int) -> None:
-    """Add images/s, ratios to eager and to the best peer, GFLOP/s and the GEMM fraction in place."""
-    peers = [name for name in rows if groups[name] == "peer"]
+#: our (backend, precision) -> the peer on the same engine at the same precision (int8 has none)
+SAME_ENGINE_PEER: dict[tuple[str, str], str] = {("onnxruntime", "fp32"): "plain-ort", ("openvino", "fp32"): "plain-ov-f32",
+                                                ("openvino", "bf16"): "plain-ov-bf16"}
+
+
+def _ratio(rows: dict[str, dict[str, Any]], name: str, peer: str | None) -> tuple[float | None, list[float] | None]:
+    """How much faster ``name`` ran than ``peer``: the ratio of medians, and per interleaved round."""
+    if peer is None or peer not in rows:
+        return None, None
+    mine, theirs = rows[name], rows[peer]
+    return (theirs["median_ms"] / mine["median_ms"],
+            [t / m for t, m in zip(theirs["round_median_ms"], mine["round_median_ms"])])
+
+
+def _ratios(rows: dict[str, dict[str, Any]], paths: dict[str, dict[str, Any]], batch: int, flops: float,
+            gemm: float, full_steps: int) -> None:
+    """Add images/s, ratios to eager, to the best peer and to the same-engine peer (each with its
+    value per round), GFLOP/s and the GEMM fraction in place. ``paths``: name -> path record."""
+    peers = [name for name in rows if paths[name]["group"] == "peer"]
     best = min(peers, key=lambda n: rows[n]["median_ms"]) if peers else None
     for name, row in rows.items():
         ms = row["median_ms"]
         row["images_per_s"] = batch * 1e3 / (ms * full_steps)
         row["gflops"] = flops * batch / (ms / 1e3) / 1e9
         row["gemm_fraction"] = row["gflops"] / gemm
-        row["vs_eager"] = rows["eager"]["median_ms"] / ms if "eager" in rows else None
-        row["vs_best_peer"] = rows[best]["median_ms"] / ms if best else None
+        row["vs_eager"] = _ratio(rows, name, "eager")[0]
+        row["vs_best_peer"], row["vs_best_peer_rounds"] = _ratio(rows, name, best)
         row["best_peer"] = best
+        same = (SAME_ENGINE_PEER.get((paths[name]["backend"], paths[name]["precision"]))
+                if paths[name]["group"] == "ours" else None)
+        row["same_engine_peer"] = same if same in rows else None
+        row["vs_same_engine_peer"], row["vs_same_engine_peer_rounds"] = _ratio(rows, name, same)
 
 
 # --- the whole run ---------------------------------------------------------------------------
@@ -372,7 +398,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
         report["flops_per_image"] = flops
         report["paths"] = [{"name": p.name, "group": p.group, **p.info} for p in paths]
         report["results"] = {}
-        groups = {p.name: p.group for p in paths}
+        records = {p["name"]: p for p in report["paths"]}
         for batch in cfg.batches:
             log(f"measuring batch {batch} ({len(paths)} paths, {cfg.repeats} x {cfg.steps} steps each)")
             report["results"][str(batch)] = _measure(paths, batch, cfg, log)
@@ -380,10 +406,18 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
         report["gemm_ceiling"] = {**max(gemms, key=lambda g: g["gflops"]),
                                   "measurements": [g["gflops"] for g in gemms]}
         for batch, rows in report["results"].items():
-            _ratios(rows, groups, int(batch), flops, report["gemm_ceiling"]["gflops"], info.diffusion.num_inference_steps)
+            _ratios(rows, records, int(batch), flops, report["gemm_ceiling"]["gflops"],
+                    info.diffusion.num_inference_steps)
         report["load"] = meter.stop()
         report["images_per_s_steps"] = info.diffusion.num_inference_steps
     return report
+
+
+def _with_rounds(ratio: float | None, rounds: list[float] | None) -> str:
+    """``1.54 (1.41-1.62)``: a ratio of medians and its range over the rounds; ``-`` without one."""
+    if ratio is None or rounds is None:
+        return "-"
+    return f"{ratio:.2f} ({min(rounds):.2f}-{max(rounds):.2f})"
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -399,17 +433,21 @@ def format_report(report: dict[str, Any]) -> str:
              f"{report['gemm_ceiling']['gflops']} GFLOP/s (best of {report['gemm_ceiling']['measurements']}); "
              f"{report['flops_per_image'] / 1e9:.2f} GFLOP per image per forward; images/s for a "
              f"{report['images_per_s_steps']}-step run", ""]
-    head = (f"{'path':<34} {'batch':>5} {'ms/step':>9} {'p90':>9} {'img/s':>8} {'x eager':>8} {'x best':>7} "
-            f"{'GFLOP/s':>8} {'%GEMM':>6} {'RSS MiB':>8} {'loop %':>7}")
+    head = (f"{'path':<34} {'batch':>5} {'ms/step':>9} {'p90':>9} {'img/s':>8} {'x eager':>8} {'x best (rounds)':>17} "
+            f"{'x same (rounds)':>17} {'GFLOP/s':>8} {'%GEMM':>6} {'RSS MiB':>8} {'loop %':>7}")
     lines += [head, "-" * len(head)]
     for batch, rows in report["results"].items():
         for name, r in rows.items():
             eager = "-" if r["vs_eager"] is None else f"{r['vs_eager']:.2f}"
-            best = "-" if r["vs_best_peer"] is None else f"{r['vs_best_peer']:.2f}"
+            best = _with_rounds(r["vs_best_peer"], r["vs_best_peer_rounds"])
+            same = _with_rounds(r["vs_same_engine_peer"], r["vs_same_engine_peer_rounds"])
             lines.append(f"{name:<34} {batch:>5} {r['median_ms']:>9.1f} {r['p90_ms']:>9.1f} {r['images_per_s']:>8.2f} "
-                         f"{eager:>8} {best:>7} {r['gflops']:>8.1f} {100 * r['gemm_fraction']:>5.0f}% "
+                         f"{eager:>8} {best:>17} {same:>17} {r['gflops']:>8.1f} {100 * r['gemm_fraction']:>5.0f}% "
                          f"{r['peak_rss_mib']:>8.0f} {r['sampler_overhead_pct']:>6.1f}%")
         lines.append("")
     lines.append("x eager / x best: speed relative to eager and to the fastest peer (eager, plain-ort, plain-ov-*); "
+                 "x same: relative to the peer on the same engine and precision (plain-ort for ours-onnxruntime-fp32, "
+                 "plain-ov-f32 / plain-ov-bf16 for ours-openvino-fp32 / -bf16); (rounds): the lowest and highest of "
+                 "the ratio over the interleaved rounds, each round's median step against the other's; "
                  "loop %: time outside the model call")
     return "\n".join(lines)

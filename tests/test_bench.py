@@ -17,14 +17,15 @@ from click.testing import CliRunner  # noqa: E402
 from ddpm_export.cli import main  # noqa: E402
 
 HAS_OPENVINO = importlib.util.find_spec("openvino") is not None
-ROW_FIELDS = {"median_ms", "p90_ms", "images_per_s", "vs_eager", "vs_best_peer", "best_peer", "gflops",
-              "gemm_fraction", "peak_rss_mib", "sampler_overhead_pct"}
+ROW_FIELDS = {"median_ms", "p90_ms", "round_median_ms", "images_per_s", "vs_eager", "vs_best_peer",
+              "vs_best_peer_rounds", "best_peer", "same_engine_peer", "vs_same_engine_peer",
+              "vs_same_engine_peer_rounds", "gflops", "gemm_fraction", "peak_rss_mib", "sampler_overhead_pct"}
 
 
-def _bench_tiny(out: Path, *args: str):  # type: ignore[no-untyped-def]
-    """``ddpm-export bench --model tiny`` on one thread, one round, every backend installed; JSON to ``out``."""
+def _bench_tiny(out: Path, *args: str, repeats: int = 1):  # type: ignore[no-untyped-def]
+    """``ddpm-export bench --model tiny`` on one thread, every backend installed; JSON to ``out``."""
     backends = "onnxruntime,openvino" if HAS_OPENVINO else "onnxruntime"
-    result = CliRunner().invoke(main, ["bench", "--model", "tiny", "--repeats", "1", "--threads", "1",
+    result = CliRunner().invoke(main, ["bench", "--model", "tiny", "--repeats", str(repeats), "--threads", "1",
                                        "--backend", backends, *args, "--json", str(out)])
     assert result.exit_code == 0, result.output
     return result
@@ -34,7 +35,7 @@ def _bench_tiny(out: Path, *args: str):  # type: ignore[no-untyped-def]
 def test_bench_reports_every_path(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     result = _bench_tiny(out, "--steps", "2", "--batch", "1,2", "--precision", "fp32,bf16,int8",
-                         "--attention", "decomposed,ort-mha")
+                         "--attention", "decomposed,ort-mha", repeats=2)
     assert "CPU:" in result.output and "AVX-512" in result.output and "background load" in result.output
     report = json.loads(out.read_text())
     assert set(report["cpu"]["flags"]) == {"avx2", "avx512", "vnni", "bf16", "amx"}
@@ -57,6 +58,27 @@ def test_bench_reports_every_path(tmp_path: Path) -> None:
             assert 0 <= row["sampler_overhead_pct"] < 100 and row["peak_rss_mib"] > 0
         assert rows["eager"]["vs_eager"] == 1.0
         assert max(rows[p]["vs_best_peer"] for p in rows if p in {"eager", "plain-ort"}) <= 1.0
+        best = rows["eager"]["best_peer"]
+        for name, row in rows.items():
+            assert len(row["round_median_ms"]) == 2 and min(row["round_median_ms"]) > 0
+            # per round, against that round's time of the best peer: the best peer itself is 1 in every round
+            assert len(row["vs_best_peer_rounds"]) == 2
+            assert (row["vs_best_peer_rounds"] == [1.0, 1.0]) == (name == best)
+        # like for like: our fp32 / bf16 paths against the peer on their engine; peers and int8 have none
+        same = {name: row["same_engine_peer"] for name, row in rows.items()}
+        assert same["ours-onnxruntime-fp32-decomposed"] == same["ours-onnxruntime-fp32-ort-mha"] == "plain-ort"
+        assert same["ours-onnxruntime-int8"] is None and same["plain-ort"] is None and same["eager"] is None
+        if HAS_OPENVINO:
+            assert same["ours-openvino-fp32"] == "plain-ov-f32" and same["ours-openvino-bf16"] == "plain-ov-bf16"
+        for name, peer in same.items():
+            row = rows[name]
+            if peer is None:
+                assert row["vs_same_engine_peer"] is None and row["vs_same_engine_peer_rounds"] is None
+            else:
+                assert row["vs_same_engine_peer"] == rows[peer]["median_ms"] / row["median_ms"]
+                assert row["vs_same_engine_peer_rounds"] == [
+                    p / m for p, m in zip(rows[peer]["round_median_ms"], row["round_median_ms"])]
+    assert "x same (rounds)" in result.output
 
 
 def test_bench_needs_a_model_or_a_file() -> None:

@@ -144,7 +144,8 @@ def _write_validated(proto: onnx.ModelProto, out: Path, validation: tuple[UNet, 
         try:
             report = validate_onnx(tmp_dir / out.name, *validation, log=log, name=out) if validation else None
         except ValidationError as e:
-            raise type(e)(f"{e}; nothing was written (--no-validate, validate=False in Python, writes the file unchecked)") from e
+            raise type(e)(f"{e}; nothing was written (validate=False, `ddpm-export onnx --no-validate`, writes "
+                          f"the file unchecked)") from e
         if external:
             os.replace(tmp_dir / data_name, out.parent / data_name)
         os.replace(tmp_dir / out.name, out)

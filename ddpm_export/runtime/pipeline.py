@@ -127,6 +127,9 @@ class Pipeline:
         or ``"ort-cuda"`` / ``"ort-tensorrt"`` on CUDA ``device`` (:mod:`ddpm_export.runtime.ort_gpu`;
         ``trt_fp16`` and the engine cache folder ``trt_cache_dir`` for ``ort-tensorrt``), which
         raise ProviderUnavailable rather than run on the CPU.
+
+        An int8 file exported with ``--target openvino`` loaded on ``"onnxruntime"`` runs, with a
+        :class:`~ddpm_export.errors.TargetMismatchWarning` (ONNX Runtime runs its int8 ops in float).
         """
         from ddpm_export.runtime.backends import CPU_BACKENDS, RuntimeOptions, load_onnx_backend
         from ddpm_export.runtime.info import read_info

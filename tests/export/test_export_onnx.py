@@ -466,7 +466,7 @@ def test_failed_validation_writes_nothing(source, tmp_path, monkeypatch):
     with pytest.raises(ValidationError) as caught:
         export_onnx(source("micro"), out, log=lambda s: None)
     assert str(caught.value).startswith(f"{out}: fp32 max abs error ")
-    assert "exceeds 0.0e+00; nothing was written (--no-validate, validate=False in Python, " in str(caught.value)
+    assert "exceeds 0.0e+00; nothing was written (validate=False, `ddpm-export onnx --no-validate`, " in str(caught.value)
     assert list(tmp_path.iterdir()) == []
 
 
