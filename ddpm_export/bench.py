@@ -332,12 +332,14 @@ def _measure(paths: list[_Path], batch: int, cfg: BenchConfig, log: Callable[[st
             rss[p.name] = max(rss[p.name], peak.mib)
         log(f"  batch {batch}: round {r + 1}/{cfg.repeats} done")
     return {name: {"median_ms": statistics.median(v), "p90_ms": float(np.percentile(v, 90)),
-                   "round_median_ms": rounds[name], "sampler_overhead_pct": 100 * statistics.median(overhead[name]), "peak_rss_mib": rss[name]}
+                   "round_median_ms": rounds[name], "sampler_overhead_pct": 100 * statistics.median(overhead[name]),
+                   "peak_rss_mib": rss[name]}
             for name, v in steps.items()}
 
 
 #: our (backend, precision) -> the peer on the same engine at the same precision (int8 has none)
-SAME_ENGINE_PEER: dict[tuple[str, str], str] = {("onnxruntime", "fp32"): "plain-ort", ("openvino", "fp32"): "plain-ov-f32",
+SAME_ENGINE_PEER: dict[tuple[str, str], str] = {("onnxruntime", "fp32"): "plain-ort",
+                                                ("openvino", "fp32"): "plain-ov-f32",
                                                 ("openvino", "bf16"): "plain-ov-bf16"}
 
 
