@@ -1,9 +1,11 @@
 """Reading an exported file's metadata in a deployment (torch-free).
 
-The runtime reads ``metadata_props`` with ONNX Runtime's ``get_modelmeta()``, so an edge app
-needs no ``onnx`` package; ``onnx`` is used only when ONNX Runtime is not installed (a
-TensorRT-only deployment). The keys and their parsing are the contract's
-(:mod:`ddpm_export.contract`).
+The runtime reads ``metadata_props`` straight from the protobuf wire format
+(:mod:`ddpm_export.runtime.onnx_wire`: a few hundred bytes, the graph and its weights skipped),
+so an edge app needs no ``onnx`` package and loads each file once. A file that is not a
+well-formed message, or has no metadata, goes to a full parser for its error message: ONNX
+Runtime's ``get_modelmeta()``, or ``onnx`` when ONNX Runtime is not installed (a TensorRT-only
+deployment). The keys and their parsing are the contract's (:mod:`ddpm_export.contract`).
 """
 
 from __future__ import annotations
@@ -13,15 +15,20 @@ from pathlib import Path
 from ddpm_export.contract.info import ModelInfo
 from ddpm_export.contract.metadata import MetadataError
 from ddpm_export.errors import InputNotFoundError, MissingDependencyError
+from ddpm_export.runtime.onnx_wire import scan_metadata_props
 
 __all__ = ["MetadataError", "ModelInfo", "read_info", "read_metadata"]
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:
-    """``metadata_props`` of the ONNX file at ``path``: ONNX Runtime if installed, else ``onnx``."""
+    """``metadata_props`` of the ONNX file at ``path``: from the wire format, else (a malformed file,
+    no metadata) through ONNX Runtime if installed, else ``onnx``."""
     path = Path(path)
     if not path.is_file():
         raise InputNotFoundError(f"{path}: no such ONNX file")
+    props = scan_metadata_props(path)
+    if props is not None:
+        return props
     try:
         import onnxruntime as ort
     except ImportError:
