@@ -16,10 +16,10 @@ timed from one model call to the next, so the sampler's own numpy work is inside
 full default-length sampling run at that rate, the ratio to eager, to the best peer and (ours) to
 the peer on the same engine and precision (:data:`SAME_ENGINE_PEER`), the last two also per
 interleaved round (each round's median step against the other path's: the spread says how much
-a ratio moved while the run lasted), achieved
-GFLOP/s (FLOPs per forward counted by ``torch.utils.flop_counter.FlopCounterMode`` on the
-reference model) and its fraction of a fp32 GEMM ceiling measured in the same run, peak RSS of
-the process while the path ran, and the sampler's overhead outside the model call (% of a step).
+a ratio moved while the run lasted), achieved GFLOP/s (FLOPs per forward counted by
+``torch.utils.flop_counter.FlopCounterMode`` on the reference model) and its fraction of a fp32
+GEMM ceiling measured in the same run, peak RSS of the process while the path ran, and the
+sampler's overhead outside the model call (% of a step).
 
 Runs are interleaved (repeat r runs every path once) so that a change in background load hits
 all paths alike; the load actually seen is reported. ONNX Runtime sessions run with
