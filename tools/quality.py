@@ -98,7 +98,7 @@ def low_precision(model: str, folder: Path, labels: np.ndarray, scheduler, clf, 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", default="ddpm_export/models/digits", help="checkpoint folder (or preset name)")
+    p.add_argument("--model", default="digits", help="preset name or checkpoint folder")
     p.add_argument("--classifier", default=str(CLASSIFIER_DIR), help="digit classifier folder")
     p.add_argument("--backend", choices=["onnx", "torch"], default="onnx",
                    help="engine for the main scores (ONNX Runtime exports the model to a temp file first)")
