@@ -66,6 +66,15 @@ def precision_of(props: Mapping[str, str], source: str = "model") -> str:
                             f"({props.get(PRECISION_POLICY)!r})") from e
 
 
+def quantized_outputs_of(props: Mapping[str, str], source: str = "model") -> bool:
+    """Whether an int8 file's quantized ops also quantize their outputs (the precision policy's
+    ``quantized_outputs``, set from ``--target``); True for int8 files written before it was
+    recorded (they all did) and for every other precision (nothing is quantized)."""
+    if precision_of(props, source) != "int8":
+        return True
+    return bool(json.loads(props[PRECISION_POLICY]).get("quantized_outputs", True))
+
+
 def metadata_props(*, unet: Any, diffusion: Any, spec: Any, policy: Mapping[str, Any], attention: str,
                    rewrites: tuple[str, ...], target: str, exporter_version: str, source: str,
                    source_sha256: str) -> dict[str, str]:

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from ddpm_export.checks import (check_fits_in_memory, check_guidance_scale, check_seed, check_steps, check_x_T,
                                 chunk_size, is_int)
 from ddpm_export.configbase import ConfigError, check_choice
+from ddpm_export.contract import metadata as md
 from ddpm_export.contract.choices import BACKENDS, ORT_GPU_BACKENDS
 from ddpm_export.contract.info import ModelInfo
 from ddpm_export.diffusion import SCHEDULERS, Backend, DiffusionConfig, make_scheduler, sample, sampler_config
@@ -81,12 +82,13 @@ class SampleRequest:
 
 
 def _warn_on_target_mismatch(path: str | Path, info: ModelInfo, backend: str) -> None:
-    """TargetMismatchWarning where the file's ``--target`` makes it measurably slow on ``backend``:
-    an int8 file for OpenVINO (outputs of its int8 ops left float) ran 0.34-0.38x as fast in ONNX
-    Runtime as the file for ONNX Runtime (ddpm-cifar10; ``ddpm_export.export.int8.quantizes_outputs``).
-    Other pairs differed by a few percent at most, and a file for ``any`` fits every backend."""
-    if backend == "onnxruntime" and info.precision == "int8" and info.target == "openvino":
-        warnings.warn(f"{path}: this int8 file was exported with --target openvino, which leaves the outputs "
+    """TargetMismatchWarning where the file's layout makes it measurably slow on ``backend``: an
+    int8 file whose quantized ops leave their outputs float (its policy's ``quantized_outputs``,
+    what ``--target openvino`` writes) ran 0.34-0.38x as fast in ONNX Runtime as the file for ONNX
+    Runtime (ddpm-cifar10; ``ddpm_export.export.int8.quantizes_outputs``). Other pairs differed by
+    a few percent at most, and a file for ``any`` fits every backend."""
+    if backend == "onnxruntime" and not md.quantized_outputs_of(info.metadata, str(path)):
+        warnings.warn(f"{path}: this int8 file was exported with --target {info.target}, which leaves the outputs "
                       f"of its int8 ops float; ONNX Runtime then runs those ops in float (about 3x slower "
                       f"on ddpm-cifar10). For ONNX Runtime, export with --target onnxruntime (or any)",
                       TargetMismatchWarning, stacklevel=3)

@@ -5,6 +5,7 @@ through the same Pipeline in ONNX Runtime and OpenVINO and verifies with the int
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ onnx = pytest.importorskip("onnx")
 from click.testing import CliRunner  # noqa: E402
 
 from ddpm_export.cli import main  # noqa: E402
+from ddpm_export.contract import metadata as md  # noqa: E402
 from ddpm_export.errors import TargetMismatchWarning  # noqa: E402
 from ddpm_export.export.int8 import CalibrationConfig, float_nodes, record_calibration_inputs  # noqa: E402
 from ddpm_export.export.onnx import export_onnx  # noqa: E402
@@ -106,6 +108,12 @@ def test_the_openvino_target_leaves_the_quantized_ops_outputs_float(files: dict[
     info = read_info(files["int8-openvino"])
     assert info.target == "openvino" and read_info(files["int8"]).target == "any"
     assert '"quantized_outputs":false' in info.metadata["ddpm_export.precision_policy"]
+    # what the runtime reads back (an int8 file written before the key existed quantized its outputs)
+    assert md.quantized_outputs_of(info.metadata) is False
+    assert md.quantized_outputs_of(read_info(files["int8"]).metadata) is True
+    assert md.quantized_outputs_of(read_info(files["fp32"]).metadata) is True
+    old_policy = {k: v for k, v in json.loads(info.metadata[md.PRECISION_POLICY]).items() if k != "quantized_outputs"}
+    assert md.quantized_outputs_of({**info.metadata, md.PRECISION_POLICY: json.dumps(old_policy)}) is True
 
 
 @pytest.mark.parametrize("backend,which", [("onnxruntime", "int8"), ("openvino", "int8"),
