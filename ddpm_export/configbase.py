@@ -11,8 +11,9 @@ written as JSON lists and read back as tuples; unknown keys are refused with the
 from __future__ import annotations
 
 import dataclasses
-import types
+import functools
 import json
+import types
 import typing
 from pathlib import Path
 from typing import Any, ClassVar, Iterable, TypeVar
@@ -49,7 +50,7 @@ class FrozenConfig:
     VERSION: ClassVar[int] = 1
 
     def __post_init__(self) -> None:
-        hints = typing.get_type_hints(type(self))
+        hints = _field_types(type(self))
         for f in dataclasses.fields(self):
             _check_type(f.name, getattr(self, f.name), hints[f.name])
         check(self.version == self.VERSION, "version",
@@ -87,7 +88,7 @@ class FrozenConfig:
                 f"{source}: version={version!r} is not supported by this ddpm-export "
                 f"({cls.__name__} versions 1..{cls.VERSION}); upgrade ddpm-export"
             )
-        hints = typing.get_type_hints(cls)
+        hints = _field_types(cls)
         kwargs = {}
         for key, value in data.items():
             if isinstance(value, list) and _is_tuple_type(hints[key]):
@@ -113,6 +114,14 @@ class FrozenConfig:
 
     def replace(self: C, **changes: Any) -> C:
         return dataclasses.replace(self, **changes)
+
+
+@functools.cache
+def _field_types(cls: type) -> types.MappingProxyType[str, Any]:
+    """``typing.get_type_hints(cls)``, evaluated once per class: with ``from __future__ import
+    annotations`` every call compiles each annotation string again (~0.7 ms per config built, which
+    the samplers do on every ``Pipeline.sample``)."""
+    return types.MappingProxyType(typing.get_type_hints(cls))
 
 
 def _is_tuple_type(tp: Any) -> bool:
