@@ -39,8 +39,9 @@ from typing import Any, Callable, NamedTuple
 import numpy as np
 
 from ddpm_export.configbase import check_choice
-from ddpm_export.contract.choices import REWRITE_CHOICES
+from ddpm_export.contract.choices import ATTENTION_CHOICES, REWRITE_CHOICES
 from ddpm_export.diffusion import Backend, make_scheduler, sample
+from ddpm_export.errors import BadInputError
 from ddpm_export.machine import LoadMeter, PeakRss, cpu_info, gemm_ceiling
 from ddpm_export.runtime.backends import CPU_BACKENDS
 from ddpm_export.runtime.info import ModelInfo, read_info
@@ -86,17 +87,31 @@ class BenchConfig:
 
     def __post_init__(self) -> None:
         if self.model is None and self.onnx is None:
-            raise ValueError("bench needs --model or --onnx")
-        for b in self.backends:
-            check_choice("backend", b, tuple(CPU_BACKENDS))
-        for p in self.precisions:
-            check_choice("precision", p, tuple(OUR_PRECISIONS))
-        for r in self.rewrites:
-            check_choice("rewrites", r, REWRITE_CHOICES)
+            raise BadInputError("bench needs --model or --onnx")
+        for field, values, choices in (("backend", self.backends, tuple(CPU_BACKENDS)),
+                                       ("precision", self.precisions, tuple(OUR_PRECISIONS)),
+                                       ("attention", self.attention, ATTENTION_CHOICES),
+                                       ("rewrites", self.rewrites, REWRITE_CHOICES)):
+            _check_list(field, values)
+            for value in values:
+                check_choice(field, value, choices)
+        _check_list("batch", self.batches)
+        for field, value in (("batch", min(self.batches)), ("threads", self.threads), ("steps", self.steps),
+                             ("repeats", self.repeats)):
+            if value < 1:
+                raise BadInputError(f"{field} must be >= 1, got {value}")
         if self.peers and self.model is None:
-            raise ValueError("the peers (eager, plain export) need --model; pass --no-peers with --onnx alone")
-        if min(self.batches) < 1 or self.threads < 1 or self.steps < 1 or self.repeats < 1:
-            raise ValueError("batch, threads, steps and repeats must be >= 1")
+            raise BadInputError("the peers (eager, plain export) need --model; pass --no-peers with --onnx alone")
+
+
+def _check_list(field: str, values: tuple[Any, ...]) -> None:
+    """A bench list option: not empty, no value twice (a path or batch would be measured twice
+    and reported once)."""
+    if not values:
+        raise BadInputError(f"{field}: the list is empty")
+    twice = sorted({str(v) for v in values if values.count(v) > 1})
+    if twice:
+        raise BadInputError(f"{field}: {', '.join(twice)} listed twice")
 
 
 @dataclasses.dataclass
@@ -377,6 +392,10 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
     """Build every path, measure them side by side, return the report (JSON-ready dict)."""
     import torch
 
+    from ddpm_export.nn.checkpoint import model_folder
+
+    if cfg.model is not None:
+        model_folder(cfg.model)  # an unknown model is refused before anything is exported or timed
     torch.set_num_threads(cfg.threads)
     report: dict[str, Any] = {"cpu": cpu_info(), "threads": {"intra_op": cfg.threads, "inter_op": 1,
                               "torch": torch.get_num_threads()},

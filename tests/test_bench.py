@@ -83,7 +83,30 @@ def test_bench_reports_every_path(tmp_path: Path) -> None:
 
 def test_bench_needs_a_model_or_a_file() -> None:
     result = CliRunner().invoke(main, ["bench"])
-    assert result.exit_code != 0 and "bench needs --model or --onnx" in result.output
+    assert result.exit_code == 2 and "bench needs --model or --onnx" in result.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "tiny", "--batch", "1,8,1"], "batch: 1 listed twice"),
+    (["--model", "tiny", "--backend", "onnxruntime,onnxruntime"], "backend: onnxruntime listed twice"),
+    (["--model", "tiny", "--batch", "0"], "batch must be >= 1, got 0"),
+    (["--model", "tiny", "--batch", ","], "expected comma-separated integers, got ','"),
+    (["--model", "no-such-model"], "unknown model 'no-such-model'"),
+])
+def test_bench_refuses_bad_input_before_any_work(args: list[str], message: str) -> None:
+    """Bad input: exit status 2, one line naming the option, and nothing exported or timed."""
+    result = CliRunner().invoke(main, ["bench", *args])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert "exporting" not in result.output and "measuring" not in result.output
+
+
+def test_bench_refuses_an_existing_json_before_any_work(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    out.write_text("keep me")
+    result = CliRunner().invoke(main, ["bench", "--model", "tiny", "--json", str(out)])
+    assert result.exit_code == 2 and "pass --force" in result.output and "exporting" not in result.output
+    assert out.read_text() == "keep me"
 
 
 @pytest.mark.slow

@@ -17,10 +17,12 @@ def _csv(kind: type, choices: tuple[str, ...] | None = None):  # type: ignore[no
         try:
             items = tuple(kind(v.strip()) for v in value.split(",") if v.strip())
         except ValueError:
-            raise click.BadParameter(f"expected a comma-separated list, got {value!r}") from None
+            items = ()
+        if not items:
+            raise click.BadParameter(f"expected comma-separated {'integers' if kind is int else 'names'}, got {value!r}")
         bad = [v for v in items if choices is not None and v not in choices]
-        if not items or bad:
-            raise click.BadParameter(f"{', '.join(map(str, bad)) or value!r}: choose from {', '.join(choices or ())}")
+        if bad:
+            raise click.BadParameter(f"{', '.join(map(str, bad))}: choose from {', '.join(choices or ())}")
         return items
     return parse
 
@@ -74,16 +76,12 @@ def command(model: str | None, onnx_path: str | None, backends: tuple, precision
     from ddpm_export.files import atomic_file, refuse_existing
     from ddpm_export.threads import get_threads
 
-    try:
-        if json_path is not None:
-            refuse_existing(json_path, force)
-        cfg = BenchConfig(model=model, onnx=onnx_path, backends=backends, precisions=precisions, attention=attention,
-                          rewrites=rewrites, batches=batches,
-                          threads=threads or get_threads() or len(os.sched_getaffinity(0)), steps=steps,
-                          repeats=repeats, peers=peers)
-        report = run_bench(cfg, log=click.echo)
-    except (ValueError, ImportError, FileExistsError, FileNotFoundError) as e:
-        raise click.ClickException(str(e)) from e
+    if json_path is not None:
+        refuse_existing(json_path, force)
+    cfg = BenchConfig(model=model, onnx=onnx_path, backends=backends, precisions=precisions, attention=attention,
+                      rewrites=rewrites, batches=batches, threads=threads or get_threads() or len(os.sched_getaffinity(0)),
+                      steps=steps, repeats=repeats, peers=peers)
+    report = run_bench(cfg, log=click.echo)
     click.echo(format_report(report))
     if json_path is not None:
         with atomic_file(json_path, force=force) as tmp:
