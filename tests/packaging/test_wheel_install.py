@@ -44,13 +44,18 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     assert {"ddpm_export/py.typed", "ddpm_export/models/digits/model.onnx",
             "ddpm_export/models/digit-classifier/classifier.safetensors"} <= names
     assert not any(n.startswith("models/") for n in names)  # never a shared top-level folder
-    venv.create(tmp / "venv", with_pip=True)
-    bin_dir = tmp / "venv" / "bin"
-    pip = _run([str(bin_dir / "python"), "-m", "pip", "install", "-q", str(wheel)], cwd=tmp)
-    assert pip.returncode == 0, pip.stderr
     work = tmp / "work"
     work.mkdir()
-    return bin_dir, work
+    return _venv_with(tmp / "venv", str(wheel)), work
+
+
+def _venv_with(folder: Path, requirement: str) -> Path:
+    """The bin folder of a fresh venv at ``folder`` with ``requirement`` (the wheel, maybe with extras) installed."""
+    venv.create(folder, with_pip=True)
+    bin_dir = folder / "bin"
+    pip = _run([str(bin_dir / "python"), "-m", "pip", "install", "-q", requirement], cwd=folder.parent)
+    assert pip.returncode == 0, pip.stderr
+    return bin_dir
 
 
 def test_the_venv_has_only_the_core_dependencies(installed):
@@ -88,3 +93,24 @@ def test_export_commands_name_the_missing_extra(installed):
     assert proc.stderr.strip().splitlines() == [
         "Error: this command needs the export extra (no module 'onnx'): pip install 'ddpm-export[export]'"]
     assert not (work / "d.onnx").exists()
+
+
+def test_the_openvino_backend_names_its_extra_then_runs_once_installed(installed):
+    """Core only: ``--backend openvino`` says which extra to install (exit 2, nothing written).
+    The wheel with the ``openvino`` extra, in a second fresh venv: it samples, still without torch."""
+    bin_dir, work = installed
+    args = ["sample", "-n", "4", "--backend", "openvino", "--inference-precision", "f32", "-o", "ov.png"]
+    proc = _run([str(bin_dir / "ddpm-export"), *args], cwd=work)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "Error: the openvino backend needs OpenVINO: pip install 'ddpm-export[openvino]'"]
+    assert not (work / "ov.png").exists()
+
+    [wheel] = (work.parent / "dist").glob("ddpm_export-*.whl")
+    ov_bin = _venv_with(work.parent / "venv-openvino", f"{wheel}[openvino]")
+    proc = _run([str(ov_bin / "ddpm-export"), *args], cwd=work)
+    assert proc.returncode == 0, proc.stderr
+    assert "wrote ov.png (4 images, 1x16x16, fp32)" in proc.stdout
+    probe = _run([str(ov_bin / "python"), "-c", "import importlib.util as u; "
+                  "print([m for m in ('torch', 'onnx', 'openvino') if u.find_spec(m)])"], cwd=work)
+    assert probe.stdout.strip() == "['openvino']", probe.stdout + probe.stderr
