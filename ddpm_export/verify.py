@@ -92,11 +92,13 @@ THRESHOLDS = {
 
 def effective_precision(file_precision: str, backend: Backend) -> str:
     """The arithmetic a backend really runs the file in: ``"bf16"`` when OpenVINO computes an
-    fp32 file in bfloat16 (its ``inference_precision``, its default on CPUs with BF16), else the
-    file's own precision (an int8 file stays ``"int8"``: its error is the quantizer's)."""
+    fp32 or fp16 file in bfloat16 (its ``inference_precision``, its default on CPUs with BF16;
+    bfloat16's 8 mantissa bits are coarser than fp16's 11), else the file's own precision (an
+    int8 file stays ``"int8"``: its error is the quantizer's)."""
     from ddpm_export.runtime.openvino_backend import OpenVinoBackend
 
-    if isinstance(backend, OpenVinoBackend) and backend.inference_precision == "bf16" and file_precision == "fp32":
+    if (isinstance(backend, OpenVinoBackend) and backend.inference_precision == "bf16"
+            and file_precision in ("fp32", "fp16")):
         return "bf16"
     return file_precision
 

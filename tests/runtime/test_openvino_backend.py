@@ -111,6 +111,25 @@ def test_bad_backend_options_are_refused_by_name(tiny_onnx: Path, kwargs: dict, 
 
 
 @needs_openvino
+def test_verify_holds_openvino_to_the_precision_it_computes(tiny_onnx: Path, tmp_path: Path) -> None:
+    """bf16 arithmetic gets the bf16 limits whether the file is fp32 or fp16 (bfloat16 keeps 8
+    mantissa bits, fp16 11: an fp16 file computed in bf16 is a bf16 computation); f32 arithmetic
+    keeps the file's own precision."""
+    from ddpm_export.export.onnx import export_onnx
+    from ddpm_export.verify import effective_precision
+
+    fp16 = export_onnx("tiny", tmp_path / "tiny-fp16.onnx", precision="fp16", max_batch=4, log=lambda line: None).path
+    for path, precision in ((tiny_onnx, "fp32"), (fp16, "fp16")):
+        f32 = Pipeline.from_onnx(path, backend="openvino", threads=1, inference_precision="f32")
+        assert effective_precision(precision, f32.backend) == precision
+        bf16 = Pipeline.from_onnx(path, backend="openvino", threads=1, inference_precision="bf16")
+        if bf16.backend.inference_precision == "bf16":
+            assert effective_precision(precision, bf16.backend) == "bf16"
+    onnxruntime = Pipeline.from_onnx(fp16, threads=1)
+    assert effective_precision("fp16", onnxruntime.backend) == "fp16"
+
+
+@needs_openvino
 def test_sample_and_verify_cli_run_openvino(tiny_onnx: Path, digits_onnx: Path, tmp_path: Path) -> None:
     out = tmp_path / "grid.png"
     result = CliRunner().invoke(main, ["--threads", "1", "sample", "--onnx", str(tiny_onnx), "--backend", "openvino",
