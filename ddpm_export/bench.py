@@ -38,6 +38,7 @@ from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
+from ddpm_export.checks import check_exported_from
 from ddpm_export.configbase import check_choice
 from ddpm_export.contract.choices import ATTENTION_CHOICES, REWRITE_CHOICES
 from ddpm_export.diffusion import Backend, make_scheduler, sample
@@ -46,7 +47,7 @@ from ddpm_export.machine import LoadMeter, PeakRss, cpu_info, gemm_ceiling
 from ddpm_export.runtime.backends import CPU_BACKENDS
 from ddpm_export.runtime.info import ModelInfo, read_info
 
-__all__ = ["BenchConfig", "OUR_PRECISIONS", "OurFile", "run_bench"]
+__all__ = ["BenchConfig", "OUR_PRECISIONS", "OurFile", "default_precisions", "run_bench"]
 
 #: what "precision" means for our paths: the file written and how the backend computes it
 OUR_PRECISIONS: dict[str, tuple[str, str | None]] = {  # name -> (file precision, OpenVINO inference precision)
@@ -56,6 +57,8 @@ OUR_PRECISIONS: dict[str, tuple[str, str | None]] = {  # name -> (file precision
     "int8-bf16": ("int8", "bf16"),  # OpenVINO only: the int8 file, its float islands in bfloat16
 }
 PEERS = ("eager", "plain-ort", "plain-ov-f32", "plain-ov-bf16")
+#: our precisions that only OpenVINO computes
+OPENVINO_ONLY_PRECISIONS = ("bf16", "int8-bf16")
 
 
 class OurFile(NamedTuple):
@@ -102,6 +105,10 @@ class BenchConfig:
                 raise BadInputError(f"{field} must be >= 1, got {value}")
         if self.peers and self.model is None:
             raise BadInputError("the peers (eager, plain export) need --model; pass --no-peers with --onnx alone")
+        openvino_only = [p for p in self.precisions if p in OPENVINO_ONLY_PRECISIONS]
+        if openvino_only and "openvino" not in self.backends:
+            raise BadInputError(f"precision {', '.join(openvino_only)} runs on OpenVINO only (bfloat16 arithmetic); "
+                                f"add openvino to --backend or leave it out of --precision")
 
 
 def _check_list(field: str, values: tuple[Any, ...]) -> None:
@@ -240,7 +247,7 @@ def _our_paths(files: dict[OurFile, Path], cfg: BenchConfig) -> list[_Path]:
     for precision in cfg.precisions:
         file_precision, ov_precision = OUR_PRECISIONS[precision]
         for backend in cfg.backends:
-            if precision in ("bf16", "int8-bf16") and backend != "openvino":
+            if precision in OPENVINO_ONLY_PRECISIONS and backend != "openvino":
                 continue  # bf16 is OpenVINO's inference precision
             first_form = next((f.attention for f in files if f.precision == file_precision), None)
             # a file exported for this backend (int8: --target decides the QDQ layout) when there is one
@@ -388,14 +395,49 @@ def _ratios(rows: dict[str, dict[str, Any]], paths: dict[str, dict[str, Any]], b
 
 
 # --- the whole run ---------------------------------------------------------------------------
+def _check_inputs(cfg: BenchConfig) -> None:
+    """Refuse, before anything is exported or timed: an unknown model, a missing OpenVINO, and a
+    ``--onnx`` file that no asked-for precision runs (one not exported from ``--model`` is refused
+    by :func:`run_bench` once the model is loaded)."""
+    from ddpm_export.nn.checkpoint import model_folder
+
+    if cfg.model is not None:
+        model_folder(cfg.model)
+    if "openvino" in cfg.backends:
+        from ddpm_export.runtime.openvino_backend import require_openvino
+
+        require_openvino()
+    if cfg.onnx is None:
+        return
+    fits = _file_precisions(cfg.onnx)
+    misfits = [p for p in cfg.precisions if p not in fits]
+    if misfits:
+        raise BadInputError(f"{cfg.onnx} is an {OUR_PRECISIONS[fits[0]][0]} file: precision {', '.join(misfits)} "
+                            f"does not run it (choose from {', '.join(fits)})")
+
+
+def _file_precisions(onnx: str) -> tuple[str, ...]:
+    """Our precisions that run the file ``onnx`` (fp32 file: fp32, bf16; int8: int8, int8-bf16);
+    BadInputError for another precision."""
+    precision = read_info(onnx).precision
+    fits = tuple(p for p, (of_file, _) in OUR_PRECISIONS.items() if of_file == precision)
+    if not fits:
+        raise BadInputError(f"{onnx} is an {precision} file; the bench runs fp32 and int8 files")
+    return fits
+
+
+def default_precisions(backends: tuple[str, ...], onnx: str | None) -> tuple[str, ...]:
+    """What ``--precision`` defaults to: every precision ``backends`` compute (bf16 ones need
+    OpenVINO), those that run ``onnx`` when a file is given."""
+    wanted = _file_precisions(onnx) if onnx is not None else tuple(OUR_PRECISIONS)
+    return tuple(p for p in wanted if p not in OPENVINO_ONLY_PRECISIONS or "openvino" in backends)
+
+
 def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Build every path, measure them side by side, return the report (JSON-ready dict)."""
     import torch
 
-    from ddpm_export.nn.checkpoint import model_folder
-
-    if cfg.model is not None:
-        model_folder(cfg.model)  # an unknown model is refused before anything is exported or timed
+    _check_inputs(cfg)
     torch.set_num_threads(cfg.threads)
     report: dict[str, Any] = {"cpu": cpu_info(), "threads": {"intra_op": cfg.threads, "inter_op": 1,
                               "torch": torch.get_num_threads()},
@@ -410,6 +452,8 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
             files = _export_ours(str(cfg.model), cfg, folder, log)
             info = read_info(next(iter(files.values())))
         unet = _reference_model(info, cfg.model)
+        if cfg.onnx and cfg.model is not None:
+            check_exported_from(info.unet, unet.config, cfg.onnx, cfg.model)
         paths = (_peer_paths(unet, info, cfg, folder) if cfg.peers else []) + _our_paths(files, cfg)
         flops = flops_per_image(info, unet)
         meter = LoadMeter().start()

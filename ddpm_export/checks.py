@@ -109,3 +109,16 @@ class Registry(Mapping[str, V]):
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries
+
+
+def check_exported_from(file_config: Any, model_config: Any, onnx: Any, model: Any,
+                        error: type[BadInputError] = BadInputError) -> None:
+    """Refuse an ONNX file whose recorded UNet config (``file_config``) is not ``model``'s
+    (``model_config``), naming every field that differs."""
+    if file_config == model_config:
+        return
+    a, b = file_config.to_dict(), model_config.to_dict()
+    fields = sorted(k for k in a if a[k] != b.get(k))
+    raise error(f"{onnx} was not exported from {model}: their UNet configs differ in "
+                f"{', '.join(f'{k} ({a[k]!r} in the file, {b.get(k)!r} in the model)' for k in fields)}; "
+                f"pass the model it was exported from, or re-export it")

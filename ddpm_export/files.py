@@ -22,13 +22,14 @@ from typing import Iterator
 
 from ddpm_export.errors import BadInputError, NotAFolderError, OutputExistsError
 
-__all__ = ["atomic_dir", "atomic_file", "refuse_existing", "remove_leftovers", "temp_sibling"]
+__all__ = ["atomic_dir", "atomic_file", "refuse_existing", "refuse_same_file", "remove_leftovers", "temp_sibling"]
 
 
 def refuse_existing(path: str | Path, force: bool, flag: str = "--force") -> None:
     """Refuse, before any work, an output ``path`` that exists (unless ``force``: FileExistsError)
     or that cannot be created: a file where a folder above it should be, or a folder this
-    process may not write into."""
+    process may not write into (tried with a temporary file: ``os.access`` says yes to root
+    everywhere, /proc and read-only mounts included)."""
     if Path(path).exists() and not force:
         raise OutputExistsError(f"{path} exists; pass {flag} to overwrite it")
     parent = Path(path).absolute().parent
@@ -38,6 +39,28 @@ def refuse_existing(path: str | Path, force: bool, flag: str = "--force") -> Non
         raise NotAFolderError(f"{path}: cannot be written, {parent} is a file, not a folder")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise BadInputError(f"{path}: cannot be written, the folder {parent} is not writable")
+    probe = temp_sibling(parent / Path(path).name)
+    try:
+        os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except OSError as e:
+        raise BadInputError(f"{path}: cannot be written, creating a file in {parent} failed "
+                            f"({e.strerror or e})") from None
+    probe.unlink(missing_ok=True)
+
+
+def refuse_same_file(paths: dict[str, str | Path | None]) -> None:
+    """Refuse two options that name one file (``{"--output": path, "--onnx": path, ...}``; None
+    entries are skipped): an output over an input would destroy it, even with --force, and two
+    outputs would overwrite each other."""
+    seen: dict[str, tuple[str, str | Path]] = {}
+    for flag, path in paths.items():
+        if path is None:
+            continue
+        real = os.path.realpath(path)
+        if real in seen:
+            first, first_path = seen[real]
+            raise BadInputError(f"{first} {first_path} and {flag} {path} name the same file; give two paths")
+        seen[real] = (flag, path)
 
 
 def temp_sibling(path: str | Path, kind: str = "tmp") -> Path:
@@ -98,6 +121,10 @@ def atomic_file(path: str | Path, *, force: bool = False) -> Iterator[Path]:
         if not tmp.is_file():
             raise RuntimeError(f"nothing was written for {path}")
         os.replace(tmp, path)
+    except OSError as e:
+        if e.filename is not None and Path(e.filename) in (tmp, tmp.absolute()):
+            raise type(e)(e.errno, e.strerror, str(path)) from e  # name the file asked for, not the temp
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 

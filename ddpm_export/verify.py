@@ -43,7 +43,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ddpm_export.checks import check_guidance_scale, check_steps
+from ddpm_export.checks import check_exported_from, check_guidance_scale, check_steps
 from ddpm_export.contract.info import ModelInfo
 from ddpm_export.contract.metadata import sha256_file
 from ddpm_export.contract.spec import ExportSpec
@@ -261,12 +261,7 @@ def _precisions(info: ModelInfo, candidates: dict[str, Backend]) -> tuple[dict[s
 def _check_arguments(info: ModelInfo, unet_config: Any, model: str | Path, onnx: Path, steps: int,
                      ddpm_steps: int | None, batch: int, guidance_scale: float) -> Thresholds:
     """Refuse a file not exported from ``model`` and arguments the graph cannot run; the limits."""
-    if info.unet != unet_config:
-        a, b = info.unet.to_dict(), unet_config.to_dict()
-        fields = sorted(k for k in a if a[k] != b.get(k))
-        raise VerifyError(f"{onnx} was not exported from {model}: their UNet configs differ in "
-                          f"{', '.join(f'{k} ({a[k]!r} in the file, {b.get(k)!r} in the model)' for k in fields)}; "
-                          f"pass the model it was exported from, or re-export it")
+    check_exported_from(info.unet, unet_config, onnx, model, VerifyError)
     if info.precision not in THRESHOLDS:
         raise VerifyError(f"{onnx}: precision {info.precision!r} has no thresholds (known: {', '.join(THRESHOLDS)})")
     spec, T = info.spec, info.diffusion.num_train_timesteps

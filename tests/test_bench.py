@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import re
 from pathlib import Path
 
 import pytest
@@ -99,6 +101,47 @@ def test_bench_refuses_bad_input_before_any_work(args: list[str], message: str) 
     assert result.exit_code == 2, result.output
     assert message in result.output and "Traceback" not in result.output
     assert "exporting" not in result.output and "measuring" not in result.output
+
+
+@pytest.fixture(scope="module")
+def tiny_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from ddpm_export.export.onnx import export_onnx
+
+    folder = tmp_path_factory.mktemp("bench-files")
+    return {p: export_onnx("tiny", folder / f"tiny-{p}.onnx", precision=p, max_batch=4, log=lambda line: None).path
+            for p in ("fp32", "fp16")}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "tiny", "--backend", "onnxruntime", "--precision", "fp32,bf16"], "bf16 runs on OpenVINO only"),
+    (["--onnx", "{fp16}", "--no-peers"], "is an fp16 file; the bench runs fp32 and int8 files"),
+    (["--onnx", "{fp32}", "--no-peers", "--precision", "fp32,int8"],
+     "is an fp32 file: precision int8 does not run it .choose from fp32, bf16."),
+    (["--onnx", "{fp32}", "--model", "digits"], "was not exported from digits: their UNet configs differ in"),
+    (["--onnx", "{fp32}", "--no-peers", "--json", "{fp32}"], "--onnx .* and --json .* name the same file"),
+    (["--model", "tiny", "--json", "/proc/self/bench.json"] if os.geteuid() == 0 else
+     ["--model", "tiny", "--json", "/nonexistent-root-folder/bench.json"], "bench.json: cannot be written"),
+])
+def test_bench_refuses_what_it_cannot_measure(tiny_files: dict[str, Path], args: list[str], message: str) -> None:
+    """Nothing to measure, a file from another model, an output over the input or in a folder
+    that cannot be written: exit 2 before anything is exported or timed (it used to time zero
+    paths and exit 0, or fail on the JSON after the whole run)."""
+    args = [a.format(**{k: str(v) for k, v in tiny_files.items()}) for a in args]
+    before = {p: p.read_bytes() for p in tiny_files.values()}
+    result = CliRunner().invoke(main, ["bench", "--steps", "1", "--repeats", "1", "--batch", "1", *args])
+    assert result.exit_code == 2, result.output
+    assert re.search(message, result.output), result.output
+    assert "exporting" not in result.output and "measuring" not in result.output
+    assert {p: p.read_bytes() for p in tiny_files.values()} == before
+
+
+def test_bench_defaults_to_what_runs_the_file(tiny_files: dict[str, Path]) -> None:
+    from ddpm_export.bench import default_precisions
+
+    assert default_precisions(("onnxruntime", "openvino"), None) == ("fp32", "bf16", "int8", "int8-bf16")
+    assert default_precisions(("onnxruntime",), None) == ("fp32", "int8")
+    assert default_precisions(("onnxruntime", "openvino"), str(tiny_files["fp32"])) == ("fp32", "bf16")
+    assert default_precisions(("onnxruntime",), str(tiny_files["fp32"])) == ("fp32",)
 
 
 def test_bench_refuses_an_existing_json_before_any_work(tmp_path: Path) -> None:

@@ -32,12 +32,12 @@ def _csv(kind: type, choices: tuple[str, ...] | None = None):  # type: ignore[no
               help="Preset or checkpoint folder: our files are exported from it, and the peers (eager, plain export) run it.")
 @click.option("--onnx", "onnx_path", type=click.Path(dir_okay=False, exists=True), default=None,
               help="Bench this file of ours (with --model also the peers; else pass --no-peers).")
-@click.option("--backend", "backends", default=",".join(CPU_BACKENDS), callback=_csv(str, tuple(CPU_BACKENDS)),
-              help="Our backends, comma-separated.")
-@click.option("--precision", "precisions", default="fp32,bf16,int8,int8-bf16",
-              callback=_csv(str, ("fp32", "bf16", "int8", "int8-bf16")),
+@click.option("--backend", "backends", default=None, callback=_csv(str, tuple(CPU_BACKENDS)),
+              help="Our backends, comma-separated (onnxruntime, openvino) [default: those installed].")
+@click.option("--precision", "precisions", default=None, callback=_csv(str, ("fp32", "bf16", "int8", "int8-bf16")),
               help="Our precisions: fp32, bf16 (OpenVINO computing the fp32 file in bfloat16), int8 (QDQ file), "
-                   "int8-bf16 (OpenVINO: the int8 file with its float parts in bfloat16).")
+                   "int8-bf16 (OpenVINO: the int8 file with its float parts in bfloat16) [default: every one the "
+                   "backends compute; with --onnx, those of the file's precision].")
 @click.option("--attention", default="auto", callback=_csv(str, ATTENTION_CHOICES),
               help="Attention forms of our fp32 file, compared on ONNX Runtime (auto: what --target onnxruntime picks).")
 @click.option("--rewrites", default="auto", callback=_csv(str, REWRITE_CHOICES),
@@ -72,13 +72,17 @@ def command(model: str | None, onnx_path: str | None, backends: tuple, precision
     """
     import json
 
-    from ddpm_export.bench import BenchConfig, format_report, run_bench
-    from ddpm_export.files import atomic_file, refuse_existing
+    from ddpm_export.bench import BenchConfig, default_precisions, format_report, run_bench
+    from ddpm_export.files import atomic_file, refuse_existing, refuse_same_file
+    from ddpm_export.runtime.backends import installed_cpu_backends
     from ddpm_export.threads import get_threads
 
+    refuse_same_file({"--onnx": onnx_path, "--json": json_path})
     if json_path is not None:
         refuse_existing(json_path, force)
-    cfg = BenchConfig(model=model, onnx=onnx_path, backends=backends, precisions=precisions, attention=attention,
+    backends = backends or installed_cpu_backends()
+    cfg = BenchConfig(model=model, onnx=onnx_path, backends=backends,
+                      precisions=precisions or default_precisions(backends, onnx_path), attention=attention,
                       rewrites=rewrites, batches=batches, threads=threads or get_threads() or len(os.sched_getaffinity(0)),
                       steps=steps, repeats=repeats, peers=peers)
     report = run_bench(cfg, log=click.echo)

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING, Any
 
 import click
 
 from ddpm_export.contract.choices import BACKENDS
 from ddpm_export.diffusion.samplers import SCHEDULERS
-from ddpm_export.errors import BadInputError
 
 if TYPE_CHECKING:  # pragma: no cover
     from ddpm_export.runtime import Pipeline
@@ -69,7 +67,7 @@ def command(onnx_path: str | None, bundle_dir: str | None, model: str | None, n:
       ddpm-export --threads 2 sample --onnx tiny.onnx --backend openvino --inference-precision bf16 -o grid.png
     """
     from ddpm_export.console import show_progress
-    from ddpm_export.files import refuse_existing
+    from ddpm_export.files import refuse_existing, refuse_same_file
     from ddpm_export.images import save_grid, save_npy as write_npy
 
     if sum(x is not None for x in (onnx_path, bundle_dir, model)) > 1:
@@ -80,8 +78,7 @@ def command(onnx_path: str | None, bundle_dir: str | None, model: str | None, n:
         raise click.UsageError("--trt-fp16 and --trt-cache apply to --backend ort-tensorrt")
     if inference_precision is not None and backend != "openvino":
         raise click.UsageError("--inference-precision applies to --backend openvino")
-    if save_npy is not None and os.path.realpath(save_npy) == os.path.realpath(output):
-        raise BadInputError(f"--save-npy {save_npy} and --output {output} name the same file; give two paths")
+    refuse_same_file({"--onnx": onnx_path, "--output": output, "--save-npy": save_npy})
     for path in (output, save_npy):
         if path is not None:
             refuse_existing(path, force)

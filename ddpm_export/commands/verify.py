@@ -54,9 +54,10 @@ def command(model: str, onnx_path: str, engine: str | None, steps: int, ddpm_ste
       ddpm-export verify --model tiny --onnx tiny.onnx --report report.json --plot drift.png
     """
     from ddpm_export.errors import VerificationFailed
-    from ddpm_export.files import refuse_existing
+    from ddpm_export.files import refuse_existing, refuse_same_file
     from ddpm_export.verify import plot_drift, require_matplotlib, verify, write_report
 
+    refuse_same_file({"--onnx": onnx_path, "--engine": engine, "--report": report, "--plot": plot})
     for path in (report, plot):
         if path is not None:
             refuse_existing(path, force)

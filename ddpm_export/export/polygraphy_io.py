@@ -10,22 +10,21 @@ from polygraphy.comparator import IterationResult, RunResults
 from polygraphy.json import save_json
 
 from ddpm_export.contract.spec import ExportSpec
-from ddpm_export.errors import OutputExistsError
 from ddpm_export.export.validate import torch_reference
-from ddpm_export.files import atomic_file
+from ddpm_export.files import atomic_file, refuse_existing
 from ddpm_export.nn.unet import UNet
 
 INPUTS_NAME, OUTPUTS_NAME = "inputs.json", "outputs.json"
 
 
 def check_io_paths(out_dir: str | Path, *, force: bool = False) -> tuple[Path, Path]:
-    """``(inputs.json, outputs.json)`` in ``out_dir``; refuses existing ones unless ``force``
-    (checked before an export starts, so a refusal writes nothing)."""
+    """``(inputs.json, outputs.json)`` in ``out_dir``; refuses existing ones unless ``force``, and
+    a folder they cannot be written into (checked before an export starts, so a refusal writes
+    nothing)."""
     out = Path(out_dir)
     paths = out / INPUTS_NAME, out / OUTPUTS_NAME
-    existing = [str(p) for p in paths if p.exists()]
-    if existing and not force:
-        raise OutputExistsError(f"{', '.join(existing)} exist; pass --force to overwrite")
+    for path in paths:
+        refuse_existing(path, force)
     return paths
 
 

@@ -21,6 +21,7 @@ per physical core).
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -32,7 +33,7 @@ from ddpm_export.contract.choices import BACKENDS
 from ddpm_export.contract.spec import ExportSpec
 
 __all__ = ["BackendKind", "CPU_BACKENDS", "INFERENCE_PRECISIONS", "SMALL_MODEL_BYTES", "RuntimeOptions",
-           "check_options", "default_threads", "load_onnx_backend"]
+           "check_options", "default_threads", "installed_cpu_backends", "load_onnx_backend"]
 
 #: OpenVINO's inference precision hints (``None``: the plugin's default for this CPU)
 INFERENCE_PRECISIONS: tuple[str, ...] = ("f32", "bf16")
@@ -53,10 +54,12 @@ class RuntimeOptions:
 
 @dataclasses.dataclass(frozen=True)
 class BackendKind:
-    """One CPU backend: its name, the pip extra that provides it, the options it accepts, its loader."""
+    """One CPU backend: its name, the pip extra and the module that provide it, the options it
+    accepts, its loader."""
 
     name: str
     extra: str
+    module: str
     options: tuple[str, ...]
     loader: Callable[[Path, ExportSpec, RuntimeOptions], Backend]
     small_model_threads: int | None = None  # the default for a file under SMALL_MODEL_BYTES
@@ -76,12 +79,17 @@ def _openvino(path: Path, spec: ExportSpec, options: RuntimeOptions) -> Backend:
 
 
 CPU_BACKENDS: dict[str, BackendKind] = {
-    "onnxruntime": BackendKind("onnxruntime", "(core)", ("threads", "providers", "session_options"), _onnxruntime,
-                               small_model_threads=1),
-    "openvino": BackendKind("openvino", "openvino", ("threads", "inference_precision"), _openvino),
+    "onnxruntime": BackendKind("onnxruntime", "(core)", "onnxruntime", ("threads", "providers", "session_options"),
+                               _onnxruntime, small_model_threads=1),
+    "openvino": BackendKind("openvino", "openvino", "openvino", ("threads", "inference_precision"), _openvino),
 }
 if not set(CPU_BACKENDS) <= set(BACKENDS):  # pragma: no cover -- a programming error
     raise RuntimeError("every CPU backend must be named in contract.choices.BACKENDS")
+
+
+def installed_cpu_backends() -> tuple[str, ...]:
+    """The CPU backends whose engine can be imported here, in :data:`CPU_BACKENDS` order."""
+    return tuple(name for name, kind in CPU_BACKENDS.items() if importlib.util.find_spec(kind.module) is not None)
 
 
 def check_options(backend: str, options: RuntimeOptions) -> None:

@@ -56,6 +56,43 @@ def test_same_file_twice(tmp_path, tiny, spelling, monkeypatch):
                    watch=[tmp_path])
 
 
+def test_an_output_over_the_input_is_refused_even_with_force(tmp_path, tiny):
+    """--force overwrites an earlier output, never the file being read."""
+    model = tmp_path / "m.onnx"
+    model.write_bytes(tiny.read_bytes())
+    expect_failure(["sample", "--onnx", model, "-n", "2", "-o", model, "--force"], 2,
+                   "--onnx .*m.onnx and --output .*m.onnx name the same file", watch=[tmp_path])
+    expect_failure(["sample", "--onnx", model, "-n", "2", "-o", tmp_path / "x.png", "--save-npy", model, "--force"], 2,
+                   "--onnx .* and --save-npy .* name the same file", watch=[tmp_path])
+    expect_failure(["verify", "--model", "tiny", "--onnx", model, "--report", model, "--force"], 2,
+                   "--onnx .* and --report .* name the same file", watch=[tmp_path])
+
+
+def test_a_second_output_that_cannot_be_written_stops_the_first(tmp_path, tiny):
+    """Every destination is tried before any work: the grid is not written when the .npy cannot be."""
+    if os.geteuid() == 0:
+        npy = Path("/proc/self/ddpm-export-out.npy")  # not writable even for root
+    else:
+        (tmp_path / "ro").mkdir(mode=0o500)
+        npy = tmp_path / "ro" / "x.npy"
+    expect_failure(_sample(tiny, "-o", tmp_path / "x.png", "--save-npy", npy), 2, "out.npy: cannot be written|x.npy",
+                   watch=[tmp_path])
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_a_failed_write_names_the_destination_not_its_temp_file(tmp_path):
+    target = tmp_path / "x.bin"
+    with pytest.raises(OSError) as raised:
+        with atomic_file(target) as tmp:
+            open(tmp.parent / "missing" / tmp.name, "wb")  # an OSError naming another path: passed through
+    assert "missing" in str(raised.value)
+    with pytest.raises(OSError) as raised:
+        with atomic_file(target) as tmp:
+            raise FileNotFoundError(2, "No such file or directory", str(tmp))
+    assert raised.value.filename == str(target) and ".tmp-" not in str(raised.value)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_output_under_a_file(tmp_path, tiny):
     (tmp_path / "file.txt").write_text("I am a file")
     expect_failure(_sample(tiny, "-o", tmp_path / "file.txt" / "x.png"), 2, "file.txt is a file, not a folder",
