@@ -18,6 +18,9 @@ if TYPE_CHECKING:  # pragma: no cover
               help="An ONNX file written by `ddpm-export onnx` (its metadata holds everything else).")
 @click.option("--bundle", "bundle_dir", type=click.Path(file_okay=False, exists=True), default=None,
               help="A bundle folder (`ddpm-export bundle`); every file's sha256 is checked first.")
+@click.option("--bundle-onnx", "bundle_onnx", default=None, metavar="NAME",
+              help="With --bundle: which of its ONNX files to sample, by file name (e.g. digits-int8.onnx) "
+                   "[default: the first one the bundle lists].")
 @click.option("--model", "-m", "model", default=None,
               help="A preset or checkpoint folder: a preset's shipped ONNX file, else exported on the fly "
                    "(needs the export extra: torch) [default, when neither --onnx nor --bundle is given: "
@@ -49,10 +52,10 @@ if TYPE_CHECKING:  # pragma: no cover
 @click.option("--progress/--no-progress", default=None, show_default=False,
               help="Show a progress bar [default: when stderr is a terminal, on with -v, off with -q].")
 @click.option("--force", is_flag=True, help="Overwrite existing output files.")
-def command(onnx_path: str | None, bundle_dir: str | None, model: str | None, n: int, steps: int | None, sampler: str | None,
-            eta: float | None, seed: int, class_id: int | None, guidance: float, output: str, save_npy: str | None,
-            scale: int, backend: str, inference_precision: str | None, trt_fp16: bool, trt_cache: str | None,
-            progress: bool | None, force: bool) -> None:
+def command(onnx_path: str | None, bundle_dir: str | None, bundle_onnx: str | None, model: str | None, n: int,
+            steps: int | None, sampler: str | None, eta: float | None, seed: int, class_id: int | None, guidance: float,
+            output: str, save_npy: str | None, scale: int, backend: str, inference_precision: str | None,
+            trt_fp16: bool, trt_cache: str | None, progress: bool | None, force: bool) -> None:
     """Sample images with ONNX Runtime or OpenVINO (no PyTorch) and write them as a PNG grid.
 
     \b
@@ -64,6 +67,7 @@ def command(onnx_path: str | None, bundle_dir: str | None, model: str | None, n:
       ddpm-export sample -n 40 --guidance 1.5 -o digits.png     # the shipped digits model
       ddpm-export sample --onnx tiny.onnx -n 16 -o grid.png
       ddpm-export sample --bundle bundle/ -n 20 --class 3 --guidance 3 --steps 50 -o threes.png
+      ddpm-export sample --bundle bundle/ --bundle-onnx digits-int8.onnx --backend openvino -o int8.png
       ddpm-export --threads 2 sample --onnx tiny.onnx --backend openvino --inference-precision bf16 -o grid.png
     """
     from ddpm_export.console import show_progress
@@ -72,6 +76,8 @@ def command(onnx_path: str | None, bundle_dir: str | None, model: str | None, n:
 
     if sum(x is not None for x in (onnx_path, bundle_dir, model)) > 1:
         raise click.UsageError("pass at most one of --onnx, --bundle and --model")
+    if bundle_onnx is not None and bundle_dir is None:
+        raise click.UsageError("--bundle-onnx picks a file of a bundle: pass --bundle too")
     if backend == "tensorrt" and bundle_dir is None:
         raise click.UsageError("--backend tensorrt runs a bundle's engine: pass --bundle")
     if (trt_fp16 or trt_cache is not None) and backend != "ort-tensorrt":
@@ -83,7 +89,7 @@ def command(onnx_path: str | None, bundle_dir: str | None, model: str | None, n:
         if path is not None:
             refuse_existing(path, force)
     cpu = {} if inference_precision is None else {"inference_precision": inference_precision}
-    pipe = _load(onnx_path, bundle_dir, model, backend, trt_fp16, trt_cache, cpu)
+    pipe = _load(onnx_path, (bundle_dir, bundle_onnx), model, backend, trt_fp16, trt_cache, cpu)
     images = pipe.sample(n, steps=steps, sampler=sampler, seed=seed, eta=eta, guidance_scale=guidance,
                          classes=class_id, progress=show_progress(progress))
     save_grid(images, output, force=force, scale=scale)
@@ -94,18 +100,20 @@ def command(onnx_path: str | None, bundle_dir: str | None, model: str | None, n:
                f"{info.precision})" + (f" and {save_npy}" if save_npy else ""))
 
 
-def _load(onnx_path: str | None, bundle_dir: str | None, model: str | None, backend: str, trt_fp16: bool,
-          trt_cache: str | None, cpu: dict[str, Any]) -> Pipeline:
-    """The Pipeline of whichever source was given (default: the shipped model's ONNX file),
-    on ``backend``; a GPU backend whose provider is missing raises ProviderUnavailable (exit 2)."""
+def _load(onnx_path: str | None, bundle: tuple[str | None, str | None], model: str | None, backend: str,
+          trt_fp16: bool, trt_cache: str | None, cpu: dict[str, Any]) -> Pipeline:
+    """The Pipeline of whichever source was given (``bundle``: its folder and the ONNX file's name
+    in it, or Nones; default: the shipped model's ONNX file), on ``backend``; a GPU backend whose
+    provider is missing raises ProviderUnavailable (exit 2)."""
     from ddpm_export.presets import default_model, shipped_onnx
     from ddpm_export.runtime import Pipeline
 
     options: dict[str, Any] = {"backend": backend, **cpu}
     if backend == "ort-tensorrt":
         options.update(trt_fp16=trt_fp16, trt_cache_dir=trt_cache)
+    bundle_dir, bundle_onnx = bundle
     if bundle_dir is not None:
-        return Pipeline.from_bundle(bundle_dir, **options)
+        return Pipeline.from_bundle(bundle_dir, onnx=bundle_onnx, **options)
     if onnx_path is not None:
         return Pipeline.from_onnx(onnx_path, **options)
     name = model or default_model()

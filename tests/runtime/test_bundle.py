@@ -166,6 +166,26 @@ def test_bundle_command_is_atomic_and_refuses_to_overwrite(onnx_file: Path, engi
     verify_bundle(out)
 
 
+def test_sample_picks_a_file_of_a_bundle_by_name(onnx_file: Path, tmp_path: Path) -> None:
+    from ddpm_export.export.onnx import export_onnx
+
+    fp16 = export_onnx("tiny", tmp_path / "tiny-fp16.onnx", precision="fp16", max_batch=8, log=lambda m: None).path
+    out = make_bundle([onnx_file, fp16], tmp_path / "b")
+    runner = CliRunner()
+    args = ["sample", "--bundle", str(out), "-n", "2", "--steps", "2", "--no-progress"]
+    result = runner.invoke(main, [*args, "-o", str(tmp_path / "first.png")])
+    assert result.exit_code == 0 and "3x16x16, fp32)" in result.output, result.output  # the first listed
+    result = runner.invoke(main, [*args, "--bundle-onnx", "tiny-fp16.onnx", "-o", str(tmp_path / "second.png")])
+    assert result.exit_code == 0 and "3x16x16, fp16)" in result.output, result.output
+    result = runner.invoke(main, [*args, "--bundle-onnx", "nope.onnx", "-o", str(tmp_path / "x.png")])
+    assert result.exit_code == 2 and "no ONNX file 'nope.onnx' in this bundle; it has tiny.onnx, tiny-fp16.onnx" \
+        in result.output, result.output
+    result = runner.invoke(main, ["sample", "--onnx", str(onnx_file), "--bundle-onnx", "tiny.onnx", "-o",
+                                  str(tmp_path / "x.png")])
+    assert result.exit_code == 2 and "pass --bundle too" in result.output
+    assert not (tmp_path / "x.png").exists()
+
+
 def test_bundle_command_refuses_models_that_differ(onnx_file: Path, tmp_path: Path) -> None:
     import onnx
 
