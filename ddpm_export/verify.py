@@ -53,6 +53,7 @@ from ddpm_export.errors import BadInputError, MissingDependencyError
 from ddpm_export.files import atomic_file
 from ddpm_export.metrics import (BF16_FINAL_PSNR_DB, BF16_LOCAL_REL_L2, BF16_REL_L2, FP16_REL_L2, FP32_MAX_ABS,
                                   INT8_FINAL_PSNR_DB, INT8_LOCAL_REL_L2, INT8_REL_L2, compare)
+from ddpm_export.runtime.backends import effective_precision
 from ddpm_export.runtime.info import read_info
 
 __all__ = ["THRESHOLDS", "Thresholds", "VerifyError", "compare", "effective_precision", "plot_drift", "require_matplotlib", "verify",
@@ -88,19 +89,6 @@ THRESHOLDS = {
     "bf16": Thresholds(final_psnr_db=BF16_FINAL_PSNR_DB, step_rel_l2=BF16_REL_L2, local_rel_l2=BF16_LOCAL_REL_L2),
     "int8": Thresholds(final_psnr_db=INT8_FINAL_PSNR_DB, step_rel_l2=INT8_REL_L2, local_rel_l2=INT8_LOCAL_REL_L2),
 }
-
-
-def effective_precision(file_precision: str, backend: Backend) -> str:
-    """The arithmetic a backend really runs the file in: ``"bf16"`` when OpenVINO computes an
-    fp32 or fp16 file in bfloat16 (its ``inference_precision``, its default on CPUs with BF16;
-    bfloat16's 8 mantissa bits are coarser than fp16's 11), else the file's own precision (an
-    int8 file stays ``"int8"``: its error is the quantizer's)."""
-    from ddpm_export.runtime.openvino_backend import OpenVinoBackend
-
-    if (isinstance(backend, OpenVinoBackend) and backend.inference_precision == "bf16"
-            and file_precision in ("fp32", "fp16")):
-        return "bf16"
-    return file_precision
 
 
 # --- the parts ------------------------------------------------------------------------------

@@ -73,6 +73,7 @@ def command(onnx_path: str | None, bundle_dir: str | None, bundle_onnx: str | No
     from ddpm_export.console import show_progress
     from ddpm_export.files import refuse_existing, refuse_same_file
     from ddpm_export.images import save_grid, save_npy as write_npy
+    from ddpm_export.runtime.backends import effective_precision
 
     if sum(x is not None for x in (onnx_path, bundle_dir, model)) > 1:
         raise click.UsageError("pass at most one of --onnx, --bundle and --model")
@@ -96,8 +97,10 @@ def command(onnx_path: str | None, bundle_dir: str | None, bundle_onnx: str | No
     if save_npy is not None:
         write_npy(images, save_npy, force=force)
     info = pipe.info
+    computed = effective_precision(info.precision, pipe.backend)
+    precision = info.precision if computed == info.precision else f"{info.precision} file computed in {computed}"
     click.echo(f"wrote {output} ({n} images, {info.spec.in_channels}x{info.spec.sample_size}x{info.spec.sample_size}, "
-               f"{info.precision})" + (f" and {save_npy}" if save_npy else ""))
+               f"{precision})" + (f" and {save_npy}" if save_npy else ""))
 
 
 def _load(onnx_path: str | None, bundle: tuple[str | None, str | None], model: str | None, backend: str,

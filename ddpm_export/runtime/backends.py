@@ -33,7 +33,7 @@ from ddpm_export.contract.choices import BACKENDS
 from ddpm_export.contract.spec import ExportSpec
 
 __all__ = ["BackendKind", "CPU_BACKENDS", "INFERENCE_PRECISIONS", "SMALL_MODEL_BYTES", "RuntimeOptions",
-           "check_options", "default_threads", "installed_cpu_backends", "load_onnx_backend"]
+           "check_options", "default_threads", "effective_precision", "installed_cpu_backends", "load_onnx_backend"]
 
 #: OpenVINO's inference precision hints (``None``: the plugin's default for this CPU)
 INFERENCE_PRECISIONS: tuple[str, ...] = ("f32", "bf16")
@@ -85,6 +85,19 @@ CPU_BACKENDS: dict[str, BackendKind] = {
 }
 if not set(CPU_BACKENDS) <= set(BACKENDS):  # pragma: no cover -- a programming error
     raise RuntimeError("every CPU backend must be named in contract.choices.BACKENDS")
+
+
+def effective_precision(file_precision: str, backend: Backend) -> str:
+    """The arithmetic a backend really runs the file in: ``"bf16"`` when OpenVINO computes an
+    fp32 or fp16 file in bfloat16 (its ``inference_precision``, its default on CPUs with BF16;
+    bfloat16's 8 mantissa bits are coarser than fp16's 11), else the file's own precision (an
+    int8 file stays ``"int8"``: its error is the quantizer's)."""
+    from ddpm_export.runtime.openvino_backend import OpenVinoBackend
+
+    if (isinstance(backend, OpenVinoBackend) and backend.inference_precision == "bf16"
+            and file_precision in ("fp32", "fp16")):
+        return "bf16"
+    return file_precision
 
 
 def installed_cpu_backends() -> tuple[str, ...]:

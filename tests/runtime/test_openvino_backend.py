@@ -116,7 +116,7 @@ def test_verify_holds_openvino_to_the_precision_it_computes(tiny_onnx: Path, tmp
     mantissa bits, fp16 11: an fp16 file computed in bf16 is a bf16 computation); f32 arithmetic
     keeps the file's own precision."""
     from ddpm_export.export.onnx import export_onnx
-    from ddpm_export.verify import effective_precision
+    from ddpm_export.runtime.backends import effective_precision
 
     fp16 = export_onnx("tiny", tmp_path / "tiny-fp16.onnx", precision="fp16", max_batch=4, log=lambda line: None).path
     for path, precision in ((tiny_onnx, "fp32"), (fp16, "fp16")):
@@ -146,3 +146,8 @@ def test_sample_and_verify_cli_run_openvino(tiny_onnx: Path, digits_onnx: Path, 
     if "openvino (bf16)" not in result.output:
         pytest.skip("OpenVINO does not compute bf16 on this CPU")
     assert result.exit_code == 0, result.output
+    # sample says what it computed, not only what the file holds
+    result = CliRunner().invoke(main, ["sample", "--onnx", str(tiny_onnx), "--backend", "openvino",
+                                       "--inference-precision", "bf16", "-n", "2", "--steps", "2",
+                                       "-o", str(tmp_path / "bf16.png"), "--no-progress"])
+    assert result.exit_code == 0 and "3x16x16, fp32 file computed in bf16)" in result.output, result.output
