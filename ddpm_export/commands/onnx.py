@@ -47,6 +47,7 @@ def command(model: str, output: str, opset: int, precision: str, attention: str,
     Examples:
       ddpm-export onnx --model ddpm-cifar10 -o cifar10.onnx
       ddpm-export onnx --model tiny -o tiny16.onnx --precision fp16 --target tensorrt
+      ddpm-export onnx --model digits -o digits-int8.onnx --precision int8 --target openvino
     """
     from ddpm_export.export.onnx import export_onnx
 
