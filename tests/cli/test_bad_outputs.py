@@ -144,6 +144,13 @@ def test_full_disk(tmp_path, tiny):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("args, message", [(["-o", "x.jpg"], "--output x.jpg must end in .png"),
+                                           (["-o", "x.png", "--save-npy", "x.npz"], "--save-npy x.npz must end in .npy")])
+def test_wrong_sample_suffix(tmp_path, tiny, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    expect_failure(_sample(tiny, *args), 2, message, watch=[tmp_path])
+
+
 def test_wrong_onnx_suffix(tmp_path):
     expect_failure(["onnx", "--model", "tiny", "-o", tmp_path / "t.txt"], 2, "must end in .onnx", watch=[tmp_path])
 
