@@ -18,6 +18,7 @@ import numpy as np
 from ddpm_export.config import UNetConfig
 from ddpm_export.configbase import ConfigError
 from ddpm_export.contract import metadata as md
+from ddpm_export.contract.choices import ATTENTION_FORMS, REWRITES, TARGETS
 from ddpm_export.contract.metadata import MetadataError
 from ddpm_export.contract.spec import ExportSpec
 from ddpm_export.diffusion.config import DiffusionConfig
@@ -65,12 +66,22 @@ class ModelInfo:
             except ConfigError as e:
                 raise MetadataError(str(e)) from e
 
+        def one_of(key: str, values: tuple[str, ...], choices: tuple[str, ...]) -> None:
+            bad = [v for v in values if v not in choices]
+            if bad:
+                raise MetadataError(f"{source}: metadata {key}={props[key]!r}: {', '.join(map(repr, bad))} is not one of "
+                                    f"{', '.join(choices)}; the file was edited, or written by a newer ddpm-export")
+
         precision = md.precision_of(props, source)
+        rewrites = tuple(name for name in props.get(md.REWRITES, "").split(",") if name)
+        target = props.get(md.TARGET, "any")
+        one_of(md.ATTENTION, (props[md.ATTENTION],), ATTENTION_FORMS)
+        one_of(md.REWRITES, rewrites, REWRITES)
+        one_of(md.TARGET, (target,), TARGETS)
         info = cls(unet=parse(md.UNET_CONFIG, UNetConfig), diffusion=parse(md.DIFFUSION_CONFIG, DiffusionConfig),
                    spec=parse(md.EXPORT_SPEC, ExportSpec), precision=str(precision),
                    attention=props[md.ATTENTION], source_sha256=props[md.SOURCE_SHA256], metadata=dict(props),
-                   rewrites=tuple(name for name in props.get(md.REWRITES, "").split(",") if name),
-                   target=props.get(md.TARGET, "any"))
+                   rewrites=rewrites, target=target)
         info.check_consistent(source)
         return info
 

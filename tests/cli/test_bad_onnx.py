@@ -80,6 +80,11 @@ META_CASES = {
     "bad-precision-policy": (lambda p: _set_meta(p, md.PRECISION_POLICY, lambda v: "[1]"),
                              "precision_policy is not a precision policy"),
     "bad-spec-field": (lambda p: _set_meta(p, md.EXPORT_SPEC, _json_edit(max_batch=0)), "min_batch/opt_batch/max_batch"),
+    "unknown-target": (lambda p: _set_meta(p, md.TARGET, lambda v: "gpu9000"),
+                       "ddpm_export.target='gpu9000': 'gpu9000' is not one of any, onnxruntime, openvino, tensorrt"),
+    "unknown-attention": (lambda p: _set_meta(p, md.ATTENTION, lambda v: "flash"), "'flash' is not one of decomposed"),
+    "unknown-rewrite": (lambda p: _set_meta(p, md.REWRITES, lambda v: "upsample-deconv,magic"),
+                        "'magic' is not one of upsample-deconv"),
 }
 
 
