@@ -19,7 +19,8 @@ def _csv(kind: type, choices: tuple[str, ...] | None = None):  # type: ignore[no
         except ValueError:
             items = ()
         if not items:
-            raise click.BadParameter(f"expected comma-separated {'integers' if kind is int else 'names'}, got {value!r}")
+            what = "integers" if kind is int else "names"
+            raise click.BadParameter(f"expected comma-separated {what}, got {value!r}")
         bad = [v for v in items if choices is not None and v not in choices]
         if bad:
             raise click.BadParameter(f"{', '.join(map(str, bad))}: choose from {', '.join(choices or ())}")
@@ -83,8 +84,9 @@ def command(model: str | None, onnx_path: str | None, backends: tuple, precision
     backends = backends or installed_cpu_backends()
     cfg = BenchConfig(model=model, onnx=onnx_path, backends=backends,
                       precisions=precisions or default_precisions(backends, onnx_path), attention=attention,
-                      rewrites=rewrites, batches=batches, threads=threads or get_threads() or len(os.sched_getaffinity(0)),
-                      steps=steps, repeats=repeats, peers=peers)
+                      rewrites=rewrites, batches=batches,
+                      threads=threads or get_threads() or len(os.sched_getaffinity(0)), steps=steps, repeats=repeats,
+                      peers=peers)
     report = run_bench(cfg, log=click.echo)
     click.echo(format_report(report))
     if json_path is not None:

@@ -69,8 +69,9 @@ class ModelInfo:
         def one_of(key: str, values: tuple[str, ...], choices: tuple[str, ...]) -> None:
             bad = [v for v in values if v not in choices]
             if bad:
-                raise MetadataError(f"{source}: metadata {key}={props[key]!r}: {', '.join(map(repr, bad))} is not one of "
-                                    f"{', '.join(choices)}; the file was edited, or written by a newer ddpm-export")
+                raise MetadataError(f"{source}: metadata {key}={props[key]!r}: {', '.join(map(repr, bad))} is not "
+                                    f"one of {', '.join(choices)}; the file was edited, or written by a newer "
+                                    f"ddpm-export")
 
         precision = md.precision_of(props, source)
         rewrites = tuple(name for name in props.get(md.REWRITES, "").split(",") if name)
