@@ -38,14 +38,15 @@ from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
-from ddpm_export.checks import check_exported_from
+from ddpm_export.checks import check_exported_from, check_steps
 from ddpm_export.configbase import check_choice
 from ddpm_export.contract.choices import ATTENTION_CHOICES, REWRITE_CHOICES
-from ddpm_export.diffusion import Backend, make_scheduler, sample
+from ddpm_export.diffusion import Backend, DiffusionConfig, make_scheduler, sample
 from ddpm_export.errors import BadInputError
 from ddpm_export.machine import LoadMeter, PeakRss, cpu_info, gemm_ceiling
-from ddpm_export.runtime.backends import CPU_BACKENDS
+from ddpm_export.runtime.backends import CPU_BACKENDS, installed_cpu_backends
 from ddpm_export.runtime.info import ModelInfo, read_info
+from ddpm_export.runtime.openvino_backend import require_openvino
 
 __all__ = ["BenchConfig", "OUR_PRECISIONS", "OurFile", "default_precisions", "run_bench"]
 
@@ -74,12 +75,13 @@ class OurFile(NamedTuple):
 class BenchConfig:
     """One bench run. ``model``: preset/checkpoint (peers and our exports); ``onnx``: our file
     (else exported from ``model``); ``attention``: forms of our fp32 ONNX Runtime files;
-    ``rewrites``: variants of our fp32 files (``auto``, ``none`` or one rewrite's name each)."""
+    ``rewrites``: variants of our fp32 files (``auto``, ``none`` or one rewrite's name each).
+    ``backends`` empty: the installed ones; ``precisions`` empty: :func:`default_precisions`."""
 
     model: str | None = None
     onnx: str | None = None
-    backends: tuple[str, ...] = tuple(CPU_BACKENDS)
-    precisions: tuple[str, ...] = tuple(OUR_PRECISIONS)
+    backends: tuple[str, ...] = ()
+    precisions: tuple[str, ...] = ()
     attention: tuple[str, ...] = ("auto",)
     rewrites: tuple[str, ...] = ("auto",)
     batches: tuple[int, ...] = (1, 8)
@@ -91,6 +93,10 @@ class BenchConfig:
     def __post_init__(self) -> None:
         if self.model is None and self.onnx is None:
             raise BadInputError("bench needs --model or --onnx")
+        if not self.backends:
+            object.__setattr__(self, "backends", installed_cpu_backends())
+        if not self.precisions:
+            object.__setattr__(self, "precisions", default_precisions(self.backends, self.onnx))
         for field, values, choices in (("backend", self.backends, tuple(CPU_BACKENDS)),
                                        ("precision", self.precisions, tuple(OUR_PRECISIONS)),
                                        ("attention", self.attention, ATTENTION_CHOICES),
@@ -107,6 +113,8 @@ class BenchConfig:
             raise BadInputError("the peers (eager, plain export) need --model; pass --no-peers with --onnx alone")
         openvino_only = [p for p in self.precisions if p in OPENVINO_ONLY_PRECISIONS]
         if openvino_only and "openvino" not in self.backends:
+            if "openvino" not in installed_cpu_backends():
+                require_openvino()  # MissingDependencyError naming the extra
             raise BadInputError(f"precision {', '.join(openvino_only)} runs on OpenVINO only (bfloat16 arithmetic); "
                                 f"add openvino to --backend or leave it out of --precision")
 
@@ -399,16 +407,16 @@ def _check_inputs(cfg: BenchConfig) -> None:
     """Refuse, before anything is exported or timed: an unknown model, a missing OpenVINO, and a
     ``--onnx`` file that no asked-for precision runs (one not exported from ``--model`` is refused
     by :func:`run_bench` once the model is loaded)."""
-    from ddpm_export.nn.checkpoint import model_folder
+    from ddpm_export.nn.checkpoint import diffusion_config_for, model_folder
 
     if cfg.model is not None:
         model_folder(cfg.model)
     if "openvino" in cfg.backends:
-        from ddpm_export.runtime.openvino_backend import require_openvino
-
         require_openvino()
     if cfg.onnx is None:
+        check_steps(cfg.steps, (diffusion_config_for(str(cfg.model)) or DiffusionConfig()).num_train_timesteps)
         return
+    check_steps(cfg.steps, read_info(cfg.onnx).diffusion.num_train_timesteps)
     fits = _file_precisions(cfg.onnx)
     misfits = [p for p in cfg.precisions if p not in fits]
     if misfits:

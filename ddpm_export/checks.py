@@ -5,13 +5,18 @@ the argument, and returns the value in its canonical type."""
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Mapping, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, TypeVar
 
 import numpy as np
 
 from ddpm_export.errors import BadInputError, WrongTypeError
 
-__all__ = ["Registry", "check_fits_in_memory", "check_guidance_scale", "physical_memory", "check_seed", "check_steps", "check_x_T", "chunk_size", "is_int"]
+if TYPE_CHECKING:  # pragma: no cover
+    from ddpm_export.config import UNetConfig
+
+__all__ = ["Registry", "check_exported_from", "check_fits_in_memory", "check_guidance_scale", "physical_memory",
+           "check_seed", "check_steps", "check_x_T", "chunk_size", "is_int"]
 
 V = TypeVar("V")
 
@@ -111,7 +116,7 @@ class Registry(Mapping[str, V]):
         return name in self._entries
 
 
-def check_exported_from(file_config: Any, model_config: Any, onnx: Any, model: Any,
+def check_exported_from(file_config: UNetConfig, model_config: UNetConfig, onnx: str | Path, model: str | Path,
                         error: type[BadInputError] = BadInputError) -> None:
     """Refuse an ONNX file whose recorded UNet config (``file_config``) is not ``model``'s
     (``model_config``), naming every field that differs."""

@@ -44,8 +44,9 @@ def refuse_existing(path: str | Path, force: bool, flag: str = "--force") -> Non
         os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
     except OSError as e:
         raise BadInputError(f"{path}: cannot be written, creating a file in {parent} failed "
-                            f"({e.strerror or e})") from None
-    probe.unlink(missing_ok=True)
+                            f"({e.strerror or e}; the name tried was {probe.name})") from None
+    with contextlib.suppress(OSError):  # a probe that cannot be removed is swept by the next write
+        probe.unlink()
 
 
 def refuse_same_file(paths: dict[str, str | Path | None]) -> None:

@@ -119,6 +119,7 @@ def tiny_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
      "is an fp32 file: precision int8 does not run it .choose from fp32, bf16."),
     (["--onnx", "{fp32}", "--model", "digits"], "was not exported from digits: their UNet configs differ in"),
     (["--onnx", "{fp32}", "--no-peers", "--json", "{fp32}"], "--onnx .* and --json .* name the same file"),
+    (["--model", "tiny", "--no-peers", "--steps", "5000"], "steps must be an int in .1, 1000."),
     (["--model", "tiny", "--json", "/proc/self/bench.json"] if os.geteuid() == 0 else
      ["--model", "tiny", "--json", "/nonexistent-root-folder/bench.json"], "bench.json: cannot be written"),
 ])
@@ -142,6 +143,13 @@ def test_bench_defaults_to_what_runs_the_file(tiny_files: dict[str, Path]) -> No
     assert default_precisions(("onnxruntime",), None) == ("fp32", "int8")
     assert default_precisions(("onnxruntime", "openvino"), str(tiny_files["fp32"])) == ("fp32", "bf16")
     assert default_precisions(("onnxruntime",), str(tiny_files["fp32"])) == ("fp32",)
+    # the library's BenchConfig derives the same when it is given none
+    from ddpm_export.bench import BenchConfig
+    from ddpm_export.runtime.backends import installed_cpu_backends
+
+    cfg = BenchConfig(onnx=str(tiny_files["fp32"]), peers=False)
+    assert cfg.backends == installed_cpu_backends() and "onnxruntime" in cfg.backends
+    assert cfg.precisions == default_precisions(cfg.backends, str(tiny_files["fp32"]))
 
 
 def test_bench_refuses_an_existing_json_before_any_work(tmp_path: Path) -> None:

@@ -73,17 +73,16 @@ def command(model: str | None, onnx_path: str | None, backends: tuple, precision
     """
     import json
 
-    from ddpm_export.bench import BenchConfig, default_precisions, format_report, run_bench
+    from ddpm_export.bench import BenchConfig, format_report, run_bench
     from ddpm_export.files import atomic_file, refuse_existing, refuse_same_file
-    from ddpm_export.runtime.backends import installed_cpu_backends
+    from ddpm_export.inputs import input_files
     from ddpm_export.threads import get_threads
 
-    refuse_same_file({"--onnx": onnx_path, "--json": json_path})
+    refuse_same_file({"--onnx": onnx_path, **input_files(model=model, onnx=onnx_path), "--json": json_path})
     if json_path is not None:
         refuse_existing(json_path, force)
-    backends = backends or installed_cpu_backends()
-    cfg = BenchConfig(model=model, onnx=onnx_path, backends=backends,
-                      precisions=precisions or default_precisions(backends, onnx_path), attention=attention,
+    cfg = BenchConfig(model=model, onnx=onnx_path, backends=backends or (), precisions=precisions or (),
+                      attention=attention,
                       rewrites=rewrites, batches=batches,
                       threads=threads or get_threads() or len(os.sched_getaffinity(0)), steps=steps, repeats=repeats,
                       peers=peers)

@@ -55,9 +55,11 @@ def command(model: str, onnx_path: str, engine: str | None, steps: int, ddpm_ste
     """
     from ddpm_export.errors import VerificationFailed
     from ddpm_export.files import refuse_existing, refuse_same_file
+    from ddpm_export.inputs import input_files
     from ddpm_export.verify import plot_drift, require_matplotlib, verify, write_report
 
-    refuse_same_file({"--onnx": onnx_path, "--engine": engine, "--report": report, "--plot": plot})
+    refuse_same_file({"--onnx": onnx_path, "--engine": engine,
+                      **input_files(model=model, onnx=onnx_path, engine=engine), "--report": report, "--plot": plot})
     for path in (report, plot):
         if path is not None:
             refuse_existing(path, force)

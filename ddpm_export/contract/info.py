@@ -75,7 +75,7 @@ class ModelInfo:
 
         precision = md.precision_of(props, source)
         rewrites = tuple(name for name in props.get(md.REWRITES, "").split(",") if name)
-        target = props.get(md.TARGET, "any")
+        target = props.get(md.TARGET) or "any"
         one_of(md.ATTENTION, (props[md.ATTENTION],), ATTENTION_FORMS)
         one_of(md.REWRITES, rewrites, REWRITES)
         one_of(md.TARGET, (target,), TARGETS)

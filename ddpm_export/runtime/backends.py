@@ -90,13 +90,16 @@ if not set(CPU_BACKENDS) <= set(BACKENDS):  # pragma: no cover -- a programming 
 def effective_precision(file_precision: str, backend: Backend) -> str:
     """The arithmetic a backend really runs the file in: ``"bf16"`` when OpenVINO computes an
     fp32 or fp16 file in bfloat16 (its ``inference_precision``, its default on CPUs with BF16;
-    bfloat16's 8 mantissa bits are coarser than fp16's 11), else the file's own precision (an
-    int8 file stays ``"int8"``: its error is the quantizer's)."""
+    bfloat16's 8 mantissa bits are coarser than fp16's 11), ``"fp16"`` when it computes an fp32
+    file in f16 (its default on some ARM CPUs), else the file's own precision (an int8 file stays
+    ``"int8"``: its error is the quantizer's)."""
     from ddpm_export.runtime.openvino_backend import OpenVinoBackend
 
-    if (isinstance(backend, OpenVinoBackend) and backend.inference_precision == "bf16"
-            and file_precision in ("fp32", "fp16")):
-        return "bf16"
+    if isinstance(backend, OpenVinoBackend):
+        if backend.inference_precision == "bf16" and file_precision in ("fp32", "fp16"):
+            return "bf16"
+        if backend.inference_precision == "f16" and file_precision == "fp32":
+            return "fp16"
     return file_precision
 
 

@@ -68,6 +68,23 @@ def test_an_output_over_the_input_is_refused_even_with_force(tmp_path, tiny):
                    "--onnx .* and --report .* name the same file", watch=[tmp_path])
 
 
+def test_an_output_over_a_file_of_the_model_folder_is_refused(tmp_path, tiny):
+    """verify and bench read --model's folder: a report or JSON named like one of its files is
+    refused even with --force (verify --report ckpt/config.json used to destroy the checkpoint)."""
+    from ddpm_export import load_model
+    from ddpm_export.nn.checkpoint import save_checkpoint
+
+    ckpt = save_checkpoint(load_model("tiny"), tmp_path / "ckpt")
+    model = tmp_path / "m.onnx"
+    model.write_bytes(tiny.read_bytes())
+    expect_failure(["verify", "--model", ckpt, "--onnx", model, "--report", ckpt / "config.json", "--force"], 2,
+                   "the model's config.json .* and --report .*config.json name the same file", watch=[tmp_path])
+    expect_failure(["bench", "--model", ckpt, "--json", ckpt / "model.safetensors", "--force"], 2,
+                   "the model's model.safetensors .* name the same file", watch=[tmp_path])
+    expect_failure(["verify", "--model", "tiny", "--onnx", model, "--report", tmp_path / "m.onnx.data", "--force"], 2,
+                   "--onnx's external data .* name the same file", watch=[tmp_path])
+
+
 def test_a_second_output_that_cannot_be_written_stops_the_first(tmp_path, tiny):
     """Every destination is tried before any work: the grid is not written when the .npy cannot be."""
     if os.geteuid() == 0:
@@ -75,7 +92,7 @@ def test_a_second_output_that_cannot_be_written_stops_the_first(tmp_path, tiny):
     else:
         (tmp_path / "ro").mkdir(mode=0o500)
         npy = tmp_path / "ro" / "x.npy"
-    expect_failure(_sample(tiny, "-o", tmp_path / "x.png", "--save-npy", npy), 2, "out.npy: cannot be written|x.npy",
+    expect_failure(_sample(tiny, "-o", tmp_path / "x.png", "--save-npy", npy), 2, r"\.npy: cannot be written",
                    watch=[tmp_path])
     assert not (tmp_path / "x.png").exists()
 
@@ -144,8 +161,10 @@ def test_full_disk(tmp_path, tiny):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("args, message", [(["-o", "x.jpg"], "--output x.jpg must end in .png"),
-                                           (["-o", "x.png", "--save-npy", "x.npz"], "--save-npy x.npz must end in .npy")])
+@pytest.mark.parametrize("args, message", [
+    (["-o", "x.jpg"], "--output x.jpg must end in .png"),
+    (["-o", "x.png", "--save-npy", "x.npz"], "--save-npy x.npz must end in .npy"),
+])
 def test_wrong_sample_suffix(tmp_path, tiny, monkeypatch, args, message):
     monkeypatch.chdir(tmp_path)
     expect_failure(_sample(tiny, *args), 2, message, watch=[tmp_path])
