@@ -87,11 +87,7 @@ def test_an_output_over_a_file_of_the_model_folder_is_refused(tmp_path, tiny):
 
 def test_a_second_output_that_cannot_be_written_stops_the_first(tmp_path, tiny):
     """Every destination is tried before any work: the grid is not written when the .npy cannot be."""
-    if os.geteuid() == 0:
-        npy = Path("/proc/self/ddpm-export-out.npy")  # not writable even for root
-    else:
-        (tmp_path / "ro").mkdir(mode=0o500)
-        npy = tmp_path / "ro" / "x.npy"
+    npy = _unwritable(tmp_path, "x.npy")
     expect_failure(_sample(tiny, "-o", tmp_path / "x.png", "--save-npy", npy), 2, r"\.npy: cannot be written",
                    watch=[tmp_path])
     assert not (tmp_path / "x.png").exists()
@@ -134,13 +130,17 @@ def test_bundle_output_is_a_file(tmp_path, tiny):
                    watch=[tmp_path])
 
 
-def test_unwritable_destination(tmp_path, tiny):
+def _unwritable(tmp_path: Path, name: str) -> Path:
+    """A destination this process cannot create: under /proc for root, else in a read-only folder."""
     if os.geteuid() == 0:
-        target = Path("/proc/self/ddpm-export-out.png")  # not writable even for root
-    else:
-        (tmp_path / "ro").mkdir(mode=0o500)
-        target = tmp_path / "ro" / "x.png"
-    out = expect_failure(_sample(tiny, "-o", target), 2, "ddpm-export-out.png|x.png", watch=[tmp_path])
+        return Path("/proc/self") / name  # not writable even for root
+    (tmp_path / "ro").mkdir(mode=0o500)
+    return tmp_path / "ro" / name
+
+
+def test_unwritable_destination(tmp_path, tiny):
+    target = _unwritable(tmp_path, "x.png")
+    out = expect_failure(_sample(tiny, "-o", target), 2, "x.png", watch=[tmp_path])
     assert "cannot be written" in out or "check that the folder exists" in out
 
 
