@@ -59,7 +59,7 @@ OUR_PRECISIONS: dict[str, tuple[str, str | None]] = {  # name -> (file precision
 }
 PEERS = ("eager", "plain-ort", "plain-ov-f32", "plain-ov-bf16")
 #: our precisions that only OpenVINO computes
-OPENVINO_ONLY_PRECISIONS = ("bf16", "int8-bf16")
+OPENVINO_ONLY_PRECISIONS: tuple[str, ...] = ("bf16", "int8-bf16")
 
 
 class OurFile(NamedTuple):

@@ -11,20 +11,27 @@ from ddpm_export.presets import MODELS_DIR, preset_names
 __all__ = ["input_files"]
 
 
-def input_files(*, model: str | Path | None = None, onnx: str | Path | None = None,
-                engine: str | Path | None = None) -> dict[str, Path]:
+def input_files(*, model: str | Path | None = None, bundle: str | Path | None = None,
+                onnx: str | Path | None = None, engine: str | Path | None = None) -> dict[str, Path]:
     """Every file a command reads besides its flags' own paths, labelled for
-    :func:`~ddpm_export.files.refuse_same_file`: the files of ``model``'s folder (a checkpoint folder or a preset),
-    ``onnx``'s external data (``<onnx>.data``) and ``engine``'s sidecar (``<engine>.json``)."""
+    :func:`~ddpm_export.files.refuse_same_file`: the files of ``model``'s folder (a checkpoint
+    folder or a preset) and of a ``bundle`` folder, ``onnx``'s external data (``<onnx>.data``) and
+    ``engine``'s sidecar (``<engine>.json``)."""
     found: dict[str, Path] = {}
     if model is not None:
         preset = MODELS_DIR / str(model) if str(model) in preset_names() else None
-        folder = Path(model) if Path(model).is_dir() else preset
-        for file in sorted(folder.iterdir()) if folder is not None else ():
-            if file.is_file():
-                found[f"the model's {file.name}"] = file
+        found.update(_files_of(Path(model) if Path(model).is_dir() else preset, "the model's"))
+    if bundle is not None:
+        found.update(_files_of(Path(bundle), "the bundle's"))
     if onnx is not None:
         found["--onnx's external data"] = Path(onnx).with_name(Path(onnx).name + ".data")
     if engine is not None:
         found["--engine's sidecar"] = sidecar_path(engine)
     return found
+
+
+def _files_of(folder: Path | None, label: str) -> dict[str, Path]:
+    """``{"<label> <name>": path}`` for every file directly in ``folder`` (none for None)."""
+    if folder is None or not folder.is_dir():
+        return {}
+    return {f"{label} {file.name}": file for file in sorted(folder.iterdir()) if file.is_file()}

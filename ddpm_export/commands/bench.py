@@ -82,8 +82,7 @@ def command(model: str | None, onnx_path: str | None, backends: tuple, precision
     if json_path is not None:
         refuse_existing(json_path, force)
     cfg = BenchConfig(model=model, onnx=onnx_path, backends=backends or (), precisions=precisions or (),
-                      attention=attention,
-                      rewrites=rewrites, batches=batches,
+                      attention=attention, rewrites=rewrites, batches=batches,
                       threads=threads or get_threads() or len(os.sched_getaffinity(0)), steps=steps, repeats=repeats,
                       peers=peers)
     report = run_bench(cfg, log=click.echo)

@@ -86,7 +86,8 @@ def command(onnx_path: str | None, bundle_dir: str | None, bundle_onnx: str | No
         raise click.UsageError("--trt-fp16 and --trt-cache apply to --backend ort-tensorrt")
     if inference_precision is not None and backend != "openvino":
         raise click.UsageError("--inference-precision applies to --backend openvino")
-    refuse_same_file({"--onnx": onnx_path, **input_files(onnx=onnx_path), "--output": output, "--save-npy": save_npy})
+    refuse_same_file({"--onnx": onnx_path, **input_files(onnx=onnx_path, bundle=bundle_dir), "--output": output,
+                      "--save-npy": save_npy})
     for flag, path, suffix in (("--output", output, ".png"), ("--save-npy", save_npy, ".npy")):
         if path is not None and not path.lower().endswith(suffix):
             raise click.UsageError(f"{flag} {path} must end in {suffix} (it is written as {suffix[1:].upper()})")

@@ -83,6 +83,11 @@ def test_an_output_over_a_file_of_the_model_folder_is_refused(tmp_path, tiny):
                    "the model's model.safetensors .* name the same file", watch=[tmp_path])
     expect_failure(["verify", "--model", "tiny", "--onnx", model, "--report", tmp_path / "m.onnx.data", "--force"], 2,
                    "--onnx's external data .* name the same file", watch=[tmp_path])
+    from ddpm_export.runtime import make_bundle
+
+    bundle = make_bundle([tiny], tmp_path / "b")
+    expect_failure(["sample", "--bundle", bundle, "-o", tmp_path / "x.png", "--save-npy", bundle / tiny.name, "--force"],
+                   2, "the bundle's tiny.onnx .* and --save-npy .* name the same file", watch=[tmp_path])
 
 
 def test_a_second_output_that_cannot_be_written_stops_the_first(tmp_path, tiny):
