@@ -416,18 +416,19 @@ def _check_inputs(cfg: BenchConfig) -> None:
     if cfg.onnx is None:
         check_steps(cfg.steps, (diffusion_config_for(str(cfg.model)) or DiffusionConfig()).num_train_timesteps)
         return
-    check_steps(cfg.steps, read_info(cfg.onnx).diffusion.num_train_timesteps)
-    fits = _file_precisions(cfg.onnx)
+    info = read_info(cfg.onnx)
+    check_steps(cfg.steps, info.diffusion.num_train_timesteps)
+    fits = _file_precisions(info, cfg.onnx)
     misfits = [p for p in cfg.precisions if p not in fits]
     if misfits:
         raise BadInputError(f"{cfg.onnx} is an {OUR_PRECISIONS[fits[0]][0]} file: precision {', '.join(misfits)} "
                             f"does not run it (choose from {', '.join(fits)})")
 
 
-def _file_precisions(onnx: str) -> tuple[str, ...]:
-    """Our precisions that run the file ``onnx`` (fp32 file: fp32, bf16; int8: int8, int8-bf16);
-    BadInputError for another precision."""
-    precision = read_info(onnx).precision
+def _file_precisions(info: ModelInfo, onnx: str) -> tuple[str, ...]:
+    """Our precisions that run the file ``onnx`` whose metadata is ``info`` (fp32 file: fp32, bf16;
+    int8: int8, int8-bf16); BadInputError for another precision."""
+    precision = info.precision
     fits = tuple(p for p, (of_file, _) in OUR_PRECISIONS.items() if of_file == precision)
     if not fits:
         raise BadInputError(f"{onnx} is an {precision} file; the bench runs fp32 and int8 files")
@@ -437,7 +438,7 @@ def _file_precisions(onnx: str) -> tuple[str, ...]:
 def default_precisions(backends: tuple[str, ...], onnx: str | None) -> tuple[str, ...]:
     """What ``--precision`` defaults to: every precision ``backends`` compute (bf16 ones need
     OpenVINO), those that run ``onnx`` when a file is given."""
-    wanted = _file_precisions(onnx) if onnx is not None else tuple(OUR_PRECISIONS)
+    wanted = _file_precisions(read_info(onnx), onnx) if onnx is not None else tuple(OUR_PRECISIONS)
     return tuple(p for p in wanted if p not in OPENVINO_ONLY_PRECISIONS or "openvino" in backends)
 
 
