@@ -421,7 +421,7 @@ def _check_inputs(cfg: BenchConfig) -> None:
     fits = _file_precisions(info, cfg.onnx)
     misfits = [p for p in cfg.precisions if p not in fits]
     if misfits:
-        raise BadInputError(f"{cfg.onnx} is an {OUR_PRECISIONS[fits[0]][0]} file: precision {', '.join(misfits)} "
+        raise BadInputError(f"{cfg.onnx} is an {info.precision} file: precision {', '.join(misfits)} "
                             f"does not run it (choose from {', '.join(fits)})")
 
 
