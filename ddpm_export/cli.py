@@ -20,8 +20,8 @@ import click
 
 from ddpm_export import commands
 from ddpm_export._version import __version__
-from ddpm_export.errors import DdpmExportError, DdpmExportWarning, describe, exit_status
-from ddpm_export.console import VERBOSITY
+from ddpm_export.console import FLAG_NAMES, VERBOSITY, name_flags
+from ddpm_export.errors import BadInputError, DdpmExportError, DdpmExportWarning, describe, exit_status
 from ddpm_export.threads import set_threads
 
 
@@ -67,7 +67,10 @@ class _Main(click.Group):
         except (DdpmExportError, ImportError, OSError) as e:
             if ctx.meta.get("ddpm_export.debug"):
                 raise
-            raise Failure(describe(e), exit_status(e)) from e
+            message = describe(e)
+            if isinstance(e, BadInputError):  # the library names its arguments; the user typed flags
+                message = name_flags(message, ctx.meta.get(FLAG_NAMES, {}))
+            raise Failure(message, exit_status(e)) from e
 
 
 @click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})

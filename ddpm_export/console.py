@@ -3,14 +3,19 @@ progress bars (torch-free). The library never draws one unless asked (``progress
 
 from __future__ import annotations
 
+import re
 import sys
+from typing import Mapping
 
 import click
 
-__all__ = ["VERBOSITY", "show_progress"]
+__all__ = ["FLAG_NAMES", "VERBOSITY", "name_flags", "show_progress", "use_flag_names"]
 
 #: ``click.Context.meta`` key: 0 quiet (``-q``), 1 normal, 2 verbose (``-v``).
 VERBOSITY = "ddpm_export.verbosity"
+#: ``click.Context.meta`` key: the running command's ``{library argument: CLI flag}``, so that an
+#: error raised by the library names the flag the user typed (``--guidance``, not ``guidance_scale``).
+FLAG_NAMES = "ddpm_export.flag_names"
 
 
 def show_progress(flag: bool | None = None) -> bool:
@@ -21,3 +26,24 @@ def show_progress(flag: bool | None = None) -> bool:
     ctx = click.get_current_context(silent=True)
     verbosity = ctx.meta.get(VERBOSITY, 1) if ctx is not None else 1
     return verbosity == 2 or (verbosity == 1 and sys.stderr.isatty())
+
+
+def use_flag_names(flags: Mapping[str, str]) -> None:
+    """Let the running command's error messages name ``flags`` (library argument -> CLI flag)."""
+    click.get_current_context().meta[FLAG_NAMES] = dict(flags)
+
+
+def name_flags(message: str, flags: Mapping[str, str]) -> str:
+    """``message`` with each library argument of ``flags`` written as its CLI flag where it names
+    the argument: ``guidance_scale=3.0`` -> ``--guidance 3.0``, ``classes: id 12`` -> ``--class: id
+    12``, ``steps must`` -> ``--steps must`` (a one-letter argument only as ``n=5``). Other words
+    are left alone."""
+    def alternatives(names: list[str]) -> str:
+        return "|".join(re.escape(name) for name in sorted(names, key=len, reverse=True)) or "(?!)"
+
+    words, letters = alternatives([n for n in flags if len(n) > 1]), alternatives([n for n in flags if len(n) == 1])
+    pattern = re.compile(rf"(?<![\w-])(?:(?P<word>{words})(?:=|(?=:| must\b| applies\b))|(?P<letter>{letters})=)")
+
+    def flag(match: re.Match[str]) -> str:
+        return flags[match.group("word") or match.group("letter")] + (" " if match.group(0).endswith("=") else "")
+    return pattern.sub(flag, message)

@@ -120,6 +120,15 @@ def test_a_file_from_another_model_is_refused(tiny_onnx: Path) -> None:
     assert "num_classes (None in the file, 10 in the model)" in out
 
 
+def test_argument_errors_name_the_flags(tiny_onnx: Path) -> None:
+    code, out = _verify("--model", "tiny", "--onnx", str(tiny_onnx), "--batch", "300")
+    assert code == 2 and "Error: --batch 300 runs 300 images per call, outside the exported range" in out
+    code, out = _verify("--model", "tiny", "--onnx", str(tiny_onnx), "--guidance", "2")
+    assert code == 2 and "Error: --guidance 2.0 needs a class-conditional model" in out
+    code, out = _verify("--model", "tiny", "--onnx", str(tiny_onnx), "--ddpm-steps", "100000")
+    assert code == 2 and "Error: --ddpm-steps must be an int in [1, " in out
+
+
 def test_outputs_are_not_overwritten_and_plot_needs_matplotlib(tiny_onnx: Path, tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     report_path = tmp_path / "report.json"

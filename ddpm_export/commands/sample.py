@@ -70,12 +70,14 @@ def command(onnx_path: str | None, bundle_dir: str | None, bundle_onnx: str | No
       ddpm-export sample --bundle bundle/ --bundle-onnx digits-int8.onnx --backend openvino -o int8.png
       ddpm-export --threads 2 sample --onnx tiny.onnx --backend openvino --inference-precision bf16 -o grid.png
     """
-    from ddpm_export.console import show_progress
+    from ddpm_export.console import show_progress, use_flag_names
     from ddpm_export.files import refuse_existing, refuse_same_file
     from ddpm_export.inputs import input_files
     from ddpm_export.images import save_grid, save_npy as write_npy
     from ddpm_export.runtime.backends import effective_precision
 
+    use_flag_names({"guidance_scale": "--guidance", "classes": "--class", "steps": "--steps", "eta": "--eta",
+                     "sampler": "--sampler", "n": "-n"})
     if sum(x is not None for x in (onnx_path, bundle_dir, model)) > 1:
         raise click.UsageError("pass at most one of --onnx, --bundle and --model")
     if bundle_onnx is not None and bundle_dir is None:

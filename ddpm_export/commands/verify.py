@@ -53,11 +53,14 @@ def command(model: str, onnx_path: str, engine: str | None, steps: int, ddpm_ste
     Example:
       ddpm-export verify --model tiny --onnx tiny.onnx --report report.json --plot drift.png
     """
+    from ddpm_export.console import use_flag_names
     from ddpm_export.errors import VerificationFailed
     from ddpm_export.files import refuse_existing, refuse_same_file
     from ddpm_export.inputs import input_files
     from ddpm_export.verify import plot_drift, require_matplotlib, verify, write_report
 
+    use_flag_names({"guidance_scale": "--guidance", "steps": "--steps", "ddpm_steps": "--ddpm-steps",
+                    "solver_steps": "--solver-steps", "batch": "--batch"})
     refuse_same_file({"--onnx": onnx_path, "--engine": engine,
                       **input_files(model=model, onnx=onnx_path, engine=engine), "--report": report, "--plot": plot})
     for path in (report, plot):

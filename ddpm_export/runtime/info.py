@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ddpm_export.contract.info import ModelInfo
 from ddpm_export.contract.metadata import MetadataError
-from ddpm_export.errors import InputNotFoundError, MissingDependencyError
+from ddpm_export.errors import BadInputError, InputNotFoundError, MissingDependencyError
 from ddpm_export.runtime.onnx_wire import scan_metadata_props
 
 __all__ = ["MetadataError", "ModelInfo", "read_info", "read_metadata"]
@@ -36,9 +36,14 @@ def read_metadata(path: str | Path) -> dict[str, str]:
     if ort is not None:
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        from ddpm_export.runtime.onnxruntime_backend import create_session
+        from ddpm_export.runtime.onnxruntime_backend import create_session, load_error
 
-        session = create_session(path, providers=["CPUExecutionProvider"], session_options=opts)
+        try:
+            session = create_session(path, providers=["CPUExecutionProvider"], session_options=opts)
+        except BadInputError as e:  # whichever backend comes next: the file itself is unreadable
+            why = load_error(e.__cause__ or e)
+            raise BadInputError(f"{path}: not a readable ONNX file (ONNX Runtime's parser: {why}); is it a complete "
+                                f"ONNX file written by `ddpm-export onnx`, with its external data beside it?") from e
         return dict(session.get_modelmeta().custom_metadata_map)
     try:
         import onnx

@@ -47,11 +47,11 @@ def _bytes_truncated(data: bytes) -> bytes:
 
 
 BYTE_CASES = {
-    "truncated": (_bytes_truncated, "ONNX Runtime cannot load this file"),
-    "random-bytes": (lambda data: bytes(range(256)) * 64, "ONNX Runtime cannot load this file"),
-    "empty": (lambda data: b"", "ONNX Runtime cannot load this file"),
-    "text-file": (lambda data: b"hello, I am not a model\n", "ONNX Runtime cannot load this file"),
-    "last-byte-cut": (lambda data: data[:-1], "ONNX Runtime cannot load this file|metadata"),
+    "truncated": (_bytes_truncated, "not a readable ONNX file"),
+    "random-bytes": (lambda data: bytes(range(256)) * 64, "not a readable ONNX file"),
+    "empty": (lambda data: b"", "not a readable ONNX file"),
+    "text-file": (lambda data: b"hello, I am not a model\n", "not a readable ONNX file"),
+    "last-byte-cut": (lambda data: data[:-1], "not a readable ONNX file|metadata"),
 }
 
 

@@ -64,7 +64,7 @@ def test_bad_sample_arguments(pipes, name):
 
 def test_absurd_image_count_in_the_cli(tmp_path):
     expect_failure(["sample", "-n", str(10**13), "-o", tmp_path / "x.png", "--no-progress"], 2,
-                   "n=10000000000000: the images would need", watch=[tmp_path])
+                   "-n 10000000000000: the images would need", watch=[tmp_path])
 
 
 def test_absurd_max_batch_in_the_cli(tmp_path):

@@ -75,11 +75,14 @@ def test_class_and_guidance_on_a_class_conditional_model(onnx_files: dict[str, P
 def test_bad_arguments_fail_with_a_message(onnx_files: dict[str, Path], tmp_path: Path) -> None:
     png = str(tmp_path / "g.png")
     code, out = _run("--onnx", str(onnx_files["kitchen-sink"]), "--class", "10", "-o", png)
-    assert code != 0 and "classes: id 10 is outside [0, 10)" in out
+    assert code == 2 and "Error: --class: id 10 is outside [0, 10)" in out  # the flag, not the API's `classes`
     code, out = _run("--onnx", str(onnx_files["tiny"]), "--guidance", "2", "-o", png)
-    assert code != 0 and "needs a class-conditional model" in out
+    assert code == 2 and "Error: --guidance 2.0 needs a class-conditional model" in out
+    assert "pass --guidance 1.0" in out and "guidance_scale" not in out
     code, out = _run("--onnx", str(onnx_files["tiny"]), "--sampler", "ddpm", "--eta", "0.5", "-o", png)
-    assert code != 0 and "eta applies to the DDIM sampler only" in out
+    assert code == 2 and "--eta applies to the DDIM sampler only; got --eta 0.5 with --sampler 'ddpm'" in out
+    code, out = _run("--onnx", str(onnx_files["tiny"]), "--steps", "100000", "-o", png)
+    assert code == 2 and "Error: --steps must be an int in [1, " in out
     code, out = _run("--onnx", str(onnx_files["tiny"]), "--model", "tiny", "-o", png)
     assert code != 0 and "at most one of --onnx, --bundle and --model" in out
     assert not Path(png).exists()
