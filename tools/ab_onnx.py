@@ -47,14 +47,14 @@ def runner(spec: str, batch: int, threads: int) -> tuple[str, Callable[[], np.nd
     return Path(path).name + (f"+{variant}" if variant else ""), lambda: session.run(None, feeds)[0]
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("files", nargs="+",
                         help="ONNX files, the first is the reference; FILE+static: a static session")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=100)
     parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     from ddpm_export.machine import cpu_info
 
     info = cpu_info()
