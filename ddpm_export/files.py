@@ -20,7 +20,7 @@ import uuid
 from pathlib import Path
 from typing import Iterator
 
-from ddpm_export.errors import BadInputError, NotAFolderError, OutputExistsError
+from ddpm_export.errors import BadInputError, DdpmExportError, NotAFolderError, OutputExistsError
 
 __all__ = ["atomic_dir", "atomic_file", "refuse_existing", "refuse_same_file", "remove_leftovers", "temp_sibling"]
 
@@ -123,8 +123,10 @@ def atomic_file(path: str | Path, *, force: bool = False) -> Iterator[Path]:
             raise RuntimeError(f"nothing was written for {path}")
         os.replace(tmp, path)
     except OSError as e:
-        if e.filename is not None and Path(e.filename) in (tmp, tmp.absolute()):
-            raise type(e)(e.errno, e.strerror, str(path)) from e  # name the file asked for, not the temp
+        # name the file asked for, not the temp nor nothing (numpy's short write names no file);
+        # our own errors (OutputExistsError, ...) carry their message already
+        if not isinstance(e, DdpmExportError) and (e.filename is None or Path(e.filename) in (tmp, tmp.absolute())):
+            raise type(e)(e.errno, e.strerror or str(e), str(path)) from e
         raise
     finally:
         tmp.unlink(missing_ok=True)

@@ -13,7 +13,7 @@ from PIL import Image
 from ddpm_export.errors import BadInputError
 from ddpm_export.files import atomic_file
 
-__all__ = ["grid_shape", "make_grid", "save_grid", "save_npy", "to_uint8"]
+__all__ = ["grid_shape", "make_grid", "save_grid", "save_npy", "to_uint8", "write_array", "write_grid"]
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
@@ -56,6 +56,17 @@ def make_grid(images: np.ndarray, *, columns: int | None = None, padding: int = 
     return Image.fromarray(canvas[..., 0] if c == 1 else canvas)  # uint8: mode L for 2-D, RGB for 3 channels
 
 
+def write_grid(images: np.ndarray, path: str | Path, **grid_options: int) -> None:
+    """Write :func:`make_grid` as a PNG to ``path`` (as is: see :func:`save_grid`)."""
+    make_grid(images, **grid_options).save(path, format="PNG")
+
+
+def write_array(array: np.ndarray, path: str | Path) -> None:
+    """Write ``array`` with ``numpy.save`` to ``path`` (as is: see :func:`save_npy`)."""
+    with open(path, "wb") as f:
+        np.save(f, array)
+
+
 def save_grid(images: np.ndarray, path: str | Path, *, force: bool = False, **grid_options: int) -> Path:
     """Write :func:`make_grid` as a PNG to ``path`` (atomic; refuses an existing file unless ``force``)."""
     path = Path(path)
@@ -69,6 +80,5 @@ def save_npy(array: np.ndarray, path: str | Path, *, force: bool = False) -> Pat
     """Write ``array`` with ``numpy.save`` to ``path`` (atomic; refuses an existing file unless ``force``)."""
     path = Path(path)
     with atomic_file(path, force=force) as tmp:
-        with open(tmp, "wb") as f:
-            np.save(f, array)
+        write_array(array, tmp)
     return path

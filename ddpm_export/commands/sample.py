@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -61,7 +62,8 @@ def command(onnx_path: str | None, bundle_dir: str | None, bundle_onnx: str | No
     \b
     Images are mapped from [-1, 1] to 0..255 (grayscale for 1 channel), ceil(sqrt(n))
     columns. With more images than the graph's max batch, sampling runs in chunks (see
-    `Pipeline.sample`). Outputs are written atomically and never overwritten without --force.
+    `Pipeline.sample`). Outputs are written atomically (both files or neither) and never
+    overwritten without --force.
     \b
     Examples:
       ddpm-export sample -n 40 --guidance 1.5 -o digits.png     # the shipped digits model
@@ -71,9 +73,9 @@ def command(onnx_path: str | None, bundle_dir: str | None, bundle_onnx: str | No
       ddpm-export --threads 2 sample --onnx tiny.onnx --backend openvino --inference-precision bf16 -o grid.png
     """
     from ddpm_export.console import show_progress, use_flag_names
-    from ddpm_export.files import refuse_existing, refuse_same_file
+    from ddpm_export.files import atomic_file, refuse_existing, refuse_same_file
     from ddpm_export.inputs import input_files
-    from ddpm_export.images import save_grid, save_npy as write_npy
+    from ddpm_export.images import write_array, write_grid
     from ddpm_export.runtime.backends import effective_precision
 
     use_flag_names({"guidance_scale": "--guidance", "classes": "--class", "steps": "--steps", "eta": "--eta",
@@ -100,9 +102,10 @@ def command(onnx_path: str | None, bundle_dir: str | None, bundle_onnx: str | No
     pipe = _load(onnx_path, (bundle_dir, bundle_onnx), model, backend, trt_fp16, trt_cache, cpu)
     images = pipe.sample(n, steps=steps, sampler=sampler, seed=seed, eta=eta, guidance_scale=guidance,
                          classes=class_id, progress=show_progress(progress))
-    save_grid(images, output, force=force, scale=scale)
-    if save_npy is not None:
-        write_npy(images, save_npy, force=force)
+    with contextlib.ExitStack() as outputs:  # both files or neither: a failed write removes every temp file
+        write_grid(images, outputs.enter_context(atomic_file(output, force=force)), scale=scale)
+        if save_npy is not None:
+            write_array(images, outputs.enter_context(atomic_file(save_npy, force=force)))
     info = pipe.info
     computed = effective_precision(info.precision, pipe.backend)
     precision = info.precision if computed == info.precision else f"{info.precision} file computed in {computed}"

@@ -108,6 +108,10 @@ def test_a_failed_write_names_the_destination_not_its_temp_file(tmp_path):
         with atomic_file(target) as tmp:
             raise FileNotFoundError(2, "No such file or directory", str(tmp))
     assert raised.value.filename == str(target) and ".tmp-" not in str(raised.value)
+    with pytest.raises(OSError) as raised:
+        with atomic_file(target):
+            raise OSError("1536 requested and 343 written")  # numpy's short write: no errno, no file name
+    assert raised.value.filename == str(target) and raised.value.strerror == "1536 requested and 343 written"
     assert list(tmp_path.iterdir()) == []
 
 
@@ -164,6 +168,26 @@ def test_full_disk(tmp_path, tiny):
     assert proc.stderr.strip().startswith("Error: ") and "File too large" in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_full_disk_on_the_second_output_keeps_neither(tmp_path, tiny):
+    """The grid fits under the file-size limit, the raw samples do not: the command fails and
+    writes neither file (the two temp files are renamed only once both are complete)."""
+    def limit() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1500, 1500))  # the PNG of two 16x16 tiles: < 1 KiB
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    args = [sys.executable, "-m", "ddpm_export", "sample", "--onnx", str(tiny), "-n", "2", "--steps", "2",
+            "--no-progress", "-o", str(tmp_path / "x.png"), "--save-npy", str(tmp_path / "x.npy")]
+    proc = subprocess.run(args, cwd=tmp_path, env=env, preexec_fn=limit, capture_output=True, text=True, timeout=300,
+                          check=False)
+    # numpy reports the short write itself ("1536 requested and 343 written"), without a file name
+    assert proc.returncode == 2 and "x.npy: " in proc.stderr and "free space" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and list(tmp_path.iterdir()) == []
+    proc = subprocess.run(args[:-2], cwd=tmp_path, env=env, preexec_fn=limit, capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert proc.returncode == 0 and (tmp_path / "x.png").stat().st_size < 1500, proc.stderr  # the PNG alone fits
 
 
 @pytest.mark.parametrize("args, message", [
