@@ -70,9 +70,8 @@ def write_array(array: np.ndarray, path: str | Path) -> None:
 def save_grid(images: np.ndarray, path: str | Path, *, force: bool = False, **grid_options: int) -> Path:
     """Write :func:`make_grid` as a PNG to ``path`` (atomic; refuses an existing file unless ``force``)."""
     path = Path(path)
-    grid = make_grid(images, **grid_options)
     with atomic_file(path, force=force) as tmp:
-        grid.save(tmp, format="PNG")
+        write_grid(images, tmp, **grid_options)
     return path
 
 
