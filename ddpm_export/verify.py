@@ -56,8 +56,8 @@ from ddpm_export.metrics import (BF16_FINAL_PSNR_DB, BF16_LOCAL_REL_L2, BF16_REL
 from ddpm_export.runtime.backends import effective_precision
 from ddpm_export.runtime.info import read_info
 
-__all__ = ["THRESHOLDS", "Thresholds", "VerifyError", "compare", "effective_precision", "plot_drift", "require_matplotlib", "verify",
-           "write_report"]
+__all__ = ["THRESHOLDS", "Thresholds", "VerifyError", "compare", "draw_drift", "effective_precision", "plot_drift",
+           "report_json", "require_matplotlib", "verify", "write_report"]
 
 #: single-step timesteps always checked (those >= T are dropped), plus T // 2 and T - 1
 SINGLE_STEP_TIMESTEPS = (0, 937)
@@ -404,10 +404,14 @@ def _checks(results: dict[str, dict[str, Any]], per_backend: dict[str, Threshold
 def write_report(report: dict[str, Any], path: str | Path, *, force: bool = False) -> Path:
     """The report as JSON (strict: no NaN / Infinity), written atomically."""
     path = Path(path)
-    text = json.dumps(_finite_or_null(report), indent=2, allow_nan=False) + "\n"
     with atomic_file(path, force=force) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+        tmp.write_text(report_json(report), encoding="utf-8")
     return path
+
+
+def report_json(report: dict[str, Any]) -> str:
+    """The report as strict JSON text (no NaN / Infinity: see :func:`_finite_or_null`)."""
+    return json.dumps(_finite_or_null(report), indent=2, allow_nan=False) + "\n"
 
 
 def _finite_or_null(value: Any) -> Any:
@@ -432,10 +436,18 @@ def require_matplotlib() -> None:
 
 
 def plot_drift(report: dict[str, Any], path: str | Path, *, force: bool = False) -> Path:
+    """:func:`draw_drift` written atomically to ``path``."""
+    path = Path(path)
+    with atomic_file(path, force=force) as tmp:
+        draw_drift(report, tmp)
+    return path
+
+
+def draw_drift(report: dict[str, Any], path: str | Path) -> None:
     """Per-step max abs error of the model output, of ``x_t`` and of the local (teacher-forced)
-    model output against step, one panel per sampler, as a PNG (atomic). Zero errors (``x_T``
-    is shared) are left out of the log scale. With guidance, a step's local error is that of its
-    one doubled-batch call."""
+    model output against step, one panel per sampler, as a PNG written to ``path`` as is. Zero
+    errors (``x_T`` is shared) are left out of the log scale. With guidance, a step's local error
+    is that of its one doubled-batch call."""
     require_matplotlib()
     import matplotlib
 
@@ -444,24 +456,22 @@ def plot_drift(report: dict[str, Any], path: str | Path, *, force: bool = False)
 
     kinds = list(next(iter(report["backends"].values()))["trajectories"])
     fig, axes = plt.subplots(1, len(kinds), figsize=(5.5 * len(kinds), 4), squeeze=False)
-    for ax, kind in zip(axes[0], kinds):
-        for name, r in report["backends"].items():
-            traj = r["trajectories"][kind]
-            for key, label, style in (("model_output_max_abs", "model output", "-"), ("x_t_max_abs", "x_t", "--"),
-                                      ("local_model_output_max_abs", "model output, local", ":")):
-                values = np.asarray(traj[key], dtype=np.float64)
-                ax.plot(np.arange(len(values)), np.where(values > 0, values, np.nan), style, label=f"{name}: {label}")
-        ax.set_yscale("log")
-        ax.set_title(f"{kind.upper()}-{traj['num_inference_steps']}: {report['precision']} vs PyTorch")
-        ax.set_xlabel("step (0 = x_T)")
-        ax.set_ylabel("max abs error")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
     try:
-        with atomic_file(path, force=force) as tmp:
-            fig.savefig(tmp, format="png", dpi=100)
+        for ax, kind in zip(axes[0], kinds):
+            for name, r in report["backends"].items():
+                traj = r["trajectories"][kind]
+                for key, label, style in (("model_output_max_abs", "model output", "-"), ("x_t_max_abs", "x_t", "--"),
+                                          ("local_model_output_max_abs", "model output, local", ":")):
+                    values = np.asarray(traj[key], dtype=np.float64)
+                    ax.plot(np.arange(len(values)), np.where(values > 0, values, np.nan), style,
+                            label=f"{name}: {label}")
+            ax.set_yscale("log")
+            ax.set_title(f"{kind.upper()}-{traj['num_inference_steps']}: {report['precision']} vs PyTorch")
+            ax.set_xlabel("step (0 = x_T)")
+            ax.set_ylabel("max abs error")
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(path, format="png", dpi=100)
     finally:
         plt.close(fig)
-    return path

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import click
 
 from ddpm_export.contract.choices import ORT_GPU_BACKENDS
@@ -55,9 +57,9 @@ def command(model: str, onnx_path: str, engine: str | None, steps: int, ddpm_ste
     """
     from ddpm_export.console import use_flag_names
     from ddpm_export.errors import VerificationFailed
-    from ddpm_export.files import refuse_existing, refuse_same_file
+    from ddpm_export.files import atomic_file, refuse_existing, refuse_same_file
     from ddpm_export.inputs import input_files
-    from ddpm_export.verify import plot_drift, require_matplotlib, verify, write_report
+    from ddpm_export.verify import draw_drift, report_json, require_matplotlib, verify
 
     use_flag_names({"guidance_scale": "--guidance", "steps": "--steps", "ddpm_steps": "--ddpm-steps",
                     "solver_steps": "--solver-steps", "batch": "--batch"})
@@ -71,12 +73,14 @@ def command(model: str, onnx_path: str, engine: str | None, steps: int, ddpm_ste
     result = verify(model, onnx_path, engine=engine, steps=steps, ddpm_steps=ddpm_steps, solver_steps=solver_steps,
                     seed=seed, batch=batch, guidance_scale=guidance, gpu_backends=gpu_backends,
                     inference_precision=inference_precision, log=click.echo)
-    if report is not None:
-        write_report(result, report, force=force)
-        click.echo(f"wrote {report}")
-    if plot is not None:
-        plot_drift(result, plot, force=force)
-        click.echo(f"wrote {plot}")
+    with contextlib.ExitStack() as outputs:  # both files or neither: a failed write removes every temp file
+        if report is not None:
+            outputs.enter_context(atomic_file(report, force=force)).write_text(report_json(result), encoding="utf-8")
+        if plot is not None:
+            draw_drift(result, outputs.enter_context(atomic_file(plot, force=force)))
+    for path in (report, plot):
+        if path is not None:
+            click.echo(f"wrote {path}")
     for note in result["notes"]:
         click.echo(f"note: {note}")
     if not result["passed"]:
