@@ -22,7 +22,8 @@ from typing import Iterator
 
 from ddpm_export.errors import BadInputError, DdpmExportError, NotAFolderError, OutputExistsError
 
-__all__ = ["atomic_dir", "atomic_file", "refuse_existing", "refuse_same_file", "remove_leftovers", "temp_sibling"]
+__all__ = ["atomic_dir", "atomic_file", "refuse_existing", "refuse_inside", "refuse_same_file", "remove_leftovers",
+           "temp_sibling"]
 
 
 def refuse_existing(path: str | Path, force: bool, flag: str = "--force") -> None:
@@ -39,7 +40,7 @@ def refuse_existing(path: str | Path, force: bool, flag: str = "--force") -> Non
         raise NotAFolderError(f"{path}: cannot be written, {parent} is a file, not a folder")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise BadInputError(f"{path}: cannot be written, the folder {parent} is not writable")
-    probe = temp_sibling(parent / Path(path).name)
+    probe = temp_sibling(parent / Path(os.path.abspath(path)).name)  # `.` and `..` have no name of their own
     try:
         os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
     except OSError as e:
@@ -62,6 +63,22 @@ def refuse_same_file(paths: dict[str, str | Path | None]) -> None:
             first, first_path = seen[real]
             raise BadInputError(f"{first} {first_path} and {flag} {path} name the same file; give two paths")
         seen[real] = (flag, path)
+
+
+def refuse_inside(folders: dict[str, str | Path | None], paths: dict[str, str | Path | None], why: str) -> None:
+    """Refuse a path of ``paths`` that is one of ``folders`` or lies anywhere under it (``{"--out":
+    folder}``, ``{"--model": path}``; None entries are skipped; symlinks resolved). ``why`` ends the
+    message: an output folder replaced with --force would delete an input inside it, a file
+    written into a bundle breaks its manifest."""
+    for folder_flag, folder in folders.items():
+        if folder is None:
+            continue
+        root = os.path.realpath(folder)
+        for flag, path in paths.items():
+            real = None if path is None else os.path.realpath(path)
+            if real is not None and (real == root or real.startswith(root.rstrip(os.sep) + os.sep)):
+                where = "is" if real == root else "is inside"
+                raise BadInputError(f"{flag} {path} {where} {folder_flag} {folder}: {why}")
 
 
 def temp_sibling(path: str | Path, kind: str = "tmp") -> Path:
@@ -139,7 +156,9 @@ def atomic_dir(path: str | Path, *, force: bool = False) -> Iterator[Path]:
     With ``force`` an existing ``path`` is moved aside first and deleted after the rename, so
     ``path`` is only ever missing for the instant between two renames, never half-filled.
     """
-    path = Path(path)
+    refuse_inside({"the output folder": path}, {"the current folder": os.getcwd()},
+                  "it would be replaced while in use; choose a new folder")
+    path = Path(os.path.abspath(path))  # `..`, `a/..` name their folder
     refuse_existing(path, force)
     if path.exists() and not path.is_dir():
         raise NotAFolderError(f"{path} exists and is not a folder")

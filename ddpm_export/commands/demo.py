@@ -40,12 +40,15 @@ def command(model: str | None, out_dir: str, ddpm_steps: int | None, force: bool
     import time
 
     from ddpm_export.errors import VerificationFailed
-    from ddpm_export.files import atomic_dir
+    from ddpm_export.files import atomic_dir, refuse_inside
+    from ddpm_export.inputs import input_files
     from ddpm_export.presets import default_model
 
     start = time.perf_counter()
     model = model or default_model()
     out = Path(out_dir)
+    refuse_inside({"--out": out}, {"--model": model if Path(model).exists() else None, **input_files(model=model)},
+                  "replacing the folder would delete the model; choose a new folder")
     with atomic_dir(out, force=force) as tmp:
         guidance = _export_and_sample(model, out, tmp)
         report = _verify(model, out, tmp, guidance, ddpm_steps)

@@ -62,8 +62,16 @@ def command(onnx_path: str | None, model: str | None, engine: str, fp16: bool | 
     from ddpm_export.export.tensorrt import build_engine
     from ddpm_export.export.trt_options import BuildOptions
 
+    from ddpm_export.contract.sidecar import sidecar_path
+    from ddpm_export.export.tensorrt import engine_onnx_path
+    from ddpm_export.files import refuse_same_file
+    from ddpm_export.inputs import input_files
+
     if (onnx_path is None) == (model is None):
         raise click.UsageError("pass exactly one of --onnx and --model")
+    graph = engine_onnx_path(engine) if model or fp16 else None  # written with --model, or converted to fp16
+    refuse_same_file({"--onnx": onnx_path, **input_files(model=model, onnx=onnx_path), "-o": engine,
+                      "-o's sidecar": sidecar_path(engine), "-o's graph": graph})
     batches = {k: v for k, v in (("min_batch", min_batch), ("opt_batch", opt_batch), ("max_batch", max_batch))
                if v is not None}
     if batches and model is None:

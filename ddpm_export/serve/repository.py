@@ -25,7 +25,7 @@ from ddpm_export._version import __version__
 from ddpm_export.checks import is_int
 from ddpm_export.contract.info import ModelInfo
 from ddpm_export.errors import BadInputError
-from ddpm_export.files import atomic_dir
+from ddpm_export.files import atomic_dir, refuse_inside
 from ddpm_export.runtime.bundle import BundleError, external_data_files, verify_bundle
 from ddpm_export.serve.configs import SAMPLER, UNET, UNET_BACKENDS, sampler_config, unet_config
 from ddpm_export.serve.pbtxt import to_pbtxt
@@ -68,6 +68,10 @@ def write_repository(bundle: str | Path, out: str | Path, *, unet_backend: UNetB
         if not is_int(value) or value < low:
             raise BadInputError(f"{name} must be an int >= {low}, got {value!r}")
     folder = Path(bundle)
+    refuse_inside({"the repository folder": out}, {"the bundle": folder},
+                  "replacing the folder would delete the bundle; write the repository into a new folder")
+    refuse_inside({"the bundle": folder}, {"the repository folder": out},
+                  "a folder added to a bundle breaks its manifest; write the repository elsewhere")
     manifest = verify_bundle(folder)
     entry = manifest.model(onnx)
     info = ModelInfo.from_metadata(entry["metadata"], source=f"{folder}: {entry['onnx']}")

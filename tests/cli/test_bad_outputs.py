@@ -351,3 +351,62 @@ def test_signal_during_export_removes_its_temp_files(tmp_path, signum):
             proc.kill()
     assert proc.returncode == 128 + signum, proc.stderr.read()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_output_folder_holding_an_input_is_refused_even_with_force(tmp_path, tiny, monkeypatch):
+    """bundle / triton / demo replace their output folder with --force: never one that holds what
+    they read (the folder of the ONNX file, the bundle, the model), nor the folder the user is in."""
+    import shutil
+
+    from ddpm_export.presets import MODELS_DIR
+    from ddpm_export.runtime import make_bundle
+
+    work = tmp_path / "work"
+    work.mkdir()
+    shutil.copyfile(tiny, work / "tiny.onnx")
+    (work / "notes.txt").write_text("precious")
+    expect_failure(["bundle", "--onnx", work / "tiny.onnx", "-o", work, "--force"], 2,
+                   "the input tiny.onnx: .* is inside the bundle folder", "would delete it", watch=[tmp_path])
+    bundle = make_bundle([tiny], tmp_path / "b")
+    expect_failure(["triton", "--bundle", bundle, "-o", bundle, "--force"], 2,
+                   "the bundle .* is the repository folder", watch=[tmp_path])
+    checkpoint = tmp_path / "ck"
+    shutil.copytree(MODELS_DIR / "tiny", checkpoint)
+    expect_failure(["demo", "--model", checkpoint, "--out", checkpoint, "--force"], 2,
+                   "--model .*ck is --out .*ck: replacing the folder would delete the model", watch=[tmp_path])
+    expect_failure(["demo", "--model", checkpoint, "--out", tmp_path, "--force"], 2, "is inside --out",
+                   watch=[tmp_path])
+    monkeypatch.chdir(work)
+    expect_failure(["bundle", "--onnx", tiny, "-o", ".", "--force"], 2,
+                   "the current folder .* is the output folder .: it would be replaced while in use", watch=[tmp_path])
+
+
+def test_an_output_inside_a_bundle_is_refused(tmp_path, tiny):
+    """A file or folder added to a bundle fails its manifest check on every later load."""
+    from ddpm_export.runtime import make_bundle
+
+    bundle = make_bundle([tiny], tmp_path / "b")
+    expect_failure(["sample", "--bundle", bundle, "-n", "2", "-o", bundle / "x.png"], 2,
+                   "--output .*x.png is inside --bundle", "breaks its manifest", watch=[tmp_path])
+    expect_failure(["sample", "--bundle", bundle, "-n", "2", "-o", tmp_path / "x.png", "--save-npy", bundle / "x.npy"],
+                   2, "--save-npy .*x.npy is inside --bundle", watch=[tmp_path])
+    expect_failure(["triton", "--bundle", bundle, "-o", bundle / "repo"], 2,
+                   "the repository folder .*repo is inside the bundle", watch=[tmp_path])
+
+
+def test_inspect_and_trt_refuse_an_output_over_an_input(tmp_path, tiny):
+    import shutil
+
+    from ddpm_export.presets import MODELS_DIR
+
+    checkpoint = tmp_path / "ck"
+    shutil.copytree(MODELS_DIR / "tiny", checkpoint)
+    expect_failure(["inspect", "--model", checkpoint, "--json", checkpoint / "config.json", "--force"], 2,
+                   "the model's config.json .* and --json .* name the same file", watch=[tmp_path])
+    expect_failure(["inspect", "--model", "tiny", "--json", tmp_path / "same", "--plot", tmp_path / "same"], 2,
+                   "--json .*same and --plot .*same name the same file", watch=[tmp_path])
+    expect_failure(["trt", "--onnx", tiny, "-o", tiny, "--force"], 2, "--onnx .* and -o .* name the same file",
+                   watch=[tiny.parent])
+    engine = tiny.with_suffix("")  # <engine>.onnx, the graph an --fp16 build writes, is the input
+    expect_failure(["trt", "--onnx", tiny, "-o", engine, "--fp16"], 2, "-o's graph .* name the same file",
+                   watch=[tiny.parent])
