@@ -3,8 +3,8 @@
 Errors are turned into exit statuses here, and only here: a :class:`~ddpm_export.errors.DdpmExportError`
 (or a missing module) prints one ``Error: ...`` line and exits with its kind's status -- 1 when a
 verification failed or an output is not finite, 2 for bad input, integrity or environment
-problems (:mod:`ddpm_export.errors`). ``--debug`` shows the traceback instead. Usage errors are
-click's own (status 2).
+problems (:mod:`ddpm_export.errors`). ``--debug`` prints the traceback first, with the same line
+and exit status. Usage errors are click's own (status 2).
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ import contextlib
 import importlib
 import io
 import pkgutil
+import sys
+import traceback
 import warnings
 from typing import Any, Iterator
 
@@ -65,8 +67,8 @@ class _Main(click.Group):
             click.echo("Error: interrupted; nothing was left half-written", err=True)
             raise SystemExit(130) from None
         except (DdpmExportError, ImportError, OSError) as e:
-            if ctx.meta.get("ddpm_export.debug"):
-                raise
+            if ctx.meta.get("ddpm_export.debug"):  # the traceback, then the same line and exit status
+                traceback.print_exc(file=sys.stderr)
             message = describe(e)
             if isinstance(e, BadInputError):  # the library names its arguments; the user typed flags
                 message = name_flags(message, ctx.meta.get(FLAG_NAMES, {}))
@@ -75,7 +77,7 @@ class _Main(click.Group):
 
 @click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.version_option(__version__, prog_name="ddpm-export")
-@click.option("--debug", is_flag=True, help="Show the full traceback of an error instead of one line.")
+@click.option("--debug", is_flag=True, help="Show the full traceback of an error before its line (same exit status).")
 @click.option("-v", "--verbose", "verbosity", flag_value=2, help="Progress bars even when stderr is not a terminal.")
 @click.option("-q", "--quiet", "verbosity", flag_value=0,
               help="Print nothing but errors (stderr); no progress bars.")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -39,22 +40,26 @@ def test_a_missing_module_is_an_environment_error():
     assert exit_status(KeyError("a bug")) == 1
 
 
+def _beside(bundle: Path) -> str:
+    """An output path next to the bundle folder (one inside it is refused first)."""
+    return str(bundle.parent / f"{bundle.name}.png")
+
+
 def test_bad_input_is_status_2_with_one_line_and_no_traceback(tmp_path):
-    result = CliRunner().invoke(main, ["sample", "--bundle", str(tmp_path), "-o", str(tmp_path / "g.png")])
+    result = CliRunner().invoke(main, ["sample", "--bundle", str(tmp_path), "-o", _beside(tmp_path)])
     assert result.exit_code == 2, result.output
     assert result.output.startswith("Error: ") and "manifest.json: missing" in result.output
     assert "Traceback" not in result.output and isinstance(result.exception, SystemExit)
 
 
-def test_debug_shows_the_traceback(tmp_path):
-    result = CliRunner().invoke(main, ["--debug", "sample", "--bundle", str(tmp_path), "-o", str(tmp_path / "g.png")])
-    assert isinstance(result.exception, BundleError)
+def test_debug_shows_the_traceback_and_keeps_the_exit_status(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "ddpm_export.cli", "--debug", "sample", "--bundle", str(tmp_path),
-                           "-o", str(tmp_path / "g.png")], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 1 and "Traceback" in proc.stderr and "BundleError" in proc.stderr
+                           "-o", _beside(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" in proc.stderr and "BundleError" in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("Error: ") and "manifest.json: missing" in proc.stderr
 
 
 def test_an_altered_bundle_is_status_2(tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps({"format": "something else"}))
-    result = CliRunner().invoke(main, ["sample", "--bundle", str(tmp_path), "-o", str(tmp_path / "g.png")])
+    result = CliRunner().invoke(main, ["sample", "--bundle", str(tmp_path), "-o", _beside(tmp_path)])
     assert result.exit_code == 2 and "'format' must be 'ddpm-export-bundle'" in result.output
