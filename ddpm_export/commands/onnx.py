@@ -30,14 +30,16 @@ from ddpm_export.contract.spec import MAX_BATCH
                    f"faster: upsample-deconv,attention-fold for fp32, upsample-subpixel,attention-fold for int8, "
                    f"none for fp16 and --target tensorrt).")
 @click.option("--min-batch", type=click.IntRange(1, MAX_BATCH), default=1, help="Smallest batch the graph accepts.")
-@click.option("--opt-batch", type=click.IntRange(1, MAX_BATCH), default=4, help="Batch TensorRT optimises for.")
+@click.option("--opt-batch", type=click.IntRange(1, MAX_BATCH), default=None,
+              help="Batch TensorRT optimises for [default: 4, brought into --min-batch..--max-batch].")
 @click.option("--max-batch", type=click.IntRange(1, MAX_BATCH), default=16, help="Largest batch the graph accepts.")
 @click.option("--save-io", type=click.Path(file_okay=False), default=None,
               help="Also write torch's inputs/outputs as Polygraphy JSON (inputs.json, outputs.json) here.")
 @click.option("--validate/--no-validate", default=True, help="Check the graph and compare ONNX Runtime with torch.")
 @click.option("--force", is_flag=True, help="Overwrite existing output files.")
 def command(model: str, output: str, opset: int, precision: str, attention: str, target: str, rewrites: str,
-            min_batch: int, opt_batch: int, max_batch: int, save_io: str | None, validate: bool, force: bool) -> None:
+            min_batch: int, opt_batch: int | None, max_batch: int, save_io: str | None, validate: bool,
+            force: bool) -> None:
     """Export a model to ONNX and validate it against PyTorch.
 
     \b

@@ -35,7 +35,8 @@ if TYPE_CHECKING:  # pragma: no cover
 @click.option("--builder-optimization-level", type=click.IntRange(0, 5), default=3,
               help="TensorRT builder optimisation level (higher: slower build, maybe faster engine).")
 @click.option("--min-batch", type=click.IntRange(1, MAX_BATCH), default=None, help="With --model: smallest batch [1].")
-@click.option("--opt-batch", type=click.IntRange(1, MAX_BATCH), default=None, help="With --model: batch to optimise for [4].")
+@click.option("--opt-batch", type=click.IntRange(1, MAX_BATCH), default=None,
+              help="With --model: batch to optimise for [4, brought into the batch range].")
 @click.option("--max-batch", type=click.IntRange(1, MAX_BATCH), default=None, help="With --model: largest batch [16].")
 @click.option("--progress/--no-progress", default=True, help="Show TensorRT's build progress.")
 @click.option("--force", is_flag=True, help="Overwrite existing files.")

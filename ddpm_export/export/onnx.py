@@ -42,6 +42,8 @@ from ddpm_export.nn.rewrites import use_rewrites
 from ddpm_export.nn.unet import UNet
 
 DEFAULT_OPSET = 20
+#: the batch TensorRT optimises for when none is given, brought into the exported batch range
+DEFAULT_OPT_BATCH = 4
 EXTERNAL_DATA_THRESHOLD = 2 * 1024**3  # protobuf's 2 GB limit
 
 
@@ -59,7 +61,7 @@ class ExportResult:
 
 
 def export_onnx(model: str | Path, out: str | Path, *, opset: int = DEFAULT_OPSET, precision: str = "fp32",
-                attention: str = "auto", target: str = "any", min_batch: int = 1, opt_batch: int = 4,
+                attention: str = "auto", target: str = "any", min_batch: int = 1, opt_batch: int | None = None,
                 max_batch: int = 16, rewrites: str = "auto", diffusion: DiffusionConfig | None = None,
                 validate: bool = True,
                 save_io: str | Path | None = None, force: bool = False, calibration: CalibrationConfig | None = None,
@@ -74,6 +76,7 @@ def export_onnx(model: str | Path, out: str | Path, *, opset: int = DEFAULT_OPSE
 
     Raises FileExistsError when ``out`` exists and not ``force``; ValueError for bad options;
     ``ValidationError`` when the exported graph disagrees with torch (nothing is written then).
+    ``opt_batch`` None: 4 brought into ``[min_batch, max_batch]`` (:data:`DEFAULT_OPT_BATCH`).
     """
     start = time.perf_counter()
     out = Path(out)
@@ -85,6 +88,8 @@ def export_onnx(model: str | Path, out: str | Path, *, opset: int = DEFAULT_OPSE
     if diffusion.num_train_timesteps != unet.config.num_train_timesteps:
         raise BadInputError(f"the schedule's num_train_timesteps={diffusion.num_train_timesteps} differs from the "
                             f"model's {unet.config.num_train_timesteps} ({model}): fix its diffusion.json")
+    if opt_batch is None:
+        opt_batch = min(max(DEFAULT_OPT_BATCH, min_batch), max_batch)
     spec = ExportSpec.from_config(unet.config, min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch)
     proto = trace_to_onnx(unet, spec, precision=precision, attention=form, opset=opset, rewrites=applied)
     quantized_outputs = quantizes_outputs(target)  # int8 only: the QDQ layout --target asks for

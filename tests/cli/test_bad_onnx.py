@@ -66,6 +66,15 @@ def test_corrupt_onnx_bytes(tmp_path, tiny, name):
     expect_failure(_sample(bad, out), 2, "bad.onnx", message, watch=[tmp_path])
 
 
+def test_corrupt_onnx_for_trt(tmp_path):
+    """trt reads the metadata before anything else: a corrupt file is one line, exit 2 (was a
+    protobuf DecodeError traceback, exit 1), whether or not TensorRT is installed."""
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"hello, I am not a model\n")
+    expect_failure(["trt", "--onnx", bad, "-o", tmp_path / "x.plan"], 2, "bad.onnx: not a readable ONNX file",
+                   watch=[tmp_path])
+
+
 META_CASES = {
     "no-metadata": (lambda p: p.metadata_props.clear(), "not a ddpm-export ONNX file: metadata key"),
     "schedule-of-another-T": (lambda p: _set_meta(p, md.DIFFUSION_CONFIG, _json_edit(num_train_timesteps=500)),

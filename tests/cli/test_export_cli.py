@@ -93,3 +93,17 @@ def test_onnx_unknown_model_lists_the_presets(tmp_path):
     result = CliRunner().invoke(main, ["onnx", "-m", "no-such-model", "-o", str(tmp_path / "f.onnx")])
     assert result.exit_code == 2  # bad input (ddpm_export.errors); was 1 before one exit-status mapping
     assert "no-such-model" in result.output and "tiny" in result.output
+
+
+@pytest.mark.parametrize(("args", "want"), [(["--max-batch", "2"], (1, 2, 2)), (["--max-batch", "1"], (1, 1, 1)),
+                                            (["--min-batch", "6", "--max-batch", "8"], (6, 6, 8))])
+def test_onnx_default_opt_batch_follows_the_batch_range(tmp_path, args, want):
+    """--opt-batch defaults to 4 brought into [--min-batch, --max-batch]: --max-batch 2 alone used to
+    fail with 'need min <= opt <= max, got 1/4/2'."""
+    from ddpm_export.runtime.info import read_info
+
+    out = tmp_path / "t.onnx"
+    result = CliRunner().invoke(main, ["onnx", "-m", "tiny", "-o", str(out), "--no-validate", *args])
+    assert result.exit_code == 0, result.output
+    spec = read_info(out).spec
+    assert (spec.min_batch, spec.opt_batch, spec.max_batch) == want
