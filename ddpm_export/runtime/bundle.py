@@ -155,7 +155,22 @@ def verify_bundle(folder: str | Path) -> Manifest:
             want = f"sha256 {entry['sha256']}" if digest is not None else f"size {entry['size']} bytes"
             raise BundleError(f"{path}: {got} does not match {MANIFEST} ({want}); the file was modified or "
                               f"corrupted -- rebuild the bundle with `ddpm-export bundle`")
+    _check_recorded_metadata(folder, manifest)
     return manifest
+
+
+def _check_recorded_metadata(folder: Path, manifest: Manifest) -> None:
+    """Each ``models`` entry's ``metadata`` must be its (hash-checked) ONNX file's own: the manifest
+    itself carries no hash, and ``ddpm-export triton`` serves the schedule and batch range it reads
+    there."""
+    for entry in manifest.models:
+        path = folder / entry["onnx"]
+        props = read_metadata(path)
+        keys = sorted(k for k in set(props) | set(entry["metadata"]) if props.get(k) != entry["metadata"].get(k))
+        if keys:
+            raise BundleError(f"{folder / MANIFEST}: the metadata it records for {entry['onnx']} differs from the "
+                              f"file's own (key {keys[0]!r}{f' and {len(keys) - 1} more' if len(keys) > 1 else ''}); "
+                              f"the manifest was edited -- rebuild the bundle with `ddpm-export bundle`")
 
 
 def _refuse_strangers(folder: Path, manifest: Manifest) -> None:

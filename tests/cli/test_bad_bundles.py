@@ -73,7 +73,23 @@ MANIFEST_CASES = {
     "models-missing": (lambda d: d.pop("models"), "'models' must be a non-empty list"),
     "diffusion-bad": (lambda d: d.update(diffusion={"num_train_timesteps": "many"}), "num_train_timesteps"),
     "sampler-defaults": (lambda d: d.update(sampler_defaults=[1]), "'sampler_defaults' must be an object"),
+    # the per-model metadata must be the file's own (triton serves the schedule and batch range it reads there)
+    "metadata-edited": (lambda d: _edit_metadata(d, "ddpm_export.diffusion_config", beta_end=0.05),
+                        "the metadata it records for tiny.onnx differs from the file's own "
+                        "\\(key 'ddpm_export.diffusion_config'\\)"),
+    "metadata-key-added": (lambda d: d["models"][0]["metadata"].update(extra="1"), "\\(key 'extra'\\)"),
 }
+
+
+def _edit_metadata(data, key, **changes):
+    metadata = data["models"][0]["metadata"]
+    metadata[key] = json.dumps({**json.loads(metadata[key]), **changes})
+
+
+def test_triton_refuses_a_manifest_whose_metadata_was_edited(tmp_path, bundle):
+    _edit_manifest(bundle, lambda d: _edit_metadata(d, "ddpm_export.export_spec", max_batch=8))
+    expect_failure(["triton", "--bundle", bundle, "-o", tmp_path / "repo"], 2,
+                   "key 'ddpm_export.export_spec'", "the manifest was edited", watch=[tmp_path])
 
 
 @pytest.mark.parametrize("name", MANIFEST_CASES)
