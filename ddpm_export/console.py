@@ -36,13 +36,13 @@ def use_flag_names(flags: Mapping[str, str]) -> None:
 def name_flags(message: str, flags: Mapping[str, str]) -> str:
     """``message`` with each library argument of ``flags`` written as its CLI flag where it names
     the argument: ``guidance_scale=3.0`` -> ``--guidance 3.0``, ``classes: id 12`` -> ``--class: id
-    12``, ``steps must`` -> ``--steps must`` (a one-letter argument only as ``n=5``). Other words
-    are left alone."""
+    12``, ``steps must`` -> ``--steps must``, ``rewrites 'x' are`` -> ``--rewrites 'x' are`` (a
+    one-letter argument only as ``n=5``). Other words are left alone."""
     def alternatives(names: list[str]) -> str:
         return "|".join(re.escape(name) for name in sorted(names, key=len, reverse=True)) or "(?!)"
 
     words, letters = alternatives([n for n in flags if len(n) > 1]), alternatives([n for n in flags if len(n) == 1])
-    pattern = re.compile(rf"(?<![\w-])(?:(?P<word>{words})(?:=|(?=:| must\b| applies\b))|(?P<letter>{letters})=)")
+    pattern = re.compile(rf"(?<![\w-])(?:(?P<word>{words})(?:=|(?=:| must\b| applies\b| '))|(?P<letter>{letters})=)")
 
     def flag(match: re.Match[str]) -> str:
         return flags[match.group("word") or match.group("letter")] + (" " if match.group(0).endswith("=") else "")

@@ -39,11 +39,13 @@ def command(model: str | None, out_dir: str, ddpm_steps: int | None, force: bool
     """
     import time
 
+    from ddpm_export.console import use_flag_names
     from ddpm_export.errors import VerificationFailed
     from ddpm_export.files import atomic_dir, refuse_inside
     from ddpm_export.inputs import input_files
     from ddpm_export.presets import default_model
 
+    use_flag_names({"ddpm_steps": "--ddpm-steps"})
     start = time.perf_counter()
     model = model or default_model()
     out = Path(out_dir)

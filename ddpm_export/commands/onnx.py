@@ -51,8 +51,11 @@ def command(model: str, output: str, opset: int, precision: str, attention: str,
       ddpm-export onnx --model tiny -o tiny16.onnx --precision fp16 --target tensorrt
       ddpm-export onnx --model digits -o digits-int8.onnx --precision int8 --target openvino
     """
+    from ddpm_export.console import use_flag_names
     from ddpm_export.export.onnx import export_onnx
 
+    use_flag_names({"rewrites": "--rewrites", "target": "--target", "opset": "--opset", "precision": "--precision",
+                    "min_batch/opt_batch/max_batch": "--min-batch/--opt-batch/--max-batch"})
     click.echo(f"exporting {model} -> {output} ({precision}, opset {opset})")
     result = export_onnx(model, output, opset=opset, precision=precision, attention=attention, target=target,
                          rewrites=rewrites, min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch,

@@ -321,7 +321,7 @@ def _cond(info: ModelInfo, n: int, classes: Any, context: Any) -> np.ndarray | N
     for argument, (value, noun) in given.items():
         if argument != kind.argument and value is not None:
             raise BadInputError(f"{argument}: this model is {kind.adjective} and takes no {noun}; "
-                                f"pass {argument}=None")
+                                "leave it out")
     return kind.call_input(given[kind.argument][0] if kind.argument else None, n, info)
 
 

@@ -107,3 +107,12 @@ def test_onnx_default_opt_batch_follows_the_batch_range(tmp_path, args, want):
     assert result.exit_code == 0, result.output
     spec = read_info(out).spec
     assert (spec.min_batch, spec.opt_batch, spec.max_batch) == want
+
+
+def test_onnx_errors_name_the_flags(tmp_path):
+    result = CliRunner().invoke(main, ["onnx", "-m", "tiny", "-o", str(tmp_path / "f.onnx"), "--rewrites", "bogus"])
+    assert result.exit_code == 2 and "Error: --rewrites 'bogus' are not valid; choose from:" in result.output
+    result = CliRunner().invoke(main, ["onnx", "-m", "tiny", "-o", str(tmp_path / "f.onnx"), "--min-batch", "5",
+                                       "--max-batch", "3"])
+    assert result.exit_code == 2 and "Error: --min-batch/--opt-batch/--max-batch: need 1 <= min" in result.output
+    assert list(tmp_path.iterdir()) == []

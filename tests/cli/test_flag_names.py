@@ -6,7 +6,7 @@ import pytest
 
 from ddpm_export.console import name_flags
 
-FLAGS = {"guidance_scale": "--guidance", "classes": "--class", "steps": "--steps", "ddpm_steps": "--ddpm-steps",
+FLAGS = {"rewrites": "--rewrites", "guidance_scale": "--guidance", "classes": "--class", "steps": "--steps", "ddpm_steps": "--ddpm-steps",
          "eta": "--eta", "sampler": "--sampler", "n": "-n"}
 
 
@@ -17,6 +17,7 @@ FLAGS = {"guidance_scale": "--guidance", "classes": "--class", "steps": "--steps
     ("eta applies to the DDIM sampler only; got eta=0.5 with sampler='ddpm'",
      "--eta applies to the DDIM sampler only; got --eta 0.5 with --sampler 'ddpm'"),
     ("steps must be an int in [1, 1000]", "--steps must be an int in [1, 1000]"),
+    ("rewrites 'bogus' are not valid", "--rewrites 'bogus' are not valid"),
     ("ddpm_steps must be an int in [1, 1000]", "--ddpm-steps must be an int in [1, 1000]"),  # not --ddpm---steps
     ("n=5: the last chunk; choose n so that n % 4 is 0", "-n 5: the last chunk; choose n so that n % 4 is 0"),
     # words that merely contain or resemble an argument stay

@@ -81,6 +81,8 @@ def test_bad_arguments_fail_with_a_message(onnx_files: dict[str, Path], tmp_path
     assert "pass --guidance 1.0" in out and "guidance_scale" not in out
     code, out = _run("--onnx", str(onnx_files["tiny"]), "--sampler", "ddpm", "--eta", "0.5", "-o", png)
     assert code == 2 and "--eta applies to the DDIM sampler only; got --eta 0.5 with --sampler 'ddpm'" in out
+    code, out = _run("--onnx", str(onnx_files["tiny"]), "--class", "1", "-o", png)
+    assert code == 2 and "Error: --class: this model is unconditional and takes no class ids; leave it out" in out
     code, out = _run("--onnx", str(onnx_files["tiny"]), "--steps", "100000", "-o", png)
     assert code == 2 and "Error: --steps must be an int in [1, " in out
     code, out = _run("--onnx", str(onnx_files["tiny"]), "--model", "tiny", "-o", png)
