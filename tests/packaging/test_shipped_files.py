@@ -58,3 +58,22 @@ def test_sample_default_needs_no_export(tmp_path, monkeypatch):
     result = CliRunner().invoke(main, ["sample", "-n", "2", "--steps", "3", "-o", "x.png"])
     assert result.exit_code == 0, result.output
     assert "exporting" not in result.output and (tmp_path / "x.png").is_file()
+
+
+def test_shipped_onnx_is_byte_for_byte_a_fresh_export(tmp_path):
+    """What the README promises: `ddpm-export onnx --model digits` writes the shipped file, byte for
+    byte, with the torch and onnx that exported it (the file names them; others may order bytes
+    differently). A stale file (an older exporter's metadata or initializer names) fails here."""
+    pytest.importorskip("torch")
+    import onnx
+    import torch
+
+    from ddpm_export.export.onnx import export_onnx
+
+    shipped = presets.MODELS_DIR / "digits" / "model.onnx"
+    here = f"torch {torch.__version__.split('+')[0]}; onnx {onnx.__version__}"
+    recorded = read_metadata(shipped)[md.EXPORTER_VERSION]
+    if not recorded.endswith(here):
+        pytest.skip(f"the shipped file was exported with {recorded!r}; this environment has {here}")
+    fresh = export_onnx("digits", tmp_path / "model.onnx", validate=False, log=lambda line: None).path
+    assert fresh.read_bytes() == shipped.read_bytes()
