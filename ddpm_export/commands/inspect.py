@@ -30,11 +30,12 @@ if TYPE_CHECKING:  # pragma: no cover
               help="With --profile: also TensorRT's per-layer profile of this engine (built from an export of "
                    "--model; its sidecar is checked), on the GPU.")
 @click.option("--profile-runs", type=click.IntRange(1), default=5, help="Profiled calls (after one warm-up call).")
-@click.option("--threads", type=click.IntRange(1), default=1, help="Threads for torch and ONNX Runtime.")
+@click.option("--threads", type=click.IntRange(1), default=None,
+              help="Threads for torch and ONNX Runtime [default: the global --threads, else 1].")
 @click.option("--force", is_flag=True, help="Overwrite existing output files.")
 def command(model: str, batch: int, json_path: str | None, plot: str | None, erf_samples: int,
             erf_size: int | None, profile: bool, engine: str | None,
-            profile_runs: int, threads: int, force: bool) -> None:
+            profile_runs: int, threads: int | None, force: bool) -> None:
     """Per-block table (level, resolution, channels, parameters, FLOPs, receptive field, attention
     cost), totals cross-checked against torch's FlopCounterMode, the effective receptive field,
     what-if costs of separable convolutions and attention, and with --profile the share of ONNX
@@ -52,9 +53,11 @@ def command(model: str, batch: int, json_path: str | None, plot: str | None, erf
     from ddpm_export.analysis.blocks import block_table
     from ddpm_export.analysis.erf import default_timesteps, measure_erf
     from ddpm_export.analysis.whatif import what_if
+    from ddpm_export.threads import get_threads
 
     if engine is not None:
         _check_engine_option(engine, profile, batch)
+    threads = threads or get_threads() or 1  # a measurement: one fixed count unless asked (the ERF and profile)
     start = time.perf_counter()
     unet, weights = _load(model, (json_path, plot), force, threads, erf_size)
     table = block_table(unet.config, batch)

@@ -45,6 +45,14 @@ def test_inspect_profile_prints_shares(tmp_path):
         assert category in result.output.split("ONNX Runtime CPU profile")[1]
 
 
+def test_inspect_takes_the_global_threads():
+    """`ddpm-export --threads 2 inspect` measures with 2 threads (its own --threads defaulted to 1 and won)."""
+    result = CliRunner().invoke(main, ["--threads", "2", "inspect", "-m", "tiny", "--profile", "--profile-runs", "1",
+                                       "--erf-samples", "1"])
+    assert result.exit_code == 0, result.output
+    assert "at batch 1, 2 thread(s)" in result.output
+
+
 def test_inspect_unknown_model_is_bad_input():
     result = CliRunner().invoke(main, ["inspect", "--model", "no-such-model"])
     assert result.exit_code == 2 and "no-such-model" in result.output
