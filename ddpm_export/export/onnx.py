@@ -9,6 +9,7 @@ ONNX Runtime vs torch at min/opt/interior/max batch) -> rename into place.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import os
@@ -30,12 +31,12 @@ from ddpm_export.diffusion.config import DiffusionConfig
 from ddpm_export.errors import BadInputError
 from ddpm_export.export.attention_forms import attention_kernel, resolve_attention
 from ddpm_export.export.int8 import CalibrationConfig, quantizes_outputs
-from ddpm_export.export.polygraphy_io import check_io_paths, save_torch_io
+from ddpm_export.export.polygraphy_io import check_io_paths, staged_torch_io
 from ddpm_export.export.precision import GraphModule
 from ddpm_export.export.precision_policy import check_precision, policy
 from ddpm_export.export.rewrites import resolve_rewrites
 from ddpm_export.export.validate import ValidationError, ValidationReport, validate_onnx
-from ddpm_export.files import refuse_existing, remove_leftovers, temp_sibling
+from ddpm_export.files import refuse_existing, refuse_same_file, remove_leftovers, temp_sibling
 from ddpm_export.nn.attention import use_attention_kernel
 from ddpm_export.nn.checkpoint import diffusion_config_for, load_model, weights_path
 from ddpm_export.nn.rewrites import use_rewrites
@@ -82,6 +83,7 @@ def export_onnx(model: str | Path, out: str | Path, *, opset: int = DEFAULT_OPSE
     out = Path(out)
     form = _check_options(out, force=force, precision=precision, attention=attention, target=target, opset=opset)
     applied = resolve_rewrites(rewrites, precision, target)
+    refuse_same_file({"the output": out, "the I/O folder (--save-io)": save_io})
     io_paths = check_io_paths(save_io, force=force) if save_io is not None else None
     unet = load_model(model)
     diffusion = diffusion or diffusion_config_for(model) or DiffusionConfig()
@@ -109,9 +111,8 @@ def export_onnx(model: str | Path, out: str | Path, *, opset: int = DEFAULT_OPSE
     proto.producer_name, proto.producer_version = "ddpm-export", __version__
     proto.doc_string = (f"DDPM U-Net exported by ddpm-export {__version__}: precision {precision}, "
                         f"attention {form}, rewrites {','.join(applied) or 'none'}, batch {min_batch}..{max_batch}")
-    report = _write_validated(proto, out, (unet, spec, precision) if validate else None, log)
-    if io_paths is not None:
-        save_torch_io(unet, spec, io_paths)
+    with staged_torch_io(unet, spec, io_paths) if io_paths is not None else contextlib.nullcontext():  # all or none
+        report = _write_validated(proto, out, (unet, spec, precision) if validate else None, log)
     return ExportResult(out, spec, precision, form, applied, opset, time.perf_counter() - start,
                         out.stat().st_size, report)
 

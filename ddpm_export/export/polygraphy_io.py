@@ -4,7 +4,9 @@ compares ONNX Runtime with torch using the tool users already know."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
+from typing import Iterator
 
 from polygraphy.comparator import IterationResult, RunResults
 from polygraphy.json import save_json
@@ -28,14 +30,18 @@ def check_io_paths(out_dir: str | Path, *, force: bool = False) -> tuple[Path, P
     return paths
 
 
-def save_torch_io(unet: UNet, spec: ExportSpec, paths: tuple[Path, Path]) -> None:
-    """Write torch's inputs (a list of feed dicts) and outputs (RunResults of runner ``torch``)
-    for the spec's opt batch to ``paths`` from :func:`check_io_paths` (each file atomically)."""
+@contextlib.contextmanager
+def staged_torch_io(unet: UNet, spec: ExportSpec, paths: tuple[Path, Path]) -> Iterator[None]:
+    """Write torch's inputs (a list of feed dicts) and outputs (RunResults of runner ``torch``) for
+    the spec's opt batch to ``paths`` from :func:`check_io_paths`, as temp files renamed into place
+    when the block exits cleanly: with the ONNX file written inside the block, all three files or
+    none."""
     feeds = spec.sample_inputs(spec.opt_batch, seed=0)
     outputs = {spec.output_names[0]: torch_reference(unet, spec, feeds)}
     results = RunResults()
     results.append(("torch", [IterationResult(outputs=outputs, runner_name="torch")]))
-    with atomic_file(paths[0], force=True) as tmp:  # existing files were refused by check_io_paths
-        save_json([feeds], str(tmp), description="torch inputs")
-    with atomic_file(paths[1], force=True) as tmp:
-        results.save(str(tmp))
+    with contextlib.ExitStack() as files:  # existing files were refused by check_io_paths
+        tmp_inputs, tmp_outputs = (files.enter_context(atomic_file(path, force=True)) for path in paths)
+        save_json([feeds], str(tmp_inputs), description="torch inputs")
+        results.save(str(tmp_outputs))
+        yield

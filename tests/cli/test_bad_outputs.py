@@ -20,7 +20,7 @@ pytest.importorskip("onnx")
 
 from ddpm_export.files import atomic_file, remove_leftovers, temp_sibling  # noqa: E402
 
-from bad_inputs import expect_failure  # noqa: E402
+from bad_inputs import expect_failure, run  # noqa: E402
 from runtime_exports import exported  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -410,3 +410,17 @@ def test_inspect_and_trt_refuse_an_output_over_an_input(tmp_path, tiny):
     engine = tiny.with_suffix("")  # <engine>.onnx, the graph an --fp16 build writes, is the input
     expect_failure(["trt", "--onnx", tiny, "-o", engine, "--fp16"], 2, "-o's graph .* name the same file",
                    watch=[tiny.parent])
+
+
+def test_save_io_is_one_transaction_with_the_onnx_file(tmp_path):
+    """--save-io naming the output is refused before any work; a failed export leaves neither the
+    ONNX file nor the I/O files (they are temp files until the ONNX file is in place)."""
+    expect_failure(["onnx", "--model", "tiny", "-o", tmp_path / "m.onnx", "--save-io", tmp_path / "m.onnx"], 2,
+                   "the output .*m.onnx and the I/O folder \\(--save-io\\) .*m.onnx name the same file",
+                   watch=[tmp_path])
+    # validation fails on an untrained int8 tiny (exit 1): nothing of the three files is written
+    result = run(["onnx", "--model", "tiny", "-o", tmp_path / "q.onnx", "--precision", "int8", "--save-io",
+                  tmp_path / "io"])
+    assert result.exit_code == 1, result.output
+    assert sorted(p.name for p in tmp_path.rglob("*")) in ([], ["io"]), list(tmp_path.rglob("*"))
+    assert not (tmp_path / "q.onnx").exists() and not list(tmp_path.rglob("*.json"))
