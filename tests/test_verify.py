@@ -167,6 +167,12 @@ def test_outputs_are_not_overwritten_and_plot_needs_matplotlib(tiny_onnx: Path, 
 
 
 @pytest.mark.slow
+def test_demo_checks_ddpm_steps_before_any_work(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["demo", "--model", "tiny", "--out", str(tmp_path / "d"), "--ddpm-steps", "5000"])
+    assert result.exit_code == 2 and "Error: --ddpm-steps must be an int in [1, 1000]" in result.output
+    assert "[1/3]" not in result.output and list(tmp_path.iterdir()) == []
+
+
 def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     result = CliRunner().invoke(main, ["demo", "--model", "tiny", "--out", str(out), "--ddpm-steps", "10"])

@@ -51,6 +51,12 @@ def command(model: str | None, out_dir: str, ddpm_steps: int | None, force: bool
     out = Path(out_dir)
     refuse_inside({"--out": out}, {"--model": model if Path(model).exists() else None, **input_files(model=model)},
                   "replacing the folder would delete the model; choose a new folder")
+    if ddpm_steps is not None:  # before minutes of export and sampling
+        from ddpm_export.checks import check_steps
+        from ddpm_export.diffusion.config import DiffusionConfig
+        from ddpm_export.nn.checkpoint import diffusion_config_for
+
+        check_steps(ddpm_steps, (diffusion_config_for(model) or DiffusionConfig()).num_train_timesteps, "ddpm_steps")
     with atomic_dir(out, force=force) as tmp:
         guidance = _export_and_sample(model, out, tmp)
         report = _verify(model, out, tmp, guidance, ddpm_steps)
