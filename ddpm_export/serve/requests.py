@@ -35,7 +35,8 @@ def parse_request(info: ModelInfo, inputs: Mapping[str, np.ndarray], *, max_imag
     ``seed``, ``num_images``, ``steps``: int64 ``[1]``; ``sampler``: bytes ``[1]`` (any name of
     :data:`ddpm_export.diffusion.samplers.SCHEDULERS`: ``ddim``, ``ddpm``, ``unipc``, ...); ``eta``,
     ``guidance_scale``: float32 ``[1]``; ``class_labels``: int64 ``[n]``; ``context``: float32
-    ``[n, L, D]``. Absent optional inputs take the model's defaults. ``num_images`` is capped at ``max_images`` so that one request cannot exhaust the server.
+    ``[n, L, D]``. Absent optional inputs take the model's defaults. ``num_images`` is capped at
+    ``max_images`` so that one request cannot exhaust the server.
     """
     cond = info.spec.conditioning
     allowed = (*REQUIRED_INPUTS, *OPTIONAL_INPUTS, *cond.input_names())
