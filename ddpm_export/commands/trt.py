@@ -60,11 +60,9 @@ def command(onnx_path: str | None, model: str | None, engine: str, fp16: bool | 
       ddpm-export onnx --model digits -o digits.onnx
       ddpm-export trt --onnx digits.onnx --fp16 -o digits16.plan --timing-cache trt.cache
     """
-    from ddpm_export.export.tensorrt import build_engine
-    from ddpm_export.export.trt_options import BuildOptions
-
     from ddpm_export.contract.sidecar import sidecar_path
-    from ddpm_export.export.tensorrt import engine_onnx_path
+    from ddpm_export.export.tensorrt import build_engine, engine_onnx_path
+    from ddpm_export.export.trt_options import BuildOptions
     from ddpm_export.files import refuse_same_file
     from ddpm_export.inputs import input_files
 
