@@ -106,8 +106,9 @@ def _unet_source(folder: Path, entry: dict, info: ModelInfo, unet_backend: str) 
                               f"with `ddpm-export bundle --engine`, or choose another --unet-backend")
         return folder / entry["engines"][0]
     if unet_backend == "openvino" and info.attention == "ort-mha":
-        raise BundleError(f"{folder}: {entry['onnx']} uses ONNX Runtime's com.microsoft.MultiHeadAttention, which "
-                          f"OpenVINO cannot load; export with --attention decomposed for --unet-backend openvino")
+        raise BundleError(f"{folder}: {entry['onnx']} uses ONNX Runtime's contrib op com.microsoft.MultiHeadAttention, "
+                          f"which the server's OpenVINO backend (its own OpenVINO release) is not guaranteed to load; "
+                          f"export with --attention decomposed for --unet-backend openvino")
     return folder / entry["onnx"]
 
 

@@ -160,3 +160,17 @@ def test_a_tampered_bundle_is_refused(bundle: Path, tmp_path: Path) -> None:
     (copy / "tiny.onnx").write_bytes(bytes(data))
     result = CliRunner().invoke(main, ["triton", "--bundle", str(copy), "-o", str(tmp_path / "repo")])
     assert result.exit_code == 2 and "tiny.onnx" in result.output and "sha256" in result.output
+
+
+def test_openvino_unet_backend_refuses_an_ort_mha_file(tmp_path):
+    """A contrib op (com.microsoft.MultiHeadAttention) is refused for Triton's OpenVINO backend,
+    whose OpenVINO release is the server's; the message says how to export instead."""
+    from ddpm_export.export.onnx import export_onnx
+    from ddpm_export.runtime.bundle import BundleError
+
+    onnx = export_onnx("tiny", tmp_path / "mha.onnx", attention="ort-mha", validate=False, log=lambda line: None).path
+    bundle = make_bundle([onnx], tmp_path / "b")
+    with pytest.raises(BundleError, match="com.microsoft.MultiHeadAttention.*--attention decomposed"):
+        write_repository(bundle, tmp_path / "repo", unet_backend="openvino")
+    assert not (tmp_path / "repo").exists()
+    write_repository(bundle, tmp_path / "repo", unet_backend="onnxruntime")  # ONNX Runtime serves it
