@@ -82,6 +82,9 @@ def read_manifest(folder: str | Path) -> Manifest:
     """Parse and validate ``folder/manifest.json`` (structure only; see :func:`verify_bundle`)."""
     folder = Path(folder)
     path = folder / MANIFEST
+    if folder.is_file():
+        raise BundleError(f"{folder}: a file, not a bundle folder (an ONNX file is read with Pipeline.from_onnx, "
+                          f"`sample --onnx`)")
     if not folder.is_dir():
         raise BundleError(f"{folder}: not a bundle folder (no such directory)")
     if not path.is_file():

@@ -24,6 +24,9 @@ def read_metadata(path: str | Path) -> dict[str, str]:
     """``metadata_props`` of the ONNX file at ``path``: from the wire format, else (a malformed file,
     no metadata) through ONNX Runtime if installed, else ``onnx``."""
     path = Path(path)
+    if path.is_dir():
+        raise InputNotFoundError(f"{path}: a folder, not an ONNX file (a bundle folder is read with "
+                                 f"Pipeline.from_bundle, `sample --bundle`)")
     if not path.is_file():
         raise InputNotFoundError(f"{path}: no such ONNX file")
     props = scan_metadata_props(path)
