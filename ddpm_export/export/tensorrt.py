@@ -27,7 +27,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import onnx
+
 from ddpm_export.contract import metadata as md
+from ddpm_export.contract.info import ModelInfo
 from ddpm_export.contract.sidecar import make_sidecar, sidecar_path, write_sidecar
 from ddpm_export.contract.spec import ExportSpec
 from ddpm_export.errors import BadInputError, InputNotFoundError, MissingDependencyError
@@ -35,7 +38,6 @@ from ddpm_export.export import fp16_pass, trt_build
 from ddpm_export.export.trt_options import BuildOptions, builder_config
 from ddpm_export.files import atomic_file, refuse_existing
 from ddpm_export.gpu import gpu_missing, import_cudart, import_tensorrt
-from ddpm_export.runtime.info import read_info
 
 
 class TensorRTUnavailable(MissingDependencyError, RuntimeError):
@@ -71,7 +73,12 @@ def plan_engine(onnx_path: str | Path, *, fp16: bool | None = None) -> EnginePla
     path = Path(onnx_path)
     if not path.is_file():
         raise InputNotFoundError(f"{path} not found")
-    info = read_info(path)  # the metadata alone; a corrupt file: "not a readable ONNX file" (exit 2)
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # protobuf's DecodeError and friends: a truncated or foreign file
+        raise BadInputError(f"{path}: not a readable ONNX file ({type(e).__name__}: {e}); is it a complete ONNX "
+                            f"file written by `ddpm-export onnx`?") from e
+    info = ModelInfo.from_metadata({p.key: p.value for p in model.metadata_props}, source=str(path))
     spec, precision = info.spec, info.precision
     if fp16 is False and precision == "fp16":
         raise BadInputError(f"{path} is an fp16 graph but fp32 was asked for; the precision lives in the ONNX "
