@@ -6,8 +6,8 @@ import pytest
 
 from ddpm_export.console import name_flags
 
-FLAGS = {"rewrites": "--rewrites", "guidance_scale": "--guidance", "classes": "--class", "steps": "--steps", "ddpm_steps": "--ddpm-steps",
-         "eta": "--eta", "sampler": "--sampler", "n": "-n"}
+FLAGS = {"rewrites": "--rewrites", "guidance_scale": "--guidance", "classes": "--class", "steps": "--steps",
+         "ddpm_steps": "--ddpm-steps", "eta": "--eta", "sampler": "--sampler", "n": "-n"}
 
 
 @pytest.mark.parametrize(("message", "want"), [
