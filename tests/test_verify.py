@@ -180,6 +180,7 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert sorted(p.name for p in out.iterdir()) == ["drift.png", "grid.png", "model.onnx", "report.json",
                                                      "samples.npy"]
     assert "verification PASSED" in result.output
+    assert ".tmp-" not in result.output and f"verify {out / 'model.onnx'}" in result.output  # the name it will have
     report = json.loads((out / "report.json").read_text())
     assert report["passed"] and report["onnx"] == str(out / "model.onnx")
     assert np.load(out / "samples.npy").shape == (16, 3, 16, 16)

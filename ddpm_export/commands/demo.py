@@ -114,7 +114,7 @@ def _verify(model: str, out: Path, tmp: Path, guidance: float, ddpm_steps: int |
     click.echo(f"[3/3] verify against PyTorch (seed 0, {batch} image(s) per trajectory"
                + (f", guidance {guidance:g}" if guidance != 1.0 else "") + ")")
     report = verify(model, tmp / "model.onnx", batch=batch, guidance_scale=guidance, ddpm_steps=ddpm_steps,
-                    log=lambda m: click.echo("      " + m.strip()))
+                    log=lambda m: click.echo("      " + m.strip().replace(str(tmp), str(out))))  # not the temp name
     report["onnx"] = str(out / "model.onnx")
     write_report(report, tmp / "report.json")
     try:
