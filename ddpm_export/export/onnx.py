@@ -120,7 +120,9 @@ def export_onnx(model: str | Path, out: str | Path, *, opset: int = DEFAULT_OPSE
 def _check_options(out: Path, *, force: bool, precision: str, attention: str, target: str, opset: int) -> str:
     """Refuse bad options before any work; the attention form ``attention`` resolves to."""
     if out.suffix != ".onnx":
-        raise BadInputError(f"output {out} must end in .onnx")
+        named = out.name not in ("", ".", "..", ".onnx")  # Path(".onnx") is a hidden file without a suffix
+        raise BadInputError(f"output {out} must end in .onnx" if named else
+                            f"output {str(out) or repr('')} needs a file name ending in .onnx, e.g. model.onnx")
     refuse_existing(out, force)
     check_precision(precision)
     if target not in TARGETS:

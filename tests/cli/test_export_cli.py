@@ -116,3 +116,13 @@ def test_onnx_errors_name_the_flags(tmp_path):
                                        "--max-batch", "3"])
     assert result.exit_code == 2 and "Error: --min-batch/--opt-batch/--max-batch: need 1 <= min" in result.output
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("output", "message"), [(".onnx", "output .onnx needs a file name ending in .onnx"),
+                                                 ("", "output . needs a file name ending in .onnx"),
+                                                 ("m.onn", "output m.onn must end in .onnx")])
+def test_onnx_output_needs_a_name_ending_in_onnx(tmp_path, monkeypatch, output, message):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["onnx", "-m", "tiny", "-o", output])
+    assert result.exit_code == 2 and f"Error: {message}" in result.output
+    assert list(tmp_path.iterdir()) == []
