@@ -36,6 +36,10 @@ def command(model: str | None, out_dir: str, ddpm_steps: int | None, force: bool
                    T steps, DPM-Solver++-10 and UniPC-10 trajectories, final-sample PSNR
       drift.png    per-step error against step (when matplotlib is installed)
     Exits with status 1 when verification fails (the folder is still written).
+    \b
+    Examples:
+      ddpm-export demo                                  # the shipped digits model, into demo-out/
+      ddpm-export demo --model tiny --out tiny-demo --ddpm-steps 100
     """
     import time
 

@@ -13,6 +13,11 @@ def command() -> None:
 
     Counts come from the weights file's header; a config-only preset (initialised from a seed)
     is counted with torch when the export extra is installed, else shown as "-".
+
+    \b
+    Examples:
+      ddpm-export models
+      ddpm-export onnx --model digits -o digits.onnx     # a preset name from the list
     """
     from ddpm_export.config import UNetConfig
     from ddpm_export.contract.conditioning import CONDITIONINGS

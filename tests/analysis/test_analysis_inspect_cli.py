@@ -53,6 +53,12 @@ def test_inspect_takes_the_global_threads():
     assert "at batch 1, 2 thread(s)" in result.output
 
 
+def test_inspect_plot_must_be_a_png(tmp_path):
+    result = CliRunner().invoke(main, ["inspect", "-m", "tiny", "--plot", str(tmp_path / "erf.txt")])
+    assert result.exit_code == 2 and "--plot" in result.output and "must end in .png" in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_inspect_unknown_model_is_bad_input():
     result = CliRunner().invoke(main, ["inspect", "--model", "no-such-model"])
     assert result.exit_code == 2 and "no-such-model" in result.output

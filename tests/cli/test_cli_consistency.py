@@ -74,3 +74,13 @@ def test_py_typed_ships():
     import ddpm_export
 
     assert (Path(ddpm_export.__file__).parent / "py.typed").is_file()
+
+
+@pytest.mark.parametrize("name", sorted(main.commands))
+def test_every_help_teaches_by_example(name):
+    """Each command's --help ends its description with runnable examples (click keeps the \\b block)."""
+    result = CliRunner().invoke(main, [name, "--help"])
+    assert result.exit_code == 0
+    examples = result.output.split("Example", 1)
+    assert len(examples) == 2, f"{name} --help has no example"
+    assert f"ddpm-export {name}" in examples[1] or "ddpm-export --threads" in examples[1]
