@@ -308,9 +308,15 @@ def _export_process(out: Path) -> subprocess.Popen:
 def _wait_for_temp(folder: Path, proc: subprocess.Popen, timeout: float = 600) -> list[Path]:
     import time
 
+    def filled_temp_folder(path: Path) -> bool:
+        try:  # refuse_existing's probe file has a temp name too, and lives for microseconds
+            return ".tmp-" in path.name and path.is_dir() and any(path.iterdir())
+        except OSError:
+            return False
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        found = [p for p in folder.iterdir() if ".tmp-" in p.name and any(p.iterdir())]
+        found = [p for p in folder.iterdir() if filled_temp_folder(p)]
         if found:
             return found
         assert proc.poll() is None, f"the export ended before it wrote its temp folder: {proc.stderr.read()}"
