@@ -22,8 +22,8 @@ from typing import Iterator
 
 from ddpm_export.errors import BadInputError, DdpmExportError, NotAFolderError, OutputExistsError
 
-__all__ = ["atomic_dir", "atomic_file", "refuse_existing", "refuse_inside", "refuse_same_file", "remove_leftovers",
-           "temp_sibling"]
+__all__ = ["atomic_dir", "atomic_file", "atomic_files", "refuse_existing", "refuse_inside", "refuse_same_file",
+           "remove_leftovers", "temp_sibling"]
 
 
 def refuse_existing(path: str | Path, force: bool, flag: str = "--force") -> None:
@@ -147,6 +147,15 @@ def atomic_file(path: str | Path, *, force: bool = False) -> Iterator[Path]:
         raise
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_files(*paths: str | Path | None, force: bool = False) -> Iterator[tuple[Path | None, ...]]:
+    """:func:`atomic_file` for several outputs of one command: yields a temporary path for each of
+    ``paths`` (None for a None entry); they are renamed into place only once the block has written
+    them all, so a failure on any leaves none of them (both files or neither)."""
+    with contextlib.ExitStack() as stack:
+        yield tuple(None if path is None else stack.enter_context(atomic_file(path, force=force)) for path in paths)
 
 
 @contextlib.contextmanager

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -73,7 +72,7 @@ def command(onnx_path: str | None, bundle_dir: str | None, bundle_onnx: str | No
       ddpm-export --threads 2 sample --onnx tiny.onnx --backend openvino --inference-precision bf16 -o grid.png
     """
     from ddpm_export.console import show_progress, use_flag_names
-    from ddpm_export.files import atomic_file, refuse_existing, refuse_inside, refuse_same_file
+    from ddpm_export.files import atomic_files, refuse_existing, refuse_inside, refuse_same_file
     from ddpm_export.inputs import input_files
     from ddpm_export.images import write_array, write_grid
     from ddpm_export.runtime.backends import effective_precision
@@ -104,10 +103,10 @@ def command(onnx_path: str | None, bundle_dir: str | None, bundle_onnx: str | No
     pipe = _load(onnx_path, (bundle_dir, bundle_onnx), model, backend, trt_fp16, trt_cache, cpu)
     images = pipe.sample(n, steps=steps, sampler=sampler, seed=seed, eta=eta, guidance_scale=guidance,
                          classes=class_id, progress=show_progress(progress))
-    with contextlib.ExitStack() as outputs:  # both files or neither: a failed write removes every temp file
-        write_grid(images, outputs.enter_context(atomic_file(output, force=force)), scale=scale)
-        if save_npy is not None:
-            write_array(images, outputs.enter_context(atomic_file(save_npy, force=force)))
+    with atomic_files(output, save_npy, force=force) as (png, npy):  # both files or neither
+        write_grid(images, png, scale=scale)
+        if npy is not None:
+            write_array(images, npy)
     info = pipe.info
     computed = effective_precision(info.precision, pipe.backend)
     precision = info.precision if computed == info.precision else f"{info.precision} file computed in {computed}"

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-
 import click
 
 from ddpm_export.contract.choices import ORT_GPU_BACKENDS
@@ -57,7 +55,7 @@ def command(model: str, onnx_path: str, engine: str | None, steps: int, ddpm_ste
     """
     from ddpm_export.console import use_flag_names
     from ddpm_export.errors import VerificationFailed
-    from ddpm_export.files import atomic_file, refuse_existing, refuse_same_file
+    from ddpm_export.files import atomic_files, refuse_existing, refuse_same_file
     from ddpm_export.inputs import input_files
     from ddpm_export.verify import draw_drift, report_json, require_matplotlib, verify
 
@@ -73,11 +71,11 @@ def command(model: str, onnx_path: str, engine: str | None, steps: int, ddpm_ste
     result = verify(model, onnx_path, engine=engine, steps=steps, ddpm_steps=ddpm_steps, solver_steps=solver_steps,
                     seed=seed, batch=batch, guidance_scale=guidance, gpu_backends=gpu_backends,
                     inference_precision=inference_precision, log=click.echo)
-    with contextlib.ExitStack() as outputs:  # both files or neither: a failed write removes every temp file
-        if report is not None:
-            outputs.enter_context(atomic_file(report, force=force)).write_text(report_json(result), encoding="utf-8")
-        if plot is not None:
-            draw_drift(result, outputs.enter_context(atomic_file(plot, force=force)))
+    with atomic_files(report, plot, force=force) as (report_tmp, plot_tmp):  # both files or neither
+        if report_tmp is not None:
+            report_tmp.write_text(report_json(result), encoding="utf-8")
+        if plot_tmp is not None:
+            draw_drift(result, plot_tmp)
     for path in (report, plot):
         if path is not None:
             click.echo(f"wrote {path}")

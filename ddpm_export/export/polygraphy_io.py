@@ -13,7 +13,7 @@ from polygraphy.json import save_json
 
 from ddpm_export.contract.spec import ExportSpec
 from ddpm_export.export.validate import torch_reference
-from ddpm_export.files import atomic_file, refuse_existing
+from ddpm_export.files import atomic_files, refuse_existing
 from ddpm_export.nn.unet import UNet
 
 INPUTS_NAME, OUTPUTS_NAME = "inputs.json", "outputs.json"
@@ -40,8 +40,7 @@ def staged_torch_io(unet: UNet, spec: ExportSpec, paths: tuple[Path, Path]) -> I
     outputs = {spec.output_names[0]: torch_reference(unet, spec, feeds)}
     results = RunResults()
     results.append(("torch", [IterationResult(outputs=outputs, runner_name="torch")]))
-    with contextlib.ExitStack() as files:  # existing files were refused by check_io_paths
-        tmp_inputs, tmp_outputs = (files.enter_context(atomic_file(path, force=True)) for path in paths)
+    with atomic_files(*paths, force=True) as (tmp_inputs, tmp_outputs):  # existing ones: refused by check_io_paths
         save_json([feeds], str(tmp_inputs), description="torch inputs")
         results.save(str(tmp_outputs))
         yield

@@ -18,7 +18,7 @@ import pytest
 pytest.importorskip("torch", reason="the exports need torch")
 pytest.importorskip("onnx")
 
-from ddpm_export.files import atomic_file, remove_leftovers, temp_sibling  # noqa: E402
+from ddpm_export.files import atomic_file, atomic_files, remove_leftovers, temp_sibling  # noqa: E402
 
 from bad_inputs import expect_failure, run  # noqa: E402
 from runtime_exports import exported  # noqa: E402
@@ -430,3 +430,18 @@ def test_save_io_is_one_transaction_with_the_onnx_file(tmp_path):
     assert result.exit_code == 1, result.output
     assert sorted(p.name for p in tmp_path.rglob("*")) in ([], ["io"]), list(tmp_path.rglob("*"))
     assert not (tmp_path / "q.onnx").exists() and not list(tmp_path.rglob("*.json"))
+
+
+def test_atomic_files_renames_all_or_none(tmp_path):
+    a, b = tmp_path / "a.txt", tmp_path / "b.txt"
+    with pytest.raises(OSError, match="disk full"):
+        with atomic_files(a, None, b) as (tmp_a, nothing, tmp_b):
+            assert nothing is None
+            tmp_a.write_text("a")
+            raise OSError("disk full")  # while writing b
+    assert list(tmp_path.iterdir()) == []
+    with atomic_files(a, b) as (tmp_a, tmp_b):
+        tmp_a.write_text("a")
+        tmp_b.write_text("b")
+        assert not a.exists() and not b.exists()  # renamed only when the block ends
+    assert a.read_text() == "a" and b.read_text() == "b"
