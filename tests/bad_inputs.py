@@ -5,7 +5,12 @@ and that nothing under the watched folders was written, changed or left behind."
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import resource
+import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Iterable
 
@@ -51,3 +56,15 @@ def expect_failure(args: Iterable[str], status: int, *words: str, watch: Iterabl
         assert re.search(word, out), f"{word!r} not in {out!r}"
     assert snapshot(*watch) == before, "files were written or changed"
     return out
+
+
+def run_with_file_size_limit(args: Iterable[str], limit: int, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """``python -m ddpm_export args`` in a subprocess that cannot write a file past ``limit`` bytes
+    (RLIMIT_FSIZE, with SIGXFSZ ignored, so the write fails with EFBIG as on a full disk)."""
+    def set_limit() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_WAIT_POLICY": "PASSIVE"}
+    return subprocess.run([sys.executable, "-m", "ddpm_export", *map(str, args)], cwd=cwd, env=env,
+                          preexec_fn=set_limit, capture_output=True, text=True, timeout=300, check=False)

@@ -132,25 +132,16 @@ def test_argument_errors_name_the_flags(tiny_onnx: Path) -> None:
 def test_a_full_disk_on_the_plot_keeps_no_report(tiny_onnx: Path, tmp_path: Path) -> None:
     """The report (~10 KiB) fits under the file-size limit, the plot (~110 KiB) does not: verify
     fails (exit 2) and writes neither, so a rerun is not refused for an existing report."""
-    import os
-    import resource
-    import signal
-    import subprocess
-
-    def limit() -> None:
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (50_000, 50_000))
+    from bad_inputs import run_with_file_size_limit
 
     out = tmp_path / "out"
     out.mkdir()
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_WAIT_POLICY": "PASSIVE"}
-    args = [sys.executable, "-m", "ddpm_export", "verify", "--model", "tiny", "--onnx", str(tiny_onnx), "--steps", "2",
-            "--ddpm-steps", "2", "--solver-steps", "2", "--report", str(out / "r.json"), "--plot", str(out / "p.png")]
-    proc = subprocess.run(args, env=env, preexec_fn=limit, capture_output=True, text=True, timeout=300, check=False)
+    args = ["verify", "--model", "tiny", "--onnx", tiny_onnx, "--steps", "2", "--ddpm-steps", "2",
+            "--solver-steps", "2", "--report", out / "r.json", "--plot", out / "p.png"]
+    proc = run_with_file_size_limit(args, 50_000)
     assert proc.returncode == 2 and "p.png: " in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     assert list(out.iterdir()) == []
-    proc = subprocess.run(args[:-2], env=env, preexec_fn=limit, capture_output=True, text=True, timeout=300,
-                          check=False)
+    proc = run_with_file_size_limit(args[:-2], 50_000)
     assert proc.returncode == 0 and (out / "r.json").stat().st_size < 50_000, proc.stderr  # the report alone fits
 
 

@@ -6,7 +6,6 @@ names per call, leftovers of killed runs removed by the next write."""
 from __future__ import annotations
 
 import os
-import resource
 import signal
 import subprocess
 import sys
@@ -20,7 +19,7 @@ pytest.importorskip("onnx")
 
 from ddpm_export.files import atomic_file, atomic_files, remove_leftovers, temp_sibling  # noqa: E402
 
-from bad_inputs import expect_failure, run  # noqa: E402
+from bad_inputs import expect_failure, run, run_with_file_size_limit  # noqa: E402
 from runtime_exports import exported  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -156,14 +155,8 @@ def test_unwritable_destination(tmp_path, tiny):
 def test_full_disk(tmp_path, tiny):
     """A write that fails half-way (a full disk, simulated by RLIMIT_FSIZE) is one line, exit 2,
     and leaves no temp file and no output."""
-    def limit() -> None:
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (200, 200))
-
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-m", "ddpm_export", "sample", "--onnx", str(tiny), "-n", "2",
-                           "--steps", "2", "--no-progress", "-o", str(tmp_path / "x.png")], cwd=tmp_path, env=env,
-                          preexec_fn=limit, capture_output=True, text=True, timeout=300, check=False)
+    proc = run_with_file_size_limit(["sample", "--onnx", tiny, "-n", "2", "--steps", "2", "--no-progress", "-o",
+                                     tmp_path / "x.png"], 200, cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().startswith("Error: ") and "File too large" in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
@@ -173,21 +166,15 @@ def test_full_disk(tmp_path, tiny):
 def test_full_disk_on_the_second_output_keeps_neither(tmp_path, tiny):
     """The grid fits under the file-size limit, the raw samples do not: the command fails and
     writes neither file (the two temp files are renamed only once both are complete)."""
-    def limit() -> None:
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (1500, 1500))  # the PNG of two 16x16 tiles: < 1 KiB
-
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    args = [sys.executable, "-m", "ddpm_export", "sample", "--onnx", str(tiny), "-n", "2", "--steps", "2",
-            "--no-progress", "-o", str(tmp_path / "x.png"), "--save-npy", str(tmp_path / "x.npy")]
-    proc = subprocess.run(args, cwd=tmp_path, env=env, preexec_fn=limit, capture_output=True, text=True, timeout=300,
-                          check=False)
+    limit = 1500  # the PNG of two 16x16 tiles: < 1 KiB
+    args = ["sample", "--onnx", tiny, "-n", "2", "--steps", "2", "--no-progress", "-o", tmp_path / "x.png",
+            "--save-npy", tmp_path / "x.npy"]
+    proc = run_with_file_size_limit(args, limit, cwd=tmp_path)
     # numpy reports the short write itself ("1536 requested and 343 written"), without a file name
     assert proc.returncode == 2 and "x.npy: " in proc.stderr and "free space" in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr and list(tmp_path.iterdir()) == []
-    proc = subprocess.run(args[:-2], cwd=tmp_path, env=env, preexec_fn=limit, capture_output=True, text=True,
-                          timeout=300, check=False)
-    assert proc.returncode == 0 and (tmp_path / "x.png").stat().st_size < 1500, proc.stderr  # the PNG alone fits
+    proc = run_with_file_size_limit(args[:-2], limit, cwd=tmp_path)
+    assert proc.returncode == 0 and (tmp_path / "x.png").stat().st_size < limit, proc.stderr  # the PNG alone fits
 
 
 @pytest.mark.parametrize("args, message", [
