@@ -22,8 +22,8 @@ from typing import Iterator
 
 from ddpm_export.errors import BadInputError, DdpmExportError, NotAFolderError, OutputExistsError
 
-__all__ = ["atomic_dir", "atomic_file", "atomic_files", "refuse_existing", "refuse_inside", "refuse_same_file",
-           "remove_leftovers", "temp_sibling"]
+__all__ = ["atomic_dir", "atomic_file", "atomic_files", "made_parents", "refuse_existing", "refuse_inside",
+           "refuse_same_file", "remove_leftovers", "temp_sibling"]
 
 
 def refuse_existing(path: str | Path, force: bool, flag: str = "--force") -> None:
@@ -123,30 +123,47 @@ def glob_escape(name: str) -> str:
 
 
 @contextlib.contextmanager
+def made_parents(path: str | Path) -> Iterator[None]:
+    """Create the missing folders above ``path``; if the block raises, remove those of them that
+    are still empty (deepest first), so a failed write leaves no new empty folders behind."""
+    created = [folder for folder in Path(path).parents if not folder.exists()]  # deepest first
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        yield
+    except BaseException:
+        for folder in created:
+            try:
+                folder.rmdir()
+            except OSError:  # something else wrote there meanwhile: keep it and what is above it
+                break
+        raise
+
+
+@contextlib.contextmanager
 def atomic_file(path: str | Path, *, force: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it to ``path``.
 
     The caller writes the whole file to the yielded path. On an exception the temporary file is
-    removed and ``path`` is left as it was.
+    removed, ``path`` is left as it was, and so are the folders above it (:func:`made_parents`).
     """
     path = Path(path)
     refuse_existing(path, force)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_leftovers(path)
-    tmp = temp_sibling(path)
-    try:
-        yield tmp
-        if not tmp.is_file():
-            raise RuntimeError(f"nothing was written for {path}")
-        os.replace(tmp, path)
-    except OSError as e:
-        # name the file asked for, not the temp nor nothing (numpy's short write names no file);
-        # our own errors (OutputExistsError, ...) carry their message already
-        if not isinstance(e, DdpmExportError) and (e.filename is None or Path(e.filename) in (tmp, tmp.absolute())):
-            raise type(e)(e.errno, e.strerror or str(e), str(path)) from e
-        raise
-    finally:
-        tmp.unlink(missing_ok=True)
+    with made_parents(path):
+        remove_leftovers(path)
+        tmp = temp_sibling(path)
+        try:
+            yield tmp
+            if not tmp.is_file():
+                raise RuntimeError(f"nothing was written for {path}")
+            os.replace(tmp, path)
+        except OSError as e:
+            # name the file asked for, not the temp nor nothing (numpy's short write names no file);
+            # our own errors (OutputExistsError, ...) carry their message already
+            if not isinstance(e, DdpmExportError) and (e.filename is None or Path(e.filename) in (tmp, tmp.absolute())):
+                raise type(e)(e.errno, e.strerror or str(e), str(path)) from e
+            raise
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -171,22 +188,22 @@ def atomic_dir(path: str | Path, *, force: bool = False) -> Iterator[Path]:
     refuse_existing(path, force)
     if path.exists() and not path.is_dir():
         raise NotAFolderError(f"{path} exists and is not a folder")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_leftovers(path)
-    tmp = temp_sibling(path)  # unique: threads and processes never collide
-    old = temp_sibling(path, "old")
-    tmp.mkdir()
-    try:
-        yield tmp
-        moved = path.exists()
-        if moved:
-            path.rename(old)
+    with made_parents(path):
+        remove_leftovers(path)
+        tmp = temp_sibling(path)  # unique: threads and processes never collide
+        old = temp_sibling(path, "old")
+        tmp.mkdir()
         try:
-            tmp.rename(path)
-        except BaseException:
-            if moved:  # put the previous folder back rather than lose it
-                old.rename(path)
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
+            yield tmp
+            moved = path.exists()
+            if moved:
+                path.rename(old)
+            try:
+                tmp.rename(path)
+            except BaseException:
+                if moved:  # put the previous folder back rather than lose it
+                    old.rename(path)
+                raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(old, ignore_errors=True)

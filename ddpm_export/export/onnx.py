@@ -36,7 +36,7 @@ from ddpm_export.export.precision import GraphModule
 from ddpm_export.export.precision_policy import check_precision, policy
 from ddpm_export.export.rewrites import resolve_rewrites
 from ddpm_export.export.validate import ValidationError, ValidationReport, validate_onnx
-from ddpm_export.files import refuse_existing, refuse_same_file, remove_leftovers, temp_sibling
+from ddpm_export.files import made_parents, refuse_existing, refuse_same_file, remove_leftovers, temp_sibling
 from ddpm_export.nn.attention import use_attention_kernel
 from ddpm_export.nn.checkpoint import diffusion_config_for, load_model, weights_path
 from ddpm_export.nn.rewrites import use_rewrites
@@ -140,25 +140,25 @@ def _write_validated(proto: onnx.ModelProto, out: Path, validation: tuple[UNet, 
     Written and validated in a temp folder beside ``out`` (with its external data, > 2 GB,
     under the final name), then moved into place: data file first, graph last.
     """
-    out.parent.mkdir(parents=True, exist_ok=True)
-    remove_leftovers(out)  # of a killed earlier run; the temp folder below is unique per call
-    tmp_dir = temp_sibling(out)
-    external = proto.ByteSize() > EXTERNAL_DATA_THRESHOLD
-    data_name = out.name + ".data"
-    try:
-        tmp_dir.mkdir()
-        onnx.save_model(proto, str(tmp_dir / out.name), save_as_external_data=external,
-                        all_tensors_to_one_file=True, location=data_name if external else None)
+    with made_parents(out):
+        remove_leftovers(out)  # of a killed earlier run; the temp folder below is unique per call
+        tmp_dir = temp_sibling(out)
+        external = proto.ByteSize() > EXTERNAL_DATA_THRESHOLD
+        data_name = out.name + ".data"
         try:
-            report = validate_onnx(tmp_dir / out.name, *validation, log=log, name=out) if validation else None
-        except ValidationError as e:
-            raise type(e)(f"{e}; nothing was written (validate=False, `ddpm-export onnx --no-validate`, writes "
-                          f"the file unchecked)") from e
-        if external:
-            os.replace(tmp_dir / data_name, out.parent / data_name)
-        os.replace(tmp_dir / out.name, out)
-    finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
+            tmp_dir.mkdir()
+            onnx.save_model(proto, str(tmp_dir / out.name), save_as_external_data=external,
+                            all_tensors_to_one_file=True, location=data_name if external else None)
+            try:
+                report = validate_onnx(tmp_dir / out.name, *validation, log=log, name=out) if validation else None
+            except ValidationError as e:
+                raise type(e)(f"{e}; nothing was written (validate=False, `ddpm-export onnx --no-validate`, "
+                              f"writes the file unchecked)") from e
+            if external:
+                os.replace(tmp_dir / data_name, out.parent / data_name)
+            os.replace(tmp_dir / out.name, out)
+        finally:
+            shutil.rmtree(tmp_dir, ignore_errors=True)
     return report
 
 

@@ -36,7 +36,7 @@ from ddpm_export.contract.spec import ExportSpec
 from ddpm_export.errors import BadInputError, InputNotFoundError, MissingDependencyError
 from ddpm_export.export import fp16_pass, trt_build
 from ddpm_export.export.trt_options import BuildOptions, builder_config
-from ddpm_export.files import atomic_file, refuse_existing
+from ddpm_export.files import atomic_file, made_parents, refuse_existing
 from ddpm_export.gpu import gpu_missing, import_cudart, import_tensorrt
 
 
@@ -119,8 +119,8 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, *, fp16: bool |
     why = tensorrt_missing()
     if why:
         raise TensorRTUnavailable(f"cannot build {engine_path}: {why}")
-    engine_path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=engine_path.parent, prefix=f".{engine_path.name}.") as tmp:
+    with made_parents(engine_path), \
+            tempfile.TemporaryDirectory(dir=engine_path.parent, prefix=f".{engine_path.name}.") as tmp:
         plan = source
         if convert:
             log(f"converting {source.onnx_path.name} to the fp16 policy's graph (fp16 pass)")

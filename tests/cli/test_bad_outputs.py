@@ -17,7 +17,7 @@ import pytest
 pytest.importorskip("torch", reason="the exports need torch")
 pytest.importorskip("onnx")
 
-from ddpm_export.files import atomic_file, atomic_files, remove_leftovers, temp_sibling  # noqa: E402
+from ddpm_export.files import atomic_dir, atomic_file, atomic_files, remove_leftovers, temp_sibling  # noqa: E402
 
 from bad_inputs import expect_failure, run, run_with_file_size_limit  # noqa: E402
 from runtime_exports import exported  # noqa: E402
@@ -152,11 +152,12 @@ def test_unwritable_destination(tmp_path, tiny):
     assert "cannot be written" in out or "check that the folder exists" in out
 
 
-def test_full_disk(tmp_path, tiny):
+@pytest.mark.parametrize("output", ["x.png", "new/deeper/x.png"])
+def test_full_disk(tmp_path, tiny, output):
     """A write that fails half-way (a full disk, simulated by RLIMIT_FSIZE) is one line, exit 2,
-    and leaves no temp file and no output."""
+    and leaves no temp file, no output and none of the folders it created for the output."""
     proc = run_with_file_size_limit(["sample", "--onnx", tiny, "-n", "2", "--steps", "2", "--no-progress", "-o",
-                                     tmp_path / "x.png"], 200, cwd=tmp_path)
+                                     tmp_path / output], 200, cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().startswith("Error: ") and "File too large" in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
@@ -412,11 +413,31 @@ def test_save_io_is_one_transaction_with_the_onnx_file(tmp_path):
                    "the output .*m.onnx and the I/O folder \\(--save-io\\) .*m.onnx name the same file",
                    watch=[tmp_path])
     # validation fails on an untrained int8 tiny (exit 1): nothing of the three files is written
-    result = run(["onnx", "--model", "tiny", "-o", tmp_path / "q.onnx", "--precision", "int8", "--save-io",
+    # (the ONNX file's folder, new, is removed again)
+    result = run(["onnx", "--model", "tiny", "-o", tmp_path / "new" / "q.onnx", "--precision", "int8", "--save-io",
                   tmp_path / "io"])
     assert result.exit_code == 1, result.output
     assert sorted(p.name for p in tmp_path.rglob("*")) in ([], ["io"]), list(tmp_path.rglob("*"))
-    assert not (tmp_path / "q.onnx").exists() and not list(tmp_path.rglob("*.json"))
+    assert not (tmp_path / "new").exists() and not list(tmp_path.rglob("*.json"))
+
+
+def test_a_failed_write_removes_the_folders_it_created(tmp_path):
+    """atomic_file and atomic_dir create missing parent folders; when the write fails, the ones
+    still empty go again, deepest first, and a folder that something else wrote into stays."""
+    for write in (atomic_file, atomic_dir):
+        with pytest.raises(RuntimeError, match="failed"):
+            with write(tmp_path / "a" / "b" / "out"):
+                assert (tmp_path / "a" / "b").is_dir()
+                raise RuntimeError("failed")
+        assert list(tmp_path.iterdir()) == []
+    with pytest.raises(RuntimeError, match="failed"):
+        with atomic_file(tmp_path / "a" / "b" / "out"):
+            (tmp_path / "a" / "other.txt").write_text("not ours")
+            raise RuntimeError("failed")
+    assert [p.relative_to(tmp_path).as_posix() for p in sorted(tmp_path.rglob("*"))] == ["a", "a/other.txt"]
+    with atomic_file(tmp_path / "c" / "d" / "out") as tmp:
+        tmp.write_text("kept")
+    assert (tmp_path / "c" / "d" / "out").read_text() == "kept"
 
 
 def test_atomic_files_renames_all_or_none(tmp_path):
