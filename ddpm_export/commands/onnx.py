@@ -56,7 +56,6 @@ def command(model: str, output: str, opset: int, precision: str, attention: str,
 
     use_flag_names({"rewrites": "--rewrites", "target": "--target", "opset": "--opset", "precision": "--precision",
                     "min_batch/opt_batch/max_batch": "--min-batch/--opt-batch/--max-batch"})
-    click.echo(f"exporting {model} -> {output} ({precision}, opset {opset})")
     result = export_onnx(model, output, opset=opset, precision=precision, attention=attention, target=target,
                          rewrites=rewrites, min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch,
                          validate=validate, save_io=save_io, force=force, log=click.echo)

@@ -105,8 +105,8 @@ def _export_and_build(model: str, engine: str, fp16: bool | None, options: Build
 
     precision = "fp16" if fp16 else "fp32"
     with tempfile.TemporaryDirectory() as tmp:
-        click.echo(f"exporting {model} ({precision}, target tensorrt)")
+        staged = Path(tmp) / "model.onnx"  # kept beside the engine as engine_onnx_path(engine): named so
         # a ValidationError (the export disagrees with torch) is a failed verification: exit 1
-        path = export_onnx(model, Path(tmp) / "model.onnx", precision=precision, target="tensorrt",
-                           log=click.echo, **batches).path
+        path = export_onnx(model, staged, precision=precision, target="tensorrt", **batches,
+                           log=lambda line: click.echo(line.replace(str(staged), str(engine_onnx_path(engine))))).path
         build_engine(path, engine, fp16=fp16, options=options, keep_onnx=True, force=force, log=click.echo)

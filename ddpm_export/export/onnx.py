@@ -93,6 +93,7 @@ def export_onnx(model: str | Path, out: str | Path, *, opset: int = DEFAULT_OPSE
     if opt_batch is None:
         opt_batch = min(max(DEFAULT_OPT_BATCH, min_batch), max_batch)
     spec = ExportSpec.from_config(unet.config, min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch)
+    log(f"exporting {model} -> {out} ({precision}, opset {opset})")  # every option and input checked
     proto = trace_to_onnx(unet, spec, precision=precision, attention=form, opset=opset, rewrites=applied)
     quantized_outputs = quantizes_outputs(target)  # int8 only: the QDQ layout --target asks for
     if precision == "int8":

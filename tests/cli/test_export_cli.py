@@ -58,6 +58,7 @@ def test_onnx_refuses_an_existing_file_without_force(tiny_export):
     result = CliRunner().invoke(main, ["onnx", "-m", "tiny", "-o", str(out)])
     assert result.exit_code != 0
     assert str(out) in result.output and "--force" in result.output
+    assert "exporting" not in result.output  # a refusal is the only line
     assert out.read_bytes() == before
 
 
