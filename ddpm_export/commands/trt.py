@@ -105,7 +105,7 @@ def _export_and_build(model: str, engine: str, fp16: bool | None, options: Build
 
     precision = "fp16" if fp16 else "fp32"
     with tempfile.TemporaryDirectory() as tmp:
-        staged = Path(tmp) / "model.onnx"  # kept beside the engine as engine_onnx_path(engine): named so
+        staged = Path(tmp) / "model.onnx"  # build_engine keeps it as engine_onnx_path(engine): the log says so
         # a ValidationError (the export disagrees with torch) is a failed verification: exit 1
         path = export_onnx(model, staged, precision=precision, target="tensorrt", **batches,
                            log=lambda line: click.echo(line.replace(str(staged), str(engine_onnx_path(engine))))).path
