@@ -30,7 +30,10 @@ def refuse_existing(path: str | Path, force: bool, flag: str = "--force") -> Non
     """Refuse, before any work, an output ``path`` that exists (unless ``force``: FileExistsError)
     or that cannot be created: a file where a folder above it should be, or a folder this
     process may not write into (tried with a temporary file: ``os.access`` says yes to root
-    everywhere, /proc and read-only mounts included)."""
+    everywhere, /proc and read-only mounts included), or that names no file of its own (``""``,
+    ``.``, ``a/..``: BadInputError)."""
+    if Path(path).name in ("", ".", ".."):
+        raise BadInputError(f"output path {str(path)!r} names no file of its own; give a file name")
     if Path(path).exists() and not force:
         raise OutputExistsError(f"{path} exists; pass {flag} to overwrite it")
     parent = Path(path).absolute().parent

@@ -108,9 +108,17 @@ def unet_gradient_map(unet: UNet, timesteps: Sequence[int], samples: int, seed: 
     return np.mean(maps, axis=0)
 
 
+#: the largest ERF input, in sample sizes: 4x keeps a 32x32 model's borders well away, and its
+#: attention maps ((4 * 16)^2)^2 floats each, 64 MiB, within a laptop's memory
+MAX_ERF_SCALE = 4
+
+
 def check_erf_size(cfg: UNetConfig, size: int | None) -> int:
     """The ERF input size (``size`` or the sample size); BadInputError when the model cannot run at it."""
     s = size or cfg.sample_size
+    if s > MAX_ERF_SCALE * cfg.sample_size:  # attention's memory grows with the 4th power of the size
+        raise BadInputError(f"--erf-size {s}: at most {MAX_ERF_SCALE}x the sample size, "
+                            f"{MAX_ERF_SCALE * cfg.sample_size} for this model")
     factor = 2 ** (len(cfg.channel_mult) - 1)
     if s % factor:
         raise BadInputError(f"--erf-size {s}: the ERF input size must be divisible by 2**(levels-1) = {factor}")

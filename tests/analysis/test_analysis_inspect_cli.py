@@ -69,3 +69,12 @@ def test_inspect_erf_size_is_checked_before_any_work():
     result = CliRunner().invoke(main, ["inspect", "--model", "kitchen-sink", "--erf-size", "32"])
     assert result.exit_code == 2 and "--erf-size" in result.output and "relative_bias" in result.output
     assert "block" not in result.output  # refused before the tables
+
+
+def test_inspect_erf_size_has_an_upper_bound():
+    """An ERF input far above the sample size would need terabytes for attention (a traceback from
+    the allocator before): refused up front, naming the flag and the limit."""
+    result = CliRunner().invoke(main, ["inspect", "--model", "tiny", "--erf-size", "2048"])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert "--erf-size 2048: at most 4x the sample size, 64 for this model" in result.output
+    assert "block" not in result.output

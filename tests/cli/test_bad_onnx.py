@@ -177,3 +177,21 @@ def test_verify_report_of_a_nan_model(tmp_path, nan_model):
     assert "Traceback" not in result.output and isinstance(result.exception, SystemExit)
     data = json.loads(report.read_text(), parse_constant=lambda c: pytest.fail(f"{c} in the report"))
     assert data["passed"] is False
+    # a NaN step is the worst error, not skipped: the trajectory maxima are null (NaN) too
+    trajectories = [v for v in _dicts(data) if "x_t_max_abs" in v]
+    assert trajectories
+    for errors in trajectories:
+        assert errors["x_t_max_abs"][0] == 0.0 and None in errors["x_t_max_abs"], errors
+        assert errors["x_t_max_abs_max"] is None and errors["model_output_max_abs_max"] is None, errors
+        assert errors["local_max_abs"] is None
+    assert "x_t 0.000e+00" not in result.output and "x_t nan" in result.output, result.output
+
+
+def _dicts(value):
+    """Every dict nested in a JSON value."""
+    if isinstance(value, dict):
+        yield value
+        value = list(value.values())
+    if isinstance(value, list):
+        for item in value:
+            yield from _dicts(item)

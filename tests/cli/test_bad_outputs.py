@@ -421,6 +421,22 @@ def test_save_io_is_one_transaction_with_the_onnx_file(tmp_path):
     assert not (tmp_path / "new").exists() and not list(tmp_path.rglob("*.json"))
 
 
+@pytest.mark.parametrize("command", [
+    ["bench", "--model", "tiny", "--batch", "1", "--steps", "1", "--repeats", "1", "--json", ""],
+    ["verify", "--model", "tiny", "--onnx", "TINY", "--steps", "2", "--ddpm-steps", "2", "--plot", ""],
+    ["verify", "--model", "tiny", "--onnx", "TINY", "--steps", "2", "--ddpm-steps", "2", "--report", ""],
+    ["inspect", "--model", "tiny", "--json", ""],
+], ids=["bench-json", "verify-plot", "verify-report", "inspect-json"])
+def test_an_output_path_without_a_name_is_refused_before_any_work(tmp_path, tiny, monkeypatch, command):
+    """An empty output path used to run the whole command, then end in a traceback (with --force)
+    or in "Error:  exists" (without). ("." and "x/.." are refused by click or by the suffix check.)"""
+    monkeypatch.chdir(tmp_path)
+    args = [str(tiny) if a == "TINY" else a for a in command]
+    for force in ([], ["--force"]):
+        out = expect_failure(args + force, 2, "names no file of its own; give a file name", watch=[tmp_path])
+        assert len(out.splitlines()) == 1, out
+
+
 def test_a_failed_write_removes_the_folders_it_created(tmp_path):
     """atomic_file and atomic_dir create missing parent folders; when the write fails, the ones
     still empty go again, deepest first, and a folder that something else wrote into stays."""
