@@ -41,11 +41,18 @@ def check_steps(steps: Any, num_train_timesteps: int, name: str = "steps") -> in
     return int(steps)
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 def check_guidance_scale(scale: Any) -> float:
-    """A classifier-free guidance scale: a finite float (1.0 means no guidance)."""
+    """A classifier-free guidance scale: a float finite in float32, the precision the guided output
+    is computed in (1.0 means no guidance)."""
     if isinstance(scale, (bool, np.bool_)) or not isinstance(scale, (int, float, np.integer, np.floating)) \
             or not math.isfinite(scale):
         raise BadInputError(f"guidance_scale must be a finite float, got {scale!r}")
+    if abs(scale) > FLOAT32_MAX:
+        raise BadInputError(f"guidance_scale={scale!r} overflows float32 (|scale| <= {FLOAT32_MAX:.3e}), "
+                            f"the precision the guided output is computed in")
     return float(scale)
 
 

@@ -78,7 +78,7 @@ def command(onnx_path: str | None, bundle_dir: str | None, bundle_onnx: str | No
     from ddpm_export.runtime.backends import effective_precision
 
     use_flag_names({"guidance_scale": "--guidance", "classes": "--class", "steps": "--steps", "eta": "--eta",
-                     "sampler": "--sampler", "n": "-n"})
+                     "sampler": "--sampler", "n": "-n", "num_inference_steps": "--steps"})
     if sum(x is not None for x in (onnx_path, bundle_dir, model)) > 1:
         raise click.UsageError("pass at most one of --onnx, --bundle and --model")
     if bundle_onnx is not None and bundle_dir is None:

@@ -95,8 +95,8 @@ def solver_timesteps(T: int, n: int, spacing: TimestepSpacing, steps_offset: int
         timesteps = make(T, n)
     else:  # leading / linspace over n + 1 intervals, without their last value 0
         if spacing == "leading" and n + 1 > T:
-            raise BadInputError(f"num_inference_steps={n}: leading spacing of a multistep solver needs "
-                                f"num_inference_steps < num_train_timesteps={T}")
+            raise BadInputError(f"leading spacing of a multistep solver needs num_inference_steps < "
+                                f"num_train_timesteps={T}, got {n}")
         timesteps = make(T, n + 1)[:-1] + steps_offset
     _check_first(timesteps, T, n, steps_offset)
     return np.ascontiguousarray(timesteps)

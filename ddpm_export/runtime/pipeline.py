@@ -289,7 +289,8 @@ def _config(base: DiffusionConfig, sampler: Any, steps: Any, eta: Any) -> Diffus
     changes: dict[str, Any] = {"num_inference_steps": n_steps}
     if eta is not None:
         if name != "ddim":
-            raise BadInputError(f"eta applies to the DDIM sampler only; got eta={eta!r} with sampler={name!r}")
+            given = "" if sampler is not None else " (the file's default; pass sampler='ddim')"
+            raise BadInputError(f"eta applies to the DDIM sampler only; got eta={eta!r} with sampler={name!r}{given}")
         if isinstance(eta, bool) or not isinstance(eta, (int, float, np.floating)) or not 0.0 <= eta <= 1.0:
             raise BadInputError(f"eta must be a float in [0, 1], got {eta!r}")
         changes["eta"] = float(eta)

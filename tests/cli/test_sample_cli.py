@@ -79,6 +79,8 @@ def test_bad_arguments_fail_with_a_message(onnx_files: dict[str, Path], tmp_path
     code, out = _run("--onnx", str(onnx_files["tiny"]), "--guidance", "2", "-o", png)
     assert code == 2 and "Error: --guidance 2.0 needs a class-conditional model" in out
     assert "pass --guidance 1.0" in out and "guidance_scale" not in out
+    code, out = _run("--onnx", str(onnx_files["kitchen-sink"]), "--guidance", "1e39", "-o", png)
+    assert code == 2 and "Error: --guidance 1e+39 overflows float32" in out  # was exit 1, "not finite"
     code, out = _run("--onnx", str(onnx_files["tiny"]), "--sampler", "ddpm", "--eta", "0.5", "-o", png)
     assert code == 2 and "--eta applies to the DDIM sampler only; got --eta 0.5 with --sampler 'ddpm'" in out
     code, out = _run("--onnx", str(onnx_files["tiny"]), "--class", "1", "-o", png)
@@ -87,6 +89,20 @@ def test_bad_arguments_fail_with_a_message(onnx_files: dict[str, Path], tmp_path
     assert code == 2 and "Error: --steps must be an int in [1, " in out
     code, out = _run("--onnx", str(onnx_files["tiny"]), "--model", "tiny", "-o", png)
     assert code != 0 and "at most one of --onnx, --bundle and --model" in out
+    assert not Path(png).exists()
+
+
+def test_sampler_messages_name_the_flags_and_the_default(tmp_path: Path) -> None:
+    """On the shipped digits file, whose default sampler is unipc: --eta without --sampler says
+    the sampler is the file's default; a multistep solver's step bound names --steps."""
+    from ddpm_export.presets import shipped_onnx
+
+    digits, png = str(shipped_onnx("digits")), str(tmp_path / "g.png")
+    code, out = _run("--onnx", digits, "--eta", "0.5", "-o", png)
+    assert code == 2 and "got --eta 0.5 with --sampler 'unipc' (the file's default; pass --sampler 'ddim')" in out
+    code, out = _run("--onnx", digits, "--sampler", "dpm-solver++", "--steps", "1000", "-o", png)
+    assert code == 2 and "--steps: leading spacing of a multistep solver needs num_inference_steps < " \
+                         "num_train_timesteps=1000, got 1000" in out, out
     assert not Path(png).exists()
 
 

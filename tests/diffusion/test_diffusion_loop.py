@@ -223,6 +223,7 @@ def test_context_conditioning_is_doubled_too() -> None:
     (dict(cond=COND, null_cond=NULL.astype(np.int32), guidance_scale=2.0), ValueError, "null_cond must match cond"),
     (dict(cond=COND[:1]), ValueError, "cond must have batch size 2"),
     (dict(guidance_scale=float("nan")), ValueError, "guidance_scale must be a finite float"),
+    (dict(guidance_scale=1e39), ValueError, "guidance_scale=1e+39 overflows float32"),
     (dict(x_T=np.zeros((2, 3, 8, 9), np.float32)), ValueError, "x_T must be float32 of shape (2, 3, 8, 8)"),
     (dict(x_T=np.zeros(SHAPE, np.float64)), ValueError, "x_T must be float32"),
     (dict(x_T=[0.0]), TypeError, "x_T must be a numpy array"),
