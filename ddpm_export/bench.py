@@ -41,6 +41,7 @@ import numpy as np
 from ddpm_export.checks import check_exported_from, check_steps
 from ddpm_export.configbase import check_choice
 from ddpm_export.contract.choices import ATTENTION_CHOICES, REWRITE_CHOICES
+from ddpm_export.contract.spec import MAX_BATCH
 from ddpm_export.diffusion import Backend, DiffusionConfig, make_scheduler, sample
 from ddpm_export.errors import BadInputError
 from ddpm_export.machine import LoadMeter, PeakRss, cpu_info, gemm_ceiling
@@ -109,6 +110,12 @@ class BenchConfig:
                              ("repeats", self.repeats)):
             if value < 1:
                 raise BadInputError(f"{field} must be >= 1, got {value}")
+        if max(self.batches) > MAX_BATCH:
+            raise BadInputError(f"batch must be <= {MAX_BATCH}, got {max(self.batches)}")
+        for field, values in (("attention", self.attention), ("rewrites", self.rewrites)):
+            if self.onnx is not None and values != ("auto",):  # a given file is benched as it is
+                raise BadInputError(f"{field} applies to the files the bench exports from --model, not to "
+                                    f"{self.onnx}: leave it out, or bench --model without --onnx")
         if self.peers and self.model is None:
             raise BadInputError("the peers (eager, plain export) need --model; pass --no-peers with --onnx alone")
         openvino_only = [p for p in self.precisions if p in OPENVINO_ONLY_PRECISIONS]
@@ -418,6 +425,10 @@ def _check_inputs(cfg: BenchConfig) -> None:
         return
     info = read_info(cfg.onnx)
     check_steps(cfg.steps, info.diffusion.num_train_timesteps)
+    outside = [b for b in cfg.batches if not info.spec.min_batch <= b <= info.spec.max_batch]
+    if outside:  # Pipeline.sample would split a larger batch into calls, a smaller one it refuses
+        raise BadInputError(f"batch: {', '.join(map(str, outside))} outside {cfg.onnx}'s batch range "
+                            f"{info.spec.min_batch}..{info.spec.max_batch} (export a file with that range)")
     fits = _file_precisions(info, cfg.onnx)
     misfits = [p for p in cfg.precisions if p not in fits]
     if misfits:

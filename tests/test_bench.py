@@ -89,10 +89,13 @@ def test_bench_needs_a_model_or_a_file() -> None:
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--model", "tiny", "--batch", "1,8,1"], "batch: 1 listed twice"),
-    (["--model", "tiny", "--backend", "onnxruntime,onnxruntime"], "backend: onnxruntime listed twice"),
-    (["--model", "tiny", "--batch", "0"], "batch must be >= 1, got 0"),
+    (["--model", "tiny", "--batch", "1,8,1"], "--batch: 1 listed twice"),
+    (["--model", "tiny", "--backend", "onnxruntime,onnxruntime"], "--backend: onnxruntime listed twice"),
+    (["--model", "tiny", "--batch", "0"], "--batch must be >= 1, got 0"),
     (["--model", "tiny", "--batch", ","], "expected comma-separated integers, got ','"),
+    (["--model", "tiny", "--batch", "1,,8"], "expected comma-separated integers, got '1,,8'"),
+    (["--model", "tiny", "--batch", "5000"], "--batch must be <= 4096, got 5000"),  # was: after an export
+    (["--model", "tiny", "--steps", "1001"], "--steps must be an int in [1, 1000]"),
     (["--model", "no-such-model"], "unknown model 'no-such-model'"),
 ])
 def test_bench_refuses_bad_input_before_any_work(args: list[str], message: str) -> None:
@@ -120,6 +123,11 @@ def tiny_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     (["--onnx", "{fp32}", "--model", "digits"], "was not exported from digits: their UNet configs differ in"),
     (["--onnx", "{fp32}", "--no-peers", "--json", "{fp32}"], "--onnx .* and --json .* name the same file"),
     (["--model", "tiny", "--no-peers", "--steps", "5000"], "steps must be an int in .1, 1000."),
+    # the file takes batches 1..4: 8 would run as two calls of 4 (and be reported as batch 8)
+    (["--onnx", "{fp32}", "--no-peers", "--batch", "1,8"], "--batch: 8 outside .*tiny-fp32.onnx's batch range 1..4"),
+    (["--onnx", "{fp32}", "--no-peers", "--attention", "ort-mha"], "--attention applies to the files the bench "
+     "exports from --model, not to .*tiny-fp32.onnx: leave it out"),  # was ignored
+    (["--onnx", "{fp32}", "--no-peers", "--rewrites", "none"], "--rewrites applies to the files"),
     (["--model", "tiny", "--json", "/proc/self/bench.json"] if os.geteuid() == 0 else
      ["--model", "tiny", "--json", "/nonexistent-root-folder/bench.json"], "bench.json: cannot be written"),
 ])

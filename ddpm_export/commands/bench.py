@@ -14,8 +14,9 @@ def _csv(kind: type, choices: tuple[str, ...] | None = None):  # type: ignore[no
     def parse(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple | None:
         if value is None:
             return None
+        parts = [v.strip() for v in value.split(",")]
         try:
-            items = tuple(kind(v.strip()) for v in value.split(",") if v.strip())
+            items = tuple(kind(v) for v in parts) if "" not in parts else ()
         except ValueError:
             items = ()
         if not items:
@@ -74,10 +75,13 @@ def command(model: str | None, onnx_path: str | None, backends: tuple, precision
     import json
 
     from ddpm_export.bench import BenchConfig, format_report, run_bench
+    from ddpm_export.console import use_flag_names
     from ddpm_export.files import atomic_file, refuse_existing, refuse_same_file
     from ddpm_export.inputs import input_files
     from ddpm_export.threads import get_threads
 
+    use_flag_names({name: f"--{name}" for name in ("batch", "steps", "threads", "repeats", "backend", "precision",
+                                                     "attention", "rewrites")})
     refuse_same_file({"--onnx": onnx_path, **input_files(model=model, onnx=onnx_path), "--json": json_path})
     if json_path is not None:
         refuse_existing(json_path, force)
