@@ -23,7 +23,7 @@ from typing import Iterator
 from ddpm_export.errors import BadInputError, DdpmExportError, NotAFolderError, OutputExistsError
 
 __all__ = ["atomic_dir", "atomic_file", "atomic_files", "made_parents", "refuse_existing", "refuse_inside",
-           "refuse_same_file", "remove_leftovers", "temp_sibling"]
+           "refuse_same_file", "remove_leftovers", "require_suffix", "temp_sibling"]
 
 
 def refuse_existing(path: str | Path, force: bool, flag: str = "--force") -> None:
@@ -32,7 +32,7 @@ def refuse_existing(path: str | Path, force: bool, flag: str = "--force") -> Non
     process may not write into (tried with a temporary file: ``os.access`` says yes to root
     everywhere, /proc and read-only mounts included), or that names no file of its own (``""``,
     ``.``, ``a/..``: BadInputError)."""
-    if Path(path).name in ("", ".", ".."):
+    if _nameless(path):
         raise BadInputError(f"output path {str(path)!r} names no file of its own; give a file name")
     if Path(path).exists() and not force:
         raise OutputExistsError(f"{path} exists; pass {flag} to overwrite it")
@@ -51,6 +51,20 @@ def refuse_existing(path: str | Path, force: bool, flag: str = "--force") -> Non
                             f"({e.strerror or e}; the name tried was {probe.name})") from None
     with contextlib.suppress(OSError):  # a probe that cannot be removed is swept by the next write
         probe.unlink()
+
+
+def require_suffix(flag: str, path: str | Path | None, suffix: str) -> None:
+    """Refuse an output ``path`` (None: not asked for) whose name does not end in ``suffix``
+    (``.png``, ``.npy``): it is written in that format whatever it is called."""
+    if path is not None and _nameless(path):
+        raise BadInputError(f"{flag} {str(path)!r} names no file of its own; give a file name ending in {suffix}")
+    if path is not None and not str(path).lower().endswith(suffix):
+        raise BadInputError(f"{flag} {path} must end in {suffix} (it is written as {suffix[1:].upper()})")
+
+
+def _nameless(path: str | Path) -> bool:
+    """``""``, ``.``, ``a/..``: a path that names no file of its own."""
+    return Path(path).name in ("", ".", "..")
 
 
 def refuse_same_file(paths: dict[str, str | Path | None]) -> None:

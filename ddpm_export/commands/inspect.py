@@ -119,15 +119,13 @@ def _load(model: str, outputs: tuple[str | None, ...], force: bool, threads: int
 
     from ddpm_export import load_model
     from ddpm_export.analysis.erf import check_erf_size
-    from ddpm_export.errors import BadInputError
-    from ddpm_export.files import refuse_existing, refuse_same_file
+    from ddpm_export.files import refuse_existing, refuse_same_file, require_suffix
     from ddpm_export.inputs import input_files
     from ddpm_export.nn.checkpoint import weights_path
 
     json_path, plot = outputs
     refuse_same_file({**input_files(model=model), "--json": json_path, "--plot": plot})
-    if plot is not None and not plot.lower().endswith(".png"):
-        raise BadInputError(f"--plot {plot} must end in .png (it is written as PNG)")
+    require_suffix("--plot", plot, ".png")
     for path in outputs:
         if path is not None:
             refuse_existing(path, force)

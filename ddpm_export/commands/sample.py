@@ -72,7 +72,7 @@ def command(onnx_path: str | None, bundle_dir: str | None, bundle_onnx: str | No
       ddpm-export --threads 2 sample --onnx tiny.onnx --backend openvino --inference-precision bf16 -o grid.png
     """
     from ddpm_export.console import show_progress, use_flag_names
-    from ddpm_export.files import atomic_files, refuse_existing, refuse_inside, refuse_same_file
+    from ddpm_export.files import atomic_files, refuse_existing, refuse_inside, refuse_same_file, require_suffix
     from ddpm_export.inputs import input_files
     from ddpm_export.images import write_array, write_grid
     from ddpm_export.runtime.backends import effective_precision
@@ -93,9 +93,8 @@ def command(onnx_path: str | None, bundle_dir: str | None, bundle_onnx: str | No
                       "--save-npy": save_npy})
     refuse_inside({"--bundle": bundle_dir}, {"--output": output, "--save-npy": save_npy},
                   "a file added to a bundle breaks its manifest; write it elsewhere")
-    for flag, path, suffix in (("--output", output, ".png"), ("--save-npy", save_npy, ".npy")):
-        if path is not None and not path.lower().endswith(suffix):
-            raise click.UsageError(f"{flag} {path} must end in {suffix} (it is written as {suffix[1:].upper()})")
+    require_suffix("--output", output, ".png")
+    require_suffix("--save-npy", save_npy, ".npy")
     for path in (output, save_npy):
         if path is not None:
             refuse_existing(path, force)

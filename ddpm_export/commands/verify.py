@@ -55,7 +55,7 @@ def command(model: str, onnx_path: str, engine: str | None, steps: int, ddpm_ste
     """
     from ddpm_export.console import use_flag_names
     from ddpm_export.errors import VerificationFailed
-    from ddpm_export.files import atomic_files, refuse_existing, refuse_same_file
+    from ddpm_export.files import atomic_files, refuse_existing, refuse_same_file, require_suffix
     from ddpm_export.inputs import input_files
     from ddpm_export.verify import draw_drift, report_json, require_matplotlib, verify
 
@@ -63,6 +63,7 @@ def command(model: str, onnx_path: str, engine: str | None, steps: int, ddpm_ste
                     "solver_steps": "--solver-steps", "batch": "--batch"})
     refuse_same_file({"--onnx": onnx_path, "--engine": engine,
                       **input_files(model=model, onnx=onnx_path, engine=engine), "--report": report, "--plot": plot})
+    require_suffix("--plot", plot, ".png")
     for path in (report, plot):
         if path is not None:
             refuse_existing(path, force)

@@ -10,11 +10,12 @@ deployment). The keys and their parsing are the contract's (:mod:`ddpm_export.co
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from ddpm_export.contract.info import ModelInfo
 from ddpm_export.contract.metadata import MetadataError
-from ddpm_export.errors import BadInputError, InputNotFoundError, MissingDependencyError
+from ddpm_export.errors import BadInputError, InputNotFoundError, MissingDependencyError, WrongTypeError
 from ddpm_export.runtime.onnx_wire import scan_metadata_props
 
 __all__ = ["MetadataError", "ModelInfo", "read_info", "read_metadata"]
@@ -23,6 +24,8 @@ __all__ = ["MetadataError", "ModelInfo", "read_info", "read_metadata"]
 def read_metadata(path: str | Path) -> dict[str, str]:
     """``metadata_props`` of the ONNX file at ``path``: from the wire format, else (a malformed file,
     no metadata) through ONNX Runtime if installed, else ``onnx``."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise WrongTypeError(f"path must be a str or os.PathLike naming an ONNX file, got {type(path).__name__}")
     path = Path(path)
     if path.is_dir():
         raise InputNotFoundError(f"{path}: a folder, not an ONNX file (a bundle folder is read with "

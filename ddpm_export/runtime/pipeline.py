@@ -27,7 +27,7 @@ from ddpm_export.contract import metadata as md
 from ddpm_export.contract.choices import BACKENDS, ORT_GPU_BACKENDS
 from ddpm_export.contract.info import ModelInfo
 from ddpm_export.diffusion import SCHEDULERS, Backend, DiffusionConfig, make_scheduler, sample, sampler_config
-from ddpm_export.errors import BadInputError, TargetMismatchWarning
+from ddpm_export.errors import BadInputError, TargetMismatchWarning, WrongTypeError
 from ddpm_export.runtime.integrity import check_finite
 
 __all__ = ["Pipeline", "SampleRequest", "chunk_seed"]
@@ -243,9 +243,11 @@ class Pipeline:
         equals one ``sample`` call with ``seed``, and results depend on the exported
         ``max_batch``. A last chunk smaller than the exported ``min_batch`` is refused.
         """
+        if not isinstance(progress, (bool, np.bool_)):  # "no" would be truthy
+            raise WrongTypeError(f"progress must be True or False, got {progress!r}")
         req = SampleRequest(self.info, n, steps=steps, sampler=sampler, seed=seed, eta=eta,
                             guidance_scale=guidance_scale, classes=classes, context=context, x_T=x_T)
-        return self.run(req, progress=progress)
+        return self.run(req, progress=bool(progress))
 
     def run(self, req: SampleRequest, *, progress: bool = False) -> np.ndarray:
         """Sample a validated request (see :meth:`sample`)."""

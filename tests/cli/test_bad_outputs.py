@@ -187,6 +187,13 @@ def test_wrong_sample_suffix(tmp_path, tiny, monkeypatch, args, message):
     expect_failure(_sample(tiny, *args), 2, message, watch=[tmp_path])
 
 
+def test_wrong_verify_plot_suffix(tmp_path, tiny):
+    """verify --plot writes PNG data: a .jpg name was accepted (and held PNG bytes), as sample's
+    and inspect's were not."""
+    expect_failure(["verify", "--model", "tiny", "--onnx", tiny, "--plot", tmp_path / "drift.jpg"], 2,
+                   "--plot .*drift.jpg must end in .png \\(it is written as PNG\\)", watch=[tmp_path])
+
+
 def test_wrong_onnx_suffix(tmp_path):
     expect_failure(["onnx", "--model", "tiny", "-o", tmp_path / "t.txt"], 2, "must end in .onnx", watch=[tmp_path])
 

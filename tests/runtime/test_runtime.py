@@ -205,6 +205,14 @@ def test_bad_arguments_are_refused_by_name(sink: Pipeline, kwargs: dict, match: 
         sink.sample(2, progress=False, **kwargs)
 
 
+def test_wrong_types_of_progress_and_path_are_refused_by_name(sink: Pipeline) -> None:
+    """progress="no" was truthy (a bar was shown); from_onnx(None) was os.fspath's TypeError."""
+    with pytest.raises(TypeError, match="progress must be True or False, got 'no'"):
+        sink.sample(2, progress="no")
+    with pytest.raises(TypeError, match="path must be a str or os.PathLike naming an ONNX file, got NoneType"):
+        Pipeline.from_onnx(None)  # type: ignore[arg-type]
+
+
 def test_arguments_an_unconditional_model_cannot_take(tiny: Pipeline) -> None:
     with pytest.raises(ValueError, match="classes: this model is unconditional"):
         tiny.sample(2, classes=1, progress=False)
