@@ -162,7 +162,8 @@ def _trajectory_errors(ref: _Trajectory, got: _Trajectory, candidate: Backend,
             "model_output_max_abs_max": _worst(out_err), "x_t_max_abs_max": _worst(x_err),
             "local_model_output_max_abs": [e["max_abs"] for e in local],
             "local_model_output_rel_l2": [e["rel_l2"] for e in local],
-            "local_max_abs": _worst([e["max_abs"] for e in local]), "local_rel_l2": _worst([e["rel_l2"] for e in local]),
+            "local_max_abs": _worst([e["max_abs"] for e in local]),
+            "local_rel_l2": _worst([e["rel_l2"] for e in local]),
             "final": compare(got.final, ref.final)}
 
 

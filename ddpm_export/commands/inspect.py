@@ -23,8 +23,8 @@ if TYPE_CHECKING:  # pragma: no cover
 @click.option("--erf-samples", type=click.IntRange(1), default=2,
               help="Random inputs per timestep for the effective receptive field (4 timesteps).")
 @click.option("--erf-size", type=click.IntRange(1), default=None,
-              help="Input size for the ERF (default: the model's sample size; at most 4x it); a larger one keeps the image "
-                   "borders out of the measurement.")
+              help="Input size for the ERF (default: the model's sample size; at most 4x it); a larger one "
+                   "keeps the image borders out of the measurement.")
 @click.option("--profile", is_flag=True, help="Also export to ONNX and profile ONNX Runtime (CPU) over a few calls.")
 @click.option("--engine", type=click.Path(dir_okay=False), default=None,
               help="With --profile: also TensorRT's per-layer profile of this engine (built from an export of "
