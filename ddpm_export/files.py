@@ -22,8 +22,8 @@ from typing import Iterator
 
 from ddpm_export.errors import BadInputError, DdpmExportError, NotAFolderError, OutputExistsError
 
-__all__ = ["atomic_dir", "atomic_file", "atomic_files", "made_parents", "refuse_existing", "refuse_inside",
-           "refuse_same_file", "remove_leftovers", "require_suffix", "temp_sibling"]
+__all__ = ["atomic_dir", "atomic_file", "atomic_files", "made_parents", "names_no_file", "refuse_existing",
+           "refuse_inside", "refuse_same_file", "remove_leftovers", "require_suffix", "temp_sibling"]
 
 
 def refuse_existing(path: str | Path, force: bool, flag: str = "--force") -> None:
@@ -32,7 +32,7 @@ def refuse_existing(path: str | Path, force: bool, flag: str = "--force") -> Non
     process may not write into (tried with a temporary file: ``os.access`` says yes to root
     everywhere, /proc and read-only mounts included), or that names no file of its own (``""``,
     ``.``, ``a/..``: BadInputError)."""
-    if _nameless(path):
+    if names_no_file(path):
         raise BadInputError(f"output path {str(path)!r} names no file of its own; give a file name")
     if Path(path).exists() and not force:
         raise OutputExistsError(f"{path} exists; pass {flag} to overwrite it")
@@ -43,7 +43,7 @@ def refuse_existing(path: str | Path, force: bool, flag: str = "--force") -> Non
         raise NotAFolderError(f"{path}: cannot be written, {parent} is a file, not a folder")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise BadInputError(f"{path}: cannot be written, the folder {parent} is not writable")
-    probe = temp_sibling(parent / Path(os.path.abspath(path)).name)  # `.` and `..` have no name of their own
+    probe = temp_sibling(parent / Path(path).name)  # a name of its own: nameless paths are refused above
     try:
         os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
     except OSError as e:
@@ -56,13 +56,13 @@ def refuse_existing(path: str | Path, force: bool, flag: str = "--force") -> Non
 def require_suffix(flag: str, path: str | Path | None, suffix: str) -> None:
     """Refuse an output ``path`` (None: not asked for) whose name does not end in ``suffix``
     (``.png``, ``.npy``): it is written in that format whatever it is called."""
-    if path is not None and _nameless(path):
+    if path is not None and names_no_file(path):
         raise BadInputError(f"{flag} {str(path)!r} names no file of its own; give a file name ending in {suffix}")
     if path is not None and not str(path).lower().endswith(suffix):
         raise BadInputError(f"{flag} {path} must end in {suffix} (it is written as {suffix[1:].upper()})")
 
 
-def _nameless(path: str | Path) -> bool:
+def names_no_file(path: str | Path) -> bool:
     """``""``, ``.``, ``a/..``: a path that names no file of its own."""
     return Path(path).name in ("", ".", "..")
 

@@ -36,7 +36,8 @@ from ddpm_export.export.precision import GraphModule
 from ddpm_export.export.precision_policy import check_precision, policy
 from ddpm_export.export.rewrites import resolve_rewrites
 from ddpm_export.export.validate import ValidationError, ValidationReport, validate_onnx
-from ddpm_export.files import made_parents, refuse_existing, refuse_same_file, remove_leftovers, temp_sibling
+from ddpm_export.files import (made_parents, names_no_file, refuse_existing, refuse_same_file, remove_leftovers,
+                               temp_sibling)
 from ddpm_export.nn.attention import use_attention_kernel
 from ddpm_export.nn.checkpoint import diffusion_config_for, load_model, weights_path
 from ddpm_export.nn.rewrites import use_rewrites
@@ -121,7 +122,7 @@ def export_onnx(model: str | Path, out: str | Path, *, opset: int = DEFAULT_OPSE
 def _check_options(out: Path, *, force: bool, precision: str, attention: str, target: str, opset: int) -> str:
     """Refuse bad options before any work; the attention form ``attention`` resolves to."""
     if out.suffix != ".onnx":
-        named = out.name not in ("", ".", "..", ".onnx")  # Path(".onnx") is a hidden file without a suffix
+        named = not names_no_file(out) and out.name != ".onnx"  # Path(".onnx"): a hidden file, no suffix
         raise BadInputError(f"output {out} must end in .onnx" if named else
                             f"output {str(out) or repr('')} needs a file name ending in .onnx, e.g. model.onnx")
     refuse_existing(out, force)
