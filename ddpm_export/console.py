@@ -9,7 +9,9 @@ from typing import Mapping
 
 import click
 
-__all__ = ["FLAG_NAMES", "VERBOSITY", "name_flags", "show_progress", "use_flag_names"]
+from ddpm_export.errors import BadInputError
+
+__all__ = ["FLAG_NAMES", "VERBOSITY", "name_flags", "require_output_when_quiet", "show_progress", "use_flag_names"]
 
 #: ``click.Context.meta`` key: 0 quiet (``-q``), 1 normal, 2 verbose (``-v``).
 VERBOSITY = "ddpm_export.verbosity"
@@ -26,6 +28,15 @@ def show_progress(flag: bool | None = None) -> bool:
     ctx = click.get_current_context(silent=True)
     verbosity = ctx.meta.get(VERBOSITY, 1) if ctx is not None else 1
     return verbosity == 2 or (verbosity == 1 and sys.stderr.isatty())
+
+
+def require_output_when_quiet(outputs: Mapping[str, str | None]) -> None:
+    """Refuse ``-q`` (nothing on stdout) for a command whose report is printed unless one of
+    ``outputs`` (flag -> path or None) is given: the work would run and show nothing."""
+    ctx = click.get_current_context()
+    if ctx.meta.get(VERBOSITY, 1) == 0 and all(path is None for path in outputs.values()):
+        raise BadInputError(f"-q prints nothing, and {ctx.info_name} prints its report: pass "
+                            f"{' or '.join(f'{flag} FILE' for flag in outputs)} to keep it, or drop -q")
 
 
 def use_flag_names(flags: Mapping[str, str]) -> None:

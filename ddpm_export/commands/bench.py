@@ -75,13 +75,14 @@ def command(model: str | None, onnx_path: str | None, backends: tuple, precision
     import json
 
     from ddpm_export.bench import BenchConfig, format_report, run_bench
-    from ddpm_export.console import use_flag_names
+    from ddpm_export.console import require_output_when_quiet, use_flag_names
     from ddpm_export.files import atomic_file, refuse_existing, refuse_same_file
     from ddpm_export.inputs import input_files
     from ddpm_export.threads import get_threads
 
     use_flag_names({name: f"--{name}" for name in ("batch", "steps", "threads", "repeats", "backend", "precision",
                                                      "attention", "rewrites")})
+    require_output_when_quiet({"--json": json_path})
     refuse_same_file({"--onnx": onnx_path, **input_files(model=model, onnx=onnx_path), "--json": json_path})
     if json_path is not None:
         refuse_existing(json_path, force)

@@ -119,11 +119,13 @@ def _load(model: str, outputs: tuple[str | None, ...], force: bool, threads: int
 
     from ddpm_export import load_model
     from ddpm_export.analysis.erf import check_erf_size
+    from ddpm_export.console import require_output_when_quiet
     from ddpm_export.files import refuse_existing, refuse_same_file, require_suffix
     from ddpm_export.inputs import input_files
     from ddpm_export.nn.checkpoint import weights_path
 
     json_path, plot = outputs
+    require_output_when_quiet({"--json": json_path, "--plot": plot})
     refuse_same_file({**input_files(model=model), "--json": json_path, "--plot": plot})
     require_suffix("--plot", plot, ".png")
     for path in outputs:

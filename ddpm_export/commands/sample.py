@@ -75,7 +75,7 @@ def command(onnx_path: str | None, bundle_dir: str | None, bundle_onnx: str | No
     from ddpm_export.files import atomic_files, refuse_existing, refuse_inside, refuse_same_file, require_suffix
     from ddpm_export.inputs import input_files
     from ddpm_export.images import write_array, write_grid
-    from ddpm_export.runtime.backends import effective_precision
+    from ddpm_export.runtime.backends import describe_precision
 
     use_flag_names({"guidance_scale": "--guidance", "classes": "--class", "steps": "--steps", "eta": "--eta",
                      "sampler": "--sampler", "n": "-n", "num_inference_steps": "--steps"})
@@ -107,8 +107,7 @@ def command(onnx_path: str | None, bundle_dir: str | None, bundle_onnx: str | No
         if npy is not None:
             write_array(images, npy)
     info = pipe.info
-    computed = effective_precision(info.precision, pipe.backend)
-    precision = info.precision if computed == info.precision else f"{info.precision} file computed in {computed}"
+    precision = describe_precision(info.precision, pipe.backend)
     click.echo(f"wrote {output} ({n} images, {info.spec.in_channels}x{info.spec.sample_size}x{info.spec.sample_size}, "
                f"{precision})" + (f" and {save_npy}" if save_npy else ""))
 

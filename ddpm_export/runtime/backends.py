@@ -33,7 +33,8 @@ from ddpm_export.contract.choices import BACKENDS
 from ddpm_export.contract.spec import ExportSpec
 
 __all__ = ["BackendKind", "CPU_BACKENDS", "INFERENCE_PRECISIONS", "SMALL_MODEL_BYTES", "RuntimeOptions",
-           "check_options", "default_threads", "effective_precision", "installed_cpu_backends", "load_onnx_backend"]
+           "check_options", "default_threads", "describe_precision", "effective_precision", "installed_cpu_backends",
+           "load_onnx_backend"]
 
 #: OpenVINO's inference precision hints (``None``: the plugin's default for this CPU)
 INFERENCE_PRECISIONS: tuple[str, ...] = ("f32", "bf16")
@@ -100,6 +101,20 @@ def effective_precision(file_precision: str, backend: Backend) -> str:
             return "bf16"
         if backend.inference_precision == "f16" and file_precision == "fp32":
             return "fp16"
+    return file_precision
+
+
+def describe_precision(file_precision: str, backend: Backend) -> str:
+    """How a summary line names what ``backend`` computes: ``"fp32"``, ``"fp32 file computed in
+    bf16"`` (:func:`effective_precision`), or for an int8 file on OpenVINO ``"int8, float parts in
+    bf16"`` / ``"... in f32"`` (the ops left float run in its ``inference_precision``)."""
+    from ddpm_export.runtime.openvino_backend import OpenVinoBackend
+
+    computed = effective_precision(file_precision, backend)
+    if computed != file_precision:
+        return f"{file_precision} file computed in {computed}"
+    if file_precision == "int8" and isinstance(backend, OpenVinoBackend):
+        return f"int8, float parts in {backend.inference_precision}"
     return file_precision
 
 

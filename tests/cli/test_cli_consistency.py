@@ -40,6 +40,20 @@ def test_quiet_prints_nothing_but_errors(tmp_path, monkeypatch):
     assert result.exit_code == 2 and result.output.startswith("Error: x.png exists")
 
 
+@pytest.mark.parametrize("args, flags", [(["bench", "--model", "tiny", "--no-peers"], "--json FILE"),
+                                         (["inspect", "--model", "tiny"], "--json FILE or --plot FILE")])
+def test_quiet_is_refused_where_the_report_would_go_nowhere(tmp_path, monkeypatch, args, flags):
+    # bench and inspect print their report; with -q and no file the work ran and showed nothing
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["-q", *args])
+    assert result.exit_code == 2, result.output
+    assert result.output == f"Error: -q prints nothing, and {args[0]} prints its report: pass {flags} to keep it, " \
+                            "or drop -q\n"
+    assert list(tmp_path.iterdir()) == []
+    result = CliRunner().invoke(main, ["-q", "inspect", "--model", "tiny", "--erf-samples", "1", "--json", "r.json"])
+    assert result.exit_code == 0 and result.output == "" and (tmp_path / "r.json").is_file()
+
+
 def test_verbose_draws_progress(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(main, ["-v", "sample", "-n", "2", "--steps", "3", "-o", "x.png"])

@@ -153,6 +153,24 @@ def test_an_openvino_int8_file_on_onnx_runtime_warns_once_and_still_samples(file
     assert quiet.exit_code == 0 and quiet.stderr == "" and (tmp_path / "b.png").exists()
 
 
+@pytest.mark.skipif(not HAS_OPENVINO, reason="openvino is not installed (pip install 'ddpm-export[openvino]')")
+def test_sample_names_the_precision_of_an_int8_files_float_parts(files: dict[str, Path], tmp_path: Path) -> None:
+    # OpenVINO runs the ops an int8 file leaves float in its inference precision; the summary says which
+    import openvino
+
+    cpu_has_bf16 = "BF16" in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")  # else bf16 runs as f32
+    args = ["--threads", "1", "sample", "--onnx", str(files["int8-openvino"]), "-n", "1", "--steps", "1", "--backend",
+            "openvino", "--no-progress"]
+    for precision in ("f32", "bf16"):
+        result = CliRunner().invoke(main, [*args, "--inference-precision", precision, "-o", str(tmp_path / "a.png"),
+                                           "--force"])
+        assert result.exit_code == 0, result.output
+        computed = "bf16" if precision == "bf16" and cpu_has_bf16 else "f32"
+        assert f"1 images, 3x16x16, int8, float parts in {computed})" in result.stdout, result.stdout
+    result = CliRunner().invoke(main, [*args[:-3], "-o", str(tmp_path / "b.png")])  # ONNX Runtime: int8 alone
+    assert result.exit_code == 0 and "3x16x16, int8)" in result.stdout, result.output
+
+
 @pytest.mark.slow
 def test_verify_holds_int8_to_its_own_thresholds(tmp_path: Path) -> None:
     # the trained digits model: the int8 limits (ddpm_export.metrics) are set from its measurements;

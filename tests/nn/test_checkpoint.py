@@ -230,3 +230,10 @@ def test_saving_is_byte_identical_across_processes(tmp_path):
         assert proc.returncode == 0, proc.stderr
     blobs = {(tmp_path / n / "model.safetensors").read_bytes() for n in ("a", "b", "c")}
     assert len(blobs) == 1
+
+
+@pytest.mark.parametrize("name", ["", "  "])
+def test_an_empty_model_name_is_refused_not_read_as_the_working_folder(name):
+    # Path("") is "."; it used to be read as a checkpoint folder ("... . has no config.json")
+    with pytest.raises(ValueError, match="an empty model name: give a preset .*ddpm-cifar10.* or a checkpoint folder"):
+        load_model(name)
