@@ -44,11 +44,15 @@ def check_graph(inputs: list[Any], outputs: list[Any], spec: ExportSpec, source:
                                  f"(batch, {', '.join(str(w) for w in want[1:])}); re-export it with `ddpm-export onnx`")
 
 
-def check_finite(model_output: np.ndarray, *, step: int, steps: int, t: int, source: str) -> None:
+def check_finite(model_output: np.ndarray, *, step: int, steps: int, t: int, source: str, precision: str) -> None:
     """Stop sampling when the model output of step ``step`` (1-based, of ``steps``) at timestep
-    ``t`` holds NaN or infinity."""
+    ``t`` holds NaN or infinity. ``precision`` names what the backend computes
+    (:func:`~ddpm_export.runtime.backends.describe_precision`): below fp32 the hint says so."""
     if not np.isfinite(model_output).all():
         bad = int(np.size(model_output) - np.isfinite(model_output).sum())
+        hint = "check the weights (e.g. `ddpm-export verify`)"
+        if precision != "fp32":  # overflow is then a suspect too
+            hint += f" or compute in fp32 (this run: {precision})"
         raise NonFiniteOutputError(f"{source}: the model output is not finite at step {step}/{steps} (t={t}): "
                                    f"{bad} of {model_output.size} values are NaN or infinite; no image was "
-                                   f"written -- check the weights (e.g. `ddpm-export verify`) or use fp32")
+                                   f"written -- {hint}")

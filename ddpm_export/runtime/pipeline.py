@@ -28,6 +28,7 @@ from ddpm_export.contract.choices import BACKENDS, ORT_GPU_BACKENDS
 from ddpm_export.contract.info import ModelInfo
 from ddpm_export.diffusion import SCHEDULERS, Backend, DiffusionConfig, make_scheduler, sample, sampler_config
 from ddpm_export.errors import BadInputError, TargetMismatchWarning, WrongTypeError
+from ddpm_export.runtime.backends import describe_precision
 from ddpm_export.runtime.integrity import check_finite
 
 __all__ = ["Pipeline", "SampleRequest", "chunk_seed"]
@@ -253,6 +254,7 @@ class Pipeline:
         """Sample a validated request (see :meth:`sample`)."""
         bar = tqdm(total=req.steps * len(req.chunks), disable=not progress, unit="step", leave=False,
                    desc=f"{req.sampler} x{req.n}")
+        precision = describe_precision(self.info.precision, self.backend)
         outputs = []
         try:
             for k, chunk in enumerate(req.chunks):
@@ -264,15 +266,15 @@ class Pipeline:
                     self.backend, scheduler, (b, *req.shape), seed=chunk_seed(req.seed, k), cond=cond,
                     null_cond=null, guidance_scale=req.guidance_scale,
                     x_T=None if req.x_T is None else req.x_T[chunk],
-                    callback=lambda i, t, x, out: self._step_done(bar, out, step=i + 1, steps=req.steps, t=t)))
+                    callback=lambda i, t, x, out: self._step_done(bar, out, step=i + 1, steps=req.steps, t=t,
+                                                                  precision=precision)))
         finally:
             bar.close()
         return outputs[0] if len(outputs) == 1 else np.concatenate(outputs)
 
-
-    def _step_done(self, bar: Any, model_output: np.ndarray, *, step: int, steps: int, t: int) -> None:
+    def _step_done(self, bar: Any, model_output: np.ndarray, *, step: int, steps: int, t: int, precision: str) -> None:
         """After every model call: stop on a non-finite output (no image is returned), advance the bar."""
-        check_finite(model_output, step=step, steps=steps, t=t, source=self.source)
+        check_finite(model_output, step=step, steps=steps, t=t, source=self.source, precision=precision)
         bar.update(1)
 
 

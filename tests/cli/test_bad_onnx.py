@@ -5,6 +5,7 @@ image written."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -164,8 +165,22 @@ def test_nan_output_in_the_library(nan_model):
     from ddpm_export.errors import NonFiniteOutputError
     from ddpm_export.runtime import Pipeline
 
-    with pytest.raises(NonFiniteOutputError, match="step 1/3"):
+    with pytest.raises(NonFiniteOutputError, match="step 1/3") as fp32:
         Pipeline.from_onnx(nan_model).sample(2, steps=3)
+    assert str(fp32.value).endswith("check the weights (e.g. `ddpm-export verify`)")  # fp32 already: no such hint
+
+
+@pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="openvino is not installed")
+def test_a_nan_output_below_fp32_suggests_fp32(nan_model):
+    # OpenVINO computing the fp32 file in bf16: overflow is a suspect, so the error names the precision
+    from ddpm_export.errors import NonFiniteOutputError
+    from ddpm_export.runtime import Pipeline
+
+    pipe = Pipeline.from_onnx(nan_model, backend="openvino", threads=1, inference_precision="bf16")
+    if pipe.backend.inference_precision != "bf16":
+        pytest.skip("this CPU has no bf16: OpenVINO computes in f32")
+    with pytest.raises(NonFiniteOutputError, match=r"or compute in fp32 \(this run: fp32 file computed in bf16\)$"):
+        pipe.sample(1, steps=2)
 
 
 def test_verify_report_of_a_nan_model(tmp_path, nan_model):
