@@ -31,7 +31,7 @@ from ddpm_export.errors import BadInputError, TargetMismatchWarning, WrongTypeEr
 from ddpm_export.runtime.backends import describe_precision
 from ddpm_export.runtime.integrity import check_finite
 
-__all__ = ["Pipeline", "SampleRequest", "chunk_seed"]
+__all__ = ["Pipeline", "SampleRequest", "chunk_seed", "warn_on_target_mismatch"]
 
 BackendName = Literal["onnxruntime", "openvino", "ort-cuda", "ort-tensorrt", "tensorrt"]
 
@@ -82,7 +82,7 @@ class SampleRequest:
         return self.config.num_inference_steps
 
 
-def _warn_on_target_mismatch(path: str | Path, info: ModelInfo, backend: str) -> None:
+def warn_on_target_mismatch(path: str | Path, info: ModelInfo, backend: str) -> None:
     """TargetMismatchWarning where the file's layout makes it measurably slow on ``backend``: an
     int8 file whose quantized ops leave their outputs float (its policy's ``quantized_outputs``,
     what ``--target openvino`` writes) ran 0.34-0.38x as fast in ONNX Runtime as the file for ONNX
@@ -141,7 +141,7 @@ class Pipeline:
         _check_trt_options(backend, trt_fp16, trt_cache_dir)
         if backend in CPU_BACKENDS:
             info = read_info(path)
-            _warn_on_target_mismatch(path, info, backend)
+            warn_on_target_mismatch(path, info, backend)
             options = RuntimeOptions(threads=threads, inference_precision=inference_precision, providers=providers,
                                      session_options=session_options)
             return cls(load_onnx_backend(backend, path, info.spec, options), info, source=str(path))

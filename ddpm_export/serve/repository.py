@@ -27,6 +27,7 @@ from ddpm_export.contract.info import ModelInfo
 from ddpm_export.errors import BadInputError
 from ddpm_export.files import atomic_dir, refuse_inside
 from ddpm_export.runtime.bundle import BundleError, external_data_files, verify_bundle
+from ddpm_export.runtime.pipeline import warn_on_target_mismatch
 from ddpm_export.serve.configs import SAMPLER, UNET, UNET_BACKENDS, sampler_config, unet_config
 from ddpm_export.serve.pbtxt import to_pbtxt
 from ddpm_export.serve.triton_models import INFO_FILE
@@ -76,6 +77,8 @@ def write_repository(bundle: str | Path, out: str | Path, *, unet_backend: UNetB
     entry = manifest.model(onnx)
     info = ModelInfo.from_metadata(entry["metadata"], source=f"{folder}: {entry['onnx']}")
     source = _unet_source(folder, entry, info, unet_backend)
+    if unet_backend in ("onnxruntime", "python"):  # both run the file in ONNX Runtime
+        warn_on_target_mismatch(f"{folder}: {entry['onnx']}", info, "onnxruntime")
     data = [p.name for p in external_data_files(folder / entry["onnx"])]  # what make_bundle bundled with it
     with atomic_dir(out, force=force) as tmp:
         unet_dir, sampler_dir = tmp / UNET / "1", tmp / SAMPLER / "1"

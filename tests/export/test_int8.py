@@ -153,6 +153,23 @@ def test_an_openvino_int8_file_on_onnx_runtime_warns_once_and_still_samples(file
     assert quiet.exit_code == 0 and quiet.stderr == "" and (tmp_path / "b.png").exists()
 
 
+def test_a_triton_repository_serving_an_openvino_int8_file_on_onnx_runtime_warns(files: dict[str, Path],
+                                                                                 tmp_path: Path) -> None:
+    # Triton's onnxruntime and python U-Net backends run the file in ONNX Runtime, as sample does
+    bundle = tmp_path / "bundle"
+    assert CliRunner().invoke(main, ["bundle", "--onnx", str(files["int8-openvino"]), "-o", str(bundle)]).exit_code == 0
+    for unet_backend in ("onnxruntime", "python"):
+        result = CliRunner().invoke(main, ["triton", "--bundle", str(bundle), "-o", str(tmp_path / unet_backend),
+                                           "--unet-backend", unet_backend])
+        assert result.exit_code == 0, result.output
+        assert result.stderr.count("Warning: ") == 1, result.stderr
+        assert "sink-int8-ov.onnx: this int8 file was exported with --target openvino" in result.stderr
+        assert (tmp_path / unet_backend / "unet" / "config.pbtxt").is_file()
+    result = CliRunner().invoke(main, ["triton", "--bundle", str(bundle), "-o", str(tmp_path / "ov"),
+                                       "--unet-backend", "openvino"])
+    assert result.exit_code == 0 and result.stderr == "", result.output
+
+
 @pytest.mark.skipif(not HAS_OPENVINO, reason="openvino is not installed (pip install 'ddpm-export[openvino]')")
 def test_sample_names_the_precision_of_an_int8_files_float_parts(files: dict[str, Path], tmp_path: Path) -> None:
     # OpenVINO runs the ops an int8 file leaves float in its inference precision; the summary says which
