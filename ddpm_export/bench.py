@@ -22,7 +22,8 @@ GEMM ceiling measured in the same run, peak RSS of the process while the path ra
 sampler's overhead outside the model call (% of a step).
 
 Runs are interleaved (repeat r runs every path once) so that a change in background load hits
-all paths alike; the load actually seen is reported. ONNX Runtime sessions run with
+all paths alike: each of our paths right after the peer it is compared with, in an order reversed
+every other round (``round_order`` in the report); the load actually seen is reported. ONNX Runtime sessions run with
 ``session.intra_op.allow_spinning = 0`` here (peers and ours alike): spinning pool threads of one
 session would steal the cores from the next path in this single process.
 """
@@ -342,9 +343,25 @@ def flops_per_image(info: ModelInfo, unet: Any) -> float:
     return float(counter.get_total_flops())
 
 
+def _run_order(paths: list[_Path]) -> list[_Path]:
+    """The order of a round: the peers, each followed by our paths on its engine and precision
+    (:data:`SAME_ENGINE_PEER`), then our other paths (int8; after the last peer, OpenVINO bf16, the
+    usual best). A pair compared in "x same" runs back to back, so a drift in background load hits
+    both alike; :func:`_measure` reverses the order every other round, so that no path always
+    runs first or right after another engine."""
+    peers = [p for p in paths if p.group == "peer"]
+    followers: dict[str, list[_Path]] = {p.name: [] for p in peers}
+    rest = []
+    for p in paths:
+        if p.group == "ours":
+            peer = SAME_ENGINE_PEER.get((p.info["backend"], p.info["precision"]))
+            (followers[peer] if peer in followers else rest).append(p)
+    return [q for p in peers for q in (p, *followers[p.name])] + rest
+
+
 def _measure(paths: list[_Path], batch: int, cfg: BenchConfig, log: Callable[[str], None]) -> dict[str, dict[str, Any]]:
-    """Warm every path up, then ``repeats`` interleaved rounds; per-step times (and each round's
-    median), model-call share, RSS."""
+    """Warm every path up, then ``repeats`` interleaved rounds (in :func:`_run_order`, reversed every
+    other round); per-step times (and each round's median), model-call share, RSS."""
     runs = {}
     for p in paths:
         runs[p.name] = p.runner(batch)
@@ -353,8 +370,9 @@ def _measure(paths: list[_Path], batch: int, cfg: BenchConfig, log: Callable[[st
     rounds: dict[str, list[float]] = {p.name: [] for p in paths}  # each round's median step
     overhead: dict[str, list[float]] = {p.name: [] for p in paths}
     rss: dict[str, float] = {p.name: 0.0 for p in paths}
+    order = _run_order(paths)
     for r in range(cfg.repeats):
-        for p in paths:
+        for p in order if r % 2 == 0 else order[::-1]:
             p.timer.reset()
             with PeakRss() as peak:
                 start = time.perf_counter()
@@ -482,6 +500,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
         gemms = [gemm_ceiling(cfg.threads)]
         report["flops_per_image"] = flops
         report["paths"] = [{"name": p.name, "group": p.group, **p.info} for p in paths]
+        report["round_order"] = [p.name for p in _run_order(paths)]  # reversed in every other round
         report["results"] = {}
         records = {p["name"]: p for p in report["paths"]}
         for batch in cfg.batches:

@@ -50,6 +50,11 @@ def test_bench_reports_every_path(tmp_path: Path) -> None:
     if HAS_OPENVINO:
         expected |= {"plain-ov-f32", "plain-ov-bf16", "ours-openvino-fp32", "ours-openvino-bf16", "ours-openvino-int8"}
     assert names == expected
+    # each path compared in "x same" runs right after its peer; int8 last (reversed every other round)
+    order = ["eager", "plain-ort", "ours-onnxruntime-fp32-decomposed", "ours-onnxruntime-fp32-ort-mha"]
+    if HAS_OPENVINO:
+        order += ["plain-ov-f32", "ours-openvino-fp32", "plain-ov-bf16", "ours-openvino-bf16"]
+    assert report["round_order"] == order + [n for n in ("ours-onnxruntime-int8", "ours-openvino-int8") if n in names]
     for batch in ("1", "2"):
         rows = report["results"][batch]
         assert set(rows) == expected
