@@ -198,7 +198,6 @@ def verify(model: str | Path, onnx: str | Path, *, engine: str | Path | None = N
     limits = _check_arguments(info, unet.config, model, onnx, steps, ddpm_steps, batch, guidance_scale)
     spec, cfg, T = info.spec, info.diffusion, info.diffusion.num_train_timesteps
     solver_schedulers = _solver_schedulers(cfg, solvers, solver_steps)
-
     onnx_sha, weights = sha256_file(onnx), weights_path(model)
     source_match = None if weights is None else sha256_file(weights) == info.source_sha256
     if source_match is False:
@@ -223,11 +222,7 @@ def verify(model: str | Path, onnx: str | Path, *, engine: str | Path | None = N
 
     checks = _checks(results, backend_limits, precisions)
     failures = [c["message"] for c in checks if not c["passed"]]
-    missed = sorted({precisions[c["name"].split(".")[0]] for c in checks if not c["passed"]} - {"fp32"})
-    if weights is None and missed:  # the limits below fp32 were measured on the trained digits model
-        notes.append(f"{model} has no trained weights (seed-initialised); the {' and '.join(missed)} limits were "
-                     f"set on a trained model (digits), which an untrained network's outputs may miss: "
-                     f"judge {' and '.join(missed)} on trained weights")
+    notes += [] if weights is not None else _untrained_note(model, checks, precisions)
     return {
         "passed": not failures, "failures": failures, "checks": checks,
         "model": str(model), "onnx": str(onnx), "onnx_sha256": onnx_sha,
@@ -240,6 +235,14 @@ def verify(model: str | Path, onnx: str | Path, *, engine: str | Path | None = N
         "ddpm_all_steps": n_ddpm == T, "notes": notes, "backends": results,
         "seconds": round(time.perf_counter() - start, 2),
     }
+
+
+def _untrained_note(model: str | Path, checks: list[dict[str, Any]], precisions: dict[str, str]) -> list[str]:
+    """For a model with no trained weights: a note when a check below fp32 failed, whose limits
+    were measured on the trained digits model (:mod:`ddpm_export.metrics`)."""
+    missed = " and ".join(sorted({precisions[c["name"].split(".")[0]] for c in checks if not c["passed"]} - {"fp32"}))
+    return [f"{model} has no trained weights (seed-initialised); the {missed} limits were set on a trained model "
+            f"(digits), which an untrained network's outputs may miss: judge {missed} on trained weights"] if missed else []
 
 
 def _named(precisions: dict[str, str]) -> str:
