@@ -23,9 +23,10 @@ sampler's overhead outside the model call (% of a step).
 
 Runs are interleaved (repeat r runs every path once) so that a change in background load hits
 all paths alike: each of our paths right after the peer it is compared with, in an order reversed
-every other round (``round_order`` in the report); the load actually seen is reported. ONNX Runtime sessions run with
-``session.intra_op.allow_spinning = 0`` here (peers and ours alike): spinning pool threads of one
-session would steal the cores from the next path in this single process.
+every other round (``round_order`` in the report); the load actually seen is reported. ONNX
+Runtime sessions run with ``session.intra_op.allow_spinning = 0`` here (peers and ours alike):
+spinning pool threads of one session would steal the cores from the next path in this single
+process.
 """
 
 from __future__ import annotations
@@ -524,6 +525,21 @@ def _with_rounds(ratio: float | None, rounds: list[float] | None) -> str:
     return f"{ratio:.2f} ({min(rounds):.2f}-{max(rounds):.2f})"
 
 
+#: GEMM ceiling readings of one run further apart than this (lowest / highest below 1 - it): the
+#: machine's speed changed while the run lasted (3% apart on a quiet 2-core host, 20-55% on a busy one)
+NOISY_CEILING_SPREAD = 0.15
+
+
+def _noise_warning(gflops: list[float]) -> list[str]:
+    """A warning line when the GEMM ceiling readings of the run disagree (see NOISY_CEILING_SPREAD)."""
+    low, high = min(gflops), max(gflops)
+    if low >= (1 - NOISY_CEILING_SPREAD) * high:
+        return []
+    return [f"warning: the GEMM ceiling readings are {100 * (1 - low / high):.0f}% apart ({low:.0f}-{high:.0f} "
+            f"GFLOP/s): the machine's speed changed during the run, so only ratios with a narrow (rounds) range "
+            f"hold; rerun on a quiet machine or with more --repeats"]
+
+
 def format_report(report: dict[str, Any]) -> str:
     """The report as a text table with the machine header."""
     cpu, load = report["cpu"], report["load"]
@@ -536,7 +552,7 @@ def format_report(report: dict[str, Any]) -> str:
              f"fp32 GEMM ceiling (ONNX Runtime MatMul {report['gemm_ceiling']['size']}^3): "
              f"{report['gemm_ceiling']['gflops']} GFLOP/s (best of {report['gemm_ceiling']['measurements']}); "
              f"{report['flops_per_image'] / 1e9:.2f} GFLOP per image per forward; images/s for a "
-             f"{report['images_per_s_steps']}-step run", ""]
+             f"{report['images_per_s_steps']}-step run", *_noise_warning(report["gemm_ceiling"]["measurements"]), ""]
     head = (f"{'path':<34} {'batch':>5} {'ms/step':>9} {'p90':>9} {'img/s':>8} {'x eager':>8} {'x best (rounds)':>17} "
             f"{'x same (rounds)':>17} {'GFLOP/s':>8} {'%GEMM':>6} {'RSS MiB':>8} {'loop %':>7}")
     lines += [head, "-" * len(head)]

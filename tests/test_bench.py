@@ -200,3 +200,17 @@ def test_bench_compares_rewrites_variants_on_each_fp32_path(tmp_path: Path) -> N
 def test_bench_refuses_an_unknown_rewrites_variant() -> None:
     result = CliRunner().invoke(main, ["bench", "--model", "tiny", "--rewrites", "auto,faster"])
     assert result.exit_code == 2 and "faster" in result.output and "upsample-deconv" in result.output
+
+
+@pytest.mark.parametrize("run, warned", [("bench-ddpm-cifar10.json", None),
+                                         ("bench-s10-zen4-run4.json", "22% apart (142-181")])
+def test_a_run_whose_gemm_ceiling_readings_disagree_is_flagged(run: str, warned: str | None) -> None:
+    # two measured runs of docs/: a quiet host (readings 180-185 GFLOP/s) and a busy one (142-181)
+    from ddpm_export.bench import format_report
+
+    text = format_report(json.loads((Path(__file__).parents[1] / "docs" / run).read_text()))
+    warnings = [line for line in text.splitlines() if line.startswith("warning: ")]
+    if warned is None:
+        assert warnings == []
+    else:
+        assert len(warnings) == 1 and f"GEMM ceiling readings are {warned} GFLOP/s)" in warnings[0], warnings
