@@ -50,6 +50,7 @@ from ddpm_export.machine import LoadMeter, PeakRss, cpu_info, gemm_ceiling
 from ddpm_export.runtime.backends import CPU_BACKENDS, installed_cpu_backends
 from ddpm_export.runtime.info import ModelInfo, read_info
 from ddpm_export.runtime.openvino_backend import require_openvino
+from ddpm_export.threads import check_threads
 
 __all__ = ["BenchConfig", "OUR_PRECISIONS", "OurFile", "default_precisions", "run_bench"]
 
@@ -108,8 +109,8 @@ class BenchConfig:
             for value in values:
                 check_choice(field, value, choices)
         _check_list("batch", self.batches)
-        for field, value in (("batch", min(self.batches)), ("threads", self.threads), ("steps", self.steps),
-                             ("repeats", self.repeats)):
+        check_threads("threads", self.threads)
+        for field, value in (("batch", min(self.batches)), ("steps", self.steps), ("repeats", self.repeats)):
             if value < 1:
                 raise BadInputError(f"{field} must be >= 1, got {value}")
         if max(self.batches) > MAX_BATCH:

@@ -24,7 +24,7 @@ from ddpm_export import commands
 from ddpm_export._version import __version__
 from ddpm_export.console import FLAG_NAMES, VERBOSITY, name_flags
 from ddpm_export.errors import BadInputError, DdpmExportError, DdpmExportWarning, describe, exit_status
-from ddpm_export.threads import set_threads
+from ddpm_export.threads import MAX_THREADS, set_threads
 
 
 class Failure(click.ClickException):
@@ -81,7 +81,7 @@ class _Main(click.Group):
 @click.option("-v", "--verbose", "verbosity", flag_value=2, help="Progress bars even when stderr is not a terminal.")
 @click.option("-q", "--quiet", "verbosity", flag_value=0,
               help="Print nothing but errors (stderr); no progress bars.")
-@click.option("--threads", type=click.IntRange(1), default=None,
+@click.option("--threads", type=click.IntRange(1, MAX_THREADS), default=None,
               help="CPU threads for ONNX Runtime, OpenVINO and PyTorch [default: ONNX Runtime 1 for ONNX files "
                    "under 16 MiB, where a second thread was slower; else each engine's own].")
 @click.pass_context

@@ -13,7 +13,11 @@ import sys
 
 from ddpm_export.errors import BadInputError
 
-__all__ = ["get_threads", "set_threads"]
+__all__ = ["MAX_THREADS", "check_threads", "get_threads", "set_threads"]
+
+#: the most threads any engine is given: a million made ONNX Runtime allocate until the kernel
+#: killed it (24 GB on a 2-core machine), and a thousand already ran 7x slower than two there
+MAX_THREADS = 1024
 
 _threads: int | None = None
 
@@ -24,12 +28,17 @@ def set_threads(n: int | None) -> None:
     if n is None:
         _threads = None
         return
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise BadInputError(f"--threads must be an int >= 1, got {n!r}")
+    check_threads("--threads", n)
     _threads = n
     os.environ["OMP_NUM_THREADS"] = str(n)
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(n)
+
+
+def check_threads(name: str, n: object) -> None:
+    """Refuse a thread count ``n`` that is not an int in ``[1, MAX_THREADS]`` (``name``: the flag or argument)."""
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_THREADS:
+        raise BadInputError(f"{name} must be an int in [1, {MAX_THREADS}], got {n!r}")
 
 
 def get_threads() -> int | None:

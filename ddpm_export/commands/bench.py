@@ -8,6 +8,7 @@ import click
 
 from ddpm_export.contract.choices import ATTENTION_CHOICES, REWRITE_CHOICES
 from ddpm_export.runtime.backends import CPU_BACKENDS
+from ddpm_export.threads import MAX_THREADS
 
 
 def _csv(kind: type, choices: tuple[str, ...] | None = None):  # type: ignore[no-untyped-def]
@@ -46,7 +47,7 @@ def _csv(kind: type, choices: tuple[str, ...] | None = None):  # type: ignore[no
               help="Rewrites variants of our fp32 file, compared on every fp32 path: auto (what `ddpm-export onnx` "
                    "applies), none, or one rewrite alone (upsample-deconv, upsample-subpixel, attention-fold).")
 @click.option("--batch", "batches", default="1,8", callback=_csv(int), help="Batch sizes, comma-separated.")
-@click.option("--threads", type=click.IntRange(1), default=None,
+@click.option("--threads", type=click.IntRange(1, MAX_THREADS), default=None,
               help="Threads for every engine [default: `ddpm-export --threads`, else every CPU this process may use].")
 @click.option("--steps", type=click.IntRange(1), default=10, help="DDIM steps per timed run.")
 @click.option("--repeats", type=click.IntRange(1), default=3, help="Interleaved rounds (every path once per round).")

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from ddpm_export.threads import MAX_THREADS
+
 if TYPE_CHECKING:  # pragma: no cover
     from ddpm_export.analysis.erf import ErfResult
     from ddpm_export.nn.unet import UNet
@@ -30,7 +32,7 @@ if TYPE_CHECKING:  # pragma: no cover
               help="With --profile: also TensorRT's per-layer profile of this engine (built from an export of "
                    "--model; its sidecar is checked), on the GPU.")
 @click.option("--profile-runs", type=click.IntRange(1), default=5, help="Profiled calls (after one warm-up call).")
-@click.option("--threads", type=click.IntRange(1), default=None,
+@click.option("--threads", type=click.IntRange(1, MAX_THREADS), default=None,
               help="Threads for torch and ONNX Runtime [default: the global --threads, else 1].")
 @click.option("--force", is_flag=True, help="Overwrite existing output files.")
 def command(model: str, batch: int, json_path: str | None, plot: str | None, erf_samples: int,

@@ -28,7 +28,7 @@ from typing import Any, Callable, Sequence
 from ddpm_export.configbase import check_choice
 from ddpm_export.diffusion import Backend
 from ddpm_export.errors import BadInputError
-from ddpm_export.threads import get_threads
+from ddpm_export.threads import check_threads, get_threads
 from ddpm_export.contract.choices import BACKENDS
 from ddpm_export.contract.spec import ExportSpec
 
@@ -127,9 +127,8 @@ def check_options(backend: str, options: RuntimeOptions) -> None:
     """Refuse an unknown backend, a bad value, or an option the backend does not take (by name)."""
     check_choice("backend", backend, tuple(CPU_BACKENDS))
     kind = CPU_BACKENDS[backend]
-    if options.threads is not None and (isinstance(options.threads, bool) or not isinstance(options.threads, int)
-                                        or options.threads < 1):
-        raise BadInputError(f"threads must be an int >= 1 (or None for the default), got {options.threads!r}")
+    if options.threads is not None:
+        check_threads("threads", options.threads)
     if options.inference_precision is not None:
         check_choice("inference_precision", options.inference_precision, INFERENCE_PRECISIONS)
     for name in ("threads", "inference_precision", "providers", "session_options"):

@@ -76,6 +76,11 @@ def test_threads_reach_onnxruntime(tmp_path):
     assert get_threads() is None
     result = CliRunner().invoke(main, ["--threads", "0", "models"])
     assert result.exit_code == 2 and "--threads" in result.output
+    # a million threads made ONNX Runtime allocate until the kernel killed it; 10**20 overflowed its binding
+    for args in (["--threads", "1000000", "models"], ["--threads", str(10**20), "models"],
+                 ["bench", "--model", "tiny", "--threads", "2000"], ["inspect", "--model", "tiny", "--threads", "2000"]):
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 2 and "--threads" in result.output and "1<=x<=1024" in result.output, result.output
 
 
 def test_library_draws_no_progress_by_default():

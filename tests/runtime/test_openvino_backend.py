@@ -101,7 +101,9 @@ def test_threads_reach_onnxruntime(tiny_onnx: Path) -> None:
 @pytest.mark.parametrize("kwargs, match", [
     (dict(backend="tflite"), "backend='tflite' is not valid; choose one of: 'onnxruntime', 'openvino'"),
     (dict(inference_precision="bf16"), "inference_precision does not apply to the onnxruntime backend"),
-    (dict(threads=0), "threads must be an int >= 1"),
+    (dict(threads=0), r"threads must be an int in \[1, 1024\], got 0"),
+    (dict(threads=10**6), r"threads must be an int in \[1, 1024\], got 1000000"),  # ORT allocated 24 GB
+    (dict(threads=10**20), r"threads must be an int in \[1, 1024\]"),  # was onnxruntime's TypeError
     (dict(backend="openvino", inference_precision="fp8"), "inference_precision='fp8' is not valid"),
     (dict(backend="tensorrt"), "backend='tensorrt' is not valid"),
 ])
