@@ -143,16 +143,20 @@ class ClassLabels(Conditioning):
         if value is None:
             return np.arange(n, dtype=np.int64) % num_classes
         if is_int(value):
-            ids = np.full(n, int(value), dtype=np.int64)
+            return self._check_ids(np.full(n, int(value), dtype=object), num_classes)  # object: any int, checked
+        listed = isinstance(value, (list, tuple))
+        if listed and any(isinstance(v, (bool, np.bool_)) for v in value):
+            raise BadInputError(f"classes must be ints, not bools: got {value!r}")
+        if listed and all(is_int(v) for v in value):
+            arr = np.array([int(v) for v in value], dtype=object)  # ints of any size: numpy makes 2**63 a float
         else:
             arr = np.asarray(value)
             if arr.dtype.kind not in "iu" or arr.ndim != 1:
                 raise BadInputError(f"classes must be an int or a 1-D sequence of ints, got {arr.dtype} "
                                     f"with shape {arr.shape}")
-            if arr.shape[0] != n:
-                raise BadInputError(f"classes must hold n={n} ids, got {arr.shape[0]}")
-            ids = arr.astype(np.int64)
-        return self._check_ids(ids, num_classes)
+        if arr.shape[0] != n:
+            raise BadInputError(f"classes must hold n={n} ids, got {arr.shape[0]}")
+        return self._check_ids(arr, num_classes)
 
     def check_inputs(self, rng: np.random.Generator, info: ModelInfo, batch: int) -> list[tuple[str, Any]]:
         """Every class in turn, and the null class when the model has one."""
@@ -161,11 +165,12 @@ class ClassLabels(Conditioning):
 
     @staticmethod
     def _check_ids(ids: np.ndarray, num_classes: int) -> np.ndarray:
-        bad = ids[(ids < 0) | (ids >= num_classes)]
-        if bad.size:
-            raise BadInputError(f"classes: id {int(bad[0])} is outside [0, {num_classes}) (the null id "
+        """``ids`` (any integer dtype, or Python ints as objects) as int64, each checked in range first."""
+        bad = [int(i) for i in ids.tolist() if not 0 <= int(i) < num_classes]
+        if bad:
+            raise BadInputError(f"classes: id {bad[0]} is outside [0, {num_classes}) (the null id "
                                 f"{num_classes} is used only for guidance)")
-        return ids
+        return ids.astype(np.int64)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,6 +3,7 @@ class-conditional sampling with guidance, argument errors; and the grid layout i
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -76,6 +77,9 @@ def test_bad_arguments_fail_with_a_message(onnx_files: dict[str, Path], tmp_path
     png = str(tmp_path / "g.png")
     code, out = _run("--onnx", str(onnx_files["kitchen-sink"]), "--class", "10", "-o", png)
     assert code == 2 and "Error: --class: id 10 is outside [0, 10)" in out  # the flag, not the API's `classes`
+    code, out = _run("--onnx", str(onnx_files["kitchen-sink"]), "--class", str(2**63), "-o", png)
+    assert code == 2 and f"Error: --class: id {2**63} is outside [0, 10)" in out  # was an OverflowError traceback
+    assert not (tmp_path / "g.png").exists()
     code, out = _run("--onnx", str(onnx_files["tiny"]), "--guidance", "2", "-o", png)
     assert code == 2 and "Error: --guidance 2.0 needs a class-conditional model" in out
     assert "pass --guidance 1.0" in out and "guidance_scale" not in out
@@ -148,3 +152,20 @@ def test_grid_layout_and_grayscale() -> None:
     assert to_uint8(np.array([[[[0.0]]]], np.float32))[0, 0, 0, 0] == 128  # round(127.5) (half to even)
     with pytest.raises(ValueError, match=r"\[N, 1 or 3, H, W\]"):
         make_grid(np.zeros((2, 2, 4, 4), np.float32))
+
+
+@pytest.mark.parametrize("classes, message", [
+    (2**63, f"id {2**63} is outside [0, 10)"), (10**20, f"id {10**20} is outside [0, 10)"),
+    ([0, 2**63], f"id {2**63} is outside [0, 10)"),  # numpy would read the list as float64
+    (np.array([3, 2**63], np.uint64), f"id {2**63} is outside [0, 10)"),  # not wrapped to a negative id
+    ([], "classes must hold n=2 ids, got 0"), ([True, 1], "classes must be ints, not bools"),
+    ([1.0, 2.0], "classes must be an int or a 1-D sequence of ints, got float64"),
+])
+def test_class_ids_of_any_size_are_refused_by_value(onnx_files: dict[str, Path], classes: object, message: str) -> None:
+    from ddpm_export.errors import BadInputError
+
+    with pytest.raises(BadInputError, match=re.escape(message)):
+        Pipeline.from_onnx(onnx_files["kitchen-sink"]).sample(2, steps=1, classes=classes)
+    out = Pipeline.from_onnx(onnx_files["kitchen-sink"]).sample(2, steps=1, classes=[np.int64(9), 0])
+    assert out.shape[0] == 2
+
