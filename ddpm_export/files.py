@@ -193,11 +193,14 @@ def atomic_files(*paths: str | Path | None, force: bool = False) -> Iterator[tup
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | Path, *, force: bool = False) -> Iterator[Path]:
+def atomic_dir(path: str | Path, *, force: bool = False, marker: str | None = None) -> Iterator[Path]:
     """Yield a fresh temporary folder beside ``path``; on success it becomes ``path``.
 
     With ``force`` an existing ``path`` is moved aside first and deleted after the rename, so
     ``path`` is only ever missing for the instant between two renames, never half-filled.
+    ``marker``: a file every folder of this kind holds (a bundle's ``manifest.json``); with it,
+    ``force`` replaces only an empty folder or one holding ``marker``, never a folder of the
+    user's own files.
     """
     refuse_inside({"the output folder": path}, {"the current folder": os.getcwd()},
                   "it would be replaced while in use; choose a new folder")
@@ -205,6 +208,10 @@ def atomic_dir(path: str | Path, *, force: bool = False) -> Iterator[Path]:
     refuse_existing(path, force)
     if path.exists() and not path.is_dir():
         raise NotAFolderError(f"{path} exists and is not a folder")
+    if marker is not None and path.is_dir() and any(path.iterdir()) and not (path / marker).is_file():
+        raise BadInputError(f"{path} holds no {marker}, so this command did not write it: --force replaces only "
+                            f"such a folder (its files would be deleted); choose a new folder, or empty this one "
+                            f"yourself")
     with made_parents(path):
         remove_leftovers(path)
         tmp = temp_sibling(path)  # unique: threads and processes never collide

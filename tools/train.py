@@ -191,6 +191,10 @@ def main(argv: list[str] | None = None) -> int:
     if out.exists() and not args.force:   # refuse before spending the training time
         print(f"error: {out} exists; pass --force to overwrite it", file=sys.stderr)
         return 1
+    if out.is_dir() and any(out.iterdir()) and not (out / "config.json").is_file():  # --force would delete it
+        print(f"error: {out} holds no config.json, so it is not a checkpoint; --force replaces only a checkpoint "
+              f"folder: choose a new --out", file=sys.stderr)
+        return 1
     result = train(args)
     out.parent.mkdir(parents=True, exist_ok=True)
     write(out, result, args, " ".join(["python tools/train.py", *(sys.argv[1:] if argv is None else argv)]))

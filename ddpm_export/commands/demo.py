@@ -61,7 +61,7 @@ def command(model: str | None, out_dir: str, ddpm_steps: int | None, force: bool
         from ddpm_export.nn.checkpoint import diffusion_config_for
 
         check_steps(ddpm_steps, (diffusion_config_for(model) or DiffusionConfig()).num_train_timesteps, "ddpm_steps")
-    with atomic_dir(out, force=force) as tmp:
+    with atomic_dir(out, force=force, marker="report.json") as tmp:
         guidance = _export_and_sample(model, out, tmp)
         report = _verify(model, out, tmp, guidance, ddpm_steps)
 

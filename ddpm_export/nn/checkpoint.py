@@ -33,7 +33,7 @@ def save_checkpoint(model: UNet, out_dir: str | Path, *, diffusion: DiffusionCon
     An existing ``out_dir`` is refused unless ``force``.
     """
     out = Path(out_dir)
-    with atomic_dir(out, force=force) as tmp:
+    with atomic_dir(out, force=force, marker=CONFIG_NAME) as tmp:
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         # One metadata entry: safetensors writes its metadata map in a per-process random order,
         # so two entries would make the same weights give different file bytes (and sha256).

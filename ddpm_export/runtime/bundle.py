@@ -223,7 +223,7 @@ def make_bundle(onnx: Sequence[str | Path], out: str | Path, *, engines: Sequenc
     refuse_inside({"the bundle folder": out}, {f"the input {name}:": src for name, (src, _) in sources.items()},
                   "replacing the folder would delete it; write the bundle into a new folder")
     d = first.diffusion
-    with atomic_dir(out, force=force) as tmp:
+    with atomic_dir(out, force=force, marker=MANIFEST) as tmp:
         files = []
         for name, (src, role) in sources.items():
             shutil.copyfile(src, tmp / name)

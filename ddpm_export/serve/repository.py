@@ -80,7 +80,7 @@ def write_repository(bundle: str | Path, out: str | Path, *, unet_backend: UNetB
     if unet_backend in ("onnxruntime", "python"):  # both run the file in ONNX Runtime
         warn_on_target_mismatch(f"{folder}: {entry['onnx']}", info, "onnxruntime")
     data = [p.name for p in external_data_files(folder / entry["onnx"])]  # what make_bundle bundled with it
-    with atomic_dir(out, force=force) as tmp:
+    with atomic_dir(out, force=force, marker=f"{SAMPLER}/config.pbtxt") as tmp:
         unet_dir, sampler_dir = tmp / UNET / "1", tmp / SAMPLER / "1"
         unet_dir.mkdir(parents=True)
         sampler_dir.mkdir(parents=True)

@@ -138,6 +138,27 @@ def test_bundle_output_is_a_file(tmp_path, tiny):
                    watch=[tmp_path])
 
 
+@pytest.mark.parametrize("command, marker", [(["bundle", "--onnx", "TINY"], "manifest.json"),
+                                             (["triton", "--bundle", "BUNDLE"], "sampler/config.pbtxt"),
+                                             (["demo", "--model", "tiny"], "report.json")])
+def test_force_replaces_only_a_folder_the_command_wrote(tmp_path, tiny, command, marker):
+    # --force on a folder of the user's own files deleted them (bundle, triton, demo)
+    bundle = tmp_path / "bundle"
+    assert run(["bundle", "--onnx", tiny, "-o", bundle]).exit_code == 0
+    args = [str(tiny) if a == "TINY" else str(bundle) if a == "BUNDLE" else a for a in command]
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "thesis.txt").write_text("years of work")
+    expect_failure([*args, "-o", docs, "--force"], 2, f"holds no {marker}, so this command did not write it",
+                   watch=[tmp_path])
+    if command[0] != "demo":  # a folder it wrote, and an empty one, are replaced (demo: minutes, tested elsewhere)
+        for folder in (bundle if command[0] == "bundle" else tmp_path / "repo", tmp_path / "empty"):
+            folder.mkdir(exist_ok=True)
+            for _ in range(2):
+                result = run([*args, "-o", folder, "--force"])
+                assert result.exit_code == 0 and (folder / marker).is_file(), result.output
+
+
 def _unwritable(tmp_path: Path, name: str) -> Path:
     """A destination this process cannot create: under /proc for root, else in a read-only folder."""
     if os.geteuid() == 0:
