@@ -23,7 +23,14 @@ from ddpm_export.checks import Registry
 from ddpm_export.contract.spec import OUT_NAME, ExportSpec
 from ddpm_export.serve.pbtxt import Enum
 
-__all__ = ["SAMPLER", "UNET", "UNET_BACKENDS", "UNetTarget", "batch_only_inputs", "sampler_config", "unet_config"]
+__all__ = ["LIMITS", "SAMPLER", "UNET", "UNET_BACKENDS", "UNetTarget", "batch_only_inputs", "sampler_config",
+           "unet_config"]
+
+#: the range of each repository setting: Triton reads ``count`` as int32 and the queue delay as
+#: uint64, and a larger value than these serves no one (a Python process per sampler instance; a
+#: 10 s wait to batch; 65536 images of a request held in memory at once)
+LIMITS: dict[str, tuple[int, int]] = {"instances": (1, 1024), "max_queue_delay_us": (0, 10_000_000),
+                                      "max_images": (1, 65536)}
 
 UNET, SAMPLER = "unet", "sampler"
 #: the sampler's output and the request inputs it reads (the optional ones may be left out).

@@ -28,7 +28,7 @@ from ddpm_export.errors import BadInputError
 from ddpm_export.files import atomic_dir, refuse_inside
 from ddpm_export.runtime.bundle import BundleError, external_data_files, verify_bundle
 from ddpm_export.runtime.pipeline import warn_on_target_mismatch
-from ddpm_export.serve.configs import SAMPLER, UNET, UNET_BACKENDS, sampler_config, unet_config
+from ddpm_export.serve.configs import LIMITS, SAMPLER, UNET, UNET_BACKENDS, sampler_config, unet_config
 from ddpm_export.serve.pbtxt import to_pbtxt
 from ddpm_export.serve.triton_models import INFO_FILE
 
@@ -64,10 +64,11 @@ def write_repository(bundle: str | Path, out: str | Path, *, unet_backend: UNetB
     arguments) and OutputExistsError (``out`` exists and not ``force``).
     """
     target = UNET_BACKENDS[unet_backend]  # refuses an unknown name, listing the choices
-    for name, value, low in (("instances", instances, 1), ("max_queue_delay_us", max_queue_delay_us, 0),
-                             ("max_images", max_images, 1)):
-        if not is_int(value) or value < low:
-            raise BadInputError(f"{name} must be an int >= {low}, got {value!r}")
+    for name, value in (("instances", instances), ("max_queue_delay_us", max_queue_delay_us),
+                        ("max_images", max_images)):
+        low, high = LIMITS[name]
+        if not is_int(value) or not low <= value <= high:
+            raise BadInputError(f"{name} must be an int in [{low}, {high}], got {value!r}")
     folder = Path(bundle)
     refuse_inside({"the repository folder": out}, {"the bundle": folder},
                   "replacing the folder would delete the bundle; write the repository into a new folder")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +55,21 @@ def test_an_unknown_backend_is_refused_listing_the_choices(bundle: Path, tmp_pat
 
 
 # ids "onnxruntime-unet", ...: a bare "tensorrt" id would read as the tensorrt marker (conftest.py)
+@pytest.mark.parametrize("flag, value, field, limits", [
+    ("--instances", "100000000000000000000", "instances", "[1, 1024]"),  # Triton's count is an int32
+    ("--max-queue-delay-us", "99999999999999999999999", "max_queue_delay_us", "[0, 10000000]"),  # a uint64
+    ("--max-images", "70000", "max_images", "[1, 65536]"),
+])
+def test_settings_past_what_triton_reads_are_refused(bundle: Path, tmp_path: Path, flag: str, value: str,
+                                                     field: str, limits: str) -> None:
+    # they were written into config.pbtxt, which the server then could not load
+    result = CliRunner().invoke(main, ["triton", "--bundle", str(bundle), "-o", str(tmp_path / "r"), flag, value])
+    assert result.exit_code == 2 and flag in result.output and "Invalid value" in result.output, result.output
+    assert not (tmp_path / "r").exists()
+    with pytest.raises(BadInputError, match=re.escape(f"{field} must be an int in {limits}, got {int(value)}")):
+        write_repository(bundle, tmp_path / "r", **{field: int(value)})
+
+
 @pytest.mark.parametrize("backend", BACKENDS, ids=[f"{b}-unet" for b in BACKENDS])
 def test_every_config_parses_and_matches_the_export_spec(bundle: Path, tmp_path: Path, backend: str) -> None:
     result = CliRunner().invoke(main, ["triton", "--bundle", str(bundle), "-o", str(tmp_path / "repo"),
