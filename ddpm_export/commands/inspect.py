@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from ddpm_export.contract.spec import MAX_BATCH
 from ddpm_export.threads import MAX_THREADS
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -17,7 +18,7 @@ if TYPE_CHECKING:  # pragma: no cover
 @click.command("inspect")
 @click.option("--model", "-m", "model", required=True,
               help="A preset name (see `ddpm-export models`), our checkpoint folder, or a diffusers UNet2DModel folder.")
-@click.option("--batch", "-b", type=click.IntRange(1), default=1,
+@click.option("--batch", "-b", type=click.IntRange(1, MAX_BATCH), default=1,
               help="Batch for the attention score-matrix sizes and the profile (FLOPs are per image).")
 @click.option("-o", "--output", "--json", "json_path", type=click.Path(dir_okay=False), default=None,
               help="Write the report as JSON here.")

@@ -83,6 +83,13 @@ def test_threads_reach_onnxruntime(tmp_path):
         assert result.exit_code == 2 and "--threads" in result.output and "1<=x<=1024" in result.output, result.output
 
 
+def test_inspect_refuses_a_batch_past_the_export_limit_before_any_work():
+    # it printed the whole report, then failed in the profile naming `max_batch`
+    result = CliRunner().invoke(main, ["inspect", "--model", "tiny", "--profile", "--batch", "5000"])
+    assert result.exit_code == 2 and "--batch" in result.output and "1<=x<=4096" in result.output, result.output
+    assert "Per-block" not in result.output and "max_batch" not in result.output
+
+
 def test_library_draws_no_progress_by_default():
     from ddpm_export.runtime import Pipeline
 
