@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ddpm_export.errors import BadInputError
 
-__all__ = ["MODELS_DIR", "ONNX_NAME", "default_model", "preset_dir", "preset_names", "shipped_onnx"]
+__all__ = ["MODELS_DIR", "ONNX_NAME", "check_model_name", "default_model", "preset_dir", "preset_names", "shipped_onnx"]
 
 #: The presets' folder, ``ddpm_export/models`` wherever the package is installed.
 MODELS_DIR = Path(str(resources.files("ddpm_export") / "models"))
@@ -26,6 +26,13 @@ def preset_names() -> list[str]:
     if not MODELS_DIR.is_dir():
         return []
     return sorted(p.parent.name for p in MODELS_DIR.glob("*/config.json"))
+
+
+def check_model_name(name: str | Path) -> None:
+    """Refuse an empty (or blank) model name: ``Path("")`` is the working folder, and a command
+    would otherwise fall back to its default model."""
+    if not str(name).strip():
+        raise BadInputError(f"an empty model name: give a preset ({', '.join(preset_names())}) or a checkpoint folder")
 
 
 def preset_dir(name: str) -> Path:

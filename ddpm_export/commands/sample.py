@@ -75,12 +75,15 @@ def command(onnx_path: str | None, bundle_dir: str | None, bundle_onnx: str | No
     from ddpm_export.files import atomic_files, refuse_existing, refuse_inside, refuse_same_file, require_suffix
     from ddpm_export.inputs import input_files
     from ddpm_export.images import write_array, write_grid
+    from ddpm_export.presets import check_model_name
     from ddpm_export.runtime.backends import describe_precision
 
     use_flag_names({"guidance_scale": "--guidance", "classes": "--class", "steps": "--steps", "eta": "--eta",
                      "sampler": "--sampler", "n": "-n", "num_inference_steps": "--steps"})
     if sum(x is not None for x in (onnx_path, bundle_dir, model)) > 1:
         raise click.UsageError("pass at most one of --onnx, --bundle and --model")
+    if model is not None:
+        check_model_name(model)  # "" is not the default model
     if bundle_onnx is not None and bundle_dir is None:
         raise click.UsageError("--bundle-onnx picks a file of a bundle: pass --bundle too")
     if backend == "tensorrt" and bundle_dir is None:
@@ -128,7 +131,7 @@ def _load(onnx_path: str | None, bundle: tuple[str | None, str | None], model: s
         return Pipeline.from_bundle(bundle_dir, onnx=bundle_onnx, **options)
     if onnx_path is not None:
         return Pipeline.from_onnx(onnx_path, **options)
-    name = model or default_model()
+    name = default_model() if model is None else model
     shipped = shipped_onnx(name)  # a preset's pre-exported file: no torch, no onnx needed
     return Pipeline.from_onnx(shipped, **options) if shipped is not None else _export_and_load(name, options)
 

@@ -13,13 +13,12 @@ from safetensors.torch import save_file
 
 from ddpm_export.config import UNetConfig
 from ddpm_export.diffusion.config import DiffusionConfig
-from ddpm_export.errors import BadInputError
 from ddpm_export.files import atomic_dir
 from ddpm_export.nn.diffusers_import import load_diffusers_unet
 from ddpm_export.nn.unet import UNet
 from ddpm_export.nn.weights import (CONFIG_NAME, DIFFUSERS_WEIGHTS_NAME, DIFFUSION_NAME, WEIGHTS_NAME,
                                     CheckpointError, build_model, load_state_strict, read_safetensors)
-from ddpm_export.presets import preset_dir, preset_names
+from ddpm_export.presets import check_model_name, preset_dir
 
 __all__ = ["CONFIG_NAME", "DIFFUSERS_WEIGHTS_NAME", "DIFFUSION_NAME", "WEIGHTS_NAME", "CheckpointError",
            "build_model", "diffusion_config_for", "is_diffusers_folder", "load_checkpoint", "load_model",
@@ -89,9 +88,8 @@ def load_model(spec: str | Path) -> UNet:
     Presets and folders without ``model.safetensors`` (config only) get weights from
     ``build_model(cfg, seed=0)``.
     """
+    check_model_name(spec)  # Path("") is ".": an empty name must not load the working folder
     path = Path(spec)
-    if not str(spec).strip():  # Path("") is ".": an empty name must not load the working folder
-        raise BadInputError(f"an empty model name: give a preset ({', '.join(preset_names())}) or a checkpoint folder")
     if path.is_dir():
         if not (path / CONFIG_NAME).is_file():
             raise CheckpointError(f"{path} has no {CONFIG_NAME}")

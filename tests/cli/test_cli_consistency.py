@@ -110,3 +110,12 @@ def test_every_help_teaches_by_example(name):
     examples = result.output.split("Example", 1)
     assert len(examples) == 2, f"{name} --help has no example"
     assert f"ddpm-export {name}" in examples[1] or "ddpm-export --threads" in examples[1]
+
+
+@pytest.mark.parametrize("args", [["sample", "-o", "e.png"], ["demo", "-o", "d"], ["inspect"], ["onnx", "-o", "e.onnx"]])
+def test_an_empty_model_name_is_refused_not_taken_for_the_default(tmp_path, monkeypatch, args):
+    # sample and demo fell back to the default model on --model ''
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, [*args, "--model", ""])
+    assert result.exit_code == 2 and "an empty model name: give a preset" in result.output, result.output
+    assert list(tmp_path.iterdir()) == []
