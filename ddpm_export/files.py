@@ -23,7 +23,7 @@ from typing import Iterator
 from ddpm_export.errors import BadInputError, DdpmExportError, NotAFolderError, OutputExistsError
 
 __all__ = ["atomic_dir", "atomic_file", "atomic_files", "made_parents", "names_no_file", "refuse_existing",
-           "refuse_inside", "refuse_same_file", "remove_leftovers", "require_suffix", "temp_sibling"]
+           "refuse_inside", "refuse_nameless_folder", "refuse_same_file", "remove_leftovers", "require_suffix", "temp_sibling"]
 
 
 def refuse_existing(path: str | Path, force: bool, flag: str = "--force") -> None:
@@ -60,6 +60,12 @@ def require_suffix(flag: str, path: str | Path | None, suffix: str) -> None:
         raise BadInputError(f"{flag} {str(path)!r} names no file of its own; give a file name ending in {suffix}")
     if path is not None and not str(path).lower().endswith(suffix):
         raise BadInputError(f"{flag} {path} must end in {suffix} (it is written as {suffix[1:].upper()})")
+
+
+def refuse_nameless_folder(path: str | Path) -> None:
+    """Refuse an output folder ``path`` that names no folder of its own (``""``, ``.``, ``a/..``)."""
+    if names_no_file(path):
+        raise BadInputError(f"output folder {str(path)!r} names no folder of its own; give the new folder's name")
 
 
 def names_no_file(path: str | Path) -> bool:
@@ -202,6 +208,7 @@ def atomic_dir(path: str | Path, *, force: bool = False, marker: str | None = No
     ``force`` replaces only an empty folder or one holding ``marker``, never a folder of the
     user's own files.
     """
+    refuse_nameless_folder(path)
     refuse_inside({"the output folder": path}, {"the current folder": os.getcwd()},
                   "it would be replaced while in use; choose a new folder")
     path = Path(os.path.abspath(path))  # `..`, `a/..` name their folder

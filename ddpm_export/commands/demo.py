@@ -45,7 +45,7 @@ def command(model: str | None, out_dir: str, ddpm_steps: int | None, force: bool
 
     from ddpm_export.console import use_flag_names
     from ddpm_export.errors import VerificationFailed
-    from ddpm_export.files import atomic_dir, refuse_inside
+    from ddpm_export.files import atomic_dir, refuse_inside, refuse_nameless_folder
     from ddpm_export.inputs import input_files
     from ddpm_export.presets import check_model_name, default_model
 
@@ -54,6 +54,7 @@ def command(model: str | None, out_dir: str, ddpm_steps: int | None, force: bool
     model = default_model() if model is None else model
     check_model_name(model)  # "" is not the default model
     out = Path(out_dir)
+    refuse_nameless_folder(out)
     refuse_inside({"--out": out}, {"--model": model if Path(model).exists() else None, **input_files(model=model)},
                   "replacing the folder would delete the model; choose a new folder")
     if ddpm_steps is not None:  # before minutes of export and sampling

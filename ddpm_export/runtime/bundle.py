@@ -38,7 +38,7 @@ from ddpm_export.contract.sidecar import read_sidecar, sidecar_path
 from ddpm_export.diffusion.config import DiffusionConfig
 from ddpm_export.diffusion.samplers import sampler_defaults
 from ddpm_export.errors import IntegrityError
-from ddpm_export.files import atomic_dir, refuse_inside
+from ddpm_export.files import atomic_dir, refuse_inside, refuse_nameless_folder
 from ddpm_export.runtime.info import read_metadata
 
 __all__ = ["FORMAT", "MANIFEST", "BundleError", "Manifest", "make_bundle", "read_manifest", "verify_bundle"]
@@ -220,6 +220,7 @@ def make_bundle(onnx: Sequence[str | Path], out: str | Path, *, engines: Sequenc
         by_onnx[owner]["engines"].append(sources.add(path, "engine"))
         sources.add(sidecar_path(path), "engine_sidecar")
 
+    refuse_nameless_folder(out)
     refuse_inside({"the bundle folder": out}, {f"the input {name}:": src for name, (src, _) in sources.items()},
                   "replacing the folder would delete it; write the bundle into a new folder")
     d = first.diffusion

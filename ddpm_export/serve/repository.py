@@ -25,7 +25,7 @@ from ddpm_export._version import __version__
 from ddpm_export.checks import is_int
 from ddpm_export.contract.info import ModelInfo
 from ddpm_export.errors import BadInputError
-from ddpm_export.files import atomic_dir, refuse_inside
+from ddpm_export.files import atomic_dir, refuse_inside, refuse_nameless_folder
 from ddpm_export.runtime.bundle import BundleError, external_data_files, verify_bundle
 from ddpm_export.runtime.pipeline import warn_on_target_mismatch
 from ddpm_export.serve.configs import LIMITS, SAMPLER, UNET, UNET_BACKENDS, sampler_config, unet_config
@@ -70,6 +70,7 @@ def write_repository(bundle: str | Path, out: str | Path, *, unet_backend: UNetB
         if not is_int(value) or not low <= value <= high:
             raise BadInputError(f"{name} must be an int in [{low}, {high}], got {value!r}")
     folder = Path(bundle)
+    refuse_nameless_folder(out)
     refuse_inside({"the repository folder": out}, {"the bundle": folder},
                   "replacing the folder would delete the bundle; write the repository into a new folder")
     refuse_inside({"the bundle": folder}, {"the repository folder": out},

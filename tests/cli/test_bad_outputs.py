@@ -400,7 +400,13 @@ def test_an_output_folder_holding_an_input_is_refused_even_with_force(tmp_path, 
                    watch=[tmp_path])
     monkeypatch.chdir(work)
     expect_failure(["bundle", "--onnx", tiny, "-o", ".", "--force"], 2,
-                   "the current folder .* is the output folder .: it would be replaced while in use", watch=[tmp_path])
+                   "output folder '.' names no folder of its own", watch=[tmp_path])
+    expect_failure(["bundle", "--onnx", tiny, "-o", "../work", "--force"], 2,
+                   "the current folder .* is the output folder .*work: it would be replaced while in use",
+                   watch=[tmp_path])
+    for command in (["bundle", "--onnx", tiny], ["triton", "--bundle", bundle], ["demo"]):
+        expect_failure([*command, "-o", "", "--force"], 2, r"output folder '\.?' names no folder of its own",
+                       watch=[tmp_path])  # was "... is inside the bundle folder : ..." (a blank name)
 
 
 def test_an_output_inside_a_bundle_is_refused(tmp_path, tiny):
