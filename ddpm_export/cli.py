@@ -78,14 +78,13 @@ class _Main(click.Group):
 @click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.version_option(__version__, prog_name="ddpm-export")
 @click.option("--debug", is_flag=True, help="Show the full traceback of an error before its line (same exit status).")
-@click.option("-v", "--verbose", "verbosity", flag_value=2, help="Progress bars even when stderr is not a terminal.")
-@click.option("-q", "--quiet", "verbosity", flag_value=0,
-              help="Print nothing but errors (stderr); no progress bars.")
+@click.option("-v", "--verbose", is_flag=True, help="Progress bars even when stderr is not a terminal.")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors (stderr); no progress bars.")
 @click.option("--threads", type=click.IntRange(1, MAX_THREADS), default=None,
               help="CPU threads for ONNX Runtime, OpenVINO and PyTorch [default: ONNX Runtime 1 for ONNX files "
                    "under 16 MiB, where a second thread was slower; else each engine's own].")
 @click.pass_context
-def main(ctx: click.Context, debug: bool, verbosity: int | None, threads: int | None) -> None:
+def main(ctx: click.Context, debug: bool, verbose: bool, quiet: bool, threads: int | None) -> None:
     """Take a DDPM U-Net from PyTorch to ONNX / TensorRT and sample it without PyTorch.
 
     \b
@@ -98,8 +97,11 @@ def main(ctx: click.Context, debug: bool, verbosity: int | None, threads: int | 
     Exit status: 0 success, 1 verification failed or non-finite output, 2 bad input, usage
     or environment (e.g. a missing optional dependency).
     """
+    if verbose and quiet:
+        raise click.UsageError("-q (print nothing but errors) and -v (progress bars) contradict each other: pass one")
     ctx.meta["ddpm_export.debug"] = debug
-    ctx.meta[VERBOSITY] = 1 if verbosity is None else verbosity
+    verbosity = 0 if quiet else 2 if verbose else 1
+    ctx.meta[VERBOSITY] = verbosity
     if verbosity == 0:  # -q: the commands' stdout lines are dropped; errors (stderr) still show
         ctx.with_resource(contextlib.redirect_stdout(io.StringIO()))
     ctx.with_resource(_warnings_as_lines(quiet=verbosity == 0))

@@ -80,6 +80,9 @@ def command(onnx_path: str | None, bundle_dir: str | None, bundle_onnx: str | No
 
     use_flag_names({"guidance_scale": "--guidance", "classes": "--class", "steps": "--steps", "eta": "--eta",
                      "sampler": "--sampler", "n": "-n", "num_inference_steps": "--steps"})
+    if onnx_path is not None and bundle_dir is not None:
+        raise click.UsageError("--onnx and --bundle: to pick one of the bundle's ONNX files, pass its name with "
+                               "--bundle-onnx NAME instead of --onnx")
     if sum(x is not None for x in (onnx_path, bundle_dir, model)) > 1:
         raise click.UsageError("pass at most one of --onnx, --bundle and --model")
     if model is not None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any, Sequence
@@ -37,7 +38,7 @@ from ddpm_export.contract.metadata import sha256_file
 from ddpm_export.contract.sidecar import read_sidecar, sidecar_path
 from ddpm_export.diffusion.config import DiffusionConfig
 from ddpm_export.diffusion.samplers import sampler_defaults
-from ddpm_export.errors import IntegrityError
+from ddpm_export.errors import IntegrityError, WrongTypeError
 from ddpm_export.files import atomic_dir, refuse_inside, refuse_nameless_folder
 from ddpm_export.runtime.info import read_metadata
 
@@ -80,6 +81,8 @@ class Manifest:
 # --- reading and checking ---------------------------------------------------------------
 def read_manifest(folder: str | Path) -> Manifest:
     """Parse and validate ``folder/manifest.json`` (structure only; see :func:`verify_bundle`)."""
+    if not isinstance(folder, (str, os.PathLike)):
+        raise WrongTypeError(f"a bundle must be a str or os.PathLike naming its folder, got {type(folder).__name__}")
     folder = Path(folder)
     path = folder / MANIFEST
     if folder.is_file():

@@ -119,3 +119,10 @@ def test_an_empty_model_name_is_refused_not_taken_for_the_default(tmp_path, monk
     result = CliRunner().invoke(main, [*args, "--model", ""])
     assert result.exit_code == 2 and "an empty model name: give a preset" in result.output, result.output
     assert list(tmp_path.iterdir()) == []
+
+
+def test_quiet_and_verbose_together_are_a_usage_error():
+    # the last of the two won: -q -v drew progress bars and printed the summary
+    result = CliRunner().invoke(main, ["-q", "-v", "models"])
+    assert result.exit_code == 2 and "-q (print nothing but errors) and -v (progress bars) contradict" in result.output
+

@@ -93,6 +93,8 @@ def test_bad_arguments_fail_with_a_message(onnx_files: dict[str, Path], tmp_path
     assert code == 2 and "Error: --steps must be an int in [1, " in out
     code, out = _run("--onnx", str(onnx_files["tiny"]), "--model", "tiny", "-o", png)
     assert code != 0 and "at most one of --onnx, --bundle and --model" in out
+    code, out = _run("--bundle", str(tmp_path), "--onnx", str(onnx_files["tiny"]), "-o", png)  # a bundle's file?
+    assert code == 2 and "pass its name with --bundle-onnx NAME instead of --onnx" in out
     assert not Path(png).exists()
 
 

@@ -209,3 +209,13 @@ def test_a_file_for_a_bundle_and_a_folder_for_a_file_say_which_to_use(tmp_path: 
     with pytest.raises(InputNotFoundError, match=r"a folder, not an ONNX file \(a bundle folder is read with "
                                                  r"Pipeline.from_bundle"):
         Pipeline.from_onnx(tmp_path)
+
+
+@pytest.mark.parametrize("folder", [None, 3, ["b"]])
+def test_a_bundle_that_is_not_a_path_is_a_type_error_naming_it(folder: object) -> None:
+    # from_bundle(None) was a raw TypeError from pathlib; from_onnx(None) already named the type
+    from ddpm_export.errors import WrongTypeError
+
+    with pytest.raises(WrongTypeError, match=f"a bundle must be a str or os.PathLike naming its folder, "
+                                             f"got {type(folder).__name__}"):
+        Pipeline.from_bundle(folder)  # type: ignore[arg-type]
