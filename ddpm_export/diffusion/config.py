@@ -50,6 +50,7 @@ __all__ = [
     "DPM_SOLVER_TYPES",
     "DiffusionConfig",
     "FinalSigmasType",
+    "MAX_TRAIN_TIMESTEPS",
     "SAMPLER_PRESETS",
     "SOLVER_TYPES",
     "PredictionType",
@@ -59,6 +60,11 @@ __all__ = [
     "UNIPC_SOLVER_TYPES",
     "VarianceType",
 ]
+
+
+#: the longest forward process a config may describe: the schedule is held as arrays of T values
+#: (DDPM used 1000, improved DDPM 4000); a hand-edited 1e30 overflowed while they were built
+MAX_TRAIN_TIMESTEPS = 100_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,7 +119,7 @@ class DiffusionConfig(FrozenConfig):
 
     def validate(self) -> None:
         T = self.num_train_timesteps
-        check(T >= 2, "num_train_timesteps", f"must be >= 2, got {T}")
+        check(2 <= T <= MAX_TRAIN_TIMESTEPS, "num_train_timesteps", f"must be in [2, {MAX_TRAIN_TIMESTEPS}], got {T}")
         if self.beta_schedule != "cosine":
             check(0.0 < self.beta_start < 1.0, "beta_start", f"must be in (0, 1), got {self.beta_start}")
             check(0.0 < self.beta_end < 1.0, "beta_end", f"must be in (0, 1), got {self.beta_end}")

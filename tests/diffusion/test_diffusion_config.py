@@ -46,7 +46,8 @@ def test_json_round_trip(config: DiffusionConfig) -> None:
                             "'dpm-solver', 'sde-dpm-solver++', 'unipc'"),
     (dict(num_inference_steps=50.0), "num_inference_steps=50.0 has the wrong type; expected int"),
     (dict(version=3), "version: 3 is not supported"),
-    (dict(num_train_timesteps=1), "num_train_timesteps: must be >= 2, got 1"),
+    (dict(num_train_timesteps=1), "num_train_timesteps: must be in [2, 100000], got 1"),
+    (dict(num_train_timesteps=10**30), f"num_train_timesteps: must be in [2, 100000], got {10**30}"),  # overflowed
     (dict(beta_start=0.0), "beta_start: must be in (0, 1), got 0.0"),
     (dict(beta_start=0.03), "beta_end: must be >= beta_start=0.03, got 0.02"),
     (dict(clip_sample_range=0.0), "clip_sample_range: must be > 0"),
