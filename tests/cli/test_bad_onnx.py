@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -124,6 +125,17 @@ def _with_external_data(tiny: Path, folder: Path, location: str) -> Path:
                     entry.value = location
         onnx.save(proto, str(path))
     return path
+
+
+def test_a_device_or_pipe_is_named_as_such(tmp_path):
+    # /dev/null and a FIFO were "no such ONNX file"
+    fifo = tmp_path / "model.onnx"
+    os.mkfifo(fifo)
+    out = tmp_path / "out"
+    out.mkdir()
+    for path in (Path(os.devnull), fifo):
+        expect_failure(_sample(path, out), 2, f"{path}: not a regular file \\(a device, pipe or socket\\)",
+                       watch=[out])
 
 
 def test_external_data_missing(tmp_path, tiny):
