@@ -23,7 +23,8 @@ from typing import Iterator
 from ddpm_export.errors import BadInputError, DdpmExportError, NotAFolderError, OutputExistsError
 
 __all__ = ["atomic_dir", "atomic_file", "atomic_files", "made_parents", "names_no_file", "refuse_existing",
-           "refuse_inside", "refuse_nameless_folder", "refuse_same_file", "remove_leftovers", "require_suffix", "temp_sibling"]
+           "refuse_inside", "refuse_nameless_folder", "refuse_same_file", "remove_leftovers", "require_suffix",
+           "temp_sibling"]
 
 
 def refuse_existing(path: str | Path, force: bool, flag: str = "--force") -> None:

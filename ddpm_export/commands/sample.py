@@ -75,20 +75,11 @@ def command(onnx_path: str | None, bundle_dir: str | None, bundle_onnx: str | No
     from ddpm_export.files import atomic_files, refuse_existing, refuse_inside, refuse_same_file, require_suffix
     from ddpm_export.inputs import input_files
     from ddpm_export.images import write_array, write_grid
-    from ddpm_export.presets import check_model_name
     from ddpm_export.runtime.backends import describe_precision
 
     use_flag_names({"guidance_scale": "--guidance", "classes": "--class", "steps": "--steps", "eta": "--eta",
                      "sampler": "--sampler", "n": "-n", "num_inference_steps": "--steps"})
-    if onnx_path is not None and bundle_dir is not None:
-        raise click.UsageError("--onnx and --bundle: to pick one of the bundle's ONNX files, pass its name with "
-                               "--bundle-onnx NAME instead of --onnx")
-    if sum(x is not None for x in (onnx_path, bundle_dir, model)) > 1:
-        raise click.UsageError("pass at most one of --onnx, --bundle and --model")
-    if model is not None:
-        check_model_name(model)  # "" is not the default model
-    if bundle_onnx is not None and bundle_dir is None:
-        raise click.UsageError("--bundle-onnx picks a file of a bundle: pass --bundle too")
+    _check_sources(onnx_path, (bundle_dir, bundle_onnx), model)
     if backend == "tensorrt" and bundle_dir is None:
         raise click.UsageError("--backend tensorrt runs a bundle's engine: pass --bundle")
     if (trt_fp16 or trt_cache is not None) and backend != "ort-tensorrt":
@@ -116,6 +107,22 @@ def command(onnx_path: str | None, bundle_dir: str | None, bundle_onnx: str | No
     precision = describe_precision(info.precision, pipe.backend)
     click.echo(f"wrote {output} ({n} images, {info.spec.in_channels}x{info.spec.sample_size}x{info.spec.sample_size}, "
                f"{precision})" + (f" and {save_npy}" if save_npy else ""))
+
+
+def _check_sources(onnx_path: str | None, bundle: tuple[str | None, str | None], model: str | None) -> None:
+    """Refuse two sources (``--onnx``, ``--bundle`` with its ``--bundle-onnx``, ``--model``) or an empty one."""
+    from ddpm_export.presets import check_model_name
+
+    bundle_dir, bundle_onnx = bundle
+    if onnx_path is not None and bundle_dir is not None:
+        raise click.UsageError("--onnx and --bundle: to pick one of the bundle's ONNX files, pass its name with "
+                               "--bundle-onnx NAME instead of --onnx")
+    if sum(x is not None for x in (onnx_path, bundle_dir, model)) > 1:
+        raise click.UsageError("pass at most one of --onnx, --bundle and --model")
+    if model is not None:
+        check_model_name(model)  # "" is not the default model
+    if bundle_onnx is not None and bundle_dir is None:
+        raise click.UsageError("--bundle-onnx picks a file of a bundle: pass --bundle too")
 
 
 def _load(onnx_path: str | None, bundle: tuple[str | None, str | None], model: str | None, backend: str,

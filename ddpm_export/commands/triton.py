@@ -20,7 +20,8 @@ from ddpm_export.serve.configs import LIMITS, UNET_BACKENDS
 @click.option("--onnx", "onnx_name", default=None, help="Which ONNX file of the bundle (its name) [default: the first].")
 @click.option("--max-queue-delay-us", type=click.IntRange(*LIMITS["max_queue_delay_us"]), default=500,
               help="How long the unet's dynamic batcher waits to merge calls, in microseconds.")
-@click.option("--max-images", type=click.IntRange(*LIMITS["max_images"]), default=1024, help="The largest num_images one request may ask for.")
+@click.option("--max-images", type=click.IntRange(*LIMITS["max_images"]), default=1024,
+              help="The largest num_images one request may ask for.")
 @click.option("--force", is_flag=True, help="Replace an existing repository folder.")
 def command(bundle_dir: str, output: str, unet_backend: str, instances: int, onnx_name: str | None,
             max_queue_delay_us: int, max_images: int, force: bool) -> None:

@@ -78,7 +78,8 @@ def test_threads_reach_onnxruntime(tmp_path):
     assert result.exit_code == 2 and "--threads" in result.output
     # a million threads made ONNX Runtime allocate until the kernel killed it; 10**20 overflowed its binding
     for args in (["--threads", "1000000", "models"], ["--threads", str(10**20), "models"],
-                 ["bench", "--model", "tiny", "--threads", "2000"], ["inspect", "--model", "tiny", "--threads", "2000"]):
+                 ["bench", "--model", "tiny", "--threads", "2000"],
+                 ["inspect", "--model", "tiny", "--threads", "2000"]):
         result = CliRunner().invoke(main, args)
         assert result.exit_code == 2 and "--threads" in result.output and "1<=x<=1024" in result.output, result.output
 
@@ -112,7 +113,8 @@ def test_every_help_teaches_by_example(name):
     assert f"ddpm-export {name}" in examples[1] or "ddpm-export --threads" in examples[1]
 
 
-@pytest.mark.parametrize("args", [["sample", "-o", "e.png"], ["demo", "-o", "d"], ["inspect"], ["onnx", "-o", "e.onnx"]])
+@pytest.mark.parametrize("args", [["sample", "-o", "e.png"], ["demo", "-o", "d"], ["inspect"],
+                                  ["onnx", "-o", "e.onnx"]])
 def test_an_empty_model_name_is_refused_not_taken_for_the_default(tmp_path, monkeypatch, args):
     # sample and demo fell back to the default model on --model ''
     monkeypatch.chdir(tmp_path)
