@@ -14,6 +14,7 @@ which removes the leftovers of every process that no longer runs (:func:`remove_
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import uuid
@@ -22,9 +23,25 @@ from typing import Iterator
 
 from ddpm_export.errors import BadInputError, DdpmExportError, NotAFolderError, OutputExistsError
 
-__all__ = ["atomic_dir", "atomic_file", "atomic_files", "made_parents", "names_no_file", "refuse_existing",
-           "refuse_inside", "refuse_nameless_folder", "refuse_same_file", "remove_leftovers", "require_suffix",
-           "temp_sibling"]
+__all__ = ["BUNDLE_FORMAT", "BUNDLE_MANIFEST", "atomic_dir", "atomic_file", "atomic_files", "enclosing_bundle",
+           "made_parents", "names_no_file", "refuse_existing", "refuse_inside", "refuse_nameless_folder",
+           "refuse_same_file", "remove_leftovers", "require_suffix", "temp_sibling"]
+
+
+#: a bundle folder's manifest and its format tag (:mod:`ddpm_export.runtime.bundle` takes them from
+#: here, the lowest layer, so that every output check can recognise a bundle it would write into)
+BUNDLE_MANIFEST, BUNDLE_FORMAT = "manifest.json", "ddpm-export-bundle"
+
+
+def enclosing_bundle(path: str | Path) -> Path | None:
+    """The bundle folder (one holding our ``manifest.json``) that ``path`` lies inside, or None."""
+    for folder in Path(path).absolute().parents:
+        manifest = folder / BUNDLE_MANIFEST
+        if manifest.is_file():
+            with contextlib.suppress(OSError, ValueError, AttributeError):  # someone else's manifest.json
+                if json.loads(manifest.read_text(encoding="utf-8")).get("format") == BUNDLE_FORMAT:
+                    return folder
+    return None
 
 
 def refuse_existing(path: str | Path, force: bool, flag: str = "--force") -> None:
@@ -37,6 +54,10 @@ def refuse_existing(path: str | Path, force: bool, flag: str = "--force") -> Non
         raise BadInputError(f"output path {str(path)!r} names no file of its own; give a file name")
     if Path(path).exists() and not force:
         raise OutputExistsError(f"{path} exists; pass {flag} to overwrite it")
+    bundle = enclosing_bundle(path)
+    if bundle is not None:
+        raise BadInputError(f"{path} is inside the bundle folder {bundle}: a file added to a bundle breaks its "
+                            f"manifest; write it elsewhere")
     parent = Path(path).absolute().parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent

@@ -39,13 +39,12 @@ from ddpm_export.contract.sidecar import read_sidecar, sidecar_path
 from ddpm_export.diffusion.config import DiffusionConfig
 from ddpm_export.diffusion.samplers import sampler_defaults
 from ddpm_export.errors import IntegrityError, WrongTypeError
-from ddpm_export.files import atomic_dir, refuse_inside, refuse_nameless_folder
+from ddpm_export.files import BUNDLE_FORMAT, BUNDLE_MANIFEST, atomic_dir, refuse_inside, refuse_nameless_folder
 from ddpm_export.runtime.info import read_metadata
 
 __all__ = ["FORMAT", "MANIFEST", "BundleError", "Manifest", "make_bundle", "read_manifest", "verify_bundle"]
 
-MANIFEST = "manifest.json"
-FORMAT = "ddpm-export-bundle"
+MANIFEST, FORMAT = BUNDLE_MANIFEST, BUNDLE_FORMAT  # defined in files: no output is written into a bundle
 VERSION = 1
 ROLES = ("onnx", "onnx_data", "engine", "engine_sidecar")
 

@@ -409,6 +409,24 @@ def test_an_output_folder_holding_an_input_is_refused_even_with_force(tmp_path, 
                        watch=[tmp_path])  # was "... is inside the bundle folder : ..." (a blank name)
 
 
+def test_no_command_writes_into_any_bundle_folder(tmp_path, tiny):
+    # a bundle not given as an input was unprotected: `bundle -o b/sub` and `sample --onnx b/x.onnx -o b/y.png`
+    # exited 0 and the bundle then failed its manifest check ("not listed")
+    from ddpm_export.runtime import make_bundle, verify_bundle
+
+    bundle = make_bundle([tiny], tmp_path / "b")
+    inside = "is inside the bundle folder .*b: a file added to a bundle breaks its manifest"
+    for args in (["bundle", "--onnx", bundle / "tiny.onnx", "-o", bundle / "sub"],
+                 ["sample", "--onnx", bundle / "tiny.onnx", "-n", "1", "--steps", "1", "-o", bundle / "y.png"],
+                 ["onnx", "--model", "tiny", "-o", bundle / "deeper" / "t.onnx"],
+                 ["triton", "--bundle", make_bundle([tiny], tmp_path / "c"), "-o", bundle / "repo"]):
+        expect_failure(args, 2, inside, watch=[bundle])
+    verify_bundle(bundle)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "manifest.json").write_text('{"format": "someone else\'s"}')  # not a bundle of ours
+    assert run(["bundle", "--onnx", tiny, "-o", tmp_path / "other" / "b"]).exit_code == 0
+
+
 def test_an_output_inside_a_bundle_is_refused(tmp_path, tiny):
     """A file or folder added to a bundle fails its manifest check on every later load."""
     from ddpm_export.runtime import make_bundle
