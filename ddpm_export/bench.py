@@ -361,9 +361,11 @@ def _run_order(paths: list[_Path]) -> list[_Path]:
     return [q for p in peers for q in (p, *followers[p.name])] + rest
 
 
-def _measure(paths: list[_Path], batch: int, cfg: BenchConfig, log: Callable[[str], None]) -> dict[str, dict[str, Any]]:
-    """Warm every path up, then ``repeats`` interleaved rounds (in :func:`_run_order`, reversed every
-    other round); per-step times (and each round's median), model-call share, RSS."""
+def _measure(paths: list[_Path], order: list[_Path], batch: int, cfg: BenchConfig,
+             log: Callable[[str], None]) -> dict[str, dict[str, Any]]:
+    """Warm every path up, then ``repeats`` interleaved rounds (``order``, :func:`_run_order`, reversed
+    every other round); per-step times (and each round's median), model-call share, RSS; rows in
+    the order of ``paths``."""
     runs = {}
     for p in paths:
         runs[p.name] = p.runner(batch)
@@ -372,7 +374,6 @@ def _measure(paths: list[_Path], batch: int, cfg: BenchConfig, log: Callable[[st
     rounds: dict[str, list[float]] = {p.name: [] for p in paths}  # each round's median step
     overhead: dict[str, list[float]] = {p.name: [] for p in paths}
     rss: dict[str, float] = {p.name: 0.0 for p in paths}
-    order = _run_order(paths)
     for r in range(cfg.repeats):
         for p in order if r % 2 == 0 else order[::-1]:
             p.timer.reset()
@@ -502,12 +503,13 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
         gemms = [gemm_ceiling(cfg.threads)]
         report["flops_per_image"] = flops
         report["paths"] = [{"name": p.name, "group": p.group, **p.info} for p in paths]
-        report["round_order"] = [p.name for p in _run_order(paths)]  # reversed in every other round
+        order = _run_order(paths)
+        report["round_order"] = [p.name for p in order]  # reversed in every other round
         report["results"] = {}
         records = {p["name"]: p for p in report["paths"]}
         for batch in cfg.batches:
             log(f"measuring batch {batch} ({len(paths)} paths, {cfg.repeats} x {cfg.steps} steps each)")
-            report["results"][str(batch)] = _measure(paths, batch, cfg, log)
+            report["results"][str(batch)] = _measure(paths, order, batch, cfg, log)
             gemms.append(gemm_ceiling(cfg.threads))
         report["gemm_ceiling"] = {**max(gemms, key=lambda g: g["gflops"]),
                                   "measurements": [g["gflops"] for g in gemms]}

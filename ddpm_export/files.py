@@ -24,7 +24,7 @@ from typing import Iterator
 from ddpm_export.errors import BadInputError, DdpmExportError, NotAFolderError, OutputExistsError
 
 __all__ = ["BUNDLE_FORMAT", "BUNDLE_MANIFEST", "atomic_dir", "atomic_file", "atomic_files", "enclosing_bundle",
-           "made_parents", "names_no_file", "refuse_existing", "refuse_inside", "refuse_nameless_folder",
+           "made_parents", "names_no_file", "refuse_existing", "refuse_foreign_folder", "refuse_inside", "refuse_nameless_folder",
            "refuse_same_file", "remove_leftovers", "require_suffix", "temp_sibling"]
 
 
@@ -88,6 +88,16 @@ def refuse_nameless_folder(path: str | Path) -> None:
     """Refuse an output folder ``path`` that names no folder of its own (``""``, ``.``, ``a/..``)."""
     if names_no_file(path):
         raise BadInputError(f"output folder {str(path)!r} names no folder of its own; give the new folder's name")
+
+
+def refuse_foreign_folder(path: str | Path, marker: str) -> None:
+    """Refuse to replace ``path``, a non-empty folder without ``marker`` (a file every folder of its
+    kind holds, e.g. a bundle's ``manifest.json``): it holds the user's own files, not ours."""
+    path = Path(path)
+    if path.is_dir() and any(path.iterdir()) and not (path / marker).is_file():
+        raise BadInputError(f"{path} holds no {marker}, so this command did not write it: --force replaces only "
+                            f"such a folder (its files would be deleted); choose a new folder, or empty this one "
+                            f"yourself")
 
 
 def names_no_file(path: str | Path) -> bool:
@@ -237,10 +247,8 @@ def atomic_dir(path: str | Path, *, force: bool = False, marker: str | None = No
     refuse_existing(path, force)
     if path.exists() and not path.is_dir():
         raise NotAFolderError(f"{path} exists and is not a folder")
-    if marker is not None and path.is_dir() and any(path.iterdir()) and not (path / marker).is_file():
-        raise BadInputError(f"{path} holds no {marker}, so this command did not write it: --force replaces only "
-                            f"such a folder (its files would be deleted); choose a new folder, or empty this one "
-                            f"yourself")
+    if marker is not None:
+        refuse_foreign_folder(path, marker)
     with made_parents(path):
         remove_leftovers(path)
         tmp = temp_sibling(path)  # unique: threads and processes never collide

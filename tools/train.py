@@ -36,7 +36,9 @@ from tqdm import tqdm
 
 from ddpm_export.config import UNetConfig
 from ddpm_export.diffusion import DiffusionConfig, Schedule
-from ddpm_export.nn.checkpoint import build_model, save_checkpoint
+from ddpm_export.errors import BadInputError
+from ddpm_export.files import refuse_foreign_folder
+from ddpm_export.nn.checkpoint import CONFIG_NAME, build_model, save_checkpoint
 from ddpm_export.quality import HELDOUT_SIZE, SPLIT_SEED, load_digits_split
 
 TRAINING_NAME = "training.json"   # the flags and results of the run, beside the checkpoint
@@ -191,9 +193,10 @@ def main(argv: list[str] | None = None) -> int:
     if out.exists() and not args.force:   # refuse before spending the training time
         print(f"error: {out} exists; pass --force to overwrite it", file=sys.stderr)
         return 1
-    if out.is_dir() and any(out.iterdir()) and not (out / "config.json").is_file():  # --force would delete it
-        print(f"error: {out} holds no config.json, so it is not a checkpoint; --force replaces only a checkpoint "
-              f"folder: choose a new --out", file=sys.stderr)
+    try:
+        refuse_foreign_folder(out, CONFIG_NAME)  # --force would delete a folder that is not a checkpoint
+    except BadInputError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 1
     result = train(args)
     out.parent.mkdir(parents=True, exist_ok=True)
