@@ -121,7 +121,7 @@ def export_onnx(model: str | Path, out: str | Path, *, opset: int = DEFAULT_OPSE
 
 def _check_options(out: Path, *, force: bool, precision: str, attention: str, target: str, opset: int) -> str:
     """Refuse bad options before any work; the attention form ``attention`` resolves to."""
-    if out.suffix != ".onnx":
+    if out.suffix.lower() != ".onnx":  # model.ONNX is an ONNX file too
         named = not names_no_file(out) and out.name != ".onnx"  # Path(".onnx"): a hidden file, no suffix
         raise BadInputError(f"output {out} must end in .onnx" if named else
                             f"output {str(out) or repr('')} needs a file name ending in .onnx, e.g. model.onnx")

@@ -127,3 +127,13 @@ def test_onnx_output_needs_a_name_ending_in_onnx(tmp_path, monkeypatch, output, 
     result = CliRunner().invoke(main, ["onnx", "-m", "tiny", "-o", output])
     assert result.exit_code == 2 and f"Error: {message}" in result.output
     assert list(tmp_path.iterdir()) == []
+
+
+def test_onnx_output_suffix_in_any_case(tmp_path):
+    """``model.ONNX`` is an ONNX file like ``model.onnx`` (the other outputs' suffix checks ignore case too)."""
+    from ddpm_export.runtime.info import read_info
+
+    out = tmp_path / "t.ONNX"
+    result = CliRunner().invoke(main, ["onnx", "-m", "tiny", "-o", str(out), "--no-validate"])
+    assert result.exit_code == 0, result.output
+    assert read_info(out).spec.sample_size > 0 and [p.name for p in tmp_path.iterdir()] == ["t.ONNX"]
