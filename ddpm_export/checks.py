@@ -41,18 +41,23 @@ def check_steps(steps: Any, num_train_timesteps: int, name: str = "steps") -> in
     return int(steps)
 
 
-FLOAT32_MAX = float(np.finfo(np.float32).max)
+#: the largest |guidance scale| accepted: classifier-free guidance is used at 1-20; at 1e38 the
+#: guided prediction ``uncond + s * (cond - uncond)`` overflowed float32 into NaN
+MAX_GUIDANCE_SCALE = 1000.0
+#: the largest |value| of an explicit start ``x_T``: it is standard normal noise (|x| < 7 in 10**11
+#: draws); 3e38 overflowed the first step
+MAX_X_T = 1000.0
 
 
 def check_guidance_scale(scale: Any) -> float:
     """A classifier-free guidance scale: a float finite in float32, the precision the guided output
     is computed in (1.0 means no guidance)."""
     if isinstance(scale, (bool, np.bool_)) or not isinstance(scale, (int, float, np.integer, np.floating)) \
-            or not math.isfinite(scale):
+            or (not is_int(scale) and not math.isfinite(scale)):
         raise BadInputError(f"guidance_scale must be a finite float, got {scale!r}")
-    if abs(scale) > FLOAT32_MAX:
-        raise BadInputError(f"guidance_scale={scale!r} overflows float32 (|scale| <= {FLOAT32_MAX:.3e}), "
-                            f"the precision the guided output is computed in")
+    if abs(scale) > MAX_GUIDANCE_SCALE:  # compared before float(): 10**400 is an int float() cannot hold
+        raise BadInputError(f"guidance_scale={scale!r} is out of range: |scale| <= {MAX_GUIDANCE_SCALE:g} (classifier-"
+                            f"free guidance is used at 1-20; far larger scales overflow float32)")
     return float(scale)
 
 
@@ -64,6 +69,9 @@ def check_x_T(x_T: Any, shape: tuple[int, ...]) -> np.ndarray:
         raise BadInputError(f"x_T must be float32 of shape {tuple(shape)}, got {x_T.dtype} {x_T.shape}")
     if not np.all(np.isfinite(x_T)):
         raise BadInputError("x_T must be finite")
+    if x_T.size and float(np.abs(x_T).max()) > MAX_X_T:
+        raise BadInputError(f"x_T holds {float(np.abs(x_T).max()):.3g}; its values must be within +-{MAX_X_T:g} "
+                            f"(it is the start noise, standard normal)")
     return x_T
 
 

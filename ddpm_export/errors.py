@@ -9,6 +9,7 @@ kind                            status  meaning
 :class:`BadInputError`          2       an argument, flag, file or config value is wrong
 :class:`IntegrityError`         2       a file was altered or does not belong with another
 :class:`MissingDependencyError` 2       an optional package, a GPU or a driver is missing
+:class:`EngineError`            2       ONNX Runtime or OpenVINO failed on a model call
 :class:`VerificationFailed`     1       an export disagrees with PyTorch beyond its limits
 :class:`NonFiniteOutputError`   1       a model produced NaN or infinity
 ==============================  ======  ===================================================
@@ -25,9 +26,10 @@ keeps working.
 
 from __future__ import annotations
 
-__all__ = ["BadInputError", "DdpmExportError", "DdpmExportWarning", "InputNotFoundError", "IntegrityError",
-           "MissingDependencyError", "NonFiniteOutputError", "NotAFolderError", "OutputExistsError",
-           "TargetMismatchWarning", "VerificationFailed", "WrongTypeError", "describe", "exit_status"]
+__all__ = ["BadInputError", "DdpmExportError", "DdpmExportWarning", "EngineError", "InputNotFoundError",
+           "IntegrityError", "MissingDependencyError", "NonFiniteOutputError", "NotAFolderError",
+           "OutputExistsError", "TargetMismatchWarning", "VerificationFailed", "WrongTypeError", "describe",
+           "exit_status"]
 
 #: Modules of the ``export`` extra: a command that imports one needs ``pip install 'ddpm-export[export]'``.
 EXPORT_EXTRA = ("torch", "onnx", "safetensors", "polygraphy")
@@ -67,6 +69,11 @@ class MissingDependencyError(DdpmExportError, ImportError):
     """An optional dependency (tensorrt, cuda-python, matplotlib, onnx...) or a GPU is missing."""
 
 
+class EngineError(DdpmExportError, RuntimeError):
+    """The engine (ONNX Runtime, OpenVINO) failed on a model call that passed every check: a graph
+    it cannot run at this batch size, memory it cannot allocate. The message gives the engine's own."""
+
+
 class VerificationFailed(DdpmExportError, RuntimeError):
     """An export or engine disagrees with the PyTorch reference beyond its limits."""
 
@@ -95,13 +102,16 @@ def exit_status(error: BaseException) -> int:
 
 
 def describe(error: BaseException) -> str:
-    """The one-line message of ``error`` for the CLI: a missing module of the export extra says
-    which extra to install; an operating-system error names the file and what to do."""
+    """The one-line message of ``error`` for the CLI: a missing module of the export extra (or
+    onnxruntime) says what to install; an operating-system error names the file and what to do."""
     if isinstance(error, DdpmExportError):
         return str(error)
     if isinstance(error, ModuleNotFoundError) and (error.name or "").split(".")[0] in EXPORT_EXTRA:
         return (f"this command needs the export extra (no module {error.name!r}): "
                 f"pip install 'ddpm-export[export]'")
+    if isinstance(error, ModuleNotFoundError) and (error.name or "").split(".")[0] == "onnxruntime":
+        return ("this needs ONNX Runtime, a dependency of ddpm-export that is not installed here: "
+                "pip install onnxruntime (or onnxruntime-gpu)")
     if isinstance(error, OSError) and not isinstance(error, ImportError):
         where = " -> ".join(str(f) for f in (error.filename, error.filename2) if f is not None) or "a file"
         return (f"{where}: {error.strerror or error} -- check that the folder exists, is writable "

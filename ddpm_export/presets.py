@@ -29,10 +29,14 @@ def preset_names() -> list[str]:
 
 
 def check_model_name(name: str | Path) -> None:
-    """Refuse an empty (or blank) model name: ``Path("")`` is the working folder, and a command
-    would otherwise fall back to its default model."""
+    """Refuse an empty (or blank) model name (``Path("")`` is the working folder, and a command
+    would otherwise fall back to its default model) and a name that is neither a path on disk nor
+    a preset -- before any work, so that a typo is named as one even where exporting would need
+    the export extra first."""
     if not str(name).strip():
         raise BadInputError(f"an empty model name: give a preset ({', '.join(preset_names())}) or a checkpoint folder")
+    if not Path(name).exists():
+        preset_dir(str(name))  # raises, listing the presets, unless it is one
 
 
 def preset_dir(name: str) -> Path:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sys
 
+from ddpm_export.checks import is_int
 from ddpm_export.errors import BadInputError
 
 __all__ = ["MAX_THREADS", "check_threads", "get_threads", "set_threads"]
@@ -29,7 +30,7 @@ def set_threads(n: int | None) -> None:
         _threads = None
         return
     check_threads("--threads", n)
-    _threads = n
+    _threads = n = int(n)
     os.environ["OMP_NUM_THREADS"] = str(n)
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(n)
@@ -37,7 +38,7 @@ def set_threads(n: int | None) -> None:
 
 def check_threads(name: str, n: object) -> None:
     """Refuse a thread count ``n`` that is not an int in ``[1, MAX_THREADS]`` (``name``: the flag or argument)."""
-    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_THREADS:
+    if not is_int(n) or not 1 <= n <= MAX_THREADS:  # type: ignore[operator]
         raise BadInputError(f"{name} must be an int in [1, {MAX_THREADS}], got {n!r}")
 
 

@@ -142,6 +142,8 @@ class ClassLabels(Conditioning):
         num_classes = int(info.num_classes)  # type: ignore[arg-type]
         if value is None:
             return np.arange(n, dtype=np.int64) % num_classes
+        if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "iu":
+            value = value.item()  # np.array(3): one id, like np.int64(3)
         if is_int(value):
             return self._check_ids(np.full(n, int(value), dtype=object), num_classes)  # object: any int, checked
         listed = isinstance(value, (list, tuple))

@@ -45,7 +45,9 @@ SMALL_MODEL_BYTES = 16 * 2**20
 @dataclasses.dataclass(frozen=True)
 class RuntimeOptions:
     """How to run a file: ``threads`` (>= 1, or None for :func:`default_threads`),
-    ``inference_precision`` (OpenVINO only), ``providers`` and ``session_options`` (ONNX Runtime only)."""
+    ``inference_precision`` (OpenVINO only), ``providers`` and ``session_options`` (ONNX Runtime
+    only; the caller's ``SessionOptions`` are used as given: ``threads``, when given, is written
+    into them, else their own thread settings stand)."""
 
     threads: int | None = None
     inference_precision: str | None = None
@@ -153,7 +155,9 @@ def load_onnx_backend(backend: str, path: str | Path, spec: ExportSpec, options:
     check_options(backend, options)
     kind = CPU_BACKENDS[backend]
     path = Path(path)
-    if options.threads is None:  # the command's `ddpm-export --threads N`, else by model size
+    if options.threads is None and options.session_options is None:
+        # the command's `ddpm-export --threads N`, else by model size; the caller's own session
+        # options keep their thread settings
         options = dataclasses.replace(options, threads=get_threads() or default_threads(path, backend))
     return kind.loader(path, spec, options)
 

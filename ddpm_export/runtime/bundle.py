@@ -38,7 +38,7 @@ from ddpm_export.contract.metadata import sha256_file
 from ddpm_export.contract.sidecar import read_sidecar, sidecar_path
 from ddpm_export.diffusion.config import DiffusionConfig
 from ddpm_export.diffusion.samplers import sampler_defaults
-from ddpm_export.errors import IntegrityError, WrongTypeError
+from ddpm_export.errors import InputNotFoundError, IntegrityError, NotAFolderError, WrongTypeError
 from ddpm_export.files import BUNDLE_FORMAT, BUNDLE_MANIFEST, atomic_dir, refuse_inside, refuse_nameless_folder
 from ddpm_export.runtime.info import read_metadata
 
@@ -63,10 +63,13 @@ class Manifest:
     diffusion: DiffusionConfig
     sampler_defaults: dict[str, Any]
 
-    def model(self, onnx: str | None = None) -> dict[str, Any]:
-        """The ``models`` entry of ONNX file ``onnx`` (default: the first)."""
+    def model(self, onnx: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+        """The ``models`` entry of ONNX file ``onnx``, its name in the bundle (default: the first)."""
         if onnx is None:
             return self.models[0]
+        if not isinstance(onnx, (str, os.PathLike)):
+            raise WrongTypeError(f"onnx must be the name of one of the bundle's ONNX files, got {type(onnx).__name__}")
+        onnx = os.fspath(onnx)
         for entry in self.models:
             if entry["onnx"] == onnx:
                 return entry
@@ -85,10 +88,10 @@ def read_manifest(folder: str | Path) -> Manifest:
     folder = Path(folder)
     path = folder / MANIFEST
     if folder.is_file():
-        raise BundleError(f"{folder}: a file, not a bundle folder (an ONNX file is read with Pipeline.from_onnx, "
+        raise NotAFolderError(f"{folder}: a file, not a bundle folder (an ONNX file is read with Pipeline.from_onnx, "
                           f"`sample --onnx`)")
     if not folder.is_dir():
-        raise BundleError(f"{folder}: not a bundle folder (no such directory)")
+        raise InputNotFoundError(f"{folder}: not a bundle folder (no such directory)")
     if not path.is_file():
         raise BundleError(f"{path}: missing; a bundle folder holds a {MANIFEST} (build one with `ddpm-export bundle`)")
     try:

@@ -6,6 +6,7 @@ arrays, so one backend (and one :class:`~ddpm_export.runtime.Pipeline`) serves m
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -13,11 +14,12 @@ import numpy as np
 import onnxruntime as ort
 
 from ddpm_export.contract.spec import OUT_NAME, ExportSpec, feeds_for
-from ddpm_export.errors import BadInputError, InputNotFoundError
+from ddpm_export.errors import (BadInputError, EngineError, InputNotFoundError, MissingDependencyError,
+                                WrongTypeError)
 from ddpm_export.runtime.integrity import check_graph
 from ddpm_export.threads import get_threads
 
-__all__ = ["DEFAULT_PROVIDERS", "OnnxRuntimeBackend", "create_session", "session_options_for"]
+__all__ = ["DEFAULT_PROVIDERS", "OnnxRuntimeBackend", "check_providers", "create_session", "session_options_for"]
 
 #: CPU unless told otherwise; pass e.g. ``["CUDAExecutionProvider", "CPUExecutionProvider"]`` with onnxruntime-gpu.
 DEFAULT_PROVIDERS = ("CPUExecutionProvider",)
@@ -35,6 +37,7 @@ class OnnxRuntimeBackend:
         check_graph(session.get_inputs(), session.get_outputs(), spec, source=source)
         self.session = session
         self.spec = spec
+        self.source = source
 
     @classmethod
     def from_path(cls, path: str | Path, spec: ExportSpec, *, providers: Sequence[Any] | None = None,
@@ -44,7 +47,11 @@ class OnnxRuntimeBackend:
     def __call__(self, x_t: np.ndarray, t: np.ndarray, cond: np.ndarray | None) -> np.ndarray:
         feeds = feeds_for(self.spec, x_t, t, cond)
         self.spec.check_inputs(feeds)
-        return self.session.run([OUT_NAME], feeds)[0]
+        try:
+            return self.session.run([OUT_NAME], feeds)[0]
+        except Exception as e:  # ONNX Runtime's Fail, RuntimeException, ... derive from Exception only
+            raise EngineError(f"{self.source}: ONNX Runtime failed on a model call at batch {x_t.shape[0]} "
+                              f"({run_error(e)})") from e
 
 
 def create_session(path: str | Path, *, providers: Sequence[Any] | None = None,
@@ -56,12 +63,53 @@ def create_session(path: str | Path, *, providers: Sequence[Any] | None = None,
     threads = get_threads()
     if session_options is None and threads is not None:  # `ddpm-export --threads N`
         session_options = session_options_for(threads)
+    wanted = check_providers(providers) if providers is not None else list(DEFAULT_PROVIDERS)
     try:
-        return ort.InferenceSession(str(path), session_options,
-                                    providers=list(providers) if providers is not None else list(DEFAULT_PROVIDERS))
+        session = ort.InferenceSession(str(path), session_options, providers=wanted)
     except Exception as e:  # ONNX Runtime's own classes (InvalidProtobuf, Fail, ...) derive from Exception only
         raise BadInputError(f"{path}: ONNX Runtime cannot load this file ({load_error(e)}); is it a complete "
                             f"ONNX file written by `ddpm-export onnx`, with its external data beside it?") from e
+    dropped = [name for name in map(_provider_name, wanted) if name not in session.get_providers()]
+    if dropped:  # ONNX Runtime falls back to the CPU with a warning; a slow success is not what was asked for
+        raise MissingDependencyError(f"{path}: ONNX Runtime could not start {', '.join(dropped)} here (the session "
+                                     f"runs on {', '.join(session.get_providers())}); see ONNX Runtime's log above")
+    return session
+
+
+def _provider_name(provider: Any) -> str:
+    return provider if isinstance(provider, str) else provider[0]
+
+
+def check_providers(providers: Any) -> list[Any]:
+    """``providers`` as ONNX Runtime takes them (a list of names or ``(name, options)`` pairs),
+    each available in this onnxruntime; else WrongTypeError, BadInputError (an unknown name) or
+    MissingDependencyError (a provider this onnxruntime package lacks, e.g. CUDA in the CPU build)."""
+    if isinstance(providers, (str, bytes)) or not isinstance(providers, (list, tuple)) or not providers:
+        raise WrongTypeError(f"providers must be a non-empty list of execution provider names, e.g. "
+                             f"['CPUExecutionProvider'], got {providers!r}")
+    available = ort.get_available_providers()
+    for provider in providers:
+        pair = isinstance(provider, tuple) and len(provider) == 2 and isinstance(provider[1], dict)
+        if not (isinstance(provider, str) or (pair and isinstance(provider[0], str))):
+            raise WrongTypeError(f"providers: each is a name or a (name, options dict) pair, got {provider!r}")
+        name = _provider_name(provider)
+        if name not in ort.get_all_providers():
+            raise BadInputError(f"providers: {name!r} is not an ONNX Runtime execution provider; available here: "
+                                f"{', '.join(available)}")
+        if name not in available:
+            raise MissingDependencyError(f"providers: {name} is not in this onnxruntime package (it has "
+                                         f"{', '.join(available)}); e.g. CUDAExecutionProvider needs onnxruntime-gpu")
+    return list(providers)
+
+
+def run_error(error: BaseException) -> str:
+    """What an ONNX Runtime run error says failed, without its C++ source location: the node and
+    the sentence after the failed check (``... was false. The input tensor cannot be reshaped ...``)."""
+    text = " ".join(str(error).split())
+    node = re.search(r"while running (\S+) node\. Name:'([^']*)'", text)
+    where = f"{node.group(1)} node{' ' + repr(node.group(2)) if node.group(2) else ''}: " if node else ""
+    detail = text.split(" was false. ", 1)[1] if " was false. " in text else load_error(error)
+    return (where + detail)[:300]
 
 
 def load_error(error: BaseException) -> str:
@@ -74,6 +122,8 @@ def session_options_for(threads: int | None, session_options: ort.SessionOptions
     """``session_options`` (or new ones) with ``intra_op_num_threads = threads`` and
     ``inter_op_num_threads = 1`` (the U-Net is one chain of nodes; nothing runs in parallel
     between them); ``threads=None`` leaves ONNX Runtime's default (one per physical core)."""
+    if session_options is not None and not isinstance(session_options, ort.SessionOptions):
+        raise WrongTypeError(f"session_options must be an onnxruntime.SessionOptions, got {type(session_options).__name__}")
     opts = session_options if session_options is not None else ort.SessionOptions()
     if threads is not None:
         opts.intra_op_num_threads = int(threads)

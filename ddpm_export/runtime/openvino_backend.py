@@ -12,7 +12,11 @@ compiles it for the CPU plugin with:
 - **static shapes, one compiled model per batch size** (compiled on first use, the export's
   ``opt_batch`` at load): the file's batch axis is dynamic, and the CPU plugin's dynamic-shape
   kernels cost 1.1-1.2x per step at batch 1 on ddpm-cifar10 (README, "Speed"). A sampling run
-  uses one or two batch sizes (its chunk and the remainder), each compiled once.
+  uses one or two batch sizes (its chunk and the remainder), each compiled once. The
+  :data:`MAX_COMPILED` most recently used sizes are kept; a call at another size compiles it
+  (0.6-0.8 s for the digits model here) and drops the least recently used one, so an app that
+  samples many sizes holds bounded memory (each compiled size holds its own copy of the
+  weights: ~23 MiB for digits, ~100 MiB for ddpm-cifar10).
 
 A QDQ int8 file (``ddpm-export onnx --precision int8``) runs through the same class: OpenVINO
 turns the QuantizeLinear/DequantizeLinear pairs into int8 kernels (VNNI where present).
@@ -30,9 +34,12 @@ from typing import Any
 import numpy as np
 
 from ddpm_export.contract.spec import OUT_NAME, ExportSpec, feeds_for
-from ddpm_export.errors import BadInputError, InputNotFoundError, MissingDependencyError
+from ddpm_export.errors import BadInputError, EngineError, InputNotFoundError, IntegrityError, MissingDependencyError
 
-__all__ = ["OpenVinoBackend", "require_openvino"]
+__all__ = ["MAX_COMPILED", "OpenVinoBackend", "require_openvino"]
+
+#: batch sizes kept compiled at once (least recently used dropped first; see the module docstring)
+MAX_COMPILED = 4
 
 
 def require_openvino() -> Any:
@@ -63,13 +70,18 @@ class OpenVinoBackend:
         if not path.is_file():
             raise InputNotFoundError(f"{path}: no such ONNX file")
         core = ov.Core()
-        model = core.read_model(str(path))
+        try:
+            model = core.read_model(str(path))
+        except RuntimeError as e:  # OpenVINO raises RuntimeError for every read failure
+            raise BadInputError(f"{path}: OpenVINO cannot read this file ({_engine_message(e)})") from e
         names = [port.get_any_name() for port in model.inputs]
         if names != spec.input_names:
-            raise BadInputError(f"{path}: the model's inputs {names} differ from the export spec's {spec.input_names}")
+            raise IntegrityError(f"{path}: the graph's inputs {names} differ from its metadata's export spec "
+                                 f"{spec.input_names}; re-export it with `ddpm-export onnx`")
         outputs = [port.get_any_name() for port in model.outputs]
         if OUT_NAME not in outputs:
-            raise BadInputError(f"{path}: the model has no output {OUT_NAME!r} (outputs: {outputs})")
+            raise IntegrityError(f"{path}: the graph has no output {OUT_NAME!r} (outputs: {outputs}); "
+                                 f"re-export it with `ddpm-export onnx`")
         config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
         if threads is not None:
             config["INFERENCE_NUM_THREADS"] = int(threads)
@@ -77,8 +89,8 @@ class OpenVinoBackend:
             config["INFERENCE_PRECISION_HINT"] = inference_precision
         self.spec = spec
         self.output_index = outputs.index(OUT_NAME)
-        self._core, self._model, self._config = core, model, config
-        self._compiled: dict[int, Any] = {}
+        self._core, self._model, self._config, self._path = core, model, config, path
+        self._compiled: dict[int, Any] = {}  # batch -> compiled model, least recently used first
         self._lock = threading.Lock()
         compiled = self._compiled_for(spec.opt_batch)
         self.threads = int(compiled.get_property("INFERENCE_NUM_THREADS"))
@@ -87,27 +99,57 @@ class OpenVinoBackend:
         self._local = threading.local()
 
     def _compiled_for(self, batch: int) -> Any:
-        """The model compiled with every input's batch axis fixed to ``batch`` (once per batch size)."""
+        """The model compiled with every input's batch axis fixed to ``batch``: kept for the
+        :data:`MAX_COMPILED` most recently used sizes."""
         with self._lock:
-            if batch not in self._compiled:
+            compiled = self._compiled.pop(batch, None)
+            if compiled is None:
                 model = self._model.clone()
                 model.reshape({port.get_any_name(): [batch, *list(port.get_partial_shape())[1:]]
                                for port in model.inputs})
-                self._compiled[batch] = self._core.compile_model(model, "CPU", self._config)
-            return self._compiled[batch]
+                try:
+                    compiled = self._core.compile_model(model, "CPU", self._config)
+                except RuntimeError as e:
+                    raise BadInputError(f"{self._path}: OpenVINO cannot compile this file at batch {batch} "
+                                        f"({_engine_message(e)})") from e
+                while len(self._compiled) >= MAX_COMPILED:
+                    del self._compiled[next(iter(self._compiled))]
+            self._compiled[batch] = compiled  # now the most recently used
+            return compiled
 
     def _request(self, batch: int) -> Any:
+        """This thread's infer request at ``batch``, on the model compiled for it now (a request
+        made before that size was dropped and compiled again is replaced)."""
         requests = getattr(self._local, "requests", None)  # threading.local: absent until this thread's first call
         if requests is None:
             requests = self._local.requests = {}
-        if batch not in requests:
-            requests[batch] = self._compiled_for(batch).create_infer_request()
-        return requests[batch]
+        compiled = self._compiled_for(batch)
+        owner, request = requests.pop(batch, (None, None))
+        if owner is not compiled:
+            request = compiled.create_infer_request()
+        requests[batch] = (compiled, request)
+        while len(requests) > MAX_COMPILED:  # this thread holds no more compiled models than the cache
+            del requests[next(iter(requests))]
+        return request
 
     def __call__(self, x_t: np.ndarray, t: np.ndarray, cond: np.ndarray | None) -> np.ndarray:
         feeds = feeds_for(self.spec, x_t, t, cond)
         self.spec.check_inputs(feeds)
         request = self._request(int(x_t.shape[0]))
-        request.infer(feeds)
+        try:
+            request.infer(feeds)
+        except RuntimeError as e:
+            raise EngineError(f"{self._path}: OpenVINO failed on a model call at batch {x_t.shape[0]} "
+                              f"({_engine_message(e)})") from e
         # the request reuses its output buffer on the next call: hand out a copy
         return np.array(request.get_output_tensor(self.output_index).data, dtype=np.float32, copy=True)
+
+
+def _engine_message(error: BaseException) -> str:
+    """What an OpenVINO error says failed, on one line: its summary when it has one (a conversion
+    failure lists the operators), else its lines without the C++ source locations."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if "Summary:" in lines:
+        lines = lines[lines.index("Summary:") + 1:]
+    useful = [line.lstrip("- ") for line in lines if not line.startswith(("Exception from", "Check '"))]
+    return "; ".join(useful or [type(error).__name__])[:300]

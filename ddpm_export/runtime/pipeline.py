@@ -28,7 +28,7 @@ from ddpm_export.contract.choices import BACKENDS, ORT_GPU_BACKENDS
 from ddpm_export.contract.info import ModelInfo
 from ddpm_export.diffusion import SCHEDULERS, Backend, DiffusionConfig, make_scheduler, sample, sampler_config
 from ddpm_export.errors import BadInputError, TargetMismatchWarning, WrongTypeError
-from ddpm_export.runtime.backends import describe_precision
+from ddpm_export.runtime.backends import CPU_BACKENDS, describe_precision
 from ddpm_export.runtime.integrity import check_finite
 
 __all__ = ["Pipeline", "SampleRequest", "chunk_seed", "warn_on_target_mismatch"]
@@ -134,11 +134,11 @@ class Pipeline:
         An int8 file exported with ``--target openvino`` loaded on ``"onnxruntime"`` runs, with a
         :class:`~ddpm_export.errors.TargetMismatchWarning` (ONNX Runtime runs its int8 ops in float).
         """
-        from ddpm_export.runtime.backends import CPU_BACKENDS, RuntimeOptions, load_onnx_backend
+        from ddpm_export.runtime.backends import RuntimeOptions, load_onnx_backend
         from ddpm_export.runtime.info import read_info
 
         check_choice("backend", backend, (*CPU_BACKENDS, *ORT_GPU_BACKENDS))
-        _check_trt_options(backend, trt_fp16, trt_cache_dir)
+        _check_gpu_options(backend, device, trt_fp16, trt_cache_dir)
         if backend in CPU_BACKENDS:
             info = read_info(path)
             warn_on_target_mismatch(path, info, backend)
@@ -156,14 +156,15 @@ class Pipeline:
                                session_options=session_options), info, source=str(path))
 
     @classmethod
-    def from_bundle(cls, directory: str | Path, *, onnx: str | None = None, backend: BackendName = "onnxruntime",
+    def from_bundle(cls, directory: str | Path, *, onnx: str | Path | None = None, backend: BackendName = "onnxruntime",
                     threads: int | None = None, inference_precision: str | None = None,
                     providers: Sequence[Any] | None = None, session_options: Any = None,
                     device: int = 0, trt_fp16: bool = False, trt_cache_dir: str | Path | None = None) -> "Pipeline":
         """A Pipeline on a bundle folder, after checking every file's sha256 against ``manifest.json``.
 
         Args:
-            onnx: which of the bundle's ONNX files (its name); default the first one listed.
+            onnx: which of the bundle's ONNX files (its name in the bundle, a str or Path); default
+                the first one listed.
             backend: ``"onnxruntime"`` or ``"openvino"`` run the ONNX file (with ``threads`` and
                 ``inference_precision`` as in :meth:`from_onnx`; ``"ort-cuda"`` / ``"ort-tensorrt"``: on
                 ONNX Runtime's GPU providers, ``"ort-tensorrt"`` with ``trt_fp16`` and
@@ -174,7 +175,7 @@ class Pipeline:
         from ddpm_export.runtime import bundle as bundle_mod
 
         check_choice("backend", backend, BACKENDS)  # before hashing every file
-        _check_trt_options(backend, trt_fp16, trt_cache_dir)
+        _check_gpu_options(backend, device, trt_fp16, trt_cache_dir)
         manifest = bundle_mod.verify_bundle(directory)
         entry = manifest.model(onnx)
         folder = Path(directory)
@@ -220,7 +221,8 @@ class Pipeline:
 
         Args:
             n: number of images (>= 1).
-            steps: inference steps N (default: the metadata's ``num_inference_steps``), in [1, T].
+            steps: inference steps N (default: the metadata's ``num_inference_steps``), in [1, T]; the
+                multistep solvers (UniPC, DPM-Solver) with leading spacing need N < T.
             sampler: ``"ddim"``, ``"ddpm"``, ``"dpm-solver++"``, ``"dpm-solver"``, ``"sde-dpm-solver++"``
                 or ``"unipc"`` (default: the metadata's ``sampler``); the solvers read their settings
                 (order, solver type, ...) from the metadata's DiffusionConfig.
@@ -279,9 +281,14 @@ class Pipeline:
 
 
 # --- argument checks (the shared ones live in ddpm_export.checks) ------------------------
-def _check_trt_options(backend: str, trt_fp16: bool, trt_cache_dir: str | Path | None) -> None:
-    """TensorRT provider options on any backend but ``ort-tensorrt`` are a mistake: refuse them
-    rather than drop them."""
+def _check_gpu_options(backend: str, device: Any, trt_fp16: bool, trt_cache_dir: str | Path | None) -> None:
+    """GPU options on a backend that does not take them are a mistake: refuse them rather than
+    drop them (``device`` on a CPU backend, the TensorRT provider's options on any backend but
+    ``ort-tensorrt``)."""
+    if not is_int(device) or device < 0:
+        raise BadInputError(f"device must be a CUDA device index (an int >= 0), got {device!r}")
+    if device != 0 and backend in CPU_BACKENDS:
+        raise BadInputError(f"device={device} applies to the GPU backends, not {backend!r} (it runs on the CPU)")
     if (trt_fp16 or trt_cache_dir is not None) and backend != "ort-tensorrt":
         raise BadInputError(f"trt_fp16 and trt_cache_dir apply to backend='ort-tensorrt', not {backend!r}")
 
@@ -295,7 +302,8 @@ def _config(base: DiffusionConfig, sampler: Any, steps: Any, eta: Any) -> Diffus
         if name != "ddim":
             given = "" if sampler is not None else " (the file's default; pass sampler='ddim')"
             raise BadInputError(f"eta applies to the DDIM sampler only; got eta={eta!r} with sampler={name!r}{given}")
-        if isinstance(eta, bool) or not isinstance(eta, (int, float, np.floating)) or not 0.0 <= eta <= 1.0:
+        if isinstance(eta, bool) or not isinstance(eta, (int, float, np.integer, np.floating)) \
+                or not 0.0 <= eta <= 1.0:
             raise BadInputError(f"eta must be a float in [0, 1], got {eta!r}")
         changes["eta"] = float(eta)
     try:

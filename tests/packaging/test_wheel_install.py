@@ -93,6 +93,10 @@ def test_export_commands_name_the_missing_extra(installed):
     assert proc.stderr.strip().splitlines() == [
         "Error: this command needs the export extra (no module 'onnx'): pip install 'ddpm-export[export]'"]
     assert not (work / "d.onnx").exists()
+    # a typo in --model is named as one, not as a missing extra (the export would need torch)
+    proc = _run([str(bin_dir / "ddpm-export"), "sample", "--model", "digit", "-o", "t.png"], cwd=work)
+    assert proc.returncode == 2 and proc.stderr.startswith("Error: unknown model 'digit': not a folder on disk and "
+                                                           "not a preset; presets: "), proc.stderr
 
 
 def test_the_openvino_backend_names_its_extra_then_runs_once_installed(installed):

@@ -17,7 +17,7 @@ pytest.importorskip("torch", reason="the export needs torch")
 pytest.importorskip("onnx")
 
 from ddpm_export.cli import main  # noqa: E402
-from ddpm_export.errors import InputNotFoundError  # noqa: E402
+from ddpm_export.errors import InputNotFoundError, NotAFolderError  # noqa: E402
 from ddpm_export.runtime import BundleError, Pipeline, make_bundle, read_info, verify_bundle  # noqa: E402
 from ddpm_export.runtime.bundle import MANIFEST  # noqa: E402
 from ddpm_export.runtime.tensorrt import EngineMismatchError, TensorRTBackend, sidecar_path  # noqa: E402
@@ -203,9 +203,11 @@ def test_bundle_command_refuses_models_that_differ(onnx_file: Path, tmp_path: Pa
 
 
 def test_a_file_for_a_bundle_and_a_folder_for_a_file_say_which_to_use(tmp_path: Path, onnx_file: Path) -> None:
-    with pytest.raises(BundleError, match=r"a file, not a bundle folder \(an ONNX file is read with "
-                                          r"Pipeline.from_onnx"):
+    with pytest.raises(NotAFolderError, match=r"a file, not a bundle folder \(an ONNX file is read with "
+                                           r"Pipeline.from_onnx"):
         Pipeline.from_bundle(onnx_file)
+    with pytest.raises(InputNotFoundError, match=r"not a bundle folder \(no such directory\)"):
+        Pipeline.from_bundle(tmp_path / "missing")  # except FileNotFoundError catches it, as for from_onnx
     with pytest.raises(InputNotFoundError, match=r"a folder, not an ONNX file \(a bundle folder is read with "
                                                  r"Pipeline.from_bundle"):
         Pipeline.from_onnx(tmp_path)

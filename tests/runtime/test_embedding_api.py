@@ -1,0 +1,163 @@
+"""What an app that embeds the sampler relies on beyond sampling: the engines' own failures as
+documented errors (and a one-line CLI error, exit 2), the caller's ONNX Runtime options used as
+given, options checked by value (providers, device, numpy integers), and OpenVINO's per-batch
+compiled models bounded. Real exports of ``tiny``; the broken files are real ONNX edits of it."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch", reason="the exports need torch")
+onnx = pytest.importorskip("onnx")
+
+import onnxruntime as ort  # noqa: E402
+from click.testing import CliRunner  # noqa: E402
+from onnx import helper, numpy_helper  # noqa: E402
+
+from ddpm_export.cli import main  # noqa: E402
+from ddpm_export.errors import (BadInputError, EngineError, MissingDependencyError, WrongTypeError,  # noqa: E402
+                                describe, exit_status)
+from ddpm_export.runtime import Pipeline  # noqa: E402
+
+from runtime_exports import exported  # noqa: E402
+
+needs_openvino = pytest.mark.skipif(importlib.util.find_spec("openvino") is None,
+                                    reason="openvino is not installed (pip install 'ddpm-export[openvino]')")
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return exported("tiny", tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def batch1_only(tiny_onnx: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``tiny`` with a last Reshape to batch 1: it loads and checks, then fails at any other batch."""
+    model = onnx.load(str(tiny_onnx))
+    out = model.graph.output[0].name
+    for node in model.graph.node:
+        node.output[:] = ["pre_out" if name == out else name for name in node.output]
+    model.graph.initializer.append(numpy_helper.from_array(np.array([1, 3, 16, 16], np.int64), "batch1_shape"))
+    model.graph.node.append(helper.make_node("Reshape", ["pre_out", "batch1_shape"], [out]))
+    path = tmp_path_factory.mktemp("broken") / "batch1.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
+def test_an_engine_failure_in_a_call_is_an_engine_error(batch1_only: Path, tmp_path: Path) -> None:
+    pipe = Pipeline.from_onnx(batch1_only)
+    assert pipe.sample(1, steps=2, progress=False).shape == (1, 3, 16, 16)
+    with pytest.raises(EngineError, match=r"batch1.onnx: ONNX Runtime failed on a model call at batch 2 \(.*"
+                                          r"cannot be reshaped"):
+        pipe.sample(2, steps=2, progress=False)
+    result = CliRunner().invoke(main, ["sample", "--onnx", str(batch1_only), "-n", "2", "--steps", "2",
+                                       "-o", str(tmp_path / "x.png")])
+    assert result.exit_code == 2 and "Error: " in result.output and "Traceback" not in result.output
+    assert list(tmp_path.iterdir()) == []  # was exit 1 with ONNX Runtime's traceback
+
+
+@needs_openvino
+def test_openvino_names_an_operator_it_cannot_convert(tiny_onnx: Path, tmp_path: Path) -> None:
+    model = onnx.load(str(tiny_onnx))
+    next(node for node in model.graph.node if node.op_type == "Conv").op_type = "BogusConv"
+    path = tmp_path / "bogus.onnx"
+    onnx.save(model, str(path))
+    with pytest.raises(BadInputError, match=r"bogus.onnx: OpenVINO cannot read this file \(No conversion rule found "
+                                            r"for operations: BogusConv"):
+        Pipeline.from_onnx(path, backend="openvino")
+    result = CliRunner().invoke(main, ["sample", "--onnx", str(path), "--backend", "openvino", "-o",
+                                       str(tmp_path / "x.png")])
+    assert result.exit_code == 2 and "Traceback" not in result.output  # was a traceback, exit 1
+
+
+@needs_openvino
+def test_openvino_keeps_a_bounded_number_of_compiled_batch_sizes(tiny_onnx: Path) -> None:
+    from ddpm_export.runtime.openvino_backend import MAX_COMPILED
+
+    pipe = Pipeline.from_onnx(tiny_onnx, backend="openvino", threads=1, inference_precision="f32")
+    first = pipe.sample(3, steps=2, seed=4, progress=False)
+    for n in range(1, 9):
+        pipe.sample(n, steps=1, progress=False)
+        assert len(pipe.backend._compiled) <= MAX_COMPILED
+        assert len(pipe.backend._local.requests) <= MAX_COMPILED
+    assert 3 not in pipe.backend._compiled  # dropped by the later sizes; compiled again on use, same result
+    np.testing.assert_array_equal(pipe.sample(3, steps=2, seed=4, progress=False), first)
+
+
+def test_the_callers_session_options_keep_their_threads(tiny_onnx: Path) -> None:
+    mine = ort.SessionOptions()
+    mine.intra_op_num_threads, mine.inter_op_num_threads = 3, 2
+    pipe = Pipeline.from_onnx(tiny_onnx, session_options=mine)  # tiny's default would be 1 thread
+    used = pipe.backend.session.get_session_options()
+    assert (used.intra_op_num_threads, used.inter_op_num_threads) == (3, 2)
+    assert (mine.intra_op_num_threads, mine.inter_op_num_threads) == (3, 2)  # was rewritten to (1, 1)
+    pipe = Pipeline.from_onnx(tiny_onnx, session_options=mine, threads=np.int64(2))  # threads given: applied
+    assert pipe.backend.session.get_session_options().intra_op_num_threads == 2
+    with pytest.raises(WrongTypeError, match=r"session_options must be an onnxruntime.SessionOptions, got str"):
+        Pipeline.from_onnx(tiny_onnx, session_options="x")
+
+
+@pytest.mark.parametrize(("providers", "error", "match"), [
+    ("CPUExecutionProvider", WrongTypeError, r"providers must be a non-empty list of execution provider names"),
+    ([], WrongTypeError, r"providers must be a non-empty list"),
+    ([("CPUExecutionProvider", "x")], WrongTypeError, r"each is a name or a \(name, options dict\) pair"),
+    (["BogusProvider"], BadInputError, r"'BogusProvider' is not an ONNX Runtime execution provider; available here: "),
+])
+def test_providers_are_checked_before_onnx_runtime_falls_back(tiny_onnx: Path, providers, error, match) -> None:
+    with pytest.raises(error, match=match):
+        Pipeline.from_onnx(tiny_onnx, providers=providers)
+
+
+@pytest.mark.skipif("CUDAExecutionProvider" in ort.get_available_providers(), reason="this onnxruntime has CUDA")
+def test_a_provider_this_onnxruntime_lacks_is_named(tiny_onnx: Path) -> None:
+    with pytest.raises(MissingDependencyError, match=r"providers: CUDAExecutionProvider is not in this onnxruntime "
+                                                     r"package .* needs onnxruntime-gpu"):
+        Pipeline.from_onnx(tiny_onnx, providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+    pipe = Pipeline.from_onnx(tiny_onnx, providers=[("CPUExecutionProvider", {})])
+    assert pipe.backend.session.get_providers() == ["CPUExecutionProvider"]
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    (dict(device=1), r"device=1 applies to the GPU backends, not 'onnxruntime'"),
+    (dict(device=-1), r"device must be a CUDA device index \(an int >= 0\), got -1"),
+    (dict(device="x"), r"device must be a CUDA device index"),
+    (dict(backend="openvino", device=2), r"device=2 applies to the GPU backends, not 'openvino'"),
+])
+def test_device_is_refused_where_nothing_uses_it(tiny_onnx: Path, kwargs: dict, match: str) -> None:
+    with pytest.raises(BadInputError, match=match):
+        Pipeline.from_onnx(tiny_onnx, **kwargs)
+
+
+def test_numpy_integers_are_accepted_wherever_ints_are(tiny_onnx: Path) -> None:
+    pipe = Pipeline.from_onnx(tiny_onnx, threads=np.int64(1))
+    a = pipe.sample(np.int64(2), steps=np.int64(2), sampler="ddim", eta=np.int64(1), seed=np.int64(0), progress=False)
+    b = pipe.sample(2, steps=2, sampler="ddim", eta=1.0, seed=0, progress=False)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_one_class_id_may_be_a_zero_dimensional_array(tmp_path_factory: pytest.TempPathFactory) -> None:
+    pipe = Pipeline.from_onnx(exported("digits", tmp_path_factory))
+    np.testing.assert_array_equal(pipe.sample(2, steps=2, classes=np.array(3), progress=False),
+                                  pipe.sample(2, steps=2, classes=3, progress=False))
+
+
+def test_a_bundle_model_may_be_named_by_a_path(tiny_onnx: Path, tmp_path: Path) -> None:
+    from ddpm_export.runtime import make_bundle
+
+    shutil.copy(tiny_onnx, tmp_path / "tiny.onnx")
+    make_bundle([tmp_path / "tiny.onnx"], tmp_path / "b")
+    assert Pipeline.from_bundle(tmp_path / "b", onnx=Path("tiny.onnx")).info.spec.sample_size == 16
+    with pytest.raises(WrongTypeError, match=r"onnx must be the name of one of the bundle's ONNX files, got int"):
+        Pipeline.from_bundle(tmp_path / "b", onnx=3)
+
+
+def test_a_missing_onnxruntime_says_what_to_install() -> None:
+    error = ModuleNotFoundError("No module named 'onnxruntime'", name="onnxruntime")
+    assert describe(error) == ("this needs ONNX Runtime, a dependency of ddpm-export that is not installed here: "
+                               "pip install onnxruntime (or onnxruntime-gpu)")
+    assert exit_status(error) == 2
