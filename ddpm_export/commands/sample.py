@@ -67,7 +67,7 @@ def command(onnx_path: str | None, bundle_dir: str | None, bundle_onnx: str | No
     Examples:
       ddpm-export sample -n 40 --guidance 1.5 -o digits.png     # the shipped digits model
       ddpm-export sample --onnx tiny.onnx -n 16 -o grid.png
-      ddpm-export sample --bundle bundle/ -n 20 --class 3 --guidance 3 --steps 50 -o threes.png
+      ddpm-export sample --bundle bundle/ -n 20 --class 3 --guidance 1.5 --steps 50 -o threes.png
       ddpm-export sample --bundle bundle/ --bundle-onnx digits-int8.onnx --backend openvino -o int8.png
       ddpm-export --threads 2 sample --onnx tiny.onnx --backend openvino --inference-precision bf16 -o grid.png
     """
