@@ -123,7 +123,8 @@ def session_options_for(threads: int | None, session_options: ort.SessionOptions
     ``inter_op_num_threads = 1`` (the U-Net is one chain of nodes; nothing runs in parallel
     between them); ``threads=None`` leaves ONNX Runtime's default (one per physical core)."""
     if session_options is not None and not isinstance(session_options, ort.SessionOptions):
-        raise WrongTypeError(f"session_options must be an onnxruntime.SessionOptions, got {type(session_options).__name__}")
+        raise WrongTypeError(f"session_options must be an onnxruntime.SessionOptions, "
+                             f"got {type(session_options).__name__}")
     opts = session_options if session_options is not None else ort.SessionOptions()
     if threads is not None:
         opts.intra_op_num_threads = int(threads)
