@@ -110,7 +110,11 @@ class FrozenConfig:
     @classmethod
     def load(cls: type[C], path: str | Path) -> C:
         path = Path(path)
-        return cls.from_json(path.read_text(encoding="utf-8"), source=str(path))
+        try:
+            text = path.read_text(encoding="utf-8-sig")  # a byte-order mark is still UTF-8
+        except UnicodeDecodeError as e:  # e.g. saved as UTF-16 by an editor
+            raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8 JSON") from e
+        return cls.from_json(text, source=str(path))
 
     def replace(self: C, **changes: Any) -> C:
         return dataclasses.replace(self, **changes)

@@ -13,7 +13,10 @@ from PIL import Image
 from ddpm_export.errors import BadInputError
 from ddpm_export.files import atomic_file
 
-__all__ = ["grid_shape", "make_grid", "save_grid", "save_npy", "to_uint8", "write_array", "write_grid"]
+#: the channel counts an image grid holds: grayscale and RGB
+GRID_CHANNELS = (1, 3)
+
+__all__ = ["GRID_CHANNELS", "grid_shape", "make_grid", "save_grid", "save_npy", "to_uint8", "write_array", "write_grid"]
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
@@ -39,7 +42,7 @@ def make_grid(images: np.ndarray, *, columns: int | None = None, padding: int = 
     Tiles are ``scale`` x enlarged (nearest neighbour) and separated and framed by ``padding``
     pixels, so the picture is ``cols * (W * scale + padding) + padding`` wide (rows alike).
     """
-    if images.ndim != 4 or images.shape[1] not in (1, 3):
+    if images.ndim != 4 or images.shape[1] not in GRID_CHANNELS:
         raise BadInputError(f"images must be [N, 1 or 3, H, W], got shape {images.shape}")
     if scale < 1 or padding < 0:
         raise BadInputError(f"scale must be >= 1 and padding >= 0, got scale={scale}, padding={padding}")

@@ -35,8 +35,8 @@ def read_header(path: str | Path) -> dict[str, dict[str, Any]]:
         n = int.from_bytes(head, "little") if len(head) == 8 else -1
         if not 2 <= n <= min(MAX_HEADER_BYTES, size - 8):
             raise BadInputError(f"{path}: not a safetensors file or truncated ({size} bytes; header length "
-                                f"{n if n >= 0 else 'unreadable'}); write it again with `save_checkpoint` or "
-                                f"`tools/train.py`")
+                                f"{n if n >= 0 else 'unreadable'}); write it again (ddpm-export: `save_checkpoint` "
+                                f"or `tools/train.py`; diffusers: `save_pretrained`)")
         try:
             header = json.loads(f.read(n))
         except ValueError as e:

@@ -191,3 +191,22 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["demo"]  # built under a temporary name
     again = CliRunner().invoke(main, ["demo", "--model", "tiny", "--out", str(out)])
     assert again.exit_code != 0 and "exists; pass --force" in again.output
+
+
+def test_a_learned_variance_model_is_refused_before_any_check(tmp_path: Path) -> None:
+    """6 output channels for 3 inputs: the samplers cannot run it, so verify says so up front (it
+    used to pass the single steps, then fail inside a trajectory with a shape error)."""
+    from ddpm_export.config import UNetConfig
+    from ddpm_export.export.onnx import export_onnx
+    from ddpm_export.nn.checkpoint import build_model, save_checkpoint
+    from ddpm_export.presets import MODELS_DIR
+    from ddpm_export.verify import VerifyError
+
+    cfg = UNetConfig.load(MODELS_DIR / "tiny" / "config.json").replace(out_channels=6)
+    save_checkpoint(build_model(cfg), tmp_path / "variance")
+    onnx = export_onnx(tmp_path / "variance", tmp_path / "v.onnx", max_batch=2, log=lambda s: None).path
+    lines: list[str] = []
+    with pytest.raises(VerifyError, match=r"v.onnx: the model outputs 6 channels for 3 input channels; the samplers "
+                                          r"read one prediction per input channel \(learned-variance"):
+        verify(tmp_path / "variance", onnx, log=lines.append)
+    assert not any("single step" in line for line in lines)

@@ -37,9 +37,10 @@ if TYPE_CHECKING:  # pragma: no cover
               help="Class-conditional models: the class of every image [default: classes 0, 1, ... in turn].")
 @click.option("--guidance", type=float, default=1.0,
               help="Classifier-free guidance scale (class-conditional models with a null class); 1 = none.")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The PNG grid to write.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+              help="The PNG grid to write (1- and 3-channel models; -o, --save-npy or both).")
 @click.option("--save-npy", type=click.Path(dir_okay=False), default=None,
-              help="Also write the raw samples [n, C, H, W] float32 in [-1, 1] as .npy.")
+              help="Write the raw samples [n, C, H, W] float32 in [-1, 1] as .npy (any channel count).")
 @click.option("--scale", type=click.IntRange(1, 16), default=1, help="Enlarge each tile this many times (nearest).")
 @click.option("--backend", type=click.Choice(BACKENDS), default="onnxruntime",
               help="onnxruntime (CPU); openvino (CPU, the openvino extra); ort-cuda / ort-tensorrt: ONNX Runtime's "
@@ -60,7 +61,7 @@ def command(onnx_path: str | None, bundle_dir: str | None, bundle_onnx: str | No
 
     \b
     Images are mapped from [-1, 1] to 0..255 (grayscale for 1 channel), ceil(sqrt(n))
-    columns. With more images than the graph's max batch, sampling runs in chunks (see
+    columns; --save-npy keeps the raw samples (any channel count; alone for 2- or 4-channel models). With more images than the graph's max batch, sampling runs in chunks (see
     `Pipeline.sample`). Outputs are written atomically (both files or neither) and never
     overwritten without --force.
     \b
@@ -74,12 +75,15 @@ def command(onnx_path: str | None, bundle_dir: str | None, bundle_onnx: str | No
     from ddpm_export.console import show_progress, use_flag_names
     from ddpm_export.files import atomic_files, refuse_existing, refuse_inside, refuse_same_file, require_suffix
     from ddpm_export.inputs import input_files
-    from ddpm_export.images import write_array, write_grid
+    from ddpm_export.errors import BadInputError
+    from ddpm_export.images import GRID_CHANNELS, write_array, write_grid
     from ddpm_export.runtime.backends import describe_precision
 
     use_flag_names({"guidance_scale": "--guidance", "classes": "--class", "steps": "--steps", "eta": "--eta",
                      "sampler": "--sampler", "n": "-n", "num_inference_steps": "--steps"})
     _check_sources(onnx_path, (bundle_dir, bundle_onnx), model)
+    if output is None and save_npy is None:
+        raise click.UsageError("nothing to write: pass -o GRID.png, --save-npy SAMPLES.npy or both")
     if backend == "tensorrt" and bundle_dir is None:
         raise click.UsageError("--backend tensorrt runs a bundle's engine: pass --bundle")
     if (trt_fp16 or trt_cache is not None) and backend != "ort-tensorrt":
@@ -97,16 +101,21 @@ def command(onnx_path: str | None, bundle_dir: str | None, bundle_onnx: str | No
             refuse_existing(path, force)
     cpu = {} if inference_precision is None else {"inference_precision": inference_precision}
     pipe = _load(onnx_path, (bundle_dir, bundle_onnx), model, backend, trt_fp16, trt_cache, cpu)
+    info = pipe.info
+    channels = info.spec.in_channels
+    if output is not None and channels not in GRID_CHANNELS:  # before sampling, not after
+        raise BadInputError(f"--output: a PNG grid holds 1 or 3 channels, and {pipe.source} makes {channels}-channel "
+                            f"images; write them with --save-npy alone")
     images = pipe.sample(n, steps=steps, sampler=sampler, seed=seed, eta=eta, guidance_scale=guidance,
                          classes=class_id, progress=show_progress(progress))
     with atomic_files(output, save_npy, force=force) as (png, npy):  # both files or neither
-        write_grid(images, png, scale=scale)
+        if png is not None:
+            write_grid(images, png, scale=scale)
         if npy is not None:
             write_array(images, npy)
-    info = pipe.info
     precision = describe_precision(info.precision, pipe.backend)
-    click.echo(f"wrote {output} ({n} images, {info.spec.in_channels}x{info.spec.sample_size}x{info.spec.sample_size}, "
-               f"{precision})" + (f" and {save_npy}" if save_npy else ""))
+    written = " and ".join(str(path) for path in (output, save_npy) if path is not None)
+    click.echo(f"wrote {written} ({n} images, {channels}x{info.spec.sample_size}x{info.spec.sample_size}, {precision})")
 
 
 def _check_sources(onnx_path: str | None, bundle: tuple[str | None, str | None], model: str | None) -> None:

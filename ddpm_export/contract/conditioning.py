@@ -140,12 +140,14 @@ class ClassLabels(Conditioning):
     def call_input(self, value: Any, n: int, info: ModelInfo) -> np.ndarray | None:
         """``value``: None (image i gets class ``i % num_classes``), one id, or ``n`` ids."""
         num_classes = int(info.num_classes)  # type: ignore[arg-type]
+        has_null = info.null_class_id is not None
         if value is None:
             return np.arange(n, dtype=np.int64) % num_classes
         if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "iu":
             value = value.item()  # np.array(3): one id, like np.int64(3)
         if is_int(value):
-            return self._check_ids(np.full(n, int(value), dtype=object), num_classes)  # object: any int, checked
+            # object: any int, checked before the cast
+            return self._check_ids(np.full(n, int(value), dtype=object), num_classes, has_null)
         listed = isinstance(value, (list, tuple))
         if listed and any(isinstance(v, (bool, np.bool_)) for v in value):
             raise BadInputError(f"classes must be ints, not bools: got {value!r}")
@@ -158,7 +160,7 @@ class ClassLabels(Conditioning):
                                     f"with shape {arr.shape}")
         if arr.shape[0] != n:
             raise BadInputError(f"classes must hold n={n} ids, got {arr.shape[0]}")
-        return self._check_ids(arr, num_classes)
+        return self._check_ids(arr, num_classes, has_null)
 
     def check_inputs(self, rng: np.random.Generator, info: ModelInfo, batch: int) -> list[tuple[str, Any]]:
         """Every class in turn, and the null class when the model has one."""
@@ -166,12 +168,12 @@ class ClassLabels(Conditioning):
         return [("classes", self.call_input(None, batch, info)), *null]
 
     @staticmethod
-    def _check_ids(ids: np.ndarray, num_classes: int) -> np.ndarray:
+    def _check_ids(ids: np.ndarray, num_classes: int, has_null: bool) -> np.ndarray:
         """``ids`` (any integer dtype, or Python ints as objects) as int64, each checked in range first."""
         bad = [int(i) for i in ids.tolist() if not 0 <= int(i) < num_classes]
         if bad:
-            raise BadInputError(f"classes: id {bad[0]} is outside [0, {num_classes}) (the null id "
-                                f"{num_classes} is used only for guidance)")
+            null = f" (the null id {num_classes} is used only for guidance)" if has_null else ""
+            raise BadInputError(f"classes: id {bad[0]} is outside [0, {num_classes}){null}")
         return ids.astype(np.int64)
 
 

@@ -28,6 +28,7 @@ from ddpm_export.contract import metadata as md
 from ddpm_export.contract.choices import MIN_OPSET, TARGETS
 from ddpm_export.contract.spec import ExportSpec
 from ddpm_export.diffusion.config import DiffusionConfig
+from ddpm_export.diffusion.from_diffusers import SCHEDULER_CONFIG_NAME
 from ddpm_export.errors import BadInputError
 from ddpm_export.export.attention_forms import attention_kernel, resolve_attention
 from ddpm_export.export.int8 import CalibrationConfig, quantizes_outputs
@@ -39,7 +40,8 @@ from ddpm_export.export.validate import ValidationError, ValidationReport, valid
 from ddpm_export.files import (made_parents, names_no_file, refuse_existing, refuse_same_file, remove_leftovers,
                                temp_sibling)
 from ddpm_export.nn.attention import use_attention_kernel
-from ddpm_export.nn.checkpoint import diffusion_config_for, load_model, weights_path
+from ddpm_export.nn.checkpoint import (DIFFUSION_NAME, diffusion_config_for, load_model, schedule_file,
+                                      weights_path)
 from ddpm_export.nn.rewrites import use_rewrites
 from ddpm_export.nn.unet import UNet
 
@@ -87,14 +89,22 @@ def export_onnx(model: str | Path, out: str | Path, *, opset: int = DEFAULT_OPSE
     refuse_same_file({"the output": out, "the I/O folder (--save-io)": save_io})
     io_paths = check_io_paths(save_io, force=force) if save_io is not None else None
     unet = load_model(model)
+    source = "the diffusion argument" if diffusion is not None else str(schedule_file(model) or "")
     diffusion = diffusion or diffusion_config_for(model) or DiffusionConfig()
     if diffusion.num_train_timesteps != unet.config.num_train_timesteps:
-        raise BadInputError(f"the schedule's num_train_timesteps={diffusion.num_train_timesteps} differs from the "
-                            f"model's {unet.config.num_train_timesteps} ({model}): fix its diffusion.json")
+        T = unet.config.num_train_timesteps
+        where = (f"from {source}" if source else
+                 f"the default DiffusionConfig: {model} has no {DIFFUSION_NAME}; write one holding "
+                 f'{{"num_train_timesteps": {T}}} and the rest of its schedule')
+        raise BadInputError(f"the schedule's num_train_timesteps={diffusion.num_train_timesteps} ({where}) differs "
+                            f"from the model's {T}")
     if opt_batch is None:
         opt_batch = min(max(DEFAULT_OPT_BATCH, min_batch), max_batch)
     spec = ExportSpec.from_config(unet.config, min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch)
     log(f"exporting {model} -> {out} ({precision}, opset {opset})")  # every option and input checked
+    if source.endswith(SCHEDULER_CONFIG_NAME):  # a diffusers folder: say what its scheduler became
+        log(f"schedule from {source}: {diffusion.beta_schedule} betas, T={diffusion.num_train_timesteps}, "
+            f"{diffusion.prediction_type} prediction; sampler {diffusion.sampler}, {diffusion.num_inference_steps} steps")
     proto = trace_to_onnx(unet, spec, precision=precision, attention=form, opset=opset, rewrites=applied)
     quantized_outputs = quantizes_outputs(target)  # int8 only: the QDQ layout --target asks for
     if precision == "int8":

@@ -13,6 +13,7 @@ from safetensors.torch import save_file
 
 from ddpm_export.config import UNetConfig
 from ddpm_export.diffusion.config import DiffusionConfig
+from ddpm_export.diffusion.from_diffusers import diffusion_from_scheduler, find_scheduler_config
 from ddpm_export.files import atomic_dir
 from ddpm_export.nn.diffusers_import import load_diffusers_unet
 from ddpm_export.nn.unet import UNet
@@ -22,7 +23,8 @@ from ddpm_export.presets import check_model_name, preset_dir
 
 __all__ = ["CONFIG_NAME", "DIFFUSERS_WEIGHTS_NAME", "DIFFUSION_NAME", "WEIGHTS_NAME", "CheckpointError",
            "build_model", "diffusion_config_for", "is_diffusers_folder", "load_checkpoint", "load_model",
-           "load_state_strict", "model_folder", "read_safetensors", "save_checkpoint", "weights_path"]
+           "load_state_strict", "model_folder", "read_safetensors", "save_checkpoint", "schedule_file",
+           "weights_path"]
 
 def save_checkpoint(model: UNet, out_dir: str | Path, *, diffusion: DiffusionConfig | None = None,
                     force: bool = False) -> Path:
@@ -56,7 +58,7 @@ def is_diffusers_folder(folder: Path) -> bool:
     if (folder / DIFFUSERS_WEIGHTS_NAME).is_file():
         return True
     try:
-        return json.loads((folder / CONFIG_NAME).read_text()).get("_class_name") is not None
+        return json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8-sig")).get("_class_name") is not None
     except (OSError, ValueError, AttributeError):
         return False
 
@@ -67,10 +69,23 @@ def model_folder(spec: str | Path) -> Path:
     return path if path.is_dir() else preset_dir(str(spec))
 
 
+def schedule_file(spec: str | Path) -> Path | None:
+    """The file the model's schedule comes from: its folder's ``diffusion.json``, else for a
+    diffusers folder its scheduler's ``scheduler_config.json`` (beside it or in the pipeline's
+    ``scheduler/``); None when there is neither (the default DiffusionConfig applies)."""
+    folder = model_folder(spec)
+    if (folder / DIFFUSION_NAME).is_file():
+        return folder / DIFFUSION_NAME
+    return find_scheduler_config(folder) if is_diffusers_folder(folder) else None
+
+
 def diffusion_config_for(spec: str | Path) -> DiffusionConfig | None:
-    """The model folder's ``diffusion.json``, or None when it has none."""
-    path = model_folder(spec) / DIFFUSION_NAME
-    return DiffusionConfig.load(path) if path.is_file() else None
+    """The model's schedule from :func:`schedule_file` (a diffusers scheduler config through
+    :func:`ddpm_export.diffusion.from_diffusers.diffusion_from_scheduler`), or None."""
+    path = schedule_file(spec)
+    if path is None:
+        return None
+    return DiffusionConfig.load(path) if path.name == DIFFUSION_NAME else diffusion_from_scheduler(path)
 
 
 def weights_path(spec: str | Path) -> Path | None:
@@ -92,13 +107,16 @@ def load_model(spec: str | Path) -> UNet:
     path = Path(spec)
     if path.is_dir():
         if not (path / CONFIG_NAME).is_file():
+            if (path / "model_index.json").is_file() and (path / "unet" / CONFIG_NAME).is_file():
+                raise CheckpointError(f"{path} is a diffusers pipeline folder; pass its UNet folder, {path / 'unet'} "
+                                      f"(its scheduler/ is read from there)")
             raise CheckpointError(f"{path} has no {CONFIG_NAME}")
         if is_diffusers_folder(path):
             return load_diffusers_unet(path).eval()
         folder = path
     elif path.exists():
-        raise CheckpointError(f"{path} is a file; pass the checkpoint folder that holds "
-                              f"{CONFIG_NAME} and {WEIGHTS_NAME}")
+        raise CheckpointError(f"{path} is a file; pass the checkpoint folder that holds {CONFIG_NAME} and "
+                              f"{WEIGHTS_NAME} (ours) or {DIFFUSERS_WEIGHTS_NAME} (a diffusers UNet2DModel)")
     else:
         folder = preset_dir(str(spec))
     if (folder / WEIGHTS_NAME).exists():

@@ -150,7 +150,7 @@ def _head_dim(source: str, value: Any, attended: list[int]) -> int | None:
     """diffusers: heads = channels // attention_head_dim in every attention block; null is one head."""
     if not attended or value is None:
         return None  # no attention anywhere: diffusers ignores the key
-    if not isinstance(value, int) or isinstance(value, bool) or any(ch % value for ch in attended):
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1 or any(ch % value for ch in attended):
         raise _refuse(source, "attention_head_dim", value,
                       f"must divide the channels of every attention block {sorted(set(attended))}")
     return value
@@ -170,7 +170,7 @@ def config_from_diffusers(data: dict[str, Any], source: str = CONFIG_NAME) -> UN
 
     # --- time embedding and conditioning ---------------------------------------------------------
     time_embedding = _choice(source, "time_embedding_type", c["time_embedding_type"], _TIME_EMBEDDING)
-    if c["time_embedding_dim"] not in (None, 4 * base):
+    if c["time_embedding_dim"] not in (None, 0, 4 * base):  # diffusers: time_embedding_dim or 4 * C0
         raise _refuse(source, "time_embedding_dim", c["time_embedding_dim"],
                       f"is not reproduced; ddpm-export's embedding width is 4 * block_out_channels[0] = {4 * base}")
     steps = c["num_train_timesteps"]
@@ -204,7 +204,8 @@ def config_from_diffusers(data: dict[str, Any], source: str = CONFIG_NAME) -> UN
     try:
         return UNetConfig(**fields)
     except ConfigError as e:
-        raise ConfigError(f"{source}: the UNetConfig this maps to is invalid: {e}") from e
+        where = " (from block_out_channels[0])" if str(e).startswith("base_channels") else ""
+        raise ConfigError(f"{source}: the UNetConfig this maps to is invalid{where}: {e}") from e
 
 
 def _with_defaults(data: Any, source: str) -> dict[str, Any]:
@@ -263,7 +264,9 @@ def read_diffusers_config(path: str | Path) -> UNetConfig:
     """Parse a diffusers config.json and map it with :func:`config_from_diffusers`."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8-sig"))  # a byte-order mark is still UTF-8
+    except UnicodeDecodeError as e:  # e.g. saved as UTF-16 by an editor
+        raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8 JSON") from e
     except json.JSONDecodeError as e:
         raise ConfigError(f"{path}: not valid JSON ({e})") from e
     return config_from_diffusers(data, source=str(path))

@@ -171,3 +171,25 @@ def test_class_ids_of_any_size_are_refused_by_value(onnx_files: dict[str, Path],
     out = Pipeline.from_onnx(onnx_files["kitchen-sink"]).sample(2, steps=1, classes=[np.int64(9), 0])
     assert out.shape[0] == 2
 
+
+
+def test_a_four_channel_model_samples_to_npy_and_refuses_a_png_before_sampling(tmp_path: Path) -> None:
+    """A PNG grid holds 1 or 3 channels: -o on a 4-channel model is refused before any step (it
+    used to fail after the whole run, writing nothing); --save-npy alone writes the samples."""
+    from ddpm_export.config import UNetConfig
+    from ddpm_export.export.onnx import export_onnx
+    from ddpm_export.nn.checkpoint import build_model, save_checkpoint
+    from ddpm_export.presets import MODELS_DIR
+
+    cfg = UNetConfig.load(MODELS_DIR / "tiny" / "config.json").replace(in_channels=4, out_channels=4)
+    save_checkpoint(build_model(cfg), tmp_path / "latent")
+    onnx = export_onnx(tmp_path / "latent", tmp_path / "latent.onnx", max_batch=4, log=lambda s: None).path
+    code, out = _run("--onnx", str(onnx), "--steps", "200", "-o", str(tmp_path / "x.png"))
+    assert code == 2 and "Error: --output: a PNG grid holds 1 or 3 channels, and " in out
+    assert "makes 4-channel images; write them with --save-npy alone" in out
+    code, out = _run("--onnx", str(onnx), "-n", "3", "--steps", "2", "--save-npy", str(tmp_path / "x.npy"))
+    assert code == 0 and f"wrote {tmp_path / 'x.npy'} (3 images, 4x16x16, fp32)" in out, out
+    assert np.load(tmp_path / "x.npy").shape == (3, 4, 16, 16)
+    code, out = _run("--onnx", str(onnx))
+    assert code == 2 and "nothing to write: pass -o GRID.png, --save-npy SAMPLES.npy or both" in out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latent", "latent.onnx", "x.npy"]

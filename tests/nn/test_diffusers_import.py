@@ -252,6 +252,9 @@ REFUSED = {
     "no-sample-size": ({"sample_size": None}, ["sample_size=None"]),
     "non-square": ({"sample_size": [16, 32]}, ["sample_size=[16, 32]"]),
     "head-dim": ({"attention_head_dim": 24}, ["attention_head_dim=24"]),
+    "head-dim-0": ({"attention_head_dim": 0}, ["attention_head_dim=0", "must divide"]),  # was a ZeroDivisionError
+    "odd-base-width": ({"block_out_channels": [33, 66], "norm_num_groups": 3},
+                       ["(from block_out_channels[0])", "base_channels"]),
     "unknown-key": ({"cross_attention_dim": 768}, ["cross_attention_dim"]),
     "conditional-unet": ({"_class_name": "UNet2DConditionModel"}, ["UNet2DConditionModel"]),
 }
@@ -264,6 +267,30 @@ def test_unsupported_configs_are_refused_by_name(tmp_path, case):
         ddpm_export.load_model(_folder_with_config(tmp_path, {**SMALL, **changes}))
     for fragment in fragments:
         assert fragment in str(info.value)
+
+
+def test_time_embedding_dim_zero_is_diffusers_default_width(tmp_path):
+    """diffusers builds ``time_embedding_dim or 4 * block_out_channels[0]``: 0 is the default."""
+    theirs = _save_diffusers(tmp_path, {**SMALL, "time_embedding_dim": 0})
+    assert _max_error(theirs, ddpm_export.load_model(tmp_path), [0, 500, 999]) <= ATOL
+
+
+def test_a_config_that_is_not_utf8_is_named(tmp_path):
+    folder = _folder_with_config(tmp_path, SMALL)
+    config = folder / "config.json"
+    config.write_bytes(config.read_text().encode("utf-16"))  # e.g. PowerShell 5's Out-File
+    with pytest.raises(ConfigError, match=r"config.json: not UTF-8 text .*; save it as UTF-8 JSON"):
+        ddpm_export.load_model(folder)
+
+
+def test_a_pipeline_folder_or_a_weights_file_points_to_the_unet_folder(tmp_path):
+    _save_diffusers(tmp_path / "pipe" / "unet", SMALL)
+    (tmp_path / "pipe" / "model_index.json").write_text("{}")
+    with pytest.raises(CheckpointError, match=r"pipe is a diffusers pipeline folder; pass its UNet folder, .*unet"):
+        ddpm_export.load_model(tmp_path / "pipe")
+    with pytest.raises(CheckpointError, match=r"is a file; pass the checkpoint folder .* or "
+                                              r"diffusion_pytorch_model.safetensors \(a diffusers UNet2DModel\)"):
+        ddpm_export.load_model(tmp_path / "pipe" / "unet" / WEIGHTS)
 
 
 def test_bin_only_folder_is_refused(tmp_path):

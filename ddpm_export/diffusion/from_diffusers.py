@@ -1,0 +1,143 @@
+"""A diffusers scheduler config (``scheduler_config.json``) as a :class:`DiffusionConfig` (torch-free).
+
+A diffusers ``UNet2DModel`` folder saved by ``DDPMPipeline.save_pretrained`` sits beside its
+scheduler (``<pipeline>/unet/`` and ``<pipeline>/scheduler/scheduler_config.json``); a folder
+may also hold its ``scheduler_config.json`` itself. The noise schedule decides what every
+sampled image is, so it is read, not assumed: a cosine / v-prediction model sampled on the
+default linear / epsilon schedule gives wrong images that still "verify" (both sides share the
+wrong schedule).
+
+What is read, with diffusers' names and each class's own defaults for keys a file leaves out:
+
+- the forward process: ``num_train_timesteps``, ``beta_start``, ``beta_end``, ``beta_schedule``
+  (``squaredcos_cap_v2`` is our ``cosine``), ``prediction_type``;
+- the reverse process: ``variance_type`` (``fixed_small[_log]``, ``fixed_large[_log]``: the
+  ``_log`` forms compute the same standard deviation), ``clip_sample``, ``clip_sample_range``,
+  ``timestep_spacing``, ``steps_offset``, ``set_alpha_to_one``;
+- the sampler, for the classes this package runs: ``DDIMScheduler`` -> ``ddim``,
+  ``DPMSolverMultistepScheduler`` -> ``dpm-solver++`` / ``dpm-solver`` / ``sde-dpm-solver++`` by
+  ``algorithm_type``, ``UniPCMultistepScheduler`` -> ``unipc``, each with its solver keys. Other
+  classes (``DDPMScheduler``, ``PNDMScheduler``, ``EulerDiscreteScheduler``, ...) give the
+  schedule only; the sampler stays :class:`DiffusionConfig`'s default (DDIM, 50 steps).
+
+A key that changes the schedule in a way :class:`DiffusionConfig` cannot express (``trained_betas``,
+``thresholding``, ``rescale_betas_zero_snr``, other sigma families, ...) set away from its
+default, or a key this module does not know, is refused with :class:`SchedulerConfigError`
+naming it; a ``diffusion.json`` in the model folder takes precedence and is the way to choose a
+schedule by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Callable
+
+from ddpm_export.configbase import ConfigError
+from ddpm_export.diffusion.config import DiffusionConfig
+from ddpm_export.errors import BadInputError
+
+__all__ = ["SCHEDULER_CONFIG_NAME", "SchedulerConfigError", "diffusion_from_scheduler", "find_scheduler_config"]
+
+SCHEDULER_CONFIG_NAME = "scheduler_config.json"
+
+#: diffusers' beta_schedule -> ours
+_BETA_SCHEDULES = {"linear": "linear", "scaled_linear": "scaled_linear", "squaredcos_cap_v2": "cosine"}
+#: diffusers' DDPM variance_type -> ours (the _log forms give the same standard deviation)
+_VARIANCE_TYPES = {"fixed_small": "fixed_small", "fixed_small_log": "fixed_small",
+                   "fixed_large": "fixed_large", "fixed_large_log": "fixed_large"}
+#: read as they are (same name, same meaning)
+_SCHEDULE_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "prediction_type", "clip_sample",
+                  "clip_sample_range", "timestep_spacing", "steps_offset", "set_alpha_to_one")
+_SOLVER_KEYS = ("solver_order", "solver_type", "lower_order_final", "use_karras_sigmas", "final_sigmas_type",
+                "predict_x0", "disable_corrector")
+#: keys that must keep diffusers' default: what they change has no DiffusionConfig field
+_MUST_BE_DEFAULT: dict[str, Any] = {
+    "trained_betas": None, "thresholding": False, "rescale_betas_zero_snr": False,
+    "use_exponential_sigmas": False, "use_beta_sigmas": False, "use_lu_lambdas": False, "use_flow_sigmas": False,
+    "use_dynamic_shifting": False, "euler_at_final": False, "lambda_min_clipped": -math.inf, "solver_p": None,
+    "sigma_min": None, "sigma_max": None, "shift_terminal": None,
+}
+#: keys with no effect here: bookkeeping, or settings of what the keys above keep off, or of
+#: samplers this package does not run
+_IGNORED = ("_class_name", "_diffusers_version", "dynamic_thresholding_ratio", "sample_max_value", "flow_shift",
+            "time_shift_type", "skip_prk_steps", "interpolation_type", "timestep_type", "variance_type")
+#: the classes whose defaults differ from DiffusionConfig's for keys a file may leave out
+_CLASS_DEFAULTS: dict[str, dict[str, Any]] = {
+    "DPMSolverMultistepScheduler": {"timestep_spacing": "linspace"},
+    "UniPCMultistepScheduler": {"timestep_spacing": "linspace"},
+    "EulerDiscreteScheduler": {"timestep_spacing": "linspace"},
+    "PNDMScheduler": {"set_alpha_to_one": False},
+}
+_DPM_SAMPLERS = {"dpmsolver++": "dpm-solver++", "dpmsolver": "dpm-solver", "sde-dpmsolver++": "sde-dpm-solver++"}
+
+
+class SchedulerConfigError(BadInputError):
+    """A diffusers scheduler config this package cannot reproduce; the message names the key."""
+
+
+def find_scheduler_config(unet_folder: Path) -> Path | None:
+    """The scheduler config of a diffusers UNet folder: its own ``scheduler_config.json``, else its
+    pipeline's ``../scheduler/scheduler_config.json``; None when there is neither."""
+    for path in (unet_folder / SCHEDULER_CONFIG_NAME, unet_folder.parent / "scheduler" / SCHEDULER_CONFIG_NAME):
+        if path.is_file():
+            return path
+    return None
+
+
+def diffusion_from_scheduler(path: Path) -> DiffusionConfig:
+    """The :class:`DiffusionConfig` of the diffusers scheduler config at ``path`` (see the module doc)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise SchedulerConfigError(f"{path}: not a readable UTF-8 JSON file ({e})") from e
+    if not isinstance(data, dict):
+        raise SchedulerConfigError(f"{path}: a scheduler config is a JSON object, got {type(data).__name__}")
+    cls = str(data.get("_class_name", ""))
+
+    def refuse(key: str, why: str) -> SchedulerConfigError:
+        return SchedulerConfigError(f"{path}: {key}={data[key]!r} {why}; write a diffusion.json beside the UNet's "
+                                    f"config.json to choose the schedule yourself (ddpm_export.diffusion.DiffusionConfig)")
+
+    for key, default in _MUST_BE_DEFAULT.items():
+        if key in data and data[key] != default:
+            raise refuse(key, "is not supported (DiffusionConfig has no such setting)")
+    known = {*_SCHEDULE_KEYS, *_SOLVER_KEYS, *_MUST_BE_DEFAULT, *_IGNORED, "beta_schedule", "algorithm_type"}
+    for key in data:
+        if key not in known:
+            raise refuse(key, "is a scheduler setting this version does not know")
+    fields: dict[str, Any] = {**_CLASS_DEFAULTS.get(cls, {}), **{k: data[k] for k in _SCHEDULE_KEYS if k in data}}
+    if "beta_schedule" in data:
+        if data["beta_schedule"] not in _BETA_SCHEDULES:
+            raise refuse("beta_schedule", f"is not supported (choose one of: {', '.join(_BETA_SCHEDULES)})")
+        fields["beta_schedule"] = _BETA_SCHEDULES[data["beta_schedule"]]
+    if cls == "DDPMScheduler" and data.get("variance_type") is not None:
+        if data["variance_type"] not in _VARIANCE_TYPES:
+            raise refuse("variance_type", f"is not supported (choose one of: {', '.join(_VARIANCE_TYPES)})")
+        fields["variance_type"] = _VARIANCE_TYPES[data["variance_type"]]
+    fields.update(_sampler_fields(cls, data, refuse))
+    if "disable_corrector" in fields:
+        fields["disable_corrector"] = tuple(fields["disable_corrector"])
+    try:
+        return DiffusionConfig.from_dict(fields, source=str(path))
+    except ConfigError as e:
+        raise SchedulerConfigError(f"{e}; write a diffusion.json beside the UNet's config.json to choose the "
+                                   f"schedule yourself") from e
+
+
+def _sampler_fields(cls: str, data: dict[str, Any],
+                    refuse: Callable[[str, str], SchedulerConfigError]) -> dict[str, Any]:
+    """The sampler (and its solver keys) of the classes this package runs; {} for the others."""
+    if cls == "DDIMScheduler":
+        return {"sampler": "ddim"}
+    if cls == "DPMSolverMultistepScheduler":
+        algorithm = data.get("algorithm_type", "dpmsolver++")
+        if algorithm not in _DPM_SAMPLERS:
+            raise refuse("algorithm_type", f"is not supported (choose one of: {', '.join(_DPM_SAMPLERS)})")
+        sampler = {"sampler": _DPM_SAMPLERS[algorithm], "algorithm_type": algorithm}
+    elif cls == "UniPCMultistepScheduler":
+        sampler = {"sampler": "unipc"}
+    else:
+        return {}
+    return {**sampler, **{k: data[k] for k in _SOLVER_KEYS if k in data}}

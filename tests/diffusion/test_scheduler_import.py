@@ -1,0 +1,138 @@
+"""A diffusers folder's scheduler config becomes the exported file's schedule.
+
+Real diffusers schedulers, saved with ``save_pretrained`` and read back by diffusers itself, are
+the reference: the schedule ``abar_t`` and the timesteps of the sampler each maps to must equal
+diffusers' own (timesteps exactly; ``abar`` to float32 rounding, rtol 1e-6). A cosine /
+v-prediction model used to be exported with the default linear / epsilon schedule, and verify
+passed, since both sides shared the wrong one.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+diffusers = pytest.importorskip("diffusers")
+
+from ddpm_export.diffusion import Schedule, make_scheduler  # noqa: E402
+from ddpm_export.diffusion.from_diffusers import (SCHEDULER_CONFIG_NAME, SchedulerConfigError,  # noqa: E402
+                                                  diffusion_from_scheduler)
+
+CASES = {  # name: (diffusers class, its arguments, the sampler it maps to)
+    "ddpm-cosine-v": ("DDPMScheduler", dict(beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction",
+                                            clip_sample=False, variance_type="fixed_small_log"), "ddim"),
+    "ddim-scaled-linear": ("DDIMScheduler", dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                                                 set_alpha_to_one=False, steps_offset=1, clip_sample=False), "ddim"),
+    "dpm++-karras": ("DPMSolverMultistepScheduler", dict(solver_order=3, use_karras_sigmas=True), "dpm-solver++"),
+    "dpm-trailing": ("DPMSolverMultistepScheduler", dict(algorithm_type="dpmsolver", final_sigmas_type="sigma_min",
+                                                         timestep_spacing="trailing", num_train_timesteps=500),
+                     "dpm-solver"),
+    "unipc-bh1-cosine": ("UniPCMultistepScheduler", dict(solver_type="bh1", beta_schedule="squaredcos_cap_v2"), "unipc"),
+    "pndm": ("PNDMScheduler", dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, steps_offset=1,
+                                   skip_prk_steps=True), "ddim"),
+    "euler": ("EulerDiscreteScheduler", dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012),
+              "ddim"),
+}
+
+
+def _saved(folder: Path, cls: str, kwargs: dict) -> tuple[Path, object]:
+    """``cls(**kwargs)`` saved with save_pretrained; the config file and diffusers' own reload of it."""
+    getattr(diffusers, cls)(**kwargs).save_pretrained(folder)
+    return folder / SCHEDULER_CONFIG_NAME, getattr(diffusers, cls).from_pretrained(folder)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_a_saved_scheduler_maps_to_the_same_schedule_and_timesteps(tmp_path: Path, case: str) -> None:
+    cls, kwargs, sampler = CASES[case]
+    path, ref = _saved(tmp_path, cls, kwargs)
+    cfg = diffusion_from_scheduler(path)
+    assert cfg.sampler == sampler and cfg.num_train_timesteps == kwargs.get("num_train_timesteps", 1000)
+    np.testing.assert_allclose(Schedule.from_config(cfg).alphas_cumprod, ref.alphas_cumprod.numpy(), rtol=1e-6)
+    if sampler != "ddim" or cls == "DDIMScheduler":  # a sampler this package runs
+        ref.set_timesteps(20)
+        np.testing.assert_array_equal(make_scheduler(cfg, num_inference_steps=20).timesteps, ref.timesteps.numpy())
+    if cls == "DDPMScheduler":
+        assert (cfg.prediction_type, cfg.clip_sample, cfg.variance_type) == ("v_prediction", False, "fixed_small")
+
+
+def test_keys_a_file_leaves_out_take_that_class_s_defaults(tmp_path: Path) -> None:
+    """diffusers' DPM-Solver defaults to linspace spacing, DiffusionConfig to leading."""
+    path = tmp_path / SCHEDULER_CONFIG_NAME
+    data = {"_class_name": "DPMSolverMultistepScheduler", "beta_schedule": "squaredcos_cap_v2"}
+    path.write_text(json.dumps(data))
+    cfg = diffusion_from_scheduler(path)
+    ref = diffusers.DPMSolverMultistepScheduler.from_config(data)
+    ref.set_timesteps(10)
+    assert cfg.timestep_spacing == "linspace"
+    np.testing.assert_array_equal(make_scheduler(cfg, num_inference_steps=10).timesteps, ref.timesteps.numpy())
+
+
+@pytest.mark.parametrize(("data", "match"), [
+    ({"_class_name": "DDPMScheduler", "trained_betas": [0.1, 0.2]}, r"trained_betas=\[0.1, 0.2\] is not supported"),
+    ({"_class_name": "DDPMScheduler", "thresholding": True}, r"thresholding=True is not supported"),
+    ({"_class_name": "DDIMScheduler", "rescale_betas_zero_snr": True}, r"rescale_betas_zero_snr=True is not supp"),
+    ({"_class_name": "DDPMScheduler", "beta_schedule": "sigmoid"},
+     r"beta_schedule='sigmoid' is not supported \(choose one of: linear, scaled_linear, squaredcos_cap_v2\)"),
+    ({"_class_name": "DDPMScheduler", "variance_type": "learned_range"}, r"variance_type='learned_range' is not"),
+    ({"_class_name": "DPMSolverMultistepScheduler", "algorithm_type": "sde-dpmsolver"},
+     r"algorithm_type='sde-dpmsolver' is not supported"),
+    ({"_class_name": "DDPMScheduler", "new_knob": 1}, r"new_knob=1 is a scheduler setting this version does not know"),
+    ({"_class_name": "DDPMScheduler", "beta_start": 2.0}, r"beta_start: must be in \(0, 1\), got 2.0"),
+    ([1, 2], r"a scheduler config is a JSON object, got list"),
+])
+def test_what_the_schedule_cannot_express_is_refused_by_key(tmp_path: Path, data: object, match: str) -> None:
+    path = tmp_path / SCHEDULER_CONFIG_NAME
+    path.write_text(json.dumps(data))
+    with pytest.raises(SchedulerConfigError, match=match) as info:
+        diffusion_from_scheduler(path)
+    assert isinstance(data, list) or "write a diffusion.json" in str(info.value)
+
+
+def test_a_file_that_is_not_utf8_json_is_named(tmp_path: Path) -> None:
+    path = tmp_path / SCHEDULER_CONFIG_NAME
+    path.write_bytes(json.dumps({"_class_name": "DDPMScheduler"}).encode("utf-16"))
+    with pytest.raises(SchedulerConfigError, match=r"scheduler_config.json: not a readable UTF-8 JSON file"):
+        diffusion_from_scheduler(path)
+
+
+SMALL_UNET = dict(sample_size=16, block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=8,
+                  down_block_types=("AttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "AttnUpBlock2D"))
+
+
+def test_a_pipeline_folder_s_scheduler_reaches_the_exported_file(tmp_path: Path) -> None:
+    from ddpm_export.diffusion import DiffusionConfig
+    from ddpm_export.export.onnx import export_onnx
+    from ddpm_export.runtime.info import read_info
+
+    torch.manual_seed(0)
+    diffusers.UNet2DModel(**SMALL_UNET).save_pretrained(tmp_path / "pipe" / "unet")
+    diffusers.DDPMScheduler(beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction",
+                            clip_sample=False).save_pretrained(tmp_path / "pipe" / "scheduler")
+    lines: list[str] = []
+    out = export_onnx(tmp_path / "pipe" / "unet", tmp_path / "m.onnx", max_batch=2, validate=False, log=lines.append)
+    got = read_info(out.path).diffusion
+    assert (got.beta_schedule, got.prediction_type, got.clip_sample) == ("cosine", "v_prediction", False)
+    assert any(line.startswith(f"schedule from {tmp_path / 'pipe' / 'scheduler' / SCHEDULER_CONFIG_NAME}: cosine "
+                               f"betas, T=1000, v_prediction prediction") for line in lines), lines
+    # a diffusion.json beside the UNet's config takes precedence
+    (tmp_path / "pipe" / "unet" / "diffusion.json").write_text(DiffusionConfig(beta_end=0.03).to_json())
+    out = export_onnx(tmp_path / "pipe" / "unet", tmp_path / "m2.onnx", max_batch=2, validate=False, log=lambda s: None)
+    assert read_info(out.path).diffusion.beta_end == 0.03
+
+
+def test_a_timestep_count_mismatch_says_which_schedule_and_what_to_write(tmp_path: Path) -> None:
+    from ddpm_export.errors import BadInputError
+    from ddpm_export.export.onnx import export_onnx
+
+    torch.manual_seed(0)
+    diffusers.UNet2DModel(**SMALL_UNET, time_embedding_type="learned", num_train_timesteps=500).save_pretrained(
+        tmp_path / "u")
+    with pytest.raises(BadInputError, match=r"num_train_timesteps=1000 \(the default DiffusionConfig: .*u has no "
+                                            r'diffusion.json; write one holding \{"num_train_timesteps": 500\}'):
+        export_onnx(tmp_path / "u", tmp_path / "m.onnx", validate=False, log=lambda s: None)
+    diffusers.DDPMScheduler(num_train_timesteps=500).save_pretrained(tmp_path / "u")  # its own scheduler config
+    export_onnx(tmp_path / "u", tmp_path / "m.onnx", max_batch=2, validate=False, log=lambda s: None)
