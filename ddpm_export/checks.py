@@ -50,8 +50,8 @@ MAX_X_T = 1000.0
 
 
 def check_guidance_scale(scale: Any) -> float:
-    """A classifier-free guidance scale: a float finite in float32, the precision the guided output
-    is computed in (1.0 means no guidance)."""
+    """A classifier-free guidance scale: a finite float with ``|scale| <= MAX_GUIDANCE_SCALE``, so
+    the guided output stays finite in float32 (1.0 means no guidance)."""
     if isinstance(scale, (bool, np.bool_)) or not isinstance(scale, (int, float, np.integer, np.floating)) \
             or (not is_int(scale) and not math.isfinite(scale)):
         raise BadInputError(f"guidance_scale must be a finite float, got {scale!r}")

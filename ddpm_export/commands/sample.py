@@ -61,7 +61,8 @@ def command(onnx_path: str | None, bundle_dir: str | None, bundle_onnx: str | No
 
     \b
     Images are mapped from [-1, 1] to 0..255 (grayscale for 1 channel), ceil(sqrt(n))
-    columns; --save-npy keeps the raw samples (any channel count; alone for 2- or 4-channel models). With more images than the graph's max batch, sampling runs in chunks (see
+    columns; --save-npy keeps the raw samples (any channel count: alone for 2- or 4-channel
+    models). With more images than the graph's max batch, sampling runs in chunks (see
     `Pipeline.sample`). Outputs are written atomically (both files or neither) and never
     overwritten without --force.
     \b

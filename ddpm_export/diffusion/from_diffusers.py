@@ -98,7 +98,7 @@ def diffusion_from_scheduler(path: Path) -> DiffusionConfig:
 
     def refuse(key: str, why: str) -> SchedulerConfigError:
         return SchedulerConfigError(f"{path}: {key}={data[key]!r} {why}; write a diffusion.json beside the UNet's "
-                                    f"config.json to choose the schedule yourself (ddpm_export.diffusion.DiffusionConfig)")
+                                    f"config.json to choose the schedule yourself (a DiffusionConfig)")
 
     for key, default in _MUST_BE_DEFAULT.items():
         if key in data and data[key] != default:

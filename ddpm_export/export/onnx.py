@@ -104,7 +104,8 @@ def export_onnx(model: str | Path, out: str | Path, *, opset: int = DEFAULT_OPSE
     log(f"exporting {model} -> {out} ({precision}, opset {opset})")  # every option and input checked
     if source.endswith(SCHEDULER_CONFIG_NAME):  # a diffusers folder: say what its scheduler became
         log(f"schedule from {source}: {diffusion.beta_schedule} betas, T={diffusion.num_train_timesteps}, "
-            f"{diffusion.prediction_type} prediction; sampler {diffusion.sampler}, {diffusion.num_inference_steps} steps")
+            f"{diffusion.prediction_type} prediction; sampler {diffusion.sampler}, "
+            f"{diffusion.num_inference_steps} steps")
     proto = trace_to_onnx(unet, spec, precision=precision, attention=form, opset=opset, rewrites=applied)
     quantized_outputs = quantizes_outputs(target)  # int8 only: the QDQ layout --target asks for
     if precision == "int8":
