@@ -13,7 +13,8 @@ What is read, with diffusers' names and each class's own defaults for keys a fil
   (``squaredcos_cap_v2`` is our ``cosine``), ``prediction_type``;
 - the reverse process: ``variance_type`` (``fixed_small[_log]``, ``fixed_large[_log]``: the
   ``_log`` forms compute the same standard deviation), ``clip_sample``, ``clip_sample_range``,
-  ``timestep_spacing``, ``steps_offset``, ``set_alpha_to_one``;
+  ``timestep_spacing``, ``steps_offset`` (dropped with other than leading spacing, as diffusers
+  ignores it there), ``set_alpha_to_one``;
 - the sampler, for the classes this package runs: ``DDIMScheduler`` -> ``ddim``,
   ``DPMSolverMultistepScheduler`` -> ``dpm-solver++`` / ``dpm-solver`` / ``sde-dpm-solver++`` by
   ``algorithm_type``, ``UniPCMultistepScheduler`` -> ``unipc``, each with its solver keys. Other
@@ -117,6 +118,8 @@ def diffusion_from_scheduler(path: Path) -> DiffusionConfig:
             raise refuse("variance_type", f"is not supported (choose one of: {', '.join(_VARIANCE_TYPES)})")
         fields["variance_type"] = _VARIANCE_TYPES[data["variance_type"]]
     fields.update(_sampler_fields(cls, data, refuse))
+    if fields.get("timestep_spacing", "leading") != "leading":
+        fields.pop("steps_offset", None)  # diffusers ignores it there (Stable Diffusion's configs set 1)
     if "disable_corrector" in fields:
         fields["disable_corrector"] = tuple(fields["disable_corrector"])
     try:
