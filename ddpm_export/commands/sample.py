@@ -55,7 +55,7 @@ if TYPE_CHECKING:  # pragma: no cover
 @click.option("--force", is_flag=True, help="Overwrite existing output files.")
 def command(onnx_path: str | None, bundle_dir: str | None, bundle_onnx: str | None, model: str | None, n: int,
             steps: int | None, sampler: str | None, eta: float | None, seed: int, class_id: int | None, guidance: float,
-            output: str, save_npy: str | None, scale: int, backend: str, inference_precision: str | None,
+            output: str | None, save_npy: str | None, scale: int, backend: str, inference_precision: str | None,
             trt_fp16: bool, trt_cache: str | None, progress: bool | None, force: bool) -> None:
     """Sample images with ONNX Runtime or OpenVINO (no PyTorch) and write them as a PNG grid.
 
@@ -74,32 +74,21 @@ def command(onnx_path: str | None, bundle_dir: str | None, bundle_onnx: str | No
       ddpm-export --threads 2 sample --onnx tiny.onnx --backend openvino --inference-precision bf16 -o grid.png
     """
     from ddpm_export.console import show_progress, use_flag_names
-    from ddpm_export.files import atomic_files, refuse_existing, refuse_inside, refuse_same_file, require_suffix
-    from ddpm_export.inputs import input_files
     from ddpm_export.errors import BadInputError
+    from ddpm_export.files import atomic_files
     from ddpm_export.images import GRID_CHANNELS, write_array, write_grid
     from ddpm_export.runtime.backends import describe_precision
 
     use_flag_names({"guidance_scale": "--guidance", "classes": "--class", "steps": "--steps", "eta": "--eta",
                      "sampler": "--sampler", "n": "-n", "num_inference_steps": "--steps"})
     _check_sources(onnx_path, (bundle_dir, bundle_onnx), model)
-    if output is None and save_npy is None:
-        raise click.UsageError("nothing to write: pass -o GRID.png, --save-npy SAMPLES.npy or both")
     if backend == "tensorrt" and bundle_dir is None:
         raise click.UsageError("--backend tensorrt runs a bundle's engine: pass --bundle")
     if (trt_fp16 or trt_cache is not None) and backend != "ort-tensorrt":
         raise click.UsageError("--trt-fp16 and --trt-cache apply to --backend ort-tensorrt")
     if inference_precision is not None and backend != "openvino":
         raise click.UsageError("--inference-precision applies to --backend openvino")
-    refuse_same_file({"--onnx": onnx_path, **input_files(onnx=onnx_path, bundle=bundle_dir), "--output": output,
-                      "--save-npy": save_npy})
-    refuse_inside({"--bundle": bundle_dir}, {"--output": output, "--save-npy": save_npy},
-                  "a file added to a bundle breaks its manifest; write it elsewhere")
-    require_suffix("--output", output, ".png")
-    require_suffix("--save-npy", save_npy, ".npy")
-    for path in (output, save_npy):
-        if path is not None:
-            refuse_existing(path, force)
+    _check_outputs(output, save_npy, onnx_path, bundle_dir, force)
     cpu = {} if inference_precision is None else {"inference_precision": inference_precision}
     pipe = _load(onnx_path, (bundle_dir, bundle_onnx), model, backend, trt_fp16, trt_cache, cpu)
     info = pipe.info
@@ -117,6 +106,26 @@ def command(onnx_path: str | None, bundle_dir: str | None, bundle_onnx: str | No
     precision = describe_precision(info.precision, pipe.backend)
     written = " and ".join(str(path) for path in (output, save_npy) if path is not None)
     click.echo(f"wrote {written} ({n} images, {channels}x{info.spec.sample_size}x{info.spec.sample_size}, {precision})")
+
+
+def _check_outputs(output: str | None, save_npy: str | None, onnx_path: str | None, bundle_dir: str | None,
+                   force: bool) -> None:
+    """Refuse no output at all, an output that is an input or lies in the bundle, a wrong suffix,
+    or an existing file without ``force`` -- before any work."""
+    from ddpm_export.files import refuse_existing, refuse_inside, refuse_same_file, require_suffix
+    from ddpm_export.inputs import input_files
+
+    if output is None and save_npy is None:
+        raise click.UsageError("nothing to write: pass -o GRID.png, --save-npy SAMPLES.npy or both")
+    refuse_same_file({"--onnx": onnx_path, **input_files(onnx=onnx_path, bundle=bundle_dir), "--output": output,
+                      "--save-npy": save_npy})
+    refuse_inside({"--bundle": bundle_dir}, {"--output": output, "--save-npy": save_npy},
+                  "a file added to a bundle breaks its manifest; write it elsewhere")
+    require_suffix("--output", output, ".png")
+    require_suffix("--save-npy", save_npy, ".npy")
+    for path in (output, save_npy):
+        if path is not None:
+            refuse_existing(path, force)
 
 
 def _check_sources(onnx_path: str | None, bundle: tuple[str | None, str | None], model: str | None) -> None:

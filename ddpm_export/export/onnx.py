@@ -73,7 +73,8 @@ def export_onnx(model: str | Path, out: str | Path, *, opset: int = DEFAULT_OPSE
     """Export ``model`` (a preset name, our checkpoint folder or a diffusers folder) to ``out``.
 
     The schedule recorded in the metadata is ``diffusion``, else the folder's ``diffusion.json``,
-    else the default DiffusionConfig. ``precision="int8"`` quantizes the float32 graph, calibrated
+    else a diffusers folder's scheduler config (:mod:`ddpm_export.diffusion.from_diffusers`), else
+    the default DiffusionConfig. ``precision="int8"`` quantizes the float32 graph, calibrated
     on the sampler's own trajectories (``calibration``, see :mod:`ddpm_export.export.int8`).
     ``rewrites``: ``auto`` (per precision, :mod:`ddpm_export.export.rewrites`), ``none``, or
     a comma-separated list of exact rewrites (:mod:`ddpm_export.nn.rewrites`).
@@ -89,21 +90,13 @@ def export_onnx(model: str | Path, out: str | Path, *, opset: int = DEFAULT_OPSE
     refuse_same_file({"the output": out, "the I/O folder (--save-io)": save_io})
     io_paths = check_io_paths(save_io, force=force) if save_io is not None else None
     unet = load_model(model)
-    source = "the diffusion argument" if diffusion is not None else str(schedule_file(model) or "")
-    diffusion = diffusion or diffusion_config_for(model) or DiffusionConfig()
-    if diffusion.num_train_timesteps != unet.config.num_train_timesteps:
-        T = unet.config.num_train_timesteps
-        where = (f"from {source}" if source else
-                 f"the default DiffusionConfig: {model} has no {DIFFUSION_NAME}; write one holding "
-                 f'{{"num_train_timesteps": {T}}} and the rest of its schedule')
-        raise BadInputError(f"the schedule's num_train_timesteps={diffusion.num_train_timesteps} ({where}) differs "
-                            f"from the model's {T}")
+    diffusion, schedule_source = _schedule(model, unet, diffusion)
     if opt_batch is None:
         opt_batch = min(max(DEFAULT_OPT_BATCH, min_batch), max_batch)
     spec = ExportSpec.from_config(unet.config, min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch)
     log(f"exporting {model} -> {out} ({precision}, opset {opset})")  # every option and input checked
-    if source.endswith(SCHEDULER_CONFIG_NAME):  # a diffusers folder: say what its scheduler became
-        log(f"schedule from {source}: {diffusion.beta_schedule} betas, T={diffusion.num_train_timesteps}, "
+    if schedule_source.endswith(SCHEDULER_CONFIG_NAME):  # a diffusers folder: say what its scheduler became
+        log(f"schedule from {schedule_source}: {diffusion.beta_schedule} betas, T={diffusion.num_train_timesteps}, "
             f"{diffusion.prediction_type} prediction; sampler {diffusion.sampler}, "
             f"{diffusion.num_inference_steps} steps")
     proto = trace_to_onnx(unet, spec, precision=precision, attention=form, opset=opset, rewrites=applied)
@@ -128,6 +121,22 @@ def export_onnx(model: str | Path, out: str | Path, *, opset: int = DEFAULT_OPSE
         report = _write_validated(proto, out, (unet, spec, precision) if validate else None, log)
     return ExportResult(out, spec, precision, form, applied, opset, time.perf_counter() - start,
                         out.stat().st_size, report)
+
+
+def _schedule(model: str | Path, unet: UNet, diffusion: DiffusionConfig | None) -> tuple[DiffusionConfig, str]:
+    """The schedule to record and where it comes from ("" for the default): ``diffusion``, else
+    :func:`~ddpm_export.nn.checkpoint.diffusion_config_for` (``diffusion.json``, or a diffusers
+    folder's scheduler config), else the default; refused when its T is not the model's."""
+    source = "the diffusion argument" if diffusion is not None else str(schedule_file(model) or "")
+    diffusion = diffusion or diffusion_config_for(model) or DiffusionConfig()
+    T = unet.config.num_train_timesteps
+    if diffusion.num_train_timesteps != T:
+        where = (f"from {source}" if source else
+                 f"the default DiffusionConfig: {model} has no {DIFFUSION_NAME}; write one holding "
+                 f'{{"num_train_timesteps": {T}}} and the rest of its schedule')
+        raise BadInputError(f"the schedule's num_train_timesteps={diffusion.num_train_timesteps} ({where}) differs "
+                            f"from the model's {T}")
+    return diffusion, source
 
 
 def _check_options(out: Path, *, force: bool, precision: str, attention: str, target: str, opset: int) -> str:
