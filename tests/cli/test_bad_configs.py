@@ -47,7 +47,8 @@ def test_bad_config_json(tmp_path, name):
 
 
 @pytest.mark.parametrize("text, message", [
-    (json.dumps({"num_train_timesteps": 500}), "num_train_timesteps=500 differs from the model's 1000"),
+    (json.dumps({"num_train_timesteps": 500}),
+     r"num_train_timesteps=500 \(from .*diffusion.json\) differs from the model's 1000"),
     ("{not json", "diffusion.json: not valid JSON"),
     (json.dumps({"beta_schedule": "cosine-ish"}), "beta_schedule='cosine-ish' is not valid"),
 ], ids=["other-T", "not-json", "bad-choice"])
