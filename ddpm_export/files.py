@@ -14,18 +14,23 @@ which removes the leftovers of every process that no longer runs (:func:`remove_
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import errno
 import json
 import os
+import re
 import shutil
+import stat
 import uuid
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterable, Iterator
 
 from ddpm_export.errors import BadInputError, DdpmExportError, NotAFolderError, OutputExistsError
 
-__all__ = ["BUNDLE_FORMAT", "BUNDLE_MANIFEST", "atomic_dir", "atomic_file", "atomic_files", "enclosing_bundle",
-           "made_parents", "names_no_file", "refuse_existing", "refuse_foreign_folder", "refuse_inside", "refuse_nameless_folder",
-           "refuse_same_file", "remove_leftovers", "require_suffix", "temp_sibling"]
+__all__ = ["BUNDLE_FORMAT", "BUNDLE_MANIFEST", "OutputFolder", "atomic_dir", "atomic_file", "atomic_files",
+           "bundle_files", "enclosing_bundle", "made_parents", "names_no_file", "new_file_mode", "refuse_existing",
+           "refuse_foreign_folder", "refuse_inside", "refuse_nameless_folder", "refuse_same_file", "remove_leftovers",
+           "require_suffix", "temp_sibling"]
 
 
 #: a bundle folder's manifest and its format tag (:mod:`ddpm_export.runtime.bundle` takes them from
@@ -33,14 +38,26 @@ __all__ = ["BUNDLE_FORMAT", "BUNDLE_MANIFEST", "atomic_dir", "atomic_file", "ato
 BUNDLE_MANIFEST, BUNDLE_FORMAT = "manifest.json", "ddpm-export-bundle"
 
 
+def bundle_files(folder: str | Path) -> list[str] | None:
+    """The names our bundle manifest in ``folder`` lists, itself included; None when ``folder``
+    holds no ``manifest.json`` of ours (none, or someone else's)."""
+    manifest = Path(folder) / BUNDLE_MANIFEST
+    if not manifest.is_file():
+        return None
+    try:
+        data = json.loads(manifest.read_text(encoding="utf-8"))
+        if data.get("format") != BUNDLE_FORMAT:
+            return None
+        return [BUNDLE_MANIFEST, *(str(entry["path"]) for entry in data.get("files", []))]
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):  # unreadable: not one we can vouch for
+        return None
+
+
 def enclosing_bundle(path: str | Path) -> Path | None:
     """The bundle folder (one holding our ``manifest.json``) that ``path`` lies inside, or None."""
     for folder in Path(path).absolute().parents:
-        manifest = folder / BUNDLE_MANIFEST
-        if manifest.is_file():
-            with contextlib.suppress(OSError, ValueError, AttributeError):  # someone else's manifest.json
-                if json.loads(manifest.read_text(encoding="utf-8")).get("format") == BUNDLE_FORMAT:
-                    return folder
+        if bundle_files(folder) is not None:
+            return folder
     return None
 
 
@@ -52,8 +69,9 @@ def refuse_existing(path: str | Path, force: bool, flag: str = "--force") -> Non
     ``.``, ``a/..``: BadInputError)."""
     if names_no_file(path):
         raise BadInputError(f"output path {str(path)!r} names no file of its own; give a file name")
-    if Path(path).exists() and not force:
+    if os.path.lexists(path) and not force:  # lexists: a dangling symlink or a loop is there too
         raise OutputExistsError(f"{path} exists; pass {flag} to overwrite it")
+    _refuse_special(path)
     bundle = enclosing_bundle(path)
     if bundle is not None:
         raise BadInputError(f"{path} is inside the bundle folder {bundle}: a file added to a bundle breaks its "
@@ -75,6 +93,19 @@ def refuse_existing(path: str | Path, force: bool, flag: str = "--force") -> Non
         probe.unlink()
 
 
+def _refuse_special(path: str | Path) -> None:
+    """Refuse an output that is (or links to) a device, FIFO or socket: the rename would put a
+    regular file in its place (as root, /dev/null or /dev/stdout itself)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:  # nothing there, or a dangling link: nothing special to keep
+        return
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        kind = "FIFO" if stat.S_ISFIFO(mode) else "socket" if stat.S_ISSOCK(mode) else "device"
+        raise BadInputError(f"{path} is a {kind}, not a file: outputs are written as new files and renamed into "
+                            f"place, which would replace it; give a file path")
+
+
 def require_suffix(flag: str, path: str | Path | None, suffix: str) -> None:
     """Refuse an output ``path`` (None: not asked for) whose name does not end in ``suffix``
     (``.png``, ``.npy``): it is written in that format whatever it is called."""
@@ -90,14 +121,50 @@ def refuse_nameless_folder(path: str | Path) -> None:
         raise BadInputError(f"output folder {str(path)!r} names no folder of its own; give the new folder's name")
 
 
-def refuse_foreign_folder(path: str | Path, marker: str) -> None:
-    """Refuse to replace ``path``, a non-empty folder without ``marker`` (a file every folder of its
-    kind holds, e.g. a bundle's ``manifest.json``): it holds the user's own files, not ours."""
+@dataclasses.dataclass(frozen=True)
+class OutputFolder:
+    """What one command's output folder holds, so that ``--force`` replaces only such a folder:
+    ``marker``, a file every one of them has, and the names it may hold at its top: ``names``, or
+    ``listed(folder)`` (the names its marker lists, as a bundle's manifest does; None: not ours)."""
+
+    marker: str
+    names: frozenset[str] = frozenset()
+    listed: Callable[[Path], Iterable[str] | None] | None = None
+
+    def allowed(self, folder: Path) -> frozenset[str] | None:
+        """The names ``folder`` may hold as this command's output; None when it is not one."""
+        if not (folder / self.marker).is_file():
+            return None
+        if self.listed is None:
+            return self.names | {self.marker}
+        listed = self.listed(folder)
+        return None if listed is None else frozenset(listed) | self.names | {self.marker}
+
+
+def refuse_foreign_folder(path: str | Path, kind: OutputFolder) -> None:
+    """Refuse to replace ``path``, a non-empty folder that is not ``kind``'s output (no marker, or
+    anything beside what the command writes): it holds the user's own files, not ours."""
     path = Path(path)
-    if path.is_dir() and any(path.iterdir()) and not (path / marker).is_file():
-        raise BadInputError(f"{path} holds no {marker}, so this command did not write it: --force replaces only "
-                            f"such a folder (its files would be deleted); choose a new folder, or empty this one "
-                            f"yourself")
+    if not path.is_dir() or path.is_symlink() or not any(path.iterdir()):
+        return
+    allowed = kind.allowed(path)
+    if allowed is None:
+        raise BadInputError(f"{path} holds no {kind.marker} of ours, so this command did not write it: --force "
+                            f"replaces only such a folder (its files would be deleted); choose a new folder, or "
+                            f"empty this one yourself")
+    extra = sorted(entry.name for entry in path.iterdir() if entry.name not in allowed)
+    if extra:
+        shown = ", ".join(extra[:5]) + (f" and {len(extra) - 5} more" if len(extra) > 5 else "")
+        raise BadInputError(f"{path} holds {shown} besides what this command writes: --force would delete "
+                            f"{'it' if len(extra) == 1 else 'them'}; move {'it' if len(extra) == 1 else 'them'} "
+                            f"out, or choose a new folder")
+
+
+def new_file_mode() -> int:
+    """The permissions a plain ``open(path, "w")`` gives a new file here: 0o666 less the umask."""
+    mask = os.umask(0)  # the only portable way to read it; set straight back
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def names_no_file(path: str | Path) -> bool:
@@ -153,22 +220,27 @@ def _alive(pid: int) -> bool:
 
 
 def remove_leftovers(path: str | Path) -> list[Path]:
-    """Remove the temporary siblings of ``path`` left by processes that no longer run (killed
-    mid-write); those of running processes, this one included, are kept. Returns what was removed."""
+    """Remove the temporary siblings of ``path`` (exactly :func:`temp_sibling`'s names) left by
+    processes that no longer run (killed mid-write); those of running processes, this one
+    included, are kept. A folder moved aside (``.old-``) by a process killed before its new one
+    took its place is put back when ``path`` is missing, not deleted. Returns what was removed."""
     path = Path(path)
-    removed = []
+    removed: list[Path] = []
     if not path.parent.is_dir():
         return removed
-    for kind in ("tmp", "old"):
-        for leftover in path.parent.glob(f".{glob_escape(path.name)}.{kind}-*"):
-            pid = leftover.name.rsplit(f".{kind}-", 1)[1].split("-", 1)[0]
-            if pid.isdigit() and _alive(int(pid)):
-                continue
-            if leftover.is_dir() and not leftover.is_symlink():
-                shutil.rmtree(leftover, ignore_errors=True)
-            else:
-                leftover.unlink(missing_ok=True)
-            removed.append(leftover)
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.(tmp|old)-(\d+)-[0-9a-f]{{32}}")
+    for leftover in sorted(path.parent.glob(f".{glob_escape(path.name)}.*-*")):
+        match = pattern.fullmatch(leftover.name)
+        if match is None or _alive(int(match.group(2))):  # not our name (a user's file), or a live write
+            continue
+        if match.group(1) == "old" and not os.path.lexists(path):
+            leftover.rename(path)  # the previous output, moved aside by a run killed before the swap
+            continue
+        if leftover.is_dir() and not leftover.is_symlink():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
+        removed.append(leftover)
     return removed
 
 
@@ -202,15 +274,15 @@ def atomic_file(path: str | Path, *, force: bool = False) -> Iterator[Path]:
     removed, ``path`` is left as it was, and so are the folders above it (:func:`made_parents`).
     """
     path = Path(path)
+    remove_leftovers(path)  # first: a previous output it puts back is refused without force
     refuse_existing(path, force)
     with made_parents(path):
-        remove_leftovers(path)
         tmp = temp_sibling(path)
         try:
             yield tmp
             if not tmp.is_file():
                 raise RuntimeError(f"nothing was written for {path}")
-            os.replace(tmp, path)
+            _rename_into_place(tmp, path, force)
         except OSError as e:
             # name the file asked for, not the temp nor nothing (numpy's short write names no file);
             # our own errors (OutputExistsError, ...) carry their message already
@@ -219,6 +291,27 @@ def atomic_file(path: str | Path, *, force: bool = False) -> Iterator[Path]:
             raise
         finally:
             tmp.unlink(missing_ok=True)
+
+
+def _rename_into_place(tmp: Path, path: Path, force: bool) -> None:
+    """``os.replace(tmp, path)``; without ``force`` never over a file that appeared while the
+    command ran (a hard link fails if ``path`` exists; where links are not supported, a check
+    just before the rename)."""
+    if force:
+        os.replace(tmp, path)
+        return
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise OutputExistsError(f"{path} appeared while this command ran; pass --force to overwrite it") from None
+    except OSError as e:
+        if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK, errno.ENOSYS):
+            raise
+        if os.path.lexists(path):
+            raise OutputExistsError(f"{path} appeared while this command ran; pass --force to overwrite it") from None
+        os.replace(tmp, path)
+    else:
+        tmp.unlink()
 
 
 @contextlib.contextmanager
@@ -231,33 +324,37 @@ def atomic_files(*paths: str | Path | None, force: bool = False) -> Iterator[tup
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | Path, *, force: bool = False, marker: str | None = None) -> Iterator[Path]:
+def atomic_dir(path: str | Path, kind: OutputFolder, *, force: bool = False) -> Iterator[Path]:
     """Yield a fresh temporary folder beside ``path``; on success it becomes ``path``.
 
     With ``force`` an existing ``path`` is moved aside first and deleted after the rename, so
-    ``path`` is only ever missing for the instant between two renames, never half-filled.
-    ``marker``: a file every folder of this kind holds (a bundle's ``manifest.json``); with it,
-    ``force`` replaces only an empty folder or one holding ``marker``, never a folder of the
-    user's own files.
+    ``path`` is only ever missing for the instant between two renames, never half-filled; it
+    must be ``kind``'s output (:func:`refuse_foreign_folder`, checked before the work and again
+    before the swap), never a folder of the user's own files. Without ``force`` a folder that
+    appeared while the command ran is refused, not replaced.
     """
     refuse_nameless_folder(path)
     refuse_inside({"the output folder": path}, {"the current folder": os.getcwd()},
                   "it would be replaced while in use; choose a new folder")
     path = Path(os.path.abspath(path))  # `..`, `a/..` name their folder
+    remove_leftovers(path)  # first: a previous output it puts back is refused without force
     refuse_existing(path, force)
+    if path.is_symlink():
+        raise BadInputError(f"{path} is a symbolic link; give the folder itself (the link would be replaced)")
     if path.exists() and not path.is_dir():
         raise NotAFolderError(f"{path} exists and is not a folder")
-    if marker is not None:
-        refuse_foreign_folder(path, marker)
+    refuse_foreign_folder(path, kind)
     with made_parents(path):
-        remove_leftovers(path)
         tmp = temp_sibling(path)  # unique: threads and processes never collide
         old = temp_sibling(path, "old")
         tmp.mkdir()
         try:
             yield tmp
-            moved = path.exists()
+            moved = os.path.lexists(path)
+            if moved and not force:
+                raise OutputExistsError(f"{path} appeared while this command ran; pass --force to replace it")
             if moved:
+                refuse_foreign_folder(path, kind)  # what is there now, not what was there at the start
                 path.rename(old)
             try:
                 tmp.rename(path)

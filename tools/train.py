@@ -21,10 +21,12 @@ Seeded: the same flags and thread count give the same weights.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -36,13 +38,16 @@ from tqdm import tqdm
 
 from ddpm_export.config import UNetConfig
 from ddpm_export.diffusion import DiffusionConfig, Schedule
-from ddpm_export.errors import BadInputError
-from ddpm_export.files import refuse_foreign_folder
-from ddpm_export.nn.checkpoint import CONFIG_NAME, build_model, save_checkpoint
+from ddpm_export.errors import BadInputError, DdpmExportError, describe, exit_status
+from ddpm_export.files import (atomic_dir, refuse_existing, refuse_foreign_folder, refuse_inside,
+                               refuse_nameless_folder)
+from ddpm_export.nn.checkpoint import CHECKPOINT_FOLDER, build_model, write_checkpoint
 from ddpm_export.quality import HELDOUT_SIZE, SPLIT_SEED, load_digits_split
 
 TRAINING_NAME = "training.json"   # the flags and results of the run, beside the checkpoint
 KEPT_FILES = ("README.md",)       # hand-written files of an existing --out folder survive --force
+#: what --force may replace: a checkpoint folder, with the kept files
+TRAIN_FOLDER = dataclasses.replace(CHECKPOINT_FOLDER, names=CHECKPOINT_FOLDER.names | set(KEPT_FILES))
 
 
 def model_config(base_channels: int) -> UNetConfig:
@@ -164,43 +169,49 @@ def train(args: argparse.Namespace) -> dict:
 
 
 def write(out: Path, result: dict, args: argparse.Namespace, command: str) -> None:
-    """Checkpoint (+ training.json) into a staging folder, carry README.md over, then swap it in."""
-    staging = out.parent / f".{out.name}.staging-{os.getpid()}"
-    if staging.exists():
-        shutil.rmtree(staging)
-    try:
-        save_checkpoint(result["model"], staging, diffusion=result["diffusion"])
+    """The checkpoint, training.json and the hand-written files of an existing --out folder
+    (:data:`KEPT_FILES`) in one folder swap (``atomic_dir``: nothing half-written, the old folder
+    kept until the new one is complete)."""
+    with atomic_dir(out, TRAIN_FOLDER, force=args.force) as tmp:
+        write_checkpoint(result["model"], tmp, diffusion=result["diffusion"])
         record = {"command": command,
                   "args": {k: v for k, v in vars(args).items() if k not in ("force", "no_progress")},
                   "parameters": result["params"], "final_loss": round(result["final_loss"], 5),
                   "wall_s": round(result["wall_s"], 1), "torch": torch.__version__,
                   "split": {"heldout_size": HELDOUT_SIZE, "seed": SPLIT_SEED}}
-        (staging / TRAINING_NAME).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-        if out.exists():
-            for name in KEPT_FILES:
-                if (out / name).is_file():
-                    shutil.copy2(out / name, staging / name)
-            shutil.rmtree(out)
-        staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        (tmp / TRAINING_NAME).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        for name in KEPT_FILES:
+            if (out / name).is_file():
+                shutil.copy2(out / name, tmp / name)
+
+
+def check_out(out: Path, force: bool) -> None:
+    """Refuse, before the training time is spent, an --out that ``write`` would refuse: an existing
+    one without --force, a file, a link, a folder that is not a checkpoint (--force would delete
+    it), one that cannot be written or the current folder."""
+    refuse_nameless_folder(out)
+    refuse_inside({"--out": out}, {"the current folder": os.getcwd()},
+                  "it would be replaced while in use; choose a new folder")
+    refuse_existing(out, force)
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise BadInputError(f"{out} is {'a symbolic link' if out.is_symlink() else 'a file'}; give a folder")
+    refuse_foreign_folder(out, TRAIN_FOLDER)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out = Path(args.out)
-    if out.exists() and not args.force:   # refuse before spending the training time
-        print(f"error: {out} exists; pass --force to overwrite it", file=sys.stderr)
-        return 1
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))  # clean-ups run, as in the CLI
     try:
-        refuse_foreign_folder(out, CONFIG_NAME)  # --force would delete a folder that is not a checkpoint
-    except BadInputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    result = train(args)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write(out, result, args, " ".join(["python tools/train.py", *(sys.argv[1:] if argv is None else argv)]))
+        check_out(out, args.force)
+        result = train(args)
+        write(out, result, args, " ".join(["python tools/train.py", *(sys.argv[1:] if argv is None else argv)]))
+    except (DdpmExportError, OSError) as e:
+        print(f"error: {describe(e)}", file=sys.stderr)
+        return exit_status(e)
+    except KeyboardInterrupt:
+        print("error: interrupted; nothing was written", file=sys.stderr)
+        return 130
     print(f"wrote {out}/ (config.json, model.safetensors, diffusion.json, {TRAINING_NAME})", flush=True)
     return 0
 

@@ -15,6 +15,10 @@ DEMO_GUIDANCE = 1.5  # the digits model's samples degrade from 2 on (models/digi
 VERIFY_ROWS = 2
 
 
+#: what the demo writes into --out: --force replaces only such a folder
+DEMO_FILES = ("model.onnx", "grid.png", "samples.npy", "report.json", "drift.png")
+
+
 @click.command("demo")
 @click.option("--model", "-m", "model", default=None,
               help="Preset name or checkpoint folder [default: digits if shipped, else tiny].")
@@ -45,7 +49,7 @@ def command(model: str | None, out_dir: str, ddpm_steps: int | None, force: bool
 
     from ddpm_export.console import use_flag_names
     from ddpm_export.errors import VerificationFailed
-    from ddpm_export.files import atomic_dir, refuse_inside, refuse_nameless_folder
+    from ddpm_export.files import OutputFolder, atomic_dir, refuse_inside, refuse_nameless_folder
     from ddpm_export.inputs import input_files
     from ddpm_export.presets import check_model_name, default_model
 
@@ -63,7 +67,7 @@ def command(model: str | None, out_dir: str, ddpm_steps: int | None, force: bool
         from ddpm_export.nn.checkpoint import diffusion_config_for
 
         check_steps(ddpm_steps, (diffusion_config_for(model) or DiffusionConfig()).num_train_timesteps, "ddpm_steps")
-    with atomic_dir(out, force=force, marker="report.json") as tmp:
+    with atomic_dir(out, OutputFolder("report.json", frozenset(DEMO_FILES)), force=force) as tmp:
         guidance = _export_and_sample(model, out, tmp)
         report = _verify(model, out, tmp, guidance, ddpm_steps)
 

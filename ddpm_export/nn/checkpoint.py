@@ -7,6 +7,7 @@ initialised from a fixed seed) and a diffusers ``UNet2DModel`` folder.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from safetensors.torch import save_file
@@ -14,17 +15,23 @@ from safetensors.torch import save_file
 from ddpm_export.config import UNetConfig
 from ddpm_export.diffusion.config import DiffusionConfig
 from ddpm_export.diffusion.from_diffusers import diffusion_from_scheduler, find_scheduler_config
-from ddpm_export.files import atomic_dir
+from ddpm_export.files import OutputFolder, atomic_dir, new_file_mode
 from ddpm_export.nn.diffusers_import import load_diffusers_unet
 from ddpm_export.nn.unet import UNet
 from ddpm_export.nn.weights import (CONFIG_NAME, DIFFUSERS_WEIGHTS_NAME, DIFFUSION_NAME, WEIGHTS_NAME,
                                     CheckpointError, build_model, load_state_strict, read_safetensors)
 from ddpm_export.presets import check_model_name, preset_dir
 
-__all__ = ["CONFIG_NAME", "DIFFUSERS_WEIGHTS_NAME", "DIFFUSION_NAME", "WEIGHTS_NAME", "CheckpointError",
+__all__ = ["CHECKPOINT_FOLDER", "CONFIG_NAME", "DIFFUSERS_WEIGHTS_NAME", "DIFFUSION_NAME", "WEIGHTS_NAME",
+           "CheckpointError",
            "build_model", "diffusion_config_for", "is_diffusers_folder", "load_checkpoint", "load_model",
            "load_state_strict", "model_folder", "read_safetensors", "save_checkpoint", "schedule_file",
-           "weights_path"]
+           "weights_path", "write_checkpoint"]
+
+#: what a checkpoint folder holds (``training.json``: tools/train.py's record of the run), so that
+#: ``force`` replaces only such a folder
+CHECKPOINT_FOLDER = OutputFolder(CONFIG_NAME, frozenset({WEIGHTS_NAME, DIFFUSION_NAME, "training.json"}))
+
 
 def save_checkpoint(model: UNet, out_dir: str | Path, *, diffusion: DiffusionConfig | None = None,
                     force: bool = False) -> Path:
@@ -34,15 +41,22 @@ def save_checkpoint(model: UNet, out_dir: str | Path, *, diffusion: DiffusionCon
     An existing ``out_dir`` is refused unless ``force``.
     """
     out = Path(out_dir)
-    with atomic_dir(out, force=force, marker=CONFIG_NAME) as tmp:
-        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-        # One metadata entry: safetensors writes its metadata map in a per-process random order,
-        # so two entries would make the same weights give different file bytes (and sha256).
-        save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
-        (tmp / CONFIG_NAME).write_text(model.config.to_json() + "\n", encoding="utf-8")
-        if diffusion is not None:
-            (tmp / DIFFUSION_NAME).write_text(diffusion.to_json() + "\n", encoding="utf-8")
+    with atomic_dir(out, CHECKPOINT_FOLDER, force=force) as tmp:
+        write_checkpoint(model, tmp, diffusion=diffusion)
     return out
+
+
+def write_checkpoint(model: UNet, folder: Path, *, diffusion: DiffusionConfig | None = None) -> None:
+    """``config.json`` + ``model.safetensors`` (+ ``diffusion.json``) into the existing ``folder``
+    (a temporary one: :func:`save_checkpoint`, tools/train.py)."""
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    # One metadata entry: safetensors writes its metadata map in a per-process random order,
+    # so two entries would make the same weights give different file bytes (and sha256).
+    save_file(state, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
+    os.chmod(folder / WEIGHTS_NAME, new_file_mode())  # safetensors writes 0600; every other file follows the umask
+    (folder / CONFIG_NAME).write_text(model.config.to_json() + "\n", encoding="utf-8")
+    if diffusion is not None:
+        (folder / DIFFUSION_NAME).write_text(diffusion.to_json() + "\n", encoding="utf-8")
 
 
 def load_checkpoint(folder: str | Path) -> UNet:

@@ -39,12 +39,15 @@ from ddpm_export.contract.sidecar import read_sidecar, sidecar_path
 from ddpm_export.diffusion.config import DiffusionConfig
 from ddpm_export.diffusion.samplers import sampler_defaults
 from ddpm_export.errors import InputNotFoundError, IntegrityError, NotAFolderError, WrongTypeError
-from ddpm_export.files import BUNDLE_FORMAT, BUNDLE_MANIFEST, atomic_dir, refuse_inside, refuse_nameless_folder
+from ddpm_export.files import (BUNDLE_FORMAT, BUNDLE_MANIFEST, OutputFolder, atomic_dir, bundle_files, refuse_inside,
+                               refuse_nameless_folder)
 from ddpm_export.runtime.info import read_metadata
 
 __all__ = ["FORMAT", "MANIFEST", "BundleError", "Manifest", "make_bundle", "read_manifest", "verify_bundle"]
 
 MANIFEST, FORMAT = BUNDLE_MANIFEST, BUNDLE_FORMAT  # defined in files: no output is written into a bundle
+#: a bundle folder: our manifest and the files it lists (what --force may replace)
+BUNDLE_FOLDER = OutputFolder(MANIFEST, listed=bundle_files)
 VERSION = 1
 ROLES = ("onnx", "onnx_data", "engine", "engine_sidecar")
 
@@ -229,7 +232,7 @@ def make_bundle(onnx: Sequence[str | Path], out: str | Path, *, engines: Sequenc
     refuse_inside({"the bundle folder": out}, {f"the input {name}:": src for name, (src, _) in sources.items()},
                   "replacing the folder would delete it; write the bundle into a new folder")
     d = first.diffusion
-    with atomic_dir(out, force=force, marker=MANIFEST) as tmp:
+    with atomic_dir(out, BUNDLE_FOLDER, force=force) as tmp:
         files = []
         for name, (src, role) in sources.items():
             shutil.copyfile(src, tmp / name)

@@ -5,6 +5,7 @@ names per call, leftovers of killed runs removed by the next write."""
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
@@ -17,7 +18,8 @@ import pytest
 pytest.importorskip("torch", reason="the exports need torch")
 pytest.importorskip("onnx")
 
-from ddpm_export.files import atomic_dir, atomic_file, atomic_files, remove_leftovers, temp_sibling  # noqa: E402
+from ddpm_export.files import (OutputFolder, atomic_dir, atomic_file, atomic_files, remove_leftovers,  # noqa: E402
+                               temp_sibling)
 
 from bad_inputs import expect_failure, run, run_with_file_size_limit  # noqa: E402
 from runtime_exports import exported  # noqa: E402
@@ -149,8 +151,14 @@ def test_force_replaces_only_a_folder_the_command_wrote(tmp_path, tiny, command,
     docs = tmp_path / "docs"
     docs.mkdir()
     (docs / "thesis.txt").write_text("years of work")
-    expect_failure([*args, "-o", docs, "--force"], 2, f"holds no {marker}, so this command did not write it",
+    expect_failure([*args, "-o", docs, "--force"], 2, f"holds no {marker} of ours, so this command did not write it",
                    watch=[tmp_path])
+    # a file of the marker's name is not enough: it deleted thesis.txt beside a user's report.json
+    (docs / marker).parent.mkdir(exist_ok=True)
+    (docs / marker).write_text("{}")
+    expect_failure([*args, "-o", docs, "--force"], 2,
+                   f"holds no {marker} of ours" if marker == "manifest.json" else  # someone else's manifest
+                   r"holds thesis.txt besides what this command writes: --force would delete it", watch=[tmp_path])
     if command[0] != "demo":  # a folder it wrote, and an empty one, are replaced (demo: minutes, tested elsewhere)
         for folder in (bundle if command[0] == "bundle" else tmp_path / "repo", tmp_path / "empty"):
             folder.mkdir(exist_ok=True)
@@ -292,19 +300,36 @@ def test_next_write_removes_leftovers_of_dead_processes(tmp_path):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                           text=True, check=True)
     dead_pid = int(dead.stdout)
-    stale_dir = tmp_path / f".x.png.tmp-{dead_pid}-abc"
+    stale_dir = tmp_path / f".x.png.tmp-{dead_pid}-{'a' * 32}"
     stale_dir.mkdir()
     (stale_dir / "x.png").write_bytes(b"half")
-    stale_file = tmp_path / f".x.png.old-{dead_pid}-def"
+    stale_file = tmp_path / f".x.png.tmp-{dead_pid}-{'d' * 32}"
     stale_file.write_bytes(b"half")
-    mine = tmp_path / f".x.png.tmp-{os.getpid()}-ghi"  # a live writer (this process): kept
+    mine = tmp_path / f".x.png.tmp-{os.getpid()}-{'e' * 32}"  # a live writer (this process): kept
     mine.write_bytes(b"in progress")
-    other = tmp_path / f".y.png.tmp-{dead_pid}-abc"  # another destination: not touched
+    other = tmp_path / f".y.png.tmp-{dead_pid}-{'a' * 32}"  # another destination: not touched
     other.write_bytes(b"")
+    users = [tmp_path / ".x.png.tmp-backup", tmp_path / f".x.png.old-{dead_pid}-keep"]  # not our names: kept
+    for path in users:
+        path.write_bytes(b"the user's")
     with atomic_file(tmp_path / "x.png") as tmp:
         tmp.write_bytes(b"png")
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["x.png", mine.name, other.name])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["x.png", mine.name, other.name,
+                                                                 *(p.name for p in users)])
     assert remove_leftovers(tmp_path / "y.png") == [other]
+
+
+def test_a_folder_moved_aside_by_a_killed_run_is_put_back(tmp_path, tiny):
+    """A --force run killed between its two renames left the old bundle as .b.old-<pid>-<hex> and no
+    b; the next run deleted it. Now it is put back, and a run without --force refuses to replace it."""
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    assert run(["bundle", "--onnx", tiny, "-o", tmp_path / "b"]).exit_code == 0
+    before = sorted(p.name for p in (tmp_path / "b").iterdir())
+    (tmp_path / "b").rename(tmp_path / f".b.old-{int(dead.stdout)}-{'f' * 32}")
+    expect_failure(["bundle", "--onnx", tiny, "-o", tmp_path / "b"], 2, "b exists; pass --force")
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == before
+    assert [p.name for p in tmp_path.iterdir()] == ["b"]
 
 
 def _default_sigint() -> None:
@@ -492,7 +517,7 @@ def test_an_output_path_without_a_name_is_refused_before_any_work(tmp_path, tiny
 def test_a_failed_write_removes_the_folders_it_created(tmp_path):
     """atomic_file and atomic_dir create missing parent folders; when the write fails, the ones
     still empty go again, deepest first, and a folder that something else wrote into stays."""
-    for write in (atomic_file, atomic_dir):
+    for write in (atomic_file, functools.partial(atomic_dir, kind=OutputFolder("marker"))):
         with pytest.raises(RuntimeError, match="failed"):
             with write(tmp_path / "a" / "b" / "out"):
                 assert (tmp_path / "a" / "b").is_dir()
@@ -521,3 +546,46 @@ def test_atomic_files_renames_all_or_none(tmp_path):
         tmp_b.write_text("b")
         assert not a.exists() and not b.exists()  # renamed only when the block ends
     assert a.read_text() == "a" and b.read_text() == "b"
+
+
+def test_an_output_that_appears_during_the_write_is_not_replaced(tmp_path):
+    """The existence check runs before the work; a file or folder that appears meanwhile was
+    overwritten (a folder deleted) at the final rename, without --force."""
+    from ddpm_export.errors import BadInputError, OutputExistsError
+
+    with pytest.raises(OutputExistsError, match="x.txt appeared while this command ran; pass --force"):
+        with atomic_file(tmp_path / "x.txt") as tmp:
+            tmp.write_text("ours")
+            (tmp_path / "x.txt").write_text("the user's")
+    assert (tmp_path / "x.txt").read_text() == "the user's"
+    kind = OutputFolder("m")
+    with pytest.raises(OutputExistsError, match="d appeared while this command ran; pass --force to replace it"):
+        with atomic_dir(tmp_path / "d", kind) as tmp:
+            (tmp / "m").write_text("ours")
+            (tmp_path / "d").mkdir()
+            (tmp_path / "d" / "notes.txt").write_text("the user's")
+    with pytest.raises(BadInputError, match="holds no m of ours"):  # with force: checked again before the swap
+        with atomic_dir(tmp_path / "e", kind, force=True) as tmp:
+            (tmp / "m").write_text("ours")
+            (tmp_path / "e").mkdir()
+            (tmp_path / "e" / "notes.txt").write_text("the user's")
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == [
+        "d", "d/notes.txt", "e", "e/notes.txt", "x.txt"]
+
+
+def test_links_and_special_files_as_outputs(tmp_path):
+    """A dangling link or a link loop exists (it was replaced without --force); a FIFO is refused
+    even with --force (as root, --force made /dev/null a regular file)."""
+    (tmp_path / "dangling.png").symlink_to(tmp_path / "nowhere" / "x.png")
+    (tmp_path / "l1.png").symlink_to(tmp_path / "l2.png")
+    (tmp_path / "l2.png").symlink_to(tmp_path / "l1.png")
+    for name in ("dangling.png", "l1.png"):
+        with pytest.raises(FileExistsError, match=f"{name} exists; pass --force"):
+            with atomic_file(tmp_path / name) as tmp:
+                tmp.write_text("x")
+        assert (tmp_path / name).is_symlink()
+    os.mkfifo(tmp_path / "fifo.json")
+    with pytest.raises(ValueError, match="fifo.json is a FIFO, not a file: outputs are written as new files"):
+        with atomic_file(tmp_path / "fifo.json", force=True) as tmp:
+            tmp.write_text("x")
+    assert (tmp_path / "fifo.json").is_fifo()

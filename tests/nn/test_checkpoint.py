@@ -98,10 +98,13 @@ def test_existing_folder_refused_without_force_and_overwritten_with_force(tmp_pa
     with pytest.raises(FileExistsError, match="force"):
         save_checkpoint(first, out)
     assert (out / "stale.txt").read_text() == "old"  # untouched
-    with pytest.raises(ValueError, match="holds no config.json, so this command did not write it"):
+    with pytest.raises(ValueError, match="holds no config.json of ours, so this command did not write it"):
         save_checkpoint(first, out, force=True)  # not a checkpoint: --force would delete the user's files
     assert (out / "stale.txt").read_text() == "old"
-    (out / CONFIG_NAME).write_text("{}")  # a (broken) checkpoint folder is ours to replace
+    (out / CONFIG_NAME).write_text("{}")
+    with pytest.raises(ValueError, match="holds stale.txt besides what this command writes"):
+        save_checkpoint(first, out, force=True)  # a config.json beside the user's files is not enough
+    (out / "stale.txt").unlink()  # a (broken) checkpoint folder is ours to replace
     save_checkpoint(first, out, force=True)
     assert sorted(p.name for p in out.iterdir()) == [CONFIG_NAME, WEIGHTS_NAME]
     second = build_model(UNetConfig(**SMALL, norm="layer"), seed=2)

@@ -159,10 +159,16 @@ def test_bundle_command_is_atomic_and_refuses_to_overwrite(onnx_file: Path, engi
     result = runner.invoke(main, args)
     assert result.exit_code != 0 and "exists; pass --force" in result.output
     assert (out / MANIFEST).read_bytes() == before
-    (out / "stray").write_text("left from an old bundle")
+    (out / "notes.txt").write_text("a file the manifest does not list: the user's")
     result = runner.invoke(main, [*args, "--force"])
-    assert result.exit_code == 0, result.output
-    assert not (out / "stray").exists()  # replaced as a whole, not merged
+    assert result.exit_code == 2 and "holds notes.txt besides what this command writes" in result.output
+    (out / "notes.txt").unlink()
+    (out / MANIFEST).write_text((out / MANIFEST).read_text().replace("tiny.plan.json", "tiny.plan.json.x"))
+    result = runner.invoke(main, [*args, "--force"])
+    assert result.exit_code == 2 and "holds tiny.plan.json besides" in result.output  # what it lists, not the name
+    (out / MANIFEST).write_bytes(before)
+    result = runner.invoke(main, [*args, "--force"])
+    assert result.exit_code == 0, result.output  # replaced as a whole
     assert sorted(os.listdir(tmp_path)) == ["b"]  # no temporary folders left behind
     verify_bundle(out)
 

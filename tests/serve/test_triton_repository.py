@@ -160,12 +160,16 @@ def test_tensorrt_without_an_engine_is_refused_naming_the_fix(bundle: Path, tmp_
 def test_an_existing_repository_needs_force(bundle: Path, tmp_path: Path) -> None:
     args = ["triton", "--bundle", str(bundle), "-o", str(tmp_path / "repo"), "--unet-backend", "python"]
     assert CliRunner().invoke(main, args).exit_code == 0
-    (tmp_path / "repo" / "marker").write_text("old")
+    (tmp_path / "repo" / "unet" / "stale.txt").write_text("old")
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 2 and "--force" in result.output
-    assert (tmp_path / "repo" / "marker").is_file()
+    assert (tmp_path / "repo" / "unet" / "stale.txt").is_file()
+    (tmp_path / "repo" / "mymodel").mkdir()  # another model of the user's: --force would delete it
+    result = CliRunner().invoke(main, [*args, "--force"])
+    assert result.exit_code == 2 and "holds mymodel besides what this command writes" in result.output
+    (tmp_path / "repo" / "mymodel").rmdir()
     assert CliRunner().invoke(main, [*args, "--force"]).exit_code == 0
-    assert not (tmp_path / "repo" / "marker").exists()
+    assert not (tmp_path / "repo" / "unet" / "stale.txt").exists()  # our models are replaced whole
     assert sorted(p.name for p in tmp_path.iterdir()) == ["repo"]  # no temporary folder left behind
 
 

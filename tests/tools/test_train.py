@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -49,7 +50,7 @@ def test_refuses_to_overwrite_without_force(train, tmp_path, capsys):
     assert train.main(["--out", str(out), *SMOKE]) == 0
     (out / "README.md").write_text("notes")
     before = (out / "model.safetensors").read_bytes()
-    assert train.main(["--out", str(out), *SMOKE, "--seed", "1"]) == 1
+    assert train.main(["--out", str(out), *SMOKE, "--seed", "1"]) == 2
     assert "--force" in capsys.readouterr().err
     assert (out / "model.safetensors").read_bytes() == before
     # --force replaces the checkpoint and keeps the hand-written README
@@ -57,6 +58,30 @@ def test_refuses_to_overwrite_without_force(train, tmp_path, capsys):
     assert (out / "model.safetensors").read_bytes() != before
     assert (out / "README.md").read_text() == "notes"
     assert not list(tmp_path.glob(".digits.*"))  # no staging folder left behind
+    assert oct((out / "model.safetensors").stat().st_mode & 0o777) == oct(0o666 & ~_umask())  # not 0600
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_refuses_an_out_it_cannot_replace_before_training(train, tmp_path, capsys):
+    """Each used to fail only after the training, with a traceback, or delete the user's files."""
+    (tmp_path / "a-file").write_text("x")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "config.json").write_text("{}")
+    (tmp_path / "mine" / "main.py").write_text("code")
+    (tmp_path / "link").symlink_to(tmp_path / "mine")
+    for out, message in [("a-file", "a-file is a file; give a folder"),
+                         ("mine", "mine holds main.py besides what this command writes: --force would delete it"),
+                         ("link", "link is a symbolic link; give a folder"),
+                         ("a-file/sub", "cannot be written")]:
+        assert train.main(["--out", str(tmp_path / out), *SMOKE, "--force"]) == 2, out
+        err = capsys.readouterr()
+        assert message in err.err and "final loss" not in err.out, (out, err)
+    assert (tmp_path / "mine" / "main.py").read_text() == "code"
 
 
 @pytest.mark.slow
