@@ -29,6 +29,7 @@ from ddpm_export.errors import BadInputError, DdpmExportError, NotAFolderError, 
 
 __all__ = ["BUNDLE_FORMAT", "BUNDLE_MANIFEST", "OutputFolder", "atomic_dir", "atomic_file", "atomic_files",
            "bundle_files", "enclosing_bundle", "made_parents", "names_no_file", "new_file_mode", "refuse_existing",
+           "refuse_existing_file", "rename_into_place",
            "refuse_foreign_folder", "refuse_inside", "refuse_nameless_folder", "refuse_same_file", "remove_leftovers",
            "require_suffix", "temp_sibling"]
 
@@ -91,6 +92,14 @@ def refuse_existing(path: str | Path, force: bool, flag: str = "--force") -> Non
                             f"({e.strerror or e}; the name tried was {probe.name})") from None
     with contextlib.suppress(OSError):  # a probe that cannot be removed is swept by the next write
         probe.unlink()
+
+
+def refuse_existing_file(path: str | Path, force: bool) -> None:
+    """:func:`refuse_existing` for a file output: also a folder in its place, which no --force
+    replaces (the rename of a file over a folder fails after all the work)."""
+    if os.path.isdir(path):
+        raise BadInputError(f"{path} is a folder; give the path of a file to write")
+    refuse_existing(path, force)
 
 
 def _refuse_special(path: str | Path) -> None:
@@ -275,14 +284,14 @@ def atomic_file(path: str | Path, *, force: bool = False) -> Iterator[Path]:
     """
     path = Path(path)
     remove_leftovers(path)  # first: a previous output it puts back is refused without force
-    refuse_existing(path, force)
+    refuse_existing_file(path, force)
     with made_parents(path):
         tmp = temp_sibling(path)
         try:
             yield tmp
             if not tmp.is_file():
                 raise RuntimeError(f"nothing was written for {path}")
-            _rename_into_place(tmp, path, force)
+            rename_into_place(tmp, path, force)
         except OSError as e:
             # name the file asked for, not the temp nor nothing (numpy's short write names no file);
             # our own errors (OutputExistsError, ...) carry their message already
@@ -293,7 +302,7 @@ def atomic_file(path: str | Path, *, force: bool = False) -> Iterator[Path]:
             tmp.unlink(missing_ok=True)
 
 
-def _rename_into_place(tmp: Path, path: Path, force: bool) -> None:
+def rename_into_place(tmp: Path, path: Path, force: bool) -> None:
     """``os.replace(tmp, path)``; without ``force`` never over a file that appeared while the
     command ran (a hard link fails if ``path`` exists; where links are not supported, a check
     just before the rename)."""

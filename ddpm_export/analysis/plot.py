@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 from PIL import Image, ImageDraw
 
 from ddpm_export.analysis.erf import ErfResult
-from ddpm_export.files import atomic_file
 
-__all__ = ["erf_image", "save_erf_plot"]
+__all__ = ["erf_image"]
 
 # black -> purple -> orange -> light yellow: a perceptually ordered ramp (like matplotlib's "inferno")
 _RAMP = np.array([[0, 0, 4], [87, 16, 110], [188, 55, 84], [249, 142, 9], [252, 255, 164]], dtype=np.float64)
@@ -37,10 +34,3 @@ def erf_image(result: ErfResult, scale: int = 16) -> Image.Image:
         draw.rectangle([max(box[0], 0), max(box[1], 0), min(box[2], img.width - 1), min(box[3], img.height - 1)],
                        outline=colour, width=2)
     return img
-
-
-def save_erf_plot(result: ErfResult, path: str | Path, *, force: bool = False) -> Path:
-    """Write :func:`erf_image` to ``path`` atomically; an existing file needs ``force``."""
-    with atomic_file(path, force=force) as tmp:
-        erf_image(result).save(tmp, format="PNG")
-    return Path(path)

@@ -77,7 +77,7 @@ def command(model: str | None, onnx_path: str | None, backends: tuple, precision
 
     from ddpm_export.bench import BenchConfig, format_report, run_bench
     from ddpm_export.console import require_output_when_quiet, use_flag_names
-    from ddpm_export.files import atomic_file, refuse_existing, refuse_same_file
+    from ddpm_export.files import atomic_file, refuse_existing_file, refuse_same_file
     from ddpm_export.inputs import input_files
     from ddpm_export.threads import get_threads
 
@@ -86,7 +86,7 @@ def command(model: str | None, onnx_path: str | None, backends: tuple, precision
     require_output_when_quiet({"--json": json_path})
     refuse_same_file({"--onnx": onnx_path, **input_files(model=model, onnx=onnx_path), "--json": json_path})
     if json_path is not None:
-        refuse_existing(json_path, force)
+        refuse_existing_file(json_path, force)
     cfg = BenchConfig(model=model, onnx=onnx_path, backends=backends or (), precisions=precisions or (),
                       attention=attention, rewrites=rewrites, batches=batches,
                       threads=threads or get_threads() or len(os.sched_getaffinity(0)), steps=steps, repeats=repeats,

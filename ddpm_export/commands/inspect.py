@@ -123,7 +123,7 @@ def _load(model: str, outputs: tuple[str | None, ...], force: bool, threads: int
     from ddpm_export import load_model
     from ddpm_export.analysis.erf import check_erf_size
     from ddpm_export.console import require_output_when_quiet
-    from ddpm_export.files import refuse_existing, refuse_same_file, require_suffix
+    from ddpm_export.files import refuse_existing_file, refuse_same_file, require_suffix
     from ddpm_export.inputs import input_files
     from ddpm_export.nn.checkpoint import weights_path
 
@@ -133,7 +133,7 @@ def _load(model: str, outputs: tuple[str | None, ...], force: bool, threads: int
     require_suffix("--plot", plot, ".png")
     for path in outputs:
         if path is not None:
-            refuse_existing(path, force)
+            refuse_existing_file(path, force)
     torch.set_num_threads(threads)
     unet = load_model(model)
     weights = "trained" if weights_path(model) is not None else "seed-initialised"
@@ -142,15 +142,17 @@ def _load(model: str, outputs: tuple[str | None, ...], force: bool, threads: int
 
 
 def _write(report: dict[str, Any], erf: "ErfResult", json_path: str | None, plot: str | None, force: bool) -> None:
-    """The ERF plot and the JSON report, each written atomically."""
+    """The ERF plot and the JSON report, atomically together (both or neither)."""
     import json
 
-    from ddpm_export.analysis.plot import save_erf_plot
-    from ddpm_export.files import atomic_file
+    from ddpm_export.analysis.plot import erf_image
+    from ddpm_export.files import atomic_files
 
-    if plot is not None:
-        click.echo(f"wrote {save_erf_plot(erf, plot, force=force)}")
-    if json_path is not None:
-        with atomic_file(json_path, force=force) as tmp:
-            tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        click.echo(f"wrote {json_path}")
+    with atomic_files(plot, json_path, force=force) as (tmp_plot, tmp_json):
+        if tmp_plot is not None:
+            erf_image(erf).save(tmp_plot, format="PNG")
+        if tmp_json is not None:
+            tmp_json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    for path in (plot, json_path):
+        if path is not None:
+            click.echo(f"wrote {path}")

@@ -112,7 +112,7 @@ def _check_outputs(output: str | None, save_npy: str | None, onnx_path: str | No
                    force: bool) -> None:
     """Refuse no output at all, an output that is an input or lies in the bundle, a wrong suffix,
     or an existing file without ``force`` -- before any work."""
-    from ddpm_export.files import refuse_existing, refuse_inside, refuse_same_file, require_suffix
+    from ddpm_export.files import refuse_existing_file, refuse_inside, refuse_same_file, require_suffix
     from ddpm_export.inputs import input_files
 
     if output is None and save_npy is None:
@@ -125,7 +125,7 @@ def _check_outputs(output: str | None, save_npy: str | None, onnx_path: str | No
     require_suffix("--save-npy", save_npy, ".npy")
     for path in (output, save_npy):
         if path is not None:
-            refuse_existing(path, force)
+            refuse_existing_file(path, force)
 
 
 def _check_sources(onnx_path: str | None, bundle: tuple[str | None, str | None], model: str | None) -> None:

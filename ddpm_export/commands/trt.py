@@ -70,7 +70,7 @@ def command(onnx_path: str | None, model: str | None, engine: str, fp16: bool | 
         raise click.UsageError("pass exactly one of --onnx and --model")
     graph = engine_onnx_path(engine) if model or fp16 else None  # written with --model, or converted to fp16
     refuse_same_file({"--onnx": onnx_path, **input_files(model=model, onnx=onnx_path), "-o": engine,
-                      "-o's sidecar": sidecar_path(engine), "-o's graph": graph})
+                      "-o's sidecar": sidecar_path(engine), "-o's graph": graph, "--timing-cache": timing_cache})
     batches = {k: v for k, v in (("min_batch", min_batch), ("opt_batch", opt_batch), ("max_batch", max_batch))
                if v is not None}
     if batches and model is None:
@@ -94,10 +94,10 @@ def _export_and_build(model: str, engine: str, fp16: bool | None, options: Build
 
     from ddpm_export.contract.sidecar import sidecar_path
     from ddpm_export.export.tensorrt import TensorRTUnavailable, build_engine, engine_onnx_path, tensorrt_missing
-    from ddpm_export.files import refuse_existing
+    from ddpm_export.files import refuse_existing_file
 
     for path in (engine, sidecar_path(engine), engine_onnx_path(engine)):
-        refuse_existing(path, force)
+        refuse_existing_file(path, force)
     why = tensorrt_missing()  # before a minutes-long export
     if why:
         raise TensorRTUnavailable(f"cannot build {engine}: {why}")

@@ -55,7 +55,7 @@ def command(model: str, onnx_path: str, engine: str | None, steps: int, ddpm_ste
     """
     from ddpm_export.console import use_flag_names
     from ddpm_export.errors import VerificationFailed
-    from ddpm_export.files import atomic_files, refuse_existing, refuse_same_file, require_suffix
+    from ddpm_export.files import atomic_files, refuse_existing_file, refuse_same_file, require_suffix
     from ddpm_export.inputs import input_files
     from ddpm_export.verify import draw_drift, report_json, require_matplotlib, verify
 
@@ -66,7 +66,7 @@ def command(model: str, onnx_path: str, engine: str | None, steps: int, ddpm_ste
     require_suffix("--plot", plot, ".png")
     for path in (report, plot):
         if path is not None:
-            refuse_existing(path, force)
+            refuse_existing_file(path, force)
     if plot is not None:
         require_matplotlib()
     result = verify(model, onnx_path, engine=engine, steps=steps, ddpm_steps=ddpm_steps, solver_steps=solver_steps,

@@ -34,7 +34,7 @@ from ddpm_export.contract import metadata as md
 from ddpm_export.errors import BadInputError
 from ddpm_export.export.graph import FLOAT_TYPES, cast_to, consumers, tensor_types
 from ddpm_export.export.precision_policy import policy
-from ddpm_export.files import atomic_file, refuse_existing
+from ddpm_export.files import atomic_file, refuse_existing_file
 
 __all__ = ["FP16_PASS", "NORM_OPS", "convert_file", "convert_model", "fp32_islands"]
 
@@ -231,7 +231,7 @@ def convert_file(src: str | Path, dst: str | Path, *, force: bool = False, sourc
     has hashed it already). Raises BadInputError for a file that is not an fp32
     graph of ours (a MetadataError names the missing keys)."""
     src, dst = Path(src), Path(dst)
-    refuse_existing(dst, force)
+    refuse_existing_file(dst, force)
     model = onnx.load(str(src))
     props = md.read_metadata(model, source=str(src))
     precision = md.precision_of(props, str(src))

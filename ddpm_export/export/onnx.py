@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
-import os
 import shutil
 import time
 import warnings
@@ -37,8 +36,8 @@ from ddpm_export.export.precision import GraphModule
 from ddpm_export.export.precision_policy import check_precision, policy
 from ddpm_export.export.rewrites import resolve_rewrites
 from ddpm_export.export.validate import ValidationError, ValidationReport, validate_onnx
-from ddpm_export.files import (made_parents, names_no_file, refuse_existing, refuse_same_file, remove_leftovers,
-                               temp_sibling)
+from ddpm_export.files import (made_parents, names_no_file, refuse_existing_file, refuse_same_file, remove_leftovers,
+                               rename_into_place, temp_sibling)
 from ddpm_export.nn.attention import use_attention_kernel
 from ddpm_export.nn.checkpoint import (DIFFUSION_NAME, diffusion_config_for, load_model, schedule_file,
                                       weights_path)
@@ -118,7 +117,7 @@ def export_onnx(model: str | Path, out: str | Path, *, opset: int = DEFAULT_OPSE
     proto.doc_string = (f"DDPM U-Net exported by ddpm-export {__version__}: precision {precision}, "
                         f"attention {form}, rewrites {','.join(applied) or 'none'}, batch {min_batch}..{max_batch}")
     with staged_torch_io(unet, spec, io_paths) if io_paths is not None else contextlib.nullcontext():  # all or none
-        report = _write_validated(proto, out, (unet, spec, precision) if validate else None, log)
+        report = _write_validated(proto, out, (unet, spec, precision) if validate else None, log, force)
     return ExportResult(out, spec, precision, form, applied, opset, time.perf_counter() - start,
                         out.stat().st_size, report)
 
@@ -145,7 +144,7 @@ def _check_options(out: Path, *, force: bool, precision: str, attention: str, ta
         named = not names_no_file(out) and out.name != ".onnx"  # Path(".onnx"): a hidden file, no suffix
         raise BadInputError(f"output {out} must end in .onnx" if named else
                             f"output {str(out) or repr('')} needs a file name ending in .onnx, e.g. model.onnx")
-    refuse_existing(out, force)
+    refuse_existing_file(out, force)
     check_precision(precision)
     if target not in TARGETS:
         raise BadInputError(f"target={target!r} is not valid; choose one of: {', '.join(TARGETS)}")
@@ -156,7 +155,7 @@ def _check_options(out: Path, *, force: bool, precision: str, attention: str, ta
 
 
 def _write_validated(proto: onnx.ModelProto, out: Path, validation: tuple[UNet, ExportSpec, str] | None,
-                     log: Callable[[str], None]) -> ValidationReport | None:
+                     log: Callable[[str], None], force: bool) -> ValidationReport | None:
     """Write ``proto`` to ``out``, validated first when ``validation`` = (unet, spec, precision).
 
     Written and validated in a temp folder beside ``out`` (with its external data, > 2 GB,
@@ -167,6 +166,8 @@ def _write_validated(proto: onnx.ModelProto, out: Path, validation: tuple[UNet, 
         tmp_dir = temp_sibling(out)
         external = proto.ByteSize() > EXTERNAL_DATA_THRESHOLD
         data_name = out.name + ".data"
+        if external:  # known only now: the graph's size decides
+            refuse_existing_file(out.parent / data_name, force)
         try:
             tmp_dir.mkdir()
             onnx.save_model(proto, str(tmp_dir / out.name), save_as_external_data=external,
@@ -177,8 +178,8 @@ def _write_validated(proto: onnx.ModelProto, out: Path, validation: tuple[UNet, 
                 raise type(e)(f"{e}; nothing was written (validate=False, `ddpm-export onnx --no-validate`, "
                               f"writes the file unchecked)") from e
             if external:
-                os.replace(tmp_dir / data_name, out.parent / data_name)
-            os.replace(tmp_dir / out.name, out)
+                rename_into_place(tmp_dir / data_name, out.parent / data_name, force)
+            rename_into_place(tmp_dir / out.name, out, force)  # not over a file that appeared meanwhile
         finally:
             shutil.rmtree(tmp_dir, ignore_errors=True)
     return report

@@ -13,7 +13,7 @@ from polygraphy.json import save_json
 
 from ddpm_export.contract.spec import ExportSpec
 from ddpm_export.export.validate import torch_reference
-from ddpm_export.files import atomic_files, refuse_existing
+from ddpm_export.files import atomic_files, refuse_existing_file
 from ddpm_export.nn.unet import UNet
 
 INPUTS_NAME, OUTPUTS_NAME = "inputs.json", "outputs.json"
@@ -26,7 +26,7 @@ def check_io_paths(out_dir: str | Path, *, force: bool = False) -> tuple[Path, P
     out = Path(out_dir)
     paths = out / INPUTS_NAME, out / OUTPUTS_NAME
     for path in paths:
-        refuse_existing(path, force)
+        refuse_existing_file(path, force)
     return paths
 
 

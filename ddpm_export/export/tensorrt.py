@@ -36,7 +36,7 @@ from ddpm_export.contract.spec import ExportSpec
 from ddpm_export.errors import BadInputError, InputNotFoundError, MissingDependencyError
 from ddpm_export.export import fp16_pass, trt_build
 from ddpm_export.export.trt_options import BuildOptions, builder_config
-from ddpm_export.files import atomic_file, made_parents, refuse_existing
+from ddpm_export.files import atomic_file, made_parents, refuse_existing_file
 from ddpm_export.gpu import gpu_missing, import_cudart, import_tensorrt
 
 
@@ -115,7 +115,7 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, *, fp16: bool |
     graph_out = engine_onnx_path(engine_path) if convert or keep_onnx else None
     for path in (engine_path, side, graph_out):
         if path is not None:
-            refuse_existing(path, force)
+            refuse_existing_file(path, force)
     why = tensorrt_missing()
     if why:
         raise TensorRTUnavailable(f"cannot build {engine_path}: {why}")

@@ -282,7 +282,7 @@ def test_two_exports_to_one_path_in_one_process(tmp_path, tiny):
 
     def run() -> None:
         try:
-            _write_validated(proto, tmp_path / "t.onnx", None, log=lambda m: None)
+            _write_validated(proto, tmp_path / "t.onnx", None, log=lambda m: None, force=True)
         except Exception as e:  # pragma: no cover - reported below
             errors.append(e)
 
@@ -589,3 +589,30 @@ def test_links_and_special_files_as_outputs(tmp_path):
         with atomic_file(tmp_path / "fifo.json", force=True) as tmp:
             tmp.write_text("x")
     assert (tmp_path / "fifo.json").is_fifo()
+
+
+def test_a_folder_where_a_file_goes_is_refused_before_the_work(tmp_path, tiny):
+    """--save-io's outputs.json as a folder: the export replaced the .onnx, then failed on it."""
+    (tmp_path / "io" / "outputs.json").mkdir(parents=True)
+    (tmp_path / "m.onnx").write_text("old")
+    expect_failure(["onnx", "--model", "tiny", "-o", tmp_path / "m.onnx", "--save-io", tmp_path / "io", "--force"], 2,
+                   "outputs.json is a folder; give the path of a file to write")
+    assert (tmp_path / "m.onnx").read_text() == "old"
+
+
+def test_inspect_writes_its_plot_and_json_together(tmp_path):
+    """Both or neither (atomic_files): the plot was renamed into place before the JSON failed on a
+    full disk. A JSON over the file-size limit stands in for the full disk."""
+    result = run_with_file_size_limit(["inspect", "--model", "tiny", "--erf-samples", "1", "--json",
+                                       tmp_path / "j.json", "--plot", tmp_path / "p.png"], 4096)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert list(tmp_path.iterdir()) == []
+    assert run(["inspect", "--model", "tiny", "--erf-samples", "1", "--json", tmp_path / "i.json",
+                "--plot", tmp_path / "i.png"]).exit_code == 0
+    assert (tmp_path / "i.json").is_file() and (tmp_path / "i.png").is_file()
+
+
+def test_trt_timing_cache_may_not_be_an_input(tmp_path, tiny):
+    """--timing-cache is written back (with the new timings): over --onnx it would destroy it."""
+    expect_failure(["trt", "--onnx", tiny, "-o", tmp_path / "e.plan", "--timing-cache", tiny], 2,
+                   "name the same file", watch=[tmp_path])
