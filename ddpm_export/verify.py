@@ -189,7 +189,6 @@ def verify(model: str | Path, onnx: str | Path, *, engine: str | Path | None = N
     does not fit the exported graph.
     """
     from ddpm_export import load_model
-    from ddpm_export.nn.checkpoint import weights_path
     from ddpm_export.torch_backend import TorchBackend
 
     start, onnx = time.perf_counter(), Path(onnx)
@@ -198,10 +197,7 @@ def verify(model: str | Path, onnx: str | Path, *, engine: str | Path | None = N
     limits = _check_arguments(info, unet.config, model, onnx, steps, ddpm_steps, batch, guidance_scale)
     spec, cfg, T = info.spec, info.diffusion, info.diffusion.num_train_timesteps
     solver_schedulers = _solver_schedulers(cfg, solvers, solver_steps)
-    onnx_sha, weights = sha256_file(onnx), weights_path(model)
-    source_match = None if weights is None else sha256_file(weights) == info.source_sha256
-    if source_match is False:
-        log(f"warning: {onnx} records source sha256 {info.source_sha256[:12]}..., but {weights} differs")
+    onnx_sha, source_match = sha256_file(onnx), _check_source(model, onnx, info, log)
 
     reference = TorchBackend(unet)
     candidates = _candidates(onnx, spec, engine, providers, onnx_sha, gpu_backends, threads, inference_precision)
@@ -222,7 +218,7 @@ def verify(model: str | Path, onnx: str | Path, *, engine: str | Path | None = N
 
     checks = _checks(results, backend_limits, precisions)
     failures = [c["message"] for c in checks if not c["passed"]]
-    notes += [] if weights is not None else _untrained_note(model, checks, precisions)
+    notes += [] if source_match is not None else _untrained_note(model, checks, precisions)  # no weights file
     return {
         "passed": not failures, "failures": failures, "checks": checks,
         "model": str(model), "onnx": str(onnx), "onnx_sha256": onnx_sha,
@@ -257,6 +253,28 @@ def _precisions(info: ModelInfo, candidates: dict[str, Backend]) -> tuple[dict[s
     """Each backend's effective precision, and the thresholds it is held to by that precision."""
     precisions = {name: effective_precision(info.precision, backend) for name, backend in candidates.items()}
     return precisions, {name: THRESHOLDS[p] for name, p in precisions.items()}
+
+
+def _check_source(model: str | Path, onnx: Path, info: ModelInfo, log: Callable[[str], None]) -> bool | None:
+    """Whether the model's weights file is the one the file was exported from (None: no file, a
+    seeded preset), with a warning when not; and a warning when the model folder's schedule
+    (``diffusion.json``, a diffusers scheduler config) is not the one the file records: both sides
+    of the checks use the file's, so they cannot tell."""
+    from ddpm_export.nn.checkpoint import diffusion_config_for, schedule_file, weights_path
+
+    weights = weights_path(model)
+    source_match = None if weights is None else sha256_file(weights) == info.source_sha256
+    if source_match is False:
+        log(f"warning: {onnx} records source sha256 {info.source_sha256[:12]}..., but {weights} differs")
+    folder = diffusion_config_for(model)
+    if folder is None or folder == info.diffusion:
+        return source_match
+    a, b = info.diffusion.to_dict(), folder.to_dict()
+    fields = ", ".join(f"{k} ({a[k]!r} in the file, {b[k]!r} in {schedule_file(model)})"
+                       for k in sorted(a) if a[k] != b[k])
+    log(f"warning: {onnx} records another schedule than its model's: {fields}; the checks use the file's -- "
+        f"re-export it after changing the schedule")
+    return source_match
 
 
 def _check_arguments(info: ModelInfo, unet_config: Any, model: str | Path, onnx: Path, steps: int,

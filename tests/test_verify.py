@@ -210,3 +210,19 @@ def test_a_learned_variance_model_is_refused_before_any_check(tmp_path: Path) ->
                                           r"read one prediction per input channel \(learned-variance"):
         verify(tmp_path / "variance", onnx, log=lines.append)
     assert not any("single step" in line for line in lines)
+
+
+def test_a_schedule_changed_after_the_export_is_warned_about(tmp_path: Path) -> None:
+    """Both sides use the file's schedule, so an edited diffusion.json passed silently."""
+    import shutil
+
+    from ddpm_export.export.onnx import export_onnx
+    from ddpm_export.presets import MODELS_DIR
+
+    shutil.copytree(MODELS_DIR / "tiny", tmp_path / "m")
+    onnx = export_onnx(tmp_path / "m", tmp_path / "m.onnx", max_batch=2, log=lambda s: None).path
+    (tmp_path / "m" / "diffusion.json").write_text('{"beta_end": 0.03}')
+    lines: list[str] = []
+    verify(tmp_path / "m", onnx, steps=2, ddpm_steps=2, solver_steps=2, batch=1, log=lines.append)
+    assert any(line.startswith(f"warning: {onnx} records another schedule than its model's: beta_end (0.02 in "
+                               f"the file, 0.03 in {tmp_path / 'm' / 'diffusion.json'})") for line in lines), lines

@@ -38,16 +38,18 @@ from tqdm import tqdm
 
 from ddpm_export.config import UNetConfig
 from ddpm_export.diffusion import DiffusionConfig, Schedule
-from ddpm_export.errors import BadInputError, DdpmExportError, describe, exit_status
+from ddpm_export.errors import BadInputError, DdpmExportError, NonFiniteOutputError, describe, exit_status
 from ddpm_export.files import (atomic_dir, refuse_existing, refuse_foreign_folder, refuse_inside,
                                refuse_nameless_folder)
-from ddpm_export.nn.checkpoint import CHECKPOINT_FOLDER, build_model, write_checkpoint
+from ddpm_export.nn.checkpoint import CHECKPOINT_FOLDER, DIFFUSION_NAME, build_model, write_checkpoint
 from ddpm_export.quality import HELDOUT_SIZE, SPLIT_SEED, load_digits_split
 
 TRAINING_NAME = "training.json"   # the flags and results of the run, beside the checkpoint
 KEPT_FILES = ("README.md",)       # hand-written files of an existing --out folder survive --force
-#: what --force may replace: a checkpoint folder, with the kept files
-TRAIN_FOLDER = dataclasses.replace(CHECKPOINT_FOLDER, names=CHECKPOINT_FOLDER.names | set(KEPT_FILES))
+DERIVED_FILES = ("model.onnx",)   # made from the weights (a preset's shipped export): dropped, to be regenerated
+#: what --force may replace: a checkpoint folder, with the kept and the derived files
+TRAIN_FOLDER = dataclasses.replace(CHECKPOINT_FOLDER,
+                                   names=CHECKPOINT_FOLDER.names | set(KEPT_FILES) | set(DERIVED_FILES))
 
 
 def model_config(base_channels: int) -> UNetConfig:
@@ -58,6 +60,10 @@ def model_config(base_channels: int) -> UNetConfig:
         attention_resolutions=(4,), mid_attention=True, num_groups=8,
         num_classes=10, class_conditioning="embedding", null_class=True,
     )
+
+
+#: the DiffusionConfig fields training depends on (the rest are the sampler's defaults)
+FORWARD_PROCESS_FIELDS = ("num_train_timesteps", "beta_schedule", "beta_start", "beta_end", "prediction_type")
 
 
 def diffusion_config() -> DiffusionConfig:
@@ -103,6 +109,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--steps, --batch-size and --threads must be >= 1")
     if not 0.0 <= args.p_uncond < 1.0:
         p.error("--p-uncond must be in [0, 1)")
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        p.error(f"--lr must be a finite number > 0, got {args.lr}")
+    if args.warmup < 0 or not 0.0 <= args.final_lr_frac <= 1.0:
+        p.error("--warmup must be >= 0 and --final-lr-frac in [0, 1]")
+    if not 0.0 <= args.ema < 1.0:
+        p.error(f"--ema must be in [0, 1) (the EMA decay), got {args.ema}")
     return args
 
 
@@ -114,6 +126,8 @@ def train(args: argparse.Namespace) -> dict:
     digits = load_digits_split()
     data_x = torch.from_numpy(digits.train_x)
     data_y = torch.from_numpy(digits.train_y)
+    if args.batch_size > len(data_x):
+        raise BadInputError(f"--batch-size {args.batch_size} is more than the {len(data_x)} training digits")
     cfg, dcfg = model_config(args.base_channels), diffusion_config()
     abar = torch.from_numpy(np.array(Schedule.from_config(dcfg).alphas_cumprod, dtype=np.float32))
     null_class = cfg.num_classes  # id 10
@@ -163,6 +177,9 @@ def train(args: argparse.Namespace) -> dict:
     bar.close()
     wall = time.perf_counter() - start
     final_loss = float(np.mean(losses[-100:]))
+    if not math.isfinite(final_loss) or not all(bool(torch.isfinite(p).all()) for p in ema.parameters()):
+        raise NonFiniteOutputError(f"training diverged (final loss {final_loss}): the weights are not finite; nothing "
+                                   f"was written -- lower --lr or raise --warmup")
     print(f"final loss (mean of the last {min(100, len(losses))} steps): {final_loss:.4f}; "
           f"wall time {wall:.0f} s ({wall / 60:.1f} min)", flush=True)
     return {"model": ema, "diffusion": dcfg, "params": n_params, "final_loss": final_loss, "wall_s": wall}
@@ -185,6 +202,19 @@ def write(out: Path, result: dict, args: argparse.Namespace, command: str) -> No
                 shutil.copy2(out / name, tmp / name)
 
 
+def kept_sampler_defaults(out: Path, trained: DiffusionConfig) -> DiffusionConfig:
+    """``trained``, or the existing --out folder's diffusion.json when it describes the same forward
+    process (its sampler defaults -- sampler, steps, solver settings -- were chosen for the model,
+    e.g. the shipped digits' UniPC-10, and retraining keeps them)."""
+    path = out / DIFFUSION_NAME
+    try:
+        old = DiffusionConfig.load(path) if path.is_file() else None
+    except DdpmExportError:  # unreadable: the trained one is written
+        return trained
+    same = old is not None and all(getattr(old, f) == getattr(trained, f) for f in FORWARD_PROCESS_FIELDS)
+    return old if same else trained  # type: ignore[return-value]
+
+
 def check_out(out: Path, force: bool) -> None:
     """Refuse, before the training time is spent, an --out that ``write`` would refuse: an existing
     one without --force, a file, a link, a folder that is not a checkpoint (--force would delete
@@ -205,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_out(out, args.force)
         result = train(args)
+        result["diffusion"] = kept_sampler_defaults(out, result["diffusion"])
+        dropped = [name for name in DERIVED_FILES if (out / name).is_file()]
         write(out, result, args, " ".join(["python tools/train.py", *(sys.argv[1:] if argv is None else argv)]))
     except (DdpmExportError, OSError) as e:
         print(f"error: {describe(e)}", file=sys.stderr)
@@ -213,6 +245,9 @@ def main(argv: list[str] | None = None) -> int:
         print("error: interrupted; nothing was written", file=sys.stderr)
         return 130
     print(f"wrote {out}/ (config.json, model.safetensors, diffusion.json, {TRAINING_NAME})", flush=True)
+    for name in dropped:
+        print(f"note: the old {name} was made from the old weights and is gone: regenerate it with "
+              f"`ddpm-export onnx --model {out} -o {out / name}`", flush=True)
     return 0
 
 

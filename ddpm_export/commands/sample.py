@@ -149,6 +149,8 @@ def _load(onnx_path: str | None, bundle: tuple[str | None, str | None], model: s
     """The Pipeline of whichever source was given (``bundle``: its folder and the ONNX file's name
     in it, or Nones; default: the shipped model's ONNX file), on ``backend``; a GPU backend whose
     provider is missing raises ProviderUnavailable (exit 2)."""
+    from pathlib import Path
+
     from ddpm_export.presets import default_model, shipped_onnx
     from ddpm_export.runtime import Pipeline
 
@@ -161,7 +163,9 @@ def _load(onnx_path: str | None, bundle: tuple[str | None, str | None], model: s
     if onnx_path is not None:
         return Pipeline.from_onnx(onnx_path, **options)
     name = default_model() if model is None else model
-    shipped = shipped_onnx(name)  # a preset's pre-exported file: no torch, no onnx needed
+    # a preset's pre-exported file (no torch, no onnx needed) -- unless the name is a folder here,
+    # which every command reads first (a model trained into ./digits is not the preset digits)
+    shipped = None if model is not None and Path(model).exists() else shipped_onnx(name)
     return Pipeline.from_onnx(shipped, **options) if shipped is not None else _export_and_load(name, options)
 
 

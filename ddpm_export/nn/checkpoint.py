@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 
 from safetensors.torch import save_file
@@ -15,6 +16,7 @@ from safetensors.torch import save_file
 from ddpm_export.config import UNetConfig
 from ddpm_export.diffusion.config import DiffusionConfig
 from ddpm_export.diffusion.from_diffusers import diffusion_from_scheduler, find_scheduler_config
+from ddpm_export.errors import DdpmExportWarning
 from ddpm_export.files import OutputFolder, atomic_dir, new_file_mode
 from ddpm_export.nn.diffusers_import import load_diffusers_unet
 from ddpm_export.nn.unet import UNet
@@ -135,4 +137,8 @@ def load_model(spec: str | Path) -> UNet:
         folder = preset_dir(str(spec))
     if (folder / WEIGHTS_NAME).exists():
         return load_checkpoint(folder)
-    return build_model(UNetConfig.load(folder / CONFIG_NAME)).eval()  # config only, like most presets
+    model = build_model(UNetConfig.load(folder / CONFIG_NAME)).eval()  # config only, like most presets
+    if path.is_dir():  # a folder of the user's, not a preset: its weights may have gone astray
+        warnings.warn(f"{folder} holds no {WEIGHTS_NAME}: the model gets seed-initialised (untrained) weights",
+                      DdpmExportWarning, stacklevel=2)
+    return model

@@ -39,6 +39,8 @@ import urllib.request
 from pathlib import Path
 from typing import IO, Sequence
 
+from ddpm_export.errors import BadInputError
+
 __all__ = ["SITE_FOLDER", "LocalServer", "TritonInstall", "find_tritonserver", "free_ports", "stub_numpy_site"]
 
 #: where ``./dev`` installs numpy<2 for the server's Python-backend stubs (under the checkout).
@@ -109,6 +111,12 @@ class LocalServer:
         self.repository = Path(repository).resolve()
         self.work = Path(work).resolve()
         self.pythonpath = [Path(p).resolve() for p in pythonpath]
+        for what, path in (("repository", self.repository), ("work", self.work)):
+            if not str(path).isascii() or any(c.isspace() for c in str(path)):
+                # the Python backend's stub is started through a shell and parses its arguments with
+                # std::stol: a space split the path (a 60 s hang), non-ASCII failed its encoding
+                raise BadInputError(f"{what} {path}: Triton's Python backend cannot run from a path with spaces or "
+                                    f"non-ASCII characters; use a plain path")
         self.http_port, self.grpc_port, self.metrics_port = free_ports(3)
         self.process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None

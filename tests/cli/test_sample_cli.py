@@ -193,3 +193,19 @@ def test_a_four_channel_model_samples_to_npy_and_refuses_a_png_before_sampling(t
     code, out = _run("--onnx", str(onnx))
     assert code == 2 and "nothing to write: pass -o GRID.png, --save-npy SAMPLES.npy or both" in out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["latent", "latent.onnx", "x.npy"]
+
+
+def test_a_model_folder_here_wins_over_the_preset_of_its_name(tmp_path: Path, monkeypatch) -> None:
+    """`--model digits` sampled the shipped preset even with a ./digits folder (a model trained
+    there), which every other command reads."""
+    import shutil
+    import warnings
+
+    from ddpm_export.presets import MODELS_DIR
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(MODELS_DIR / "tiny", tmp_path / "digits")  # tiny's 3 channels, not digits' 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the folder holds no weights: said, and seed weights used
+        code, out = _run("--model", "digits", "-n", "2", "--steps", "2", "-o", "x.png")
+    assert code == 0 and "(2 images, 3x16x16, fp32)" in out, out

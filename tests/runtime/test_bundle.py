@@ -227,3 +227,33 @@ def test_a_bundle_that_is_not_a_path_is_a_type_error_naming_it(folder: object) -
     with pytest.raises(WrongTypeError, match=f"a bundle must be a str or os.PathLike naming its folder, "
                                              f"got {type(folder).__name__}"):
         Pipeline.from_bundle(folder)  # type: ignore[arg-type]
+
+
+def _tiny_variant(folder: Path, seed: int, **changes: object) -> Path:
+    """tiny's architecture (with ``changes``), seed-``seed`` weights, saved and exported: its ONNX file."""
+    from ddpm_export.config import UNetConfig
+    from ddpm_export.export.onnx import export_onnx
+    from ddpm_export.nn.checkpoint import build_model, save_checkpoint
+    from ddpm_export.presets import MODELS_DIR
+
+    cfg = UNetConfig.load(MODELS_DIR / "tiny" / "config.json").replace(**changes)
+    save_checkpoint(build_model(cfg, seed=seed), folder / "ckpt")
+    return export_onnx(folder / "ckpt", folder / "v.onnx", max_batch=8, log=lambda s: None).path
+
+
+def test_files_from_other_weights_are_not_one_model(onnx_file: Path, tmp_path: Path) -> None:
+    """Same architecture and schedule, other weights: bundled as one model before (exit 0)."""
+    other = _tiny_variant(tmp_path, seed=7)
+    with pytest.raises(BundleError, match=r"v.onnx was exported from other weights than .*tiny.onnx \(source sha256 "):
+        make_bundle([onnx_file, other], tmp_path / "b")
+    assert not (tmp_path / "b").exists()
+
+
+def test_triton_refuses_a_model_the_samplers_cannot_run(tmp_path: Path) -> None:
+    """6 output channels for 3 inputs: the repository was written, then its sampler failed to load."""
+    from ddpm_export.serve.repository import write_repository
+
+    make_bundle([_tiny_variant(tmp_path, seed=0, out_channels=6)], tmp_path / "b")
+    with pytest.raises(ValueError, match=r"outputs 6 channels for 3 input channels; the samplers read one"):
+        write_repository(tmp_path / "b", tmp_path / "repo")
+    assert not (tmp_path / "repo").exists()

@@ -194,3 +194,12 @@ def test_openvino_unet_backend_refuses_an_ort_mha_file(tmp_path):
         write_repository(bundle, tmp_path / "repo", unet_backend="openvino")
     assert not (tmp_path / "repo").exists()
     write_repository(bundle, tmp_path / "repo", unet_backend="onnxruntime")  # ONNX Runtime serves it
+
+
+@pytest.mark.parametrize("name", ["with space", "ünïcode"])
+def test_the_local_server_refuses_paths_its_python_backend_cannot_run_from(tmp_path: Path, name: str) -> None:
+    """A space split the stub's path (a 60 s hang), non-ASCII failed its encoding: named up front."""
+    from ddpm_export.serve.local_server import LocalServer
+
+    with pytest.raises(ValueError, match="Triton's Python backend cannot run from a path with spaces or non-ASCII"):
+        LocalServer(None, tmp_path / name, tmp_path / "work")  # type: ignore[arg-type]

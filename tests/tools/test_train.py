@@ -121,3 +121,39 @@ def test_classifier_training_refuses_to_overwrite(tmp_path, capsys):
     tool = load_tool("train_classifier")
     assert tool.main(["--out", str(tmp_path)]) == 1
     assert "--force" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--lr", "-1"], "--lr must be a finite number > 0"),
+    (["--lr", "nan"], "--lr must be a finite number > 0"),
+    (["--ema", "-1"], "--ema must be in [0, 1)"),
+    (["--ema", "1.5"], "--ema must be in [0, 1)"),
+    (["--warmup", "-5"], "--warmup must be >= 0"),
+    (["--final-lr-frac", "3"], "--final-lr-frac in [0, 1]"),
+])
+def test_bad_hyperparameters_are_refused_before_any_work(train, tmp_path, capsys, flags, message):
+    with pytest.raises(SystemExit) as info:
+        train.main(["--out", str(tmp_path / "x"), *SMOKE, *flags])
+    assert info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_diverged_run_writes_nothing(train, tmp_path, capsys):
+    """--lr 1e4 trained to NaN and wrote the checkpoint (and a training.json with a bare NaN), exit 0."""
+    assert train.main(["--out", str(tmp_path / "nan"), *SMOKE, "--steps", "40", "--warmup", "1", "--lr", "1e4"]) == 1
+    assert "training diverged" in capsys.readouterr().err and list(tmp_path.iterdir()) == []
+
+
+def test_retraining_a_shipped_model_folder_keeps_its_sampler_and_drops_its_onnx(train, tmp_path, capsys):
+    """The README's `tools/train.py --out ddpm_export/models/digits --force` was refused (model.onnx),
+    and retraining reset the UniPC-10 default to DDIM-50."""
+    import shutil
+
+    from ddpm_export.presets import MODELS_DIR
+
+    out = tmp_path / "digits"
+    shutil.copytree(MODELS_DIR / "digits", out)
+    before = json.loads((out / "diffusion.json").read_text())
+    assert train.main(["--out", str(out), *SMOKE, "--force"]) == 0
+    assert "the old model.onnx was made from the old weights" in capsys.readouterr().out
+    assert json.loads((out / "diffusion.json").read_text()) == before
+    assert not (out / "model.onnx").exists() and (out / "README.md").is_file()
