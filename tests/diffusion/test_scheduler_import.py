@@ -37,7 +37,7 @@ CASES = {  # name: (diffusers class, its arguments, the sampler it maps to)
                                    skip_prk_steps=True), "ddim"),
     "euler": ("EulerDiscreteScheduler", dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012),
               "ddim"),
-    "unipc-offset-ignored": ("UniPCMultistepScheduler", dict(steps_offset=1), "unipc"),  # linspace: diffusers ignores it
+    "unipc-offset-ignored": ("UniPCMultistepScheduler", dict(steps_offset=1), "unipc"),  # diffusers ignores it
 }
 
 
