@@ -25,9 +25,8 @@ from ddpm_export.nn.weights import (CONFIG_NAME, DIFFUSERS_WEIGHTS_NAME, DIFFUSI
 from ddpm_export.presets import check_model_name, preset_dir
 
 __all__ = ["CHECKPOINT_FOLDER", "CONFIG_NAME", "DIFFUSERS_WEIGHTS_NAME", "DIFFUSION_NAME", "WEIGHTS_NAME",
-           "CheckpointError",
-           "build_model", "diffusion_config_for", "is_diffusers_folder", "load_checkpoint", "load_model",
-           "load_state_strict", "model_folder", "read_safetensors", "save_checkpoint", "schedule_file",
+           "CheckpointError", "build_model", "diffusion_config_for", "is_diffusers_folder", "load_checkpoint",
+           "load_model", "load_state_strict", "model_folder", "read_safetensors", "save_checkpoint", "schedule_file",
            "weights_path", "write_checkpoint"]
 
 #: what a checkpoint folder holds (``training.json``: tools/train.py's record of the run), so that
@@ -117,7 +116,7 @@ def load_model(spec: str | Path) -> UNet:
     """A preset name, our checkpoint folder, or a diffusers ``UNet2DModel`` folder -> UNet (eval mode).
 
     Presets and folders without ``model.safetensors`` (config only) get weights from
-    ``build_model(cfg, seed=0)``.
+    ``build_model(cfg, seed=0)`` (a folder with a DdpmExportWarning: its weights may have gone astray).
     """
     check_model_name(spec)  # Path("") is ".": an empty name must not load the working folder
     path = Path(spec)
