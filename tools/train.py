@@ -231,7 +231,7 @@ def check_out(out: Path, force: bool) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out = Path(args.out)
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))  # clean-ups run, as in the CLI
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))  # clean-ups run
     try:
         check_out(out, args.force)
         result = train(args)
@@ -244,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted; nothing was written", file=sys.stderr)
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     print(f"wrote {out}/ (config.json, model.safetensors, diffusion.json, {TRAINING_NAME})", flush=True)
     for name in dropped:
         print(f"note: the old {name} was made from the old weights and is gone: regenerate it with "
