@@ -28,10 +28,10 @@ from typing import Callable, Iterable, Iterator
 from ddpm_export.errors import BadInputError, DdpmExportError, NotAFolderError, OutputExistsError
 
 __all__ = ["BUNDLE_FORMAT", "BUNDLE_MANIFEST", "OutputFolder", "atomic_dir", "atomic_file", "atomic_files",
-           "bundle_files", "enclosing_bundle", "made_parents", "names_no_file", "new_file_mode", "refuse_existing",
-           "refuse_existing_file", "rename_into_place",
-           "refuse_foreign_folder", "refuse_inside", "refuse_nameless_folder", "refuse_same_file", "remove_leftovers",
-           "require_suffix", "temp_sibling"]
+           "bundle_files", "check_output_folder", "enclosing_bundle", "made_parents", "names_no_file", "new_file_mode",
+           "refuse_existing", "refuse_existing_file", "refuse_foreign_folder", "refuse_inside",
+           "refuse_nameless_folder", "refuse_same_file", "remove_leftovers", "rename_into_place", "require_suffix",
+           "temp_sibling"]
 
 
 #: a bundle folder's manifest and its format tag (:mod:`ddpm_export.runtime.bundle` takes them from
@@ -332,6 +332,25 @@ def atomic_files(*paths: str | Path | None, force: bool = False) -> Iterator[tup
         yield tuple(None if path is None else stack.enter_context(atomic_file(path, force=force)) for path in paths)
 
 
+def check_output_folder(path: str | Path, kind: OutputFolder, force: bool) -> Path:
+    """The checks :func:`atomic_dir` runs before the work, for a caller that must run them before
+    its own (tools/train.py, before minutes of training): a folder name of its own, not the current
+    folder, none there or ``force``, not a link nor a file, ``kind``'s output or empty
+    (:func:`refuse_foreign_folder`); the absolute path."""
+    refuse_nameless_folder(path)
+    refuse_inside({"the output folder": path}, {"the current folder": os.getcwd()},
+                  "it would be replaced while in use; choose a new folder")
+    path = Path(os.path.abspath(path))  # `..`, `a/..` name their folder
+    remove_leftovers(path)  # first: a previous output it puts back is refused without force
+    refuse_existing(path, force)
+    if path.is_symlink():
+        raise BadInputError(f"{path} is a symbolic link; give a folder (the link itself would be replaced)")
+    if path.exists() and not path.is_dir():
+        raise NotAFolderError(f"{path} is a file; give a folder")
+    refuse_foreign_folder(path, kind)
+    return path
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | Path, kind: OutputFolder, *, force: bool = False) -> Iterator[Path]:
     """Yield a fresh temporary folder beside ``path``; on success it becomes ``path``.
@@ -342,17 +361,7 @@ def atomic_dir(path: str | Path, kind: OutputFolder, *, force: bool = False) -> 
     before the swap), never a folder of the user's own files. Without ``force`` a folder that
     appeared while the command ran is refused, not replaced.
     """
-    refuse_nameless_folder(path)
-    refuse_inside({"the output folder": path}, {"the current folder": os.getcwd()},
-                  "it would be replaced while in use; choose a new folder")
-    path = Path(os.path.abspath(path))  # `..`, `a/..` name their folder
-    remove_leftovers(path)  # first: a previous output it puts back is refused without force
-    refuse_existing(path, force)
-    if path.is_symlink():
-        raise BadInputError(f"{path} is a symbolic link; give the folder itself (the link would be replaced)")
-    if path.exists() and not path.is_dir():
-        raise NotAFolderError(f"{path} exists and is not a folder")
-    refuse_foreign_folder(path, kind)
+    path = check_output_folder(path, kind, force)
     with made_parents(path):
         tmp = temp_sibling(path)  # unique: threads and processes never collide
         old = temp_sibling(path, "old")

@@ -24,7 +24,6 @@ import argparse
 import dataclasses
 import json
 import math
-import os
 import shutil
 import signal
 import sys
@@ -39,8 +38,7 @@ from tqdm import tqdm
 from ddpm_export.config import UNetConfig
 from ddpm_export.diffusion import DiffusionConfig, Schedule
 from ddpm_export.errors import BadInputError, DdpmExportError, NonFiniteOutputError, describe, exit_status
-from ddpm_export.files import (atomic_dir, refuse_existing, refuse_foreign_folder, refuse_inside,
-                               refuse_nameless_folder)
+from ddpm_export.files import atomic_dir, check_output_folder
 from ddpm_export.nn.checkpoint import CHECKPOINT_FOLDER, DIFFUSION_NAME, build_model, write_checkpoint
 from ddpm_export.quality import HELDOUT_SIZE, SPLIT_SEED, load_digits_split
 
@@ -215,25 +213,12 @@ def kept_sampler_defaults(out: Path, trained: DiffusionConfig) -> DiffusionConfi
     return old if same else trained  # type: ignore[return-value]
 
 
-def check_out(out: Path, force: bool) -> None:
-    """Refuse, before the training time is spent, an --out that ``write`` would refuse: an existing
-    one without --force, a file, a link, a folder that is not a checkpoint (--force would delete
-    it), one that cannot be written or the current folder."""
-    refuse_nameless_folder(out)
-    refuse_inside({"--out": out}, {"the current folder": os.getcwd()},
-                  "it would be replaced while in use; choose a new folder")
-    refuse_existing(out, force)
-    if out.is_symlink() or (out.exists() and not out.is_dir()):
-        raise BadInputError(f"{out} is {'a symbolic link' if out.is_symlink() else 'a file'}; give a folder")
-    refuse_foreign_folder(out, TRAIN_FOLDER)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out = Path(args.out)
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))  # clean-ups run
     try:
-        check_out(out, args.force)
+        check_output_folder(out, TRAIN_FOLDER, args.force)  # what write's atomic_dir checks, before the training
         result = train(args)
         result["diffusion"] = kept_sampler_defaults(out, result["diffusion"])
         dropped = [name for name in DERIVED_FILES if (out / name).is_file()]
