@@ -297,10 +297,7 @@ def _check_arguments(info: ModelInfo, unet_config: Any, model: str | Path, onnx:
     if not spec.conditioning.has_default_input:
         raise VerifyError(f"trajectories of {spec.conditioning.adjective} models are not supported yet "
                           f"(no {spec.conditioning.noun} source)")
-    if spec.out_channels != spec.in_channels:  # before any check runs, as Pipeline refuses it
-        raise VerifyError(f"{onnx}: the model outputs {spec.out_channels} channels for {spec.in_channels} input "
-                          f"channels; the samplers read one prediction per input channel (learned-variance "
-                          f"outputs are not supported), so its trajectories cannot be verified")
+    spec.check_samplable(str(onnx), VerifyError)  # before any check runs, as Pipeline refuses it
     return THRESHOLDS[info.precision]
 
 

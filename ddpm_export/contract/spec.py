@@ -123,6 +123,14 @@ class ExportSpec(FrozenConfig):
         return {**feeds, **self.conditioning.sample(rng, self, batch, context_length)}
 
     # --- runtime checks ----------------------------------------------------------------
+    def check_samplable(self, source: str, error: type[BadInputError] = BadInputError) -> None:
+        """Refuse (``error``, naming ``source``) a model whose output is not one prediction per
+        input channel: the samplers cannot run it (Pipeline, verify, a Triton repository)."""
+        if self.out_channels != self.in_channels:
+            raise error(f"{source}: the model outputs {self.out_channels} channels for {self.in_channels} input "
+                        f"channels; the samplers read one prediction per input channel (learned-variance outputs "
+                        f"are not supported)")
+
     def check_inputs(self, feeds: dict[str, np.ndarray]) -> None:
         """Raise BadInputError naming the input when a name, dtype, shape, batch or value is off."""
         missing = [n for n in self.input_names if n not in feeds]

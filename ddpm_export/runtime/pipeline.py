@@ -106,10 +106,7 @@ class Pipeline:
     """
 
     def __init__(self, backend: Backend, info: ModelInfo, *, source: str = "model") -> None:
-        if info.spec.out_channels != info.spec.in_channels:
-            raise BadInputError(f"{source}: the model outputs {info.spec.out_channels} channels for "
-                                f"{info.spec.in_channels} input channels; the samplers read one prediction "
-                                f"per input channel (learned-variance outputs are not supported)")
+        info.spec.check_samplable(source)
         self.backend = backend
         self.info = info
         self.source = source

@@ -82,10 +82,7 @@ def write_repository(bundle: str | Path, out: str | Path, *, unet_backend: UNetB
     manifest = verify_bundle(folder)
     entry = manifest.model(onnx)
     info = ModelInfo.from_metadata(entry["metadata"], source=f"{folder}: {entry['onnx']}")
-    if info.spec.out_channels != info.spec.in_channels:  # the sampler model would fail to load in the server
-        raise BadInputError(f"{folder}: {entry['onnx']} outputs {info.spec.out_channels} channels for "
-                            f"{info.spec.in_channels} input channels; the samplers read one prediction per input "
-                            f"channel (learned-variance outputs are not supported)")
+    info.spec.check_samplable(f"{folder}: {entry['onnx']}")  # else the sampler model fails to load in the server
     source = _unet_source(folder, entry, info, unet_backend)
     if unet_backend in ("onnxruntime", "python"):  # both run the file in ONNX Runtime
         warn_on_target_mismatch(f"{folder}: {entry['onnx']}", info, "onnxruntime")
