@@ -70,8 +70,9 @@ class MissingDependencyError(DdpmExportError, ImportError):
 
 
 class EngineError(DdpmExportError, RuntimeError):
-    """The engine (ONNX Runtime, OpenVINO) failed on a model call that passed every check: a graph
-    it cannot run at this batch size, memory it cannot allocate. The message gives the engine's own."""
+    """The engine (ONNX Runtime, OpenVINO, TensorRT or CUDA) failed on a model call that passed every
+    check: a graph it cannot run at this batch size, memory it cannot allocate, a plan it cannot
+    deserialise. The message gives the engine's own."""
 
 
 class VerificationFailed(DdpmExportError, RuntimeError):

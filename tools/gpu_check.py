@@ -1,8 +1,10 @@
 """The GPU check as one table: engines (fp32, fp16 from the fp32 file), ONNX Runtime's CUDA and
 TensorRT providers, `verify` against PyTorch (fp32 >= 60 dB, fp16 >= 40 dB), `inspect`'s
-TensorRT per-layer profile of the fp32 engine and `bench` when the command exists. Every step
-runs the real CLI in a subprocess; a step that cannot run on this machine says why (SKIP)
-instead of failing the rest. Called by tools/gpu_check.sh.
+TensorRT per-layer profile of the fp32 engine and `bench`'s CPU paths. Every step
+runs the real CLI in a subprocess; a step that cannot run on this machine -- exit 2 with one of
+the messages of a missing package, GPU or provider (:data:`ENVIRONMENT`) -- says why (SKIP)
+instead of failing the rest; any other exit 2 (a build TensorRT refused, an engine mismatch, a
+usage error of this script) is a FAIL. Called by tools/gpu_check.sh.
 
     python tools/gpu_check.py [--model digits] [--out gpu-check-out]
 """
@@ -19,6 +21,9 @@ from pathlib import Path
 from typing import Callable
 
 ROWS: list[tuple[str, str, str, str]] = []
+#: what the CLI says (exit 2) when a package, the GPU or an execution provider is missing here
+ENVIRONMENT = ("package is not installed", "no CUDA GPU is visible", "CUDA is not usable here",
+               "install onnxruntime-gpu", "ONNX Runtime fell back to")
 
 
 def cli(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
@@ -27,12 +32,14 @@ def cli(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
 
 
 def step(name: str, *args: str, report: Path | None = None, detail: Callable[[dict], str] | None = None) -> bool:
-    """Run one CLI step and add its row: PASS / FAIL (exit 1) / SKIP (exit 2: environment)."""
+    """Run one CLI step and add its row: PASS (exit 0), SKIP (exit 2 naming a missing piece of the
+    environment), FAIL (anything else)."""
     start = time.perf_counter()
     proc = cli(*args)
     seconds = f"{time.perf_counter() - start:.1f}"
     last = (proc.stderr.strip() or proc.stdout.strip()).splitlines()[-1:] or [""]
-    status = {0: "PASS", 2: "SKIP"}.get(proc.returncode, "FAIL")
+    missing = proc.returncode == 2 and any(text in proc.stderr for text in ENVIRONMENT)
+    status = "PASS" if proc.returncode == 0 else "SKIP" if missing else "FAIL"
     line = last[0][:110]
     if report is not None and report.is_file():
         line = (detail or _verify_detail)(json.loads(report.read_text()))
@@ -93,11 +100,8 @@ def main() -> int:
         report = out / f"{backend}.report.json"
         step(f"verify {backend}", "verify", "--model", m, "--onnx", str(fp32), "--backend", backend,
              "--report", str(report), report=report)
-    if cli("bench", "--help").returncode == 0:
-        step("bench", "bench", "--onnx", str(fp32), *(["--engine", str(out / "fp32.plan")]
-                                                         if (out / "fp32.plan").is_file() else []))
-    else:
-        ROWS.append(("bench", "SKIP", "0.0", "no `ddpm-export bench` in this version"))
+    step("bench (CPU paths, this machine's cores)", "bench", "--model", m, "--batch", "1", "--steps", "5",
+         "--repeats", "2", "--json", str(out / "bench.json"))
     return _print()
 
 

@@ -4,7 +4,7 @@
 # 1. the GPU / TensorRT / ONNX Runtime GPU tests (each skips with its reason when its piece is missing);
 # 2. tools/gpu_check.py: fp32 and fp16 engines (the fp16 one from the fp32 file), a version-compatible
 #    ampere+ engine built in one step from the model, verify of each against PyTorch (fp32 >= 60 dB,
-#    fp16 >= 40 dB), ONNX Runtime's CUDA and TensorRT providers, and bench when it exists -- one table.
+#    fp16 >= 40 dB), ONNX Runtime's CUDA and TensorRT providers, and bench's CPU paths -- one table.
 set -uo pipefail
 export PYTHONPATH=$PWD OMP_WAIT_POLICY=PASSIVE PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true

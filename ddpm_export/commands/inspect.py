@@ -63,6 +63,10 @@ def command(model: str, batch: int, json_path: str | None, plot: str | None, erf
     threads = threads or get_threads() or 1  # a measurement: one fixed count unless asked (the ERF and profile)
     start = time.perf_counter()
     unet, weights = _load(model, (json_path, plot), force, threads, erf_size)
+    if engine is not None:
+        from ddpm_export.analysis.trt_profile import check_built_from
+
+        check_built_from(engine, unet.config)  # before the ERF's minutes, not after
     table = block_table(unet.config, batch)
     report = rep.build_report(str(model), weights, sum(p.numel() for p in unet.parameters()), table,
                               *what_if(unet.config, batch))

@@ -18,7 +18,9 @@ Every option that makes an engine incompatible with another setup is recorded, a
 is refused with a message that says what to rebuild rather than by a deserialisation error:
 
 - a plain engine runs only on the TensorRT version that built it; a version-compatible one
-  (``BuilderFlag.VERSION_COMPATIBLE``) also on later releases of the same major version;
+  (``BuilderFlag.VERSION_COMPATIBLE``) also on later releases of the same major version and, of
+  the next major versions, on those TensorRT's support matrix names (:data:`CROSS_MAJOR`: a
+  TensorRT 10 engine on TensorRT 11);
 - ``hardware_compatibility`` ``none``: only on GPUs like the builder's (same compute capability
   is what can be checked); ``same-compute-capability``: any GPU of that capability; ``ampere+``:
   any GPU of compute capability >= 8.0.
@@ -44,6 +46,9 @@ __all__ = ["EngineMismatchError", "check_sidecar", "make_sidecar", "needs_host_c
 
 Profile = Mapping[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]
 AMPERE = (8, 0)
+#: (built by, runs on) major versions a version-compatible engine crosses: TensorRT's support
+#: matrix (11.x, "Engine Portability") names these two and no other
+CROSS_MAJOR = frozenset({(8, 10), (10, 11)})
 
 
 class EngineMismatchError(IntegrityError):
@@ -153,9 +158,10 @@ def _check_version(engine: str | Path, sidecar: Mapping[str, Any], tensorrt_vers
                                   f"engines are not portable across versions: rebuild it (or build it with "
                                   f"--version-compatible)")
     have, want = _version(tensorrt_version), _version(built)
-    if not have or not want or have[0] != want[0] or have < want:
+    if not have or not want or have < want or (have[0] != want[0] and (want[0], have[0]) not in CROSS_MAJOR):
+        later = [f"{want[0]}.x" if want else "?"] + [f"{b}.x" for a, b in sorted(CROSS_MAJOR) if want and a == want[0]]
         raise EngineMismatchError(f"{engine}: a version-compatible engine of TensorRT {built} runs on later "
-                                  f"{want[0] if want else '?'}.x releases only, this is TensorRT {tensorrt_version}: "
+                                  f"{' and '.join(later)} releases only, this is TensorRT {tensorrt_version}: "
                                   f"rebuild it")
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import shutil
 import tempfile
 import time
@@ -80,6 +81,9 @@ def plan_engine(onnx_path: str | Path, *, fp16: bool | None = None) -> EnginePla
                             f"file written by `ddpm-export onnx`?") from e
     info = ModelInfo.from_metadata({p.key: p.value for p in model.metadata_props}, source=str(path))
     spec, precision = info.spec, info.precision
+    if fp16 is True and precision == "int8":
+        raise BadInputError(f"{path} is an int8 (QDQ) graph; --fp16 applies to fp32 files only: build it without "
+                            f"--fp16 (its float parts keep the precision the graph gives them)")
     if fp16 is False and precision == "fp16":
         raise BadInputError(f"{path} is an fp16 graph but fp32 was asked for; the precision lives in the ONNX "
                          f"graph: export an fp32 file with `ddpm-export onnx --precision fp32`")
@@ -119,6 +123,8 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, *, fp16: bool |
     why = tensorrt_missing()
     if why:
         raise TensorRTUnavailable(f"cannot build {engine_path}: {why}")
+    _check_tensorrt_version(options)
+    gpu = _gpu_info()  # before the build: an engine whose GPU is unknown could not be checked where it runs
     with made_parents(engine_path), \
             tempfile.TemporaryDirectory(dir=engine_path.parent, prefix=f".{engine_path.name}.") as tmp:
         plan = source
@@ -127,7 +133,7 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, *, fp16: bool |
             plan = plan_engine(fp16_pass.convert_file(source.onnx_path, Path(tmp) / graph_out.name,
                                                         source_sha256=source.onnx_sha256), fp16=True)
         engine_bytes, cache, seconds = _build(plan, options, log)
-        info = plan.sidecar(_trt_version(), _gpu_info(), seconds, options, converted_from=source if convert else None)
+        info = plan.sidecar(_trt_version(), gpu, seconds, options, converted_from=source if convert else None)
         info["onnx_file"] = graph_out.name if graph_out is not None else info["onnx_file"]
         _write(engine_path, engine_bytes, plan.onnx_path if graph_out is not None else None, graph_out, cache,
                options, info, force)
@@ -138,6 +144,16 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, *, fp16: bool |
 
 def _trt_version() -> str:
     return str(import_tensorrt("the engine build").__version__)
+
+
+def _check_tensorrt_version(options: BuildOptions) -> None:
+    """TensorRTUnavailable when this TensorRT is older than ``options`` need (before any work)."""
+    version = _trt_version()
+    have, need = tuple(int(p) for p in re.findall(r"\d+", version)[:2]), options.needs_tensorrt()
+    if have < need:
+        raise TensorRTUnavailable(f"--hardware-compatibility {options.hardware_compatibility} needs TensorRT >= "
+                                  f"{need[0]}.{need[1]}; this is TensorRT {version}: upgrade it (pip install "
+                                  f"-U tensorrt) or choose another level")
 
 
 def _build(plan: EnginePlan, options: BuildOptions, log: Callable[[str], None]) -> tuple[bytes, bytes | None, float]:
@@ -167,10 +183,13 @@ def _write(engine_path: Path, engine_bytes: bytes, graph: Path | None, graph_out
 
 
 def _gpu_info() -> dict[str, Any]:
-    """Name and compute capability of GPU 0 through cuda-python; what is unknown says so."""
-    try:
-        err, props = import_cudart("the engine build").cudaGetDeviceProperties(0)
-        name = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
-        return {"name": name.rstrip("\x00"), "compute_capability": f"{props.major}.{props.minor}"}
-    except Exception as e:  # noqa: BLE001 - informational only; the engine itself is what matters
-        return {"name": "unknown", "error": f"{type(e).__name__}: {e}"}
+    """Name and compute capability of GPU 0 through cuda-python, recorded in the sidecar so that
+    :func:`~ddpm_export.contract.sidecar.check_sidecar` can refuse the engine on another GPU;
+    TensorRTUnavailable when CUDA cannot tell them."""
+    cudart = import_cudart("the engine build")
+    err, props = cudart.cudaGetDeviceProperties(0)
+    if err != cudart.cudaError_t.cudaSuccess:
+        raise TensorRTUnavailable(f"CUDA could not describe GPU 0 (cudaGetDeviceProperties: {err}); the engine's "
+                                  f"sidecar must record its compute capability")
+    name = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
+    return {"name": name.rstrip("\x00"), "compute_capability": f"{props.major}.{props.minor}"}

@@ -6,7 +6,7 @@ from :func:`ddpm_export.export.trt_options.builder_config` (names mapped to Tens
 nothing decided), and Polygraphy's ``EngineBytesFromNetwork`` builds it and returns the merged
 timing cache. A TensorRT logger keeps the errors so that a failed build is explained
 (:mod:`ddpm_export.export.trt_failures`); an ``IProgressMonitor`` draws one tqdm bar per phase.
-Written against TensorRT 10's Python API and Polygraphy 0.49+; run only on a GPU machine.
+Written against TensorRT 10's Python API and Polygraphy 0.49.1+; run only on a GPU machine.
 """
 
 from __future__ import annotations

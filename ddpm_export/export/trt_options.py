@@ -69,6 +69,12 @@ class BuildOptions(FrozenConfig):
         """The options that decide where the engine may run (recorded in the sidecar)."""
         return {"version_compatible": self.version_compatible, "hardware_compatibility": self.hardware_compatibility}
 
+    def needs_tensorrt(self) -> tuple[int, int]:
+        """The oldest TensorRT (major, minor) that has every option asked for: 10.0, or 10.9 for
+        ``same-compute-capability`` (``HardwareCompatibilityLevel.SAME_COMPUTE_CAPABILITY`` first
+        appears in TensorRT 10.9's Python bindings)."""
+        return (10, 9) if self.hardware_compatibility == "same-compute-capability" else (10, 0)
+
     def builder(self) -> dict[str, Any]:
         """The options that change how the engine is built, not where it runs (recorded in the sidecar)."""
         return {"workspace_mib": self.workspace_mib, "timing_cache": self.timing_cache is not None,

@@ -4,7 +4,10 @@
 - ``ort-tensorrt``: ``TensorrtExecutionProvider`` (ONNX Runtime builds and caches TensorRT
   engines itself) with CUDA for what TensorRT does not take: ``trt_fp16_enable``,
   ``trt_engine_cache_enable`` / ``trt_engine_cache_path`` and ``trt_timing_cache_enable`` /
-  ``trt_timing_cache_path`` in an engine cache folder, and one optimisation profile from the
+  ``trt_timing_cache_path`` in an engine cache folder (the engines of each ONNX file in a
+  sub-folder named by its sha256: ONNX Runtime's cache key hashes the file's name, its tensor
+  names and the versions but not the weights, so a retrained model exported to the same name
+  would otherwise run the old engine), and one optimisation profile from the
   file's batch range (``trt_profile_min_shapes`` / ``_opt_`` / ``_max_``), so no shape rebuilds.
 
 Both need the ``onnxruntime-gpu`` build. A provider that is not available, or a session that
@@ -20,6 +23,7 @@ from typing import Any
 
 from ddpm_export.checks import Registry
 from ddpm_export.contract.choices import ORT_GPU_BACKENDS as BACKEND_NAMES
+from ddpm_export.contract.metadata import sha256_file
 from ddpm_export.contract.spec import ExportSpec
 from ddpm_export.errors import BadInputError, InputNotFoundError, MissingDependencyError
 
@@ -40,8 +44,10 @@ def _shapes(spec: ExportSpec, which: int) -> str:
 
 
 def provider_options(backend: str, spec: ExportSpec, *, device: int = 0, fp16: bool = False,
-                     cache_dir: str | Path | None = None) -> list[tuple[str, dict[str, Any]]]:
-    """The ``providers`` list for ``InferenceSession`` (pure: tested on a CPU)."""
+                     cache_dir: str | Path | None = None, model_key: str | None = None) -> list[tuple[str, dict[str, Any]]]:
+    """The ``providers`` list for ``InferenceSession`` (pure: tested on a CPU). With ``cache_dir``,
+    engines go to ``cache_dir/model_key`` (``model_key``: the file's sha256, cut to 16 hex digits)
+    and the timing cache, which holds no weights, to ``cache_dir``."""
     ORT_GPU_BACKENDS[backend]  # BadInputError listing the choices
     cuda = ("CUDAExecutionProvider", {"device_id": device})
     if backend == "ort-cuda":
@@ -52,7 +58,8 @@ def provider_options(backend: str, spec: ExportSpec, *, device: int = 0, fp16: b
                            "trt_profile_min_shapes": _shapes(spec, 0), "trt_profile_opt_shapes": _shapes(spec, 1),
                            "trt_profile_max_shapes": _shapes(spec, 2)}
     if cache_dir is not None:
-        trt.update(trt_engine_cache_enable=True, trt_engine_cache_path=str(cache_dir),
+        engines = Path(cache_dir) / model_key if model_key is not None else Path(cache_dir)
+        trt.update(trt_engine_cache_enable=True, trt_engine_cache_path=str(engines),
                    trt_timing_cache_enable=True, trt_timing_cache_path=str(cache_dir))
     return [("TensorrtExecutionProvider", trt), cuda]
 
@@ -63,7 +70,9 @@ def create_gpu_session(path: str | Path, backend: str, spec: ExportSpec, *, devi
     return a session that runs on the CPU."""
     import onnxruntime as ort
 
-    providers = provider_options(backend, spec, device=device, fp16=fp16, cache_dir=cache_dir)
+    path = Path(path)
+    key = sha256_file(path)[:16] if cache_dir is not None and path.is_file() else None
+    providers = provider_options(backend, spec, device=device, fp16=fp16, cache_dir=cache_dir, model_key=key)
     want = ORT_GPU_BACKENDS[backend]
     available = ort.get_available_providers()
     missing = [name for name, _ in providers if name not in available]
@@ -71,11 +80,10 @@ def create_gpu_session(path: str | Path, backend: str, spec: ExportSpec, *, devi
         raise ProviderUnavailable(f"backend {backend!r}: this onnxruntime ({ort.__version__}) has no "
                                   f"{', '.join(missing)} (available: {', '.join(available)}); install "
                                   f"onnxruntime-gpu in place of onnxruntime on a machine with an NVIDIA GPU")
-    if cache_dir is not None:
-        Path(cache_dir).mkdir(parents=True, exist_ok=True)
-    path = Path(path)
     if not path.is_file():
         raise InputNotFoundError(f"{path}: no such ONNX file")
+    if key is not None:
+        (Path(cache_dir) / key).mkdir(parents=True, exist_ok=True)
     session = ort.InferenceSession(str(path), session_options, providers=providers)
     used = session.get_providers()
     if not used or used[0] != want:

@@ -20,8 +20,8 @@ from ddpm_export.contract.sidecar import (
     EngineMismatchError, check_sidecar, needs_host_code, read_sidecar, sidecar_path,
 )
 from ddpm_export.contract.spec import OUT_NAME, ExportSpec, feeds_for
-from ddpm_export.errors import BadInputError
-from ddpm_export.gpu import import_cudart, import_tensorrt
+from ddpm_export.errors import BadInputError, EngineError, MissingDependencyError
+from ddpm_export.gpu import gpu_missing, import_cudart, import_tensorrt
 
 __all__ = ["EngineMismatchError", "TensorRTBackend", "read_sidecar", "sidecar_path"]
 
@@ -45,6 +45,9 @@ class TensorRTBackend:
         engine_path = Path(engine_path)
         sidecar = read_sidecar(engine_path)
         check_sidecar(engine_path, sidecar, onnx_sha256=onnx_sha256, tensorrt_version=None)
+        missing = gpu_missing()  # no tensorrt, cuda-python, driver or GPU: exit 2 before any CUDA call
+        if missing:
+            raise MissingDependencyError(f"{engine_path}: cannot run a TensorRT engine here: {missing}")
         trt = import_tensorrt("TensorRTBackend")
         self._cudart = cudart = import_cudart("TensorRTBackend")
         props = self._check(cudart.cudaGetDeviceProperties(device))
@@ -58,7 +61,8 @@ class TensorRTBackend:
         self._runtime.engine_host_code_allowed = needs_host_code(sidecar)  # version-compatible engines
         self.engine = self._runtime.deserialize_cuda_engine(engine_path.read_bytes())
         if self.engine is None:
-            raise RuntimeError(f"{engine_path}: TensorRT could not deserialise the engine (see the log above)")
+            raise EngineError(f"{engine_path}: TensorRT {trt.__version__} could not deserialise the engine (see "
+                              f"its log above); rebuild it with `ddpm-export trt`")
         names = {self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)}
         missing = [n for n in [*spec.input_names, OUT_NAME] if n not in names]
         if missing:
@@ -84,11 +88,11 @@ class TensorRTBackend:
                     raise BadInputError(f"{name}: shape {host.shape} is outside the engine's optimisation profile")
                 ptr = self._buffer(name, host.nbytes)
                 self._check(cudart.cudaMemcpyAsync(ptr, host.ctypes.data, host.nbytes, h2d, self._stream))
-                self.context.set_tensor_address(name, ptr)
+                self._address(name, ptr)
             out = np.empty(tuple(self.context.get_tensor_shape(OUT_NAME)), dtype=self._dtypes[OUT_NAME])
-            self.context.set_tensor_address(OUT_NAME, self._buffer(OUT_NAME, out.nbytes))
+            self._address(OUT_NAME, self._buffer(OUT_NAME, out.nbytes))
             if not self.context.execute_async_v3(int(self._stream)):
-                raise RuntimeError("TensorRT execute_async_v3 failed (see the log above)")
+                raise EngineError("TensorRT could not run the engine (execute_async_v3 failed; see its log above)")
             self._check(cudart.cudaMemcpyAsync(out.ctypes.data, self._buffers[OUT_NAME][0], out.nbytes, d2h,
                                                self._stream))
             self._check(cudart.cudaStreamSynchronize(self._stream))
@@ -104,11 +108,17 @@ class TensorRTBackend:
             self._buffers[name] = (ptr, nbytes)
         return ptr
 
+    def _address(self, name: str, ptr: int) -> None:
+        """Bind ``name`` to the device buffer at ``ptr``; EngineError if TensorRT refuses it."""
+        if not self.context.set_tensor_address(name, ptr):
+            raise EngineError(f"TensorRT refused the device buffer of {name} (set_tensor_address; see its log above)")
+
     def _check(self, result: Any) -> Any:
-        """cuda-python returns ``(err, *values)``; raise on an error, return the value(s)."""
+        """cuda-python returns ``(err, *values)``; EngineError (exit 2) naming the CUDA error, else the
+        value(s)."""
         err, *values = result if isinstance(result, tuple) else (result,)
         if err != self._cudart.cudaError_t.cudaSuccess:
-            raise RuntimeError(f"CUDA error: {err}")
+            raise EngineError(f"CUDA error: {err} (e.g. out of GPU memory, or the device was lost)")
         return values[0] if len(values) == 1 else (tuple(values) or None)
 
     def close(self) -> None:

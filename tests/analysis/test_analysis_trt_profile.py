@@ -183,3 +183,30 @@ def test_check_engine_refuses_missing_files_sidecars_and_batches(tmp_path):
     check_engine(plan, 8)
     with pytest.raises(BadInputError, match=r"--batch 9: .*1\.\.8"):
         check_engine(plan, 9)
+
+
+def test_an_engine_of_another_model_is_refused_before_any_work(tmp_path):
+    """The sidecar names the ONNX file the engine came from: found beside it (same sha256), its
+    model config must be the model's; not found, the input shape must be."""
+    from ddpm_export.analysis.trt_profile import check_built_from
+    from ddpm_export.contract.metadata import sha256_file
+    from ddpm_export.contract.sidecar import make_sidecar, write_sidecar
+    from ddpm_export.errors import BadInputError
+
+    graph = export_onnx("tiny", tmp_path / "tiny.onnx", target="tensorrt", validate=False, log=lambda m: None).path
+    plan = tmp_path / "tiny.plan"
+    plan.write_bytes(b"an engine")
+    write_sidecar(plan, make_sidecar(onnx_file="tiny.onnx", onnx_sha256=sha256_file(graph), tensorrt_version="10.9.0",
+                                     gpu={}, precision="fp32", build_seconds=1.0,
+                                     profile={"x_t": ((1, 3, 16, 16), (4, 3, 16, 16), (8, 3, 16, 16))}))
+    tiny, digits = load_model("tiny").config, load_model("digits").config
+    assert check_built_from(plan, tiny) == sha256_file(graph)  # handed to the backend, which checks it again
+    with pytest.raises(BadInputError, match=r"built from tiny\.onnx, an export of another model \(its .*"
+                                            r"in_channels.* differ\)"):
+        check_built_from(plan, digits)
+    result = CliRunner().invoke(main, ["inspect", "-m", "digits", "--profile", "--engine", str(plan)])
+    assert result.exit_code == 2  # without TensorRT: refused for that first (nothing else runs)
+    graph.unlink()  # the graph is gone: only the shape can tell
+    assert check_built_from(plan, tiny) is None
+    with pytest.raises(BadInputError, match=r"takes x_t of \[3, 16, 16\] per image, the model \[1, 16, 16\]"):
+        check_built_from(plan, digits)

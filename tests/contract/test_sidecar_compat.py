@@ -17,8 +17,10 @@ def side(**kw):
     (side(), "10.8.0.43", "9.0", None),
     (side(), "10.9.0.34", "9.0", "built by TensorRT 10.8.0.43, this is TensorRT 10.9.0.34"),
     (side(version_compatible=True), "10.9.0.34", "9.0", None),
-    (side(version_compatible=True), "10.7.0.23", "9.0", "later 10.x releases only"),
-    (side(version_compatible=True), "11.0.0.1", "9.0", "later 10.x releases only"),
+    (side(version_compatible=True), "10.7.0.23", "9.0", "later 10.x and 11.x releases only"),
+    (side(version_compatible=True), "11.0.0.1", "9.0", None),  # TensorRT's support matrix: 10 -> 11
+    (side(version_compatible=True), "12.0.0.1", "9.0", "later 10.x and 11.x releases only"),
+    (side(version_compatible=True, tensorrt_version="11.1.0"), "11.0.0.1", "9.0", "later 11.x releases only"),
     (side(), "10.8.0.43", "8.9", "compute capability 9.0 \\(NVIDIA H200\\), this GPU has 8.9"),
     (side(hardware_compatibility="same-compute-capability"), "10.8.0.43", "9.0", None),
     (side(hardware_compatibility="same-compute-capability"), "10.8.0.43", "8.6", "this GPU has 8.6"),
@@ -28,7 +30,8 @@ def side(**kw):
     (side(hardware_compatibility="volta+"), "10.8.0.43", "9.0", "unknown hardware_compatibility"),
     (side(), "10.8.0.43", None, None),  # GPU unknown: only the version is checked
     ({"onnx_sha256": "0" * 64, "gpu": {"name": "unknown"}}, "10.8.0.43", "9.0", None),  # an old sidecar
-], ids=["same", "other-version", "vc-later", "vc-earlier", "vc-next-major", "other-gpu", "same-cc", "same-cc-other",
+], ids=["same", "other-version", "vc-later", "vc-earlier", "vc-next-major", "vc-major-after-next",
+        "vc-11-earlier", "other-gpu", "same-cc", "same-cc-other",
         "ampere-86", "ampere-100", "ampere-turing", "bad-level", "gpu-unknown", "old-sidecar"])
 def test_rules(sidecar, trt, cc, match):
     if match is None:

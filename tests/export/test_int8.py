@@ -18,7 +18,7 @@ from click.testing import CliRunner  # noqa: E402
 
 from ddpm_export.cli import main  # noqa: E402
 from ddpm_export.contract import metadata as md  # noqa: E402
-from ddpm_export.errors import TargetMismatchWarning  # noqa: E402
+from ddpm_export.errors import BadInputError, TargetMismatchWarning  # noqa: E402
 from ddpm_export.export.int8 import CalibrationConfig, float_nodes, record_calibration_inputs  # noqa: E402
 from ddpm_export.export.onnx import export_onnx  # noqa: E402
 from ddpm_export.metrics import INT8_REL_L2, errors  # noqa: E402
@@ -114,6 +114,15 @@ def test_the_openvino_target_leaves_the_quantized_ops_outputs_float(files: dict[
     assert md.quantized_outputs_of(read_info(files["fp32"]).metadata) is True
     old_policy = {k: v for k, v in json.loads(info.metadata[md.PRECISION_POLICY]).items() if k != "quantized_outputs"}
     assert md.quantized_outputs_of({**info.metadata, md.PRECISION_POLICY: json.dumps(old_policy)}) is True
+
+
+def test_tensorrt_refuses_fp16_for_an_int8_file(files: dict[str, Path]) -> None:
+    """A strongly typed build takes the precision from the graph: --fp16 would be ignored, so it is refused."""
+    from ddpm_export.export.tensorrt import plan_engine
+
+    with pytest.raises(BadInputError, match=r"sink-int8\.onnx is an int8 \(QDQ\) graph; --fp16 applies to fp32"):
+        plan_engine(files["int8"], fp16=True)
+    assert plan_engine(files["int8"]).precision == "int8"
 
 
 @pytest.mark.parametrize("backend,which", [("onnxruntime", "int8"), ("openvino", "int8"),

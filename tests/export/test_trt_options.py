@@ -53,6 +53,14 @@ def test_every_option_reaches_the_builder_config(tiny, tmp_path):
     assert HARDWARE_LEVELS["same-compute-capability"] == "SAME_COMPUTE_CAPABILITY"
 
 
+def test_the_oldest_tensorrt_each_option_needs():
+    """HardwareCompatibilityLevel.SAME_COMPUTE_CAPABILITY first appears in TensorRT 10.9's Python
+    bindings (NVIDIA/TensorRT, python/src/infer/pyCore.cpp at v10.9.0; v10.8.0 has AMPERE_PLUS only)."""
+    assert BuildOptions().needs_tensorrt() == (10, 0)
+    assert BuildOptions(hardware_compatibility="ampere+", version_compatible=True).needs_tensorrt() == (10, 0)
+    assert BuildOptions(hardware_compatibility="same-compute-capability").needs_tensorrt() == (10, 9)
+
+
 @pytest.mark.parametrize("kwargs, match", [
     ({"workspace_mib": 0}, "workspace_mib: must be >= 1"),
     ({"builder_optimization_level": 6}, "builder_optimization_level: must be in 0..5"),

@@ -17,7 +17,7 @@ pytest.importorskip("torch", reason="the export needs torch")
 pytest.importorskip("onnx")
 
 from ddpm_export.cli import main  # noqa: E402
-from ddpm_export.errors import InputNotFoundError, NotAFolderError  # noqa: E402
+from ddpm_export.errors import InputNotFoundError, MissingDependencyError, NotAFolderError  # noqa: E402
 from ddpm_export.runtime import BundleError, Pipeline, make_bundle, read_info, verify_bundle  # noqa: E402
 from ddpm_export.runtime.bundle import MANIFEST  # noqa: E402
 from ddpm_export.runtime.tensorrt import EngineMismatchError, TensorRTBackend, sidecar_path  # noqa: E402
@@ -131,7 +131,10 @@ def test_tensorrt_backend_refuses_a_mismatch_and_names_the_missing_package(onnx_
     try:
         import tensorrt  # noqa: F401
     except ImportError:
-        with pytest.raises(ImportError, match=r"needs the 'tensorrt' package"):
+        why = r"tiny\.plan: cannot run a TensorRT engine here: the 'tensorrt' package is not installed"
+        with pytest.raises(MissingDependencyError, match=why):  # exit 2, before any CUDA call
+            TensorRTBackend(engine, spec, onnx_sha256=_sha(onnx_file))
+        with pytest.raises(MissingDependencyError, match=why):
             Pipeline.from_bundle(make_bundle([onnx_file], tmp_path / "b", engines=[engine]), backend="tensorrt")
 
 

@@ -36,6 +36,9 @@ def test_tensorrt_provider_options_profile_fp16_and_cache(tmp_path):
                    "trt_profile_max_shapes": "x_t:8x1x16x16,t:8,class_labels:8",
                    "trt_engine_cache_enable": True, "trt_engine_cache_path": str(tmp_path),
                    "trt_timing_cache_enable": True, "trt_timing_cache_path": str(tmp_path)}
+    (_, keyed), _ = provider_options("ort-tensorrt", SPEC, cache_dir=tmp_path, model_key="0123456789abcdef")
+    assert keyed["trt_engine_cache_path"] == str(tmp_path / "0123456789abcdef")  # one folder per file's sha256
+    assert keyed["trt_timing_cache_path"] == str(tmp_path)  # timings hold no weights: shared
     (_, plain), _ = provider_options("ort-tensorrt", SPEC)
     assert "trt_engine_cache_enable" not in plain and plain["trt_fp16_enable"] is False
 
@@ -94,7 +97,9 @@ def test_gpu_backend_runs_on_its_provider_and_matches_the_cpu(tiny, tmp_path, ba
     print(f"{backend} vs CPU after 10 DDIM steps: rel L2 {rel:.2e}")
     assert rel < 1e-3  # fp32 graph; TF32 convolutions may be on
     if backend == "ort-tensorrt":
-        assert any((tmp_path / "cache").iterdir())  # the engine was cached
+        from ddpm_export.contract.metadata import sha256_file
+
+        assert any((tmp_path / "cache" / sha256_file(tiny)[:16]).iterdir())  # the engine was cached, by the file's hash
 
 
 @pytest.mark.skipif("CUDAExecutionProvider" in HAS, reason="onnxruntime here has the CUDA provider")
