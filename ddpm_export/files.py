@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import hashlib
 import json
 import os
 import re
@@ -212,10 +213,25 @@ def refuse_inside(folders: dict[str, str | Path | None], paths: dict[str, str | 
                 raise BadInputError(f"{flag} {path} {where} {folder_flag} {folder}: {why}")
 
 
+#: bytes a temporary name adds to its path's name: ".", ".old-", a pid of up to 7 digits, "-", 32 hex
+_TEMP_EXTRA = 46
+#: the longest file name most file systems take (ext4, xfs, btrfs, tmpfs: 255 bytes)
+_NAME_MAX = 255
+
+
+def _temp_stem(name: str) -> str:
+    """``name`` itself in temporary names, or for a name too long to take the :data:`_TEMP_EXTRA`
+    bytes, ``~`` and 32 hex digits of its sha256 (any name the file system takes can be written)."""
+    if len(os.fsencode(name)) + _TEMP_EXTRA <= _NAME_MAX:
+        return name
+    return "~" + hashlib.sha256(os.fsencode(name)).hexdigest()[:32]
+
+
 def temp_sibling(path: str | Path, kind: str = "tmp") -> Path:
-    """A fresh hidden name beside ``path``: ``.<name>.<kind>-<pid>-<random hex>``."""
+    """A fresh hidden name beside ``path``: ``.<name>.<kind>-<pid>-<random hex>`` (a long name's
+    digest for ``<name>``: :func:`_temp_stem`)."""
     path = Path(path)
-    return path.with_name(f".{path.name}.{kind}-{os.getpid()}-{uuid.uuid4().hex}")
+    return path.with_name(f".{_temp_stem(path.name)}.{kind}-{os.getpid()}-{uuid.uuid4().hex}")
 
 
 def _alive(pid: int) -> bool:
@@ -237,8 +253,9 @@ def remove_leftovers(path: str | Path) -> list[Path]:
     removed: list[Path] = []
     if not path.parent.is_dir():
         return removed
-    pattern = re.compile(rf"\.{re.escape(path.name)}\.(tmp|old)-(\d+)-[0-9a-f]{{32}}")
-    for leftover in sorted(path.parent.glob(f".{glob_escape(path.name)}.*-*")):
+    stem = _temp_stem(path.name)
+    pattern = re.compile(rf"\.{re.escape(stem)}\.(tmp|old)-(\d+)-[0-9a-f]{{32}}")
+    for leftover in sorted(path.parent.glob(f".{glob_escape(stem)}.*-*")):
         match = pattern.fullmatch(leftover.name)
         if match is None or _alive(int(match.group(2))):  # not our name (a user's file), or a live write
             continue
@@ -276,22 +293,16 @@ def made_parents(path: str | Path) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def atomic_file(path: str | Path, *, force: bool = False) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success rename it to ``path``.
-
-    The caller writes the whole file to the yielded path. On an exception the temporary file is
-    removed, ``path`` is left as it was, and so are the folders above it (:func:`made_parents`).
-    """
-    path = Path(path)
+def _temp_for(path: Path, force: bool) -> Iterator[Path]:
+    """The checks and the temporary sibling of one output: refuses ``path`` if it exists and not
+    ``force``, yields the temporary path, removes it on the way out; an OSError that names the
+    temporary file (or none) is raised again naming ``path``."""
     remove_leftovers(path)  # first: a previous output it puts back is refused without force
     refuse_existing_file(path, force)
     with made_parents(path):
         tmp = temp_sibling(path)
         try:
             yield tmp
-            if not tmp.is_file():
-                raise RuntimeError(f"nothing was written for {path}")
-            rename_into_place(tmp, path, force)
         except OSError as e:
             # name the file asked for, not the temp nor nothing (numpy's short write names no file);
             # our own errors (OutputExistsError, ...) carry their message already
@@ -300,6 +311,46 @@ def atomic_file(path: str | Path, *, force: bool = False) -> Iterator[Path]:
             raise
         finally:
             tmp.unlink(missing_ok=True)
+
+
+def _place_all(pairs: list[tuple[Path, Path]], force: bool) -> None:
+    """Rename each ``(tmp, path)`` into place, all or none: when one fails (a file that appeared
+    meanwhile without ``force``, an OSError), those placed before it are removed and the files
+    they replaced (moved aside first, under ``force``) are put back."""
+    for tmp, path in pairs:
+        if not tmp.is_file():
+            raise RuntimeError(f"nothing was written for {path}")
+    moved: list[tuple[Path, Path]] = []  # (path, its previous file, moved aside)
+    placed: list[Path] = []
+    try:
+        for tmp, path in pairs:
+            if force and len(pairs) > 1 and os.path.lexists(path) and not os.path.isdir(path):
+                old = temp_sibling(path, "old")
+                os.rename(path, old)
+                moved.append((path, old))
+            rename_into_place(tmp, path, force)
+            placed.append(path)
+    except BaseException:
+        for path in placed:
+            path.unlink(missing_ok=True)
+        for path, old in moved:
+            os.replace(old, path)
+        raise
+    for _, old in moved:
+        old.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | Path, *, force: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success rename it to ``path``.
+
+    The caller writes the whole file to the yielded path. On an exception the temporary file is
+    removed, ``path`` is left as it was, and so are the folders above it (:func:`made_parents`).
+    """
+    path = Path(path)
+    with _temp_for(path, force) as tmp:
+        yield tmp
+        _place_all([(tmp, path)], force)
 
 
 def rename_into_place(tmp: Path, path: Path, force: bool) -> None:
@@ -327,9 +378,12 @@ def rename_into_place(tmp: Path, path: Path, force: bool) -> None:
 def atomic_files(*paths: str | Path | None, force: bool = False) -> Iterator[tuple[Path | None, ...]]:
     """:func:`atomic_file` for several outputs of one command: yields a temporary path for each of
     ``paths`` (None for a None entry); they are renamed into place only once the block has written
-    them all, so a failure on any leaves none of them (both files or neither)."""
+    them all, and all or none (:func:`_place_all`): a failure on any leaves every output as it was."""
     with contextlib.ExitStack() as stack:
-        yield tuple(None if path is None else stack.enter_context(atomic_file(path, force=force)) for path in paths)
+        temps = tuple(None if path is None else stack.enter_context(_temp_for(Path(path), force)) for path in paths)
+        yield temps
+        _place_all([(tmp, Path(path)) for tmp, path in zip(temps, paths) if tmp is not None and path is not None],
+                   force)
 
 
 def check_output_folder(path: str | Path, kind: OutputFolder, force: bool) -> Path:

@@ -548,6 +548,56 @@ def test_atomic_files_renames_all_or_none(tmp_path):
     assert a.read_text() == "a" and b.read_text() == "b"
 
 
+def test_atomic_files_undoes_the_first_rename_when_the_second_fails(tmp_path):
+    """The renames themselves are all or none: the second output refused at its rename (it
+    appeared meanwhile) or failing there (a folder took its name) leaves the first as it was."""
+    from ddpm_export.errors import OutputExistsError
+
+    a, b = tmp_path / "a.txt", tmp_path / "b.txt"
+    with pytest.raises(OutputExistsError, match="b.txt appeared while this command ran"):
+        with atomic_files(a, b) as (tmp_a, tmp_b):
+            tmp_a.write_text("new a")
+            tmp_b.write_text("new b")
+            b.write_text("the user's b")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.txt"] and b.read_text() == "the user's b"
+    a.write_text("old a")
+    b.unlink()
+    with pytest.raises(OSError):  # --force: a was replaced, then b's rename failed: a's old content is back
+        with atomic_files(a, b, force=True) as (tmp_a, tmp_b):
+            tmp_a.write_text("new a")
+            tmp_b.write_text("new b")
+            b.mkdir()
+            (b / "notes").write_text("the user's")
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == ["a.txt", "b.txt", "b.txt/notes"]
+    assert a.read_text() == "old a"
+    with atomic_files(a, tmp_path / "c.txt", force=True) as (tmp_a, tmp_c):
+        tmp_a.write_text("new a")
+        tmp_c.write_text("c")
+    assert a.read_text() == "new a" and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_names_as_long_as_the_file_system_takes_are_written(tmp_path):
+    """A temporary name adds 46 bytes to its output's name; a name too long for that has its
+    digest in the temporary names instead, and a dead writer's leftovers are still found."""
+    name = "y" * 250
+    with atomic_file(tmp_path / f"{name}.txt") as tmp:
+        assert len(tmp.name) <= 255
+        tmp.write_text("file")
+    kind = OutputFolder("m")
+    with atomic_dir(tmp_path / name, kind) as tmp:
+        (tmp / "m").write_text("folder")
+    with atomic_dir(tmp_path / name, kind, force=True) as tmp:
+        (tmp / "m").write_text("again")
+    assert (tmp_path / f"{name}.txt").read_text() == "file" and (tmp_path / name / "m").read_text() == "again"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
+    leftover = tmp_path / temp_sibling(tmp_path / name).name.replace(f"-{os.getpid()}-", f"-{int(dead.stdout)}-")
+    assert leftover.name.startswith(".~") and len(leftover.name) <= 255  # the digest, not the name
+    leftover.mkdir()
+    assert remove_leftovers(tmp_path / name) == [leftover] and not leftover.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([name, f"{name}.txt"])
+
+
 def test_an_output_that_appears_during_the_write_is_not_replaced(tmp_path):
     """The existence check runs before the work; a file or folder that appears meanwhile was
     overwritten (a folder deleted) at the final rename, without --force."""
