@@ -25,6 +25,7 @@ import concurrent.futures
 import json
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -32,8 +33,10 @@ from pathlib import Path
 import numpy as np
 import tritonclient.grpc as grpcclient
 
+from ddpm_export.errors import DdpmExportError
+from ddpm_export.files import atomic_file, refuse_existing_file
 from ddpm_export.machine import cpu_info
-from ddpm_export.runtime import Pipeline, make_bundle
+from ddpm_export.runtime import Pipeline, make_bundle, verify_bundle
 from ddpm_export.serve import write_repository
 from ddpm_export.serve.local_server import LocalServer, find_tritonserver, stub_numpy_site
 
@@ -95,20 +98,44 @@ def uptime() -> str:
     return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
 
+def positive(text: str) -> int:
+    """argparse type: an int >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bundle", type=Path, default=None, help="a bundle folder [default: export digits]")
-    parser.add_argument("-n", type=int, default=4, help="images per request")
-    parser.add_argument("--steps", type=int, default=20, help="DDIM steps per request")
-    parser.add_argument("--repeats", type=int, default=5, help="requests timed for the latency")
-    parser.add_argument("--clients", type=int, default=4, help="concurrent clients / threads")
-    parser.add_argument("--requests", type=int, default=16, help="requests in one throughput round")
-    parser.add_argument("--rounds", type=int, default=3, help="throughput rounds (median)")
+    parser.add_argument("-n", type=positive, default=4, help="images per request")
+    parser.add_argument("--steps", type=positive, default=20, help="DDIM steps per request")
+    parser.add_argument("--repeats", type=positive, default=5, help="requests timed for the latency")
+    parser.add_argument("--clients", type=positive, default=4, help="concurrent clients / threads")
+    parser.add_argument("--requests", type=positive, default=16, help="requests in one throughput round")
+    parser.add_argument("--rounds", type=positive, default=3, help="throughput rounds (median)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    parser.add_argument("--force", action="store_true", help="overwrite an existing --json file")
     args = parser.parse_args()
+    try:
+        run(args)
+    except DdpmExportError as e:  # a bad --bundle, --json ...: one line, exit 2 (1 for a failed check)
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(e.exit_status) from None
+
+
+def run(args: argparse.Namespace) -> None:
     install, site = find_tritonserver(), stub_numpy_site(ROOT)
     if install is None or site is None:
         raise SystemExit("needs nvidia-pytriton and numpy<2 for its stub (./dev installs both)")
+    if args.json is not None:
+        refuse_existing_file(args.json, args.force)  # before minutes of work
+    if args.bundle is not None:
+        verify_bundle(args.bundle)  # a missing or tampered bundle, named before the server starts
     load_before = uptime()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -133,7 +160,8 @@ def main() -> None:
               "cpu": cpu_info(), "load_before": load_before, "load_after": uptime()}
     print(json.dumps(report, indent=2))
     if args.json is not None:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        with atomic_file(args.json, force=args.force) as tmp:
+            tmp.write_text(json.dumps(report, indent=2) + "\n")
 
 
 if __name__ == "__main__":

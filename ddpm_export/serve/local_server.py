@@ -25,10 +25,13 @@ a folder with ``numpy<2`` first on its path (``pip install --target DIR --no-dep
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
+import functools
 import importlib.util
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -45,6 +48,7 @@ __all__ = ["SITE_FOLDER", "LocalServer", "TritonInstall", "find_tritonserver", "
 
 #: where ``./dev`` installs numpy<2 for the server's Python-backend stubs (under the checkout).
 SITE_FOLDER = ".triton-site"
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,6 +87,22 @@ def stub_numpy_site(root: str | Path) -> list[Path] | None:
     return [site] if versions and (site / "numpy").is_dir() else None
 
 
+def _numpy_version() -> str:
+    import numpy
+
+    return str(numpy.__version__)
+
+
+def _terminate_with_parent(parent: int) -> None:
+    """In the server's process before it runs (Linux): SIGTERM when the thread of ``parent`` that
+    started it dies (``prctl(PR_SET_PDEATHSIG)``), so that Triton unloads its models and stops its
+    stubs even when ``parent`` is killed before it could stop the server; at once if it already died."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def free_ports(n: int) -> list[int]:
     """``n`` distinct TCP ports free on 127.0.0.1 right now."""
     sockets = []
@@ -100,23 +120,37 @@ def free_ports(n: int) -> list[int]:
 class LocalServer:
     """``tritonserver`` on 127.0.0.1 serving ``repository``; a context manager that always stops it.
 
-    ``work`` is a scratch folder for the backend folder, the working directory and the server log
-    (``server.log``). ``pythonpath``: folders whose packages the stubs import before site-packages
-    (see the module doc).
+    ``work`` is a scratch folder (outside ``repository``: Triton would take its folders for models)
+    for the backend folder, the working directory and the server log (``server.log``).
+    ``pythonpath``: folders whose packages the stubs import before site-packages (see the module
+    doc). The server runs in its own session (a Ctrl-C in a terminal reaches this process, which
+    stops it) and, on Linux, gets SIGTERM when the thread that started it dies, so a ``kill``,
+    ``timeout`` or closed terminal that ends this process without ``stop()`` stops it too.
     """
 
     def __init__(self, install: TritonInstall, repository: str | Path, work: str | Path, *,
                  pythonpath: Sequence[str | Path] = ()) -> None:
-        self.install = install
         self.repository = Path(repository).resolve()
         self.work = Path(work).resolve()
-        self.pythonpath = [Path(p).resolve() for p in pythonpath]
         for what, path in (("repository", self.repository), ("work", self.work)):
             if not str(path).isascii() or any(c.isspace() for c in str(path)):
                 # the Python backend's stub is started through a shell and parses its arguments with
                 # std::stol: a space split the path (a 60 s hang), non-ASCII failed its encoding
                 raise BadInputError(f"{what} {path}: Triton's Python backend cannot run from a path with spaces or "
                                     f"non-ASCII characters; use a plain path")
+        if install is None:
+            raise BadInputError("install: no tritonserver was found (find_tritonserver() returned None): pip install "
+                                "--no-deps nvidia-pytriton==0.7.0 (./dev does)")
+        if pythonpath is None:
+            raise BadInputError(f"pythonpath: None (stub_numpy_site found no numpy<2 for this Python's numpy "
+                                f"{_numpy_version()}): make one with `pip install --target DIR --no-deps 'numpy<2'` "
+                                f"(./dev makes {SITE_FOLDER}/ in the checkout) and pass [DIR]")
+        if self.work == self.repository or self.repository in self.work.parents:
+            raise BadInputError(f"work {self.work} is {'the' if self.work == self.repository else 'inside the'} "
+                                f"repository {self.repository}: Triton would take its folders for models; "
+                                f"choose a work folder outside it")
+        self.install = install
+        self.pythonpath = [Path(p).resolve() for p in pythonpath]
         self.http_port, self.grpc_port, self.metrics_port = free_ports(3)
         self.process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
@@ -144,10 +178,12 @@ class LocalServer:
         return folder.parent
 
     def working_directory(self) -> Path:
-        """``work/cwd/``: a link to every entry of the ``pythonpath`` folders, then of this virtual
-        environment's site-packages if it runs in one (the stub runs the base interpreter, which
-        knows nothing of the venv); the first entry of a name wins."""
+        """``work/cwd/``, made afresh: a link to every entry of the ``pythonpath`` folders, then of
+        this virtual environment's site-packages if it runs in one (the stub runs the base
+        interpreter, which knows nothing of the venv); the first entry of a name wins."""
         folder = self.work / "cwd"
+        if folder.is_dir() and not folder.is_symlink():
+            shutil.rmtree(folder)  # links of an earlier run (another checkout's ddpm_export) must not win
         folder.mkdir(parents=True, exist_ok=True)
         venv = sys.prefix != sys.base_prefix
         site = [Path(p) for p in dict.fromkeys(sysconfig.get_paths()[k] for k in ("purelib", "platlib"))] if venv else []
@@ -174,7 +210,9 @@ class LocalServer:
                    "--exit-on-error", "true", "--disable-auto-complete-config"]
         self._log = open(self.log_path, "wb")
         self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, env=self.environment(),
-                                        cwd=self.working_directory(), start_new_session=True)
+                                        cwd=self.working_directory(), start_new_session=True,
+                                        preexec_fn=functools.partial(_terminate_with_parent, os.getpid())
+                                        if sys.platform == "linux" else None)
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         """Poll ``/v2/health/ready`` until every model is loaded; raise with the log's tail otherwise."""

@@ -13,18 +13,21 @@ it is imported in ``initialize``, so this module also imports outside a server.
   ``model.onnx``, executing each dynamically batched group of requests as one batch.
 
 A bad request, or a failure while serving it, is answered with a ``TritonError`` for that
-request; the model stays loaded.
+request; the model stays loaded. A request its client gave up on (a gRPC deadline, a closed
+connection) is dropped before its next U-Net call, not run to the end (``is_cancelled``).
 
 Triton's Python-backend stub converts tensors with pybind11's numpy support; the stub of
 ``nvidia-pytriton`` 0.7.0 (Triton 2.51) reads numpy 1's array layout, so its server's Python
-needs ``numpy<2`` (see :mod:`ddpm_export.serve.local_server`).
+needs ``numpy<2`` (see :mod:`ddpm_export.serve.local_server`). Both models try a tensor round
+trip when they load (:func:`check_stub_numpy`) and refuse to load, saying so, when the stub
+garbles it -- rather than load and answer every request wrongly.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -36,7 +39,8 @@ from ddpm_export.runtime.pipeline import Pipeline
 from ddpm_export.serve.configs import IMAGES, MAX_IMAGES_PARAM, UNET_PARAM, VERSION_PARAM, batch_only_inputs
 from ddpm_export.serve.requests import RequestError, parse_request
 
-__all__ = ["INFO_FILE", "BlsBackend", "SamplerModel", "UNetCallError", "UNetModel"]
+__all__ = ["INFO_FILE", "BlsBackend", "RequestCancelled", "SamplerModel", "UNetCallError", "UNetModel",
+           "check_stub_numpy"]
 
 #: the exported file's metadata_props, beside the sampler's model.py.
 INFO_FILE = "model_info.json"
@@ -46,11 +50,37 @@ class UNetCallError(RuntimeError):
     """The ``unet`` model answered a BLS request with an error."""
 
 
+class RequestCancelled(RuntimeError):
+    """The client gave up on the request being served."""
+
+
+def check_stub_numpy(pb_utils: Any) -> None:
+    """RuntimeError (the model then fails to load, with this message in the server log) when the
+    stub does not hand numpy arrays through intact: its pybind11 reads numpy 1's layout.
+
+    Under numpy 2 a probe goes through the stub's own buffer (``Tensor.from_dlpack`` then
+    ``as_numpy``): the nvidia-pytriton 0.7.0 stub reads ``[1, 2, 3, 4]`` back as ``[1, 1, 1, 1]``
+    (a tensor made by ``Tensor(name, array)`` only hands back the Python object, so it cannot
+    tell). Under numpy 1 nothing is probed: that stub reads it right, and ``from_dlpack`` of a
+    numpy 1 array fails there."""
+    if int(np.__version__.split(".")[0]) < 2:
+        return
+    probe = np.arange(1, 5, dtype=np.float32)
+    back = np.asarray(pb_utils.Tensor.from_dlpack("probe", probe).as_numpy())
+    if back.shape != probe.shape or not np.array_equal(back, probe):
+        raise RuntimeError(f"Triton's Python-backend stub garbles the arrays of numpy {np.__version__} (a probe "
+                           f"{probe.tolist()} came back as {back.tolist()}): it was built for numpy 1; start the "
+                           f"server with numpy<2 first on its Python's path (`pip install --target DIR --no-deps "
+                           f"'numpy<2'`; LocalServer(pythonpath=[DIR]); ./dev makes .triton-site/)")
+
+
 class BlsBackend:
     """A :class:`ddpm_export.diffusion.Backend` that calls a Triton model through BLS.
 
     ``backend(x_t [B,C,H,W] f32, t [B] i64, cond)`` sends one ``InferenceRequest`` to
     ``model_name`` (``t`` and class ids as ``[B, 1]``) and returns a copy of ``model_output``.
+    ``cancelled`` is asked before each call: the request being served, given up by its client,
+    raises RequestCancelled instead.
     """
 
     def __init__(self, pb_utils: Any, spec: ExportSpec, model_name: str) -> None:
@@ -58,8 +88,11 @@ class BlsBackend:
         self.spec = spec
         self.model_name = model_name
         self.batch_only = batch_only_inputs(spec)
+        self.cancelled: Callable[[], bool] = lambda: False
 
     def __call__(self, x_t: np.ndarray, t: np.ndarray, cond: np.ndarray | None) -> np.ndarray:
+        if self.cancelled():
+            raise RequestCancelled("the client cancelled the request")
         feeds = feeds_for(self.spec, x_t, t, cond)
         tensors = [self.pb.Tensor(name, np.ascontiguousarray(arr.reshape(-1, 1) if name in self.batch_only else arr))
                    for name, arr in feeds.items()]
@@ -87,6 +120,7 @@ class SamplerModel:
     def initialize(self, args: dict[str, str]) -> None:
         import triton_python_backend_utils as pb_utils
 
+        check_stub_numpy(pb_utils)
         self.pb = pb_utils
         params = _parameters(args)
         if params[VERSION_PARAM] != __version__:
@@ -96,18 +130,21 @@ class SamplerModel:
         path = _folder(args) / INFO_FILE
         self.info = ModelInfo.from_metadata(json.loads(path.read_text(encoding="utf-8")), source=str(path))
         self.max_images = int(params[MAX_IMAGES_PARAM])
-        self.pipeline = Pipeline(BlsBackend(pb_utils, self.info.spec, params[UNET_PARAM]), self.info,
-                                 source=f"triton model {params[UNET_PARAM]!r}")
+        self.bls = BlsBackend(pb_utils, self.info.spec, params[UNET_PARAM])
+        self.pipeline = Pipeline(self.bls, self.info, source=f"triton model {params[UNET_PARAM]!r}")
 
     def execute(self, requests: list[Any]) -> list[Any]:
         return [self._serve(request) for request in requests]
 
     def _serve(self, request: Any) -> Any:
         pb = self.pb
+        self.bls.cancelled = request.is_cancelled  # an instance serves one request at a time
         try:
             inputs = {tensor.name(): tensor.as_numpy() for tensor in request.inputs()}
             images = self.pipeline.run(parse_request(self.info, inputs, max_images=self.max_images))
             return pb.InferenceResponse(output_tensors=[pb.Tensor(IMAGES, images)])
+        except RequestCancelled as e:
+            return pb.InferenceResponse(error=pb.TritonError(str(e), pb.TritonError.CANCELLED))
         except RequestError as e:
             return pb.InferenceResponse(error=pb.TritonError(str(e), pb.TritonError.INVALID_ARG))
         except Exception as e:  # noqa: BLE001 -- answer this request, keep serving the others
@@ -127,6 +164,7 @@ class UNetModel:
 
         from ddpm_export.runtime.onnxruntime_backend import OnnxRuntimeBackend, create_session
 
+        check_stub_numpy(pb_utils)
         self.pb = pb_utils
         session = create_session(_folder(args) / "model.onnx")
         info = ModelInfo.from_metadata(session.get_modelmeta().custom_metadata_map, source="unet/1/model.onnx")

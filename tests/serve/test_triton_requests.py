@@ -63,7 +63,7 @@ def test_absent_optional_inputs_take_the_model_defaults(info: ModelInfo) -> None
     (dict(sampler=np.array([b"ddpm"], np.object_), eta=np.array([0.5], np.float32)), "eta applies to the DDIM"),
     (dict(sampler=np.array([b"ddim"], np.object_), eta=np.array([2.0], np.float32)), "eta must be a float in [0, 1]"),
     (dict(guidance_scale=np.array([np.inf], np.float32)), "guidance_scale must be a finite float"),
-    (dict(class_labels=np.array([1, 2], np.int64)), "class_labels must hold n=5 ids"),
+    (dict(class_labels=np.array([1, 2], np.int64)), "class_labels must hold num_images=5 ids"),
     (dict(class_labels=np.array([0, 1, 2, 3, 10], np.int64)), "class_labels: id 10 is outside [0, 10)"),
     (dict(class_labels=np.array([0, 1, 2, 3, 4], np.int32)), "class_labels: must be int64"),
     (dict(context=np.zeros((5, 2, 3), np.float32)), "context: not an input of this model"),
@@ -77,6 +77,7 @@ def test_bad_requests_name_the_input(info: ModelInfo, inputs: dict, starts: str)
 
 def test_a_chunk_below_min_batch_names_num_images(info: ModelInfo) -> None:
     spec = info.spec.replace(min_batch=2)
-    with pytest.raises(RequestError, match=r"^num_images=9: the last chunk would run a batch of 1"):
+    with pytest.raises(RequestError, match=r"^num_images=9: the last chunk would run a batch of 1.*choose "
+                                           r"num_images so that num_images % 8 is 0 or at least 2$"):
         parse_request(ModelInfo(info.unet, info.diffusion, spec, "fp32", "decomposed", "0" * 64, {}),
                       request(num_images=np.array([9], np.int64)), max_images=64)

@@ -166,3 +166,76 @@ def test_a_bad_request_gets_an_error_naming_the_input_and_the_server_keeps_servi
         assert message in str(e.value)
     assert server.alive()
     assert np.abs(infer(server, "http", request(5, 2, 3)) - pipe.sample(2, steps=3, seed=5, progress=False)).max() <= TOL
+
+
+def test_a_request_its_client_gave_up_on_is_dropped(server: LocalServer) -> None:
+    """A gRPC deadline cancels the request: the sampler stops before its next unet call instead of
+    running all 400 steps (counted in Triton's statistics, not timed)."""
+    calls0, _ = unet_counts(server)
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    try:
+        with pytest.raises(InferenceServerException, match="Deadline"):
+            client.infer("sampler", inputs(grpcclient, **request(0, 16, 400, sampler="ddim")), client_timeout=0.5)
+    finally:
+        client.close()
+    seen, settled = -1, 0
+    deadline = time.monotonic() + 60  # until the count stops moving (the job was dropped) or would have finished
+    while settled < 5 and time.monotonic() < deadline:
+        calls = unet_counts(server)[0] - calls0
+        settled, seen = (settled + 1, seen) if calls == seen else (0, calls)
+        time.sleep(0.2)
+    assert 0 < seen < 400, seen
+
+
+def _server_script(repo: Path, work: Path, pythonpath: list[Path]) -> str:
+    return (f"import time\nfrom ddpm_export.serve.local_server import LocalServer, find_tritonserver\n"
+            f"with LocalServer(find_tritonserver(), {str(repo)!r}, {str(work)!r}, "
+            f"pythonpath={[str(p) for p in pythonpath]!r}) as s:\n"
+            f"    print(s.process.pid, flush=True)\n    time.sleep(600)\n")
+
+
+def test_the_server_stops_when_its_owner_is_killed(server: LocalServer, tmp_path: Path) -> None:
+    """SIGTERM to the Python that runs LocalServer (a `timeout`, a CI kill) never reaches its
+    __exit__; the server, in its own session, gets SIGTERM from the kernel instead (PDEATHSIG)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    owner = subprocess.Popen([sys.executable, "-c", _server_script(server.repository, tmp_path / "work",
+                                                                    [*stub_numpy_site(ROOT), ROOT])],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        pid = int(owner.stdout.readline())  # printed once the models are ready
+        owner.send_signal(signal.SIGTERM)
+        owner.wait(30)
+        deadline = time.monotonic() + 30  # Triton unloads its models, stops its stubs and exits
+        while time.monotonic() < deadline and os.path.exists(f"/proc/{pid}") and \
+                not open(f"/proc/{pid}/stat").read().split()[2] == "Z":
+            time.sleep(0.2)
+        assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+    finally:
+        owner.kill()
+
+
+def test_a_stub_that_garbles_numpy_2_arrays_fails_to_load_saying_why(server: LocalServer, tmp_path: Path) -> None:
+    """Without numpy<2 on its path the stub reads every element as the first: the models refuse to
+    load with that reason, instead of loading and answering every request wrongly."""
+    if int(np.__version__.split(".")[0]) < 2:
+        pytest.skip(f"this Python has numpy {np.__version__}: the stub reads its arrays right")
+    bare = LocalServer(find_tritonserver(), server.repository, tmp_path / "work", pythonpath=[ROOT])
+    with pytest.raises(RuntimeError, match=r"garbles the arrays of numpy 2.*came back as \[1\.0, 1\.0, 1\.0, 1\.0\]"):
+        with bare:
+            pass
+    assert not bare.alive()
+
+
+def test_local_server_refuses_missing_pieces_and_a_work_folder_in_the_repository(server: LocalServer,
+                                                                                  tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"install: no tritonserver was found .* nvidia-pytriton"):
+        LocalServer(None, server.repository, tmp_path)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"pythonpath: None \(stub_numpy_site found no numpy<2"):
+        LocalServer(find_tritonserver(), server.repository, tmp_path, pythonpath=None)  # type: ignore[arg-type]
+    for work, where in ((server.repository / "work", "inside the"), (server.repository, "the")):
+        with pytest.raises(ValueError, match=f"is {where} repository .*: Triton would take its folders for models"):
+            LocalServer(find_tritonserver(), server.repository, work)
