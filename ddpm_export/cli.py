@@ -23,7 +23,8 @@ import click
 from ddpm_export import commands
 from ddpm_export._version import __version__
 from ddpm_export.console import FLAG_NAMES, VERBOSITY, name_flags
-from ddpm_export.errors import BadInputError, DdpmExportError, DdpmExportWarning, describe, exit_status
+from ddpm_export.errors import (BadInputError, DdpmExportError, DdpmExportWarning, describe,
+                                describe_out_of_memory, exit_status, out_of_memory)
 from ddpm_export.threads import MAX_THREADS, set_threads
 
 
@@ -73,6 +74,12 @@ class _Main(click.Group):
             if isinstance(e, BadInputError):  # the library names its arguments; the user typed flags
                 message = name_flags(message, ctx.meta.get(FLAG_NAMES, {}))
             raise Failure(message, exit_status(e)) from e
+        except Exception as e:  # noqa: BLE001 -- an engine out of memory is the machine's limit: one line, exit 2
+            if not out_of_memory(e):
+                raise
+            if ctx.meta.get("ddpm_export.debug"):
+                traceback.print_exc(file=sys.stderr)
+            raise Failure(describe_out_of_memory(e), 2) from e
 
 
 @click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})

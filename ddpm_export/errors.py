@@ -29,7 +29,7 @@ from __future__ import annotations
 __all__ = ["BadInputError", "DdpmExportError", "DdpmExportWarning", "EngineError", "InputNotFoundError",
            "IntegrityError", "MissingDependencyError", "NonFiniteOutputError", "NotAFolderError",
            "OutputExistsError", "TargetMismatchWarning", "VerificationFailed", "WrongTypeError", "describe",
-           "exit_status"]
+           "describe_out_of_memory", "exit_status", "out_of_memory"]
 
 #: Modules of the ``export`` extra: a command that imports one needs ``pip install 'ddpm-export[export]'``.
 EXPORT_EXTRA = ("torch", "onnx", "safetensors", "polygraphy")
@@ -100,6 +100,24 @@ def exit_status(error: BaseException) -> int:
     if isinstance(error, DdpmExportError):
         return error.exit_status
     return 2 if isinstance(error, (ImportError, OSError)) else 1
+
+
+#: how PyTorch, ONNX Runtime and OpenVINO say that an allocation failed
+_MEMORY_TEXT = ("can't allocate memory", "bad_alloc", "out of memory", "Failed to allocate memory")
+
+
+def out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` is an allocation that failed (Python's MemoryError, or an engine's error
+    saying so): the machine's limit, not the model's fault nor the user's input (exit 2)."""
+    return isinstance(error, MemoryError) or (not isinstance(error, OSError)
+                                              and any(text in str(error) for text in _MEMORY_TEXT))
+
+
+def describe_out_of_memory(error: BaseException) -> str:
+    """One line for an allocation that failed: the engine's own first line, trimmed, and what to lower."""
+    first = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
+    return (f"out of memory ({type(error).__name__}: {first[:200]}): lower the batch (--batch, -n), the input "
+            f"size or the number of samples, or free memory")
 
 
 def describe(error: BaseException) -> str:

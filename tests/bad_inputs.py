@@ -58,6 +58,15 @@ def expect_failure(args: Iterable[str], status: int, *words: str, watch: Iterabl
     return out
 
 
+def run_with_memory_limit(args: Iterable[str], limit: int) -> subprocess.CompletedProcess:
+    """``python -m ddpm_export args`` in a subprocess whose address space stops at ``limit`` bytes
+    (RLIMIT_AS): an allocation past it fails as on a machine with less memory."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_WAIT_POLICY": "PASSIVE"}
+    return subprocess.run([sys.executable, "-m", "ddpm_export", *map(str, args)], env=env, capture_output=True,
+                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit)), text=True,
+                          timeout=300, check=False)
+
+
 def run_with_file_size_limit(args: Iterable[str], limit: int, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """``python -m ddpm_export args`` in a subprocess that cannot write a file past ``limit`` bytes
     (RLIMIT_FSIZE, with SIGXFSZ ignored, so the write fails with EFBIG as on a full disk)."""

@@ -21,10 +21,11 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from ddpm_export.analysis.inputs import example_inputs
 from ddpm_export.config import UNetConfig
-from ddpm_export.errors import BadInputError
+from ddpm_export.errors import BadInputError, NonFiniteOutputError
 from ddpm_export.nn.unet import UNet
 
 __all__ = ["ErfResult", "check_erf_size", "default_timesteps", "erf_radius", "gradient_map", "measure_erf", "unet_gradient_map"]
@@ -78,6 +79,9 @@ def gradient_map(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) ->
 def erf_radius(grad_map: np.ndarray, centre: tuple[int, int], mass: float = MASS) -> int:
     """Smallest r such that the window ``|dy| <= r, |dx| <= r`` around ``centre`` holds ``mass`` of the map."""
     total = grad_map.sum()
+    if not np.isfinite(total):
+        raise NonFiniteOutputError("the gradient map holds NaN or infinity: the model's output is not finite on "
+                                   "random inputs (check its weights)")
     if not total > 0:
         raise BadInputError("the gradient map is zero everywhere: the output does not depend on the input")
     h, w = grad_map.shape
@@ -95,16 +99,22 @@ def default_timesteps(num_train_timesteps: int, count: int = 4) -> list[int]:
 
 
 def unet_gradient_map(unet: UNet, timesteps: Sequence[int], samples: int, seed: int = 0,
-                      size: int | None = None) -> np.ndarray:
+                      size: int | None = None, progress: bool = False) -> np.ndarray:
     """The ERF map of ``unet``: ``samples`` standard-normal inputs [size x size] (and random
-    conditioning) per timestep."""
+    conditioning) per timestep, one input per backward pass (the memory of one, whatever
+    ``samples``; a bar over the passes with ``progress``)."""
     cfg = unet.config
     generator = torch.Generator().manual_seed(seed)
     maps = []
-    for t in timesteps:
-        x, t_batch, cond = example_inputs(cfg, samples, generator=generator, size=size,
-                                          timesteps=torch.full((samples,), int(t), dtype=torch.long))
-        maps.append(gradient_map(lambda inp: unet(inp, t_batch, cond), x))
+    with tqdm(total=len(timesteps) * samples, disable=not progress, unit="input", leave=False,
+              desc="effective receptive field") as bar:
+        for t in timesteps:
+            x, t_batch, cond = example_inputs(cfg, samples, generator=generator, size=size,
+                                              timesteps=torch.full((samples,), int(t), dtype=torch.long))
+            for i in range(samples):
+                one = None if cond is None else cond[i:i + 1]
+                maps.append(gradient_map(lambda inp: unet(inp, t_batch[i:i + 1], one), x[i:i + 1]))
+                bar.update()
     return np.mean(maps, axis=0)
 
 
@@ -129,7 +139,7 @@ def check_erf_size(cfg: UNetConfig, size: int | None) -> int:
 
 
 def measure_erf(unet: UNet, theoretical_rf: float, *, timesteps: Sequence[int] | None = None,
-                samples: int = 2, seed: int = 0, size: int | None = None) -> ErfResult:
+                samples: int = 2, seed: int = 0, size: int | None = None, progress: bool = False) -> ErfResult:
     """The ERF of ``unet`` (in eval mode) against its theoretical RF, on inputs of ``size`` x
     ``size`` (default: the model's sample size; a larger one moves the image borders away, so the
     ERF is limited by the network, not the image; models with position codes need their own size)."""
@@ -137,6 +147,6 @@ def measure_erf(unet: UNet, theoretical_rf: float, *, timesteps: Sequence[int] |
     s = check_erf_size(cfg, size)
     unet.eval()
     steps = list(timesteps) if timesteps is not None else default_timesteps(cfg.num_train_timesteps)
-    grad_map = unet_gradient_map(unet, steps, samples, seed, size=s)
+    grad_map = unet_gradient_map(unet, steps, samples, seed, size=s, progress=progress)
     centre = (s // 2, s // 2)
     return ErfResult(grad_map, centre, erf_radius(grad_map, centre), theoretical_rf)

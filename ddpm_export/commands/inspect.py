@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from ddpm_export.console import show_progress
 from ddpm_export.contract.spec import MAX_BATCH
 from ddpm_export.threads import MAX_THREADS
 
@@ -75,7 +76,7 @@ def command(model: str, batch: int, json_path: str | None, plot: str | None, erf
 
     start = time.perf_counter()
     timesteps = default_timesteps(unet.config.num_train_timesteps)
-    erf = measure_erf(unet, table.rf, timesteps=timesteps, samples=erf_samples, size=erf_size)
+    erf = measure_erf(unet, table.rf, timesteps=timesteps, samples=erf_samples, size=erf_size, progress=show_progress())
     rep.add_erf(report, erf, timesteps, erf_samples)
     report["seconds"]["erf"] = time.perf_counter() - start
     click.echo(rep.format_erf(report))

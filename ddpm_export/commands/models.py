@@ -32,10 +32,13 @@ def command() -> None:
         weights = folder / "model.safetensors"
         if weights.is_file():
             n = f"{parameter_count(weights):,}"
-        elif importlib.util.find_spec("torch") is not None:
-            from ddpm_export import load_model
+        elif importlib.util.find_spec("torch") is not None:  # the preset's own config, never a same-named folder here
+            import torch
 
-            n = f"{sum(p.numel() for p in load_model(name).parameters()):,}"
+            from ddpm_export.nn.unet import UNet
+
+            with torch.device("meta"):  # shapes only: no weights drawn
+                n = f"{sum(p.numel() for p in UNet(cfg).parameters()):,}"
         else:
             n = "-"
         ships = ", ".join(f for f in ("weights" if weights.is_file() else "", "onnx" if (folder / ONNX_NAME).is_file()

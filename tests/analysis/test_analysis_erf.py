@@ -11,7 +11,7 @@ from torch import nn
 from ddpm_export import load_model
 from ddpm_export.analysis.blocks import block_table
 from ddpm_export.analysis.erf import ErfResult, default_timesteps, erf_radius, gradient_map, measure_erf
-from ddpm_export.errors import BadInputError
+from ddpm_export.errors import BadInputError, NonFiniteOutputError
 
 
 @pytest.mark.parametrize("init", ["ones", "random"])
@@ -41,6 +41,10 @@ def test_erf_radius_on_known_maps():
     assert erf_radius(ring, (4, 4)) == 2
     with pytest.raises(BadInputError, match="zero everywhere"):
         erf_radius(np.zeros((3, 3)), (1, 1))
+    nan = np.ones((3, 3))
+    nan[0, 0] = np.nan  # a model whose output is NaN: a non-finite output (exit 1), not "does not depend"
+    with pytest.raises(NonFiniteOutputError, match="NaN or infinity"):
+        erf_radius(nan, (1, 1))
 
 
 def test_visible_rf_is_bounded_by_the_image():

@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from ddpm_export import __version__
 from ddpm_export.cli import main
+from ddpm_export.presets import preset_dir
 
 
 def test_help_lists_the_commands():
@@ -55,8 +56,11 @@ def test_module_help_does_not_import_torch():
     assert proc.returncode == 0, proc.stderr
 
 
-def test_models_lists_the_presets_with_their_sizes():
+def test_models_lists_the_presets_with_their_sizes(tmp_path, monkeypatch):
     pytest.importorskip("torch")
+    (tmp_path / "tiny").mkdir()  # a folder of the user's named like a preset: the preset is still listed
+    (tmp_path / "tiny" / "config.json").write_text((preset_dir("digits") / "config.json").read_text())
+    monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(main, ["models"])
     assert result.exit_code == 0, result.output
     lines = result.output.strip().splitlines()
@@ -64,7 +68,8 @@ def test_models_lists_the_presets_with_their_sizes():
     rows = {line.split()[0]: line.split() for line in lines[1:]}
     assert sorted(rows) == ["ddpm-cifar10", "digits", "kitchen-sink", "tiny"]
     assert rows["ddpm-cifar10"][1:] == ["35,746,307", "3x32x32", "unconditional", "config"]
-    assert rows["tiny"][1:] == ["177,427", "3x16x16", "unconditional", "config"]
+    assert rows["tiny"][1:] == ["177,427", "3x16x16", "unconditional", "config"]  # not the folder's 1x16x16
+    assert "Warning" not in result.output
     assert rows["kitchen-sink"][2:] == ["3x16x16", "10", "classes", "config"]
     assert rows["digits"][2:] == ["1x16x16", "10", "classes", "weights,", "onnx"]
     import ddpm_export

@@ -63,3 +63,20 @@ def test_an_altered_bundle_is_status_2(tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps({"format": "something else"}))
     result = CliRunner().invoke(main, ["sample", "--bundle", str(tmp_path), "-o", _beside(tmp_path)])
     assert result.exit_code == 2 and "'format' must be 'ddpm-export-bundle'" in result.output
+
+
+def test_an_engine_out_of_memory_is_one_line_and_status_2():
+    """ONNX Runtime's std::bad_alloc in the profile of a batch too big for the memory left (the
+    address space capped at 2.1 GiB): the machine's limit, not a failed check nor a bug."""
+    from bad_inputs import run_with_memory_limit
+
+    from ddpm_export.errors import out_of_memory
+
+    assert out_of_memory(MemoryError()) and out_of_memory(RuntimeError("[enforce fail] DefaultCPUAllocator: "
+                                                                       "can't allocate memory: you tried ..."))
+    assert not out_of_memory(RuntimeError("shape mismatch")) and not out_of_memory(OSError(12, "out of memory"))
+    proc = run_with_memory_limit(["inspect", "--model", "digits", "--profile", "--batch", "4096", "--profile-runs",
+                                  "1", "--erf-samples", "1"], 2100 * 2**20)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert "Error: out of memory (" in proc.stderr and "lower the batch" in proc.stderr
