@@ -441,6 +441,7 @@ def _check_inputs(cfg: BenchConfig) -> None:
         model_folder(cfg.model)
     if "openvino" in cfg.backends:
         require_openvino()
+    _check_forms(cfg.attention)
     if cfg.onnx is None:
         check_steps(cfg.steps, (diffusion_config_for(str(cfg.model)) or DiffusionConfig()).num_train_timesteps)
         return
@@ -455,6 +456,29 @@ def _check_inputs(cfg: BenchConfig) -> None:
     if misfits:
         raise BadInputError(f"{cfg.onnx} is an {info.precision} file: precision {', '.join(misfits)} "
                             f"does not run it (choose from {', '.join(fits)})")
+
+
+def _check_forms(attention: tuple[str, ...]) -> None:
+    """Refuse two ``--attention`` entries that are one form for ONNX Runtime (``auto`` is what
+    ``--target onnxruntime`` picks): one file would be measured and reported for both."""
+    from ddpm_export.export.attention_forms import resolve_attention
+
+    seen: dict[str, str] = {}
+    for form in attention:
+        resolved = resolve_attention(form, "onnxruntime")
+        if resolved in seen:
+            raise BadInputError(f"attention {seen[resolved]} and {form} are the same form for ONNX Runtime "
+                                f"({resolved}): list it once")
+        seen[resolved] = form
+
+
+def _threads_warning(threads: int, usable: int) -> list[str]:
+    """A warning line when ``threads`` exceed the CPUs this process may use: every engine then
+    time-slices its threads (the GEMM ceiling read 2.6 GFLOP/s at 999 threads on 2 CPUs, 185 at 2)."""
+    if threads <= usable:
+        return []
+    return [f"warning: --threads {threads} is more than the {usable} CPUs this process may use: the engines "
+            f"time-slice their threads, so every figure (and the GEMM ceiling) is far below what the machine does"]
 
 
 def _file_precisions(info: ModelInfo, onnx: str) -> tuple[str, ...]:
@@ -498,8 +522,11 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
         paths = (_peer_paths(unet, info, cfg, folder) if cfg.peers else []) + _our_paths(files, cfg)
         flops = flops_per_image(info, unet)
         meter = LoadMeter().start()
+        for line in _threads_warning(cfg.threads, report["cpu"]["usable_cpus"]):
+            log(line)
         # the ceiling is the best of several measurements (before, between and after the batches):
         # on a shared machine one snapshot can land in a busy moment
+        log(f"measuring the fp32 GEMM ceiling ({cfg.threads} threads)")
         gemms = [gemm_ceiling(cfg.threads)]
         report["flops_per_image"] = flops
         report["paths"] = [{"name": p.name, "group": p.group, **p.info} for p in paths]
@@ -555,8 +582,10 @@ def format_report(report: dict[str, Any]) -> str:
              f"fp32 GEMM ceiling (ONNX Runtime MatMul {report['gemm_ceiling']['size']}^3): "
              f"{report['gemm_ceiling']['gflops']} GFLOP/s (best of {report['gemm_ceiling']['measurements']}); "
              f"{report['flops_per_image'] / 1e9:.2f} GFLOP per image per forward; images/s for a "
-             f"{report['images_per_s_steps']}-step run", *_noise_warning(report["gemm_ceiling"]["measurements"]), ""]
-    head = (f"{'path':<34} {'batch':>5} {'ms/step':>9} {'p90':>9} {'img/s':>8} {'x eager':>8} {'x best (rounds)':>17} "
+             f"{report['images_per_s_steps']}-step run", *_noise_warning(report["gemm_ceiling"]["measurements"]),
+             *_threads_warning(report["threads"]["intra_op"], cpu["usable_cpus"]), ""]
+    width = max([34, *(len(name) for rows in report["results"].values() for name in rows)])
+    head = (f"{'path':<{width}} {'batch':>5} {'ms/step':>9} {'p90':>9} {'img/s':>8} {'x eager':>8} {'x best (rounds)':>17} "
             f"{'x same (rounds)':>17} {'GFLOP/s':>8} {'%GEMM':>6} {'RSS MiB':>8} {'loop %':>7}")
     lines += [head, "-" * len(head)]
     for batch, rows in report["results"].items():
@@ -564,7 +593,7 @@ def format_report(report: dict[str, Any]) -> str:
             eager = "-" if r["vs_eager"] is None else f"{r['vs_eager']:.2f}"
             best = _with_rounds(r["vs_best_peer"], r["vs_best_peer_rounds"])
             same = _with_rounds(r["vs_same_engine_peer"], r["vs_same_engine_peer_rounds"])
-            lines.append(f"{name:<34} {batch:>5} {r['median_ms']:>9.1f} {r['p90_ms']:>9.1f} {r['images_per_s']:>8.2f} "
+            lines.append(f"{name:<{width}} {batch:>5} {r['median_ms']:>9.1f} {r['p90_ms']:>9.1f} {r['images_per_s']:>8.2f} "
                          f"{eager:>8} {best:>17} {same:>17} {r['gflops']:>8.1f} {100 * r['gemm_fraction']:>5.0f}% "
                          f"{r['peak_rss_mib']:>8.0f} {r['sampler_overhead_pct']:>6.1f}%")
         lines.append("")

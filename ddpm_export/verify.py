@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from ddpm_export.checks import check_exported_from, check_guidance_scale, check_steps
 from ddpm_export.contract.info import ModelInfo
@@ -131,23 +132,27 @@ class _Trajectory:
 
 
 def _run(backend: Backend, scheduler: Scheduler, *, shape: tuple[int, int, int, int], seed: int,
-         cond: np.ndarray | None, null: np.ndarray | None, guidance: float,
+         cond: np.ndarray | None, null: np.ndarray | None, guidance: float, progress: bool,
          x_T: np.ndarray | None = None) -> _Trajectory:
     xs: list[np.ndarray] = []
     outs: list[np.ndarray] = []
     calls: list[tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]] = []
+    bar = tqdm(total=scheduler.num_inference_steps, disable=not progress, unit="step", leave=False,
+               desc=f"{type(backend).__name__} trajectory")
 
     def record(i: int, t: int, x: np.ndarray, out: np.ndarray) -> None:
         xs.append(x)  # the loop never writes into arrays it hands out
         outs.append(out)
+        bar.update()
 
     def recording_backend(x: np.ndarray, t: np.ndarray, c: np.ndarray | None) -> np.ndarray:
         out = backend(x, t, c)
         calls.append((x, t, c, out))
         return out
 
-    final = sample(recording_backend, scheduler, shape, seed=seed, cond=cond, null_cond=null,
-                   guidance_scale=guidance, x_T=x_T, callback=record)
+    with bar:
+        final = sample(recording_backend, scheduler, shape, seed=seed, cond=cond, null_cond=null,
+                       guidance_scale=guidance, x_T=x_T, callback=record)
     return _Trajectory(xs, outs, final, calls)
 
 
@@ -179,10 +184,12 @@ def verify(model: str | Path, onnx: str | Path, *, engine: str | Path | None = N
            ddpm_steps: int | None = None, solver_steps: int = 10, solvers: Sequence[str] = SOLVERS,
            seed: int = 0, batch: int = 2, guidance_scale: float = 1.0,
            providers: Sequence[Any] | None = None, gpu_backends: Sequence[str] = (), threads: int | None = None,
-           inference_precision: str | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+           inference_precision: str | None = None, log: Callable[[str], None] = print,
+           progress: bool = False) -> dict[str, Any]:
     """Verify ``onnx`` (and ``engine``, and the file on ``gpu_backends``: ``"openvino"``, ``"ort-cuda"``,
     ``"ort-tensorrt"``) against the PyTorch ``model``, each backend held to the thresholds of the
-    precision it computes (:func:`effective_precision`); return the report (a dict).
+    precision it computes (:func:`effective_precision`); return the report (a dict). ``progress``
+    draws a bar over each trajectory's steps (DDPM runs all T of them).
 
     ``report["passed"]`` says whether every check passed and ``report["failures"]`` which did not.
     Raises VerifyError when the file was not exported from ``model``'s config or an argument
@@ -208,7 +215,7 @@ def verify(model: str | Path, onnx: str | Path, *, engine: str | Path | None = N
     cond = spec.conditioning.call_input(None, batch, info)  # every class in turn, or None
     null = info.null_input(batch) if guidance_scale != 1.0 else None
     run = functools.partial(_run, shape=(batch, spec.in_channels, spec.sample_size, spec.sample_size), seed=seed,
-                            cond=cond, null=null, guidance=guidance_scale)
+                            cond=cond, null=null, guidance=guidance_scale, progress=progress)
 
     log(f"verify {onnx} ({info.precision}) against {model} (PyTorch), seed {seed}; {_named(precisions)}")
     results = _single_steps(reference, candidates, info, seed, log)

@@ -102,6 +102,9 @@ def test_bench_needs_a_model_or_a_file() -> None:
     (["--model", "tiny", "--batch", "5000"], "--batch must be <= 4096, got 5000"),  # was: after an export
     (["--model", "tiny", "--steps", "1001"], "--steps must be an int in [1, 1000]"),
     (["--model", "no-such-model"], "unknown model 'no-such-model'"),
+    # auto is the decomposed form for ONNX Runtime: one file, measured once, reported for both
+    (["--model", "tiny", "--attention", "auto,decomposed"], "attention auto and decomposed are the same form for "
+                                                            "ONNX Runtime (decomposed): list it once"),
 ])
 def test_bench_refuses_bad_input_before_any_work(args: list[str], message: str) -> None:
     """Bad input: exit status 2, one line naming the option, and nothing exported or timed."""
@@ -200,6 +203,23 @@ def test_bench_compares_rewrites_variants_on_each_fp32_path(tmp_path: Path) -> N
 def test_bench_refuses_an_unknown_rewrites_variant() -> None:
     result = CliRunner().invoke(main, ["bench", "--model", "tiny", "--rewrites", "auto,faster"])
     assert result.exit_code == 2 and "faster" in result.output and "upsample-deconv" in result.output
+
+
+def test_the_table_fits_long_path_names_and_warns_of_more_threads_than_cpus() -> None:
+    """A path name past 34 characters (two variants compared) shifted every column after it; 999
+    threads on 2 CPUs time-slice, so the figures are not the machine's: said in the header."""
+    from ddpm_export.bench import format_report
+
+    report = json.loads((Path(__file__).parents[1] / "docs" / "bench-ddpm-cifar10.json").read_text())
+    rows = report["results"]["1"]
+    long = "ours-onnxruntime-fp32-decomposed-rewrites-auto"
+    rows[long] = rows.pop(next(iter(rows)))
+    report["threads"]["intra_op"] = report["cpu"]["usable_cpus"] + 1
+    lines = format_report(report).splitlines()
+    head = next(line for line in lines if line.startswith("path "))
+    row = next(line for line in lines if line.startswith(long + " "))
+    assert row.index(" 1 ") < head.index("batch") + len("batch") <= row.index(" 1 ") + 3  # batch under its header
+    assert any(line.startswith(f"warning: --threads {report['cpu']['usable_cpus'] + 1} is more than the") for line in lines)
 
 
 @pytest.mark.parametrize("run, warned", [("bench-ddpm-cifar10.json", None),

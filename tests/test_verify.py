@@ -193,6 +193,25 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert again.exit_code != 0 and "exists; pass --force" in again.output
 
 
+def test_demo_errors_name_the_output_folder_not_its_temporary_one(tmp_path: Path) -> None:
+    """A model whose output overflows (finite weights, 1e37 on the first conv): the export's check
+    fails (exit 1) naming out/model.onnx, not the hidden folder the demo fills first."""
+    import torch
+
+    from ddpm_export import load_model
+    from ddpm_export.nn.checkpoint import save_checkpoint
+
+    unet = load_model("tiny")
+    with torch.no_grad():
+        unet.conv_in.weight.mul_(1e37)
+    save_checkpoint(unet, tmp_path / "big")
+    out = tmp_path / "demo"
+    result = CliRunner().invoke(main, ["demo", "--model", str(tmp_path / "big"), "--out", str(out)])
+    assert result.exit_code == 1, result.output
+    assert f"Error: {out / 'model.onnx'}: non-finite outputs" in result.output and ".tmp-" not in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big"]
+
+
 def test_a_learned_variance_model_is_refused_before_any_check(tmp_path: Path) -> None:
     """6 output channels for 3 inputs: the samplers cannot run it, so verify says so up front (it
     used to pass the single steps, then fail inside a trajectory with a shape error)."""

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import click
+
+from ddpm_export.errors import DdpmExportError
 
 #: Classifier-free guidance of the demo grid for class-conditional models: modest, so that the
 #: classes are clearly told apart without the over-saturation of large scales (Ho & Salimans use 1-4).
@@ -67,7 +70,8 @@ def command(model: str | None, out_dir: str, ddpm_steps: int | None, force: bool
         from ddpm_export.nn.checkpoint import diffusion_config_for
 
         check_steps(ddpm_steps, (diffusion_config_for(model) or DiffusionConfig()).num_train_timesteps, "ddpm_steps")
-    with atomic_dir(out, OutputFolder("report.json", frozenset(DEMO_FILES)), force=force) as tmp:
+    with atomic_dir(out, OutputFolder("report.json", frozenset(DEMO_FILES)), force=force) as tmp, \
+            _naming_the_output(tmp, out):
         guidance = _export_and_sample(model, out, tmp)
         report = _verify(model, out, tmp, guidance, ddpm_steps)
 
@@ -80,6 +84,23 @@ def command(model: str | None, out_dir: str, ddpm_steps: int | None, force: bool
         click.echo(f"  {'ok ' if check['passed'] else 'BAD'} {check['message']}")
     if not report["passed"]:
         raise VerificationFailed(f"{len(report['failures'])} of {len(report['checks'])} checks failed")
+
+
+@contextlib.contextmanager
+def _naming_the_output(tmp: Path, out: Path) -> Iterator[None]:
+    """An error raised while the demo fills the hidden ``tmp`` folder names ``out``, the folder the
+    user asked for (same error class and exit status)."""
+    try:
+        yield
+    except DdpmExportError as e:
+        message = str(e).replace(str(tmp), str(out))
+        if message == str(e):
+            raise
+        try:
+            renamed = type(e)(message)
+        except TypeError:  # an error class built from other arguments: keep it as it is
+            raise e from None
+        raise renamed.with_traceback(e.__traceback__) from e
 
 
 def _export_and_sample(model: str, out: Path, tmp: Path) -> float:
@@ -118,13 +139,15 @@ def _export_and_sample(model: str, out: Path, tmp: Path) -> float:
 
 def _verify(model: str, out: Path, tmp: Path, guidance: float, ddpm_steps: int | None) -> dict[str, Any]:
     """Step 3: verify ``tmp/model.onnx`` against PyTorch; writes report.json (and drift.png)."""
+    from ddpm_export.console import show_progress
     from ddpm_export.verify import plot_drift, verify, write_report
 
     batch = VERIFY_ROWS // (2 if guidance != 1.0 else 1)
     click.echo(f"[3/3] verify against PyTorch (seed 0, {batch} image(s) per trajectory"
                + (f", guidance {guidance:g}" if guidance != 1.0 else "") + ")")
     report = verify(model, tmp / "model.onnx", batch=batch, guidance_scale=guidance, ddpm_steps=ddpm_steps,
-                    log=lambda m: click.echo("      " + m.strip().replace(str(tmp), str(out))))  # not the temp name
+                    log=lambda m: click.echo("      " + m.strip().replace(str(tmp), str(out))),  # not the temp name
+                    progress=show_progress())
     report["onnx"] = str(out / "model.onnx")
     write_report(report, tmp / "report.json")
     try:

@@ -53,7 +53,7 @@ def command(model: str, onnx_path: str, engine: str | None, steps: int, ddpm_ste
     Example:
       ddpm-export verify --model tiny --onnx tiny.onnx --report report.json --plot drift.png
     """
-    from ddpm_export.console import use_flag_names
+    from ddpm_export.console import show_progress, use_flag_names
     from ddpm_export.errors import VerificationFailed
     from ddpm_export.files import atomic_files, refuse_existing_file, refuse_same_file, require_suffix
     from ddpm_export.inputs import input_files
@@ -71,7 +71,7 @@ def command(model: str, onnx_path: str, engine: str | None, steps: int, ddpm_ste
         require_matplotlib()
     result = verify(model, onnx_path, engine=engine, steps=steps, ddpm_steps=ddpm_steps, solver_steps=solver_steps,
                     seed=seed, batch=batch, guidance_scale=guidance, gpu_backends=gpu_backends,
-                    inference_precision=inference_precision, log=click.echo)
+                    inference_precision=inference_precision, log=click.echo, progress=show_progress())
     with atomic_files(report, plot, force=force) as (report_tmp, plot_tmp):  # both files or neither
         if report_tmp is not None:
             report_tmp.write_text(report_json(result), encoding="utf-8")
