@@ -119,6 +119,23 @@ def test_build_engine_without_tensorrt_raises_before_writing(tiny, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@NO_TENSORRT
+def test_a_killed_builds_scratch_folder_is_swept_by_the_next_build(tiny, tmp_path):
+    """The build's scratch folder (the fp16 graph goes there) carries files.temp_sibling's name, so
+    the next build of that engine removes one left by a process that no longer runs."""
+    import subprocess
+    import sys
+
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True).stdout)
+    left = tmp_path / f".m.plan.tmp-{dead}-{'b' * 32}"
+    left.mkdir()
+    (left / "m.plan.onnx").write_bytes(b"half an fp16 graph")
+    with pytest.raises(TensorRTUnavailable):
+        build_engine(tiny["fp32"], tmp_path / "m.plan", fp16=True, log=lambda s: None)
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("args, match", [
     ([], "pass exactly one of --onnx and --model"),
     (["--model", "tiny", "--onnx", "{fp32}"], "pass exactly one of --onnx and --model"),
