@@ -522,8 +522,6 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
         paths = (_peer_paths(unet, info, cfg, folder) if cfg.peers else []) + _our_paths(files, cfg)
         flops = flops_per_image(info, unet)
         meter = LoadMeter().start()
-        for line in _threads_warning(cfg.threads, report["cpu"]["usable_cpus"]):
-            log(line)
         # the ceiling is the best of several measurements (before, between and after the batches):
         # on a shared machine one snapshot can land in a busy moment
         log(f"measuring the fp32 GEMM ceiling ({cfg.threads} threads)")

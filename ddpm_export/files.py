@@ -4,8 +4,9 @@ Every artifact is written to a temporary sibling (same folder, so the rename sta
 system) and renamed into place with :func:`os.replace`; an existing target is refused unless
 ``force``. Torch-free.
 
-Temporary names are ``.<name>.tmp-<pid>-<random>`` (``.old-`` for a folder moved aside), unique
-per call across threads and processes. They are removed when the write fails, when the process
+Temporary names are ``.<name>.tmp-<pid>-<random>`` (``.old-`` for a previous output moved aside
+by ``--force``: a folder, or a file replaced together with others), unique per call across threads
+and processes; a name too long to take them has its digest there instead. They are removed when the write fails, when the process
 gets SIGINT or SIGTERM (the CLI turns SIGTERM into an exit that runs the clean-ups), and -- for a
 process killed outright (SIGKILL, power loss) -- by the next write to the same destination,
 which removes the leftovers of every process that no longer runs (:func:`remove_leftovers`).
@@ -247,8 +248,8 @@ def _alive(pid: int) -> bool:
 def remove_leftovers(path: str | Path) -> list[Path]:
     """Remove the temporary siblings of ``path`` (exactly :func:`temp_sibling`'s names) left by
     processes that no longer run (killed mid-write); those of running processes, this one
-    included, are kept. A folder moved aside (``.old-``) by a process killed before its new one
-    took its place is put back when ``path`` is missing, not deleted. Returns what was removed."""
+    included, are kept. A previous output moved aside (``.old-``) by a process killed before its
+    new one took its place is put back when ``path`` is missing, not deleted. Returns what was removed."""
     path = Path(path)
     removed: list[Path] = []
     if not path.parent.is_dir():

@@ -96,11 +96,12 @@ def _naming_the_output(tmp: Path, out: Path) -> Iterator[None]:
         message = str(e).replace(str(tmp), str(out))
         if message == str(e):
             raise
-        try:
-            renamed = type(e)(message)
-        except TypeError:  # an error class built from other arguments: keep it as it is
-            raise e from None
-        raise renamed.with_traceback(e.__traceback__) from e
+        raise type(e)(message).with_traceback(e.__traceback__) from e  # our errors take their message alone
+    except OSError as e:  # a full disk, a permission: the CLI names e.filename
+        names = [None if f is None else str(f).replace(str(tmp), str(out)) for f in (e.filename, e.filename2)]
+        if names == [e.filename, e.filename2]:
+            raise
+        raise type(e)(e.errno, e.strerror, names[0], None, names[1]).with_traceback(e.__traceback__) from e
 
 
 def _export_and_sample(model: str, out: Path, tmp: Path) -> float:

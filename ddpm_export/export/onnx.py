@@ -170,8 +170,13 @@ def _write_validated(proto: onnx.ModelProto, out: Path, validation: tuple[UNet, 
             refuse_existing_file(out.parent / data_name, force)
         try:
             tmp_dir.mkdir()
-            onnx.save_model(proto, str(tmp_dir / out.name), save_as_external_data=external,
-                            all_tensors_to_one_file=True, location=data_name if external else None)
+            try:
+                onnx.save_model(proto, str(tmp_dir / out.name), save_as_external_data=external,
+                                all_tensors_to_one_file=True, location=data_name if external else None)
+            except OSError as e:  # onnx's short write names no file: name the one asked for
+                if e.filename is not None:
+                    raise
+                raise type(e)(e.errno, e.strerror or str(e), str(out)) from e
             try:
                 report = validate_onnx(tmp_dir / out.name, *validation, log=log, name=out) if validation else None
             except ValidationError as e:

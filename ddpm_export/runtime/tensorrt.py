@@ -50,6 +50,9 @@ class TensorRTBackend:
             raise MissingDependencyError(f"{engine_path}: cannot run a TensorRT engine here: {missing}")
         trt = import_tensorrt("TensorRTBackend")
         self._cudart = cudart = import_cudart("TensorRTBackend")
+        count = self._check(cudart.cudaGetDeviceCount())
+        if not 0 <= device < count:
+            raise BadInputError(f"device {device}: this machine has {count} CUDA GPU(s) (devices 0..{count - 1})")
         props = self._check(cudart.cudaGetDeviceProperties(device))
         check_sidecar(engine_path, sidecar, onnx_sha256=None, tensorrt_version=trt.__version__,
                       compute_capability=f"{props.major}.{props.minor}")

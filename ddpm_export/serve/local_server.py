@@ -40,7 +40,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import IO, Sequence
+from typing import IO, Any, Sequence
 
 from ddpm_export.errors import BadInputError
 
@@ -93,12 +93,13 @@ def _numpy_version() -> str:
     return str(numpy.__version__)
 
 
-def _terminate_with_parent(parent: int) -> None:
+def _terminate_with_parent(prctl: Any, parent: int) -> None:
     """In the server's process before it runs (Linux): SIGTERM when the thread of ``parent`` that
     started it dies (``prctl(PR_SET_PDEATHSIG)``), so that Triton unloads its models and stops its
-    stubs even when ``parent`` is killed before it could stop the server; at once if it already died."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    stubs even when ``parent`` is killed before it could stop the server; at once if it already
+    died. ``prctl`` is resolved in the parent: no ``dlopen`` between fork and exec."""
+    if prctl(_PR_SET_PDEATHSIG, ctypes.c_ulong(signal.SIGTERM)) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
     if os.getppid() != parent:  # the parent died before prctl took effect
         os.kill(os.getpid(), signal.SIGTERM)
 
@@ -120,8 +121,9 @@ def free_ports(n: int) -> list[int]:
 class LocalServer:
     """``tritonserver`` on 127.0.0.1 serving ``repository``; a context manager that always stops it.
 
-    ``work`` is a scratch folder (outside ``repository``: Triton would take its folders for models)
-    for the backend folder, the working directory and the server log (``server.log``).
+    ``work`` is a scratch folder of one server at a time (outside ``repository``: Triton would take
+    its folders for models) for the backend folder, the working directory and the server log
+    (``server.log``).
     ``pythonpath``: folders whose packages the stubs import before site-packages (see the module
     doc). The server runs in its own session (a Ctrl-C in a terminal reaches this process, which
     stops it) and, on Linux, gets SIGTERM when the thread that started it dies, so a ``kill``,
@@ -208,11 +210,19 @@ class LocalServer:
                    "--grpc-address", "127.0.0.1", "--grpc-port", str(self.grpc_port),
                    "--metrics-address", "127.0.0.1", "--metrics-port", str(self.metrics_port),
                    "--exit-on-error", "true", "--disable-auto-complete-config"]
+        die_with_us = None
+        if sys.platform == "linux":
+            prctl = ctypes.CDLL(None, use_errno=True).prctl
+            die_with_us = functools.partial(_terminate_with_parent, prctl, os.getpid())
         self._log = open(self.log_path, "wb")
-        self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, env=self.environment(),
-                                        cwd=self.working_directory(), start_new_session=True,
-                                        preexec_fn=functools.partial(_terminate_with_parent, os.getpid())
-                                        if sys.platform == "linux" else None)
+        try:
+            self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT,
+                                            env=self.environment(), cwd=self.working_directory(),
+                                            start_new_session=True, preexec_fn=die_with_us)
+        except BaseException:
+            self._log.close()
+            self._log = None
+            raise
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         """Poll ``/v2/health/ready`` until every model is loaded; raise with the log's tail otherwise."""

@@ -106,9 +106,11 @@ def _sampler(inputs: Mapping[str, np.ndarray]) -> str | None:
 
 def _name_input(message: str) -> str:
     """SampleRequest names its arguments (``n``, ``classes``); name the request inputs instead:
-    the argument a message starts with, and every ``n`` standing alone in it (``must hold n=2
-    ids``, ``choose n so that n % 6 is 0``)."""
+    the argument a message starts with, ``n=`` anywhere in it (``must hold n=2 ids``) and the
+    chunking advice (``choose n so that n % 6 is 0``) -- not a quoted value or a ``-n`` flag."""
     match = re.match(r"(n|classes)(?=[\s=:])", message)
     if match is not None:
         message = _INPUT_OF_ARGUMENT[match.group(1)] + message[match.end():]
-    return re.sub(r"(?<![\w'\"])n(?=[\s=:,)]|$)", _INPUT_OF_ARGUMENT["n"], message)
+    images = _INPUT_OF_ARGUMENT["n"]
+    message = re.sub(r"(?<![\w'\"-])n=", f"{images}=", message)
+    return message.replace("choose n so that n %", f"choose {images} so that {images} %")

@@ -50,6 +50,10 @@ class UNetCallError(RuntimeError):
     """The ``unet`` model answered a BLS request with an error."""
 
 
+def _never() -> bool:
+    return False
+
+
 class RequestCancelled(RuntimeError):
     """The client gave up on the request being served."""
 
@@ -88,7 +92,7 @@ class BlsBackend:
         self.spec = spec
         self.model_name = model_name
         self.batch_only = batch_only_inputs(spec)
-        self.cancelled: Callable[[], bool] = lambda: False
+        self.cancelled: Callable[[], bool] = _never
 
     def __call__(self, x_t: np.ndarray, t: np.ndarray, cond: np.ndarray | None) -> np.ndarray:
         if self.cancelled():
@@ -138,8 +142,8 @@ class SamplerModel:
 
     def _serve(self, request: Any) -> Any:
         pb = self.pb
-        self.bls.cancelled = request.is_cancelled  # an instance serves one request at a time
         try:
+            self.bls.cancelled = request.is_cancelled  # an instance serves one request at a time
             inputs = {tensor.name(): tensor.as_numpy() for tensor in request.inputs()}
             images = self.pipeline.run(parse_request(self.info, inputs, max_images=self.max_images))
             return pb.InferenceResponse(output_tensors=[pb.Tensor(IMAGES, images)])
@@ -149,6 +153,8 @@ class SamplerModel:
             return pb.InferenceResponse(error=pb.TritonError(str(e), pb.TritonError.INVALID_ARG))
         except Exception as e:  # noqa: BLE001 -- answer this request, keep serving the others
             return pb.InferenceResponse(error=pb.TritonError(f"sampling failed: {type(e).__name__}: {e}"))
+        finally:
+            self.bls.cancelled = _never  # do not keep the request alive
 
 
 class UNetModel:

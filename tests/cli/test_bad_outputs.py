@@ -193,6 +193,18 @@ def test_full_disk(tmp_path, tiny, output):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_full_disk_during_the_demo_names_its_output_folder(tmp_path):
+    """demo fills a hidden folder first; a write that fails there names the folder asked for."""
+    proc = run_with_file_size_limit(["demo", "--model", "tiny", "--out", tmp_path / "d"], 100_000, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert f"Error: {tmp_path / 'd' / 'model.onnx'}: File too large" in proc.stderr, proc.stderr
+    assert ".tmp-" not in proc.stderr
+    assert list(tmp_path.iterdir()) == []
+    proc = run_with_file_size_limit(["onnx", "--model", "tiny", "-o", tmp_path / "t.onnx"], 100_000, cwd=tmp_path)
+    assert proc.returncode == 2 and f"Error: {tmp_path / 't.onnx'}: File too large" in proc.stderr, proc.stderr
+    assert list(tmp_path.iterdir()) == []  # the onnx command too: it named "a file"
+
+
 def test_full_disk_on_the_second_output_keeps_neither(tmp_path, tiny):
     """The grid fits under the file-size limit, the raw samples do not: the command fails and
     writes neither file (the two temp files are renamed only once both are complete)."""

@@ -123,8 +123,11 @@ def test_build_engine_without_tensorrt_raises_before_writing(tiny, tmp_path):
 def test_a_killed_builds_scratch_folder_is_swept_by_the_next_build(tiny, tmp_path):
     """The build's scratch folder (the fp16 graph goes there) carries files.temp_sibling's name, so
     the next build of that engine removes one left by a process that no longer runs."""
+    import os
     import subprocess
     import sys
+
+    from ddpm_export.files import remove_leftovers
 
     dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                               text=True, check=True).stdout)
@@ -133,6 +136,12 @@ def test_a_killed_builds_scratch_folder_is_swept_by_the_next_build(tiny, tmp_pat
     (left / "m.plan.onnx").write_bytes(b"half an fp16 graph")
     with pytest.raises(TensorRTUnavailable):
         build_engine(tiny["fp32"], tmp_path / "m.plan", fp16=True, log=lambda s: None)
+    assert list(tmp_path.iterdir()) == []
+    from ddpm_export.export.tensorrt import _work_folder
+
+    with _work_folder(tmp_path / "m.plan") as folder:  # the build's own folder: a name the sweep knows
+        assert folder.is_dir() and folder.name.startswith(f".m.plan.tmp-{os.getpid()}-")
+        assert remove_leftovers(tmp_path / "m.plan") == [] and folder.is_dir()  # a live build's: kept
     assert list(tmp_path.iterdir()) == []
 
 

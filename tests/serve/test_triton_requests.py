@@ -81,3 +81,12 @@ def test_a_chunk_below_min_batch_names_num_images(info: ModelInfo) -> None:
                                            r"num_images so that num_images % 8 is 0 or at least 2$"):
         parse_request(ModelInfo(info.unet, info.diffusion, spec, "fp32", "decomposed", "0" * 64, {}),
                       request(num_images=np.array([9], np.int64)), max_images=64)
+
+
+def test_only_the_argument_n_is_renamed_not_values_or_flags() -> None:
+    from ddpm_export.serve.requests import _name_input
+
+    assert _name_input("n=3: too many") == "num_images=3: too many"
+    assert _name_input("classes must hold n=2 ids, got 3") == "class_labels must hold num_images=2 ids, got 3"
+    for message in ("sampler='x n y' is not valid", "-n 5 is too many", "a plan n. done", "sampler 'n=2' unknown"):
+        assert _name_input(message) == message
