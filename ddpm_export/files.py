@@ -6,10 +6,11 @@ system) and renamed into place with :func:`os.replace`; an existing target is re
 
 Temporary names are ``.<name>.tmp-<pid>-<random>`` (``.old-`` for a previous output moved aside
 by ``--force``: a folder, or a file replaced together with others), unique per call across threads
-and processes; a name too long to take them has its digest there instead. They are removed when the write fails, when the process
-gets SIGINT or SIGTERM (the CLI turns SIGTERM into an exit that runs the clean-ups), and -- for a
-process killed outright (SIGKILL, power loss) -- by the next write to the same destination,
-which removes the leftovers of every process that no longer runs (:func:`remove_leftovers`).
+and processes; a name too long to take them has its digest there instead. They are removed when
+the write fails, when the process gets SIGINT or SIGTERM (the CLI turns SIGTERM into an exit that
+runs the clean-ups), and -- for a process killed outright (SIGKILL, power loss) -- by the next
+write to the same destination, which removes the leftovers of every process that no longer runs
+(:func:`remove_leftovers`).
 """
 
 from __future__ import annotations
