@@ -355,6 +355,11 @@ def atomic_file(path: str | Path, *, force: bool = False) -> Iterator[Path]:
         _place_all([(tmp, path)], force)
 
 
+def _appeared(path: Path, verb: str) -> OutputExistsError:
+    """The error for an output that was not there when the command started but is now."""
+    return OutputExistsError(f"{path} appeared while this command ran; pass --force to {verb} it")
+
+
 def rename_into_place(tmp: Path, path: Path, force: bool) -> None:
     """``os.replace(tmp, path)``; without ``force`` never over a file that appeared while the
     command ran (a hard link fails if ``path`` exists; where links are not supported, a check
@@ -365,12 +370,12 @@ def rename_into_place(tmp: Path, path: Path, force: bool) -> None:
     try:
         os.link(tmp, path)
     except FileExistsError:
-        raise OutputExistsError(f"{path} appeared while this command ran; pass --force to overwrite it") from None
+        raise _appeared(path, "overwrite") from None
     except OSError as e:
         if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK, errno.ENOSYS):
             raise
         if os.path.lexists(path):
-            raise OutputExistsError(f"{path} appeared while this command ran; pass --force to overwrite it") from None
+            raise _appeared(path, "overwrite") from None
         os.replace(tmp, path)
     else:
         tmp.unlink()
@@ -426,7 +431,7 @@ def atomic_dir(path: str | Path, kind: OutputFolder, *, force: bool = False) -> 
             yield tmp
             moved = os.path.lexists(path)
             if moved and not force:
-                raise OutputExistsError(f"{path} appeared while this command ran; pass --force to replace it")
+                raise _appeared(path, "replace")
             if moved:
                 refuse_foreign_folder(path, kind)  # what is there now, not what was there at the start
                 path.rename(old)
