@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import io
+import os
 import pkgutil
 import sys
 import traceback
@@ -67,6 +68,12 @@ class _Main(click.Group):
                 raise
             click.echo("Error: interrupted; nothing was left half-written", err=True)
             raise SystemExit(130) from None
+        except BrokenPipeError as e:  # `... | head`: the reader of stdout exited; our clean-ups have run
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+            if ctx.meta.get("ddpm_export.debug"):
+                traceback.print_exc(file=sys.stderr)
+            raise Failure("stdout was closed (the command reading this one's output exited); nothing was left "
+                          "half-written", 2) from e
         except (DdpmExportError, ImportError, OSError) as e:
             if ctx.meta.get("ddpm_export.debug"):  # the traceback, then the same line and exit status
                 traceback.print_exc(file=sys.stderr)

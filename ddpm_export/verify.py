@@ -28,7 +28,8 @@ normalisations then amplify). No backend can pass a final-sample threshold there
 final PSNR misses its threshold, the reference is re-run from ``x_T`` moved by one float32 ulp;
 if the reference misses the threshold against itself too, the final check is reported as
 ``ill_conditioned`` (with ``reference_self_psnr_db``) and the verdict rests on the local
-per-step errors. Otherwise the miss is the backend's, and the check fails.
+per-step errors. Otherwise the miss is the backend's, and the check fails. A final sample holding
+NaN or infinity (on either side) fails as ``non_finite``, naming the side.
 """
 
 from __future__ import annotations
@@ -370,7 +371,10 @@ def _trajectories(results: dict[str, dict[str, Any]], kind: str, scheduler: Sche
         errs = results[name]["trajectories"][kind] = _trajectory_errors(ref, got, backend, scheduler)
         f = errs["final"]
         errs["final_check"] = "passed"
-        if f["psnr_db"] is not None and f["psnr_db"] < limits[name].final_psnr_db:
+        bad = [side for side, x in (("PyTorch", ref.final), (name, got.final)) if not np.isfinite(x).all()]
+        if bad:  # NaN compares False against the limit: it must not pass
+            errs["final_check"], errs["non_finite"] = "non_finite", bad
+        elif f["psnr_db"] is not None and f["psnr_db"] < limits[name].final_psnr_db:
             if not self_psnr:
                 probe = run(reference, scheduler, x_T=_one_ulp(ref.x_t[0], seed + 1))
                 self_psnr.append(compare(probe.final, ref.final)["psnr_db"])
@@ -431,11 +435,14 @@ def _checks(results: dict[str, dict[str, Any]], per_backend: dict[str, Threshold
             psnr, state = traj["final"]["psnr_db"], traj["final_check"]
             message = (f"{name}: {label} final-sample PSNR {_db(psnr)} {'>=' if state == 'passed' else '<'} "
                        f"{limits.final_psnr_db:g} dB ({precision})")
+            if state == "non_finite":
+                message = (f"{name}: {label} final sample holds NaN or infinity (from {' and '.join(traj['non_finite'])}): "
+                           f"not finite, so no PSNR")
             if state == "ill_conditioned":
                 message += (f"; ill-conditioned (PyTorch against itself from x_T + 1 ulp: "
                             f"{_db(traj['reference_self_psnr_db'])}), judged by the local per-step errors")
             checks.append({"name": f"{name}.{kind}.final_psnr_db", "value": psnr, "threshold": limits.final_psnr_db,
-                           "passed": state != "failed", "state": state, "message": message})
+                           "passed": state not in ("failed", "non_finite"), "state": state, "message": message})
     return checks
 
 

@@ -212,6 +212,26 @@ def test_demo_errors_name_the_output_folder_not_its_temporary_one(tmp_path: Path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big"]
 
 
+def test_a_final_sample_of_nan_fails_naming_the_side(tmp_path: Path) -> None:
+    """NaN compared False against the PSNR limit, so a final sample of NaN passed its check."""
+    import torch
+
+    from ddpm_export import load_model
+    from ddpm_export.export.onnx import export_onnx
+    from ddpm_export.nn.checkpoint import save_checkpoint
+
+    unet = load_model("tiny")
+    with torch.no_grad():
+        unet.conv_in.weight.mul_(1e37)  # finite weights; the outputs overflow to NaN
+    save_checkpoint(unet, tmp_path / "big")
+    onnx = export_onnx(tmp_path / "big", tmp_path / "big.onnx", max_batch=2, validate=False, log=lambda s: None).path
+    report = verify(tmp_path / "big", onnx, steps=3, ddpm_steps=3, solver_steps=3, log=lambda s: None)
+    finals = [c for c in report["checks"] if c["name"].endswith("final_psnr_db")]
+    assert finals and not any(c["passed"] for c in finals) and not report["passed"]
+    assert all(c["state"] == "non_finite" and "final sample holds NaN or infinity (from PyTorch" in c["message"]
+               for c in finals), [c["message"] for c in finals]  # ONNX Runtime's own overflows differ by sampler
+
+
 def test_a_learned_variance_model_is_refused_before_any_check(tmp_path: Path) -> None:
     """6 output channels for 3 inputs: the samplers cannot run it, so verify says so up front (it
     used to pass the single steps, then fail inside a trajectory with a shape error)."""
@@ -229,6 +249,10 @@ def test_a_learned_variance_model_is_refused_before_any_check(tmp_path: Path) ->
                                           r"read one prediction per input channel \(learned-variance"):
         verify(tmp_path / "variance", onnx, log=lines.append)
     assert not any("single step" in line for line in lines)
+    with pytest.raises(ValueError, match=r"--precision int8 of .*variance \(calibrated along sampled trajectories\): "
+                                         r"the model outputs 6 channels"):  # was a backend shape error mid-calibration
+        export_onnx(tmp_path / "variance", tmp_path / "v8.onnx", precision="int8", max_batch=2, log=lines.append)
+    assert not (tmp_path / "v8.onnx").exists()
 
 
 @pytest.mark.filterwarnings("ignore:.*holds no model.safetensors")  # tiny's folder: seed weights, as intended
@@ -246,3 +270,16 @@ def test_a_schedule_changed_after_the_export_is_warned_about(tmp_path: Path) -> 
     verify(tmp_path / "m", onnx, steps=2, ddpm_steps=2, solver_steps=2, batch=1, log=lines.append)
     assert any(line.startswith(f"warning: {onnx} records another schedule than its model's: beta_end (0.02 in "
                                f"the file, 0.03 in {tmp_path / 'm' / 'diffusion.json'})") for line in lines), lines
+
+
+def test_verify_help_states_the_thresholds_it_applies() -> None:
+    from ddpm_export.verify import THRESHOLDS
+
+    text = " ".join(CliRunner().invoke(main, ["verify", "--help"]).output.split())
+    for precision, t in THRESHOLDS.items():
+        assert f"{precision} PSNR >= {t.final_psnr_db:g} dB" in text
+        what, value = ("relative L2", t.step_rel_l2) if t.step_rel_l2 else ("max abs", t.step_max_abs)
+        limit = f"{what} <= {value:.0e}".replace("e-0", "e-")  # 2e-2, 1e-4
+        assert limit in text, (precision, limit)
+        if t.local_rel_l2 is not None:
+            assert f"(local {t.local_rel_l2:g})" in text

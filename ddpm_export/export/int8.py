@@ -175,10 +175,19 @@ def quantizes_outputs(target: str) -> bool:
     return target != "openvino"
 
 
+def symmetric_activations(target: str) -> bool:
+    """Whether an int8 export for ``target`` quantizes activations as signed int8 with zero point 0
+    (TensorRT takes only symmetric signed INT8: NVIDIA's "Working with Quantized Types") rather
+    than asymmetric uint8 (ONNX Runtime's and OpenVINO's fastest here; docs/speed-levers.md)."""
+    return target == "tensorrt"
+
+
 def quantize_int8(proto: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], *,
-                  float_groups: tuple[str, ...] = FLOAT_GROUPS, quantized_outputs: bool = True) -> onnx.ModelProto:
+                  float_groups: tuple[str, ...] = FLOAT_GROUPS, quantized_outputs: bool = True,
+                  symmetric: bool = False) -> onnx.ModelProto:
     """The QDQ int8 model of the float32 ``proto``, calibrated (min/max) on ``feeds``; with
-    ``quantized_outputs`` False, the outputs of Conv, MatMul and Gemm stay float (:func:`quantizes_outputs`)."""
+    ``quantized_outputs`` False, the outputs of Conv, MatMul and Gemm stay float (:func:`quantizes_outputs`);
+    with ``symmetric``, activations are signed int8 with zero point 0 (:func:`symmetric_activations`)."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     class Reader(_Reader, CalibrationDataReader):
@@ -191,8 +200,10 @@ def quantize_int8(proto: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], *,
         onnx.save_model(proto, str(src))
         quantize_static(str(src), str(dst), Reader(feeds), quant_format=QuantFormat.QDQ,
                         op_types_to_quantize=list(QUANTIZED_OPS), per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
+                        activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
+                        weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
                         calibration_providers=["CPUExecutionProvider"],
-                        extra_options={} if quantized_outputs else {
-                            "OpTypesToExcludeOutputQuantization": list(QUANTIZED_OPS)})
+                        extra_options={**({"ActivationSymmetric": True} if symmetric else {}),
+                                       **({} if quantized_outputs else {
+                                           "OpTypesToExcludeOutputQuantization": list(QUANTIZED_OPS)})})
         return onnx.load(str(dst))

@@ -93,6 +93,8 @@ def export_onnx(model: str | Path, out: str | Path, *, opset: int = DEFAULT_OPSE
     if opt_batch is None:
         opt_batch = min(max(DEFAULT_OPT_BATCH, min_batch), max_batch)
     spec = ExportSpec.from_config(unet.config, min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch)
+    if precision == "int8":  # calibration samples trajectories
+        spec.check_samplable(f"--precision int8 of {model} (calibrated along sampled trajectories)")
     log(f"exporting {model} -> {out} ({precision}, opset {opset})")  # every option and input checked
     if schedule_source.endswith(SCHEDULER_CONFIG_NAME):  # a diffusers folder: say what its scheduler became
         log(f"schedule from {schedule_source}: {diffusion.beta_schedule} betas, T={diffusion.num_train_timesteps}, "
@@ -101,7 +103,7 @@ def export_onnx(model: str | Path, out: str | Path, *, opset: int = DEFAULT_OPSE
     proto = trace_to_onnx(unet, spec, precision=precision, attention=form, opset=opset, rewrites=applied)
     quantized_outputs = quantizes_outputs(target)  # int8 only: the QDQ layout --target asks for
     if precision == "int8":
-        proto = _quantize(proto, unet, spec, diffusion, calibration, quantized_outputs, log)
+        proto = _quantize(proto, unet, spec, diffusion, calibration, quantized_outputs, target, log)
     source = weights_path(model)
     proto.metadata_props.clear()
     for key, value in md.metadata_props(
@@ -149,6 +151,10 @@ def _check_options(out: Path, *, force: bool, precision: str, attention: str, ta
     if target not in TARGETS:
         raise BadInputError(f"target={target!r} is not valid; choose one of: {', '.join(TARGETS)}")
     form = resolve_attention(attention, target)
+    if form == "ort-mha" and target == "tensorrt":
+        raise BadInputError("--attention ort-mha is ONNX Runtime's contrib op com.microsoft.MultiHeadAttention, which "
+                            "TensorRT's ONNX parser cannot take: with --target tensorrt choose decomposed or "
+                            "onnx-attention (or auto)")
     if opset < MIN_OPSET[form]:
         raise BadInputError(f"--attention {form} needs --opset >= {MIN_OPSET[form]}, got {opset}")
     return form
@@ -211,10 +217,10 @@ def trace_to_onnx(unet: UNet, spec: ExportSpec, *, precision: str, attention: st
 
 
 def _quantize(proto: onnx.ModelProto, unet: UNet, spec: ExportSpec, diffusion: DiffusionConfig,
-              calibration: CalibrationConfig | None, quantized_outputs: bool,
+              calibration: CalibrationConfig | None, quantized_outputs: bool, target: str,
               log: Callable[[str], None]) -> onnx.ModelProto:
     """Record calibration inputs along DDIM trajectories of the float32 model; quantize to QDQ int8."""
-    from ddpm_export.export.int8 import quantize_int8, record_calibration_inputs
+    from ddpm_export.export.int8 import quantize_int8, record_calibration_inputs, symmetric_activations
     from ddpm_export.torch_backend import TorchBackend
 
     cfg = calibration or CalibrationConfig()
@@ -223,7 +229,8 @@ def _quantize(proto: onnx.ModelProto, unet: UNet, spec: ExportSpec, diffusion: D
                                       cond.num_classes if cond.num_classes is not None and cond.null_class else None, cfg)
     log(f"int8: calibrating on {len(feeds)} model calls along {cfg.trajectories} DDIM trajectories; "
         f"float: {', '.join(cfg.float_groups)}")
-    return quantize_int8(proto, feeds, float_groups=cfg.float_groups, quantized_outputs=quantized_outputs)
+    return quantize_int8(proto, feeds, float_groups=cfg.float_groups, quantized_outputs=quantized_outputs,
+                         symmetric=symmetric_activations(target))
 
 
 def _state_bytes(unet: UNet) -> bytes:

@@ -80,3 +80,19 @@ def test_an_engine_out_of_memory_is_one_line_and_status_2():
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     assert "Error: out of memory (" in proc.stderr and "lower the batch" in proc.stderr
+
+
+def test_a_closed_stdout_is_one_line_and_status_2(tmp_path):
+    """`ddpm-export onnx ... | head -1`: the reader exits, the next print fails; said as such
+    (was "a file: Broken pipe -- check that the folder exists"), nothing written."""
+    import os
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]), "OMP_WAIT_POLICY": "PASSIVE"}
+    proc = subprocess.Popen([sys.executable, "-m", "ddpm_export", "onnx", "--model", "tiny", "-o",
+                             str(tmp_path / "t.onnx")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    proc.stdout.close()  # no reader: the first line printed raises BrokenPipeError
+    err = proc.stderr.read().decode()
+    assert proc.wait(300) == 2, err
+    assert err.strip() == "Error: stdout was closed (the command reading this one's output exited); nothing was " \
+                          "left half-written", err
+    assert list(tmp_path.iterdir()) == []

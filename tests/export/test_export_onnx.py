@@ -517,6 +517,14 @@ def test_onnx_attention_needs_opset_23(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_ort_mha_is_refused_for_tensorrt(tmp_path):
+    """A contrib op TensorRT's parser cannot take: the file would fail at `ddpm-export trt`."""
+    with pytest.raises(ValueError, match=r"ort-mha is ONNX Runtime's contrib op .* --target tensorrt choose "
+                                         r"decomposed or onnx-attention"):
+        export_onnx("kitchen-sink", tmp_path / "m.onnx", attention="ort-mha", target="tensorrt")
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("kwargs, choices", [
     (dict(precision="fp8"), "fp32, fp16, int8"),  # int8: ddpm_export.export.int8
     (dict(attention="flash"), "auto, decomposed, ort-mha, onnx-attention"),

@@ -116,6 +116,24 @@ def test_the_openvino_target_leaves_the_quantized_ops_outputs_float(files: dict[
     assert md.quantized_outputs_of({**info.metadata, md.PRECISION_POLICY: json.dumps(old_policy)}) is True
 
 
+def _zero_points(path: Path) -> list:
+    model = onnx.load(str(path))
+    inits = {i.name: i for i in model.graph.initializer}
+    return [inits[n.input[2]] for n in model.graph.node if n.op_type == "QuantizeLinear" and len(n.input) > 2]
+
+
+def test_int8_for_tensorrt_quantizes_activations_symmetric_signed(files: dict[str, Path], tmp_path: Path) -> None:
+    """TensorRT takes only symmetric signed INT8 ("Working with Quantized Types"): every zero point
+    of the --target tensorrt file is an int8 0; the other targets keep asymmetric uint8."""
+    out = export_onnx("tiny", tmp_path / "t8.onnx", precision="int8", target="tensorrt", max_batch=4,
+                      validate=False, calibration=CalibrationConfig(trajectories=1, steps=4), log=lambda s: None).path
+    points = _zero_points(out)
+    assert len(points) > 10
+    assert {p.data_type for p in points} == {onnx.TensorProto.INT8}
+    assert all(not onnx.numpy_helper.to_array(p).any() for p in points)
+    assert {p.data_type for p in _zero_points(files["int8"])} == {onnx.TensorProto.UINT8}  # --target any
+
+
 def test_tensorrt_refuses_fp16_for_an_int8_file(files: dict[str, Path]) -> None:
     """A strongly typed build takes the precision from the graph: --fp16 would be ignored, so it is refused."""
     from ddpm_export.export.tensorrt import plan_engine
