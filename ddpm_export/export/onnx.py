@@ -41,7 +41,7 @@ from ddpm_export.files import (made_parents, names_no_file, refuse_existing_file
 from ddpm_export.nn.attention import use_attention_kernel
 from ddpm_export.nn.checkpoint import (DIFFUSION_NAME, diffusion_config_for, load_model, schedule_file,
                                       weights_path)
-from ddpm_export.nn.rewrites import use_rewrites
+from ddpm_export.nn.rewrites import applicable, use_rewrites
 from ddpm_export.nn.unet import UNet
 
 DEFAULT_OPSET = 20
@@ -89,6 +89,10 @@ def export_onnx(model: str | Path, out: str | Path, *, opset: int = DEFAULT_OPSE
     refuse_same_file({"the output": out, "the I/O folder (--save-io)": save_io})
     io_paths = check_io_paths(save_io, force=force) if save_io is not None else None
     unet = load_model(model)
+    kept = applicable(unet, applied)  # the file records what it holds: not a fold of multi-head attention
+    if kept != applied and rewrites not in ("auto", "none"):
+        log(f"rewrites {', '.join(r for r in applied if r not in kept)}: nothing to rewrite in {model}; not applied")
+    applied = kept
     diffusion, schedule_source = _schedule(model, unet, diffusion)
     if opt_batch is None:
         opt_batch = min(max(DEFAULT_OPT_BATCH, min_batch), max_batch)

@@ -32,8 +32,8 @@ from ddpm_export.nn.attention import Attention
 from ddpm_export.nn.blocks import Upsample
 from ddpm_export.nn.subpixel import SubpixelUpsample
 
-__all__ = ["REWRITES", "UPSAMPLE_REWRITES", "can_fold", "check_rewrites", "fold_attention", "upsample_deconv",
-           "use_rewrites"]
+__all__ = ["REWRITES", "UPSAMPLE_REWRITES", "applicable", "can_fold", "check_rewrites", "fold_attention",
+           "upsample_deconv", "use_rewrites"]
 
 #: the 4 taps of the transposed conv from the 3 taps w[-1], w[0], w[1] of the conv, per axis
 _DECONV_TAPS = torch.tensor([[0.0, 0.0, 1.0], [0.0, 1.0, 1.0], [1.0, 1.0, 0.0], [1.0, 0.0, 0.0]], dtype=torch.float64)
@@ -109,6 +109,16 @@ def fold_attention(attn: Attention) -> tuple[nn.Linear, nn.Linear]:
             linear.weight.copy_(weight)
             linear.bias.copy_(bias)
     return qk.requires_grad_(False), vo.requires_grad_(False)
+
+
+def applicable(model: nn.Module, rewrites: tuple[str, ...]) -> tuple[str, ...]:
+    """``rewrites`` less those that find nothing to rewrite in ``model``: ``attention-fold`` without
+    a single-head self-attention (:func:`can_fold`), an upsampling rewrite without an Upsample."""
+    modules = list(model.modules())
+    folds = any(isinstance(m, Attention) and can_fold(m) for m in modules)
+    upsamples = any(isinstance(m, Upsample) for m in modules)
+    return tuple(r for r in rewrites if (upsamples if r in UPSAMPLE_REWRITES else folds if r == "attention-fold"
+                                         else True))
 
 
 @contextlib.contextmanager

@@ -94,7 +94,7 @@ def test_int8_file_is_qdq_with_the_float_islands(files: dict[str, Path]) -> None
     quantized = [n for n in model.graph.node if n.op_type == "Conv" and n.name not in kept]
     assert quantized and all(any(i in produced_by_dq for i in n.input) for n in quantized)
     # auto rewrites for int8: the upsampling convs as 2 x 2 phase convs (quantized above) + DepthToSpace
-    assert info.rewrites == ("upsample-subpixel", "attention-fold")
+    assert info.rewrites == ("upsample-subpixel",)  # kitchen-sink's attention has several heads: no fold
     assert ops.count("DepthToSpace") >= 1 and "Resize" not in ops
 
 
