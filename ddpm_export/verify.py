@@ -205,7 +205,7 @@ def verify(model: str | Path, onnx: str | Path, *, engine: str | Path | None = N
     limits = _check_arguments(info, unet.config, model, onnx, steps, ddpm_steps, batch, guidance_scale)
     spec, cfg, T = info.spec, info.diffusion, info.diffusion.num_train_timesteps
     solver_schedulers = _solver_schedulers(cfg, solvers, solver_steps)
-    onnx_sha, source_match = sha256_file(onnx), _check_source(model, onnx, info, log)
+    onnx_sha, source_match = sha256_file(onnx), _check_source(model, unet, onnx, info, log)
 
     reference = TorchBackend(unet)
     candidates = _candidates(onnx, spec, engine, providers, onnx_sha, gpu_backends, threads, inference_precision)
@@ -263,17 +263,23 @@ def _precisions(info: ModelInfo, candidates: dict[str, Backend]) -> tuple[dict[s
     return precisions, {name: THRESHOLDS[p] for name, p in precisions.items()}
 
 
-def _check_source(model: str | Path, onnx: Path, info: ModelInfo, log: Callable[[str], None]) -> bool | None:
-    """Whether the model's weights file is the one the file was exported from (None: no file, a
-    seeded preset), with a warning when not; and a warning when the model folder's schedule
-    (``diffusion.json``, a diffusers scheduler config) is not the one the file records: both sides
-    of the checks use the file's, so they cannot tell."""
+def _check_source(model: str | Path, unet: Any, onnx: Path, info: ModelInfo, log: Callable[[str], None]) -> bool | None:
+    """VerifyError when the file was exported from other weights than ``model``'s (its recorded
+    ``source_sha256``: of the weights file, or of a seeded preset's weights): every check would
+    fail for that reason alone. Returns True when the model has a weights file (None: a seeded
+    preset). Warns when the model folder's schedule (``diffusion.json``, a diffusers scheduler
+    config) is not the one the file records: both sides of the checks use the file's, so they
+    cannot tell."""
+    from ddpm_export.export.onnx import state_sha256
     from ddpm_export.nn.checkpoint import diffusion_config_for, schedule_file, weights_path
 
     weights = weights_path(model)
-    source_match = None if weights is None else sha256_file(weights) == info.source_sha256
-    if source_match is False:
-        log(f"warning: {onnx} records source sha256 {info.source_sha256[:12]}..., but {weights} differs")
+    have = sha256_file(weights) if weights is not None else state_sha256(unet)
+    if have != info.source_sha256:
+        raise VerifyError(f"{onnx} was exported from other weights than {model}'s (source sha256 "
+                          f"{info.source_sha256[:12]}... recorded, {have[:12]}... here): re-export it from {model}, "
+                          f"or verify it against the model it came from")
+    source_match = None if weights is None else True
     folder = diffusion_config_for(model)
     if folder is None or folder == info.diffusion:
         return source_match

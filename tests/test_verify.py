@@ -232,6 +232,23 @@ def test_a_final_sample_of_nan_fails_naming_the_side(tmp_path: Path) -> None:
                for c in finals), [c["message"] for c in finals]  # ONNX Runtime's own overflows differ by sampler
 
 
+def test_a_file_exported_from_other_weights_is_refused_naming_the_cause(tmp_path: Path) -> None:
+    """Same config, other weights (a seed-initialised preset against a file exported from another
+    seed): every check failed (exit 1) without saying why; now a mismatch up front (exit 2)."""
+    from ddpm_export.config import UNetConfig
+    from ddpm_export.export.onnx import export_onnx
+    from ddpm_export.nn.checkpoint import build_model, save_checkpoint
+    from ddpm_export.presets import MODELS_DIR
+    from ddpm_export.verify import VerifyError
+
+    save_checkpoint(build_model(UNetConfig.load(MODELS_DIR / "tiny" / "config.json"), seed=1), tmp_path / "tiny-1")
+    onnx = export_onnx(tmp_path / "tiny-1", tmp_path / "t1.onnx", max_batch=2, validate=False, log=lambda s: None).path
+    with pytest.raises(VerifyError, match=r"t1.onnx was exported from other weights than tiny's \(source sha256 "):
+        verify("tiny", onnx, log=lambda s: None)
+    result = CliRunner().invoke(main, ["verify", "--model", "tiny", "--onnx", str(onnx)])
+    assert result.exit_code == 2 and "re-export it from tiny" in result.output
+
+
 def test_a_learned_variance_model_is_refused_before_any_check(tmp_path: Path) -> None:
     """6 output channels for 3 inputs: the samplers cannot run it, so verify says so up front (it
     used to pass the single steps, then fail inside a trajectory with a shape error)."""

@@ -115,7 +115,7 @@ def export_onnx(model: str | Path, out: str | Path, *, opset: int = DEFAULT_OPSE
         policy=policy(precision, quantized_outputs=quantized_outputs),
         exporter_version=f"ddpm-export {__version__}; torch {torch.__version__.split('+')[0]}; onnx {onnx.__version__}",
         source=str(model) if source is None else source.name,
-        source_sha256=md.sha256_file(source) if source else md.sha256_bytes(_state_bytes(unet)),
+        source_sha256=md.sha256_file(source) if source else state_sha256(unet),
     ).items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
@@ -242,6 +242,7 @@ def _quantize(proto: onnx.ModelProto, unet: UNet, spec: ExportSpec, diffusion: D
                          symmetric=symmetric_activations(target))
 
 
-def _state_bytes(unet: UNet) -> bytes:
-    """The weights serialised as safetensors: what the hash of a seed-initialised preset covers."""
-    return safetensors_save({k: v.detach().contiguous().cpu() for k, v in unet.state_dict().items()})
+def state_sha256(unet: UNet) -> str:
+    """The sha256 of the weights serialised as safetensors: the ``source_sha256`` of a model with no
+    weights file (a seed-initialised preset)."""
+    return md.sha256_bytes(safetensors_save({k: v.detach().contiguous().cpu() for k, v in unet.state_dict().items()}))
