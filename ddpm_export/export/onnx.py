@@ -89,10 +89,7 @@ def export_onnx(model: str | Path, out: str | Path, *, opset: int = DEFAULT_OPSE
     refuse_same_file({"the output": out, "the I/O folder (--save-io)": save_io})
     io_paths = check_io_paths(save_io, force=force) if save_io is not None else None
     unet = load_model(model)
-    kept = applicable(unet, applied)  # the file records what it holds: not a fold of multi-head attention
-    if kept != applied and rewrites not in ("auto", "none"):
-        log(f"rewrites {', '.join(r for r in applied if r not in kept)}: nothing to rewrite in {model}; not applied")
-    applied = kept
+    applied = _kept_rewrites(unet, applied, rewrites, model, log)
     diffusion, schedule_source = _schedule(model, unet, diffusion)
     if opt_batch is None:
         opt_batch = min(max(DEFAULT_OPT_BATCH, min_batch), max_batch)
@@ -126,6 +123,16 @@ def export_onnx(model: str | Path, out: str | Path, *, opset: int = DEFAULT_OPSE
         report = _write_validated(proto, out, (unet, spec, precision) if validate else None, log, force)
     return ExportResult(out, spec, precision, form, applied, opset, time.perf_counter() - start,
                         out.stat().st_size, report)
+
+
+def _kept_rewrites(unet: UNet, applied: tuple[str, ...], asked: str, model: str | Path,
+                   log: Callable[[str], None]) -> tuple[str, ...]:
+    """``applied`` less the rewrites that find nothing to rewrite in ``unet`` (the file records what
+    it holds: multi-head attention has no fold); said when they were asked for by name."""
+    kept = applicable(unet, applied)
+    if kept != applied and asked not in ("auto", "none"):
+        log(f"rewrites {', '.join(r for r in applied if r not in kept)}: nothing to rewrite in {model}; not applied")
+    return kept
 
 
 def _schedule(model: str | Path, unet: UNet, diffusion: DiffusionConfig | None) -> tuple[DiffusionConfig, str]:
