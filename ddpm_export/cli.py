@@ -24,8 +24,8 @@ import click
 from ddpm_export import commands
 from ddpm_export._version import __version__
 from ddpm_export.console import FLAG_NAMES, VERBOSITY, name_flags
-from ddpm_export.errors import (BadInputError, DdpmExportError, DdpmExportWarning, describe,
-                                describe_out_of_memory, exit_status, out_of_memory)
+from ddpm_export.errors import (BadInputError, DdpmExportError, DdpmExportWarning, describe, exit_status,
+                                out_of_memory)
 from ddpm_export.threads import MAX_THREADS, set_threads
 
 
@@ -68,25 +68,17 @@ class _Main(click.Group):
                 raise
             click.echo("Error: interrupted; nothing was left half-written", err=True)
             raise SystemExit(130) from None
-        except BrokenPipeError as e:  # `... | head`: the reader of stdout exited; our clean-ups have run
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
-            if ctx.meta.get("ddpm_export.debug"):
-                traceback.print_exc(file=sys.stderr)
-            raise Failure("stdout was closed (the command reading this one's output exited); nothing was left "
-                          "half-written", 2) from e
-        except (DdpmExportError, ImportError, OSError) as e:
+        except Exception as e:  # noqa: BLE001 -- ours, a missing module, a file, an engine out of memory
+            if not isinstance(e, (DdpmExportError, ImportError, OSError)) and not out_of_memory(e):
+                raise  # a bug: Python's traceback
+            if isinstance(e, BrokenPipeError):  # `... | head`: no second error at exit's flush of stdout
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             if ctx.meta.get("ddpm_export.debug"):  # the traceback, then the same line and exit status
                 traceback.print_exc(file=sys.stderr)
             message = describe(e)
             if isinstance(e, BadInputError):  # the library names its arguments; the user typed flags
                 message = name_flags(message, ctx.meta.get(FLAG_NAMES, {}))
             raise Failure(message, exit_status(e)) from e
-        except Exception as e:  # noqa: BLE001 -- an engine out of memory is the machine's limit: one line, exit 2
-            if not out_of_memory(e):
-                raise
-            if ctx.meta.get("ddpm_export.debug"):
-                traceback.print_exc(file=sys.stderr)
-            raise Failure(describe_out_of_memory(e), 2) from e
 
 
 @click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})

@@ -29,7 +29,7 @@ from __future__ import annotations
 __all__ = ["BadInputError", "DdpmExportError", "DdpmExportWarning", "EngineError", "InputNotFoundError",
            "IntegrityError", "MissingDependencyError", "NonFiniteOutputError", "NotAFolderError",
            "OutputExistsError", "TargetMismatchWarning", "VerificationFailed", "WrongTypeError", "describe",
-           "describe_out_of_memory", "exit_status", "out_of_memory"]
+           "exit_status", "out_of_memory"]
 
 #: Modules of the ``export`` extra: a command that imports one needs ``pip install 'ddpm-export[export]'``.
 EXPORT_EXTRA = ("torch", "onnx", "safetensors", "polygraphy")
@@ -95,11 +95,12 @@ class TargetMismatchWarning(DdpmExportWarning):
 
 
 def exit_status(error: BaseException) -> int:
-    """The CLI exit status of ``error``: its kind's status; 2 for a missing module or an operating
-    system error (a file that cannot be read or written: environment), else 1."""
+    """The CLI exit status of ``error``: its kind's status; 2 for a missing module, an operating
+    system error (a file that cannot be read or written) or an allocation that failed
+    (:func:`out_of_memory`): the environment; else 1."""
     if isinstance(error, DdpmExportError):
         return error.exit_status
-    return 2 if isinstance(error, (ImportError, OSError)) else 1
+    return 2 if isinstance(error, (ImportError, OSError)) or out_of_memory(error) else 1
 
 
 #: how PyTorch, ONNX Runtime and OpenVINO say that an allocation failed
@@ -113,18 +114,19 @@ def out_of_memory(error: BaseException) -> bool:
                                               and any(text in str(error) for text in _MEMORY_TEXT))
 
 
-def describe_out_of_memory(error: BaseException) -> str:
-    """One line for an allocation that failed: the engine's own first line, trimmed, and what to lower."""
-    first = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
-    return (f"out of memory ({type(error).__name__}: {first[:200]}): lower the batch (--batch, -n), the input "
-            f"size or the number of samples, or free memory")
-
-
 def describe(error: BaseException) -> str:
     """The one-line message of ``error`` for the CLI: a missing module of the export extra (or
-    onnxruntime) says what to install; an operating-system error names the file and what to do."""
+    onnxruntime) says what to install; a closed stdout says so; an operating-system error names
+    the file and what to do; an allocation that failed gives the engine's first line and what to
+    lower."""
     if isinstance(error, DdpmExportError):
         return str(error)
+    if isinstance(error, BrokenPipeError):  # `... | head`: the reader of stdout exited
+        return "stdout was closed (the command reading this one's output exited); nothing was left half-written"
+    if out_of_memory(error):
+        first = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
+        return (f"out of memory ({type(error).__name__}: {first[:200]}): lower the batch (--batch, -n), the input "
+                f"size or the number of samples, or free memory")
     if isinstance(error, ModuleNotFoundError) and (error.name or "").split(".")[0] in EXPORT_EXTRA:
         return (f"this command needs the export extra (no module {error.name!r}): "
                 f"pip install 'ddpm-export[export]'")
