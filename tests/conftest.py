@@ -1,4 +1,5 @@
-"""Skip tests marked ``gpu`` / ``tensorrt`` / ``triton`` with the reason when the machine cannot run them."""
+"""Skip tests marked ``gpu`` / ``tensorrt`` / ``triton`` with the reason when the machine cannot run them;
+the shared ``tiny_onnx`` fixture."""
 
 from __future__ import annotations
 
@@ -9,6 +10,14 @@ import pytest
 
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny preset's fp32 export, made once per test session (:func:`runtime_exports.exported`)."""
+    from runtime_exports import exported
+
+    return exported("tiny", tmp_path_factory)
 
 
 def _gpu_missing() -> str | None:

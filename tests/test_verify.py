@@ -27,11 +27,6 @@ from runtime_exports import exported  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def tiny_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return exported("tiny", tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
 def perturbed_onnx(tiny_onnx: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """tiny.onnx with one Conv weight scaled by 1.01 (metadata untouched)."""
     model = onnx.load(str(tiny_onnx))

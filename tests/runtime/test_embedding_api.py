@@ -31,11 +31,6 @@ needs_openvino = pytest.mark.skipif(importlib.util.find_spec("openvino") is None
 
 
 @pytest.fixture(scope="module")
-def tiny_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return exported("tiny", tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
 def batch1_only(tiny_onnx: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``tiny`` with a last Reshape to batch 1: it loads and checks, then fails at any other batch."""
     model = onnx.load(str(tiny_onnx))

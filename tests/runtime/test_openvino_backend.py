@@ -38,11 +38,6 @@ needs_openvino = pytest.mark.skipif(OPENVINO_MISSING, reason="openvino is not in
 
 
 @pytest.fixture(scope="module")
-def tiny_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return exported("tiny", tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
 def digits_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return exported("digits", tmp_path_factory)
 

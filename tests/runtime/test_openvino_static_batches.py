@@ -17,15 +17,8 @@ pytest.importorskip("onnx")
 from ddpm_export.metrics import errors  # noqa: E402
 from ddpm_export.runtime import Pipeline  # noqa: E402
 
-from runtime_exports import exported  # noqa: E402
-
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("openvino") is None,
                                 reason="openvino is not installed (pip install 'ddpm-export[openvino]')")
-
-
-@pytest.fixture(scope="module")
-def tiny_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return exported("tiny", tmp_path_factory)
 
 
 def test_each_batch_size_matches_onnxruntime_and_compiles_once(tiny_onnx: Path) -> None:
