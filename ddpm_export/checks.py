@@ -138,7 +138,7 @@ def check_exported_from(file_config: UNetConfig, model_config: UNetConfig, onnx:
     if file_config == model_config:
         return
     a, b = file_config.to_dict(), model_config.to_dict()
-    fields = sorted(k for k in a if a[k] != b.get(k))
+    fields = file_config.differences(model_config)
     raise error(f"{onnx} was not exported from {model}: their UNet configs differ in "
                 f"{', '.join(f'{k} ({a[k]!r} in the file, {b.get(k)!r} in the model)' for k in fields)}; "
                 f"pass the model it was exported from, or re-export it")

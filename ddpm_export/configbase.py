@@ -68,6 +68,11 @@ class FrozenConfig:
             out[f.name] = list(value) if isinstance(value, tuple) else value
         return out
 
+    def differences(self, other: "FrozenConfig") -> list[str]:
+        """The names of the fields whose values differ from ``other``'s, sorted."""
+        mine, theirs = self.to_dict(), other.to_dict()
+        return sorted(k for k in mine if mine[k] != theirs.get(k))
+
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent, sort_keys=True)
 

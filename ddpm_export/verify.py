@@ -285,7 +285,7 @@ def _check_source(model: str | Path, unet: Any, onnx: Path, info: ModelInfo, log
         return source_match
     a, b = info.diffusion.to_dict(), folder.to_dict()
     fields = ", ".join(f"{k} ({a[k]!r} in the file, {b[k]!r} in {schedule_file(model)})"
-                       for k in sorted(a) if a[k] != b[k])
+                       for k in info.diffusion.differences(folder))
     log(f"warning: {onnx} records another schedule than its model's: {fields}; the checks use the file's -- "
         f"re-export it after changing the schedule")
     return source_match

@@ -61,7 +61,7 @@ def check_built_from(engine: str | Path, config: UNetConfig) -> str | None:
     if graph.is_file() and graph != engine and want is not None and sha256_file(graph) == want:
         built = read_info(graph).unet
         if built != config:
-            diff = sorted(k for k in config.to_dict() if built.to_dict().get(k) != config.to_dict()[k])
+            diff = config.differences(built)
             raise BadInputError(f"--engine {engine} was built from {graph.name}, an export of another model "
                                 f"(its {', '.join(diff)} differ{'s' if len(diff) == 1 else ''}): profile it with "
                                 f"that model, or build an engine from this one")
