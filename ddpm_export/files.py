@@ -34,7 +34,7 @@ __all__ = ["BUNDLE_FORMAT", "BUNDLE_MANIFEST", "OutputFolder", "atomic_dir", "at
            "bundle_files", "check_output_folder", "enclosing_bundle", "made_parents", "names_no_file", "new_file_mode",
            "refuse_existing", "refuse_existing_file", "refuse_foreign_folder", "refuse_inside",
            "refuse_nameless_folder", "refuse_same_file", "remove_leftovers", "rename_into_place", "require_suffix",
-           "temp_sibling"]
+           "scratch_folder", "temp_sibling"]
 
 
 #: a bundle folder's manifest and its format tag (:mod:`ddpm_export.runtime.bundle` takes them from
@@ -234,6 +234,18 @@ def temp_sibling(path: str | Path, kind: str = "tmp") -> Path:
     digest for ``<name>``: :func:`_temp_stem`)."""
     path = Path(path)
     return path.with_name(f".{_temp_stem(path.name)}.{kind}-{os.getpid()}-{uuid.uuid4().hex}")
+
+
+@contextlib.contextmanager
+def scratch_folder(path: str | Path) -> Iterator[Path]:
+    """A fresh folder beside ``path`` under :func:`temp_sibling`'s name, removed on the way out;
+    one left by a killed run is swept by the next write to ``path`` (:func:`remove_leftovers`)."""
+    folder = temp_sibling(path)
+    folder.mkdir()
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _alive(pid: int) -> bool:

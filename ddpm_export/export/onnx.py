@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
-import shutil
 import time
 import warnings
 from pathlib import Path
@@ -37,7 +36,7 @@ from ddpm_export.export.precision_policy import check_precision, policy
 from ddpm_export.export.rewrites import resolve_rewrites
 from ddpm_export.export.validate import ValidationError, ValidationReport, validate_onnx
 from ddpm_export.files import (made_parents, names_no_file, refuse_existing_file, refuse_same_file, remove_leftovers,
-                               rename_into_place, temp_sibling)
+                               rename_into_place, scratch_folder)
 from ddpm_export.nn.attention import use_attention_kernel
 from ddpm_export.nn.checkpoint import (DIFFUSION_NAME, diffusion_config_for, load_model, schedule_file,
                                       weights_path)
@@ -179,14 +178,12 @@ def _write_validated(proto: onnx.ModelProto, out: Path, validation: tuple[UNet, 
     under the final name), then moved into place: data file first, graph last.
     """
     with made_parents(out):
-        remove_leftovers(out)  # of a killed earlier run; the temp folder below is unique per call
-        tmp_dir = temp_sibling(out)
+        remove_leftovers(out)  # of a killed earlier run; the scratch folder below is unique per call
         external = proto.ByteSize() > EXTERNAL_DATA_THRESHOLD
         data_name = out.name + ".data"
         if external:  # known only now: the graph's size decides
             refuse_existing_file(out.parent / data_name, force)
-        try:
-            tmp_dir.mkdir()
+        with scratch_folder(out) as tmp_dir:
             try:
                 onnx.save_model(proto, str(tmp_dir / out.name), save_as_external_data=external,
                                 all_tensors_to_one_file=True, location=data_name if external else None)
@@ -202,8 +199,6 @@ def _write_validated(proto: onnx.ModelProto, out: Path, validation: tuple[UNet, 
             if external:
                 rename_into_place(tmp_dir / data_name, out.parent / data_name, force)
             rename_into_place(tmp_dir / out.name, out, force)  # not over a file that appeared meanwhile
-        finally:
-            shutil.rmtree(tmp_dir, ignore_errors=True)
     return report
 
 

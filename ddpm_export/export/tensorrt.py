@@ -19,14 +19,13 @@ sha256 is the sidecar's ``onnx_sha256``; the fp32 file it came from is ``convert
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import re
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import onnx
 
@@ -37,7 +36,7 @@ from ddpm_export.contract.spec import ExportSpec
 from ddpm_export.errors import BadInputError, InputNotFoundError, MissingDependencyError
 from ddpm_export.export import fp16_pass, trt_build
 from ddpm_export.export.trt_options import BuildOptions, builder_config
-from ddpm_export.files import atomic_file, made_parents, refuse_existing_file, remove_leftovers, temp_sibling
+from ddpm_export.files import atomic_file, made_parents, refuse_existing_file, remove_leftovers, scratch_folder
 from ddpm_export.gpu import gpu_missing, import_cudart, import_tensorrt
 
 
@@ -117,7 +116,7 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, *, fp16: bool |
     source = plan_engine(onnx_path, fp16=fp16)
     convert = fp16 is True and source.precision == "fp32"
     graph_out = engine_onnx_path(engine_path) if convert or keep_onnx else None
-    remove_leftovers(engine_path)  # the scratch folder of a build that was killed (_work_folder)
+    remove_leftovers(engine_path)  # the scratch folder of a build that was killed
     for path in (engine_path, side, graph_out):
         if path is not None:
             refuse_existing_file(path, force)
@@ -126,7 +125,7 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, *, fp16: bool |
         raise TensorRTUnavailable(f"cannot build {engine_path}: {why}")
     _check_tensorrt_version(options)
     gpu = _gpu_info()  # before the build: an engine whose GPU is unknown could not be checked where it runs
-    with made_parents(engine_path), _work_folder(engine_path) as tmp:
+    with made_parents(engine_path), scratch_folder(engine_path) as tmp:  # the fp16 graph goes there
         plan = source
         if convert:
             log(f"converting {source.onnx_path.name} to the fp16 policy's graph (fp16 pass)")
@@ -140,19 +139,6 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, *, fp16: bool |
     log(f"wrote {engine_path} ({engine_path.stat().st_size / 2**20:.1f} MiB) and {side.name} in {seconds:.1f} s"
         + (f"; the graph it was built from: {graph_out.name}" if graph_out is not None else ""))
     return info
-
-
-@contextlib.contextmanager
-def _work_folder(engine_path: Path) -> Iterator[Path]:
-    """A scratch folder beside the engine (the fp16 graph is written there) under
-    :func:`~ddpm_export.files.temp_sibling`'s name, so that one left by a killed build is swept
-    by the next write of that engine (:func:`~ddpm_export.files.remove_leftovers`)."""
-    folder = temp_sibling(engine_path)
-    folder.mkdir()
-    try:
-        yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _trt_version() -> str:

@@ -137,9 +137,9 @@ def test_a_killed_builds_scratch_folder_is_swept_by_the_next_build(tiny, tmp_pat
     with pytest.raises(TensorRTUnavailable):
         build_engine(tiny["fp32"], tmp_path / "m.plan", fp16=True, log=lambda s: None)
     assert list(tmp_path.iterdir()) == []
-    from ddpm_export.export.tensorrt import _work_folder
+    from ddpm_export.files import scratch_folder
 
-    with _work_folder(tmp_path / "m.plan") as folder:  # the build's own folder: a name the sweep knows
+    with scratch_folder(tmp_path / "m.plan") as folder:  # the build's own folder: a name the sweep knows
         assert folder.is_dir() and folder.name.startswith(f".m.plan.tmp-{os.getpid()}-")
         assert remove_leftovers(tmp_path / "m.plan") == [] and folder.is_dir()  # a live build's: kept
     assert list(tmp_path.iterdir()) == []
