@@ -12,7 +12,7 @@ from typing import Any
 
 from ddpm_export.errors import MissingDependencyError
 
-__all__ = ["gpu_missing", "import_cudart", "import_tensorrt"]
+__all__ = ["gpu_missing", "import_cudart", "import_tensorrt", "require_gpu"]
 
 INSTALL_HINT = "on a machine with an NVIDIA GPU: pip install 'ddpm-export[gpu]'"
 
@@ -57,3 +57,11 @@ def gpu_missing() -> str | None:
     if err != rt.cudaError_t.cudaSuccess or count < 1:
         return f"no CUDA GPU is visible (cudaGetDeviceCount: {err}, {count} device(s))"
     return None
+
+
+def require_gpu(what: str, error: type[MissingDependencyError] = MissingDependencyError) -> None:
+    """Raise ``error`` (exit 2) saying ``what`` cannot happen here and why (:func:`gpu_missing`),
+    before any work or CUDA call; nothing when TensorRT, cuda-python and a GPU are all there."""
+    why = gpu_missing()
+    if why is not None:
+        raise error(f"{what}: {why}")

@@ -18,13 +18,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ddpm_export import gpu
 from ddpm_export.analysis.trt_layers import LayerProfile, layer_map, summarise_layers
 from ddpm_export.config import UNetConfig
 from ddpm_export.contract.metadata import sha256_file
 from ddpm_export.contract.sidecar import read_sidecar
 from ddpm_export.contract.spec import T_NAME, X_NAME, ExportSpec
-from ddpm_export.errors import BadInputError, MissingDependencyError
-from ddpm_export.gpu import gpu_missing, import_tensorrt
+from ddpm_export.errors import BadInputError
 from ddpm_export.nn.unet import UNet
 
 __all__ = ["check_built_from", "check_engine", "profile_tensorrt", "require_gpu"]
@@ -32,9 +32,7 @@ __all__ = ["check_built_from", "check_engine", "profile_tensorrt", "require_gpu"
 
 def require_gpu(what: str = "inspect --engine") -> None:
     """MissingDependencyError (exit 2) when TensorRT, cuda-python or a GPU is missing."""
-    why = gpu_missing()
-    if why is not None:
-        raise MissingDependencyError(f"{what} profiles a TensorRT engine on a GPU: {why}")
+    gpu.require_gpu(f"{what} profiles a TensorRT engine on a GPU")
 
 
 def check_engine(engine: str | Path, batch: int) -> None:
@@ -97,7 +95,7 @@ def profile_tensorrt(unet: UNet, engine: str | Path, *, batch: int = 1, runs: in
 
     onnx_sha256 = check_built_from(engine, unet.config)
     require_gpu()
-    trt = import_tensorrt("inspect --engine")
+    trt = gpu.import_tensorrt("inspect --engine")
     spec = ExportSpec.from_config(unet.config, min_batch=1, opt_batch=max(batch, 1), max_batch=max(batch, 2))
     lmap = layer_map(unet)
     profiler = _profiler(trt)

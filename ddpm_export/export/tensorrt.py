@@ -37,7 +37,7 @@ from ddpm_export.errors import BadInputError, InputNotFoundError, MissingDepende
 from ddpm_export.export import fp16_pass, trt_build
 from ddpm_export.export.trt_options import BuildOptions, builder_config
 from ddpm_export.files import atomic_file, made_parents, refuse_existing_file, remove_leftovers, scratch_folder
-from ddpm_export.gpu import gpu_missing, import_cudart, import_tensorrt
+from ddpm_export.gpu import gpu_missing, import_cudart, import_tensorrt, require_gpu
 
 
 class TensorRTUnavailable(MissingDependencyError, RuntimeError):
@@ -120,9 +120,7 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, *, fp16: bool |
     for path in (engine_path, side, graph_out):
         if path is not None:
             refuse_existing_file(path, force)
-    why = tensorrt_missing()
-    if why:
-        raise TensorRTUnavailable(f"cannot build {engine_path}: {why}")
+    require_gpu(f"cannot build {engine_path}", TensorRTUnavailable)
     _check_tensorrt_version(options)
     gpu = _gpu_info()  # before the build: an engine whose GPU is unknown could not be checked where it runs
     with made_parents(engine_path), scratch_folder(engine_path) as tmp:  # the fp16 graph goes there

@@ -20,8 +20,8 @@ from ddpm_export.contract.sidecar import (
     EngineMismatchError, check_sidecar, needs_host_code, read_sidecar, sidecar_path,
 )
 from ddpm_export.contract.spec import OUT_NAME, ExportSpec, feeds_for
-from ddpm_export.errors import BadInputError, EngineError, MissingDependencyError
-from ddpm_export.gpu import gpu_missing, import_cudart, import_tensorrt
+from ddpm_export.errors import BadInputError, EngineError
+from ddpm_export.gpu import import_cudart, import_tensorrt, require_gpu
 
 __all__ = ["EngineMismatchError", "TensorRTBackend", "read_sidecar", "sidecar_path"]
 
@@ -45,9 +45,7 @@ class TensorRTBackend:
         engine_path = Path(engine_path)
         sidecar = read_sidecar(engine_path)
         check_sidecar(engine_path, sidecar, onnx_sha256=onnx_sha256, tensorrt_version=None)
-        missing = gpu_missing()  # no tensorrt, cuda-python, driver or GPU: exit 2 before any CUDA call
-        if missing:
-            raise MissingDependencyError(f"{engine_path}: cannot run a TensorRT engine here: {missing}")
+        require_gpu(f"{engine_path}: cannot run a TensorRT engine here")  # before any CUDA call
         trt = import_tensorrt("TensorRTBackend")
         self._cudart = cudart = import_cudart("TensorRTBackend")
         count = self._check(cudart.cudaGetDeviceCount())
