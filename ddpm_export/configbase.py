@@ -27,6 +27,15 @@ class ConfigError(BadInputError):
     """A config field holds a bad value. The message names the field and the valid choices."""
 
 
+def read_config_text(path: str | Path) -> str:
+    """A JSON config file's text: UTF-8, a byte-order mark allowed; ConfigError naming the file
+    when it is not UTF-8 (e.g. saved as UTF-16 by an editor)."""
+    try:
+        return Path(path).read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8 JSON") from e
+
+
 def check_choice(field: str, value: Any, choices: Iterable[Any]) -> None:
     """Raise ConfigError unless ``value`` is one of ``choices``, listing them."""
     choices = tuple(choices)
@@ -114,12 +123,7 @@ class FrozenConfig:
 
     @classmethod
     def load(cls: type[C], path: str | Path) -> C:
-        path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8-sig")  # a byte-order mark is still UTF-8
-        except UnicodeDecodeError as e:  # e.g. saved as UTF-16 by an editor
-            raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8 JSON") from e
-        return cls.from_json(text, source=str(path))
+        return cls.from_json(read_config_text(path), source=str(path))
 
     def replace(self: C, **changes: Any) -> C:
         return dataclasses.replace(self, **changes)

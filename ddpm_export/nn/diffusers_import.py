@@ -39,6 +39,7 @@ from typing import Any
 import torch
 
 from ddpm_export.config import ConfigError, UNetConfig
+from ddpm_export.configbase import read_config_text
 from ddpm_export.nn.unet import UNet
 from ddpm_export.nn.weights import (CONFIG_NAME, DIFFUSERS_WEIGHTS_NAME, CheckpointError, build_model, check_state,
                                     load_state_strict, read_safetensors, shapes)
@@ -264,9 +265,7 @@ def read_diffusers_config(path: str | Path) -> UNetConfig:
     """Parse a diffusers config.json and map it with :func:`config_from_diffusers`."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8-sig"))  # a byte-order mark is still UTF-8
-    except UnicodeDecodeError as e:  # e.g. saved as UTF-16 by an editor
-        raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8 JSON") from e
+        data = json.loads(read_config_text(path))
     except json.JSONDecodeError as e:
         raise ConfigError(f"{path}: not valid JSON ({e})") from e
     return config_from_diffusers(data, source=str(path))
