@@ -69,21 +69,26 @@ class CalibrationConfig:
 def record_calibration_inputs(backend: Callable, spec: ExportSpec, diffusion: DiffusionConfig,
                               num_classes: int | None, null_class: int | None,
                               cfg: CalibrationConfig) -> list[dict[str, np.ndarray]]:
-    """Every model call of ``cfg.trajectories`` DDIM runs of ``backend`` (the float32 model), as feeds."""
+    """Every model call of ``cfg.trajectories`` DDIM runs of ``backend`` (the float32 model), as
+    feeds of at most ``spec.max_batch`` rows each: a guided call's class and null-class rows (2 x
+    the images) are split into consecutive feeds where they exceed it. Min/max calibration takes
+    the extremes over all feeds, so the split changes no scale; it keeps every feed inside the
+    exported batch range and the null class in the calibration at any ``--max-batch``."""
     from ddpm_export.diffusion import make_scheduler, sample
 
     calls: list[dict[str, np.ndarray]] = []
 
     def recording(x: np.ndarray, t: np.ndarray, c: np.ndarray | None) -> np.ndarray:
-        feeds = {X_NAME: x, T_NAME: t}
-        if c is not None:
-            feeds[spec.conditioning.input_name] = c
-        calls.append(feeds)
+        for start in range(0, len(x), spec.max_batch):
+            rows = slice(start, start + spec.max_batch)
+            feeds = {X_NAME: x[rows], T_NAME: t[rows]}
+            if c is not None:
+                feeds[spec.conditioning.input_name] = c[rows]
+            calls.append(feeds)
         return backend(x, t, c)
 
     n = max(cfg.images, num_classes or 0)
-    guided = num_classes is not None and null_class is not None and 2 * n <= spec.max_batch
-    n = n if n * (2 if guided else 1) <= spec.max_batch else spec.max_batch
+    guided = num_classes is not None and null_class is not None
     for k in range(cfg.trajectories):
         scheduler = make_scheduler(diffusion, "ddim", num_inference_steps=cfg.steps + k)
         cond = (np.arange(k, k + n, dtype=np.int64) % num_classes) if num_classes is not None else None

@@ -233,13 +233,8 @@ def _quantize(proto: onnx.ModelProto, unet: UNet, spec: ExportSpec, diffusion: D
     cond = unet.config
     feeds = record_calibration_inputs(TorchBackend(unet), spec, diffusion, cond.num_classes,
                                       cond.num_classes if cond.num_classes is not None and cond.null_class else None, cfg)
-    classes = cond.num_classes
-    rows = max(cfg.images, classes or 0)
-    unguided = classes is not None and cond.null_class and 2 * rows > spec.max_batch
-    log(f"int8: calibrating on {len(feeds)} model calls along {cfg.trajectories} DDIM trajectories; "
-        f"float: {', '.join(cfg.float_groups)}"
-        + (f"; unguided: {rows} images with their null-class rows exceed --max-batch {spec.max_batch}, so the null "
-           f"class is not calibrated (a --max-batch of {2 * rows} or more includes it)" if unguided else ""))
+    log(f"int8: calibrating on {len(feeds)} batches of model inputs along {cfg.trajectories} DDIM trajectories; "
+        f"float: {', '.join(cfg.float_groups)}")
     return quantize_int8(proto, feeds, float_groups=cfg.float_groups, quantized_outputs=quantized_outputs,
                          symmetric=symmetric_activations(target))
 

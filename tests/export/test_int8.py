@@ -77,6 +77,25 @@ def test_calibration_follows_the_sampler_over_classes_and_the_null_class() -> No
     assert classes == set(range(unet.config.num_classes + 1))  # every class and the null class
 
 
+def test_calibration_splits_guided_calls_at_max_batch_keeping_the_null_class() -> None:
+    """At --max-batch 16 the digits model's 10 class rows and 10 null rows (20) did not fit, and the
+    calibration ran unguided: the null class was never calibrated. Now each call is split."""
+    from ddpm_export import load_model
+    from ddpm_export.diffusion import DiffusionConfig
+    from ddpm_export.contract.spec import ExportSpec
+    from ddpm_export.torch_backend import TorchBackend
+
+    unet = load_model("kitchen-sink")
+    cfg = CalibrationConfig(trajectories=1, steps=2)  # 10 class rows + 10 null rows per call, as digits
+    spec, wide = (ExportSpec.from_config(unet.config, opt_batch=1, max_batch=b) for b in (16, 32))
+    args = (DiffusionConfig(), unet.config.num_classes, unet.config.num_classes, cfg)
+    split, whole = (record_calibration_inputs(TorchBackend(unet), s, *args) for s in (spec, wide))
+    assert [len(f["x_t"]) for f in split] == [16, 4, 16, 4] and [len(f["x_t"]) for f in whole] == [20, 20]
+    for key in whole[0]:  # the same rows, in order: min/max calibration sees the same values
+        np.testing.assert_allclose(np.concatenate([f[key] for f in split[:2]]), whole[0][key], rtol=1e-5, atol=1e-6)
+    assert unet.config.num_classes in {int(c) for f in split for c in f["class_labels"]}  # the null class
+
+
 def test_int8_file_is_qdq_with_the_float_islands(files: dict[str, Path]) -> None:
     model = onnx.load(str(files["int8"]))
     ops = [n.op_type for n in model.graph.node]
