@@ -14,9 +14,10 @@ same seed, batch, steps and thread count):
 Per path and batch: median and p90 milliseconds per step of the whole sampling loop (each step
 timed from one model call to the next, so the sampler's own numpy work is inside), images/s of a
 full default-length sampling run at that rate, the ratio to eager, to the best peer and (ours) to
-the peer on the same engine and precision (:data:`SAME_ENGINE_PEER`), the last two also per
-interleaved round (each round's median step against the other path's: the spread says how much
-a ratio moved while the run lasted), achieved GFLOP/s (FLOPs per forward counted by
+the peer on the same engine and precision (:data:`SAME_ENGINE_PEER`) -- each the median over the
+interleaved rounds of the round's ratio (its median step against the other path's), the last two
+also with their range over the rounds (the spread says how much a ratio moved while the run
+lasted) --, achieved GFLOP/s (FLOPs per forward counted by
 ``torch.utils.flop_counter.FlopCounterMode`` on the reference model) and its fraction of a fp32
 GEMM ceiling measured in the same run, peak RSS of the process while the path ran, and the
 sampler's overhead outside the model call (% of a step).
@@ -402,12 +403,14 @@ SAME_ENGINE_PEER: dict[tuple[str, str], str] = {("onnxruntime", "fp32"): "plain-
 
 
 def _ratio(rows: dict[str, dict[str, Any]], name: str, peer: str | None) -> tuple[float | None, list[float] | None]:
-    """How much faster ``name`` ran than ``peer``: the ratio of medians, and per interleaved round."""
+    """How much faster ``name`` ran than ``peer``: the median over the interleaved rounds of each
+    round's ratio (its median step against the other's), and those ratios. Paired within a round,
+    a change of background load between rounds cancels; the ratio of the medians pooled over all
+    rounds did not, and could fall outside the rounds' own range."""
     if peer is None or peer not in rows:
         return None, None
-    mine, theirs = rows[name], rows[peer]
-    return (theirs["median_ms"] / mine["median_ms"],
-            [t / m for t, m in zip(theirs["round_median_ms"], mine["round_median_ms"])])
+    rounds = [t / m for t, m in zip(rows[peer]["round_median_ms"], rows[name]["round_median_ms"])]
+    return statistics.median(rounds), rounds
 
 
 def _ratios(rows: dict[str, dict[str, Any]], paths: dict[str, dict[str, Any]], batch: int, flops: float,
@@ -547,7 +550,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
 
 
 def _with_rounds(ratio: float | None, rounds: list[float] | None) -> str:
-    """``1.54 (1.41-1.62)``: a ratio of medians and its range over the rounds; ``-`` without one."""
+    """``1.54 (1.41-1.62)``: a ratio (the median over the rounds) and its range; ``-`` without one."""
     if ratio is None or rounds is None:
         return "-"
     return f"{ratio:.2f} ({min(rounds):.2f}-{max(rounds):.2f})"
@@ -597,7 +600,7 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append("")
     lines.append("x eager / x best: speed relative to eager and to the fastest peer (eager, plain-ort, plain-ov-*); "
                  "x same: relative to the peer on the same engine and precision (plain-ort for ours-onnxruntime-fp32, "
-                 "plain-ov-f32 / plain-ov-bf16 for ours-openvino-fp32 / -bf16); (rounds): the lowest and highest of "
-                 "the ratio over the interleaved rounds, each round's median step against the other's; "
+                 "plain-ov-f32 / plain-ov-bf16 for ours-openvino-fp32 / -bf16); each the median over the interleaved "
+                 "rounds of the round's ratio (its median step against the other's), (rounds): the lowest and highest; "
                  "loop %: time outside the model call")
     return "\n".join(lines)
