@@ -184,12 +184,13 @@ def names_no_file(path: str | Path) -> bool:
     return Path(path).name in ("", ".", "..")
 
 
-def refuse_same_file(paths: dict[str, str | Path | None]) -> None:
-    """Refuse two options that name one file (``{"--output": path, "--onnx": path, ...}``; None
-    entries are skipped): an output over an input would destroy it, even with --force, and two
-    outputs would overwrite each other."""
-    seen: dict[str, tuple[str, str | Path]] = {}
-    for flag, path in paths.items():
+def refuse_same_file(inputs: dict[str, str | Path | None], outputs: dict[str, str | Path | None]) -> None:
+    """Refuse an output that names the same file as an input or as another output (``{"--onnx":
+    path, ...}``, ``{"--output": path, ...}``; None entries are skipped): an output over an input
+    would destroy it, even with --force, and two outputs would overwrite each other. Two inputs may
+    be one file (an ONNX file kept in its model's folder is read twice, harmlessly)."""
+    seen = {os.path.realpath(path): (flag, path) for flag, path in inputs.items() if path is not None}
+    for flag, path in outputs.items():
         if path is None:
             continue
         real = os.path.realpath(path)

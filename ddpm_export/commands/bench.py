@@ -84,7 +84,7 @@ def command(model: str | None, onnx_path: str | None, backends: tuple, precision
     use_flag_names({name: f"--{name}" for name in ("batch", "steps", "threads", "repeats", "backend", "precision",
                                                      "attention", "rewrites")})
     require_output_when_quiet({"--json": json_path})
-    refuse_same_file({"--onnx": onnx_path, **input_files(model=model, onnx=onnx_path), "--json": json_path})
+    refuse_same_file({"--onnx": onnx_path, **input_files(model=model, onnx=onnx_path)}, {"--json": json_path})
     if json_path is not None:
         refuse_existing_file(json_path, force)
     cfg = BenchConfig(model=model, onnx=onnx_path, backends=backends or (), precisions=precisions or (),

@@ -134,7 +134,7 @@ def _load(model: str, outputs: tuple[str | None, ...], force: bool, threads: int
 
     json_path, plot = outputs
     require_output_when_quiet({"--json": json_path, "--plot": plot})
-    refuse_same_file({**input_files(model=model), "--json": json_path, "--plot": plot})
+    refuse_same_file(input_files(model=model), {"--json": json_path, "--plot": plot})
     require_suffix("--plot", plot, ".png")
     for path in outputs:
         if path is not None:

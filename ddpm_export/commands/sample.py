@@ -117,8 +117,8 @@ def _check_outputs(output: str | None, save_npy: str | None, onnx_path: str | No
 
     if output is None and save_npy is None:
         raise click.UsageError("nothing to write: pass -o GRID.png, --save-npy SAMPLES.npy or both")
-    refuse_same_file({"--onnx": onnx_path, **input_files(onnx=onnx_path, bundle=bundle_dir), "--output": output,
-                      "--save-npy": save_npy})
+    refuse_same_file({"--onnx": onnx_path, **input_files(onnx=onnx_path, bundle=bundle_dir)},
+                     {"--output": output, "--save-npy": save_npy})
     refuse_inside({"--bundle": bundle_dir}, {"--output": output, "--save-npy": save_npy},
                   "a file added to a bundle breaks its manifest; write it elsewhere")
     require_suffix("--output", output, ".png")

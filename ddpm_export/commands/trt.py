@@ -69,8 +69,9 @@ def command(onnx_path: str | None, model: str | None, engine: str, fp16: bool | 
     if (onnx_path is None) == (model is None):
         raise click.UsageError("pass exactly one of --onnx and --model")
     graph = engine_onnx_path(engine) if model or fp16 else None  # written with --model, or converted to fp16
-    refuse_same_file({"--onnx": onnx_path, **input_files(model=model, onnx=onnx_path), "-o": engine,
-                      "-o's sidecar": sidecar_path(engine), "-o's graph": graph, "--timing-cache": timing_cache})
+    refuse_same_file({"--onnx": onnx_path, **input_files(model=model, onnx=onnx_path)},
+                     {"-o": engine, "-o's sidecar": sidecar_path(engine), "-o's graph": graph,
+                      "--timing-cache": timing_cache})
     batches = {k: v for k, v in (("min_batch", min_batch), ("opt_batch", opt_batch), ("max_batch", max_batch))
                if v is not None}
     if batches and model is None:

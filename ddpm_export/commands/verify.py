@@ -67,8 +67,8 @@ def command(model: str, onnx_path: str, engine: str | None, steps: int, ddpm_ste
     use_flag_names({"guidance_scale": "--guidance", "steps": "--steps", "ddpm_steps": "--ddpm-steps",
                     "solver_steps": "--solver-steps", "batch": "--batch",
                     "inference_precision": "--inference-precision"})
-    refuse_same_file({"--onnx": onnx_path, "--engine": engine,
-                      **input_files(model=model, onnx=onnx_path, engine=engine), "--report": report, "--plot": plot})
+    refuse_same_file({"--onnx": onnx_path, "--engine": engine, **input_files(model=model, onnx=onnx_path, engine=engine)},
+                     {"--report": report, "--plot": plot})
     require_suffix("--plot", plot, ".png")
     for path in (report, plot):
         if path is not None:

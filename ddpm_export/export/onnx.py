@@ -85,7 +85,7 @@ def export_onnx(model: str | Path, out: str | Path, *, opset: int = DEFAULT_OPSE
     out = Path(out)
     form = _check_options(out, force=force, precision=precision, attention=attention, target=target, opset=opset)
     applied = resolve_rewrites(rewrites, precision, target)
-    refuse_same_file({"the output": out, "the I/O folder (--save-io)": save_io})
+    refuse_same_file({}, {"the output": out, "the I/O folder (--save-io)": save_io})
     io_paths = check_io_paths(save_io, force=force) if save_io is not None else None
     unet = load_model(model)
     applied = _kept_rewrites(unet, applied, rewrites, model, log)

@@ -91,6 +91,27 @@ def test_an_output_over_a_file_of_the_model_folder_is_refused(tmp_path, tiny):
                    2, "the bundle's tiny.onnx .* and --save-npy .* name the same file", watch=[tmp_path])
 
 
+def test_an_onnx_file_kept_in_its_model_folder_may_be_read_as_both(tmp_path):
+    """Two inputs naming one file are no conflict: verify --model ckpt --onnx ckpt/model.onnx (where
+    tools/train.py and the shipped digits folder keep the export) was refused as 'the same file'."""
+    from click.testing import CliRunner
+
+    from ddpm_export import load_model
+    from ddpm_export.cli import main
+    from ddpm_export.nn.checkpoint import save_checkpoint
+
+    from ddpm_export.export.onnx import export_onnx
+
+    ckpt = save_checkpoint(load_model("tiny"), tmp_path / "ckpt")
+    export_onnx(ckpt, ckpt / "model.onnx", max_batch=4, validate=False, log=lambda s: None)
+    result = CliRunner().invoke(main, ["verify", "--model", str(ckpt), "--onnx", str(ckpt / "model.onnx"), "--steps",
+                                       "2", "--ddpm-steps", "2", "--solver-steps", "2"])
+    assert "name the same file" not in result.output and "verify passed" in result.output, result.output
+    expect_failure(["verify", "--model", ckpt, "--onnx", ckpt / "model.onnx", "--report", ckpt / "model.onnx",
+                    "--force"], 2, "the model's model.onnx .* and --report .*model.onnx name the same file",
+                   watch=[tmp_path])
+
+
 def test_a_second_output_that_cannot_be_written_stops_the_first(tmp_path, tiny):
     """Every destination is tried before any work: the grid is not written when the .npy cannot be."""
     npy = _unwritable(tmp_path, "x.npy")
