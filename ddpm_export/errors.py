@@ -61,6 +61,10 @@ class NotAFolderError(BadInputError, NotADirectoryError):
     """A path that must be a folder is a file."""
 
 
+class CheckpointError(BadInputError):
+    """A checkpoint folder or file is missing, malformed or does not match its config."""
+
+
 class IntegrityError(DdpmExportError, ValueError):
     """A file does not match its recorded sha256, or was built from another file or version."""
 

@@ -11,9 +11,16 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-from ddpm_export.errors import BadInputError
+from ddpm_export.errors import BadInputError, CheckpointError
 
-__all__ = ["MODELS_DIR", "ONNX_NAME", "check_model_name", "default_model", "preset_dir", "preset_names", "shipped_onnx"]
+__all__ = ["CONFIG_NAME", "DIFFUSERS_WEIGHTS_NAME", "DIFFUSION_NAME", "MODELS_DIR", "ONNX_NAME", "WEIGHTS_NAME",
+           "check_model_name", "default_model", "preset_dir", "preset_names", "shipped_onnx"]
+
+#: The files of a model folder (a preset, our checkpoint, or a diffusers UNet2DModel folder).
+CONFIG_NAME = "config.json"
+DIFFUSION_NAME = "diffusion.json"  # optional: the DiffusionConfig the weights were trained with
+WEIGHTS_NAME = "model.safetensors"
+DIFFUSERS_WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 
 #: The presets' folder, ``ddpm_export/models`` wherever the package is installed.
 MODELS_DIR = Path(str(resources.files("ddpm_export") / "models"))
@@ -30,12 +37,22 @@ def preset_names() -> list[str]:
 
 def check_model_name(name: str | Path) -> None:
     """Refuse an empty (or blank) model name (``Path("")`` is the working folder, and a command
-    would otherwise fall back to its default model) and a name that is neither a path on disk nor
-    a preset -- before any work, so that a typo is named as one even where exporting would need
-    the export extra first."""
+    would otherwise fall back to its default model), a file, a folder without a config.json, and a
+    name that is neither a path on disk nor a preset -- before any work, so that a wrong path is
+    named as one even where loading the model would need torch or the export extra first."""
     if not str(name).strip():
         raise BadInputError(f"an empty model name: give a preset ({', '.join(preset_names())}) or a checkpoint folder")
-    if not Path(name).exists():
+    path = Path(name)
+    if path.is_dir():
+        if not (path / CONFIG_NAME).is_file():
+            if (path / "model_index.json").is_file() and (path / "unet" / CONFIG_NAME).is_file():
+                raise CheckpointError(f"{path} is a diffusers pipeline folder; pass its UNet folder, {path / 'unet'} "
+                                      f"(its scheduler/ is read from there)")
+            raise CheckpointError(f"{path} has no {CONFIG_NAME}")
+    elif path.exists():
+        raise CheckpointError(f"{path} is a file; pass the checkpoint folder that holds {CONFIG_NAME} and "
+                              f"{WEIGHTS_NAME} (ours) or {DIFFUSERS_WEIGHTS_NAME} (a diffusers UNet2DModel)")
+    else:
         preset_dir(str(name))  # raises, listing the presets, unless it is one
 
 

@@ -16,13 +16,13 @@ from safetensors.torch import save_file
 from ddpm_export.config import UNetConfig
 from ddpm_export.diffusion.config import DiffusionConfig
 from ddpm_export.diffusion.from_diffusers import diffusion_from_scheduler, find_scheduler_config
-from ddpm_export.errors import DdpmExportWarning
+from ddpm_export.errors import CheckpointError, DdpmExportWarning
 from ddpm_export.files import OutputFolder, atomic_dir, new_file_mode
 from ddpm_export.nn.diffusers_import import load_diffusers_unet
 from ddpm_export.nn.unet import UNet
-from ddpm_export.nn.weights import (CONFIG_NAME, DIFFUSERS_WEIGHTS_NAME, DIFFUSION_NAME, WEIGHTS_NAME,
-                                    CheckpointError, build_model, load_state_strict, read_safetensors)
-from ddpm_export.presets import check_model_name, preset_dir
+from ddpm_export.nn.weights import build_model, load_state_strict, read_safetensors
+from ddpm_export.presets import (CONFIG_NAME, DIFFUSERS_WEIGHTS_NAME, DIFFUSION_NAME, WEIGHTS_NAME, check_model_name,
+                                 preset_dir)
 
 __all__ = ["CHECKPOINT_FOLDER", "CONFIG_NAME", "DIFFUSERS_WEIGHTS_NAME", "DIFFUSION_NAME", "WEIGHTS_NAME",
            "CheckpointError", "build_model", "diffusion_config_for", "is_diffusers_folder", "load_checkpoint",
@@ -118,20 +118,12 @@ def load_model(spec: str | Path) -> UNet:
     Presets and folders without ``model.safetensors`` (config only) get weights from
     ``build_model(cfg, seed=0)`` (a folder with a DdpmExportWarning: its weights may have gone astray).
     """
-    check_model_name(spec)  # Path("") is ".": an empty name must not load the working folder
+    check_model_name(spec)  # a preset, or a folder with a config.json ("" must not load the working folder)
     path = Path(spec)
     if path.is_dir():
-        if not (path / CONFIG_NAME).is_file():
-            if (path / "model_index.json").is_file() and (path / "unet" / CONFIG_NAME).is_file():
-                raise CheckpointError(f"{path} is a diffusers pipeline folder; pass its UNet folder, {path / 'unet'} "
-                                      f"(its scheduler/ is read from there)")
-            raise CheckpointError(f"{path} has no {CONFIG_NAME}")
         if is_diffusers_folder(path):
             return load_diffusers_unet(path).eval()
         folder = path
-    elif path.exists():
-        raise CheckpointError(f"{path} is a file; pass the checkpoint folder that holds {CONFIG_NAME} and "
-                              f"{WEIGHTS_NAME} (ours) or {DIFFUSERS_WEIGHTS_NAME} (a diffusers UNet2DModel)")
     else:
         folder = preset_dir(str(spec))
     if (folder / WEIGHTS_NAME).exists():

@@ -40,9 +40,10 @@ import torch
 
 from ddpm_export.config import ConfigError, UNetConfig
 from ddpm_export.configbase import read_config_text
+from ddpm_export.errors import CheckpointError
 from ddpm_export.nn.unet import UNet
-from ddpm_export.nn.weights import (CONFIG_NAME, DIFFUSERS_WEIGHTS_NAME, CheckpointError, build_model, check_state,
-                                    load_state_strict, read_safetensors, shapes)
+from ddpm_export.nn.weights import build_model, check_state, load_state_strict, read_safetensors, shapes
+from ddpm_export.presets import CONFIG_NAME, DIFFUSERS_WEIGHTS_NAME
 
 __all__ = ["DIFFUSERS_DEFAULTS", "config_from_diffusers", "diffusers_key", "load_diffusers_unet",
            "our_key", "read_diffusers_config"]

@@ -12,18 +12,9 @@ import torch
 from safetensors import safe_open
 
 from ddpm_export.config import UNetConfig
-from ddpm_export.errors import BadInputError
+from ddpm_export.errors import BadInputError, CheckpointError
 from ddpm_export.nn.unet import UNet
 from ddpm_export.weights_header import read_header
-
-CONFIG_NAME = "config.json"
-DIFFUSION_NAME = "diffusion.json"  # optional: the DiffusionConfig the weights were trained with
-WEIGHTS_NAME = "model.safetensors"
-DIFFUSERS_WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
-
-
-class CheckpointError(BadInputError):
-    """A checkpoint folder or file is missing, malformed or does not match its config."""
 
 
 def build_model(cfg: UNetConfig, seed: int = 0) -> UNet:

@@ -42,3 +42,18 @@ def test_diffusion_and_runtime_import_without_torch() -> None:
                             timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "torch-free ok" in result.stdout
+
+
+def test_a_wrong_model_path_is_named_before_the_missing_extra(tmp_path: Path) -> None:
+    """Without torch, `sample --model a.png` said the export extra was missing: a user who mistyped
+    a path was sent to install PyTorch before learning that the path was wrong."""
+    (tmp_path / "a.png").write_bytes(b"not a model")
+    (tmp_path / "userdir").mkdir()
+    cli = BLOCK_TORCH + "import sys\nfrom ddpm_export.cli import main\nmain()\n"
+    for model, message in (("a.png", "a.png is a file; pass the checkpoint folder that holds config.json"),
+                           ("userdir", "userdir has no config.json")):
+        result = subprocess.run([sys.executable, "-c", cli, "sample", "--model", str(tmp_path / model), "-n", "1",
+                                 "-o", str(tmp_path / "x.png")], capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2 and message in result.stderr, result.stdout + result.stderr
+        assert "export extra" not in result.stderr and "Traceback" not in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "userdir"]
