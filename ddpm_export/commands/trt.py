@@ -60,14 +60,15 @@ def command(onnx_path: str | None, model: str | None, engine: str, fp16: bool | 
       ddpm-export onnx --model digits -o digits.onnx
       ddpm-export trt --onnx digits.onnx --fp16 -o digits16.plan --timing-cache trt.cache
     """
+    if (onnx_path is None) == (model is None):
+        raise click.UsageError("pass exactly one of --onnx and --model")
+    _require_extras()
     from ddpm_export.contract.sidecar import sidecar_path
     from ddpm_export.export.tensorrt import build_engine, engine_onnx_path
     from ddpm_export.export.trt_options import BuildOptions
     from ddpm_export.files import refuse_same_file
     from ddpm_export.inputs import input_files
 
-    if (onnx_path is None) == (model is None):
-        raise click.UsageError("pass exactly one of --onnx and --model")
     graph = engine_onnx_path(engine) if model or fp16 else None  # written with --model, or converted to fp16
     refuse_same_file({"--onnx": onnx_path, **input_files(model=model, onnx=onnx_path)},
                      {"-o": engine, "-o's sidecar": sidecar_path(engine), "-o's graph": graph,
@@ -84,6 +85,26 @@ def command(onnx_path: str | None, model: str | None, engine: str, fp16: bool | 
     else:
         # errors go to the CLI's one mapping (ddpm_export.errors): TensorRTUnavailable, BuildFailed -> 2
         build_engine(onnx_path, engine, fp16=fp16, options=options, keep_onnx=False, force=force, log=click.echo)
+
+
+def _require_extras() -> None:
+    """Without the export extra (onnx, to read and check the file), name it and, when TensorRT is
+    missing too, the gpu extra, in one line: the user would otherwise learn of the second only after
+    installing the first."""
+    from importlib.util import find_spec
+
+    from ddpm_export.errors import MissingDependencyError
+
+    try:
+        import onnx  # noqa: F401
+        return
+    except ImportError:
+        pass
+    if find_spec("tensorrt") is not None:
+        raise MissingDependencyError("ddpm-export trt needs the export extra (no module 'onnx'): "
+                                     "pip install 'ddpm-export[export]'")
+    raise MissingDependencyError("ddpm-export trt needs the export extra (no module 'onnx') and, on a machine with an "
+                                 "NVIDIA GPU, the gpu extra (no module 'tensorrt'): pip install 'ddpm-export[export,gpu]'")
 
 
 def _export_and_build(model: str, engine: str, fp16: bool | None, options: BuildOptions, batches: dict[str, int],

@@ -57,3 +57,18 @@ def test_a_wrong_model_path_is_named_before_the_missing_extra(tmp_path: Path) ->
         assert result.returncode == 2 and message in result.stderr, result.stdout + result.stderr
         assert "export extra" not in result.stderr and "Traceback" not in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "userdir"]
+
+
+def test_trt_without_the_export_extra_names_every_extra_it_needs(tmp_path: Path) -> None:
+    """`trt --onnx` with neither onnx nor tensorrt named the export extra alone; installing it only
+    led to a second refusal, for the gpu extra."""
+    block_onnx = BLOCK_TORCH.replace('name == "torch" or name.startswith("torch.")',
+                                     'name.split(".")[0] in ("torch", "onnx")').replace(
+        'raise ImportError(f"torch is blocked in this test (importing {name})")',
+        'raise ModuleNotFoundError(f"No module named {name!r}", name=name)')  # as if not installed
+    cli = block_onnx + "import sys\nfrom ddpm_export.cli import main\nmain()\n"
+    (tmp_path / "m.onnx").write_bytes(b"an ONNX file")  # not read: the extras are checked first
+    result = subprocess.run([sys.executable, "-c", cli, "trt", "--onnx", str(tmp_path / "m.onnx"), "-o",
+                             str(tmp_path / "m.plan")], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stdout + result.stderr
+    assert "pip install 'ddpm-export[export,gpu]'" in result.stderr, result.stderr  # no tensorrt on CI machines
