@@ -91,12 +91,13 @@ def _require_extras() -> None:
     """Without the export extra (onnx, to read and check the file), name it and, when TensorRT is
     missing too, the gpu extra, in one line: the user would otherwise learn of the second only after
     installing the first."""
+    from importlib import import_module
     from importlib.util import find_spec
 
     from ddpm_export.errors import MissingDependencyError
 
     try:
-        import onnx  # noqa: F401
+        import_module("onnx")
         return
     except ImportError:
         pass
