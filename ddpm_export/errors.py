@@ -26,6 +26,9 @@ keeps working.
 
 from __future__ import annotations
 
+import errno
+import os
+
 __all__ = ["BadInputError", "DdpmExportError", "DdpmExportWarning", "EngineError", "InputNotFoundError",
            "IntegrityError", "MissingDependencyError", "NonFiniteOutputError", "NotAFolderError",
            "OutputExistsError", "TargetMismatchWarning", "VerificationFailed", "WrongTypeError", "describe",
@@ -54,7 +57,17 @@ class OutputExistsError(BadInputError, FileExistsError):
 
 
 class InputNotFoundError(BadInputError, FileNotFoundError):
-    """An input file or folder named by the caller does not exist."""
+    """An input file or folder named by the caller does not exist (or is not the kind of file it
+    must be). Like any ``FileNotFoundError`` it carries the path as ``filename`` and ``errno``
+    ENOENT (when the raiser gives the path); its message is the one given."""
+
+    def __init__(self, message: str, filename: str | os.PathLike[str] | None = None) -> None:
+        super().__init__(message)
+        if filename is not None:
+            self.errno, self.filename = errno.ENOENT, os.fspath(filename)
+
+    def __str__(self) -> str:  # OSError's would be "[Errno 2] None: 'path'" once errno is set
+        return str(self.args[0])
 
 
 class NotAFolderError(BadInputError, NotADirectoryError):

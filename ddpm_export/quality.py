@@ -148,7 +148,7 @@ class DigitClassifier:
         meta_path, weights_path = folder / CLASSIFIER_CONFIG, folder / CLASSIFIER_WEIGHTS
         for p in (meta_path, weights_path):
             if not p.is_file():
-                raise InputNotFoundError(f"{p} not found; regenerate it with tools/train_classifier.py")
+                raise InputNotFoundError(f"{p} not found; regenerate it with tools/train_classifier.py", p)
         return cls(load_file(str(weights_path)), json.loads(meta_path.read_text(encoding="utf-8")))
 
     def forward(self, x: np.ndarray, batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:

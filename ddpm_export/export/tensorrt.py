@@ -72,7 +72,7 @@ def plan_engine(onnx_path: str | Path, *, fp16: bool | None = None) -> EnginePla
     refuses an fp16 file: precision lives in the graph, and fp16 weights cannot become fp32 ones."""
     path = Path(onnx_path)
     if not path.is_file():
-        raise InputNotFoundError(f"{path} not found")
+        raise InputNotFoundError(f"{path} not found", path)
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # protobuf's DecodeError and friends: a truncated or foreign file

@@ -95,7 +95,7 @@ def read_manifest(folder: str | Path) -> Manifest:
         raise NotAFolderError(f"{folder}: a file, not a bundle folder (an ONNX file is read with Pipeline.from_onnx, "
                           f"`sample --onnx`)")
     if not folder.is_dir():
-        raise InputNotFoundError(f"{folder}: not a bundle folder (no such directory)")
+        raise InputNotFoundError(f"{folder}: not a bundle folder (no such directory)", folder)
     if not path.is_file():
         raise BundleError(f"{path}: missing; a bundle folder holds a {MANIFEST} (build one with `ddpm-export bundle`)")
     try:

@@ -59,7 +59,7 @@ def create_session(path: str | Path, *, providers: Sequence[Any] | None = None,
     """An ``InferenceSession`` on ``path`` with ``providers`` (default: CPU)."""
     path = Path(path)
     if not path.is_file():
-        raise InputNotFoundError(f"{path}: no such ONNX file")
+        raise InputNotFoundError(f"{path}: no such ONNX file", path)
     threads = get_threads()
     if session_options is None and threads is not None:  # `ddpm-export --threads N`
         session_options = session_options_for(threads)

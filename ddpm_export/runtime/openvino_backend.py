@@ -68,7 +68,7 @@ class OpenVinoBackend:
         ov = require_openvino()
         path = Path(path)
         if not path.is_file():
-            raise InputNotFoundError(f"{path}: no such ONNX file")
+            raise InputNotFoundError(f"{path}: no such ONNX file", path)
         core = ov.Core()
         try:
             model = core.read_model(str(path))

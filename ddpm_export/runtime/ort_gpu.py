@@ -81,7 +81,7 @@ def create_gpu_session(path: str | Path, backend: str, spec: ExportSpec, *, devi
                                   f"{', '.join(missing)} (available: {', '.join(available)}); install "
                                   f"onnxruntime-gpu in place of onnxruntime on a machine with an NVIDIA GPU")
     if not path.is_file():
-        raise InputNotFoundError(f"{path}: no such ONNX file")
+        raise InputNotFoundError(f"{path}: no such ONNX file", path)
     if key is not None:
         (Path(cache_dir) / key).mkdir(parents=True, exist_ok=True)
     session = ort.InferenceSession(str(path), session_options, providers=providers)

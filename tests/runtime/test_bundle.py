@@ -222,6 +222,17 @@ def test_a_file_for_a_bundle_and_a_folder_for_a_file_say_which_to_use(tmp_path: 
         Pipeline.from_onnx(tmp_path)
 
 
+def test_a_missing_file_is_a_file_not_found_error_with_its_path(tmp_path: Path) -> None:
+    """Code reading ``e.filename`` / ``e.errno`` of the FileNotFoundError got None for both."""
+    import errno
+
+    for load, path in ((Pipeline.from_onnx, tmp_path / "nope.onnx"), (Pipeline.from_bundle, tmp_path / "nob")):
+        with pytest.raises(FileNotFoundError) as caught:
+            load(path)
+        assert caught.value.filename == str(path) and caught.value.errno == errno.ENOENT
+        assert str(caught.value).startswith(f"{path}: ")  # the message, not "[Errno 2] ..."
+
+
 @pytest.mark.parametrize("folder", [None, 3, ["b"]])
 def test_a_bundle_that_is_not_a_path_is_a_type_error_naming_it(folder: object) -> None:
     # from_bundle(None) was a raw TypeError from pathlib; from_onnx(None) already named the type
