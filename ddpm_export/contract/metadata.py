@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import Any, Mapping
 
+from ddpm_export.contract.choices import PRECISIONS
 from ddpm_export.errors import BadInputError
 
 PREFIX = "ddpm_export."
@@ -60,10 +61,14 @@ def check_required(props: Mapping[str, str], source: str = "model") -> None:
 def precision_of(props: Mapping[str, str], source: str = "model") -> str:
     """The precision (``"fp32"``, ``"fp16"``, ``"int8"``) recorded in ``props``' precision policy."""
     try:
-        return str(json.loads(props[PRECISION_POLICY])["precision"])
+        precision = str(json.loads(props[PRECISION_POLICY])["precision"])
     except (ValueError, KeyError, TypeError) as e:
         raise MetadataError(f"{source}: metadata {PRECISION_POLICY} is not a precision policy "
                             f"({props.get(PRECISION_POLICY)!r})") from e
+    if precision not in PRECISIONS:  # a bundle or sample would otherwise carry it on, unchecked
+        raise MetadataError(f"{source}: metadata {PRECISION_POLICY} names precision {precision!r}, which this "
+                            f"version does not know (known: {', '.join(PRECISIONS)}); re-export the file")
+    return precision
 
 
 def quantized_outputs_of(props: Mapping[str, str], source: str = "model") -> bool:

@@ -90,6 +90,8 @@ META_CASES = {
     "metadata-not-json": (lambda p: _set_meta(p, md.UNET_CONFIG, lambda v: v[:-3]), "unet_config: not valid JSON"),
     "bad-precision-policy": (lambda p: _set_meta(p, md.PRECISION_POLICY, lambda v: "[1]"),
                              "precision_policy is not a precision policy"),
+    "unknown-precision": (lambda p: _set_meta(p, md.PRECISION_POLICY, _json_edit(precision="int4")),
+                          "names precision 'int4', which this version does not know \\(known: fp32, fp16, int8\\)"),
     "bad-spec-field": (lambda p: _set_meta(p, md.EXPORT_SPEC, _json_edit(max_batch=0)), "min_batch/opt_batch/max_batch"),
     "unknown-target": (lambda p: _set_meta(p, md.TARGET, lambda v: "gpu9000"),
                        "ddpm_export.target='gpu9000': 'gpu9000' is not one of any, onnxruntime, openvino, tensorrt"),
