@@ -73,6 +73,9 @@ def refuse_existing(path: str | Path, force: bool, flag: str = "--force") -> Non
     ``.``, ``a/..``: BadInputError)."""
     if names_no_file(path):
         raise BadInputError(f"output path {str(path)!r} names no file of its own; give a file name")
+    if str(path) == "-":  # the usual "stdout" would have become a file named '-'
+        raise BadInputError("output path '-': writing to stdout is not supported; give a file name "
+                            "(or ./- for a file of that name)")
     if os.path.lexists(path) and not force:  # lexists: a dangling symlink or a loop is there too
         raise OutputExistsError(f"{path} exists; pass {flag} to overwrite it")
     _refuse_special(path)

@@ -547,6 +547,18 @@ def test_an_output_path_without_a_name_is_refused_before_any_work(tmp_path, tiny
         assert len(out.splitlines()) == 1, out
 
 
+@pytest.mark.parametrize("command", [
+    ["inspect", "--model", "tiny", "--json", "-"],
+    ["verify", "--model", "tiny", "--onnx", "TINY", "--steps", "2", "--ddpm-steps", "2", "--report", "-"],
+    ["bench", "--model", "tiny", "--batch", "1", "--steps", "1", "--repeats", "1", "--json", "-"],
+], ids=["inspect-json", "verify-report", "bench-json"])
+def test_a_dash_is_not_taken_for_a_file_named_dash(tmp_path, tiny, monkeypatch, command):
+    """`--json -` (stdout, by convention) wrote a file named '-' into the working folder."""
+    monkeypatch.chdir(tmp_path)
+    args = [str(tiny) if a == "TINY" else a for a in command]
+    expect_failure(args, 2, "output path '-': writing to stdout is not supported", watch=[tmp_path])
+
+
 def test_a_failed_write_removes_the_folders_it_created(tmp_path):
     """atomic_file and atomic_dir create missing parent folders; when the write fails, the ones
     still empty go again, deepest first, and a folder that something else wrote into stays."""
