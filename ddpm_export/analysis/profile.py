@@ -24,6 +24,7 @@ import collections
 import contextlib
 import dataclasses
 import json
+import statistics
 import tempfile
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -51,7 +52,9 @@ _NORM_OPS = {"InstanceNormalization", "GroupNormalization", "LayerNormalization"
 
 @dataclasses.dataclass(frozen=True)
 class Profile:
-    """Kernel time in microseconds summed over ``runs`` calls at ``batch``, per category and per block."""
+    """Kernel time in microseconds of ``runs`` calls at ``batch``, per category and per block: each
+    node's median over the calls, times ``runs`` (a call slowed by another process on the machine
+    must not dominate the shares, as it did in a plain sum)."""
 
     runs: int
     batch: int
@@ -112,7 +115,7 @@ def _block_of(module: str | None, blocks: Sequence[str]) -> str:
 def profile_onnxruntime(unet: UNet, *, batch: int = 1, runs: int = 5, threads: int = 1, seed: int = 0) -> Profile:
     """Trace ``unet`` to ONNX (in a temporary folder; with the exact rewrites an fp32 export for
     ONNX Runtime gets), run it ``runs + 1`` times at ``batch`` with ONNX Runtime's profiler on
-    (CPU provider, ``threads`` intra-op threads) and sum kernel times."""
+    (CPU provider, ``threads`` intra-op threads) and add up kernel times (:class:`Profile`)."""
     spec = ExportSpec.from_config(unet.config, min_batch=1, opt_batch=max(batch, 1), max_batch=max(batch, 2))
     rewrites = resolve_rewrites("auto", "fp32", "onnxruntime")
     with qualified_scope_names():
@@ -138,18 +141,20 @@ def _summarise(events: list[dict], kinds: dict[str, type], blocks: Sequence[str]
                threads: int) -> Profile:
     model_runs = sorted((e for e in events if e.get("name") == "model_run"), key=lambda e: e["ts"])
     warm_end = model_runs[0]["ts"] + model_runs[0]["dur"] if model_runs else -1
-    by_category: dict[str, float] = collections.Counter({c: 0.0 for c in CATEGORIES})
-    by_block: dict[str, float] = collections.Counter()
-    by_op: dict[str, float] = collections.Counter()
+    durations: dict[tuple[str, str], list[float]] = collections.defaultdict(list)  # (node, op) -> per call
     for e in events:
         name = e.get("name", "")
         if e.get("cat") != "Node" or not name.endswith("_kernel_time") or e["ts"] <= warm_end:
             continue
-        node = name.removesuffix("_kernel_time")
-        op = e.get("args", {}).get("op_name", "?")
+        durations[name.removesuffix("_kernel_time"), e.get("args", {}).get("op_name", "?")].append(e["dur"])
+    by_category: dict[str, float] = collections.Counter({c: 0.0 for c in CATEGORIES})
+    by_block: dict[str, float] = collections.Counter()
+    by_op: dict[str, float] = collections.Counter()
+    for (node, op), times in durations.items():
+        us = statistics.median(times) * runs
         module = _module_of(node)
-        by_category[_classify(op, module, kinds)] += e["dur"]
-        by_block[_block_of(module, blocks)] += e["dur"]
-        by_op[op] += e["dur"]
+        by_category[_classify(op, module, kinds)] += us
+        by_block[_block_of(module, blocks)] += us
+        by_op[op] += us
     total = float(sum(by_category.values()))
     return Profile(runs, batch, threads, total, dict(by_category), dict(by_block), dict(by_op))

@@ -33,3 +33,21 @@ def test_profile_runs_the_rewritten_graph_and_counts_its_deconvolutions_as_conv(
     prof = profile_onnxruntime(unet, batch=1, runs=1)
     assert prof.by_op.get("ConvTranspose", 0.0) > 0 and "Resize" not in prof.by_op
     assert prof.by_category["conv"] >= prof.by_op["ConvTranspose"] + prof.by_op.get("Conv", 0.0) > 0
+
+
+def test_one_slow_call_does_not_dominate_the_shares():
+    """Kernel times were summed over the calls: one call slowed by another process (here 10x) put
+    its blocks far ahead. Each node's median over the calls, times the calls, is what counts now."""
+    from ddpm_export.analysis.profile import _summarise
+
+    def node(name, op, ts, dur):
+        return {"cat": "Node", "name": f"/unet/unet.{name}/unet.{name}.x/{op}_kernel_time", "ts": ts, "dur": dur,
+                "args": {"op_name": op}}
+
+    events = [{"name": "model_run", "ts": 0, "dur": 10}]  # the warm-up call, not counted
+    for run, slow in enumerate((1, 1, 10)):
+        start = 100 * (run + 1)
+        events += [node("conv_in", "Conv", start, 5 * slow), node("conv_out", "Conv", start + 10, 5.0)]
+    prof = _summarise(events, {}, ["conv_in", "conv_out"], runs=3, batch=1, threads=1)
+    assert prof.by_block == {"conv_in": 15.0, "conv_out": 15.0}  # a sum would read 60 against 15
+    assert prof.total_us == 30.0 and prof.by_category["conv"] == 30.0 and prof.by_op == {"Conv": 30.0}
