@@ -53,7 +53,8 @@ from ddpm_export.runtime.info import ModelInfo, read_info
 from ddpm_export.runtime.openvino_backend import require_openvino
 from ddpm_export.threads import check_threads
 
-__all__ = ["BenchConfig", "OUR_PRECISIONS", "OurFile", "default_precisions", "run_bench"]
+__all__ = ["BenchConfig", "OUR_PRECISIONS", "OurFile", "default_precisions", "format_report", "report_warnings",
+           "run_bench"]
 
 #: what "precision" means for our paths: the file written and how the backend computes it
 OUR_PRECISIONS: dict[str, tuple[str, str | None]] = {  # name -> (file precision, OpenVINO inference precision)
@@ -546,7 +547,14 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
                     info.diffusion.num_inference_steps)
         report["load"] = meter.stop()
         report["images_per_s_steps"] = info.diffusion.num_inference_steps
+    report["warnings"] = report_warnings(report)  # in the JSON too: `-q --json` prints no header
     return report
+
+
+def report_warnings(report: dict[str, Any]) -> list[str]:
+    """The run's warning lines: GEMM ceiling readings that disagree, more threads than CPUs."""
+    return [*_noise_warning(report["gemm_ceiling"]["measurements"]),
+            *_threads_warning(report["threads"]["intra_op"], report["cpu"]["usable_cpus"])]
 
 
 def _with_rounds(ratio: float | None, rounds: list[float] | None) -> str:
@@ -583,8 +591,7 @@ def format_report(report: dict[str, Any]) -> str:
              f"fp32 GEMM ceiling (ONNX Runtime MatMul {report['gemm_ceiling']['size']}^3): "
              f"{report['gemm_ceiling']['gflops']} GFLOP/s (best of {report['gemm_ceiling']['measurements']}); "
              f"{report['flops_per_image'] / 1e9:.2f} GFLOP per image per forward; images/s for a "
-             f"{report['images_per_s_steps']}-step run", *_noise_warning(report["gemm_ceiling"]["measurements"]),
-             *_threads_warning(report["threads"]["intra_op"], cpu["usable_cpus"]), ""]
+             f"{report['images_per_s_steps']}-step run", *report_warnings(report), ""]
     width = max([34, *(len(name) for rows in report["results"].values() for name in rows)])
     head = (f"{'path':<{width}} {'batch':>5} {'ms/step':>9} {'p90':>9} {'img/s':>8} {'x eager':>8} {'x best (rounds)':>17} "
             f"{'x same (rounds)':>17} {'GFLOP/s':>8} {'%GEMM':>6} {'RSS MiB':>8} {'loop %':>7}")

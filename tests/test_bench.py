@@ -43,6 +43,7 @@ def test_bench_reports_every_path(tmp_path: Path) -> None:
     assert set(report["cpu"]["flags"]) == {"avx2", "avx512", "vnni", "bf16", "amx"}
     assert report["threads"] == {"intra_op": 1, "inter_op": 1, "torch": 1}
     assert report["gemm_ceiling"]["gflops"] > 0 and report["flops_per_image"] > 0
+    assert all(w.startswith("warning: ") for w in report["warnings"])  # the header's warnings, in the JSON too
     assert 0.0 <= report["load"]["background_cpu_fraction"] <= 1.0
     names = {p["name"] for p in report["paths"]}
     expected = {"eager", "plain-ort", "ours-onnxruntime-fp32-decomposed", "ours-onnxruntime-fp32-ort-mha",
@@ -224,6 +225,9 @@ def test_the_table_fits_long_path_names_and_warns_of_more_threads_than_cpus() ->
     row = next(line for line in lines if line.startswith(long + " "))
     assert row.index(" 1 ") < head.index("batch") + len("batch") <= row.index(" 1 ") + 3  # batch under its header
     assert any(line.startswith(f"warning: --threads {report['cpu']['usable_cpus'] + 1} is more than the") for line in lines)
+    from ddpm_export.bench import report_warnings
+
+    assert [w for w in report_warnings(report) if "--threads" in w] == [w for w in lines if "--threads" in w]
 
 
 @pytest.mark.parametrize("run, warned", [("bench-ddpm-cifar10.json", None),
