@@ -43,6 +43,7 @@ import numpy as np
 
 from ddpm_export.checks import check_exported_from, check_steps
 from ddpm_export.configbase import check_choice
+from ddpm_export.console import count
 from ddpm_export.contract.choices import ATTENTION_CHOICES, REWRITE_CHOICES
 from ddpm_export.contract.spec import MAX_BATCH
 from ddpm_export.diffusion import Backend, DiffusionConfig, make_scheduler, sample
@@ -528,7 +529,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
         meter = LoadMeter().start()
         # the ceiling is the best of several measurements (before, between and after the batches):
         # on a shared machine one snapshot can land in a busy moment
-        log(f"measuring the fp32 GEMM ceiling ({cfg.threads} threads)")
+        log(f"measuring the fp32 GEMM ceiling ({count(cfg.threads, 'thread')})")
         gemms = [gemm_ceiling(cfg.threads)]
         report["flops_per_image"] = flops
         report["paths"] = [{"name": p.name, "group": p.group, **p.info} for p in paths]

@@ -11,7 +11,8 @@ import click
 
 from ddpm_export.errors import BadInputError
 
-__all__ = ["FLAG_NAMES", "VERBOSITY", "name_flags", "require_output_when_quiet", "show_progress", "use_flag_names"]
+__all__ = ["FLAG_NAMES", "VERBOSITY", "count", "name_flags", "require_output_when_quiet", "show_progress",
+           "use_flag_names"]
 
 #: ``click.Context.meta`` key: 0 quiet (``-q``), 1 normal, 2 verbose (``-v``).
 VERBOSITY = "ddpm_export.verbosity"
@@ -58,3 +59,8 @@ def name_flags(message: str, flags: Mapping[str, str]) -> str:
     def flag(match: re.Match[str]) -> str:
         return flags[match.group("word") or match.group("letter")] + (" " if match.group(0).endswith("=") else "")
     return pattern.sub(flag, message)
+
+
+def count(n: int, noun: str) -> str:
+    """``"1 image"``, ``"2 images"``: ``n`` and ``noun``, plural with an s unless ``n`` is 1."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"

@@ -10,6 +10,7 @@ from ddpm_export.analysis.erf import ErfResult
 from ddpm_export.analysis.profile import CATEGORIES, Profile
 from ddpm_export.analysis.trt_layers import LayerProfile
 from ddpm_export.analysis.whatif import WhatIf
+from ddpm_export.console import count
 
 #: blocks listed by name in the profile; the rest are summed
 TOP_BLOCKS = 12
@@ -113,7 +114,8 @@ def format_profile(report: dict[str, Any]) -> str:
     """The profile section: share of kernel time per op category and per block."""
     p = report["profile"]
     total = p["total_us"] or 1.0
-    head = (f"ONNX Runtime CPU profile: {p['runs']} runs at batch {p['batch']}, {p['threads']} thread(s), "
+    head = (f"ONNX Runtime CPU profile: {count(p['runs'], 'run')} at batch {p['batch']}, "
+            f"{count(p['threads'], 'thread')}, "
             f"{total / p['runs'] / 1e3:.2f} ms of kernel time per run")
     return "\n".join([head, *_share_lines(p["by_category_us"], p["by_block_us"], total)])
 
@@ -122,7 +124,7 @@ def format_trt_profile(report: dict[str, Any]) -> str:
     """The TensorRT section, in the shape of :func:`format_profile`, with the slowest layers."""
     p = report["tensorrt_profile"]
     total = p["total_us"] or 1.0
-    head = (f"TensorRT per-layer profile of {p['engine']}: {p['runs']} runs at batch {p['batch']}, "
+    head = (f"TensorRT per-layer profile of {p['engine']}: {count(p['runs'], 'run')} at batch {p['batch']}, "
             f"{total / p['runs'] / 1e3:.3f} ms of layer time per run"
             + (f" ({p['unplaced_us'] / total:.1%} in layers naming no node of the model)" if p["unplaced_us"] else ""))
     layers = sorted(p["by_layer_us"].items(), key=lambda kv: -kv[1])[:TOP_BLOCKS]
@@ -151,9 +153,10 @@ def format_tables(report: dict[str, Any]) -> str:
 
 def format_erf(report: dict[str, Any]) -> str:
     """The effective receptive field in one sentence."""
-    return (f"effective receptive field ({report['weights']} weights, {len(report['erf_timesteps'])} timesteps x "
-            f"{report['erf_samples']} inputs of {report['erf_size']}x{report['erf_size']}): 95% of the gradient mass within {report['erf_diameter']}x"
-            f"{report['erf_diameter']} px (r95 = {report['erf_radius']}, half the mass within r50 = "
-            f"{report['erf_half_mass_radius']}); ratio to the theoretical RF "
-            f"{report['erf_ratio']:.3f}, to the RF the image lets the centre pixel see ({report['visible_rf']:g} px) "
+    return (f"effective receptive field ({report['weights']} weights, {count(len(report['erf_timesteps']), 'timestep')} "
+            f"x {count(report['erf_samples'], 'input')} of {report['erf_size']}x{report['erf_size']}): 95% of the "
+            f"gradient mass within the {report['erf_diameter']}x{report['erf_diameter']} px window around the centre "
+            f"pixel (r95 = {report['erf_radius']}, half the mass within r50 = {report['erf_half_mass_radius']}; a "
+            f"window may reach past the image border); ratio to the theoretical RF {report['erf_ratio']:.3f}, to the "
+            f"widest window that still touches the image, or the RF if smaller ({report['visible_rf']:g} px) "
             f"{report['erf_ratio_visible']:.3f}")

@@ -73,7 +73,7 @@ def command(onnx_path: str | None, bundle_dir: str | None, bundle_onnx: str | No
       ddpm-export sample --bundle bundle/ --bundle-onnx digits-int8.onnx --backend openvino -o int8.png
       ddpm-export --threads 2 sample --onnx tiny.onnx --backend openvino --inference-precision bf16 -o grid.png
     """
-    from ddpm_export.console import show_progress, use_flag_names
+    from ddpm_export.console import count, show_progress, use_flag_names
     from ddpm_export.errors import BadInputError
     from ddpm_export.files import atomic_files
     from ddpm_export.images import GRID_CHANNELS, write_array, write_grid
@@ -105,7 +105,7 @@ def command(onnx_path: str | None, bundle_dir: str | None, bundle_onnx: str | No
             write_array(images, npy)
     precision = describe_precision(info.precision, pipe.backend)
     written = " and ".join(str(path) for path in (output, save_npy) if path is not None)
-    click.echo(f"wrote {written} ({n} images, {channels}x{info.spec.sample_size}x{info.spec.sample_size}, {precision})")
+    click.echo(f"wrote {written} ({count(n, 'image')}, {channels}x{info.spec.sample_size}x{info.spec.sample_size}, {precision})")
 
 
 def _check_outputs(output: str | None, save_npy: str | None, onnx_path: str | None, bundle_dir: str | None,

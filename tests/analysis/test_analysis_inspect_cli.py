@@ -50,7 +50,7 @@ def test_inspect_takes_the_global_threads():
     result = CliRunner().invoke(main, ["--threads", "2", "inspect", "-m", "tiny", "--profile", "--profile-runs", "1",
                                        "--erf-samples", "1"])
     assert result.exit_code == 0, result.output
-    assert "at batch 1, 2 thread(s)" in result.output
+    assert "at batch 1, 2 threads" in result.output
 
 
 def test_inspect_plot_must_be_a_png(tmp_path):

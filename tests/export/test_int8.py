@@ -229,7 +229,7 @@ def test_sample_names_the_precision_of_an_int8_files_float_parts(files: dict[str
                                            "--force"])
         assert result.exit_code == 0, result.output
         computed = "bf16" if precision == "bf16" and cpu_has_bf16 else "f32"
-        assert f"1 images, 3x16x16, int8, float parts in {computed})" in result.stdout, result.stdout
+        assert f"1 image, 3x16x16, int8, float parts in {computed})" in result.stdout, result.stdout
     result = CliRunner().invoke(main, [*args[:-3], "-o", str(tmp_path / "b.png")])  # ONNX Runtime: int8 alone
     assert result.exit_code == 0 and "3x16x16, int8)" in result.stdout, result.output
 
