@@ -440,10 +440,11 @@ def _check_inputs(cfg: BenchConfig) -> None:
     """Refuse, before anything is exported or timed: an unknown model, a missing OpenVINO, and a
     ``--onnx`` file that no asked-for precision runs (one not exported from ``--model`` is refused
     by :func:`run_bench` once the model is loaded)."""
-    from ddpm_export.nn.checkpoint import diffusion_config_for, model_folder
+    from ddpm_export.nn.checkpoint import diffusion_config_for
+    from ddpm_export.presets import check_model_name
 
     if cfg.model is not None:
-        model_folder(cfg.model)
+        check_model_name(cfg.model)
     if "openvino" in cfg.backends:
         require_openvino()
     _check_forms(cfg.attention)

@@ -48,6 +48,9 @@ def check_model_name(name: str | Path) -> None:
             if (path / "model_index.json").is_file() and (path / "unet" / CONFIG_NAME).is_file():
                 raise CheckpointError(f"{path} is a diffusers pipeline folder; pass its UNet folder, {path / 'unet'} "
                                       f"(its scheduler/ is read from there)")
+            if (path / "manifest.json").is_file():
+                raise CheckpointError(f"{path} is a bundle folder (ONNX files, no PyTorch weights); --model takes a "
+                                      f"preset or a checkpoint folder (sample a bundle with `sample --bundle`)")
             raise CheckpointError(f"{path} has no {CONFIG_NAME}")
     elif path.exists():
         raise CheckpointError(f"{path} is a file; pass the checkpoint folder that holds {CONFIG_NAME} and "

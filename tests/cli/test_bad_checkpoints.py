@@ -134,3 +134,15 @@ def test_pickled_diffusers_folder_is_refused(tmp_path):
 def test_model_given_as_a_file(tmp_path, good):
     expect_failure(["onnx", "--model", good / "model.safetensors", "-o", tmp_path / "out.onnx"], 2,
                    "is a file; pass the checkpoint folder", watch=[tmp_path, good])
+
+
+def test_a_bundle_folder_as_model_says_what_it_is_before_any_work(tmp_path, tiny_onnx):
+    """`bench --model <bundle>` printed "exporting ..." and then "has no config.json"."""
+    from ddpm_export.runtime import make_bundle
+
+    bundle = make_bundle([tiny_onnx], tmp_path / "b")
+    for command in (["bench", "--model", bundle, "--steps", "1", "--repeats", "1"],
+                    ["onnx", "--model", bundle, "-o", tmp_path / "x.onnx"]):
+        out = expect_failure(command, 2, "is a bundle folder \\(ONNX files, no PyTorch weights\\); --model takes a "
+                             "preset or a checkpoint folder", watch=[tmp_path])
+        assert "exporting" not in out
