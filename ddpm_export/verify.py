@@ -433,7 +433,7 @@ def _noisy(reference: Backend, rel_l2: Sequence[float], cap: float | None, seed:
 def _final_state(psnr: float, probe_psnr: float | None, probe: str, limit: float) -> str:
     """``ill_conditioned`` when the reference misses ``limit`` against itself under the probe's
     perturbation (and, for the noise probe, ``psnr`` is within :data:`PROBE_MARGIN_DB` of it)."""
-    if probe_psnr is None or probe_psnr >= limit:
+    if probe_psnr is None or not math.isfinite(probe_psnr) or probe_psnr >= limit:  # NaN errors excuse nothing
         return "failed"
     if probe != "x_T + 1 ulp" and psnr < probe_psnr - PROBE_MARGIN_DB:
         return "failed"

@@ -41,6 +41,7 @@ def test_the_final_state_needs_the_reference_to_miss_too_and_the_candidate_near_
     assert _final_state(34.0 - PROBE_MARGIN_DB - 0.1, 34.0, noise, 35.0) == "failed"  # coherent: far below random
     assert _final_state(10.0, 20.0, ulp, 60.0) == "ill_conditioned"  # fp32: judged by the local errors
     assert _final_state(10.0, None, ulp, 60.0) == "failed"  # identical to itself: well-conditioned
+    assert _final_state(10.0, float("nan"), noise, 35.0) == "failed"  # a NaN per-call error made a NaN probe
 
 
 @pytest.mark.slow
