@@ -160,10 +160,13 @@ class DiffusionConfig(FrozenConfig):
                    and not self.lower_order_final), "lower_order_final",
               "sampler='unipc' with final_sigmas_type='zero' and solver_order > 1 needs lower_order_final=True "
               "(a multistep update cannot land on sigma = 0)")
-        # Karras sigmas end at sigma(t=0) already: a last step to sigma_min would not move (and is
-        # 0 / 0 at order >= 2, NaN in diffusers).
+        # Karras sigmas end at sigma(t=0) already: a last step to sigma_min has length zero. diffusers
+        # takes it as a no-op for its midpoint / bh2 solvers (NaN for heun); our solvers divide by the
+        # step's length, so it is refused, naming what the nearest setting changes.
         check(not (self.use_karras_sigmas and self.final_sigmas_type == "sigma_min"), "final_sigmas_type",
-              "use_karras_sigmas=True ends at sigma(t=0) already; use final_sigmas_type='zero'")
+              "use_karras_sigmas=True with final_sigmas_type='sigma_min' is not supported: the Karras sigmas end "
+              "at sigma(t=0), so the last step would have length zero; final_sigmas_type='zero' is the nearest "
+              "setting (its last step lands on the x0 prediction, where diffusers' no-op step stays at sigma(t=0))")
         # Noise prediction cannot land on sigma = 0 either (sigma_t (e^h - 1) is 0 * inf there).
         check(not (self.sampler == "unipc" and not self.predict_x0 and self.final_sigmas_type == "zero"),
               "final_sigmas_type", "sampler='unipc' with predict_x0=False needs final_sigmas_type='sigma_min' "

@@ -24,6 +24,7 @@ import math
 
 import numpy as np
 
+from ddpm_export.configbase import ConfigError
 from ddpm_export.diffusion.config import DiffusionConfig
 from ddpm_export.diffusion.schedule import Schedule
 from ddpm_export.diffusion.timesteps import solver_timesteps
@@ -85,20 +86,49 @@ class SolverSchedule:
         UniPC rounds them, its DPM-Solver truncates them (it rounds only for other schedules); we
         keep each so the network sees the timestep it sees in diffusers.
         """
-        T = config.num_train_timesteps
-        all_sigmas = ve_sigmas(schedule.alphas_cumprod)
-        if config.use_karras_sigmas:
-            log_sigmas = np.log(all_sigmas)
-            sigmas = karras_sigmas(float(all_sigmas[0]), float(all_sigmas[-1]), n)
-            t = np.array([sigma_to_t(float(s), log_sigmas) for s in sigmas])
-            if round_cosine or config.beta_schedule != "cosine":
-                t = t.round()
-            timesteps = t.astype(np.int64)
-        else:
-            timesteps = solver_timesteps(T, n, config.timestep_spacing, config.steps_offset)
-            sigmas = all_sigmas[timesteps]
-        last = float(all_sigmas[0]) if config.final_sigmas_type == "sigma_min" else 0.0
-        sigmas = np.concatenate([sigmas, [last]]).astype(np.float64)
+        timesteps, sigmas = _solver_steps(config, ve_sigmas(schedule.alphas_cumprod), n, round_cosine)
+        if (np.diff(sigmas) >= 0).any():
+            _refuse_zero_steps(config, schedule, n, sigmas, round_cosine)
         for a in (timesteps, sigmas):
             a.setflags(write=False)
         return cls(timesteps, sigmas)
+
+
+def _solver_steps(config: DiffusionConfig, all_sigmas: np.ndarray, n: int,
+                  round_cosine: bool) -> tuple[np.ndarray, np.ndarray]:
+    """:meth:`SolverSchedule.build`'s timesteps ``[n]`` and sigmas ``[n + 1]``, unchecked."""
+    if config.use_karras_sigmas:
+        log_sigmas = np.log(all_sigmas)
+        sigmas = karras_sigmas(float(all_sigmas[0]), float(all_sigmas[-1]), n)
+        t = np.array([sigma_to_t(float(s), log_sigmas) for s in sigmas])
+        if round_cosine or config.beta_schedule != "cosine":
+            t = t.round()
+        timesteps = t.astype(np.int64)
+    else:
+        timesteps = solver_timesteps(config.num_train_timesteps, n, config.timestep_spacing, config.steps_offset)
+        sigmas = all_sigmas[timesteps]
+    last = float(all_sigmas[0]) if config.final_sigmas_type == "sigma_min" else 0.0
+    return timesteps, np.concatenate([sigmas, [last]]).astype(np.float64)
+
+
+def _refuse_zero_steps(config: DiffusionConfig, schedule: Schedule, n: int, sigmas: np.ndarray,
+                       round_cosine: bool) -> None:
+    """ConfigError for two consecutive equal ``sigmas``: a step of zero length, whose log-SNR
+    difference h = 0 the solvers divide by (diffusers returns NaN there). It happens with ``n``
+    close to the training steps (``linspace`` rounds two points to one timestep) and with
+    ``final_sigmas_type="sigma_min"`` when the last visited timestep is 0. The message names the
+    most steps below ``n`` that these settings can take."""
+    k = int(np.flatnonzero(np.diff(sigmas) >= 0)[0])
+    last = k + 1 == len(sigmas) - 1 and config.final_sigmas_type == "sigma_min"
+    all_sigmas = ve_sigmas(schedule.alphas_cumprod)
+    fits = next((m for m in range(n - 1, 0, -1)
+                 if (np.diff(_solver_steps(config, all_sigmas, m, round_cosine)[1]) < 0).all()), None)
+    fewer = "fewer steps" if fits is None else f"at most {fits} steps"
+    # dpm-solver (noise prediction) and UniPC without predict_x0 must end at sigma_min (config.py)
+    must_end_at_min = config.sampler == "dpm-solver" or (config.sampler == "unipc" and not config.predict_x0)
+    advice = (f"final_sigmas_type='zero', or {fewer}" if last and not must_end_at_min else
+              fewer + (", or timestep_spacing='leading' or 'trailing'" if config.timestep_spacing == "linspace" else ""))
+    raise ConfigError(f"num_inference_steps={n} with timestep_spacing={config.timestep_spacing!r}"
+                      f"{', final_sigmas_type=' + repr(config.final_sigmas_type) if last else ''}: solver steps {k} and "
+                      f"{k + 1} have the same sigma ({sigmas[k]:.6g}), a step of zero length the solver cannot take "
+                      f"(it divides by the step's log-SNR difference); use {advice}")

@@ -47,7 +47,8 @@ def test_solver_fields_use_diffusers_names_and_defaults() -> None:
      "solver_type: 'midpoint' is not a solver type of sampler='unipc'; choose one of: 'bh2', 'bh1'"),
     (dict(sampler="dpm-solver++", solver_type="bh2"), "choose one of: 'midpoint', 'heun'"),
     (dict(solver_type="rk4"), "solver_type='rk4' has the wrong type"),
-    (dict(use_karras_sigmas=True, final_sigmas_type="sigma_min"), "use_karras_sigmas=True ends at sigma(t=0)"),
+    (dict(use_karras_sigmas=True, final_sigmas_type="sigma_min"),
+     "use_karras_sigmas=True with final_sigmas_type='sigma_min' is not supported: the Karras sigmas end at sigma(t=0)"),
     (dict(sampler="unipc", predict_x0=False), "sampler='unipc' with predict_x0=False needs final_sigmas_type"),
     (dict(sampler="unipc", lower_order_final=False), "needs lower_order_final=True"),
     (dict(disable_corrector=(-1,)), "disable_corrector: must list step indices >= 0"),
@@ -57,6 +58,24 @@ def test_invalid_solver_configs_name_the_field(kwargs: dict, message: str) -> No
     with pytest.raises(ConfigError) as info:
         DiffusionConfig(**kwargs)
     assert message in str(info.value)
+
+
+@pytest.mark.parametrize("sampler, kwargs, where, advice, fits", [
+    ("dpm-solver++", dict(timestep_spacing="linspace"), "steps 499 and 500",
+     "use at most 999 steps, or timestep_spacing='leading' or", 999),
+    ("unipc", dict(timestep_spacing="linspace"), "steps 499 and 500", "use at most 999 steps, or", 999),
+    ("dpm-solver++", dict(timestep_spacing="trailing", final_sigmas_type="sigma_min"), "steps 999 and 1000",
+     "use final_sigmas_type='zero', or at most 666 steps", 666),  # trailing ends at t = round(T / n) - 1
+    ("dpm-solver", dict(timestep_spacing="trailing"), "steps 999 and 1000", "use at most 666 steps", 666),
+])
+def test_a_solver_step_of_zero_length_is_refused_before_sampling(sampler, kwargs, where, advice, fits) -> None:
+    """Two equal sigmas in a row (h = 0) ended in ZeroDivisionError mid-run (diffusers: NaN)."""
+    with pytest.raises(ConfigError) as info:
+        make_scheduler(DiffusionConfig(**kwargs), sampler, num_inference_steps=1000)
+    assert f"solver {where} have the same sigma" in str(info.value) and advice in str(info.value), str(info.value)
+    assert (np.diff(make_scheduler(DiffusionConfig(**kwargs), sampler, num_inference_steps=fits).sigmas) < 0).all()
+    with pytest.raises(ConfigError, match="the same sigma"):
+        make_scheduler(DiffusionConfig(**kwargs), sampler, num_inference_steps=fits + 1)
 
 
 def test_registry_names_and_their_presets() -> None:
