@@ -11,8 +11,10 @@ What is read, with diffusers' names and each class's own defaults for keys a fil
 
 - the forward process: ``num_train_timesteps``, ``beta_start``, ``beta_end``, ``beta_schedule``
   (``squaredcos_cap_v2`` is our ``cosine``), ``prediction_type``;
-- the reverse process: ``variance_type`` (``fixed_small[_log]``, ``fixed_large[_log]``: the
-  ``_log`` forms compute the same standard deviation), ``clip_sample``, ``clip_sample_range``,
+- the reverse process: ``variance_type`` (``fixed_small[_log]``, ``fixed_large[_log]``:
+  ``fixed_small_log`` computes the same standard deviation as ``fixed_small``; diffusers'
+  ``fixed_large_log`` step returns NaN (it raises log(beta) < 0 to the power 0.5), and it is read
+  as ``fixed_large``, std sqrt(beta), what the name means), ``clip_sample``, ``clip_sample_range``,
   ``timestep_spacing``, ``steps_offset`` (dropped with other than leading spacing, as diffusers
   ignores it there), ``set_alpha_to_one``;
 - the sampler, for the classes this package runs: ``DDIMScheduler`` -> ``ddim``,
@@ -45,7 +47,8 @@ SCHEDULER_CONFIG_NAME = "scheduler_config.json"
 
 #: diffusers' beta_schedule -> ours
 _BETA_SCHEDULES = {"linear": "linear", "scaled_linear": "scaled_linear", "squaredcos_cap_v2": "cosine"}
-#: diffusers' DDPM variance_type -> ours (the _log forms give the same standard deviation)
+#: diffusers' DDPM variance_type -> ours (fixed_small_log: the same standard deviation; fixed_large_log:
+#: NaN in diffusers' step, read as fixed_large -- see the module docstring)
 _VARIANCE_TYPES = {"fixed_small": "fixed_small", "fixed_small_log": "fixed_small",
                    "fixed_large": "fixed_large", "fixed_large_log": "fixed_large"}
 #: read as they are (same name, same meaning)
@@ -117,6 +120,9 @@ def diffusion_from_scheduler(path: Path) -> DiffusionConfig:
         if data["variance_type"] not in _VARIANCE_TYPES:
             raise refuse("variance_type", f"is not supported (choose one of: {', '.join(_VARIANCE_TYPES)})")
         fields["variance_type"] = _VARIANCE_TYPES[data["variance_type"]]
+    if cls != "DDPMScheduler" and data.get("variance_type") is not None:  # learned(_range) for the solvers
+        raise refuse("variance_type", f"of {cls} is not supported (a learned-variance model's samplers here are "
+                                      f"DDPM's; the solvers take the C channels of a plain prediction)")
     fields.update(_sampler_fields(cls, data, refuse))
     if fields.get("timestep_spacing", "leading") != "leading":
         fields.pop("steps_offset", None)  # diffusers ignores it there (Stable Diffusion's configs set 1)

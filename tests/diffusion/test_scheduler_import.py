@@ -80,6 +80,9 @@ def test_keys_a_file_leaves_out_take_that_class_s_defaults(tmp_path: Path) -> No
     ({"_class_name": "DDPMScheduler", "beta_schedule": "sigmoid"},
      r"beta_schedule='sigmoid' is not supported \(choose one of: linear, scaled_linear, squaredcos_cap_v2\)"),
     ({"_class_name": "DDPMScheduler", "variance_type": "learned_range"}, r"variance_type='learned_range' is not"),
+    # accepted and ignored, then every sample failed on the 2C-channel output (diffusers slices it)
+    ({"_class_name": "DPMSolverMultistepScheduler", "variance_type": "learned_range"},
+     r"variance_type='learned_range' of DPMSolverMultistepScheduler is not supported"),
     ({"_class_name": "DPMSolverMultistepScheduler", "algorithm_type": "sde-dpmsolver"},
      r"algorithm_type='sde-dpmsolver' is not supported"),
     ({"_class_name": "DDPMScheduler", "new_knob": 1}, r"new_knob=1 is a scheduler setting this version does not know"),
