@@ -156,9 +156,20 @@ class OutputFolder:
         return None if listed is None else frozenset(listed) | self.names | {self.marker}
 
 
+#: what file managers leave in any folder they show (Finder, Explorer), besides macOS' ``._*``
+#: companions: not the user's files, and no ONNX file names them
+OS_METADATA = frozenset({".DS_Store", "Thumbs.db", "desktop.ini"})
+
+
+def is_os_metadata(path: Path) -> bool:
+    """A plain file a file manager wrote (:data:`OS_METADATA` or ``._*``), not a link."""
+    return (path.name in OS_METADATA or path.name.startswith("._")) and path.is_file() and not path.is_symlink()
+
+
 def refuse_foreign_folder(path: str | Path, kind: OutputFolder) -> None:
     """Refuse to replace ``path``, a non-empty folder that is not ``kind``'s output (no marker, or
-    anything beside what the command writes): it holds the user's own files, not ours."""
+    anything beside what the command writes and a file manager's own files): it holds the user's
+    own files, not ours."""
     path = Path(path)
     if not path.is_dir() or path.is_symlink() or not any(path.iterdir()):
         return
@@ -167,7 +178,7 @@ def refuse_foreign_folder(path: str | Path, kind: OutputFolder) -> None:
         raise BadInputError(f"{path} holds no {kind.marker} of ours, so this command did not write it: --force "
                             f"replaces only such a folder (its files would be deleted); choose a new folder, or "
                             f"empty this one yourself")
-    extra = sorted(entry.name for entry in path.iterdir() if entry.name not in allowed)
+    extra = sorted(entry.name for entry in path.iterdir() if entry.name not in allowed and not is_os_metadata(entry))
     if extra:
         shown = ", ".join(extra[:5]) + (f" and {len(extra) - 5} more" if len(extra) > 5 else "")
         raise BadInputError(f"{path} holds {shown} besides what this command writes: --force would delete "

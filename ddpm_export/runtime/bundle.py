@@ -40,8 +40,8 @@ from ddpm_export.contract.sidecar import read_sidecar, sidecar_path
 from ddpm_export.diffusion.config import DiffusionConfig
 from ddpm_export.diffusion.samplers import sampler_defaults
 from ddpm_export.errors import InputNotFoundError, IntegrityError, NotAFolderError, WrongTypeError
-from ddpm_export.files import (BUNDLE_FORMAT, BUNDLE_MANIFEST, OutputFolder, atomic_dir, bundle_files, refuse_inside,
-                               refuse_nameless_folder)
+from ddpm_export.files import (BUNDLE_FORMAT, BUNDLE_MANIFEST, OutputFolder, atomic_dir, bundle_files, is_os_metadata,
+                               refuse_inside, refuse_nameless_folder)
 from ddpm_export.runtime.info import read_metadata
 
 __all__ = ["FORMAT", "MANIFEST", "BundleError", "Manifest", "make_bundle", "read_manifest", "verify_bundle"]
@@ -187,8 +187,13 @@ def _check_recorded_metadata(folder: Path, manifest: Manifest) -> None:
 
 def _refuse_strangers(folder: Path, manifest: Manifest) -> None:
     """Refuse symlinks (they could point out of the bundle) and anything the manifest does not
-    list: ONNX Runtime would load an unlisted external-data file without its hash being checked."""
+    list: ONNX Runtime would load an unlisted external-data file without its hash being checked.
+    A file manager's own files (:func:`~ddpm_export.files.is_os_metadata`) are let be: a bundle
+    opened in Finder gained a .DS_Store and was refused; no ONNX file of the manifest, whose bytes
+    are hashed, names them as external data."""
     for path in sorted(folder.iterdir()):
+        if path.name not in manifest.files and is_os_metadata(path):
+            continue
         if path.is_symlink():
             raise BundleError(f"{path}: is a symbolic link; a bundle holds real files only (it could point out "
                               f"of the bundle) -- copy the file in and rebuild the bundle with `ddpm-export bundle`")

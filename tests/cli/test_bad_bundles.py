@@ -116,6 +116,27 @@ def test_unlisted_file(tmp_path, bundle):
     expect_failure(_sample(bundle, tmp_path), 2, "tiny.onnx.data: not listed in manifest.json", watch=[tmp_path])
 
 
+def test_a_file_managers_own_files_are_let_be(tmp_path, bundle):
+    """A bundle opened in macOS' Finder gains .DS_Store (and ._* companions on other file systems):
+    it was refused as an unlisted file."""
+    from click.testing import CliRunner
+
+    from ddpm_export.cli import main
+
+    for name in (".DS_Store", "._tiny.onnx", "Thumbs.db"):
+        (bundle / name).write_bytes(b"\x00\x00\x00\x01Bud1")
+    result = CliRunner().invoke(main, _sample(bundle, tmp_path))
+    assert result.exit_code == 0, result.output
+    from ddpm_export.runtime import make_bundle
+
+    make_bundle([bundle / "tiny.onnx"], tmp_path / "copy")  # --force replaces a bundle holding only those too
+    (tmp_path / "copy" / ".DS_Store").write_bytes(b"Bud1")
+    (tmp_path / "src.onnx").write_bytes((bundle / "tiny.onnx").read_bytes())
+    assert make_bundle([tmp_path / "src.onnx"], tmp_path / "copy", force=True).name == "copy"
+    (bundle / "notes.txt").write_text("anything else is still refused")
+    expect_failure(_sample(bundle, tmp_path / "again"), 2, "notes.txt: not listed in manifest.json", watch=[bundle])
+
+
 def test_symlink_member(tmp_path, bundle):
     outside = tmp_path / "elsewhere.onnx"
     shutil.move(bundle / "tiny.onnx", outside)
