@@ -34,8 +34,8 @@ int8-sized errors into 31-34 dB). If the reference misses the threshold against 
 (``reference_self_psnr_db``), the final check is reported as ``ill_conditioned`` and the verdict
 rests on the local per-step errors; under the noise probe the candidate must also come within
 :data:`PROBE_MARGIN_DB` of the probe (errors that add up coherently, a bias, end far below
-random ones of the same size). Otherwise the miss is the backend's, and the check fails. A final sample holding
-NaN or infinity (on either side) fails as ``non_finite``, naming the side.
+random ones of the same size). Otherwise the miss is the backend's, and the check fails. A final
+sample holding NaN or infinity (on either side) fails as ``non_finite``, naming the side.
 """
 
 from __future__ import annotations
@@ -393,9 +393,9 @@ def _trajectories(results: dict[str, dict[str, Any]], kind: str, scheduler: Sche
                 if not ulp_psnr:
                     ulp_psnr.append(compare(run(reference, scheduler, x_T=_one_ulp(ref.x_t[0], seed + 1)).final,
                                             ref.final)["psnr_db"])
-                errs["reference_probe"], errs["reference_self_psnr_db"] = "x_T + 1 ulp", ulp_psnr[0]
+                errs["reference_probe"], errs["reference_self_psnr_db"] = ULP_PROBE, ulp_psnr[0]
             else:
-                errs["reference_probe"] = "its own per-call errors as noise"
+                errs["reference_probe"] = NOISE_PROBE
                 noise = _noisy(reference, errs["local_model_output_rel_l2"], limit.step_rel_l2, seed + 2)
                 errs["reference_self_psnr_db"] = compare(run(noise, scheduler).final, ref.final)["psnr_db"]
             errs["final_check"] = _final_state(f["psnr_db"], errs["reference_self_psnr_db"], errs["reference_probe"],
@@ -408,6 +408,8 @@ def _trajectories(results: dict[str, dict[str, Any]], kind: str, scheduler: Sche
             log(f"    ill-conditioned ({_probed(errs)}); judged by the local per-step errors")
 
 
+#: the two reference probes (``reference_probe`` in the report; see the module docstring)
+ULP_PROBE, NOISE_PROBE = "x_T + 1 ulp", "its own per-call errors as noise"
 #: a low-precision candidate whose final PSNR misses its limit on an ill-conditioned trajectory
 #: must still come within this of the reference perturbed by random errors of its own size
 #: (MSE at most 4x): errors that accumulate coherently (a bias) end far further off than that
@@ -435,14 +437,14 @@ def _final_state(psnr: float, probe_psnr: float | None, probe: str, limit: float
     perturbation (and, for the noise probe, ``psnr`` is within :data:`PROBE_MARGIN_DB` of it)."""
     if probe_psnr is None or not math.isfinite(probe_psnr) or probe_psnr >= limit:  # NaN errors excuse nothing
         return "failed"
-    if probe != "x_T + 1 ulp" and psnr < probe_psnr - PROBE_MARGIN_DB:
+    if probe == NOISE_PROBE and psnr < probe_psnr - PROBE_MARGIN_DB:
         return "failed"
     return "ill_conditioned"
 
 
 def _probed(traj: dict[str, Any]) -> str:
     """What the reference probe of a missed final check found, in words."""
-    how = ("from x_T + 1 ulp" if traj["reference_probe"] == "x_T + 1 ulp"
+    how = ("from x_T + 1 ulp" if traj["reference_probe"] == ULP_PROBE
            else "with random errors of this backend's per-call size")
     return f"PyTorch against itself {how}: {_db(traj['reference_self_psnr_db'])}"
 

@@ -13,7 +13,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from ddpm_export.verify import PROBE_MARGIN_DB, _final_state, _noisy
+from ddpm_export.verify import NOISE_PROBE, PROBE_MARGIN_DB, ULP_PROBE, _final_state, _noisy
 
 
 def _double(x: np.ndarray, t: np.ndarray, c: np.ndarray | None) -> np.ndarray:
@@ -35,7 +35,7 @@ def test_the_noise_has_each_calls_measured_relative_size_capped_at_the_step_limi
 
 
 def test_the_final_state_needs_the_reference_to_miss_too_and_the_candidate_near_it() -> None:
-    noise, ulp = "its own per-call errors as noise", "x_T + 1 ulp"
+    noise, ulp = NOISE_PROBE, ULP_PROBE
     assert _final_state(33.0, 36.0, noise, 35.0) == "failed"  # PyTorch holds 35 dB under such errors
     assert _final_state(33.0, 34.0, noise, 35.0) == "ill_conditioned"
     assert _final_state(34.0 - PROBE_MARGIN_DB - 0.1, 34.0, noise, 35.0) == "failed"  # coherent: far below random
@@ -58,7 +58,7 @@ def test_guided_int8_digits_at_batch_8_is_ill_conditioned_and_a_biased_file_stil
     ddim = report["backends"]["onnxruntime"]["trajectories"]["ddim"]
     # measured: 31.3 dB (ONNX Runtime 1.32), PyTorch with such noise 31.4-34.3 dB over three draws
     assert ddim["final"]["psnr_db"] < 35 and ddim["final_check"] == "ill_conditioned", ddim["final"]
-    assert ddim["reference_probe"] == "its own per-call errors as noise" and ddim["reference_self_psnr_db"] < 35
+    assert ddim["reference_probe"] == NOISE_PROBE and ddim["reference_self_psnr_db"] < 35
     assert report["passed"], report["failures"]
 
     model = onnx.load(str(path))  # eps + 0.01 everywhere: per call about as large as int8's own error
