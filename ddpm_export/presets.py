@@ -32,7 +32,7 @@ def preset_names() -> list[str]:
     """Every folder of the presets' folder that holds a config.json, sorted."""
     if not MODELS_DIR.is_dir():
         return []
-    return sorted(p.parent.name for p in MODELS_DIR.glob("*/config.json"))
+    return sorted(p.parent.name for p in MODELS_DIR.glob(f"*/{CONFIG_NAME}"))
 
 
 def check_model_name(name: str | Path) -> None:
