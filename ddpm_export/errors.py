@@ -32,7 +32,7 @@ import os
 __all__ = ["BadInputError", "DdpmExportError", "DdpmExportWarning", "EngineError", "InputNotFoundError",
            "IntegrityError", "MissingDependencyError", "NonFiniteOutputError", "NotAFolderError",
            "OutputExistsError", "TargetMismatchWarning", "VerificationFailed", "WrongTypeError", "describe",
-           "exit_status", "out_of_memory"]
+           "exit_status", "load_error", "out_of_memory"]
 
 #: Modules of the ``export`` extra: a command that imports one needs ``pip install 'ddpm-export[export]'``.
 EXPORT_EXTRA = ("torch", "onnx", "safetensors", "polygraphy")
@@ -129,6 +129,12 @@ def out_of_memory(error: BaseException) -> bool:
     saying so): the machine's limit, not the model's fault nor the user's input (exit 2)."""
     return isinstance(error, MemoryError) or (not isinstance(error, OSError)
                                               and any(text in str(error) for text in _MEMORY_TEXT))
+
+
+def load_error(error: BaseException) -> str:
+    """The first line of an ONNX Runtime load error, without its ``[ONNXRuntimeError] : 7 :`` prefix."""
+    text = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return text.rsplit("] : ", 1)[-1].split(" : ", 1)[-1][:300]
 
 
 def describe(error: BaseException) -> str:

@@ -14,9 +14,10 @@ from ddpm_export.contract.spec import MAX_BATCH
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="The .onnx file to write.")
 @click.option("--opset", type=click.IntRange(17, 23), default=20, help="ONNX opset (onnx-attention needs 23).")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="fp32",
-              help="fp16: explicitly typed mixed precision (time embedding, norm statistics and softmax stay fp32); "
-                   "int8: QDQ calibrated on the sampler's own trajectories (embedding, first/last conv and "
-                   "attention stay float).")
+              help="fp16: explicitly typed mixed precision (time embedding, norm statistics and, with decomposed "
+                   "attention, its bias and softmax stay fp32; ort-mha runs in fp16); int8: QDQ calibrated on the "
+                   "sampler's own trajectories (embedding, first/last conv and attention's q k^T and softmax(.) v "
+                   "stay float).")
 @click.option("--attention", type=click.Choice(ATTENTION_CHOICES), default="auto",
               help="Form of attention in the graph; auto picks per --target.")
 @click.option("--target", type=click.Choice(TARGETS), default="any",

@@ -248,7 +248,7 @@ def convert_file(src: str | Path, dst: str | Path, *, force: bool = False, sourc
 def _set_metadata(model: onnx.ModelProto, props: dict[str, str], source_sha256: str) -> None:
     import onnxruntime
 
-    props = {**props, md.PRECISION_POLICY: md.dumps(policy("fp16")),
+    props = {**props, md.PRECISION_POLICY: md.dumps(policy("fp16", attention=props[md.ATTENTION])),
              FP16_PASS: md.dumps({"from_sha256": source_sha256,
                                   "converter": f"onnxruntime.transformers.float16 {onnxruntime.__version__}"})}
     del model.metadata_props[:]

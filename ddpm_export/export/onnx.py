@@ -34,7 +34,7 @@ from ddpm_export.export.polygraphy_io import check_io_paths, staged_torch_io
 from ddpm_export.export.precision import GraphModule
 from ddpm_export.export.precision_policy import check_precision, policy
 from ddpm_export.export.rewrites import resolve_rewrites
-from ddpm_export.export.validate import ValidationError, ValidationReport, validate_onnx
+from ddpm_export.export.validate import NonFiniteModelError, ValidationError, ValidationReport, validate_onnx
 from ddpm_export.files import (made_parents, names_no_file, refuse_existing_file, refuse_same_file, remove_leftovers,
                                rename_into_place, scratch_folder)
 from ddpm_export.nn.attention import use_attention_kernel
@@ -44,6 +44,9 @@ from ddpm_export.nn.rewrites import applicable, use_rewrites
 from ddpm_export.nn.unet import UNet
 
 DEFAULT_OPSET = 20
+#: int8 for TensorRT (signed int8 activations, zero point 0): ONNX Runtime's EXTENDED optimiser fails
+#: on the file at opset 21+ ("output_dtype INT8 does not match y_zero_point type UINT8", 1.32)
+INT8_TENSORRT_MAX_OPSET = 20
 #: the batch TensorRT optimises for when none is given, brought into the exported batch range
 DEFAULT_OPT_BATCH = 4
 EXTERNAL_DATA_THRESHOLD = 2 * 1024**3  # protobuf's 2 GB limit
@@ -108,7 +111,7 @@ def export_onnx(model: str | Path, out: str | Path, *, opset: int = DEFAULT_OPSE
     proto.metadata_props.clear()
     for key, value in md.metadata_props(
         unet=unet.config, diffusion=diffusion, spec=spec, attention=form, rewrites=applied, target=target,
-        policy=policy(precision, quantized_outputs=quantized_outputs),
+        policy=policy(precision, attention=form, quantized_outputs=quantized_outputs),
         exporter_version=f"ddpm-export {__version__}; torch {torch.__version__.split('+')[0]}; onnx {onnx.__version__}",
         source=str(model) if source is None else source.name,
         source_sha256=md.sha256_file(source) if source else state_sha256(unet),
@@ -167,6 +170,13 @@ def _check_options(out: Path, *, force: bool, precision: str, attention: str, ta
                             "onnx-attention (or auto)")
     if opset < MIN_OPSET[form]:
         raise BadInputError(f"--attention {form} needs --opset >= {MIN_OPSET[form]}, got {opset}")
+    if precision == "int8" and target == "tensorrt" and opset > INT8_TENSORRT_MAX_OPSET:
+        raise BadInputError(
+            f"--precision int8 for --target tensorrt needs --opset <= {INT8_TENSORRT_MAX_OPSET}, got {opset}: ONNX "
+            f"Runtime, which calibrates and validates the file, cannot load its signed-int8 QuantizeLinear nodes at "
+            f"opset 21 and later (its graph optimiser mistypes their zero points; seen with 1.32)"
+            + (f"; and --attention onnx-attention needs opset {MIN_OPSET[form]}: use decomposed (or auto)"
+               if form == "onnx-attention" else ""))
     return form
 
 
@@ -193,6 +203,8 @@ def _write_validated(proto: onnx.ModelProto, out: Path, validation: tuple[UNet, 
                 raise type(e)(e.errno, e.strerror or str(e), str(out)) from e
             try:
                 report = validate_onnx(tmp_dir / out.name, *validation, log=log, name=out) if validation else None
+            except NonFiniteModelError as e:  # the model's fault: writing it unchecked is no way out
+                raise type(e)(f"{e}; nothing was written") from e
             except ValidationError as e:
                 raise type(e)(f"{e}; nothing was written (validate=False, `ddpm-export onnx --no-validate`, "
                               f"writes the file unchecked)") from e

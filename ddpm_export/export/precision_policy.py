@@ -12,16 +12,27 @@ from typing import Literal
 from ddpm_export.contract.choices import PRECISIONS
 from ddpm_export.errors import BadInputError
 
-__all__ = ["FP32_ISLANDS", "PRECISIONS", "Precision", "check_precision", "policy"]
+__all__ = ["FP32_ISLANDS", "PRECISIONS", "Precision", "check_precision", "fp16_islands", "policy"]
 
 Precision = Literal["fp32", "fp16", "int8"]  # int8: the fp32 graph, quantized (ddpm_export.export.int8)
 FP32_ISLANDS = ("time_embedding", "class_embedding", "normalization_statistics", "position_codes",
                 "attention_bias_and_softmax")
 
 
-def policy(precision: str, *, quantized_outputs: bool = True) -> dict[str, object]:
-    """The policy as recorded in the ONNX metadata. ``quantized_outputs``: int8 only, whether the
-    outputs of the quantized ops are quantized too (:func:`ddpm_export.export.int8.quantize_int8`)."""
+def fp16_islands(attention: str) -> list[str]:
+    """The fp32 islands of an fp16 graph with attention form ``attention``: the decomposed form
+    keeps the bias add and the softmax in fp32; ONNX's ``Attention`` op (``onnx-attention``) keeps
+    the softmax (``softmax_precision``) but takes the bias in fp16; ONNX Runtime's fused
+    ``MultiHeadAttention`` (``ort-mha``) takes every input in one type, so it runs in fp16."""
+    islands = [i for i in FP32_ISLANDS if i != "attention_bias_and_softmax"]
+    return islands + {"decomposed": ["attention_bias_and_softmax"], "onnx-attention": ["attention_softmax"]}.get(
+        attention, [])
+
+
+def policy(precision: str, *, attention: str = "decomposed", quantized_outputs: bool = True) -> dict[str, object]:
+    """The policy as recorded in the ONNX metadata. ``attention``: the graph's attention form (fp16:
+    which of attention stays fp32, :func:`fp16_islands`). ``quantized_outputs``: int8 only, whether
+    the outputs of the quantized ops are quantized too (:func:`ddpm_export.export.int8.quantize_int8`)."""
     check_precision(precision)
     if precision == "int8":
         return {"precision": "int8", "io_dtype": "float32", "compute_dtype": "int8 QDQ (Conv, MatMul, Gemm)",
@@ -30,7 +41,7 @@ def policy(precision: str, *, quantized_outputs: bool = True) -> dict[str, objec
                 "calibration": "sampler trajectories (ddpm_export.export.int8)"}
     return {"precision": precision, "io_dtype": "float32",
             "compute_dtype": "float16" if precision == "fp16" else "float32",
-            "fp32_islands": list(FP32_ISLANDS) if precision == "fp16" else []}
+            "fp32_islands": fp16_islands(attention) if precision == "fp16" else []}
 
 
 def check_precision(precision: str) -> None:

@@ -13,7 +13,7 @@ import onnxruntime as ort
 import torch
 
 from ddpm_export.contract.spec import ExportSpec
-from ddpm_export.errors import NonFiniteOutputError, VerificationFailed
+from ddpm_export.errors import NonFiniteOutputError, VerificationFailed, load_error
 from ddpm_export.metrics import FP16_REL_L2, FP32_MAX_ABS, INT8_REL_L2, errors
 from ddpm_export.nn.unet import UNet
 
@@ -24,6 +24,11 @@ class ValidationError(VerificationFailed):
 
 class NonFiniteValidationError(ValidationError, NonFiniteOutputError):
     """ONNX Runtime produced NaN or infinity on the validation inputs."""
+
+
+class NonFiniteModelError(NonFiniteValidationError):
+    """The torch model itself produced NaN or infinity on the validation inputs: its weights, not
+    the export, are at fault (writing the file unchecked would not help)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,8 +78,11 @@ def validate_onnx(path: str | Path, unet: UNet, spec: ExportSpec, precision: str
     fp16 to ``rel_l2`` (against the float32 torch model in both cases). Messages name the file
     ``name`` (default ``path``: an export validates a temp copy of the file it will write)."""
     check_graph(path, name)
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     shown = path if name is None else name
+    try:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as e:  # ONNX Runtime's own classes (Fail, ...) derive from Exception only
+        raise ValidationError(f"{shown}: ONNX Runtime cannot load the exported graph ({load_error(e)})") from e
     results = []
     for batch in spec.validation_batches():
         feeds = spec.sample_inputs(batch, seed=batch)
@@ -82,7 +90,11 @@ def validate_onnx(path: str | Path, unet: UNet, spec: ExportSpec, precision: str
         if got.shape != spec.output_shape(batch) or got.dtype != np.float32:
             raise ValidationError(f"{shown}: batch {batch}: output {got.dtype}{list(got.shape)}, "
                                   f"expected float32{list(spec.output_shape(batch))}")
-        err = BatchError(batch, *errors(got, torch_reference(unet, spec, feeds)))
+        want = torch_reference(unet, spec, feeds)
+        if not np.isfinite(want).all():
+            raise NonFiniteModelError(f"{shown}: the model itself (PyTorch) gives non-finite outputs at batch "
+                                      f"{batch}, so no export of it can be checked: check its weights")
+        err = BatchError(batch, *errors(got, want))
         log(f"  batch {batch:3d}: max abs {err.max_abs:.3e}  rel L2 {err.rel_l2:.3e}  (vs torch fp32)")
         results.append(err)
     report = ValidationReport(precision, tuple(results))

@@ -44,7 +44,8 @@ def read_metadata(path: str | Path) -> dict[str, str]:
     if ort is not None:
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        from ddpm_export.runtime.onnxruntime_backend import create_session, load_error
+        from ddpm_export.errors import load_error
+        from ddpm_export.runtime.onnxruntime_backend import create_session
 
         try:
             session = create_session(path, providers=["CPUExecutionProvider"], session_options=opts)

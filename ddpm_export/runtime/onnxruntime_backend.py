@@ -15,7 +15,7 @@ import onnxruntime as ort
 
 from ddpm_export.contract.spec import OUT_NAME, ExportSpec, feeds_for
 from ddpm_export.errors import (BadInputError, EngineError, InputNotFoundError, MissingDependencyError,
-                                WrongTypeError)
+                                WrongTypeError, load_error)
 from ddpm_export.runtime.integrity import check_graph
 from ddpm_export.threads import get_threads
 
@@ -110,12 +110,6 @@ def run_error(error: BaseException) -> str:
     where = f"{node.group(1)} node{' ' + repr(node.group(2)) if node.group(2) else ''}: " if node else ""
     detail = text.split(" was false. ", 1)[1] if " was false. " in text else load_error(error)
     return (where + detail)[:300]
-
-
-def load_error(error: BaseException) -> str:
-    """The first line of an ONNX Runtime load error, without its ``[ONNXRuntimeError] : 7 :`` prefix."""
-    text = (str(error).strip().splitlines() or [type(error).__name__])[0]
-    return text.rsplit("] : ", 1)[-1].split(" : ", 1)[-1][:300]
 
 
 def session_options_for(threads: int | None, session_options: ort.SessionOptions | None = None) -> ort.SessionOptions:

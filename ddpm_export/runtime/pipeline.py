@@ -338,6 +338,11 @@ def _cond(info: ModelInfo, n: int, classes: Any, context: Any) -> np.ndarray | N
 def _chunks(n: int, min_batch: int, max_batch: int, guided: bool) -> list[slice]:
     per_image = 2 if guided else 1
     size = chunk_size(max_batch, guided)
+    if size * per_image < min_batch:  # even a full chunk is too small: no n works
+        raise BadInputError(f"guidance runs 2 rows per image, so a call holds an even number of rows, at most "
+                            f"{size * per_image} within the exported max_batch {max_batch}, which is below its "
+                            f"min_batch {min_batch}: this file cannot sample with guidance; re-export it with a batch "
+                            f"range that holds an even number (e.g. --max-batch {2 * -(-min_batch // 2)})")
     chunks = [slice(i, min(i + size, n)) for i in range(0, n, size)]
     last = (chunks[-1].stop - chunks[-1].start) * per_image
     if last < min_batch:

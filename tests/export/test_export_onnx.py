@@ -400,7 +400,10 @@ def test_metadata_describes_the_export(exported, torch_model, source, name, prec
     assert pol["precision"] == precision and pol["io_dtype"] == "float32"
     assert pol["compute_dtype"] == {"fp32": "float32", "fp16": "float16"}[precision]
     if precision == "fp16":
-        assert {"time_embedding", "normalization_statistics", "attention_bias_and_softmax"} <= set(pol["fp32_islands"])
+        assert {"time_embedding", "normalization_statistics"} <= set(pol["fp32_islands"])
+        # the fused ort-mha takes its bias in fp16 and runs in fp16; the metadata claimed a softmax island
+        assert ("attention_bias_and_softmax" in pol["fp32_islands"]) == (attention == "decomposed")
+        assert ("attention_softmax" in pol["fp32_islands"]) == (attention == "onnx-attention")
     else:
         assert pol["fp32_islands"] == []
     assert props[md.ATTENTION] == attention
@@ -522,6 +525,17 @@ def test_ort_mha_is_refused_for_tensorrt(tmp_path):
     with pytest.raises(ValueError, match=r"ort-mha is ONNX Runtime's contrib op .* --target tensorrt choose "
                                          r"decomposed or onnx-attention"):
         export_onnx("kitchen-sink", tmp_path / "m.onnx", attention="ort-mha", target="tensorrt")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_int8_for_tensorrt_above_opset_20_is_refused_before_any_work(tmp_path):
+    """ONNX Runtime failed on the calibrated file with a traceback (exit 1); and onnx-attention,
+    which the ort-mha refusal names for TensorRT, needs opset 23, so it cannot be int8 there."""
+    with pytest.raises(ValueError, match=r"int8 for --target tensorrt needs --opset <= 20, got 21: ONNX Runtime"):
+        export_onnx("digits", tmp_path / "m.onnx", precision="int8", target="tensorrt", opset=21)
+    with pytest.raises(ValueError, match=r"got 23: .*; and --attention onnx-attention needs opset 23: use decomposed"):
+        export_onnx("digits", tmp_path / "m.onnx", precision="int8", target="tensorrt", opset=23,
+                    attention="onnx-attention")
     assert list(tmp_path.iterdir()) == []
 
 

@@ -176,6 +176,17 @@ def test_a_last_chunk_below_min_batch_is_refused(tiny: Pipeline) -> None:
         pipe.sample(1, steps=1, progress=False)
 
 
+def test_a_batch_range_no_guided_call_fits_is_named_as_such(sink: Pipeline) -> None:
+    """min = max = 7: a guided call holds an even number of rows, so every n failed, each time
+    advising an n that failed the same way."""
+    spec = sink.info.spec.replace(min_batch=7, opt_batch=7, max_batch=7)
+    pipe = Pipeline(sink.backend, dataclasses.replace(sink.info, spec=spec))
+    for n in (3, 6, 7):
+        with pytest.raises(ValueError, match=r"at most 6 within the exported max_batch 7, which is below its "
+                                             r"min_batch 7: this file cannot sample with guidance; .*--max-batch 8"):
+            pipe.sample(n, steps=1, guidance_scale=1.5, progress=False)
+
+
 # --- threads ----------------------------------------------------------------------------------
 def test_eight_threads_share_one_pipeline_bit_identically(sink: Pipeline) -> None:
     jobs = [dict(seed=s, classes=s % 10, guidance_scale=1.0 + 0.5 * (s % 3), eta=0.5 * (s % 2))
