@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ddpm_export.checks import Registry, is_int
-from ddpm_export.errors import BadInputError
+from ddpm_export.errors import BadInputError, WrongTypeError
 
 if TYPE_CHECKING:  # pragma: no cover
     from ddpm_export.config import UNetConfig
@@ -217,13 +217,18 @@ class Context(Conditioning):
         if value is None:
             raise BadInputError(f"context: this model is context-conditioned; pass context [n, L, {spec.context_dim}] "
                                 f"float32")
-        if not isinstance(value, np.ndarray) or value.dtype != np.float32 or value.ndim != 3:
-            got = f"{value.dtype} {value.shape}" if isinstance(value, np.ndarray) else type(value).__name__
-            raise BadInputError(f"context must be a float32 array [n, L, {spec.context_dim}], got {got}")
+        if not isinstance(value, np.ndarray):  # a list: the wrong type, as x_T's
+            raise WrongTypeError(f"context must be a float32 array [n, L, {spec.context_dim}], "
+                                 f"got {type(value).__name__}")
+        if value.dtype != np.float32 or value.ndim != 3:
+            raise BadInputError(f"context must be a float32 array [n, L, {spec.context_dim}], got {value.dtype} "
+                                f"{value.shape}")
         n_ctx, length, dim = value.shape
         if n_ctx != n or dim != spec.context_dim or not spec.min_context <= length <= spec.max_context:
             raise BadInputError(f"context must have shape [n={n}, L in [{spec.min_context}, {spec.max_context}], "
                                 f"{spec.context_dim}], got {list(value.shape)}")
+        if not np.isfinite(value).all():  # it would reach the model and read as non-finite weights
+            raise BadInputError(f"context holds {int(value.size - np.isfinite(value).sum())} NaN or infinite values")
         return value
 
     def check_inputs(self, rng: np.random.Generator, info: ModelInfo, batch: int) -> list[tuple[str, Any]]:

@@ -29,7 +29,9 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
+
+import numpy as np
 
 from ddpm_export._version import __version__
 from ddpm_export.configbase import ConfigError
@@ -108,7 +110,7 @@ def read_manifest(folder: str | Path) -> Manifest:
             raise BundleError(f"{path}: {what}")
 
     need(isinstance(data, dict) and data.get("format") == FORMAT, f"'format' must be {FORMAT!r}")
-    need(data.get("version") == VERSION,
+    need(type(data.get("version")) is int and data.get("version") == VERSION,  # true == 1 in Python
          f"'version' {data.get('version')!r} is not supported (this code reads {VERSION})")
     files: dict[str, dict[str, Any]] = {}
     need(isinstance(data.get("files"), list) and data["files"], "'files' must be a non-empty list")
@@ -127,6 +129,18 @@ def read_manifest(folder: str | Path) -> Manifest:
              f"file {name!r}: size must be a non-negative integer, got {entry['size']!r}")
         files[name] = {"sha256": entry["sha256"], "size": entry["size"], "role": entry["role"]}
     models = data.get("models")
+    _check_models(models, files, need)
+    need(isinstance(data.get("sampler_defaults", {}), dict), "'sampler_defaults' must be an object")
+    try:
+        diffusion = DiffusionConfig.from_dict(data.get("diffusion"), source=f"{path}: diffusion")
+    except ConfigError as e:
+        raise BundleError(str(e)) from e
+    return Manifest(folder, files, models, diffusion, dict(data.get("sampler_defaults") or {}))
+
+
+def _check_models(models: Any, files: dict[str, Any], need: Callable[[bool, str], None]) -> None:
+    """The manifest's ``models``: a non-empty list of ``{onnx, engines, metadata}`` whose files are
+    listed in ``files``, each ONNX file once."""
     need(isinstance(models, list) and models, "'models' must be a non-empty list")
     for m in models:
         need(isinstance(m, dict) and {"onnx", "engines", "metadata"} <= set(m),
@@ -139,12 +153,8 @@ def read_manifest(folder: str | Path) -> Manifest:
              f"model {m['onnx']!r}: 'metadata' must map strings to strings")
         for name in [m["onnx"], *m["engines"]]:
             need(name in files, f"model file {name!r} is not listed in 'files'")
-    need(isinstance(data.get("sampler_defaults", {}), dict), "'sampler_defaults' must be an object")
-    try:
-        diffusion = DiffusionConfig.from_dict(data.get("diffusion"), source=f"{path}: diffusion")
-    except ConfigError as e:
-        raise BundleError(str(e)) from e
-    return Manifest(folder, files, models, diffusion, dict(data.get("sampler_defaults") or {}))
+    named = [m["onnx"] for m in models]
+    need(len(named) == len(set(named)), f"'models' lists one ONNX file twice: {named}")
 
 
 def verify_bundle(folder: str | Path) -> Manifest:
@@ -214,8 +224,10 @@ def make_bundle(onnx: Sequence[str | Path], out: str | Path, *, engines: Sequenc
     folder ``out`` with a ``manifest.json``; atomic (built in a temporary folder, then renamed).
 
     Every engine's sidecar must name the sha256 of one of the ONNX files. Raises BundleError
-    (and FileExistsError when ``out`` exists and not ``force``).
+    (and FileExistsError when ``out`` exists and not ``force``, InputNotFoundError -- a
+    FileNotFoundError -- for a missing file, WrongTypeError for an argument of the wrong type).
     """
+    _check_make_arguments(onnx, out, engines, force)
     onnx_paths = [Path(p) for p in onnx]
     if not onnx_paths:
         raise BundleError("a bundle needs at least one ONNX file (--onnx)")
@@ -224,7 +236,7 @@ def make_bundle(onnx: Sequence[str | Path], out: str | Path, *, engines: Sequenc
     by_onnx = {m["onnx"]: m for m in models}
     for path in (Path(p) for p in engines):
         if not path.is_file():
-            raise BundleError(f"{path}: no such engine file")
+            raise InputNotFoundError(f"{path}: no such engine file", path)
         sidecar = read_sidecar(path)
         owner = hashes.get(sidecar["onnx_sha256"])
         if owner is None:
@@ -264,6 +276,21 @@ class _Sources(dict):
             raise BundleError(f"{path}: two files are named {name!r}; rename one")
         self[name] = (path, role)
         return name
+
+
+def _check_make_arguments(onnx: Any, out: Any, engines: Any, force: Any) -> None:
+    """WrongTypeError naming the argument: a single path for a list (a str would be read one
+    character at a time), a folder that is no path, a ``force`` that is no bool ("no" is truthy)."""
+    for name, paths in (("onnx", onnx), ("engines", engines)):
+        if isinstance(paths, (str, os.PathLike)) or not isinstance(paths, (list, tuple)):
+            raise WrongTypeError(f"{name} must be a list of file paths (one file: [path]), got {type(paths).__name__}")
+        bad = [p for p in paths if not isinstance(p, (str, os.PathLike))]
+        if bad:
+            raise WrongTypeError(f"{name}: every entry must be a str or os.PathLike, got {type(bad[0]).__name__}")
+    if not isinstance(out, (str, os.PathLike)):
+        raise WrongTypeError(f"out must be a str or os.PathLike naming the bundle folder, got {type(out).__name__}")
+    if not isinstance(force, (bool, np.bool_)):
+        raise WrongTypeError(f"force must be True or False, got {force!r}")
 
 
 def external_data_files(path: Path) -> list[Path]:

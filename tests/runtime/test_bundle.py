@@ -271,3 +271,37 @@ def test_triton_refuses_a_model_the_samplers_cannot_run(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"outputs 6 channels for 3 input channels; the samplers read one"):
         write_repository(tmp_path / "b", tmp_path / "repo")
     assert not (tmp_path / "repo").exists()
+
+
+def test_make_bundle_checks_its_arguments_types(tmp_path: Path, onnx_file: Path) -> None:
+    """force="no" replaced an existing bundle; a str for onnx was read one character at a time; a
+    missing engine was a ValueError where a missing ONNX file is a FileNotFoundError."""
+    from ddpm_export.errors import WrongTypeError
+
+    make_bundle([onnx_file], tmp_path / "b")
+    before = (tmp_path / "b" / "manifest.json").read_bytes()
+    for kwargs, message in ((dict(force="no"), r"force must be True or False, got 'no'"),
+                            (dict(onnx=str(onnx_file)), r"onnx must be a list of file paths \(one file: \[path\]\), "
+                                                        r"got str"),
+                            (dict(onnx=[onnx_file, 3]), r"onnx: every entry must be a str or os.PathLike, got int"),
+                            (dict(engines="x.plan"), r"engines must be a list of file paths"),
+                            (dict(out=None), r"out must be a str or os.PathLike naming the bundle folder, got NoneType")):
+        args = {"onnx": [onnx_file], "out": tmp_path / "b", **kwargs}
+        with pytest.raises(WrongTypeError, match=message):
+            make_bundle(args.pop("onnx"), args.pop("out"), **args)
+    assert (tmp_path / "b" / "manifest.json").read_bytes() == before
+    with pytest.raises(FileNotFoundError, match=r"missing.plan: no such engine file"):
+        make_bundle([onnx_file], tmp_path / "c", engines=[tmp_path / "missing.plan"])
+    assert not (tmp_path / "c").exists()
+
+
+def test_a_manifest_with_version_true_or_one_file_twice_is_refused(tmp_path: Path, onnx_file: Path) -> None:
+    bundle = make_bundle([onnx_file], tmp_path / "b")
+    data = json.loads((bundle / "manifest.json").read_text())
+    for edit, message in ((lambda d: d.update(version=True), r"'version' True is not supported"),
+                          (lambda d: d["models"].append(d["models"][0]), r"'models' lists one ONNX file twice")):
+        edited = json.loads(json.dumps(data))
+        edit(edited)
+        (bundle / "manifest.json").write_text(json.dumps(edited))
+        with pytest.raises(ValueError, match=message):
+            Pipeline.from_bundle(bundle)

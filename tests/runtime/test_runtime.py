@@ -271,3 +271,26 @@ def test_model_info_round_trips_the_metadata(tiny: Pipeline) -> None:
     broken = dict(tiny.info.metadata, **{"ddpm_export.unet_config": '{"base_channels": -1}'})
     with pytest.raises(MetadataError, match="base_channels"):
         ModelInfo.from_metadata(broken, source="broken")
+
+
+def test_a_context_of_nan_or_a_list_is_refused_before_any_model_call(tmp_path: Path) -> None:
+    """A NaN context reached the model and failed as a non-finite output ("check the weights",
+    exit 1); a list raised BadInputError where x_T's list raises WrongTypeError (a TypeError)."""
+    from ddpm_export.errors import WrongTypeError
+    from ddpm_export.export.onnx import export_onnx
+
+    from export_helpers import save_test_checkpoint
+
+    path = export_onnx(save_test_checkpoint("context", tmp_path), tmp_path / "ctx.onnx", max_batch=2,
+                       validate=False, log=lambda s: None).path
+    pipe = Pipeline.from_onnx(path, threads=1)
+    spec = pipe.info.spec
+    context = np.zeros((1, spec.opt_context, spec.context_dim), np.float32)
+    assert pipe.sample(1, steps=1, context=context, progress=False).shape[0] == 1
+    for bad in (np.nan, np.inf):
+        poisoned = context.copy()
+        poisoned[0, 0, 0] = bad
+        with pytest.raises(ValueError, match=r"context holds 1 NaN or infinite values"):
+            pipe.sample(1, steps=1, context=poisoned, progress=False)
+    with pytest.raises(WrongTypeError, match=r"context must be a float32 array \[n, L, 12\], got list"):
+        pipe.sample(1, steps=1, context=context.tolist(), progress=False)
