@@ -16,7 +16,10 @@ compiles it for the CPU plugin with:
   :data:`MAX_COMPILED` most recently used sizes are kept; a call at another size compiles it
   (0.6-0.8 s for the digits model here) and drops the least recently used one, so an app that
   samples many sizes holds bounded memory (each compiled size holds its own copy of the
-  weights: ~23 MiB for digits, ~100 MiB for ddpm-cifar10).
+  weights: ~23 MiB for digits, ~100 MiB for ddpm-cifar10). A thread's infer requests keep
+  their compiled models alive; each call drops the calling thread's requests for sizes the
+  cache has dropped, so the bound is the cache's plus what idle threads last used (a thread
+  that never calls again keeps its requests until it ends).
 
 A QDQ int8 file (``ddpm-export onnx --precision int8``) runs through the same class: OpenVINO
 turns the QuantizeLinear/DequantizeLinear pairs into int8 kernels (VNNI where present).
@@ -128,8 +131,10 @@ class OpenVinoBackend:
         if owner is not compiled:
             request = compiled.create_infer_request()
         requests[batch] = (compiled, request)
-        while len(requests) > MAX_COMPILED:  # this thread holds no more compiled models than the cache
-            del requests[next(iter(requests))]
+        with self._lock:  # a request keeps its compiled model alive: drop those the cache has dropped
+            live = {id(c) for c in self._compiled.values()}
+        for size in [b for b, (owner, _) in requests.items() if id(owner) not in live]:
+            del requests[size]
         return request
 
     def __call__(self, x_t: np.ndarray, t: np.ndarray, cond: np.ndarray | None) -> np.ndarray:

@@ -80,6 +80,9 @@ def test_openvino_keeps_a_bounded_number_of_compiled_batch_sizes(tiny_onnx: Path
         pipe.sample(n, steps=1, progress=False)
         assert len(pipe.backend._compiled) <= MAX_COMPILED
         assert len(pipe.backend._local.requests) <= MAX_COMPILED
+        # a request keeps its compiled model alive: this thread holds none the cache has dropped
+        live = {id(c) for c in pipe.backend._compiled.values()}
+        assert all(id(owner) in live for owner, _ in pipe.backend._local.requests.values())
     assert 3 not in pipe.backend._compiled  # dropped by the later sizes; compiled again on use, same result
     np.testing.assert_array_equal(pipe.sample(3, steps=2, seed=4, progress=False), first)
 
