@@ -15,8 +15,8 @@ from ddpm_export.errors import BadInputError, WrongTypeError
 if TYPE_CHECKING:  # pragma: no cover
     from ddpm_export.config import UNetConfig
 
-__all__ = ["Registry", "check_exported_from", "check_fits_in_memory", "check_guidance_scale", "physical_memory",
-           "check_seed", "check_steps", "check_x_T", "chunk_size", "is_int"]
+__all__ = ["Registry", "check_exported_from", "check_fits_in_memory", "check_guidance_scale", "check_int",
+           "check_seed", "check_steps", "check_x_T", "chunk_size", "is_int", "physical_memory"]
 
 V = TypeVar("V")
 
@@ -26,19 +26,26 @@ def is_int(value: Any) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
+def check_int(name: str, value: Any, low: int, high: int | None, what: str) -> int:
+    """``value`` as an int in ``[low, high]`` (``high`` None: unbounded): WrongTypeError (also a
+    TypeError) when it is no int (a bool, a float, a str), BadInputError when it is out of range;
+    both say ``name`` must be ``what``."""
+    if not is_int(value):
+        raise WrongTypeError(f"{name} must be {what}, got {value!r}")
+    if value < low or (high is not None and value > high):
+        raise BadInputError(f"{name} must be {what}, got {value!r}")
+    return int(value)
+
+
 def check_seed(seed: Any) -> int:
     """A noise seed: an int >= 0."""
-    if not is_int(seed) or seed < 0:
-        raise BadInputError(f"seed must be a non-negative int, got {seed!r}")
-    return int(seed)
+    return check_int("seed", seed, 0, None, "a non-negative int")
 
 
 def check_steps(steps: Any, num_train_timesteps: int, name: str = "steps") -> int:
     """A number of inference steps: an int in ``[1, T]``."""
     T = num_train_timesteps
-    if not is_int(steps) or not 1 <= steps <= T:
-        raise BadInputError(f"{name} must be an int in [1, {T}] (the model's num_train_timesteps), got {steps!r}")
-    return int(steps)
+    return check_int(name, steps, 1, T, f"an int in [1, {T}] (the model's num_train_timesteps)")
 
 
 #: the largest |guidance scale| accepted: classifier-free guidance is used at 1-20; at 1e38 the
@@ -52,8 +59,9 @@ MAX_X_T = 1000.0
 def check_guidance_scale(scale: Any) -> float:
     """A classifier-free guidance scale: a finite float with ``|scale| <= MAX_GUIDANCE_SCALE``, so
     the guided output stays finite in float32 (1.0 means no guidance)."""
-    if isinstance(scale, (bool, np.bool_)) or not isinstance(scale, (int, float, np.integer, np.floating)) \
-            or (not is_int(scale) and not math.isfinite(scale)):
+    if isinstance(scale, (bool, np.bool_)) or not isinstance(scale, (int, float, np.integer, np.floating)):
+        raise WrongTypeError(f"guidance_scale must be a finite float, got {scale!r}")
+    if not is_int(scale) and not math.isfinite(scale):
         raise BadInputError(f"guidance_scale must be a finite float, got {scale!r}")
     if abs(scale) > MAX_GUIDANCE_SCALE:  # compared before float(): 10**400 is an int float() cannot hold
         raise BadInputError(f"guidance_scale={scale!r} is out of range: |scale| <= {MAX_GUIDANCE_SCALE:g} (classifier-"

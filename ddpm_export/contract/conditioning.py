@@ -150,14 +150,14 @@ class ClassLabels(Conditioning):
             return self._check_ids(np.full(n, int(value), dtype=object), num_classes, has_null)
         listed = isinstance(value, (list, tuple))
         if listed and any(isinstance(v, (bool, np.bool_)) for v in value):
-            raise BadInputError(f"classes must be ints, not bools: got {value!r}")
+            raise WrongTypeError(f"classes must be ints, not bools: got {value!r}")
         if listed and all(is_int(v) for v in value):
             arr = np.array([int(v) for v in value], dtype=object)  # ints of any size: numpy makes 2**63 a float
         else:
             arr = np.asarray(value)
-            if arr.dtype.kind not in "iu" or arr.ndim != 1:
-                raise BadInputError(f"classes must be an int or a 1-D sequence of ints, got {arr.dtype} "
-                                    f"with shape {arr.shape}")
+            if arr.dtype.kind not in "iu" or arr.ndim != 1:  # a str or float is the wrong type, a 2-D array not
+                error = WrongTypeError if arr.dtype.kind not in "iu" else BadInputError
+                raise error(f"classes must be an int or a 1-D sequence of ints, got {arr.dtype} with shape {arr.shape}")
         if arr.shape[0] != n:
             raise BadInputError(f"classes must hold n={n} ids, got {arr.shape[0]}")
         return self._check_ids(arr, num_classes, has_null)

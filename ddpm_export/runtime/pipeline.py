@@ -20,8 +20,8 @@ from typing import Any, Literal, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from ddpm_export.checks import (check_fits_in_memory, check_guidance_scale, check_seed, check_steps, check_x_T,
-                                chunk_size, is_int)
+from ddpm_export.checks import (check_fits_in_memory, check_guidance_scale, check_int, check_seed, check_steps,
+                                check_x_T, chunk_size, is_int)
 from ddpm_export.configbase import ConfigError, check_choice
 from ddpm_export.contract import metadata as md
 from ddpm_export.contract.choices import BACKENDS, ORT_GPU_BACKENDS
@@ -353,6 +353,4 @@ def _chunks(n: int, min_batch: int, max_batch: int, guided: bool) -> list[slice]
 
 
 def _positive_int(name: str, value: Any) -> int:
-    if not is_int(value) or value < 1:
-        raise BadInputError(f"{name} must be an int >= 1, got {value!r}")
-    return int(value)
+    return check_int(name, value, 1, None, "an int >= 1")

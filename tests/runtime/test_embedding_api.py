@@ -159,3 +159,29 @@ def test_a_missing_onnxruntime_says_what_to_install() -> None:
     assert describe(error) == ("this needs ONNX Runtime, a dependency of ddpm-export that is not installed here: "
                                "pip install onnxruntime (or onnxruntime-gpu)")
     assert exit_status(error) == 2
+
+
+@pytest.mark.parametrize("kwargs", [dict(n="1"), dict(n=True), dict(seed="0"), dict(steps="2"), dict(steps=1.0),
+                                    dict(guidance_scale="1.5"), dict(classes="3"), dict(classes=[1, True])])
+def test_an_argument_of_the_wrong_type_is_a_type_error(kwargs: dict) -> None:
+    """n="1", seed="0", steps="2", ... raised BadInputError (a ValueError only), x_T=list and
+    progress="no" WrongTypeError (also a TypeError): `except TypeError` caught only some."""
+    from ddpm_export.presets import shipped_onnx
+
+    pipe = Pipeline.from_onnx(shipped_onnx("digits"), threads=1)
+    args = {"n": 1, "steps": 1, **kwargs}
+    with pytest.raises(WrongTypeError) as caught:
+        pipe.sample(args.pop("n"), progress=False, **args)
+    assert isinstance(caught.value, TypeError) and isinstance(caught.value, BadInputError)  # ValueError too
+
+
+@pytest.mark.parametrize("kwargs", [dict(n=0), dict(seed=-1), dict(steps=1001), dict(guidance_scale=float("nan")),
+                                    dict(classes=[[1]])])
+def test_an_argument_of_the_right_type_but_a_bad_value_is_a_value_error_only(kwargs: dict) -> None:
+    from ddpm_export.presets import shipped_onnx
+
+    pipe = Pipeline.from_onnx(shipped_onnx("digits"), threads=1)
+    args = {"n": 1, "steps": 1, **kwargs}
+    with pytest.raises(BadInputError) as caught:
+        pipe.sample(args.pop("n"), progress=False, **args)
+    assert not isinstance(caught.value, TypeError)
