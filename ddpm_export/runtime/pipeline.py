@@ -299,14 +299,16 @@ def _config(base: DiffusionConfig, sampler: Any, steps: Any, eta: Any) -> Diffus
         if name != "ddim":
             given = "" if sampler is not None else " (the file's default; pass sampler='ddim')"
             raise BadInputError(f"eta applies to the DDIM sampler only; got eta={eta!r} with sampler={name!r}{given}")
-        if isinstance(eta, bool) or not isinstance(eta, (int, float, np.integer, np.floating)) \
-                or not 0.0 <= eta <= 1.0:
+        if isinstance(eta, (bool, np.bool_)) or not isinstance(eta, (int, float, np.integer, np.floating)):
+            raise WrongTypeError(f"eta must be a float in [0, 1], got {eta!r}")
+        if not 0.0 <= eta <= 1.0:
             raise BadInputError(f"eta must be a float in [0, 1], got {eta!r}")
         changes["eta"] = float(eta)
     try:
         return sampler_config(base, name, **changes)
     except ConfigError as e:
-        raise ConfigError(f"sampler={name!r} with this model's DiffusionConfig: {e}") from None
+        # steps names the argument: the config's own message speaks of num_inference_steps
+        raise ConfigError(f"sampler={name!r}, steps={n_steps} with this model's DiffusionConfig: {e}") from None
 
 
 def _guidance(info: ModelInfo, scale: Any) -> float:

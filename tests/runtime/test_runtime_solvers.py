@@ -60,7 +60,9 @@ def test_a_sampler_the_config_cannot_run_is_refused_by_name(sink: Pipeline) -> N
         sink.sample(2, sampler="dpmpp", progress=False)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="eta applies to the DDIM sampler only"):
         sink.sample(2, sampler="unipc", eta=0.5, progress=False)
-    with pytest.raises(ValueError, match="sampler='unipc' with this model's DiffusionConfig: num_inference_steps: "):
+    # the message names the steps argument (the config's own part speaks of num_inference_steps)
+    with pytest.raises(ValueError, match="sampler='unipc', steps=1000 with this model's DiffusionConfig: "
+                                         "num_inference_steps: "):
         sink.sample(2, sampler="unipc", steps=1000, progress=False)  # leading spacing needs n < T for solvers
 
 
