@@ -9,9 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
-from onnx import numpy_helper
 
 from ddpm_export.verify import NOISE_PROBE, PROBE_MARGIN_DB, ULP_PROBE, _final_state, _noisy
 
@@ -47,6 +45,9 @@ def test_the_final_state_needs_the_reference_to_miss_too_and_the_candidate_near_
 @pytest.mark.slow
 def test_guided_int8_digits_at_batch_8_is_ill_conditioned_and_a_biased_file_still_fails(tmp_path: Path) -> None:
     pytest.importorskip("torch", reason="the reference side needs torch")
+    onnx = pytest.importorskip("onnx")
+    from onnx import numpy_helper
+
     from ddpm_export.export.onnx import export_onnx
     from ddpm_export.verify import verify
 
