@@ -415,12 +415,22 @@ def _ratio(rows: dict[str, dict[str, Any]], name: str, peer: str | None) -> tupl
     return statistics.median(rounds), rounds
 
 
+def _best_peer(rows: dict[str, dict[str, Any]], peers: list[str]) -> str | None:
+    """The fastest peer by the measure the ratios use: one that no other peer beats in the median
+    of the paired round ratios (so no peer reads above 1.00 against it), the lowest pooled median
+    among several; when a cycle leaves none, the lowest pooled median."""
+    if not peers:
+        return None
+    unbeaten = [p for p in peers if all(_ratio(rows, q, p)[0] <= 1.0 for q in peers if q != p)]
+    return min(unbeaten or peers, key=lambda n: rows[n]["median_ms"])
+
+
 def _ratios(rows: dict[str, dict[str, Any]], paths: dict[str, dict[str, Any]], batch: int, flops: float,
             gemm: float, full_steps: int) -> None:
     """Add images/s, ratios to eager, to the best peer and to the same-engine peer (each with its
     value per round), GFLOP/s and the GEMM fraction in place. ``paths``: name -> path record."""
     peers = [name for name in rows if paths[name]["group"] == "peer"]
-    best = min(peers, key=lambda n: rows[n]["median_ms"]) if peers else None
+    best = _best_peer(rows, peers)
     for name, row in rows.items():
         ms = row["median_ms"]
         row["images_per_s"] = batch * 1e3 / (ms * full_steps)

@@ -58,8 +58,9 @@ class OutputExistsError(BadInputError, FileExistsError):
 
 class InputNotFoundError(BadInputError, FileNotFoundError):
     """An input file or folder named by the caller does not exist (or is not the kind of file it
-    must be). Like any ``FileNotFoundError`` it carries the path as ``filename`` and ``errno``
-    ENOENT (when the raiser gives the path); its message is the one given."""
+    must be). For a path that does not exist it carries, like any ``FileNotFoundError``, the path
+    as ``filename`` and ``errno`` ENOENT (the raiser gives the path only then); its message is the
+    one given."""
 
     def __init__(self, message: str, filename: str | os.PathLike[str] | None = None) -> None:
         super().__init__(message)

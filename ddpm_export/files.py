@@ -73,7 +73,7 @@ def refuse_existing(path: str | Path, force: bool, flag: str = "--force") -> Non
     ``.``, ``a/..``: BadInputError)."""
     if names_no_file(path):
         raise BadInputError(f"output path {str(path)!r} names no file of its own; give a file name")
-    if str(path) == "-":  # the usual "stdout" would have become a file named '-'
+    if isinstance(path, str) and path == "-":  # the option as typed (Path("./-") prints as "-" too)
         raise BadInputError("output path '-': writing to stdout is not supported; give a file name "
                             "(or ./- for a file of that name)")
     if os.path.lexists(path) and not force:  # lexists: a dangling symlink or a loop is there too

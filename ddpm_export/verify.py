@@ -500,7 +500,10 @@ def _checks(results: dict[str, dict[str, Any]], per_backend: dict[str, Threshold
             if state == "ill_conditioned":
                 message += f"; ill-conditioned ({_probed(traj)}), judged by the local per-step errors"
             elif state == "failed":
-                message += f" ({_probed(traj)})"
+                below = (traj["reference_self_psnr_db"] is not None
+                         and traj["reference_self_psnr_db"] < limits.final_psnr_db)
+                message += (f" ({_probed(traj)}, below the limit too, but this backend ends more than "
+                            f"{PROBE_MARGIN_DB:g} dB below it: its errors add up)" if below else f" ({_probed(traj)})")
             checks.append({"name": f"{name}.{kind}.final_psnr_db", "value": psnr, "threshold": limits.final_psnr_db,
                            "passed": state not in ("failed", "non_finite"), "state": state, "message": message})
     return checks

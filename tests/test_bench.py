@@ -93,6 +93,18 @@ def test_bench_reports_every_path(tmp_path: Path) -> None:
     assert "x same (rounds)" in result.output
 
 
+def test_the_best_peer_is_the_one_no_peer_beats_in_the_paired_rounds() -> None:
+    """Chosen by the pooled median while the ratios are paired per round, the best peer could be
+    beaten: plain-ort read 1.08x the 'best' (the session-13 review's example)."""
+    from ddpm_export.bench import _best_peer, _ratio
+
+    rows = {"plain-ort": {"median_ms": 12.0, "round_median_ms": [10.0, 12.0, 12.0]},
+            "plain-ov-f32": {"median_ms": 11.0, "round_median_ms": [11.0, 11.0, 13.0]},
+            "eager": {"median_ms": 30.0, "round_median_ms": [30.0, 30.0, 30.0]}}
+    best = _best_peer(rows, list(rows))
+    assert best == "plain-ort" and all(_ratio(rows, p, best)[0] <= 1.0 for p in rows)
+
+
 def test_bench_needs_a_model_or_a_file() -> None:
     result = CliRunner().invoke(main, ["bench"])
     assert result.exit_code == 2 and "bench needs --model or --onnx" in result.output

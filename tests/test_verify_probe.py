@@ -74,3 +74,21 @@ def test_guided_int8_digits_at_batch_8_is_ill_conditioned_and_a_biased_file_stil
     assert not report["passed"] and any(
         f.startswith("onnxruntime: DPM-SOLVER++-10 final-sample PSNR") and "random errors of this backend's per-call "
         "size" in f for f in report["failures"]), report["failures"]
+
+
+def test_a_miss_below_the_margin_says_pytorch_missed_too() -> None:
+    """The failed check's message read as if PyTorch held the limit when it had missed too and
+    the backend failed only on the margin."""
+    from ddpm_export.verify import THRESHOLDS, _checks
+
+    def results(probe_db: float) -> dict:
+        ddim = {"num_inference_steps": 50, "local_max_abs": 0.1, "local_rel_l2": 0.01, "final": {"psnr_db": 26.0},
+                "final_check": _final_state(26.0, probe_db, NOISE_PROBE, 35.0), "reference_probe": NOISE_PROBE,
+                "reference_self_psnr_db": probe_db}
+        return {"onnxruntime": {"single_step": {"max_abs": 0.1, "rel_l2": 0.01}, "trajectories": {"ddim": ddim}}}
+
+    for probe_db, says in ((33.0, "33.00 dB, below the limit too, but this backend ends more than 6 dB below it"),
+                           (45.0, "45.00 dB)")):
+        final = [c for c in _checks(results(probe_db), {"onnxruntime": THRESHOLDS["int8"]}, {"onnxruntime": "int8"})
+                 if c["name"].endswith("final_psnr_db")][0]
+        assert not final["passed"] and says in final["message"], final["message"]

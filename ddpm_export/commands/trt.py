@@ -99,13 +99,12 @@ def _require_extras() -> None:
     try:
         import_module("onnx")
         return
-    except ImportError:
-        pass
+    except ImportError as e:
+        why = f"onnx: {e}"  # absent, or installed but broken
     if find_spec("tensorrt") is not None:
-        raise MissingDependencyError("ddpm-export trt needs the export extra (no module 'onnx'): "
-                                     "pip install 'ddpm-export[export]'")
-    raise MissingDependencyError("ddpm-export trt needs the export extra (no module 'onnx') and, on a machine with an "
-                                 "NVIDIA GPU, the gpu extra (no module 'tensorrt'): pip install 'ddpm-export[export,gpu]'")
+        raise MissingDependencyError(f"ddpm-export trt needs the export extra ({why}): pip install 'ddpm-export[export]'")
+    raise MissingDependencyError(f"ddpm-export trt needs the export extra ({why}) and, on a machine with an NVIDIA GPU, "
+                                 f"the gpu extra (no module 'tensorrt'): pip install 'ddpm-export[export,gpu]'")
 
 
 def _export_and_build(model: str, engine: str, fp16: bool | None, options: BuildOptions, batches: dict[str, int],

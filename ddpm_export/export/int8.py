@@ -50,12 +50,15 @@ __all__ = ["CalibrationConfig", "FLOAT_GROUPS", "float_nodes", "quantize_int8", 
 #: the node groups kept in float by default (see the module docstring)
 FLOAT_GROUPS: tuple[str, ...] = ("embedding", "first_last_conv", "attention")
 QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")
+#: images per calibration run at most (each class in turn up to it; with guidance twice the rows)
+MAX_CALIBRATION_IMAGES = 32
 
 
 @dataclasses.dataclass(frozen=True)
 class CalibrationConfig:
     """Calibration trajectories: ``trajectories`` DDIM runs of ``steps``, ``steps + 1``, ... steps,
-    ``images`` each (raised to the number of classes for class models, so every class appears),
+    ``images`` each (raised to the number of classes for class models, so every class appears,
+    up to :data:`MAX_CALIBRATION_IMAGES`),
     with ``guidance_scale`` (class models with a null class: the null half is recorded too)."""
 
     trajectories: int = 3
@@ -72,8 +75,10 @@ def record_calibration_inputs(backend: Callable, spec: ExportSpec, diffusion: Di
     """Every model call of ``cfg.trajectories`` DDIM runs of ``backend`` (the float32 model), as
     feeds of at most ``spec.max_batch`` rows each: a guided call's class and null-class rows (2 x
     the images) are split into consecutive feeds where they exceed it. Min/max calibration takes
-    the extremes over all feeds, so the split changes no scale; it keeps every feed inside the
-    exported batch range and the null class in the calibration at any ``--max-batch``."""
+    the extremes over all feeds, so the split changes no scale; it keeps the null class in the
+    calibration at any ``--max-batch``. A run has ``cfg.images`` images, raised to the number of
+    classes but at most :data:`MAX_CALIBRATION_IMAGES` (a 1000-class model would run 2000-row
+    forwards and record every row of every call); trajectory k starts at class k."""
     from ddpm_export.diffusion import make_scheduler, sample
 
     calls: list[dict[str, np.ndarray]] = []
@@ -87,7 +92,7 @@ def record_calibration_inputs(backend: Callable, spec: ExportSpec, diffusion: Di
             calls.append(feeds)
         return backend(x, t, c)
 
-    n = max(cfg.images, num_classes or 0)
+    n = min(max(cfg.images, num_classes or 0), MAX_CALIBRATION_IMAGES)
     guided = num_classes is not None and null_class is not None
     for k in range(cfg.trajectories):
         scheduler = make_scheduler(diffusion, "ddim", num_inference_steps=cfg.steps + k)

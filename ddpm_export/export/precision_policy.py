@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Literal
 
-from ddpm_export.contract.choices import PRECISIONS
+from ddpm_export.configbase import check_choice
+from ddpm_export.contract.choices import ATTENTION_FORMS, PRECISIONS
 from ddpm_export.errors import BadInputError
 
 __all__ = ["FP32_ISLANDS", "PRECISIONS", "Precision", "check_precision", "fp16_islands", "policy"]
@@ -24,9 +25,10 @@ def fp16_islands(attention: str) -> list[str]:
     keeps the bias add and the softmax in fp32; ONNX's ``Attention`` op (``onnx-attention``) keeps
     the softmax (``softmax_precision``) but takes the bias in fp16; ONNX Runtime's fused
     ``MultiHeadAttention`` (``ort-mha``) takes every input in one type, so it runs in fp16."""
+    check_choice("attention", attention, ATTENTION_FORMS)
     islands = [i for i in FP32_ISLANDS if i != "attention_bias_and_softmax"]
-    return islands + {"decomposed": ["attention_bias_and_softmax"], "onnx-attention": ["attention_softmax"]}.get(
-        attention, [])
+    return islands + {"decomposed": ["attention_bias_and_softmax"], "onnx-attention": ["attention_softmax"],
+                      "ort-mha": []}[attention]
 
 
 def policy(precision: str, *, attention: str = "decomposed", quantized_outputs: bool = True) -> dict[str, object]:

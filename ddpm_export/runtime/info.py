@@ -29,9 +29,9 @@ def read_metadata(path: str | Path) -> dict[str, str]:
     path = Path(path)
     if path.is_dir():
         raise InputNotFoundError(f"{path}: a folder, not an ONNX file (a bundle folder is read with "
-                                 f"Pipeline.from_bundle, `sample --bundle`)", path)
+                                 f"Pipeline.from_bundle, `sample --bundle`)")
     if path.exists() and not path.is_file():  # /dev/null, a FIFO: reading would hang or find nothing
-        raise InputNotFoundError(f"{path}: not a regular file (a device, pipe or socket); give an ONNX file", path)
+        raise InputNotFoundError(f"{path}: not a regular file (a device, pipe or socket); give an ONNX file")
     if not path.is_file():
         raise InputNotFoundError(f"{path}: no such ONNX file", path)
     props = scan_metadata_props(path)

@@ -307,8 +307,8 @@ def _config(base: DiffusionConfig, sampler: Any, steps: Any, eta: Any) -> Diffus
     try:
         return sampler_config(base, name, **changes)
     except ConfigError as e:
-        # steps names the argument: the config's own message speaks of num_inference_steps
-        raise ConfigError(f"sampler={name!r}, steps={n_steps} with this model's DiffusionConfig: {e}") from None
+        given = "" if steps is None else f", steps={n_steps}"  # the config's own message says num_inference_steps
+        raise ConfigError(f"sampler={name!r}{given} with this model's DiffusionConfig: {e}") from None
 
 
 def _guidance(info: ModelInfo, scale: Any) -> float:

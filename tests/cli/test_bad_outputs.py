@@ -557,6 +557,9 @@ def test_a_dash_is_not_taken_for_a_file_named_dash(tmp_path, tiny, monkeypatch, 
     monkeypatch.chdir(tmp_path)
     args = [str(tiny) if a == "TINY" else a for a in command]
     expect_failure(args, 2, "output path '-': writing to stdout is not supported", watch=[tmp_path])
+    if command[0] == "inspect":  # what the message offers: ./- writes a file of that name
+        result = run([*args[:-1], "./-"])
+        assert result.exit_code == 0 and (tmp_path / "-").is_file(), result.output
 
 
 def test_a_failed_write_removes_the_folders_it_created(tmp_path):

@@ -96,6 +96,22 @@ def test_calibration_splits_guided_calls_at_max_batch_keeping_the_null_class() -
     assert unet.config.num_classes in {int(c) for f in split for c in f["class_labels"]}  # the null class
 
 
+def test_calibration_runs_at_most_max_calibration_images() -> None:
+    """The images of a run were the class count uncapped once guided calls were split: a
+    1000-class model would run 2000-row forwards. Here images=40 on an unconditional model."""
+    from ddpm_export import load_model
+    from ddpm_export.contract.spec import ExportSpec
+    from ddpm_export.diffusion import DiffusionConfig
+    from ddpm_export.export.int8 import MAX_CALIBRATION_IMAGES
+    from ddpm_export.torch_backend import TorchBackend
+
+    unet = load_model("tiny")
+    spec = ExportSpec.from_config(unet.config, opt_batch=1, max_batch=16)
+    calls = record_calibration_inputs(TorchBackend(unet), spec, DiffusionConfig(), None, None,
+                                      CalibrationConfig(trajectories=1, steps=2, images=40))
+    assert [len(f["x_t"]) for f in calls] == [16, 16, 16, 16] and MAX_CALIBRATION_IMAGES == 32
+
+
 def test_int8_file_is_qdq_with_the_float_islands(files: dict[str, Path]) -> None:
     model = onnx.load(str(files["int8"]))
     ops = [n.op_type for n in model.graph.node]
