@@ -64,14 +64,40 @@ def _profile_detail(report: dict) -> str:
     return f"{p['total_us'] / p['runs'] / 1e3:.3f} ms/run: {shares}; unplaced {p['unplaced_us'] / p['total_us']:.0%}"
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="digits")
-    parser.add_argument("--out", type=Path, default=Path("gpu-check-out"))
-    args = parser.parse_args()
-    out, m = args.out, args.model
+#: the file that marks an --out folder as this tool's, so that a later run may replace it
+MARKER = ".ddpm-gpu-check"
+
+
+def fresh_out(out: Path) -> str | None:
+    """Empty ``out`` for this run and mark it as ours; the reason it cannot be, or None. A folder
+    holding files this tool did not write (no :data:`MARKER`) is never deleted."""
+    if out.exists() and not out.is_dir():
+        return f"--out {out} is a file; give a folder"
+    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).is_file():
+        return f"--out {out} holds files this tool did not write; give a new or empty folder"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
+    (out / MARKER).write_text("written by tools/gpu_check.py: its next run replaces this folder\n", encoding="utf-8")
+    return None
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
+    parser.add_argument("--model", default="digits", help="the preset or checkpoint folder to export and build")
+    parser.add_argument("--out", type=Path, default=Path("gpu-check-out"),
+                        help="a new or empty folder, or one an earlier run wrote (replaced)")
+    args = parser.parse_args()
+    out, m = args.out, args.model
+    from ddpm_export.errors import DdpmExportError
+    from ddpm_export.presets import check_model_name
+
+    try:
+        check_model_name(m)
+    except DdpmExportError as e:
+        parser.error(f"--model: {e}")
+    problem = fresh_out(out)
+    if problem is not None:
+        parser.error(problem)
     fp32 = out / f"{m}.onnx"
     if not step(f"export {m} fp32", "onnx", "--model", m, "-o", str(fp32), "--target", "tensorrt"):
         return _print()

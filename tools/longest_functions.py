@@ -13,9 +13,10 @@ from pathlib import Path
 
 
 def function_lengths(root: Path) -> list[tuple[int, str]]:
-    """``(lines, "file:line name")`` for every function and method under ``root``."""
+    """``(lines, "file:line name")`` for every function and method under ``root`` (a folder, or
+    one ``.py`` file)."""
     out = []
-    for path in sorted(root.rglob("*.py")):
+    for path in [root] if root.is_file() else sorted(root.rglob("*.py")):
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
         for node in ast.walk(tree):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
@@ -24,12 +25,19 @@ def function_lengths(root: Path) -> list[tuple[int, str]]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("path", nargs="?", default="ddpm_export")
-    parser.add_argument("--top", type=int, default=10)
-    parser.add_argument("--limit", type=int, default=None)
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
+    parser.add_argument("path", nargs="?", type=Path, default=Path(__file__).resolve().parents[1] / "ddpm_export",
+                        help="a folder or .py file (default: the package, wherever this is run from)")
+    parser.add_argument("--top", type=int, default=10, help="how many of the longest to print (>= 0)")
+    parser.add_argument("--limit", type=int, default=None, help="exit 1 when a function is longer than this")
     args = parser.parse_args()
-    lengths = function_lengths(Path(args.path))
+    if args.top < 0:
+        parser.error(f"--top must be >= 0, got {args.top}")
+    if not args.path.exists() or (args.path.is_file() and args.path.suffix != ".py"):
+        parser.error(f"{args.path}: no such folder or .py file")  # an empty result would pass any --limit
+    lengths = function_lengths(args.path)
+    if not lengths:
+        parser.error(f"{args.path}: holds no Python function")
     for n, where in lengths[: args.top]:
         print(f"{n:4d}  {where}")
     over = [w for n, w in lengths if args.limit is not None and n > args.limit]

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Score the digits model's samples with the offline metric of ``ddpm_export.quality``.
 
-Reports, for DDIM samples (steps and sampler from the checkpoint's diffusion.json unless
-overridden):
+Reports, for samples of the checkpoint's default sampler and steps (its diffusion.json; digits:
+UniPC-10) unless ``--sampler`` / ``--steps`` override them:
 
 - the classifier on the held-out real digits (accuracy, confident fraction): the metric's own check;
 - the reference Fréchet distance: held-out real vs as many training real digits as samples;

@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
+import math
 import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -30,6 +31,8 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
+from ddpm_export.errors import DdpmExportError, describe, exit_status
+from ddpm_export.files import OutputFolder, atomic_dir, check_output_folder
 from ddpm_export.quality import CLASSIFIER_CONFIG, CLASSIFIER_WEIGHTS, DigitClassifier, load_digits_split
 
 
@@ -75,24 +78,39 @@ def outliers(n: int, like: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return torch.cat([gauss, unif, blobs, noised])
 
 
-def main(argv: list[str] | None = None) -> int:
+#: what the classifier folder holds, so that --force replaces only such a folder (and keeps README.md)
+CLASSIFIER_FOLDER = OutputFolder(CLASSIFIER_CONFIG, frozenset({CLASSIFIER_WEIGHTS, "README.md"}))
+
+
+def positive(kind: type) -> Callable[[str], Any]:
+    """An argparse type: a finite ``kind`` > 0 (argparse names the flag when it fails)."""
+    def parse(text: str) -> Any:
+        value = kind(text)
+        if not math.isfinite(value) or value <= 0:
+            raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+        return value
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", default="ddpm_export/models/digit-classifier", help="folder to write")
-    p.add_argument("--epochs", type=int, default=40)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--epochs", type=positive(int), default=40, help="passes over the training digits")
+    p.add_argument("--batch-size", type=positive(int), default=64, help="digits per optimiser step")
+    p.add_argument("--lr", type=positive(float), default=2e-3, help="Adam's learning rate (cosine-annealed)")
     p.add_argument("--outlier-weight", type=float, default=0.5,
                    help="weight of the outlier-exposure loss (uniform target on non-digit images); 0 disables")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--force", action="store_true", help="overwrite an existing --out folder")
-    args = p.parse_args(argv)
-    out = Path(args.out)
-    if out.exists() and not args.force:
-        print(f"error: {out} exists; pass --force to overwrite it", file=sys.stderr)
-        return 1
+    p.add_argument("--seed", type=int, default=0, help="seed of the initialisation, shuffles and augmentations")
+    p.add_argument("--threads", type=positive(int), default=1, help="torch CPU threads")
+    p.add_argument("--force", action="store_true",
+                   help="replace an existing --out folder written by this tool (never another folder)")
+    return p.parse_args(argv)
 
+
+def train(args: argparse.Namespace) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The classifier's weights (torch names) and its record for ``classifier.json``."""
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
@@ -118,42 +136,53 @@ def main(argv: list[str] | None = None) -> int:
         sched.step()
         if epoch % 10 == 0 or epoch == args.epochs - 1:
             print(f"epoch {epoch:3d}  loss {total / len(x):.4f}", flush=True)
+    return {k: v.detach().contiguous() for k, v in model.state_dict().items()}, _record(model, args, digits, start)
 
-    weights = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    clf = DigitClassifier({k: v.numpy() for k, v in weights.items()}, {})
+
+def _record(model: nn.Module, args: argparse.Namespace, digits: Any, start: float) -> dict[str, Any]:
+    """``classifier.json``: architecture, flags, held-out accuracy and the numpy twin's agreement."""
+    weights = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+    clf = DigitClassifier(weights, {})
     probs = clf.probs(digits.heldout_x)
     acc = float((probs.argmax(1) == digits.heldout_y).mean())
     conf = float((probs.max(1) > 0.9).mean())
     with torch.no_grad():
         torch_logits = model(torch.from_numpy(digits.heldout_x)).numpy()
     numpy_err = float(np.abs(clf.forward(digits.heldout_x)[1] - torch_logits).max())
-    meta = {
+    print(f"held-out accuracy {acc:.4f}, confident (>0.9) {conf:.4f}, numpy vs torch {numpy_err:.1e}", flush=True)
+    return {
         "architecture": "conv3x3(1->16) ReLU maxpool2 -> conv3x3(16->32) ReLU maxpool2 -> fc(512->64) ReLU -> fc(64->10)",
         "input": "[N, 1, 16, 16] float32 in [-1, 1]",
         "features": "fc1 after ReLU, 64-d",
-        "command": " ".join(["python tools/train_classifier.py", *(sys.argv[1:] if argv is None else argv)]),
         "args": {k: v for k, v in vars(args).items() if k != "force"},
         "heldout_accuracy": round(acc, 4),
         "heldout_confident_fraction": round(conf, 4),
         "numpy_vs_torch_max_abs_logit": numpy_err,
         "wall_s": round(time.perf_counter() - start, 1),
     }
-    print(f"held-out accuracy {acc:.4f}, confident (>0.9) {conf:.4f}, numpy vs torch {numpy_err:.1e}", flush=True)
 
-    staging = out.parent / f".{out.name}.staging-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+
+def write(out: Path, weights: dict[str, torch.Tensor], meta: dict[str, Any], force: bool) -> None:
+    """The folder, atomically (``atomic_dir``: nothing half-written; --force replaces only a folder
+    this tool wrote), keeping an existing README.md."""
+    with atomic_dir(out, CLASSIFIER_FOLDER, force=force) as tmp:
+        save_file(weights, str(tmp / CLASSIFIER_WEIGHTS), metadata={"producer": "ddpm-export train_classifier"})
+        (tmp / CLASSIFIER_CONFIG).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        if (out / "README.md").is_file():
+            shutil.copy2(out / "README.md", tmp / "README.md")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    out = Path(args.out)
     try:
-        save_file(weights, str(staging / CLASSIFIER_WEIGHTS), metadata={"producer": "ddpm-export train_classifier"})
-        (staging / CLASSIFIER_CONFIG).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        if out.exists():
-            if (out / "README.md").is_file():
-                shutil.copy2(out / "README.md", staging / "README.md")
-            shutil.rmtree(out)
-        staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        check_output_folder(out, CLASSIFIER_FOLDER, args.force)  # before the training, as write() checks again
+        weights, meta = train(args)
+        meta["command"] = " ".join(["python tools/train_classifier.py", *(sys.argv[1:] if argv is None else argv)])
+        write(out, weights, meta, args.force)
+    except (DdpmExportError, OSError) as e:
+        print(f"error: {describe(e)}", file=sys.stderr)
+        return exit_status(e)
     print(f"wrote {out}/ ({CLASSIFIER_CONFIG}, {CLASSIFIER_WEIGHTS})")
     return 0
 

@@ -3,7 +3,7 @@
 
 Starts the ``tritonserver`` of the nvidia-pytriton wheel on a repository generated with
 ``ddpm-export triton --unet-backend python`` (see ``ddpm_export/serve/local_server.py``) and
-measures, for requests of ``-n`` images with ``--steps`` DDIM steps:
+measures, for requests of ``-n`` images with ``--steps`` steps of the bundle's default sampler:
 
 * the latency of one request (median of ``--repeats``), served over gRPC vs ``Pipeline.sample``;
 * the throughput (images/s) of ``--clients`` concurrent clients sending ``--requests`` requests
@@ -113,7 +113,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bundle", type=Path, default=None, help="a bundle folder [default: export digits]")
     parser.add_argument("-n", type=positive, default=4, help="images per request")
-    parser.add_argument("--steps", type=positive, default=20, help="DDIM steps per request")
+    parser.add_argument("--steps", type=positive, default=20, help="sampler steps per request (the bundle's default sampler)")
     parser.add_argument("--repeats", type=positive, default=5, help="requests timed for the latency")
     parser.add_argument("--clients", type=positive, default=4, help="concurrent clients / threads")
     parser.add_argument("--requests", type=positive, default=16, help="requests in one throughput round")
