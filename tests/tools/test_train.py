@@ -119,8 +119,13 @@ def test_help(train, capsys):
 
 def test_classifier_training_refuses_to_overwrite(tmp_path, capsys):
     tool = load_tool("train_classifier")
-    assert tool.main(["--out", str(tmp_path)]) == 1
+    assert tool.main(["--out", str(tmp_path)]) == 2  # bad input: the project's exit status (was 1)
     assert "--force" in capsys.readouterr().err
+    # --force replaces only a folder this tool wrote: it deleted a folder of the user's own files
+    (tmp_path / "mine.txt").write_text("keep")
+    assert tool.main(["--out", str(tmp_path), "--epochs", "1", "--force"]) == 2
+    assert "holds no classifier.json of ours" in capsys.readouterr().err
+    assert (tmp_path / "mine.txt").read_text() == "keep"
 
 
 @pytest.mark.parametrize(("flags", "message"), [
