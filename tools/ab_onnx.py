@@ -44,25 +44,34 @@ def runner(spec: str, batch: int, threads: int) -> tuple[str, Callable[[], np.nd
     shape = [batch if not isinstance(d, int) else d for d in inputs[0].shape]
     feeds = {inputs[0].name: np.random.default_rng(0).standard_normal(shape, dtype=np.float32),
              inputs[1].name: np.full(batch, 500, dtype=np.int64)}
-    return Path(path).name + (f"+{variant}" if variant else ""), lambda: session.run(None, feeds)[0]
+    return path + (f"+{variant}" if variant else ""), lambda: session.run(None, feeds)[0]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("files", nargs="+",
                         help="ONNX files, the first is the reference; FILE+static: a static session")
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--rounds", type=int, default=100)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=1, help="rows per forward (>= 1)")
+    parser.add_argument("--rounds", type=int, default=100, help="shuffled rounds of one forward per file (>= 1)")
+    parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads (>= 1)")
     args = parser.parse_args(argv)
+    for flag, value in (("batch", args.batch), ("rounds", args.rounds), ("threads", args.threads)):
+        if value < 1:
+            parser.error(f"--{flag} must be >= 1, got {value}")
+    missing = [spec for spec in args.files if not Path(spec.partition("+")[0]).is_file()]
+    if missing:
+        parser.error(f"{missing[0]}: no such ONNX file")
     from ddpm_export.machine import cpu_info
 
     info = cpu_info()
     print(f"{info['model']}; {', '.join(k for k, v in info['flags'].items() if v)}; {args.threads} threads, "
           f"batch {args.batch}, {args.rounds} rounds; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}")
-    runs = dict(runner(spec, args.batch, args.threads) for spec in args.files)
-    if len(runs) != len(args.files):
+    pairs = [runner(spec, args.batch, args.threads) for spec in args.files]
+    short = [Path(label).name for label, _ in pairs]  # the file names, unless two share one (a/m.onnx, b/m.onnx)
+    labels = short if len(set(short)) == len(short) else [label for label, _ in pairs]
+    if len(set(labels)) != len(labels):
         raise SystemExit("the same file twice: give each once")
+    runs = dict(zip(labels, (run for _, run in pairs)))
     outputs = {label: run() for label, run in runs.items()}  # first call: allocations, prepacking
     wall: dict[str, list[float]] = {label: [] for label in runs}
     cpu: dict[str, list[float]] = {label: [] for label in runs}

@@ -28,7 +28,7 @@ from ddpm_export.export.onnx import export_onnx
 from ddpm_export.export.validate import torch_reference
 from ddpm_export.metrics import errors
 from ddpm_export.nn.checkpoint import CONFIG_NAME, build_model, save_checkpoint
-from ddpm_export.presets import preset_dir
+from ddpm_export.presets import preset_dir, preset_names
 
 
 def naive_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -66,9 +66,13 @@ def naive_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="ddpm-cifar10", help="preset whose config is used")
-    ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--batch", type=int, default=4, help="rows per call (>= 2: one row is t = 937)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the weights and the inputs")
     args = ap.parse_args()
+    if args.batch < 2:
+        ap.error(f"--batch must be >= 2 (the rows span t = 0..T-1 and one is t = 937), got {args.batch}")
+    if args.model not in preset_names():
+        ap.error(f"--model {args.model!r} is not a preset; choose one of: {', '.join(preset_names())}")
 
     cfg = UNetConfig.load(preset_dir(args.model) / CONFIG_NAME).replace(zero_init=False)
     with tempfile.TemporaryDirectory() as tmp:
