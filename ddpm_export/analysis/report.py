@@ -153,7 +153,8 @@ def format_tables(report: dict[str, Any]) -> str:
 
 def format_erf(report: dict[str, Any]) -> str:
     """The effective receptive field in one sentence."""
-    return (f"effective receptive field ({report['weights']} weights, {count(len(report['erf_timesteps']), 'timestep')} "
+    timesteps = count(len(report["erf_timesteps"]), "timestep")
+    return (f"effective receptive field ({report['weights']} weights, {timesteps} "
             f"x {count(report['erf_samples'], 'input')} of {report['erf_size']}x{report['erf_size']}): 95% of the "
             f"gradient mass within the {report['erf_diameter']}x{report['erf_diameter']} px window around the centre "
             f"pixel (r95 = {report['erf_radius']}, half the mass within r50 = {report['erf_half_mass_radius']}; a "

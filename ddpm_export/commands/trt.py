@@ -49,8 +49,9 @@ def command(onnx_path: str | None, model: str | None, engine: str, fp16: bool | 
     \b
     One optimisation profile covers the file's batch range (min/opt/max from its ExportSpec);
     TF32 is off, so an fp32 file gives an fp32 engine, an fp16 file an fp16 engine with the
-    same fp32 islands, and an int8 file (--target tensorrt) an int8 engine. The sidecar records the ONNX sha256, TensorRT version, GPU and the
-    compatibility options; runtimes refuse an engine that cannot run there.
+    same fp32 islands, and an int8 file (--target tensorrt) an int8 engine. The sidecar records
+    the ONNX sha256, TensorRT version, GPU and the compatibility options; runtimes refuse an
+    engine that cannot run there.
     Exit status: 0 built; 2 bad input, TensorRT, CUDA or a GPU missing, or TensorRT failed to
     build a valid file (the message names the node and a hint); nothing is written then. 1 only
     when the one-step export (--model) disagrees with PyTorch.
