@@ -86,9 +86,10 @@ class SolverSchedule:
         UniPC rounds them, its DPM-Solver truncates them (it rounds only for other schedules); we
         keep each so the network sees the timestep it sees in diffusers.
         """
-        timesteps, sigmas = _solver_steps(config, ve_sigmas(schedule.alphas_cumprod), n, round_cosine)
+        all_sigmas = ve_sigmas(schedule.alphas_cumprod)
+        timesteps, sigmas = _solver_steps(config, all_sigmas, n, round_cosine)
         if (np.diff(sigmas) >= 0).any():
-            _refuse_zero_steps(config, schedule, n, sigmas, round_cosine)
+            _refuse_zero_steps(config, all_sigmas, n, sigmas, round_cosine)
         for a in (timesteps, sigmas):
             a.setflags(write=False)
         return cls(timesteps, sigmas)
@@ -111,7 +112,7 @@ def _solver_steps(config: DiffusionConfig, all_sigmas: np.ndarray, n: int,
     return timesteps, np.concatenate([sigmas, [last]]).astype(np.float64)
 
 
-def _refuse_zero_steps(config: DiffusionConfig, schedule: Schedule, n: int, sigmas: np.ndarray,
+def _refuse_zero_steps(config: DiffusionConfig, all_sigmas: np.ndarray, n: int, sigmas: np.ndarray,
                        round_cosine: bool) -> None:
     """ConfigError for two consecutive equal ``sigmas``: a step of zero length, whose log-SNR
     difference h = 0 the solvers divide by (diffusers returns NaN there). It happens with ``n``
@@ -120,7 +121,6 @@ def _refuse_zero_steps(config: DiffusionConfig, schedule: Schedule, n: int, sigm
     most steps below ``n`` that these settings can take."""
     k = int(np.flatnonzero(np.diff(sigmas) >= 0)[0])
     last = k + 1 == len(sigmas) - 1 and config.final_sigmas_type == "sigma_min"
-    all_sigmas = ve_sigmas(schedule.alphas_cumprod)
     fits = next((m for m in range(n - 1, 0, -1)
                  if (np.diff(_solver_steps(config, all_sigmas, m, round_cosine)[1]) < 0).all()), None)
     fewer = "fewer steps" if fits is None else f"at most {fits} steps"
