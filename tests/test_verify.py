@@ -298,3 +298,31 @@ def test_verify_help_states_the_thresholds_it_applies() -> None:
         assert limit in text, (precision, limit)
         if t.local_rel_l2 is not None:
             assert f"(local {t.local_rel_l2:g})" in text
+
+
+def test_fp32_max_abs_limit_scales_with_the_outputs(tmp_path: Path) -> None:
+    """A model whose outputs are ~1000x unit scale: the same relative precision passes, each max abs
+    check's threshold being 1e-4 times the RMS of the PyTorch outputs it compares against."""
+    import torch
+
+    from ddpm_export import load_model
+    from ddpm_export.export.onnx import export_onnx
+    from ddpm_export.nn.checkpoint import save_checkpoint
+
+    unet = load_model("tiny")
+    last = [m for m in unet.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+    with torch.no_grad():
+        last.weight.mul_(1000.0)
+        last.bias.mul_(1000.0)
+    save_checkpoint(unet, tmp_path / "big")
+    onnx_path = export_onnx(tmp_path / "big", tmp_path / "big.onnx", log=lambda s: None).path
+    report = verify(tmp_path / "big", onnx_path, steps=2, ddpm_steps=2, solver_steps=2, batch=1, log=lambda s: None)
+    ort = report["backends"]["onnxruntime"]
+    checks = {c["name"]: c for c in report["checks"]}
+    assert ort["single_step"]["output_scale"] > 100
+    single = checks["onnxruntime.single_step.max_abs"]
+    assert single["threshold"] == pytest.approx(1e-4 * ort["single_step"]["output_scale"])
+    assert "x the output's RMS" in single["message"]
+    ddim = ort["trajectories"]["ddim"]
+    assert checks["onnxruntime.ddim.local.max_abs"]["threshold"] == pytest.approx(1e-4 * ddim["local_output_scale"])
+    assert report["passed"], report["failures"]

@@ -469,8 +469,50 @@ def test_failed_validation_writes_nothing(source, tmp_path, monkeypatch):
     with pytest.raises(ValidationError) as caught:
         export_onnx(source("micro"), out, log=lambda s: None)
     assert str(caught.value).startswith(f"{out}: fp32 max abs error ")
-    assert "exceeds 0.0e+00; nothing was written (validate=False, `ddpm-export onnx --no-validate`, " in str(caught.value)
+    assert " exceeds 0.0e+00" in str(caught.value)
+    assert "; nothing was written (validate=False, `ddpm-export onnx --no-validate`, " in str(caught.value)
     assert list(tmp_path.iterdir()) == []
+
+
+def _scaled_copy(source, name: str, factor: float, root: Path) -> Path:
+    """``name``'s checkpoint with its last convolution (and so its outputs) scaled by ``factor``."""
+    import torch
+
+    from ddpm_export.nn.checkpoint import save_checkpoint
+
+    unet = load_model(source(name))
+    last = [m for m in unet.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+    with torch.no_grad():
+        last.weight.mul_(factor)
+        last.bias.mul_(factor)
+    save_checkpoint(unet, root / f"{name}-x{factor:g}")
+    return root / f"{name}-x{factor:g}"
+
+
+def test_fp32_limit_scales_with_the_output(source, tmp_path):
+    """float32 errors grow with the values: outputs 1000x larger than unit scale are held to a max
+    abs limit 1000x larger (their RMS, computed here from the torch outputs), the same relative
+    precision; below RMS 1 the limit is the plain 1e-4. A limit the error misses names the scale."""
+    from ddpm_export.metrics import FP32_MAX_ABS
+
+    folder = _scaled_copy(source, "micro", 1000.0, tmp_path)
+    result = export_onnx(folder, tmp_path / "big.onnx", log=lambda s: None)
+    unet, spec = load_model(folder), result.spec
+    for err in result.validation.errors:
+        want = validate_mod.torch_reference(unet, spec, spec.sample_inputs(err.batch, seed=err.batch))
+        rms = float(np.sqrt(np.mean(want.astype(np.float64) ** 2)))
+        assert rms > 100 and err.scale == pytest.approx(rms, rel=1e-9)
+        assert err.max_abs <= FP32_MAX_ABS * err.scale and err.rel_l2 < 1e-5
+    with pytest.raises(ValidationError, match=r"exceeds [0-9.e+-]+ \(1\.0e-09 x the output's RMS [0-9.]+\)$"):
+        validate_mod.validate_onnx(result.path, unet, spec, "fp32", max_abs=1e-9, log=lambda s: None)
+
+
+def test_output_scale_is_the_largest_rms_at_least_one():
+    from ddpm_export.metrics import output_scale
+
+    assert output_scale(np.full((2, 3), 0.5, np.float32)) == 1.0
+    assert output_scale(np.array([3.0, -4.0]), np.full(4, 2.0)) == pytest.approx(np.sqrt(12.5))
+    assert output_scale(np.array([np.inf, 1.0])) == 1.0  # a non-finite output fails elsewhere
 
 
 def test_failed_validation_keeps_the_forced_file(source, tmp_path, monkeypatch):
