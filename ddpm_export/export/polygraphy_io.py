@@ -10,6 +10,7 @@ from typing import Iterator
 
 from polygraphy.comparator import IterationResult, RunResults
 from polygraphy.json import save_json
+from polygraphy.logger import G_LOGGER
 
 from ddpm_export.contract.spec import ExportSpec
 from ddpm_export.export.validate import torch_reference
@@ -35,12 +36,13 @@ def staged_torch_io(unet: UNet, spec: ExportSpec, paths: tuple[Path, Path]) -> I
     """Write torch's inputs (a list of feed dicts) and outputs (RunResults of runner ``torch``) for
     the spec's opt batch to ``paths`` from :func:`check_io_paths`, as temp files renamed into place
     when the block exits cleanly: with the ONNX file written inside the block, all three files or
-    none."""
+    none. Polygraphy's own log lines (which name the temp files) are kept quiet."""
     feeds = spec.sample_inputs(spec.opt_batch, seed=0)
     outputs = {spec.output_names[0]: torch_reference(unet, spec, feeds)}
     results = RunResults()
     results.append(("torch", [IterationResult(outputs=outputs, runner_name="torch")]))
     with atomic_files(*paths, force=True) as (tmp_inputs, tmp_outputs):  # existing ones: refused by check_io_paths
-        save_json([feeds], str(tmp_inputs), description="torch inputs")
-        results.save(str(tmp_outputs))
+        with G_LOGGER.verbosity(G_LOGGER.ERROR):
+            save_json([feeds], str(tmp_inputs), description="torch inputs")
+            results.save(str(tmp_outputs))
         yield

@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -656,9 +657,12 @@ def test_polygraphy_run_compares_with_the_saved_torch_io(exported, precision, to
     assert exp.save_io is not None
     inputs, outputs = exp.save_io / "inputs.json", exp.save_io / "outputs.json"
     assert inputs.is_file() and outputs.is_file()
+    # the export printed the command (polygraphy's own log lines, naming temp files, kept quiet)
+    printed = [line.split(" for polygraphy: ", 1)[1] for line in exp.logs if " for polygraphy: " in line]
+    assert printed == [shlex.join(["polygraphy", "run", str(exp.path), "--onnxrt", "--load-inputs", str(inputs),
+                                   "--load-outputs", str(outputs)])], exp.logs
     exe = shutil.which("polygraphy")
-    cmd = ([exe] if exe else [sys.executable, "-m", "polygraphy"]) + [
-        "run", str(exp.path), "--onnxrt", "--load-inputs", str(inputs), "--load-outputs", str(outputs), *tolerances]
+    cmd = ([exe] if exe else [sys.executable, "-m", "polygraphy"]) + shlex.split(printed[0])[1:] + tolerances
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False, env=env)
     log = proc.stdout + proc.stderr
