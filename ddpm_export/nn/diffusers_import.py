@@ -206,8 +206,16 @@ def config_from_diffusers(data: dict[str, Any], source: str = CONFIG_NAME) -> UN
     try:
         return UNetConfig(**fields)
     except ConfigError as e:
-        where = " (from block_out_channels[0])" if str(e).startswith("base_channels") else ""
+        field = re.match(r"\w*", str(e)).group()
+        where = f" ({field} is diffusers' {_DIFFUSERS_KEYS[field]})" if field in _DIFFUSERS_KEYS else ""
         raise ConfigError(f"{source}: the UNetConfig this maps to is invalid{where}: {e}") from e
+
+
+#: our UNetConfig field -> the config.json key it comes from, where the names differ
+_DIFFUSERS_KEYS = {"base_channels": "block_out_channels[0]", "channel_mult": "block_out_channels",
+                   "num_res_blocks": "layers_per_block", "mid_attention": "add_attention",
+                   "num_classes": "num_class_embeds", "num_groups": "norm_num_groups",
+                   "head_dim": "attention_head_dim", "time_conditioning": "resnet_time_scale_shift"}
 
 
 def _with_defaults(data: Any, source: str) -> dict[str, Any]:

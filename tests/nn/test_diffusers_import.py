@@ -254,7 +254,10 @@ REFUSED = {
     "head-dim": ({"attention_head_dim": 24}, ["attention_head_dim=24"]),
     "head-dim-0": ({"attention_head_dim": 0}, ["attention_head_dim=0", "must divide"]),  # was a ZeroDivisionError
     "odd-base-width": ({"block_out_channels": [33, 66], "norm_num_groups": 3},
-                       ["(from block_out_channels[0])", "base_channels"]),
+                       ["(base_channels is diffusers' block_out_channels[0])", "base_channels"]),
+    "layers-per-block-type": ({"layers_per_block": "2"}, ["(num_res_blocks is diffusers' layers_per_block)",
+                                                          "num_res_blocks='2' has the wrong type"]),
+    "add-attention-type": ({"add_attention": 3}, ["(mid_attention is diffusers' add_attention)"]),
     "unknown-key": ({"cross_attention_dim": 768}, ["cross_attention_dim"]),
     "conditional-unet": ({"_class_name": "UNet2DConditionModel"}, ["UNet2DConditionModel"]),
 }
