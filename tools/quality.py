@@ -22,16 +22,21 @@ UniPC-10) unless ``--sampler`` / ``--steps`` override them:
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 
+from ddpm_export.checks import check_guidance_scale, check_int, check_steps
+from ddpm_export.contract.spec import MAX_BATCH
 from ddpm_export.diffusion import SCHEDULERS, DiffusionConfig, make_scheduler
+from ddpm_export.errors import BadInputError
+from ddpm_export.files import refuse_existing_file
+from ddpm_export.presets import CONFIG_NAME, check_model_name
 from ddpm_export.quality import (CLASSIFIER_DIR, DigitClassifier, generate, load_digits_split, onnx_backend,
                                  reference_frechet, score)
 
@@ -95,40 +100,106 @@ def low_precision(model: str, folder: Path, labels: np.ndarray, scheduler, clf, 
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", default="digits", help="preset name or checkpoint folder")
     p.add_argument("--classifier", default=str(CLASSIFIER_DIR), help="digit classifier folder")
     p.add_argument("--backend", choices=["onnx", "torch"], default="onnx",
                    help="engine for the main scores (ONNX Runtime exports the model to a temp file first)")
-    p.add_argument("--num-samples", type=int, default=1000, help="unguided samples, labels 0..9 in turn")
-    p.add_argument("--per-class", type=int, default=20, help="guided samples per requested class")
+    p.add_argument("--num-samples", type=int, default=1000, help="unguided samples, labels 0..9 in turn (>= 2)")
+    p.add_argument("--per-class", type=int, default=20, help="guided samples per requested class (>= 1)")
     p.add_argument("--guidance", type=float, default=1.5, help="classifier-free guidance scale of the guided run")
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the checkpoint's diffusion.json)")
     p.add_argument("--sampler", choices=list(SCHEDULERS), default=None, help="default: the checkpoint's diffusion.json")
     p.add_argument("--batch-size", type=int, default=125, help="samples per sampling batch (guided runs double it)")
     p.add_argument("--compare", action="store_true", help="also sample --compare-samples with both engines")
-    p.add_argument("--compare-samples", type=int, default=200)
+    p.add_argument("--compare-samples", type=int, default=200, help="samples per engine of --compare (>= 2)")
     p.add_argument("--low-precision", action="store_true",
                    help="only score int8 (ONNX Runtime, OpenVINO) and OpenVINO bf16 against fp32, same seeds")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--json", type=Path, default=None, help="write the figures here")
-    args = p.parse_args(argv)
+    p.add_argument("--seed", type=int, default=0, help="noise seed (>= 0)")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads of the engines (>= 1)")
+    p.add_argument("--json", type=Path, default=None, help="write the figures here (its folder must exist)")
+    return p
 
+
+def refuse(p: argparse.ArgumentParser, flag: str, check: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``check(*args, **kwargs)``; on a BadInputError, exit 2 with its message in one line naming ``flag``."""
+    try:
+        return check(*args, **kwargs)
+    except BadInputError as e:
+        message = str(e)
+        p.error(message if message.startswith(flag) else f"{flag}: {message}")
+
+
+def check_output(p: argparse.ArgumentParser, flag: str, path: Path | None) -> None:
+    """Refuse, before the work, an output file that could not be written after it (a missing folder)."""
+    if path is None:
+        return
+    if not path.parent.is_dir():
+        p.error(f"{flag} {path}: the folder {path.parent} does not exist")
+    refuse(p, flag, refuse_existing_file, path, True)
+
+
+def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse a bad flag in one line (exit 2), before any export, sampling or torch model."""
+    fd = " (a Fréchet distance needs two samples)"
+    for flag, value, low, high, why in (("--num-samples", args.num_samples, 2, None, fd),
+                                        ("--per-class", args.per_class, 1, None, ""),
+                                        ("--compare-samples", args.compare_samples, 2, None, fd),
+                                        ("--batch-size", args.batch_size, 1, MAX_BATCH // 2,
+                                         f" (the export takes twice as many rows, at most {MAX_BATCH})"),
+                                        ("--seed", args.seed, 0, None, ""), ("--threads", args.threads, 1, None, "")):
+        what = (f"an int >= {low}" if high is None else f"an int in [{low}, {high}]") + why
+        refuse(p, flag, check_int, flag, value, low, high, what)
+    refuse(p, "--guidance", check_guidance_scale, args.guidance)
+    check_output(p, "--json", args.json)
+    refuse(p, "--model", check_model_name, args.model)
+
+
+def model_configs(p: argparse.ArgumentParser, model: str) -> tuple[Any, DiffusionConfig]:
+    """The UNetConfig and DiffusionConfig of ``--model`` (a checked name), or exit 2 naming it."""
     from ddpm_export.config import UNetConfig
-    from ddpm_export.nn.checkpoint import diffusion_config_for, model_folder
+    from ddpm_export.nn.checkpoint import diffusion_config_for, is_diffusers_folder, model_folder
+    from ddpm_export.nn.diffusers_import import read_diffusers_config
 
-    t0 = time.perf_counter()
-    dcfg = diffusion_config_for(args.model) or DiffusionConfig()
+    folder = model_folder(model)
+    load = read_diffusers_config if is_diffusers_folder(folder) else UNetConfig.load
+    return refuse(p, "--model", load, folder / CONFIG_NAME), (refuse(p, "--model", diffusion_config_for, model)
+                                                              or DiffusionConfig())
+
+
+def check_digits_model(p: argparse.ArgumentParser, flag: str, unet: Any, guidance: float) -> None:
+    """Refuse a model whose samples the digit classifier cannot score, or guidance it cannot run."""
+    if (unet.in_channels, unet.sample_size) != (1, 16) or (unet.num_classes or 0) < 10:
+        kind = "unconditional" if unet.num_classes is None else f"{unet.num_classes} classes"
+        p.error(f"{flag}: it makes {unet.in_channels}x{unet.sample_size}x{unet.sample_size} images ({kind}); the "
+                f"digit classifier scores 1x16x16 images of classes 0..9 (e.g. --model digits)")
+    if guidance != 1.0 and not unet.null_class:
+        p.error(f"--guidance {guidance:g} needs a null class and {flag} has none (null_class=false); pass --guidance 1")
+
+
+def schedule(p: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[Any, str, int]:
+    """The scheduler --sampler / --steps name, its label and the model's null class id, or exit 2 naming a flag."""
+    unet, dcfg = model_configs(p, args.model)
+    check_digits_model(p, f"--model {args.model}", unet, 1.0 if args.low_precision else args.guidance)
+    changes = {}
     if args.steps is not None:
-        dcfg = dataclasses.replace(dcfg, num_inference_steps=args.steps)
-    scheduler = make_scheduler(dcfg, args.sampler)
-    sampler_name = f"{args.sampler or dcfg.sampler}-{dcfg.num_inference_steps}"
-    null_class = UNetConfig.load(model_folder(args.model) / "config.json").num_classes  # the null id
+        changes["num_inference_steps"] = refuse(p, "--steps", check_steps, args.steps, dcfg.num_train_timesteps,
+                                                "--steps")
+    given = " ".join(f"--{k} {v}" for k, v in (("sampler", args.sampler), ("steps", args.steps)) if v is not None)
+    scheduler = refuse(p, given, make_scheduler, dcfg, args.sampler, **changes)  # validated as that sampler's
+    steps = changes.get("num_inference_steps", dcfg.num_inference_steps)
+    return scheduler, f"{args.sampler or dcfg.sampler}-{steps}", unet.num_classes
 
-    clf = DigitClassifier.load(args.classifier)
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser()
+    args = p.parse_args(argv)
+    check_args(p, args)
+    scheduler, sampler_name, null_class = schedule(p, args)  # null_class: the null id
+    t0 = time.perf_counter()
+    clf = refuse(p, "--classifier", DigitClassifier.load, args.classifier)
     digits = load_digits_split()
     held = score(digits.heldout_x, clf, digits.heldout_x, digits.heldout_y)
     report: dict = {"model": args.model, "sampler": sampler_name, "seed": args.seed,

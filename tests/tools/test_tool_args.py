@@ -1,0 +1,146 @@
+"""tools/quality.py and tools/solver_table.py refuse a bad flag before any export or sampling:
+exit 2 with one error line naming the flag (each ended in a traceback, exit 1, some after minutes of work)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from ddpm_export.presets import shipped_onnx
+
+TOOLS = Path(__file__).resolve().parents[2] / "tools"
+SAMPLERS = "'ddim', 'ddpm', 'dpm-solver++', 'dpm-solver', 'sde-dpm-solver++', 'unipc'"
+TORCH = "torch"  # the case reads --model's files through ddpm_export.nn.checkpoint, which imports torch
+
+
+def load_tool(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"tools_{name}_args", TOOLS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _no_work(*args: object, **kwargs: object) -> None:
+    raise AssertionError("the arguments were not refused before the work")
+
+
+@pytest.fixture(scope="module")
+def quality() -> ModuleType:
+    return load_tool("quality")
+
+
+@pytest.fixture(scope="module")
+def solver_table() -> ModuleType:
+    return load_tool("solver_table")
+
+
+@pytest.fixture
+def digits_onnx() -> Path:
+    path = shipped_onnx("digits")
+    if path is None:
+        pytest.skip("the digits preset ships no model.onnx here")
+    return path
+
+
+def refused(tool: ModuleType, argv: list[str], monkeypatch: pytest.MonkeyPatch,
+            capsys: pytest.CaptureFixture[str]) -> str:
+    """The error line of ``tool.main(argv)``, which must exit 2 before any export or sampling."""
+    for name in ("load_digits_split", "exported_backend", "torch_backend", "generate", "low_precision", "_pipeline"):
+        if hasattr(tool, name):
+            monkeypatch.setattr(tool, name, _no_work)
+    with pytest.raises(SystemExit) as info:
+        tool.main(argv)
+    err = capsys.readouterr().err
+    assert info.value.code == 2, err
+    assert "Traceback" not in err and sum("error:" in line for line in err.splitlines()) == 1, err
+    line = err.strip().splitlines()[-1]
+    assert ": error: " in line, err  # argparse's "PROG: error: ..." after its usage lines
+    return line
+
+
+@pytest.mark.parametrize(("argv", "message", "needs"), [
+    (["--steps", "0"], "--steps must be an int in [1, 1000] (the model's num_train_timesteps), got 0", TORCH),
+    (["--steps", "5000"], "--steps must be an int in [1, 1000]", TORCH),
+    (["--sampler", "unipc", "--steps", "1000"], "--sampler unipc --steps 1000: num_inference_steps", TORCH),
+    (["--sampler", "euler"], f"argument --sampler: invalid choice: 'euler' (choose from {SAMPLERS})", None),
+    (["--num-samples", "-5"], "--num-samples must be an int >= 2 (a Fréchet distance needs two samples), got -5",
+     None),
+    (["--num-samples", "1"], "--num-samples must be an int >= 2", None),
+    (["--per-class", "0"], "--per-class must be an int >= 1, got 0", None),
+    (["--compare-samples", "0"], "--compare-samples must be an int >= 2", None),
+    (["--batch-size", "0"], "--batch-size must be an int in [1, 2048]", None),
+    (["--threads", "0"], "--threads must be an int >= 1, got 0", None),
+    (["--seed", "-1"], "--seed must be an int >= 0, got -1", None),
+    (["--guidance", "nan"], "--guidance: guidance_scale must be a finite float, got nan", None),
+    (["--model", "no-such-model"], "--model: unknown model 'no-such-model'", None),
+    (["--model", ""], "--model: an empty model name", None),
+    (["--model", "tiny"], "--model tiny: it makes 3x16x16 images (unconditional)", TORCH),
+    (["--classifier", "{tmp}"], "--classifier: {tmp}/classifier.json not found", None),
+    (["--json", "{tmp}/missing/q.json"], "--json {tmp}/missing/q.json: the folder {tmp}/missing does not exist", None),
+    (["--json", "{tmp}"], "--json: {tmp} is a folder", None),
+])
+def test_quality_refuses_bad_arguments(quality, tmp_path, monkeypatch, capsys, argv, message, needs):
+    if needs:
+        pytest.importorskip(needs)
+    line = refused(quality, [a.format(tmp=tmp_path) for a in argv], monkeypatch, capsys)
+    assert message.format(tmp=tmp_path) in line, line
+    if "--model: unknown" in message:
+        assert "digits" in line  # the presets are listed
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--steps", "0"], "--steps must be an int in [1, 1000] (the model's num_train_timesteps), got 0"),
+    (["--steps", "5", "2000"], "--steps must be an int in [1, 1000]"),
+    (["--solvers", "unipc", "--steps", "1000"], "--solvers unipc --steps 1000: num_inference_steps"),
+    (["--solvers", "euler"], f"argument --solvers: invalid choice: 'euler' (choose from {SAMPLERS})"),
+    (["--baseline", "ddim"], "--baseline ddim: expected SAMPLER:STEPS, e.g. ddim:50"),
+    (["--baseline", "ddim:x"], "--baseline ddim:x: expected SAMPLER:STEPS"),
+    (["--baseline", "euler:50"], f"--baseline euler:50: sampler='euler' is not valid; choose one of: {SAMPLERS}"),
+    (["--baseline", "ddim:0"], "--baseline ddim:0: steps must be an int in [1, 1000]"),
+    (["--num-samples", "-1"], "--num-samples must be an int >= 2"),
+    (["--threads", "0"], "--threads must be an int >= 1, got 0"),
+    (["--max-batch", "0"], "--max-batch must be an int in [1, 4096], got 0"),
+    (["--seed", "-1"], "--seed must be an int >= 0, got -1"),
+    (["--set", "use_karras_sigmas"], "--set use_karras_sigmas: expected FIELD=JSON"),
+    (["--set", "no_field=1"], "--set no_field=1: 'no_field' is not a DiffusionConfig field; choose one of: "),
+    (["--set", "timestep_spacing=trailing"], "--set timestep_spacing=trailing: 'trailing' is not JSON"),
+    (["--set", "solver_order=7"], "--set: solver_order: must be 1, 2 or 3, got 7"),
+    (["--set", 'timestep_spacing="sideways"'], "--set: timestep_spacing='sideways' is not valid; choose one of: "),
+    (["--json", "{tmp}/missing/t.json"], "--json {tmp}/missing/t.json: the folder {tmp}/missing does not exist"),
+    (["--markdown", "{tmp}/missing/t.md"], "--markdown {tmp}/missing/t.md: the folder {tmp}/missing does not exist"),
+])
+def test_solver_table_refuses_bad_arguments(solver_table, digits_onnx, tmp_path, monkeypatch, capsys, argv, message):
+    """With --onnx (the shipped digits export: torch-free, nothing to export)."""
+    line = refused(solver_table, ["--onnx", str(digits_onnx), *(a.format(tmp=tmp_path) for a in argv)],
+                   monkeypatch, capsys)
+    assert message.format(tmp=tmp_path) in line, line
+
+
+@pytest.mark.parametrize(("argv", "message", "needs"), [
+    (["--onnx", "{tmp}/missing.onnx"], "--onnx: {tmp}/missing.onnx: no such ONNX file", None),
+    (["--model", "no-such-model"], "--model: unknown model 'no-such-model'", None),
+    (["--model", "tiny"], "--model tiny: it makes 3x16x16 images (unconditional)", TORCH),
+    (["--model", "digits", "--steps", "0"], "--steps must be an int in [1, 1000]", TORCH),
+])
+def test_solver_table_refuses_a_bad_model_or_onnx(solver_table, tmp_path, monkeypatch, capsys, argv, message, needs):
+    if needs:
+        pytest.importorskip(needs)
+    line = refused(solver_table, [a.format(tmp=tmp_path) for a in argv], monkeypatch, capsys)
+    assert message.format(tmp=tmp_path) in line, line
+
+
+def test_valid_arguments_pass_the_checks(quality, solver_table, digits_onnx):
+    """The defaults and a --set pass; the --set values come back typed as the config holds them."""
+    pytest.importorskip(TORCH)
+    p = quality.parser()
+    args = p.parse_args(["--sampler", "ddim", "--steps", "20"])
+    quality.check_args(p, args)
+    scheduler, label, null_class = quality.schedule(p, args)
+    assert (label, null_class, scheduler.config.num_inference_steps) == ("ddim-20", 10, 20)
+    p = solver_table.parser()
+    args = p.parse_args(["--onnx", str(digits_onnx), "--set", "use_karras_sigmas=true", "--set",
+                         "disable_corrector=[0]"])
+    assert solver_table.check_args(p, args) == {"use_karras_sigmas": True, "disable_corrector": (0,)}
