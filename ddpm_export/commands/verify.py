@@ -43,9 +43,8 @@ def command(model: str, onnx_path: str, engine: str | None, steps: int, ddpm_ste
     1. single model calls at t = 0, 937, T/2, T-1, at the exported min/opt/max batch and,
        for class-conditional models, over class ids and the null class;
     2. DDIM (--steps), DDPM (all T steps), DPM-Solver++ and UniPC (--solver-steps)
-       trajectories with identical noise on both sides:
-       per-step max abs error of the model output and of x_t, and of each model call re-run
-       on the reference's inputs ("local");
+       trajectories with identical noise on both sides: per-step max abs error of the model
+       output and of x_t, and of each model call re-run on the reference's inputs ("local");
     3. the final samples: max abs, relative L2, PSNR = 10 log10(4 / MSE).
     Thresholds by the precision each backend computes: fp32 PSNR >= 60 dB, single step max
     abs <= 1e-4 (times the output's RMS where that exceeds 1); fp16 PSNR >= 40 dB, relative

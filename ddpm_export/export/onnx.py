@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
-import shlex
 import time
 import warnings
 from pathlib import Path
@@ -122,12 +121,8 @@ def export_onnx(model: str | Path, out: str | Path, *, opset: int = DEFAULT_OPSE
     proto.producer_name, proto.producer_version = "ddpm-export", __version__
     proto.doc_string = (f"DDPM U-Net exported by ddpm-export {__version__}: precision {precision}, "
                         f"attention {form}, rewrites {','.join(applied) or 'none'}, batch {min_batch}..{max_batch}")
-    with staged_torch_io(unet, spec, io_paths) if io_paths is not None else contextlib.nullcontext():  # all or none
-        report = _write_validated(proto, out, (unet, spec, precision) if validate else None, log, force)
-    if io_paths is not None:
-        log(f"wrote torch's inputs and outputs at batch {spec.opt_batch} for polygraphy: "
-            + shlex.join(["polygraphy", "run", str(out), "--onnxrt", "--load-inputs", str(io_paths[0]),
-                          "--load-outputs", str(io_paths[1])]))
+    with staged_torch_io(unet, spec, io_paths, out, log) if io_paths is not None else contextlib.nullcontext():
+        report = _write_validated(proto, out, (unet, spec, precision) if validate else None, log, force)  # all or none
     return ExportResult(out, spec, precision, form, applied, opset, time.perf_counter() - start,
                         out.stat().st_size, report)
 

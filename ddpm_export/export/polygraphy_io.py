@@ -5,8 +5,9 @@ compares ONNX Runtime with torch using the tool users already know."""
 from __future__ import annotations
 
 import contextlib
+import shlex
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from polygraphy.comparator import IterationResult, RunResults
 from polygraphy.json import save_json
@@ -32,11 +33,13 @@ def check_io_paths(out_dir: str | Path, *, force: bool = False) -> tuple[Path, P
 
 
 @contextlib.contextmanager
-def staged_torch_io(unet: UNet, spec: ExportSpec, paths: tuple[Path, Path]) -> Iterator[None]:
+def staged_torch_io(unet: UNet, spec: ExportSpec, paths: tuple[Path, Path], onnx_path: Path,
+                    log: Callable[[str], None]) -> Iterator[None]:
     """Write torch's inputs (a list of feed dicts) and outputs (RunResults of runner ``torch``) for
     the spec's opt batch to ``paths`` from :func:`check_io_paths`, as temp files renamed into place
-    when the block exits cleanly: with the ONNX file written inside the block, all three files or
-    none. Polygraphy's own log lines (which name the temp files) are kept quiet."""
+    when the block exits cleanly: with the ONNX file ``onnx_path`` written inside the block, all
+    three files or none. Polygraphy's own log lines (which name the temp files) are kept quiet;
+    ``log`` gets the polygraphy command that compares the file with them."""
     feeds = spec.sample_inputs(spec.opt_batch, seed=0)
     outputs = {spec.output_names[0]: torch_reference(unet, spec, feeds)}
     results = RunResults()
@@ -46,3 +49,6 @@ def staged_torch_io(unet: UNet, spec: ExportSpec, paths: tuple[Path, Path]) -> I
             save_json([feeds], str(tmp_inputs), description="torch inputs")
             results.save(str(tmp_outputs))
         yield
+    log(f"wrote torch's inputs and outputs at batch {spec.opt_batch} for polygraphy: "
+        + shlex.join(["polygraphy", "run", str(onnx_path), "--onnxrt", "--load-inputs", str(paths[0]),
+                      "--load-outputs", str(paths[1])]))
