@@ -34,15 +34,18 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
 import onnx
+from google.protobuf.message import DecodeError
 
 from ddpm_export.diffusion.config import DiffusionConfig
 from ddpm_export.contract.spec import T_NAME, X_NAME, ExportSpec
+from ddpm_export.errors import EngineError
 
 __all__ = ["CalibrationConfig", "FLOAT_GROUPS", "float_nodes", "quantize_int8", "quantizes_outputs",
            "record_calibration_inputs", "untie_initializers"]
@@ -208,12 +211,23 @@ def quantize_int8(proto: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], *,
     with tempfile.TemporaryDirectory(prefix="ddpm-int8-") as tmp, _quiet_quantizer():
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         onnx.save_model(proto, str(src))
-        quantize_static(str(src), str(dst), Reader(feeds), quant_format=QuantFormat.QDQ,
-                        op_types_to_quantize=list(QUANTIZED_OPS), per_channel=True,
-                        activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
-                        weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
-                        calibration_providers=["CPUExecutionProvider"],
-                        extra_options={**({"ActivationSymmetric": True} if symmetric else {}),
-                                       **({} if quantized_outputs else {
-                                           "OpTypesToExcludeOutputQuantization": list(QUANTIZED_OPS)})})
+        try:
+            quantize_static(str(src), str(dst), Reader(feeds), quant_format=QuantFormat.QDQ,
+                            op_types_to_quantize=list(QUANTIZED_OPS), per_channel=True,
+                            activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
+                            weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
+                            calibration_providers=["CPUExecutionProvider"],
+                            extra_options={**({"ActivationSymmetric": True} if symmetric else {}),
+                                           **({} if quantized_outputs else {
+                                               "OpTypesToExcludeOutputQuantization": list(QUANTIZED_OPS)})})
+        except DecodeError as e:  # its shape inference writes a copy that a full disk cuts short, then reads it
+            raise _cut_short(tmp, proto.ByteSize(), e) from e
         return onnx.load(str(dst))
+
+
+def _cut_short(tmp: str, size: int, error: Exception) -> EngineError:
+    """The error for ONNX Runtime's quantizer reading back a model it wrote into ``tmp`` cut short."""
+    free = shutil.disk_usage(tmp).free / 2**20
+    return EngineError(f"int8 quantization: ONNX Runtime's quantizer could not read back a model it wrote in "
+                       f"{Path(tmp).parent} (the temporary folder, TMPDIR; {free:.1f} MiB free, it needs about "
+                       f"{3 * size / 2**20:.1f} MiB): free space there or set TMPDIR to a folder with room ({error})")

@@ -261,3 +261,37 @@ def test_verify_holds_int8_to_its_own_thresholds(tmp_path: Path) -> None:
                                        "--steps", "10", "--ddpm-steps", "20", "--solver-steps", "5", *extra])
     assert "onnxruntime (int8)" in result.output and (not extra or "openvino (int8)" in result.output)
     assert result.exit_code == 0, result.output
+
+
+@pytest.fixture
+def small_tmpdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """TMPDIR on a 1.5 MiB tmpfs (root only; skipped elsewhere): room for one tiny export (0.8 MiB),
+    not for the copies ONNX Runtime's quantizer writes beside it."""
+    import subprocess
+    import tempfile
+
+    folder = tmp_path / "small"
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1500k", "tmpfs", str(folder)],
+                             capture_output=True, check=False)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode(errors='replace').strip()}")
+    monkeypatch.setenv("TMPDIR", str(folder))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # re-read TMPDIR
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=False)
+
+
+def test_a_full_temporary_folder_is_named_not_a_protobuf_traceback(small_tmpdir: Path, tmp_path: Path) -> None:
+    """The quantizer's shape inference writes a model copy that the full tmpfs cuts short and then
+    reads it back (was a google.protobuf DecodeError traceback, exit 1): exit 2, naming TMPDIR."""
+    result = CliRunner().invoke(main, ["onnx", "--model", "tiny", "-o", str(tmp_path / "t8.onnx"), "--precision", "int8",
+                                       "--max-batch", "4", "--no-validate"])
+    assert result.exit_code == 2, result.output
+    assert (f"Error: int8 quantization: ONNX Runtime's quantizer could not read back a model it wrote in {small_tmpdir} "
+            "(the temporary folder, TMPDIR; ") in result.output
+    assert "free space there or set TMPDIR to a folder with room" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "t8.onnx").exists()
+    assert list(small_tmpdir.iterdir()) == []  # the quantizer's folder removed
