@@ -39,7 +39,7 @@ class BatchError:
     batch: int
     max_abs: float
     rel_l2: float
-    scale: float = 1.0
+    scale: float
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,8 +80,8 @@ def validate_onnx(path: str | Path, unet: UNet, spec: ExportSpec, precision: str
                   log: Callable[[str], None] = print, name: str | Path | None = None) -> ValidationReport:
     """Run every check; raise ValidationError when one fails. fp32 is held to ``max_abs`` times
     each batch's output scale (:func:`~ddpm_export.metrics.output_scale`: 1 for unit-scale
-    outputs), fp16 to ``rel_l2`` (against the float32 torch model in both cases). Messages name the file
-    ``name`` (default ``path``: an export validates a temp copy of the file it will write)."""
+    outputs), fp16 to ``rel_l2`` (against the float32 torch model in both cases). Messages name
+    the file ``name`` (default ``path``: an export validates a temp copy of the file it will write)."""
     check_graph(path, name)
     shown = path if name is None else name
     try:

@@ -287,11 +287,11 @@ def small_tmpdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 def test_a_full_temporary_folder_is_named_not_a_protobuf_traceback(small_tmpdir: Path, tmp_path: Path) -> None:
     """The quantizer's shape inference writes a model copy that the full tmpfs cuts short and then
     reads it back (was a google.protobuf DecodeError traceback, exit 1): exit 2, naming TMPDIR."""
-    result = CliRunner().invoke(main, ["onnx", "--model", "tiny", "-o", str(tmp_path / "t8.onnx"), "--precision", "int8",
-                                       "--max-batch", "4", "--no-validate"])
+    result = CliRunner().invoke(main, ["onnx", "--model", "tiny", "-o", str(tmp_path / "t8.onnx"),
+                                       "--precision", "int8", "--max-batch", "4", "--no-validate"])
     assert result.exit_code == 2, result.output
-    assert (f"Error: int8 quantization: ONNX Runtime's quantizer could not read back a model it wrote in {small_tmpdir} "
-            "(the temporary folder, TMPDIR; ") in result.output
+    assert ("Error: int8 quantization: ONNX Runtime's quantizer could not read back a model it wrote in "
+            f"{small_tmpdir} (the temporary folder, TMPDIR; ") in result.output
     assert "free space there or set TMPDIR to a folder with room" in result.output
     assert "Traceback" not in result.output and not (tmp_path / "t8.onnx").exists()
     assert list(small_tmpdir.iterdir()) == []  # the quantizer's folder removed
