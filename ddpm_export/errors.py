@@ -27,6 +27,7 @@ keeps working.
 from __future__ import annotations
 
 import errno
+import importlib.util
 import os
 
 __all__ = ["BadInputError", "DdpmExportError", "DdpmExportWarning", "EngineError", "InputNotFoundError",
@@ -36,6 +37,8 @@ __all__ = ["BadInputError", "DdpmExportError", "DdpmExportWarning", "EngineError
 
 #: Modules of the ``export`` extra: a command that imports one needs ``pip install 'ddpm-export[export]'``.
 EXPORT_EXTRA = ("torch", "onnx", "safetensors", "polygraphy")
+#: How to install the CPU build of the torch the ``export`` extra allows (pyproject.toml's pin) before it.
+CPU_TORCH = "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
 
 
 class DdpmExportError(Exception):
@@ -152,8 +155,10 @@ def describe(error: BaseException) -> str:
         return (f"out of memory ({type(error).__name__}: {first[:200]}): lower the batch (--batch, -n), the input "
                 f"size or the number of samples, or free memory")
     if isinstance(error, ModuleNotFoundError) and (error.name or "").split(".")[0] in EXPORT_EXTRA:
+        torch_first = "" if importlib.util.find_spec("torch") is not None else (
+            f" (first the CPU build of torch, or pip takes the multi-GB CUDA one on Linux: {CPU_TORCH})")
         return (f"this command needs the export extra (no module {error.name!r}): "
-                f"pip install 'ddpm-export[export]'")
+                f"pip install 'ddpm-export[export]'{torch_first}")
     if isinstance(error, ModuleNotFoundError) and (error.name or "").split(".")[0] == "onnxruntime":
         return ("this needs ONNX Runtime, a dependency of ddpm-export that is not installed here: "
                 "pip install onnxruntime (or onnxruntime-gpu)")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import importlib.util
 import json
 import statistics
 import subprocess
@@ -31,9 +32,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-import tritonclient.grpc as grpcclient
 
-from ddpm_export.errors import DdpmExportError
+from ddpm_export.errors import DdpmExportError, MissingDependencyError
 from ddpm_export.files import atomic_file, refuse_existing_file
 from ddpm_export.machine import cpu_info
 from ddpm_export.runtime import Pipeline, make_bundle, verify_bundle
@@ -44,6 +44,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def served(url: str, seed: int, n: int, steps: int) -> np.ndarray:
+    import tritonclient.grpc as grpcclient
+
     client = grpcclient.InferenceServerClient(url)
     try:
         values = {"seed": [seed], "num_images": [n], "steps": [steps]}
@@ -84,6 +86,8 @@ def throughput(runs: dict, clients: int, requests: int, rounds: int, images: int
 
 def unet_batching(url: str) -> dict[str, float]:
     """BLS calls the unet received, the batched executions Triton ran, and images per execution."""
+    import tritonclient.grpc as grpcclient
+
     client = grpcclient.InferenceServerClient(url)
     try:
         stats = client.get_inference_statistics("unet", as_json=True)["model_stats"][0]
@@ -129,9 +133,11 @@ def main() -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    if importlib.util.find_spec("tritonclient") is None:
+        raise MissingDependencyError("needs the serve extra (tritonclient): pip install 'ddpm-export[serve]'")
     install, site = find_tritonserver(), stub_numpy_site(ROOT)
     if install is None or site is None:
-        raise SystemExit("needs nvidia-pytriton and numpy<2 for its stub (./dev installs both)")
+        raise MissingDependencyError("needs nvidia-pytriton and numpy<2 for its stub (./dev installs both)")
     if args.json is not None:
         refuse_existing_file(args.json, args.force)  # before minutes of work
     if args.bundle is not None:

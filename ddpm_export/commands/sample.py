@@ -33,8 +33,9 @@ if TYPE_CHECKING:  # pragma: no cover
 @click.option("--eta", type=click.FloatRange(0.0, 1.0), default=None,
               help="DDIM noise: 0 deterministic, 1 DDPM-like [default: the file's eta].")
 @click.option("--seed", type=click.IntRange(0), default=0, help="Noise seed.")
-@click.option("--class", "class_id", type=click.IntRange(0), default=None,
-              help="Class-conditional models: the class of every image [default: classes 0, 1, ... in turn].")
+@click.option("--class", "class_ids", type=click.IntRange(0), multiple=True,
+              help="Class-conditional models: the class of every image; repeated, its values in turn "
+                   "(--class 3 --class 7: 3, 7, 3, ...) [default: classes 0, 1, ... in turn].")
 @click.option("--guidance", type=float, default=1.0,
               help="Classifier-free guidance scale (class-conditional models with a null class); 1 = none.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
@@ -54,9 +55,10 @@ if TYPE_CHECKING:  # pragma: no cover
               help="Show a progress bar [default: when stderr is a terminal, on with -v, off with -q].")
 @click.option("--force", is_flag=True, help="Overwrite existing output files.")
 def command(onnx_path: str | None, bundle_dir: str | None, bundle_onnx: str | None, model: str | None, n: int,
-            steps: int | None, sampler: str | None, eta: float | None, seed: int, class_id: int | None, guidance: float,
-            output: str | None, save_npy: str | None, scale: int, backend: str, inference_precision: str | None,
-            trt_fp16: bool, trt_cache: str | None, progress: bool | None, force: bool) -> None:
+            steps: int | None, sampler: str | None, eta: float | None, seed: int, class_ids: tuple[int, ...],
+            guidance: float, output: str | None, save_npy: str | None, scale: int, backend: str,
+            inference_precision: str | None, trt_fp16: bool, trt_cache: str | None, progress: bool | None,
+            force: bool) -> None:
     """Sample images with ONNX Runtime or OpenVINO (no PyTorch) and write them as a PNG grid.
 
     \b
@@ -97,7 +99,8 @@ def command(onnx_path: str | None, bundle_dir: str | None, bundle_onnx: str | No
         raise BadInputError(f"--output: a PNG grid holds 1 or 3 channels, and {pipe.source} makes {channels}-channel "
                             f"images; write them with --save-npy alone")
     images = pipe.sample(n, steps=steps, sampler=sampler, seed=seed, eta=eta, guidance_scale=guidance,
-                         classes=class_id, progress=show_progress(progress))
+                         classes=[class_ids[i % len(class_ids)] for i in range(n)] if class_ids else None,
+                         progress=show_progress(progress))
     with atomic_files(output, save_npy, force=force) as (png, npy):  # both files or neither
         if png is not None:
             write_grid(images, png, scale=scale)

@@ -73,6 +73,15 @@ def test_class_and_guidance_on_a_class_conditional_model(onnx_files: dict[str, P
         assert im.size == (3 * (32 + 2) + 2, 2 * (32 + 2) + 2)
 
 
+def test_repeated_class_values_are_taken_in_turn(onnx_files: dict[str, Path], tmp_path: Path) -> None:
+    npy = tmp_path / "c.npy"
+    code, out = _run("--onnx", str(onnx_files["kitchen-sink"]), "-n", "5", "--steps", "2", "--class", "3",
+                     "--class", "7", "--save-npy", str(npy))
+    assert code == 0, out
+    want = Pipeline.from_onnx(onnx_files["kitchen-sink"]).sample(5, steps=2, classes=[3, 7, 3, 7, 3], progress=False)
+    np.testing.assert_array_equal(np.load(npy), want)
+
+
 def test_bad_arguments_fail_with_a_message(onnx_files: dict[str, Path], tmp_path: Path) -> None:
     png = str(tmp_path / "g.png")
     code, out = _run("--onnx", str(onnx_files["kitchen-sink"]), "--class", "10", "-o", png)

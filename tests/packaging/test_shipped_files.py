@@ -81,3 +81,17 @@ def test_shipped_onnx_is_byte_for_byte_a_fresh_export(tmp_path):
         pytest.skip(f"the shipped file was exported with {recorded!r}; this environment has {here}")
     fresh = export_onnx("digits", tmp_path / "model.onnx", validate=False, log=lambda line: None).path
     assert fresh.read_bytes() == shipped.read_bytes()
+
+
+def test_the_cpu_torch_hint_installs_the_torch_the_export_extra_allows():
+    """errors.CPU_TORCH (the missing-extra message's hint) pins the newest torch pyproject.toml allows."""
+    import re
+    import tomllib
+    from pathlib import Path
+
+    from ddpm_export.errors import CPU_TORCH
+
+    project = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())["project"]
+    (pin,) = [r for r in project["optional-dependencies"]["export"] if r.startswith("torch")]
+    newest = re.search(r"<=\s*([\w.]+)", pin).group(1)
+    assert f"torch=={newest} " in CPU_TORCH and "download.pytorch.org/whl/cpu" in CPU_TORCH

@@ -91,7 +91,9 @@ def test_export_commands_name_the_missing_extra(installed):
     proc = _run([str(bin_dir / "python"), "-m", "ddpm_export", "onnx", "--model", "digits", "-o", "d.onnx"], cwd=work)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "Error: this command needs the export extra (no module 'onnx'): pip install 'ddpm-export[export]'"]
+        "Error: this command needs the export extra (no module 'onnx'): pip install 'ddpm-export[export]' (first "
+        "the CPU build of torch, or pip takes the multi-GB CUDA one on Linux: pip install torch==2.13.0 "
+        "--index-url https://download.pytorch.org/whl/cpu)"]
     assert not (work / "d.onnx").exists()
     # a typo in --model is named as one, not as a missing extra (the export would need torch)
     proc = _run([str(bin_dir / "ddpm-export"), "sample", "--model", "digit", "-o", "t.png"], cwd=work)
