@@ -33,7 +33,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     src = tmp / "src"  # a clean copy: no stale build/ folder of the checkout can leak into the wheel
     shutil.copytree(ROOT / "ddpm_export", src / "ddpm_export",
                     ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".*.tmp-*"))
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
         shutil.copy(ROOT / name, src / name)
     built = _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
                   "-w", str(tmp / "dist"), str(src)], cwd=tmp)
@@ -44,6 +44,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     assert {"ddpm_export/py.typed", "ddpm_export/models/digits/model.onnx",
             "ddpm_export/models/digit-classifier/classifier.safetensors"} <= names
     assert not any(n.startswith("models/") for n in names)  # never a shared top-level folder
+    assert "ddpm_export-0.1.0.dist-info/licenses/LICENSE" in names
     work = tmp / "work"
     work.mkdir()
     return _venv_with(tmp / "venv", str(wheel)), work
