@@ -19,7 +19,11 @@ compiles it for the CPU plugin with:
   weights: ~23 MiB for digits, ~100 MiB for ddpm-cifar10). A thread's infer requests keep
   their compiled models alive; each call drops the calling thread's requests for sizes the
   cache has dropped, so the bound is the cache's plus what idle threads last used (a thread
-  that never calls again keeps its requests until it ends).
+  that never calls again keeps its requests until it ends). A size is compiled outside the
+  lock every call takes, once (other threads asking for it wait; calls at other sizes go on),
+  and a thread whose size other threads pushed out of the cache mid-run takes it back with
+  the model its request holds instead of compiling it again. With guidance a call of ``n``
+  images runs at batch ``2n``.
 
 A QDQ int8 file (``ddpm-export onnx --precision int8``) runs through the same class: OpenVINO
 turns the QuantizeLinear/DequantizeLinear pairs into int8 kernels (VNNI where present).
@@ -30,6 +34,7 @@ An ``InferRequest`` is not thread-safe, so each thread gets its own per batch si
 
 from __future__ import annotations
 
+import concurrent.futures
 import threading
 from pathlib import Path
 from typing import Any
@@ -94,6 +99,7 @@ class OpenVinoBackend:
         self.output_index = outputs.index(OUT_NAME)
         self._core, self._model, self._config, self._path = core, model, config, path
         self._compiled: dict[int, Any] = {}  # batch -> compiled model, least recently used first
+        self._pending: dict[int, concurrent.futures.Future[Any]] = {}  # batch -> its compilation under way
         self._lock = threading.Lock()
         compiled = self._compiled_for(spec.opt_batch)
         self.threads = int(compiled.get_property("INFERENCE_NUM_THREADS"))
@@ -103,31 +109,63 @@ class OpenVinoBackend:
 
     def _compiled_for(self, batch: int) -> Any:
         """The model compiled with every input's batch axis fixed to ``batch``: kept for the
-        :data:`MAX_COMPILED` most recently used sizes."""
+        :data:`MAX_COMPILED` most recently used sizes. A size is compiled outside the lock (calls at
+        the sizes already compiled go on meanwhile), once: other threads asking for it wait."""
         with self._lock:
             compiled = self._compiled.pop(batch, None)
-            if compiled is None:
-                model = self._model.clone()
-                model.reshape({port.get_any_name(): [batch, *list(port.get_partial_shape())[1:]]
-                               for port in model.inputs})
-                try:
-                    compiled = self._core.compile_model(model, "CPU", self._config)
-                except RuntimeError as e:
-                    raise BadInputError(f"{self._path}: OpenVINO cannot compile this file at batch {batch} "
-                                        f"({_engine_message(e)})") from e
-                while len(self._compiled) >= MAX_COMPILED:
-                    del self._compiled[next(iter(self._compiled))]
-            self._compiled[batch] = compiled  # now the most recently used
-            return compiled
+            if compiled is not None:
+                self._compiled[batch] = compiled  # now the most recently used
+                return compiled
+            pending, mine = self._pending.get(batch), batch not in self._pending
+            if mine:
+                pending = self._pending[batch] = concurrent.futures.Future()
+        if not mine:
+            return pending.result()  # the compiling thread's model, or its error
+        try:
+            compiled = self._compile(batch)
+        except BaseException as e:
+            with self._lock:
+                del self._pending[batch]
+            pending.set_exception(e)
+            raise
+        with self._lock:
+            del self._pending[batch]
+            self._keep(batch, compiled)
+        pending.set_result(compiled)
+        return compiled
+
+    def _compile(self, batch: int) -> Any:
+        model = self._model.clone()
+        model.reshape({port.get_any_name(): [batch, *list(port.get_partial_shape())[1:]] for port in model.inputs})
+        try:
+            return self._core.compile_model(model, "CPU", self._config)
+        except RuntimeError as e:
+            raise BadInputError(f"{self._path}: OpenVINO cannot compile this file at batch {batch} "
+                                f"({_engine_message(e)})") from e
+
+    def _keep(self, batch: int, compiled: Any) -> None:
+        """``compiled`` as the most recently used model of ``batch``, the least recently used
+        dropped beyond :data:`MAX_COMPILED` (call with the lock held)."""
+        self._compiled.pop(batch, None)
+        while len(self._compiled) >= MAX_COMPILED:
+            del self._compiled[next(iter(self._compiled))]
+        self._compiled[batch] = compiled
 
     def _request(self, batch: int) -> Any:
-        """This thread's infer request at ``batch``, on the model compiled for it now (a request
-        made before that size was dropped and compiled again is replaced)."""
+        """This thread's infer request at ``batch``. A size the cache dropped while this thread
+        still holds a request for it (other threads' sizes pushed it out mid-run) is taken back
+        with its model, not compiled again; a size compiled anew by another thread meanwhile
+        replaces the request."""
         requests = getattr(self._local, "requests", None)  # threading.local: absent until this thread's first call
         if requests is None:
             requests = self._local.requests = {}
-        compiled = self._compiled_for(batch)
         owner, request = requests.pop(batch, (None, None))
+        if owner is None:
+            compiled = self._compiled_for(batch)
+        else:
+            with self._lock:
+                compiled = self._compiled.get(batch, owner)
+                self._keep(batch, compiled)
         if owner is not compiled:
             request = compiled.create_infer_request()
         requests[batch] = (compiled, request)

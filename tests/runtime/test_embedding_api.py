@@ -5,9 +5,13 @@ compiled models bounded. Real exports of ``tiny``; the broken files are real ONN
 
 from __future__ import annotations
 
+import concurrent.futures
 import importlib.util
 import shutil
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -85,6 +89,67 @@ def test_openvino_keeps_a_bounded_number_of_compiled_batch_sizes(tiny_onnx: Path
         assert all(id(owner) in live for owner, _ in pipe.backend._local.requests.values())
     assert 3 not in pipe.backend._compiled  # dropped by the later sizes; compiled again on use, same result
     np.testing.assert_array_equal(pipe.sample(3, steps=2, seed=4, progress=False), first)
+
+
+def _counting_compiles(backend: Any, hold: dict[int, threading.Event] | None = None) -> list[int]:
+    """The batch sizes ``backend`` compiles from now on, in order; a size in ``hold`` waits for its
+    event before compiling (the real OpenVINO compile, instrumented, not replaced)."""
+    sizes: list[int] = []
+    compile_size = backend._compile
+
+    def counted(batch: int) -> Any:
+        sizes.append(batch)
+        if hold is not None and batch in hold:
+            assert hold[batch].wait(120)
+        return compile_size(batch)
+
+    backend._compile = counted
+    return sizes
+
+
+@needs_openvino
+def test_openvino_threads_at_many_sizes_compile_each_once(tiny_onnx: Path) -> None:
+    """Six threads, six sizes (more than MAX_COMPILED): each size is compiled once, by the thread
+    that needs it (was 27 compiles for 6 sizes: a size another thread pushed out of the cache was
+    compiled again at the next step), and each thread's images are the serial ones."""
+    pipe = Pipeline.from_onnx(tiny_onnx, backend="openvino", threads=1, inference_precision="f32")
+    sizes = [1, 2, 3, 5, 6, 7]  # opt_batch 4 is compiled at load
+    serial = {n: Pipeline.from_onnx(tiny_onnx, backend="openvino", threads=1, inference_precision="f32")
+              .sample(n, steps=5, seed=n, progress=False) for n in sizes}
+    compiles = _counting_compiles(pipe.backend)
+    start = threading.Barrier(len(sizes))
+
+    def run(n: int) -> np.ndarray:
+        start.wait()
+        return pipe.sample(n, steps=5, seed=n, progress=False)
+
+    with concurrent.futures.ThreadPoolExecutor(len(sizes)) as pool:
+        got = dict(zip(sizes, pool.map(run, sizes)))
+    assert sorted(compiles) == sizes
+    for n in sizes:
+        np.testing.assert_array_equal(got[n], serial[n])
+
+
+@needs_openvino
+def test_openvino_calls_go_on_while_another_size_compiles(tiny_onnx: Path) -> None:
+    """A call at a compiled size does not wait for another thread's compilation (which held the
+    lock every call takes: a 0.3 s stall per new size); a second thread asking for the size under
+    compilation waits for it instead of compiling it again."""
+    pipe = Pipeline.from_onnx(tiny_onnx, backend="openvino", threads=1, inference_precision="f32")
+    release = threading.Event()
+    compiles = _counting_compiles(pipe.backend, hold={7: release})
+    x = pipe.info.spec.sample_inputs(7, seed=0)
+    args = list(x.values()) + [None] * (3 - len(x))
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        waiting = [pool.submit(pipe.backend, *args) for _ in range(2)]  # both at batch 7: one compiles
+        while not compiles:
+            time.sleep(0.01)
+        compiled_size = pipe.sample(pipe.info.spec.opt_batch, steps=2, progress=False)  # not blocked
+        assert not any(f.done() for f in waiting)
+        release.set()
+        out = [f.result(timeout=120) for f in waiting]
+    assert compiles == [7] and compiled_size.shape[0] == pipe.info.spec.opt_batch
+    np.testing.assert_array_equal(out[0], out[1])
 
 
 def test_the_callers_session_options_keep_their_threads(tiny_onnx: Path) -> None:
