@@ -124,9 +124,12 @@ class Registry(Mapping[str, V]):
         return tuple(self._entries)
 
     def __getitem__(self, name: str) -> V:
+        """The entry of ``name``: WrongTypeError (also a TypeError) for no str, BadInputError for
+        another name; both list the choices."""
         if not isinstance(name, str) or name not in self._entries:
-            raise BadInputError(f"{self.field}={name!r} is not valid; choose one of: "
-                                f"{', '.join(repr(n) for n in self._entries)}")
+            error = BadInputError if isinstance(name, str) else WrongTypeError
+            raise error(f"{self.field}={name!r} is not valid; choose one of: "
+                        f"{', '.join(repr(n) for n in self._entries)}")
         return self._entries[name]
 
     def __iter__(self):  # type: ignore[no-untyped-def]

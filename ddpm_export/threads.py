@@ -11,8 +11,7 @@ from __future__ import annotations
 import os
 import sys
 
-from ddpm_export.checks import is_int
-from ddpm_export.errors import BadInputError
+from ddpm_export.checks import check_int
 
 __all__ = ["MAX_THREADS", "check_threads", "get_threads", "set_threads"]
 
@@ -37,9 +36,9 @@ def set_threads(n: int | None) -> None:
 
 
 def check_threads(name: str, n: object) -> None:
-    """Refuse a thread count ``n`` that is not an int in ``[1, MAX_THREADS]`` (``name``: the flag or argument)."""
-    if not is_int(n) or not 1 <= n <= MAX_THREADS:  # type: ignore[operator]
-        raise BadInputError(f"{name} must be an int in [1, {MAX_THREADS}], got {n!r}")
+    """Refuse a thread count ``n`` that is not an int in ``[1, MAX_THREADS]`` (``name``: the flag or
+    argument): WrongTypeError for no int (a bool, a float, a str), BadInputError out of range."""
+    check_int(name, n, 1, MAX_THREADS, f"an int in [1, {MAX_THREADS}]")
 
 
 def get_threads() -> int | None:

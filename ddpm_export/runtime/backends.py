@@ -27,7 +27,7 @@ from typing import Any, Callable, Sequence
 
 from ddpm_export.configbase import check_choice
 from ddpm_export.diffusion import Backend
-from ddpm_export.errors import BadInputError
+from ddpm_export.errors import BadInputError, MissingDependencyError, describe
 from ddpm_export.threads import check_threads, get_threads
 from ddpm_export.contract.choices import BACKENDS
 from ddpm_export.contract.spec import ExportSpec
@@ -69,7 +69,12 @@ class BackendKind:
 
 
 def _onnxruntime(path: Path, spec: ExportSpec, options: RuntimeOptions) -> Backend:
-    from ddpm_export.runtime.onnxruntime_backend import OnnxRuntimeBackend, session_options_for
+    try:  # a core dependency, missing in a half-done swap to onnxruntime-gpu
+        from ddpm_export.runtime.onnxruntime_backend import OnnxRuntimeBackend, session_options_for
+    except ModuleNotFoundError as e:
+        if (e.name or "").split(".")[0] != "onnxruntime":
+            raise
+        raise MissingDependencyError(describe(e)) from e
 
     opts = session_options_for(options.threads, options.session_options)
     return OnnxRuntimeBackend.from_path(path, spec, providers=options.providers, session_options=opts)

@@ -54,5 +54,5 @@ def check_finite(model_output: np.ndarray, *, step: int, steps: int, t: int, sou
         if precision != "fp32":  # overflow is then a suspect too
             hint += f" or compute in fp32 (this run: {precision})"
         raise NonFiniteOutputError(f"{source}: the model output is not finite at step {step}/{steps} (t={t}): "
-                                   f"{bad} of {model_output.size} values are NaN or infinite; no image was "
-                                   f"written -- {hint}")
+                                   f"{bad} of {model_output.size} values are NaN or infinite; sampling "
+                                   f"stopped, no image returned -- {hint}")

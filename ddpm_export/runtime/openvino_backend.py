@@ -171,8 +171,8 @@ class OpenVinoBackend:
         requests[batch] = (compiled, request)
         with self._lock:  # a request keeps its compiled model alive: drop those the cache has dropped
             live = {id(c) for c in self._compiled.values()}
-        for size in [b for b, (owner, _) in requests.items() if id(owner) not in live]:
-            del requests[size]
+        for size in [b for b, (owner, _) in requests.items() if id(owner) not in live and b != batch]:
+            del requests[size]  # (not this call's: another thread may have pushed it out since)
         return request
 
     def __call__(self, x_t: np.ndarray, t: np.ndarray, cond: np.ndarray | None) -> np.ndarray:

@@ -226,8 +226,38 @@ def test_a_missing_onnxruntime_says_what_to_install() -> None:
     assert exit_status(error) == 2
 
 
+def test_a_missing_onnxruntime_is_a_missing_dependency_in_the_library_too() -> None:
+    """A half-done swap to onnxruntime-gpu (onnxruntime absent: blocked in sys.modules, in a child
+    process) was a raw ModuleNotFoundError from Pipeline.from_onnx; OpenVINO still runs."""
+    import subprocess
+    import sys
+
+    from ddpm_export.presets import shipped_onnx
+
+    code = ("import sys; sys.modules['onnxruntime'] = None\n"
+            "from ddpm_export.errors import MissingDependencyError\n"
+            "from ddpm_export.runtime import Pipeline\n"
+            f"try:\n    Pipeline.from_onnx({str(shipped_onnx('digits'))!r})\n"
+            "except MissingDependencyError as e:\n    print('refused:', e)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert proc.stdout.strip() == ("refused: this needs ONNX Runtime, a dependency of ddpm-export that is not "
+                                   "installed here: pip install onnxruntime (or onnxruntime-gpu)"), proc.stderr
+
+
+@pytest.mark.parametrize("kwargs", [dict(threads=True), dict(threads=2.0), dict(threads="2")])
+def test_a_thread_count_of_the_wrong_type_is_a_type_error(kwargs: dict) -> None:
+    from ddpm_export.presets import shipped_onnx
+
+    with pytest.raises(WrongTypeError, match=r"threads must be an int in \[1, 1024\], got "):
+        Pipeline.from_onnx(shipped_onnx("digits"), **kwargs)
+    with pytest.raises(BadInputError, match=r"threads must be an int in \[1, 1024\], got 0") as caught:
+        Pipeline.from_onnx(shipped_onnx("digits"), threads=0)
+    assert not isinstance(caught.value, TypeError)
+
+
 @pytest.mark.parametrize("kwargs", [dict(n="1"), dict(n=True), dict(seed="0"), dict(steps="2"), dict(steps=1.0),
-                                    dict(guidance_scale="1.5"), dict(classes="3"), dict(classes=[1, True])])
+                                    dict(guidance_scale="1.5"), dict(classes="3"), dict(classes=[1, True]),
+                                    dict(sampler=3), dict(sampler=[])])
 def test_an_argument_of_the_wrong_type_is_a_type_error(kwargs: dict) -> None:
     """n="1", seed="0", steps="2", ... raised BadInputError (a ValueError only), x_T=list and
     progress="no" WrongTypeError (also a TypeError): `except TypeError` caught only some."""
