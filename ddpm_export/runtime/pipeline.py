@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -211,7 +211,8 @@ class Pipeline:
     def sample(self, n: int, *, steps: int | None = None, sampler: str | None = None, seed: int = 0,
                eta: float | None = None, guidance_scale: float = 1.0,
                classes: int | Sequence[int] | np.ndarray | None = None, context: np.ndarray | None = None,
-               x_T: np.ndarray | None = None, progress: bool = False) -> np.ndarray:
+               x_T: np.ndarray | None = None, progress: bool = False,
+               callback: Callable[[int, int], None] | None = None) -> np.ndarray:
         """Sample ``n`` images; returns ``[n, C, H, W]`` float32 in ``[-1, 1]``.
 
         Every argument is checked before the first model call; errors name the argument.
@@ -235,6 +236,10 @@ class Pipeline:
             x_T: the starting noise ``[n, C, H, W]`` float32 (default: drawn from the seed).
             progress: show a tqdm bar over all steps of all chunks (off by default in the library;
                 the CLI turns it on when stderr is a terminal).
+            callback: called after every step as ``callback(done, total)``, the steps done and to
+                do over all chunks: a service's progress report, or its way to stop a request (a
+                deadline passed, a client gone): an exception it raises stops sampling there and
+                reaches the caller, and the Pipeline stays usable.
 
         Chunking: images per backend call are capped at ``max_batch`` (``max_batch // 2`` with
         guidance). Image ``i`` belongs to chunk ``k = i // chunk_size``; chunk ``k`` is exactly
@@ -245,18 +250,26 @@ class Pipeline:
         """
         if not isinstance(progress, (bool, np.bool_)):  # "no" would be truthy
             raise WrongTypeError(f"progress must be True or False, got {progress!r}")
+        if callback is not None and not callable(callback):
+            raise WrongTypeError(f"callback must be a function of (done, total) or None, got {callback!r}")
         req = SampleRequest(self.info, n, steps=steps, sampler=sampler, seed=seed, eta=eta,
                             guidance_scale=guidance_scale, classes=classes, context=context, x_T=x_T)
-        return self.run(req, progress=bool(progress))
+        return self.run(req, progress=bool(progress), callback=callback)
 
-    def run(self, req: SampleRequest, *, progress: bool = False) -> np.ndarray:
-        """Sample a validated request (see :meth:`sample`)."""
-        bar = tqdm(total=req.steps * len(req.chunks), disable=not progress, unit="step", leave=False,
-                   desc=f"{req.sampler} x{req.n}")
+    def run(self, req: SampleRequest, *, progress: bool = False,
+            callback: Callable[[int, int], None] | None = None) -> np.ndarray:
+        """Sample a validated request (see :meth:`sample`, also for ``callback``)."""
+        total = req.steps * len(req.chunks)
+        bar = tqdm(total=total, disable=not progress, unit="step", leave=False, desc=f"{req.sampler} x{req.n}")
         precision = describe_precision(self.info.precision, self.backend)
         outputs = []
         try:
             for k, chunk in enumerate(req.chunks):
+                def step_done(i: int, t: int, x: np.ndarray, out: np.ndarray, k: int = k) -> None:
+                    self._step_done(bar, out, step=i + 1, steps=req.steps, t=t, precision=precision)
+                    if callback is not None:
+                        callback(k * req.steps + i + 1, total)
+
                 scheduler = make_scheduler(req.config, req.sampler)  # per call: no state shared between threads
                 b = chunk.stop - chunk.start
                 cond = None if req.cond is None else req.cond[chunk]
@@ -265,8 +278,7 @@ class Pipeline:
                     self.backend, scheduler, (b, *req.shape), seed=chunk_seed(req.seed, k), cond=cond,
                     null_cond=null, guidance_scale=req.guidance_scale,
                     x_T=None if req.x_T is None else req.x_T[chunk],
-                    callback=lambda i, t, x, out: self._step_done(bar, out, step=i + 1, steps=req.steps, t=t,
-                                                                  precision=precision)))
+                    callback=step_done))
         finally:
             bar.close()
         return outputs[0] if len(outputs) == 1 else np.concatenate(outputs)

@@ -152,6 +152,31 @@ def test_openvino_calls_go_on_while_another_size_compiles(tiny_onnx: Path) -> No
     np.testing.assert_array_equal(out[0], out[1])
 
 
+def test_a_callback_reports_every_step_and_can_stop_a_request() -> None:
+    """callback(done, total) after every step over all chunks (digits, max_batch 16: 20 images are
+    two chunks); an exception it raises stops sampling and reaches the caller, and the Pipeline
+    then samples as before."""
+    from ddpm_export.presets import shipped_onnx
+
+    pipe = Pipeline.from_onnx(shipped_onnx("digits"), threads=1)
+    seen: list[tuple[int, int]] = []
+    first = pipe.sample(20, steps=3, seed=5, callback=lambda done, total: seen.append((done, total)))
+    assert seen == [(i, 6) for i in range(1, 7)]
+
+    class Deadline(Exception):
+        pass
+
+    def stop_at_2(done: int, total: int) -> None:
+        if done == 2:
+            raise Deadline
+
+    with pytest.raises(Deadline):
+        pipe.sample(20, steps=3, seed=5, callback=stop_at_2)
+    np.testing.assert_array_equal(pipe.sample(20, steps=3, seed=5), first)
+    with pytest.raises(WrongTypeError, match=r"callback must be a function of \(done, total\) or None, got 3"):
+        pipe.sample(1, callback=3)
+
+
 def test_the_callers_session_options_keep_their_threads(tiny_onnx: Path) -> None:
     mine = ort.SessionOptions()
     mine.intra_op_num_threads, mine.inter_op_num_threads = 3, 2
