@@ -82,10 +82,12 @@ def test_a_miss_below_the_margin_says_pytorch_missed_too() -> None:
     from ddpm_export.verify import THRESHOLDS, _checks
 
     def results(probe_db: float) -> dict:
-        ddim = {"num_inference_steps": 50, "local_max_abs": 0.1, "local_rel_l2": 0.01, "final": {"psnr_db": 26.0},
+        ddim = {"num_inference_steps": 50, "local_max_abs": 0.1, "local_rel_l2": 0.01, "local_output_scale": 1.0,
+                "final": {"psnr_db": 26.0},
                 "final_check": _final_state(26.0, probe_db, NOISE_PROBE, 35.0), "reference_probe": NOISE_PROBE,
                 "reference_self_psnr_db": probe_db}
-        return {"onnxruntime": {"single_step": {"max_abs": 0.1, "rel_l2": 0.01}, "trajectories": {"ddim": ddim}}}
+        return {"onnxruntime": {"single_step": {"max_abs": 0.1, "rel_l2": 0.01, "output_scale": 1.0},
+                                "trajectories": {"ddim": ddim}}}
 
     for probe_db, says in ((33.0, "33.00 dB, below the limit too, but this backend ends more than 6 dB below it"),
                            (45.0, "45.00 dB)")):
