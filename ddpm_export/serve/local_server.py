@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import fcntl
 import functools
 import importlib.util
 import os
@@ -49,6 +50,12 @@ __all__ = ["SITE_FOLDER", "LocalServer", "TritonInstall", "find_tritonserver", "
 #: where ``./dev`` installs numpy<2 for the server's Python-backend stubs (under the checkout).
 SITE_FOLDER = ".triton-site"
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+#: seconds Triton waits for open client connections when it stops (its default, 30 s, outlasted
+#: stop()'s grace: an HTTP client left open got the server SIGKILLed, its models not unloaded and
+#: the Python backend's shared-memory regions left in /dev/shm)
+EXIT_TIMEOUT_S = 5
+#: the shared-memory files of the Python backend (one per model instance and stub)
+SHM_PREFIX = "/dev/shm/triton_python_backend_shm_region_"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,16 +125,55 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
+def _shm_regions(group: int) -> set[Path]:
+    """The Python backend's shared-memory files (``/dev/shm/triton_python_backend_shm_region_*``)
+    that the processes of process group ``group`` (the server and its stubs) have mapped."""
+    regions = set()
+    for proc in Path("/proc").iterdir():
+        try:
+            if not proc.name.isdigit() or os.getpgid(int(proc.name)) != group:
+                continue
+            maps = (proc / "maps").read_text()
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        for line in maps.splitlines():
+            path = line.split(None, 5)[5] if len(line.split(None, 5)) == 6 else ""
+            if path.startswith(SHM_PREFIX):
+                regions.add(Path(path.removesuffix(" (deleted)")))
+    return regions
+
+
+def _end_group(group: int, grace: float = 5.0) -> None:
+    """SIGTERM to what is left of process group ``group``, SIGKILL after ``grace`` s."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(group, sig)
+        except ProcessLookupError:
+            return  # nothing left
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(group, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.05)
+
+
 class LocalServer:
     """``tritonserver`` on 127.0.0.1 serving ``repository``; a context manager that always stops it.
 
     ``work`` is a scratch folder of one server at a time (outside ``repository``: Triton would take
     its folders for models) for the backend folder, the working directory and the server log
-    (``server.log``).
+    (``server.log``); a running server holds a lock on it (``work/.lock``), and a second one
+    started there is refused (it rewrote the backend files the first had loaded: that one
+    crashed).
     ``pythonpath``: folders whose packages the stubs import before site-packages (see the module
     doc). The server runs in its own session (a Ctrl-C in a terminal reaches this process, which
     stops it) and, on Linux, gets SIGTERM when the thread that started it dies, so a ``kill``,
-    ``timeout`` or closed terminal that ends this process without ``stop()`` stops it too.
+    ``timeout`` or closed terminal that ends this process without ``stop()`` stops it too (start
+    it from a thread that lives as long as the server: from a worker thread it stops when that
+    thread ends). Triton waits :data:`EXIT_TIMEOUT_S` for open client connections when it stops,
+    less than ``stop``'s grace, so that it always exits by itself (unloading its models).
     """
 
     def __init__(self, install: TritonInstall, repository: str | Path, work: str | Path, *,
@@ -156,6 +202,7 @@ class LocalServer:
         self.http_port, self.grpc_port, self.metrics_port = free_ports(3)
         self.process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
+        self._lock: IO[bytes] | None = None
 
     @property
     def http_url(self) -> str:
@@ -173,10 +220,10 @@ class LocalServer:
         """``work/backends/python/``: the Python backend's files plus this Python's stub."""
         folder = self.work / "backends" / "python"
         folder.mkdir(parents=True, exist_ok=True)
-        for item in self.install.python_backend.iterdir():
-            if item.is_file():
-                shutil.copy2(item, folder / item.name)
-        shutil.copy2(self.install.stub, folder / self.install.stub.name)
+        for item in [*(i for i in self.install.python_backend.iterdir() if i.is_file()), self.install.stub]:
+            tmp = folder / f".{item.name}.tmp-{os.getpid()}"
+            shutil.copy2(item, tmp)
+            os.replace(tmp, folder / item.name)  # a file a process still runs is not rewritten in place
         return folder.parent
 
     def working_directory(self) -> Path:
@@ -204,12 +251,38 @@ class LocalServer:
         return env
 
     def start(self) -> None:
+        self._lock_work()
+        try:
+            self._start()
+        except BaseException:
+            self._unlock_work()
+            raise
+
+    def _lock_work(self) -> None:
+        """Hold ``work/.lock``, or refuse: another server runs from this work folder."""
+        self.work.mkdir(parents=True, exist_ok=True)
+        lock = open(self.work / ".lock", "wb")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            raise BadInputError(f"work {self.work}: another LocalServer is running from this folder (it holds "
+                                f"{self.work / '.lock'}); give each server its own work folder") from None
+        self._lock = lock
+
+    def _unlock_work(self) -> None:
+        if self._lock is not None:
+            self._lock.close()  # closing the file releases the lock
+            self._lock = None
+
+    def _start(self) -> None:
         command = [str(self.install.binary), "--model-repository", str(self.repository),
                    "--backend-directory", str(self.backend_directory()),
                    "--http-address", "127.0.0.1", "--http-port", str(self.http_port),
                    "--grpc-address", "127.0.0.1", "--grpc-port", str(self.grpc_port),
                    "--metrics-address", "127.0.0.1", "--metrics-port", str(self.metrics_port),
-                   "--exit-on-error", "true", "--disable-auto-complete-config"]
+                   "--exit-on-error", "true", "--disable-auto-complete-config",
+                   "--exit-timeout-secs", str(EXIT_TIMEOUT_S)]
         die_with_us = None
         if sys.platform == "linux":
             prctl = ctypes.CDLL(None, use_errno=True).prctl
@@ -249,17 +322,25 @@ class LocalServer:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
     def stop(self, grace: float = 10.0) -> None:
-        """SIGTERM (Triton unloads its models and exits), SIGKILL to the process group after ``grace`` s."""
+        """SIGTERM (Triton unloads its models and exits, after at most :data:`EXIT_TIMEOUT_S` for open
+        connections), SIGKILL to the process group after ``grace`` s; then the Python backend's
+        shared-memory files its processes had mapped are removed if they are left (a server that
+        gave up waiting for a client's open connection exits without unloading its models)."""
         if self.process is not None and self.process.poll() is None:
+            regions = _shm_regions(self.process.pid)
             self.process.terminate()
             try:
                 self.process.wait(grace)
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, 9)  # the server and its stub processes, which it started
                 self.process.wait()
+            _end_group(self.process.pid)  # stubs a server that exited at once left running
+            for region in regions:
+                region.unlink(missing_ok=True)
         if self._log is not None:
             self._log.close()
             self._log = None
+        self._unlock_work()
 
     def __enter__(self) -> "LocalServer":
         self.start()

@@ -7,6 +7,7 @@ the server keeps serving, and the server is always stopped (LocalServer's contex
 from __future__ import annotations
 
 import concurrent.futures
+import re
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -21,6 +22,7 @@ grpcclient = pytest.importorskip("tritonclient.grpc", reason="needs the serve ex
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
 from ddpm_export.cli import main  # noqa: E402
+from ddpm_export.errors import BadInputError  # noqa: E402
 from ddpm_export.runtime import Pipeline, make_bundle  # noqa: E402
 from ddpm_export.serve.local_server import LocalServer, find_tritonserver, stub_numpy_site  # noqa: E402
 
@@ -228,6 +230,44 @@ def test_a_stub_that_garbles_numpy_2_arrays_fails_to_load_saying_why(server: Loc
         with bare:
             pass
     assert not bare.alive()
+
+
+def test_a_second_server_on_a_running_servers_work_folder_is_refused(server: LocalServer, pipe: Pipeline) -> None:
+    """It rewrote the backend files the running server had loaded (that one crashed: signal 11)."""
+    second = LocalServer(find_tritonserver(), server.repository, server.work, pythonpath=[*stub_numpy_site(ROOT), ROOT])
+    with pytest.raises(BadInputError, match=rf"work {re.escape(str(server.work))}: another LocalServer is running "
+                                            r"from this folder"):
+        second.start()
+    assert not second.alive()
+    values = {"seed": np.array([3], np.int64), "num_images": np.array([2], np.int64), "steps": np.array([2], np.int64)}
+    np.testing.assert_allclose(infer(server, "http", values), pipe.sample(2, steps=2, seed=3), atol=TOL)
+
+
+def _shm_regions() -> set[str]:
+    return {p.name for p in Path("/dev/shm").glob("triton_python_backend_shm_region_*")}
+
+
+def test_an_open_http_client_does_not_get_the_server_killed(server: LocalServer, tmp_path: Path) -> None:
+    """Triton waited 30 s for open HTTP connections, stop() 10 s: the server was SIGKILLed and its
+    Python backend's shared-memory regions stayed in /dev/shm. It now gives up waiting after
+    EXIT_TIMEOUT_S and exits by itself (status 1: 'Exit timeout expired'), leaving none."""
+    import tritonclient.http as httpclient
+
+    from ddpm_export.serve.local_server import EXIT_TIMEOUT_S
+
+    before = _shm_regions()
+    other = LocalServer(find_tritonserver(), server.repository, tmp_path / "work",
+                        pythonpath=[*stub_numpy_site(ROOT), ROOT])
+    with other:
+        client = httpclient.InferenceServerClient(other.http_url)
+        assert client.is_server_ready()  # its connection stays open (never closed)
+        started = time.monotonic()
+    assert other.process is not None and other.process.returncode >= 0, other.log_tail()  # not killed by a signal
+    assert time.monotonic() - started < EXIT_TIMEOUT_S + 5
+    assert f"Timeout {EXIT_TIMEOUT_S}: Found 1 HTTP service connections" in other.log_path.read_text()
+    assert _shm_regions() <= before
+    other.start()  # the work folder's lock was released with the server: it serves again
+    other.stop()
 
 
 def test_local_server_refuses_missing_pieces_and_a_work_folder_in_the_repository(server: LocalServer,
