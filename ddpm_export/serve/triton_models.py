@@ -13,8 +13,9 @@ it is imported in ``initialize``, so this module also imports outside a server.
   ``model.onnx``, executing each dynamically batched group of requests as one batch.
 
 A bad request, or a failure while serving it, is answered with a ``TritonError`` for that
-request; the model stays loaded. A request its client gave up on (a gRPC deadline, a closed
-connection) is dropped before its next U-Net call, not run to the end (``is_cancelled``).
+request; the model stays loaded. A request its gRPC client gave up on (a deadline, a closed
+connection) is dropped before its next U-Net call, not run to the end (``is_cancelled``); an HTTP
+client's timeout or closed connection does not reach the model (Triton 2.51), which finishes it.
 
 Triton's Python-backend stub converts tensors with pybind11's numpy support; the stub of
 ``nvidia-pytriton`` 0.7.0 (Triton 2.51) reads numpy 1's array layout, so its server's Python

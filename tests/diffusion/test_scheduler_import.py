@@ -97,6 +97,59 @@ def test_what_the_schedule_cannot_express_is_refused_by_key(tmp_path: Path, data
     assert isinstance(data, list) or "write a diffusion.json" in str(info.value)
 
 
+def test_only_ddpm_and_ddim_clip_by_default(tmp_path: Path) -> None:
+    """Euler, PNDM, DPM-Solver, UniPC steps never clip x0; read as clip_sample=True (DiffusionConfig's
+    default), an Euler model sampled with our DDIM moved by 0.66. DDPM and DDIM default to True."""
+    path = tmp_path / SCHEDULER_CONFIG_NAME
+    for cls, clips in (("EulerDiscreteScheduler", False), ("PNDMScheduler", False), ("UniPCMultistepScheduler", False),
+                       ("DDIMScheduler", True), ("DDPMScheduler", True)):
+        path.write_text(json.dumps({"_class_name": cls}))
+        assert diffusion_from_scheduler(path).clip_sample is clips, cls
+        assert getattr(getattr(diffusers, cls)(), "config").get("clip_sample", False) is clips  # diffusers' own
+    path.write_text(json.dumps({"_class_name": "EulerDiscreteScheduler", "clip_sample": True}))
+    assert diffusion_from_scheduler(path).clip_sample is True  # what a file says wins
+
+
+def test_a_scheduler_swap_s_carried_over_variance_type_is_read(tmp_path: Path) -> None:
+    """`pipe.scheduler = DDIMScheduler.from_config(ddpm_config)` keeps DDPM's variance_type in the
+    saved config: diffusers samples it; it was refused as a learned variance."""
+    ddpm = diffusers.DDPMScheduler(variance_type="fixed_large", beta_schedule="squaredcos_cap_v2")
+    for cls in ("DDIMScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler"):
+        folder = tmp_path / cls
+        getattr(diffusers, cls).from_config(ddpm.config).save_pretrained(folder)
+        assert json.loads((folder / SCHEDULER_CONFIG_NAME).read_text())["variance_type"] == "fixed_large"
+        cfg = diffusion_from_scheduler(folder / SCHEDULER_CONFIG_NAME)
+        assert (cfg.variance_type, cfg.beta_schedule) == ("fixed_large", "cosine"), cls
+
+
+def test_a_pipeline_s_scheduler_is_found_from_inside_its_unet_folder(tmp_path: Path, monkeypatch) -> None:
+    """`--model .` in <pipeline>/unet: Path('.').parent is '.', so ../scheduler was missed and the
+    default schedule recorded without a word."""
+    from ddpm_export.diffusion.from_diffusers import find_scheduler_config
+
+    diffusers.DDPMScheduler().save_pretrained(tmp_path / "pipe" / "scheduler")
+    (tmp_path / "pipe" / "unet").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "pipe" / "unet")
+    want = tmp_path / "pipe" / "scheduler" / SCHEDULER_CONFIG_NAME
+    monkeypatch.chdir(tmp_path / "pipe" / "unet")
+    assert find_scheduler_config(Path(".")).resolve() == want
+    assert find_scheduler_config(tmp_path / "link").resolve() == want
+
+
+@pytest.mark.parametrize(("data", "match"), [
+    ({"_class_name": "UniPCMultistepScheduler", "disable_corrector": None},
+     r"disable_corrector=None is not a list of step indices"),  # was a TypeError traceback
+    ({"_class_name": "DDPMScheduler", "trained_betas": [0.001] * 1000},
+     r"trained_betas=\[1000 values: 0.001, 0.001, ..., 0.001\] is not supported"),  # printed 22,000 characters
+])
+def test_a_bad_value_is_named_in_a_short_message(tmp_path: Path, data: dict, match: str) -> None:
+    path = tmp_path / SCHEDULER_CONFIG_NAME
+    path.write_text(json.dumps(data))
+    with pytest.raises(SchedulerConfigError, match=match) as info:
+        diffusion_from_scheduler(path)
+    assert len(str(info.value)) < 400
+
+
 def test_a_file_that_is_not_utf8_json_is_named(tmp_path: Path) -> None:
     path = tmp_path / SCHEDULER_CONFIG_NAME
     path.write_bytes(json.dumps({"_class_name": "DDPMScheduler"}).encode("utf-16"))
