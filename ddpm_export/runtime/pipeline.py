@@ -360,9 +360,11 @@ def _chunks(n: int, min_batch: int, max_batch: int, guided: bool) -> list[slice]
     chunks = [slice(i, min(i + size, n)) for i in range(0, n, size)]
     last = (chunks[-1].stop - chunks[-1].start) * per_image
     if last < min_batch:
+        fewest = -(-min_batch // per_image)  # images of a last chunk the graph can run
+        choice = f"a multiple of {size}" if fewest >= size else f"so that n % {size} is 0 or at least {fewest}"
         raise BadInputError(f"n={n}: the last chunk would run a batch of {last}, below the exported min_batch "
                             f"{min_batch} (chunks of {size} images{' with guidance' if guided else ''}); "
-                            f"choose n so that n % {size} is 0 or at least {-(-min_batch // per_image)}")
+                            f"choose n {choice}")
     return chunks
 
 

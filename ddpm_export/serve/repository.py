@@ -75,11 +75,11 @@ def write_repository(bundle: str | Path, out: str | Path, *, unet_backend: UNetB
             raise BadInputError(f"{name} must be an int in [{low}, {high}], got {value!r}")
     folder = Path(bundle)
     refuse_nameless_folder(out)
+    manifest = verify_bundle(folder)  # first: a folder that is no bundle is named as such (--bundle .)
     refuse_inside({"the repository folder": out}, {"the bundle": folder},
                   "replacing the folder would delete the bundle; write the repository into a new folder")
     refuse_inside({"the bundle": folder}, {"the repository folder": out},
                   "a folder added to a bundle breaks its manifest; write the repository elsewhere")
-    manifest = verify_bundle(folder)
     entry = manifest.model(onnx)
     info = ModelInfo.from_metadata(entry["metadata"], source=f"{folder}: {entry['onnx']}")
     info.spec.check_samplable(f"{folder}: {entry['onnx']}")  # else the sampler model fails to load in the server

@@ -174,6 +174,12 @@ def test_a_last_chunk_below_min_batch_is_refused(tiny: Pipeline) -> None:
         pipe.sample(MAX_BATCH + 1, steps=1, progress=False)
     with pytest.raises(ValueError, match="n=1"):
         pipe.sample(1, steps=1, progress=False)
+    # min = max = 2: only whole chunks run ("n % 2 is 0 or at least 2" read as if 3 would do)
+    two = Pipeline(tiny.backend, dataclasses.replace(tiny.info, spec=tiny.info.spec.replace(min_batch=2, opt_batch=2,
+                                                                                           max_batch=2)))
+    with pytest.raises(ValueError, match=r"n=3: .*below the exported min_batch 2 \(chunks of 2 images\); "
+                                         r"choose n a multiple of 2$"):
+        two.sample(3, steps=1, progress=False)
 
 
 def test_a_batch_range_no_guided_call_fits_is_named_as_such(sink: Pipeline) -> None:

@@ -182,6 +182,14 @@ def test_a_tampered_bundle_is_refused(bundle: Path, tmp_path: Path) -> None:
     assert result.exit_code == 2 and "tiny.onnx" in result.output and "sha256" in result.output
 
 
+def test_a_folder_that_is_no_bundle_is_named_as_such(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--bundle . -o repo` said the repository would be inside the bundle, not that . is no bundle."""
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["triton", "--bundle", ".", "-o", "repo"])
+    assert result.exit_code == 2 and "manifest.json" in result.output, result.output
+    assert "inside the bundle" not in result.output and not (tmp_path / "repo").exists()
+
+
 def test_openvino_unet_backend_refuses_an_ort_mha_file(tmp_path):
     """A contrib op (com.microsoft.MultiHeadAttention) is refused for Triton's OpenVINO backend,
     whose OpenVINO release is the server's; the message says how to export instead."""
