@@ -45,7 +45,8 @@ from ddpm_export.configbase import ConfigError
 from ddpm_export.diffusion.config import DiffusionConfig
 from ddpm_export.errors import BadInputError
 
-__all__ = ["SCHEDULER_CONFIG_NAME", "SchedulerConfigError", "diffusion_from_scheduler", "find_scheduler_config"]
+__all__ = ["SCHEDULER_CONFIG_NAME", "SchedulerConfigError", "diffusion_from_scheduler", "find_scheduler_config",
+           "scheduler_timesteps"]
 
 SCHEDULER_CONFIG_NAME = "scheduler_config.json"
 
@@ -105,6 +106,19 @@ def find_scheduler_config(unet_folder: Path) -> Path | None:
         if path.is_file():
             return path
     return None
+
+
+def scheduler_timesteps(unet_folder: Path) -> int | None:
+    """``num_train_timesteps`` of the scheduler config :func:`find_scheduler_config` finds for
+    ``unet_folder`` (diffusers' default 1000 when the file leaves it out); None without a readable
+    one, or when it is no int (:func:`diffusion_from_scheduler` names that)."""
+    path = find_scheduler_config(unet_folder)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8-sig")) if path is not None else None
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    T = data.get("num_train_timesteps", 1000) if isinstance(data, dict) else None
+    return T if isinstance(T, int) and not isinstance(T, bool) else None
 
 
 def diffusion_from_scheduler(path: Path) -> DiffusionConfig:

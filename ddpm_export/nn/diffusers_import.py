@@ -40,6 +40,7 @@ import torch
 
 from ddpm_export.config import ConfigError, UNetConfig
 from ddpm_export.configbase import read_config_text
+from ddpm_export.diffusion.from_diffusers import scheduler_timesteps
 from ddpm_export.errors import CheckpointError
 from ddpm_export.nn.unet import UNet
 from ddpm_export.nn.weights import build_model, check_state, load_state_strict, read_safetensors, shapes
@@ -271,12 +272,20 @@ def _levels(source: str, c: dict[str, Any]) -> tuple[list[int], list[bool]]:
 
 
 def read_diffusers_config(path: str | Path) -> UNetConfig:
-    """Parse a diffusers config.json and map it with :func:`config_from_diffusers`."""
+    """Parse a diffusers config.json and map it with :func:`config_from_diffusers`. A positional
+    model's config leaves ``num_train_timesteps`` null (diffusers writes it so): its T is then the
+    scheduler's beside it (``DDPMPipeline`` samples a T=4000 scheduler with such a UNet), 1000
+    without one."""
     path = Path(path)
     try:
         data = json.loads(read_config_text(path))
     except json.JSONDecodeError as e:
         raise ConfigError(f"{path}: not valid JSON ({e})") from e
+    if isinstance(data, dict) and data.get("num_train_timesteps") is None \
+            and data.get("time_embedding_type", "positional") == "positional":
+        T = scheduler_timesteps(path.parent)
+        if T is not None:
+            data = {**data, "num_train_timesteps": T}
     return config_from_diffusers(data, source=str(path))
 
 

@@ -182,6 +182,22 @@ def test_a_pipeline_folder_s_scheduler_reaches_the_exported_file(tmp_path: Path)
     assert read_info(out.path).diffusion.beta_end == 0.03
 
 
+def test_a_positional_unet_takes_its_timestep_count_from_its_scheduler(tmp_path: Path) -> None:
+    """diffusers writes num_train_timesteps null for a positional UNet; DDPMPipeline samples it
+    with a T=4000 scheduler. It was refused: 'the schedule's 4000 differs from the model's 1000'."""
+    from ddpm_export.export.onnx import export_onnx
+    from ddpm_export.runtime.info import read_info
+
+    torch.manual_seed(0)
+    diffusers.UNet2DModel(**SMALL_UNET).save_pretrained(tmp_path / "pipe" / "unet")
+    assert json.loads((tmp_path / "pipe" / "unet" / "config.json").read_text())["num_train_timesteps"] is None
+    diffusers.DDPMScheduler(num_train_timesteps=4000).save_pretrained(tmp_path / "pipe" / "scheduler")
+    out = export_onnx(tmp_path / "pipe" / "unet", tmp_path / "m.onnx", max_batch=2, validate=False,
+                      log=lambda s: None)
+    info = read_info(out.path)
+    assert info.unet.num_train_timesteps == info.diffusion.num_train_timesteps == 4000
+
+
 def test_a_timestep_count_mismatch_says_which_schedule_and_what_to_write(tmp_path: Path) -> None:
     from ddpm_export.errors import BadInputError
     from ddpm_export.export.onnx import export_onnx
