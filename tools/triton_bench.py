@@ -33,11 +33,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ddpm_export.errors import DdpmExportError, MissingDependencyError
+from ddpm_export.errors import BadInputError, DdpmExportError, MissingDependencyError
 from ddpm_export.files import atomic_file, refuse_existing_file
 from ddpm_export.machine import cpu_info
-from ddpm_export.runtime import Pipeline, make_bundle, verify_bundle
+from ddpm_export.runtime import Pipeline, SampleRequest, make_bundle, verify_bundle
 from ddpm_export.serve import write_repository
+from ddpm_export.serve.configs import LIMITS
 from ddpm_export.serve.local_server import LocalServer, find_tritonserver, stub_numpy_site
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -138,6 +139,10 @@ def run(args: argparse.Namespace) -> None:
     install, site = find_tritonserver(), stub_numpy_site(ROOT)
     if install is None or site is None:
         raise MissingDependencyError("needs nvidia-pytriton and numpy<2 for its stub (./dev installs both)")
+    low, high = LIMITS["instances"]  # one sampler instance per client
+    if not low <= args.clients <= high:
+        raise BadInputError(f"--clients must be an int in [{low}, {high}] (one sampler instance each), "
+                            f"got {args.clients}")
     if args.json is not None:
         refuse_existing_file(args.json, args.force)  # before minutes of work
     if args.bundle is not None:
@@ -151,8 +156,10 @@ def run(args: argparse.Namespace) -> None:
 
             onnx = export_onnx("digits", work / "digits.onnx", max_batch=8, log=lambda m: None).path
             bundle = make_bundle([onnx], work / "bundle")
-        repo = write_repository(bundle, work / "repo", unet_backend="python", instances=args.clients)
         pipe = Pipeline.from_bundle(bundle)
+        SampleRequest(pipe.info, args.n, steps=args.steps, sampler=None, seed=0, eta=None, guidance_scale=1.0,
+                      classes=None, context=None, x_T=None)  # what the bundle cannot sample: before the server
+        repo = write_repository(bundle, work / "repo", unet_backend="python", instances=args.clients)
         local = lambda i: pipe.sample(args.n, steps=args.steps, seed=i, progress=False)  # noqa: E731
         with LocalServer(install, repo, work, pythonpath=[*site, ROOT]) as server:
             remote = lambda i: served(server.grpc_url, i, args.n, args.steps)  # noqa: E731
