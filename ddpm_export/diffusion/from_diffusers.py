@@ -19,9 +19,11 @@ What is read, with diffusers' names and each class's own defaults for keys a fil
   ignores it there), ``set_alpha_to_one``;
 - the sampler, for the classes this package runs: ``DDIMScheduler`` -> ``ddim``,
   ``DPMSolverMultistepScheduler`` -> ``dpm-solver++`` / ``dpm-solver`` / ``sde-dpm-solver++`` by
-  ``algorithm_type``, ``UniPCMultistepScheduler`` -> ``unipc``, each with its solver keys. Other
-  classes (``DDPMScheduler``, ``PNDMScheduler``, ``EulerDiscreteScheduler``, ...) give the
-  schedule only; the sampler stays :class:`DiffusionConfig`'s default (DDIM, 50 steps). Only
+  ``algorithm_type``, ``UniPCMultistepScheduler`` -> ``unipc``, each with its solver keys. The
+  other classes of :data:`_CLASS_DEFAULTS` (``DDPMScheduler``, ``PNDMScheduler``, Euler, LMS,
+  Heun, KDPM2, DEIS, single-step DPM-Solver) give the schedule only; the sampler stays
+  :class:`DiffusionConfig`'s default (DDIM, 50 steps). A class not listed there (IPNDM, whose
+  schedule is its own, LCM, ...) or a file without ``_class_name`` is refused. Only
   DDPM's and DDIM's steps clip the predicted x0: every other class reads as ``clip_sample=False``
   unless its file says otherwise (DDIM with clipping in an Euler model's place moved its samples
   by up to 0.66 in an audit, 1.5e-3 without), and a ``fixed_*`` ``variance_type`` a scheduler swap carries over from a DDPM config
@@ -72,12 +74,18 @@ _MUST_BE_DEFAULT: dict[str, Any] = {
 #: samplers this package does not run
 _IGNORED = ("_class_name", "_diffusers_version", "dynamic_thresholding_ratio", "sample_max_value", "flow_shift",
             "time_shift_type", "skip_prk_steps", "interpolation_type", "timestep_type", "variance_type")
-#: the classes whose defaults differ from DiffusionConfig's for keys a file may leave out
+#: the scheduler classes read (their schedule is a beta schedule), each with its defaults where
+#: they differ from DiffusionConfig's, for keys a file (an old one) may leave out; diffusers 0.42's
+#: signatures (a test checks them). Other classes (IPNDM's own schedule, LCM, ...) are refused.
+_LINSPACE = {"timestep_spacing": "linspace"}
+_KARRAS_BETAS = {"beta_start": 0.00085, "beta_end": 0.012, "timestep_spacing": "linspace"}
 _CLASS_DEFAULTS: dict[str, dict[str, Any]] = {
-    "DPMSolverMultistepScheduler": {"timestep_spacing": "linspace"},
-    "UniPCMultistepScheduler": {"timestep_spacing": "linspace"},
-    "EulerDiscreteScheduler": {"timestep_spacing": "linspace"},
-    "PNDMScheduler": {"set_alpha_to_one": False},
+    "DDPMScheduler": {}, "DDIMScheduler": {}, "DPMSolverMultistepScheduler": _LINSPACE,
+    "UniPCMultistepScheduler": _LINSPACE, "PNDMScheduler": {"set_alpha_to_one": False},
+    "EulerDiscreteScheduler": _LINSPACE, "EulerAncestralDiscreteScheduler": _LINSPACE,
+    "LMSDiscreteScheduler": _LINSPACE, "DEISMultistepScheduler": _LINSPACE, "DPMSolverSinglestepScheduler": {},
+    "HeunDiscreteScheduler": _KARRAS_BETAS, "KDPM2DiscreteScheduler": _KARRAS_BETAS,
+    "KDPM2AncestralDiscreteScheduler": _KARRAS_BETAS,
 }
 _DPM_SAMPLERS = {"dpmsolver++": "dpm-solver++", "dpmsolver": "dpm-solver", "sde-dpmsolver++": "sde-dpm-solver++"}
 #: the classes whose step clips the predicted x0 (``clip_sample``, default True in diffusers)
@@ -129,7 +137,12 @@ def diffusion_from_scheduler(path: Path) -> DiffusionConfig:
         raise SchedulerConfigError(f"{path}: not a readable UTF-8 JSON file ({e})") from e
     if not isinstance(data, dict):
         raise SchedulerConfigError(f"{path}: a scheduler config is a JSON object, got {type(data).__name__}")
-    cls = str(data.get("_class_name", ""))
+    cls = data.get("_class_name")
+    if cls not in _CLASS_DEFAULTS:
+        said = ("names no _class_name" if cls is None else
+                f"_class_name={_shown(cls)} is not a scheduler class ddpm-export reads")
+        raise SchedulerConfigError(f"{path}: {said} (known: {', '.join(_CLASS_DEFAULTS)}); write a diffusion.json "
+                                   f"beside the UNet's config.json to choose the schedule yourself (a DiffusionConfig)")
 
     def refuse(key: str, why: str) -> SchedulerConfigError:
         return SchedulerConfigError(f"{path}: {key}={_shown(data[key])} {why}; write a diffusion.json beside the "
@@ -142,7 +155,7 @@ def diffusion_from_scheduler(path: Path) -> DiffusionConfig:
     for key in data:
         if key not in known:
             raise refuse(key, "is a scheduler setting this version does not know")
-    fields: dict[str, Any] = {**_CLASS_DEFAULTS.get(cls, {}), **{k: data[k] for k in _SCHEDULE_KEYS if k in data}}
+    fields: dict[str, Any] = {**_CLASS_DEFAULTS[cls], **{k: data[k] for k in _SCHEDULE_KEYS if k in data}}
     if "beta_schedule" in data:
         if data["beta_schedule"] not in _BETA_SCHEDULES:
             raise refuse("beta_schedule", f"is not supported (choose one of: {', '.join(_BETA_SCHEDULES)})")

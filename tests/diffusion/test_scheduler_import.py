@@ -97,6 +97,38 @@ def test_what_the_schedule_cannot_express_is_refused_by_key(tmp_path: Path, data
     assert isinstance(data, list) or "write a diffusion.json" in str(info.value)
 
 
+def test_each_read_class_s_defaults_are_diffusers_own() -> None:
+    """For keys an (old) file leaves out, each class read takes diffusers' default, where it differs
+    from DiffusionConfig's: Heun and KDPM2 took betas 1e-4..0.02 (theirs 0.00085..0.012), Euler
+    Ancestral and LMS leading spacing (theirs linspace)."""
+    import inspect
+
+    from ddpm_export.diffusion import DiffusionConfig
+    from ddpm_export.diffusion.from_diffusers import _CLASS_DEFAULTS
+
+    ours = DiffusionConfig()
+    for cls, defaults in _CLASS_DEFAULTS.items():
+        params = inspect.signature(getattr(diffusers, cls).__init__).parameters
+        differ = {k: params[k].default for k in ("beta_start", "beta_end", "timestep_spacing", "set_alpha_to_one",
+                                                  "steps_offset", "prediction_type", "num_train_timesteps")
+                  if k in params and params[k].default != getattr(ours, k)}
+        assert defaults == differ, cls
+
+
+@pytest.mark.parametrize(("data", "match"), [
+    ({"beta_start": 0.001}, r"names no _class_name \(known: DDPMScheduler, DDIMScheduler, "),
+    ({"_class_name": "IPNDMScheduler"}, r"_class_name='IPNDMScheduler' is not a scheduler class ddpm-export reads"),
+    ({"_class_name": None}, r"names no _class_name"),
+])
+def test_a_file_of_no_class_read_here_is_refused(tmp_path: Path, data: dict, match: str) -> None:
+    """It was read as a DDIM schedule: IPNDM's own schedule as linear betas, a file without a class
+    as DDIM with linspace spacing."""
+    path = tmp_path / SCHEDULER_CONFIG_NAME
+    path.write_text(json.dumps(data))
+    with pytest.raises(SchedulerConfigError, match=match):
+        diffusion_from_scheduler(path)
+
+
 def test_only_ddpm_and_ddim_clip_by_default(tmp_path: Path) -> None:
     """Euler, PNDM, DPM-Solver, UniPC steps never clip x0; read as clip_sample=True (DiffusionConfig's
     default), an Euler model sampled with our DDIM moved by 0.66. DDPM and DDIM default to True."""
