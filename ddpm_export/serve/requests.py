@@ -14,6 +14,7 @@ import numpy as np
 
 from ddpm_export.contract.conditioning import CONDITIONINGS
 from ddpm_export.contract.info import ModelInfo
+from ddpm_export.diffusion import SCHEDULERS
 from ddpm_export.errors import BadInputError
 from ddpm_export.runtime.pipeline import SampleRequest
 from ddpm_export.serve.configs import OPTIONAL_INPUTS, REQUIRED_INPUTS
@@ -92,12 +93,19 @@ def _optional_float(inputs: Mapping[str, np.ndarray], name: str, default: float 
     return float(value)
 
 
+#: the longest ``sampler`` input read (the names are a few characters)
+MAX_SAMPLER_NAME = 64
+
+
 def _sampler(inputs: Mapping[str, np.ndarray]) -> str | None:
     if "sampler" not in inputs:
         return None
     arr = inputs["sampler"]
     if arr.dtype != np.object_ or arr.shape != (1,) or not isinstance(arr[0], bytes):
         raise RequestError(f"sampler: must be BYTES [1], got {arr.dtype} {list(arr.shape)}")
+    if len(arr[0]) > MAX_SAMPLER_NAME:  # the error would echo it whole (a 200,000-byte name, a 200 kB reply)
+        raise RequestError(f"sampler: {len(arr[0])} bytes is no sampler name (at most {MAX_SAMPLER_NAME}); "
+                           f"choose one of: {', '.join(SCHEDULERS.names)}")
     try:
         return arr[0].decode("utf-8")
     except UnicodeDecodeError:

@@ -60,6 +60,7 @@ def test_absent_optional_inputs_take_the_model_defaults(info: ModelInfo) -> None
     (dict(steps=np.array([4, 5], np.int64)), "steps: must be int64 [1], got int64 [2]"),
     (dict(sampler=np.array([b"euler"], np.object_)), "sampler='euler' is not valid"),
     (dict(sampler=np.array([b"\xff"], np.object_)), "sampler: not UTF-8"),
+    (dict(sampler=np.array([b"x" * 200_000], np.object_)), "sampler: 200000 bytes is no sampler name (at most 64)"),
     (dict(sampler=np.array([b"ddpm"], np.object_), eta=np.array([0.5], np.float32)), "eta applies to the DDIM"),
     (dict(sampler=np.array([b"ddim"], np.object_), eta=np.array([2.0], np.float32)), "eta must be a float in [0, 1]"),
     (dict(guidance_scale=np.array([np.inf], np.float32)), "guidance_scale must be a finite float"),
