@@ -23,11 +23,11 @@ What is read, with diffusers' names and each class's own defaults for keys a fil
   other classes of :data:`_CLASS_DEFAULTS` (``DDPMScheduler``, ``PNDMScheduler``, Euler, LMS,
   Heun, KDPM2, DEIS, single-step DPM-Solver) give the schedule only; the sampler stays
   :class:`DiffusionConfig`'s default (DDIM, 50 steps). A class not listed there (IPNDM, whose
-  schedule is its own, LCM, ...) or a file without ``_class_name`` is refused. Only
-  DDPM's and DDIM's steps clip the predicted x0: every other class reads as ``clip_sample=False``
-  unless its file says otherwise (DDIM with clipping in an Euler model's place moved its samples
-  by up to 0.66 in an audit, 1.5e-3 without), and a ``fixed_*`` ``variance_type`` a scheduler swap carries over from a DDPM config
-  is read for ``--sampler ddpm`` (learned variances are DDPM's only).
+  schedule is its own, LCM, ...) or a file without ``_class_name`` is refused. Only DDPM's and
+  DDIM's steps clip the predicted x0: every other class reads as ``clip_sample=False`` unless its
+  file says otherwise (DDIM with clipping in an Euler model's place moved its samples by up to
+  0.66 in an audit, 1.5e-3 without), and a ``fixed_*`` ``variance_type`` a scheduler swap carries
+  over from a DDPM config is read for ``--sampler ddpm`` (learned variances are DDPM's only).
 
 A key that changes the schedule in a way :class:`DiffusionConfig` cannot express (``trained_betas``,
 ``thresholding``, ``rescale_betas_zero_snr``, other sigma families, ...) set away from its

@@ -137,9 +137,9 @@ def _shm_regions(group: int) -> set[Path]:
         except OSError:  # gone meanwhile, or not ours to read
             continue
         for line in maps.splitlines():
-            path = line.split(None, 5)[5] if len(line.split(None, 5)) == 6 else ""
-            if path.startswith(SHM_PREFIX):
-                regions.add(Path(path.removesuffix(" (deleted)")))
+            fields = line.split(None, 5)  # address perms offset dev inode [path]
+            if len(fields) == 6 and fields[5].startswith(SHM_PREFIX):
+                regions.add(Path(fields[5].removesuffix(" (deleted)")))
     return regions
 
 
@@ -173,7 +173,9 @@ class LocalServer:
     ``timeout`` or closed terminal that ends this process without ``stop()`` stops it too (start
     it from a thread that lives as long as the server: from a worker thread it stops when that
     thread ends). Triton waits :data:`EXIT_TIMEOUT_S` for open client connections when it stops,
-    less than ``stop``'s grace, so that it always exits by itself (unloading its models).
+    less than ``stop``'s grace, so that it exits by itself (after an HTTP client that stayed
+    connected, without unloading its models: ``stop`` then ends the stubs and removes their
+    shared memory).
     """
 
     def __init__(self, install: TritonInstall, repository: str | Path, work: str | Path, *,
