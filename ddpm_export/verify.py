@@ -404,8 +404,8 @@ def _trajectories(results: dict[str, dict[str, Any]], kind: str, scheduler: Sche
                                                limit.final_psnr_db)
         log(f"  {name}: {kind.upper()}-{scheduler.num_inference_steps}: per-step max abs model output "
             f"{errs['model_output_max_abs_max']:.3e}, x_t {errs['x_t_max_abs_max']:.3e} (local max abs "
-            f"{errs['local_max_abs']:.3e}, rel L2 {errs['local_rel_l2']:.3e}); final max abs {f['max_abs']:.3e}, rel L2 {f['rel_l2']:.3e}, "
-            f"PSNR {_db(f['psnr_db'])} ({time.perf_counter() - t0:.1f} s)")
+            f"{errs['local_max_abs']:.3e}, rel L2 {errs['local_rel_l2']:.3e}); final max abs {f['max_abs']:.3e}, "
+            f"rel L2 {f['rel_l2']:.3e}, PSNR {_db(f['psnr_db'])} ({time.perf_counter() - t0:.1f} s)")
         if errs["final_check"] == "ill_conditioned":
             log(f"    ill-conditioned ({_probed(errs)}); judged by the local per-step errors")
 

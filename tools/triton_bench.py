@@ -33,7 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ddpm_export.errors import BadInputError, DdpmExportError, MissingDependencyError
+from ddpm_export.checks import check_int
+from ddpm_export.errors import DdpmExportError, MissingDependencyError
 from ddpm_export.files import atomic_file, refuse_existing_file
 from ddpm_export.machine import cpu_info
 from ddpm_export.runtime import Pipeline, SampleRequest, make_bundle, verify_bundle
@@ -140,9 +141,7 @@ def run(args: argparse.Namespace) -> None:
     if install is None or site is None:
         raise MissingDependencyError("needs nvidia-pytriton and numpy<2 for its stub (./dev installs both)")
     low, high = LIMITS["instances"]  # one sampler instance per client
-    if not low <= args.clients <= high:
-        raise BadInputError(f"--clients must be an int in [{low}, {high}] (one sampler instance each), "
-                            f"got {args.clients}")
+    check_int("--clients", args.clients, low, high, f"an int in [{low}, {high}] (one sampler instance each)")
     if args.json is not None:
         refuse_existing_file(args.json, args.force)  # before minutes of work
     if args.bundle is not None:

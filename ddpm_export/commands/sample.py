@@ -108,7 +108,8 @@ def command(onnx_path: str | None, bundle_dir: str | None, bundle_onnx: str | No
             write_array(images, npy)
     precision = describe_precision(info.precision, pipe.backend)
     written = " and ".join(str(path) for path in (output, save_npy) if path is not None)
-    click.echo(f"wrote {written} ({count(n, 'image')}, {channels}x{info.spec.sample_size}x{info.spec.sample_size}, {precision})")
+    size = info.spec.sample_size
+    click.echo(f"wrote {written} ({count(n, 'image')}, {channels}x{size}x{size}, {precision})")
 
 
 def _check_outputs(output: str | None, save_npy: str | None, onnx_path: str | None, bundle_dir: str | None,

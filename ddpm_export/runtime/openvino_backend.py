@@ -112,9 +112,9 @@ class OpenVinoBackend:
         :data:`MAX_COMPILED` most recently used sizes. A size is compiled outside the lock (calls at
         the sizes already compiled go on meanwhile), once: other threads asking for it wait."""
         with self._lock:
-            compiled = self._compiled.pop(batch, None)
+            compiled = self._compiled.get(batch)
             if compiled is not None:
-                self._compiled[batch] = compiled  # now the most recently used
+                self._keep(batch, compiled)  # now the most recently used
                 return compiled
             pending, mine = self._pending.get(batch), batch not in self._pending
             if mine:

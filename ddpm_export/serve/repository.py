@@ -22,9 +22,8 @@ from pathlib import Path
 from typing import Literal
 
 from ddpm_export._version import __version__
-from ddpm_export.checks import is_int
+from ddpm_export.checks import check_int
 from ddpm_export.contract.info import ModelInfo
-from ddpm_export.errors import BadInputError
 from ddpm_export.files import OutputFolder, atomic_dir, refuse_inside, refuse_nameless_folder
 from ddpm_export.runtime.bundle import BundleError, external_data_files, verify_bundle
 from ddpm_export.runtime.pipeline import warn_on_target_mismatch
@@ -71,8 +70,7 @@ def write_repository(bundle: str | Path, out: str | Path, *, unet_backend: UNetB
     for name, value in (("instances", instances), ("max_queue_delay_us", max_queue_delay_us),
                         ("max_images", max_images)):
         low, high = LIMITS[name]
-        if not is_int(value) or not low <= value <= high:
-            raise BadInputError(f"{name} must be an int in [{low}, {high}], got {value!r}")
+        check_int(name, value, low, high, f"an int in [{low}, {high}]")
     folder = Path(bundle)
     refuse_nameless_folder(out)
     manifest = verify_bundle(folder)  # first: a folder that is no bundle is named as such (--bundle .)
