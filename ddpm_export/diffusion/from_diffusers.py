@@ -29,6 +29,11 @@ What is read, with diffusers' names and each class's own defaults for keys a fil
   0.66 in an audit, 1.5e-3 without), and a ``fixed_*`` ``variance_type`` a scheduler swap carries
   over from a DDPM config is read for ``--sampler ddpm`` (learned variances are DDPM's only).
 
+Files of diffusers before 0.12 may carry ``predict_epsilon`` (True: ``prediction_type`` epsilon,
+False: sample, what those versions made of it; refused where it contradicts a ``prediction_type``
+of the same file; diffusers today drops the key and samples a sample-predicting model as epsilon)
+and ``tensor_format`` (torch or numpy tensors: ignored).
+
 A key that changes the schedule in a way :class:`DiffusionConfig` cannot express (``trained_betas``,
 ``thresholding``, ``rescale_betas_zero_snr``, other sigma families, ...) set away from its
 default, or a key this module does not know, is refused with :class:`SchedulerConfigError`
@@ -73,7 +78,8 @@ _MUST_BE_DEFAULT: dict[str, Any] = {
 #: keys with no effect here: bookkeeping, or settings of what the keys above keep off, or of
 #: samplers this package does not run
 _IGNORED = ("_class_name", "_diffusers_version", "dynamic_thresholding_ratio", "sample_max_value", "flow_shift",
-            "time_shift_type", "skip_prk_steps", "interpolation_type", "timestep_type", "variance_type")
+            "time_shift_type", "skip_prk_steps", "interpolation_type", "timestep_type", "variance_type",
+            "tensor_format")
 #: the scheduler classes read (their schedule is a beta schedule), each with its defaults where
 #: they differ from DiffusionConfig's, for keys a file (an old one) may leave out; diffusers 0.42's
 #: signatures (a test checks them). Other classes (IPNDM's own schedule, LCM, ...) are refused.
@@ -151,11 +157,14 @@ def diffusion_from_scheduler(path: Path) -> DiffusionConfig:
     for key, default in _MUST_BE_DEFAULT.items():
         if key in data and data[key] != default:
             raise refuse(key, "is not supported (DiffusionConfig has no such setting)")
-    known = {*_SCHEDULE_KEYS, *_SOLVER_KEYS, *_MUST_BE_DEFAULT, *_IGNORED, "beta_schedule", "algorithm_type"}
+    known = {*_SCHEDULE_KEYS, *_SOLVER_KEYS, *_MUST_BE_DEFAULT, *_IGNORED, "beta_schedule", "algorithm_type",
+             "predict_epsilon"}
     for key in data:
         if key not in known:
             raise refuse(key, "is a scheduler setting this version does not know")
     fields: dict[str, Any] = {**_CLASS_DEFAULTS[cls], **{k: data[k] for k in _SCHEDULE_KEYS if k in data}}
+    if "predict_epsilon" in data:
+        fields["prediction_type"] = _from_predict_epsilon(data, refuse)
     if "beta_schedule" in data:
         if data["beta_schedule"] not in _BETA_SCHEDULES:
             raise refuse("beta_schedule", f"is not supported (choose one of: {', '.join(_BETA_SCHEDULES)})")
@@ -183,6 +192,19 @@ def diffusion_from_scheduler(path: Path) -> DiffusionConfig:
     except ConfigError as e:
         raise SchedulerConfigError(f"{e}; write a diffusion.json beside the UNet's config.json to choose the "
                                    f"schedule yourself") from e
+
+
+def _from_predict_epsilon(data: dict[str, Any], refuse: Callable[[str, str], SchedulerConfigError]) -> str:
+    """The ``prediction_type`` of an old file's ``predict_epsilon`` (diffusers 0.7-0.11: True is
+    epsilon, False sample), checked against the file's own ``prediction_type`` if it has one."""
+    flag = data["predict_epsilon"]
+    if not isinstance(flag, bool):
+        raise refuse("predict_epsilon", "is not true or false")
+    mapped = "epsilon" if flag else "sample"
+    if data.get("prediction_type", mapped) != mapped:
+        raise refuse("predict_epsilon", f"contradicts prediction_type={_shown(data['prediction_type'])} "
+                                        f"(predict_epsilon={str(flag).lower()} means {mapped!r})")
+    return mapped
 
 
 def _sampler_fields(cls: str, data: dict[str, Any],

@@ -182,6 +182,38 @@ def test_a_bad_value_is_named_in_a_short_message(tmp_path: Path, data: dict, mat
     assert len(str(info.value)) < 400
 
 
+OLD_DDPM = {"_class_name": "DDPMScheduler", "_diffusers_version": "0.3.0", "beta_end": 0.02, "beta_schedule": "linear",
+            "beta_start": 0.0001, "clip_sample": True, "num_train_timesteps": 1000, "tensor_format": "pt",
+            "trained_betas": None, "variance_type": "fixed_small"}
+
+
+@pytest.mark.parametrize(("extra", "prediction_type"), [
+    ({}, "epsilon"), ({"predict_epsilon": True}, "epsilon"), ({"predict_epsilon": False}, "sample"),
+    ({"predict_epsilon": False, "prediction_type": "sample"}, "sample"),  # 0.10 wrote both
+])
+def test_an_old_file_s_keys_are_read_as_those_versions_did(tmp_path: Path, extra: dict, prediction_type: str) -> None:
+    """diffusers 0.3-0.11 saved `tensor_format` (pt / np) and 0.7-0.11 `predict_epsilon` (0.10's
+    DDPMScheduler: `prediction_type="epsilon" if predict_epsilon else "sample"`); both were refused
+    as unknown keys. diffusers today drops them, sampling such an x0 model as epsilon."""
+    path = tmp_path / SCHEDULER_CONFIG_NAME
+    path.write_text(json.dumps({**OLD_DDPM, **extra}))
+    cfg = diffusion_from_scheduler(path)
+    assert (cfg.prediction_type, cfg.beta_schedule, cfg.variance_type, cfg.clip_sample) == (
+        prediction_type, "linear", "fixed_small", True)
+
+
+@pytest.mark.parametrize(("extra", "match"), [
+    ({"predict_epsilon": False, "prediction_type": "epsilon"},
+     r"predict_epsilon=False contradicts prediction_type='epsilon' \(predict_epsilon=false means 'sample'\)"),
+    ({"predict_epsilon": "yes"}, r"predict_epsilon='yes' is not true or false"),
+])
+def test_an_old_file_s_predict_epsilon_that_cannot_be_read_is_named(tmp_path: Path, extra: dict, match: str) -> None:
+    path = tmp_path / SCHEDULER_CONFIG_NAME
+    path.write_text(json.dumps({**OLD_DDPM, **extra}))
+    with pytest.raises(SchedulerConfigError, match=match):
+        diffusion_from_scheduler(path)
+
+
 def test_a_file_that_is_not_utf8_json_is_named(tmp_path: Path) -> None:
     path = tmp_path / SCHEDULER_CONFIG_NAME
     path.write_bytes(json.dumps({"_class_name": "DDPMScheduler"}).encode("utf-16"))
