@@ -41,7 +41,7 @@ from ddpm_export.contract.choices import HARDWARE_COMPATIBILITY
 from ddpm_export.errors import BadInputError, IntegrityError
 from ddpm_export.files import atomic_file
 
-__all__ = ["EngineMismatchError", "check_sidecar", "make_sidecar", "needs_host_code", "read_sidecar", "sidecar_path",
+__all__ = ["EngineMismatchError", "check_sidecar", "make_sidecar", "needs_host_code", "read_sidecar", "sidecar_path", "sidecar_text",
            "write_sidecar"]
 
 Profile = Mapping[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]
@@ -95,11 +95,16 @@ def make_sidecar(*, onnx_file: str, onnx_sha256: str, tensorrt_version: str, gpu
     return sidecar
 
 
+def sidecar_text(sidecar: Mapping[str, Any]) -> str:
+    """A sidecar's file contents: JSON, sorted keys, indented."""
+    return json.dumps(dict(sidecar), indent=2, sort_keys=True) + "\n"
+
+
 def write_sidecar(engine: str | Path, sidecar: Mapping[str, Any], *, force: bool = False) -> Path:
-    """Write the sidecar of ``engine`` atomically (sorted keys, indented)."""
+    """Write the sidecar of ``engine`` atomically (:func:`sidecar_text`)."""
     path = sidecar_path(engine)
     with atomic_file(path, force=force) as tmp:
-        tmp.write_text(json.dumps(dict(sidecar), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        tmp.write_text(sidecar_text(sidecar), encoding="utf-8")
     return path
 
 

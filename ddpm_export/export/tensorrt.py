@@ -31,12 +31,13 @@ import onnx
 
 from ddpm_export.contract import metadata as md
 from ddpm_export.contract.info import ModelInfo
-from ddpm_export.contract.sidecar import make_sidecar, sidecar_path, write_sidecar
+from ddpm_export.contract.sidecar import make_sidecar, sidecar_path, sidecar_text
 from ddpm_export.contract.spec import ExportSpec
 from ddpm_export.errors import BadInputError, InputNotFoundError, MissingDependencyError
 from ddpm_export.export import fp16_pass, trt_build
 from ddpm_export.export.trt_options import BuildOptions, builder_config
-from ddpm_export.files import atomic_file, made_parents, refuse_existing_file, remove_leftovers, scratch_folder
+from ddpm_export.files import (atomic_file, atomic_files, made_parents, refuse_existing_file, remove_leftovers,
+                               scratch_folder)
 from ddpm_export.gpu import gpu_missing, import_cudart, import_tensorrt, require_gpu
 
 
@@ -107,8 +108,8 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, *, fp16: bool |
 
     ``fp16=True`` on an fp32 file builds from its fp16 graph (the fp16 pass). That graph -- or,
     with ``keep_onnx``, the file itself (e.g. a temporary export) -- is written to
-    :func:`engine_onnx_path`. Files are written atomically (engine, graph, timing cache, sidecar
-    last); existing ones are refused unless ``force``; nothing is written when TensorRT, CUDA or a
+    :func:`engine_onnx_path`. Files are written atomically (engine, graph and sidecar all or none,
+    then the timing cache); existing ones are refused unless ``force``; nothing is written when TensorRT, CUDA or a
     GPU is missing (TensorRTUnavailable) or the build fails (``trt_failures.BuildFailed``).
     """
     engine_path = Path(engine_path)
@@ -121,7 +122,7 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, *, fp16: bool |
         if path is not None:
             refuse_existing_file(path, force)
     require_gpu(f"cannot build {engine_path}", TensorRTUnavailable)
-    _check_tensorrt_version(options)
+    check_tensorrt_version(options)
     gpu = _gpu_info()  # before the build: an engine whose GPU is unknown could not be checked where it runs
     with made_parents(engine_path), scratch_folder(engine_path) as tmp:  # the fp16 graph goes there
         plan = source
@@ -143,7 +144,7 @@ def _trt_version() -> str:
     return str(import_tensorrt("the engine build").__version__)
 
 
-def _check_tensorrt_version(options: BuildOptions) -> None:
+def check_tensorrt_version(options: BuildOptions) -> None:
     """TensorRTUnavailable when this TensorRT is older than ``options`` need (before any work)."""
     version = _trt_version()
     have, need = tuple(int(p) for p in re.findall(r"\d+", version)[:2]), options.needs_tensorrt()
@@ -166,17 +167,16 @@ def _build(plan: EnginePlan, options: BuildOptions, log: Callable[[str], None]) 
 
 def _write(engine_path: Path, engine_bytes: bytes, graph: Path | None, graph_out: Path | None,
            cache: bytes | None, options: BuildOptions, info: dict[str, Any], force: bool) -> None:
-    side = sidecar_path(engine_path)
-    side.unlink(missing_ok=True)  # never pair the new engine with the old engine's sidecar
-    with atomic_file(engine_path, force=force) as tmp:
-        tmp.write_bytes(engine_bytes)
-    if graph is not None and graph_out is not None:
-        with atomic_file(graph_out, force=force) as tmp:
-            shutil.copyfile(graph, tmp)
+    """Engine, graph and sidecar all or none (a failed --force rebuild keeps the old three), then
+    the timing cache (read at the start, merged, written back)."""
+    with atomic_files(engine_path, graph_out, sidecar_path(engine_path), force=force) as (engine, graph_tmp, side):
+        engine.write_bytes(engine_bytes)
+        if graph is not None and graph_tmp is not None:
+            shutil.copyfile(graph, graph_tmp)
+        side.write_text(sidecar_text(info), encoding="utf-8")
     if cache is not None and options.timing_cache is not None:
-        with atomic_file(options.timing_cache, force=True) as tmp:  # read at the start, merged, written back
+        with atomic_file(options.timing_cache, force=True) as tmp:
             tmp.write_bytes(cache)
-    write_sidecar(engine_path, info, force=force)  # the sidecar last: an engine without one is refused
 
 
 def _gpu_info() -> dict[str, Any]:

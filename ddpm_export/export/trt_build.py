@@ -11,7 +11,8 @@ Written against TensorRT 10's Python API and Polygraphy 0.49.1+; run only on a G
 
 from __future__ import annotations
 
-import io
+import shutil
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any, Callable
@@ -42,14 +43,22 @@ def build_serialized(onnx_path: str | Path, description: dict[str, Any], *, max_
         raise BuildFailed(parse_failure(str(onnx_path), [(e.node_name(), e.node_operator(), e.desc()) for e in errors]))
     monitor = _progress_monitor(trt, log) if description["create_config"]["progress_monitor"] else None
     cache_path = description["create_config"]["load_timing_cache"]
-    cache_out = io.BytesIO() if cache_path is not None else None
-    config = CreateConfig(**_create_config_kwargs(trt, description, monitor))
-    try:
-        engine = EngineBytesFromNetwork((builder, network, parser), config=config, save_timing_cache=cache_out)()
-    except PolygraphyException as e:
-        raise BuildFailed(build_failure(logger.errors or [str(e)], max_batch=max_batch,
-                                        workspace_mib=_workspace_mib(description))) from e
-    return bytes(engine), (cache_out.getvalue() or None) if cache_out is not None else None
+    # Polygraphy reads and writes a timing cache by path only (a file-like object fails on its
+    # `.mode` and `fsync`), with a .lock file beside it: a copy in a temporary folder keeps that
+    # out of the user's; the merged cache comes back as bytes for the caller to write atomically.
+    with tempfile.TemporaryDirectory(prefix="ddpm-export-trt-") as tmp:
+        cache_file = None if cache_path is None else Path(tmp) / "timing.cache"
+        if cache_file is not None and Path(cache_path).is_file():
+            shutil.copyfile(cache_path, cache_file)
+        config = CreateConfig(**_create_config_kwargs(trt, description, monitor, cache_file))
+        try:
+            engine = EngineBytesFromNetwork((builder, network, parser), config=config,
+                                            save_timing_cache=None if cache_file is None else str(cache_file))()
+        except PolygraphyException as e:
+            raise BuildFailed(build_failure(logger.errors or [str(e)], max_batch=max_batch,
+                                            workspace_mib=_workspace_mib(description))) from e
+        cache = cache_file.read_bytes() if cache_file is not None and cache_file.is_file() else None
+    return bytes(engine), cache or None
 
 
 def _workspace_mib(description: dict[str, Any]) -> int | None:
@@ -57,8 +66,10 @@ def _workspace_mib(description: dict[str, Any]) -> int | None:
     return pools["WORKSPACE"] // 2**20 if "WORKSPACE" in pools else None
 
 
-def _create_config_kwargs(trt: Any, description: dict[str, Any], monitor: Any) -> dict[str, Any]:
-    """``CreateConfig`` keyword arguments: enum names -> TensorRT enums, the profile -> a Profile."""
+def _create_config_kwargs(trt: Any, description: dict[str, Any], monitor: Any,
+                          cache_file: Path | None) -> dict[str, Any]:
+    """``CreateConfig`` keyword arguments: enum names -> TensorRT enums, the profile -> a Profile;
+    ``cache_file`` the timing cache to load (Polygraphy starts an empty one where it is missing)."""
     from polygraphy.backend.trt import Profile
 
     cc = description["create_config"]
@@ -69,9 +80,8 @@ def _create_config_kwargs(trt: Any, description: dict[str, Any], monitor: Any) -
                               "builder_optimization_level": cc["builder_optimization_level"]}
     if cc["memory_pool_limits"]:
         kwargs["memory_pool_limits"] = {getattr(trt.MemoryPoolType, k): v for k, v in cc["memory_pool_limits"].items()}
-    if cc["load_timing_cache"] is not None and Path(cc["load_timing_cache"]).is_file():
-        # a file-like object: Polygraphy then leaves no .lock file beside the cache
-        kwargs["load_timing_cache"] = io.BytesIO(Path(cc["load_timing_cache"]).read_bytes())
+    if cache_file is not None:
+        kwargs["load_timing_cache"] = str(cache_file)
     if cc["version_compatible"]:
         kwargs["version_compatible"] = True
     if cc["hardware_compatibility_level"] != "NONE":

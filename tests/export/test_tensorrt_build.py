@@ -108,3 +108,25 @@ def test_a_tensorrt_only_runtime_needs_neither_onnxruntime_nor_onnx_nor_torch():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "ort-backend-needs-onnxruntime" in proc.stdout
+
+
+def test_a_failed_forced_rebuild_keeps_the_previous_engine_graph_and_sidecar(tmp_path):
+    """The engine, the graph it was built from and its sidecar are placed all or none: a rebuild
+    whose graph copy failed (ENOSPC in an audit) replaced the engine and deleted its sidecar,
+    leaving an engine that is refused beside a stale graph. (The build itself needs a GPU; what is
+    written after it does not.)"""
+    from ddpm_export.export.tensorrt import _write
+    from ddpm_export.export.trt_options import BuildOptions
+
+    engine = tmp_path / "a.plan"
+    graph_out = tmp_path / "a.plan.onnx"
+    old = {engine: b"old engine", graph_out: b"old graph", sidecar_path(engine): b'{"onnx_sha256": "old"}'}
+    for path, data in old.items():
+        path.write_bytes(data)
+    with pytest.raises(FileNotFoundError):
+        _write(engine, b"new engine", tmp_path / "vanished.onnx", graph_out, None, BuildOptions(),
+               {"onnx_sha256": "new"}, force=True)
+    assert {path: path.read_bytes() for path in old} == old
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.plan", "a.plan.json", "a.plan.onnx"]  # no temp left
+    _write(engine, b"new engine", None, None, None, BuildOptions(), {"onnx_sha256": "new"}, force=True)
+    assert engine.read_bytes() == b"new engine" and read_sidecar(engine) == {"onnx_sha256": "new"}
