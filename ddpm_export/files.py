@@ -53,13 +53,15 @@ def bundle_files(folder: str | Path) -> list[str] | None:
         if data.get("format") != BUNDLE_FORMAT:
             return None
         return [BUNDLE_MANIFEST, *(str(entry["path"]) for entry in data.get("files", []))]
-    except (OSError, ValueError, AttributeError, KeyError, TypeError):  # unreadable: not one we can vouch for
+    except (OSError, ValueError, AttributeError, KeyError, TypeError, RecursionError):  # unreadable: not one
+        # we can vouch for (RecursionError: JSON nested too deep for the parser)
         return None
 
 
 def enclosing_bundle(path: str | Path) -> Path | None:
     """The bundle folder (one holding our ``manifest.json``) that ``path`` lies inside, or None."""
-    for folder in Path(path).absolute().parents:
+    where = Path(os.path.realpath(Path(path).absolute().parent))  # `..` and links as the kernel resolves them
+    for folder in (where, *where.parents):
         if bundle_files(folder) is not None:
             return folder
     return None
@@ -263,6 +265,14 @@ def scratch_folder(path: str | Path) -> Iterator[Path]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def rmtree(path: Path) -> None:
+    """Remove the folder ``path`` even where its folders were made read-only (a deployed bundle
+    moved aside by ``--force``: ``shutil.rmtree(ignore_errors=True)`` left all of it behind)."""
+    for folder, _, _ in os.walk(path):
+        os.chmod(folder, stat.S_IRWXU)
+    shutil.rmtree(path)
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -292,7 +302,8 @@ def remove_leftovers(path: str | Path) -> list[Path]:
             leftover.rename(path)  # the previous output, moved aside by a run killed before the swap
             continue
         if leftover.is_dir() and not leftover.is_symlink():
-            shutil.rmtree(leftover, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                rmtree(leftover)
         else:
             leftover.unlink(missing_ok=True)
         removed.append(leftover)
@@ -470,4 +481,5 @@ def atomic_dir(path: str | Path, kind: OutputFolder, *, force: bool = False) -> 
                 raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-            shutil.rmtree(old, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                rmtree(old)

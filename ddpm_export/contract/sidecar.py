@@ -116,7 +116,7 @@ def read_sidecar(engine: str | Path) -> dict[str, Any]:
                              f"sidecar written when it was built (rebuild it)")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:
         raise IntegrityError(f"{path}: not valid JSON ({e})") from e
     if not isinstance(data, dict) or not isinstance(data.get("onnx_sha256"), str):
         raise IntegrityError(f"{path}: needs an 'onnx_sha256' string (the hash of the ONNX file the engine was "

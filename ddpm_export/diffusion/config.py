@@ -125,6 +125,7 @@ class DiffusionConfig(FrozenConfig):
             check(0.0 < self.beta_end < 1.0, "beta_end", f"must be in (0, 1), got {self.beta_end}")
             check(self.beta_start <= self.beta_end, "beta_end",
                   f"must be >= beta_start={self.beta_start}, got {self.beta_end}")
+        self._validate_abar()
         check(self.clip_sample_range > 0.0, "clip_sample_range", f"must be > 0, got {self.clip_sample_range}")
         check(self.steps_offset >= 0, "steps_offset", f"must be >= 0, got {self.steps_offset}")
         # diffusers silently ignores steps_offset with trailing spacing; we refuse it instead.
@@ -142,6 +143,19 @@ class DiffusionConfig(FrozenConfig):
             raise ConfigError(f"{field}: {e}") from e
         check(0.0 <= self.eta <= 1.0, "eta", f"must be in [0, 1], got {self.eta}")
         self._validate_solver()
+
+    def _validate_abar(self) -> None:
+        """Every ``abar_t`` must be > 0 in float32: the samplers divide by it (DDIM, DDPM) and take
+        the log of sigma (the solvers). Linear betas 1e-4..0.02 over T = 12000 underflow from t = 11103."""
+        from ddpm_export.diffusion.schedule import Schedule, make_betas  # it imports this module
+
+        abar = Schedule.from_betas(make_betas(self)).alphas_cumprod
+        if abar[-1] == 0.0:
+            first = int((abar > 0.0).sum())  # abar falls with t
+            raise ConfigError(f"num_train_timesteps: abar_t = prod(1 - beta_s) underflows to 0 in float32 from "
+                              f"t = {first} of {self.num_train_timesteps} ({self.beta_schedule} betas "
+                              f"{self.beta_start}..{self.beta_end}), and the samplers divide by it; use fewer "
+                              f"timesteps or smaller betas")
 
     def _validate_solver(self) -> None:
         check(1 <= self.solver_order <= 3, "solver_order", f"must be 1, 2 or 3, got {self.solver_order}")

@@ -38,7 +38,7 @@ from ddpm_export.configbase import ConfigError
 from ddpm_export.contract import metadata as md
 from ddpm_export.contract.info import ModelInfo
 from ddpm_export.contract.metadata import sha256_file
-from ddpm_export.contract.sidecar import read_sidecar, sidecar_path
+from ddpm_export.contract.sidecar import check_sidecar, read_sidecar, sidecar_path
 from ddpm_export.diffusion.config import DiffusionConfig
 from ddpm_export.diffusion.samplers import sampler_defaults
 from ddpm_export.errors import InputNotFoundError, IntegrityError, NotAFolderError, WrongTypeError
@@ -102,8 +102,10 @@ def read_manifest(folder: str | Path) -> Manifest:
         raise BundleError(f"{path}: missing; a bundle folder holds a {MANIFEST} (build one with `ddpm-export bundle`)")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
+    except (ValueError, RecursionError) as e:
         raise BundleError(f"{path}: not valid JSON ({e})") from e
+    except OSError as e:
+        raise BundleError(f"{path}: cannot be read ({e.strerror or e})") from e
 
     def need(cond: bool, what: str) -> None:
         if not cond:
@@ -151,8 +153,13 @@ def _check_models(models: Any, files: dict[str, Any], need: Callable[[bool, str]
         need(isinstance(m["metadata"], dict) and all(isinstance(k, str) and isinstance(v, str)
                                                      for k, v in m["metadata"].items()),
              f"model {m['onnx']!r}: 'metadata' must map strings to strings")
-        for name in [m["onnx"], *m["engines"]]:
+        for name, role in [(m["onnx"], "onnx"), *((e, "engine") for e in m["engines"])]:
             need(name in files, f"model file {name!r} is not listed in 'files'")
+            need(files[name]["role"] == role, f"model file {name!r} is listed in 'files' as {files[name]['role']!r}, "
+                                              f"not {role!r}")
+            if role == "engine":
+                need(files.get(name + ".json", {}).get("role") == "engine_sidecar",
+                     f"engine {name!r}: its sidecar {name + '.json'!r} is not listed as engine_sidecar")
     named = [m["onnx"] for m in models]
     need(len(named) == len(set(named)), f"'models' lists one ONNX file twice: {named}")
 
@@ -178,6 +185,10 @@ def verify_bundle(folder: str | Path) -> Manifest:
             raise BundleError(f"{path}: {got} does not match {MANIFEST} ({want}); the file was modified or "
                               f"corrupted -- rebuild the bundle with `ddpm-export bundle`")
     _check_recorded_metadata(folder, manifest)
+    for entry in manifest.models:  # an engine serves only the ONNX file it was built from (sample, triton)
+        for engine in entry["engines"]:
+            check_sidecar(folder / engine, read_sidecar(folder / engine), onnx_sha256=manifest.sha256(entry["onnx"]),
+                          tensorrt_version=None)
     return manifest
 
 

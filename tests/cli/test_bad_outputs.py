@@ -477,12 +477,25 @@ def test_no_command_writes_into_any_bundle_folder(tmp_path, tiny):
     for args in (["bundle", "--onnx", bundle / "tiny.onnx", "-o", bundle / "sub"],
                  ["sample", "--onnx", bundle / "tiny.onnx", "-n", "1", "--steps", "1", "-o", bundle / "y.png"],
                  ["onnx", "--model", "tiny", "-o", bundle / "deeper" / "t.onnx"],
-                 ["triton", "--bundle", make_bundle([tiny], tmp_path / "c"), "-o", bundle / "repo"]):
+                 ["triton", "--bundle", make_bundle([tiny], tmp_path / "c"), "-o", bundle / "repo"],
+                 # `..` after a folder that is not there: the path was walked as written, so it got in
+                 ["sample", "--onnx", tiny, "-n", "1", "--steps", "1", "-o", tmp_path / "none" / ".." / "b" / "z.png"]):
         expect_failure(args, 2, inside, watch=[bundle])
     verify_bundle(bundle)
+    assert not (tmp_path / "none").exists()
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "manifest.json").write_text('{"format": "someone else\'s"}')  # not a bundle of ours
     assert run(["bundle", "--onnx", tiny, "-o", tmp_path / "other" / "b"]).exit_code == 0
+
+
+def test_an_output_beside_a_bundle_given_from_inside_it_is_written(tmp_path, tiny, monkeypatch):
+    """`-o ../x.png` typed inside a bundle folder names a file beside it; it was refused as inside."""
+    from ddpm_export.files import enclosing_bundle
+    from ddpm_export.runtime import make_bundle
+
+    bundle = make_bundle([tiny], tmp_path / "b")
+    monkeypatch.chdir(bundle)
+    assert enclosing_bundle("../x.png") is None and enclosing_bundle("x/../y.png") == bundle
 
 
 def test_an_output_inside_a_bundle_is_refused(tmp_path, tiny):

@@ -74,3 +74,21 @@ def test_unknown_field_and_bad_json_are_refused() -> None:
         DiffusionConfig.from_dict({"betas": [0.1]})
     with pytest.raises(ConfigError, match="not valid JSON"):
         DiffusionConfig.from_json("{")
+
+
+def test_a_schedule_whose_abar_underflows_in_float32_is_refused_where_it_starts() -> None:
+    """Linear betas 1e-4..0.02 over T = 12000 passed validation, then every sampler that reached
+    t = T - 1 failed (DDIM ZeroDivisionError, UniPC / DPM-Solver math domain error). The first
+    t is found here from float64 logs: abar rounds to float32 0 below half the smallest subnormal."""
+    import math
+
+    import numpy as np
+
+    T = 12000
+    betas = np.linspace(1e-4, 0.02, T, dtype=np.float64).astype(np.float32).astype(np.float64)
+    log_abar = np.cumsum(np.log1p(-betas))
+    first = int(np.argmax(log_abar < math.log(2.0 ** -150)))
+    with pytest.raises(ConfigError, match=rf"num_train_timesteps: abar_t = prod\(1 - beta_s\) underflows to 0 in "
+                                          rf"float32 from t = {first} of {T} \(linear betas 0.0001..0.02\)"):
+        DiffusionConfig(num_train_timesteps=T)
+    DiffusionConfig(num_train_timesteps=10000)  # abar_T 1.1e-44, a subnormal: every sampler runs

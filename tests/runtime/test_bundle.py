@@ -305,3 +305,43 @@ def test_a_manifest_with_version_true_or_one_file_twice_is_refused(tmp_path: Pat
         (bundle / "manifest.json").write_text(json.dumps(edited))
         with pytest.raises(ValueError, match=message):
             Pipeline.from_bundle(bundle)
+
+
+def test_a_manifest_edited_to_serve_another_file_as_an_engine_is_refused(onnx_file: Path, engine: Path,
+                                                                          tmp_path: Path) -> None:
+    """The manifest carries no hash of itself: `engines: ["tiny.onnx"]` made `triton --unet-backend
+    tensorrt` copy the ONNX file in as model.plan (the server failed only when loading it), and an
+    engine moved to another ONNX file's entry was served for it."""
+    bundle = make_bundle([onnx_file], tmp_path / "b", engines=[engine])
+    data = json.loads((bundle / MANIFEST).read_text())
+    for engines, message in ((["tiny.onnx"], r"model file 'tiny.onnx' is listed in 'files' as 'onnx', not 'engine'"),
+                             (["tiny.plan.json"], r"'tiny.plan.json' is listed in 'files' as 'engine_sidecar'")):
+        data["models"][0]["engines"] = engines
+        (bundle / MANIFEST).write_text(json.dumps(data))
+        with pytest.raises(BundleError, match=message):
+            verify_bundle(bundle)
+    other = tmp_path / "other.plan"  # a sidecar naming another ONNX file, its bytes hashed into the manifest
+    other.write_bytes(b"x")
+    sidecar_path(other).write_text(json.dumps({"onnx_sha256": "0" * 64}))
+    for name in ("tiny.plan", "tiny.plan.json"):
+        source = other if name == "tiny.plan" else sidecar_path(other)
+        os.replace(bundle / name, tmp_path / f"old-{name}")
+        (bundle / name).write_bytes(source.read_bytes())
+        entry = next(e for e in data["files"] if e["path"] == name)
+        entry.update(sha256=_sha(bundle / name), size=(bundle / name).stat().st_size)
+    data["models"][0]["engines"] = ["tiny.plan"]
+    (bundle / MANIFEST).write_text(json.dumps(data))
+    with pytest.raises(EngineMismatchError, match=r"tiny\.plan: built from an ONNX file with sha256 0{64}"):
+        verify_bundle(bundle)
+
+
+def test_a_manifest_nested_too_deep_for_the_parser_is_refused_as_bad_json(tmp_path: Path) -> None:
+    """json.loads raises RecursionError there: a traceback and exit 1 (sample --bundle, and any
+    output path below the folder, whose check reads the manifest)."""
+    (tmp_path / "deep").mkdir()
+    (tmp_path / "deep" / MANIFEST).write_text("[" * 100_000)
+    with pytest.raises(BundleError, match=r"manifest\.json: not valid JSON"):
+        verify_bundle(tmp_path / "deep")
+    from ddpm_export.files import enclosing_bundle
+
+    assert enclosing_bundle(tmp_path / "deep" / "x.png") is None  # not a bundle we can vouch for
