@@ -145,11 +145,12 @@ def _check_models(models: Any, files: dict[str, Any], need: Callable[[bool, str]
     listed in ``files``, each ONNX file once."""
     need(isinstance(models, list) and models, "'models' must be a non-empty list")
     for m in models:
-        need(isinstance(m, dict) and {"onnx", "engines", "metadata"} <= set(m),
-             f"every 'models' entry needs onnx, engines and metadata; got {m!r}")
-        need(isinstance(m["onnx"], str) and isinstance(m["engines"], list)
-             and all(isinstance(e, str) for e in m["engines"]),
-             f"a 'models' entry needs onnx as a file name and engines as a list of file names; got {m!r}")
+        need(isinstance(m, dict), f"every 'models' entry must be an object; got {type(m).__name__}")
+        missing = [key for key in ("onnx", "engines", "metadata") if key not in m]
+        need(not missing, f"a 'models' entry lacks {', '.join(missing)} (each needs onnx, engines and metadata)")
+        need(isinstance(m["onnx"], str), f"a 'models' entry's onnx must be a file name; got {type(m['onnx']).__name__}")
+        need(isinstance(m["engines"], list) and all(isinstance(e, str) for e in m["engines"]),
+             f"model {m['onnx']!r}: 'engines' must be a list of file names")
         need(isinstance(m["metadata"], dict) and all(isinstance(k, str) and isinstance(v, str)
                                                      for k, v in m["metadata"].items()),
              f"model {m['onnx']!r}: 'metadata' must map strings to strings")
@@ -284,7 +285,9 @@ class _Sources(dict):
         if not _plain_name(name):
             raise BundleError(f"{path}: the name {name!r} cannot be used in a bundle (reserved or hidden)")
         if name in self:
-            raise BundleError(f"{path}: two files are named {name!r}; rename one")
+            given_twice = os.path.realpath(self[name][0]) == os.path.realpath(path)
+            raise BundleError(f"{path}: given twice" if given_twice else
+                              f"{path}: two files are named {name!r}; rename one")
         self[name] = (path, role)
         return name
 
@@ -336,8 +339,11 @@ def _add_onnx_files(sources: _Sources, onnx_paths: list[Path]
         if first is None:
             first, first_source = info, source
         elif info.unet != first.unet or info.diffusion != first.diffusion:
-            what = "UNet config" if info.unet != first.unet else "schedule (DiffusionConfig)"
-            raise BundleError(f"{path}: its {what} differs from {onnx_paths[0]}'s; a bundle holds one model")
+            what, mine, theirs = (("UNet config", info.unet, first.unet) if info.unet != first.unet else
+                                  ("schedule (DiffusionConfig)", info.diffusion, first.diffusion))
+            fields = [f.name for f in dataclasses.fields(mine) if getattr(mine, f.name) != getattr(theirs, f.name)]
+            raise BundleError(f"{path}: its {what} differs from {onnx_paths[0]}'s in {', '.join(fields)}; a bundle "
+                              f"holds one model")
         elif source != first_source:  # same architecture, other weights: two models under one name
             raise BundleError(f"{path} was exported from other weights than {onnx_paths[0]} (source sha256 "
                               f"{str(source)[:12]}... vs {str(first_source)[:12]}...); a bundle holds one model")

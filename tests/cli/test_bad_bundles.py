@@ -68,7 +68,11 @@ MANIFEST_CASES = {
     "role-unknown": (lambda d: _file(d, "role", "weights"), "role 'weights' is not one of"),
     "path-escapes": (lambda d: _file(d, "path", "../tiny.onnx"), "must be a plain file name"),
     "path-is-int": (lambda d: _file(d, "path", 3), "must be a plain file name"),
-    "engines-not-list": (lambda d: d["models"][0].update(engines="x.plan"), "engines as a list of file names"),
+    "engines-not-list": (lambda d: d["models"][0].update(engines="x.plan"),
+                         "model 'tiny.onnx': 'engines' must be a list of file names"),
+    # the entry was shown whole (2,228 characters of metadata) without naming what is wrong
+    "model-lacks-onnx": (lambda d: d["models"][0].pop("onnx"), "a 'models' entry lacks onnx \\(each needs onnx, "),
+    "model-onnx-is-int": (lambda d: d["models"][0].update(onnx=3), "a 'models' entry's onnx must be a file name; got int"),
     "metadata-not-object": (lambda d: d["models"][0].update(metadata=[1]), "'metadata' must map strings"),
     "models-missing": (lambda d: d.pop("models"), "'models' must be a non-empty list"),
     "diffusion-bad": (lambda d: d.update(diffusion={"num_train_timesteps": "many"}), "num_train_timesteps"),

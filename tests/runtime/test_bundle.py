@@ -208,7 +208,11 @@ def test_bundle_command_refuses_models_that_differ(onnx_file: Path, tmp_path: Pa
     onnx.save(model, str(tmp_path / "other.onnx"))
     result = CliRunner().invoke(main, ["bundle", "--onnx", str(onnx_file), "--onnx", str(tmp_path / "other.onnx"),
                                        "-o", str(tmp_path / "b")])
-    assert result.exit_code != 0 and "schedule (DiffusionConfig) differs" in result.output
+    assert result.exit_code != 0 and "schedule (DiffusionConfig) differs from" in result.output
+    assert "'s in beta_end; a bundle holds one model" in result.output  # the field, not only the config
+    twice = CliRunner().invoke(main, ["bundle", "--onnx", str(onnx_file), "--onnx", str(onnx_file),
+                                      "-o", str(tmp_path / "b")])
+    assert twice.exit_code == 2 and f"{onnx_file}: given twice" in twice.output
 
 
 def test_a_file_for_a_bundle_and_a_folder_for_a_file_say_which_to_use(tmp_path: Path, onnx_file: Path) -> None:
