@@ -47,7 +47,7 @@ class BlockRow:
 class BlockTable:
     rows: tuple[BlockRow, ...]
     batch: int
-    total_params: int
+    total_params: int         # sum of the rows (the report checks it against the model's own count)
     total_flops: int          # sum of the rows
     flop_counter_flops: int   # torch.utils.flop_counter.FlopCounterMode on the same pass
     rf: float                 # theoretical RF of the model's output (exact)
@@ -121,7 +121,7 @@ def block_table(cfg: UNetConfig, batch: int = 1) -> BlockTable:
     modules = dict(iter_blocks(unet))
     rows = tuple(_row(name, modules[name], shapes, counted, batch, len(cfg.channel_mult))
                  for name, shapes in seen.items())  # in the order the blocks ran
-    return BlockTable(rows, batch, sum(p.numel() for p in unet.parameters()), sum(r.flops for r in rows),
+    return BlockTable(rows, batch, sum(r.params for r in rows), sum(r.flops for r in rows),
                       counter, float(model_rf.size), float(model_rf.formula))
 
 

@@ -33,9 +33,10 @@ def build_report(model: str, weights: str, model_params: int, table: BlockTable,
     }
 
 
-def add_erf(report: dict[str, Any], erf: ErfResult, timesteps: list[int], samples: int) -> None:
-    report.update(erf_radius=erf.radius, erf_diameter=erf.diameter, erf_half_mass_radius=erf.half_mass_radius,
-                  erf_ratio=erf.ratio,
+def add_erf(report: dict[str, Any], erf: ErfResult, timesteps: list[int], samples: int, weights: str) -> None:
+    """The ERF's figures; ``weights`` says which weights it was measured with (see ``inspect``)."""
+    report.update(erf_weights=weights, erf_radius=erf.radius, erf_diameter=erf.diameter,
+                  erf_half_mass_radius=erf.half_mass_radius, erf_ratio=erf.ratio,
                   visible_rf=erf.visible_rf, erf_ratio_visible=erf.ratio_visible,
                   erf_timesteps=timesteps, erf_samples=samples, erf_size=int(erf.map.shape[0]))
 
@@ -100,14 +101,16 @@ def _totals_lines(report: dict[str, Any]) -> list[str]:
 
 def _whatif_lines(report: dict[str, Any]) -> list[str]:
     base = report["what_if"][0]
-    rows = []
+    rows, invalid = [], []
     for w in report["what_if"]:
-        if w["error"] is not None:
-            rows.append([w["change"], "-", "-", "-", "-", f"invalid: {w['error']}"])
+        if w["error"] is not None:  # the reason below the table: in a column it pushed every figure aside
+            rows.append([w["change"], "-", "-", "-", "-", "invalid"])
+            invalid.append(f"{w['change']}: invalid: {w['error']}")
             continue
         rows.append([w["change"], _fmt_int(w["params"]), f"{w['params'] / base['params']:.2f}x",
                      f"{w['flops'] / 1e6:,.1f}", f"{w['flops'] / base['flops']:.2f}x", _fmt_bytes(w["score_bytes"])])
-    return _table(["what if", "params", "", "MFLOPs", "", f"scores @B={report['batch']}"], rows, right={1, 2, 3, 4, 5})
+    return [*_table(["what if", "params", "", "MFLOPs", "", f"scores @B={report['batch']}"], rows, right={1, 2, 3, 4, 5}),
+            *invalid]
 
 
 def format_profile(report: dict[str, Any]) -> str:
@@ -154,7 +157,7 @@ def format_tables(report: dict[str, Any]) -> str:
 def format_erf(report: dict[str, Any]) -> str:
     """The effective receptive field in one sentence."""
     timesteps = count(len(report["erf_timesteps"]), "timestep")
-    return (f"effective receptive field ({report['weights']} weights, {timesteps} "
+    return (f"effective receptive field (weights: {report['erf_weights']}; {timesteps} "
             f"x {count(report['erf_samples'], 'input')} of {report['erf_size']}x{report['erf_size']}): 95% of the "
             f"gradient mass within the {report['erf_diameter']}x{report['erf_diameter']} px window around the centre "
             f"pixel (r95 = {report['erf_radius']}, half the mass within r50 = {report['erf_half_mass_radius']}; a "

@@ -15,7 +15,7 @@ exported scope, to the qualified module that produced it.
 A layer's time goes to one (block, category): its constituents are classified as in the ONNX
 Runtime profile, the layer takes the first category of :data:`CATEGORIES` any of them has (a
 ``Conv + Add`` fusion is conv time) and the block of the first constituent of that category.
-Copies TensorRT inserts are ``elementwise`` time of the block they feed; layers naming no node
+Copies TensorRT inserts are ``layout`` time of the block they feed; layers naming no node
 of the model (shape bookkeeping, ``[trainStation]``) are ``elementwise`` time of ``(glue)``.
 """
 
@@ -140,7 +140,7 @@ def place_layer(layer: str, lmap: LayerMap) -> tuple[str, str] | None:
         op = _OP.sub("", node.rpartition("/")[2])
         placed.append((_block_of(module, lmap.blocks), _classify(op, module, lmap.kinds)))
     if copy:
-        return placed[0][0], "elementwise"
+        return placed[0][0], "layout"
     rank = {c: i for i, c in enumerate(CATEGORIES)}
     return min(placed, key=lambda bc: rank[bc[1]])
 

@@ -59,11 +59,12 @@ def command(model: str, batch: int, json_path: str | None, plot: str | None, erf
     from ddpm_export.analysis.whatif import what_if
     from ddpm_export.threads import get_threads
 
+    _check_outputs(model, engine, json_path, plot, force)
     if engine is not None:
         _check_engine_option(engine, profile, batch)
     threads = threads or get_threads() or 1  # a measurement: one fixed count unless asked (the ERF and profile)
     start = time.perf_counter()
-    unet, weights = _load(model, (json_path, plot), force, threads, erf_size)
+    unet, weights = _load(model, threads, erf_size)
     if engine is not None:
         from ddpm_export.analysis.trt_profile import check_built_from
 
@@ -76,14 +77,30 @@ def command(model: str, batch: int, json_path: str | None, plot: str | None, erf
 
     start = time.perf_counter()
     timesteps = default_timesteps(unet.config.num_train_timesteps)
-    erf = measure_erf(unet, table.rf, timesteps=timesteps, samples=erf_samples, size=erf_size, progress=show_progress())
-    rep.add_erf(report, erf, timesteps, erf_samples)
+    erf_unet, erf_weights = _erf_subject(unet, weights)
+    erf = measure_erf(erf_unet, table.rf, timesteps=timesteps, samples=erf_samples, size=erf_size,
+                      progress=show_progress())
+    rep.add_erf(report, erf, timesteps, erf_samples, erf_weights)
     report["seconds"]["erf"] = time.perf_counter() - start
     click.echo(rep.format_erf(report))
 
     if profile:
         _profile(report, unet, batch, profile_runs, threads, engine)
     _write(report, erf, json_path, plot, force)
+
+
+def _erf_subject(unet: "UNet", weights: str) -> tuple["UNet", str]:
+    """The model the ERF is measured on and its weights' description: ``unet``, except a
+    seed-initialised one with ``zero_init``, whose residual and attention branches all end in a
+    zero layer, so that its gradient would flow through the skip paths alone (ddpm-cifar10: r50 2
+    px, 5 with the branches on): the same seed's weights with ``zero_init`` off."""
+    if weights != "seed-initialised" or not unet.config.zero_init:
+        return unet, weights
+    import dataclasses
+
+    from ddpm_export.nn.weights import build_model
+
+    return build_model(dataclasses.replace(unet.config, zero_init=False)).eval(), "seed-initialised, zero_init off"
 
 
 def _check_engine_option(engine: str, profile: bool, batch: int) -> None:
@@ -119,26 +136,31 @@ def _profile(report: dict[str, Any], unet: "UNet", batch: int, runs: int, thread
         click.echo("\n" + rep.format_trt_profile(report))
 
 
-def _load(model: str, outputs: tuple[str | None, ...], force: bool, threads: int,
-          erf_size: int | None) -> tuple["UNet", str]:
-    """Check the outputs and options, then load the model: ``(unet, "trained" | "seed-initialised")``.
-    Bad input raises :class:`~ddpm_export.errors.BadInputError` (exit status 2, mapped in ``cli.py``)."""
+def _check_outputs(model: str, engine: str | None, json_path: str | None, plot: str | None, force: bool) -> None:
+    """Refuse outputs that would print nothing (-q), overwrite an input (the model's files, the
+    engine or its sidecar: even with --force) or an existing file (without --force), or a plot
+    that is not .png: :class:`~ddpm_export.errors.BadInputError`, exit status 2."""
+    from ddpm_export.console import require_output_when_quiet
+    from ddpm_export.files import refuse_existing_file, refuse_same_file, require_suffix
+    from ddpm_export.inputs import input_files
+
+    require_output_when_quiet({"--json": json_path, "--plot": plot})
+    refuse_same_file({"--engine": engine, **input_files(model=model, engine=engine)},
+                     {"--json": json_path, "--plot": plot})
+    require_suffix("--plot", plot, ".png")
+    for path in (json_path, plot):
+        if path is not None:
+            refuse_existing_file(path, force)
+
+
+def _load(model: str, threads: int, erf_size: int | None) -> tuple["UNet", str]:
+    """Load the model and check --erf-size against it: ``(unet, "trained" | "seed-initialised")``."""
     import torch
 
     from ddpm_export import load_model
     from ddpm_export.analysis.erf import check_erf_size
-    from ddpm_export.console import require_output_when_quiet
-    from ddpm_export.files import refuse_existing_file, refuse_same_file, require_suffix
-    from ddpm_export.inputs import input_files
     from ddpm_export.nn.checkpoint import weights_path
 
-    json_path, plot = outputs
-    require_output_when_quiet({"--json": json_path, "--plot": plot})
-    refuse_same_file(input_files(model=model), {"--json": json_path, "--plot": plot})
-    require_suffix("--plot", plot, ".png")
-    for path in outputs:
-        if path is not None:
-            refuse_existing_file(path, force)
     torch.set_num_threads(threads)
     unet = load_model(model)
     weights = "trained" if weights_path(model) is not None else "seed-initialised"

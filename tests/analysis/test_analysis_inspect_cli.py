@@ -78,3 +78,33 @@ def test_inspect_erf_size_has_an_upper_bound():
     assert result.exit_code == 2 and "Traceback" not in result.output, result.output
     assert "--erf-size 2048: at most 4x the sample size, 64 for this model" in result.output
     assert "block" not in result.output
+
+
+def test_inspect_never_writes_over_the_engine_or_its_sidecar(tmp_path):
+    """`--json e.plan.json --force` replaced the engine's sidecar with the report (and `--json
+    e.plan` the engine): refused like any output over an input, before the GPU is asked for."""
+    engine = tmp_path / "e.plan"
+    engine.write_bytes(b"engine bytes")
+    (tmp_path / "e.plan.json").write_text('{"onnx_sha256": "0"}')
+    for target, label in ((engine, "--engine"), (tmp_path / "e.plan.json", "--engine's sidecar")):
+        result = CliRunner().invoke(main, ["inspect", "-m", "tiny", "--profile", "--engine", str(engine),
+                                           "--json", str(target), "--force"])
+        assert result.exit_code == 2 and f"{label} {target} and --json {target} name the same file" in result.output
+    assert engine.read_bytes() == b"engine bytes" and (tmp_path / "e.plan.json").read_text() == '{"onnx_sha256": "0"}'
+
+
+def test_the_erf_of_seed_initialised_zero_init_weights_is_measured_with_the_branches_on():
+    """With zero_init every residual and attention branch of a seed-initialised model ends in a
+    zero layer: its gradient flows through the skip paths alone (ddpm-cifar10 read r50 = 2 px)."""
+    import dataclasses
+
+    from ddpm_export.commands.inspect import _erf_subject
+    from ddpm_export.nn.weights import build_model
+
+    cfg = dataclasses.replace(load_model("tiny").config, zero_init=True)
+    zeroed = build_model(cfg).eval()
+    subject, weights = _erf_subject(zeroed, "seed-initialised")
+    assert weights == "seed-initialised, zero_init off" and subject.config == dataclasses.replace(cfg, zero_init=False)
+    zero = {n for n, p in zeroed.named_parameters() if n.endswith(".weight") and not p.any()}
+    assert zero and all(p.any() for n, p in subject.named_parameters() if n in zero)
+    assert _erf_subject(zeroed, "trained") == (zeroed, "trained")

@@ -6,7 +6,7 @@ import pytest
 
 from ddpm_export import load_model
 from ddpm_export.analysis.blocks import iter_blocks
-from ddpm_export.analysis.profile import CATEGORIES, GLUE, profile_onnxruntime
+from ddpm_export.analysis.profile import CATEGORIES, GLUE, LAYOUT, profile_onnxruntime
 
 
 @pytest.mark.parametrize("name", ["tiny", "kitchen-sink"])
@@ -18,9 +18,12 @@ def test_profile_attributes_every_kernel(name):
     assert sum(prof.by_block.values()) == pytest.approx(prof.total_us)
     assert sum(prof.by_op.values()) == pytest.approx(prof.total_us)
     blocks = {n for n, _ in iter_blocks(unet)}
-    assert set(prof.by_block) <= blocks | {GLUE}
+    assert set(prof.by_block) <= blocks | {GLUE, LAYOUT}
     # the U-Net's own ops (skip concatenation, casts) are a small part; convs and attention are named
     assert prof.by_block.get(GLUE, 0.0) < 0.5 * prof.total_us
+    # ONNX Runtime's NCHWc reorders (no module scope) are layout time, not the U-Net's glue
+    assert prof.by_op.get("ReorderInput", 0.0) > 0 and prof.by_block[LAYOUT] == pytest.approx(
+        prof.by_category["layout"]) == pytest.approx(prof.by_op["ReorderInput"] + prof.by_op.get("ReorderOutput", 0.0))
     assert prof.by_category["conv"] > 0 and prof.by_category["attention"] > 0
     assert prof.by_category["normalization"] > 0
     assert any(b.startswith("up.") for b in prof.by_block) and "conv_in" in prof.by_block

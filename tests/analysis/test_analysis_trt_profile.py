@@ -76,7 +76,7 @@ def test_fused_conv_layers_land_in_the_block_owning_the_weight(tiny):
         assert place_layer(conv, lmap) == (want, "conv"), conv
         assert place_layer(f"{conv} + {after}", lmap) == (want, "conv"), (conv, after)
         assert place_layer(f"PWN({after}, {conv})", lmap) == (want, "conv")
-        assert place_layer(f"Reformatting CopyNode for Input Tensor 0 to {conv}", lmap) == (want, "elementwise")
+        assert place_layer(f"Reformatting CopyNode for Input Tensor 0 to {conv}", lmap) == (want, "layout")
 
 
 def test_norm_and_attention_regions(tiny):
