@@ -205,6 +205,28 @@ def _check_recorded_metadata(folder: Path, manifest: Manifest) -> None:
             raise BundleError(f"{folder / MANIFEST}: the metadata it records for {entry['onnx']} differs from the "
                               f"file's own (key {keys[0]!r}{f' and {len(keys) - 1} more' if len(keys) > 1 else ''}); "
                               f"the manifest was edited -- rebuild the bundle with `ddpm-export bundle`")
+        info = ModelInfo.from_metadata(props, source=str(path))
+        _check_summary(folder, f"models[{entry['onnx']!r}]",
+                       {"precision": entry.get("precision"), "attention": entry.get("attention"),
+                        "diffusion": manifest.diffusion},
+                       {"precision": info.precision, "attention": info.attention, "diffusion": info.diffusion})
+    _check_summary(folder, "sampler_defaults", manifest.sampler_defaults,
+                   json.loads(json.dumps(sampler_defaults(manifest.diffusion))))
+
+
+def _check_summary(folder: Path, where: str, recorded: dict[str, Any], derived: dict[str, Any]) -> None:
+    """The manifest's summaries (for reading at a glance; the schedule for every file) must say
+    what the hash-checked files say: an edited ``num_inference_steps: -3`` was accepted."""
+    keys = [k for k in sorted(set(recorded) | set(derived)) if recorded.get(k) != derived.get(k)]
+    if keys:
+        raise BundleError(f"{folder / MANIFEST}: {where} {keys[0]!r} is {_short(recorded.get(keys[0]))}, its ONNX "
+                          f"file's metadata says {_short(derived.get(keys[0]))}; the manifest was edited -- rebuild "
+                          f"the bundle with `ddpm-export bundle`")
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _refuse_strangers(folder: Path, manifest: Manifest) -> None:

@@ -181,10 +181,7 @@ class Pipeline:
                                  inference_precision=inference_precision, providers=providers,
                                  session_options=session_options, device=device, trt_fp16=trt_fp16,
                                  trt_cache_dir=trt_cache_dir)
-            if pipe.info.diffusion != manifest.diffusion:
-                raise bundle_mod.BundleError(f"{folder / bundle_mod.MANIFEST}: the schedule differs from the metadata "
-                                             f"of {entry['onnx']}; rebuild the bundle with `ddpm-export bundle`")
-            return pipe
+            return pipe  # verify_bundle checked the manifest's schedule against the file's metadata
         from ddpm_export.runtime.tensorrt import TensorRTBackend
 
         if not entry["engines"]:

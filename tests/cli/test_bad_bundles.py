@@ -82,6 +82,12 @@ MANIFEST_CASES = {
                         "the metadata it records for tiny.onnx differs from the file's own "
                         "\\(key 'ddpm_export.diffusion_config'\\)"),
     "metadata-key-added": (lambda d: d["models"][0]["metadata"].update(extra="1"), "\\(key 'extra'\\)"),
+    # the summaries must say what the files say (num_inference_steps -3 was accepted)
+    "sampler-defaults-edited": (lambda d: d["sampler_defaults"].update(num_inference_steps=-3),
+                                "sampler_defaults 'num_inference_steps' is -3, its ONNX file's metadata says 50"),
+    "precision-edited": (lambda d: d["models"][0].update(precision="int8"),
+                         "models\\['tiny.onnx'\\] 'precision' is 'int8', its ONNX file's metadata says 'fp32'"),
+    "diffusion-edited": (lambda d: d["diffusion"].update(beta_end=0.03), "models\\['tiny.onnx'\\] 'diffusion' is "),
 }
 
 
