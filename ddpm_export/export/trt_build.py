@@ -32,6 +32,7 @@ def build_serialized(onnx_path: str | Path, description: dict[str, Any], *, max_
     """
     from polygraphy.backend.trt import CreateConfig, EngineBytesFromNetwork
     from polygraphy.exception import PolygraphyException
+    from polygraphy.logger import G_LOGGER
 
     trt = import_tensorrt("the engine build")
     logger = _logger(trt, log)
@@ -51,9 +52,10 @@ def build_serialized(onnx_path: str | Path, description: dict[str, Any], *, max_
         if cache_file is not None and Path(cache_path).is_file():
             shutil.copyfile(cache_path, cache_file)
         config = CreateConfig(**_create_config_kwargs(trt, description, monitor, cache_file))
-        try:
-            engine = EngineBytesFromNetwork((builder, network, parser), config=config,
-                                            save_timing_cache=None if cache_file is None else str(cache_file))()
+        try:  # Polygraphy's own [I] lines (temporary cache paths, timings) quiet: TensorRT's warnings are logged
+            with G_LOGGER.verbosity(G_LOGGER.ERROR):
+                engine = EngineBytesFromNetwork((builder, network, parser), config=config,
+                                                save_timing_cache=None if cache_file is None else str(cache_file))()
         except PolygraphyException as e:
             raise BuildFailed(build_failure(logger.errors or [str(e)], max_batch=max_batch,
                                             workspace_mib=_workspace_mib(description))) from e
