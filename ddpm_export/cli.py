@@ -23,6 +23,7 @@ import click
 
 from ddpm_export import commands
 from ddpm_export._version import __version__
+from ddpm_export.configbase import ConfigFileError
 from ddpm_export.console import FLAG_NAMES, VERBOSITY, name_flags
 from ddpm_export.errors import (BadInputError, DdpmExportError, DdpmExportWarning, describe, exit_status,
                                 out_of_memory)
@@ -76,7 +77,8 @@ class _Main(click.Group):
             if ctx.meta.get("ddpm_export.debug"):  # the traceback, then the same line and exit status
                 traceback.print_exc(file=sys.stderr)
             message = describe(e)
-            if isinstance(e, BadInputError):  # the library names its arguments; the user typed flags
+            from_file = isinstance(e, ConfigFileError) or isinstance(e.__cause__, ConfigFileError)
+            if isinstance(e, BadInputError) and not from_file:  # the library names its arguments; the user typed flags
                 message = name_flags(message, ctx.meta.get(FLAG_NAMES, {}))
             raise Failure(message, exit_status(e)) from e
 

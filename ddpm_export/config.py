@@ -103,6 +103,16 @@ class UNetConfig(FrozenConfig):
             for c in self.level_channels:
                 check(c % self.num_groups == 0, "num_groups",
                       f"{self.num_groups} must divide every level's channels {list(self.level_channels)}")
+        if self.resolutions[-1] == 1:  # the last level and the bottleneck are 1 x 1
+            c = min(self.level_channels[-2:])  # the last level's first block normalizes the level above's channels
+            check(self.time_conditioning != "adain", "time_conditioning",
+                  f"'adain' normalizes each channel over the feature map, and the last level is 1x1 "
+                  f"(sample_size {self.sample_size}, {len(self.channel_mult)} levels): every feature would be 0; "
+                  f"use fewer levels or a larger sample_size")
+            per_group = {"group": c // self.num_groups, "layer": c, "batch": 2}[self.norm]
+            check(per_group > 1, "num_groups",
+                  f"the last level is 1x1, so each of its {self.norm} norm groups holds {per_group} value(s); "
+                  f"a group needs more than one (fewer groups, or fewer levels)")
         check(self.time_embed_dim % 2 == 0 or self.time_embedding == "learned", "base_channels",
               "the sinusoidal embedding needs an even base_channels")
         check(self.head_dim is None or self.num_heads == 1, "num_heads",

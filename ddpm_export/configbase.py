@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import types
 import typing
 from pathlib import Path
@@ -25,6 +26,11 @@ C = TypeVar("C", bound="FrozenConfig")
 
 class ConfigError(BadInputError):
     """A config field holds a bad value. The message names the field and the valid choices."""
+
+
+class ConfigFileError(ConfigError):
+    """A ConfigError in a file's (or metadata's) config: its field names are the file's keys, not
+    CLI flags (the CLI leaves them alone)."""
 
 
 def read_config_text(path: str | Path) -> str:
@@ -88,17 +94,20 @@ class FrozenConfig:
     @classmethod
     def from_dict(cls: type[C], data: dict[str, Any], *, source: str = "config") -> C:
         if not isinstance(data, dict):
-            raise ConfigError(f"{source}: expected a JSON object, got {type(data).__name__}")
+            raise ConfigFileError(f"{source}: expected a JSON object, got {type(data).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
-            raise ConfigError(
+            raise ConfigFileError(
                 f"{source}: unknown field(s) {', '.join(repr(u) for u in unknown)} for {cls.__name__}; "
                 f"known fields: {', '.join(sorted(names))}"
             )
         version = data.get("version", cls.VERSION)
-        if not isinstance(version, int) or version < 1 or version > cls.VERSION:
-            raise ConfigError(
+        if type(version) is not int or version < 1:
+            raise ConfigFileError(f"{source}: version={version!r} is not a {cls.__name__} version: it must be an "
+                              f"integer 1..{cls.VERSION} (this ddpm-export writes {cls.VERSION})")
+        if version > cls.VERSION:
+            raise ConfigFileError(
                 f"{source}: version={version!r} is not supported by this ddpm-export "
                 f"({cls.__name__} versions 1..{cls.VERSION}); upgrade ddpm-export"
             )
@@ -111,14 +120,14 @@ class FrozenConfig:
         try:
             return cls(**kwargs)
         except ConfigError as e:
-            raise ConfigError(f"{source}: {e}") from None
+            raise ConfigFileError(f"{source}: {e}") from None
 
     @classmethod
     def from_json(cls: type[C], text: str, *, source: str = "config") -> C:
         try:
             data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{source}: not valid JSON ({e})") from e
+        except (ValueError, RecursionError) as e:  # RecursionError: nested past the parser's depth
+            raise ConfigFileError(f"{source}: not valid JSON ({e})") from e
         return cls.from_dict(data, source=source)
 
     @classmethod
@@ -148,7 +157,15 @@ def _check_type(field: str, value: Any, tp: Any) -> None:
     if typing.get_origin(tp) is typing.Literal:
         check_choice(field, value, typing.get_args(tp))
     elif not _matches(value, tp):
-        raise ConfigError(f"{field}={value!r} has the wrong type; expected {_type_name(tp)}")
+        why = "must be finite" if _non_finite(value) else f"has the wrong type; expected {_type_name(tp)}"
+        raise ConfigError(f"{field}={value!r} {why}")
+
+
+def _non_finite(value: Any) -> bool:
+    """A NaN or infinite float, or a tuple holding one (JSON's NaN / Infinity literals)."""
+    if isinstance(value, tuple):
+        return any(_non_finite(v) for v in value)
+    return isinstance(value, float) and not math.isfinite(value)
 
 
 def _matches(value: Any, tp: Any) -> bool:
@@ -169,8 +186,10 @@ def _matches(value: Any, tp: Any) -> bool:
         return isinstance(value, bool)
     if tp is int:
         return isinstance(value, int) and not isinstance(value, bool)
-    if tp is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is float:  # NaN and +-Infinity (JSON's NaN / Infinity literals) are no setting of any field
+        if isinstance(value, float):
+            return math.isfinite(value)
+        return isinstance(value, int) and not isinstance(value, bool)
     if tp is str:
         return isinstance(value, str)
     return True  # other annotations are checked by validate()

@@ -39,7 +39,7 @@ def read_header(path: str | Path) -> dict[str, dict[str, Any]]:
                                 f"or `tools/train.py`; diffusers: `save_pretrained`)")
         try:
             header = json.loads(f.read(n))
-        except ValueError as e:
+        except (ValueError, RecursionError) as e:
             raise BadInputError(f"{path}: the safetensors header is not JSON ({e})") from e
     if not isinstance(header, dict):
         raise BadInputError(f"{path}: the safetensors header is not a JSON object")

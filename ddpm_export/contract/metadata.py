@@ -62,7 +62,7 @@ def precision_of(props: Mapping[str, str], source: str = "model") -> str:
     """The precision (``"fp32"``, ``"fp16"``, ``"int8"``) recorded in ``props``' precision policy."""
     try:
         precision = str(json.loads(props[PRECISION_POLICY])["precision"])
-    except (ValueError, KeyError, TypeError) as e:
+    except (ValueError, KeyError, TypeError, RecursionError) as e:
         raise MetadataError(f"{source}: metadata {PRECISION_POLICY} is not a precision policy "
                             f"({props.get(PRECISION_POLICY)!r})") from e
     if precision not in PRECISIONS:  # a bundle or sample would otherwise carry it on, unchecked

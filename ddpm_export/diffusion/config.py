@@ -17,7 +17,9 @@ import dataclasses
 from typing import Any, Literal
 
 from ddpm_export.configbase import ConfigError, FrozenConfig, check
+from ddpm_export.diffusion.schedule import Schedule, make_betas
 from ddpm_export.diffusion.timesteps import TimestepSpacing, solver_timesteps, spaced_timesteps
+from ddpm_export.errors import BadInputError
 
 BetaSchedule = Literal["linear", "scaled_linear", "cosine"]
 PredictionType = Literal["epsilon", "sample", "v_prediction"]
@@ -108,7 +110,7 @@ class DiffusionConfig(FrozenConfig):
     @classmethod
     def from_dict(cls, data: Any, *, source: str = "config") -> "DiffusionConfig":
         """Also reads version 1 (see the module doc): it becomes version 2 with the solver defaults."""
-        if isinstance(data, dict) and data.get("version") == 1:
+        if isinstance(data, dict) and type(data.get("version")) is int and data["version"] == 1:
             data = {**data, "version": 2}
         return super().from_dict(data, source=source)
 
@@ -128,6 +130,7 @@ class DiffusionConfig(FrozenConfig):
         self._validate_abar()
         check(self.clip_sample_range > 0.0, "clip_sample_range", f"must be > 0, got {self.clip_sample_range}")
         check(self.steps_offset >= 0, "steps_offset", f"must be >= 0, got {self.steps_offset}")
+        check(self.steps_offset < T, "steps_offset", f"must be < num_train_timesteps={T}, got {self.steps_offset}")
         # diffusers silently ignores steps_offset with trailing spacing; we refuse it instead.
         check(self.steps_offset == 0 or self.timestep_spacing == "leading", "steps_offset",
               f"only applies to timestep_spacing='leading' (trailing spacing ends at T-1 by "
@@ -147,9 +150,11 @@ class DiffusionConfig(FrozenConfig):
     def _validate_abar(self) -> None:
         """Every ``abar_t`` must be > 0 in float32: the samplers divide by it (DDIM, DDPM) and take
         the log of sigma (the solvers). Linear betas 1e-4..0.02 over T = 12000 underflow from t = 11103."""
-        from ddpm_export.diffusion.schedule import Schedule, make_betas  # it imports this module
-
-        abar = Schedule.from_betas(make_betas(self)).alphas_cumprod
+        try:
+            abar = Schedule.from_betas(make_betas(self)).alphas_cumprod
+        except BadInputError as e:  # a beta that float32 rounds to 0 or 1 (1e-50, 1 - 1e-9)
+            raise ConfigError(f"beta_start / beta_end: {e} once rounded to float32 (the precision the schedule "
+                              f"is kept in), got {self.beta_start}..{self.beta_end}") from None
         if abar[-1] == 0.0:
             first = int((abar > 0.0).sum())  # abar falls with t
             raise ConfigError(f"num_train_timesteps: abar_t = prod(1 - beta_s) underflows to 0 in float32 from "

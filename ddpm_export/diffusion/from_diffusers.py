@@ -129,7 +129,7 @@ def scheduler_timesteps(unet_folder: Path) -> int | None:
     path = find_scheduler_config(unet_folder)
     try:
         data = json.loads(path.read_text(encoding="utf-8-sig")) if path is not None else None
-    except (OSError, UnicodeDecodeError, ValueError):
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
         return None
     T = data.get("num_train_timesteps", 1000) if isinstance(data, dict) else None
     return T if isinstance(T, int) and not isinstance(T, bool) else None
@@ -139,7 +139,7 @@ def diffusion_from_scheduler(path: Path) -> DiffusionConfig:
     """The :class:`DiffusionConfig` of the diffusers scheduler config at ``path`` (see the module doc)."""
     try:
         data = json.loads(path.read_text(encoding="utf-8-sig"))
-    except (OSError, UnicodeDecodeError, ValueError) as e:
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
         raise SchedulerConfigError(f"{path}: not a readable UTF-8 JSON file ({e})") from e
     if not isinstance(data, dict):
         raise SchedulerConfigError(f"{path}: a scheduler config is a JSON object, got {type(data).__name__}")

@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ddpm_export.diffusion.config import DiffusionConfig
 from ddpm_export.errors import BadInputError
+
+if TYPE_CHECKING:  # pragma: no cover -- annotations only: DiffusionConfig's validation uses this module
+    from ddpm_export.diffusion.config import DiffusionConfig
 
 __all__ = [
     "BETA_SCHEDULES",

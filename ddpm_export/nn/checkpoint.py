@@ -74,7 +74,7 @@ def is_diffusers_folder(folder: Path) -> bool:
         return True
     try:
         return json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8-sig")).get("_class_name") is not None
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError, RecursionError):  # UNetConfig.load names what is wrong
         return False
 
 

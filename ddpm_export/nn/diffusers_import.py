@@ -279,7 +279,7 @@ def read_diffusers_config(path: str | Path) -> UNetConfig:
     path = Path(path)
     try:
         data = json.loads(read_config_text(path))
-    except json.JSONDecodeError as e:
+    except (ValueError, RecursionError) as e:  # RecursionError: nested past the parser's depth
         raise ConfigError(f"{path}: not valid JSON ({e})") from e
     if isinstance(data, dict) and data.get("num_train_timesteps") is None \
             and data.get("time_embedding_type", "positional") == "positional":
@@ -375,7 +375,7 @@ def _read_weights(folder: Path) -> tuple[dict[str, torch.Tensor], str]:
     if index.is_file():
         try:
             shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
-        except (ValueError, KeyError, TypeError, AttributeError) as e:
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
             raise CheckpointError(f"{index}: not a safetensors shard index ({e})") from e
         weights: dict[str, torch.Tensor] = {}
         for shard in shards:

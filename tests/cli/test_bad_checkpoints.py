@@ -48,6 +48,12 @@ def _inf(state):
     state[key].view(-1)[-1] = float("inf")
 
 
+def _fp64_overflow(state):  # finite in float64, inf once the float32 model holds it (it failed at export)
+    key = next(k for k in state if k.endswith("weight"))
+    state[key] = state[key].to(torch.float64)
+    state[key].view(-1)[0] = 1e300
+
+
 def _shape(state):
     key = next(k for k in state if k.endswith("weight"))
     state[key] = torch.zeros(3, 3)
@@ -69,6 +75,7 @@ def _extra(state):
 STATE_EDITS = {
     "nan-weight": (_in_state(_nan), "NaN or infinite values"),
     "inf-weight": (_in_state(_inf), "NaN or infinite values"),
+    "fp64-overflows-fp32": (_in_state(_fp64_overflow), "NaN or infinite values"),
     "wrong-shape": (_in_state(_shape), "has shape \\(3, 3\\), the config expects"),
     "wrong-dtype": (_in_state(_dtype), "has dtype torch.int32, the model expects torch.float32"),
     "missing-key": (_in_state(_missing), "missing key\\(s\\)"),

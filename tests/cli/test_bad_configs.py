@@ -32,6 +32,18 @@ CASES = {
     "negative": (json.dumps({**TINY, "base_channels": -16}), "base_channels"),
     "future-version": (json.dumps({**TINY, "version": 99}), "version=99 is not supported"),
     "float-for-int": (json.dumps({**TINY, "num_res_blocks": 1.5}), "num_res_blocks=1.5 has the wrong type"),
+    # version malformed: not "upgrade ddpm-export" (no upgrade reads it)
+    "version-string": (json.dumps({**TINY, "version": "1"}), r"version='1' is not a UNetConfig version: it must be an "
+                                                              r"integer 1..1"),
+    # JSON's Infinity literal: NaN outputs (max_period) or constant norms (norm_eps), sampled without a word
+    "infinite-float": (json.dumps({**TINY, "max_period": float("inf")}), "max_period=inf must be finite"),
+    "nested-too-deep": ("[" * 100_000, "config.json: not valid JSON"),  # a RecursionError traceback
+    # a 1x1 last level (16 px, 5 levels): AdaIN's instance norm zeroes every feature; batch 1 crashed in export
+    "adain-at-1x1": (json.dumps({**TINY, "time_conditioning": "adain", "channel_mult": [1, 2, 2, 2, 2]}),
+                     r"time_conditioning: 'adain' normalizes each channel over the feature map, and the last level "
+                     r"is 1x1"),
+    "one-value-groups-at-1x1": (json.dumps({**TINY, "num_groups": 16, "channel_mult": [1, 1, 1, 1, 1]}),
+                                r"num_groups: the last level is 1x1, so each of its group norm groups holds 1 value"),
 }
 
 
@@ -51,7 +63,11 @@ def test_bad_config_json(tmp_path, name):
      r"num_train_timesteps=500 \(from .*diffusion.json\) differs from the model's 1000"),
     ("{not json", "diffusion.json: not valid JSON"),
     (json.dumps({"beta_schedule": "cosine-ish"}), "beta_schedule='cosine-ish' is not valid"),
-], ids=["other-T", "not-json", "bad-choice"])
+    # a file's field is named as the file names it, not as the CLI flag (--eta) the user never typed
+    (json.dumps({"eta": 3.0}), r"diffusion.json: eta: must be in \[0, 1\], got 3.0"),
+    (json.dumps({"steps_offset": 2 ** 63 - 1}), r"steps_offset: must be < num_train_timesteps=1000"),  # wrapped in int64
+    (json.dumps({"beta_start": 1e-50}), r"beta_start / beta_end: .* once rounded to float32"),
+], ids=["other-T", "not-json", "bad-choice", "file-field-not-flag", "huge-steps-offset", "beta-rounds-to-0"])
 def test_bad_diffusion_json(tmp_path, text, message):
     pytest.importorskip("torch")
     folder = tmp_path / "model"

@@ -92,3 +92,12 @@ def test_a_schedule_whose_abar_underflows_in_float32_is_refused_where_it_starts(
                                           rf"float32 from t = {first} of {T} \(linear betas 0.0001..0.02\)"):
         DiffusionConfig(num_train_timesteps=T)
     DiffusionConfig(num_train_timesteps=10000)  # abar_T 1.1e-44, a subnormal: every sampler runs
+
+
+@pytest.mark.parametrize("version", [True, 1.0, "1", 0, None])
+def test_a_malformed_version_is_refused_as_malformed_not_as_too_new(version) -> None:
+    """`version: true` and `1.0` were read as version 1 (then 2); `"1"`, 0 and null said "upgrade
+    ddpm-export", which reads none of them."""
+    with pytest.raises(ConfigError, match=r"is not a DiffusionConfig version: it must be an integer 1..2") as info:
+        DiffusionConfig.from_dict({"version": version})
+    assert "upgrade" not in str(info.value)
