@@ -90,7 +90,8 @@ def test_a_class_conditional_export_passes_with_guidance(tmp_path_factory: pytes
     report = verify("kitchen-sink", path, steps=10, ddpm_steps=10, guidance_scale=2.0, log=lambda m: None)
     assert report["passed"], report["failures"]
     ort = report["backends"]["onnxruntime"]
-    assert {c["cond"] for c in ort["single_step"]["cases"]} == {"classes", "null"}
+    # max_batch 8 < 10 classes: the largest batch is called again from id 8, so every class is checked
+    assert {c["cond"] for c in ort["single_step"]["cases"]} == {"classes", "classes 8..", "null"}
     for kind in ("ddim", "ddpm"):  # a well-conditioned model: the final samples agree outright
         assert ort["trajectories"][kind]["final"]["psnr_db"] >= 60
         assert ort["trajectories"][kind]["final_check"] == "passed"
@@ -282,9 +283,20 @@ def test_a_schedule_changed_after_the_export_is_warned_about(tmp_path: Path) -> 
     onnx = export_onnx(tmp_path / "m", tmp_path / "m.onnx", max_batch=2, log=lambda s: None).path
     (tmp_path / "m" / "diffusion.json").write_text('{"beta_end": 0.03}')
     lines: list[str] = []
-    verify(tmp_path / "m", onnx, steps=2, ddpm_steps=2, solver_steps=2, batch=1, log=lines.append)
+    report = verify(tmp_path / "m", onnx, steps=2, ddpm_steps=2, solver_steps=2, batch=1, log=lines.append)
     assert any(line.startswith(f"warning: {onnx} records another schedule than its model's: beta_end (0.02 in "
                                f"the file, 0.03 in {tmp_path / 'm' / 'diffusion.json'})") for line in lines), lines
+    assert any("records another schedule" in note for note in report["notes"])  # the report keeps it too
+    # a model without a schedule file is compared with the default schedule, which its export takes
+    # (an ONNX file edited to cosine passed without a word)
+    from ddpm_export.diffusion import DiffusionConfig
+
+    (tmp_path / "m" / "diffusion.json").unlink()
+    onnx = export_onnx(tmp_path / "m", tmp_path / "cos.onnx", max_batch=2, diffusion=DiffusionConfig(
+        beta_schedule="cosine"), log=lambda s: None).path
+    lines.clear()
+    verify(tmp_path / "m", onnx, steps=2, ddpm_steps=2, solver_steps=2, batch=1, log=lines.append)
+    assert any("beta_schedule ('cosine' in the file, 'linear' in the default schedule" in line for line in lines), lines
 
 
 def test_verify_help_states_the_thresholds_it_applies() -> None:
@@ -326,3 +338,36 @@ def test_fp32_max_abs_limit_scales_with_the_outputs(tmp_path: Path) -> None:
     ddim = ort["trajectories"]["ddim"]
     assert checks["onnxruntime.ddim.local.max_abs"]["threshold"] == pytest.approx(1e-4 * ddim["local_output_scale"])
     assert report["passed"], report["failures"]
+
+
+@pytest.mark.parametrize("max_batch", [1, 4, 16])
+def test_the_single_step_checks_call_every_class_at_the_largest_batch(max_batch: int) -> None:
+    """With max_batch 4 a digits file with classes 8 and 9 swapped passed verify (exit 0): only ids
+    0..B-1 were called."""
+    import dataclasses
+
+    from ddpm_export.presets import MODELS_DIR
+    from ddpm_export.runtime.info import read_info
+    from ddpm_export.verify import _single_step_cases
+
+    info = read_info(MODELS_DIR / "digits" / "model.onnx")
+    spec = dataclasses.replace(info.spec, min_batch=1, opt_batch=1, max_batch=max_batch)
+    cases = _single_step_cases(dataclasses.replace(info, spec=spec), seed=0)
+    seen = {int(i) for c in cases if c["batch"] == max_batch and c["cond"] != "null" for i in c["c"]}
+    assert seen == set(range(10)) and any(c["cond"] == "null" for c in cases)
+
+
+def test_a_single_step_case_that_is_nan_is_the_worst_error() -> None:
+    """A file whose output was NaN at batch 16 only passed (exit 0): Python's max drops a NaN that
+    is not the first row. (`sample -n 16` then failed on it, pointing the user at verify.)"""
+    from ddpm_export.verify import _single_step
+
+    cases = [{"t": 5, "batch": b, "cond": "none", "x": np.ones((b, 1, 2, 2), np.float32),
+              "tt": np.full(b, 5, np.int64), "c": None} for b in (1, 16, 2)]
+    expected = [c["x"] for c in cases]
+
+    def nan_at_16(x: np.ndarray, t: np.ndarray, c: None) -> np.ndarray:  # a backend wrong at one batch size
+        return np.full_like(x, np.nan) if x.shape[0] == 16 else x
+
+    result = _single_step(nan_at_16, cases, expected)
+    assert np.isnan(result["max_abs"]) and np.isnan(result["rel_l2"])

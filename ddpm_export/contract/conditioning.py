@@ -163,9 +163,14 @@ class ClassLabels(Conditioning):
         return self._check_ids(arr, num_classes, has_null)
 
     def check_inputs(self, rng: np.random.Generator, info: ModelInfo, batch: int) -> list[tuple[str, Any]]:
-        """Every class in turn, and the null class when the model has one."""
+        """Classes 0, 1, ... in turn, and the null class when the model has one. At the largest batch
+        every class: a batch smaller than ``num_classes`` is called again from id B, 2B, ... (with
+        max_batch 4 a file with classes 8 and 9 swapped passed verify)."""
         null = [("null", info.null_input(batch))] if info.null_class_id is not None else []
-        return [("classes", self.call_input(None, batch, info)), *null]
+        n = int(info.num_classes)  # type: ignore[arg-type]
+        starts = range(0, n, batch) if batch == info.spec.max_batch else range(1)
+        rotations = [(f"classes {k}.." if k else "classes", (np.arange(batch, dtype=np.int64) + k) % n) for k in starts]
+        return [*rotations, *null]
 
     @staticmethod
     def _check_ids(ids: np.ndarray, num_classes: int, has_null: bool) -> np.ndarray:
