@@ -54,8 +54,8 @@ from ddpm_export.runtime.info import ModelInfo, read_info
 from ddpm_export.runtime.openvino_backend import require_openvino
 from ddpm_export.threads import check_threads
 
-__all__ = ["BenchConfig", "OUR_PRECISIONS", "OurFile", "default_precisions", "format_report", "report_warnings",
-           "run_bench"]
+__all__ = ["BenchConfig", "OUR_PRECISIONS", "OurFile", "default_precisions", "failed_paths", "format_report",
+           "report_warnings", "run_bench"]
 
 #: what "precision" means for our paths: the file written and how the backend computes it
 OUR_PRECISIONS: dict[str, tuple[str, str | None]] = {  # name -> (file precision, OpenVINO inference precision)
@@ -122,6 +122,7 @@ class BenchConfig:
             if self.onnx is not None and values != ("auto",):  # a given file is benched as it is
                 raise BadInputError(f"{field} applies to the files the bench exports from --model, not to "
                                     f"{self.onnx}: leave it out, or bench --model without --onnx")
+        self._check_variants()
         if self.peers and self.model is None:
             raise BadInputError("the peers (eager, plain export) need --model; pass --no-peers with --onnx alone")
         openvino_only = [p for p in self.precisions if p in OPENVINO_ONLY_PRECISIONS]
@@ -130,6 +131,21 @@ class BenchConfig:
                 require_openvino()  # MissingDependencyError naming the extra
             raise BadInputError(f"precision {', '.join(openvino_only)} runs on OpenVINO only (bfloat16 arithmetic); "
                                 f"add openvino to --backend or leave it out of --precision")
+
+
+    def _check_variants(self) -> None:
+        """--attention / --rewrites variants are of the fp32 file (int8 files take ``auto``), and
+        several attention forms are compared on ONNX Runtime (OpenVINO runs the first): refused
+        where nothing would run them (the JSON recorded them as applied)."""
+        fp32 = any(OUR_PRECISIONS[p][0] == "fp32" for p in self.precisions)
+        for field, values in (("attention", self.attention), ("rewrites", self.rewrites)):
+            if values != ("auto",) and not fp32:
+                raise BadInputError(f"{field} {','.join(values)}: variants of the fp32 file, and --precision "
+                                    f"{','.join(self.precisions)} runs none (int8 files take auto); add fp32 or "
+                                    f"bf16 to --precision, or leave --{field} out")
+        if len(self.attention) > 1 and "onnxruntime" not in self.backends:
+            raise BadInputError(f"attention {','.join(self.attention)}: several forms are compared on ONNX Runtime "
+                                f"(OpenVINO runs the first); add onnxruntime to --backend or give one form")
 
 
 def _check_list(field: str, values: tuple[Any, ...]) -> None:
@@ -207,8 +223,8 @@ def _plain_backend(path: Path, engine: str, threads: int) -> Backend:
 
 
 def _loop_runner(backends: Callable[[int], Backend], info: ModelInfo, steps: int, timer: _Timed) -> Callable[[int], Callable[[], None]]:
-    """batch -> a run of the shared DDIM loop on ``backends(batch)`` through ``timer``."""
-    scheduler = make_scheduler(info.diffusion, "ddim", num_inference_steps=steps)
+    """batch -> a run of the shared DDIM loop on ``backends(batch)`` through ``timer``; each run builds
+    its scheduler, as ``Pipeline.sample`` does (its set-up counts to the first step of every path)."""
     spec = info.spec
 
     def for_batch(batch: int) -> Callable[[], None]:
@@ -219,6 +235,7 @@ def _loop_runner(backends: Callable[[int], Backend], info: ModelInfo, steps: int
 
         def run() -> None:
             timer.backend = backend
+            scheduler = make_scheduler(info.diffusion, "ddim", num_inference_steps=steps)
             sample(timer, scheduler, (batch, spec.in_channels, spec.sample_size, spec.sample_size), seed=0, cond=cond)
         return run
     return for_batch
@@ -369,21 +386,30 @@ def _measure(paths: list[_Path], order: list[_Path], batch: int, cfg: BenchConfi
     """Warm every path up, then ``repeats`` interleaved rounds (``order``, :func:`_run_order`, reversed
     every other round); per-step times (and each round's median), model-call share, RSS; rows in
     the order of ``paths``."""
-    runs = {}
+    runs, failed = {}, {}
     for p in paths:
-        runs[p.name] = p.runner(batch)
-        runs[p.name]()  # warm-up: first-run allocations, OpenVINO's shape compilation
+        try:
+            runs[p.name] = p.runner(batch)
+            runs[p.name]()  # warm-up: first-run allocations, OpenVINO's shape compilation
+        except Exception as e:  # noqa: BLE001 -- one engine's failure is that path's result, not the run's
+            failed[p.name] = _failure(p.name, batch, e, log)
     steps: dict[str, list[float]] = {p.name: [] for p in paths}
     rounds: dict[str, list[float]] = {p.name: [] for p in paths}  # each round's median step
     overhead: dict[str, list[float]] = {p.name: [] for p in paths}
     rss: dict[str, float] = {p.name: 0.0 for p in paths}
     for r in range(cfg.repeats):
         for p in order if r % 2 == 0 else order[::-1]:
+            if p.name in failed:
+                continue
             p.timer.reset()
-            with PeakRss() as peak:
-                start = time.perf_counter()
-                runs[p.name]()
-                end = time.perf_counter()
+            try:
+                with PeakRss() as peak:
+                    start = time.perf_counter()
+                    runs[p.name]()
+                    end = time.perf_counter()
+            except Exception as e:  # noqa: BLE001
+                failed[p.name] = _failure(p.name, batch, e, log)
+                continue
             marks = [start, *p.timer.starts[1:], end]  # the loop's set-up counts to the first step
             this_round = [1e3 * (b - a) for a, b in zip(marks, marks[1:])]
             steps[p.name] += this_round
@@ -392,10 +418,20 @@ def _measure(paths: list[_Path], order: list[_Path], batch: int, cfg: BenchConfi
             overhead[p.name].append(1.0 - model / (end - start))
             rss[p.name] = max(rss[p.name], peak.mib)
         log(f"  batch {batch}: round {r + 1}/{cfg.repeats} done")
-    return {name: {"median_ms": statistics.median(v), "p90_ms": float(np.percentile(v, 90)),
-                   "round_median_ms": rounds[name], "sampler_overhead_pct": 100 * statistics.median(overhead[name]),
-                   "peak_rss_mib": rss[name]}
+    return {name: ({"failed": failed[name]} if name in failed else
+                   {"median_ms": statistics.median(v), "p90_ms": float(np.percentile(v, 90)),
+                    "round_median_ms": rounds[name], "sampler_overhead_pct": 100 * statistics.median(overhead[name]),
+                    "peak_rss_mib": rss[name]})
             for name, v in steps.items()}
+
+
+def _failure(name: str, batch: int, error: Exception, log: Callable[[str], None]) -> str:
+    """A path's failure as its row's message (the other paths are measured on)."""
+    from ddpm_export.errors import describe
+
+    message = describe(error)
+    log(f"  {name} failed at batch {batch}: {message}")
+    return message
 
 
 #: our (backend, precision) -> the peer on the same engine at the same precision (int8 has none)
@@ -429,6 +465,7 @@ def _ratios(rows: dict[str, dict[str, Any]], paths: dict[str, dict[str, Any]], b
             gemm: float, full_steps: int) -> None:
     """Add images/s, ratios to eager, to the best peer and to the same-engine peer (each with its
     value per round), GFLOP/s and the GEMM fraction in place. ``paths``: name -> path record."""
+    rows = {name: row for name, row in rows.items() if "failed" not in row}  # a failed path: its message only
     peers = [name for name in rows if paths[name]["group"] == "peer"]
     best = _best_peer(rows, peers)
     for name, row in rows.items():
@@ -522,7 +559,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
     torch.set_num_threads(cfg.threads)
     report: dict[str, Any] = {"cpu": cpu_info(), "threads": {"intra_op": cfg.threads, "inter_op": 1,
                               "torch": torch.get_num_threads()},
-                              "config": {**dataclasses.asdict(cfg)}}
+                              "config": {**dataclasses.asdict(cfg)}, "versions": _versions()}
     with tempfile.TemporaryDirectory(prefix="ddpm-bench-") as tmp:
         folder = Path(tmp)
         if cfg.onnx:
@@ -561,6 +598,28 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
         report["images_per_s_steps"] = info.diffusion.num_inference_steps
     report["warnings"] = report_warnings(report)  # in the JSON too: `-q --json` prints no header
     return report
+
+
+def _versions() -> dict[str, str | None]:
+    """What produced the figures: a kernel change in any of these moves them."""
+    import importlib.metadata as im
+    import platform
+
+    from ddpm_export._version import __version__
+
+    def version(dist: str) -> str | None:
+        try:
+            return im.version(dist)
+        except im.PackageNotFoundError:
+            return None
+    return {"ddpm_export": __version__, "python": platform.python_version(),
+            **{d: version(d) for d in ("numpy", "torch", "onnx", "onnxruntime", "openvino")}}
+
+
+def failed_paths(report: dict[str, Any]) -> list[str]:
+    """``"<path> at batch <b>: <message>"`` for each path that failed (none: every path was measured)."""
+    return [f"{name} at batch {batch}: {row['failed']}" for batch, rows in report.get("results", {}).items()
+            for name, row in rows.items() if "failed" in row]
 
 
 def report_warnings(report: dict[str, Any]) -> list[str]:
@@ -609,7 +668,13 @@ def format_report(report: dict[str, Any]) -> str:
             f"{'x same (rounds)':>17} {'GFLOP/s':>8} {'%GEMM':>6} {'RSS MiB':>8} {'loop %':>7}")
     lines += [head, "-" * len(head)]
     for batch, rows in report["results"].items():
+        best_peer = next((r["best_peer"] for r in rows.values() if r.get("best_peer")), None)
+        if best_peer:
+            lines.append(f"batch {batch}: best peer {best_peer}")
         for name, r in rows.items():
+            if "failed" in r:
+                lines.append(f"{name:<{width}} {batch:>5} FAILED: {r['failed']}")
+                continue
             eager = "-" if r["vs_eager"] is None else f"{r['vs_eager']:.2f}"
             best = _with_rounds(r["vs_best_peer"], r["vs_best_peer_rounds"])
             same = _with_rounds(r["vs_same_engine_peer"], r["vs_same_engine_peer_rounds"])
@@ -617,9 +682,11 @@ def format_report(report: dict[str, Any]) -> str:
                          f"{eager:>8} {best:>17} {same:>17} {r['gflops']:>8.1f} {100 * r['gemm_fraction']:>5.0f}% "
                          f"{r['peak_rss_mib']:>8.0f} {r['sampler_overhead_pct']:>6.1f}%")
         lines.append("")
-    lines.append("x eager / x best: speed relative to eager and to the fastest peer (eager, plain-ort, plain-ov-*); "
+    lines.append("ms/step, p90: over every step of every round (pooled); x eager / x best: speed relative to eager "
+                 "and to the best peer (eager, plain-ort, plain-ov-*: the one no other peer beats in the paired ratios); "
                  "x same: relative to the peer on the same engine and precision (plain-ort for ours-onnxruntime-fp32, "
                  "plain-ov-f32 / plain-ov-bf16 for ours-openvino-fp32 / -bf16); each the median over the interleaved "
-                 "rounds of the round's ratio (its median step against the other's), (rounds): the lowest and highest; "
-                 "loop %: time outside the model call")
+                 "rounds of the round's ratio (its median step against the other's), (rounds): the lowest and highest "
+                 "-- paired, the ratios may rank two close paths otherwise than ms/step; loop %: time outside the "
+                 "model call")
     return "\n".join(lines)

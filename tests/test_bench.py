@@ -7,6 +7,7 @@ import importlib.util
 import json
 import os
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -90,7 +91,9 @@ def test_bench_reports_every_path(tmp_path: Path) -> None:
                 rounds = [p / m for p, m in zip(rows[peer]["round_median_ms"], row["round_median_ms"])]
                 assert row["vs_same_engine_peer_rounds"] == rounds
                 assert row["vs_same_engine_peer"] == pytest.approx((rounds[0] + rounds[1]) / 2)  # two rounds' median
-    assert "x same (rounds)" in result.output
+    assert "x same (rounds)" in result.output and f"batch 1: best peer {report['results']['1']['eager']['best_peer']}" \
+        in result.output
+    assert report["versions"]["onnxruntime"] and report["versions"]["ddpm_export"]  # what produced the figures
 
 
 def test_the_best_peer_is_the_one_no_peer_beats_in_the_paired_rounds() -> None:
@@ -122,6 +125,12 @@ def test_bench_needs_a_model_or_a_file() -> None:
     # auto is the decomposed form for ONNX Runtime: one file, measured once, reported for both
     (["--model", "tiny", "--attention", "auto,decomposed"], "attention auto and decomposed are the same form for "
                                                             "ONNX Runtime (decomposed): list it once"),
+    # variants nothing runs were recorded in the JSON as applied
+    (["--model", "tiny", "--precision", "int8", "--rewrites", "none"], "rewrites none: variants of the fp32 file, "
+                                                                        "and --precision int8 runs none"),
+    (["--model", "tiny", "--backend", "openvino", "--attention", "decomposed,ort-mha"],
+     "attention decomposed,ort-mha: several forms are compared on ONNX Runtime"),
+    (["--model", "tiny", "--repeats", "99999999999999999999"], "--repeats"),
 ])
 def test_bench_refuses_bad_input_before_any_work(args: list[str], message: str) -> None:
     """Bad input: exit status 2, one line naming the option, and nothing exported or timed."""
@@ -254,3 +263,30 @@ def test_a_run_whose_gemm_ceiling_readings_disagree_is_flagged(run: str, warned:
         assert warnings == []
     else:
         assert len(warnings) == 1 and f"GEMM ceiling readings are {warned} GFLOP/s)" in warnings[0], warnings
+
+
+def test_a_path_that_fails_is_reported_and_the_others_are_measured(tmp_path: Path) -> None:
+    """An engine error on one path (a kernel failing in round 2 here) ended the whole run: no table,
+    no JSON, and a peer's error was a traceback."""
+    from ddpm_export.bench import BenchConfig, _measure, _Path, _Timed, failed_paths, format_report
+
+    def runner(fail_in_call: int | None):
+        def for_batch(batch: int):
+            calls = []
+
+            def run() -> None:
+                calls.append(1)
+                if len(calls) == fail_in_call:
+                    raise RuntimeError("kernel failed")
+                time.sleep(0.001)
+            return run
+        return for_batch
+
+    paths = [_Path(name, "peer", runner(fail), {}, _Timed(lambda x, t, c: x))
+             for name, fail in (("eager", None), ("plain-ort", 3))]  # warm-up, round 1, then fails
+    cfg = BenchConfig(model="tiny", backends=("onnxruntime",), precisions=("fp32",), batches=(1,), threads=1,
+                      steps=1, repeats=3)
+    rows = _measure(paths, paths, 1, cfg, log=lambda line: None)
+    assert rows["plain-ort"] == {"failed": "kernel failed"} and len(rows["eager"]["round_median_ms"]) == 3
+    report = {"results": {"1": rows}}
+    assert failed_paths(report) == ["plain-ort at batch 1: kernel failed"]

@@ -50,7 +50,7 @@ def _csv(kind: type, choices: tuple[str, ...] | None = None):  # type: ignore[no
 @click.option("--threads", type=click.IntRange(1, MAX_THREADS), default=None,
               help="Threads for every engine [default: `ddpm-export --threads`, else every CPU this process may use].")
 @click.option("--steps", type=click.IntRange(1), default=10, help="DDIM steps per timed run.")
-@click.option("--repeats", type=click.IntRange(1), default=3, help="Interleaved rounds (every path once per round).")
+@click.option("--repeats", type=click.IntRange(1, 1000), default=3, help="Interleaved rounds (every path once per round).")
 @click.option("--peers/--no-peers", default=True, help="Also run eager PyTorch and the plain torch.onnx.export file.")
 @click.option("-o", "--output", "--json", "json_path", type=click.Path(dir_okay=False), default=None,
               help="Write the report as JSON here.")
@@ -67,6 +67,8 @@ def command(model: str | None, onnx_path: str | None, backends: tuple, precision
     and its fraction of a fp32 GEMM ceiling measured in the same run, peak RSS, and the
     sampler's time outside the model. Prints the CPU model and flags, the thread settings
     and the background load seen. Needs the export extra (torch); openvino for OpenVINO paths.
+    A path whose engine fails is reported as FAILED and the others are measured on (exit 2 once
+    the table and --json are written).
     \b
     Examples:
       ddpm-export bench --model ddpm-cifar10 --batch 1,8 --threads 2 --json bench.json
@@ -75,8 +77,9 @@ def command(model: str | None, onnx_path: str | None, backends: tuple, precision
     """
     import json
 
-    from ddpm_export.bench import BenchConfig, format_report, run_bench
-    from ddpm_export.console import require_output_when_quiet, use_flag_names
+    from ddpm_export.bench import BenchConfig, failed_paths, format_report, run_bench
+    from ddpm_export.console import count, require_output_when_quiet, use_flag_names
+    from ddpm_export.errors import EngineError
     from ddpm_export.files import atomic_file, refuse_existing_file, refuse_same_file
     from ddpm_export.inputs import input_files
     from ddpm_export.threads import get_threads
@@ -97,3 +100,6 @@ def command(model: str | None, onnx_path: str | None, backends: tuple, precision
         with atomic_file(json_path, force=force) as tmp:
             tmp.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n", encoding="utf-8")
         click.echo(f"wrote {json_path}")
+    failed = failed_paths(report)
+    if failed:  # after the table and the JSON: the other paths' figures are kept
+        raise EngineError(f"{count(len(failed), 'path')} failed, the others were measured: {'; '.join(failed)}")
