@@ -48,16 +48,24 @@ def cpu_info() -> dict[str, Any]:
 
 
 def _busy_jiffies() -> tuple[int, int]:
-    """``(busy, total)`` jiffies over all CPUs from the first line of /proc/stat."""
-    fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-    total = sum(fields[:8])  # user nice system idle iowait irq softirq steal (guest is inside user)
-    return total - idle, total
+    """``(busy, total)`` jiffies over the CPUs this process may run on (its affinity: under
+    ``taskset -c 0`` a busy CPU 1 is no load on it) from their ``cpuN`` lines of /proc/stat."""
+    mine = {f"cpu{n}" for n in os.sched_getaffinity(0)}
+    busy = total = 0
+    for line in Path("/proc/stat").read_text().splitlines():
+        name, *values = line.split()
+        if name in mine:
+            fields = [int(v) for v in values]
+            cpu_total = sum(fields[:8])  # user nice system idle iowait irq softirq steal (guest is inside user)
+            busy += cpu_total - fields[3] - (fields[4] if len(fields) > 4 else 0)  # less idle + iowait
+            total += cpu_total
+    return busy, total
 
 
 class LoadMeter:
     """Background load between :meth:`start` and :meth:`stop`: other processes' CPU time as a
-    fraction of all CPUs (0 = the machine was ours alone; 1 = every CPU busy with other work)."""
+    fraction of the CPUs this process may use (0 = they were ours alone; 1 = every one busy with
+    other work)."""
 
     def start(self) -> "LoadMeter":
         self._busy, self._total = _busy_jiffies()

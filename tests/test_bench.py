@@ -290,3 +290,21 @@ def test_a_path_that_fails_is_reported_and_the_others_are_measured(tmp_path: Pat
     assert rows["plain-ort"] == {"failed": "kernel failed"} and len(rows["eager"]["round_median_ms"]) == 3
     report = {"results": {"1": rows}}
     assert failed_paths(report) == ["plain-ort at batch 1: kernel failed"]
+
+
+def test_the_background_load_counts_only_the_cpus_this_process_may_use() -> None:
+    """Under `taskset -c 0` a busy CPU 1 read as 72% background load on CPU 0 (the whole machine's
+    first /proc/stat line was summed)."""
+    import subprocess
+    import sys
+
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs two CPUs")
+    code = ("import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
+            "from ddpm_export.machine import _busy_jiffies; from pathlib import Path; "
+            "busy, total = _busy_jiffies(); cpu = f'cpu{min(os.sched_getaffinity(0))} '; "
+            "line = next(l for l in Path('/proc/stat').read_text().splitlines() if l.startswith(cpu)); "
+            "print(total, sum(int(v) for v in line.split()[1:9]))")
+    mine, cpu0 = map(int, subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                         check=True).stdout.split())
+    assert 0 <= cpu0 - mine <= 50  # one CPU's jiffies (read a moment later), not the machine's
