@@ -53,8 +53,8 @@ def bundle_files(folder: str | Path) -> list[str] | None:
         if data.get("format") != BUNDLE_FORMAT:
             return None
         return [BUNDLE_MANIFEST, *(str(entry["path"]) for entry in data.get("files", []))]
-    except (OSError, ValueError, AttributeError, KeyError, TypeError, RecursionError):  # unreadable: not one
-        # we can vouch for (RecursionError: JSON nested too deep for the parser)
+    # unreadable (RecursionError: JSON nested past the parser's depth): not one we can vouch for
+    except (OSError, ValueError, AttributeError, KeyError, TypeError, RecursionError):
         return None
 
 
@@ -265,7 +265,7 @@ def scratch_folder(path: str | Path) -> Iterator[Path]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def rmtree(path: Path) -> None:
+def _rmtree(path: Path) -> None:
     """Remove the folder ``path`` even where its folders were made read-only (a deployed bundle
     moved aside by ``--force``: ``shutil.rmtree(ignore_errors=True)`` left all of it behind)."""
     for folder, _, _ in os.walk(path):
@@ -303,7 +303,7 @@ def remove_leftovers(path: str | Path) -> list[Path]:
             continue
         if leftover.is_dir() and not leftover.is_symlink():
             with contextlib.suppress(OSError):
-                rmtree(leftover)
+                _rmtree(leftover)
         else:
             leftover.unlink(missing_ok=True)
         removed.append(leftover)
@@ -482,4 +482,4 @@ def atomic_dir(path: str | Path, kind: OutputFolder, *, force: bool = False) -> 
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
             with contextlib.suppress(OSError):
-                rmtree(old)
+                _rmtree(old)

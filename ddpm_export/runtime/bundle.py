@@ -208,8 +208,9 @@ def _check_recorded_metadata(folder: Path, manifest: Manifest) -> None:
         info = ModelInfo.from_metadata(props, source=str(path))
         _check_summary(folder, f"models[{entry['onnx']!r}]",
                        {"precision": entry.get("precision"), "attention": entry.get("attention"),
-                        "diffusion": manifest.diffusion},
-                       {"precision": info.precision, "attention": info.attention, "diffusion": info.diffusion})
+                        **{f"diffusion.{k}": v for k, v in manifest.diffusion.to_dict().items()}},
+                       {"precision": info.precision, "attention": info.attention,
+                        **{f"diffusion.{k}": v for k, v in info.diffusion.to_dict().items()}})
     _check_summary(folder, "sampler_defaults", manifest.sampler_defaults,
                    json.loads(json.dumps(sampler_defaults(manifest.diffusion))))
 

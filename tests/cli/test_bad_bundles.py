@@ -87,7 +87,8 @@ MANIFEST_CASES = {
                                 "sampler_defaults 'num_inference_steps' is -3, its ONNX file's metadata says 50"),
     "precision-edited": (lambda d: d["models"][0].update(precision="int8"),
                          "models\\['tiny.onnx'\\] 'precision' is 'int8', its ONNX file's metadata says 'fp32'"),
-    "diffusion-edited": (lambda d: d["diffusion"].update(beta_end=0.03), "models\\['tiny.onnx'\\] 'diffusion' is "),
+    "diffusion-edited": (lambda d: d["diffusion"].update(beta_end=0.03),
+                         "models\\['tiny.onnx'\\] 'diffusion.beta_end' is 0.03, its ONNX file's metadata says 0.02"),
 }
 
 
