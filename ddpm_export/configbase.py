@@ -105,7 +105,7 @@ class FrozenConfig:
         version = data.get("version", cls.VERSION)
         if type(version) is not int or version < 1:
             raise ConfigFileError(f"{source}: version={version!r} is not a {cls.__name__} version: it must be an "
-                              f"integer 1..{cls.VERSION} (this ddpm-export writes {cls.VERSION})")
+                                  f"integer 1..{cls.VERSION} (this ddpm-export writes {cls.VERSION})")
         if version > cls.VERSION:
             raise ConfigFileError(
                 f"{source}: version={version!r} is not supported by this ddpm-export "

@@ -8,7 +8,8 @@ from typing import Any
 import numpy as np
 
 __all__ = ["BF16_CALL_REL_L2", "BF16_FINAL_PSNR_DB", "BF16_LOCAL_REL_L2", "BF16_REL_L2", "FP16_REL_L2", "FP32_MAX_ABS",
-           "INT8_CALL_REL_L2", "INT8_FINAL_PSNR_DB", "INT8_LOCAL_REL_L2", "INT8_REL_L2", "compare", "errors", "output_scale"]
+           "INT8_CALL_REL_L2", "INT8_FINAL_PSNR_DB", "INT8_LOCAL_REL_L2", "INT8_REL_L2", "compare", "errors",
+           "output_scale"]
 
 #: one model call, exported vs torch float32: max abs error for fp32 files (for outputs of unit
 #: scale; times :func:`output_scale` for larger ones), relative L2 for fp16

@@ -109,8 +109,8 @@ def _whatif_lines(report: dict[str, Any]) -> list[str]:
             continue
         rows.append([w["change"], _fmt_int(w["params"]), f"{w['params'] / base['params']:.2f}x",
                      f"{w['flops'] / 1e6:,.1f}", f"{w['flops'] / base['flops']:.2f}x", _fmt_bytes(w["score_bytes"])])
-    return [*_table(["what if", "params", "", "MFLOPs", "", f"scores @B={report['batch']}"], rows, right={1, 2, 3, 4, 5}),
-            *invalid]
+    header = ["what if", "params", "", "MFLOPs", "", f"scores @B={report['batch']}"]
+    return [*_table(header, rows, right={1, 2, 3, 4, 5}), *invalid]
 
 
 def format_profile(report: dict[str, Any]) -> str:

@@ -50,7 +50,8 @@ def _csv(kind: type, choices: tuple[str, ...] | None = None):  # type: ignore[no
 @click.option("--threads", type=click.IntRange(1, MAX_THREADS), default=None,
               help="Threads for every engine [default: `ddpm-export --threads`, else every CPU this process may use].")
 @click.option("--steps", type=click.IntRange(1), default=10, help="DDIM steps per timed run.")
-@click.option("--repeats", type=click.IntRange(1, 1000), default=3, help="Interleaved rounds (every path once per round).")
+@click.option("--repeats", type=click.IntRange(1, 1000), default=3,
+              help="Interleaved rounds (every path once per round).")
 @click.option("--peers/--no-peers", default=True, help="Also run eager PyTorch and the plain torch.onnx.export file.")
 @click.option("-o", "--output", "--json", "json_path", type=click.Path(dir_okay=False), default=None,
               help="Write the report as JSON here.")

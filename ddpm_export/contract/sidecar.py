@@ -41,8 +41,8 @@ from ddpm_export.contract.choices import HARDWARE_COMPATIBILITY
 from ddpm_export.errors import BadInputError, IntegrityError
 from ddpm_export.files import atomic_file
 
-__all__ = ["EngineMismatchError", "check_sidecar", "make_sidecar", "needs_host_code", "read_sidecar", "sidecar_path", "sidecar_text",
-           "write_sidecar"]
+__all__ = ["EngineMismatchError", "check_sidecar", "make_sidecar", "needs_host_code", "read_sidecar", "sidecar_path",
+           "sidecar_text", "write_sidecar"]
 
 Profile = Mapping[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]
 AMPERE = (8, 0)

@@ -72,7 +72,8 @@ MANIFEST_CASES = {
                          "model 'tiny.onnx': 'engines' must be a list of file names"),
     # the entry was shown whole (2,228 characters of metadata) without naming what is wrong
     "model-lacks-onnx": (lambda d: d["models"][0].pop("onnx"), "a 'models' entry lacks onnx \\(each needs onnx, "),
-    "model-onnx-is-int": (lambda d: d["models"][0].update(onnx=3), "a 'models' entry's onnx must be a file name; got int"),
+    "model-onnx-is-int": (lambda d: d["models"][0].update(onnx=3),
+                          "a 'models' entry's onnx must be a file name; got int"),
     "metadata-not-object": (lambda d: d["models"][0].update(metadata=[1]), "'metadata' must map strings"),
     "models-missing": (lambda d: d.pop("models"), "'models' must be a non-empty list"),
     "diffusion-bad": (lambda d: d.update(diffusion={"num_train_timesteps": "many"}), "num_train_timesteps"),
