@@ -231,7 +231,18 @@ def trace_to_onnx(unet: UNet, spec: ExportSpec, *, precision: str, attention: st
                           input_names=spec.input_names, output_names=spec.output_names,
                           dynamic_axes=spec.dynamic_axes, do_constant_folding=True,
                           custom_opsets={"com.microsoft": 1} if attention == "ort-mha" else None)
-    return onnx.load_from_string(buffer.getvalue())
+    proto = onnx.load_from_string(buffer.getvalue())
+    _declare_output_shape(proto, spec)
+    return proto
+
+
+def _declare_output_shape(proto: onnx.ModelProto, spec: ExportSpec) -> None:
+    """The output's C, H, W as numbers: torch's shape inference stops at ``com.microsoft``'s
+    MultiHeadAttention and declared them as names (``Castmodel_output_dim_1``) in ``ort-mha`` files."""
+    dims = proto.graph.output[0].type.tensor_type.shape.dim
+    for dim, size in zip(list(dims)[1:], spec.output_shape(1)[1:]):
+        dim.Clear()
+        dim.dim_value = size
 
 
 def _quantize(proto: onnx.ModelProto, unet: UNet, spec: ExportSpec, diffusion: DiffusionConfig,

@@ -274,6 +274,11 @@ def make_bundle(onnx: Sequence[str | Path], out: str | Path, *, engines: Sequenc
             raise InputNotFoundError(f"{path}: no such engine file", path)
         sidecar = read_sidecar(path)
         owner = hashes.get(sidecar["onnx_sha256"])
+        converted = sidecar.get("converted_from")
+        if owner is None and isinstance(converted, dict) and converted.get("onnx_sha256") in hashes:
+            graph = path.with_name(path.name + ".onnx")  # `trt --fp16` on an fp32 file: its fp16 graph
+            raise BundleError(f"{path}: built from {graph.name}, the fp16 graph `trt --fp16` converted from "
+                              f"{hashes[converted['onnx_sha256']]}: bundle that graph with it (--onnx {graph})")
         if owner is None:
             raise BundleError(f"{path}: built from an ONNX file with sha256 {sidecar['onnx_sha256']} "
                               f"(per {sidecar_path(path).name}), which is none of the bundled ONNX files; "

@@ -190,6 +190,16 @@ def test_ddpm_cifar10_exports_and_validates(exported, precision):
     assert exp.result.spec.input_shapes(1)["x_t"] == (1, 3, 32, 32)
 
 
+@pytest.mark.parametrize("case", slow_if_cifar([c for c in ALL_CASES if c[0] in ("tiny", "context")]), ids=_case_id)
+def test_the_output_shape_is_declared_with_numbers(exported, case):
+    """`ort-mha` files declared C, H, W as names (torch's shape inference stops at the
+    com.microsoft MultiHeadAttention): tools reading the graph saw unknown dims."""
+    exp = exported(*case)
+    dims = exp.model.graph.output[0].type.tensor_type.shape.dim
+    assert [d.dim_param for d in dims[:1]] == ["batch"]
+    assert [d.dim_value for d in dims[1:]] == list(exp.result.spec.output_shape(1)[1:])
+
+
 # --- attention forms in the graph ----------------------------------------------------------------
 @pytest.mark.parametrize("case", slow_if_cifar([c for c in ALL_CASES if c[0] != "ddpm-cifar10" or c[1] == "fp32"]),
                          ids=_case_id)

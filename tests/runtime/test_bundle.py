@@ -116,6 +116,16 @@ def test_an_engine_from_another_onnx_file_is_refused(onnx_file: Path, engine: Pa
     sidecar_path(other).write_text(json.dumps({"onnx_sha256": "0" * 64}))
     with pytest.raises(BundleError, match=r"other\.plan: built from an ONNX file with sha256 0{64}"):
         make_bundle([onnx_file], tmp_path / "b", engines=[other])
+    # `trt --onnx tiny.onnx --fp16` builds from the fp16 graph it converts (its sidecar names that
+    # graph, and tiny.onnx as converted_from): the README bundled it with tiny.onnx, refused as "none
+    # of the bundled ONNX files; rebuild the engine from tiny.onnx"
+    converted = tmp_path / "c.plan"
+    converted.write_bytes(b"x")
+    sidecar_path(converted).write_text(json.dumps({"onnx_sha256": "1" * 64, "converted_from": {
+        "onnx_file": onnx_file.name, "onnx_sha256": _sha(onnx_file)}}))
+    with pytest.raises(BundleError, match=r"c\.plan: built from c\.plan\.onnx, the fp16 graph `trt --fp16` converted "
+                                          r"from tiny\.onnx: bundle that graph with it \(--onnx .*c\.plan\.onnx\)"):
+        make_bundle([onnx_file], tmp_path / "b", engines=[converted])
     lonely = tmp_path / "lonely.plan"
     lonely.write_bytes(b"x")
     with pytest.raises(ValueError, match=r"lonely\.plan\.json is missing"):
