@@ -103,16 +103,7 @@ class UNetConfig(FrozenConfig):
             for c in self.level_channels:
                 check(c % self.num_groups == 0, "num_groups",
                       f"{self.num_groups} must divide every level's channels {list(self.level_channels)}")
-        if self.resolutions[-1] == 1:  # the last level and the bottleneck are 1 x 1
-            c = min(self.level_channels[-2:])  # the last level's first block normalizes the level above's channels
-            check(self.time_conditioning != "adain", "time_conditioning",
-                  f"'adain' normalizes each channel over the feature map, and the last level is 1x1 "
-                  f"(sample_size {self.sample_size}, {len(self.channel_mult)} levels): every feature would be 0; "
-                  f"use fewer levels or a larger sample_size")
-            per_group = {"group": c // self.num_groups, "layer": c, "batch": 2}[self.norm]
-            check(per_group > 1, "num_groups",
-                  f"the last level is 1x1, so each of its {self.norm} norm groups holds {per_group} value(s); "
-                  f"a group needs more than one (fewer groups, or fewer levels)")
+        self._validate_bottleneck()
         check(self.time_embed_dim % 2 == 0 or self.time_embedding == "learned", "base_channels",
               "the sinusoidal embedding needs an even base_channels")
         check(self.head_dim is None or self.num_heads == 1, "num_heads",
@@ -144,6 +135,21 @@ class UNetConfig(FrozenConfig):
             for c in self.level_channels:
                 check(c % 4 == 0, "positional_encoding",
                       f"'sinusoidal_2d' needs channels divisible by 4, got {list(self.level_channels)}")
+
+    def _validate_bottleneck(self) -> None:
+        """A 1x1 last level (and bottleneck) normalizes single values: AdaIN's instance norm and a
+        group of one channel output 0 for every input (export crashed at batch 1)."""
+        if self.resolutions[-1] != 1:
+            return
+        c = min(self.level_channels[-2:])  # the last level's first block normalizes the level above's channels
+        check(self.time_conditioning != "adain", "time_conditioning",
+              f"'adain' normalizes each channel over the feature map, and the last level is 1x1 "
+              f"(sample_size {self.sample_size}, {len(self.channel_mult)} levels): every feature would be 0; "
+              f"use fewer levels or a larger sample_size")
+        per_group = {"group": c // self.num_groups, "layer": c, "batch": 2}[self.norm]
+        check(per_group > 1, "num_groups",
+              f"the last level is 1x1, so each of its {self.norm} norm groups holds {per_group} value(s); "
+              f"a group needs more than one (fewer groups, or fewer levels)")
 
     # --- derived quantities --------------------------------------------------------------
     @property

@@ -222,7 +222,6 @@ def verify(model: str | Path, onnx: str | Path, *, engine: str | Path | None = N
     spec, cfg, T = info.spec, info.diffusion, info.diffusion.num_train_timesteps
     solver_schedulers = _solver_schedulers(cfg, solvers, solver_steps)
     onnx_sha, source_match = sha256_file(onnx), _check_source(model, unet, onnx, info)
-    schedule_note = _schedule_note(model, onnx, info)
 
     reference = TorchBackend(unet)
     candidates = _candidates(onnx, spec, engine, providers, onnx_sha, gpu_backends, threads, inference_precision)
@@ -230,15 +229,13 @@ def verify(model: str | Path, onnx: str | Path, *, engine: str | Path | None = N
     n_ddpm = T if ddpm_steps is None else ddpm_steps
     notes = [] if n_ddpm == T else [f"DDPM trajectory respaced to {n_ddpm} of {T} steps (ddpm_steps={n_ddpm}); "
                                     f"the default checks all {T}"]
-    notes += [] if schedule_note is None else [schedule_note]
+    notes += _schedule_notes(model, onnx, info, log)
     cond = spec.conditioning.call_input(None, batch, info)  # every class in turn, or None
     null = info.null_input(batch) if guidance_scale != 1.0 else None
     run = functools.partial(_run, shape=(batch, spec.in_channels, spec.sample_size, spec.sample_size), seed=seed,
                             cond=cond, null=null, guidance=guidance_scale, progress=progress)
 
     log(f"verify {onnx} ({info.precision}) against {model} (PyTorch), seed {seed}; {_named(precisions)}")
-    if schedule_note is not None:
-        log(f"warning: {schedule_note}")
     results = _single_steps(reference, candidates, info, seed, log)
     for kind, scheduler in {"ddim": _scheduler(cfg, "ddim", steps), "ddpm": _scheduler(cfg, "ddpm", n_ddpm),
                             **solver_schedulers}.items():
@@ -301,8 +298,8 @@ def _check_source(model: str | Path, unet: Any, onnx: Path, info: ModelInfo) -> 
     return None if weights is None else True
 
 
-def _schedule_note(model: str | Path, onnx: Path, info: ModelInfo) -> str | None:
-    """A note (printed as a warning and kept in the report) when the model's schedule -- its
+def _schedule_notes(model: str | Path, onnx: Path, info: ModelInfo, log: Callable[[str], None]) -> list[str]:
+    """A note (logged as a warning, kept in the report) when the model's schedule -- its
     ``diffusion.json`` or diffusers scheduler config, else the default one, as the export takes --
     is not the one the file records: both sides of the checks use the file's, so they cannot tell
     (a file edited to a cosine schedule passed without a word)."""
@@ -310,12 +307,14 @@ def _schedule_note(model: str | Path, onnx: Path, info: ModelInfo) -> str | None
 
     ours = diffusion_config_for(model) or DiffusionConfig()
     if ours == info.diffusion:
-        return None
+        return []
     a, b = info.diffusion.to_dict(), ours.to_dict()
     where = schedule_file(model) or "the default schedule (the model has no schedule file)"
     fields = ", ".join(f"{k} ({a[k]!r} in the file, {b[k]!r} in {where})" for k in info.diffusion.differences(ours))
-    return (f"{onnx} records another schedule than its model's: {fields}; the checks use the file's -- "
+    note = (f"{onnx} records another schedule than its model's: {fields}; the checks use the file's -- "
             f"re-export it after changing the schedule")
+    log(f"warning: {note}")
+    return [note]
 
 
 def _check_arguments(info: ModelInfo, unet_config: Any, model: str | Path, onnx: Path, steps: int,
