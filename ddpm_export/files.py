@@ -90,6 +90,10 @@ def refuse_existing(path: str | Path, force: bool, flag: str = "--force") -> Non
         parent = parent.parent
     if not parent.is_dir():
         raise NotAFolderError(f"{path}: cannot be written, {parent} is a file, not a folder")
+    name_max = os.pathconf(parent, "PC_NAME_MAX")  # the probe below uses a shorter name of its own
+    if len(os.fsencode(Path(path).name)) > name_max:
+        raise BadInputError(f"{path}: cannot be written, its name is {len(os.fsencode(Path(path).name))} bytes and "
+                            f"the file system allows {name_max}")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise BadInputError(f"{path}: cannot be written, the folder {parent} is not writable")
     probe = temp_sibling(parent / Path(path).name)  # a name of its own: nameless paths are refused above

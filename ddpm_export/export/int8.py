@@ -46,12 +46,11 @@ from google.protobuf.message import DecodeError
 from ddpm_export.diffusion.config import DiffusionConfig
 from ddpm_export.contract.spec import T_NAME, X_NAME, ExportSpec
 from ddpm_export.errors import EngineError
+from ddpm_export.export.precision_policy import FLOAT_GROUPS
 
 __all__ = ["CalibrationConfig", "FLOAT_GROUPS", "float_nodes", "quantize_int8", "quantizes_outputs",
            "record_calibration_inputs", "untie_initializers"]
 
-#: the node groups kept in float by default (see the module docstring)
-FLOAT_GROUPS: tuple[str, ...] = ("embedding", "first_last_conv", "attention")
 QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")
 #: images per calibration run at most (each class in turn up to it; with guidance twice the rows)
 MAX_CALIBRATION_IMAGES = 32

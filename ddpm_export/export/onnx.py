@@ -37,7 +37,7 @@ from ddpm_export.export.rewrites import resolve_rewrites
 from ddpm_export.export.validate import NonFiniteModelError, ValidationError, ValidationReport, validate_onnx
 from ddpm_export.files import (made_parents, names_no_file, refuse_existing_file, refuse_same_file, remove_leftovers,
                                rename_into_place, scratch_folder)
-from ddpm_export.nn.attention import use_attention_kernel
+from ddpm_export.nn.attention import Attention, use_attention_kernel
 from ddpm_export.nn.checkpoint import (DIFFUSION_NAME, diffusion_config_for, load_model, schedule_file,
                                       weights_path)
 from ddpm_export.nn.rewrites import applicable, use_rewrites
@@ -92,12 +92,16 @@ def export_onnx(model: str | Path, out: str | Path, *, opset: int = DEFAULT_OPSE
     io_paths = check_io_paths(save_io, force=force) if save_io is not None else None
     unet = load_model(model)
     applied = _kept_rewrites(unet, applied, rewrites, model, log)
+    form = _kept_attention(unet, form, attention, model, log)
     diffusion, schedule_source = _schedule(model, unet, diffusion)
     if opt_batch is None:
         opt_batch = min(max(DEFAULT_OPT_BATCH, min_batch), max_batch)
     spec = ExportSpec.from_config(unet.config, min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch)
     if precision == "int8":  # calibration samples trajectories
         spec.check_samplable(f"--precision int8 of {model} (calibrated along sampled trajectories)")
+        if spec.cond_kind == "context":  # a context has no source here: calibration failed after the trace
+            raise BadInputError(f"--precision int8 of {model}: calibration samples the model's trajectories, and a "
+                                f"context-conditioned model has no contexts to sample them with; export fp32 or fp16")
     log(f"exporting {model} -> {out} ({precision}, opset {opset})")  # every option and input checked
     if schedule_source.endswith(SCHEDULER_CONFIG_NAME):  # a diffusers folder: say what its scheduler became
         log(f"schedule from {schedule_source}: {diffusion.beta_schedule} betas, T={diffusion.num_train_timesteps}, "
@@ -111,7 +115,8 @@ def export_onnx(model: str | Path, out: str | Path, *, opset: int = DEFAULT_OPSE
     proto.metadata_props.clear()
     for key, value in md.metadata_props(
         unet=unet.config, diffusion=diffusion, spec=spec, attention=form, rewrites=applied, target=target,
-        policy=policy(precision, attention=form, quantized_outputs=quantized_outputs),
+        policy=policy(precision, attention=form, quantized_outputs=quantized_outputs,
+                      float_groups=(calibration or CalibrationConfig()).float_groups),
         exporter_version=f"ddpm-export {__version__}; torch {torch.__version__.split('+')[0]}; onnx {onnx.__version__}",
         source=str(model) if source is None else source.name,
         source_sha256=md.sha256_file(source) if source else state_sha256(unet),
@@ -135,6 +140,17 @@ def _kept_rewrites(unet: UNet, applied: tuple[str, ...], asked: str, model: str 
     if kept != applied and asked not in ("auto", "none"):
         log(f"rewrites {', '.join(r for r in applied if r not in kept)}: nothing to rewrite in {model}; not applied")
     return kept
+
+
+def _kept_attention(unet: UNet, form: str, asked: str, model: str | Path, log: Callable[[str], None]) -> str:
+    """``form``, or ``decomposed`` for a model without attention (the file records what it holds: an
+    ``ort-mha`` file of one had no MultiHeadAttention node and would be refused where that form is);
+    said when a form was asked for by name."""
+    if form == "decomposed" or any(isinstance(m, Attention) for m in unet.modules()):
+        return form
+    if asked != "auto":
+        log(f"attention {asked}: {model} has no attention; not applied")
+    return "decomposed"
 
 
 def _schedule(model: str | Path, unet: UNet, diffusion: DiffusionConfig | None) -> tuple[DiffusionConfig, str]:

@@ -14,6 +14,7 @@ from polygraphy.json import save_json
 from polygraphy.logger import G_LOGGER
 
 from ddpm_export.contract.spec import ExportSpec
+from ddpm_export.errors import BadInputError
 from ddpm_export.export.validate import torch_reference
 from ddpm_export.files import atomic_files, refuse_existing_file
 from ddpm_export.nn.unet import UNet
@@ -25,6 +26,8 @@ def check_io_paths(out_dir: str | Path, *, force: bool = False) -> tuple[Path, P
     """``(inputs.json, outputs.json)`` in ``out_dir``; refuses existing ones unless ``force``, and
     a folder they cannot be written into (checked before an export starts, so a refusal writes
     nothing)."""
+    if str(out_dir) == "":  # Path("") is the current folder: the files landed there without a word
+        raise BadInputError("--save-io '' names no folder; give one (. for the current folder)")
     out = Path(out_dir)
     paths = out / INPUTS_NAME, out / OUTPUTS_NAME
     for path in paths:

@@ -13,7 +13,7 @@ from ddpm_export.configbase import check_choice
 from ddpm_export.contract.choices import ATTENTION_FORMS, PRECISIONS
 from ddpm_export.errors import BadInputError
 
-__all__ = ["FP32_ISLANDS", "PRECISIONS", "Precision", "check_precision", "fp16_islands", "policy"]
+__all__ = ["FLOAT_GROUPS", "FP32_ISLANDS", "PRECISIONS", "Precision", "check_precision", "fp16_islands", "policy"]
 
 Precision = Literal["fp32", "fp16", "int8"]  # int8: the fp32 graph, quantized (ddpm_export.export.int8)
 FP32_ISLANDS = ("time_embedding", "class_embedding", "normalization_statistics", "position_codes",
@@ -31,15 +31,20 @@ def fp16_islands(attention: str) -> list[str]:
                       "ort-mha": []}[attention]
 
 
-def policy(precision: str, *, attention: str = "decomposed", quantized_outputs: bool = True) -> dict[str, object]:
+#: the node groups an int8 file keeps in float by default (:mod:`ddpm_export.export.int8`)
+FLOAT_GROUPS: tuple[str, ...] = ("embedding", "first_last_conv", "attention")
+
+
+def policy(precision: str, *, attention: str = "decomposed", quantized_outputs: bool = True,
+           float_groups: tuple[str, ...] = FLOAT_GROUPS) -> dict[str, object]:
     """The policy as recorded in the ONNX metadata. ``attention``: the graph's attention form (fp16:
-    which of attention stays fp32, :func:`fp16_islands`). ``quantized_outputs``: int8 only, whether
-    the outputs of the quantized ops are quantized too (:func:`ddpm_export.export.int8.quantize_int8`)."""
+    which of attention stays fp32, :func:`fp16_islands`). ``quantized_outputs`` and ``float_groups``:
+    int8 only, whether the outputs of the quantized ops are quantized too and the groups kept float
+    (:func:`ddpm_export.export.int8.quantize_int8`)."""
     check_precision(precision)
     if precision == "int8":
         return {"precision": "int8", "io_dtype": "float32", "compute_dtype": "int8 QDQ (Conv, MatMul, Gemm)",
-                "quantized_outputs": quantized_outputs,
-                "float_islands": ["embedding", "first_last_conv", "attention"],
+                "quantized_outputs": quantized_outputs, "float_islands": list(float_groups),
                 "calibration": "sampler trajectories (ddpm_export.export.int8)"}
     return {"precision": precision, "io_dtype": "float32",
             "compute_dtype": "float16" if precision == "fp16" else "float32",

@@ -727,3 +727,14 @@ def test_trt_timing_cache_may_not_be_an_input(tmp_path, tiny):
     """--timing-cache is written back (with the new timings): over --onnx it would destroy it."""
     expect_failure(["trt", "--onnx", tiny, "-o", tmp_path / "e.plan", "--timing-cache", tiny], 2,
                    "name the same file", watch=[tmp_path])
+
+
+def test_a_name_too_long_for_the_file_system_is_refused_before_any_work(tmp_path):
+    """The write probe uses a shorter name of its own, so a 305-byte `-o` passed the checks, failed
+    after the export and named the scratch folder; `--save-io ''` wrote into the current folder."""
+    long = tmp_path / ("a" * 300 + ".onnx")
+    out = expect_failure(["onnx", "--model", "tiny", "-o", long], 2,
+                         r"cannot be written, its name is 305 bytes and the file system allows 255", watch=[tmp_path])
+    assert "exporting" not in out
+    expect_failure(["onnx", "--model", "tiny", "-o", tmp_path / "t.onnx", "--save-io", ""], 2,
+                   r"--save-io '' names no folder; give one \(\. for the current folder\)", watch=[tmp_path])

@@ -678,3 +678,30 @@ def test_polygraphy_run_compares_with_the_saved_torch_io(exported, precision, to
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-3000:]
     assert "PASSED" in log
+
+
+def test_a_file_nan_at_a_later_batch_fails_validation(tmp_path):
+    """An fp16 export NaN at batches 8 and 16 only read 'validation passed' and was written (Python's
+    max over the batches drops a NaN that is not first). Here a real graph edit: the output plus
+    0 * log(3 - B), finite at batches 1 and 2, NaN above."""
+    from onnx import TensorProto, helper
+
+    result = export_onnx("tiny", tmp_path / "t.onnx", max_batch=8, opt_batch=2, log=lambda s: None)
+    model = onnx.load(str(result.path))
+    out = model.graph.output[0].name
+    nodes = [helper.make_node("Shape", ["x_t"], ["b_shape"], start=0, end=1),
+             helper.make_node("Cast", ["b_shape"], ["b"], to=TensorProto.FLOAT),
+             helper.make_node("Constant", [], ["three"],
+                              value=helper.make_tensor("three", TensorProto.FLOAT, [], [3.0])),
+             helper.make_node("Sub", ["three", "b"], ["d"]), helper.make_node("Log", ["d"], ["log_d"]),
+             helper.make_node("Constant", [], ["zero"],
+                              value=helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0])),
+             helper.make_node("Mul", ["log_d", "zero"], ["nan_or_0"])]
+    for node in model.graph.node:  # the last node writes the output: rename, then add the NaN term
+        node.output[:] = [name if name != out else "pre_out" for name in node.output]
+    model.graph.node.extend([*nodes, helper.make_node("Add", ["pre_out", "nan_or_0"], [out])])
+    onnx.save(model, str(tmp_path / "nan.onnx"))
+    spec, unet = result.spec, load_model("tiny")
+    assert spec.validation_batches()[:2] == [1, 2] and max(spec.validation_batches()) > 3
+    with pytest.raises(ValidationError, match=r"batch [4-8]: \d+ of \d+ outputs from ONNX Runtime are NaN"):
+        validate_mod.validate_onnx(tmp_path / "nan.onnx", unet, spec, "fp32", log=lambda s: None)
