@@ -181,9 +181,11 @@ def refuse_foreign_folder(path: str | Path, kind: OutputFolder) -> None:
         return
     allowed = kind.allowed(path)
     if allowed is None:
-        raise BadInputError(f"{path} holds no {kind.marker} of ours, so this command did not write it: --force "
-                            f"replaces only such a folder (its files would be deleted); choose a new folder, or "
-                            f"empty this one yourself")
+        why = (f"{path}: its {kind.marker} is unreadable or another tool's, so this command cannot tell it wrote the "
+               f"folder" if (path / kind.marker).is_file() else
+               f"{path} holds no {kind.marker} of ours, so this command did not write it")
+        raise BadInputError(f"{why}: --force replaces only such a folder (its files would be deleted); choose a new "
+                            f"folder, or empty this one yourself")
     extra = sorted(entry.name for entry in path.iterdir() if entry.name not in allowed and not is_os_metadata(entry))
     if extra:
         shown = ", ".join(extra[:5]) + (f" and {len(extra) - 5} more" if len(extra) > 5 else "")

@@ -17,7 +17,8 @@ from ddpm_export.serve.configs import LIMITS, UNET_BACKENDS
                    "(for servers without those backends, e.g. the CPU build in nvidia-pytriton).")
 @click.option("--instances", type=click.IntRange(*LIMITS["instances"]), default=4,
               help="Sampler instances: requests sampled at once (their U-Net calls are batched together).")
-@click.option("--onnx", "onnx_name", default=None, help="Which ONNX file of the bundle (its name) [default: the first].")
+@click.option("--onnx", "--bundle-onnx", "onnx_name", default=None, metavar="NAME",
+              help="Which ONNX file of the bundle (its name; `sample` spells it --bundle-onnx) [default: the first].")
 @click.option("--max-queue-delay-us", type=click.IntRange(*LIMITS["max_queue_delay_us"]), default=500,
               help="How long the unet's dynamic batcher waits to merge calls, in microseconds.")
 @click.option("--max-images", type=click.IntRange(*LIMITS["max_images"]), default=1024,

@@ -38,6 +38,9 @@ CASES = {
     # JSON's Infinity literal: NaN outputs (max_period) or constant norms (norm_eps), sampled without a word
     "infinite-float": (json.dumps({**TINY, "max_period": float("inf")}), "max_period=inf must be finite"),
     "nested-too-deep": ("[" * 100_000, "config.json: not valid JSON"),  # a RecursionError traceback
+    # JSON keeps the last of two keys silently: an edited value above the old one was ignored
+    "duplicate-key": (json.dumps(TINY)[:-1] + ', "sample_size": 32}', "not valid JSON \\(key 'sample_size' is "
+                                                                      "given twice\\)"),
     # a 1x1 last level (16 px, 5 levels): AdaIN's instance norm zeroes every feature; batch 1 crashed in export
     "adain-at-1x1": (json.dumps({**TINY, "time_conditioning": "adain", "channel_mult": [1, 2, 2, 2, 2]}),
                      r"time_conditioning: 'adain' normalizes each channel over the feature map, and the last level "

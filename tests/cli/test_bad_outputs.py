@@ -178,7 +178,9 @@ def test_force_replaces_only_a_folder_the_command_wrote(tmp_path, tiny, command,
     (docs / marker).parent.mkdir(exist_ok=True)
     (docs / marker).write_text("{}")
     expect_failure([*args, "-o", docs, "--force"], 2,
-                   f"holds no {marker} of ours" if marker == "manifest.json" else  # someone else's manifest
+                   # someone else's manifest (or a truncated one of ours): not a bundle this command can vouch for
+                   f"its {marker} is unreadable or another tool's, so this command cannot tell it wrote the folder"
+                   if marker == "manifest.json" else
                    r"holds thesis.txt besides what this command writes: --force would delete it", watch=[tmp_path])
     if command[0] != "demo":  # a folder it wrote, and an empty one, are replaced (demo: minutes, tested elsewhere)
         for folder in (bundle if command[0] == "bundle" else tmp_path / "repo", tmp_path / "empty"):

@@ -157,6 +157,17 @@ def test_tensorrt_without_an_engine_is_refused_naming_the_fix(bundle: Path, tmp_
     assert not (tmp_path / "repo").exists()
 
 
+def test_a_bundle_file_is_picked_by_either_spelling(bundle: Path, tmp_path: Path) -> None:
+    """`sample` picks a bundle's file with --bundle-onnx, `triton` with --onnx: both take both."""
+    for flag in ("--onnx", "--bundle-onnx"):
+        out = tmp_path / flag.strip("-")
+        result = CliRunner().invoke(main, ["triton", "--bundle", str(bundle), flag, "tiny.onnx", "-o", str(out)])
+        assert result.exit_code == 0, result.output
+    wrong = CliRunner().invoke(main, ["triton", "--bundle", str(bundle), "--bundle-onnx", "x.onnx", "-o",
+                                      str(tmp_path / "r")])
+    assert wrong.exit_code == 2 and "no ONNX file 'x.onnx' in this bundle" in wrong.output
+
+
 def test_an_existing_repository_needs_force(bundle: Path, tmp_path: Path) -> None:
     args = ["triton", "--bundle", str(bundle), "-o", str(tmp_path / "repo"), "--unet-backend", "python"]
     assert CliRunner().invoke(main, args).exit_code == 0
