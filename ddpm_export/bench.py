@@ -132,7 +132,6 @@ class BenchConfig:
             raise BadInputError(f"precision {', '.join(openvino_only)} runs on OpenVINO only (bfloat16 arithmetic); "
                                 f"add openvino to --backend or leave it out of --precision")
 
-
     def _check_variants(self) -> None:
         """--attention / --rewrites variants are of the fp32 file (int8 files take ``auto``), and
         several attention forms are compared on ONNX Runtime (OpenVINO runs the first): refused

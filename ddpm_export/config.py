@@ -99,11 +99,7 @@ class UNetConfig(FrozenConfig):
               f"must be a positive odd number, got {self.kernel_size}")
         check(self.dilation >= 1, "dilation", f"must be >= 1, got {self.dilation}")
         check(all(r >= 1 for r in self.aspp_rates), "aspp_rates", f"rates must be >= 1, got {self.aspp_rates}")
-        if self.norm == "group":  # AdaIN's instance norm has groups == channels; batch/layer read no groups
-            for c in self.level_channels:
-                check(c % self.num_groups == 0, "num_groups",
-                      f"{self.num_groups} must divide every level's channels {list(self.level_channels)}")
-        self._validate_bottleneck()
+        self._validate_norms()
         check(self.time_embed_dim % 2 == 0 or self.time_embedding == "learned", "base_channels",
               "the sinusoidal embedding needs an even base_channels")
         check(self.head_dim is None or self.num_heads == 1, "num_heads",
@@ -136,9 +132,14 @@ class UNetConfig(FrozenConfig):
                 check(c % 4 == 0, "positional_encoding",
                       f"'sinusoidal_2d' needs channels divisible by 4, got {list(self.level_channels)}")
 
-    def _validate_bottleneck(self) -> None:
-        """A 1x1 last level (and bottleneck) normalizes single values: AdaIN's instance norm and a
-        group of one channel output 0 for every input (export crashed at batch 1)."""
+    def _validate_norms(self) -> None:
+        """Groups that divide every level's channels; and at a 1x1 last level (and bottleneck), no
+        norm over single values: AdaIN's instance norm and a group of one channel output 0 for
+        every input (export crashed at batch 1)."""
+        if self.norm == "group":  # AdaIN's instance norm has groups == channels; batch/layer read no groups
+            for c in self.level_channels:
+                check(c % self.num_groups == 0, "num_groups",
+                      f"{self.num_groups} must divide every level's channels {list(self.level_channels)}")
         if self.resolutions[-1] != 1:
             return
         c = min(self.level_channels[-2:])  # the last level's first block normalizes the level above's channels

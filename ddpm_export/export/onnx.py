@@ -84,8 +84,7 @@ def export_onnx(model: str | Path, out: str | Path, *, opset: int = DEFAULT_OPSE
     ``ValidationError`` when the exported graph disagrees with torch (nothing is written then).
     ``opt_batch`` None: 4 brought into ``[min_batch, max_batch]`` (:data:`DEFAULT_OPT_BATCH`).
     """
-    start = time.perf_counter()
-    out = Path(out)
+    start, out = time.perf_counter(), Path(out)
     form = _check_options(out, force=force, precision=precision, attention=attention, target=target, opset=opset)
     applied = resolve_rewrites(rewrites, precision, target)
     refuse_same_file({}, {"the output": out, "the I/O folder (--save-io)": save_io})
@@ -94,14 +93,10 @@ def export_onnx(model: str | Path, out: str | Path, *, opset: int = DEFAULT_OPSE
     applied = _kept_rewrites(unet, applied, rewrites, model, log)
     form = _kept_attention(unet, form, attention, model, log)
     diffusion, schedule_source = _schedule(model, unet, diffusion)
-    if opt_batch is None:
-        opt_batch = min(max(DEFAULT_OPT_BATCH, min_batch), max_batch)
+    opt_batch = min(max(DEFAULT_OPT_BATCH, min_batch), max_batch) if opt_batch is None else opt_batch
     spec = ExportSpec.from_config(unet.config, min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch)
-    if precision == "int8":  # calibration samples trajectories
-        spec.check_samplable(f"--precision int8 of {model} (calibrated along sampled trajectories)")
-        if spec.cond_kind == "context":  # a context has no source here: calibration failed after the trace
-            raise BadInputError(f"--precision int8 of {model}: calibration samples the model's trajectories, and a "
-                                f"context-conditioned model has no contexts to sample them with; export fp32 or fp16")
+    if precision == "int8":
+        _check_calibratable(spec, model)
     log(f"exporting {model} -> {out} ({precision}, opset {opset})")  # every option and input checked
     if schedule_source.endswith(SCHEDULER_CONFIG_NAME):  # a diffusers folder: say what its scheduler became
         log(f"schedule from {schedule_source}: {diffusion.beta_schedule} betas, T={diffusion.num_train_timesteps}, "
@@ -140,6 +135,15 @@ def _kept_rewrites(unet: UNet, applied: tuple[str, ...], asked: str, model: str 
     if kept != applied and asked not in ("auto", "none"):
         log(f"rewrites {', '.join(r for r in applied if r not in kept)}: nothing to rewrite in {model}; not applied")
     return kept
+
+
+def _check_calibratable(spec: ExportSpec, model: str | Path) -> None:
+    """int8 calibration samples the model's trajectories: refuse a model no sampler runs, or one
+    conditioned on a context (nothing supplies contexts here: it failed after the trace)."""
+    spec.check_samplable(f"--precision int8 of {model} (calibrated along sampled trajectories)")
+    if spec.cond_kind == "context":
+        raise BadInputError(f"--precision int8 of {model}: calibration samples the model's trajectories, and a "
+                            f"context-conditioned model has no contexts to sample them with; export fp32 or fp16")
 
 
 def _kept_attention(unet: UNet, form: str, asked: str, model: str | Path, log: Callable[[str], None]) -> str:
