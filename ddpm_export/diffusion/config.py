@@ -14,6 +14,7 @@ version 1 meant (no version-1 sampler reads them).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Literal
 
 from ddpm_export.configbase import ConfigError, FrozenConfig, check
@@ -67,6 +68,23 @@ __all__ = [
 #: the longest forward process a config may describe: the schedule is held as arrays of T values
 #: (DDPM used 1000, improved DDPM 4000); a hand-edited 1e30 overflowed while they were built
 MAX_TRAIN_TIMESTEPS = 100_000
+
+
+@functools.lru_cache(maxsize=64)  # Pipeline.sample validates its config on every call, the same each time
+def _abar_problem(config: "DiffusionConfig") -> str | None:
+    """Why ``config``'s schedule cannot be sampled in float32, or None: a beta that rounds to 0 or
+    1, or an ``abar_t`` that underflows to 0 (see :meth:`DiffusionConfig._validate_abar`)."""
+    try:
+        abar = Schedule.from_betas(make_betas(config)).alphas_cumprod
+    except BadInputError as e:  # a beta that float32 rounds to 0 or 1 (1e-50, 1 - 1e-9)
+        return (f"beta_start / beta_end: {e} once rounded to float32 (the precision the schedule is kept in), "
+                f"got {config.beta_start}..{config.beta_end}")
+    if abar[-1] != 0.0:
+        return None
+    first = int((abar > 0.0).sum())  # abar falls with t
+    return (f"num_train_timesteps: abar_t = prod(1 - beta_s) underflows to 0 in float32 from t = {first} of "
+            f"{config.num_train_timesteps} ({config.beta_schedule} betas {config.beta_start}..{config.beta_end}), "
+            f"and the samplers divide by it; use fewer timesteps or smaller betas")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,17 +168,9 @@ class DiffusionConfig(FrozenConfig):
     def _validate_abar(self) -> None:
         """Every ``abar_t`` must be > 0 in float32: the samplers divide by it (DDIM, DDPM) and take
         the log of sigma (the solvers). Linear betas 1e-4..0.02 over T = 12000 underflow from t = 11103."""
-        try:
-            abar = Schedule.from_betas(make_betas(self)).alphas_cumprod
-        except BadInputError as e:  # a beta that float32 rounds to 0 or 1 (1e-50, 1 - 1e-9)
-            raise ConfigError(f"beta_start / beta_end: {e} once rounded to float32 (the precision the schedule "
-                              f"is kept in), got {self.beta_start}..{self.beta_end}") from None
-        if abar[-1] == 0.0:
-            first = int((abar > 0.0).sum())  # abar falls with t
-            raise ConfigError(f"num_train_timesteps: abar_t = prod(1 - beta_s) underflows to 0 in float32 from "
-                              f"t = {first} of {self.num_train_timesteps} ({self.beta_schedule} betas "
-                              f"{self.beta_start}..{self.beta_end}), and the samplers divide by it; use fewer "
-                              f"timesteps or smaller betas")
+        problem = _abar_problem(self)
+        if problem is not None:
+            raise ConfigError(problem)
 
     def _validate_solver(self) -> None:
         check(1 <= self.solver_order <= 3, "solver_order", f"must be 1, 2 or 3, got {self.solver_order}")
