@@ -52,8 +52,8 @@ from ddpm_export.configbase import ConfigError
 from ddpm_export.diffusion.config import DiffusionConfig
 from ddpm_export.errors import BadInputError
 
-__all__ = ["SCHEDULER_CONFIG_NAME", "SchedulerConfigError", "diffusion_from_scheduler", "find_scheduler_config",
-           "scheduler_timesteps"]
+__all__ = ["SAMPLER_CLASSES", "SCHEDULER_CONFIG_NAME", "SchedulerConfigError", "diffusion_from_scheduler",
+           "find_scheduler_config", "schedule_only_class", "scheduler_timesteps"]
 
 SCHEDULER_CONFIG_NAME = "scheduler_config.json"
 
@@ -133,6 +133,22 @@ def scheduler_timesteps(unet_folder: Path) -> int | None:
         return None
     T = data.get("num_train_timesteps", 1000) if isinstance(data, dict) else None
     return T if isinstance(T, int) and not isinstance(T, bool) else None
+
+
+#: the classes whose sampler this package runs (DDPM's as ``--sampler ddpm``; the others give
+#: their schedule only)
+SAMPLER_CLASSES = ("DDPMScheduler", "DDIMScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler")
+
+
+def schedule_only_class(path: Path) -> str | None:
+    """The ``_class_name`` of the scheduler config at ``path`` when it is a class whose schedule is
+    read but whose sampler this package does not run (Euler, PNDM, LMS, ...: the file's default
+    sampler is DDIM); None otherwise or when unreadable."""
+    try:
+        cls = json.loads(path.read_text(encoding="utf-8-sig")).get("_class_name")
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError, AttributeError):
+        return None
+    return cls if cls in _CLASS_DEFAULTS and cls not in SAMPLER_CLASSES else None
 
 
 def diffusion_from_scheduler(path: Path) -> DiffusionConfig:

@@ -26,7 +26,7 @@ from ddpm_export.contract import metadata as md
 from ddpm_export.contract.choices import MIN_OPSET, TARGETS
 from ddpm_export.contract.spec import ExportSpec
 from ddpm_export.diffusion.config import DiffusionConfig
-from ddpm_export.diffusion.from_diffusers import SCHEDULER_CONFIG_NAME
+from ddpm_export.diffusion.from_diffusers import SCHEDULER_CONFIG_NAME, schedule_only_class
 from ddpm_export.errors import BadInputError
 from ddpm_export.export.attention_forms import attention_kernel, resolve_attention
 from ddpm_export.export.int8 import CalibrationConfig, quantizes_outputs
@@ -99,9 +99,7 @@ def export_onnx(model: str | Path, out: str | Path, *, opset: int = DEFAULT_OPSE
         _check_calibratable(spec, model)
     log(f"exporting {model} -> {out} ({precision}, opset {opset})")  # every option and input checked
     if schedule_source.endswith(SCHEDULER_CONFIG_NAME):  # a diffusers folder: say what its scheduler became
-        log(f"schedule from {schedule_source}: {diffusion.beta_schedule} betas, T={diffusion.num_train_timesteps}, "
-            f"{diffusion.prediction_type} prediction; sampler {diffusion.sampler}, "
-            f"{diffusion.num_inference_steps} steps")
+        _log_scheduler(Path(schedule_source), diffusion, log)
     proto = trace_to_onnx(unet, spec, precision=precision, attention=form, opset=opset, rewrites=applied)
     quantized_outputs = quantizes_outputs(target)  # int8 only: the QDQ layout --target asks for
     if precision == "int8":
@@ -135,6 +133,16 @@ def _kept_rewrites(unet: UNet, applied: tuple[str, ...], asked: str, model: str 
     if kept != applied and asked not in ("auto", "none"):
         log(f"rewrites {', '.join(r for r in applied if r not in kept)}: nothing to rewrite in {model}; not applied")
     return kept
+
+
+def _log_scheduler(path: Path, diffusion: DiffusionConfig, log: Callable[[str], None]) -> None:
+    """What a diffusers folder's scheduler config became, and when its class is one whose sampler
+    this package does not run (Euler, PNDM, ...), that the file's default sampler is DDIM."""
+    cls = schedule_only_class(path)
+    log(f"schedule from {path}: {diffusion.beta_schedule} betas, T={diffusion.num_train_timesteps}, "
+        f"{diffusion.prediction_type} prediction; sampler {diffusion.sampler}, {diffusion.num_inference_steps} steps"
+        + (f" ({cls}'s own sampler does not run here: its schedule is sampled with {diffusion.sampler} by default; "
+           f"`sample --sampler` picks another)" if cls is not None else ""))
 
 
 def _check_calibratable(spec: ExportSpec, model: str | Path) -> None:

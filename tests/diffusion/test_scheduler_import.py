@@ -244,6 +244,15 @@ def test_a_pipeline_folder_s_scheduler_reaches_the_exported_file(tmp_path: Path)
     (tmp_path / "pipe" / "unet" / "diffusion.json").write_text(DiffusionConfig(beta_end=0.03).to_json())
     out = export_onnx(tmp_path / "pipe" / "unet", tmp_path / "m2.onnx", max_batch=2, validate=False, log=lambda s: None)
     assert read_info(out.path).diffusion.beta_end == 0.03
+    # a class whose sampler does not run here says so (the docs did; the export line said only "sampler ddim")
+    (tmp_path / "pipe" / "unet" / "diffusion.json").unlink()
+    diffusers.EulerDiscreteScheduler().save_pretrained(tmp_path / "pipe" / "scheduler")
+    assert not any("own sampler" in line for line in lines)  # DDPM's sampler runs here (--sampler ddpm)
+    lines.clear()
+    export_onnx(tmp_path / "pipe" / "unet", tmp_path / "m3.onnx", max_batch=2, validate=False, log=lines.append)
+    assert any(line.endswith("sampler ddim, 50 steps (EulerDiscreteScheduler's own sampler does not run here: its "
+                             "schedule is sampled with ddim by default; `sample --sampler` picks another)")
+               for line in lines), lines
 
 
 def test_a_positional_unet_takes_its_timestep_count_from_its_scheduler(tmp_path: Path) -> None:
