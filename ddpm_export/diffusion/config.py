@@ -192,6 +192,10 @@ class DiffusionConfig(FrozenConfig):
         # Karras sigmas end at sigma(t=0) already: a last step to sigma_min has length zero. diffusers
         # takes it as a no-op for its midpoint / bh2 solvers (NaN for heun); our solvers divide by the
         # step's length, so it is refused, naming what the nearest setting changes.
+        check(not (self.sampler == "dpm-solver" and self.use_karras_sigmas), "use_karras_sigmas",
+              "sampler='dpm-solver' ends on sigma_min (noise prediction cannot land on sigma = 0), where the Karras "
+              "sigmas end already, so its last step would have length zero: with use_karras_sigmas=True choose "
+              "dpm-solver++ or sde-dpm-solver++, or turn use_karras_sigmas off")
         check(not (self.use_karras_sigmas and self.final_sigmas_type == "sigma_min"), "final_sigmas_type",
               "use_karras_sigmas=True with final_sigmas_type='sigma_min' is not supported: the Karras sigmas end "
               "at sigma(t=0), so the last step would have length zero; final_sigmas_type='zero' is the nearest "

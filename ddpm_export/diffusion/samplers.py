@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from ddpm_export.checks import Registry
-from ddpm_export.diffusion.config import SAMPLER_PRESETS, DiffusionConfig, SamplerName
+from ddpm_export.diffusion.config import SAMPLER_PRESETS, SOLVER_TYPES, DiffusionConfig, SamplerName
 from ddpm_export.diffusion.ddim import DDIMScheduler
 from ddpm_export.diffusion.ddpm import DDPMScheduler
 from ddpm_export.diffusion.dpm_solver import DPMSolverMultistepScheduler
@@ -47,9 +47,13 @@ SAMPLER_FIELDS: dict[str, tuple[str, ...]] = {
 
 def sampler_config(config: DiffusionConfig, sampler: SamplerName, **changes: Any) -> DiffusionConfig:
     """``config`` switched to ``sampler``, with the fields that name fixes (``SAMPLER_PRESETS``)
-    and ``changes`` (e.g. ``num_inference_steps``), validated once as a whole."""
+    and ``changes`` (e.g. ``num_inference_steps``), validated once as a whole. A ``solver_type`` of
+    the other solver family (a UniPC file's ``bh1`` for DPM-Solver) becomes that sampler's default:
+    it refused every sampler of the other family, and no option could clear it."""
     SCHEDULERS[sampler]  # refuses an unknown name, listing the choices
-    return config.replace(**{**changes, "sampler": sampler, **SAMPLER_PRESETS.get(sampler, {})})
+    choices = SOLVER_TYPES.get(sampler)
+    family = {"solver_type": None} if choices is not None and config.solver_type not in (None, *choices) else {}
+    return config.replace(**{**family, **changes, "sampler": sampler, **SAMPLER_PRESETS.get(sampler, {})})
 
 
 def make_scheduler(config: DiffusionConfig, sampler: SamplerName | None = None, **changes: Any) -> Scheduler:

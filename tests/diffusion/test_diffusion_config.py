@@ -101,3 +101,27 @@ def test_a_malformed_version_is_refused_as_malformed_not_as_too_new(version) -> 
     with pytest.raises(ConfigError, match=r"is not a DiffusionConfig version: it must be an integer 1..2") as info:
         DiffusionConfig.from_dict({"version": version})
     assert "upgrade" not in str(info.value)
+
+
+def test_switching_solver_family_drops_the_other_family_s_solver_type() -> None:
+    """A UniPC file with solver_type 'bh1' refused every DPM-Solver sampler ('bh1' is not a solver
+    type of dpm-solver++), and no option could clear it; the same family keeps it."""
+    from ddpm_export.diffusion.samplers import sampler_config
+
+    unipc = DiffusionConfig(sampler="unipc", solver_type="bh1", timestep_spacing="linspace")
+    assert sampler_config(unipc, "dpm-solver++").solver_type is None  # its default, midpoint
+    assert sampler_config(unipc, "unipc").solver_type == "bh1"
+    dpm = DiffusionConfig(sampler="dpm-solver++", solver_type="heun", timestep_spacing="linspace")
+    assert sampler_config(dpm, "sde-dpm-solver++").solver_type == "heun"
+    assert sampler_config(dpm, "unipc").solver_type is None
+    assert sampler_config(dpm, "unipc", solver_type="bh1").solver_type == "bh1"  # asked for: kept
+
+
+def test_dpm_solver_with_karras_sigmas_names_the_samplers_that_take_them() -> None:
+    """dpm-solver's preset ends on sigma_min; the message suggested final_sigmas_type='zero', which
+    that sampler refuses."""
+    from ddpm_export.diffusion.samplers import sampler_config
+
+    with pytest.raises(ConfigError, match=r"use_karras_sigmas: sampler='dpm-solver' .* choose dpm-solver\+\+ or "
+                                          r"sde-dpm-solver\+\+, or turn use_karras_sigmas off"):
+        sampler_config(DiffusionConfig(use_karras_sigmas=True, timestep_spacing="linspace"), "dpm-solver")
