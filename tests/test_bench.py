@@ -268,7 +268,7 @@ def test_a_run_whose_gemm_ceiling_readings_disagree_is_flagged(run: str, warned:
 def test_a_path_that_fails_is_reported_and_the_others_are_measured(tmp_path: Path) -> None:
     """An engine error on one path (a kernel failing in round 2 here) ended the whole run: no table,
     no JSON, and a peer's error was a traceback."""
-    from ddpm_export.bench import BenchConfig, _measure, _Path, _Timed, failed_paths, format_report
+    from ddpm_export.bench import BenchConfig, _measure, _Path, _Timed, failed_paths
 
     def runner(fail_in_call: int | None):
         def for_batch(batch: int):
