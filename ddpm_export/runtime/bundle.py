@@ -176,7 +176,8 @@ def verify_bundle(folder: str | Path) -> Manifest:
     for name, entry in manifest.files.items():
         path = folder / name
         if not path.is_file():
-            raise BundleError(f"{path}: missing; {MANIFEST} lists it ({entry['role']}) -- the bundle is incomplete, "
+            what = "not a regular file" if os.path.lexists(path) else "missing"  # a folder or FIFO in its place
+            raise BundleError(f"{path}: {what}; {MANIFEST} lists it ({entry['role']}) -- the bundle is incomplete, "
                               f"rebuild it with `ddpm-export bundle`")
         size = path.stat().st_size
         digest = sha256_file(path) if size == entry["size"] else None

@@ -81,6 +81,9 @@ def test_a_missing_file_is_refused_naming_the_file(bundle: Path) -> None:
     (bundle / "tiny.onnx").unlink()
     with pytest.raises(BundleError, match=r"tiny\.onnx: missing; manifest\.json lists it"):
         verify_bundle(bundle)
+    os.mkfifo(bundle / "tiny.onnx")  # something in its place: not "missing"
+    with pytest.raises(BundleError, match=r"tiny\.onnx: not a regular file; manifest\.json lists it"):
+        verify_bundle(bundle)
 
 
 def test_a_truncated_file_is_refused_by_size(bundle: Path) -> None:
