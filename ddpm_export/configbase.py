@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Iterable, TypeVar
 
 from ddpm_export.errors import BadInputError
+from ddpm_export.jsonio import parse_json
 
 C = TypeVar("C", bound="FrozenConfig")
 
@@ -125,8 +126,8 @@ class FrozenConfig:
     @classmethod
     def from_json(cls: type[C], text: str, *, source: str = "config") -> C:
         try:
-            data = json.loads(text, object_pairs_hook=_unique_keys)
-        except (ValueError, RecursionError) as e:  # RecursionError: nested past the parser's depth
+            data = parse_json(text, object_pairs_hook=_unique_keys)
+        except ValueError as e:
             raise ConfigFileError(f"{source}: not valid JSON ({e})") from e
         return cls.from_dict(data, source=source)
 

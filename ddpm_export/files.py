@@ -19,7 +19,6 @@ import contextlib
 import dataclasses
 import errno
 import hashlib
-import json
 import os
 import re
 import shutil
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from ddpm_export.errors import BadInputError, DdpmExportError, NotAFolderError, OutputExistsError
+from ddpm_export.jsonio import parse_json
 
 __all__ = ["BUNDLE_FORMAT", "BUNDLE_MANIFEST", "OutputFolder", "atomic_dir", "atomic_file", "atomic_files",
            "bundle_files", "check_output_folder", "enclosing_bundle", "made_parents", "names_no_file", "new_file_mode",
@@ -49,12 +49,11 @@ def bundle_files(folder: str | Path) -> list[str] | None:
     if not manifest.is_file():
         return None
     try:
-        data = json.loads(manifest.read_text(encoding="utf-8"))
+        data = parse_json(manifest.read_text(encoding="utf-8"))
         if data.get("format") != BUNDLE_FORMAT:
             return None
         return [BUNDLE_MANIFEST, *(str(entry["path"]) for entry in data.get("files", []))]
-    # unreadable (RecursionError: JSON nested past the parser's depth): not one we can vouch for
-    except (OSError, ValueError, AttributeError, KeyError, TypeError, RecursionError):
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):  # unreadable: not one we can vouch for
         return None
 
 

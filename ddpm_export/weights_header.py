@@ -9,12 +9,12 @@ before any tensor is read.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
 
 from ddpm_export.errors import BadInputError
+from ddpm_export.jsonio import parse_json
 
 __all__ = ["MAX_HEADER_BYTES", "parameter_count", "read_header"]
 
@@ -38,8 +38,8 @@ def read_header(path: str | Path) -> dict[str, dict[str, Any]]:
                                 f"{n if n >= 0 else 'unreadable'}); write it again (ddpm-export: `save_checkpoint` "
                                 f"or `tools/train.py`; diffusers: `save_pretrained`)")
         try:
-            header = json.loads(f.read(n))
-        except (ValueError, RecursionError) as e:
+            header = parse_json(f.read(n))
+        except ValueError as e:
             raise BadInputError(f"{path}: the safetensors header is not JSON ({e})") from e
     if not isinstance(header, dict):
         raise BadInputError(f"{path}: the safetensors header is not a JSON object")

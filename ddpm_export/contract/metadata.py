@@ -12,6 +12,7 @@ from typing import Any, Mapping
 
 from ddpm_export.contract.choices import PRECISIONS
 from ddpm_export.errors import BadInputError
+from ddpm_export.jsonio import parse_json
 
 PREFIX = "ddpm_export."
 UNET_CONFIG = PREFIX + "unet_config"
@@ -61,8 +62,8 @@ def check_required(props: Mapping[str, str], source: str = "model") -> None:
 def precision_of(props: Mapping[str, str], source: str = "model") -> str:
     """The precision (``"fp32"``, ``"fp16"``, ``"int8"``) recorded in ``props``' precision policy."""
     try:
-        precision = str(json.loads(props[PRECISION_POLICY])["precision"])
-    except (ValueError, KeyError, TypeError, RecursionError) as e:
+        precision = str(parse_json(props[PRECISION_POLICY])["precision"])
+    except (ValueError, KeyError, TypeError) as e:
         raise MetadataError(f"{source}: metadata {PRECISION_POLICY} is not a precision policy "
                             f"({props.get(PRECISION_POLICY)!r})") from e
     if precision not in PRECISIONS:  # a bundle or sample would otherwise carry it on, unchecked

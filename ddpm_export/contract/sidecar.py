@@ -40,6 +40,7 @@ from ddpm_export._version import __version__
 from ddpm_export.contract.choices import HARDWARE_COMPATIBILITY
 from ddpm_export.errors import BadInputError, IntegrityError
 from ddpm_export.files import atomic_file
+from ddpm_export.jsonio import parse_json
 
 __all__ = ["EngineMismatchError", "check_sidecar", "make_sidecar", "needs_host_code", "read_sidecar", "sidecar_path",
            "sidecar_text", "write_sidecar"]
@@ -115,8 +116,8 @@ def read_sidecar(engine: str | Path) -> dict[str, Any]:
         raise IntegrityError(f"{engine}: its sidecar {path.name} is missing; an engine is usable only with the "
                              f"sidecar written when it was built (rebuild it)")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError) as e:
+        data = parse_json(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
         raise IntegrityError(f"{path}: not valid JSON ({e})") from e
     if not isinstance(data, dict) or not isinstance(data.get("onnx_sha256"), str):
         raise IntegrityError(f"{path}: needs an 'onnx_sha256' string (the hash of the ONNX file the engine was "

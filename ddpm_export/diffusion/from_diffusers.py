@@ -43,7 +43,6 @@ schedule by hand.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any, Callable
@@ -51,6 +50,7 @@ from typing import Any, Callable
 from ddpm_export.configbase import ConfigError
 from ddpm_export.diffusion.config import DiffusionConfig
 from ddpm_export.errors import BadInputError
+from ddpm_export.jsonio import parse_json
 
 __all__ = ["SAMPLER_CLASSES", "SCHEDULER_CONFIG_NAME", "SchedulerConfigError", "diffusion_from_scheduler",
            "find_scheduler_config", "schedule_only_class", "scheduler_timesteps"]
@@ -122,14 +122,20 @@ def find_scheduler_config(unet_folder: Path) -> Path | None:
     return None
 
 
+def _read(path: Path) -> Any:
+    """The JSON of the scheduler config at ``path`` (UTF-8, a byte-order mark allowed); OSError or
+    ValueError (malformed or not UTF-8) when it cannot be read."""
+    return parse_json(path.read_text(encoding="utf-8-sig"))
+
+
 def scheduler_timesteps(unet_folder: Path) -> int | None:
     """``num_train_timesteps`` of the scheduler config :func:`find_scheduler_config` finds for
     ``unet_folder`` (diffusers' default 1000 when the file leaves it out); None without a readable
     one, or when it is no int (:func:`diffusion_from_scheduler` names that)."""
     path = find_scheduler_config(unet_folder)
     try:
-        data = json.loads(path.read_text(encoding="utf-8-sig")) if path is not None else None
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        data = _read(path) if path is not None else None
+    except (OSError, ValueError):
         return None
     T = data.get("num_train_timesteps", 1000) if isinstance(data, dict) else None
     return T if isinstance(T, int) and not isinstance(T, bool) else None
@@ -145,8 +151,8 @@ def schedule_only_class(path: Path) -> str | None:
     read but whose sampler this package does not run (Euler, PNDM, LMS, ...: the file's default
     sampler is DDIM); None otherwise or when unreadable."""
     try:
-        cls = json.loads(path.read_text(encoding="utf-8-sig")).get("_class_name")
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError, AttributeError):
+        cls = _read(path).get("_class_name")
+    except (OSError, ValueError, AttributeError):
         return None
     return cls if cls in _CLASS_DEFAULTS and cls not in SAMPLER_CLASSES else None
 
@@ -154,8 +160,8 @@ def schedule_only_class(path: Path) -> str | None:
 def diffusion_from_scheduler(path: Path) -> DiffusionConfig:
     """The :class:`DiffusionConfig` of the diffusers scheduler config at ``path`` (see the module doc)."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8-sig"))
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        data = _read(path)
+    except (OSError, ValueError) as e:
         raise SchedulerConfigError(f"{path}: not a readable UTF-8 JSON file ({e})") from e
     if not isinstance(data, dict):
         raise SchedulerConfigError(f"{path}: a scheduler config is a JSON object, got {type(data).__name__}")

@@ -6,7 +6,6 @@ initialised from a fixed seed) and a diffusers ``UNet2DModel`` folder.
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from pathlib import Path
@@ -18,6 +17,7 @@ from ddpm_export.diffusion.config import DiffusionConfig
 from ddpm_export.diffusion.from_diffusers import diffusion_from_scheduler, find_scheduler_config
 from ddpm_export.errors import CheckpointError, DdpmExportWarning
 from ddpm_export.files import OutputFolder, atomic_dir, new_file_mode
+from ddpm_export.jsonio import parse_json
 from ddpm_export.nn.diffusers_import import load_diffusers_unet
 from ddpm_export.nn.unet import UNet
 from ddpm_export.nn.weights import build_model, load_state_strict, read_safetensors
@@ -73,8 +73,8 @@ def is_diffusers_folder(folder: Path) -> bool:
     if (folder / DIFFUSERS_WEIGHTS_NAME).is_file():
         return True
     try:
-        return json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8-sig")).get("_class_name") is not None
-    except (OSError, ValueError, AttributeError, RecursionError):  # UNetConfig.load names what is wrong
+        return parse_json((folder / CONFIG_NAME).read_text(encoding="utf-8-sig")).get("_class_name") is not None
+    except (OSError, ValueError, AttributeError):  # UNetConfig.load names what is wrong
         return False
 
 

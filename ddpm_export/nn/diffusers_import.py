@@ -31,7 +31,6 @@ Old diffusers attention names (``query``, ``key``, ``value``, ``proj_attn``) are
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 from pathlib import Path
 from typing import Any
@@ -42,6 +41,7 @@ from ddpm_export.config import ConfigError, UNetConfig
 from ddpm_export.configbase import read_config_text
 from ddpm_export.diffusion.from_diffusers import scheduler_timesteps
 from ddpm_export.errors import CheckpointError
+from ddpm_export.jsonio import parse_json
 from ddpm_export.nn.unet import UNet
 from ddpm_export.nn.weights import build_model, check_state, load_state_strict, read_safetensors, shapes
 from ddpm_export.presets import CONFIG_NAME, DIFFUSERS_WEIGHTS_NAME
@@ -278,8 +278,8 @@ def read_diffusers_config(path: str | Path) -> UNetConfig:
     without one."""
     path = Path(path)
     try:
-        data = json.loads(read_config_text(path))
-    except (ValueError, RecursionError) as e:  # RecursionError: nested past the parser's depth
+        data = parse_json(read_config_text(path))
+    except ValueError as e:
         raise ConfigError(f"{path}: not valid JSON ({e})") from e
     if isinstance(data, dict) and data.get("num_train_timesteps") is None \
             and data.get("time_embedding_type", "positional") == "positional":
@@ -374,8 +374,8 @@ def _read_weights(folder: Path) -> tuple[dict[str, torch.Tensor], str]:
     index = folder / f"{DIFFUSERS_WEIGHTS_NAME}.index.json"
     if index.is_file():
         try:
-            shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
-        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
+            shards = sorted(set(parse_json(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise CheckpointError(f"{index}: not a safetensors shard index ({e})") from e
         weights: dict[str, torch.Tensor] = {}
         for shard in shards:

@@ -44,6 +44,7 @@ from ddpm_export.diffusion.samplers import sampler_defaults
 from ddpm_export.errors import InputNotFoundError, IntegrityError, NotAFolderError, WrongTypeError
 from ddpm_export.files import (BUNDLE_FORMAT, BUNDLE_MANIFEST, OutputFolder, atomic_dir, bundle_files, is_os_metadata,
                                refuse_inside, refuse_nameless_folder)
+from ddpm_export.jsonio import parse_json
 from ddpm_export.runtime.info import read_metadata
 
 __all__ = ["FORMAT", "MANIFEST", "BundleError", "Manifest", "make_bundle", "read_manifest", "verify_bundle"]
@@ -101,8 +102,8 @@ def read_manifest(folder: str | Path) -> Manifest:
     if not path.is_file():
         raise BundleError(f"{path}: missing; a bundle folder holds a {MANIFEST} (build one with `ddpm-export bundle`)")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, RecursionError) as e:
+        data = parse_json(path.read_text(encoding="utf-8"))
+    except ValueError as e:
         raise BundleError(f"{path}: not valid JSON ({e})") from e
     except OSError as e:
         raise BundleError(f"{path}: cannot be read ({e.strerror or e})") from e
