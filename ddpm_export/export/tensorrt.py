@@ -133,8 +133,7 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, *, fp16: bool |
         engine_bytes, cache, seconds = _build(plan, options, log)
         info = plan.sidecar(_trt_version(), gpu, seconds, options, converted_from=source if convert else None)
         info["onnx_file"] = graph_out.name if graph_out is not None else info["onnx_file"]
-        _write(engine_path, engine_bytes, plan.onnx_path if graph_out is not None else None, graph_out, cache,
-               options, info, force)
+        _write(engine_path, engine_bytes, plan.onnx_path, graph_out, cache, options, info, force)
     log(f"wrote {engine_path} ({engine_path.stat().st_size / 2**20:.1f} MiB) and {side.name} in {seconds:.1f} s"
         + (f"; the graph it was built from: {graph_out.name}" if graph_out is not None else ""))
     return info
@@ -165,13 +164,14 @@ def _build(plan: EnginePlan, options: BuildOptions, log: Callable[[str], None]) 
     return engine_bytes, cache, time.perf_counter() - start
 
 
-def _write(engine_path: Path, engine_bytes: bytes, graph: Path | None, graph_out: Path | None,
+def _write(engine_path: Path, engine_bytes: bytes, graph: Path, graph_out: Path | None,
            cache: bytes | None, options: BuildOptions, info: dict[str, Any], force: bool) -> None:
-    """Engine, graph and sidecar all or none (a failed --force rebuild keeps the old three), then
-    the timing cache (read at the start, merged, written back)."""
+    """Engine, a copy of the ``graph`` it was built from at ``graph_out`` (None: not kept) and
+    sidecar all or none (a failed --force rebuild keeps the old three), then the timing cache (read
+    at the start, merged, written back)."""
     with atomic_files(engine_path, graph_out, sidecar_path(engine_path), force=force) as (engine, graph_tmp, side):
         engine.write_bytes(engine_bytes)
-        if graph is not None and graph_tmp is not None:
+        if graph_tmp is not None:
             shutil.copyfile(graph, graph_tmp)
         side.write_text(sidecar_text(info), encoding="utf-8")
     if cache is not None and options.timing_cache is not None:

@@ -128,5 +128,6 @@ def test_a_failed_forced_rebuild_keeps_the_previous_engine_graph_and_sidecar(tmp
                {"onnx_sha256": "new"}, force=True)
     assert {path: path.read_bytes() for path in old} == old
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.plan", "a.plan.json", "a.plan.onnx"]  # no temp left
-    _write(engine, b"new engine", None, None, None, BuildOptions(), {"onnx_sha256": "new"}, force=True)
+    _write(engine, b"new engine", tmp_path / "vanished.onnx", None, None, BuildOptions(), {"onnx_sha256": "new"},
+           force=True)  # the graph not kept: not read
     assert engine.read_bytes() == b"new engine" and read_sidecar(engine) == {"onnx_sha256": "new"}
