@@ -142,6 +142,8 @@ def run(args: argparse.Namespace) -> None:
         raise MissingDependencyError("needs nvidia-pytriton and numpy<2 for its stub (./dev installs both)")
     low, high = LIMITS["instances"]  # one sampler instance per client
     check_int("--clients", args.clients, low, high, f"an int in [{low}, {high}] (one sampler instance each)")
+    low, high = LIMITS["max_images"]  # the repository is written to take -n images per request
+    check_int("-n", args.n, low, high, f"an int in [{low}, {high}] (the repository's --max-images)")
     if args.json is not None:
         refuse_existing_file(args.json, args.force)  # before minutes of work
     if args.bundle is not None:
@@ -158,7 +160,8 @@ def run(args: argparse.Namespace) -> None:
         pipe = Pipeline.from_bundle(bundle)
         SampleRequest(pipe.info, args.n, steps=args.steps, sampler=None, seed=0, eta=None, guidance_scale=1.0,
                       classes=None, context=None, x_T=None)  # what the bundle cannot sample: before the server
-        repo = write_repository(bundle, work / "repo", unet_backend="python", instances=args.clients)
+        repo = write_repository(bundle, work / "repo", unet_backend="python", instances=args.clients,
+                                max_images=args.n)
         local = lambda i: pipe.sample(args.n, steps=args.steps, seed=i, progress=False)  # noqa: E731
         with LocalServer(install, repo, work, pythonpath=[*site, ROOT]) as server:
             remote = lambda i: served(server.grpc_url, i, args.n, args.steps)  # noqa: E731
