@@ -56,6 +56,9 @@ _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 EXIT_TIMEOUT_S = 5
 #: the shared-memory files of the Python backend (one per model instance and stub)
 SHM_PREFIX = "/dev/shm/triton_python_backend_shm_region_"
+#: the folders of ``work`` that :class:`LocalServer` rewrites on every start: the backend folder
+#: and the server's working directory
+BACKENDS_FOLDER, CWD_FOLDER = "backends", "cwd"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,7 +166,8 @@ class LocalServer:
     """``tritonserver`` on 127.0.0.1 serving ``repository``; a context manager that always stops it.
 
     ``work`` is a scratch folder of one server at a time (outside ``repository``: Triton would take
-    its folders for models) for the backend folder, the working directory and the server log
+    its folders for models) for the backend folder (``backends/``), the working directory (``cwd/``,
+    both rewritten on every start, so the repository may not be in them) and the server log
     (``server.log``); a running server holds a lock on it (``work/.lock``), and a second one
     started there is refused (it rewrote the backend files the first had loaded: that one
     crashed).
@@ -199,6 +203,10 @@ class LocalServer:
             raise BadInputError(f"work {self.work} is {'the' if self.work == self.repository else 'inside the'} "
                                 f"repository {self.repository}: Triton would take its folders for models; "
                                 f"choose a work folder outside it")
+        for scratch in (self.work / BACKENDS_FOLDER, self.work / CWD_FOLDER):
+            if scratch == self.repository or scratch in self.repository.parents:
+                raise BadInputError(f"repository {self.repository} is in {scratch}, which LocalServer empties and "
+                                    f"refills on every start (it would be deleted); choose another work folder")
         self.install = install
         self.pythonpath = [Path(p).resolve() for p in pythonpath]
         self.http_port, self.grpc_port, self.metrics_port = free_ports(3)
@@ -220,7 +228,7 @@ class LocalServer:
 
     def backend_directory(self) -> Path:
         """``work/backends/python/``: the Python backend's files plus this Python's stub."""
-        folder = self.work / "backends" / "python"
+        folder = self.work / BACKENDS_FOLDER / "python"
         folder.mkdir(parents=True, exist_ok=True)
         for item in [*(i for i in self.install.python_backend.iterdir() if i.is_file()), self.install.stub]:
             tmp = folder / f".{item.name}.tmp-{os.getpid()}"
@@ -232,7 +240,7 @@ class LocalServer:
         """``work/cwd/``, made afresh: a link to every entry of the ``pythonpath`` folders, then of
         this virtual environment's site-packages if it runs in one (the stub runs the base
         interpreter, which knows nothing of the venv); the first entry of a name wins."""
-        folder = self.work / "cwd"
+        folder = self.work / CWD_FOLDER
         if folder.is_dir() and not folder.is_symlink():
             shutil.rmtree(folder)  # links of an earlier run (another checkout's ddpm_export) must not win
         folder.mkdir(parents=True, exist_ok=True)

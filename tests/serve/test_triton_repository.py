@@ -222,3 +222,18 @@ def test_the_local_server_refuses_paths_its_python_backend_cannot_run_from(tmp_p
 
     with pytest.raises(ValueError, match="Triton's Python backend cannot run from a path with spaces or non-ASCII"):
         LocalServer(None, tmp_path / name, tmp_path / "work")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("inside", ["cwd", "backends", "cwd/repo"])
+def test_the_local_server_refuses_a_repository_in_the_folders_it_rewrites(tmp_path: Path, inside: str) -> None:
+    """work/cwd is emptied on every start: a repository there was deleted (the server then found no model)."""
+    from ddpm_export.serve.local_server import LocalServer, TritonInstall
+
+    repo = tmp_path / "work" / inside
+    (repo / "sampler").mkdir(parents=True)
+    install = TritonInstall(*(tmp_path / name for name in ("bin", "backend", "stub", "libs")))  # never run
+    with pytest.raises(ValueError, match=rf"repository {re.escape(str(repo))} is in .*work/{inside.split('/')[0]}, "
+                                         r"which LocalServer empties and refills on every start"):
+        LocalServer(install, repo, tmp_path / "work")
+    assert (repo / "sampler").is_dir()
+    LocalServer(install, tmp_path / "work" / "repo", tmp_path / "work")  # beside them: fine (tools/triton_bench.py)
