@@ -83,7 +83,8 @@ class BlsBackend:
     """A :class:`ddpm_export.diffusion.Backend` that calls a Triton model through BLS.
 
     ``backend(x_t [B,C,H,W] f32, t [B] i64, cond)`` sends one ``InferenceRequest`` to
-    ``model_name`` (``t`` and class ids as ``[B, 1]``) and returns a copy of ``model_output``.
+    ``model_name`` (``t`` and class ids as ``[B, 1]``) and returns a copy of ``model_output``, asked
+    for in CPU memory (Triton 23.04+: ``PreferredMemory``).
     ``cancelled`` is asked before each call: the request being served, given up by its client,
     raises RequestCancelled instead.
     """
@@ -101,8 +102,11 @@ class BlsBackend:
         feeds = feeds_for(self.spec, x_t, t, cond)
         tensors = [self.pb.Tensor(name, np.ascontiguousarray(arr.reshape(-1, 1) if name in self.batch_only else arr))
                    for name, arr in feeds.items()]
+        # the output in CPU memory: by default it stays where the unet made it, and a TensorRT unet's
+        # is in GPU memory, which as_numpy() refuses ("Tensor is stored in GPU")
         request = self.pb.InferenceRequest(model_name=self.model_name, inputs=tensors,
-                                           requested_output_names=[OUT_NAME])
+                                           requested_output_names=[OUT_NAME],
+                                           preferred_memory=self.pb.PreferredMemory(self.pb.TRITONSERVER_MEMORY_CPU, 0))
         response = request.exec()
         if response.has_error():
             raise UNetCallError(f"{self.model_name}: {response.error().message()}")
