@@ -45,21 +45,25 @@ VERSION_PARAM, UNET_PARAM, MAX_IMAGES_PARAM = "ddpm_export_version", "unet_model
 class UNetTarget:
     """How one ``--unet-backend`` appears in ``config.pbtxt``: ``field: value`` (``platform`` or
     ``backend``), the model file in ``unet/1/``, ``default_model_filename`` where the backend's
-    own default differs from it, and the instance kind (None: Triton's default, one instance per
-    GPU or one on the CPU)."""
+    own default differs from it, the instance kind (None: Triton's default, one instance per
+    GPU or one on the CPU) and the backend's own ``parameters``."""
 
     field: str
     value: str
     filename: str
     default_model_filename: str | None
     kind: str | None
+    parameters: tuple[tuple[str, str], ...] = ()
 
 
 #: ``--unet-backend`` name -> its target; an unknown name is refused listing the choices.
 UNET_BACKENDS: Registry[UNetTarget] = Registry("unet_backend", {
     "onnxruntime": UNetTarget("platform", "onnxruntime_onnx", "model.onnx", None, None),
     "tensorrt": UNetTarget("platform", "tensorrt_plan", "model.plan", None, "KIND_GPU"),
-    "openvino": UNetTarget("backend", "openvino", "model.onnx", "model.onnx", "KIND_CPU"),  # its default is IR
+    # its default file is IR; it fixes the model's batch at max_batch_size and refuses a smaller batch
+    # ("expected requests with batch size ..."), the sampler's calls of fewer images, unless padding it
+    "openvino": UNetTarget("backend", "openvino", "model.onnx", "model.onnx", "KIND_CPU",
+                           (("ENABLE_BATCH_PADDING", "YES"),)),
     # our ONNX Runtime backend in-process; Triton loads unet/1/model.py, which opens model.onnx
     "python": UNetTarget("backend", "python", "model.onnx", None, "KIND_CPU"),
 })
@@ -115,6 +119,8 @@ def unet_config(spec: ExportSpec, backend: str, *, max_queue_delay_us: int) -> d
         config["default_model_filename"] = target.default_model_filename
     if target.kind is not None:
         config["instance_group"] = [{"count": 1, "kind": Enum(target.kind)}]
+    if target.parameters:
+        config["parameters"] = [{"key": k, "value": {"string_value": v}} for k, v in target.parameters]
     return config
 
 

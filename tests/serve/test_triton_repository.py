@@ -133,6 +133,17 @@ def test_conditioned_models_configs_parse(spec: ExportSpec, backend: str) -> Non
         assert (last.name, list(last.dims), last.optional) == ("context", [-1, -1, 24], False)
 
 
+@pytest.mark.parametrize("backend", BACKENDS, ids=[f"{b}-unet" for b in BACKENDS])
+def test_the_openvino_unet_pads_every_call_to_max_batch(backend: str) -> None:
+    """Triton's OpenVINO backend fixes the model's batch at max_batch_size and refuses any other
+    ("expected requests with batch size '16', got '4'") unless ENABLE_BATCH_PADDING is YES: every
+    sampler request of fewer images than max_batch failed. The others run any batch as it is."""
+    spec = ExportSpec(in_channels=1, out_channels=1, sample_size=16, min_batch=1, opt_batch=4, max_batch=16)
+    unet = parse(to_pbtxt(unet_config(spec, backend, max_queue_delay_us=500)))
+    parameters = {key: value.string_value for key, value in unet.parameters.items()}
+    assert parameters == ({"ENABLE_BATCH_PADDING": "YES"} if backend == "openvino" else {})
+
+
 def test_pbtxt_writer_round_trips_through_protobuf() -> None:
     text = to_pbtxt({"name": 'a "quoted" \\ name', "max_batch_size": 4,
                      "input": [{"name": "x", "data_type": Enum("TYPE_FP16"), "dims": [-1, 3]}],
