@@ -446,11 +446,11 @@ def check_output_folder(path: str | Path, kind: OutputFolder, force: bool) -> Pa
                   "it would be replaced while in use; choose a new folder")
     path = Path(os.path.abspath(path))  # `..`, `a/..` name their folder
     remove_leftovers(path)  # first: a previous output it puts back is refused without force
-    refuse_existing(path, force)
-    if path.is_symlink():
+    if path.is_symlink():  # before --force is asked for: --force would not help
         raise BadInputError(f"{path} is a symbolic link; give a folder (the link itself would be replaced)")
     if path.exists() and not path.is_dir():
         raise NotAFolderError(f"{path} is a file; give a folder")
+    refuse_existing(path, force)
     refuse_foreign_folder(path, kind)
     return path
 

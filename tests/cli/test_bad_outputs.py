@@ -740,3 +740,20 @@ def test_a_name_too_long_for_the_file_system_is_refused_before_any_work(tmp_path
     assert "exporting" not in out
     expect_failure(["onnx", "--model", "tiny", "-o", tmp_path / "t.onnx", "--save-io", ""], 2,
                    r"--save-io '' names no folder; give one \(\. for the current folder\)", watch=[tmp_path])
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_a_file_or_link_given_as_output_folder_is_named_so_with_or_without_force(tmp_path, force):
+    """Without --force a file or a link was refused as 'exists; pass --force', and --force then
+    refused it as a file or a link: the first message sent the user to a flag that cannot help."""
+    from ddpm_export.errors import BadInputError, NotAFolderError
+
+    (tmp_path / "f").write_text("the user's")
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "dir")
+    for name, error, message in [("f", NotAFolderError, "f is a file; give a folder"),
+                                 ("link", BadInputError, "link is a symbolic link; give a folder")]:
+        with pytest.raises(error, match=message):
+            with atomic_dir(tmp_path / name, OutputFolder("m"), force=force):
+                pass
+    assert (tmp_path / "f").read_text() == "the user's" and (tmp_path / "link").is_symlink()
