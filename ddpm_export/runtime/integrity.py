@@ -19,7 +19,8 @@ ORT_TYPES = {"float32": "tensor(float)", "int64": "tensor(int64)", "float16": "t
 
 def check_graph(inputs: list[Any], outputs: list[Any], spec: ExportSpec, source: str) -> None:
     """Refuse a graph whose inputs or output disagree with ``spec`` (names, element types, and
-    every fixed dimension); ``inputs`` / ``outputs`` are ONNX Runtime ``NodeArg`` lists."""
+    every fixed dimension: an input's fixed batch only where the spec's batch range is that one size);
+    ``inputs`` / ``outputs`` are ONNX Runtime ``NodeArg`` lists."""
     names = [i.name for i in inputs]
     if names != spec.input_names:
         raise IntegrityError(f"{source}: the graph's inputs {names} differ from its metadata's export spec "
@@ -42,6 +43,11 @@ def check_graph(inputs: list[Any], outputs: list[Any], spec: ExportSpec, source:
         if not fixed_ok:
             raise IntegrityError(f"{source}: graph {arg.name!r} has shape {dims}, its metadata's export spec says "
                                  f"(batch, {', '.join(str(w) for w in want[1:])}); re-export it with `ddpm-export onnx`")
+        fixed_batch = arg.name != OUT_NAME and dims and isinstance(dims[0], int)  # ONNX Runtime refuses other feeds
+        if fixed_batch and not spec.min_batch == dims[0] == spec.max_batch:
+            raise IntegrityError(f"{source}: graph {arg.name!r} has a fixed batch of {dims[0]}, its metadata's export "
+                                 f"spec says batch {spec.min_batch}..{spec.max_batch}; re-export it with "
+                                 f"`ddpm-export onnx` (--min-batch, --max-batch)")
 
 
 def check_finite(model_output: np.ndarray, *, step: int, steps: int, t: int, source: str, precision: str) -> None:
