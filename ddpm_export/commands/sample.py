@@ -99,7 +99,7 @@ def command(onnx_path: str | None, bundle_dir: str | None, bundle_onnx: str | No
         raise BadInputError(f"--output: a PNG grid holds 1 or 3 channels, and {pipe.source} makes {channels}-channel "
                             f"images; write them with --save-npy alone")
     images = pipe.sample(n, steps=steps, sampler=sampler, seed=seed, eta=eta, guidance_scale=guidance,
-                         classes=[class_ids[i % len(class_ids)] for i in range(n)] if class_ids else None,
+                         classes=_cycled(class_ids, n, pipe.image_shape),
                          progress=show_progress(progress))
     with atomic_files(output, save_npy, force=force) as (png, npy):  # both files or neither
         if png is not None:
@@ -110,6 +110,17 @@ def command(onnx_path: str | None, bundle_dir: str | None, bundle_onnx: str | No
     written = " and ".join(str(path) for path in (output, save_npy) if path is not None)
     size = info.spec.sample_size
     click.echo(f"wrote {written} ({count(n, 'image')}, {channels}x{size}x{size}, {precision})")
+
+
+def _cycled(class_ids: tuple[int, ...], n: int, shape: tuple[int, int, int]) -> list[int] | None:
+    """``--class`` ids in turn for ``n`` images (None: none given); ``-n`` checked first (the list
+    of a huge -n was built before -n was refused, until memory ran out)."""
+    from ddpm_export.runtime.pipeline import check_n
+
+    if not class_ids:
+        return None
+    check_n(n, shape)
+    return [class_ids[i % len(class_ids)] for i in range(n)]
 
 
 def _check_outputs(output: str | None, save_npy: str | None, onnx_path: str | None, bundle_dir: str | None,

@@ -31,7 +31,7 @@ from ddpm_export.errors import BadInputError, TargetMismatchWarning, WrongTypeEr
 from ddpm_export.runtime.backends import CPU_BACKENDS, describe_precision
 from ddpm_export.runtime.integrity import check_finite
 
-__all__ = ["Pipeline", "SampleRequest", "chunk_seed", "warn_on_target_mismatch"]
+__all__ = ["Pipeline", "SampleRequest", "check_n", "chunk_seed", "warn_on_target_mismatch"]
 
 BackendName = Literal["onnxruntime", "openvino", "ort-cuda", "ort-tensorrt", "tensorrt"]
 
@@ -62,9 +62,7 @@ class SampleRequest:
                  guidance_scale: Any, classes: Any, context: Any, x_T: Any) -> None:
         spec = info.spec
         self.shape = (spec.in_channels, spec.sample_size, spec.sample_size)
-        self.n = _positive_int("n", n)
-        # the result, its start noise and the last step's arrays: refused before anything is allocated
-        check_fits_in_memory("n", self.n, 4 * 4 * int(np.prod(self.shape)), "the images")
+        self.n = check_n(n, self.shape)
         self.seed = check_seed(seed)
         self.config = _config(info.diffusion, sampler, steps, eta)
         self.guidance_scale = _guidance(info, guidance_scale)
@@ -80,6 +78,14 @@ class SampleRequest:
     @property
     def steps(self) -> int:
         return self.config.num_inference_steps
+
+
+def check_n(n: Any, shape: tuple[int, int, int]) -> int:
+    """``n`` images of ``shape`` ``(C, H, W)``: an int >= 1 whose result, start noise and last
+    step's arrays fit in memory, refused before anything of size ``n`` is allocated."""
+    n = _positive_int("n", n)
+    check_fits_in_memory("n", n, 4 * 4 * int(np.prod(shape)), "the images")
+    return n
 
 
 def warn_on_target_mismatch(path: str | Path, info: ModelInfo, backend: str) -> None:

@@ -107,6 +107,19 @@ def test_bad_arguments_fail_with_a_message(onnx_files: dict[str, Path], tmp_path
     assert not Path(png).exists()
 
 
+def test_a_huge_n_with_class_is_refused_before_the_class_list_is_built(onnx_files: dict[str, Path],
+                                                                        tmp_path: Path) -> None:
+    # the ids of --class were listed for every image before -n was checked: 10**12 of them ran
+    # until memory ran out ("out of memory", after minutes) instead of the size check's message
+    from bad_inputs import run_with_memory_limit
+
+    result = run_with_memory_limit(["sample", "--onnx", onnx_files["kitchen-sink"], "-n", str(10**12), "--class", "3",
+                                    "--class", "7", "-o", tmp_path / "g.png"], 3 * 2**30)
+    assert result.returncode == 2, result.stderr
+    assert re.search(r"Error: -n 1000000000000: the images would need [\d,.]+ GiB", result.stderr), result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "g.png").exists()
+
+
 def test_sampler_messages_name_the_flags_and_the_default(tmp_path: Path) -> None:
     """On the shipped digits file, whose default sampler is unipc: --eta without --sampler says
     the sampler is the file's default; a multistep solver's step bound names --steps."""
