@@ -179,6 +179,12 @@ class Pipeline:
 
         check_choice("backend", backend, BACKENDS)  # before hashing every file
         _check_gpu_options(backend, device, trt_fp16, trt_cache_dir)
+        given = {"threads": threads, "inference_precision": inference_precision, "providers": providers,
+                 "session_options": session_options}
+        unused = [name for name, value in given.items() if value is not None]
+        if backend == "tensorrt" and unused:  # the engine runs as built: nothing to take them
+            raise BadInputError(f"{', '.join(unused)} apply to the backends that run the ONNX file, not 'tensorrt' "
+                                f"(the bundle's engine)")
         manifest = bundle_mod.verify_bundle(directory)
         entry = manifest.model(onnx)
         folder = Path(directory)

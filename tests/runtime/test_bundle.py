@@ -250,6 +250,20 @@ def test_a_missing_file_is_a_file_not_found_error_with_its_path(tmp_path: Path) 
         assert str(caught.value).startswith(f"{path}: ")  # the message, not "[Errno 2] ..."
 
 
+@pytest.mark.parametrize("options", [{"threads": 2}, {"inference_precision": "f32"},
+                                     {"providers": ["CPUExecutionProvider"]}, {"threads": 1, "session_options": 0}])
+def test_the_engine_refuses_the_options_of_the_onnx_backends(onnx_file: Path, engine: Path, tmp_path: Path,
+                                                            options: dict) -> None:
+    # backend="tensorrt" dropped threads, inference_precision, providers and session_options silently
+    # (from_onnx refuses them on the backends that do not take them)
+    from ddpm_export.errors import BadInputError
+
+    bundle = make_bundle([onnx_file], tmp_path / "b", engines=[engine])
+    names = ", ".join(options)
+    with pytest.raises(BadInputError, match=f"^{names} apply to the backends that run the ONNX file, not 'tensorrt'"):
+        Pipeline.from_bundle(bundle, backend="tensorrt", **options)
+
+
 @pytest.mark.parametrize("folder", [None, 3, ["b"]])
 def test_a_bundle_that_is_not_a_path_is_a_type_error_naming_it(folder: object) -> None:
     # from_bundle(None) was a raw TypeError from pathlib; from_onnx(None) already named the type
