@@ -20,9 +20,14 @@ __all__ = ["GRID_CHANNELS", "grid_shape", "make_grid", "save_grid", "save_npy", 
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
-    """``[N, C, H, W]`` in ``[-1, 1]`` -> ``[N, H, W, C]`` uint8: ``round((x + 1) * 127.5)``, clipped."""
+    """``[N, C, H, W]`` in ``[-1, 1]`` -> ``[N, H, W, C]`` uint8: ``round((x + 1) * 127.5)``, clipped.
+    NaN and infinities are refused: no pixel value stands for them (NaN became 0, black)."""
     if images.ndim != 4:
         raise BadInputError(f"images must be [N, C, H, W], got shape {images.shape}")
+    bad = int(images.size - np.count_nonzero(np.isfinite(images)))
+    if bad:
+        raise BadInputError(f"images hold {bad} NaN or infinite value(s) of {images.size}; no pixel value stands "
+                            f"for them (keep the raw values with save_npy)")
     scaled = np.rint((images.astype(np.float64) + 1.0) * 127.5)
     return np.clip(scaled, 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
 

@@ -178,6 +178,20 @@ def test_grid_layout_and_grayscale() -> None:
         make_grid(np.zeros((2, 2, 4, 4), np.float32))
 
 
+def test_non_finite_images_are_refused_not_drawn_black(tmp_path: Path) -> None:
+    # to_uint8 cast NaN to 0 (with numpy's RuntimeWarning) and save_grid wrote the picture
+    from ddpm_export.images import save_grid
+
+    images = np.zeros((2, 1, 4, 4), np.float32)
+    images[1, 0, 2, 3] = np.nan
+    images[0, 0, 0, 0] = -np.inf
+    with pytest.raises(ValueError, match=r"images hold 2 NaN or infinite value\(s\) of 32"):
+        to_uint8(images)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        save_grid(images, tmp_path / "g.png")
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("classes, message", [
     (2**63, f"id {2**63} is outside [0, 10)"), (10**20, f"id {10**20} is outside [0, 10)"),
     ([0, 2**63], f"id {2**63} is outside [0, 10)"),  # numpy would read the list as float64
