@@ -100,7 +100,8 @@ def read_manifest(folder: str | Path) -> Manifest:
     if not folder.is_dir():
         raise InputNotFoundError(f"{folder}: not a bundle folder (no such directory)", folder)
     if not path.is_file():
-        raise BundleError(f"{path}: missing; a bundle folder holds a {MANIFEST} (build one with `ddpm-export bundle`)")
+        what = "not a regular file" if os.path.lexists(path) else "missing"  # a folder or FIFO in its place
+        raise BundleError(f"{path}: {what}; a bundle folder holds a {MANIFEST} (build one with `ddpm-export bundle`)")
     try:
         data = parse_json(path.read_text(encoding="utf-8"))
     except ValueError as e:

@@ -86,6 +86,15 @@ def test_a_missing_file_is_refused_naming_the_file(bundle: Path) -> None:
         verify_bundle(bundle)
 
 
+def test_a_folder_in_the_manifests_place_is_not_a_missing_manifest(tmp_path: Path) -> None:
+    (tmp_path / "b" / MANIFEST).mkdir(parents=True)  # was "manifest.json: missing"
+    with pytest.raises(BundleError, match=r"b/manifest\.json: not a regular file; a bundle folder holds a manifest"):
+        verify_bundle(tmp_path / "b")
+    (tmp_path / "b" / MANIFEST).rmdir()
+    with pytest.raises(BundleError, match=r"b/manifest\.json: missing; a bundle folder holds a manifest"):
+        verify_bundle(tmp_path / "b")
+
+
 def test_a_truncated_file_is_refused_by_size(bundle: Path) -> None:
     path = bundle / "tiny.onnx"
     path.write_bytes(path.read_bytes()[:-1])
