@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ddpm_export.checks import check_int
 from ddpm_export.errors import BadInputError
 from ddpm_export.files import atomic_file
 
@@ -33,10 +34,10 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
 
 
 def grid_shape(n: int, columns: int | None = None) -> tuple[int, int]:
-    """``(rows, columns)``: ``ceil(sqrt(n))`` columns unless given, as many rows as needed."""
+    """``(rows, columns)``: ``ceil(sqrt(n))`` columns unless given (an int >= 1), as many rows as needed."""
     if n < 1:
         raise BadInputError(f"need at least one image, got {n}")
-    cols = columns or math.ceil(math.sqrt(n))
+    cols = math.ceil(math.sqrt(n)) if columns is None else check_int("columns", columns, 1, None, "an int >= 1")
     return math.ceil(n / cols), cols
 
 
@@ -49,8 +50,9 @@ def make_grid(images: np.ndarray, *, columns: int | None = None, padding: int = 
     """
     if images.ndim != 4 or images.shape[1] not in GRID_CHANNELS:
         raise BadInputError(f"images must be [N, 1 or 3, H, W], got shape {images.shape}")
-    if scale < 1 or padding < 0:
-        raise BadInputError(f"scale must be >= 1 and padding >= 0, got scale={scale}, padding={padding}")
+    scale = check_int("scale", scale, 1, None, "an int >= 1")  # 2.5 drew tiles 2x
+    padding = check_int("padding", padding, 0, None, "an int >= 0")
+    background = check_int("background", background, 0, 255, "a gray level in [0, 255]")
     tiles = to_uint8(images)
     if scale > 1:
         tiles = tiles.repeat(scale, axis=1).repeat(scale, axis=2)

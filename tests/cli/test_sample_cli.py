@@ -192,6 +192,20 @@ def test_non_finite_images_are_refused_not_drawn_black(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("options, error, message", [
+    ({"columns": 0}, ValueError, "columns must be an int >= 1, got 0"),  # was the default layout
+    ({"columns": -1}, ValueError, "columns must be an int >= 1, got -1"),  # was numpy's "negative dimensions"
+    ({"columns": 1.5}, TypeError, "columns must be an int >= 1, got 1.5"),
+    ({"scale": 2.5}, TypeError, "scale must be an int >= 1, got 2.5"),  # was drawn at scale 2
+    ({"scale": 0}, ValueError, "scale must be an int >= 1, got 0"),
+    ({"padding": 1.5}, TypeError, "padding must be an int >= 0, got 1.5"),
+    ({"background": 300}, ValueError, r"background must be a gray level in \[0, 255\], got 300"),  # OverflowError
+])
+def test_grid_options_are_checked_by_name(options: dict, error: type, message: str) -> None:
+    with pytest.raises(error, match=f"^{message}$"):
+        make_grid(np.zeros((2, 1, 4, 4), np.float32), **options)
+
+
 @pytest.mark.parametrize("classes, message", [
     (2**63, f"id {2**63} is outside [0, 10)"), (10**20, f"id {10**20} is outside [0, 10)"),
     ([0, 2**63], f"id {2**63} is outside [0, 10)"),  # numpy would read the list as float64
