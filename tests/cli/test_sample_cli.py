@@ -245,6 +245,23 @@ def test_a_four_channel_model_samples_to_npy_and_refuses_a_png_before_sampling(t
     assert sorted(p.name for p in tmp_path.iterdir()) == ["latent", "latent.onnx", "x.npy"]
 
 
+def test_a_context_model_is_refused_naming_what_the_command_lacks(tmp_path: Path) -> None:
+    """No option of `sample` takes a context: it failed after loading with 'context: ... pass
+    context [n, L, 12] float32', an argument the command does not have."""
+    from ddpm_export.export.onnx import export_onnx
+
+    from export_helpers import save_test_checkpoint
+
+    onnx = export_onnx(save_test_checkpoint("context", tmp_path), tmp_path / "ctx.onnx", max_batch=2,
+                       validate=False, log=lambda s: None).path
+    npy = tmp_path / "x.npy"
+    code, out = _run("--onnx", str(onnx), "-n", "2", "--steps", "1", "--save-npy", str(npy))
+    assert code == 2, out
+    assert (f"Error: {onnx}: a context-conditioned model needs a context for every image, which `ddpm-export "
+            f"sample` has no option for; sample it from Python with Pipeline.sample(n, context=...)") in out
+    assert "pass context" not in out and not npy.exists()
+
+
 def test_a_model_folder_here_wins_over_the_preset_of_its_name(tmp_path: Path, monkeypatch) -> None:
     """`--model digits` sampled the shipped preset even with a ./digits folder (a model trained
     there), which every other command reads."""
