@@ -22,7 +22,7 @@ import numpy as np
 
 from ddpm_export.checks import check_guidance_scale, check_seed, check_x_T
 from ddpm_export.diffusion.scheduler import Scheduler
-from ddpm_export.errors import BadInputError
+from ddpm_export.errors import BadInputError, WrongTypeError
 
 __all__ = ["Backend", "StepCallback", "guided_output", "noise_generator", "sample"]
 
@@ -143,6 +143,9 @@ def _check_guidance(
 ) -> bool:
     """Validate the conditioning arguments; True when steps run the doubled (guided) batch."""
     check_guidance_scale(guidance_scale)
+    for name, value in (("cond", cond), ("null_cond", null_cond)):
+        if value is not None and not isinstance(value, np.ndarray):  # a list: the wrong type, as x_T's
+            raise WrongTypeError(f"{name} must be a numpy array or None, got {type(value).__name__}")
     if cond is not None and (cond.ndim == 0 or cond.shape[0] != batch):
         raise BadInputError(f"cond must have batch size {batch} (shape[0]), got shape {cond.shape}")
     if null_cond is not None:

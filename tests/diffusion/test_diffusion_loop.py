@@ -228,6 +228,8 @@ def test_context_conditioning_is_doubled_too() -> None:
     (dict(x_T=np.zeros((2, 3, 8, 9), np.float32)), ValueError, "x_T must be float32 of shape (2, 3, 8, 8)"),
     (dict(x_T=np.zeros(SHAPE, np.float64)), ValueError, "x_T must be float32"),
     (dict(x_T=[0.0]), TypeError, "x_T must be a numpy array"),
+    (dict(cond=[1, 2]), TypeError, "cond must be a numpy array or None, got list"),  # was an AttributeError
+    (dict(cond=COND, null_cond=[10, 10], guidance_scale=2.0), TypeError, "null_cond must be a numpy array"),
     (dict(seed=-1), ValueError, "seed must be a non-negative int"),
     (dict(seed=1.5), ValueError, "seed must be a non-negative int"),
 ])
