@@ -189,6 +189,22 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert again.exit_code != 0 and "exists; pass --force" in again.output
 
 
+def test_demo_of_a_context_model_says_it_cannot_supply_contexts(tmp_path: Path) -> None:
+    """It failed after the export with 'context: ... pass context [n, L, 12] float32', an argument
+    the demo does not have; nothing is left behind."""
+    from export_helpers import save_test_checkpoint
+
+    folder = save_test_checkpoint("context", tmp_path)
+    out = tmp_path / "demo"
+    result = CliRunner().invoke(main, ["demo", "--model", str(folder), "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    assert (f"Error: {folder}: a context-conditioned model needs a context for every image, which the demo has no "
+            f"way to supply; export it with `ddpm-export onnx` and sample it from Python with "
+            f"Pipeline.sample(n, context=...)") in result.output
+    assert "pass context" not in result.output and "[2/3]" not in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["context"]
+
+
 def test_demo_errors_name_the_output_folder_not_its_temporary_one(tmp_path: Path) -> None:
     """A model whose output overflows (finite weights, 1e37 on the first conv): the export's check
     fails (exit 1) naming out/model.onnx, not the hidden folder the demo fills first, and the model,
