@@ -205,6 +205,26 @@ def test_demo_of_a_context_model_says_it_cannot_supply_contexts(tmp_path: Path) 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["context"]
 
 
+def test_demo_of_a_model_trained_with_few_timesteps_verifies_at_most_t_steps(tmp_path: Path) -> None:
+    """T = 10: after the export and the grid, the demo's verify asked for DDIM-50 and failed with
+    'steps must be an int in [1, 10] ... got 50', which no demo option changes."""
+    from ddpm_export.config import UNetConfig
+    from ddpm_export.diffusion.config import DiffusionConfig
+    from ddpm_export.nn.checkpoint import build_model, save_checkpoint
+    from ddpm_export.presets import MODELS_DIR
+
+    cfg = UNetConfig.load(MODELS_DIR / "tiny" / "config.json").replace(num_train_timesteps=10)
+    folder = save_checkpoint(build_model(cfg), tmp_path / "t10",
+                             diffusion=DiffusionConfig(num_train_timesteps=10, num_inference_steps=5))
+    out = tmp_path / "demo"
+    result = CliRunner().invoke(main, ["demo", "--model", str(folder), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["passed"]
+    assert {"DDIM-10", "DDPM-10", "DPM-SOLVER++-9", "UNIPC-9"} <= {m.split(":")[1].split()[0] for m in
+                                                                 (c["message"] for c in report["checks"])}
+
+
 def test_demo_errors_name_the_output_folder_not_its_temporary_one(tmp_path: Path) -> None:
     """A model whose output overflows (finite weights, 1e37 on the first conv): the export's check
     fails (exit 1) naming out/model.onnx, not the hidden folder the demo fills first, and the model,
