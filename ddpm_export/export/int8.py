@@ -80,7 +80,8 @@ def record_calibration_inputs(backend: Callable, spec: ExportSpec, diffusion: Di
     the extremes over all feeds, so the split changes no scale; it keeps the null class in the
     calibration at any ``--max-batch``. A run has ``cfg.images`` images, raised to the number of
     classes but at most :data:`MAX_CALIBRATION_IMAGES` (a 1000-class model would run 2000-row
-    forwards and record every row of every call); trajectory k starts at class k."""
+    forwards and record every row of every call); trajectory k starts at class k. A model trained
+    with fewer timesteps than a run's steps runs T of them (less its ``steps_offset``)."""
     from ddpm_export.diffusion import make_scheduler, sample
 
     calls: list[dict[str, np.ndarray]] = []
@@ -96,8 +97,9 @@ def record_calibration_inputs(backend: Callable, spec: ExportSpec, diffusion: Di
 
     n = min(max(cfg.images, num_classes or 0), MAX_CALIBRATION_IMAGES)
     guided = num_classes is not None and null_class is not None
+    most = diffusion.num_train_timesteps - diffusion.steps_offset  # leading steps past it would start at t >= T
     for k in range(cfg.trajectories):
-        scheduler = make_scheduler(diffusion, "ddim", num_inference_steps=cfg.steps + k)
+        scheduler = make_scheduler(diffusion, "ddim", num_inference_steps=min(cfg.steps + k, most))
         cond = (np.arange(k, k + n, dtype=np.int64) % num_classes) if num_classes is not None else None
         sample(recording, scheduler, (n, spec.in_channels, spec.sample_size, spec.sample_size), seed=cfg.seed + k,
                cond=cond, null_cond=np.full(n, null_class, dtype=np.int64) if guided else None,

@@ -77,6 +77,24 @@ def test_calibration_follows_the_sampler_over_classes_and_the_null_class() -> No
     assert classes == set(range(unet.config.num_classes + 1))  # every class and the null class
 
 
+@pytest.mark.parametrize("offset", [0, 1])
+def test_calibration_of_a_model_trained_with_fewer_timesteps_than_its_steps(offset: int) -> None:
+    """T = 10: the 16-step calibration run failed the export with 'num_inference_steps: must be in
+    [1, num_train_timesteps=10], got 16', a setting the user never made; it now runs T steps (less
+    a leading steps_offset, which would push the first timestep to T)."""
+    from ddpm_export import load_model
+    from ddpm_export.contract.spec import ExportSpec
+    from ddpm_export.diffusion import DiffusionConfig
+    from ddpm_export.torch_backend import TorchBackend
+
+    unet = load_model("tiny")
+    spec = ExportSpec.from_config(unet.config, max_batch=4)
+    diffusion = DiffusionConfig(num_train_timesteps=10, num_inference_steps=5, steps_offset=offset)
+    calls = record_calibration_inputs(TorchBackend(unet), spec, diffusion, None, None,
+                                      CalibrationConfig(trajectories=2, steps=16))
+    assert [sorted({int(t) for t in c["t"]}) for c in calls] == 2 * [[t] for t in range(9, offset - 1, -1)]
+
+
 def test_calibration_splits_guided_calls_at_max_batch_keeping_the_null_class() -> None:
     """At --max-batch 16 the digits model's 10 class rows and 10 null rows (20) did not fit, and the
     calibration ran unguided: the null class was never calibrated. Now each call is split."""
