@@ -36,7 +36,7 @@ if TYPE_CHECKING:  # pragma: no cover
 @click.option("--seed", type=click.IntRange(0), default=0, help="Noise seed.")
 @click.option("--class", "class_ids", type=click.IntRange(0), multiple=True,
               help="Class-conditional models: the class of every image; repeated, its values in turn "
-                   "(--class 3 --class 7: 3, 7, 3, ...) [default: classes 0, 1, ... in turn].")
+                   "(--class 3 --class 7: 3, 7, 3, ...; at most -n values) [default: classes 0, 1, ... in turn].")
 @click.option("--guidance", type=float, default=1.0,
               help="Classifier-free guidance scale (class-conditional models with a null class); 1 = none.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
@@ -85,6 +85,9 @@ def command(onnx_path: str | None, bundle_dir: str | None, bundle_onnx: str | No
     use_flag_names({"guidance_scale": "--guidance", "classes": "--class", "steps": "--steps", "eta": "--eta",
                      "sampler": "--sampler", "n": "-n", "num_inference_steps": "--steps"})
     _check_sources(onnx_path, (bundle_dir, bundle_onnx), model)
+    if len(class_ids) > n:  # taken in turn: the values past the n-th would be dropped without a word
+        raise click.UsageError(f"--class given {len(class_ids)} times for -n {n}: the values after the first {n} would "
+                               f"be unused; pass at most {n}, or raise -n")
     if backend == "tensorrt" and bundle_dir is None:
         raise click.UsageError("--backend tensorrt runs a bundle's engine: pass --bundle")
     if (trt_fp16 or trt_cache is not None) and backend != "ort-tensorrt":

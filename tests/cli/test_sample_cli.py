@@ -80,6 +80,12 @@ def test_repeated_class_values_are_taken_in_turn(onnx_files: dict[str, Path], tm
     assert code == 0, out
     want = Pipeline.from_onnx(onnx_files["kitchen-sink"]).sample(5, steps=2, classes=[3, 7, 3, 7, 3], progress=False)
     np.testing.assert_array_equal(np.load(npy), want)
+    # more values than images: the surplus was dropped silently (-n 2 --class 1 --class 2 --class 3 gave 1, 2)
+    code, out = _run("--onnx", str(onnx_files["kitchen-sink"]), "-n", "2", "--class", "1", "--class", "2",
+                     "--class", "3", "--save-npy", str(npy), "--force")
+    assert code == 2, out
+    assert "Error: --class given 3 times for -n 2: the values after the first 2 would be unused" in out
+    np.testing.assert_array_equal(np.load(npy), want)  # untouched
 
 
 def test_bad_arguments_fail_with_a_message(onnx_files: dict[str, Path], tmp_path: Path) -> None:
