@@ -334,9 +334,7 @@ def _check_arguments(info: ModelInfo, unet_config: Any, model: str | Path, onnx:
     check_steps(steps, T)
     if ddpm_steps is not None:
         check_steps(ddpm_steps, T, "ddpm_steps")
-    if not spec.conditioning.has_default_input:
-        raise VerifyError(f"trajectories of {spec.conditioning.adjective} models are not supported yet "
-                          f"(no {spec.conditioning.noun} source)")
+    spec.conditioning.require_default_input(str(onnx), "`ddpm-export verify`", VerifyError)
     spec.check_samplable(str(onnx), VerifyError)  # before any check runs, as Pipeline refuses it
     return THRESHOLDS[info.precision]
 

@@ -407,3 +407,18 @@ def test_a_single_step_case_that_is_nan_is_the_worst_error() -> None:
 
     result = _single_step(nan_at_16, cases, expected)
     assert np.isnan(result["max_abs"]) and np.isnan(result["rel_l2"])
+
+
+def test_verify_of_a_context_model_is_refused_naming_the_argument(tmp_path: Path) -> None:
+    """Its trajectories have no context to feed: refused before any check, exit 2, naming
+    Pipeline.sample's argument (the same refusal as sample's and demo's)."""
+    from ddpm_export.export.onnx import export_onnx
+
+    from export_helpers import save_test_checkpoint
+
+    folder = save_test_checkpoint("context", tmp_path)
+    onnx = export_onnx(folder, tmp_path / "ctx.onnx", max_batch=2, validate=False, log=lambda s: None).path
+    result = CliRunner().invoke(main, ["verify", "--model", str(folder), "--onnx", str(onnx)])
+    assert result.exit_code == 2, result.output
+    assert (f"{onnx}: a context-conditioned model needs a context for every image, which `ddpm-export verify` has no "
+            f"way to supply; sample it from Python with Pipeline.sample(n, context=...)") in result.output

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import Any, Iterator
 
 import click
 
-from ddpm_export.errors import BadInputError, DdpmExportError, MissingDependencyError
-
-if TYPE_CHECKING:  # pragma: no cover
-    from ddpm_export.contract.info import ModelInfo
+from ddpm_export.errors import DdpmExportError, MissingDependencyError
 
 #: Classifier-free guidance of the demo grid for class-conditional models: modest, so that the
 #: classes are clearly told apart without the over-saturation of large scales (Ho & Salimans use 1-4).
@@ -128,7 +125,7 @@ def _export_and_sample(model: str, out: Path, tmp: Path) -> float:
 
     pipe = Pipeline.from_onnx(tmp / "model.onnx")
     info = pipe.info
-    _check_conditioning(info, model)
+    info.spec.conditioning.require_default_input(model, "the demo", exported=False)  # before sampling
     classes = info.num_classes
     n = 2 * classes if classes else 16
     guidance = DEMO_GUIDANCE if classes and info.null_class_id is not None else 1.0
@@ -143,16 +140,6 @@ def _export_and_sample(model: str, out: Path, tmp: Path) -> float:
     save_npy(images, tmp / "samples.npy")
     click.echo(f"      {seconds:.1f} s ({n / seconds:.1f} images/s) -> grid.png, samples.npy")
     return guidance
-
-
-def _check_conditioning(info: ModelInfo, model: str) -> None:
-    """Refuse, before sampling, a model whose conditioning has no default input (a context): the
-    demo has nothing to supply it with (Pipeline.sample would ask for an argument it lacks)."""
-    cond = info.spec.conditioning
-    if not cond.has_default_input:
-        raise BadInputError(f"{model}: a {cond.adjective} model needs a {cond.noun} for every image, which the demo "
-                            f"has no way to supply; export it with `ddpm-export onnx` and sample it from Python with "
-                            f"Pipeline.sample(n, {cond.argument}=...)")
 
 
 def _verify(model: str, out: Path, tmp: Path, guidance: float, ddpm_steps: int | None) -> dict[str, Any]:

@@ -10,7 +10,6 @@ from ddpm_export.contract.choices import BACKENDS
 from ddpm_export.diffusion.samplers import SCHEDULERS
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ddpm_export.contract.info import ModelInfo
     from ddpm_export.runtime import Pipeline
 
 
@@ -98,7 +97,7 @@ def command(onnx_path: str | None, bundle_dir: str | None, bundle_onnx: str | No
     cpu = {} if inference_precision is None else {"inference_precision": inference_precision}
     pipe = _load(onnx_path, (bundle_dir, bundle_onnx), model, backend, trt_fp16, trt_cache, cpu)
     info = pipe.info
-    _check_conditioning(info, onnx_path or bundle_dir or model)
+    info.spec.conditioning.require_default_input(str(onnx_path or bundle_dir or model), "`ddpm-export sample`")
     channels = info.spec.in_channels
     if output is not None and channels not in GRID_CHANNELS:  # before sampling, not after
         raise BadInputError(f"--output: a PNG grid holds 1 or 3 channels, and {pipe.source} makes {channels}-channel "
@@ -126,18 +125,6 @@ def _cycled(class_ids: tuple[int, ...], n: int, shape: tuple[int, int, int]) -> 
         return None
     check_n(n, shape)
     return [class_ids[i % len(class_ids)] for i in range(n)]
-
-
-def _check_conditioning(info: ModelInfo, source: str | None) -> None:
-    """Refuse a model whose conditioning has no default input (a context), which no option here
-    supplies -- before sampling, where Pipeline.sample would ask for an argument the CLI lacks."""
-    from ddpm_export.errors import BadInputError
-
-    cond = info.spec.conditioning
-    if not cond.has_default_input:
-        raise BadInputError(f"{source}: a {cond.adjective} model needs a {cond.noun} for every image, which "
-                            f"`ddpm-export sample` has no option for; sample it from Python with "
-                            f"Pipeline.sample(n, {cond.argument}=...)")
 
 
 def _check_outputs(output: str | None, save_npy: str | None, onnx_path: str | None, bundle_dir: str | None,

@@ -97,6 +97,16 @@ class Conditioning:
         if self.input_name is not None and cond is None:
             raise BadInputError(f"cond: this model is conditioned on {self.kind}; pass {self.what(context_dim)}")
 
+    def require_default_input(self, source: str, tool: str, error: type[Exception] = BadInputError, *,
+                              exported: bool = True) -> None:
+        """Refuse, before any sampling, a model whose input has no default (a context) in ``tool``
+        (e.g. ``the demo``), which has no way to supply one: ``error`` naming Pipeline.sample's
+        argument (and ``ddpm-export onnx`` first where ``source`` is not an exported file)."""
+        if not self.has_default_input:
+            export = "" if exported else "export it with `ddpm-export onnx` and "
+            raise error(f"{source}: a {self.adjective} model needs a {self.noun} for every image, which {tool} has no "
+                        f"way to supply; {export}sample it from Python with Pipeline.sample(n, {self.argument}=...)")
+
     def call_input(self, value: Any, n: int, info: ModelInfo) -> np.ndarray | None:
         """The checked ``[n, ...]`` input of a sampling call from the user's ``value`` (default if None)."""
         return None

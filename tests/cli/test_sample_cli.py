@@ -264,7 +264,7 @@ def test_a_context_model_is_refused_naming_what_the_command_lacks(tmp_path: Path
     code, out = _run("--onnx", str(onnx), "-n", "2", "--steps", "1", "--save-npy", str(npy))
     assert code == 2, out
     assert (f"Error: {onnx}: a context-conditioned model needs a context for every image, which `ddpm-export "
-            f"sample` has no option for; sample it from Python with Pipeline.sample(n, context=...)") in out
+            f"sample` has no way to supply; sample it from Python with Pipeline.sample(n, context=...)") in out
     assert "pass context" not in out and not npy.exists()
 
 
