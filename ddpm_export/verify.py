@@ -68,6 +68,9 @@ from ddpm_export.runtime.info import read_info
 __all__ = ["THRESHOLDS", "Thresholds", "VerifyError", "compare", "draw_drift", "effective_precision", "plot_drift",
            "report_json", "require_matplotlib", "verify", "write_report"]
 
+#: trajectory steps when not given: DDIM and the multistep solvers (fewer for a model trained
+#: with fewer timesteps: see :func:`verify`)
+DEFAULT_STEPS, DEFAULT_SOLVER_STEPS = 50, 10
 #: single-step timesteps always checked (those >= T are dropped), plus T // 2 and T - 1
 SINGLE_STEP_TIMESTEPS = (0, 937)
 #: multistep solvers whose whole trajectories are verified by default (besides DDIM and DDPM)
@@ -197,8 +200,8 @@ def _one_ulp(x_T: np.ndarray, seed: int) -> np.ndarray:
 
 
 # --- the whole check ------------------------------------------------------------------------
-def verify(model: str | Path, onnx: str | Path, *, engine: str | Path | None = None, steps: int = 50,
-           ddpm_steps: int | None = None, solver_steps: int = 10, solvers: Sequence[str] = SOLVERS,
+def verify(model: str | Path, onnx: str | Path, *, engine: str | Path | None = None, steps: int | None = None,
+           ddpm_steps: int | None = None, solver_steps: int | None = None, solvers: Sequence[str] = SOLVERS,
            seed: int = 0, batch: int = 2, guidance_scale: float = 1.0,
            providers: Sequence[Any] | None = None, gpu_backends: Sequence[str] = (), threads: int | None = None,
            inference_precision: str | None = None, log: Callable[[str], None] = print,
@@ -206,7 +209,9 @@ def verify(model: str | Path, onnx: str | Path, *, engine: str | Path | None = N
     """Verify ``onnx`` (and ``engine``, and the file on ``gpu_backends``: ``"openvino"``, ``"ort-cuda"``,
     ``"ort-tensorrt"``) against the PyTorch ``model``, each backend held to the thresholds of the
     precision it computes (:func:`effective_precision`); return the report (a dict). ``progress``
-    draws a bar over each trajectory's steps (DDPM runs all T of them).
+    draws a bar over each trajectory's steps (DDPM runs all T of them). ``steps`` / ``solver_steps``
+    default to :data:`DEFAULT_STEPS` / :data:`DEFAULT_SOLVER_STEPS`, at most what a model trained
+    with T timesteps takes (T; T - 1 for the solvers' leading spacing).
 
     ``report["passed"]`` says whether every check passed and ``report["failures"]`` which did not.
     Raises VerifyError when the file was not exported from ``model``'s config or an argument
@@ -217,9 +222,12 @@ def verify(model: str | Path, onnx: str | Path, *, engine: str | Path | None = N
 
     start, onnx = time.perf_counter(), Path(onnx)
     info = read_info(onnx)
+    T = info.diffusion.num_train_timesteps
+    steps = min(DEFAULT_STEPS, T) if steps is None else steps
+    solver_steps = min(DEFAULT_SOLVER_STEPS, max(1, T - 1)) if solver_steps is None else solver_steps
     unet = load_model(model)
     limits = _check_arguments(info, unet.config, model, onnx, steps, ddpm_steps, batch, guidance_scale)
-    spec, cfg, T = info.spec, info.diffusion, info.diffusion.num_train_timesteps
+    spec, cfg = info.spec, info.diffusion
     solver_schedulers = _solver_schedulers(cfg, solvers, solver_steps)
     onnx_sha, source_match = sha256_file(onnx), _check_source(model, unet, onnx, info)
 

@@ -205,9 +205,10 @@ def test_demo_of_a_context_model_says_it_cannot_supply_contexts(tmp_path: Path) 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["context"]
 
 
-def test_demo_of_a_model_trained_with_few_timesteps_verifies_at_most_t_steps(tmp_path: Path) -> None:
+def test_demo_and_verify_of_a_model_trained_with_few_timesteps_verify_at_most_t_steps(tmp_path: Path) -> None:
     """T = 10: after the export and the grid, the demo's verify asked for DDIM-50 and failed with
-    'steps must be an int in [1, 10] ... got 50', which no demo option changes."""
+    'steps must be an int in [1, 10] ... got 50', which no demo option changes; `verify` without
+    --steps failed on its own default the same way."""
     from ddpm_export.config import UNetConfig
     from ddpm_export.diffusion.config import DiffusionConfig
     from ddpm_export.nn.checkpoint import build_model, save_checkpoint
@@ -223,6 +224,11 @@ def test_demo_of_a_model_trained_with_few_timesteps_verifies_at_most_t_steps(tmp
     assert report["passed"]
     assert {"DDIM-10", "DDPM-10", "DPM-SOLVER++-9", "UNIPC-9"} <= {m.split(":")[1].split()[0] for m in
                                                                  (c["message"] for c in report["checks"])}
+    result = CliRunner().invoke(main, ["verify", "--model", str(folder), "--onnx", str(out / "model.onnx"),
+                                       "--ddpm-steps", "3", "--report", str(tmp_path / "r.json")])
+    assert result.exit_code == 0, result.output
+    checks = json.loads((tmp_path / "r.json").read_text())["checks"]
+    assert {"DDIM-10", "DDPM-3", "DPM-SOLVER++-9", "UNIPC-9"} <= {c["message"].split(":")[1].split()[0] for c in checks}
 
 
 def test_demo_errors_name_the_output_folder_not_its_temporary_one(tmp_path: Path) -> None:

@@ -16,9 +16,6 @@ DEMO_GUIDANCE = 1.5  # the digits model's samples degrade from 2 on (models/digi
 #: Rows per model call in the demo's trajectory check: 2 images, or 1 image with guidance (its
 #: conditional and null-class rows), so that DDPM over all T = 1000 steps fits the time budget.
 VERIFY_ROWS = 2
-#: Steps of the demo's DDIM and solver trajectories (verify's defaults), fewer for a model trained
-#: with fewer timesteps (DDIM visits at most T, a solver with leading spacing at most T - 1)
-VERIFY_STEPS, VERIFY_SOLVER_STEPS = 50, 10
 
 
 #: what the demo writes into --out: --force replaces only such a folder
@@ -145,15 +142,12 @@ def _export_and_sample(model: str, out: Path, tmp: Path) -> float:
 def _verify(model: str, out: Path, tmp: Path, guidance: float, ddpm_steps: int | None) -> dict[str, Any]:
     """Step 3: verify ``tmp/model.onnx`` against PyTorch; writes report.json (and drift.png)."""
     from ddpm_export.console import show_progress
-    from ddpm_export.runtime.info import read_info
     from ddpm_export.verify import plot_drift, verify, write_report
 
     batch = VERIFY_ROWS // (2 if guidance != 1.0 else 1)
-    T = read_info(tmp / "model.onnx").diffusion.num_train_timesteps  # verify's 50 and 10 steps fit T >= 51 only
-    steps = {"steps": min(VERIFY_STEPS, T), "solver_steps": min(VERIFY_SOLVER_STEPS, T - 1)}
     click.echo(f"[3/3] verify against PyTorch (seed 0, {batch} image(s) per trajectory"
                + (f", guidance {guidance:g}" if guidance != 1.0 else "") + ")")
-    report = verify(model, tmp / "model.onnx", batch=batch, guidance_scale=guidance, ddpm_steps=ddpm_steps, **steps,
+    report = verify(model, tmp / "model.onnx", batch=batch, guidance_scale=guidance, ddpm_steps=ddpm_steps,
                     log=lambda m: click.echo("      " + m.strip().replace(str(tmp), str(out))),  # not the temp name
                     progress=show_progress())
     report["onnx"] = str(out / "model.onnx")

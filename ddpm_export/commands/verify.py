@@ -14,12 +14,13 @@ from ddpm_export.contract.choices import ORT_GPU_BACKENDS
               help="The exported ONNX file.")
 @click.option("--engine", type=click.Path(dir_okay=False, exists=True), default=None,
               help="Also verify this TensorRT engine (built from --onnx; needs tensorrt and a GPU).")
-@click.option("--steps", type=click.IntRange(1), default=50, help="DDIM trajectory steps.")
+@click.option("--steps", type=click.IntRange(1), default=None,
+              help="DDIM trajectory steps [default: 50, or T for a model trained with fewer timesteps].")
 @click.option("--ddpm-steps", type=click.IntRange(1), default=None,
               help="Respace the DDPM trajectory to this many steps [default: all T]; for big models "
                    "(the report notes it).")
-@click.option("--solver-steps", type=click.IntRange(1), default=10,
-              help="Steps of the DPM-Solver++ and UniPC trajectories.")
+@click.option("--solver-steps", type=click.IntRange(1), default=None,
+              help="Steps of the DPM-Solver++ and UniPC trajectories [default: 10, at most T - 1].")
 @click.option("--seed", type=click.IntRange(0), default=0, help="Noise seed, the same on both sides.")
 @click.option("--batch", type=click.IntRange(1), default=2, help="Images per trajectory.")
 @click.option("--guidance", type=float, default=1.0,
@@ -34,8 +35,8 @@ from ddpm_export.contract.choices import ORT_GPU_BACKENDS
 @click.option("--inference-precision", type=click.Choice(("f32", "bf16")), default=None,
               help="OpenVINO: compute in f32 or bf16 [default: OpenVINO's choice, bf16 on CPUs with BF16].")
 @click.option("--force", is_flag=True, help="Overwrite existing --report / --plot files.")
-def command(model: str, onnx_path: str, engine: str | None, steps: int, ddpm_steps: int | None, solver_steps: int,
-            seed: int, batch: int, guidance: float, report: str | None, plot: str | None,
+def command(model: str, onnx_path: str, engine: str | None, steps: int | None, ddpm_steps: int | None,
+            solver_steps: int | None, seed: int, batch: int, guidance: float, report: str | None, plot: str | None,
             gpu_backends: tuple[str, ...], inference_precision: str | None, force: bool) -> None:
     """Verify an ONNX file (and an engine) against the PyTorch model, step by step.
 
