@@ -291,11 +291,11 @@ def _precisions(info: ModelInfo, candidates: dict[str, Backend]) -> tuple[dict[s
 
 def _check_source(model: str | Path, unet: Any, onnx: Path, info: ModelInfo) -> bool | None:
     """VerifyError when the file was exported from other weights than ``model``'s (its recorded
-    ``source_sha256``: of the weights file, or of a seeded preset's weights): every check would
-    fail for that reason alone. Returns True when the model has a weights file (None: a seeded
-    preset)."""
+    ``source_sha256``: of the weights file, else of the loaded weights: a seeded preset's, a sharded
+    diffusers folder's): every check would fail for that reason alone. Returns True when the model
+    has trained weights (None: seed-initialised)."""
     from ddpm_export.export.onnx import state_sha256
-    from ddpm_export.nn.checkpoint import weights_path
+    from ddpm_export.nn.checkpoint import seed_initialised, weights_path
 
     weights = weights_path(model)
     have = sha256_file(weights) if weights is not None else state_sha256(unet)
@@ -303,7 +303,7 @@ def _check_source(model: str | Path, unet: Any, onnx: Path, info: ModelInfo) -> 
         raise VerifyError(f"{onnx} was exported from other weights than {model}'s (source sha256 "
                           f"{info.source_sha256[:12]}... recorded, {have[:12]}... here): re-export it from {model}, "
                           f"or verify it against the model it came from")
-    return None if weights is None else True
+    return None if seed_initialised(model) else True
 
 
 def _schedule_notes(model: str | Path, onnx: Path, info: ModelInfo, log: Callable[[str], None]) -> list[str]:

@@ -159,11 +159,11 @@ def _load(model: str, threads: int, erf_size: int | None) -> tuple["UNet", str]:
 
     from ddpm_export import load_model
     from ddpm_export.analysis.erf import check_erf_size
-    from ddpm_export.nn.checkpoint import weights_path
+    from ddpm_export.nn.checkpoint import seed_initialised
 
     torch.set_num_threads(threads)
     unet = load_model(model)
-    weights = "trained" if weights_path(model) is not None else "seed-initialised"
+    weights = "seed-initialised" if seed_initialised(model) else "trained"
     check_erf_size(unet.config, erf_size)
     return unet, weights
 

@@ -27,7 +27,7 @@ from ddpm_export.presets import (CONFIG_NAME, DIFFUSERS_WEIGHTS_NAME, DIFFUSION_
 __all__ = ["CHECKPOINT_FOLDER", "CONFIG_NAME", "DIFFUSERS_WEIGHTS_NAME", "DIFFUSION_NAME", "WEIGHTS_NAME",
            "CheckpointError", "build_model", "diffusion_config_for", "is_diffusers_folder", "load_checkpoint",
            "load_model", "load_state_strict", "model_folder", "read_safetensors", "save_checkpoint", "schedule_file",
-           "weights_path", "write_checkpoint"]
+           "seed_initialised", "weights_path", "write_checkpoint"]
 
 #: what a checkpoint folder holds (``training.json``: tools/train.py's record of the run), so that
 #: ``force`` replaces only such a folder
@@ -110,6 +110,13 @@ def weights_path(spec: str | Path) -> Path | None:
         if (folder / name).is_file():
             return folder / name
     return None
+
+
+def seed_initialised(spec: str | Path) -> bool:
+    """Whether ``load_model(spec)`` gives seed-initialised weights: a preset or a folder of ours
+    without ``model.safetensors`` (a diffusers folder loads its weights, one file or shards, or fails)."""
+    folder = model_folder(spec)
+    return not (folder / WEIGHTS_NAME).exists() and not is_diffusers_folder(folder)
 
 
 def load_model(spec: str | Path) -> UNet:

@@ -192,6 +192,21 @@ def test_sharded_safetensors_load(tmp_path):
     assert _max_error(theirs.eval(), ddpm_export.load_model(tmp_path), [0, 999]) <= ATOL
 
 
+def test_sharded_weights_are_trained_weights(tmp_path):
+    """A sharded folder has no single weights file: `inspect` called it seed-initialised and, as
+    for a zero_init seeded model, measured its ERF on fresh seed weights instead of the user's."""
+    from ddpm_export.commands.inspect import _erf_subject, _load
+    from ddpm_export.nn.checkpoint import seed_initialised
+
+    theirs = diffusers.UNet2DModel(**SMALL)
+    _randomise(theirs, 1)
+    theirs.save_pretrained(tmp_path, safe_serialization=True, max_shard_size="200KB")
+    unet, weights = _load(str(tmp_path), 1, None)
+    assert weights == "trained" and not seed_initialised(tmp_path) and seed_initialised("tiny")
+    subject, _ = _erf_subject(unet, weights)
+    assert subject is unet and _max_error(theirs.eval(), subject, [0, 999]) <= ATOL
+
+
 def test_key_mapping_round_trips(tmp_path):
     """Every key of every small config maps to ours and back."""
     for case in SMALL_CASES.values():
