@@ -76,7 +76,8 @@ _MUST_BE_DEFAULT: dict[str, Any] = {
     "sigma_min": None, "sigma_max": None, "shift_terminal": None,
 }
 #: keys with no effect here: bookkeeping, or settings of what the keys above keep off, or of
-#: samplers this package does not run
+#: samplers this package does not run (Euler's ``timestep_type``: unless it is continuous with
+#: v-prediction, which is refused, as the model then takes another timestep)
 _IGNORED = ("_class_name", "_diffusers_version", "dynamic_thresholding_ratio", "sample_max_value", "flow_shift",
             "time_shift_type", "skip_prk_steps", "interpolation_type", "timestep_type", "variance_type",
             "tensor_format")
@@ -200,6 +201,7 @@ def diffusion_from_scheduler(path: Path) -> DiffusionConfig:
             raise refuse("variance_type", f"of {cls} is not supported (a learned-variance model's samplers here "
                                           f"are DDPM's; the solvers take the C channels of a plain prediction)")
         fields["variance_type"] = _VARIANCE_TYPES[data["variance_type"]]  # carried over by a scheduler swap
+    _check_timestep_type(data, fields.get("prediction_type"), refuse)
     if cls not in _CLIPPING and "clip_sample" not in data:
         fields["clip_sample"] = False  # its step never clips
     fields.update(_sampler_fields(cls, data, refuse))
@@ -227,6 +229,15 @@ def _from_predict_epsilon(data: dict[str, Any], refuse: Callable[[str, str], Sch
         raise refuse("predict_epsilon", f"contradicts prediction_type={_shown(data['prediction_type'])} "
                                         f"(predict_epsilon={str(flag).lower()} means {mapped!r})")
     return mapped
+
+
+def _check_timestep_type(data: dict[str, Any], prediction_type: Any,
+                         refuse: Callable[[str, str], SchedulerConfigError]) -> None:
+    """Refuse Euler's continuous timesteps where diffusers uses them (with v-prediction): the model
+    then takes ``0.25 * log(sigma)`` for its timestep, not the integer t of the exported file."""
+    if data.get("timestep_type") == "continuous" and prediction_type == "v_prediction":
+        raise refuse("timestep_type", "with prediction_type='v_prediction' is not supported (the model takes "
+                                      "0.25 * log(sigma) for its timestep, not the integer t the exported file gets)")
 
 
 def _sampler_fields(cls: str, data: dict[str, Any],

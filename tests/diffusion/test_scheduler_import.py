@@ -85,6 +85,9 @@ def test_keys_a_file_leaves_out_take_that_class_s_defaults(tmp_path: Path) -> No
      r"variance_type='learned_range' of DPMSolverMultistepScheduler is not supported"),
     ({"_class_name": "DPMSolverMultistepScheduler", "algorithm_type": "sde-dpmsolver"},
      r"algorithm_type='sde-dpmsolver' is not supported"),
+    # read as its beta schedule, sampled with integer t: diffusers feeds this model 0.25 * log(sigma)
+    ({"_class_name": "EulerDiscreteScheduler", "timestep_type": "continuous", "prediction_type": "v_prediction"},
+     r"timestep_type='continuous' with prediction_type='v_prediction' is not supported \(the model takes 0.25"),
     ({"_class_name": "DDPMScheduler", "new_knob": 1}, r"new_knob=1 is a scheduler setting this version does not know"),
     ({"_class_name": "DDPMScheduler", "beta_start": 2.0}, r"beta_start: must be in \(0, 1\), got 2.0"),
     ([1, 2], r"a scheduler config is a JSON object, got list"),
