@@ -113,7 +113,7 @@ def _block_types(source: str, key: str, types: Any, supported: dict[str, bool], 
     out = []
     for i, name in enumerate(types):
         base = name[len("UNetRes"):] if isinstance(name, str) and name.startswith("UNetRes") else name
-        if base not in supported:
+        if not isinstance(base, str) or base not in supported:  # a list or object: not a name (nor hashable)
             raise _refuse(source, f"{key}[{i}]", name, "is not a block type ddpm-export reproduces; supported: "
                           + ", ".join(repr(s) for s in supported))
         out.append(supported[base])

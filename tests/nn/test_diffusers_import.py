@@ -243,6 +243,9 @@ REFUSED = {
                                 ["'ResnetDownsampleBlock2D'", "supported"]),
     "attn-skip-up-block": ({"up_block_types": ["UpBlock2D", "AttnSkipUpBlock2D"]},
                            ["up_block_types[1]='AttnSkipUpBlock2D'", "'UpBlock2D', 'AttnUpBlock2D'"]),
+    # a list or object where a block name belongs: a TypeError traceback (unhashable), exit 1
+    "block-type-list": ({"down_block_types": [["DownBlock2D"], "DownBlock2D"]}, ["down_block_types[0]=['DownBlock2D']"]),
+    "block-type-object": ({"up_block_types": ["UpBlock2D", {"a": 1}]}, ["up_block_types[1]={'a': 1}"]),
     "cross-attn-block": ({"down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"]}, ["'CrossAttnDownBlock2D'"]),
     "attention-not-mirrored": ({"up_block_types": ["AttnUpBlock2D", "UpBlock2D"]}, ["mirror"]),
     # attention at 16 x 16 on the way down but 8 x 8 on the way up
