@@ -107,6 +107,11 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 200 else text[:200] + "..."
 
 
+def _listed(value: Any, names: dict[str, Any]) -> bool:
+    """Whether ``value`` is one of the names ``names`` maps (a list or object is none: not hashable)."""
+    return isinstance(value, str) and value in names
+
+
 class SchedulerConfigError(BadInputError):
     """A diffusers scheduler config this package cannot reproduce; the message names the key."""
 
@@ -155,7 +160,7 @@ def schedule_only_class(path: Path) -> str | None:
         cls = _read(path).get("_class_name")
     except (OSError, ValueError, AttributeError):
         return None
-    return cls if cls in _CLASS_DEFAULTS and cls not in SAMPLER_CLASSES else None
+    return cls if _listed(cls, _CLASS_DEFAULTS) and cls not in SAMPLER_CLASSES else None
 
 
 def diffusion_from_scheduler(path: Path) -> DiffusionConfig:
@@ -167,7 +172,7 @@ def diffusion_from_scheduler(path: Path) -> DiffusionConfig:
     if not isinstance(data, dict):
         raise SchedulerConfigError(f"{path}: a scheduler config is a JSON object, got {type(data).__name__}")
     cls = data.get("_class_name")
-    if cls not in _CLASS_DEFAULTS:
+    if not _listed(cls, _CLASS_DEFAULTS):
         said = ("names no _class_name" if cls is None else
                 f"_class_name={_shown(cls)} is not a scheduler class ddpm-export reads")
         raise SchedulerConfigError(f"{path}: {said} (known: {', '.join(_CLASS_DEFAULTS)}); write a diffusion.json "
@@ -189,15 +194,15 @@ def diffusion_from_scheduler(path: Path) -> DiffusionConfig:
     if "predict_epsilon" in data:
         fields["prediction_type"] = _from_predict_epsilon(data, refuse)
     if "beta_schedule" in data:
-        if data["beta_schedule"] not in _BETA_SCHEDULES:
+        if not _listed(data["beta_schedule"], _BETA_SCHEDULES):
             raise refuse("beta_schedule", f"is not supported (choose one of: {', '.join(_BETA_SCHEDULES)})")
         fields["beta_schedule"] = _BETA_SCHEDULES[data["beta_schedule"]]
     if cls == "DDPMScheduler" and data.get("variance_type") is not None:
-        if data["variance_type"] not in _VARIANCE_TYPES:
+        if not _listed(data["variance_type"], _VARIANCE_TYPES):
             raise refuse("variance_type", f"is not supported (choose one of: {', '.join(_VARIANCE_TYPES)})")
         fields["variance_type"] = _VARIANCE_TYPES[data["variance_type"]]
     if cls != "DDPMScheduler" and data.get("variance_type") is not None:
-        if data["variance_type"] not in _VARIANCE_TYPES:  # learned(_range)
+        if not _listed(data["variance_type"], _VARIANCE_TYPES):  # learned(_range)
             raise refuse("variance_type", f"of {cls} is not supported (a learned-variance model's samplers here "
                                           f"are DDPM's; the solvers take the C channels of a plain prediction)")
         fields["variance_type"] = _VARIANCE_TYPES[data["variance_type"]]  # carried over by a scheduler swap
@@ -247,7 +252,7 @@ def _sampler_fields(cls: str, data: dict[str, Any],
         return {"sampler": "ddim"}
     if cls == "DPMSolverMultistepScheduler":
         algorithm = data.get("algorithm_type", "dpmsolver++")
-        if algorithm not in _DPM_SAMPLERS:
+        if not _listed(algorithm, _DPM_SAMPLERS):
             raise refuse("algorithm_type", f"is not supported (choose one of: {', '.join(_DPM_SAMPLERS)})")
         sampler = {"sampler": _DPM_SAMPLERS[algorithm], "algorithm_type": algorithm}
     elif cls == "UniPCMultistepScheduler":

@@ -80,6 +80,10 @@ def test_keys_a_file_leaves_out_take_that_class_s_defaults(tmp_path: Path) -> No
     ({"_class_name": "DDPMScheduler", "beta_schedule": "sigmoid"},
      r"beta_schedule='sigmoid' is not supported \(choose one of: linear, scaled_linear, squaredcos_cap_v2\)"),
     ({"_class_name": "DDPMScheduler", "variance_type": "learned_range"}, r"variance_type='learned_range' is not"),
+    # a list or object where a name belongs: a TypeError traceback (unhashable), exit 1
+    ({"_class_name": "DDPMScheduler", "beta_schedule": ["linear"]}, r"beta_schedule=\['linear'\] is not supported"),
+    ({"_class_name": "DDIMScheduler", "variance_type": ["fixed_small"]}, r"variance_type=\['fixed_small'\] of DDIM"),
+    ({"_class_name": "DPMSolverMultistepScheduler", "algorithm_type": {"a": 1}}, r"algorithm_type=\{'a': 1\} is not"),
     # accepted and ignored, then every sample failed on the 2C-channel output (diffusers slices it)
     ({"_class_name": "DPMSolverMultistepScheduler", "variance_type": "learned_range"},
      r"variance_type='learned_range' of DPMSolverMultistepScheduler is not supported"),
@@ -122,6 +126,7 @@ def test_each_read_class_s_defaults_are_diffusers_own() -> None:
     ({"beta_start": 0.001}, r"names no _class_name \(known: DDPMScheduler, DDIMScheduler, "),
     ({"_class_name": "IPNDMScheduler"}, r"_class_name='IPNDMScheduler' is not a scheduler class ddpm-export reads"),
     ({"_class_name": None}, r"names no _class_name"),
+    ({"_class_name": ["DDPMScheduler"]}, r"_class_name=\['DDPMScheduler'\] is not a scheduler class"),
 ])
 def test_a_file_of_no_class_read_here_is_refused(tmp_path: Path, data: dict, match: str) -> None:
     """It was read as a DDIM schedule: IPNDM's own schedule as linear betas, a file without a class
