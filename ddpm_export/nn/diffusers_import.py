@@ -366,17 +366,26 @@ def _rename(model: UNet, weights: dict[str, torch.Tensor], source: str) -> dict[
     return renamed
 
 
+def _shard_names(index: Path) -> list[str]:
+    """The file names a shard index's ``weight_map`` lists (each once)."""
+    try:
+        shards = set(parse_json(index.read_text(encoding="utf-8"))["weight_map"].values())
+        bad = [shard for shard in shards if not isinstance(shard, str) or not shard]
+        if bad:
+            raise TypeError(f"weight_map names a shard {bad[0]!r}")
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"{index}: not a safetensors shard index ({e})") from e
+    return sorted(shards)
+
+
 def _read_weights(folder: Path) -> tuple[dict[str, torch.Tensor], str]:
     """The folder's safetensors weights (one file, or shards listed by an index) and their name."""
     single = folder / DIFFUSERS_WEIGHTS_NAME
-    if single.is_file():
+    if single.exists():  # a folder in its place: read_safetensors says so
         return read_safetensors(single), str(single)
     index = folder / f"{DIFFUSERS_WEIGHTS_NAME}.index.json"
     if index.is_file():
-        try:
-            shards = sorted(set(parse_json(index.read_text(encoding="utf-8"))["weight_map"].values()))
-        except (ValueError, KeyError, TypeError, AttributeError) as e:
-            raise CheckpointError(f"{index}: not a safetensors shard index ({e})") from e
+        shards = _shard_names(index)
         weights: dict[str, torch.Tensor] = {}
         for shard in shards:
             weights.update(read_safetensors(folder / shard))

@@ -62,8 +62,8 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     The header is checked first (torch-free), so a truncated or foreign file (e.g. a pickle
     renamed ``.safetensors``) is refused with the file's name before any tensor is read.
     """
-    if not path.is_file():
-        raise CheckpointError(f"{path} not found")
+    if not path.is_file():  # a folder in its place is not "not found"
+        raise CheckpointError(f"{path}: not a regular file" if path.exists() else f"{path} not found")
     try:
         read_header(path)
     except BadInputError as e:

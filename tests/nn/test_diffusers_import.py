@@ -321,6 +321,27 @@ def test_bin_only_folder_is_refused(tmp_path):
         ddpm_export.load_model(tmp_path)
 
 
+@pytest.mark.parametrize(("weight_map", "match"), [
+    ({"a.weight": 1}, r"index.json: not a safetensors shard index \(weight_map names a shard 1\)"),  # a TypeError
+    ({"a.weight": ""}, r"index.json: not a safetensors shard index \(weight_map names a shard ''\)"),  # 'not found'
+    ({"a.weight": "sub"}, r"sub: not a regular file"),  # 'sub not found' of a folder that is there
+])
+def test_a_shard_index_naming_no_file_is_named(tmp_path, weight_map, match):
+    _folder_with_config(tmp_path, SMALL)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / f"{WEIGHTS}.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    with pytest.raises(CheckpointError, match=match):
+        ddpm_export.load_model(tmp_path)
+
+
+def test_a_folder_in_place_of_the_weights_is_named(tmp_path):
+    """It read 'has no diffusion_pytorch_model.safetensors (found diffusion_pytorch_model.safetensors)'."""
+    _folder_with_config(tmp_path, SMALL)
+    (tmp_path / WEIGHTS).mkdir()
+    with pytest.raises(CheckpointError, match=rf"{WEIGHTS}: not a regular file"):
+        ddpm_export.load_model(tmp_path)
+
+
 @pytest.mark.parametrize("key", ["down_blocks.0.resnets.0.conv1.weight", "mid_block.attentions.0.to_q.bias"])
 def test_renamed_key_is_named(tmp_path, key):
     _save_diffusers(tmp_path, SMALL)
