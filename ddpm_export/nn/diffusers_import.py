@@ -39,12 +39,13 @@ import torch
 
 from ddpm_export.config import ConfigError, UNetConfig
 from ddpm_export.configbase import read_config_text
+from ddpm_export.diffusion.config import DiffusionConfig
 from ddpm_export.diffusion.from_diffusers import scheduler_timesteps
 from ddpm_export.errors import CheckpointError
 from ddpm_export.jsonio import parse_json
 from ddpm_export.nn.unet import UNet
 from ddpm_export.nn.weights import build_model, check_state, load_state_strict, read_safetensors, shapes
-from ddpm_export.presets import CONFIG_NAME, DIFFUSERS_WEIGHTS_NAME
+from ddpm_export.presets import CONFIG_NAME, DIFFUSERS_WEIGHTS_NAME, DIFFUSION_NAME
 
 __all__ = ["DIFFUSERS_DEFAULTS", "config_from_diffusers", "diffusers_key", "load_diffusers_unet",
            "our_key", "read_diffusers_config"]
@@ -273,9 +274,10 @@ def _levels(source: str, c: dict[str, Any]) -> tuple[list[int], list[bool]]:
 
 def read_diffusers_config(path: str | Path) -> UNetConfig:
     """Parse a diffusers config.json and map it with :func:`config_from_diffusers`. A positional
-    model's config leaves ``num_train_timesteps`` null (diffusers writes it so): its T is then the
-    scheduler's beside it (``DDPMPipeline`` samples a T=4000 scheduler with such a UNet), 1000
-    without one."""
+    model's config leaves ``num_train_timesteps`` null (diffusers writes it so): its T is then that
+    of the schedule it is sampled with (``DDPMPipeline`` samples a T=4000 scheduler with such a
+    UNet), as :func:`ddpm_export.nn.checkpoint.schedule_file` picks it: the folder's
+    ``diffusion.json``, else the scheduler's beside it; 1000 without either."""
     path = Path(path)
     try:
         data = parse_json(read_config_text(path))
@@ -283,10 +285,23 @@ def read_diffusers_config(path: str | Path) -> UNetConfig:
         raise ConfigError(f"{path}: not valid JSON ({e})") from e
     if isinstance(data, dict) and data.get("num_train_timesteps") is None \
             and data.get("time_embedding_type", "positional") == "positional":
-        T = scheduler_timesteps(path.parent)
+        T = _schedule_timesteps(path.parent)
         if T is not None:
             data = {**data, "num_train_timesteps": T}
     return config_from_diffusers(data, source=str(path))
+
+
+def _schedule_timesteps(folder: Path) -> int | None:
+    """``num_train_timesteps`` of the folder's ``diffusion.json`` (1000 when it leaves it out), else
+    of its scheduler config; None without either, or when the one found is malformed (the schedule
+    is read, and refused by name, where the model's schedule is read)."""
+    own = folder / DIFFUSION_NAME
+    if not own.is_file():
+        return scheduler_timesteps(folder)
+    try:
+        return DiffusionConfig.load(own).num_train_timesteps
+    except ConfigError:
+        return None
 
 
 # --- state dict keys ------------------------------------------------------------------------------

@@ -279,6 +279,25 @@ def test_a_positional_unet_takes_its_timestep_count_from_its_scheduler(tmp_path:
     assert info.unet.num_train_timesteps == info.diffusion.num_train_timesteps == 4000
 
 
+def test_a_positional_unet_takes_its_timestep_count_from_its_diffusion_json(tmp_path: Path) -> None:
+    """The schedule comes from a diffusion.json beside config.json first (the way to choose one by
+    hand); the model's T came from the scheduler config or 1000 alone: 'the schedule's 4000 (from
+    diffusion.json) differs from the model's 1000' for a config.json that states no T."""
+    from ddpm_export.export.onnx import export_onnx
+    from ddpm_export.runtime.info import read_info
+
+    torch.manual_seed(0)
+    diffusers.UNet2DModel(**SMALL_UNET).save_pretrained(tmp_path / "unet")
+    (tmp_path / "unet" / "diffusion.json").write_text(json.dumps({"num_train_timesteps": 4000}))
+    for scheduler in (None, 1000):  # a bare UNet folder; one whose scheduler config diffusion.json overrides
+        if scheduler is not None:
+            diffusers.DDPMScheduler(num_train_timesteps=scheduler).save_pretrained(tmp_path / "unet")
+        out = export_onnx(tmp_path / "unet", tmp_path / "m.onnx", max_batch=2, validate=False, force=True,
+                          log=lambda s: None)
+        info = read_info(out.path)
+        assert info.unet.num_train_timesteps == info.diffusion.num_train_timesteps == 4000
+
+
 def test_a_timestep_count_mismatch_says_which_schedule_and_what_to_write(tmp_path: Path) -> None:
     from ddpm_export.errors import BadInputError
     from ddpm_export.export.onnx import export_onnx
