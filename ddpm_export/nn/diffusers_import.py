@@ -385,7 +385,8 @@ def _shard_names(index: Path) -> list[str]:
     """The file names a shard index's ``weight_map`` lists (each once)."""
     try:
         shards = set(parse_json(index.read_text(encoding="utf-8"))["weight_map"].values())
-        bad = [shard for shard in shards if not isinstance(shard, str) or not shard]
+        bad = [shard for shard in shards  # a file beside the index: no folder part, nothing outside the folder
+               if not isinstance(shard, str) or shard in ("", ".", "..") or Path(shard).name != shard]
         if bad:
             raise TypeError(f"weight_map names a shard {bad[0]!r}")
     except (ValueError, KeyError, TypeError, AttributeError) as e:
@@ -402,8 +403,14 @@ def _read_weights(folder: Path) -> tuple[dict[str, torch.Tensor], str]:
     if index.is_file():
         shards = _shard_names(index)
         weights: dict[str, torch.Tensor] = {}
+        where: dict[str, str] = {}
         for shard in shards:
-            weights.update(read_safetensors(folder / shard))
+            part = read_safetensors(folder / shard)
+            twice = sorted(part.keys() & weights.keys())
+            if twice:  # which copy diffusers would load is the index's business, not a guess of ours
+                raise CheckpointError(f"{index}: {twice[0]!r} is stored in both {where[twice[0]]} and {shard}")
+            weights.update(part)
+            where.update(dict.fromkeys(part, shard))
         return weights, str(index)
     pickled = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
     if pickled:

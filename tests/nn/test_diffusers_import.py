@@ -192,6 +192,18 @@ def test_sharded_safetensors_load(tmp_path):
     assert _max_error(theirs.eval(), ddpm_export.load_model(tmp_path), [0, 999]) <= ATOL
 
 
+def test_a_tensor_stored_in_two_shards_is_refused(tmp_path):
+    """The later shard's copy silently won (which one diffusers loads is the index's word)."""
+    theirs = diffusers.UNet2DModel(**SMALL)
+    theirs.save_pretrained(tmp_path, safe_serialization=True, max_shard_size="200KB")
+    index = json.loads((tmp_path / f"{WEIGHTS}.index.json").read_text())
+    first, last = sorted(set(index["weight_map"].values()))[0], sorted(set(index["weight_map"].values()))[-1]
+    key = next(iter(load_file(tmp_path / first)))
+    save_file({**load_file(tmp_path / last), key: torch.zeros(1)}, tmp_path / last)
+    with pytest.raises(CheckpointError, match=rf"{key!r} is stored in both {first} and {last}"):
+        ddpm_export.load_model(tmp_path)
+
+
 def test_sharded_weights_are_trained_weights(tmp_path):
     """A sharded folder has no single weights file: `inspect` called it seed-initialised and, as
     for a zero_init seeded model, measured its ERF on fresh seed weights instead of the user's."""
@@ -325,6 +337,7 @@ def test_bin_only_folder_is_refused(tmp_path):
     ({"a.weight": 1}, r"index.json: not a safetensors shard index \(weight_map names a shard 1\)"),  # a TypeError
     ({"a.weight": ""}, r"index.json: not a safetensors shard index \(weight_map names a shard ''\)"),  # 'not found'
     ({"a.weight": "sub"}, r"sub: not a regular file"),  # 'sub not found' of a folder that is there
+    ({"a.weight": "../w.safetensors"}, r"not a safetensors shard index \(weight_map names a shard '\.\./w"),  # was read
 ])
 def test_a_shard_index_naming_no_file_is_named(tmp_path, weight_map, match):
     _folder_with_config(tmp_path, SMALL)
