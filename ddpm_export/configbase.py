@@ -36,7 +36,9 @@ class ConfigFileError(ConfigError):
 
 def read_config_text(path: str | Path) -> str:
     """A JSON config file's text: UTF-8, a byte-order mark allowed; ConfigError naming the file
-    when it is not UTF-8 (e.g. saved as UTF-16 by an editor)."""
+    when it is not UTF-8 (e.g. saved as UTF-16 by an editor) or not a regular file (a folder)."""
+    if Path(path).exists() and not Path(path).is_file():
+        raise ConfigError(f"{path}: not a regular file")
     try:
         return Path(path).read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as e:

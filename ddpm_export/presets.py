@@ -51,6 +51,8 @@ def check_model_name(name: str | Path) -> None:
             if (path / "manifest.json").is_file():
                 raise CheckpointError(f"{path} is a bundle folder (ONNX files, no PyTorch weights); --model takes a "
                                       f"preset or a checkpoint folder (sample a bundle with `sample --bundle`)")
+            if (path / CONFIG_NAME).exists():  # a folder in its place
+                raise CheckpointError(f"{path / CONFIG_NAME}: not a regular file")
             raise CheckpointError(f"{path} has no {CONFIG_NAME}")
     elif path.exists():
         raise CheckpointError(f"{path} is a file; pass the checkpoint folder that holds {CONFIG_NAME} and "

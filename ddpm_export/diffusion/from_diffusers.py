@@ -123,7 +123,7 @@ def find_scheduler_config(unet_folder: Path) -> Path | None:
     own = unet_folder / SCHEDULER_CONFIG_NAME
     parents = dict.fromkeys((unet_folder.absolute().parent, unet_folder.resolve().parent))
     for path in (own, *(parent / "scheduler" / SCHEDULER_CONFIG_NAME for parent in parents)):
-        if path.is_file():
+        if path.exists():  # a folder in its place too: its reader refuses it rather than the default schedule apply
             return path
     return None
 

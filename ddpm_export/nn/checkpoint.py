@@ -89,7 +89,7 @@ def schedule_file(spec: str | Path) -> Path | None:
     diffusers folder its scheduler's ``scheduler_config.json`` (beside it or in the pipeline's
     ``scheduler/``); None when there is neither (the default DiffusionConfig applies)."""
     folder = model_folder(spec)
-    if (folder / DIFFUSION_NAME).is_file():
+    if (folder / DIFFUSION_NAME).exists():  # a folder in its place too: refused where it is read
         return folder / DIFFUSION_NAME
     return find_scheduler_config(folder) if is_diffusers_folder(folder) else None
 

@@ -381,3 +381,24 @@ def test_extra_key_is_named(tmp_path):
     save_file(weights, tmp_path / WEIGHTS)
     with pytest.raises(CheckpointError, match=r"unexpected key.*'down_blocks\.1\.attentions\.0\.to_q\.weight'"):
         ddpm_export.load_model(tmp_path)
+
+
+@pytest.mark.parametrize(("name", "match"), [
+    ("config.json", r"config\.json: not a regular file"),  # 'has no config.json'
+    ("diffusion.json", r"diffusion\.json: not a regular file"),  # skipped: the default schedule applied
+    ("scheduler_config.json", r"scheduler_config\.json: not a readable .*Is a directory"),  # skipped likewise
+])
+def test_a_folder_in_place_of_a_config_file_is_named(tmp_path, name, match):
+    """A folder where a model's config, its diffusion.json or its scheduler config belongs: the
+    schedule files were skipped (exit 0 with the default schedule), config.json was 'missing'."""
+    from ddpm_export.errors import BadInputError
+    from ddpm_export.nn.checkpoint import diffusion_config_for
+    from ddpm_export.presets import check_model_name
+
+    diffusers.UNet2DModel(**SMALL).save_pretrained(tmp_path)
+    if name == "config.json":
+        (tmp_path / name).unlink()
+    (tmp_path / name).mkdir()
+    with pytest.raises(BadInputError, match=match):
+        check_model_name(tmp_path)
+        diffusion_config_for(tmp_path)
