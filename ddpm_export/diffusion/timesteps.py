@@ -106,7 +106,8 @@ def previous_timesteps(timesteps: np.ndarray) -> dict[int, int]:
     """Map each visited timestep to the next one visited (its "previous" in the chain), -1 last.
 
     diffusers' DDPMScheduler does the same. Its DDIMScheduler instead uses ``t - T // n``, which
-    agrees with this for leading spacing and for trailing spacing when ``n`` divides ``T``, but not
+    agrees with this for leading spacing (but its last step when ``steps_offset >= T // n``) and for
+    trailing spacing when ``n`` divides ``T``, but not
     for linspace spacing nor for trailing with ``T % n != 0``: there diffusers steps to a
     timestep it then does not resume from, and its DDIM samples differ from ours
     (docs/conventions.md, "DDIM step")."""
