@@ -1,5 +1,6 @@
 """Checks that a loaded graph is what its metadata says, and that a model's output is finite
-(torch-free). Used by :class:`~ddpm_export.runtime.OnnxRuntimeBackend` at load and by
+(torch-free). Used by :class:`~ddpm_export.runtime.OnnxRuntimeBackend` and
+:class:`~ddpm_export.runtime.OpenVinoBackend` at load and by
 :class:`~ddpm_export.runtime.Pipeline` at every sampling step."""
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ ORT_TYPES = {"float32": "tensor(float)", "int64": "tensor(int64)", "float16": "t
 def check_graph(inputs: list[Any], outputs: list[Any], spec: ExportSpec, source: str) -> None:
     """Refuse a graph whose inputs or output disagree with ``spec`` (names, element types, and
     every fixed dimension: an input's fixed batch only where the spec's batch range is that one size);
-    ``inputs`` / ``outputs`` are ONNX Runtime ``NodeArg`` lists."""
+    ``inputs`` / ``outputs`` are ONNX Runtime ``NodeArg`` lists (or anything with its ``name``,
+    ``type`` and ``shape``)."""
     names = [i.name for i in inputs]
     if names != spec.input_names:
         raise IntegrityError(f"{source}: the graph's inputs {names} differ from its metadata's export spec "

@@ -37,12 +37,13 @@ from __future__ import annotations
 import concurrent.futures
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from ddpm_export.contract.spec import OUT_NAME, ExportSpec, feeds_for
-from ddpm_export.errors import BadInputError, EngineError, InputNotFoundError, IntegrityError, MissingDependencyError
+from ddpm_export.errors import BadInputError, EngineError, InputNotFoundError, MissingDependencyError
+from ddpm_export.runtime.integrity import check_graph
 
 __all__ = ["MAX_COMPILED", "OpenVinoBackend", "require_openvino"]
 
@@ -82,14 +83,9 @@ class OpenVinoBackend:
             model = core.read_model(str(path))
         except RuntimeError as e:  # OpenVINO raises RuntimeError for every read failure
             raise BadInputError(f"{path}: OpenVINO cannot read this file ({_engine_message(e)})") from e
-        names = [port.get_any_name() for port in model.inputs]
-        if names != spec.input_names:
-            raise IntegrityError(f"{path}: the graph's inputs {names} differ from its metadata's export spec "
-                                 f"{spec.input_names}; re-export it with `ddpm-export onnx`")
+        # the rules ONNX Runtime's backend applies: a graph OpenVINO would reshape or convert silently is refused too
+        check_graph(_graph_args(model.inputs), _graph_args(model.outputs), spec, source=str(path))
         outputs = [port.get_any_name() for port in model.outputs]
-        if OUT_NAME not in outputs:
-            raise IntegrityError(f"{path}: the graph has no output {OUT_NAME!r} (outputs: {outputs}); "
-                                 f"re-export it with `ddpm-export onnx`")
         config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
         if threads is not None:
             config["INFERENCE_NUM_THREADS"] = int(threads)
@@ -186,6 +182,30 @@ class OpenVinoBackend:
                               f"({_engine_message(e)})") from e
         # the request reuses its output buffer on the next call: hand out a copy
         return np.array(request.get_output_tensor(self.output_index).data, dtype=np.float32, copy=True)
+
+
+class _GraphArg(NamedTuple):
+    """An OpenVINO port as :func:`~ddpm_export.runtime.integrity.check_graph` reads ONNX Runtime's ``NodeArg``."""
+
+    name: str
+    type: str
+    shape: list[int | str]
+
+
+#: OpenVINO's element type names -> ONNX Runtime's
+_ORT_TYPE_NAMES = {"f32": "tensor(float)", "i64": "tensor(int64)", "f16": "tensor(float16)"}
+
+
+def _graph_args(ports: Any) -> list[_GraphArg]:
+    """``ports`` (a model's inputs or outputs) with ONNX Runtime's type names and dims: an int where
+    fixed, ``"?"`` where dynamic (a dynamic rank: no dims)."""
+    args = []
+    for port in ports:
+        kind = port.get_element_type().get_type_name()
+        shape = port.get_partial_shape()
+        dims = [d.get_length() if d.is_static else "?" for d in shape] if shape.rank.is_static else []
+        args.append(_GraphArg(port.get_any_name(), _ORT_TYPE_NAMES.get(kind, f"tensor({kind})"), dims))
+    return args
 
 
 def _engine_message(error: BaseException) -> str:
