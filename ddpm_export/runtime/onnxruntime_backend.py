@@ -102,14 +102,24 @@ def check_providers(providers: Any) -> list[Any]:
     return list(providers)
 
 
+#: ``[ONNXRuntimeError] : 1 : FAIL : `` before every ONNX Runtime message
+_ORT_PREFIX = re.compile(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ")
+#: an exception's C++ source location and function (``/onnxruntime_src/.../bfc_arena.cc:360 void*
+#: onnxruntime::BFCArena::AllocateRawInternal(size_t, bool, onnxruntime::Stream*) ``)
+_CPP_LOCATION = re.compile(r"^\S+:\d+ (?:[^()]*onnxruntime::[^()]*\((?:[^()]|\([^()]*\))*\)(?: const)?"
+                           r"(?: \[with [^\]]*\])? )?")
+
+
 def run_error(error: BaseException) -> str:
-    """What an ONNX Runtime run error says failed, without its C++ source location: the node and
-    the sentence after the failed check (``... was false. The input tensor cannot be reshaped ...``)."""
-    text = " ".join(str(error).split())
-    node = re.search(r"while running (\S+) node\. Name:'([^']*)'", text)
+    """What an ONNX Runtime run error says failed, on one line, without its C++ source location:
+    the node and its status message (after a failed check, the sentence after it: ``... was false.
+    The input tensor cannot be reshaped ...``)."""
+    text = _ORT_PREFIX.sub("", " ".join(str(error).split()) or type(error).__name__)
+    node = re.search(r"while running (\S+) node\. Name:'([^']*)' Status Message: ", text)
     where = f"{node.group(1)} node{' ' + repr(node.group(2)) if node.group(2) else ''}: " if node else ""
-    detail = text.split(" was false. ", 1)[1] if " was false. " in text else load_error(error)
-    return (where + detail)[:300]
+    detail = text[node.end():] if node else text
+    detail = detail.split(" was false. ", 1)[1] if " was false. " in detail else _CPP_LOCATION.sub("", detail)
+    return (where + detail.split(" Stacktrace: ", 1)[0])[:300]
 
 
 def session_options_for(threads: int | None, session_options: ort.SessionOptions | None = None) -> ort.SessionOptions:

@@ -60,6 +60,27 @@ def test_an_engine_failure_in_a_call_is_an_engine_error(batch1_only: Path, tmp_p
     assert list(tmp_path.iterdir()) == []  # was exit 1 with ONNX Runtime's traceback
 
 
+def test_an_engine_failure_keeps_onnx_runtimes_reason(tiny_onnx: Path, tmp_path: Path) -> None:
+    """A real run error whose reason follows the C++ source location: the reason is kept (it was
+    cut at 300 characters after the node's name twice over and the function's signature)."""
+    model = onnx.load(str(tiny_onnx))
+    out = model.graph.output[0].name
+    for node in model.graph.node:
+        node.output[:] = ["pre_out" if name == out else name for name in node.output]
+    model.graph.initializer.extend([numpy_helper.from_array(np.array([1 << 30, 1, 1, 1, 1], np.int64), "huge"),
+                                    numpy_helper.from_array(np.array([0], np.int64), "axis0")])
+    name = "/up_blocks.1/resnets.2/conv_shortcut/Expand"  # 3 TiB of float32: refused at once
+    model.graph.node.extend([helper.make_node("Expand", ["pre_out", "huge"], ["many"], name=name),
+                             helper.make_node("ReduceMax", ["many", "axis0"], [out], keepdims=0)])
+    path = tmp_path / "huge.onnx"
+    onnx.save(model, str(path))
+    with pytest.raises(EngineError) as raised:
+        Pipeline.from_onnx(path).sample(1, steps=2, progress=False)
+    assert str(raised.value).startswith(f"{path}: ONNX Runtime failed on a model call at batch 1 (Expand node "
+                                        f"'{name}': Failed to allocate memory for requested buffer of size "), raised.value
+    assert "onnxruntime::" not in str(raised.value) and "Status Message" not in str(raised.value)
+
+
 @needs_openvino
 def test_openvino_names_an_operator_it_cannot_convert(tiny_onnx: Path, tmp_path: Path) -> None:
     model = onnx.load(str(tiny_onnx))
