@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -99,7 +100,8 @@ def effective_precision(file_precision: str, backend: Backend) -> str:
     """The arithmetic a backend really runs the file in: ``"bf16"`` when OpenVINO computes an
     fp32 or fp16 file in bfloat16 (its ``inference_precision``, its default on CPUs with BF16;
     bfloat16's 8 mantissa bits are coarser than fp16's 11), ``"fp16"`` when it computes an fp32
-    file in f16 (its default on some ARM CPUs), else the file's own precision (an int8 file stays
+    file in f16 (its default on some ARM CPUs) or when ONNX Runtime's TensorRT provider may
+    (``ort-tensorrt`` with ``trt_fp16``), else the file's own precision (an int8 file stays
     ``"int8"``: its error is the quantizer's)."""
     from ddpm_export.runtime.openvino_backend import OpenVinoBackend
 
@@ -108,6 +110,10 @@ def effective_precision(file_precision: str, backend: Backend) -> str:
             return "bf16"
         if backend.inference_precision == "f16" and file_precision == "fp32":
             return "fp16"
+    # not imported here (a TensorRT-only app needs no onnxruntime): loaded wherever backend is an OnnxRuntimeBackend
+    ort_module = sys.modules.get("ddpm_export.runtime.onnxruntime_backend")
+    if ort_module is not None and isinstance(backend, ort_module.OnnxRuntimeBackend) and backend.trt_fp16:
+        return "fp16" if file_precision == "fp32" else file_precision
     return file_precision
 
 

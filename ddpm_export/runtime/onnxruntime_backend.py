@@ -19,7 +19,8 @@ from ddpm_export.errors import (BadInputError, EngineError, InputNotFoundError, 
 from ddpm_export.runtime.integrity import check_graph
 from ddpm_export.threads import get_threads
 
-__all__ = ["DEFAULT_PROVIDERS", "OnnxRuntimeBackend", "check_providers", "create_session", "session_options_for"]
+__all__ = ["DEFAULT_PROVIDERS", "OnnxRuntimeBackend", "check_providers", "create_session", "session_options_for",
+           "trt_fp16_enabled"]
 
 #: CPU unless told otherwise; pass e.g. ``["CUDAExecutionProvider", "CPUExecutionProvider"]`` with onnxruntime-gpu.
 DEFAULT_PROVIDERS = ("CPUExecutionProvider",)
@@ -38,6 +39,8 @@ class OnnxRuntimeBackend:
         self.session = session
         self.spec = spec
         self.source = source
+        #: whether TensorRT may compute the graph in fp16 (the session runs on it with ``trt_fp16_enable``)
+        self.trt_fp16 = trt_fp16_enabled(session.get_providers(), session.get_provider_options())
 
     @classmethod
     def from_path(cls, path: str | Path, spec: ExportSpec, *, providers: Sequence[Any] | None = None,
@@ -74,6 +77,15 @@ def create_session(path: str | Path, *, providers: Sequence[Any] | None = None,
         raise MissingDependencyError(f"{path}: ONNX Runtime could not start {', '.join(dropped)} here (the session "
                                      f"runs on {', '.join(session.get_providers())}); see ONNX Runtime's log above")
     return session
+
+
+def trt_fp16_enabled(providers: Sequence[str], options: dict[str, dict[str, str]]) -> bool:
+    """Whether a session whose ``InferenceSession.get_providers()`` / ``get_provider_options()``
+    are ``providers`` / ``options`` runs on TensorRT with fp16 allowed (the options are strings:
+    ``trt_fp16_enable`` is ``"1"`` or ``"0"``)."""
+    if not providers or providers[0] != "TensorrtExecutionProvider":
+        return False
+    return options.get("TensorrtExecutionProvider", {}).get("trt_fp16_enable", "0").lower() not in ("0", "false", "")
 
 
 def _provider_name(provider: Any) -> str:

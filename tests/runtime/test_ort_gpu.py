@@ -131,3 +131,29 @@ def test_bundle_takes_the_tensorrt_provider_options_or_refuses_them(tiny, tmp_pa
         pytest.skip("onnxruntime here has the TensorRT provider; the GPU test covers the options")
     with pytest.raises(ProviderUnavailable):
         Pipeline.from_bundle(bundle, backend="ort-tensorrt", trt_fp16=True, trt_cache_dir=tmp_path / "cache")
+
+
+def test_trt_fp16_is_read_from_the_session(tiny):
+    """``sample --backend ort-tensorrt --trt-fp16`` said "fp32" in its summary and its non-finite
+    hint: the backend now reads fp16 from its session's provider options (strings, as ONNX Runtime
+    returns them); a CPU session computes the file as it is."""
+    from ddpm_export.runtime.backends import describe_precision
+    from ddpm_export.runtime.onnxruntime_backend import trt_fp16_enabled
+
+    trt = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert trt_fp16_enabled(trt, {"TensorrtExecutionProvider": {"trt_fp16_enable": "1", "device_id": "0"}})
+    assert not trt_fp16_enabled(trt, {"TensorrtExecutionProvider": {"trt_fp16_enable": "0"}})
+    assert not trt_fp16_enabled(["CUDAExecutionProvider"], {"TensorrtExecutionProvider": {"trt_fp16_enable": "1"}})
+    cpu = Pipeline.from_onnx(tiny).backend
+    assert cpu.trt_fp16 is False and describe_precision("fp32", cpu) == "fp32"
+
+
+@pytest.mark.gpu
+def test_ort_tensorrt_fp16_is_reported_as_fp16(tiny, tmp_path):
+    if "TensorrtExecutionProvider" not in HAS:
+        pytest.skip(f"onnxruntime here ({ort.__version__}) has no TensorrtExecutionProvider: install onnxruntime-gpu")
+    from ddpm_export.runtime.backends import describe_precision
+
+    for fp16, said in ((True, "fp32 file computed in fp16"), (False, "fp32")):
+        pipe = Pipeline.from_onnx(tiny, backend="ort-tensorrt", trt_fp16=fp16, trt_cache_dir=tmp_path / "cache")
+        assert describe_precision(pipe.info.precision, pipe.backend) == said
