@@ -19,8 +19,8 @@ from ddpm_export.errors import (BadInputError, EngineError, InputNotFoundError, 
 from ddpm_export.runtime.integrity import check_graph
 from ddpm_export.threads import get_threads
 
-__all__ = ["DEFAULT_PROVIDERS", "OnnxRuntimeBackend", "check_providers", "create_session", "session_options_for",
-           "trt_fp16_enabled"]
+__all__ = ["DEFAULT_PROVIDERS", "OnnxRuntimeBackend", "check_providers", "create_session", "open_session",
+           "session_options_for", "trt_fp16_enabled"]
 
 #: CPU unless told otherwise; pass e.g. ``["CUDAExecutionProvider", "CPUExecutionProvider"]`` with onnxruntime-gpu.
 DEFAULT_PROVIDERS = ("CPUExecutionProvider",)
@@ -67,11 +67,7 @@ def create_session(path: str | Path, *, providers: Sequence[Any] | None = None,
     if session_options is None and threads is not None:  # `ddpm-export --threads N`
         session_options = session_options_for(threads)
     wanted = check_providers(providers) if providers is not None else list(DEFAULT_PROVIDERS)
-    try:
-        session = ort.InferenceSession(str(path), session_options, providers=wanted)
-    except Exception as e:  # ONNX Runtime's own classes (InvalidProtobuf, Fail, ...) derive from Exception only
-        raise BadInputError(f"{path}: ONNX Runtime cannot load this file ({load_error(e)}); is it a complete "
-                            f"ONNX file written by `ddpm-export onnx`, with its external data beside it?") from e
+    session = open_session(path, session_options, wanted)
     dropped = [name for name in map(_provider_name, wanted) if name not in session.get_providers()]
     if dropped:  # ONNX Runtime falls back to the CPU with a warning; a slow success is not what was asked for
         raise MissingDependencyError(f"{path}: ONNX Runtime could not start {', '.join(dropped)} here (the session "
@@ -86,6 +82,16 @@ def trt_fp16_enabled(providers: Sequence[str], options: dict[str, dict[str, str]
     if not providers or providers[0] != "TensorrtExecutionProvider":
         return False
     return options.get("TensorrtExecutionProvider", {}).get("trt_fp16_enable", "0").lower() not in ("0", "false", "")
+
+
+def open_session(path: Path, session_options: ort.SessionOptions | None, providers: list[Any]) -> ort.InferenceSession:
+    """``ort.InferenceSession`` on ``path``; a file it cannot load (truncated, external data missing,
+    ...) is a BadInputError naming the file with ONNX Runtime's reason (every backend on ONNX Runtime)."""
+    try:
+        return ort.InferenceSession(str(path), session_options, providers=providers)
+    except Exception as e:  # ONNX Runtime's own classes (InvalidProtobuf, Fail, ...) derive from Exception only
+        raise BadInputError(f"{path}: ONNX Runtime cannot load this file ({load_error(e)}); is it a complete "
+                            f"ONNX file written by `ddpm-export onnx`, with its external data beside it?") from e
 
 
 def _provider_name(provider: Any) -> str:

@@ -70,6 +70,8 @@ def create_gpu_session(path: str | Path, backend: str, spec: ExportSpec, *, devi
     return a session that runs on the CPU."""
     import onnxruntime as ort
 
+    from ddpm_export.runtime.onnxruntime_backend import open_session
+
     path = Path(path)
     key = sha256_file(path)[:16] if cache_dir is not None and path.is_file() else None
     providers = provider_options(backend, spec, device=device, fp16=fp16, cache_dir=cache_dir, model_key=key)
@@ -84,7 +86,7 @@ def create_gpu_session(path: str | Path, backend: str, spec: ExportSpec, *, devi
         raise InputNotFoundError(f"{path}: no such ONNX file", path)
     if key is not None:
         (Path(cache_dir) / key).mkdir(parents=True, exist_ok=True)
-    session = ort.InferenceSession(str(path), session_options, providers=providers)
+    session = open_session(path, session_options, providers)  # a file it cannot load: BadInputError, as on the CPU
     used = session.get_providers()
     if not used or used[0] != want:
         raise ProviderUnavailable(f"backend {backend!r}: ONNX Runtime fell back to {', '.join(used) or 'nothing'} "

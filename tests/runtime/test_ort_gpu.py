@@ -157,3 +157,22 @@ def test_ort_tensorrt_fp16_is_reported_as_fp16(tiny, tmp_path):
     for fp16, said in ((True, "fp32 file computed in fp16"), (False, "fp32")):
         pipe = Pipeline.from_onnx(tiny, backend="ort-tensorrt", trt_fp16=fp16, trt_cache_dir=tmp_path / "cache")
         assert describe_precision(pipe.info.precision, pipe.backend) == said
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", list(ORT_GPU_BACKENDS))
+def test_a_file_without_its_external_data_is_bad_input_on_the_gpu_too(tiny, tmp_path, backend):
+    # create_gpu_session let ONNX Runtime's own exception through ("[ONNXRuntimeError] : 1 : FAIL : External
+    # data path validation failed ..."); it shares create_session's wrapping now
+    if ORT_GPU_BACKENDS[backend] not in HAS:
+        pytest.skip(f"onnxruntime here ({ort.__version__}) has no {ORT_GPU_BACKENDS[backend]}: install onnxruntime-gpu")
+    import onnx
+
+    from ddpm_export.errors import BadInputError
+
+    path = tmp_path / "ext.onnx"
+    onnx.save_model(onnx.load(str(tiny)), str(path), save_as_external_data=True, location="ext.onnx.data",
+                    size_threshold=0)
+    (tmp_path / "ext.onnx.data").unlink()
+    with pytest.raises(BadInputError, match=f"{path}: ONNX Runtime cannot load this file .*external data"):
+        Pipeline.from_onnx(path, backend=backend)
