@@ -76,9 +76,8 @@ def command(onnx_path: str | None, bundle_dir: str | None, bundle_onnx: str | No
       ddpm-export --threads 2 sample --onnx tiny.onnx --backend openvino --inference-precision bf16 -o grid.png
     """
     from ddpm_export.console import count, show_progress, use_flag_names
-    from ddpm_export.errors import BadInputError
     from ddpm_export.files import atomic_files
-    from ddpm_export.images import GRID_CHANNELS, write_array, write_grid
+    from ddpm_export.images import write_array, write_grid
     from ddpm_export.runtime.backends import describe_precision
 
     use_flag_names({"guidance_scale": "--guidance", "classes": "--class", "steps": "--steps", "eta": "--eta",
@@ -99,9 +98,8 @@ def command(onnx_path: str | None, bundle_dir: str | None, bundle_onnx: str | No
     info = pipe.info
     info.spec.conditioning.require_default_input(str(onnx_path or bundle_dir or model), "`ddpm-export sample`")
     channels = info.spec.in_channels
-    if output is not None and channels not in GRID_CHANNELS:  # before sampling, not after
-        raise BadInputError(f"--output: a PNG grid holds 1 or 3 channels, and {pipe.source} makes {channels}-channel "
-                            f"images; write them with --save-npy alone")
+    if output is not None:  # before sampling, not after
+        _check_grid(n, pipe, scale)
     images = pipe.sample(n, steps=steps, sampler=sampler, seed=seed, eta=eta, guidance_scale=guidance,
                          classes=_cycled(class_ids, n, pipe.image_shape),
                          progress=show_progress(progress))
@@ -114,6 +112,26 @@ def command(onnx_path: str | None, bundle_dir: str | None, bundle_onnx: str | No
     written = " and ".join(str(path) for path in (output, save_npy) if path is not None)
     size = info.spec.sample_size
     click.echo(f"wrote {written} ({count(n, 'image')}, {channels}x{size}x{size}, {precision})")
+
+
+def _check_grid(n: int, pipe: Pipeline, scale: int) -> None:
+    """Refuse a PNG grid of ``n`` images that cannot be drawn: a channel count it cannot hold, or
+    more memory than this machine has (the grid is drawn after sampling; ``-n`` is checked first)."""
+    from ddpm_export.checks import physical_memory
+    from ddpm_export.errors import BadInputError
+    from ddpm_export.images import GRID_CHANNELS, grid_bytes
+    from ddpm_export.runtime.pipeline import check_n
+
+    channels = pipe.image_shape[0]
+    if channels not in GRID_CHANNELS:
+        raise BadInputError(f"--output: a PNG grid holds 1 or 3 channels, and {pipe.source} makes {channels}-channel "
+                            f"images; write them with --save-npy alone")
+    check_n(n, pipe.image_shape)
+    need, have = grid_bytes(n, pipe.image_shape, scale=scale), physical_memory()
+    if need > have:
+        raise BadInputError(f"--output: the PNG grid of {n} images at --scale {scale} would need {need / 2**30:,.1f} "
+                            f"GiB, more than this machine's {have / 2**30:,.1f} GiB of memory; ask for fewer images "
+                            f"or a smaller --scale, or write --save-npy alone")
 
 
 def _cycled(class_ids: tuple[int, ...], n: int, shape: tuple[int, int, int]) -> list[int] | None:

@@ -126,6 +126,31 @@ def test_a_huge_n_with_class_is_refused_before_the_class_list_is_built(onnx_file
     assert "Traceback" not in result.stderr and not (tmp_path / "g.png").exists()
 
 
+def test_a_grid_too_big_for_memory_is_refused_before_sampling(onnx_files: dict[str, Path], tmp_path: Path) -> None:
+    # the images fit, so sampling ran (minutes), then the grid's canvas did not: the work was lost
+    from bad_inputs import run_with_memory_limit
+    from ddpm_export.checks import physical_memory
+
+    n = physical_memory() // (3 * 16 * 16 * 16 * 16) + 1  # the scaled tiles alone exceed memory
+    args = ["sample", "--onnx", onnx_files["tiny"], "-n", str(n), "--steps", "1", "--scale", "16", "--no-progress",
+            "-o", tmp_path / "g.png", "--save-npy", tmp_path / "g.npy"]
+    result = run_with_memory_limit(args, 3 * 2**30)
+    assert result.returncode == 2, result.stderr
+    assert re.search(rf"Error: --output: the PNG grid of {n} images at --scale 16 would need [\d,.]+ GiB, more than "
+                     r"this machine's [\d,.]+ GiB of memory", result.stderr), result.stderr
+    assert "Traceback" not in result.stderr and list(tmp_path.iterdir()) == []
+
+
+def test_grid_bytes_counts_the_canvas_make_grid_draws() -> None:
+    from ddpm_export.images import grid_bytes
+
+    for channels, pil_bytes in ((1, 0), (3, 4)):
+        images = np.zeros((7, channels, 5, 4), np.float32)
+        width, height = make_grid(images, scale=3).size  # 3 columns, 3 rows: 3 * (4 * 3 + 2) + 2 by 3 * (5 * 3 + 2) + 2
+        assert (width, height) == (44, 53)
+        assert grid_bytes(7, (channels, 5, 4), scale=3) == 7 * channels * 5 * 4 * 9 + width * height * (channels + pil_bytes)
+
+
 def test_sampler_messages_name_the_flags_and_the_default(tmp_path: Path) -> None:
     """On the shipped digits file, whose default sampler is unipc: --eta without --sampler says
     the sampler is the file's default; a multistep solver's step bound names --steps."""
