@@ -86,8 +86,8 @@ def throughput(runs: dict, clients: int, requests: int, rounds: int, images: int
     return {name: statistics.median(r) for name, r in rates.items()}
 
 
-def unet_batching(url: str) -> dict[str, float]:
-    """BLS calls the unet received, the batched executions Triton ran, and images per execution."""
+def unet_counts(url: str) -> dict[str, int]:
+    """The unet's counters so far: BLS calls received, batched executions Triton ran, images."""
     import tritonclient.grpc as grpcclient
 
     client = grpcclient.InferenceServerClient(url)
@@ -95,8 +95,14 @@ def unet_batching(url: str) -> dict[str, float]:
         stats = client.get_inference_statistics("unet", as_json=True)["model_stats"][0]
     finally:
         client.close()
-    calls = int(stats["inference_stats"]["success"].get("count", 0))
-    images, executions = int(stats.get("inference_count", 0)), int(stats.get("execution_count", 0))
+    return {"calls": int(stats["inference_stats"]["success"].get("count", 0)),
+            "executions": int(stats.get("execution_count", 0)), "images": int(stats.get("inference_count", 0))}
+
+
+def unet_batching(before: dict[str, int], after: dict[str, int]) -> dict[str, float]:
+    """Calls, executions and images per execution between two :func:`unet_counts` readings (the
+    throughput phase alone: the warm-up and the one-at-a-time latency requests never share a batch)."""
+    calls, executions, images = (after[k] - before[k] for k in ("calls", "executions", "images"))
     return {"calls": calls, "executions": executions, "images_per_execution": images / max(executions, 1)}
 
 
@@ -167,9 +173,10 @@ def run(args: argparse.Namespace) -> None:
             remote = lambda i: served(server.grpc_url, i, args.n, args.steps)  # noqa: E731
             max_abs = float(np.abs(remote(0) - local(0)).max())  # also warms both up
             runs = {"triton": remote, "pipeline": local}
-            figures = {"latency_s": latency(runs, args.repeats),
-                       "images_per_s": throughput(runs, args.clients, args.requests, args.rounds, args.n),
-                       "unet_batching": unet_batching(server.grpc_url)}
+            figures = {"latency_s": latency(runs, args.repeats)}
+            before = unet_counts(server.grpc_url)
+            figures["images_per_s"] = throughput(runs, args.clients, args.requests, args.rounds, args.n)
+            figures["unet_batching"] = unet_batching(before, unet_counts(server.grpc_url))
     report = {"images_per_request": args.n, "steps": args.steps, "clients": args.clients,
               "requests": args.requests, "rounds": args.rounds, "max_abs_vs_pipeline": max_abs, **figures,
               "cpu": cpu_info(), "load_before": load_before, "load_after": uptime()}

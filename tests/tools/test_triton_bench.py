@@ -28,3 +28,24 @@ def test_images_per_request_past_the_repository_limit_are_refused_before_the_ser
     err = capsys.readouterr().err
     assert info.value.code == 2, err
     assert err.strip() == ("error: -n must be an int in [1, 65536] (the repository's --max-images), got 70000"), err
+
+
+def test_the_unet_batching_figure_counts_the_throughput_phase_alone(tmp_path: Path) -> None:
+    """It counted every unet call since the server started, the warm-up and the one-at-a-time
+    latency requests too (which never share a batch), so README's images per execution read low:
+    here 4 requests x 2 steps in one round are 8 calls of 1 image each, and nothing else."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "tb.json"
+    run = subprocess.run([sys.executable, str(TOOL), "-n", "1", "--steps", "2", "--repeats", "2", "--clients", "2",
+                          "--requests", "4", "--rounds", "1", "--json", str(out)],
+                         capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
+    assert run.returncode == 0, run.stderr[-2000:]
+    report = json.loads(out.read_text())
+    batching = report["unet_batching"]
+    assert batching["calls"] == 8 and 1 <= batching["executions"] <= 8, batching
+    assert batching["images_per_execution"] == pytest.approx(8 / batching["executions"])
+    assert report["max_abs_vs_pipeline"] == 0.0
