@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
-from ddpm_export.errors import DdpmExportError, describe, exit_status
+from ddpm_export.errors import DdpmExportError, NonFiniteOutputError, describe, exit_status
 from ddpm_export.files import OutputFolder, atomic_dir, check_output_folder
 from ddpm_export.quality import CLASSIFIER_CONFIG, CLASSIFIER_WEIGHTS, DigitClassifier, load_digits_split
 
@@ -82,12 +82,12 @@ def outliers(n: int, like: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 CLASSIFIER_FOLDER = OutputFolder(CLASSIFIER_CONFIG, frozenset({CLASSIFIER_WEIGHTS, "README.md"}))
 
 
-def positive(kind: type) -> Callable[[str], Any]:
-    """An argparse type: a finite ``kind`` > 0 (argparse names the flag when it fails)."""
+def positive(kind: type, *, or_zero: bool = False) -> Callable[[str], Any]:
+    """An argparse type: a finite ``kind`` > 0 (>= 0 ``or_zero``; argparse names the flag when it fails)."""
     def parse(text: str) -> Any:
         value = kind(text)
-        if not math.isfinite(value) or value <= 0:
-            raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+        if not math.isfinite(value) or value < 0 or (value == 0 and not or_zero):
+            raise argparse.ArgumentTypeError(f"must be a finite number {'>=' if or_zero else '>'} 0, got {text}")
         return value
     parse.__name__ = kind.__name__
     return parse
@@ -100,7 +100,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--epochs", type=positive(int), default=40, help="passes over the training digits")
     p.add_argument("--batch-size", type=positive(int), default=64, help="digits per optimiser step")
     p.add_argument("--lr", type=positive(float), default=2e-3, help="Adam's learning rate (cosine-annealed)")
-    p.add_argument("--outlier-weight", type=float, default=0.5,
+    p.add_argument("--outlier-weight", type=positive(float, or_zero=True), default=0.5,
                    help="weight of the outlier-exposure loss (uniform target on non-digit images); 0 disables")
     p.add_argument("--seed", type=int, default=0, help="seed of the initialisation, shuffles and augmentations")
     p.add_argument("--threads", type=positive(int), default=1, help="torch CPU threads")
@@ -136,6 +136,9 @@ def train(args: argparse.Namespace) -> tuple[dict[str, torch.Tensor], dict[str, 
         sched.step()
         if epoch % 10 == 0 or epoch == args.epochs - 1:
             print(f"epoch {epoch:3d}  loss {total / len(x):.4f}", flush=True)
+    if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+        raise NonFiniteOutputError(f"training diverged (last epoch's loss {total / len(x)}): the weights are not "
+                                   f"finite; nothing was written -- lower --lr or --outlier-weight")
     return {k: v.detach().contiguous() for k, v in model.state_dict().items()}, _record(model, args, digits, start)
 
 

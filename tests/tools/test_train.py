@@ -129,6 +129,30 @@ def test_classifier_training_refuses_to_overwrite(tmp_path, capsys):
 
 
 @pytest.mark.parametrize(("flags", "message"), [
+    (["--outlier-weight", "-1"], "argument --outlier-weight: must be a finite number >= 0, got -1"),
+    (["--outlier-weight", "nan"], "argument --outlier-weight: must be a finite number >= 0, got nan"),
+    (["--outlier-weight", "inf"], "argument --outlier-weight: must be a finite number >= 0, got inf"),
+    (["--lr", "0"], "argument --lr: must be a finite number > 0, got 0"),
+])
+def test_classifier_bad_flags_are_refused(tmp_path, capsys, flags, message):
+    """--outlier-weight -1 or nan trained silently without outlier exposure, inf trained NaN weights (exit 0)."""
+    tool = load_tool("train_classifier")
+    with pytest.raises(SystemExit) as info:
+        tool.main(["--out", str(tmp_path / "clf"), *flags])
+    assert info.value.code == 2 and message in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_diverged_classifier_run_writes_nothing(tmp_path, capsys):
+    """--lr 1e20 trained to NaN weights and wrote them (and a classifier.json with bare NaNs), exit 0."""
+    tool = load_tool("train_classifier")
+    assert tool.main(["--out", str(tmp_path / "clf"), "--epochs", "1", "--lr", "1e20"]) == 1
+    err = capsys.readouterr().err
+    assert "training diverged" in err and "nothing was written" in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("flags", "message"), [
     (["--lr", "-1"], "--lr must be a finite number > 0"),
     (["--lr", "nan"], "--lr must be a finite number > 0"),
     (["--ema", "-1"], "--ema must be in [0, 1)"),
