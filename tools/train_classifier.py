@@ -20,6 +20,7 @@ import argparse
 import json
 import math
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -178,6 +179,7 @@ def write(out: Path, weights: dict[str, torch.Tensor], meta: dict[str, Any], for
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out = Path(args.out)
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))  # clean-ups run
     try:
         check_output_folder(out, CLASSIFIER_FOLDER, args.force)  # before the training, as write() checks again
         weights, meta = train(args)
@@ -186,6 +188,11 @@ def main(argv: list[str] | None = None) -> int:
     except (DdpmExportError, OSError) as e:
         print(f"error: {describe(e)}", file=sys.stderr)
         return exit_status(e)
+    except KeyboardInterrupt:
+        print("error: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     print(f"wrote {out}/ ({CLASSIFIER_CONFIG}, {CLASSIFIER_WEIGHTS})")
     return 0
 

@@ -6,6 +6,9 @@ import importlib.util
 import json
 import math
 import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -88,10 +91,6 @@ def test_refuses_an_out_it_cannot_replace_before_training(train, tmp_path, capsy
 def test_training_is_reproducible(tmp_path):
     """The documented command, run twice in fresh processes (as a user regenerates the model),
     writes a byte-identical model.safetensors."""
-    import os
-    import subprocess
-    import sys
-
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
     for name in ("a", "b"):
         proc = subprocess.run([sys.executable, str(TOOLS / "train.py"), "--out", str(tmp_path / name), *SMOKE],
@@ -140,6 +139,30 @@ def test_classifier_bad_flags_are_refused(tmp_path, capsys, flags, message):
     with pytest.raises(SystemExit) as info:
         tool.main(["--out", str(tmp_path / "clf"), *flags])
     assert info.value.code == 2 and message in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("tool", "progress", "signum", "status"), [
+    ("train_classifier", "epoch   0", signal.SIGINT, 130), ("train_classifier", "epoch   0", signal.SIGTERM, 143),
+    ("train", "step     0", signal.SIGINT, 130),
+])
+def test_an_interrupted_run_says_so_and_writes_nothing(tmp_path, tool, progress, signum, status):
+    """Ctrl-C in train_classifier.py ended in a KeyboardInterrupt traceback (train.py said it in one line)."""
+    flags = ["--epochs", "10000"] if tool == "train_classifier" else [*SMOKE, "--steps", "100000"]
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "PYTHONPATH": str(TOOLS.parent)}
+    proc = subprocess.Popen([sys.executable, str(TOOLS / f"{tool}.py"), "--out", str(tmp_path / "out"), *flags],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as from a terminal
+    try:
+        for line in proc.stdout:  # training has begun
+            if line.startswith(progress):
+                break
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == status, err
+    assert "Traceback" not in err and (signum != signal.SIGINT or "interrupted; nothing was written" in err), err
     assert list(tmp_path.iterdir()) == []
 
 
