@@ -24,13 +24,13 @@ Needs numpy and safetensors at inference; scikit-learn only to load the data; no
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ddpm_export.errors import BadInputError, InputNotFoundError
+from ddpm_export.jsonio import parse_json
 from ddpm_export.presets import MODELS_DIR
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -149,7 +149,17 @@ class DigitClassifier:
         for p in (meta_path, weights_path):
             if not p.is_file():
                 raise InputNotFoundError(f"{p} not found; regenerate it with tools/train_classifier.py", p)
-        return cls(load_file(str(weights_path)), json.loads(meta_path.read_text(encoding="utf-8")))
+        try:
+            weights = load_file(str(weights_path))
+        except Exception as e:  # safetensors' SafetensorError derives from Exception only
+            raise BadInputError(f"{weights_path}: not a readable safetensors file ({e}); regenerate it with "
+                                f"tools/train_classifier.py") from e
+        _check_weights(weights, weights_path)
+        try:
+            meta = parse_json(meta_path.read_text(encoding="utf-8"))
+        except ValueError as e:  # UnicodeDecodeError too
+            raise BadInputError(f"{meta_path}: not JSON ({e}); regenerate it with tools/train_classifier.py") from e
+        return cls(weights, meta)
 
     def forward(self, x: np.ndarray, batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
         """``x [N, 1, 16, 16]`` in [-1, 1] -> (features ``[N, F]``, logits ``[N, 10]``), float64."""
@@ -171,6 +181,25 @@ class DigitClassifier:
 
     def probs(self, x: np.ndarray) -> np.ndarray:
         return _softmax(self.forward(x)[1])
+
+
+def _check_weights(weights: dict[str, np.ndarray], path: Path) -> None:
+    """Refuse weights that are not :class:`DigitClassifier`'s: a tensor missing or of the wrong
+    shape (the layers' sizes are read from ``conv1``, ``conv2`` and ``fc1``), or not finite."""
+    shapes = {k: tuple(v.shape) for k, v in weights.items()}
+    c1, c2, f = (shapes.get(k, (0,))[0] for k in ("conv1.weight", "conv2.weight", "fc1.weight"))
+    expected = {"conv1.weight": (c1, 1, 3, 3), "conv1.bias": (c1,), "conv2.weight": (c2, c1, 3, 3),
+                "conv2.bias": (c2,), "fc1.weight": (f, c2 * 4 * 4), "fc1.bias": (f,),
+                "fc2.weight": (NUM_CLASSES, f), "fc2.bias": (NUM_CLASSES,)}
+    wrong = [f"{k} {list(shapes[k]) if k in shapes else 'missing'} (expected {list(v)})"
+             for k, v in expected.items() if shapes.get(k) != v]
+    if wrong:
+        raise BadInputError(f"{path}: not the digit classifier's weights: {'; '.join(wrong)}; regenerate it with "
+                            f"tools/train_classifier.py")
+    bad = [k for k in expected if not np.isfinite(weights[k]).all()]
+    if bad:
+        raise BadInputError(f"{path}: {', '.join(bad)} hold NaN or infinite values; regenerate it with "
+                            f"tools/train_classifier.py")
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:

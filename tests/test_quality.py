@@ -70,6 +70,47 @@ def test_classifier_folder_is_not_a_unet_preset():
     assert not (MODELS_DIR / "digit-classifier" / "config.json").exists()
 
 
+def _broken_classifier(folder, how: str):
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+
+    shutil.copytree(MODELS_DIR / "digit-classifier", folder)
+    weights_path = folder / "classifier.safetensors"
+    weights = load_file(str(weights_path))
+    if how == "truncated":
+        weights_path.write_bytes(weights_path.read_bytes()[:5000])
+    elif how == "json":
+        (folder / "classifier.json").write_text("{")
+    elif how == "missing":
+        del weights["fc2.bias"]
+        save_file(weights, str(weights_path))
+    elif how == "shape":
+        weights["fc1.weight"] = weights["fc1.weight"][:, :100].copy()
+        save_file(weights, str(weights_path))
+    else:
+        weights["conv1.bias"][0] = np.nan
+        save_file(weights, str(weights_path))
+
+
+@pytest.mark.parametrize(("how", "message"), [
+    ("truncated", "classifier.safetensors: not a readable safetensors file"),
+    ("json", "classifier.json: not JSON"),
+    ("missing", "classifier.safetensors: not the digit classifier's weights: fc2.bias missing (expected [10])"),
+    ("shape", "fc1.weight [64, 100] (expected [64, 512])"),
+    ("nan", "classifier.safetensors: conv1.bias hold NaN or infinite values"),
+])
+def test_a_broken_classifier_folder_is_refused_naming_the_file(tmp_path, how, message):
+    """Each ended in a traceback from safetensors, json or numpy (a KeyError at the first batch;
+    NaN weights scored every sample as unconfident) in tools/quality.py --classifier."""
+    from ddpm_export.errors import BadInputError
+
+    _broken_classifier(tmp_path / "clf", how)
+    with pytest.raises(BadInputError) as info:
+        DigitClassifier.load(tmp_path / "clf")
+    assert message in str(info.value) and "tools/train_classifier.py" in str(info.value)
+
+
 # --- Fréchet distance ------------------------------------------------------------------
 def test_frechet_distance_hand_computed():
     # 1-D: (m1 - m2)^2 + (s1 - s2)^2
