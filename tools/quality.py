@@ -34,7 +34,7 @@ import numpy as np
 from ddpm_export.checks import check_guidance_scale, check_int, check_steps
 from ddpm_export.contract.spec import MAX_BATCH
 from ddpm_export.diffusion import SCHEDULERS, DiffusionConfig, make_scheduler
-from ddpm_export.errors import BadInputError
+from ddpm_export.errors import BadInputError, DdpmExportError, describe, exit_status
 from ddpm_export.files import refuse_existing_file
 from ddpm_export.presets import CONFIG_NAME, check_model_name
 from ddpm_export.quality import (CLASSIFIER_DIR, DigitClassifier, generate, load_digits_split, onnx_backend,
@@ -197,6 +197,15 @@ def main(argv: list[str] | None = None) -> int:
     p = parser()
     args = p.parse_args(argv)
     check_args(p, args)
+    try:
+        return run(p, args)
+    except (DdpmExportError, OSError) as e:  # a broken checkpoint, a full disk: one line, the project's status
+        print(f"error: {describe(e)}", file=sys.stderr)
+        return exit_status(e)
+
+
+def run(p: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """Sample and score what the checked ``args`` ask for; print the figures, write ``--json``."""
     scheduler, sampler_name, null_class = schedule(p, args)  # null_class: the null id
     t0 = time.perf_counter()
     clf = refuse(p, "--classifier", DigitClassifier.load, args.classifier)

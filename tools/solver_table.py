@@ -32,7 +32,7 @@ import numpy as np
 from ddpm_export.checks import check_int, check_steps
 from ddpm_export.contract.spec import MAX_BATCH
 from ddpm_export.diffusion import SCHEDULERS, DiffusionConfig, sampler_config
-from ddpm_export.errors import BadInputError
+from ddpm_export.errors import BadInputError, DdpmExportError, describe, exit_status
 from ddpm_export.files import refuse_existing_file
 from ddpm_export.presets import CONFIG_NAME, check_model_name
 from ddpm_export.quality import CLASSIFIER_DIR, DigitClassifier, load_digits_split, reference_frechet, score
@@ -228,6 +228,15 @@ def main(argv: list[str] | None = None) -> int:
     p = parser()
     args = p.parse_args(argv)
     changes = check_args(p, args)
+    try:
+        return run(args, changes)
+    except (DdpmExportError, OSError) as e:  # a broken checkpoint, a full disk: one line, the project's status
+        print(f"error: {describe(e)}", file=sys.stderr)
+        return exit_status(e)
+
+
+def run(args: argparse.Namespace, changes: dict[str, Any]) -> int:
+    """The table the checked ``args`` ask for (``changes``: the ``--set`` fields); printed, and written."""
     clf = DigitClassifier.load(CLASSIFIER_DIR)
     digits = load_digits_split()
     held = score(digits.heldout_x, clf, digits.heldout_x, digits.heldout_y)

@@ -144,3 +144,24 @@ def test_valid_arguments_pass_the_checks(quality, solver_table, digits_onnx):
     args = p.parse_args(["--onnx", str(digits_onnx), "--set", "use_karras_sigmas=true", "--set",
                          "disable_corrector=[0]"])
     assert solver_table.check_args(p, args) == {"use_karras_sigmas": True, "disable_corrector": (0,)}
+
+
+@pytest.mark.parametrize("tool_name", ["quality", "solver_table"])
+def test_a_broken_checkpoint_is_one_error_line(tool_name, tmp_path, capsys):
+    """A truncated model.safetensors passes the flag checks (they read config.json) and failed in the
+    export: a CheckpointError traceback, exit 1 (the status of a failed check)."""
+    import shutil
+
+    from ddpm_export.presets import MODELS_DIR
+
+    pytest.importorskip(TORCH)
+    model = tmp_path / "digits"
+    shutil.copytree(MODELS_DIR / "digits", model, ignore=shutil.ignore_patterns("model.onnx"))
+    weights = model / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:10_000])
+    argv = {"quality": ["--num-samples", "2", "--per-class", "1"],
+            "solver_table": ["--num-samples", "2", "--baseline", "--steps", "5"]}[tool_name]
+    assert load_tool(tool_name).main(["--model", str(model), *argv]) == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {weights}: not a safetensors file or truncated"), err
