@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["LoadMeter", "PeakRss", "cpu_info", "gemm_ceiling"]
+__all__ = ["LoadMeter", "PeakRss", "cpu_info", "cpu_line", "gemm_ceiling"]
 
 #: flag groups reported, each true when any of its /proc/cpuinfo flags is present
 FLAG_GROUPS = {
@@ -45,6 +45,14 @@ def cpu_info() -> dict[str, Any]:
             flags = set(value.split())
     return {"model": model, "flags": {name: any(f in flags for f in group) for name, group in FLAG_GROUPS.items()},
             "logical_cpus": os.cpu_count(), "usable_cpus": len(os.sched_getaffinity(0))}
+
+
+def cpu_line(info: dict[str, Any], threads: int) -> str:
+    """One line for a tool's speed figures: ``CPU: <model>; <flag groups present>; <threads> thread(s),
+    <usable> of <logical> logical CPUs usable; load average <1 min>`` (``info``: :func:`cpu_info`)."""
+    flags = ", ".join(name.upper() for name, present in info["flags"].items() if present) or "no AVX2/AVX-512"
+    return (f"CPU: {info['model']}; {flags}; {threads} thread(s), {info['usable_cpus']} of {info['logical_cpus']} "
+            f"logical CPUs usable; load average {os.getloadavg()[0]:.2f}")
 
 
 def _busy_jiffies() -> tuple[int, int]:

@@ -36,6 +36,7 @@ from ddpm_export.contract.spec import MAX_BATCH
 from ddpm_export.diffusion import SCHEDULERS, DiffusionConfig, make_scheduler
 from ddpm_export.errors import BadInputError, DdpmExportError, describe, exit_status
 from ddpm_export.files import refuse_existing_file
+from ddpm_export.machine import cpu_info, cpu_line
 from ddpm_export.presets import CONFIG_NAME, check_model_name
 from ddpm_export.quality import (CLASSIFIER_DIR, DigitClassifier, generate, load_digits_split, onnx_backend,
                                  reference_frechet, score)
@@ -68,12 +69,18 @@ LOW_PRECISION_PATHS = {  # name -> ((file precision, --target), backend, OpenVIN
 }
 
 
+def asked_bf16(name: str, row: dict) -> bool:
+    """Whether the path ``name`` asked OpenVINO for bf16 and ``row`` says it computed in another precision."""
+    return LOW_PRECISION_PATHS[name][2] == "bf16" and row["computed_in"] != "bf16"
+
+
 def low_precision(model: str, folder: Path, labels: np.ndarray, scheduler, clf, digits, null_class: int,
                   args: argparse.Namespace) -> dict:
     """Score every low-precision path on the same seeds against fp32 ONNX Runtime."""
     from ddpm_export.export.onnx import export_onnx
     from ddpm_export.runtime import read_info
     from ddpm_export.runtime.backends import RuntimeOptions, load_onnx_backend
+    from ddpm_export.runtime.openvino_backend import OpenVinoBackend
 
     max_batch = 2 * args.batch_size
     files = {key: folder / f"digits-{key[0]}-{key[1]}.onnx" for key, _, _ in LOW_PRECISION_PATHS.values()}
@@ -85,10 +92,12 @@ def low_precision(model: str, folder: Path, labels: np.ndarray, scheduler, clf, 
         path = files[key]
         runner = load_onnx_backend(backend, path, read_info(path).spec,
                                    RuntimeOptions(threads=args.threads, inference_precision=ov_precision))
+        # what OpenVINO computed in: f32 where this CPU has no bf16, whatever the path's name asks for
+        computed = runner.inference_precision if isinstance(runner, OpenVinoBackend) else "f32"
         start = time.perf_counter()
         x = generate(runner, scheduler, labels, seed=args.seed, null_class=null_class, batch_size=args.batch_size)
         r = score(x, clf, digits.heldout_x, labels)
-        out[name] = {**r.to_dict(), "seconds": round(time.perf_counter() - start, 1)}
+        out[name] = {**r.to_dict(), "seconds": round(time.perf_counter() - start, 1), "computed_in": computed}
     base = out["fp32 onnxruntime"]
     for name, r in out.items():
         r["confident_delta"] = r["confident_fraction"] - base["confident_fraction"]
@@ -96,7 +105,8 @@ def low_precision(model: str, folder: Path, labels: np.ndarray, scheduler, clf, 
         r["within_targets"] = abs(r["confident_delta"]) <= 0.02 and r["frechet_ratio_to_fp32"] <= 1.15
         print(f"  {name:20s} confident {r['confident_fraction']:.4f} ({r['confident_delta']:+.4f})  "
               f"FD {r['frechet']:.4f} ({r['frechet_ratio_to_fp32']:.3f}x fp32)  "
-              f"{'within targets' if r['within_targets'] else 'OUTSIDE targets'}  ({r['seconds']:.0f} s)")
+              f"{'within targets' if r['within_targets'] else 'OUTSIDE targets'}  ({r['seconds']:.0f} s)"
+              + (f"  (computed in {r['computed_in']}: this CPU has no bf16)" if asked_bf16(name, r) else ""))
     return out
 
 
@@ -211,11 +221,12 @@ def run(p: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     clf = refuse(p, "--classifier", DigitClassifier.load, args.classifier)
     digits = load_digits_split()
     held = score(digits.heldout_x, clf, digits.heldout_x, digits.heldout_y)
-    report: dict = {"model": args.model, "sampler": sampler_name, "seed": args.seed,
-                    "heldout_real": {"accuracy": held.class_accuracy, "confident_fraction": held.confident_fraction,
+    report: dict = {"model": args.model, "sampler": sampler_name, "seed": args.seed, "threads": args.threads,
+                    "cpu": cpu_info(), "heldout_real": {"accuracy": held.class_accuracy, "confident_fraction": held.confident_fraction,
                                      "class_entropy_bits": held.class_entropy_bits}}
     print(f"classifier on {held.num_samples} held-out real digits: accuracy {held.class_accuracy:.4f}, "
           f"confident {held.confident_fraction:.4f}")
+    print(cpu_line(report["cpu"], args.threads))  # what the seconds were measured on (and bf16 ran on)
 
     tmp = tempfile.TemporaryDirectory(prefix="ddpm-quality-")
     max_batch = 2 * args.batch_size

@@ -20,7 +20,6 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -34,21 +33,12 @@ from ddpm_export.contract.spec import MAX_BATCH
 from ddpm_export.diffusion import SCHEDULERS, DiffusionConfig, sampler_config
 from ddpm_export.errors import BadInputError, DdpmExportError, describe, exit_status
 from ddpm_export.files import refuse_existing_file
+from ddpm_export.machine import cpu_info, cpu_line
 from ddpm_export.presets import CONFIG_NAME, check_model_name
 from ddpm_export.quality import CLASSIFIER_DIR, DigitClassifier, load_digits_split, reference_frechet, score
 
 SOLVER_LABELS = {"ddim": "DDIM", "ddpm": "DDPM", "dpm-solver++": "DPM-Solver++ 2M", "unipc": "UniPC bh2",
                  "dpm-solver": "DPM-Solver 2M", "sde-dpm-solver++": "SDE-DPM-Solver++ 2M"}
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _load_average() -> str:
@@ -99,6 +89,7 @@ def markdown(report: dict) -> str:
                      f"{r['confident_fraction']:.3f} | {r['frechet']:.2f} | {r['images_per_s']:.1f} |")
     lines.append(f"| real digits (held-out vs {report['num_samples']} training) | – | "
                  f"{report['heldout_real_confident']:.3f} | {report['reference_frechet']:.2f} | – |")
+    lines += ["", f"images/s: ONNX Runtime, {report['max_batch']} images per call; {report['machine']}"]
     return "\n".join(lines) + "\n"
 
 
@@ -241,10 +232,11 @@ def run(args: argparse.Namespace, changes: dict[str, Any]) -> int:
     digits = load_digits_split()
     held = score(digits.heldout_x, clf, digits.heldout_x, digits.heldout_y)
     report = {"model": args.model, "num_samples": args.num_samples, "seed": args.seed, "guidance_scale": 1.0,
-              "threads": args.threads, "max_batch": args.max_batch, "cpu": _cpu_model(),
-              "cpu_count": os.cpu_count(), "reference_frechet": reference_frechet(clf, digits, n=args.num_samples,
-                                                                                     seed=args.seed),
+              "threads": args.threads, "max_batch": args.max_batch, "cpu": cpu_info(),
+              "reference_frechet": reference_frechet(clf, digits, n=args.num_samples, seed=args.seed),
               "heldout_real_confident": held.confident_fraction, "rows": []}
+    report["machine"] = cpu_line(report["cpu"], args.threads)  # what the images/s figures were measured on
+    print(report["machine"], flush=True)
     with tempfile.TemporaryDirectory(prefix="solver-table-") as tmp:
         pipe = _pipeline(args.model, args.onnx, args.threads, args.max_batch, Path(tmp))
         if changes:  # the sampling defaults of the file, overridden for the table (checked by check_args)

@@ -4,6 +4,7 @@ exit 2 with one error line naming the flag (each ended in a traceback, exit 1, s
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 from types import ModuleType
 
@@ -165,3 +166,50 @@ def test_a_broken_checkpoint_is_one_error_line(tool_name, tmp_path, capsys):
     err = capsys.readouterr().err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {weights}: not a safetensors file or truncated"), err
+
+
+def test_solver_table_says_what_its_images_per_second_ran_on(solver_table, digits_onnx, tmp_path, capsys):
+    """Its images/s figures came with the load average only: no thread count nor CPU flags on the
+    screen or in the --markdown table (the JSON had the CPU's name)."""
+    from ddpm_export.machine import cpu_info
+
+    md, js = tmp_path / "t.md", tmp_path / "t.json"
+    assert solver_table.main(["--onnx", str(digits_onnx), "--num-samples", "2", "--baseline", "ddim:2", "--solvers",
+                              "--threads", "1", "--max-batch", "2", "--json", str(js), "--markdown", str(md)]) == 0
+    report, out = json.loads(js.read_text()), capsys.readouterr().out
+    flags = [name.upper() for name, present in cpu_info()["flags"].items() if present]
+    assert report["cpu"] == cpu_info() and report["threads"] == 1
+    line = f"CPU: {cpu_info()['model']}; {', '.join(flags) or 'no AVX2/AVX-512'}; 1 thread(s)"
+    assert out.startswith(line) and line in md.read_text(), out
+
+
+def test_quality_says_what_its_seconds_ran_on(quality, tmp_path, capsys):
+    pytest.importorskip(TORCH)
+    from ddpm_export.machine import cpu_info
+
+    js = tmp_path / "q.json"
+    assert quality.main(["--num-samples", "2", "--per-class", "1", "--threads", "1", "--json", str(js)]) == 0
+    report = json.loads(js.read_text())
+    assert report["cpu"] == cpu_info() and report["threads"] == 1
+    assert f"CPU: {cpu_info()['model']}; " in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_low_precision_rows_say_what_openvino_computed_in(quality, tmp_path, capsys):
+    """The "bf16 openvino" rows were named for what was asked: on a CPU without bf16 they were f32
+    figures under a bf16 name, "within targets"."""
+    pytest.importorskip(TORCH)
+    pytest.importorskip("openvino")
+    from ddpm_export.presets import shipped_onnx
+    from ddpm_export.runtime import read_info
+    from ddpm_export.runtime.openvino_backend import OpenVinoBackend
+
+    js = tmp_path / "q.json"
+    assert quality.main(["--low-precision", "--num-samples", "10", "--batch-size", "10", "--json", str(js)]) == 0
+    rows = json.loads(js.read_text())["low_precision"]
+    path = shipped_onnx("digits")
+    bf16 = OpenVinoBackend(path, read_info(path).spec, inference_precision="bf16").inference_precision  # this CPU's
+    assert {name: r["computed_in"] for name, r in rows.items()} == {
+        "fp32 onnxruntime": "f32", "int8 onnxruntime": "f32", "int8 openvino": "f32", "int8 openvino bf16": bf16,
+        "bf16 openvino": bf16}
+    assert ("this CPU has no bf16" in capsys.readouterr().out) == (bf16 != "bf16")
