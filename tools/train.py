@@ -50,12 +50,16 @@ TRAIN_FOLDER = dataclasses.replace(CHECKPOINT_FOLDER,
                                    names=CHECKPOINT_FOLDER.names | set(KEPT_FILES) | set(DERIVED_FILES))
 
 
+#: GroupNorm groups of every level: --base-channels must be a multiple of it
+NUM_GROUPS = 8
+
+
 def model_config(base_channels: int) -> UNetConfig:
     """16x16x1, three levels (16, 8, 4), attention at 4x4 and in the bottleneck, 10 classes + null."""
     return UNetConfig(
         in_channels=1, out_channels=1, sample_size=16,
         base_channels=base_channels, channel_mult=(1, 2, 2), num_res_blocks=1,
-        attention_resolutions=(4,), mid_attention=True, num_groups=8,
+        attention_resolutions=(4,), mid_attention=True, num_groups=NUM_GROUPS,
         num_classes=10, class_conditioning="embedding", null_class=True,
     )
 
@@ -113,6 +117,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--warmup must be >= 0 and --final-lr-frac in [0, 1]")
     if not 0.0 <= args.ema < 1.0:
         p.error(f"--ema must be in [0, 1) (the EMA decay), got {args.ema}")
+    if args.base_channels < 1 or args.base_channels % NUM_GROUPS:
+        p.error(f"--base-channels must be a multiple of {NUM_GROUPS} (the GroupNorm groups), >= {NUM_GROUPS}; "
+                f"got {args.base_channels}")
     return args
 
 

@@ -182,6 +182,10 @@ def test_a_diverged_classifier_run_writes_nothing(tmp_path, capsys):
     (["--ema", "1.5"], "--ema must be in [0, 1)"),
     (["--warmup", "-5"], "--warmup must be >= 0"),
     (["--final-lr-frac", "3"], "--final-lr-frac in [0, 1]"),
+    # each said "num_groups: 8 must divide ..." or "base_channels: must be >= 1", names of no flag
+    (["--base-channels", "12"], "--base-channels must be a multiple of 8 (the GroupNorm groups), >= 8; got 12"),
+    (["--base-channels", "0"], "--base-channels must be a multiple of 8 (the GroupNorm groups), >= 8; got 0"),
+    (["--base-channels", "-8"], "--base-channels must be a multiple of 8 (the GroupNorm groups), >= 8; got -8"),
 ])
 def test_bad_hyperparameters_are_refused_before_any_work(train, tmp_path, capsys, flags, message):
     with pytest.raises(SystemExit) as info:
