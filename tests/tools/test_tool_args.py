@@ -193,23 +193,3 @@ def test_quality_says_what_its_seconds_ran_on(quality, tmp_path, capsys):
     assert report["cpu"] == cpu_info() and report["threads"] == 1
     assert f"CPU: {cpu_info()['model']}; " in capsys.readouterr().out
 
-
-@pytest.mark.slow
-def test_low_precision_rows_say_what_openvino_computed_in(quality, tmp_path, capsys):
-    """The "bf16 openvino" rows were named for what was asked: on a CPU without bf16 they were f32
-    figures under a bf16 name, "within targets"."""
-    pytest.importorskip(TORCH)
-    pytest.importorskip("openvino")
-    from ddpm_export.presets import shipped_onnx
-    from ddpm_export.runtime import read_info
-    from ddpm_export.runtime.openvino_backend import OpenVinoBackend
-
-    js = tmp_path / "q.json"
-    assert quality.main(["--low-precision", "--num-samples", "10", "--batch-size", "10", "--json", str(js)]) == 0
-    rows = json.loads(js.read_text())["low_precision"]
-    path = shipped_onnx("digits")
-    bf16 = OpenVinoBackend(path, read_info(path).spec, inference_precision="bf16").inference_precision  # this CPU's
-    assert {name: r["computed_in"] for name, r in rows.items()} == {
-        "fp32 onnxruntime": "f32", "int8 onnxruntime": "f32", "int8 openvino": "f32", "int8 openvino bf16": bf16,
-        "bf16 openvino": bf16}
-    assert ("this CPU has no bf16" in capsys.readouterr().out) == (bf16 != "bf16")
