@@ -29,6 +29,7 @@ from __future__ import annotations
 import errno
 import importlib.util
 import os
+import re
 
 __all__ = ["BadInputError", "DdpmExportError", "DdpmExportWarning", "EngineError", "InputNotFoundError",
            "IntegrityError", "MissingDependencyError", "NonFiniteOutputError", "NotAFolderError",
@@ -135,10 +136,17 @@ def out_of_memory(error: BaseException) -> bool:
                                               and any(text in str(error) for text in _MEMORY_TEXT))
 
 
+#: ONNX Runtime's ``[ONNXRuntimeError] : 7 : INVALID_PROTOBUF : `` before its message
+_ORT_STATUS = re.compile(r"^\[ONNXRuntimeError\] : \d+ : [A-Z_]+ : ")
+#: a C++ source location and function inside it (``Error: tensorprotoutils.cc:619 ValidateExternalDataPathFromDir ``)
+_CPP_SOURCE = re.compile(r"\b[\w/.-]+\.(?:cc|cpp|h):\d+ [\w:~<>]+ ")
+
+
 def load_error(error: BaseException) -> str:
-    """The first line of an ONNX Runtime load error, without its ``[ONNXRuntimeError] : 7 :`` prefix."""
+    """The first line of an ONNX Runtime load error without its ``[ONNXRuntimeError] : 7 :
+    INVALID_PROTOBUF :`` prefix nor C++ source locations: what is wrong with the file."""
     text = (str(error).strip().splitlines() or [type(error).__name__])[0]
-    return text.rsplit("] : ", 1)[-1].split(" : ", 1)[-1][:300]
+    return _CPP_SOURCE.sub("", _ORT_STATUS.sub("", text))[:300]
 
 
 def describe(error: BaseException) -> str:
