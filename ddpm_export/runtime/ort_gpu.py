@@ -18,6 +18,7 @@ the CPU is an error, not a success.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from ddpm_export.contract.choices import ORT_GPU_BACKENDS as BACKEND_NAMES
 from ddpm_export.contract.metadata import sha256_file
 from ddpm_export.contract.spec import ExportSpec
 from ddpm_export.errors import BadInputError, InputNotFoundError, MissingDependencyError
+from ddpm_export.files import made_parents
 
 __all__ = ["ORT_GPU_BACKENDS", "ProviderUnavailable", "create_gpu_session", "gpu_backend", "provider_options"]
 
@@ -84,13 +86,14 @@ def create_gpu_session(path: str | Path, backend: str, spec: ExportSpec, *, devi
                                   f"onnxruntime-gpu in place of onnxruntime on a machine with an NVIDIA GPU")
     if not path.is_file():
         raise InputNotFoundError(f"{path}: no such ONNX file", path)
-    if key is not None:
-        (Path(cache_dir) / key).mkdir(parents=True, exist_ok=True)
-    session = open_session(path, session_options, providers)  # a file it cannot load: BadInputError, as on the CPU
-    used = session.get_providers()
-    if not used or used[0] != want:
-        raise ProviderUnavailable(f"backend {backend!r}: ONNX Runtime fell back to {', '.join(used) or 'nothing'} "
-                                  f"instead of {want} (see its log: CUDA/cuDNN/TensorRT libraries or the GPU missing)")
+    # the engine cache's folders exist before the session starts; removed again if it fails (empty)
+    with made_parents(Path(cache_dir) / key / "engine") if key is not None else contextlib.nullcontext():
+        session = open_session(path, session_options, providers)  # a file it cannot load: BadInputError, as on the CPU
+        used = session.get_providers()
+        if not used or used[0] != want:
+            raise ProviderUnavailable(f"backend {backend!r}: ONNX Runtime fell back to {', '.join(used) or 'nothing'} "
+                                      f"instead of {want} (see its log: CUDA/cuDNN/TensorRT libraries or the GPU "
+                                      f"missing)")
     return session
 
 

@@ -174,5 +174,7 @@ def test_a_file_without_its_external_data_is_bad_input_on_the_gpu_too(tiny, tmp_
     onnx.save_model(onnx.load(str(tiny)), str(path), save_as_external_data=True, location="ext.onnx.data",
                     size_threshold=0)
     (tmp_path / "ext.onnx.data").unlink()
+    cache = {"trt_cache_dir": tmp_path / "cache"} if backend == "ort-tensorrt" else {}
     with pytest.raises(BadInputError, match=f"{path}: ONNX Runtime cannot load this file .*external data"):
-        Pipeline.from_onnx(path, backend=backend)
+        Pipeline.from_onnx(path, backend=backend, **cache)
+    assert not (tmp_path / "cache").exists()  # the engine cache's folders were made first and left behind
