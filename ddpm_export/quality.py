@@ -49,6 +49,7 @@ __all__ = [
     "frechet_distance",
     "generate",
     "load_digits_split",
+    "real_features",
     "reference_frechet",
     "score",
     "upscale2x",
@@ -136,9 +137,10 @@ class DigitClassifier:
     of the Fréchet distance.
     """
 
-    def __init__(self, weights: dict[str, np.ndarray], meta: dict) -> None:
+    def __init__(self, weights: dict[str, np.ndarray], meta: dict, source: str | Path | None = None) -> None:
         self.w = {k: np.asarray(v, dtype=np.float32) for k, v in weights.items()}
         self.meta = meta
+        self.name = str(source) if source is not None else "the digit classifier"  # errors name it
 
     @classmethod
     def load(cls, folder: str | Path = CLASSIFIER_DIR) -> "DigitClassifier":
@@ -159,7 +161,7 @@ class DigitClassifier:
             meta = parse_json(meta_path.read_text(encoding="utf-8"))
         except ValueError as e:  # UnicodeDecodeError too
             raise BadInputError(f"{meta_path}: not JSON ({e}); regenerate it with tools/train_classifier.py") from e
-        return cls(weights, meta)
+        return cls(weights, meta, folder)
 
     def forward(self, x: np.ndarray, batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
         """``x [N, 1, 16, 16]`` in [-1, 1] -> (features ``[N, F]``, logits ``[N, 10]``), float64."""
@@ -279,7 +281,7 @@ def score(samples: np.ndarray, classifier: DigitClassifier, reference: np.ndarra
         num_samples=len(samples),
         confident_fraction=float((probs.max(axis=1) > threshold).mean()),
         class_entropy_bits=class_entropy_bits(pred),
-        frechet=frechet_between(feats, classifier.features(reference)),
+        frechet=frechet_between(feats, real_features(classifier, reference)),
         class_histogram=tuple(int(c) for c in np.bincount(pred, minlength=NUM_CLASSES)),
         class_accuracy=None if labels is None else float((pred == np.asarray(labels)).mean()),
     )
@@ -295,7 +297,20 @@ def reference_frechet(classifier: DigitClassifier, digits: Digits, n: int | None
     train = digits.train_x
     if n is not None and n < len(train):
         train = train[np.sort(np.random.default_rng(seed).choice(len(train), n, replace=False))]
-    return frechet_between(classifier.features(digits.heldout_x), classifier.features(train))
+    return frechet_between(real_features(classifier, digits.heldout_x), classifier.features(train))
+
+
+def real_features(classifier: DigitClassifier, real: np.ndarray) -> np.ndarray:
+    """``classifier.features(real)``, refusing a degenerate classifier: one whose features are the
+    same for every real image (e.g. all zero, every ReLU dead after training with too high an lr)
+    puts every image at Fréchet distance 0 from the real ones, so no distance nor ratio means anything."""
+    f = classifier.features(real)
+    if len(f) >= 2 and not np.ptp(f, axis=0).any():
+        same = "all zero" if not f.any() else "constant"
+        raise BadInputError(f"{classifier.name}: a degenerate classifier: its {f.shape[1]} features are {same} over "
+                            f"all {len(f)} real digits, so it tells no images apart (a Fréchet distance of 0 to "
+                            f"anything); retrain it with tools/train_classifier.py (a lower --lr)")
+    return f
 
 
 def generate(backend, scheduler, labels: np.ndarray, *, seed: int, null_class: int,

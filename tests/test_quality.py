@@ -88,6 +88,9 @@ def _broken_classifier(folder, how: str):
     elif how == "shape":
         weights["fc1.weight"] = weights["fc1.weight"][:, :100].copy()
         save_file(weights, str(weights_path))
+    elif how == "dead":  # finite, loadable, every fc1 ReLU dead: what train_classifier.py --lr 1e4 wrote
+        weights["fc1.bias"][:] = -1e6
+        save_file(weights, str(weights_path))
     else:
         weights["conv1.bias"][0] = np.nan
         save_file(weights, str(weights_path))
@@ -109,6 +112,21 @@ def test_a_broken_classifier_folder_is_refused_naming_the_file(tmp_path, how, me
     with pytest.raises(BadInputError) as info:
         DigitClassifier.load(tmp_path / "clf")
     assert message in str(info.value) and "tools/train_classifier.py" in str(info.value)
+
+
+def test_a_degenerate_classifier_is_refused_naming_its_folder(tmp_path, digits):
+    """Features all zero put every image at Fréchet distance 0 from the real digits: quality.py ended
+    in a ZeroDivisionError traceback (its FD / reference FD); score and reference_frechet now refuse it."""
+    from ddpm_export.errors import BadInputError
+
+    _broken_classifier(tmp_path / "clf", "dead")
+    clf = DigitClassifier.load(tmp_path / "clf")
+    assert not clf.features(digits.heldout_x).any()
+    for call in (lambda: score(noise_images(8), clf, digits.heldout_x), lambda: reference_frechet(clf, digits)):
+        with pytest.raises(BadInputError) as info:
+            call()
+        assert str(info.value).startswith(f"{tmp_path / 'clf'}: a degenerate classifier: its 64 features are all "
+                                          f"zero over all 400 real digits"), info.value
 
 
 # --- Fréchet distance ------------------------------------------------------------------

@@ -193,3 +193,25 @@ def test_quality_says_what_its_seconds_ran_on(quality, tmp_path, capsys):
     assert report["cpu"] == cpu_info() and report["threads"] == 1
     assert f"CPU: {cpu_info()['model']}; " in capsys.readouterr().out
 
+
+
+def test_quality_refuses_a_degenerate_classifier_in_one_line(quality, tmp_path, capsys):
+    """Its features all zero (finite weights): a ZeroDivisionError traceback at FD / reference FD."""
+    pytest.importorskip(TORCH)
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+
+    from ddpm_export.quality import CLASSIFIER_DIR
+
+    clf = tmp_path / "clf"
+    shutil.copytree(CLASSIFIER_DIR, clf)
+    weights = load_file(str(clf / "classifier.safetensors"))
+    weights["fc1.bias"][:] = -1e6
+    save_file(weights, str(clf / "classifier.safetensors"))
+    for flags in ([], ["--low-precision"]):
+        assert quality.main(["--classifier", str(clf), "--num-samples", "2", "--per-class", "1", *flags]) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert lines == [f"error: {clf}: a degenerate classifier: its 64 features are all zero over all 400 real "
+                         f"digits, so it tells no images apart (a Fréchet distance of 0 to anything); retrain it "
+                         f"with tools/train_classifier.py (a lower --lr)"], lines
