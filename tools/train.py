@@ -64,6 +64,10 @@ def model_config(base_channels: int) -> UNetConfig:
     )
 
 
+#: the largest --lr: Adam's first step is lr / (1 - beta1) = 10 lr, which must be a float32 (the weights' type)
+MAX_LR = float(torch.finfo(torch.float32).max) * (1 - 0.9)
+
+
 #: the DiffusionConfig fields training depends on (the rest are the sampler's defaults)
 FORWARD_PROCESS_FIELDS = ("num_train_timesteps", "beta_schedule", "beta_start", "beta_end", "prediction_type")
 
@@ -113,6 +117,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--p-uncond must be in [0, 1)")
     if not (math.isfinite(args.lr) and args.lr > 0):
         p.error(f"--lr must be a finite number > 0, got {args.lr}")
+    if args.lr > MAX_LR:
+        p.error(f"--lr must be at most {MAX_LR:.6g} (Adam's first step, 10x the rate, must be a float32), "
+                f"got {args.lr}")
     if args.warmup < 0 or not 0.0 <= args.final_lr_frac <= 1.0:
         p.error("--warmup must be >= 0 and --final-lr-frac in [0, 1]")
     if not 0.0 <= args.ema < 1.0:

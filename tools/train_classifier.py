@@ -94,13 +94,26 @@ def positive(kind: type, *, or_zero: bool = False) -> Callable[[str], Any]:
     return parse
 
 
+#: the largest --lr: Adam's first step is lr / (1 - beta1) = 10 lr, which must be a float32 (the weights' type)
+MAX_LR = float(torch.finfo(torch.float32).max) * (1 - 0.9)
+
+
+def learning_rate(text: str) -> float:
+    """An argparse type: a finite float > 0, at most :data:`MAX_LR` (above it Adam's first step overflows)."""
+    value = positive(float)(text)
+    if value > MAX_LR:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_LR:.6g} (Adam's first step, 10x the rate, must "
+                                         f"be a float32), got {text}")
+    return value
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", default="ddpm_export/models/digit-classifier", help="folder to write")
     p.add_argument("--epochs", type=positive(int), default=40, help="passes over the training digits")
     p.add_argument("--batch-size", type=positive(int), default=64, help="digits per optimiser step")
-    p.add_argument("--lr", type=positive(float), default=2e-3, help="Adam's learning rate (cosine-annealed)")
+    p.add_argument("--lr", type=learning_rate, default=2e-3, help="Adam's learning rate (cosine-annealed)")
     p.add_argument("--outlier-weight", type=positive(float, or_zero=True), default=0.5,
                    help="weight of the outlier-exposure loss (uniform target on non-digit images); 0 disables")
     p.add_argument("--seed", type=int, default=0, help="seed of the initialisation, shuffles and augmentations")

@@ -132,6 +132,9 @@ def test_classifier_training_refuses_to_overwrite(tmp_path, capsys):
     (["--outlier-weight", "nan"], "argument --outlier-weight: must be a finite number >= 0, got nan"),
     (["--outlier-weight", "inf"], "argument --outlier-weight: must be a finite number >= 0, got inf"),
     (["--lr", "0"], "argument --lr: must be a finite number > 0, got 0"),
+    # a RuntimeError traceback inside Adam ("value cannot be converted to type float without overflow")
+    (["--lr", "1e38"], "argument --lr: must be at most 3.40282e+37 (Adam's first step, 10x the rate, must be a "
+                       "float32), got 1e38"),
 ])
 def test_classifier_bad_flags_are_refused(tmp_path, capsys, flags, message):
     """--outlier-weight -1 or nan trained silently without outlier exposure, inf trained NaN weights (exit 0)."""
@@ -178,6 +181,9 @@ def test_a_diverged_classifier_run_writes_nothing(tmp_path, capsys):
 @pytest.mark.parametrize(("flags", "message"), [
     (["--lr", "-1"], "--lr must be a finite number > 0"),
     (["--lr", "nan"], "--lr must be a finite number > 0"),
+    # a RuntimeError traceback inside Adam ("value cannot be converted to type float without overflow")
+    (["--lr", "1e38"], "--lr must be at most 3.40282e+37 (Adam's first step, 10x the rate, must be a float32), "
+                       "got 1e+38"),
     (["--ema", "-1"], "--ema must be in [0, 1)"),
     (["--ema", "1.5"], "--ema must be in [0, 1)"),
     (["--warmup", "-5"], "--warmup must be >= 0"),
@@ -191,6 +197,25 @@ def test_bad_hyperparameters_are_refused_before_any_work(train, tmp_path, capsys
     with pytest.raises(SystemExit) as info:
         train.main(["--out", str(tmp_path / "x"), *SMOKE, *flags])
     assert info.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("tool", ["train", "train_classifier"])
+def test_max_lr_is_the_largest_rate_adam_can_step_with(tool):
+    """Above MAX_LR Adam's first step (lr / (1 - beta1)) is no float32: a RuntimeError inside torch."""
+    import torch
+
+    max_lr = load_tool(tool).MAX_LR
+    assert f"{max_lr:.6g}" == "3.40282e+37" and float("3.40282e+37") <= max_lr  # the bound printed is accepted
+    for lr, fails in ((max_lr, False), (max_lr * (1 + 1e-6), True)):
+        p = torch.nn.Parameter(torch.ones(2))
+        opt = torch.optim.Adam([p], lr=lr)
+        p.sum().backward()
+        if fails:
+            with pytest.raises(RuntimeError, match="overflow"):
+                opt.step()
+        else:
+            opt.step()
+            assert torch.isfinite(p).all()
 
 
 def test_a_diverged_run_writes_nothing(train, tmp_path, capsys):
