@@ -90,14 +90,24 @@ def test_refuses_an_out_it_cannot_replace_before_training(train, tmp_path, capsy
 @pytest.mark.slow
 def test_training_is_reproducible(tmp_path):
     """The documented command, run twice in fresh processes (as a user regenerates the model),
-    writes a byte-identical model.safetensors."""
+    writes the files the digits README names byte-identical, and training.json differing only in
+    what it says (the README claimed every file identical: training.json records wall_s)."""
+    import re
+
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
     for name in ("a", "b"):
         proc = subprocess.run([sys.executable, str(TOOLS / "train.py"), "--out", str(tmp_path / name), *SMOKE],
                               capture_output=True, text=True, timeout=300, env=env)
         assert proc.returncode == 0, proc.stderr
-    a, b = ((tmp_path / n / "model.safetensors").read_bytes() for n in ("a", "b"))
-    assert a == b
+    a, b = tmp_path / "a", tmp_path / "b"
+    identical = {p.name for p in a.iterdir() if p.read_bytes() == (b / p.name).read_bytes()}
+    readme = " ".join((TOOLS.parent / "ddpm_export/models/digits/README.md").read_text().split())
+    claim = re.search(r"give byte-identical (.*?) \(tested", readme)
+    assert claim and set(re.findall(r"`([^`]+)`", claim.group(1))) == identical, (claim, identical)
+    ra, rb = (json.loads((d / "training.json").read_text()) for d in (a, b))
+    for r in (ra, rb):
+        r.pop("wall_s"), r.pop("command"), r["args"].pop("out")
+    assert ra == rb and identical == {"model.safetensors", "config.json", "diffusion.json"}
 
 
 def test_lr_schedule_warms_up_then_decays(train):
