@@ -35,7 +35,7 @@ from ddpm_export.checks import check_guidance_scale, check_int, check_steps
 from ddpm_export.contract.spec import MAX_BATCH
 from ddpm_export.diffusion import SCHEDULERS, DiffusionConfig, make_scheduler
 from ddpm_export.errors import BadInputError, DdpmExportError, describe, exit_status
-from ddpm_export.files import refuse_existing_file
+from ddpm_export.files import atomic_file, refuse_existing_file
 from ddpm_export.machine import cpu_info, cpu_line
 from ddpm_export.presets import CONFIG_NAME, check_model_name
 from ddpm_export.quality import (CLASSIFIER_DIR, DigitClassifier, generate, load_digits_split, onnx_backend,
@@ -130,6 +130,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="noise seed (>= 0)")
     p.add_argument("--threads", type=int, default=1, help="CPU threads of the engines (>= 1)")
     p.add_argument("--json", type=Path, default=None, help="write the figures here (its folder must exist)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --json file")
     return p
 
 
@@ -142,13 +143,14 @@ def refuse(p: argparse.ArgumentParser, flag: str, check: Callable[..., Any], *ar
         p.error(message if message.startswith(flag) else f"{flag}: {message}")
 
 
-def check_output(p: argparse.ArgumentParser, flag: str, path: Path | None) -> None:
-    """Refuse, before the work, an output file that could not be written after it (a missing folder)."""
+def check_output(p: argparse.ArgumentParser, flag: str, path: Path | None, force: bool) -> None:
+    """Refuse, before the work, an output file that could not be written after it (a missing folder)
+    or that exists (unless ``force``)."""
     if path is None:
         return
     if not path.parent.is_dir():
         p.error(f"{flag} {path}: the folder {path.parent} does not exist")
-    refuse(p, flag, refuse_existing_file, path, True)
+    refuse(p, flag, refuse_existing_file, path, force)
 
 
 def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -163,7 +165,7 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         what = (f"an int >= {low}" if high is None else f"an int in [{low}, {high}]") + why
         refuse(p, flag, check_int, flag, value, low, high, what)
     refuse(p, "--guidance", check_guidance_scale, args.guidance)
-    check_output(p, "--json", args.json)
+    check_output(p, "--json", args.json, args.force)
     refuse(p, "--model", check_model_name, args.model)
 
 
@@ -214,6 +216,14 @@ def main(argv: list[str] | None = None) -> int:
         return exit_status(e)
 
 
+def write_json(args: argparse.Namespace, report: dict) -> None:
+    """``report`` into ``--json`` (if given), atomically: temp file + rename, over a file only with --force."""
+    if args.json is not None:
+        with atomic_file(args.json, force=args.force) as tmp:
+            tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        print(f"wrote {args.json}")
+
+
 def run(p: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     """Sample and score what the checked ``args`` ask for; print the figures, write ``--json``."""
     scheduler, sampler_name, null_class = schedule(p, args)  # null_class: the null id
@@ -244,9 +254,7 @@ def run(p: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         report["low_precision"] = low_precision(args.model, Path(tmp.name), np.arange(n) % 10, scheduler, clf,
                                                 digits, null_class, args)
         report["low_precision_samples"] = n
-        if args.json is not None:
-            args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-            print(f"wrote {args.json}")
+        write_json(args, report)
         tmp.cleanup()
         return 0
     ref = reference_frechet(clf, digits, n=n, seed=args.seed)
@@ -294,9 +302,7 @@ def run(p: argparse.ArgumentParser, args: argparse.Namespace) -> int:
                   f"FD {r.frechet:.4f}  label accuracy {r.class_accuracy:.4f}  ({secs:.0f} s)")
 
     report["seconds"] = round(time.perf_counter() - t0, 1)
-    if args.json is not None:
-        args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        print(f"wrote {args.json}")
+    write_json(args, report)
     tmp.cleanup()
     return 0
 

@@ -32,7 +32,7 @@ from ddpm_export.checks import check_int, check_steps
 from ddpm_export.contract.spec import MAX_BATCH
 from ddpm_export.diffusion import SCHEDULERS, DiffusionConfig, sampler_config
 from ddpm_export.errors import BadInputError, DdpmExportError, describe, exit_status
-from ddpm_export.files import refuse_existing_file
+from ddpm_export.files import atomic_file, refuse_existing_file, refuse_same_file
 from ddpm_export.machine import cpu_info, cpu_line
 from ddpm_export.presets import CONFIG_NAME, check_model_name
 from ddpm_export.quality import CLASSIFIER_DIR, DigitClassifier, load_digits_split, reference_frechet, score
@@ -112,6 +112,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=int, default=120, help="images per model call (export's max batch)")
     p.add_argument("--json", type=Path, default=None, help="write the report here (its folder must exist)")
     p.add_argument("--markdown", type=Path, default=None, help="write the table here (its folder must exist)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --json or --markdown file")
     return p
 
 
@@ -124,13 +125,14 @@ def refuse(p: argparse.ArgumentParser, flag: str, check: Callable[..., Any], *ar
         p.error(message if message.startswith(flag) else f"{flag}: {message}")
 
 
-def check_output(p: argparse.ArgumentParser, flag: str, path: Path | None) -> None:
-    """Refuse, before the work, an output file that could not be written after it (a missing folder)."""
+def check_output(p: argparse.ArgumentParser, flag: str, path: Path | None, force: bool) -> None:
+    """Refuse, before the work, an output file that could not be written after it (a missing folder)
+    or that exists (unless ``force``)."""
     if path is None:
         return
     if not path.parent.is_dir():
         p.error(f"{flag} {path}: the folder {path.parent} does not exist")
-    refuse(p, flag, refuse_existing_file, path, True)
+    refuse(p, flag, refuse_existing_file, path, force)
 
 
 def parse_overrides(p: argparse.ArgumentParser, overrides: list[str]) -> dict[str, Any]:
@@ -198,8 +200,10 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str
                                         ("--max-batch", args.max_batch, 1, MAX_BATCH, "")):
         what = (f"an int >= {low}" if high is None else f"an int in [{low}, {high}]") + why
         refuse(p, flag, check_int, flag, value, low, high, what)
-    for flag, path in (("--json", args.json), ("--markdown", args.markdown)):
-        check_output(p, flag, path)
+    outputs = {"--json": args.json, "--markdown": args.markdown}
+    refuse(p, "--json", refuse_same_file, {"--onnx": args.onnx}, outputs)
+    for flag, path in outputs.items():
+        check_output(p, flag, path, args.force)
     rows = baseline_rows(p, args.baseline)
     changes = parse_overrides(p, args.overrides)
     unet, base = file_configs(p, args)
@@ -226,6 +230,12 @@ def main(argv: list[str] | None = None) -> int:
         return exit_status(e)
 
 
+def write_text(path: Path, text: str, force: bool) -> None:
+    """``text`` into ``path`` atomically (temp file + rename: never half-written), over a file only if ``force``."""
+    with atomic_file(path, force=force) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
 def run(args: argparse.Namespace, changes: dict[str, Any]) -> int:
     """The table the checked ``args`` ask for (``changes``: the ``--set`` fields); printed, and written."""
     clf = DigitClassifier.load(CLASSIFIER_DIR)
@@ -242,18 +252,18 @@ def run(args: argparse.Namespace, changes: dict[str, Any]) -> int:
         if changes:  # the sampling defaults of the file, overridden for the table (checked by check_args)
             pipe.info = dataclasses.replace(pipe.info, diffusion=pipe.info.diffusion.replace(**changes))
         report["diffusion"] = pipe.info.diffusion.to_dict()
-        for sampler, steps in _settings(args):
+        for i, (sampler, steps) in enumerate(_settings(args)):
             row = _row(pipe, sampler, steps, args, clf, digits)
             report["rows"].append(row)
             print(f"{sampler:>14s}-{steps:<3d}: confident {row['confident_fraction']:.3f}"
                   f"  FD {row['frechet']:.3f}  {row['images_per_s']:.1f} images/s  (load {row['load_average_before']})",
                   flush=True)
-            if args.json is not None:
-                args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+            if args.json is not None:  # after every row (a killed run keeps those done); from row 2 over our own
+                write_text(args.json, json.dumps(report, indent=2) + "\n", force=args.force or i > 0)
     table = markdown(report)
     print(table)
     if args.markdown is not None:
-        args.markdown.write_text(table, encoding="utf-8")
+        write_text(args.markdown, table, force=args.force)
     return 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 from pathlib import Path
 from types import ModuleType
 
@@ -112,6 +113,7 @@ def test_quality_refuses_bad_arguments(quality, tmp_path, monkeypatch, capsys, a
     (["--set", 'timestep_spacing="sideways"'], "--set: timestep_spacing='sideways' is not valid; choose one of: "),
     (["--json", "{tmp}/missing/t.json"], "--json {tmp}/missing/t.json: the folder {tmp}/missing does not exist"),
     (["--markdown", "{tmp}/missing/t.md"], "--markdown {tmp}/missing/t.md: the folder {tmp}/missing does not exist"),
+    (["--json", "{tmp}/t", "--markdown", "{tmp}/t"], "--json {tmp}/t and --markdown {tmp}/t name the same file"),
 ])
 def test_solver_table_refuses_bad_arguments(solver_table, digits_onnx, tmp_path, monkeypatch, capsys, argv, message):
     """With --onnx (the shipped digits export: torch-free, nothing to export)."""
@@ -215,3 +217,30 @@ def test_quality_refuses_a_degenerate_classifier_in_one_line(quality, tmp_path, 
         assert lines == [f"error: {clf}: a degenerate classifier: its 64 features are all zero over all 400 real "
                          f"digits, so it tells no images apart (a Fréchet distance of 0 to anything); retrain it "
                          f"with tools/train_classifier.py (a lower --lr)"], lines
+
+
+@pytest.mark.parametrize("tool_name", ["quality", "solver_table"])
+def test_an_existing_report_needs_force_and_is_replaced_atomically(tool_name, digits_onnx, tmp_path, monkeypatch,
+                                                                     capsys):
+    """--json / --markdown overwrote an existing file silently, in place (solver_table after every row)."""
+    pytest.importorskip(TORCH)
+    tool = load_tool(tool_name)
+    argv = {"quality": ["--num-samples", "2", "--per-class", "1"],
+            "solver_table": ["--onnx", str(digits_onnx), "--num-samples", "2", "--baseline", "ddim:2", "ddim:1",
+                             "--solvers", "--max-batch", "2", "--markdown", str(tmp_path / "t.md")]}[tool_name]
+    js = tmp_path / "t.json"
+    js.write_text("old")
+    line = refused(tool, [*argv, "--json", str(js)], monkeypatch, capsys)
+    assert f"--json: {js} exists; pass --force to overwrite it" in line, line
+    if tool_name == "solver_table":
+        line = refused(tool, ["--onnx", str(digits_onnx), "--json", str(digits_onnx), "--force"], monkeypatch, capsys)
+        assert f"--onnx {digits_onnx} and --json {digits_onnx} name the same file" in line, line
+    monkeypatch.undo()
+    os.link(js, tmp_path / "link")  # a file written in place would change under both names
+    assert tool.main([*argv, "--json", str(js), "--force"]) == 0
+    report = json.loads(js.read_text())
+    assert (tmp_path / "link").read_text() == "old"
+    if tool_name == "solver_table":  # the second row's progress write replaced the first's
+        assert [(r["sampler"], r["steps"]) for r in report["rows"]] == [("ddim", 2), ("ddim", 1)]
+        assert "| DDIM | 1 |" in (tmp_path / "t.md").read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "t.json"] + (["t.md"] * (tool_name != "quality"))
