@@ -205,6 +205,10 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str
     for flag, path in outputs.items():
         check_output(p, flag, path, args.force)
     rows = baseline_rows(p, args.baseline)
+    if not rows and not (args.solvers and args.steps):
+        given = " ".join(f"{flag}{''.join(f' {v}' for v in values)}" for flag, values in
+                         (("--baseline", args.baseline), ("--solvers", args.solvers), ("--steps", args.steps)))
+        p.error(f"{given}: no row to run; give --baseline SAMPLER:STEPS, or --solvers SAMPLER... with --steps N...")
     changes = parse_overrides(p, args.overrides)
     unet, base = file_configs(p, args)
     check_digits_model(p, f"--onnx {args.onnx}" if args.onnx is not None else f"--model {args.model}", unet)

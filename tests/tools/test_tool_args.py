@@ -114,6 +114,10 @@ def test_quality_refuses_bad_arguments(quality, tmp_path, monkeypatch, capsys, a
     (["--json", "{tmp}/missing/t.json"], "--json {tmp}/missing/t.json: the folder {tmp}/missing does not exist"),
     (["--markdown", "{tmp}/missing/t.md"], "--markdown {tmp}/missing/t.md: the folder {tmp}/missing does not exist"),
     (["--json", "{tmp}/t", "--markdown", "{tmp}/t"], "--json {tmp}/t and --markdown {tmp}/t name the same file"),
+    # each exported the model and printed a table of the real-digits row only, exit 0
+    (["--baseline", "--solvers"], "--baseline --solvers --steps 5 10 15 20 25: no row to run; give --baseline "
+                                  "SAMPLER:STEPS, or --solvers SAMPLER... with --steps N..."),
+    (["--baseline", "--steps"], "--baseline --solvers dpm-solver++ unipc --steps: no row to run"),
 ])
 def test_solver_table_refuses_bad_arguments(solver_table, digits_onnx, tmp_path, monkeypatch, capsys, argv, message):
     """With --onnx (the shipped digits export: torch-free, nothing to export)."""
