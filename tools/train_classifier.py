@@ -32,9 +32,11 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
-from ddpm_export.errors import DdpmExportError, NonFiniteOutputError, describe, exit_status
+from ddpm_export.errors import (BadInputError, DdpmExportError, NonFiniteOutputError, VerificationFailed, describe,
+                                exit_status)
 from ddpm_export.files import OutputFolder, atomic_dir, check_output_folder
-from ddpm_export.quality import CLASSIFIER_CONFIG, CLASSIFIER_WEIGHTS, DigitClassifier, load_digits_split
+from ddpm_export.quality import (CLASSIFIER_CONFIG, CLASSIFIER_WEIGHTS, DigitClassifier, load_digits_split,
+                                 real_features)
 
 
 class TorchDigitClassifier(nn.Module):
@@ -153,7 +155,19 @@ def train(args: argparse.Namespace) -> tuple[dict[str, torch.Tensor], dict[str, 
     if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
         raise NonFiniteOutputError(f"training diverged (last epoch's loss {total / len(x)}): the weights are not "
                                    f"finite; nothing was written -- lower --lr or --outlier-weight")
+    refuse_degenerate(model, digits.heldout_x, total / len(x))
     return {k: v.detach().contiguous() for k, v in model.state_dict().items()}, _record(model, args, digits, start)
+
+
+def refuse_degenerate(model: nn.Module, heldout: np.ndarray, loss: float) -> None:
+    """Refuse finite weights whose features are the same for every held-out digit (every ReLU dead):
+    ``ddpm_export.quality`` refuses such a classifier, so it is not written."""
+    try:
+        real_features(DigitClassifier({k: v.detach().numpy() for k, v in model.state_dict().items()}, {}), heldout)
+    except BadInputError:
+        raise VerificationFailed(f"training diverged (last epoch's loss {loss}): the classifier's features are the "
+                                 f"same for every held-out digit, so it tells no digits apart; nothing was written "
+                                 f"-- lower --lr") from None
 
 
 def _record(model: nn.Module, args: argparse.Namespace, digits: Any, start: float) -> dict[str, Any]:

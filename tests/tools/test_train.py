@@ -188,6 +188,16 @@ def test_a_diverged_classifier_run_writes_nothing(tmp_path, capsys):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_degenerate_classifier_run_writes_nothing(tmp_path, capsys):
+    """--lr 1e4 trained finite weights with every feature zero and wrote them (exit 0): a classifier
+    that tools/quality.py must refuse (it ended there in a ZeroDivisionError)."""
+    tool = load_tool("train_classifier")
+    assert tool.main(["--out", str(tmp_path / "clf"), "--epochs", "1", "--lr", "1e4"]) == 1
+    err = capsys.readouterr().err
+    assert "training diverged" in err and "the classifier's features are the same for every held-out digit" in err
+    assert "nothing was written" in err and list(tmp_path.iterdir()) == [], err
+
+
 @pytest.mark.parametrize(("flags", "message"), [
     (["--lr", "-1"], "--lr must be a finite number > 0"),
     (["--lr", "nan"], "--lr must be a finite number > 0"),
