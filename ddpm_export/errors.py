@@ -30,11 +30,12 @@ import errno
 import importlib.util
 import os
 import re
+from importlib import metadata
 
 __all__ = ["BadInputError", "DdpmExportError", "DdpmExportWarning", "EngineError", "InputNotFoundError",
            "IntegrityError", "MissingDependencyError", "NonFiniteOutputError", "NotAFolderError",
            "OutputExistsError", "TargetMismatchWarning", "VerificationFailed", "WrongTypeError", "describe",
-           "exit_status", "load_error", "out_of_memory"]
+           "exit_status", "load_error", "ort_gpu_hint", "out_of_memory"]
 
 #: Modules of the ``export`` extra: a command that imports one needs ``pip install 'ddpm-export[export]'``.
 EXPORT_EXTRA = ("torch", "onnx", "safetensors", "polygraphy")
@@ -147,6 +148,21 @@ def load_error(error: BaseException) -> str:
     INVALID_PROTOBUF :`` prefix nor C++ source locations: what is wrong with the file."""
     text = (str(error).strip().splitlines() or [type(error).__name__])[0]
     return _CPP_SOURCE.sub("", _ORT_STATUS.sub("", text))[:300]
+
+
+def ort_gpu_hint() -> str:
+    """How to get ONNX Runtime's GPU build. Where onnxruntime-gpu is installed beside onnxruntime (a
+    later ``pip install ddpm-export[...]`` brings the CPU build back: the two share one
+    ``onnxruntime`` folder, which the last installed holds), installing it again changes nothing:
+    say how to undo the clash."""
+    try:
+        gpu = metadata.version("onnxruntime-gpu")
+        metadata.version("onnxruntime")
+    except metadata.PackageNotFoundError:
+        return "install onnxruntime-gpu in place of onnxruntime on a machine with an NVIDIA GPU"
+    return (f"onnxruntime-gpu {gpu} is installed, but so is onnxruntime (pip brings it back with ddpm-export), "
+            f"whose CPU build now holds the folder they share: pip uninstall -y onnxruntime onnxruntime-gpu && "
+            f"pip install onnxruntime-gpu=={gpu}")
 
 
 def describe(error: BaseException) -> str:

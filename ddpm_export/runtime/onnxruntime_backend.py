@@ -15,7 +15,7 @@ import onnxruntime as ort
 
 from ddpm_export.contract.spec import OUT_NAME, ExportSpec, feeds_for
 from ddpm_export.errors import (BadInputError, EngineError, InputNotFoundError, MissingDependencyError,
-                                WrongTypeError, load_error)
+                                WrongTypeError, load_error, ort_gpu_hint)
 from ddpm_export.runtime.integrity import check_graph
 from ddpm_export.threads import get_threads
 
@@ -116,7 +116,8 @@ def check_providers(providers: Any) -> list[Any]:
                                 f"{', '.join(available)}")
         if name not in available:
             raise MissingDependencyError(f"providers: {name} is not in this onnxruntime package (it has "
-                                         f"{', '.join(available)}); e.g. CUDAExecutionProvider needs onnxruntime-gpu")
+                                         f"{', '.join(available)}); e.g. CUDAExecutionProvider needs onnxruntime-gpu: "
+                                         f"{ort_gpu_hint()}")
     return list(providers)
 
 

@@ -26,7 +26,7 @@ from ddpm_export.checks import Registry
 from ddpm_export.contract.choices import ORT_GPU_BACKENDS as BACKEND_NAMES
 from ddpm_export.contract.metadata import sha256_file
 from ddpm_export.contract.spec import ExportSpec
-from ddpm_export.errors import BadInputError, InputNotFoundError, MissingDependencyError
+from ddpm_export.errors import BadInputError, InputNotFoundError, MissingDependencyError, ort_gpu_hint
 from ddpm_export.files import made_parents
 
 __all__ = ["ORT_GPU_BACKENDS", "ProviderUnavailable", "create_gpu_session", "gpu_backend", "provider_options"]
@@ -82,8 +82,7 @@ def create_gpu_session(path: str | Path, backend: str, spec: ExportSpec, *, devi
     missing = [name for name, _ in providers if name not in available]
     if missing:
         raise ProviderUnavailable(f"backend {backend!r}: this onnxruntime ({ort.__version__}) has no "
-                                  f"{', '.join(missing)} (available: {', '.join(available)}); install "
-                                  f"onnxruntime-gpu in place of onnxruntime on a machine with an NVIDIA GPU")
+                                  f"{', '.join(missing)} (available: {', '.join(available)}); {ort_gpu_hint()}")
     if not path.is_file():
         raise InputNotFoundError(f"{path}: no such ONNX file", path)
     # the engine cache's folders exist before the session starts; removed again if it fails (empty)

@@ -11,6 +11,7 @@ from click.testing import CliRunner
 ort = pytest.importorskip("onnxruntime")
 
 from ddpm_export.contract.spec import ExportSpec  # noqa: E402
+from ddpm_export.errors import MissingDependencyError  # noqa: E402
 from ddpm_export.runtime import Pipeline  # noqa: E402
 from ddpm_export.runtime.ort_gpu import ORT_GPU_BACKENDS, ProviderUnavailable, provider_options  # noqa: E402
 
@@ -58,6 +59,26 @@ def test_a_missing_provider_is_an_error_not_a_cpu_run(tiny, backend):
         pytest.skip(f"{ORT_GPU_BACKENDS[backend]} is available here")
     with pytest.raises(ProviderUnavailable, match=f"no {ORT_GPU_BACKENDS[backend]}.*onnxruntime-gpu"):
         Pipeline.from_onnx(tiny, backend=backend)
+
+
+@pytest.mark.skipif("CUDAExecutionProvider" in HAS, reason="onnxruntime here has the CUDA provider")
+@pytest.mark.parametrize("backend", list(ORT_GPU_BACKENDS))
+def test_onnxruntime_gpu_shadowed_by_onnxruntime_says_how_to_undo_it(tmp_path, monkeypatch, backend):
+    """onnxruntime-gpu installed, then onnxruntime again (``pip install 'ddpm-export[plot]'`` does
+    that): the CPU build holds the folder both install into. "Install onnxruntime-gpu" would change
+    nothing (pip: already satisfied); the error says to reinstall it after removing both."""
+    from ddpm_export.presets import shipped_onnx
+
+    info = tmp_path / "onnxruntime_gpu-1.31.1.dist-info"  # what pip leaves of onnxruntime-gpu beside onnxruntime
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: onnxruntime-gpu\nVersion: 1.31.1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ProviderUnavailable, match=r"\(available: [^)]*\); onnxruntime-gpu 1\.31\.1 is installed, but "
+                       r"so is onnxruntime .*: pip uninstall -y onnxruntime onnxruntime-gpu && "
+                       r"pip install onnxruntime-gpu==1\.31\.1$"):
+        Pipeline.from_onnx(shipped_onnx("digits"), backend=backend)
+    with pytest.raises(MissingDependencyError, match=r"needs onnxruntime-gpu: onnxruntime-gpu 1\.31\.1 is installed"):
+        Pipeline.from_onnx(shipped_onnx("digits"), providers=["CUDAExecutionProvider"])
 
 
 def test_providers_are_for_the_cpu_backend_only(tiny):
