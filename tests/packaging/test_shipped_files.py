@@ -95,3 +95,14 @@ def test_the_cpu_torch_hint_installs_the_torch_the_export_extra_allows():
     (pin,) = [r for r in project["optional-dependencies"]["export"] if r.startswith("torch")]
     newest = re.search(r"<=\s*([\w.]+)", pin).group(1)
     assert f"torch=={newest} " in CPU_TORCH and "download.pytorch.org/whl/cpu" in CPU_TORCH
+
+
+def test_the_dev_extra_holds_what_building_the_wheel_needs():
+    """tests/packaging builds the wheel with --no-build-isolation, from the packages ./dev installs
+    (the dev extra): a fresh venv's setuptools (65 on Python 3.11, none on 3.12) cannot build it."""
+    import tomllib
+    from pathlib import Path
+
+    project = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
+    dev = {r.replace(" ", "").split(";")[0] for r in project["project"]["optional-dependencies"]["dev"]}
+    assert {r.replace(" ", "") for r in project["build-system"]["requires"]} <= dev
