@@ -486,11 +486,11 @@ def _check_inputs(cfg: BenchConfig) -> None:
     """Refuse, before anything is exported or timed: an unknown model, a missing OpenVINO, and a
     ``--onnx`` file that no asked-for precision runs (one not exported from ``--model`` is refused
     by :func:`run_bench` once the model is loaded)."""
-    from ddpm_export.nn.checkpoint import diffusion_config_for
     from ddpm_export.presets import check_model_name
 
     if cfg.model is not None:
         check_model_name(cfg.model)
+    from ddpm_export.nn.checkpoint import diffusion_config_for
     if "openvino" in cfg.backends:
         require_openvino()
     _check_forms(cfg.attention)
@@ -552,9 +552,9 @@ def default_precisions(backends: tuple[str, ...], onnx: str | None) -> tuple[str
 
 def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Build every path, measure them side by side, return the report (JSON-ready dict)."""
+    _check_inputs(cfg)  # first: a mistyped --model is named as one, not as a missing torch
     import torch
 
-    _check_inputs(cfg)
     torch.set_num_threads(cfg.threads)
     report: dict[str, Any] = {"cpu": cpu_info(), "threads": {"intra_op": cfg.threads, "inter_op": 1,
                               "torch": torch.get_num_threads()},

@@ -55,6 +55,9 @@ def command(model: str, output: str, opset: int, precision: str, attention: str,
       ddpm-export onnx --model digits -o digits-int8.onnx --precision int8 --target openvino
     """
     from ddpm_export.console import use_flag_names
+    from ddpm_export.presets import check_model_name
+
+    check_model_name(model)  # a typo is named as one, not as a missing export extra
     from ddpm_export.export.onnx import export_onnx
 
     use_flag_names({"rewrites": "--rewrites", "target": "--target", "opset": "--opset", "precision": "--precision",

@@ -63,6 +63,10 @@ def command(onnx_path: str | None, model: str | None, engine: str, fp16: bool | 
     """
     if (onnx_path is None) == (model is None):
         raise click.UsageError("pass exactly one of --onnx and --model")
+    if model is not None:
+        from ddpm_export.presets import check_model_name
+
+        check_model_name(model)  # a typo is named as one, not as a missing extra
     _require_extras()
     from ddpm_export.contract.sidecar import sidecar_path
     from ddpm_export.export.tensorrt import build_engine, engine_onnx_path

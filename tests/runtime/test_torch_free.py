@@ -7,6 +7,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 from blockers import BLOCK_TORCH
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,6 +58,23 @@ def test_a_wrong_model_path_is_named_before_the_missing_extra(tmp_path: Path) ->
         assert result.returncode == 2 and message in result.stderr, result.stdout + result.stderr
         assert "export extra" not in result.stderr and "Traceback" not in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "userdir"]
+
+
+@pytest.mark.parametrize("command", [["onnx", "-o", "{tmp}/m.onnx"], ["verify", "--onnx", "{onnx}"], ["inspect"],
+                                     ["bench", "--steps", "1"], ["trt", "-o", "{tmp}/m.plan"], ["demo", "-o", "{tmp}/d"]])
+def test_a_mistyped_preset_is_named_before_the_missing_extra(tmp_path: Path, command: list[str]) -> None:
+    """Without the export extra, `onnx --model digit` (and verify, inspect, bench, trt) sent the user
+    to install PyTorch; `sample` and `demo` named the typo. Every --model command names it now."""
+    from ddpm_export.presets import shipped_onnx
+
+    args = [a.format(tmp=tmp_path, onnx=shipped_onnx("digits")) for a in command]
+    cli = BLOCK_TORCH + "import sys\nfrom ddpm_export.cli import main\nmain()\n"
+    result = subprocess.run([sys.executable, "-c", cli, *args, "--model", "digit"], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.startswith("Error: unknown model 'digit': not a folder on disk and not a preset; presets: "
+                                    "ddpm-cifar10, digits, kitchen-sink, tiny"), result.stderr
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_trt_without_the_export_extra_names_every_extra_it_needs(tmp_path: Path) -> None:
