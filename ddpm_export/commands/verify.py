@@ -66,7 +66,7 @@ def command(model: str, onnx_path: str, engine: str | None, steps: int | None, d
     from ddpm_export.presets import check_model_name
 
     check_model_name(model)  # a typo is named as one, not as a missing export extra
-    from ddpm_export.verify import draw_drift, report_json, require_matplotlib, verify
+    from ddpm_export.verify import draw_drift, report_json, verify
 
     use_flag_names({"guidance_scale": "--guidance", "steps": "--steps", "ddpm_steps": "--ddpm-steps",
                     "solver_steps": "--solver-steps", "batch": "--batch",
@@ -78,7 +78,7 @@ def command(model: str, onnx_path: str, engine: str | None, steps: int | None, d
         if path is not None:
             refuse_existing_file(path, force)
     if plot is not None:
-        require_matplotlib()
+        _require_matplotlib()
     result = verify(model, onnx_path, engine=engine, steps=steps, ddpm_steps=ddpm_steps, solver_steps=solver_steps,
                     seed=seed, batch=batch, guidance_scale=guidance, gpu_backends=gpu_backends,
                     inference_precision=inference_precision, log=click.echo, progress=show_progress())
@@ -98,3 +98,25 @@ def command(model: str, onnx_path: str, engine: str | None, steps: int | None, d
             click.echo(f"  {failure}", err=True)
         raise VerificationFailed(f"{len(result['failures'])} of {len(result['checks'])} checks failed")
     click.echo(f"verify passed ({len(result['checks'])} checks, {result['seconds']:.1f} s)")
+
+
+def _require_matplotlib() -> None:
+    """--plot's matplotlib; where the export extra is missing too, both in one line: the user
+    would otherwise learn of the second only after installing the first."""
+    from importlib import import_module
+
+    from ddpm_export.errors import CPU_TORCH, EXPORT_EXTRA, MissingDependencyError
+    from ddpm_export.verify import require_matplotlib
+
+    try:
+        require_matplotlib()
+    except MissingDependencyError:
+        for name in EXPORT_EXTRA:
+            try:
+                import_module(name)
+            except ImportError:
+                torch_first = f" (first the CPU build of torch: {CPU_TORCH})" if name == "torch" else ""
+                raise MissingDependencyError(
+                    f"verify needs the export extra (no module {name!r}) and, for --plot, the plot extra (no module "
+                    f"'matplotlib'): pip install 'ddpm-export[export,plot]'{torch_first}") from None
+        raise

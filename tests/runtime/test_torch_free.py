@@ -93,3 +93,25 @@ def test_trt_without_the_export_extra_names_every_extra_it_needs(tmp_path: Path)
 
     extras = "export" if importlib.util.find_spec("tensorrt") else "export,gpu"  # a GPU host may have TensorRT
     assert f"pip install 'ddpm-export[{extras}]'" in result.stderr, result.stderr
+
+
+def test_verify_plot_without_the_export_and_plot_extras_names_both(tmp_path: Path) -> None:
+    """`verify --plot` with neither torch nor matplotlib named the plot extra alone; installing it
+    only led to a second refusal, for the export extra."""
+    from ddpm_export.presets import shipped_onnx
+
+    block = BLOCK_TORCH.replace('name == "torch" or name.startswith("torch.")',
+                                'name.split(".")[0] in ("torch", "matplotlib")').replace(
+        'raise ImportError(f"torch is blocked in this test (importing {name})")',
+        'raise ModuleNotFoundError(f"No module named {name!r}", name=name)')  # as if not installed
+    cli = block + "import sys\nfrom ddpm_export.cli import main\nmain()\n"
+    result = subprocess.run([sys.executable, "-c", cli, "verify", "--model", "digits", "--onnx",
+                             str(shipped_onnx("digits")), "--plot", str(tmp_path / "d.png")],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.splitlines() == [
+        "Error: verify needs the export extra (no module 'torch') and, for --plot, the plot extra (no module "
+        "'matplotlib'): pip install 'ddpm-export[export,plot]' (first the CPU build of torch: pip install "
+        "torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu)"]
+    assert list(tmp_path.iterdir()) == []
+
