@@ -106,3 +106,15 @@ def test_the_dev_extra_holds_what_building_the_wheel_needs():
     project = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
     dev = {r.replace(" ", "").split(";")[0] for r in project["project"]["optional-dependencies"]["dev"]}
     assert {r.replace(" ", "") for r in project["build-system"]["requires"]} <= dev
+
+
+def test_the_version_is_the_same_in_pyproject_and_the_package():
+    """Written twice (pyproject.toml's [project] version, ddpm_export/_version.py): a release that
+    bumps one only would say one version in `ddpm-export --version` and another to pip."""
+    import tomllib
+    from pathlib import Path
+
+    from ddpm_export._version import __version__
+
+    project = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())["project"]
+    assert project["version"] == __version__
