@@ -104,13 +104,19 @@ META_CASES = {
 @pytest.mark.parametrize("name", META_CASES)
 def test_bad_metadata(tmp_path, tiny, name):
     edit, message = META_CASES[name]
+    bad, out = _edited(tmp_path, tiny, edit)
+    expect_failure(_sample(bad, out), 2, "bad.onnx", message, watch=[tmp_path])
+
+
+def _edited(tmp_path: Path, tiny: Path, edit) -> tuple[Path, Path]:
+    """``tiny`` with ``edit(proto)`` applied, as tmp_path/bad.onnx, and an empty output folder."""
     proto = onnx.load(str(tiny))
     edit(proto)
     bad = tmp_path / "bad.onnx"
     onnx.save(proto, str(bad))
     out = tmp_path / "out"
     out.mkdir()
-    expect_failure(_sample(bad, out), 2, "bad.onnx", message, watch=[tmp_path])
+    return bad, out
 
 
 def _fix_batch(proto, batch: int) -> None:
@@ -124,12 +130,7 @@ def _fix_batch(proto, batch: int) -> None:
 def test_a_fixed_batch_the_spec_does_not_say(tmp_path, tiny, batch):
     # a graph edited to a static batch loaded, then failed at the first call of another size with
     # ONNX Runtime's message cut before the sizes ("... for the following indices")
-    proto = onnx.load(str(tiny))
-    _fix_batch(proto, batch)
-    bad = tmp_path / "bad.onnx"
-    onnx.save(proto, str(bad))
-    out = tmp_path / "out"
-    out.mkdir()
+    bad, out = _edited(tmp_path, tiny, lambda proto: _fix_batch(proto, batch))
     expect_failure(_sample(bad, out), 2, f"bad.onnx: graph 'x_t' has a fixed batch of {batch}, its metadata's export "
                    "spec says batch 1..8", watch=[tmp_path])
 
@@ -174,12 +175,7 @@ def test_openvino_refuses_at_load_what_onnxruntime_refuses(tmp_path, tiny, name)
     # failed at the first call; a fixed batch was reshaped away, an fp16 x_t fed rounded (tiny's
     # samples 24% off after 20 steps) -- both refused by ONNX Runtime
     edit, message = GRAPH_CASES[name]
-    proto = onnx.load(str(tiny))
-    edit(proto)
-    bad = tmp_path / "bad.onnx"
-    onnx.save(proto, str(bad))
-    out = tmp_path / "out"
-    out.mkdir()
+    bad, out = _edited(tmp_path, tiny, edit)
     for backend in ("onnxruntime", "openvino"):
         expect_failure(_sample(bad, out, "--backend", backend), 2, f"bad.onnx: {message}", watch=[tmp_path])
 
