@@ -490,7 +490,8 @@ def _check_inputs(cfg: BenchConfig) -> None:
 
     if cfg.model is not None:
         check_model_name(cfg.model)
-    from ddpm_export.nn.checkpoint import diffusion_config_for
+    from ddpm_export.nn.checkpoint import diffusion_config_for  # after: it needs torch
+
     if "openvino" in cfg.backends:
         require_openvino()
     _check_forms(cfg.attention)

@@ -56,6 +56,7 @@ def command(model: str, batch: int, json_path: str | None, plot: str | None, erf
     from ddpm_export.presets import check_model_name
 
     check_model_name(model)  # a typo is named as one, not as a missing export extra
+
     from ddpm_export.analysis import report as rep
     from ddpm_export.analysis.blocks import block_table
     from ddpm_export.analysis.erf import default_timesteps, measure_erf

@@ -58,6 +58,7 @@ def command(model: str, output: str, opset: int, precision: str, attention: str,
     from ddpm_export.presets import check_model_name
 
     check_model_name(model)  # a typo is named as one, not as a missing export extra
+
     from ddpm_export.export.onnx import export_onnx
 
     use_flag_names({"rewrites": "--rewrites", "target": "--target", "opset": "--opset", "precision": "--precision",

@@ -66,6 +66,7 @@ def command(model: str, onnx_path: str, engine: str | None, steps: int | None, d
     from ddpm_export.presets import check_model_name
 
     check_model_name(model)  # a typo is named as one, not as a missing export extra
+
     from ddpm_export.verify import draw_drift, report_json, verify
 
     use_flag_names({"guidance_scale": "--guidance", "steps": "--steps", "ddpm_steps": "--ddpm-steps",
