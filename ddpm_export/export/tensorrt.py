@@ -87,7 +87,26 @@ def plan_engine(onnx_path: str | Path, *, fp16: bool | None = None) -> EnginePla
     if fp16 is False and precision == "fp16":
         raise BadInputError(f"{path} is an fp16 graph but fp32 was asked for; the precision lives in the ONNX "
                          f"graph: export an fp32 file with `ddpm-export onnx --precision fp32`")
+    if precision == "int8" and _asymmetric_activations(model):
+        raise BadInputError(f"{path} is an int8 file exported for --target {info.target}: its activations are "
+                            f"quantized as asymmetric uint8 (ONNX Runtime's and OpenVINO's layout), and TensorRT "
+                            f"takes only symmetric int8 with zero point 0: export it with `ddpm-export onnx "
+                            f"--precision int8 --target tensorrt`")
     return EnginePlan(path, md.sha256_file(path), spec, precision, spec.profiles())
+
+
+def _asymmetric_activations(model: onnx.ModelProto) -> bool:
+    """Whether a QuantizeLinear of ``model`` (activations: weights are stored quantized) has a zero
+    point that is not an int8 0: what ``--target`` other than tensorrt writes (uint8)."""
+    inits = {t.name: t for t in model.graph.initializer}
+    for node in model.graph.node:
+        point = inits.get(node.input[2]) if node.op_type == "QuantizeLinear" and len(node.input) > 2 else None
+        if point is None:
+            continue
+        inline = point.data_location != onnx.TensorProto.EXTERNAL
+        if point.data_type != onnx.TensorProto.INT8 or (inline and onnx.numpy_helper.to_array(point).any()):
+            return True
+    return False
 
 
 def engine_onnx_path(engine: str | Path) -> Path:
