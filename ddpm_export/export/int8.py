@@ -43,6 +43,8 @@ import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
 
+from ddpm_export.checks import MAX_GUIDANCE_SCALE
+from ddpm_export.configbase import FrozenConfig, check, check_choice
 from ddpm_export.diffusion.config import DiffusionConfig
 from ddpm_export.contract.spec import T_NAME, X_NAME, ExportSpec
 from ddpm_export.errors import EngineError
@@ -57,18 +59,28 @@ MAX_CALIBRATION_IMAGES = 32
 
 
 @dataclasses.dataclass(frozen=True)
-class CalibrationConfig:
+class CalibrationConfig(FrozenConfig):
     """Calibration trajectories: ``trajectories`` DDIM runs of ``steps``, ``steps + 1``, ... steps,
     ``images`` each (raised to the number of classes for class models, so every class appears,
     up to :data:`MAX_CALIBRATION_IMAGES`),
     with ``guidance_scale`` (class models with a null class: the null half is recorded too)."""
 
+    version: int = 1
     trajectories: int = 3
     steps: int = 16
     images: int = 4
     guidance_scale: float = 1.5
     seed: int = 1234
     float_groups: tuple[str, ...] = FLOAT_GROUPS
+
+    def validate(self) -> None:
+        for name in ("trajectories", "steps", "images"):
+            check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
+        check(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
+        check(abs(self.guidance_scale) <= MAX_GUIDANCE_SCALE, "guidance_scale",
+              f"|{self.guidance_scale}| must be <= {MAX_GUIDANCE_SCALE:g}")
+        for group in self.float_groups:
+            check_choice("float_groups", group, FLOAT_GROUPS)
 
 
 def record_calibration_inputs(backend: Callable, spec: ExportSpec, diffusion: DiffusionConfig,

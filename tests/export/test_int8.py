@@ -59,6 +59,27 @@ def _quantized_outputs(model: onnx.ModelProto) -> tuple[int, int]:
     return sum(feeds_float(n) for n in ops), len(ops)
 
 
+@pytest.mark.parametrize("field,value,message", [
+    ("trajectories", 0, "trajectories: must be >= 1, got 0"),  # was ONNX Runtime's "No data is collected."
+    ("steps", 0, "steps: must be >= 1, got 0"),  # was "num_inference_steps: must be in [1, ...]"
+    ("images", 0, "images: must be >= 1, got 0"),  # was "shape must be (B, C, H, W) ..."
+    ("seed", -1, "seed: must be >= 0, got -1"),
+    ("guidance_scale", float("nan"), "guidance_scale=nan must be finite"),  # was accepted
+    ("float_groups", ("embedding", "attn"), "float_groups='attn' is not valid; choose one of: 'embedding', "
+                                            "'first_last_conv', 'attention'"),
+])
+def test_a_bad_calibration_setting_is_refused_when_made_naming_its_field(field: str, value: object,
+                                                                        message: str) -> None:
+    """Refused where it is made, before a trace and a calibration run (a bad field failed only
+    after both, under another name); and it round-trips through JSON like every config."""
+    from ddpm_export.configbase import ConfigError
+
+    with pytest.raises(ConfigError, match="^" + message.replace("[", r"\[").replace("(", r"\(") + "$"):
+        CalibrationConfig(**{field: value})
+    cfg = CalibrationConfig(trajectories=2, float_groups=("embedding",))
+    assert CalibrationConfig.from_json(cfg.to_json()) == cfg
+
+
 def test_calibration_follows_the_sampler_over_classes_and_the_null_class() -> None:
     from ddpm_export import load_model
     from ddpm_export.diffusion import DiffusionConfig
