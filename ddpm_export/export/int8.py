@@ -51,7 +51,7 @@ from ddpm_export.errors import EngineError
 from ddpm_export.export.precision_policy import FLOAT_GROUPS
 
 __all__ = ["CalibrationConfig", "FLOAT_GROUPS", "float_nodes", "quantize_int8", "quantizes_outputs",
-           "record_calibration_inputs", "untie_initializers"]
+           "record_calibration_inputs", "symmetric_activations", "untie_initializers"]
 
 QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")
 #: images per calibration run at most (each class in turn up to it; with guidance twice the rows)

@@ -29,7 +29,7 @@ from ddpm_export.diffusion.config import DiffusionConfig
 from ddpm_export.diffusion.from_diffusers import SCHEDULER_CONFIG_NAME, schedule_only_class
 from ddpm_export.errors import BadInputError
 from ddpm_export.export.attention_forms import attention_kernel, resolve_attention
-from ddpm_export.export.int8 import CalibrationConfig, quantizes_outputs
+from ddpm_export.export.int8 import CalibrationConfig, quantizes_outputs, symmetric_activations
 from ddpm_export.export.polygraphy_io import check_io_paths, staged_torch_io
 from ddpm_export.export.precision import GraphModule
 from ddpm_export.export.precision_policy import check_precision, policy
@@ -108,8 +108,7 @@ def export_onnx(model: str | Path, out: str | Path, *, opset: int = DEFAULT_OPSE
     proto.metadata_props.clear()
     for key, value in md.metadata_props(
         unet=unet.config, diffusion=diffusion, spec=spec, attention=form, rewrites=applied, target=target,
-        policy=policy(precision, attention=form, quantized_outputs=quantized_outputs,
-                      float_groups=(calibration or CalibrationConfig()).float_groups),
+        policy=_policy(precision, form, target, calibration or CalibrationConfig()),
         exporter_version=f"ddpm-export {__version__}; torch {torch.__version__.split('+')[0]}; onnx {onnx.__version__}",
         source=str(model) if source is None else source.name,
         source_sha256=md.sha256_file(source) if source else state_sha256(unet),
@@ -123,6 +122,14 @@ def export_onnx(model: str | Path, out: str | Path, *, opset: int = DEFAULT_OPSE
         report = _write_validated(proto, out, (unet, spec, precision) if validate else None, log, force)  # all or none
     return ExportResult(out, spec, precision, form, applied, opset, time.perf_counter() - start,
                         out.stat().st_size, report)
+
+
+def _policy(precision: str, attention: str, target: str, calibration: CalibrationConfig) -> dict[str, object]:
+    """The precision policy recorded in the file; an int8 file's names its QDQ layout and calibration."""
+    settings = {k: v for k, v in calibration.to_dict().items() if k not in ("version", "float_groups")}
+    return policy(precision, attention=attention, quantized_outputs=quantizes_outputs(target),
+                  float_groups=calibration.float_groups, symmetric_activations=symmetric_activations(target),
+                  calibration=settings)
 
 
 def _kept_rewrites(unet: UNet, applied: tuple[str, ...], asked: str, model: str | Path,
@@ -277,7 +284,7 @@ def _quantize(proto: onnx.ModelProto, unet: UNet, spec: ExportSpec, diffusion: D
               calibration: CalibrationConfig | None, quantized_outputs: bool, target: str,
               log: Callable[[str], None]) -> onnx.ModelProto:
     """Record calibration inputs along DDIM trajectories of the float32 model; quantize to QDQ int8."""
-    from ddpm_export.export.int8 import quantize_int8, record_calibration_inputs, symmetric_activations
+    from ddpm_export.export.int8 import quantize_int8, record_calibration_inputs
     from ddpm_export.torch_backend import TorchBackend
 
     cfg = calibration or CalibrationConfig()

@@ -7,7 +7,7 @@ policy names themselves are :data:`ddpm_export.contract.choices.PRECISIONS`.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Mapping
 
 from ddpm_export.configbase import check_choice
 from ddpm_export.contract.choices import ATTENTION_FORMS, PRECISIONS
@@ -36,16 +36,20 @@ FLOAT_GROUPS: tuple[str, ...] = ("embedding", "first_last_conv", "attention")
 
 
 def policy(precision: str, *, attention: str = "decomposed", quantized_outputs: bool = True,
-           float_groups: tuple[str, ...] = FLOAT_GROUPS) -> dict[str, object]:
+           float_groups: tuple[str, ...] = FLOAT_GROUPS, symmetric_activations: bool = False,
+           calibration: Mapping[str, object] | None = None) -> dict[str, object]:
     """The policy as recorded in the ONNX metadata. ``attention``: the graph's attention form (fp16:
-    which of attention stays fp32, :func:`fp16_islands`). ``quantized_outputs`` and ``float_groups``:
-    int8 only, whether the outputs of the quantized ops are quantized too and the groups kept float
-    (:func:`ddpm_export.export.int8.quantize_int8`)."""
+    which of attention stays fp32, :func:`fp16_islands`). ``quantized_outputs``, ``float_groups``,
+    ``symmetric_activations`` and ``calibration``: int8 only, whether the outputs of the quantized
+    ops are quantized too, the groups kept float, whether activations are signed int8 with zero
+    point 0 (else uint8) and the calibration's settings (:func:`ddpm_export.export.int8.quantize_int8`)."""
     check_precision(precision)
     if precision == "int8":
         return {"precision": "int8", "io_dtype": "float32", "compute_dtype": "int8 QDQ (Conv, MatMul, Gemm)",
+                "activation_dtype": "int8 (zero point 0)" if symmetric_activations else "uint8",
                 "quantized_outputs": quantized_outputs, "float_islands": list(float_groups),
-                "calibration": "sampler trajectories (ddpm_export.export.int8)"}
+                "calibration": {"method": "min/max over the float32 model's DDIM trajectories "
+                                          "(ddpm_export.export.int8)", **(calibration or {})}}
     return {"precision": precision, "io_dtype": "float32",
             "compute_dtype": "float16" if precision == "fp16" else "float32",
             "fp32_islands": fp16_islands(attention) if precision == "fp16" else []}

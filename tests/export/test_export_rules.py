@@ -63,3 +63,7 @@ def test_an_int8_file_records_the_groups_its_calibration_kept_float(tmp_path):
                          log=lambda s: None)
     policy = json.loads(read_metadata(result.path)["ddpm_export.precision_policy"])
     assert policy["float_islands"] == ["embedding"]  # was always embedding, first_last_conv, attention
+    # the calibration that made it, not only "sampler trajectories" (any settings gave the same metadata)
+    assert {k: v for k, v in policy["calibration"].items() if k != "method"} == {
+        "trajectories": 1, "steps": 2, "images": 4, "guidance_scale": 1.5, "seed": 1234}
+    assert policy["activation_dtype"] == "uint8"  # --target any; tensorrt's are signed (test_int8.py)

@@ -204,6 +204,7 @@ def test_int8_for_tensorrt_quantizes_activations_symmetric_signed(files: dict[st
     points = _zero_points(out)
     assert len(points) > 10
     assert {p.data_type for p in points} == {onnx.TensorProto.INT8}
+    assert json.loads(read_info(out).metadata[md.PRECISION_POLICY])["activation_dtype"] == "int8 (zero point 0)"
     assert all(not onnx.numpy_helper.to_array(p).any() for p in points)
     assert {p.data_type for p in _zero_points(files["int8"])} == {onnx.TensorProto.UINT8}  # --target any
     from ddpm_export.export.tensorrt import plan_engine
