@@ -204,7 +204,9 @@ def quantizes_outputs(target: str) -> bool:
 def symmetric_activations(target: str) -> bool:
     """Whether an int8 export for ``target`` quantizes activations as signed int8 with zero point 0
     (TensorRT takes only symmetric signed INT8: NVIDIA's "Working with Quantized Types") rather
-    than asymmetric uint8 (ONNX Runtime's and OpenVINO's fastest here; docs/speed-levers.md)."""
+    than asymmetric uint8 (ONNX Runtime's and OpenVINO's fastest here; docs/speed-levers.md). Such a
+    file also keeps the biases float: TensorRT's parser refuses a DequantizeLinear of an int32 tensor
+    ("only activation types allowed as input to this layer"), which ONNX Runtime makes of each bias."""
     return target == "tensorrt"
 
 
@@ -213,7 +215,8 @@ def quantize_int8(proto: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], *,
                   symmetric: bool = False) -> onnx.ModelProto:
     """The QDQ int8 model of the float32 ``proto``, calibrated (min/max) on ``feeds``; with
     ``quantized_outputs`` False, the outputs of Conv, MatMul and Gemm stay float (:func:`quantizes_outputs`);
-    with ``symmetric``, activations are signed int8 with zero point 0 (:func:`symmetric_activations`)."""
+    with ``symmetric``, activations are signed int8 with zero point 0 and biases stay float
+    (:func:`symmetric_activations`)."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     class Reader(_Reader, CalibrationDataReader):
@@ -230,12 +233,20 @@ def quantize_int8(proto: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], *,
                             activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
                             weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
                             calibration_providers=["CPUExecutionProvider"],
-                            extra_options={**({"ActivationSymmetric": True} if symmetric else {}),
-                                           **({} if quantized_outputs else {
-                                               "OpTypesToExcludeOutputQuantization": list(QUANTIZED_OPS)})})
+                            extra_options=_extra_options(quantized_outputs, symmetric))
         except DecodeError as e:  # its shape inference writes a copy that a full disk cuts short, then reads it
             raise _cut_short(tmp, proto.ByteSize(), e) from e
         return onnx.load(str(dst))
+
+
+def _extra_options(quantized_outputs: bool, symmetric: bool) -> dict[str, object]:
+    """``quantize_static``'s extra options for the QDQ layout of :func:`quantize_int8`."""
+    options: dict[str, object] = {}
+    if not quantized_outputs:
+        options["OpTypesToExcludeOutputQuantization"] = list(QUANTIZED_OPS)
+    if symmetric:  # TensorRT: signed activations with zero point 0, float biases (no int32 DequantizeLinear)
+        options.update(ActivationSymmetric=True, QuantizeBias=False)
+    return options
 
 
 def _cut_short(tmp: str, size: int, error: Exception) -> EngineError:

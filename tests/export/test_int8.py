@@ -205,6 +205,18 @@ def test_int8_for_tensorrt_quantizes_activations_symmetric_signed(files: dict[st
     assert len(points) > 10
     assert {p.data_type for p in points} == {onnx.TensorProto.INT8}
     assert json.loads(read_info(out).metadata[md.PRECISION_POLICY])["activation_dtype"] == "int8 (zero point 0)"
+    # TensorRT's parser refuses DequantizeLinear of an int32 tensor ("only activation types allowed as input to
+    # this layer"): the quantizer's int32 biases made every such file unbuildable; they stay float there
+    model = onnx.load(str(out))
+    inits = {i.name: i.data_type for i in model.graph.initializer}
+    dq_inputs = [inits.get(n.input[0]) for n in model.graph.node if n.op_type == "DequantizeLinear"]
+    assert onnx.TensorProto.INT8 in dq_inputs and onnx.TensorProto.INT32 not in dq_inputs
+    biases = [n.input[2] for n in model.graph.node if n.op_type == "Conv" and len(n.input) > 2]
+    assert biases and all(inits.get(b) == onnx.TensorProto.FLOAT for b in biases)
+    other = onnx.load(str(files["int8"]))  # --target any: int32 biases (ONNX Runtime, OpenVINO take them)
+    other_inits = {i.name: i.data_type for i in other.graph.initializer}
+    assert onnx.TensorProto.INT32 in [other_inits.get(n.input[0]) for n in other.graph.node
+                                      if n.op_type == "DequantizeLinear"]
     assert all(not onnx.numpy_helper.to_array(p).any() for p in points)
     assert {p.data_type for p in _zero_points(files["int8"])} == {onnx.TensorProto.UINT8}  # --target any
     from ddpm_export.export.tensorrt import plan_engine
