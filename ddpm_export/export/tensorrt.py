@@ -92,6 +92,10 @@ def plan_engine(onnx_path: str | Path, *, fp16: bool | None = None) -> EnginePla
                             f"quantized as asymmetric uint8 (ONNX Runtime's and OpenVINO's layout), and TensorRT "
                             f"takes only symmetric int8 with zero point 0: export it with `ddpm-export onnx "
                             f"--precision int8 --target tensorrt`")
+    if precision == "int8" and _int32_dequantized(model):
+        raise BadInputError(f"{path} stores its biases as int32 behind DequantizeLinear (an int8 export of an "
+                            f"earlier ddpm-export), which TensorRT's parser refuses: export it again with "
+                            f"`ddpm-export onnx --precision int8 --target tensorrt`")
     return EnginePlan(path, md.sha256_file(path), spec, precision, spec.profiles())
 
 
@@ -107,6 +111,12 @@ def _asymmetric_activations(model: onnx.ModelProto) -> bool:
         if point.data_type != onnx.TensorProto.INT8 or (inline and onnx.numpy_helper.to_array(point).any()):
             return True
     return False
+
+
+def _int32_dequantized(model: onnx.ModelProto) -> bool:
+    """Whether a DequantizeLinear of ``model`` reads an int32 initializer (a quantized bias)."""
+    int32 = {t.name for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT32}
+    return any(node.op_type == "DequantizeLinear" and node.input[0] in int32 for node in model.graph.node)
 
 
 def engine_onnx_path(engine: str | Path) -> Path:

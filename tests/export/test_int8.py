@@ -222,6 +222,18 @@ def test_int8_for_tensorrt_quantizes_activations_symmetric_signed(files: dict[st
     from ddpm_export.export.tensorrt import plan_engine
 
     assert plan_engine(out).precision == "int8"
+    # such a file from an earlier ddpm-export (int32 biases) is refused before a build
+    conv = next(n for n in model.graph.node if n.op_type == "Conv" and len(n.input) > 2)
+    bias = onnx.numpy_helper.to_array(next(i for i in model.graph.initializer if i.name == conv.input[2]))
+    model.graph.initializer.extend([onnx.numpy_helper.from_array(np.round(bias / 1e-4).astype(np.int32), "b_q"),
+                                    onnx.numpy_helper.from_array(np.array(1e-4, np.float32), "b_scale")])
+    model.graph.node.insert(0, onnx.helper.make_node("DequantizeLinear", ["b_q", "b_scale"], ["b_deq"]))
+    conv.input[2] = "b_deq"
+    old = tmp_path / "t8-int32-bias.onnx"
+    onnx.save(model, str(old))
+    with pytest.raises(BadInputError, match=r"t8-int32-bias\.onnx stores its biases as int32 behind "
+                                            r"DequantizeLinear.*--precision int8 --target tensorrt`$"):
+        plan_engine(old)
 
 
 @pytest.mark.parametrize("which,target", [("int8", "any"), ("int8-openvino", "openvino")])
