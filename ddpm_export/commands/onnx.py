@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ddpm_export.contract.choices import ATTENTION_CHOICES, PRECISIONS, REWRITES, TARGETS
+from ddpm_export.contract.choices import ATTENTION_CHOICES, MAX_OPSET, MIN_OPSET, PRECISIONS, REWRITES, TARGETS
 from ddpm_export.contract.spec import MAX_BATCH
 
 
@@ -12,7 +12,8 @@ from ddpm_export.contract.spec import MAX_BATCH
 @click.option("--model", "-m", "model", required=True,
               help="A preset name (see `ddpm-export models`), our checkpoint folder, or a diffusers UNet2DModel folder.")
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="The .onnx file to write.")
-@click.option("--opset", type=click.IntRange(17, 23), default=20, help="ONNX opset (onnx-attention needs 23).")
+@click.option("--opset", type=click.IntRange(min(MIN_OPSET.values()), MAX_OPSET), default=20,
+              help="ONNX opset (onnx-attention needs 23).")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="fp32",
               help="fp16: explicitly typed mixed precision (time embedding, norm statistics and, with decomposed "
                    "attention, its bias and softmax stay fp32; ort-mha runs in fp16); int8: QDQ calibrated on the "

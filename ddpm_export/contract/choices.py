@@ -6,7 +6,7 @@ The export modules map each name to its implementation (``export/attention_forms
 
 from __future__ import annotations
 
-__all__ = ["ATTENTION_CHOICES", "ATTENTION_FORMS", "BACKENDS", "HARDWARE_COMPATIBILITY", "MIN_OPSET", "ORT_GPU_BACKENDS",
+__all__ = ["ATTENTION_CHOICES", "ATTENTION_FORMS", "BACKENDS", "HARDWARE_COMPATIBILITY", "MAX_OPSET", "MIN_OPSET", "ORT_GPU_BACKENDS",
            "PRECISIONS", "REWRITE_CHOICES", "REWRITES", "TARGETS"]
 
 #: precision policies of an export (``ddpm_export.precision_policy``'s ``precision``)
@@ -17,6 +17,8 @@ ATTENTION_FORMS: tuple[str, ...] = ("decomposed", "ort-mha", "onnx-attention")
 ATTENTION_CHOICES: tuple[str, ...] = ("auto", *ATTENTION_FORMS)
 #: the lowest opset each form needs
 MIN_OPSET = {"decomposed": 17, "ort-mha": 17, "onnx-attention": 23}
+#: the highest opset the TorchScript exporter writes (torch 2.x)
+MAX_OPSET = 23
 #: exact rewrites an export may apply (``ddpm_export.nn.rewrites``); ``--rewrites`` also takes
 #: ``auto`` (chosen per precision, ``ddpm_export.export.rewrites``) and ``none``
 REWRITES: tuple[str, ...] = ("upsample-deconv", "upsample-subpixel", "attention-fold")

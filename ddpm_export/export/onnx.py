@@ -23,7 +23,7 @@ from safetensors.torch import save as safetensors_save
 
 from ddpm_export._version import __version__
 from ddpm_export.contract import metadata as md
-from ddpm_export.contract.choices import MIN_OPSET, TARGETS
+from ddpm_export.contract.choices import MAX_OPSET, MIN_OPSET, TARGETS
 from ddpm_export.contract.spec import ExportSpec
 from ddpm_export.diffusion.config import DiffusionConfig
 from ddpm_export.diffusion.from_diffusers import SCHEDULER_CONFIG_NAME, schedule_only_class
@@ -205,6 +205,8 @@ def _check_options(out: Path, *, force: bool, precision: str, attention: str, ta
                             "onnx-attention (or auto)")
     if opset < MIN_OPSET[form]:
         raise BadInputError(f"--attention {form} needs --opset >= {MIN_OPSET[form]}, got {opset}")
+    if opset > MAX_OPSET:
+        raise BadInputError(f"--opset {opset} is above {MAX_OPSET}, the highest opset the exporter writes")
     if precision == "int8" and target == "tensorrt" and opset > INT8_TENSORRT_MAX_OPSET:
         raise BadInputError(
             f"--precision int8 for --target tensorrt needs --opset <= {INT8_TENSORRT_MAX_OPSET}, got {opset}: ONNX "

@@ -573,6 +573,14 @@ def test_onnx_attention_needs_opset_23(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_opset_above_the_exporters_is_refused_before_any_work(tmp_path):
+    """The CLI stops at 23; the Python API traced the model, printed its whole TorchScript graph
+    and raised RuntimeError 'Unsupported onnx_opset_version: 24'."""
+    with pytest.raises(ValueError, match=r"--opset 24 is above 23, the highest opset the exporter writes"):
+        export_onnx("tiny", tmp_path / "m.onnx", opset=24, log=lambda s: None)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_ort_mha_is_refused_for_tensorrt(tmp_path):
     """A contrib op TensorRT's parser cannot take: the file would fail at `ddpm-export trt`."""
     with pytest.raises(ValueError, match=r"ort-mha is ONNX Runtime's contrib op .* --target tensorrt choose "
