@@ -100,8 +100,6 @@ class UNetConfig(FrozenConfig):
         check(self.dilation >= 1, "dilation", f"must be >= 1, got {self.dilation}")
         check(all(r >= 1 for r in self.aspp_rates), "aspp_rates", f"rates must be >= 1, got {self.aspp_rates}")
         self._validate_norms()
-        check(self.time_embed_dim % 2 == 0 or self.time_embedding == "learned", "base_channels",
-              "the sinusoidal embedding needs an even base_channels")
         check(self.head_dim is None or self.num_heads == 1, "num_heads",
               f"set num_heads or head_dim, not both (got num_heads={self.num_heads}, head_dim={self.head_dim})")
         attended = [c for c, r in zip(self.level_channels, self.resolutions) if r in self.attention_resolutions]

@@ -86,6 +86,10 @@ SMALL_CASES = {
     "other-spellings": {"down_block_types": ("UNetResAttnDownBlock2D", "DownBlock2D"), "sample_size": (16, 16),
                         "act_fn": "swish", "dropout": 0.1, "layers_per_block": 2, "in_channels": 1,
                         "out_channels": 2, "norm_eps": 1e-6},
+    # an odd sinusoid width: diffusers pads the embedding with a zero column, as ours does (was refused)
+    "odd-base-width": {"block_out_channels": (33, 66), "norm_num_groups": 3},
+    "odd-base-width-sin-cos-shift1": {"block_out_channels": (33, 66), "norm_num_groups": 3, "flip_sin_to_cos": False,
+                                      "freq_shift": 1, "attention_head_dim": 11},
 }
 
 
@@ -283,8 +287,6 @@ REFUSED = {
     "non-square": ({"sample_size": [16, 32]}, ["sample_size=[16, 32]"]),
     "head-dim": ({"attention_head_dim": 24}, ["attention_head_dim=24"]),
     "head-dim-0": ({"attention_head_dim": 0}, ["attention_head_dim=0", "must divide"]),  # was a ZeroDivisionError
-    "odd-base-width": ({"block_out_channels": [33, 66], "norm_num_groups": 3},
-                       ["(base_channels is diffusers' block_out_channels[0])", "base_channels"]),
     "layers-per-block-type": ({"layers_per_block": "2"}, ["(num_res_blocks is diffusers' layers_per_block)",
                                                           "num_res_blocks='2' has the wrong type"]),
     "add-attention-type": ({"add_attention": 3}, ["(mid_attention is diffusers' add_attention)"]),

@@ -145,6 +145,21 @@ def test_hybrid_time_embedding_is_pe_plus_mlp_of_pe():
     np.testing.assert_allclose(out.numpy(), pe + _mlp64(pe, emb), rtol=0, atol=1e-4)
 
 
+@pytest.mark.parametrize("kind, pe_dim", [("sinusoidal", 9), ("hybrid", 36)])
+def test_an_odd_base_width_is_accepted_and_embedded(kind, pe_dim):
+    """C0 = 9 was refused ("the sinusoidal embedding needs an even base_channels"), though the
+    sinusoid pads an odd width with a zero column as diffusers does, and hybrid's is 4 C0."""
+    cfg = UNetConfig(base_channels=9, channel_mult=(1,), sample_size=8, num_groups=3, attention_resolutions=(),
+                     mid_attention=False, time_embedding=kind)
+    torch.manual_seed(0)
+    emb = TimeEmbedding(cfg).eval()
+    with torch.no_grad():
+        out = emb(torch.tensor(TIMESTEPS))
+    assert out.shape == (len(TIMESTEPS), 36)
+    pe = reference_embedding(TIMESTEPS, pe_dim, True, 0.0)
+    np.testing.assert_allclose(out.numpy(), _mlp64(pe, emb) + (pe if kind == "hybrid" else 0), rtol=0, atol=1e-4)
+
+
 @pytest.mark.parametrize("kind", ["sinusoidal", "learned", "hybrid"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_time_embedding_computes_in_float32_in_a_low_precision_model(kind, dtype):
