@@ -102,13 +102,14 @@ class UNetConfig(FrozenConfig):
         self._validate_norms()
         check(self.head_dim is None or self.num_heads == 1, "num_heads",
               f"set num_heads or head_dim, not both (got num_heads={self.num_heads}, head_dim={self.head_dim})")
+        check(self.head_dim is None or self.head_dim >= 1, "head_dim", f"must be >= 1, got {self.head_dim}")
         attended = [c for c, r in zip(self.level_channels, self.resolutions) if r in self.attention_resolutions]
         attended += [self.level_channels[-1]] if self.mid_attention else []
         # every residual block holds attention when the time conditioning is attention
         attended = list(self.level_channels) if self.time_conditioning == "attention" else attended
         for c in attended:
             if self.head_dim is not None:
-                check(self.head_dim >= 1 and c % self.head_dim == 0, "head_dim",
+                check(c % self.head_dim == 0, "head_dim",
                       f"{self.head_dim} must divide the channels of every attention block {attended}")
             else:
                 check(c % self.num_heads == 0, "num_heads",

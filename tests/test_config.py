@@ -108,6 +108,9 @@ INVALID = {
     "sample-size-not-divisible": (dict(sample_size=30, channel_mult=(1, 2, 2, 2)),
                                   ["sample_size", "30", "divisible", "8"]),
     "head-dim-not-dividing": (dict(head_dim=5), ["head_dim", "5 must divide"]),
+    "head-dim-zero": (dict(head_dim=0), ["head_dim", "must be >= 1, got 0"]),  # '0 must divide the channels'
+    "head-dim-negative-without-attention": (dict(head_dim=-2, attention_resolutions=(), mid_attention=False),
+                                            ["head_dim", "must be >= 1, got -2"]),  # was accepted, unused
     "num-heads-not-dividing": (dict(num_heads=3), ["num_heads", "3 must divide"]),
     "classes-and-context": (dict(num_classes=10, context_dim=8), ["context_dim", "not both"]),
     "cross-attention-without-attention": (dict(num_classes=10, class_conditioning="cross_attention",
