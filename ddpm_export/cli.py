@@ -65,8 +65,8 @@ class _Main(click.Group):
         try:
             return super().invoke(ctx)
         except KeyboardInterrupt:  # SIGINT: every ``finally`` has run, no temp file is left
-            if ctx.meta.get("ddpm_export.debug"):
-                raise
+            if ctx.meta.get("ddpm_export.debug"):  # the traceback, then the same line and exit status
+                traceback.print_exc(file=sys.stderr)
             click.echo("Error: interrupted; nothing was left half-written", err=True)
             raise SystemExit(130) from None
         except Exception as e:  # noqa: BLE001 -- ours, a missing module, a file, an engine out of memory

@@ -96,3 +96,37 @@ def test_a_closed_stdout_is_one_line_and_status_2(tmp_path):
     assert err.strip() == "Error: stdout was closed (the command reading this one's output exited); nothing was " \
                           "left half-written", err
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("debug", [[], ["--debug"]], ids=["plain", "debug"])
+def test_ctrl_c_is_status_130_with_or_without_debug(tmp_path, debug):
+    """SIGINT while sampling: one line, exit 130, nothing written; with --debug the traceback
+    before that same line (it was click's 'Aborted!', exit 1 -- a failed check -- and no traceback)."""
+    import os
+    import re
+    import signal
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]), "OMP_WAIT_POLICY": "PASSIVE",
+           "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "ddpm_export", *debug, "-v", "sample", "-n", "400", "--steps",
+                             "200", "-o", str(tmp_path / "g.png")], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        seen = b""
+        while not re.search(rb"\| \d+/\d+", seen):  # the progress bar: sampling has begun
+            chunk = proc.stderr.read(1)
+            assert chunk, f"ended before sampling: {seen!r}"
+            seen += chunk
+        proc.send_signal(signal.SIGINT)
+        err = (seen + proc.stderr.read()).decode()
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    # the line last, once (after the bar, which -v draws even on a pipe, and may erase at exit)
+    assert err.rstrip(" \r").endswith("Error: interrupted; nothing was left half-written\n"), err
+    assert err.count("Error:") == 1, err
+    assert ("Traceback" in err and "KeyboardInterrupt" in err) == bool(debug), err
+    assert list(tmp_path.iterdir()) == []
+
