@@ -38,12 +38,13 @@ if TYPE_CHECKING:  # pragma: no cover
 @click.option("--opt-batch", type=click.IntRange(1, MAX_BATCH), default=None,
               help="With --model: batch to optimise for [4, brought into the batch range].")
 @click.option("--max-batch", type=click.IntRange(1, MAX_BATCH), default=None, help="With --model: largest batch [16].")
-@click.option("--progress/--no-progress", default=True, help="Show TensorRT's build progress.")
+@click.option("--progress/--no-progress", default=None, show_default=False,
+              help="Show TensorRT's build progress [default: when stderr is a terminal, on with -v, off with -q].")
 @click.option("--force", is_flag=True, help="Overwrite existing files.")
 def command(onnx_path: str | None, model: str | None, engine: str, fp16: bool | None, timing_cache: str | None,
             workspace: int | None, version_compatible: bool, hardware_compatibility: str,
             builder_optimization_level: int, min_batch: int | None, opt_batch: int | None, max_batch: int | None,
-            progress: bool, force: bool) -> None:
+            progress: bool | None, force: bool) -> None:
     """Build a strongly typed TensorRT engine (needs a GPU and the `gpu` extra).
 
     \b
@@ -68,6 +69,7 @@ def command(onnx_path: str | None, model: str | None, engine: str, fp16: bool | 
 
         check_model_name(model)  # a typo is named as one, not as a missing extra
     _require_extras()
+    from ddpm_export.console import show_progress
     from ddpm_export.contract.sidecar import sidecar_path
     from ddpm_export.export.tensorrt import build_engine, engine_onnx_path
     from ddpm_export.export.trt_options import BuildOptions
@@ -84,7 +86,8 @@ def command(onnx_path: str | None, model: str | None, engine: str, fp16: bool | 
         raise click.UsageError("--min-batch/--opt-batch/--max-batch apply to --model (an ONNX file has its own)")
     options = BuildOptions(workspace_mib=workspace, timing_cache=timing_cache, version_compatible=version_compatible,
                            hardware_compatibility=hardware_compatibility,  # type: ignore[arg-type]
-                           builder_optimization_level=builder_optimization_level, progress=progress)
+                           builder_optimization_level=builder_optimization_level,
+                           progress=show_progress(progress))
     if model is not None:
         _export_and_build(model, engine, fp16, options, batches, force)
     else:
