@@ -58,8 +58,21 @@ def _warnings_as_lines(quiet: bool) -> Iterator[None]:
         yield
 
 
+def _stdout_to_devnull() -> None:
+    """After a write to a closed stdout (`... | head`): no second error at exit's flush of it."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
 class _Main(click.Group):
     """The command group; maps errors to exit statuses for every subcommand."""
+
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
+                     **extra: Any) -> click.Context:
+        try:  # `ddpm-export --help` / `--version` print here, before invoke: click alone exited 1, silently
+            return super().make_context(info_name, args, parent, **extra)
+        except BrokenPipeError as e:
+            _stdout_to_devnull()
+            raise Failure(describe(e), exit_status(e)) from e
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -72,8 +85,8 @@ class _Main(click.Group):
         except Exception as e:  # noqa: BLE001 -- ours, a missing module, a file, an engine out of memory
             if not isinstance(e, (DdpmExportError, ImportError, OSError)) and not out_of_memory(e):
                 raise  # a bug: Python's traceback
-            if isinstance(e, BrokenPipeError):  # `... | head`: no second error at exit's flush of stdout
-                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            if isinstance(e, BrokenPipeError):
+                _stdout_to_devnull()
             if ctx.meta.get("ddpm_export.debug"):  # the traceback, then the same line and exit status
                 traceback.print_exc(file=sys.stderr)
             message = describe(e)

@@ -130,3 +130,21 @@ def test_ctrl_c_is_status_130_with_or_without_debug(tmp_path, debug):
     assert ("Traceback" in err and "KeyboardInterrupt" in err) == bool(debug), err
     assert list(tmp_path.iterdir()) == []
 
+
+@pytest.mark.parametrize("args", [["--help"], ["--version"], ["models"], ["sample", "--help"]])
+def test_a_closed_stdout_is_the_same_line_and_status_before_a_command_runs(args):
+    """`ddpm-export --help` and `--version` print before any command runs: into a closed stdout
+    click exited 1 (a failed check, by our statuses) without a word; now as every command does."""
+    import os
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]), "OMP_WAIT_POLICY": "PASSIVE"}
+    read, write = os.pipe()
+    os.close(read)  # no reader at all: the first write fails
+    try:
+        proc = subprocess.run([sys.executable, "-m", "ddpm_export", *args], stdout=write, stderr=subprocess.PIPE,
+                              text=True, env=env, timeout=120)
+    finally:
+        os.close(write)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr == "Error: stdout was closed (the command reading this one's output exited); nothing was " \
+                          "left half-written\n", proc.stderr
