@@ -128,22 +128,3 @@ def test_quiet_and_verbose_together_are_a_usage_error():
     result = CliRunner().invoke(main, ["-q", "-v", "models"])
     assert result.exit_code == 2 and "-q (print nothing but errors) and -v (progress bars) contradict" in result.output
 
-
-
-@pytest.mark.parametrize("flags, shown", [([], False), (["-q"], False), (["-v"], True), (["--no-progress"], False),
-                                          (["--progress"], True)])
-def test_trt_draws_its_build_progress_as_the_other_commands_do(tmp_path, monkeypatch, flags, shown):
-    """``-q trt`` promised no progress bar yet drew TensorRT's build bars on stderr, and so did
-    ``trt`` into a log file (its --progress was on by default); now the rule of ``sample``. The
-    build itself needs a GPU: here it only records the options it was given."""
-    pytest.importorskip("onnx")
-    from ddpm_export.export import tensorrt
-
-    seen = []
-    monkeypatch.setattr(tensorrt, "build_engine", lambda *args, options, **kw: seen.append(options.progress))
-    (tmp_path / "m.onnx").write_bytes(b"")  # never read: the build is not run here
-    globals_, local = [f for f in flags if f in ("-q", "-v")], [f for f in flags if f not in ("-q", "-v")]
-    result = CliRunner().invoke(main, [*globals_, "trt", "--onnx", str(tmp_path / "m.onnx"), "-o",
-                                       str(tmp_path / "e.plan"), *local])
-    assert result.exit_code == 0, result.output
-    assert seen == [shown]
