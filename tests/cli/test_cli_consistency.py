@@ -127,4 +127,3 @@ def test_quiet_and_verbose_together_are_a_usage_error():
     # the last of the two won: -q -v drew progress bars and printed the summary
     result = CliRunner().invoke(main, ["-q", "-v", "models"])
     assert result.exit_code == 2 and "-q (print nothing but errors) and -v (progress bars) contradict" in result.output
-

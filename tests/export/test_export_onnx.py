@@ -713,3 +713,14 @@ def test_a_file_nan_at_a_later_batch_fails_validation(tmp_path):
     assert spec.validation_batches()[:2] == [1, 2] and max(spec.validation_batches()) > 3
     with pytest.raises(ValidationError, match=r"batch [4-8]: \d+ of \d+ outputs from ONNX Runtime are NaN"):
         validate_mod.validate_onnx(tmp_path / "nan.onnx", unet, spec, "fp32", log=lambda s: None)
+
+
+def test_the_relative_error_of_outputs_past_float32s_norm_is_not_zero():
+    """errors() took the reference's norm in float32: for outputs near 1e38 the sum of squares was
+    inf, so the relative L2 read 0 ('validation passed: max abs 2.0e+32, rel L2 0.000e+00')."""
+    from ddpm_export.metrics import errors
+
+    expected = np.full(16, 1e37, dtype=np.float32)
+    actual = expected * np.float32(1.01)
+    max_abs, rel = errors(actual, expected)
+    assert rel == pytest.approx(0.01, rel=1e-5) and max_abs == pytest.approx(1e35, rel=1e-5)
