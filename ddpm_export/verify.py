@@ -209,9 +209,7 @@ def verify(model: str | Path, onnx: str | Path, *, engine: str | Path | None = N
     """Verify ``onnx`` (and ``engine``, and the file on ``gpu_backends``: ``"openvino"``, ``"ort-cuda"``,
     ``"ort-tensorrt"``) against the PyTorch ``model``, each backend held to the thresholds of the
     precision it computes (:func:`effective_precision`); return the report (a dict). ``progress``
-    draws a bar over each trajectory's steps (DDPM runs all T of them). ``steps`` / ``solver_steps``
-    default to :data:`DEFAULT_STEPS` / :data:`DEFAULT_SOLVER_STEPS`, at most what a model trained
-    with T timesteps takes (T; T - 1 for the solvers' leading spacing).
+    draws a bar over each trajectory's steps (DDPM runs all T of them). ``steps``: :func:`_default_steps`.
 
     ``report["passed"]`` says whether every check passed and ``report["failures"]`` which did not.
     Raises VerifyError when the file was not exported from ``model``'s config or an argument
@@ -223,8 +221,7 @@ def verify(model: str | Path, onnx: str | Path, *, engine: str | Path | None = N
     start, onnx = time.perf_counter(), Path(onnx)
     info = read_info(onnx)
     T = info.diffusion.num_train_timesteps
-    steps = min(DEFAULT_STEPS, T) if steps is None else steps
-    solver_steps = min(DEFAULT_SOLVER_STEPS, max(1, T - 1)) if solver_steps is None else solver_steps
+    steps, solver_steps = _default_steps(T, steps, solver_steps)
     unet = load_model(model)
     limits = _check_arguments(info, unet.config, model, onnx, steps, ddpm_steps, batch, guidance_scale)
     spec, cfg = info.spec, info.diffusion
@@ -235,9 +232,7 @@ def verify(model: str | Path, onnx: str | Path, *, engine: str | Path | None = N
     candidates = _candidates(onnx, spec, engine, providers, onnx_sha, gpu_backends, threads, inference_precision)
     precisions, backend_limits = _precisions(info, candidates)
     n_ddpm = T if ddpm_steps is None else ddpm_steps
-    notes = [] if n_ddpm == T else [f"DDPM trajectory respaced to {n_ddpm} of {T} steps (ddpm_steps={n_ddpm}); "
-                                    f"the default checks all {T}"]
-    notes += _schedule_notes(model, onnx, info, log)
+    notes = _respaced_note(n_ddpm, T) + _schedule_notes(model, onnx, info, log)
     cond = spec.conditioning.call_input(None, batch, info)  # every class in turn, or None
     null = info.null_input(batch) if guidance_scale != 1.0 else None
     run = functools.partial(_run, shape=(batch, spec.in_channels, spec.sample_size, spec.sample_size), seed=seed,
@@ -287,6 +282,19 @@ def _precisions(info: ModelInfo, candidates: dict[str, Backend]) -> tuple[dict[s
     """Each backend's effective precision, and the thresholds it is held to by that precision."""
     precisions = {name: effective_precision(info.precision, backend) for name, backend in candidates.items()}
     return precisions, {name: THRESHOLDS[p] for name, p in precisions.items()}
+
+
+def _respaced_note(n_ddpm: int, T: int) -> list[str]:
+    """The report's note on a DDPM trajectory of fewer than all T steps."""
+    return [] if n_ddpm == T else [f"DDPM trajectory respaced to {n_ddpm} of {T} steps (ddpm_steps={n_ddpm}); "
+                                   f"the default checks all {T}"]
+
+
+def _default_steps(T: int, steps: int | None, solver_steps: int | None) -> tuple[int, int]:
+    """``steps`` / ``solver_steps``, or :data:`DEFAULT_STEPS` / :data:`DEFAULT_SOLVER_STEPS` where
+    None, at most T and T - 1 (the solvers' leading spacing) for a model trained with fewer timesteps."""
+    return (min(DEFAULT_STEPS, T) if steps is None else steps,
+            min(DEFAULT_SOLVER_STEPS, max(1, T - 1)) if solver_steps is None else solver_steps)
 
 
 def _check_source(model: str | Path, unet: Any, onnx: Path, info: ModelInfo) -> bool | None:

@@ -61,8 +61,7 @@ def command(model: str, onnx_path: str, engine: str | None, steps: int | None, d
     """
     from ddpm_export.console import show_progress, use_flag_names
     from ddpm_export.errors import VerificationFailed
-    from ddpm_export.files import atomic_files, refuse_existing_file, refuse_same_file, require_suffix
-    from ddpm_export.inputs import input_files
+    from ddpm_export.files import atomic_files
     from ddpm_export.presets import check_model_name
 
     check_model_name(model)  # a typo is named as one, not as a missing export extra
@@ -72,14 +71,7 @@ def command(model: str, onnx_path: str, engine: str | None, steps: int | None, d
     use_flag_names({"guidance_scale": "--guidance", "steps": "--steps", "ddpm_steps": "--ddpm-steps",
                     "solver_steps": "--solver-steps", "batch": "--batch",
                     "inference_precision": "--inference-precision"})
-    refuse_same_file({"--onnx": onnx_path, "--engine": engine, **input_files(model=model, onnx=onnx_path, engine=engine)},
-                     {"--report": report, "--plot": plot})
-    require_suffix("--plot", plot, ".png")
-    for path in (report, plot):
-        if path is not None:
-            refuse_existing_file(path, force)
-    if plot is not None:
-        _require_matplotlib()
+    _check_outputs(model, onnx_path, engine, report, plot, force)
     result = verify(model, onnx_path, engine=engine, steps=steps, ddpm_steps=ddpm_steps, solver_steps=solver_steps,
                     seed=seed, batch=batch, guidance_scale=guidance, gpu_backends=gpu_backends,
                     inference_precision=inference_precision, log=click.echo, progress=show_progress())
@@ -99,6 +91,23 @@ def command(model: str, onnx_path: str, engine: str | None, steps: int | None, d
             click.echo(f"  {failure}", err=True)
         raise VerificationFailed(f"{len(result['failures'])} of {len(result['checks'])} checks failed")
     click.echo(f"verify passed ({len(result['checks'])} checks, {result['seconds']:.1f} s)")
+
+
+def _check_outputs(model: str, onnx_path: str, engine: str | None, report: str | None, plot: str | None,
+                   force: bool) -> None:
+    """Refuse, before any work, a --report or --plot that is an input, a plot not a .png, an existing
+    file without ``force``, and --plot without matplotlib."""
+    from ddpm_export.files import refuse_existing_file, refuse_same_file, require_suffix
+    from ddpm_export.inputs import input_files
+
+    refuse_same_file({"--onnx": onnx_path, "--engine": engine, **input_files(model=model, onnx=onnx_path, engine=engine)},
+                     {"--report": report, "--plot": plot})
+    require_suffix("--plot", plot, ".png")
+    for path in (report, plot):
+        if path is not None:
+            refuse_existing_file(path, force)
+    if plot is not None:
+        _require_matplotlib()
 
 
 def _require_matplotlib() -> None:
