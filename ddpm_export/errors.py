@@ -35,7 +35,7 @@ from importlib import metadata
 __all__ = ["BadInputError", "DdpmExportError", "DdpmExportWarning", "EngineError", "InputNotFoundError",
            "IntegrityError", "MissingDependencyError", "NonFiniteOutputError", "NotAFolderError",
            "OutputExistsError", "TargetMismatchWarning", "VerificationFailed", "WrongTypeError", "describe",
-           "exit_status", "load_error", "ort_gpu_hint", "out_of_memory"]
+           "exit_status", "load_error", "ort_gpu_hint", "out_of_memory", "without_ort_status"]
 
 #: Modules of the ``export`` extra: a command that imports one needs ``pip install 'ddpm-export[export]'``.
 EXPORT_EXTRA = ("torch", "onnx", "safetensors", "polygraphy")
@@ -138,16 +138,21 @@ def out_of_memory(error: BaseException) -> bool:
 
 
 #: ONNX Runtime's ``[ONNXRuntimeError] : 7 : INVALID_PROTOBUF : `` before its message
-_ORT_STATUS = re.compile(r"^\[ONNXRuntimeError\] : \d+ : [A-Z_]+ : ")
+_ORT_STATUS = re.compile(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ")
 #: a C++ source location and function inside it (``Error: tensorprotoutils.cc:619 ValidateExternalDataPathFromDir ``)
 _CPP_SOURCE = re.compile(r"\b[\w/.-]+\.(?:cc|cpp|h):\d+ [\w:~<>]+ ")
+
+
+def without_ort_status(text: str) -> str:
+    """``text`` without ONNX Runtime's ``[ONNXRuntimeError] : 7 : INVALID_PROTOBUF :`` prefix."""
+    return _ORT_STATUS.sub("", text)
 
 
 def load_error(error: BaseException) -> str:
     """The first line of an ONNX Runtime load error without its ``[ONNXRuntimeError] : 7 :
     INVALID_PROTOBUF :`` prefix nor C++ source locations: what is wrong with the file."""
     text = (str(error).strip().splitlines() or [type(error).__name__])[0]
-    return _CPP_SOURCE.sub("", _ORT_STATUS.sub("", text))[:300]
+    return _CPP_SOURCE.sub("", without_ort_status(text))[:300]
 
 
 def ort_gpu_hint() -> str:

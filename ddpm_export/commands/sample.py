@@ -79,6 +79,7 @@ def command(onnx_path: str | None, bundle_dir: str | None, bundle_onnx: str | No
     from ddpm_export.files import atomic_files
     from ddpm_export.images import write_array, write_grid
     from ddpm_export.runtime.backends import describe_precision
+    from ddpm_export.runtime.pipeline import check_n
 
     use_flag_names({"guidance_scale": "--guidance", "classes": "--class", "steps": "--steps", "eta": "--eta",
                      "sampler": "--sampler", "n": "-n", "num_inference_steps": "--steps"})
@@ -98,10 +99,11 @@ def command(onnx_path: str | None, bundle_dir: str | None, bundle_onnx: str | No
     info = pipe.info
     info.spec.conditioning.require_default_input(str(onnx_path or bundle_dir or model), "`ddpm-export sample`")
     channels = info.spec.in_channels
+    check_n(n, pipe.image_shape)  # before anything of -n's size: the class ids per image, the grid
     if output is not None:  # before sampling, not after
         _check_grid(n, pipe, scale)
     images = pipe.sample(n, steps=steps, sampler=sampler, seed=seed, eta=eta, guidance_scale=guidance,
-                         classes=_cycled(class_ids, n, pipe.image_shape),
+                         classes=[class_ids[i % len(class_ids)] for i in range(n)] if class_ids else None,
                          progress=show_progress(progress))
     with atomic_files(output, save_npy, force=force) as (png, npy):  # both files or neither
         if png is not None:
@@ -120,29 +122,16 @@ def _check_grid(n: int, pipe: Pipeline, scale: int) -> None:
     from ddpm_export.checks import physical_memory
     from ddpm_export.errors import BadInputError
     from ddpm_export.images import GRID_CHANNELS, grid_bytes
-    from ddpm_export.runtime.pipeline import check_n
 
     channels = pipe.image_shape[0]
     if channels not in GRID_CHANNELS:
         raise BadInputError(f"--output: a PNG grid holds 1 or 3 channels, and {pipe.source} makes {channels}-channel "
                             f"images; write them with --save-npy alone")
-    check_n(n, pipe.image_shape)
     need, have = grid_bytes(n, pipe.image_shape, scale=scale), physical_memory()
     if need > have:
         raise BadInputError(f"--output: the PNG grid of {n} images at --scale {scale} would need {need / 2**30:,.1f} "
                             f"GiB, more than this machine's {have / 2**30:,.1f} GiB of memory; ask for fewer images "
                             f"or a smaller --scale, or write --save-npy alone")
-
-
-def _cycled(class_ids: tuple[int, ...], n: int, shape: tuple[int, int, int]) -> list[int] | None:
-    """``--class`` ids in turn for ``n`` images (None: none given); ``-n`` checked first (the list
-    of a huge -n was built before -n was refused, until memory ran out)."""
-    from ddpm_export.runtime.pipeline import check_n
-
-    if not class_ids:
-        return None
-    check_n(n, shape)
-    return [class_ids[i % len(class_ids)] for i in range(n)]
 
 
 def _check_outputs(output: str | None, save_npy: str | None, onnx_path: str | None, bundle_dir: str | None,

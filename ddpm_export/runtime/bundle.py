@@ -88,6 +88,12 @@ class Manifest:
 
 
 # --- reading and checking ---------------------------------------------------------------
+def _absent(path: Path) -> str:
+    """How a file that should be in a bundle is not there: missing, or something else in its place
+    (a folder, a FIFO)."""
+    return "not a regular file" if os.path.lexists(path) else "missing"
+
+
 def read_manifest(folder: str | Path) -> Manifest:
     """Parse and validate ``folder/manifest.json`` (structure only; see :func:`verify_bundle`)."""
     if not isinstance(folder, (str, os.PathLike)):
@@ -100,8 +106,8 @@ def read_manifest(folder: str | Path) -> Manifest:
     if not folder.is_dir():
         raise InputNotFoundError(f"{folder}: not a bundle folder (no such directory)", folder)
     if not path.is_file():
-        what = "not a regular file" if os.path.lexists(path) else "missing"  # a folder or FIFO in its place
-        raise BundleError(f"{path}: {what}; a bundle folder holds a {MANIFEST} (build one with `ddpm-export bundle`)")
+        raise BundleError(f"{path}: {_absent(path)}; a bundle folder holds a {MANIFEST} (build one with "
+                          f"`ddpm-export bundle`)")
     try:
         data = parse_json(path.read_text(encoding="utf-8"))
     except ValueError as e:
@@ -178,9 +184,8 @@ def verify_bundle(folder: str | Path) -> Manifest:
     for name, entry in manifest.files.items():
         path = folder / name
         if not path.is_file():
-            what = "not a regular file" if os.path.lexists(path) else "missing"  # a folder or FIFO in its place
-            raise BundleError(f"{path}: {what}; {MANIFEST} lists it ({entry['role']}) -- the bundle is incomplete, "
-                              f"rebuild it with `ddpm-export bundle`")
+            raise BundleError(f"{path}: {_absent(path)}; {MANIFEST} lists it ({entry['role']}) -- the bundle is "
+                              f"incomplete, rebuild it with `ddpm-export bundle`")
         size = path.stat().st_size
         digest = sha256_file(path) if size == entry["size"] else None
         if digest != entry["sha256"]:

@@ -15,7 +15,7 @@ import onnxruntime as ort
 
 from ddpm_export.contract.spec import OUT_NAME, ExportSpec, feeds_for
 from ddpm_export.errors import (BadInputError, EngineError, InputNotFoundError, MissingDependencyError,
-                                WrongTypeError, load_error, ort_gpu_hint)
+                                WrongTypeError, load_error, ort_gpu_hint, without_ort_status)
 from ddpm_export.runtime.integrity import check_graph
 from ddpm_export.threads import get_threads
 
@@ -121,8 +121,6 @@ def check_providers(providers: Any) -> list[Any]:
     return list(providers)
 
 
-#: ``[ONNXRuntimeError] : 1 : FAIL : `` before every ONNX Runtime message
-_ORT_PREFIX = re.compile(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ")
 #: an exception's C++ source location and function (``/onnxruntime_src/.../bfc_arena.cc:360 void*
 #: onnxruntime::BFCArena::AllocateRawInternal(size_t, bool, onnxruntime::Stream*) ``)
 _CPP_LOCATION = re.compile(r"^\S+:\d+ (?:[^()]*onnxruntime::[^()]*\((?:[^()]|\([^()]*\))*\)(?: const)?"
@@ -133,7 +131,7 @@ def run_error(error: BaseException) -> str:
     """What an ONNX Runtime run error says failed, on one line, without its C++ source location:
     the node and its status message (after a failed check, the sentence after it: ``... was false.
     The input tensor cannot be reshaped ...``)."""
-    text = _ORT_PREFIX.sub("", " ".join(str(error).split()) or type(error).__name__)
+    text = without_ort_status(" ".join(str(error).split()) or type(error).__name__)
     node = re.search(r"while running (\S+) node\. Name:'([^']*)' Status Message: ", text)
     where = f"{node.group(1)} node{' ' + repr(node.group(2)) if node.group(2) else ''}: " if node else ""
     detail = text[node.end():] if node else text
