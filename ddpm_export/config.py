@@ -103,8 +103,7 @@ class UNetConfig(FrozenConfig):
         check(self.head_dim is None or self.num_heads == 1, "num_heads",
               f"set num_heads or head_dim, not both (got num_heads={self.num_heads}, head_dim={self.head_dim})")
         check(self.head_dim is None or self.head_dim >= 1, "head_dim", f"must be >= 1, got {self.head_dim}")
-        attended = [c for c, r in zip(self.level_channels, self.resolutions) if r in self.attention_resolutions]
-        attended += [self.level_channels[-1]] if self.mid_attention else []
+        attended = [c for _, c in self._attention_blocks()]
         # every residual block holds attention when the time conditioning is attention
         attended = list(self.level_channels) if self.time_conditioning == "attention" else attended
         for c in attended:
@@ -127,9 +126,17 @@ class UNetConfig(FrozenConfig):
             check(has_attention, "context_dim",
                   "cross-attention to a context needs attention somewhere (attention_resolutions or mid_attention)")
         if self.positional_encoding == "sinusoidal_2d":
-            for c in self.level_channels:
+            for where, c in self._attention_blocks():  # the blocks that hold a SinusoidalPosition2D
                 check(c % 4 == 0, "positional_encoding",
-                      f"'sinusoidal_2d' needs channels divisible by 4, got {list(self.level_channels)}")
+                      f"'sinusoidal_2d' needs the channels of every attention block divisible by 4; "
+                      f"{where} has {c}")
+
+    def _attention_blocks(self) -> list[tuple[str, int]]:
+        """(where, channels) of each attention block, placed as ``nn.unet.UNet`` places them: the
+        levels whose size is in ``attention_resolutions``, and the middle block if ``mid_attention``."""
+        blocks = [(f"level {i} ({r}x{r})", c) for i, (c, r) in enumerate(zip(self.level_channels, self.resolutions))
+                  if r in self.attention_resolutions]
+        return blocks + ([("the middle block", self.level_channels[-1])] if self.mid_attention else [])
 
     def _validate_norms(self) -> None:
         """Groups that divide every level's channels; and at a 1x1 last level (and bottleneck), no

@@ -128,7 +128,11 @@ INVALID = {
     "zero-aspp-rate": (dict(aspp_rates=(1, 0)), ["aspp_rates"]),
     "zero-norm-eps": (dict(norm_eps=0.0), ["norm_eps", "> 0"]),
     "sinusoidal-2d-channels": (dict(base_channels=6, channel_mult=(1,), norm="layer", attention_resolutions=(),
-                                    positional_encoding="sinusoidal_2d"), ["positional_encoding", "divisible by 4"]),
+                                    positional_encoding="sinusoidal_2d"),
+                               ["positional_encoding", "divisible by 4", "the middle block has 6"]),
+    "sinusoidal-2d-attended-level": (dict(base_channels=6, num_groups=3, attention_resolutions=(16,),
+                                          mid_attention=False, positional_encoding="sinusoidal_2d"),
+                                     ["positional_encoding", "divisible by 4", "level 0 (16x16) has 6"]),
     "str-for-int": (dict(base_channels="16"), ["base_channels='16'", "wrong type", "int"]),
     "float-for-int": (dict(sample_size=16.0), ["sample_size=16.0", "wrong type", "int"]),
     "bool-for-int": (dict(num_res_blocks=True), ["num_res_blocks=True", "wrong type"]),
@@ -150,6 +154,13 @@ def test_invalid_config_is_refused_with_a_message(name):
     message = str(info.value)
     for part in parts:
         assert part in message, f"{part!r} not in {message!r}"
+
+
+def test_sinusoidal_2d_checks_only_the_attended_levels():
+    """Channels 6 and 12 with attention at 8x8 and in the middle (12 channels each): the 6-channel
+    level holds no position code, and the config used to be refused for its 6 channels."""
+    cfg = UNetConfig(**{**SMALL, "base_channels": 6, "num_groups": 3}, positional_encoding="sinusoidal_2d")
+    assert cfg.level_channels == (6, 12)
 
 
 def test_negative_kernel_size_is_refused():

@@ -3,7 +3,11 @@ and the refusals users see (existing file, bad choices, opset too low for onnx-a
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -137,3 +141,38 @@ def test_onnx_output_suffix_in_any_case(tmp_path):
     result = CliRunner().invoke(main, ["onnx", "-m", "tiny", "-o", str(out), "--no-validate"])
     assert result.exit_code == 0, result.output
     assert read_info(out).spec.sample_size > 0 and [p.name for p in tmp_path.iterdir()] == ["t.ONNX"]
+
+
+def test_sinusoidal_2d_with_an_unattended_level_not_divisible_by_4_exports_and_matches_torch(tmp_path):
+    """Channels 6 and 12, attention (with the 2-D sinusoid) only at 12: ``python -m ddpm_export onnx``
+    on its checkpoint folder exports, and ONNX Runtime gives torch's output. The config used to be
+    refused: 'sinusoidal_2d' needed every level's channels divisible by 4."""
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+
+    from ddpm_export.config import UNetConfig
+    from ddpm_export.nn.attention import SinusoidalPosition2D
+    from ddpm_export.nn.checkpoint import build_model, save_checkpoint
+
+    cfg = UNetConfig(base_channels=6, channel_mult=(1, 2), sample_size=8, num_groups=3, num_res_blocks=1,
+                     attention_resolutions=(4,), positional_encoding="sinusoidal_2d", zero_init=False)
+    model = build_model(cfg, seed=0).eval()
+    positions = [m for m in model.modules() if isinstance(m, SinusoidalPosition2D)]
+    assert [m.freqs.numel() for m in positions] == [3] * 4  # 12 / 4 frequencies: 1 down, middle, 2 up
+    folder = save_checkpoint(model, tmp_path / "ckpt")
+    out = tmp_path / "m.onnx"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]), "OMP_WAIT_POLICY": "PASSIVE"}
+    proc = subprocess.run([sys.executable, "-m", "ddpm_export", "onnx", "-m", str(folder), "-o", str(out),
+                           "--max-batch", "2"], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "validation passed" in proc.stdout, proc.stdout
+    gen = torch.Generator().manual_seed(3)
+    x, t = torch.randn(2, 3, 8, 8, generator=gen), torch.tensor([5, 900])
+    with torch.no_grad():
+        want = model(x, t).numpy()
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    names = [i.name for i in sess.get_inputs()]
+    got = sess.run(None, dict(zip(names, (x.numpy(), t.numpy()))))[0]
+    assert float(np.abs(want).max()) > 0.1  # the attention branches contribute (zero_init=False)
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
