@@ -269,10 +269,9 @@ class Pipeline:
             callback: Callable[[int, int], None] | None = None) -> np.ndarray:
         """Sample a validated request (see :meth:`sample`, also for ``callback``)."""
         total = req.steps * len(req.chunks)
-        bar = tqdm(total=total, disable=not progress, unit="step", leave=False, desc=f"{req.sampler} x{req.n}")
-        precision = describe_precision(self.info.precision, self.backend)
         outputs = []
-        try:
+        with tqdm(total=total, disable=not progress, unit="step", leave=False, desc=f"{req.sampler} x{req.n}") as bar:
+            precision = describe_precision(self.info.precision, self.backend)
             for k, chunk in enumerate(req.chunks):
                 def step_done(i: int, t: int, x: np.ndarray, out: np.ndarray, k: int = k) -> None:
                     self._step_done(bar, out, step=i + 1, steps=req.steps, t=t, precision=precision)
@@ -288,8 +287,6 @@ class Pipeline:
                     null_cond=null, guidance_scale=req.guidance_scale,
                     x_T=None if req.x_T is None else req.x_T[chunk],
                     callback=step_done))
-        finally:
-            bar.close()
         return outputs[0] if len(outputs) == 1 else np.concatenate(outputs)
 
     def _step_done(self, bar: Any, model_output: np.ndarray, *, step: int, steps: int, t: int, precision: str) -> None:

@@ -254,6 +254,35 @@ def test_checks_run_before_the_backend(tiny: Pipeline) -> None:
     assert not calls
 
 
+def test_the_progress_bar_is_closed_whatever_stops_sampling(tiny: Pipeline, monkeypatch) -> None:
+    """The bar was made before the try that closed it: an error in between (here a Ctrl-C while
+    the precision was described) left it open on the terminal; a callback's error closed it."""
+    import ddpm_export.runtime.pipeline as pipeline_module
+    from tqdm.auto import tqdm
+
+    bars: list = []
+
+    class Recorded(tqdm):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            bars.append(self)
+
+    def stop(done: int, total: int) -> None:
+        raise KeyboardInterrupt
+
+    def interrupted(*args: object) -> str:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline_module, "tqdm", Recorded)
+    with pytest.raises(KeyboardInterrupt):
+        tiny.sample(2, steps=2, progress=True, callback=stop)
+    monkeypatch.setattr(pipeline_module, "describe_precision", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        tiny.sample(2, steps=2, progress=True)
+    assert len(bars) == 2
+    assert not [bar for bar in bars if bar in Recorded._instances]  # close() takes a bar out
+
+
 def test_backend_feeds_are_checked_against_the_export_spec(sink: Pipeline) -> None:
     backend: OnnxRuntimeBackend = sink.backend  # type: ignore[assignment]
     x = np.zeros((2, 3, 16, 16), np.float32)
