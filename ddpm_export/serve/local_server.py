@@ -31,6 +31,7 @@ import fcntl
 import functools
 import importlib.util
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -128,38 +129,33 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
-def _shm_regions(group: int) -> set[Path]:
-    """The Python backend's shared-memory files (``/dev/shm/triton_python_backend_shm_region_*``)
-    that the processes of process group ``group`` (the server and its stubs) have mapped."""
-    regions = set()
-    for proc in Path("/proc").iterdir():
-        try:
-            if not proc.name.isdigit() or os.getpgid(int(proc.name)) != group:
-                continue
-            maps = (proc / "maps").read_text()
-        except OSError:  # gone meanwhile, or not ours to read
-            continue
-        for line in maps.splitlines():
-            fields = line.split(None, 5)  # address perms offset dev inode [path]
-            if len(fields) == 6 and fields[5].startswith(SHM_PREFIX):
-                regions.add(Path(fields[5].removesuffix(" (deleted)")))
-    return regions
+def _shm_name(tag: str) -> str:
+    """The prefix of the shared-memory files of the server started with ``tag`` (Triton's Python
+    backend names them ``<prefix><uuid>``)."""
+    return f"{Path(SHM_PREFIX).name}ddpm-{tag}-"
+
+
+def _remove_shm_regions(tag: str) -> None:
+    """Remove the Python backend's shared-memory files of the server started with ``tag`` (only its
+    own: other servers' files have other prefixes)."""
+    for region in Path(SHM_PREFIX).parent.glob(f"{_shm_name(tag)}*"):
+        region.unlink(missing_ok=True)
 
 
 def _end_group(group: int, grace: float = 5.0) -> None:
-    """SIGTERM to what is left of process group ``group``, SIGKILL after ``grace`` s."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
+    """SIGKILL to what is left of process group ``group`` (stubs whose server has exited: they ignore
+    SIGTERM, and their shared memory is removed by name), then wait up to ``grace`` s for it to go."""
+    try:
+        os.killpg(group, signal.SIGKILL)
+    except ProcessLookupError:
+        return  # nothing left
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
         try:
-            os.killpg(group, sig)
+            os.killpg(group, 0)
         except ProcessLookupError:
-            return  # nothing left
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline:
-            try:
-                os.killpg(group, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(0.05)
+            return
+        time.sleep(0.05)
 
 
 class LocalServer:
@@ -211,6 +207,8 @@ class LocalServer:
         self.pythonpath = [Path(p).resolve() for p in pythonpath]
         self.http_port, self.grpc_port, self.metrics_port = free_ports(3)
         self.process: subprocess.Popen[bytes] | None = None
+        self._group: int | None = None  # the server's process group (it and its stubs) until reaped
+        self._shm_tag = ""  # names this start's shared-memory files
         self._log: IO[bytes] | None = None
         self._lock: IO[bytes] | None = None
 
@@ -293,6 +291,8 @@ class LocalServer:
                    "--metrics-address", "127.0.0.1", "--metrics-port", str(self.metrics_port),
                    "--exit-on-error", "true", "--disable-auto-complete-config",
                    "--exit-timeout-secs", str(EXIT_TIMEOUT_S)]
+        self._shm_tag = secrets.token_hex(6)  # its files are found by name even after a crash
+        command += ["--backend-config", f"python,shm-region-prefix-name={_shm_name(self._shm_tag)}"]
         die_with_us = None
         if sys.platform == "linux":
             prctl = ctypes.CDLL(None, use_errno=True).prctl
@@ -302,6 +302,7 @@ class LocalServer:
             self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT,
                                             env=self.environment(), cwd=self.working_directory(),
                                             start_new_session=True, preexec_fn=die_with_us)
+            self._group = self.process.pid  # its own session: the group of the server and its stubs
         except BaseException:
             self._log.close()
             self._log = None
@@ -313,6 +314,7 @@ class LocalServer:
         assert self.process is not None, "start() first"
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
+                self._reap()
                 raise RuntimeError(f"tritonserver exited with {self.process.returncode}:\n{self.log_tail()}")
             try:
                 with urllib.request.urlopen(f"http://{self.http_url}/v2/health/ready", timeout=1) as r:
@@ -324,7 +326,13 @@ class LocalServer:
         raise TimeoutError(f"tritonserver not ready after {timeout:.0f} s:\n{self.log_tail()}")
 
     def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+        """Whether the server runs; one found dead has its stubs ended and its shared memory removed."""
+        if self.process is None:
+            return False
+        if self.process.poll() is None:
+            return True
+        self._reap()
+        return False
 
     def log_tail(self, lines: int = 40) -> str:
         if not self.log_path.is_file():
@@ -333,24 +341,31 @@ class LocalServer:
 
     def stop(self, grace: float = 10.0) -> None:
         """SIGTERM (Triton unloads its models and exits, after at most :data:`EXIT_TIMEOUT_S` for open
-        connections), SIGKILL to the process group after ``grace`` s; then the Python backend's
-        shared-memory files its processes had mapped are removed if they are left (a server that
-        gave up waiting for a client's open connection exits without unloading its models)."""
+        connections), SIGKILL to the process group after ``grace`` s; then, whether it was stopped
+        or had exited on its own (a crash, a bad repository), its stubs are ended and its Python
+        backend's shared-memory files removed (a server that gave up waiting for a client's open
+        connection, or crashed, exits without unloading its models)."""
         if self.process is not None and self.process.poll() is None:
-            regions = _shm_regions(self.process.pid)
             self.process.terminate()
             try:
                 self.process.wait(grace)
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, 9)  # the server and its stub processes, which it started
                 self.process.wait()
-            _end_group(self.process.pid)  # stubs a server that exited at once left running
-            for region in regions:
-                region.unlink(missing_ok=True)
+        self._reap()
         if self._log is not None:
             self._log.close()
             self._log = None
         self._unlock_work()
+
+    def _reap(self) -> None:
+        """After the server exited: end what is left of its process group (stubs outlive a server that
+        crashed) and remove the shared-memory files of its prefix; once per start."""
+        if self._group is None:
+            return
+        _end_group(self._group)
+        _remove_shm_regions(self._shm_tag)
+        self._group = None
 
     def __enter__(self) -> "LocalServer":
         self.start()

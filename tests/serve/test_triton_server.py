@@ -270,6 +270,79 @@ def test_an_open_http_client_does_not_get_the_server_killed(server: LocalServer,
     other.stop()
 
 
+#: a Python model whose first instance kills its tritonserver (a crash) once both instances have
+#: written down their stub's pid and shared-memory region (the stub's argv[2])
+CRASHING_MODEL = """
+import os
+import signal
+import time
+from pathlib import Path
+
+RECORDS = Path({records!r})
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        server = os.getppid()
+        region = open("/proc/self/cmdline").read().split("\\0")[2]
+        (RECORDS / f"{{os.getpid()}}").write_text(region)
+        if not args["model_instance_name"].endswith("_0"):
+            return
+        deadline = time.monotonic() + 30
+        while len(list(RECORDS.iterdir())) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if open(f"/proc/{{server}}/comm").read().strip() == "tritonserver":
+            os.kill(server, signal.SIGKILL)
+"""
+CRASHING_CONFIG = """name: "crash"
+backend: "python"
+max_batch_size: 0
+input [{ name: "x" data_type: TYPE_FP32 dims: [1] }]
+output [{ name: "y" data_type: TYPE_FP32 dims: [1] }]
+instance_group [{ kind: KIND_CPU count: 2 }]
+"""
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_a_server_that_dies_on_its_own_leaves_no_stub_and_no_shared_memory(tmp_path: Path) -> None:
+    """A tritonserver that crashed (here killed by its own model) left its Python-backend stubs
+    running (they ignore SIGTERM) and their regions in /dev/shm: stop() saw a dead server and did
+    nothing. The server's process group is now ended and its regions removed."""
+    import os
+    import signal
+
+    records = tmp_path / "records"
+    records.mkdir()
+    (tmp_path / "repo" / "crash" / "1").mkdir(parents=True)
+    (tmp_path / "repo" / "crash" / "config.pbtxt").write_text(CRASHING_CONFIG)
+    (tmp_path / "repo" / "crash" / "1" / "model.py").write_text(CRASHING_MODEL.format(records=str(records)))
+    crashed = LocalServer(find_tritonserver(), tmp_path / "repo", tmp_path / "work",
+                          pythonpath=[*stub_numpy_site(ROOT), ROOT])
+    stubs: dict[int, str] = {}
+    try:
+        with pytest.raises(RuntimeError, match="tritonserver exited with -9"):
+            with crashed:
+                pass
+        stubs = {int(p.name): p.read_text() for p in records.iterdir()}
+        assert len(stubs) == 2 and not crashed.alive()
+        assert [pid for pid in stubs if _running(pid)] == []
+        assert [region for region in stubs.values() if Path("/dev/shm", region).exists()] == []
+    finally:  # what the server left, whatever the outcome
+        stubs = stubs or {int(p.name): p.read_text() for p in records.iterdir()}
+        for pid, region in stubs.items():
+            if _running(pid):
+                os.kill(pid, signal.SIGKILL)
+            Path("/dev/shm", region).unlink(missing_ok=True)
+
+
 def test_local_server_refuses_missing_pieces_and_a_work_folder_in_the_repository(server: LocalServer,
                                                                                   tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"install: no tritonserver was found .* nvidia-pytriton"):
