@@ -257,17 +257,18 @@ class Pipeline:
         equals one ``sample`` call with ``seed``, and results depend on the exported
         ``max_batch``. A last chunk smaller than the exported ``min_batch`` is refused.
         """
-        if not isinstance(progress, (bool, np.bool_)):  # "no" would be truthy
-            raise WrongTypeError(f"progress must be True or False, got {progress!r}")
-        if callback is not None and not callable(callback):
-            raise WrongTypeError(f"callback must be a function of (done, total) or None, got {callback!r}")
+        _check_run_options(progress, callback)
         req = SampleRequest(self.info, n, steps=steps, sampler=sampler, seed=seed, eta=eta,
                             guidance_scale=guidance_scale, classes=classes, context=context, x_T=x_T)
-        return self.run(req, progress=bool(progress), callback=callback)
+        return self.run(req, progress=progress, callback=callback)
 
     def run(self, req: SampleRequest, *, progress: bool = False,
             callback: Callable[[int, int], None] | None = None) -> np.ndarray:
-        """Sample a validated request (see :meth:`sample`, also for ``callback``)."""
+        """Sample a validated request (see :meth:`sample`, also for ``callback``); ``progress``
+        and ``callback`` are checked as :meth:`sample` checks them, before the first model call."""
+        if not isinstance(req, SampleRequest):
+            raise WrongTypeError(f"req must be a SampleRequest (or call Pipeline.sample), got {type(req).__name__}")
+        _check_run_options(progress, callback)
         total = req.steps * len(req.chunks)
         outputs = []
         with tqdm(total=total, disable=not progress, unit="step", leave=False, desc=f"{req.sampler} x{req.n}") as bar:
@@ -296,6 +297,14 @@ class Pipeline:
 
 
 # --- argument checks (the shared ones live in ddpm_export.checks) ------------------------
+def _check_run_options(progress: Any, callback: Any) -> None:
+    """``progress`` and ``callback`` of :meth:`Pipeline.sample` and :meth:`Pipeline.run`."""
+    if not isinstance(progress, (bool, np.bool_)):  # "no" would be truthy
+        raise WrongTypeError(f"progress must be True or False, got {progress!r}")
+    if callback is not None and not callable(callback):
+        raise WrongTypeError(f"callback must be a function of (done, total) or None, got {callback!r}")
+
+
 def _check_gpu_options(backend: str, device: Any, trt_fp16: bool, trt_cache_dir: str | Path | None) -> None:
     """GPU options on a backend that does not take them are a mistake: refuse them rather than
     drop them (``device`` on a CPU backend, the TensorRT provider's options on any backend but

@@ -198,6 +198,40 @@ def test_a_callback_reports_every_step_and_can_stop_a_request() -> None:
         pipe.sample(1, callback=3)
 
 
+def test_run_checks_its_request_progress_and_callback_as_sample_does() -> None:
+    """Pipeline.run (what the Triton sampler calls with a parsed request) took progress="no" as
+    True (a bar was drawn), failed on callback=3 after the first model call with Python's "'int'
+    object is not callable", and on a request that is no SampleRequest with an AttributeError."""
+    from ddpm_export.presets import shipped_onnx
+    from ddpm_export.runtime import SampleRequest
+
+    pipe = Pipeline.from_onnx(shipped_onnx("digits"), threads=1)
+    req = SampleRequest(pipe.info, 2, steps=2, sampler=None, seed=3, eta=None, guidance_scale=1.0, classes=None,
+                        context=None, x_T=None)
+    calls = _counting_calls(pipe)
+    with pytest.raises(WrongTypeError, match=r"progress must be True or False, got 'no'"):
+        pipe.run(req, progress="no")
+    with pytest.raises(WrongTypeError, match=r"callback must be a function of \(done, total\) or None, got 3"):
+        pipe.run(req, callback=3)
+    with pytest.raises(WrongTypeError, match=r"req must be a SampleRequest \(or call Pipeline.sample\), got dict"):
+        pipe.run({"n": 2})
+    assert calls == []  # refused before any model call
+    np.testing.assert_array_equal(pipe.run(req, progress=np.bool_(False)), pipe.sample(2, steps=2, seed=3))
+
+
+def _counting_calls(pipe: Pipeline) -> list[int]:
+    """The batch sizes of ``pipe``'s model calls from now on (the real backend, instrumented)."""
+    sizes: list[int] = []
+    backend = pipe.backend
+
+    def counted(x_t: np.ndarray, t: np.ndarray, cond: Any) -> np.ndarray:
+        sizes.append(x_t.shape[0])
+        return backend(x_t, t, cond)
+
+    pipe.backend = counted
+    return sizes
+
+
 def test_the_callers_session_options_keep_their_threads(tiny_onnx: Path) -> None:
     mine = ort.SessionOptions()
     mine.intra_op_num_threads, mine.inter_op_num_threads = 3, 2
