@@ -232,6 +232,24 @@ def _counting_calls(pipe: Pipeline) -> list[int]:
     return sizes
 
 
+def test_the_readmes_way_to_pil_holds_for_grayscale_and_rgb(tiny_onnx: Path) -> None:
+    """The README said to_uint8's [N, H, W, C] is "what PIL takes": Image.fromarray refuses the
+    shipped digits model's [H, W, 1]; the README's [H, W] slice is an "L" image of the same
+    pixels, and an RGB image goes as it is."""
+    from PIL import Image
+
+    from ddpm_export.images import to_uint8
+    from ddpm_export.presets import shipped_onnx
+
+    gray = to_uint8(Pipeline.from_onnx(shipped_onnx("digits"), threads=1).sample(2, steps=2))
+    image = Image.fromarray(gray[1, :, :, 0])
+    assert image.mode == "L" and image.size == (16, 16)
+    np.testing.assert_array_equal(np.asarray(image), gray[1, :, :, 0])
+    rgb = to_uint8(Pipeline.from_onnx(tiny_onnx).sample(2, steps=2))
+    image = Image.fromarray(rgb[1])
+    assert image.mode == "RGB" and image.getpixel((5, 3)) == tuple(rgb[1, 3, 5])
+
+
 def test_the_callers_session_options_keep_their_threads(tiny_onnx: Path) -> None:
     mine = ort.SessionOptions()
     mine.intra_op_num_threads, mine.inter_op_num_threads = 3, 2
