@@ -140,6 +140,10 @@ class Pipeline:
         from ddpm_export.runtime.backends import RuntimeOptions, load_onnx_backend
         from ddpm_export.runtime.info import read_info
 
+        if backend == "tensorrt":  # a name of BackendName: say where it applies, as `sample --onnx` does
+            runs = ", ".join(map(repr, (*CPU_BACKENDS, *ORT_GPU_BACKENDS)))
+            raise BadInputError(f"backend='tensorrt' runs a bundle's engine: Pipeline.from_bundle(folder, "
+                                f"backend='tensorrt'); from_onnx runs {runs}")
         check_choice("backend", backend, (*CPU_BACKENDS, *ORT_GPU_BACKENDS))
         _check_gpu_options(backend, device, trt_fp16, trt_cache_dir)
         if backend in CPU_BACKENDS:

@@ -294,6 +294,15 @@ def test_device_is_refused_where_nothing_uses_it(tiny_onnx: Path, kwargs: dict, 
         Pipeline.from_onnx(tiny_onnx, **kwargs)
 
 
+def test_from_onnx_says_where_the_tensorrt_backend_runs(tiny_onnx: Path) -> None:
+    """backend='tensorrt' (a name of from_onnx's BackendName) was "not valid; choose one of" the
+    other four, where `sample --onnx` says it runs a bundle's engine."""
+    with pytest.raises(BadInputError, match=r"^backend='tensorrt' runs a bundle's engine: Pipeline.from_bundle\("
+                                            r"folder, backend='tensorrt'\); from_onnx runs 'onnxruntime', 'openvino', "
+                                            r"'ort-cuda', 'ort-tensorrt'$"):
+        Pipeline.from_onnx(tiny_onnx, backend="tensorrt")
+
+
 def test_numpy_integers_are_accepted_wherever_ints_are(tiny_onnx: Path) -> None:
     pipe = Pipeline.from_onnx(tiny_onnx, threads=np.int64(1))
     a = pipe.sample(np.int64(2), steps=np.int64(2), sampler="ddim", eta=np.int64(1), seed=np.int64(0), progress=False)

@@ -100,7 +100,7 @@ def test_threads_reach_onnxruntime(tiny_onnx: Path) -> None:
     (dict(threads=10**6), r"threads must be an int in \[1, 1024\], got 1000000"),  # ORT allocated 24 GB
     (dict(threads=10**20), r"threads must be an int in \[1, 1024\]"),  # was onnxruntime's TypeError
     (dict(backend="openvino", inference_precision="fp8"), "inference_precision='fp8' is not valid"),
-    (dict(backend="tensorrt"), "backend='tensorrt' is not valid"),
+    (dict(backend="tensorrt"), "backend='tensorrt' runs a bundle's engine"),
 ])
 def test_bad_backend_options_are_refused_by_name(tiny_onnx: Path, kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
