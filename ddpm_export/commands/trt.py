@@ -122,14 +122,11 @@ def _export_and_build(model: str, engine: str, fp16: bool | None, options: Build
     import tempfile
     from pathlib import Path
 
-    from ddpm_export.contract.sidecar import sidecar_path
     from ddpm_export.export.tensorrt import (TensorRTUnavailable, build_engine, check_tensorrt_version,
-                                            engine_onnx_path)
-    from ddpm_export.files import refuse_existing_file
+                                            engine_onnx_path, refuse_outputs)
     from ddpm_export.gpu import require_gpu
 
-    for path in (engine, sidecar_path(engine), engine_onnx_path(engine)):
-        refuse_existing_file(path, force)
+    refuse_outputs(engine, engine_onnx_path(engine), options, force)
     require_gpu(f"cannot build {engine}", TensorRTUnavailable)  # before a minutes-long export
     check_tensorrt_version(options)
     from ddpm_export.export.onnx import export_onnx

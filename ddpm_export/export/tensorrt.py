@@ -147,9 +147,7 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, *, fp16: bool |
     convert = fp16 is True and source.precision == "fp32"
     graph_out = engine_onnx_path(engine_path) if convert or keep_onnx else None
     remove_leftovers(engine_path)  # the scratch folder of a build that was killed
-    for path in (engine_path, side, graph_out):
-        if path is not None:
-            refuse_existing_file(path, force)
+    refuse_outputs(engine_path, graph_out, options, force)
     require_gpu(f"cannot build {engine_path}", TensorRTUnavailable)
     check_tensorrt_version(options)
     gpu = _gpu_info()  # before the build: an engine whose GPU is unknown could not be checked where it runs
@@ -166,6 +164,20 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, *, fp16: bool |
     log(f"wrote {engine_path} ({engine_path.stat().st_size / 2**20:.1f} MiB) and {side.name} in {seconds:.1f} s"
         + (f"; the graph it was built from: {graph_out.name}" if graph_out is not None else ""))
     return info
+
+
+def refuse_outputs(engine_path: str | Path, graph_out: Path | None, options: BuildOptions, force: bool) -> None:
+    """Refuse, before any work, an existing engine, sidecar or ``graph_out`` (unless ``force``) and a
+    timing cache that cannot be written back (a folder, a folder that is not writable): written
+    after the engine, it would fail with the engine already in place."""
+    for path in (engine_path, sidecar_path(engine_path), graph_out):
+        if path is not None:
+            refuse_existing_file(path, force)
+    if options.timing_cache is not None:
+        try:
+            refuse_existing_file(options.timing_cache, force=True)  # read, then replaced: it may exist
+        except BadInputError as e:
+            raise BadInputError(f"--timing-cache: {e}") from None
 
 
 def _trt_version() -> str:

@@ -171,3 +171,21 @@ def test_existing_engine_is_refused_before_anything_else(tiny, tmp_path):
     result = CliRunner().invoke(main, ["trt", "--onnx", str(tiny["fp32"]), "--fp16", "-o", str(engine)])
     assert result.exit_code == 2 and "--force" in result.output
     assert engine.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["m.plan"]
+
+
+@pytest.mark.parametrize("cache", ["folder", "file/trt.cache"], ids=["a-folder", "under-a-file"])
+def test_a_timing_cache_that_cannot_be_written_back_is_refused_before_the_build(tiny, tmp_path, cache):
+    """The timing cache is written back after the engine: a path it cannot take was found only then,
+    with the engine and its sidecar already written (exit 2 all the same); now before TensorRT is looked for."""
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "file").write_text("not a folder")
+    before = sorted(tmp_path.rglob("*"))
+    result = CliRunner().invoke(main, ["trt", "--onnx", str(tiny["fp32"]), "-o", str(tmp_path / "m.plan"),
+                                       "--timing-cache", str(tmp_path / cache)])
+    assert result.exit_code == 2, result.output
+    assert "--timing-cache" in result.output and "tensorrt" not in result.output, result.output
+    assert sorted(tmp_path.rglob("*")) == before
+    with pytest.raises(ValueError, match="--timing-cache"):
+        build_engine(tiny["fp32"], tmp_path / "m.plan", options=BuildOptions(timing_cache=str(tmp_path / cache)),
+                     log=lambda s: None)
+    assert sorted(tmp_path.rglob("*")) == before
