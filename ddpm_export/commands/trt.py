@@ -122,10 +122,14 @@ def _export_and_build(model: str, engine: str, fp16: bool | None, options: Build
     import tempfile
     from pathlib import Path
 
+    from ddpm_export.console import use_flag_names
+    from ddpm_export.contract.spec import batch_range
     from ddpm_export.export.tensorrt import (TensorRTUnavailable, build_engine, check_tensorrt_version,
                                             engine_onnx_path, refuse_outputs)
     from ddpm_export.gpu import require_gpu
 
+    use_flag_names({"min_batch/opt_batch/max_batch": "--min-batch/--opt-batch/--max-batch"})
+    batch_range(**batches)  # named as such, not as a missing tensorrt nor after finding a GPU
     refuse_outputs(engine, engine_onnx_path(engine), options, force)
     require_gpu(f"cannot build {engine}", TensorRTUnavailable)  # before a minutes-long export
     check_tensorrt_version(options)

@@ -19,11 +19,14 @@ from ddpm_export.configbase import FrozenConfig, check
 from ddpm_export.contract.conditioning import CLASS_NAME, CONDITIONINGS, CONTEXT_NAME, Conditioning
 from ddpm_export.errors import BadInputError, WrongTypeError
 
-__all__ = ["CLASS_NAME", "CONTEXT_NAME", "MAX_BATCH", "OUT_NAME", "T_NAME", "X_NAME", "ExportSpec", "feeds_for"]
+__all__ = ["CLASS_NAME", "CONTEXT_NAME", "DEFAULT_OPT_BATCH", "MAX_BATCH", "OUT_NAME", "T_NAME", "X_NAME", "ExportSpec",
+           "batch_range", "feeds_for"]
 
 X_NAME, T_NAME, OUT_NAME = "x_t", "t", "model_output"
 #: The largest batch a graph may be exported for (it is traced, validated and profiled at it).
 MAX_BATCH = 4096
+#: the batch TensorRT optimises for when none is given, brought into the exported batch range
+DEFAULT_OPT_BATCH = 4
 _DTYPES = {X_NAME: "float32", T_NAME: "int64"}
 
 
@@ -157,6 +160,14 @@ class ExportSpec(FrozenConfig):
             raise BadInputError(f"{T_NAME}: values must be in [0, {self.num_train_timesteps}), "
                                 f"got [{t.min()}, {t.max()}]")
         self.conditioning.check_values(self, feeds)
+
+
+def batch_range(min_batch: int = 1, opt_batch: int | None = None, max_batch: int = 16) -> tuple[int, int, int]:
+    """An export's (min, opt, max) batch, ``opt_batch`` None being :data:`DEFAULT_OPT_BATCH` brought
+    into ``[min_batch, max_batch]``; ConfigError (ExportSpec's) when they are out of order or too large."""
+    opt = min(max(DEFAULT_OPT_BATCH, min_batch), max_batch) if opt_batch is None else opt_batch
+    ExportSpec(min_batch=min_batch, opt_batch=opt, max_batch=max_batch)  # validates the range
+    return min_batch, opt, max_batch
 
 
 def feeds_for(spec: ExportSpec, x_t: np.ndarray, t: np.ndarray, cond: np.ndarray | None) -> dict[str, np.ndarray]:

@@ -24,7 +24,7 @@ from safetensors.torch import save as safetensors_save
 from ddpm_export._version import __version__
 from ddpm_export.contract import metadata as md
 from ddpm_export.contract.choices import MAX_OPSET, MIN_OPSET, TARGETS
-from ddpm_export.contract.spec import ExportSpec
+from ddpm_export.contract.spec import ExportSpec, batch_range
 from ddpm_export.diffusion.config import DiffusionConfig
 from ddpm_export.diffusion.from_diffusers import SCHEDULER_CONFIG_NAME, schedule_only_class
 from ddpm_export.errors import BadInputError
@@ -47,8 +47,6 @@ DEFAULT_OPSET = 20
 #: int8 for TensorRT (signed int8 activations, zero point 0): ONNX Runtime's EXTENDED optimiser fails
 #: on the file at opset 21+ ("output_dtype INT8 does not match y_zero_point type UINT8", 1.32)
 INT8_TENSORRT_MAX_OPSET = 20
-#: the batch TensorRT optimises for when none is given, brought into the exported batch range
-DEFAULT_OPT_BATCH = 4
 EXTERNAL_DATA_THRESHOLD = 2 * 1024**3  # protobuf's 2 GB limit
 
 
@@ -82,7 +80,7 @@ def export_onnx(model: str | Path, out: str | Path, *, opset: int = DEFAULT_OPSE
 
     Raises FileExistsError when ``out`` exists and not ``force``; ValueError for bad options;
     ``ValidationError`` when the exported graph disagrees with torch (nothing is written then).
-    ``opt_batch`` None: 4 brought into ``[min_batch, max_batch]`` (:data:`DEFAULT_OPT_BATCH`).
+    ``opt_batch`` None: 4 brought into ``[min_batch, max_batch]`` (:func:`~ddpm_export.contract.spec.batch_range`).
     """
     start, out = time.perf_counter(), Path(out)
     form = _check_options(out, force=force, precision=precision, attention=attention, target=target, opset=opset)
@@ -93,7 +91,7 @@ def export_onnx(model: str | Path, out: str | Path, *, opset: int = DEFAULT_OPSE
     applied = _kept_rewrites(unet, applied, rewrites, model, log)
     form = _kept_attention(unet, form, attention, model, log)
     diffusion, schedule_source = _schedule(model, unet, diffusion)
-    opt_batch = min(max(DEFAULT_OPT_BATCH, min_batch), max_batch) if opt_batch is None else opt_batch
+    opt_batch = batch_range(min_batch, opt_batch, max_batch)[1]
     spec = ExportSpec.from_config(unet.config, min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch)
     if precision == "int8":
         _check_calibratable(spec, model)

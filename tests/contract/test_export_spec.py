@@ -14,7 +14,7 @@ import pytest
 
 from ddpm_export.config import UNetConfig
 from ddpm_export.configbase import ConfigError
-from ddpm_export.contract.spec import ExportSpec
+from ddpm_export.contract.spec import ExportSpec, batch_range
 
 SMALL = dict(base_channels=16, channel_mult=(1, 2), sample_size=8, num_groups=8, num_res_blocks=1,
              attention_resolutions=(4,))
@@ -256,3 +256,14 @@ def test_spec_imports_no_torch():
     code = "import sys, ddpm_export.contract.spec, ddpm_export.contract.metadata; assert 'torch' not in sys.modules"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_batch_range_brings_the_default_opt_batch_into_the_range_and_refuses_a_bad_one():
+    """export_onnx and `trt --model` (which checks it before looking for TensorRT) take it from here."""
+    assert batch_range() == (1, 4, 16)
+    assert batch_range(8, None, 16) == (8, 8, 16) and batch_range(1, None, 2) == (1, 2, 2)
+    assert batch_range(2, 3, 5) == (2, 3, 5)
+    with pytest.raises(ConfigError, match="min_batch/opt_batch/max_batch: need 1 <= min <= opt <= max, got 8/2/2"):
+        batch_range(8, None, 2)
+    with pytest.raises(ConfigError, match="max_batch: 5000 is more than 4096"):
+        batch_range(1, None, 5000)

@@ -151,6 +151,11 @@ def test_a_killed_builds_scratch_folder_is_swept_by_the_next_build(tiny, tmp_pat
     (["--onnx", "{fp32}", "--max-batch", "4"], "apply to --model"),
     (["--onnx", "{fp32}", "--workspace", "0"], "--workspace"),
     (["--onnx", "{fp32}", "--hardware-compatibility", "turing+"], "--hardware-compatibility"),
+    # --model's batch range: before TensorRT is looked for (it read "the 'tensorrt' package is not installed")
+    (["--model", "tiny", "--min-batch", "8", "--max-batch", "2"],
+     "Error: --min-batch/--opt-batch/--max-batch: need 1 <= min <= opt <= max, got 8/2/2"),
+    (["--model", "tiny", "--opt-batch", "20"], "--min-batch/--opt-batch/--max-batch: need 1 <= min <= opt <= max, "
+                                               "got 1/20/16"),
 ])
 def test_usage_errors_exit_2(tiny, tmp_path, args, match):
     argv = [a.format(fp32=tiny["fp32"]) for a in args]
