@@ -22,7 +22,7 @@ if TYPE_CHECKING:  # pragma: no cover
               help="The engine file to write; its sidecar <engine>.json is written beside it.")
 @click.option("--fp16/--fp32", "fp16", default=None,
               help="--fp16: an fp16 engine; an fp32 file of ours is converted to the fp16 policy's graph first "
-                   "(written beside the engine as <engine>.onnx). --fp32 refuses an fp16 file. Default: the "
+                   "(written beside the engine as <engine>.onnx). --fp32 refuses an fp16 or int8 file. Default: the "
                    "file's precision.")
 @click.option("--timing-cache", type=click.Path(dir_okay=False), default=None,
               help="TensorRT timing cache: read if it exists, written back (atomically) with this build's timings.")

@@ -70,7 +70,8 @@ class EnginePlan:
 def plan_engine(onnx_path: str | Path, *, fp16: bool | None = None) -> EnginePlan:
     """Read the ONNX file's metadata and decide the build. ``fp16=True`` (``--fp16``) accepts an
     fp32 file too (the build converts it, see :func:`build_engine`); ``fp16=False`` (``--fp32``)
-    refuses an fp16 file: precision lives in the graph, and fp16 weights cannot become fp32 ones."""
+    refuses an fp16 file (fp16 weights cannot become fp32 ones) and an int8 one (it would build an
+    int8 engine): precision lives in the graph."""
     path = Path(onnx_path)
     if not path.is_file():
         raise InputNotFoundError(f"{path} not found", path)
@@ -84,9 +85,10 @@ def plan_engine(onnx_path: str | Path, *, fp16: bool | None = None) -> EnginePla
     if fp16 is True and precision == "int8":
         raise BadInputError(f"{path} is an int8 (QDQ) graph; --fp16 applies to fp32 files only: build it without "
                             f"--fp16 (its float parts keep the precision the graph gives them)")
-    if fp16 is False and precision == "fp16":
-        raise BadInputError(f"{path} is an fp16 graph but fp32 was asked for; the precision lives in the ONNX "
-                         f"graph: export an fp32 file with `ddpm-export onnx --precision fp32`")
+    if fp16 is False and precision in ("fp16", "int8"):
+        raise BadInputError(f"{path} is an {precision} graph but fp32 was asked for; the precision lives in the ONNX "
+                            f"graph: export an fp32 file with `ddpm-export onnx --precision fp32`"
+                            + (", or build this one without --fp32" if precision == "int8" else ""))
     if precision == "int8" and _asymmetric_activations(model):
         raise BadInputError(f"{path} is an int8 file exported for --target {info.target}: its activations are "
                             f"quantized as asymmetric uint8 (ONNX Runtime's and OpenVINO's layout), and TensorRT "

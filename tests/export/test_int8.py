@@ -256,6 +256,15 @@ def test_tensorrt_refuses_fp16_for_an_int8_file(files: dict[str, Path]) -> None:
         plan_engine(files["int8"], fp16=True)
 
 
+def test_tensorrt_refuses_fp32_for_an_int8_file(files: dict[str, Path]) -> None:
+    """--fp32 on an int8 file built an int8 engine (the graph's precision) as if fp32 had been given."""
+    from ddpm_export.export.tensorrt import plan_engine
+
+    with pytest.raises(BadInputError, match=r"sink-int8\.onnx is an int8 graph but fp32 was asked for.*"
+                                            r"--precision fp32`, or build this one without --fp32$"):
+        plan_engine(files["int8"], fp16=False)
+
+
 @pytest.mark.parametrize("backend,which", [("onnxruntime", "int8"), ("openvino", "int8"),
                                            ("openvino", "int8-openvino")])
 def test_int8_samples_through_the_pipeline(files: dict[str, Path], backend: str, which: str) -> None:
