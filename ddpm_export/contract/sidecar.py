@@ -132,12 +132,24 @@ def check_sidecar(engine: str | Path, sidecar: Mapping[str, Any], *, onnx_sha256
     another GPU (when ``compute_capability`` of the GPU that would run it, e.g. ``"8.9"``, is
     given), by the rules in the module docstring."""
     if onnx_sha256 is not None and sidecar["onnx_sha256"] != onnx_sha256:
+        _refuse_the_converted_file(engine, sidecar, onnx_sha256)
         raise EngineMismatchError(f"{engine}: built from an ONNX file with sha256 {sidecar['onnx_sha256']}, "
                                   f"not from this one ({onnx_sha256}); rebuild the engine from this ONNX file")
     if tensorrt_version is not None:
         _check_version(engine, sidecar, tensorrt_version)
     if compute_capability is not None:
         _check_gpu(engine, sidecar, _capability(compute_capability))
+
+
+def _refuse_the_converted_file(engine: str | Path, sidecar: Mapping[str, Any], onnx_sha256: str) -> None:
+    """The fp32 file ``trt --fp16`` converted into the engine's graph, given in place of that graph:
+    the mistake is the file given, not the engine, so the error names the graph to give instead."""
+    source = sidecar.get("converted_from")
+    if isinstance(source, Mapping) and source.get("onnx_sha256") == onnx_sha256:
+        graph = Path(engine).with_name(Path(engine).name + ".onnx")  # where `trt` wrote it
+        raise EngineMismatchError(f"{engine}: built from {graph.name}, the fp16 graph `trt --fp16` converted from "
+                                  f"this ONNX file ({source.get('onnx_file')}): use that graph with the engine "
+                                  f"(--onnx {graph}), not the file it was converted from")
 
 
 def needs_host_code(sidecar: Mapping[str, Any]) -> bool:

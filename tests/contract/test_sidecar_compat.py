@@ -43,3 +43,25 @@ def test_rules(sidecar, trt, cc, match):
 
 def test_version_compatible_engines_need_host_code_allowed():
     assert needs_host_code(side(version_compatible=True)) and not needs_host_code(side())
+
+
+def test_the_fp32_file_an_fp16_engine_was_converted_from_names_the_graph_to_use(tmp_path):
+    """`trt --onnx m.onnx --fp16 -o e.plan` builds from e.plan.onnx; given m.onnx (verify --onnx m.onnx
+    --engine e.plan), the error said "rebuild the engine from this ONNX file"; it names e.plan.onnx."""
+    from ddpm_export.contract.sidecar import sidecar_text
+    from ddpm_export.contract.spec import ExportSpec
+    from ddpm_export.runtime.tensorrt import TensorRTBackend
+
+    converted = side(onnx_sha256="1" * 64, converted_from={"onnx_file": "m.onnx", "onnx_sha256": "2" * 64})
+    engine = tmp_path / "e.plan"
+    with pytest.raises(EngineMismatchError, match=r"e\.plan: built from e\.plan\.onnx, the fp16 graph `trt --fp16` "
+                                                  r"converted from this ONNX file \(m\.onnx\): use that graph .*"
+                                                  r"\(--onnx .*e\.plan\.onnx\)"):
+        check_sidecar(engine, converted, onnx_sha256="2" * 64, tensorrt_version=None)
+    with pytest.raises(EngineMismatchError, match="rebuild the engine from this ONNX file"):  # another file
+        check_sidecar(engine, converted, onnx_sha256="3" * 64, tensorrt_version=None)
+    check_sidecar(engine, converted, onnx_sha256="1" * 64, tensorrt_version=None)  # the graph itself
+    engine.write_bytes(b"not an engine")  # refused before TensorRT, CUDA or the engine's bytes are touched
+    (tmp_path / "e.plan.json").write_text(sidecar_text(converted), encoding="utf-8")
+    with pytest.raises(EngineMismatchError, match="use that graph with the engine"):
+        TensorRTBackend(engine, ExportSpec(), onnx_sha256="2" * 64)
