@@ -109,8 +109,14 @@ def write_sidecar(engine: str | Path, sidecar: Mapping[str, Any], *, force: bool
     return path
 
 
+#: the types of the sidecar fields the checks read (each optional: older sidecars lack some)
+_FIELD_TYPES = {"onnx_file": str, "tensorrt_version": str, "gpu": dict, "version_compatible": bool,
+                "hardware_compatibility": str, "profile": dict, "converted_from": dict}
+
+
 def read_sidecar(engine: str | Path) -> dict[str, Any]:
-    """The engine's sidecar as a dict; IntegrityError when it is missing or lacks ``onnx_sha256``."""
+    """The engine's sidecar as a dict; IntegrityError when it is missing, lacks ``onnx_sha256`` or has
+    a field of the wrong type (a check reading it then crashed)."""
     path = sidecar_path(engine)
     if not path.is_file():
         raise IntegrityError(f"{engine}: its sidecar {path.name} is missing; an engine is usable only with the "
@@ -122,7 +128,19 @@ def read_sidecar(engine: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict) or not isinstance(data.get("onnx_sha256"), str):
         raise IntegrityError(f"{path}: needs an 'onnx_sha256' string (the hash of the ONNX file the engine was "
                              f"built from)")
+    wrong = [key for key, kind in _FIELD_TYPES.items() if key in data and not isinstance(data[key], kind)]
+    if isinstance(data.get("profile"), dict) and not all(_is_shapes(s) for s in data["profile"].values()):
+        wrong.append("profile")
+    if wrong:
+        raise IntegrityError(f"{path}: {', '.join(repr(k) for k in wrong)} not as `ddpm-export trt` writes "
+                             f"{'it' if len(wrong) == 1 else 'them'} (see docs/metadata.md); rebuild the engine")
     return data
+
+
+def _is_shapes(shapes: Any) -> bool:
+    """One input's ``{"min": [...], "opt": [...], "max": [...]}``, each a non-empty list of integers."""
+    return isinstance(shapes, dict) and all(isinstance(shapes.get(k), list) and shapes[k] and all(
+        isinstance(d, int) for d in shapes[k]) for k in ("min", "opt", "max"))
 
 
 def check_sidecar(engine: str | Path, sidecar: Mapping[str, Any], *, onnx_sha256: str | None,

@@ -65,3 +65,32 @@ def test_the_fp32_file_an_fp16_engine_was_converted_from_names_the_graph_to_use(
     (tmp_path / "e.plan.json").write_text(sidecar_text(converted), encoding="utf-8")
     with pytest.raises(EngineMismatchError, match="use that graph with the engine"):
         TensorRTBackend(engine, ExportSpec(), onnx_sha256="2" * 64)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("gpu", "NVIDIA H200"), ("profile", {"x_t": [1, 16]}), ("profile", {"x_t": {"max": [16, 3, 8, 8]}}),
+    ("profile", {"x_t": {"min": [], "opt": [4], "max": [16]}}), ("version_compatible", "no"),
+    ("tensorrt_version", 10), ("onnx_file", 5),
+], ids=["gpu-a-string", "profile-a-list", "profile-without-min", "profile-empty-min", "vc-a-string",
+        "version-a-number", "onnx-file-a-number"])
+def test_a_sidecar_field_of_the_wrong_type_is_refused_when_read(tmp_path, field, value):
+    """A hand-edited or foreign sidecar: the GPU check (`.get` of a str) and inspect's batch check
+    (`profile["min"][0]`) failed with Python's traceback; now read_sidecar names the field."""
+    import json
+
+    from ddpm_export.contract.sidecar import read_sidecar
+    from ddpm_export.errors import IntegrityError
+
+    engine = tmp_path / "m.plan"
+    engine.write_bytes(b"not an engine")
+    good = side(profile={"x_t": {"min": [1, 3, 8, 8], "opt": [4, 3, 8, 8], "max": [16, 3, 8, 8]}})
+    (tmp_path / "m.plan.json").write_text(json.dumps(good), encoding="utf-8")
+    assert read_sidecar(engine) == good
+    (tmp_path / "m.plan.json").write_text(json.dumps(side(**{field: value})), encoding="utf-8")
+    with pytest.raises(IntegrityError, match=rf"m\.plan\.json: '{field}' not as `ddpm-export trt` writes it"):
+        read_sidecar(engine)
+    pytest.importorskip("torch")  # inspect's module
+    from ddpm_export.analysis.trt_profile import check_engine
+
+    with pytest.raises(IntegrityError, match=rf"'{field}'"):
+        check_engine(engine, batch=1)
