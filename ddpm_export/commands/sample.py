@@ -12,6 +12,10 @@ from ddpm_export.diffusion.samplers import SCHEDULERS
 if TYPE_CHECKING:  # pragma: no cover
     from ddpm_export.runtime import Pipeline
 
+#: the library arguments an error may name, as this command's flags
+_FLAG_NAMES = {"guidance_scale": "--guidance", "classes": "--class", "steps": "--steps", "eta": "--eta",
+               "sampler": "--sampler", "n": "-n", "num_inference_steps": "--steps", "trt_cache_dir": "--trt-cache"}
+
 
 @click.command("sample")
 @click.option("--onnx", "onnx_path", type=click.Path(dir_okay=False, exists=True), default=None,
@@ -81,8 +85,7 @@ def command(onnx_path: str | None, bundle_dir: str | None, bundle_onnx: str | No
     from ddpm_export.runtime.backends import describe_precision
     from ddpm_export.runtime.pipeline import check_n
 
-    use_flag_names({"guidance_scale": "--guidance", "classes": "--class", "steps": "--steps", "eta": "--eta",
-                     "sampler": "--sampler", "n": "-n", "num_inference_steps": "--steps"})
+    use_flag_names(_FLAG_NAMES)
     _check_sources(onnx_path, (bundle_dir, bundle_onnx), model)
     if len(class_ids) > n:  # taken in turn: the values past the n-th would be dropped without a word
         raise click.UsageError(f"--class given {len(class_ids)} times for -n {n}: the values after the first {n} would "

@@ -13,6 +13,7 @@ A Pipeline holds no per-call state (each call builds its own scheduler and noise
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
@@ -28,6 +29,7 @@ from ddpm_export.contract.choices import BACKENDS, ORT_GPU_BACKENDS
 from ddpm_export.contract.info import ModelInfo
 from ddpm_export.diffusion import SCHEDULERS, Backend, DiffusionConfig, make_scheduler, sample, sampler_config
 from ddpm_export.errors import BadInputError, TargetMismatchWarning, WrongTypeError
+from ddpm_export.files import enclosing_bundle
 from ddpm_export.runtime.backends import CPU_BACKENDS, describe_precision
 from ddpm_export.runtime.integrity import check_finite
 
@@ -319,6 +321,20 @@ def _check_gpu_options(backend: str, device: Any, trt_fp16: bool, trt_cache_dir:
         raise BadInputError(f"device={device} applies to the GPU backends, not {backend!r} (it runs on the CPU)")
     if (trt_fp16 or trt_cache_dir is not None) and backend != "ort-tensorrt":
         raise BadInputError(f"trt_fp16 and trt_cache_dir apply to backend='ort-tensorrt', not {backend!r}")
+    if trt_cache_dir is not None:
+        _check_cache_dir(trt_cache_dir)
+
+
+def _check_cache_dir(trt_cache_dir: Any) -> None:
+    """The engine cache folder: a path, and not in a bundle (ONNX Runtime writes its engines and
+    timing cache there: the bundle would hold files its manifest does not list, and be refused)."""
+    if not isinstance(trt_cache_dir, (str, os.PathLike)):
+        raise WrongTypeError(f"trt_cache_dir must be a str or os.PathLike naming a folder, got "
+                             f"{type(trt_cache_dir).__name__}")
+    bundle = enclosing_bundle(Path(trt_cache_dir, "engine"))  # the folder itself or one above it
+    if bundle is not None:
+        raise BadInputError(f"trt_cache_dir: {trt_cache_dir} is inside the bundle folder {bundle}: the engines cached "
+                            f"there would break its manifest; give a folder outside it")
 
 
 def _config(base: DiffusionConfig, sampler: Any, steps: Any, eta: Any) -> DiffusionConfig:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -271,6 +272,29 @@ def test_the_engine_refuses_the_options_of_the_onnx_backends(onnx_file: Path, en
     names = ", ".join(options)
     with pytest.raises(BadInputError, match=f"^{names} apply to the backends that run the ONNX file, not 'tensorrt'"):
         Pipeline.from_bundle(bundle, backend="tensorrt", **options)
+
+
+def test_an_engine_cache_in_a_bundle_is_refused_before_anything_is_written(bundle: Path, onnx_file: Path,
+                                                                           tmp_path: Path) -> None:
+    """ONNX Runtime's TensorRT provider writes its engines and timing cache into ``trt_cache_dir``:
+    ``--trt-cache`` in the bundle folder filled it with files its manifest does not list (every
+    later load refused it) while README promises nothing is written into a bundle folder."""
+    from ddpm_export.errors import BadInputError, WrongTypeError
+
+    before = sorted(os.listdir(bundle))
+    for cache in (bundle, bundle / "cache", bundle / "cache" / ".." / "deeper"):
+        with pytest.raises(BadInputError, match=f"trt_cache_dir: {re.escape(str(cache))} is inside the bundle folder .*{bundle.name}: "
+                                                f"the engines cached there would break its manifest"):
+            Pipeline.from_bundle(bundle, backend="ort-tensorrt", trt_cache_dir=cache)
+        with pytest.raises(BadInputError, match="is inside the bundle folder"):  # a file of the bundle, loaded alone
+            Pipeline.from_onnx(bundle / "tiny.onnx", backend="ort-tensorrt", trt_cache_dir=cache)
+    result = CliRunner().invoke(main, ["sample", "--bundle", str(bundle), "--backend", "ort-tensorrt", "--trt-cache",
+                                       str(bundle / "cache"), "-o", str(tmp_path / "x.png")])
+    assert result.exit_code == 2 and f"--trt-cache: {bundle / 'cache'} is inside the bundle folder" in result.output
+    assert sorted(os.listdir(bundle)) == before and not (tmp_path / "x.png").exists()
+    verify_bundle(bundle)
+    with pytest.raises(WrongTypeError, match="trt_cache_dir must be a str or os.PathLike naming a folder, got int"):
+        Pipeline.from_onnx(onnx_file, backend="ort-tensorrt", trt_cache_dir=5)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("folder", [None, 3, ["b"]])
