@@ -9,7 +9,7 @@ import click
 @click.option("--onnx", "onnx_paths", multiple=True, required=True, type=click.Path(dir_okay=False, exists=True),
               help="An ONNX file from `ddpm-export onnx`; repeat for several (same model, e.g. fp32 and fp16).")
 @click.option("--engine", "engines", multiple=True, type=click.Path(dir_okay=False, exists=True),
-              help="A TensorRT engine with its sidecar <engine>.json beside it; repeatable.")
+              help="A TensorRT engine with its sidecar <engine>.json beside it; repeatable, one per ONNX file.")
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="The bundle folder to write.")
 @click.option("--force", is_flag=True, help="Replace an existing bundle folder.")
 def command(onnx_paths: tuple[str, ...], engines: tuple[str, ...], output: str, force: bool) -> None:

@@ -291,7 +291,12 @@ def make_bundle(onnx: Sequence[str | Path], out: str | Path, *, engines: Sequenc
             raise BundleError(f"{path}: built from an ONNX file with sha256 {sidecar['onnx_sha256']} "
                               f"(per {sidecar_path(path).name}), which is none of the bundled ONNX files; "
                               f"rebuild the engine from {onnx_paths[0]}")
-        by_onnx[owner]["engines"].append(sources.add(path, "engine"))
+        name = sources.add(path, "engine")
+        if by_onnx[owner]["engines"]:  # sample and triton run an ONNX file's first engine: a second went unused
+            raise BundleError(f"{path}: a second engine built from {owner} (the first: {by_onnx[owner]['engines'][0]}); "
+                              f"`sample --backend tensorrt` and `triton` run one engine per ONNX file: bundle one (a "
+                              f"bundle per GPU model)")
+        by_onnx[owner]["engines"].append(name)
         sources.add(sidecar_path(path), "engine_sidecar")
 
     refuse_nameless_folder(out)

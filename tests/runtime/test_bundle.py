@@ -123,6 +123,21 @@ def test_engines_travel_with_their_sidecar(onnx_file: Path, engine: Path, tmp_pa
     assert manifest.sha256("tiny.plan") == _sha(engine)
 
 
+def test_a_second_engine_for_one_onnx_file_is_refused(onnx_file: Path, engine: Path, tmp_path: Path) -> None:
+    """Two engines of one ONNX file (say one per GPU model) were bundled, exit 0, but sample --backend
+    tensorrt and triton run only the first: the second could never be used."""
+    other = tmp_path / "e2" / "tiny-h100.plan"
+    other.parent.mkdir()
+    other.write_bytes(b"another stand-in engine")
+    sidecar_path(other).write_text(sidecar_path(engine).read_text())
+    result = CliRunner().invoke(main, ["bundle", "--onnx", str(onnx_file), "--engine", str(engine), "--engine",
+                                       str(other), "-o", str(tmp_path / "b")])
+    assert result.exit_code == 2, result.output
+    assert f"{other}: a second engine built from tiny.onnx (the first: tiny.plan)" in result.output
+    assert not (tmp_path / "b").exists()
+    assert verify_bundle(make_bundle([onnx_file], tmp_path / "b", engines=[other])).model()["engines"] == [other.name]
+
+
 def test_an_engine_from_another_onnx_file_is_refused(onnx_file: Path, engine: Path, tmp_path: Path) -> None:
     other = tmp_path / "other.plan"
     other.write_bytes(b"x")
