@@ -54,6 +54,10 @@ MANIFEST, FORMAT = BUNDLE_MANIFEST, BUNDLE_FORMAT  # defined in files: no output
 BUNDLE_FOLDER = OutputFolder(MANIFEST, listed=bundle_files)
 VERSION = 1
 ROLES = ("onnx", "onnx_data", "engine", "engine_sidecar")
+#: the keys of a version-1 manifest, of each of its ``files`` entries and of each ``models`` entry
+KEYS = ("format", "version", "created_by", "files", "models", "diffusion", "sampler_defaults")
+FILE_KEYS = ("path", "sha256", "size", "role")
+MODEL_KEYS = ("onnx", "precision", "attention", "engines", "metadata")
 
 
 class BundleError(IntegrityError):
@@ -122,11 +126,13 @@ def read_manifest(folder: str | Path) -> Manifest:
     need(isinstance(data, dict) and data.get("format") == FORMAT, f"'format' must be {FORMAT!r}")
     need(type(data.get("version")) is int and data.get("version") == VERSION,  # true == 1 in Python
          f"'version' {data.get('version')!r} is not supported (this code reads {VERSION})")
+    need(not _odd_keys(data, KEYS), f"the manifest {_odd_keys(data, KEYS)} (version {VERSION} has {', '.join(KEYS)})")
     files: dict[str, dict[str, Any]] = {}
     need(isinstance(data.get("files"), list) and data["files"], "'files' must be a non-empty list")
     for entry in data["files"]:
-        need(isinstance(entry, dict) and {"path", "sha256", "size", "role"} <= set(entry),
-             f"every 'files' entry needs path, sha256, size and role; got {entry!r}")
+        need(isinstance(entry, dict), f"every 'files' entry needs path, sha256, size and role; got {entry!r}")
+        need(not _odd_keys(entry, FILE_KEYS), f"{'file ' + repr(entry['path']) if 'path' in entry else 'a files entry'} "
+                                              f"{_odd_keys(entry, FILE_KEYS)} (each has path, sha256, size and role)")
         name = entry["path"]
         need(_plain_name(name), f"file {name!r} must be a plain file name inside the bundle folder")
         need(name not in files, f"file {name!r} is listed twice")
@@ -140,12 +146,22 @@ def read_manifest(folder: str | Path) -> Manifest:
         files[name] = {"sha256": entry["sha256"], "size": entry["size"], "role": entry["role"]}
     models = data.get("models")
     _check_models(models, files, need)
-    need(isinstance(data.get("sampler_defaults", {}), dict), "'sampler_defaults' must be an object")
+    need(isinstance(data["sampler_defaults"], dict), "'sampler_defaults' must be an object")
     try:
         diffusion = DiffusionConfig.from_dict(data.get("diffusion"), source=f"{path}: diffusion")
     except ConfigError as e:
         raise BundleError(str(e)) from e
-    return Manifest(folder, files, models, diffusion, dict(data.get("sampler_defaults") or {}))
+    return Manifest(folder, files, models, diffusion, dict(data["sampler_defaults"]))
+
+
+def _odd_keys(entry: dict[str, Any], keys: Sequence[str]) -> str:
+    """What is wrong with the keys of the object ``entry``, which must be ``keys`` ('' if nothing):
+    a missing one was read as None (its message then said 'is None'), an unknown one was ignored."""
+    missing = [key for key in keys if key not in entry]
+    unknown = sorted(key for key in entry if key not in keys)
+    if missing:
+        return f"lacks {', '.join(map(repr, missing))}"
+    return f"has unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}" if unknown else ""
 
 
 def _check_models(models: Any, files: dict[str, Any], need: Callable[[bool, str], None]) -> None:
@@ -154,8 +170,8 @@ def _check_models(models: Any, files: dict[str, Any], need: Callable[[bool, str]
     need(isinstance(models, list) and models, "'models' must be a non-empty list")
     for m in models:
         need(isinstance(m, dict), f"every 'models' entry must be an object; got {type(m).__name__}")
-        missing = [key for key in ("onnx", "engines", "metadata") if key not in m]
-        need(not missing, f"a 'models' entry lacks {', '.join(missing)} (each needs onnx, engines and metadata)")
+        need(not _odd_keys(m, MODEL_KEYS), f"a 'models' entry {_odd_keys(m, MODEL_KEYS)} (each has "
+                                           f"{', '.join(MODEL_KEYS)})")
         need(isinstance(m["onnx"], str), f"a 'models' entry's onnx must be a file name; got {type(m['onnx']).__name__}")
         need(isinstance(m["engines"], list) and all(isinstance(e, str) for e in m["engines"]),
              f"model {m['onnx']!r}: 'engines' must be a list of file names")

@@ -71,11 +71,20 @@ MANIFEST_CASES = {
     "engines-not-list": (lambda d: d["models"][0].update(engines="x.plan"),
                          "model 'tiny.onnx': 'engines' must be a list of file names"),
     # the entry was shown whole (2,228 characters of metadata) without naming what is wrong
-    "model-lacks-onnx": (lambda d: d["models"][0].pop("onnx"), "a 'models' entry lacks onnx \\(each needs onnx, "),
+    "model-lacks-onnx": (lambda d: d["models"][0].pop("onnx"), "a 'models' entry lacks 'onnx' \\(each has onnx, "),
     "model-onnx-is-int": (lambda d: d["models"][0].update(onnx=3),
                           "a 'models' entry's onnx must be a file name; got int"),
     "metadata-not-object": (lambda d: d["models"][0].update(metadata=[1]), "'metadata' must map strings"),
-    "models-missing": (lambda d: d.pop("models"), "'models' must be a non-empty list"),
+    "models-missing": (lambda d: d.pop("models"), "the manifest lacks 'models' \\(version 1 has format, "),
+    "models-empty": (lambda d: d.update(models=[]), "'models' must be a non-empty list"),
+    # a key missing was read as None ("sampler_defaults 'eta' is None"), an unknown one was ignored
+    "sampler-defaults-missing": (lambda d: d.pop("sampler_defaults"), "the manifest lacks 'sampler_defaults'"),
+    "created-by-missing": (lambda d: d.pop("created_by"), "the manifest lacks 'created_by'"),
+    "unknown-key": (lambda d: d.update(signature="x"), "the manifest has unknown key 'signature' \\(version 1 has "),
+    "file-unknown-key": (lambda d: _file(d, "mode", 420), "file 'tiny.onnx' has unknown key 'mode' \\(each has path, "),
+    "file-lacks-role": (lambda d: d["files"][0].pop("role"), "file 'tiny.onnx' lacks 'role'"),
+    "model-lacks-precision": (lambda d: d["models"][0].pop("precision"), "a 'models' entry lacks 'precision'"),
+    "model-unknown-key": (lambda d: d["models"][0].update(engine="x"), "a 'models' entry has unknown key 'engine'"),
     "diffusion-bad": (lambda d: d.update(diffusion={"num_train_timesteps": "many"}), "num_train_timesteps"),
     "sampler-defaults": (lambda d: d.update(sampler_defaults=[1]), "'sampler_defaults' must be an object"),
     # the per-model metadata must be the file's own (triton serves the schedule and batch range it reads there)
