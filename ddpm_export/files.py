@@ -456,6 +456,25 @@ def check_output_folder(path: str | Path, kind: OutputFolder, force: bool) -> Pa
 
 
 @contextlib.contextmanager
+def _naming_the_output(tmp: Path, out: Path) -> Iterator[None]:
+    """An error raised while the caller fills the hidden folder ``tmp`` names ``out``, the folder the
+    user asked for (same error class and exit status): a full disk during `bundle` named
+    ``.<out>.tmp-<pid>-<hex>/<file>``, a folder gone by the time the message is read."""
+    try:
+        yield
+    except DdpmExportError as e:
+        message = str(e).replace(str(tmp), str(out))
+        if message == str(e):
+            raise
+        raise type(e)(message).with_traceback(e.__traceback__) from e  # our errors take their message alone
+    except OSError as e:  # a full disk, a permission: the CLI names e.filename
+        names = [None if f is None else str(f).replace(str(tmp), str(out)) for f in (e.filename, e.filename2)]
+        if names == [e.filename, e.filename2]:
+            raise
+        raise type(e)(e.errno, e.strerror, names[0], None, names[1]).with_traceback(e.__traceback__) from e
+
+
+@contextlib.contextmanager
 def atomic_dir(path: str | Path, kind: OutputFolder, *, force: bool = False) -> Iterator[Path]:
     """Yield a fresh temporary folder beside ``path``; on success it becomes ``path``.
 
@@ -465,13 +484,15 @@ def atomic_dir(path: str | Path, kind: OutputFolder, *, force: bool = False) -> 
     before the swap), never a folder of the user's own files. Without ``force`` a folder that
     appeared while the command ran is refused, not replaced.
     """
+    given = Path(path)  # as the user spelt it, for messages
     path = check_output_folder(path, kind, force)
     with made_parents(path):
         tmp = temp_sibling(path)  # unique: threads and processes never collide
         old = temp_sibling(path, "old")
         tmp.mkdir()
         try:
-            yield tmp
+            with _naming_the_output(tmp, given):
+                yield tmp
             moved = os.path.lexists(path)
             if moved and not force:
                 raise _appeared(path, "replace")

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import click
 
-from ddpm_export.errors import DdpmExportError, MissingDependencyError
+from ddpm_export.errors import MissingDependencyError
 
 #: Classifier-free guidance of the demo grid for class-conditional models: modest, so that the
 #: classes are clearly told apart without the over-saturation of large scales (Ho & Salimans use 1-4).
@@ -70,8 +69,7 @@ def command(model: str | None, out_dir: str, ddpm_steps: int | None, force: bool
         from ddpm_export.nn.checkpoint import diffusion_config_for
 
         check_steps(ddpm_steps, (diffusion_config_for(model) or DiffusionConfig()).num_train_timesteps, "ddpm_steps")
-    with atomic_dir(out, OutputFolder("report.json", frozenset(DEMO_FILES)), force=force) as tmp, \
-            _naming_the_output(tmp, out):
+    with atomic_dir(out, OutputFolder("report.json", frozenset(DEMO_FILES)), force=force) as tmp:
         guidance = _export_and_sample(model, out, tmp)
         report = _verify(model, out, tmp, guidance, ddpm_steps)
 
@@ -84,24 +82,6 @@ def command(model: str | None, out_dir: str, ddpm_steps: int | None, force: bool
         click.echo(f"  {'ok ' if check['passed'] else 'BAD'} {check['message']}")
     if not report["passed"]:
         raise VerificationFailed(f"{len(report['failures'])} of {len(report['checks'])} checks failed")
-
-
-@contextlib.contextmanager
-def _naming_the_output(tmp: Path, out: Path) -> Iterator[None]:
-    """An error raised while the demo fills the hidden ``tmp`` folder names ``out``, the folder the
-    user asked for (same error class and exit status)."""
-    try:
-        yield
-    except DdpmExportError as e:
-        message = str(e).replace(str(tmp), str(out))
-        if message == str(e):
-            raise
-        raise type(e)(message).with_traceback(e.__traceback__) from e  # our errors take their message alone
-    except OSError as e:  # a full disk, a permission: the CLI names e.filename
-        names = [None if f is None else str(f).replace(str(tmp), str(out)) for f in (e.filename, e.filename2)]
-        if names == [e.filename, e.filename2]:
-            raise
-        raise type(e)(e.errno, e.strerror, names[0], None, names[1]).with_traceback(e.__traceback__) from e
 
 
 def _export_and_sample(model: str, out: Path, tmp: Path) -> float:

@@ -228,6 +228,20 @@ def test_full_disk_during_the_demo_names_its_output_folder(tmp_path):
     assert list(tmp_path.iterdir()) == []  # the onnx command too: it named "a file"
 
 
+def test_full_disk_during_bundle_and_triton_names_the_output_folder(tmp_path, tiny):
+    """bundle and triton fill a hidden folder too: a copy that failed there was reported as
+    '<file> -> .b.tmp-<pid>-<hex>/<file>: File too large', a folder gone when the message is read."""
+    from ddpm_export.runtime import make_bundle
+
+    proc = run_with_file_size_limit(["bundle", "--onnx", tiny, "-o", tmp_path / "b"], 100_000, cwd=tmp_path)
+    assert proc.returncode == 2 and f"-> {tmp_path / 'b' / tiny.name}: File too large" in proc.stderr, proc.stderr
+    assert ".tmp-" not in proc.stderr and list(tmp_path.iterdir()) == []
+    bundle = make_bundle([tiny], tmp_path / "b")
+    proc = run_with_file_size_limit(["triton", "--bundle", bundle, "-o", "repo"], 100_000, cwd=tmp_path)
+    assert proc.returncode == 2 and "-> repo/unet/1/model.onnx: File too large" in proc.stderr, proc.stderr
+    assert ".tmp-" not in proc.stderr and sorted(p.name for p in tmp_path.iterdir()) == ["b"]
+
+
 def test_full_disk_on_the_second_output_keeps_neither(tmp_path, tiny):
     """The grid fits under the file-size limit, the raw samples do not: the command fails and
     writes neither file (the two temp files are renamed only once both are complete)."""
