@@ -35,6 +35,8 @@ def test_set_timesteps() -> None:
 
 def test_spacings() -> None:
     assert spaced_timesteps(1000, 4, "leading", steps_offset=1).tolist() == [751, 501, 251, 1]
+    # docs/conventions.md: t = i * (T // N), not (i * T) // N, when N does not divide T (diffusers' step_ratio)
+    assert spaced_timesteps(1000, 30, "leading")[[0, 1, -1]].tolist() == [29 * 33, 28 * 33, 0]
     assert spaced_timesteps(1000, 4, "trailing").tolist() == [999, 749, 499, 249]
     assert spaced_timesteps(10, 10, "trailing").tolist() == list(range(9, -1, -1))
     assert spaced_timesteps(1000, 4, "linspace").tolist() == [999, 666, 333, 0]
