@@ -15,7 +15,7 @@ __all__ = ["BF16_CALL_REL_L2", "BF16_FINAL_PSNR_DB", "BF16_LOCAL_REL_L2", "BF16_
 #: scale; times :func:`output_scale` for larger ones)
 FP32_MAX_ABS = 1e-4
 #: one call of an fp16 export vs torch fp32, the export's validation limit: measured 1.2e-4
-#: (digits), 6.7e-4 (kitchen-sink), 7.9e-4 (tiny), 7.0e-4 (ddpm-cifar10), about 5x margin over the
+#: (digits), 6.7e-4 (kitchen-sink), 8.1e-4 (tiny), 7.0e-4 (ddpm-cifar10), about 5x margin over the
 #: worst (2e-2 passed a softmax over the wrong axis, 9.6e-3, and an output scaled by 1.019)
 FP16_CALL_REL_L2 = 4e-3
 #: verify's per-step limit for fp16 backends (a TensorRT engine's kernels differ from ONNX

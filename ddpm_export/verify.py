@@ -84,7 +84,8 @@ class VerifyError(BadInputError):
 @dataclasses.dataclass(frozen=True)
 class Thresholds:
     """Pass limits for one precision. A single step is held to ``step_max_abs`` (fp32) or
-    ``step_rel_l2`` (fp16), the export's own validation limits; final samples to ``final_psnr_db``."""
+    ``step_rel_l2`` (fp16: :data:`~ddpm_export.metrics.FP16_REL_L2`, looser than the export's 4e-3);
+    final samples to ``final_psnr_db``."""
 
     final_psnr_db: float
     step_max_abs: float | None = None

@@ -29,8 +29,9 @@ def command(bundle_dir: str, output: str, unet_backend: str, instances: int, onn
     """Write a Triton model repository: `unet` (dynamic batching) and `sampler` (the loop, via BLS).
 
     \b
-    A request to `sampler` (seed, num_images, steps; optional sampler, eta, guidance_scale,
-    class_labels) returns the images `Pipeline.sample` returns for the same arguments. The
+    A request to `sampler` (seed, num_images, steps; optional sampler, eta, guidance_scale;
+    class_labels for a class-conditional model, context [n, L, D] for a context-conditioned one)
+    returns the images `Pipeline.sample` returns for the same arguments. The
     Python-backend models need this ddpm-export version installed in the server's Python.
     The folder is written under a temporary name and renamed into place.
     \b
