@@ -142,9 +142,10 @@ class BenchConfig:
                 raise BadInputError(f"{field} {','.join(values)}: variants of the fp32 file, and --precision "
                                     f"{','.join(self.precisions)} runs none (int8 files take auto); add fp32 or "
                                     f"bf16 to --precision, or leave --{field} out")
-        if len(self.attention) > 1 and "onnxruntime" not in self.backends:
+        if len(self.attention) > 1 and not ("onnxruntime" in self.backends and "fp32" in self.precisions):
             raise BadInputError(f"attention {','.join(self.attention)}: several forms are compared on ONNX Runtime "
-                                f"(OpenVINO runs the first); add onnxruntime to --backend or give one form")
+                                f"fp32 (OpenVINO runs the first); add onnxruntime to --backend and fp32 to "
+                                f"--precision, or give one form")
 
 
 def _check_list(field: str, values: tuple[Any, ...]) -> None:

@@ -130,6 +130,10 @@ def test_bench_needs_a_model_or_a_file() -> None:
                                                                         "and --precision int8 runs none"),
     (["--model", "tiny", "--backend", "openvino", "--attention", "decomposed,ort-mha"],
      "attention decomposed,ort-mha: several forms are compared on ONNX Runtime"),
+    # bf16 runs on OpenVINO alone, which runs the first form: the second was exported and never measured
+    (["--model", "tiny", "--backend", "onnxruntime,openvino", "--precision", "bf16,int8", "--attention",
+      "decomposed,ort-mha"], "several forms are compared on ONNX Runtime fp32 (OpenVINO runs the first); add "
+                             "onnxruntime to --backend and fp32 to --precision"),
     (["--model", "tiny", "--repeats", "99999999999999999999"], "--repeats"),
 ])
 def test_bench_refuses_bad_input_before_any_work(args: list[str], message: str) -> None:
