@@ -198,6 +198,19 @@ def test_bench_defaults_to_what_runs_the_file(tiny_files: dict[str, Path]) -> No
     assert cfg.precisions == default_precisions(cfg.backends, str(tiny_files["fp32"]))
 
 
+def test_bench_without_openvino_says_its_paths_are_left_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without OpenVINO the default --backend left out half the paths of README's table, unsaid."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "openvino", None)  # not importable, as when not installed
+    result = CliRunner().invoke(main, ["bench", "--model", "tiny", "--steps", "5000"])  # stops before any work
+    assert result.exit_code == 2 and "steps must be an int in [1, 1000]" in result.output
+    assert "note: OpenVINO is not installed, so its paths (plain-ov-f32, plain-ov-bf16, ours-openvino-*" in result.output
+    # asked for by name: its paths are no surprise
+    result = CliRunner().invoke(main, ["bench", "--model", "tiny", "--backend", "onnxruntime", "--steps", "5000"])
+    assert result.exit_code == 2 and "note:" not in result.output
+
+
 def test_bench_refuses_an_existing_json_before_any_work(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     out.write_text("keep me")

@@ -95,6 +95,9 @@ def command(model: str | None, onnx_path: str | None, backends: tuple, precision
                       attention=attention, rewrites=rewrites, batches=batches,
                       threads=threads or get_threads() or len(os.sched_getaffinity(0)), steps=steps, repeats=repeats,
                       peers=peers)
+    if backends is None and "openvino" not in cfg.backends:  # --backend left to what is installed
+        click.echo("note: OpenVINO is not installed, so its paths (plain-ov-f32, plain-ov-bf16, ours-openvino-*, "
+                   "bf16 and int8-bf16) are left out: pip install 'ddpm-export[openvino]'")
     report = run_bench(cfg, log=click.echo)
     click.echo(format_report(report))
     if json_path is not None:
