@@ -33,6 +33,7 @@ process.
 from __future__ import annotations
 
 import dataclasses
+import os
 import statistics
 import tempfile
 import time
@@ -41,13 +42,13 @@ from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
-from ddpm_export.checks import check_exported_from, check_steps
+from ddpm_export.checks import check_exported_from, check_steps, is_int
 from ddpm_export.configbase import check_choice
 from ddpm_export.console import count
 from ddpm_export.contract.choices import ATTENTION_CHOICES, REWRITE_CHOICES
 from ddpm_export.contract.spec import MAX_BATCH
 from ddpm_export.diffusion import Backend, DiffusionConfig, make_scheduler, sample
-from ddpm_export.errors import BadInputError
+from ddpm_export.errors import BadInputError, WrongTypeError
 from ddpm_export.machine import LoadMeter, PeakRss, cpu_info, gemm_ceiling
 from ddpm_export.runtime.backends import CPU_BACKENDS, installed_cpu_backends
 from ddpm_export.runtime.info import ModelInfo, read_info
@@ -98,6 +99,7 @@ class BenchConfig:
     peers: bool = True
 
     def __post_init__(self) -> None:
+        self._check_types()
         if self.model is None and self.onnx is None:
             raise BadInputError("bench needs --model or --onnx")
         if not self.backends:
@@ -131,6 +133,28 @@ class BenchConfig:
                 require_openvino()  # MissingDependencyError naming the extra
             raise BadInputError(f"precision {', '.join(openvino_only)} runs on OpenVINO only (bfloat16 arithmetic); "
                                 f"add openvino to --backend or leave it out of --precision")
+
+    def _check_types(self) -> None:
+        """WrongTypeError naming a field of the wrong type (a library caller's; the CLI parses its
+        options): a str for a tuple was read letter by letter ('backend: n listed twice'), a str
+        batch or steps ended in Python's TypeError, a float repeats and a str peers were taken.
+        A path-like model or onnx is kept as its str, numpy batch sizes as ints (the report is JSON)."""
+        for field in ("model", "onnx"):
+            value = getattr(self, field)
+            if not (value is None or isinstance(value, (str, os.PathLike))):
+                raise WrongTypeError(f"{field} must be a str, a path or None, got {value!r}")
+            object.__setattr__(self, field, None if value is None else os.fspath(value))
+        for field in ("backends", "precisions", "attention", "rewrites", "batches"):
+            values, kind = getattr(self, field), ("int" if field == "batches" else "str")
+            if not isinstance(values, tuple) or not all(is_int(v) if kind == "int" else isinstance(v, str)
+                                                        for v in values):
+                raise WrongTypeError(f"{field} must be a tuple of {kind}, got {values!r}")
+        object.__setattr__(self, "batches", tuple(int(b) for b in self.batches))
+        for field in ("steps", "repeats"):  # threads: check_threads
+            if not is_int(getattr(self, field)):
+                raise WrongTypeError(f"{field} must be an int, got {getattr(self, field)!r}")
+        if not isinstance(self.peers, bool):
+            raise WrongTypeError(f"peers must be a bool, got {self.peers!r}")
 
     def _check_variants(self) -> None:
         """--attention / --rewrites variants are of the fp32 file (int8 files take ``auto``), and

@@ -3,6 +3,7 @@ every field (no timed assertions: speed is what the bench measures, not what a t
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -209,6 +210,35 @@ def test_bench_without_openvino_says_its_paths_are_left_out(monkeypatch: pytest.
     # asked for by name: its paths are no surprise
     result = CliRunner().invoke(main, ["bench", "--model", "tiny", "--backend", "onnxruntime", "--steps", "5000"])
     assert result.exit_code == 2 and "note:" not in result.output
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("backends", "onnxruntime", "backends must be a tuple of str, got 'onnxruntime'"),  # was: 'n listed twice'
+    ("batches", ("1",), "batches must be a tuple of int"),  # was: Python's TypeError from min()
+    ("batches", [1, 2], "batches must be a tuple of int"),
+    ("batches", (True,), "batches must be a tuple of int"),
+    ("steps", "3", "steps must be an int, got '3'"),
+    ("repeats", 2.5, "repeats must be an int, got 2.5"),  # was taken
+    ("peers", "no", "peers must be a bool, got 'no'"),  # was taken, as true
+    ("model", 3, "model must be a str, a path or None, got 3"),
+])
+def test_bench_config_refuses_a_field_of_the_wrong_type(field: str, value: object, message: str) -> None:
+    from ddpm_export.bench import BenchConfig
+    from ddpm_export.errors import WrongTypeError
+
+    with pytest.raises(WrongTypeError, match=re.escape(message)):
+        BenchConfig(**{"model": "tiny", "backends": ("onnxruntime",), field: value})  # type: ignore[arg-type]
+
+
+def test_bench_config_keeps_a_path_as_its_str_and_numpy_batches_as_ints() -> None:
+    """The report is JSON: a Path model or numpy batch size in its config failed json.dumps after the run."""
+    import numpy as np
+
+    from ddpm_export.bench import BenchConfig
+
+    cfg = BenchConfig(model=Path("tiny"), backends=("onnxruntime",), batches=(np.int64(2),))  # type: ignore[arg-type]
+    assert cfg.model == "tiny" and cfg.batches == (2,) and type(cfg.batches[0]) is int
+    json.dumps(dataclasses.asdict(cfg))
 
 
 def test_bench_refuses_an_existing_json_before_any_work(tmp_path: Path) -> None:
