@@ -64,9 +64,9 @@ def command(model: str | None, onnx_path: str | None, backends: tuple, precision
     \b
     Per path and batch: median / p90 ms per step of the whole sampling loop, images/s of a
     full default-length run, speed relative to eager, to the best peer and to the peer on the
-    same engine and precision (with its lowest and highest over the rounds), achieved GFLOP/s
-    and its fraction of a fp32 GEMM ceiling measured in the same run, peak RSS, and the
-    sampler's time outside the model. Prints the CPU model and flags, the thread settings
+    same engine and precision (the last two with their lowest and highest over the rounds),
+    achieved GFLOP/s and its fraction of a fp32 GEMM ceiling measured in the same run, peak
+    RSS, and the sampler's time outside the model. Prints the CPU model and flags, the thread settings
     and the background load seen. Needs the export extra (torch); openvino for OpenVINO paths.
     A path whose engine fails is reported as FAILED and the others are measured on (exit 2 once
     the table and --json are written).
