@@ -577,11 +577,23 @@ def default_precisions(backends: tuple[str, ...], onnx: str | None) -> tuple[str
 
 
 def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Build every path, measure them side by side, return the report (JSON-ready dict)."""
+    """Build every path, measure them side by side, return the report (JSON-ready dict). PyTorch
+    runs on ``cfg.threads`` meanwhile; its thread count is restored afterwards."""
     _check_inputs(cfg)  # first: a mistyped --model is named as one, not as a missing torch
     import torch
 
+    previous = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
+    try:
+        return _run_bench(cfg, log)
+    finally:
+        torch.set_num_threads(previous)  # a library caller's setting, not ours to keep
+
+
+def _run_bench(cfg: BenchConfig, log: Callable[[str], None]) -> dict[str, Any]:
+    """:func:`run_bench` once PyTorch runs on ``cfg.threads``."""
+    import torch
+
     report: dict[str, Any] = {"cpu": cpu_info(), "threads": {"intra_op": cfg.threads, "inter_op": 1,
                               "torch": torch.get_num_threads()},
                               "config": {**dataclasses.asdict(cfg)}, "versions": _versions()}
@@ -611,7 +623,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
         report["results"] = {}
         records = {p["name"]: p for p in report["paths"]}
         for batch in cfg.batches:
-            log(f"measuring batch {batch} ({len(paths)} paths, {cfg.repeats} x {cfg.steps} steps each)")
+            log(f"measuring batch {batch} ({count(len(paths), 'path')}, {cfg.repeats} x {cfg.steps} steps each)")
             report["results"][str(batch)] = _measure(paths, order, batch, cfg, log)
             gemms.append(gemm_ceiling(cfg.threads))
         report["gemm_ceiling"] = {**max(gemms, key=lambda g: g["gflops"]),

@@ -355,3 +355,20 @@ def test_the_background_load_counts_only_the_cpus_this_process_may_use() -> None
     mine, cpu0 = map(int, subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                                          check=True).stdout.split())
     assert 0 <= cpu0 - mine <= 50  # one CPU's jiffies (read a moment later), not the machine's
+
+
+def test_run_bench_restores_the_callers_torch_threads() -> None:
+    """run_bench ran PyTorch on cfg.threads and left it so: an app calling it kept 1 thread after."""
+    import torch
+
+    from ddpm_export.bench import BenchConfig, run_bench
+
+    before = torch.get_num_threads()
+    wanted = 2 if before == 1 else 1
+    cfg = BenchConfig(model="tiny", backends=("onnxruntime",), precisions=("fp32",), batches=(1,), threads=wanted,
+                      steps=1, repeats=1, peers=False)
+    lines: list[str] = []
+    report = run_bench(cfg, log=lines.append)
+    assert report["threads"]["torch"] == wanted  # what the paths ran on
+    assert torch.get_num_threads() == before
+    assert "measuring batch 1 (1 path, 1 x 1 steps each)" in lines
