@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from ddpm_export.analysis.inputs import example_inputs
 from ddpm_export.config import UNetConfig
+from ddpm_export.configbase import ConfigError
 from ddpm_export.errors import BadInputError, NonFiniteOutputError
 from ddpm_export.nn.unet import UNet
 
@@ -135,6 +136,11 @@ def check_erf_size(cfg: UNetConfig, size: int | None) -> int:
     if s != cfg.sample_size and cfg.positional_encoding != "none":
         raise BadInputError(f"--erf-size {s}: this model's {cfg.positional_encoding!r} position codes "
                             f"are fixed to its sample size {cfg.sample_size}")
+    try:  # the config's checks at that size: a 1x1 last level whose norm groups hold one value crashed the pass
+        dataclasses.replace(cfg, sample_size=s,
+                            attention_resolutions=tuple(r * s // cfg.sample_size for r in cfg.attention_resolutions))
+    except ConfigError as e:
+        raise BadInputError(f"--erf-size {s}: the model cannot run at this size ({e})") from e
     return s
 
 

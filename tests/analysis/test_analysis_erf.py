@@ -79,3 +79,18 @@ def test_erf_on_a_larger_input_and_its_limits():
         measure_erf(model, 61, size=31)
     with pytest.raises(BadInputError, match="relative_bias"):
         measure_erf(load_model("kitchen-sink"), 320, size=32)
+
+
+@pytest.mark.parametrize("change", [{"time_conditioning": "adain"}, {"num_groups": 16}])
+def test_an_erf_size_whose_last_level_is_1x1_is_refused_where_its_norms_would_see_one_value(change):
+    """tiny has two levels: at --erf-size 2 the last is 1x1, and an instance norm (AdaIN) or a group
+    of one channel normalizes a single value (torch raised ValueError, a traceback, exit 1): refused
+    like the config refuses that sample size. A norm over more values still runs there."""
+    import dataclasses
+
+    from ddpm_export.nn.weights import build_model
+
+    cfg = dataclasses.replace(load_model("tiny").config, **change)
+    with pytest.raises(BadInputError, match=r"--erf-size 2: the model cannot run at this size \("):
+        measure_erf(build_model(cfg).eval(), 61, timesteps=[500], samples=1, size=2)
+    assert measure_erf(load_model("tiny"), 61, timesteps=[500], samples=1, size=2).map.shape == (2, 2)
