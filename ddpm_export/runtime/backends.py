@@ -24,7 +24,7 @@ import dataclasses
 import importlib.util
 import sys
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 from ddpm_export.configbase import check_choice
 from ddpm_export.diffusion import Backend
@@ -33,14 +33,23 @@ from ddpm_export.threads import check_threads, get_threads
 from ddpm_export.contract.choices import BACKENDS
 from ddpm_export.contract.spec import ExportSpec
 
-__all__ = ["BackendKind", "CPU_BACKENDS", "INFERENCE_PRECISIONS", "SMALL_MODEL_BYTES", "RuntimeOptions",
-           "check_options", "default_threads", "describe_precision", "effective_precision", "installed_cpu_backends",
-           "load_onnx_backend"]
+__all__ = ["BackendKind", "CPU_BACKENDS", "ClosableBackend", "INFERENCE_PRECISIONS", "SMALL_MODEL_BYTES",
+           "RuntimeOptions", "check_options", "default_threads", "describe_precision", "effective_precision",
+           "installed_cpu_backends", "load_onnx_backend"]
 
 #: OpenVINO's inference precision hints (``None``: the plugin's default for this CPU)
 INFERENCE_PRECISIONS: tuple[str, ...] = ("f32", "bf16")
 #: ONNX files smaller than this default to one thread (see the module docstring)
 SMALL_MODEL_BYTES = 16 * 2**20
+
+
+class ClosableBackend(Backend, Protocol):
+    """A backend that holds an engine's resources (a session, compiled models, a CUDA stream and
+    device buffers) until :meth:`close`: every backend ``Pipeline.from_onnx`` / ``from_bundle``
+    opens (ONNX Runtime on any provider, OpenVINO, TensorRT)."""
+
+    def close(self) -> None:
+        """Release the engine's resources (idempotent); a call after it raises BadInputError."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,11 +74,11 @@ class BackendKind:
     extra: str
     module: str
     options: tuple[str, ...]
-    loader: Callable[[Path, ExportSpec, RuntimeOptions], Backend]
+    loader: Callable[[Path, ExportSpec, RuntimeOptions], ClosableBackend]
     small_model_threads: int | None = None  # the default for a file under SMALL_MODEL_BYTES
 
 
-def _onnxruntime(path: Path, spec: ExportSpec, options: RuntimeOptions) -> Backend:
+def _onnxruntime(path: Path, spec: ExportSpec, options: RuntimeOptions) -> ClosableBackend:
     try:  # a core dependency, missing in a half-done swap to onnxruntime-gpu
         from ddpm_export.runtime.onnxruntime_backend import OnnxRuntimeBackend, session_options_for
     except ModuleNotFoundError as e:
@@ -81,7 +90,7 @@ def _onnxruntime(path: Path, spec: ExportSpec, options: RuntimeOptions) -> Backe
     return OnnxRuntimeBackend.from_path(path, spec, providers=options.providers, session_options=opts)
 
 
-def _openvino(path: Path, spec: ExportSpec, options: RuntimeOptions) -> Backend:
+def _openvino(path: Path, spec: ExportSpec, options: RuntimeOptions) -> ClosableBackend:
     from ddpm_export.runtime.openvino_backend import OpenVinoBackend
 
     return OpenVinoBackend(path, spec, threads=options.threads, inference_precision=options.inference_precision)
@@ -161,7 +170,7 @@ def default_threads(path: str | Path, backend: str = "onnxruntime") -> int | Non
     return CPU_BACKENDS[backend].small_model_threads if size < SMALL_MODEL_BYTES else None
 
 
-def load_onnx_backend(backend: str, path: str | Path, spec: ExportSpec, options: RuntimeOptions) -> Backend:
+def load_onnx_backend(backend: str, path: str | Path, spec: ExportSpec, options: RuntimeOptions) -> ClosableBackend:
     """The ``backend`` (one of :data:`CPU_BACKENDS`) on the ONNX file ``path``."""
     check_options(backend, options)
     kind = CPU_BACKENDS[backend]

@@ -36,7 +36,7 @@ class OnnxRuntimeBackend:
 
     def __init__(self, session: ort.InferenceSession, spec: ExportSpec, *, source: str = "the session") -> None:
         check_graph(session.get_inputs(), session.get_outputs(), spec, source=source)
-        self.session = session
+        self.session: ort.InferenceSession | None = session  # None once closed
         self.spec = spec
         self.source = source
         #: whether TensorRT may compute the graph in fp16 (the session runs on it with ``trt_fp16_enable``)
@@ -50,11 +50,19 @@ class OnnxRuntimeBackend:
     def __call__(self, x_t: np.ndarray, t: np.ndarray, cond: np.ndarray | None) -> np.ndarray:
         feeds = feeds_for(self.spec, x_t, t, cond)
         self.spec.check_inputs(feeds)
+        session = self.session
+        if session is None:
+            raise BadInputError(f"{self.source}: this ONNX Runtime backend is closed; load the file again")
         try:
-            return self.session.run([OUT_NAME], feeds)[0]
+            return session.run([OUT_NAME], feeds)[0]
         except Exception as e:  # ONNX Runtime's Fail, RuntimeException, ... derive from Exception only
             raise EngineError(f"{self.source}: ONNX Runtime failed on a model call at batch {x_t.shape[0]} "
                               f"({run_error(e)})") from e
+
+    def close(self) -> None:
+        """Drop the session (its memory; a GPU provider's device memory and CUDA stream with it);
+        idempotent. A call after it raises BadInputError."""
+        self.session = None
 
 
 def create_session(path: str | Path, *, providers: Sequence[Any] | None = None,

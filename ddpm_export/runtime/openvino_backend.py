@@ -97,6 +97,7 @@ class OpenVinoBackend:
         self._compiled: dict[int, Any] = {}  # batch -> compiled model, least recently used first
         self._pending: dict[int, concurrent.futures.Future[Any]] = {}  # batch -> its compilation under way
         self._lock = threading.Lock()
+        self._closed = False
         compiled = self._compiled_for(spec.opt_batch)
         self.threads = int(compiled.get_property("INFERENCE_NUM_THREADS"))
         #: the precision OpenVINO actually computes in ("f32" or "bf16"), whatever was asked for
@@ -174,6 +175,8 @@ class OpenVinoBackend:
     def __call__(self, x_t: np.ndarray, t: np.ndarray, cond: np.ndarray | None) -> np.ndarray:
         feeds = feeds_for(self.spec, x_t, t, cond)
         self.spec.check_inputs(feeds)
+        if self._closed:
+            raise BadInputError(f"{self._path}: this OpenVINO backend is closed; load the file again")
         request = self._request(int(x_t.shape[0]))
         try:
             request.infer(feeds)
@@ -182,6 +185,15 @@ class OpenVinoBackend:
                               f"({_engine_message(e)})") from e
         # the request reuses its output buffer on the next call: hand out a copy
         return np.array(request.get_output_tensor(self.output_index).data, dtype=np.float32, copy=True)
+
+    def close(self) -> None:
+        """Drop the compiled models and every thread's infer requests (their memory, a copy of the
+        weights per batch size); idempotent. A call after it raises BadInputError."""
+        with self._lock:
+            self._closed = True
+            self._compiled.clear()
+            self._model = None  # the model read from the file (its weights)
+        self._local = threading.local()  # the requests of every thread go with the old one
 
 
 class _GraphArg(NamedTuple):

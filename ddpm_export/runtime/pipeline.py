@@ -30,7 +30,7 @@ from ddpm_export.contract.info import ModelInfo
 from ddpm_export.diffusion import SCHEDULERS, Backend, DiffusionConfig, make_scheduler, sample, sampler_config
 from ddpm_export.errors import BadInputError, TargetMismatchWarning, WrongTypeError
 from ddpm_export.files import enclosing_bundle
-from ddpm_export.runtime.backends import CPU_BACKENDS, describe_precision
+from ddpm_export.runtime.backends import CPU_BACKENDS, ClosableBackend, describe_precision
 from ddpm_export.runtime.integrity import check_finite
 
 __all__ = ["Pipeline", "SampleRequest", "check_n", "chunk_seed", "warn_on_target_mismatch"]
@@ -111,6 +111,9 @@ class Pipeline:
             :class:`ddpm_export.diffusion.Backend`).
         info: the exported file's metadata (:class:`ModelInfo`).
         source: where it came from, for messages.
+
+    :meth:`close` (or a ``with`` block) releases the backend that :meth:`from_onnx` /
+    :meth:`from_bundle` opened; a backend given to ``Pipeline(backend, ...)`` stays its owner's to close.
     """
 
     def __init__(self, backend: Backend, info: ModelInfo, *, source: str = "model") -> None:
@@ -118,6 +121,37 @@ class Pipeline:
         self.backend = backend
         self.info = info
         self.source = source
+        self._opened: ClosableBackend | None = None  # the backend from_onnx / from_bundle opened: close() releases it
+        self._closed = False
+
+    @classmethod
+    def _opening(cls, backend: ClosableBackend, info: ModelInfo, source: str) -> "Pipeline":
+        """A Pipeline that owns ``backend`` (closed with it; closed at once if ``info`` is refused)."""
+        try:
+            pipe = cls(backend, info, source=source)
+        except BaseException:
+            backend.close()
+            raise
+        pipe._opened = backend
+        return pipe
+
+    def close(self) -> None:
+        """Release the backend this Pipeline opened (a session, compiled models, TensorRT's CUDA stream
+        and device buffers); idempotent. :meth:`sample` and :meth:`run` after it raise BadInputError."""
+        self._closed = True
+        opened, self._opened = self._opened, None
+        if opened is not None:
+            opened.close()
+
+    def __enter__(self) -> "Pipeline":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise BadInputError(f"{self.source}: this Pipeline is closed; load it again to sample")
 
     @classmethod
     def from_onnx(cls, path: str | Path, *, backend: BackendName = "onnxruntime", threads: int | None = None,
@@ -153,7 +187,7 @@ class Pipeline:
             warn_on_target_mismatch(path, info, backend)
             options = RuntimeOptions(threads=threads, inference_precision=inference_precision, providers=providers,
                                      session_options=session_options)
-            return cls(load_onnx_backend(backend, path, info.spec, options), info, source=str(path))
+            return cls._opening(load_onnx_backend(backend, path, info.spec, options), info, str(path))
         if threads is not None or inference_precision is not None:
             raise BadInputError(f"threads and inference_precision apply to the CPU backends, not {backend!r}")
         from ddpm_export.runtime.ort_gpu import gpu_backend
@@ -161,8 +195,8 @@ class Pipeline:
         if providers is not None:
             raise BadInputError(f"providers apply to backend='onnxruntime'; {backend!r} chooses its own")
         info = read_info(path)
-        return cls(gpu_backend(path, backend, info.spec, device=device, fp16=trt_fp16, cache_dir=trt_cache_dir,
-                               session_options=session_options), info, source=str(path))
+        return cls._opening(gpu_backend(path, backend, info.spec, device=device, fp16=trt_fp16, cache_dir=trt_cache_dir,
+                                        session_options=session_options), info, str(path))
 
     @classmethod
     def from_bundle(cls, directory: str | Path, *, onnx: str | Path | None = None, backend: BackendName = "onnxruntime",
@@ -208,7 +242,7 @@ class Pipeline:
         info = ModelInfo.from_metadata(entry["metadata"], source=f"{folder / bundle_mod.MANIFEST}")
         engine = TensorRTBackend(folder / entry["engines"][0], info.spec,
                                  onnx_sha256=manifest.sha256(entry["onnx"]), device=device)
-        return cls(engine, info, source=str(folder / entry["engines"][0]))
+        return cls._opening(engine, info, str(folder / entry["engines"][0]))
 
     # --- what it accepts ---------------------------------------------------------------
     @property
@@ -263,6 +297,7 @@ class Pipeline:
         equals one ``sample`` call with ``seed``, and results depend on the exported
         ``max_batch``. A last chunk smaller than the exported ``min_batch`` is refused.
         """
+        self._check_open()
         _check_run_options(progress, callback)
         req = SampleRequest(self.info, n, steps=steps, sampler=sampler, seed=seed, eta=eta,
                             guidance_scale=guidance_scale, classes=classes, context=context, x_T=x_T)
@@ -274,6 +309,7 @@ class Pipeline:
         and ``callback`` are checked as :meth:`sample` checks them, before the first model call."""
         if not isinstance(req, SampleRequest):
             raise WrongTypeError(f"req must be a SampleRequest (or call Pipeline.sample), got {type(req).__name__}")
+        self._check_open()
         _check_run_options(progress, callback)
         total = req.steps * len(req.chunks)
         outputs = []

@@ -55,6 +55,7 @@ class TensorRTBackend:
         check_sidecar(engine_path, sidecar, onnx_sha256=None, tensorrt_version=trt.__version__,
                       compute_capability=f"{props.major}.{props.minor}")
         self.spec = spec
+        self._path = engine_path
         self._device = device
         self._check(cudart.cudaSetDevice(device))
         self._logger = trt.Logger(trt.Logger.WARNING)
@@ -80,6 +81,8 @@ class TensorRTBackend:
         cudart = self._cudart
         h2d, d2h = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
         with self._lock:
+            if self._stream is None:
+                raise BadInputError(f"{self._path}: this TensorRT backend is closed; load the engine again")
             self._check(cudart.cudaSetDevice(self._device))  # the current device is per thread
             hosts = []  # keep the host arrays alive until the stream is synchronised
             for name, value in feeds.items():
@@ -123,15 +126,18 @@ class TensorRTBackend:
         return values[0] if len(values) == 1 else (tuple(values) or None)
 
     def close(self) -> None:
-        """Free the device buffers and the stream."""
+        """Free the device buffers, the stream, the execution context and the engine (idempotent); a
+        call after it raises BadInputError."""
         with self._lock:
+            if self._stream is None:
+                return
             self._check(self._cudart.cudaSetDevice(self._device))
             for ptr, _ in self._buffers.values():
                 self._cudart.cudaFree(ptr)
             self._buffers.clear()
-            if self._stream is not None:
-                self._cudart.cudaStreamDestroy(self._stream)
-                self._stream = None
+            self._cudart.cudaStreamDestroy(self._stream)
+            self._stream = None
+            self.context = self.engine = None  # the context's activation memory, the engine's weights
 
     def __enter__(self) -> "TensorRTBackend":
         return self

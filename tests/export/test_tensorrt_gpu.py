@@ -14,6 +14,7 @@ pytest.importorskip("torch")
 
 from ddpm_export.cli import main  # noqa: E402
 from ddpm_export.contract.metadata import sha256_file  # noqa: E402
+from ddpm_export.errors import BadInputError  # noqa: E402
 from ddpm_export.export.onnx import export_onnx  # noqa: E402
 from ddpm_export.export.tensorrt import build_engine, engine_onnx_path  # noqa: E402
 from ddpm_export.export.trt_failures import BuildFailed  # noqa: E402
@@ -75,6 +76,13 @@ def test_fp32_engine_matches_onnx_runtime(tiny, tmp_path):
     max_abs = errors(out, ref)[0]
     print(f"fp32 engine vs ONNX Runtime fp32: max abs {max_abs:.2e}")
     assert max_abs < 1e-4  # TF32 off
+    from ddpm_export.runtime.tensorrt import TensorRTBackend
+
+    backend = TensorRTBackend(engine, read_info(tiny["decomposed"]).spec)
+    backend.close()
+    backend.close()  # idempotent: Pipeline.close() may reach it after a `with` block did
+    with pytest.raises(BadInputError, match=r"tiny32.plan: this TensorRT backend is closed; load the engine again"):
+        backend(feeds["x_t"], feeds["t"], feeds.get("class_labels"))
 
 
 def test_version_compatible_ampere_plus_engine_runs(tiny, tmp_path):

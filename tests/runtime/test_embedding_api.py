@@ -26,7 +26,7 @@ from onnx import helper, numpy_helper  # noqa: E402
 from ddpm_export.cli import main  # noqa: E402
 from ddpm_export.errors import (BadInputError, EngineError, MissingDependencyError, WrongTypeError,  # noqa: E402
                                 describe, exit_status)
-from ddpm_export.runtime import Pipeline  # noqa: E402
+from ddpm_export.runtime import Pipeline, SampleRequest  # noqa: E402
 
 from runtime_exports import exported  # noqa: E402
 
@@ -301,6 +301,40 @@ def test_from_onnx_says_where_the_tensorrt_backend_runs(tiny_onnx: Path) -> None
                                             r"folder, backend='tensorrt'\); from_onnx runs 'onnxruntime', 'openvino', "
                                             r"'ort-cuda', 'ort-tensorrt'$"):
         Pipeline.from_onnx(tiny_onnx, backend="tensorrt")
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", pytest.param("openvino", marks=needs_openvino)])
+def test_a_pipeline_closes_the_backend_it_opened(tiny_onnx: Path, tmp_path: Path, backend: str) -> None:
+    """Pipeline had no close(): an app reloading Pipeline.from_bundle(..., backend='tensorrt') leaked
+    the engine's CUDA stream and device buffers per reload. close() releases the opened backend,
+    once; sampling after it is a BadInputError, not a crash inside the engine."""
+    from ddpm_export.runtime import make_bundle
+
+    shutil.copy(tiny_onnx, tmp_path / "tiny.onnx")
+    make_bundle([tmp_path / "tiny.onnx"], tmp_path / "b")
+    with Pipeline.from_bundle(tmp_path / "b", backend=backend) as pipe:
+        first = pipe.sample(2, steps=2, progress=False)
+    assert first.shape == (2, 3, 16, 16) and np.isfinite(first).all()
+    pipe.close()  # a second close does nothing
+    with pytest.raises(BadInputError, match=r"b/tiny.onnx: this Pipeline is closed; load it again to sample"):
+        pipe.sample(2, steps=2, progress=False)
+    with pytest.raises(BadInputError, match="this Pipeline is closed"):
+        pipe.run(SampleRequest(pipe.info, 2, steps=2, sampler=None, seed=0, eta=None, guidance_scale=1.0,
+                               classes=None, context=None, x_T=None))
+    x, t = np.zeros((2, 3, 16, 16), np.float32), np.zeros(2, np.int64)
+    with pytest.raises(BadInputError, match=f"this {'ONNX Runtime' if backend == 'onnxruntime' else 'OpenVINO'} "
+                                            f"backend is closed; load the file again"):
+        pipe.backend(x, t, None)
+    again = Pipeline.from_onnx(tmp_path / "tiny.onnx", backend=backend)
+    np.testing.assert_array_equal(again.sample(2, steps=2, progress=False), first)  # the file is as it was
+    again.close()
+
+
+def test_a_pipeline_leaves_a_backend_it_was_given_open(tiny_onnx: Path) -> None:
+    owner = Pipeline.from_onnx(tiny_onnx)
+    with Pipeline(owner.backend, owner.info) as borrowed:
+        borrowed.sample(1, steps=1, progress=False)
+    assert owner.sample(1, steps=1, progress=False).shape == (1, 3, 16, 16)  # the backend is still its owner's
 
 
 def test_numpy_integers_are_accepted_wherever_ints_are(tiny_onnx: Path) -> None:
