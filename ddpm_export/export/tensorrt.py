@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 import shutil
 import time
@@ -33,7 +34,7 @@ from ddpm_export.contract import metadata as md
 from ddpm_export.contract.info import ModelInfo
 from ddpm_export.contract.sidecar import make_sidecar, sidecar_path, sidecar_text
 from ddpm_export.contract.spec import ExportSpec
-from ddpm_export.errors import BadInputError, InputNotFoundError, MissingDependencyError
+from ddpm_export.errors import BadInputError, InputNotFoundError, MissingDependencyError, OutputExistsError
 from ddpm_export.export import fp16_pass, trt_build
 from ddpm_export.export.trt_options import BuildOptions, builder_config
 from ddpm_export.files import (atomic_file, atomic_files, made_parents, refuse_existing_file, remove_leftovers,
@@ -150,6 +151,7 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, *, fp16: bool |
     graph_out = engine_onnx_path(engine_path) if convert or keep_onnx else None
     remove_leftovers(engine_path)  # the scratch folder of a build that was killed
     refuse_outputs(engine_path, graph_out, options, force)
+    stale = stale_graph(engine_path, graph_out, source.onnx_path, force)
     require_gpu(f"cannot build {engine_path}", TensorRTUnavailable)
     check_tensorrt_version(options)
     gpu = _gpu_info()  # before the build: an engine whose GPU is unknown could not be checked where it runs
@@ -163,8 +165,11 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, *, fp16: bool |
         info = plan.sidecar(_trt_version(), gpu, seconds, options, converted_from=source if convert else None)
         info["onnx_file"] = graph_out.name if graph_out is not None else info["onnx_file"]
         _write(engine_path, engine_bytes, plan.onnx_path, graph_out, cache, options, info, force)
+    if stale is not None:  # only now: a failed build keeps the earlier engine with its graph
+        stale.unlink(missing_ok=True)
     log(f"wrote {engine_path} ({engine_path.stat().st_size / 2**20:.1f} MiB) and {side.name} in {seconds:.1f} s"
-        + (f"; the graph it was built from: {graph_out.name}" if graph_out is not None else ""))
+        + (f"; the graph it was built from: {graph_out.name}" if graph_out is not None else "")
+        + (f"; removed {stale.name}, an earlier build's graph" if stale is not None else ""))
     return info
 
 
@@ -180,6 +185,22 @@ def refuse_outputs(engine_path: str | Path, graph_out: Path | None, options: Bui
             refuse_existing_file(options.timing_cache, force=True)  # read, then replaced: it may exist
         except BadInputError as e:
             raise BadInputError(f"--timing-cache: {e}") from None
+
+
+def stale_graph(engine_path: Path, graph_out: Path | None, onnx_path: Path, force: bool) -> Path | None:
+    """``<engine>.onnx`` of an earlier build (an fp16 conversion) when this build writes none: the new
+    engine's sidecar does not match it, so verifying or bundling the engine with it fails on its sha256.
+    Refused unless ``force``, then returned (removed once the new engine is in place); None when there is
+    none, this build writes it, or it is the file this build reads."""
+    old = engine_onnx_path(engine_path)
+    if graph_out is not None or not os.path.lexists(old) or os.path.isdir(old):
+        return None
+    if os.path.exists(onnx_path) and os.path.exists(old) and os.path.samefile(old, onnx_path):
+        return None  # `trt --onnx e.plan.onnx -o e.plan`: the engine is built from it
+    if not force:
+        raise OutputExistsError(f"{old} exists, the graph an earlier build of {engine_path.name} was made from; this "
+                                f"build writes none, and the new engine would not match it: pass --force to remove it")
+    return old
 
 
 def _trt_version() -> str:

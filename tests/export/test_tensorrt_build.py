@@ -78,6 +78,29 @@ def test_existing_engine_is_refused_without_force(onnx_files, tmp_path):
     assert engine.read_bytes() == b"old engine"
 
 
+def test_an_earlier_builds_graph_is_refused_without_force_and_kept_until_a_new_engine(onnx_files, tmp_path):
+    """`trt --onnx x.onnx -o e.plan --force` over an earlier `--fp16` build left its e.plan.onnx (the
+    converted graph) beside the new engine, whose sidecar it does not match. Without --force it is
+    refused up front; with it, removed only once the new engine is written (the build needs a GPU:
+    tests/export/test_tensorrt_gpu.py); the file a build reads is never its stale graph."""
+    from ddpm_export.export.tensorrt import stale_graph
+
+    engine, stale = tmp_path / "e.plan", tmp_path / "e.plan.onnx"
+    stale.write_bytes(b"an earlier build's fp16 graph")
+    result = CliRunner().invoke(main, ["trt", "--onnx", str(onnx_files["fp32"]), "-o", str(engine)])
+    assert result.exit_code == 2, result.output
+    assert (f"{stale} exists, the graph an earlier build of e.plan was made from; this build writes none, and the "
+            f"new engine would not match it: pass --force to remove it") in " ".join(result.output.split())
+    assert stale.read_bytes() == b"an earlier build's fp16 graph" and sorted(tmp_path.iterdir()) == [stale]
+    assert stale_graph(engine, None, onnx_files["fp32"], force=True) == stale  # removed after the new engine
+    assert stale_graph(engine, stale, onnx_files["fp32"], force=False) is None  # this build writes it (--fp16)
+    assert stale_graph(engine, None, stale, force=False) is None  # `trt --onnx e.plan.onnx -o e.plan`
+    if tensorrt_missing() is not None:
+        result = CliRunner().invoke(main, ["trt", "--onnx", str(onnx_files["fp32"]), "-o", str(engine), "--force"])
+        assert result.exit_code == 2 and "tensorrt" in result.output.lower(), result.output
+        assert sorted(tmp_path.iterdir()) == [stale]  # no new engine: the earlier graph stays
+
+
 @pytest.mark.tensorrt
 def test_build_writes_engine_and_matching_sidecar(onnx_files, tmp_path):
     for precision, path in onnx_files.items():

@@ -85,6 +85,21 @@ def test_fp32_engine_matches_onnx_runtime(tiny, tmp_path):
         backend(feeds["x_t"], feeds["t"], feeds.get("class_labels"))
 
 
+def test_a_forced_fp32_rebuild_removes_the_fp16_builds_graph(tiny, tmp_path):
+    """The converted graph of an earlier --fp16 build stayed beside the fp32 engine built over it."""
+    engine, graph = tmp_path / "e.plan", tmp_path / "e.plan.onnx"
+    runner = CliRunner()
+    assert runner.invoke(main, ["trt", "--onnx", str(tiny["decomposed"]), "--fp16", "-o", str(engine)]).exit_code == 0
+    rebuilt = runner.invoke(main, ["trt", "--onnx", str(graph), "-o", str(engine), "--force"])  # from its own graph
+    assert rebuilt.exit_code == 0, rebuilt.output
+    assert graph.is_file() and json.loads(engine.with_name("e.plan.json").read_text())["onnx_sha256"] == \
+        sha256_file(graph)
+    result = runner.invoke(main, ["trt", "--onnx", str(tiny["decomposed"]), "-o", str(engine), "--force"])
+    assert result.exit_code == 0, result.output
+    assert not graph.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["e.plan", "e.plan.json"]
+    assert json.loads(engine.with_name("e.plan.json").read_text())["onnx_sha256"] == sha256_file(tiny["decomposed"])
+
+
 def test_version_compatible_ampere_plus_engine_runs(tiny, tmp_path):
     engine = tmp_path / "vc.plan"
     info = build_engine(tiny["decomposed"], engine, options=BuildOptions(
