@@ -125,6 +125,8 @@ def main() -> int:
         step("inspect --profile --engine fp32", "inspect", "--model", m, "--profile", "--profile-runs", "3",
              "--erf-samples", "1", "--engine", str(out / "fp32.plan"), "--json", str(report), report=report,
              detail=_profile_detail)
+    else:
+        ROWS.append(("inspect --profile --engine fp32", "SKIP", "0.0", "no fp32.plan (its build did not pass)"))
     for backend in ("ort-cuda", "ort-tensorrt"):
         report = out / f"{backend}.report.json"
         step(f"verify {backend}", "verify", "--model", m, "--onnx", str(fp32), "--backend", backend,
