@@ -18,38 +18,73 @@ INSTALL_HINT = "on a machine with an NVIDIA GPU: pip install 'ddpm-export[gpu]'"
 
 
 def import_tensorrt(what: str = "TensorRT") -> Any:
-    """The ``tensorrt`` module; MissingDependencyError saying ``what`` needs it and how to install it."""
+    """The ``tensorrt`` module; MissingDependencyError saying ``what`` needs it, why it cannot be
+    imported (:func:`_unusable`) and how to install it."""
     try:
-        import tensorrt
-    except ImportError as e:
-        raise MissingDependencyError(f"{what} needs the 'tensorrt' package (TensorRT >= 10), which is not "
-                                     f"installed; {INSTALL_HINT}") from e
-    return tensorrt
+        return _load_tensorrt()
+    except (ImportError, OSError) as e:
+        raise MissingDependencyError(f"{what} needs TensorRT >= 10: {_unusable('tensorrt', e)}") from e
 
 
 def import_cudart(what: str = "TensorRT") -> Any:
     """cuda-python's runtime module (``cuda.bindings.runtime`` from 12.6, ``cuda.cudart`` before)."""
     try:
+        return _load_cudart()
+    except (ImportError, OSError) as e:
+        raise MissingDependencyError(f"{what} needs cuda-python for device buffers: "
+                                     f"{_unusable('cuda-python', e)}") from e
+
+
+def _load_tensorrt() -> Any:
+    import tensorrt  # OSError too: a library its __init__ loads with ctypes
+
+    return tensorrt
+
+
+def _load_cudart() -> Any:
+    """cuda-python's runtime module, or the import error of the one that is installed."""
+    try:
         from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
-    except ImportError:
+    except (ImportError, OSError) as new:
         try:
             from cuda import cudart  # older cuda-python
-        except ImportError as e:
-            raise MissingDependencyError(f"{what} needs the 'cuda-python' package for device buffers, which is "
-                                         f"not installed; pip install 'ddpm-export[gpu]'") from e
+        except (ImportError, OSError) as old:
+            raise (old if _found("cuda.cudart") and not _found("cuda.bindings") else new) from None
     return cudart
 
 
-def gpu_missing() -> str | None:
-    """Why nothing can run on TensorRT here -- no tensorrt, no cuda-python, no driver or no GPU --
-    or None. Checked before work that would be wasted (an export, a build), importing nothing
-    heavier than cuda-python."""
-    if importlib.util.find_spec("tensorrt") is None:
-        return f"the 'tensorrt' package is not installed; {INSTALL_HINT}"
+#: the modules each optional package is installed as (cuda-python's runtime API: newest first)
+_MODULES = {"tensorrt": ("tensorrt",), "cuda-python": ("cuda.bindings", "cuda.cudart")}
+
+
+def _found(module: str) -> bool:
+    """Whether ``module`` is installed (found on the path, not imported)."""
     try:
-        rt = import_cudart()
-    except MissingDependencyError:
-        return f"the 'cuda-python' package is not installed; {INSTALL_HINT}"
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a parent package missing (or blocked)
+        return False
+
+
+def _unusable(package: str, error: BaseException) -> str:
+    """Why ``package`` cannot be imported: not installed, or installed but failing to import (e.g. a
+    shared library it loads is missing: ``error`` kept), with how to install it."""
+    if not any(map(_found, _MODULES[package])):
+        return f"the '{package}' package is not installed; {INSTALL_HINT}"
+    return (f"the '{package}' package is installed but fails to import ({type(error).__name__}: {error}); "
+            f"reinstall it (with its CUDA/TensorRT libraries) {INSTALL_HINT}")
+
+
+def gpu_missing() -> str | None:
+    """Why nothing can run on TensorRT here -- tensorrt or cuda-python missing or failing to import,
+    no driver or no GPU -- or None. Checked before work that would be wasted (an export, a build)."""
+    try:
+        _load_tensorrt()
+    except (ImportError, OSError) as e:
+        return _unusable("tensorrt", e)
+    try:
+        rt = _load_cudart()
+    except (ImportError, OSError) as e:
+        return _unusable("cuda-python", e)
     try:
         err, count = rt.cudaGetDeviceCount()
     except Exception as e:  # noqa: BLE001 - a driver missing altogether raises instead of returning an error

@@ -25,8 +25,8 @@ from typing import Callable
 
 ROWS: list[tuple[str, str, str, str]] = []
 #: what the CLI says (exit 2) when a package, the GPU or an execution provider is missing here
-ENVIRONMENT = ("package is not installed", "no CUDA GPU is visible", "CUDA is not usable here",
-               "install onnxruntime-gpu", "ONNX Runtime fell back to")
+ENVIRONMENT = ("package is not installed", "package is installed but fails to import", "no CUDA GPU is visible",
+               "CUDA is not usable here", "install onnxruntime-gpu", "ONNX Runtime fell back to")
 
 
 def cli(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:

@@ -70,6 +70,40 @@ def test_without_tensorrt_the_build_says_why_and_writes_nothing(onnx_files, tmp_
     assert list(tmp_path.iterdir()) == []
 
 
+def _with_broken(tmp_path, package, message):
+    """A real broken install: ``package``'s __init__.py raises ImportError(``message``), first on the path."""
+    import os
+
+    folder = tmp_path / "site" / package
+    folder.mkdir(parents=True)
+    (folder / "__init__.py").write_text(f"raise ImportError({message!r})\n")
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path / "site"),
+                                                                     os.environ.get("PYTHONPATH")]))}
+
+
+def test_a_tensorrt_that_fails_to_import_is_named_so_with_its_error(onnx_files, tmp_path):
+    """An installed tensorrt whose libnvinfer is missing was reported as "not installed", its
+    ImportError dropped: reinstalling the package was the advice, the missing library unnamed."""
+    import subprocess
+    import sys
+
+    env = _with_broken(tmp_path, "tensorrt", "libnvinfer.so.10: cannot open shared object file")
+    engine = tmp_path / "out" / "e.plan"
+    proc = subprocess.run([sys.executable, "-m", "ddpm_export", "trt", "--onnx", str(onnx_files["fp32"]), "-o",
+                           str(engine)], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert (f"cannot build {engine}: the 'tensorrt' package is installed but fails to import (ImportError: "
+            f"libnvinfer.so.10: cannot open shared object file); reinstall it (with its CUDA/TensorRT libraries) on a "
+            f"machine with an NVIDIA GPU: pip install 'ddpm-export[gpu]'") in " ".join(proc.stderr.split())
+    assert "Traceback" not in proc.stderr and not (tmp_path / "out").exists()
+    code = ("from ddpm_export.gpu import import_cudart\n"
+            "try:\n    import_cudart('the test')\nexcept ImportError as e:\n    print(e)\n")
+    env = _with_broken(tmp_path / "cuda-python", "cuda/bindings", "libcudart.so.12: cannot open shared object file")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120).stdout
+    assert out.startswith("the test needs cuda-python for device buffers: the 'cuda-python' package is installed but "
+                          "fails to import (ImportError: libcudart.so.12: cannot open shared object file)"), out
+
+
 def test_existing_engine_is_refused_without_force(onnx_files, tmp_path):
     engine = tmp_path / "tiny.plan"
     engine.write_bytes(b"old engine")
