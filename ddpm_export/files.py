@@ -136,9 +136,13 @@ def require_suffix(flag: str, path: str | Path | None, suffix: str) -> None:
 
 
 def refuse_nameless_folder(path: str | Path) -> None:
-    """Refuse an output folder ``path`` that names no folder of its own (``""``, ``.``, ``a/..``)."""
+    """Refuse an output folder ``path`` that names no folder of its own (``""``, ``.``, ``a/..``) or is
+    ``"-"`` as typed (stdout, as :func:`refuse_existing` refuses it for a file)."""
     if names_no_file(path):
         raise BadInputError(f"output folder {str(path)!r} names no folder of its own; give the new folder's name")
+    if isinstance(path, str) and path == "-":  # the option as typed (Path("./-") prints as "-" too)
+        raise BadInputError("output folder '-': writing to stdout is not supported; give a folder name "
+                            "(or ./- for a folder of that name)")
 
 
 @dataclasses.dataclass(frozen=True)

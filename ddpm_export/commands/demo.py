@@ -59,8 +59,8 @@ def command(model: str | None, out_dir: str, ddpm_steps: int | None, force: bool
     start = time.perf_counter()
     model = default_model() if model is None else model
     check_model_name(model)  # "" is not the default model
+    refuse_nameless_folder(out_dir)  # as typed: '-' is refused, ./- is a folder of that name
     out = Path(out_dir)
-    refuse_nameless_folder(out)
     refuse_inside({"--out": out}, {"--model": model if Path(model).exists() else None, **input_files(model=model)},
                   "replacing the folder would delete the model; choose a new folder")
     if ddpm_steps is not None:  # before minutes of export and sampling

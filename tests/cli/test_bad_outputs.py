@@ -591,6 +591,24 @@ def test_a_dash_is_not_taken_for_a_file_named_dash(tmp_path, tiny, monkeypatch, 
         assert result.exit_code == 0 and (tmp_path / "-").is_file(), result.output
 
 
+@pytest.mark.parametrize("command", [["bundle", "--onnx", "TINY", "-o"], ["triton", "--bundle", "BUNDLE", "-o"],
+                                     ["demo", "--model", "tiny", "--out"]], ids=["bundle", "repository", "demo"])
+def test_a_dash_is_not_taken_for_a_folder_named_dash(tmp_path, tiny, monkeypatch, command):
+    """`bundle -o -`, `triton -o -` and `demo --out -` made a folder named '-', where a file output
+    refuses '-'; ./- is a folder of that name."""
+    bundle = tmp_path / "bundle"
+    assert run(["bundle", "--onnx", tiny, "-o", bundle]).exit_code == 0
+    monkeypatch.chdir(tmp_path)
+    args = [str(tiny) if a == "TINY" else str(bundle) if a == "BUNDLE" else a for a in command]
+    for force in ([], ["--force"]):
+        out = expect_failure([*args, "-", *force], 2, "output folder '-': writing to stdout is not supported; give a "
+                             r"folder name \(or ./- for a folder of that name\)", watch=[tmp_path])
+        assert len(out.splitlines()) == 1, out
+    if command[0] == "bundle":
+        result = run([*args, "./-"])
+        assert result.exit_code == 0 and (tmp_path / "-" / "manifest.json").is_file(), result.output
+
+
 def test_a_failed_write_removes_the_folders_it_created(tmp_path):
     """atomic_file and atomic_dir create missing parent folders; when the write fails, the ones
     still empty go again, deepest first, and a folder that something else wrote into stays."""
