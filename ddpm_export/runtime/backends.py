@@ -29,6 +29,7 @@ from typing import Any, Callable, Protocol, Sequence
 from ddpm_export.configbase import check_choice
 from ddpm_export.diffusion import Backend
 from ddpm_export.errors import BadInputError, MissingDependencyError, describe
+from ddpm_export.runtime.onnx_wire import scan_external_data
 from ddpm_export.threads import check_threads, get_threads
 from ddpm_export.contract.choices import BACKENDS
 from ddpm_export.contract.spec import ExportSpec
@@ -163,10 +164,8 @@ def default_threads(path: str | Path, backend: str = "onnxruntime") -> int | Non
     """The backend's thread count for a small model (ONNX file < :data:`SMALL_MODEL_BYTES`), else
     None (the engine's default: every core)."""
     path = Path(path)
-    size = path.stat().st_size
-    data = path.with_name(path.name + ".data")
-    if data.is_file():
-        size += data.stat().st_size
+    data = [path.parent / name for name in scan_external_data(path) or ()]  # its weights, under any name
+    size = path.stat().st_size + sum(f.stat().st_size for f in data if f.is_file())
     return CPU_BACKENDS[backend].small_model_threads if size < SMALL_MODEL_BYTES else None
 
 

@@ -46,6 +46,7 @@ from ddpm_export.files import (BUNDLE_FORMAT, BUNDLE_MANIFEST, OutputFolder, ato
                                refuse_inside, refuse_nameless_folder)
 from ddpm_export.jsonio import parse_json
 from ddpm_export.runtime.info import read_metadata
+from ddpm_export.runtime.onnx_wire import scan_external_data
 
 __all__ = ["FORMAT", "MANIFEST", "BundleError", "Manifest", "make_bundle", "read_manifest", "verify_bundle"]
 
@@ -365,17 +366,13 @@ def _check_make_arguments(onnx: Any, out: Any, engines: Any, force: Any) -> None
 
 
 def external_data_files(path: Path) -> list[Path]:
-    """The external-data files the ONNX file ``path`` names (read with ``onnx`` when installed;
-    without it, ``<name>.data`` as ``export_onnx`` names it). Each must be a file beside ``path``."""
-    try:
-        import onnx
-        from onnx.external_data_helper import _get_all_tensors, uses_external_data
-    except ImportError:
-        data = path.with_name(path.name + ".data")
-        return [data] if data.is_file() else []
-    proto = onnx.load(str(path), load_external_data=False)
-    names = sorted({entry.value for tensor in _get_all_tensors(proto) if uses_external_data(tensor)
-                    for entry in tensor.external_data if entry.key == "location"})
+    """The external-data files the ONNX file ``path`` names (every tensor's ``location``, read from
+    the file itself: :func:`~ddpm_export.runtime.onnx_wire.scan_external_data`, no ``onnx`` needed).
+    Each must be a plain file name beside ``path``: a location in another folder (``../w.bin``, an
+    absolute path) is refused, as it would not travel with the bundle."""
+    names = scan_external_data(path)
+    if names is None:
+        raise BundleError(f"{path}: not a well-formed ONNX file (its external data cannot be read from it)")
     for name in names:
         if not _plain_name(name) or name == path.name:
             raise BundleError(f"{path}: external data {name!r} is not a plain file name beside it (it escapes its "

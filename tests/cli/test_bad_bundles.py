@@ -8,6 +8,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -202,6 +205,45 @@ def test_bundle_covers_every_external_data_file(tmp_path, tiny):
     shutil.copy(src / "weights.bin", tmp_path / "weights.bin")
     expect_failure(["bundle", "--onnx", src / "m.onnx", "-o", tmp_path / "bad"], 2,
                    "m.onnx", "escapes", watch=[tmp_path])
+
+
+def test_a_runtime_without_onnx_bundles_the_external_data_the_file_names(tmp_path, tiny):
+    """Without the onnx package (a runtime-only install), bundle took only <name>.data: a file whose
+    weights are in weights.bin was bundled (and copied into a Triton repository) without them, and a
+    location outside its folder was not refused."""
+    src = tmp_path / "src"
+    src.mkdir()
+    onnx.save_model(onnx.load(str(tiny)), str(src / "m.onnx"), save_as_external_data=True, location="weights.bin",
+                    size_threshold=0)
+    runner = textwrap.dedent("""
+        import sys
+        sys.modules["onnx"] = None  # a runtime-only install
+        from ddpm_export.runtime import make_bundle
+        from ddpm_export.serve.repository import write_repository
+        out = make_bundle([sys.argv[1]], sys.argv[2])
+        repo = write_repository(out, sys.argv[3])
+        print(sorted(p.name for p in out.iterdir()), sorted(p.name for p in (repo / "unet" / "1").iterdir()))
+    """)
+    proc = subprocess.run([sys.executable, "-c", runner, str(src / "m.onnx"), str(tmp_path / "b"),
+                           str(tmp_path / "repo")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split("\n")[0] == ("['m.onnx', 'manifest.json', 'weights.bin'] "
+                                          "['model.onnx', 'weights.bin']")
+    shutil.copy(src / "weights.bin", tmp_path / "weights.bin")
+    for location in ("../weights.bin", str(tmp_path / "weights.bin")):
+        proto = onnx.load(str(src / "m.onnx"), load_external_data=False)
+        for tensor in onnx.external_data_helper._get_all_tensors(proto):
+            for entry in tensor.external_data:
+                if entry.key == "location":
+                    entry.value = location
+        moved = tmp_path / "moved" / "m.onnx"
+        moved.parent.mkdir(exist_ok=True)
+        onnx.save(proto, str(moved))
+        proc = subprocess.run([sys.executable, "-c", runner, str(moved), str(tmp_path / "bad"),
+                               str(tmp_path / "bad-repo")], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 1 and f"BundleError: {moved}: external data {location!r} is not a plain file " \
+            f"name beside it (it escapes its folder)" in proc.stderr, proc.stderr
+        assert not (tmp_path / "bad").exists()
 
 
 # --- engine sidecars ---------------------------------------------------------------------------

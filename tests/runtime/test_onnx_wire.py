@@ -15,7 +15,7 @@ pytest.importorskip("torch", reason="the exports need torch")
 from onnx import TensorProto, helper  # noqa: E402
 
 from ddpm_export.runtime.info import read_info, read_metadata  # noqa: E402
-from ddpm_export.runtime.onnx_wire import scan_metadata_props  # noqa: E402
+from ddpm_export.runtime.onnx_wire import scan_external_data, scan_metadata_props  # noqa: E402
 
 from runtime_exports import exported  # noqa: E402
 
@@ -85,3 +85,38 @@ def test_read_metadata_needs_neither_onnxruntime_nor_onnx(tiny: Path, monkeypatc
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     monkeypatch.setitem(sys.modules, "onnx", None)
     assert read_metadata(tiny) == _onnx_props(tiny)
+
+
+def _onnx_locations(path: Path) -> list[str]:
+    """What the onnx package finds: every external tensor's location."""
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data
+
+    proto = onnx.load(str(path), load_external_data=False)
+    return sorted({e.value for t in _get_all_tensors(proto) if uses_external_data(t) for e in t.external_data
+                   if e.key == "location"})
+
+
+def test_external_data_locations_read_as_onnx_reads_them(tiny: Path, tmp_path: Path) -> None:
+    """Without onnx, a bundle took only <name>.data: weights saved under another name were left out."""
+    one, many = tmp_path / "one" / "m.onnx", tmp_path / "many" / "m.onnx"
+    for path in (one, many):
+        path.parent.mkdir()
+    onnx.save_model(onnx.load(str(tiny)), str(one), save_as_external_data=True, location="weights.bin",
+                    size_threshold=0, convert_attribute=True)  # node attributes' tensors too
+    onnx.save_model(onnx.load(str(tiny)), str(many), save_as_external_data=True, all_tensors_to_one_file=False,
+                    size_threshold=0)  # one file per tensor
+    assert scan_external_data(one) == _onnx_locations(one) == ["weights.bin"]
+    assert scan_external_data(many) == _onnx_locations(many) and len(scan_external_data(many)) > 10
+    assert scan_external_data(tiny) == _onnx_locations(tiny) == []
+    sub = helper.make_graph([helper.make_node("Constant", [], ["c"], value=helper.make_tensor(
+        "big", TensorProto.FLOAT, [4096], np.ones(4096, np.float32).tobytes(), raw=True))], "then", [],
+        [helper.make_tensor_value_info("c", TensorProto.FLOAT, [4096])])
+    graph = helper.make_graph([helper.make_node("If", ["b"], ["y"], then_branch=sub, else_branch=sub)], "g",
+                              [helper.make_tensor_value_info("b", TensorProto.BOOL, [])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4096])])
+    nested = tmp_path / "if.onnx"
+    onnx.save_model(helper.make_model(graph), str(nested), save_as_external_data=True, location="if.bin",
+                    size_threshold=0, convert_attribute=True)  # a tensor in a subgraph's node attribute
+    assert scan_external_data(nested) == _onnx_locations(nested) == ["if.bin"]
+    (tmp_path / "cut.onnx").write_bytes(one.read_bytes()[:-3])
+    assert scan_external_data(tmp_path / "cut.onnx") is None

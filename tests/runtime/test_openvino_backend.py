@@ -93,6 +93,23 @@ def test_threads_reach_onnxruntime(tiny_onnx: Path) -> None:
     assert Pipeline.from_onnx(tiny_onnx).backend.session.get_session_options().intra_op_num_threads == 1
 
 
+def test_a_models_size_counts_its_external_data_under_any_name(tiny_onnx: Path, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only <name>.data was counted: a large model whose weights are in weights.bin got one thread."""
+    import onnx
+
+    import ddpm_export.runtime.backends as backends
+
+    path = tmp_path / "m.onnx"
+    onnx.save_model(onnx.load(str(tiny_onnx)), str(path), save_as_external_data=True, location="weights.bin",
+                    size_threshold=0)
+    graph, weights = path.stat().st_size, (tmp_path / "weights.bin").stat().st_size
+    monkeypatch.setattr(backends, "SMALL_MODEL_BYTES", graph + weights + 1)  # just larger than the model
+    assert default_threads(path, "onnxruntime") == 1
+    monkeypatch.setattr(backends, "SMALL_MODEL_BYTES", graph + weights)  # the model is that large: not small
+    assert default_threads(path, "onnxruntime") is None
+
+
 @pytest.mark.parametrize("kwargs, match", [
     (dict(backend="tflite"), "backend='tflite' is not valid; choose one of: 'onnxruntime', 'openvino'"),
     (dict(inference_precision="bf16"), "inference_precision does not apply to the onnxruntime backend"),
