@@ -14,6 +14,7 @@ A Pipeline holds no per-call state (each call builds its own scheduler and noise
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
@@ -100,7 +101,21 @@ def warn_on_target_mismatch(path: str | Path, info: ModelInfo, backend: str) -> 
         warnings.warn(f"{path}: this int8 file was exported with --target {info.target}, which leaves the outputs "
                       f"of its int8 ops float; ONNX Runtime then runs those ops in float (about 3x slower "
                       f"on ddpm-cifar10). For ONNX Runtime, export with --target onnxruntime (or any)",
-                      TargetMismatchWarning, stacklevel=3)
+                      TargetMismatchWarning, stacklevel=_caller_stacklevel())
+
+
+#: the package's folder: a warning points at the first frame outside it
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+
+
+def _caller_stacklevel() -> int:
+    """The ``stacklevel`` (for a ``warnings.warn`` in the function calling this) of the first frame
+    outside ddpm_export: the caller's line, through any number of our own calls (``from_bundle`` ->
+    ``from_onnx`` -> here, or ``write_repository`` -> here)."""
+    frame, level = sys._getframe(1), 1
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 class Pipeline:
@@ -180,7 +195,7 @@ class Pipeline:
             runs = ", ".join(map(repr, (*CPU_BACKENDS, *ORT_GPU_BACKENDS)))
             raise BadInputError(f"backend='tensorrt' runs a bundle's engine: Pipeline.from_bundle(folder, "
                                 f"backend='tensorrt'); from_onnx runs {runs}")
-        check_choice("backend", backend, (*CPU_BACKENDS, *ORT_GPU_BACKENDS))
+        _check_backend(backend, (*CPU_BACKENDS, *ORT_GPU_BACKENDS))
         _check_gpu_options(backend, device, trt_fp16, trt_cache_dir)
         if backend in CPU_BACKENDS:
             info = read_info(path)
@@ -217,7 +232,7 @@ class Pipeline:
         """
         from ddpm_export.runtime import bundle as bundle_mod
 
-        check_choice("backend", backend, BACKENDS)  # before hashing every file
+        _check_backend(backend, BACKENDS)  # before hashing every file
         _check_gpu_options(backend, device, trt_fp16, trt_cache_dir)
         given = {"threads": threads, "inference_precision": inference_precision, "providers": providers,
                  "session_options": session_options}
@@ -345,6 +360,14 @@ def _check_run_options(progress: Any, callback: Any) -> None:
         raise WrongTypeError(f"progress must be True or False, got {progress!r}")
     if callback is not None and not callable(callback):
         raise WrongTypeError(f"callback must be a function of (done, total) or None, got {callback!r}")
+
+
+def _check_backend(backend: Any, choices: tuple[str, ...]) -> None:
+    """``backend`` is one of ``choices``: WrongTypeError (a TypeError) when it is no str, else
+    ConfigError (a ValueError); both list the choices."""
+    if not isinstance(backend, str):
+        raise WrongTypeError(f"backend={backend!r} is not valid; choose one of: {', '.join(map(repr, choices))}")
+    check_choice("backend", backend, choices)
 
 
 def _check_gpu_options(backend: str, device: Any, trt_fp16: bool, trt_cache_dir: str | Path | None) -> None:

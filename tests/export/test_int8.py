@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -317,6 +318,43 @@ def test_a_triton_repository_serving_an_openvino_int8_file_on_onnx_runtime_warns
     result = CliRunner().invoke(main, ["triton", "--bundle", str(bundle), "-o", str(tmp_path / "ov"),
                                        "--unet-backend", "openvino"])
     assert result.exit_code == 0 and result.stderr == "", result.output
+
+
+def test_the_target_mismatch_warning_points_at_the_callers_line(files: dict[str, Path], tmp_path: Path) -> None:
+    """Through Pipeline.from_bundle the warning pointed at pipeline.py (its stacklevel one short)."""
+    import warnings
+
+    from ddpm_export.runtime import make_bundle
+    from ddpm_export.serve import write_repository
+
+    bundle = make_bundle([files["int8-openvino"]], tmp_path / "bundle")
+    calls = {"from_onnx": lambda: Pipeline.from_onnx(files["int8-openvino"], threads=1),
+             "from_bundle": lambda: Pipeline.from_bundle(bundle, threads=1),
+             "write_repository": lambda: write_repository(bundle, tmp_path / "repo")}
+    for name, call in calls.items():
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            call()
+        mismatch = [w for w in caught if issubclass(w.category, TargetMismatchWarning)]
+        assert [(w.filename, w.lineno) for w in mismatch] == [(__file__, call.__code__.co_firstlineno)], name
+
+
+def test_a_backend_that_is_no_str_is_a_type_error(files: dict[str, Path], tmp_path: Path) -> None:
+    """backend=None or 3 was a ConfigError (a ValueError); a name of no backend stays one."""
+    from ddpm_export.configbase import ConfigError
+    from ddpm_export.errors import WrongTypeError
+    from ddpm_export.runtime import make_bundle
+
+    bundle = make_bundle([files["fp32"]], tmp_path / "bundle")
+    for load in (lambda b: Pipeline.from_onnx(files["fp32"], backend=b),
+                 lambda b: Pipeline.from_bundle(bundle, backend=b)):
+        for backend in (None, 3, ["onnxruntime"]):
+            with pytest.raises(WrongTypeError, match=rf"^backend={re.escape(repr(backend))} is not valid; choose one "
+                                                     r"of: 'onnxruntime', 'openvino', "):
+                load(backend)
+        with pytest.raises(ConfigError, match=r"^backend='tflite' is not valid; choose one of: 'onnxruntime'") as info:
+            load("tflite")
+        assert not isinstance(info.value, TypeError)
 
 
 @pytest.mark.skipif(not HAS_OPENVINO, reason="openvino is not installed (pip install 'ddpm-export[openvino]')")
