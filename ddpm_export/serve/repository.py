@@ -26,7 +26,7 @@ from ddpm_export.checks import check_int
 from ddpm_export.contract.info import ModelInfo
 from ddpm_export.files import OutputFolder, atomic_dir, refuse_inside, refuse_nameless_folder
 from ddpm_export.runtime.bundle import BundleError, external_data_files, verify_bundle
-from ddpm_export.runtime.pipeline import warn_on_target_mismatch
+from ddpm_export.runtime.pipeline import check_openvino_target, warn_on_target_mismatch
 from ddpm_export.serve.configs import LIMITS, SAMPLER, UNET, UNET_BACKENDS, sampler_config, unet_config
 from ddpm_export.serve.pbtxt import to_pbtxt
 from ddpm_export.serve.triton_models import INFO_FILE
@@ -117,6 +117,8 @@ def _unet_source(folder: Path, entry: dict, info: ModelInfo, unet_backend: str) 
         raise BundleError(f"{folder}: {entry['onnx']} uses ONNX Runtime's contrib op com.microsoft.MultiHeadAttention, "
                           f"which the server's OpenVINO backend (its own OpenVINO release) is not guaranteed to load; "
                           f"export with --attention decomposed for --unet-backend openvino")
+    if unet_backend == "openvino":
+        check_openvino_target(f"{folder}: {entry['onnx']}", info)
     return folder / entry["onnx"]
 
 
