@@ -9,10 +9,13 @@ compiles it for the CPU plugin with:
   on CPUs with AVX-512 BF16 or AMX; ``None`` leaves the plugin's default for this CPU, which is
   bf16 on some CPUs (read it back from :attr:`OpenVinoBackend.inference_precision`);
 - ``PERFORMANCE_HINT = LATENCY`` (one stream: the sampler makes one call at a time);
-- **static shapes, one compiled model per batch size** (compiled on first use, the export's
-  ``opt_batch`` at load): the file's batch axis is dynamic, and the CPU plugin's dynamic-shape
-  kernels cost 1.1-1.2x per step at batch 1 on ddpm-cifar10 (README, "Speed"). A sampling run
-  uses one or two batch sizes (its chunk and the remainder), each compiled once. The
+- **static shapes, one compiled model per batch size** (and context length, for a
+  context-conditioned model; compiled on first use, the export's ``opt_batch`` (and
+  ``opt_context``) at load): the file's batch axis is dynamic, and the CPU plugin's dynamic-shape
+  kernels cost 1.1-1.2x per step at batch 1 on ddpm-cifar10 (README, "Speed"); on a dynamic
+  context axis they gave wrong outputs at every length >= 16 once a call at length 1 had run
+  (max abs 0.6-1.1 in f32, NaN in bf16; OpenVINO 2026.4). A sampling run uses one or two
+  sizes (its chunk and the remainder), each compiled once. The
   :data:`MAX_COMPILED` most recently used sizes are kept; a call at another size compiles it
   (0.6-0.8 s for the digits model here) and drops the least recently used one, so an app that
   samples many sizes holds bounded memory (each compiled size holds its own copy of the
@@ -41,14 +44,18 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ddpm_export.contract.spec import OUT_NAME, ExportSpec, feeds_for
+from ddpm_export.contract.spec import OUT_NAME, X_NAME, ExportSpec, feeds_for
 from ddpm_export.errors import BadInputError, EngineError, InputNotFoundError, MissingDependencyError
 from ddpm_export.runtime.integrity import check_graph
 
 __all__ = ["MAX_COMPILED", "OpenVinoBackend", "require_openvino"]
 
-#: batch sizes kept compiled at once (least recently used dropped first; see the module docstring)
+#: shapes (batch size, context length) kept compiled at once (least recently used dropped first; see the
+#: module docstring)
 MAX_COMPILED = 4
+
+#: what a compiled model is fixed to: (batch, context length; None for a model without a context)
+Shape = tuple[int, int | None]
 
 
 def require_openvino() -> Any:
@@ -94,20 +101,25 @@ class OpenVinoBackend:
         self.spec = spec
         self.output_index = outputs.index(OUT_NAME)
         self._core, self._model, self._config, self._path = core, model, config, path
-        self._compiled: dict[int, Any] = {}  # batch -> compiled model, least recently used first
-        self._pending: dict[int, concurrent.futures.Future[Any]] = {}  # batch -> its compilation under way
+        self._compiled: dict[Shape, Any] = {}  # shape -> compiled model, least recently used first
+        self._pending: dict[Shape, concurrent.futures.Future[Any]] = {}  # shape -> its compilation under way
         self._lock = threading.Lock()
         self._closed = False
-        compiled = self._compiled_for(spec.opt_batch)
+        compiled = self._compiled_for(self._shape(spec.sample_inputs(spec.opt_batch)))
         self.threads = int(compiled.get_property("INFERENCE_NUM_THREADS"))
         #: the precision OpenVINO actually computes in ("f32" or "bf16"), whatever was asked for
         self.inference_precision = compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
         self._local = threading.local()
 
-    def _compiled_for(self, batch: int) -> Any:
-        """The model compiled with every input's batch axis fixed to ``batch``: kept for the
-        :data:`MAX_COMPILED` most recently used sizes. A size is compiled outside the lock (calls at
-        the sizes already compiled go on meanwhile), once: other threads asking for it wait."""
+    def _shape(self, feeds: dict[str, np.ndarray]) -> Shape:
+        """The shape a call with ``feeds`` runs at: its batch and context length."""
+        return int(feeds[X_NAME].shape[0]), self.spec.conditioning.length(feeds)
+
+    def _compiled_for(self, batch: Shape) -> Any:
+        """The model compiled with every input's batch axis (and context length) fixed to ``batch``:
+        kept for the :data:`MAX_COMPILED` most recently used shapes. A shape is compiled outside the
+        lock (calls at the shapes already compiled go on meanwhile), once: other threads asking for
+        it wait."""
         with self._lock:
             compiled = self._compiled.get(batch)
             if compiled is not None:
@@ -131,16 +143,16 @@ class OpenVinoBackend:
         pending.set_result(compiled)
         return compiled
 
-    def _compile(self, batch: int) -> Any:
+    def _compile(self, batch: Shape) -> Any:
         model = self._model.clone()
-        model.reshape({port.get_any_name(): [batch, *list(port.get_partial_shape())[1:]] for port in model.inputs})
+        model.reshape({name: list(shape) for name, shape in self.spec.input_shapes(*batch).items()})
         try:
             return self._core.compile_model(model, "CPU", self._config)
         except RuntimeError as e:
-            raise BadInputError(f"{self._path}: OpenVINO cannot compile this file at batch {batch} "
+            raise BadInputError(f"{self._path}: OpenVINO cannot compile this file at {_describe(batch)} "
                                 f"({_engine_message(e)})") from e
 
-    def _keep(self, batch: int, compiled: Any) -> None:
+    def _keep(self, batch: Shape, compiled: Any) -> None:
         """``compiled`` as the most recently used model of ``batch``, the least recently used
         dropped beyond :data:`MAX_COMPILED` (call with the lock held)."""
         self._compiled.pop(batch, None)
@@ -148,7 +160,7 @@ class OpenVinoBackend:
             del self._compiled[next(iter(self._compiled))]
         self._compiled[batch] = compiled
 
-    def _request(self, batch: int) -> Any:
+    def _request(self, batch: Shape) -> Any:
         """This thread's infer request at ``batch``. A size the cache dropped while this thread
         still holds a request for it (other threads' sizes pushed it out mid-run) is taken back
         with its model, not compiled again; a size compiled anew by another thread meanwhile
@@ -177,11 +189,12 @@ class OpenVinoBackend:
         self.spec.check_inputs(feeds)
         if self._closed:
             raise BadInputError(f"{self._path}: this OpenVINO backend is closed; load the file again")
-        request = self._request(int(x_t.shape[0]))
+        shape = self._shape(feeds)
+        request = self._request(shape)
         try:
             request.infer(feeds)
         except RuntimeError as e:
-            raise EngineError(f"{self._path}: OpenVINO failed on a model call at batch {x_t.shape[0]} "
+            raise EngineError(f"{self._path}: OpenVINO failed on a model call at {_describe(shape)} "
                               f"({_engine_message(e)})") from e
         # the request reuses its output buffer on the next call: hand out a copy
         return np.array(request.get_output_tensor(self.output_index).data, dtype=np.float32, copy=True)
@@ -218,6 +231,12 @@ def _graph_args(ports: Any) -> list[_GraphArg]:
         dims = [d.get_length() if d.is_static else "?" for d in shape] if shape.rank.is_static else []
         args.append(_GraphArg(port.get_any_name(), _ORT_TYPE_NAMES.get(kind, f"tensor({kind})"), dims))
     return args
+
+
+def _describe(shape: Shape) -> str:
+    """``"batch 4"``, or ``"batch 4, context length 8"``."""
+    batch, length = shape
+    return f"batch {batch}" if length is None else f"batch {batch}, context length {length}"
 
 
 def _engine_message(error: BaseException) -> str:
