@@ -11,6 +11,7 @@ import dataclasses
 from typing import Literal
 
 from ddpm_export.configbase import ConfigError, FrozenConfig, check
+from ddpm_export.diffusion.config import MAX_TRAIN_TIMESTEPS
 
 NormType = Literal["group", "batch", "layer"]
 TimeEmbeddingType = Literal["sinusoidal", "learned", "hybrid"]
@@ -21,7 +22,14 @@ DownsamplePadding = Literal["symmetric", "asymmetric"]
 PositionalEncoding = Literal["none", "sinusoidal_2d", "relative_bias"]
 ClassConditioning = Literal["embedding", "cross_attention"]
 
-__all__ = ["UNetConfig", "ConfigError"]
+__all__ = ["MAX_RES_BLOCKS", "MAX_SIZE", "UNetConfig", "ConfigError"]
+
+#: the largest channel count, image side, class count, kernel size or dilation a config may give:
+#: far past any U-Net's, and a size torch can take (a config.json's 10**100 channels was a
+#: TypeError traceback from torch, exit 1); a model too big for memory is then refused as such
+MAX_SIZE = 65536
+#: residual blocks per level (a config.json's 10**7 hung while the model was built)
+MAX_RES_BLOCKS = 100
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,9 +86,13 @@ class UNetConfig(FrozenConfig):
         for name in ("in_channels", "out_channels", "sample_size", "base_channels", "num_groups",
                      "num_train_timesteps", "num_heads"):
             check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
+        self._validate_sizes()
         check(self.num_res_blocks >= 1, "num_res_blocks", f"must be >= 1, got {self.num_res_blocks}")
         check(len(self.channel_mult) >= 1, "channel_mult", "needs at least one level")
         check(all(m >= 1 for m in self.channel_mult), "channel_mult", f"entries must be >= 1, got {self.channel_mult}")
+        check(max(self.level_channels) <= MAX_SIZE, "channel_mult",
+              f"every level's channels (base_channels * channel_mult) must be <= {MAX_SIZE}, got "
+              f"{self.base_channels} * {max(self.channel_mult)}")
         factor = 2 ** (len(self.channel_mult) - 1)
         check(self.sample_size % factor == 0, "sample_size",
               f"{self.sample_size} must be divisible by 2**(levels-1) = {factor} for {len(self.channel_mult)} levels")
@@ -130,6 +142,24 @@ class UNetConfig(FrozenConfig):
                 check(c % 4 == 0, "positional_encoding",
                       f"'sinusoidal_2d' needs the channels of every attention block divisible by 4; "
                       f"{where} has {c}")
+
+    def _validate_sizes(self) -> None:
+        """Sizes torch can build (see :data:`MAX_SIZE`), checked before any is computed with; the
+        number of levels before ``2 ** (levels - 1)`` is (15000 levels: a ValueError traceback
+        printing it)."""
+        for name in ("in_channels", "out_channels", "sample_size", "base_channels", "kernel_size", "dilation",
+                     "num_classes", "context_dim", "head_dim"):
+            value = getattr(self, name)
+            check(value is None or value <= MAX_SIZE, name, f"must be <= {MAX_SIZE}, got {value}")
+        check(all(r <= MAX_SIZE for r in self.aspp_rates), "aspp_rates", f"rates must be <= {MAX_SIZE}")
+        check(self.num_res_blocks <= MAX_RES_BLOCKS, "num_res_blocks",
+              f"must be <= {MAX_RES_BLOCKS}, got {self.num_res_blocks}")
+        check(self.num_train_timesteps <= MAX_TRAIN_TIMESTEPS, "num_train_timesteps",
+              f"must be <= {MAX_TRAIN_TIMESTEPS}, got {self.num_train_timesteps}")
+        levels = len(self.channel_mult)
+        check(levels <= MAX_SIZE.bit_length(), "channel_mult",
+              f"{levels} levels halve the image {levels - 1} times; sample_size <= {MAX_SIZE} allows at most "
+              f"{MAX_SIZE.bit_length() - 1}")
 
     def _attention_blocks(self) -> list[tuple[str, int]]:
         """(where, channels) of each attention block, placed as ``nn.unet.UNet`` places them: the

@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ddpm_export.configbase import ConfigError
-from ddpm_export.diffusion.config import DiffusionConfig
+from ddpm_export.diffusion.config import MAX_TRAIN_TIMESTEPS, DiffusionConfig
 from ddpm_export.errors import BadInputError
 from ddpm_export.jsonio import parse_json
 
@@ -137,14 +137,15 @@ def _read(path: Path) -> Any:
 def scheduler_timesteps(unet_folder: Path) -> int | None:
     """``num_train_timesteps`` of the scheduler config :func:`find_scheduler_config` finds for
     ``unet_folder`` (diffusers' default 1000 when the file leaves it out); None without a readable
-    one, or when it is no int (:func:`diffusion_from_scheduler` names that)."""
+    one, or when it is no int or out of range (:func:`diffusion_from_scheduler` names that, and the
+    scheduler's file: taken into the UNet's config, 10**30 was refused as the UNet's config.json's)."""
     path = find_scheduler_config(unet_folder)
     try:
         data = _read(path) if path is not None else None
     except (OSError, ValueError):
         return None
     T = data.get("num_train_timesteps", 1000) if isinstance(data, dict) else None
-    return T if isinstance(T, int) and not isinstance(T, bool) else None
+    return T if isinstance(T, int) and not isinstance(T, bool) and 2 <= T <= MAX_TRAIN_TIMESTEPS else None
 
 
 #: the classes whose sampler this package runs (DDPM's as ``--sampler ddpm``; the others give

@@ -47,6 +47,17 @@ CASES = {
                      r"is 1x1"),
     "one-value-groups-at-1x1": (json.dumps({**TINY, "num_groups": 16, "channel_mult": [1, 1, 1, 1, 1]}),
                                 r"num_groups: the last level is 1x1, so each of its group norm groups holds 1 value"),
+    # sizes torch cannot take: a TypeError traceback (exit 1) from torch; 10**7 blocks hung; 15000 levels
+    # a ValueError traceback printing 2**14999
+    "huge-channels": (json.dumps({**TINY, "base_channels": 10 ** 100}), r"base_channels: must be <= 65536, got 1000"),
+    "huge-kernel": (json.dumps({**TINY, "kernel_size": 2 ** 70 + 1}), r"kernel_size: must be <= 65536"),
+    "huge-class-count": (json.dumps({**TINY, "num_classes": 10 ** 30}), r"num_classes: must be <= 65536"),
+    "huge-channel-mult": (json.dumps({**TINY, "channel_mult": [1, 2 ** 40]}),
+                          r"channel_mult: every level's channels \(base_channels \* channel_mult\) must be <= 65536"),
+    "many-res-blocks": (json.dumps({**TINY, "num_res_blocks": 10 ** 7}), r"num_res_blocks: must be <= 100, got 10000000"),
+    "many-levels": (json.dumps({**TINY, "channel_mult": [1] * 15000}), r"channel_mult: 15000 levels halve the image"),
+    "huge-learned-table": (json.dumps({**TINY, "time_embedding": "learned", "num_train_timesteps": 10 ** 30}),
+                           r"num_train_timesteps: must be <= 100000"),
 }
 
 

@@ -21,7 +21,8 @@ from safetensors.torch import load_file, save_file  # noqa: E402
 
 import ddpm_export  # noqa: E402
 from ddpm_export.config import ConfigError  # noqa: E402
-from ddpm_export.nn.checkpoint import CheckpointError  # noqa: E402
+from ddpm_export.diffusion.from_diffusers import SchedulerConfigError  # noqa: E402
+from ddpm_export.nn.checkpoint import CheckpointError, diffusion_config_for  # noqa: E402
 from ddpm_export.nn.diffusers_import import (DIFFUSERS_DEFAULTS, diffusers_key, our_key,  # noqa: E402
                                               read_diffusers_config)
 
@@ -170,6 +171,17 @@ def test_switches_map_to_our_config(tmp_path):
     assert (cfg.time_conditioning, cfg.mid_attention_norm, cfg.num_classes, cfg.null_class) == ("film", False, 5, False)
     assert (cfg.head_dim, cfg.heads_for(64), cfg.dropout, cfg.downsample_padding) == (16, 4, 0.1, "symmetric")
     assert (cfg.sample_size, cfg.attention_resolutions, cfg.num_res_blocks, cfg.num_groups) == (16, (16,), 1, 8)
+
+
+def test_a_scheduler_t_out_of_range_is_named_in_its_own_file(tmp_path):
+    """A scheduler's num_train_timesteps of 10**30, taken into the UNet's config, was refused as
+    the UNet's config.json's; the UNet keeps its default and the scheduler's file is named."""
+    folder = _folder_with_config(tmp_path, SMALL)
+    (folder / "scheduler_config.json").write_text(json.dumps({"_class_name": "DDPMScheduler",
+                                                              "num_train_timesteps": 10 ** 30}))
+    assert read_diffusers_config(folder / "config.json").num_train_timesteps == 1000
+    with pytest.raises(SchedulerConfigError, match=r"scheduler_config.json: num_train_timesteps: must be in"):
+        diffusion_config_for(folder)
 
 
 def test_legacy_attention_names_load(tmp_path):
