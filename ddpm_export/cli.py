@@ -30,6 +30,20 @@ from ddpm_export.errors import (BadInputError, DdpmExportError, DdpmExportWarnin
 from ddpm_export.threads import MAX_THREADS, set_threads
 
 
+#: the longest ``Error:`` line: a value read from a file (a 100 MB metadata string, a header entry)
+#: was echoed whole, hundreds of MB on one line
+MAX_MESSAGE = 2000
+
+
+def _bounded(message: str) -> str:
+    """``message`` with its middle left out when longer than :data:`MAX_MESSAGE` characters: its
+    start names the file and field, its end says what to do."""
+    if len(message) <= MAX_MESSAGE:
+        return message
+    head, tail = message[:MAX_MESSAGE * 3 // 4], message[-(MAX_MESSAGE // 4):]
+    return f"{head} ...({len(message) - len(head) - len(tail)} characters left out)... {tail}"
+
+
 class Failure(click.ClickException):
     """A handled error: click prints ``Error: <message>`` and exits with ``exit_code``."""
 
@@ -89,7 +103,7 @@ class _Main(click.Group):
                 _stdout_to_devnull()
             if ctx.meta.get("ddpm_export.debug"):  # the traceback, then the same line and exit status
                 traceback.print_exc(file=sys.stderr)
-            message = describe(e)
+            message = _bounded(describe(e))
             from_file = isinstance(e, ConfigFileError) or isinstance(e.__cause__, ConfigFileError)
             if isinstance(e, BadInputError) and not from_file:  # the library names its arguments; the user typed flags
                 message = name_flags(message, ctx.meta.get(FLAG_NAMES, {}))

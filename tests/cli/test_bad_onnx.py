@@ -108,6 +108,16 @@ def test_bad_metadata(tmp_path, tiny, name):
     expect_failure(_sample(bad, out), 2, "bad.onnx", message, watch=[tmp_path])
 
 
+@pytest.mark.parametrize("key", [md.ATTENTION, md.PRECISION_POLICY])
+def test_a_huge_metadata_value_is_not_echoed_whole(tmp_path, tiny, key):
+    """A 10 MB metadata value was printed whole (twice for the attention), one line of 20 MB: the
+    line keeps its start (the file, the key) and its end (what to do), the middle left out."""
+    bad, out = _edited(tmp_path, tiny, lambda p: _set_meta(p, key, lambda v: "x" * 10_000_000))
+    text = expect_failure(_sample(bad, out), 2, f"bad.onnx: metadata {key}", "characters left out",
+                          watch=[tmp_path])
+    assert len(text) < 2100, len(text)
+
+
 def _edited(tmp_path: Path, tiny: Path, edit) -> tuple[Path, Path]:
     """``tiny`` with ``edit(proto)`` applied, as tmp_path/bad.onnx, and an empty output folder."""
     proto = onnx.load(str(tiny))
