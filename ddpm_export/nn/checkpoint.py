@@ -20,7 +20,8 @@ from ddpm_export.files import OutputFolder, atomic_dir, new_file_mode
 from ddpm_export.jsonio import parse_json
 from ddpm_export.nn.diffusers_import import load_diffusers_unet
 from ddpm_export.nn.unet import UNet
-from ddpm_export.nn.weights import build_model, load_state_strict, read_safetensors
+from ddpm_export.nn.weights import (build_model, check_state, load_state_strict, meta_model, read_safetensors,
+                                    shapes)
 from ddpm_export.presets import (CONFIG_NAME, DIFFUSERS_WEIGHTS_NAME, DIFFUSION_NAME, WEIGHTS_NAME, check_model_name,
                                  preset_dir)
 
@@ -64,8 +65,10 @@ def load_checkpoint(folder: str | Path) -> UNet:
     """Load our checkpoint folder (config.json + model.safetensors) into a UNet in eval mode."""
     folder = Path(folder)
     cfg = UNetConfig.load(folder / CONFIG_NAME)
+    weights = read_safetensors(folder / WEIGHTS_NAME)
+    check_state(shapes(meta_model(cfg).state_dict()), shapes(weights), str(folder / WEIGHTS_NAME))
     model = build_model(cfg)
-    load_state_strict(model, read_safetensors(folder / WEIGHTS_NAME), str(folder / WEIGHTS_NAME))
+    load_state_strict(model, weights, str(folder / WEIGHTS_NAME))
     return model.eval()
 
 

@@ -44,7 +44,8 @@ from ddpm_export.diffusion.from_diffusers import scheduler_timesteps
 from ddpm_export.errors import CheckpointError
 from ddpm_export.jsonio import parse_json
 from ddpm_export.nn.unet import UNet
-from ddpm_export.nn.weights import build_model, check_state, load_state_strict, read_safetensors, shapes
+from ddpm_export.nn.weights import (build_model, check_state, load_state_strict, meta_model, read_safetensors,
+                                    shapes)
 from ddpm_export.presets import CONFIG_NAME, DIFFUSERS_WEIGHTS_NAME, DIFFUSION_NAME
 
 __all__ = ["DIFFUSERS_DEFAULTS", "config_from_diffusers", "diffusers_key", "load_diffusers_unet",
@@ -431,6 +432,7 @@ def load_diffusers_unet(folder: str | Path) -> UNet:
     folder = Path(folder)
     cfg = read_diffusers_config(folder / CONFIG_NAME)
     weights, source = _read_weights(folder)
+    renamed = _rename(meta_model(cfg), weights, source)  # refused before the model takes memory
     model = build_model(cfg)
-    load_state_strict(model, _rename(model, weights, source), source)
+    load_state_strict(model, renamed, source)
     return model.eval()

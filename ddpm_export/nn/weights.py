@@ -24,6 +24,14 @@ def build_model(cfg: UNetConfig, seed: int = 0) -> UNet:
         return UNet(cfg)
 
 
+def meta_model(cfg: UNetConfig) -> UNet:
+    """``UNet(cfg)`` on the meta device: its keys and shapes, no memory allocated, so that weights
+    that do not fit the config are refused before the model is built (a config.json of 1024 channels
+    beside a 2 MB file took 4.7 GB and 12 s to say so)."""
+    with torch.device("meta"):
+        return UNet(cfg)
+
+
 def check_state(expected: Mapping[str, tuple[int, ...]], given: Mapping[str, tuple[int, ...]], source: str,
                 against: str = "the config") -> None:
     """Refuse missing keys, unexpected keys and shape mismatches, naming them as the caller does

@@ -153,3 +153,32 @@ def test_a_bundle_folder_as_model_says_what_it_is_before_any_work(tmp_path, tiny
         out = expect_failure(command, 2, "is a bundle folder \\(ONNX files, no PyTorch weights\\); --model takes a "
                              "preset or a checkpoint folder", watch=[tmp_path])
         assert "exporting" not in out
+
+
+@pytest.mark.parametrize("diffusers_folder", [False, True], ids=["ours", "diffusers"])
+def test_weights_that_do_not_fit_a_huge_config_are_refused_before_it_is_built(tmp_path, good, diffusers_folder):
+    """config.json edited to 4096 base channels beside the tiny weights: the model (tens of GB) was
+    built before the weights were compared with it, so the mismatch ran out of memory (or took
+    GBs and seconds) where the file's shapes tell it at once."""
+    import json
+
+    from bad_inputs import run_with_memory_limit
+
+    folder = tmp_path / "ckpt"
+    shutil.copytree(good, folder)
+    config = json.loads((folder / "config.json").read_text())
+    if diffusers_folder:  # the same tiny shape: 16 then 32 channels, groups of 8, attention at 8x8
+        (folder / "model.safetensors").rename(folder / "diffusion_pytorch_model.safetensors")
+        config = {"_class_name": "UNet2DModel", "sample_size": 16, "block_out_channels": [4096, 8192],
+                  "layers_per_block": 1, "norm_num_groups": 8, "attention_head_dim": None,
+                  "down_block_types": ["DownBlock2D", "AttnDownBlock2D"], "up_block_types": ["AttnUpBlock2D",
+                                                                                              "UpBlock2D"]}
+    else:
+        config["base_channels"] = 4096
+    (folder / "config.json").write_text(json.dumps(config))
+    proc = run_with_memory_limit(["onnx", "--model", folder, "-o", tmp_path / "out.onnx", "--no-validate"],
+                                 3 * 2**30)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and "out of memory" not in proc.stderr, proc.stderr[-2000:]
+    assert "safetensors" in proc.stderr and ("expects" in proc.stderr or "key(s)" in proc.stderr), proc.stderr
+    assert not (tmp_path / "out.onnx").exists()
