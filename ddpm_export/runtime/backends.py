@@ -165,8 +165,18 @@ def default_threads(path: str | Path, backend: str = "onnxruntime") -> int | Non
     None (the engine's default: every core)."""
     path = Path(path)
     data = [path.parent / name for name in scan_external_data(path) or ()]  # its weights, under any name
-    size = path.stat().st_size + sum(f.stat().st_size for f in data if f.is_file())
+    size = path.stat().st_size + sum(_file_size(f) for f in data)
     return CPU_BACKENDS[backend].small_model_threads if size < SMALL_MODEL_BYTES else None
+
+
+def _file_size(path: Path) -> int:
+    """The size of an external-data file; 0 for one that is not there or cannot be looked at (a
+    300-character location raised OSError 'File name too long' here, outside the errors' kinds):
+    the engine then refuses the file, naming it."""
+    try:
+        return path.stat().st_size if path.is_file() else 0
+    except OSError:
+        return 0
 
 
 def load_onnx_backend(backend: str, path: str | Path, spec: ExportSpec, options: RuntimeOptions) -> ClosableBackend:

@@ -237,6 +237,22 @@ def test_external_data_escaping_its_folder(tmp_path, tiny):
     expect_failure(_sample(path, out), 2, "ext.onnx", "ONNX Runtime cannot load", watch=[tmp_path])
 
 
+def test_an_external_data_location_too_long_for_a_file_name(tmp_path, tiny):
+    """A 300-character location: the model-size look-up for the thread count raised OSError 'File
+    name too long' (the CLI: '-- check that the folder exists, is writable and has free space';
+    Pipeline.from_onnx: a bare OSError, no ddpm-export kind); now ONNX Runtime refuses the file."""
+    from ddpm_export.errors import BadInputError
+    from ddpm_export.runtime import Pipeline
+
+    path = _with_external_data(tiny, tmp_path / "m", "w" * 300)
+    out = tmp_path / "out"
+    out.mkdir()
+    said = expect_failure(_sample(path, out), 2, "ext.onnx", "ONNX Runtime cannot load", watch=[tmp_path])
+    assert "is writable" not in said, said
+    with pytest.raises(BadInputError, match="ext.onnx: ONNX Runtime cannot load"):
+        Pipeline.from_onnx(path)
+
+
 @pytest.fixture(scope="module")
 def nan_model(tmp_path_factory, tiny) -> Path:
     proto = onnx.load(str(tiny))
