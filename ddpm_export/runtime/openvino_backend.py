@@ -121,6 +121,7 @@ class OpenVinoBackend:
         lock (calls at the shapes already compiled go on meanwhile), once: other threads asking for
         it wait."""
         with self._lock:
+            self._check_open()
             compiled = self._compiled.get(batch)
             if compiled is not None:
                 self._keep(batch, compiled)  # now the most recently used
@@ -139,12 +140,16 @@ class OpenVinoBackend:
             raise
         with self._lock:
             del self._pending[batch]
-            self._keep(batch, compiled)
+            if not self._closed:  # closed meanwhile: this call runs on it, the cache stays empty
+                self._keep(batch, compiled)
         pending.set_result(compiled)
         return compiled
 
     def _compile(self, batch: Shape) -> Any:
-        model = self._model.clone()
+        model = self._model  # None once closed (by another thread since this call began)
+        if model is None:
+            self._check_open()
+        model = model.clone()
         model.reshape({name: list(shape) for name, shape in self.spec.input_shapes(*batch).items()})
         try:
             return self._core.compile_model(model, "CPU", self._config)
@@ -173,6 +178,7 @@ class OpenVinoBackend:
             compiled = self._compiled_for(batch)
         else:
             with self._lock:
+                self._check_open()
                 compiled = self._compiled.get(batch, owner)
                 self._keep(batch, compiled)
         if owner is not compiled:
@@ -187,8 +193,7 @@ class OpenVinoBackend:
     def __call__(self, x_t: np.ndarray, t: np.ndarray, cond: np.ndarray | None) -> np.ndarray:
         feeds = feeds_for(self.spec, x_t, t, cond)
         self.spec.check_inputs(feeds)
-        if self._closed:
-            raise BadInputError(f"{self._path}: this OpenVINO backend is closed; load the file again")
+        self._check_open()
         shape = self._shape(feeds)
         request = self._request(shape)
         try:
@@ -198,6 +203,11 @@ class OpenVinoBackend:
                               f"({_engine_message(e)})") from e
         # the request reuses its output buffer on the next call: hand out a copy
         return np.array(request.get_output_tensor(self.output_index).data, dtype=np.float32, copy=True)
+
+    def _check_open(self) -> None:
+        """BadInputError once :meth:`close` has run (also for a call that began before it)."""
+        if self._closed:
+            raise BadInputError(f"{self._path}: this OpenVINO backend is closed; load the file again")
 
     def close(self) -> None:
         """Drop the compiled models and every thread's infer requests (their memory, a copy of the

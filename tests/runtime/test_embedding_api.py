@@ -198,6 +198,38 @@ def test_a_callback_reports_every_step_and_can_stop_a_request() -> None:
         pipe.sample(1, callback=3)
 
 
+
+@needs_openvino
+def test_openvino_close_during_another_threads_compile(tiny_onnx: Path) -> None:
+    """close() while a call at a new size waited to compile crashed that call with Python's
+    "'NoneType' object has no attribute 'clone'"; one whose compile was under way put its model back
+    into the closed backend's cache. Now the first is the closed backend's BadInputError and the
+    second finishes its call without keeping the model."""
+    for compiled_first in (False, True):
+        pipe = Pipeline.from_onnx(tiny_onnx, backend="openvino", threads=1, inference_precision="f32")
+        backend, started, release = pipe.backend, threading.Event(), threading.Event()
+        compile_shape = backend._compile
+
+        def held(shape: tuple[int, int | None], first: bool = compiled_first) -> Any:
+            compiled = compile_shape(shape) if first else None
+            started.set()
+            assert release.wait(120)
+            return compiled if first else compile_shape(shape)
+
+        backend._compile = held
+        x = pipe.info.spec.sample_inputs(3, seed=0)
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            call = pool.submit(backend, *x.values(), *[None] * (3 - len(x)))
+            assert started.wait(120)
+            pipe.close()
+            release.set()
+            if compiled_first:
+                assert call.result(timeout=120).shape == (3, 3, 16, 16)
+            else:
+                with pytest.raises(BadInputError, match="this OpenVINO backend is closed; load the file again"):
+                    call.result(timeout=120)
+        assert backend._compiled == {}  # nothing compiled is kept by a closed backend
+
 def test_run_checks_its_request_progress_and_callback_as_sample_does() -> None:
     """Pipeline.run (what the Triton sampler calls with a parsed request) took progress="no" as
     True (a bar was drawn), failed on callback=3 after the first model call with Python's "'int'
