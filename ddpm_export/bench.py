@@ -53,6 +53,7 @@ from ddpm_export.machine import LoadMeter, PeakRss, cpu_info, gemm_ceiling
 from ddpm_export.runtime.backends import CPU_BACKENDS, installed_cpu_backends
 from ddpm_export.runtime.info import ModelInfo, read_info
 from ddpm_export.runtime.openvino_backend import require_openvino
+from ddpm_export.runtime.pipeline import check_openvino_target
 from ddpm_export.threads import check_threads
 
 __all__ = ["BenchConfig", "OUR_PRECISIONS", "OurFile", "default_precisions", "failed_paths", "format_report",
@@ -525,6 +526,11 @@ def _check_inputs(cfg: BenchConfig) -> None:
         return
     info = read_info(cfg.onnx)
     check_steps(cfg.steps, info.diffusion.num_train_timesteps)
+    if "openvino" in cfg.backends:  # Pipeline.from_onnx refuses it, once the peers were built
+        try:
+            check_openvino_target(cfg.onnx, info)
+        except BadInputError as e:
+            raise BadInputError(f"{e}; or bench it with --backend onnxruntime") from None
     outside = [b for b in cfg.batches if not info.spec.min_batch <= b <= info.spec.max_batch]
     if outside:  # Pipeline.sample would split a larger batch into calls, a smaller one it refuses
         raise BadInputError(f"batch: {', '.join(map(str, outside))} outside {cfg.onnx}'s batch range "

@@ -150,8 +150,11 @@ def tiny_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from ddpm_export.export.onnx import export_onnx
 
     folder = tmp_path_factory.mktemp("bench-files")
-    return {p: export_onnx("tiny", folder / f"tiny-{p}.onnx", precision=p, max_batch=4, log=lambda line: None).path
-            for p in ("fp32", "fp16")}
+    files = {p: export_onnx("tiny", folder / f"tiny-{p}.onnx", precision=p, max_batch=4, log=lambda line: None).path
+             for p in ("fp32", "fp16")}
+    files["int8-tensorrt"] = export_onnx("tiny", folder / "tiny-int8-tensorrt.onnx", precision="int8", target="tensorrt",
+                                         max_batch=4, validate=False, log=lambda line: None).path
+    return files
 
 
 @pytest.mark.parametrize("args, message", [
@@ -167,6 +170,11 @@ def tiny_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     (["--onnx", "{fp32}", "--no-peers", "--attention", "ort-mha"], "--attention applies to the files the bench "
      "exports from --model, not to .*tiny-fp32.onnx: leave it out"),  # was ignored
     (["--onnx", "{fp32}", "--no-peers", "--rewrites", "none"], "--rewrites applies to the files"),
+    # OpenVINO computes its signed int8 activations wrong: refused after the peers were built, no way out named
+    pytest.param(["--onnx", "{int8-tensorrt}", "--model", "tiny", "--backend", "onnxruntime,openvino"],
+                 "int8-tensorrt.onnx: this int8 file was exported with --target tensorrt, whose signed int8 "
+                 "activations OpenVINO computes wrong .*; or bench it with --backend onnxruntime",
+                 marks=pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="needs openvino")),
     (["--model", "tiny", "--json", "/proc/self/bench.json"] if os.geteuid() == 0 else
      ["--model", "tiny", "--json", "/nonexistent-root-folder/bench.json"], "bench.json: cannot be written"),
 ])
