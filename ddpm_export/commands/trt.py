@@ -76,7 +76,7 @@ def command(onnx_path: str | None, model: str | None, engine: str, fp16: bool | 
     from ddpm_export.files import refuse_same_file
     from ddpm_export.inputs import input_files
 
-    graph = engine_onnx_path(engine) if model or fp16 else None  # written with --model, or converted to fp16
+    graph = engine_onnx_path(engine) if model or (fp16 and _converts(onnx_path)) else None  # written then
     refuse_same_file({"--onnx": onnx_path, **input_files(model=model, onnx=onnx_path)},
                      {"-o": engine, "-o's sidecar": sidecar_path(engine), "-o's graph": graph,
                       "--timing-cache": timing_cache})
@@ -93,6 +93,14 @@ def command(onnx_path: str | None, model: str | None, engine: str, fp16: bool | 
     else:
         # errors go to the CLI's one mapping (ddpm_export.errors): TensorRTUnavailable, BuildFailed -> 2
         build_engine(onnx_path, engine, fp16=fp16, options=options, keep_onnx=False, force=force, log=click.echo)
+
+
+def _converts(onnx_path: str | None) -> bool:
+    """Whether --fp16 converts ``onnx_path`` (an fp32 file) into ``<engine>.onnx``: an fp16 file,
+    ``<engine>.onnx`` itself say, is built as it is."""
+    from ddpm_export.runtime.info import read_info
+
+    return onnx_path is not None and read_info(onnx_path).precision == "fp32"
 
 
 def _require_extras() -> None:

@@ -543,6 +543,14 @@ def test_inspect_and_trt_refuse_an_output_over_an_input(tmp_path, tiny):
     engine = tiny.with_suffix("")  # <engine>.onnx, the graph an --fp16 build writes, is the input
     expect_failure(["trt", "--onnx", tiny, "-o", engine, "--fp16"], 2, "-o's graph .* name the same file",
                    watch=[tiny.parent])
+    # an fp16 file is built as it is, no graph written: rebuilding from <engine>.onnx with --fp16 was
+    # refused as "-o's graph ... name the same file" (without --fp16 it was not)
+    from ddpm_export.export.onnx import export_onnx
+
+    fp16 = export_onnx("tiny", tmp_path / "e.plan.onnx", precision="fp16", max_batch=2, log=lambda line: None).path
+    result = run(["trt", "--onnx", fp16, "-o", tmp_path / "e.plan", "--fp16", "--force"])
+    assert "name the same file" not in result.output, result.output
+    assert result.exit_code == 0 or "cannot build" in result.output, result.output  # built, or no TensorRT here
 
 
 def test_save_io_is_one_transaction_with_the_onnx_file(tmp_path):
