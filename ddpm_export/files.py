@@ -33,7 +33,7 @@ from ddpm_export.jsonio import parse_json
 __all__ = ["BUNDLE_FORMAT", "BUNDLE_MANIFEST", "OutputFolder", "atomic_dir", "atomic_file", "atomic_files",
            "bundle_files", "check_output_folder", "enclosing_bundle", "made_parents", "names_no_file", "new_file_mode",
            "refuse_existing", "refuse_existing_file", "refuse_foreign_folder", "refuse_inside",
-           "refuse_nameless_folder", "refuse_same_file", "remove_leftovers", "rename_into_place", "require_suffix",
+           "refuse_nameless_folder", "refuse_same_file", "refuse_stdout_folder", "remove_leftovers", "rename_into_place", "require_suffix",
            "scratch_folder", "temp_sibling"]
 
 
@@ -140,9 +140,15 @@ def refuse_nameless_folder(path: str | Path) -> None:
     ``"-"`` as typed (stdout, as :func:`refuse_existing` refuses it for a file)."""
     if names_no_file(path):
         raise BadInputError(f"output folder {str(path)!r} names no folder of its own; give the new folder's name")
+    refuse_stdout_folder("output folder", path)
+
+
+def refuse_stdout_folder(what: str, path: str | Path) -> None:
+    """Refuse the output folder ``what`` (``"--save-io"``) given as ``"-"`` as typed: stdout, as
+    :func:`refuse_existing` refuses it for a file; ``./-`` is a folder of that name."""
     if isinstance(path, str) and path == "-":  # the option as typed (Path("./-") prints as "-" too)
-        raise BadInputError("output folder '-': writing to stdout is not supported; give a folder name "
-                            "(or ./- for a folder of that name)")
+        raise BadInputError(f"{what} '-': writing to stdout is not supported; give a folder name "
+                            f"(or ./- for a folder of that name)")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,7 +16,7 @@ from polygraphy.logger import G_LOGGER
 from ddpm_export.contract.spec import ExportSpec
 from ddpm_export.errors import BadInputError
 from ddpm_export.export.validate import torch_reference
-from ddpm_export.files import atomic_files, refuse_existing_file
+from ddpm_export.files import atomic_files, refuse_existing_file, refuse_stdout_folder
 from ddpm_export.nn.unet import UNet
 
 INPUTS_NAME, OUTPUTS_NAME = "inputs.json", "outputs.json"
@@ -28,6 +28,7 @@ def check_io_paths(out_dir: str | Path, *, force: bool = False) -> tuple[Path, P
     nothing)."""
     if str(out_dir) == "":  # Path("") is the current folder: the files landed there without a word
         raise BadInputError("--save-io '' names no folder; give one (. for the current folder)")
+    refuse_stdout_folder("--save-io", out_dir)  # it made a folder named '-'
     out = Path(out_dir)
     paths = out / INPUTS_NAME, out / OUTPUTS_NAME
     for path in paths:

@@ -600,16 +600,19 @@ def test_a_dash_is_not_taken_for_a_file_named_dash(tmp_path, tiny, monkeypatch, 
 
 
 @pytest.mark.parametrize("command", [["bundle", "--onnx", "TINY", "-o"], ["triton", "--bundle", "BUNDLE", "-o"],
-                                     ["demo", "--model", "tiny", "--out"]], ids=["bundle", "repository", "demo"])
+                                     ["demo", "--model", "tiny", "--out"],
+                                     ["onnx", "--model", "tiny", "-o", "m.onnx", "--save-io"]],
+                         ids=["bundle", "repository", "demo", "save-io"])
 def test_a_dash_is_not_taken_for_a_folder_named_dash(tmp_path, tiny, monkeypatch, command):
-    """`bundle -o -`, `triton -o -` and `demo --out -` made a folder named '-', where a file output
-    refuses '-'; ./- is a folder of that name."""
+    """`bundle -o -`, `triton -o -`, `demo --out -` and `onnx --save-io -` made a folder named '-',
+    where a file output refuses '-'; ./- is a folder of that name."""
     bundle = tmp_path / "bundle"
     assert run(["bundle", "--onnx", tiny, "-o", bundle]).exit_code == 0
     monkeypatch.chdir(tmp_path)
     args = [str(tiny) if a == "TINY" else str(bundle) if a == "BUNDLE" else a for a in command]
     for force in ([], ["--force"]):
-        out = expect_failure([*args, "-", *force], 2, "output folder '-': writing to stdout is not supported; give a "
+        what = "--save-io" if command[-1] == "--save-io" else "output folder"
+        out = expect_failure([*args, "-", *force], 2, f"{what} '-': writing to stdout is not supported; give a "
                              r"folder name \(or ./- for a folder of that name\)", watch=[tmp_path])
         assert len(out.splitlines()) == 1, out
     if command[0] == "bundle":
