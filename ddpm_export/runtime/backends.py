@@ -164,8 +164,9 @@ def default_threads(path: str | Path, backend: str = "onnxruntime") -> int | Non
     """The backend's thread count for a small model (ONNX file < :data:`SMALL_MODEL_BYTES`), else
     None (the engine's default: every core)."""
     path = Path(path)
-    data = [path.parent / name for name in scan_external_data(path) or ()]  # its weights, under any name
-    size = path.stat().st_size + sum(_file_size(f) for f in data)
+    size = path.stat().st_size
+    if size < SMALL_MODEL_BYTES:  # then its weights may lie beside it, under any name (a walk of the file)
+        size += sum(_file_size(path.parent / name) for name in scan_external_data(path) or ())
     return CPU_BACKENDS[backend].small_model_threads if size < SMALL_MODEL_BYTES else None
 
 
