@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ddpm_export.contract.sidecar import sidecar_path
 from ddpm_export.presets import MODELS_DIR, preset_names
+from ddpm_export.runtime.onnx_wire import scan_external_data
 
 __all__ = ["input_files"]
 
@@ -15,8 +16,8 @@ def input_files(*, model: str | Path | None = None, bundle: str | Path | None = 
                 onnx: str | Path | None = None, engine: str | Path | None = None) -> dict[str, Path]:
     """Every file a command reads besides its flags' own paths, labelled for
     :func:`~ddpm_export.files.refuse_same_file`: the files of ``model``'s folder (a checkpoint
-    folder or a preset) and of a ``bundle`` folder, ``onnx``'s external data (``<onnx>.data``) and
-    ``engine``'s sidecar (``<engine>.json``)."""
+    folder or a preset) and of a ``bundle`` folder, ``onnx``'s external data (``<onnx>.data`` and
+    every location its tensors name) and ``engine``'s sidecar (``<engine>.json``)."""
     found: dict[str, Path] = {}
     if model is not None:
         preset = MODELS_DIR / str(model) if str(model) in preset_names() else None
@@ -24,9 +25,18 @@ def input_files(*, model: str | Path | None = None, bundle: str | Path | None = 
     if bundle is not None:
         found.update(_files_of(Path(bundle), "the bundle's"))
     if onnx is not None:
-        found["--onnx's external data"] = Path(onnx).with_name(Path(onnx).name + ".data")
+        found.update(_external_data(Path(onnx)))
     if engine is not None:
         found["--engine's sidecar"] = sidecar_path(engine)
+    return found
+
+
+def _external_data(onnx: Path) -> dict[str, Path]:
+    """``onnx``'s external-data files: ``<onnx>.data`` (as ``export_onnx`` names it) and the locations
+    its tensors name (a file saved with ``location="weights.bin"``: --force could overwrite its weights)."""
+    found = {"--onnx's external data": onnx.with_name(onnx.name + ".data")}
+    names = (scan_external_data(onnx) or ()) if onnx.is_file() else ()
+    found.update({f"--onnx's external data {name}": onnx.parent / name for name in names})
     return found
 
 

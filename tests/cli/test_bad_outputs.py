@@ -84,6 +84,12 @@ def test_an_output_over_a_file_of_the_model_folder_is_refused(tmp_path, tiny):
                    "the model's model.safetensors .* name the same file", watch=[tmp_path])
     expect_failure(["verify", "--model", "tiny", "--onnx", model, "--report", tmp_path / "m.onnx.data", "--force"], 2,
                    "--onnx's external data .* name the same file", watch=[tmp_path])
+    import onnx  # a file whose weights are in weights.bin: only <name>.data was protected
+
+    onnx.save_model(onnx.load(str(tiny)), str(tmp_path / "w.onnx"), save_as_external_data=True,
+                    location="weights.bin", size_threshold=0)
+    expect_failure(["verify", "--model", "tiny", "--onnx", tmp_path / "w.onnx", "--report", tmp_path / "weights.bin",
+                    "--force"], 2, "--onnx's external data weights.bin .* name the same file", watch=[tmp_path])
     from ddpm_export.runtime import make_bundle
 
     bundle = make_bundle([tiny], tmp_path / "b")
