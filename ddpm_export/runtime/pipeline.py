@@ -330,7 +330,7 @@ class Pipeline:
         _check_run_options(progress, callback)
         req = SampleRequest(self.info, n, steps=steps, sampler=sampler, seed=seed, eta=eta,
                             guidance_scale=guidance_scale, classes=classes, context=context, x_T=x_T)
-        return self.run(req, progress=progress, callback=callback)
+        return self._run(req, progress=bool(progress), callback=callback)
 
     def run(self, req: SampleRequest, *, progress: bool = False,
             callback: Callable[[int, int], None] | None = None) -> np.ndarray:
@@ -340,6 +340,10 @@ class Pipeline:
             raise WrongTypeError(f"req must be a SampleRequest (or call Pipeline.sample), got {type(req).__name__}")
         self._check_open()
         _check_run_options(progress, callback)
+        return self._run(req, progress=bool(progress), callback=callback)
+
+    def _run(self, req: SampleRequest, *, progress: bool, callback: Callable[[int, int], None] | None) -> np.ndarray:
+        """:meth:`run` once the Pipeline is open and the request and options are checked."""
         total = req.steps * len(req.chunks)
         outputs = []
         with tqdm(total=total, disable=not progress, unit="step", leave=False, desc=f"{req.sampler} x{req.n}") as bar:
