@@ -127,13 +127,15 @@ def read_manifest(folder: str | Path) -> Manifest:
     need(isinstance(data, dict) and data.get("format") == FORMAT, f"'format' must be {FORMAT!r}")
     need(type(data.get("version")) is int and data.get("version") == VERSION,  # true == 1 in Python
          f"'version' {data.get('version')!r} is not supported (this code reads {VERSION})")
-    need(not _odd_keys(data, KEYS), f"the manifest {_odd_keys(data, KEYS)} (version {VERSION} has {', '.join(KEYS)})")
+    odd = _odd_keys(data, KEYS)
+    need(not odd, f"the manifest {odd} (version {VERSION} has {', '.join(KEYS)})")
     files: dict[str, dict[str, Any]] = {}
     need(isinstance(data.get("files"), list) and data["files"], "'files' must be a non-empty list")
     for entry in data["files"]:
         need(isinstance(entry, dict), f"every 'files' entry needs path, sha256, size and role; got {entry!r}")
-        need(not _odd_keys(entry, FILE_KEYS), f"{'file ' + repr(entry['path']) if 'path' in entry else 'a files entry'} "
-                                              f"{_odd_keys(entry, FILE_KEYS)} (each has path, sha256, size and role)")
+        odd = _odd_keys(entry, FILE_KEYS)
+        need(not odd, f"{'file ' + repr(entry['path']) if 'path' in entry else 'a files entry'} {odd} (each has "
+                      f"path, sha256, size and role)")
         name = entry["path"]
         need(_plain_name(name), f"file {name!r} must be a plain file name inside the bundle folder")
         need(name not in files, f"file {name!r} is listed twice")
@@ -171,8 +173,8 @@ def _check_models(models: Any, files: dict[str, Any], need: Callable[[bool, str]
     need(isinstance(models, list) and models, "'models' must be a non-empty list")
     for m in models:
         need(isinstance(m, dict), f"every 'models' entry must be an object; got {type(m).__name__}")
-        need(not _odd_keys(m, MODEL_KEYS), f"a 'models' entry {_odd_keys(m, MODEL_KEYS)} (each has "
-                                           f"{', '.join(MODEL_KEYS)})")
+        odd = _odd_keys(m, MODEL_KEYS)
+        need(not odd, f"a 'models' entry {odd} (each has {', '.join(MODEL_KEYS)})")
         need(isinstance(m["onnx"], str), f"a 'models' entry's onnx must be a file name; got {type(m['onnx']).__name__}")
         need(isinstance(m["engines"], list) and all(isinstance(e, str) for e in m["engines"]),
              f"model {m['onnx']!r}: 'engines' must be a list of file names")
