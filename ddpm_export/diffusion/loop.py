@@ -19,6 +19,10 @@ from __future__ import annotations
 from typing import Callable, Protocol
 
 import numpy as np
+# Imported here, not lazily at the first ``np.random`` (numpy 2 loads it on first use): that first
+# import runs numpy.random's Cython module set-up, which drops a KeyboardInterrupt raised inside it,
+# and it ran at the first sampling step -- a Ctrl-C just after the progress bar appeared was lost.
+from numpy.random import PCG64, Generator
 
 from ddpm_export.checks import check_guidance_scale, check_seed, check_x_T
 from ddpm_export.diffusion.scheduler import Scheduler
@@ -46,9 +50,9 @@ class Backend(Protocol):
 StepCallback = Callable[[int, int, np.ndarray, np.ndarray], None]
 
 
-def noise_generator(seed: int) -> np.random.Generator:
+def noise_generator(seed: int) -> Generator:
     """``numpy.random.Generator(numpy.random.PCG64(seed))``, the only noise source of sampling."""
-    return np.random.Generator(np.random.PCG64(check_seed(seed)))
+    return Generator(PCG64(check_seed(seed)))
 
 
 def guided_output(cond_out: np.ndarray, uncond_out: np.ndarray, guidance_scale: float) -> np.ndarray:

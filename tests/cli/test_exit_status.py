@@ -131,6 +131,18 @@ def test_ctrl_c_is_status_130_with_or_without_debug(tmp_path, debug):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_numpy_random_is_loaded_before_sampling_begins():
+    """numpy 2 loads ``numpy.random`` on first use, and that import's Cython set-up drops a
+    KeyboardInterrupt raised inside it: loaded lazily at the first step, a Ctrl-C a few ms after the
+    progress bar appeared was lost and sampling ran to the end with status 0 (the flaky
+    test above, reproduced with a SIGINT 5 ms after the bar). The runtime loads it at import."""
+    code = ("import sys, numpy; assert 'numpy.random' not in sys.modules; "
+            "import ddpm_export.runtime.pipeline; print('numpy.random' in sys.modules)")
+    env = {"PYTHONPATH": str(Path(__file__).resolve().parents[2]), "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.stdout.strip() == "True", out.stderr
+
+
 @pytest.mark.parametrize("args", [["--help"], ["--version"], ["models"], ["sample", "--help"]])
 def test_a_closed_stdout_is_the_same_line_and_status_before_a_command_runs(args):
     """`ddpm-export --help` and `--version` print before any command runs: into a closed stdout
