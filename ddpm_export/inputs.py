@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ddpm_export.contract.sidecar import sidecar_path
-from ddpm_export.presets import MODELS_DIR, preset_names
+from ddpm_export.diffusion.from_diffusers import find_scheduler_config
+from ddpm_export.presets import DIFFUSION_NAME, MODELS_DIR, preset_names
 from ddpm_export.runtime.onnx_wire import scan_external_data
 
 __all__ = ["input_files"]
@@ -16,12 +17,13 @@ def input_files(*, model: str | Path | None = None, bundle: str | Path | None = 
                 onnx: str | Path | None = None, engine: str | Path | None = None) -> dict[str, Path]:
     """Every file a command reads besides its flags' own paths, labelled for
     :func:`~ddpm_export.files.refuse_same_file`: the files of ``model``'s folder (a checkpoint
-    folder or a preset) and of a ``bundle`` folder, ``onnx``'s external data (``<onnx>.data`` and
+    folder or a preset) and the scheduler config of its diffusers pipeline, the files of a ``bundle`` folder, ``onnx``'s external data (``<onnx>.data`` and
     every location its tensors name) and ``engine``'s sidecar (``<engine>.json``)."""
     found: dict[str, Path] = {}
     if model is not None:
         preset = MODELS_DIR / str(model) if str(model) in preset_names() else None
         found.update(_files_of(Path(model) if Path(model).is_dir() else preset, "the model's"))
+        found.update(_pipeline_scheduler(Path(model)))
     if bundle is not None:
         found.update(_files_of(Path(bundle), "the bundle's"))
     if onnx is not None:
@@ -38,6 +40,16 @@ def _external_data(onnx: Path) -> dict[str, Path]:
     names = (scan_external_data(onnx) or ()) if onnx.is_file() else ()
     found.update({f"--onnx's external data {name}": onnx.parent / name for name in names})
     return found
+
+
+def _pipeline_scheduler(folder: Path) -> dict[str, Path]:
+    """The scheduler config a diffusers UNet folder without ``diffusion.json`` reads from its pipeline
+    (``../scheduler/scheduler_config.json``), outside the folder: verify --report over it with --force
+    destroyed the model's schedule."""
+    if not folder.is_dir() or (folder / DIFFUSION_NAME).exists():
+        return {}
+    path = find_scheduler_config(folder)
+    return {} if path is None or path.parent == folder else {"the model's scheduler config": path}
 
 
 def _files_of(folder: Path | None, label: str) -> dict[str, Path]:

@@ -97,6 +97,24 @@ def test_an_output_over_a_file_of_the_model_folder_is_refused(tmp_path, tiny):
                    2, "the bundle's tiny.onnx .* and --save-npy .* name the same file", watch=[tmp_path])
 
 
+def test_an_output_over_the_scheduler_config_of_a_diffusers_pipeline_is_refused(tmp_path, tiny):
+    """A diffusers UNet folder reads its schedule from ../scheduler/scheduler_config.json, outside the
+    folder: verify --report over it with --force overwrote it, and the model no longer loaded."""
+    import json
+
+    unet, scheduler = tmp_path / "pipe" / "unet", tmp_path / "pipe" / "scheduler"
+    unet.mkdir(parents=True)
+    scheduler.mkdir()
+    (unet / "config.json").write_text(json.dumps({"_class_name": "UNet2DModel", "sample_size": 16}))
+    (scheduler / "scheduler_config.json").write_text(json.dumps({"_class_name": "DDPMScheduler"}))
+    expect_failure(["verify", "--model", unet, "--onnx", tiny, "--report", scheduler / "scheduler_config.json",
+                    "--force"], 2, "the model's scheduler config .* name the same file", watch=[tmp_path])
+    (unet / "diffusion.json").write_text("{}")  # read instead of the pipeline's: the path is free
+    from ddpm_export.inputs import input_files
+
+    assert scheduler / "scheduler_config.json" not in input_files(model=unet).values()
+
+
 def test_an_onnx_file_kept_in_its_model_folder_may_be_read_as_both(tmp_path):
     """Two inputs naming one file are no conflict: verify --model ckpt --onnx ckpt/model.onnx (where
     tools/train.py and the shipped digits folder keep the export) was refused as 'the same file'."""
