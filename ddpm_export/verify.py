@@ -51,11 +51,11 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from ddpm_export.checks import check_exported_from, check_guidance_scale, check_steps
+from ddpm_export.checks import check_exported_from, check_guidance_scale, check_int, check_seed, check_steps
 from ddpm_export.contract.info import ModelInfo
 from ddpm_export.contract.metadata import sha256_file
 from ddpm_export.contract.spec import ExportSpec
-from ddpm_export.diffusion import Backend, DiffusionConfig, make_scheduler, sample
+from ddpm_export.diffusion import SCHEDULERS, Backend, DiffusionConfig, make_scheduler, sample
 from ddpm_export.diffusion.scheduler import Scheduler
 from ddpm_export.errors import BadInputError, MissingDependencyError
 from ddpm_export.files import atomic_file
@@ -224,7 +224,7 @@ def verify(model: str | Path, onnx: str | Path, *, engine: str | Path | None = N
     T = info.diffusion.num_train_timesteps
     steps, solver_steps = _default_steps(T, steps, solver_steps)
     unet = load_model(model)
-    limits = _check_arguments(info, unet.config, model, onnx, steps, ddpm_steps, batch, guidance_scale)
+    limits = _check_arguments(info, unet.config, model, onnx, steps, ddpm_steps, batch, guidance_scale, seed)
     spec, cfg = info.spec, info.diffusion
     solver_schedulers = _solver_schedulers(cfg, solvers, solver_steps)
     onnx_sha, source_match = sha256_file(onnx), _check_source(model, unet, onnx, info)
@@ -335,9 +335,11 @@ def _schedule_notes(model: str | Path, onnx: Path, info: ModelInfo, log: Callabl
 
 
 def _check_arguments(info: ModelInfo, unet_config: Any, model: str | Path, onnx: Path, steps: int,
-                     ddpm_steps: int | None, batch: int, guidance_scale: float) -> Thresholds:
+                     ddpm_steps: int | None, batch: int, guidance_scale: float, seed: int) -> Thresholds:
     """Refuse a file not exported from ``model`` and arguments the graph cannot run; the limits."""
     check_exported_from(info.unet, unet_config, onnx, model, VerifyError)
+    check_seed(seed)  # numpy's own errors named no argument (seed=-1: "expected non-negative integer")
+    check_int("batch", batch, 1, None, "an int >= 1")
     if info.precision not in THRESHOLDS:
         raise VerifyError(f"{onnx}: precision {info.precision!r} has no thresholds (known: {', '.join(THRESHOLDS)})")
     spec, T = info.spec, info.diffusion.num_train_timesteps
@@ -485,7 +487,12 @@ def _probed(traj: dict[str, Any]) -> str:
 
 
 def _solver_schedulers(cfg: DiffusionConfig, solvers: Sequence[str], steps: int) -> dict[str, Scheduler]:
-    """The multistep solvers' schedulers at ``steps`` with the file's settings (refused up front)."""
+    """The multistep solvers' schedulers at ``steps`` with the file's settings (refused up front).
+    DDIM and DDPM have their own trajectories (``steps``, ``ddpm_steps``): named here, they replaced
+    those, and the report still said DDPM ran all T steps."""
+    choices = [name for name in SCHEDULERS if name not in ("ddim", "ddpm")]
+    if isinstance(solvers, str) or not set(solvers) <= set(choices):
+        raise VerifyError(f"solvers must be a sequence of names out of {', '.join(choices)}, got {solvers!r}")
     try:
         return {name: _scheduler(cfg, name, steps) for name in solvers}
     except ValueError as e:

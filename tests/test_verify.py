@@ -8,6 +8,7 @@ checks all T steps."""
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -428,3 +429,18 @@ def test_verify_of_a_context_model_is_refused_naming_the_argument(tmp_path: Path
     assert result.exit_code == 2, result.output
     assert (f"{onnx}: a context-conditioned model needs a context for every image, which `ddpm-export verify` has no "
             f"way to supply; sample it from Python with Pipeline.sample(n, context=...)") in result.output
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"seed": -1}, "seed must be a non-negative int, got -1"),  # was numpy's "expected non-negative integer"
+    ({"batch": 1.5}, "batch must be an int >= 1, got 1.5"),  # was "shape must be (B, C, H, W) ..."
+    ({"solvers": "unipc"}, "solvers must be a sequence of names out of dpm-solver++, dpm-solver, sde-dpm-solver++, "
+                           "unipc, got 'unipc'"),  # was sampler='u'
+    ({"solvers": ("ddpm",)}, "solvers must be a sequence of names out of dpm-solver++, dpm-solver, "
+                             "sde-dpm-solver++, unipc, got ('ddpm',)"),  # replaced the all-T DDPM run silently
+])
+def test_the_python_api_names_a_bad_argument(tiny_onnx: Path, kwargs: dict, message: str) -> None:
+    from ddpm_export.errors import BadInputError
+
+    with pytest.raises(BadInputError, match=re.escape(message)):
+        verify("tiny", tiny_onnx, steps=2, ddpm_steps=2, solver_steps=2, log=lambda m: None, **kwargs)
