@@ -17,8 +17,9 @@ def input_files(*, model: str | Path | None = None, bundle: str | Path | None = 
                 onnx: str | Path | None = None, engine: str | Path | None = None) -> dict[str, Path]:
     """Every file a command reads besides its flags' own paths, labelled for
     :func:`~ddpm_export.files.refuse_same_file`: the files of ``model``'s folder (a checkpoint
-    folder or a preset) and the scheduler config of its diffusers pipeline, the files of a ``bundle`` folder, ``onnx``'s external data (``<onnx>.data`` and
-    every location its tensors name) and ``engine``'s sidecar (``<engine>.json``)."""
+    folder or a preset) and the scheduler config of its diffusers pipeline, the files of a
+    ``bundle`` folder, ``onnx``'s external data (``<onnx>.data`` and every location its tensors
+    name) and ``engine``'s sidecar (``<engine>.json``)."""
     found: dict[str, Path] = {}
     if model is not None:
         preset = MODELS_DIR / str(model) if str(model) in preset_names() else None
