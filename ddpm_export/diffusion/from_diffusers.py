@@ -22,7 +22,8 @@ What is read, with diffusers' names and each class's own defaults for keys a fil
   ``algorithm_type``, ``UniPCMultistepScheduler`` -> ``unipc``, each with its solver keys. The
   other classes of :data:`_CLASS_DEFAULTS` (``DDPMScheduler``, ``PNDMScheduler``, Euler, LMS,
   Heun, KDPM2, DEIS, single-step DPM-Solver) give the schedule only; the sampler stays
-  :class:`DiffusionConfig`'s default (DDIM, 50 steps). A class not listed there (IPNDM, whose
+  :class:`DiffusionConfig`'s default (DDIM, 50 steps; with fewer than 50 training timesteps, the most
+  steps the sampler takes). A class not listed there (IPNDM, whose
   schedule is its own, LCM, ...) or a file without ``_class_name`` is refused. Only DDPM's and
   DDIM's steps clip the predicted x0: every other class reads as ``clip_sample=False`` unless its
   file says otherwise (DDIM with clipping in an Euler model's place moved its samples by up to
@@ -49,6 +50,7 @@ from typing import Any, Callable
 
 from ddpm_export.configbase import ConfigError
 from ddpm_export.diffusion.config import MAX_TRAIN_TIMESTEPS, DiffusionConfig
+from ddpm_export.diffusion.samplers import make_scheduler
 from ddpm_export.errors import BadInputError
 from ddpm_export.jsonio import parse_json
 
@@ -217,11 +219,28 @@ def diffusion_from_scheduler(path: Path) -> DiffusionConfig:
         if not isinstance(fields["disable_corrector"], list):
             raise refuse("disable_corrector", "is not a list of step indices")
         fields["disable_corrector"] = tuple(fields["disable_corrector"])
+    T = fields.get("num_train_timesteps", DiffusionConfig.num_train_timesteps)
+    if isinstance(T, int) and not isinstance(T, bool) and 2 <= T < DiffusionConfig.num_inference_steps:
+        fields["num_inference_steps"] = _most_steps(fields, T, str(path))
     try:
         return DiffusionConfig.from_dict(fields, source=str(path))
     except ConfigError as e:
         raise SchedulerConfigError(f"{e}; write a diffusion.json beside the UNet's config.json to choose the "
                                    f"schedule yourself") from e
+
+
+def _most_steps(fields: dict[str, Any], T: int, source: str) -> int:
+    """The most inference steps, at most ``T``, that the file's sampler takes: a scheduler config has no
+    step count, and DiffusionConfig's default (50) is more than a schedule of ``T`` < 50 timesteps has
+    (a T = 20 file was refused for a num_inference_steps it does not hold); 1 when none is taken (the
+    config's own error then names what else is wrong)."""
+    for n in range(T, 1, -1):
+        try:  # the scheduler too: it refuses steps of zero length (linspace repeating a timestep)
+            make_scheduler(DiffusionConfig.from_dict({**fields, "num_inference_steps": n}, source=source))
+        except ConfigError:
+            continue
+        return n
+    return 1
 
 
 def _from_predict_epsilon(data: dict[str, Any], refuse: Callable[[str, str], SchedulerConfigError]) -> str:

@@ -61,6 +61,25 @@ def test_a_saved_scheduler_maps_to_the_same_schedule_and_timesteps(tmp_path: Pat
         assert (cfg.prediction_type, cfg.clip_sample, cfg.variance_type) == ("v_prediction", False, "fixed_small")
 
 
+@pytest.mark.parametrize("cls,T,steps", [("DDPMScheduler", 20, 20), ("DDIMScheduler", 40, 40),
+                                          ("UniPCMultistepScheduler", 20, 19),  # linspace: 20 repeats a timestep
+                                          ("DPMSolverMultistepScheduler", 2, 2)])
+def test_a_schedule_of_fewer_than_50_timesteps_samples_with_the_most_steps_it_takes(
+        tmp_path: Path, cls: str, T: int, steps: int) -> None:
+    """A scheduler file holds no step count, and the default 50 exceeds T < 50: a T = 20 file was refused
+    for a num_inference_steps it does not hold. It takes the most steps its sampler can, as diffusers
+    visits them."""
+    path, ref = _saved(tmp_path, cls, dict(num_train_timesteps=T))
+    cfg = diffusion_from_scheduler(path)
+    assert (cfg.num_train_timesteps, cfg.num_inference_steps) == (T, steps)
+    if cls != "DDPMScheduler":  # its sampler is DDIM's (as for T >= 50)
+        ref.set_timesteps(steps)
+        np.testing.assert_array_equal(make_scheduler(cfg).timesteps, ref.timesteps.numpy())
+    with pytest.raises(SchedulerConfigError, match="beta_end: must be >= beta_start"):  # other errors still named
+        diffusion_from_scheduler(_saved(tmp_path / "bad", cls, dict(num_train_timesteps=T, beta_start=0.02,
+                                                                         beta_end=0.01))[0])
+
+
 def test_keys_a_file_leaves_out_take_that_class_s_defaults(tmp_path: Path) -> None:
     """diffusers' DPM-Solver defaults to linspace spacing, DiffusionConfig to leading."""
     path = tmp_path / SCHEDULER_CONFIG_NAME
