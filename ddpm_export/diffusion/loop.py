@@ -127,7 +127,7 @@ def _call(
 ) -> np.ndarray:
     out = backend(x, t, cond)
     if not isinstance(out, np.ndarray):
-        raise TypeError(f"backend must return a numpy array, got {type(out).__name__}")
+        raise WrongTypeError(f"backend must return a numpy array, got {type(out).__name__}")
     if out.dtype != np.float32 or out.shape != expected:
         raise BadInputError(
             f"backend must return float32 of shape {expected}; got {out.dtype} {out.shape}"

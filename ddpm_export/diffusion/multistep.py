@@ -21,6 +21,7 @@ from ddpm_export.diffusion.config import DiffusionConfig
 from ddpm_export.diffusion.prediction import split_prediction
 from ddpm_export.diffusion.scheduler import Scheduler
 from ddpm_export.diffusion.sigmas import SolverSchedule, alpha_sigma, log_snr
+from ddpm_export.errors import BadInputError
 
 __all__ = ["MultistepScheduler"]
 
@@ -64,7 +65,7 @@ class MultistepScheduler(Scheduler):
     def _index(self, t: int) -> int:
         hits = np.flatnonzero(self.timesteps == int(t))
         if hits.size == 0:
-            raise ValueError(f"t={t} is not one of the {self.num_inference_steps} timesteps this scheduler "
+            raise BadInputError(f"t={t} is not one of the {self.num_inference_steps} timesteps this scheduler "
                              f"visits ({self.timesteps[0]} .. {self.timesteps[-1]}); use .timesteps")
         return int(hits[0])
 
@@ -87,7 +88,7 @@ class MultistepScheduler(Scheduler):
         i = self.step_index
         if i >= len(self.timesteps) or int(t) != int(self.timesteps[i]):
             expected = "none (all steps taken)" if i >= len(self.timesteps) else f"t={int(self.timesteps[i])}"
-            raise ValueError(f"{type(self).__name__} is a multistep solver: its steps must follow .timesteps in "
+            raise BadInputError(f"{type(self).__name__} is a multistep solver: its steps must follow .timesteps in "
                              f"order; step {i} expects {expected}, got t={t} (reset() starts over)")
         return i
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from ddpm_export.diffusion import DiffusionConfig, Scheduler, make_scheduler, noise_generator, sample
+from ddpm_export.errors import BadInputError
 
 SHAPE = (2, 3, 8, 8)
 T = 1000
@@ -252,6 +253,6 @@ def test_shape_must_be_bchw() -> None:
     (lambda x, t, c: x.tolist(), "backend must return a numpy array, got list"),
 ])
 def test_backend_output_is_checked(bad, message: str) -> None:
-    with pytest.raises((ValueError, TypeError)) as info:
+    with pytest.raises(BadInputError) as info:  # a DdpmExportError: a list was refused with a plain TypeError
         sample(bad, make_scheduler(DiffusionConfig(num_inference_steps=2)), SHAPE, seed=0)
     assert message in str(info.value)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from ddpm_export.configbase import ConfigError
+from ddpm_export.errors import BadInputError
 from ddpm_export.diffusion import (SCHEDULERS, DiffusionConfig, DPMSolverMultistepScheduler, UniPCMultistepScheduler,
                                    make_scheduler, sample, sampler_config, sampler_defaults, solver_timesteps)
 
@@ -144,11 +145,14 @@ def test_steps_must_follow_the_timesteps_in_order() -> None:
     s = make_scheduler(DiffusionConfig(num_inference_steps=4), "unipc")
     x = np.zeros(SHAPE, np.float32)
     assert s.timesteps.tolist() == [800, 600, 400, 200]  # leading over 5 intervals, as diffusers
-    with pytest.raises(ValueError, match=r"step 0 expects t=800, got t=600 \(reset\(\) starts over\)"):
+    # BadInputError, as DDPM's and DDIM's for the same misuse (a plain ValueError is no DdpmExportError)
+    with pytest.raises(BadInputError, match=r"step 0 expects t=800, got t=600 \(reset\(\) starts over\)"):
         s.step(x, 600, x)
+    with pytest.raises(BadInputError, match=r"t=700 is not one of the 4 timesteps this scheduler visits"):
+        s.previous_timestep(700)
     for t in s.timesteps:
         s.step(x, int(t), x)
-    with pytest.raises(ValueError, match="expects none \\(all steps taken\\)"):
+    with pytest.raises(BadInputError, match="expects none \\(all steps taken\\)"):
         s.step(x, 200, x)
     s.set_timesteps(4)
     s.step(x, 800, x)  # set_timesteps clears the history too
