@@ -309,15 +309,18 @@ class LocalServer:
             raise
 
     def wait_ready(self, timeout: float = 60.0) -> None:
-        """Poll ``/v2/health/ready`` until every model is loaded; raise with the log's tail otherwise."""
+        """Poll ``/v2/health/ready`` until every model is loaded; raise with the log's tail otherwise.
+        The poll never goes through a proxy (``http_proxy`` in the environment): none reaches this
+        machine's 127.0.0.1."""
         deadline = time.monotonic() + timeout
         assert self.process is not None, "start() first"
+        direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 self._reap()
                 raise RuntimeError(f"tritonserver exited with {self.process.returncode}:\n{self.log_tail()}")
             try:
-                with urllib.request.urlopen(f"http://{self.http_url}/v2/health/ready", timeout=1) as r:
+                with direct.open(f"http://{self.http_url}/v2/health/ready", timeout=1) as r:
                     if r.status == 200:
                         return
             except (urllib.error.URLError, ConnectionError, TimeoutError):

@@ -243,6 +243,25 @@ def test_a_second_server_on_a_running_servers_work_folder_is_refused(server: Loc
     np.testing.assert_allclose(infer(server, "http", values), pipe.sample(2, steps=2, seed=3), atol=TOL)
 
 
+def test_a_proxy_in_the_environment_does_not_keep_the_server_from_being_ready(server: LocalServer,
+                                                                              tmp_path: Path) -> None:
+    """With http_proxy set (a corporate shell), the readiness poll of 127.0.0.1 went to the proxy,
+    which cannot reach it: a server that was up was reported "not ready after 60 s". The poll now
+    connects directly. A process of its own: urllib keeps the proxies of its first request."""
+    import os
+    import subprocess
+    import sys
+
+    script = (f"from ddpm_export.serve.local_server import LocalServer, find_tritonserver\n"
+              f"s = LocalServer(find_tritonserver(), {str(server.repository)!r}, {str(tmp_path / 'work')!r}, "
+              f"pythonpath={[str(p) for p in [*stub_numpy_site(ROOT), ROOT]]!r})\n"
+              f"s.start()\ntry:\n    s.wait_ready(timeout=30)\n    print('ready')\nfinally:\n    s.stop()\n")
+    env = {k: v for k, v in os.environ.items() if k.lower() not in ("no_proxy", "http_proxy")}
+    env["http_proxy"] = env["HTTP_PROXY"] = "http://127.0.0.1:9"  # a closed port: any proxy fails alike
+    run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and run.stdout.strip() == "ready", run.stderr[-2000:]
+
+
 def _shm_regions() -> set[str]:
     return {p.name for p in Path("/dev/shm").glob("triton_python_backend_shm_region_*")}
 
