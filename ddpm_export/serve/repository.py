@@ -119,7 +119,23 @@ def _unet_source(folder: Path, entry: dict, info: ModelInfo, unet_backend: str) 
                           f"export with --attention decomposed for --unet-backend openvino")
     if unet_backend == "openvino":
         check_openvino_target(f"{folder}: {entry['onnx']}", info)
+        _refuse_sized_inputs(folder, entry, info)
     return folder / entry["onnx"]
+
+
+def _refuse_sized_inputs(folder: Path, entry: dict, info: ModelInfo) -> None:
+    """Refuse a graph with a dynamic axis besides the batch (a context's length) for Triton's OpenVINO
+    backend: it pads a call of fewer than ``max_batch`` images into the buffers its infer request
+    holds, without setting their shapes, and such an input's buffer there is empty
+    (``[max_batch, 0, D]``: no room for the call's context); a full batch runs OpenVINO's
+    dynamic-length kernels, which go wrong (see :mod:`ddpm_export.runtime.openvino_backend`)."""
+    sized = [f"{name} axis {axis} ({label})" for name, axes in info.spec.dynamic_axes.items()
+             for axis, label in axes.items() if axis != 0]
+    if sized:
+        raise BundleError(f"{folder}: {entry['onnx']} takes inputs whose size varies beyond the batch "
+                          f"({', '.join(sized)}), which Triton's OpenVINO backend cannot serve: it pads every call "
+                          f"to max_batch into buffers of a fixed shape; choose --unet-backend onnxruntime, "
+                          f"tensorrt or python")
 
 
 def _write_model_py(folder: Path, what: str, cls: str) -> None:

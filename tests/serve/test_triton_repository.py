@@ -226,6 +226,28 @@ def test_openvino_unet_backend_refuses_an_ort_mha_file(tmp_path):
     write_repository(bundle, tmp_path / "repo", unet_backend="onnxruntime")  # ONNX Runtime serves it
 
 
+def test_openvino_unet_backend_refuses_a_context_conditioned_model(tmp_path: Path) -> None:
+    """Triton's OpenVINO backend pads a call to max_batch into the buffers its infer request holds,
+    never setting their shapes: the context's is [max_batch, 0, D] (its length is dynamic), so a
+    context-conditioned unet could not be served. Refused naming the input and the other backends;
+    nothing is written, and ONNX Runtime still serves it."""
+    from export_helpers import save_test_checkpoint
+
+    from ddpm_export.export.onnx import export_onnx
+
+    onnx = export_onnx(save_test_checkpoint("context", tmp_path), tmp_path / "ctx.onnx", max_batch=2,
+                       validate=False, log=lambda line: None).path
+    bundle = make_bundle([onnx], tmp_path / "b")
+    result = CliRunner().invoke(main, ["triton", "--bundle", str(bundle), "-o", str(tmp_path / "repo"),
+                                       "--unet-backend", "openvino"])
+    assert result.exit_code == 2, result.output
+    assert re.search(r"ctx\.onnx takes inputs whose size varies beyond the batch \(context axis 1 "
+                     r"\(context_length\)\), which Triton's OpenVINO backend cannot serve.*choose --unet-backend "
+                     r"onnxruntime, tensorrt or python", " ".join(result.output.split())), result.output
+    assert not (tmp_path / "repo").exists()
+    write_repository(bundle, tmp_path / "repo", unet_backend="onnxruntime")
+
+
 @pytest.mark.parametrize("name", ["with space", "ünïcode"])
 def test_the_local_server_refuses_paths_its_python_backend_cannot_run_from(tmp_path: Path, name: str) -> None:
     """A space split the stub's path (a 60 s hang), non-ASCII failed its encoding: named up front."""
