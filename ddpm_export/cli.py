@@ -24,7 +24,7 @@ import click
 from ddpm_export import commands
 from ddpm_export._version import __version__
 from ddpm_export.configbase import ConfigFileError
-from ddpm_export.console import FLAG_NAMES, VERBOSITY, name_flags
+from ddpm_export.console import FLAG_NAMES, VERBOSITY, IntRange, name_flags
 from ddpm_export.errors import (BadInputError, DdpmExportError, DdpmExportWarning, describe, exit_status,
                                 out_of_memory)
 from ddpm_export.threads import MAX_THREADS, set_threads
@@ -115,7 +115,7 @@ class _Main(click.Group):
 @click.option("--debug", is_flag=True, help="Show the full traceback of an error before its line (same exit status).")
 @click.option("-v", "--verbose", is_flag=True, help="Progress bars even when stderr is not a terminal.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors (stderr); no progress bars.")
-@click.option("--threads", type=click.IntRange(1, MAX_THREADS), default=None,
+@click.option("--threads", type=IntRange(1, MAX_THREADS), default=None,
               help="CPU threads for ONNX Runtime, OpenVINO and PyTorch [default: ONNX Runtime 1 for ONNX files "
                    "under 16 MiB, where a second thread was slower; else each engine's own].")
 @click.pass_context

@@ -11,14 +11,31 @@ import click
 
 from ddpm_export.errors import BadInputError
 
-__all__ = ["FLAG_NAMES", "VERBOSITY", "count", "name_flags", "require_output_when_quiet", "show_progress",
-           "use_flag_names"]
+__all__ = ["FLAG_NAMES", "VERBOSITY", "IntRange", "count", "is_plain_int", "name_flags", "require_output_when_quiet",
+           "show_progress", "use_flag_names"]
 
 #: ``click.Context.meta`` key: 0 quiet (``-q``), 1 normal, 2 verbose (``-v``).
 VERBOSITY = "ddpm_export.verbosity"
 #: ``click.Context.meta`` key: the running command's ``{library argument: CLI flag}``, so that an
 #: error raised by the library names the flag the user typed (``--guidance``, not ``guidance_scale``).
 FLAG_NAMES = "ddpm_export.flag_names"
+#: an integer as a flag's value: ASCII digits after an optional minus (a negative one is then refused
+#: by its range, naming it). Python's int() also reads '1_0' as 10, and ' 8', '+8' and '٨' as 8.
+_PLAIN_INT = re.compile(r"-?[0-9]+")
+
+
+def is_plain_int(text: str) -> bool:
+    """Whether ``text`` is an integer written plainly: ASCII digits, an optional leading minus."""
+    return _PLAIN_INT.fullmatch(text) is not None
+
+
+class IntRange(click.IntRange):
+    """:class:`click.IntRange` that takes plain integers only (:func:`is_plain_int`)."""
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> object:
+        if isinstance(value, str) and not is_plain_int(value):
+            self.fail(f"{value!r} is not a valid integer (digits 0-9 only).", param, ctx)
+        return super().convert(value, param, ctx)
 
 
 def show_progress(flag: bool | None = None) -> bool:

@@ -120,6 +120,11 @@ def test_bench_needs_a_model_or_a_file() -> None:
     (["--model", "tiny", "--batch", "0"], "--batch must be >= 1, got 0"),
     (["--model", "tiny", "--batch", ","], "expected comma-separated integers, got ','"),
     (["--model", "tiny", "--batch", "1,,8"], "expected comma-separated integers, got '1,,8'"),
+    # Python's int() read 1_0 as 10 (and '+8', '٨' as 8): the bench ran batch 10
+    (["--model", "tiny", "--batch", "1_0"], "got '1_0': '1_0' is not an integer (digits 0-9 only)"),
+    (["--model", "tiny", "--batch", "1,+8"], "got '1,+8': '+8' is not an integer (digits 0-9 only)"),
+    (["--model", "tiny", "--batch", "1,\u0668"], "'\u0668' is not an integer (digits 0-9 only)"),
+    (["--model", "tiny", "--batch", "-1"], "--batch must be >= 1, got -1"),
     (["--model", "tiny", "--batch", "5000"], "--batch must be <= 4096, got 5000"),  # was: after an export
     (["--model", "tiny", "--steps", "1001"], "--steps must be an int in [1, 1000]"),
     (["--model", "no-such-model"], "unknown model 'no-such-model'"),

@@ -6,6 +6,7 @@ import os
 
 import click
 
+from ddpm_export.console import IntRange, is_plain_int
 from ddpm_export.contract.choices import ATTENTION_CHOICES, REWRITE_CHOICES
 from ddpm_export.runtime.backends import CPU_BACKENDS
 from ddpm_export.threads import MAX_THREADS
@@ -16,13 +17,14 @@ def _csv(kind: type, choices: tuple[str, ...] | None = None):  # type: ignore[no
         if value is None:
             return None
         parts = [v.strip() for v in value.split(",")]
-        try:
-            items = tuple(kind(v) for v in parts) if "" not in parts else ()
-        except ValueError:
-            items = ()
-        if not items:
-            what = "integers" if kind is int else "names"
+        what = "integers" if kind is int else "names"
+        if "" in parts:
             raise click.BadParameter(f"expected comma-separated {what}, got {value!r}")
+        not_int = [v for v in parts if kind is int and not is_plain_int(v)]
+        if not_int:
+            raise click.BadParameter(f"expected comma-separated {what}, got {value!r}: {not_int[0]!r} is not an "
+                                     f"integer (digits 0-9 only)")
+        items = tuple(kind(v) for v in parts)
         bad = [v for v in items if choices is not None and v not in choices]
         if bad:
             raise click.BadParameter(f"{', '.join(map(str, bad))}: choose from {', '.join(choices or ())}")
@@ -47,10 +49,10 @@ def _csv(kind: type, choices: tuple[str, ...] | None = None):  # type: ignore[no
               help="Rewrites variants of our fp32 file, compared on every fp32 path: auto (what `ddpm-export onnx` "
                    "applies), none, or one rewrite alone (upsample-deconv, upsample-subpixel, attention-fold).")
 @click.option("--batch", "batches", default="1,8", callback=_csv(int), help="Batch sizes, comma-separated.")
-@click.option("--threads", type=click.IntRange(1, MAX_THREADS), default=None,
+@click.option("--threads", type=IntRange(1, MAX_THREADS), default=None,
               help="Threads for every engine [default: `ddpm-export --threads`, else every CPU this process may use].")
-@click.option("--steps", type=click.IntRange(1), default=10, help="DDIM steps per timed run.")
-@click.option("--repeats", type=click.IntRange(1, 1000), default=3,
+@click.option("--steps", type=IntRange(1), default=10, help="DDIM steps per timed run.")
+@click.option("--repeats", type=IntRange(1, 1000), default=3,
               help="Interleaved rounds (every path once per round).")
 @click.option("--peers/--no-peers", default=True, help="Also run eager PyTorch and the plain torch.onnx.export file.")
 @click.option("-o", "--output", "--json", "json_path", type=click.Path(dir_okay=False), default=None,

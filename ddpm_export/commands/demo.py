@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from ddpm_export.console import IntRange
 from ddpm_export.errors import MissingDependencyError
 
 #: Classifier-free guidance of the demo grid for class-conditional models: modest, so that the
@@ -26,7 +27,7 @@ DEMO_FILES = ("model.onnx", "grid.png", "samples.npy", "report.json", "drift.png
               help="Preset name or checkpoint folder [default: digits if shipped, else tiny].")
 @click.option("-o", "--output", "--out", "out_dir", type=click.Path(file_okay=False), default="demo-out",
               help="Folder to write.")
-@click.option("--ddpm-steps", type=click.IntRange(1), default=None,
+@click.option("--ddpm-steps", type=IntRange(1), default=None,
               help="Respace the verified DDPM trajectory to this many steps [default: all T].")
 @click.option("--force", is_flag=True, help="Replace an existing --out folder.")
 def command(model: str | None, out_dir: str, ddpm_steps: int | None, force: bool) -> None:

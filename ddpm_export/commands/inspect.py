@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from ddpm_export.console import show_progress
+from ddpm_export.console import IntRange, show_progress
 from ddpm_export.contract.spec import MAX_BATCH
 from ddpm_export.threads import MAX_THREADS
 
@@ -19,22 +19,22 @@ if TYPE_CHECKING:  # pragma: no cover
 @click.command("inspect")
 @click.option("--model", "-m", "model", required=True,
               help="A preset name (see `ddpm-export models`), our checkpoint folder, or a diffusers UNet2DModel folder.")
-@click.option("--batch", "-b", type=click.IntRange(1, MAX_BATCH), default=1,
+@click.option("--batch", "-b", type=IntRange(1, MAX_BATCH), default=1,
               help="Batch for the attention score-matrix sizes and the profile (FLOPs are per image).")
 @click.option("-o", "--output", "--json", "json_path", type=click.Path(dir_okay=False), default=None,
               help="Write the report as JSON here.")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Write the ERF heat map as a PNG here.")
-@click.option("--erf-samples", type=click.IntRange(1), default=2,
+@click.option("--erf-samples", type=IntRange(1), default=2,
               help="Random inputs per timestep for the effective receptive field (4 timesteps).")
-@click.option("--erf-size", type=click.IntRange(1), default=None,
+@click.option("--erf-size", type=IntRange(1), default=None,
               help="Input size for the ERF (default: the model's sample size; at most 4x it); a larger one "
                    "keeps the image borders out of the measurement.")
 @click.option("--profile", is_flag=True, help="Also export to ONNX and profile ONNX Runtime (CPU) over a few calls.")
 @click.option("--engine", type=click.Path(dir_okay=False), default=None,
               help="With --profile: also TensorRT's per-layer profile of this engine (built from an export of "
                    "--model; its sidecar is checked), on the GPU.")
-@click.option("--profile-runs", type=click.IntRange(1), default=5, help="Profiled calls (after one warm-up call).")
-@click.option("--threads", type=click.IntRange(1, MAX_THREADS), default=None,
+@click.option("--profile-runs", type=IntRange(1), default=5, help="Profiled calls (after one warm-up call).")
+@click.option("--threads", type=IntRange(1, MAX_THREADS), default=None,
               help="Threads for torch and ONNX Runtime [default: the global --threads, else 1].")
 @click.option("--force", is_flag=True, help="Overwrite existing output files.")
 def command(model: str, batch: int, json_path: str | None, plot: str | None, erf_samples: int,

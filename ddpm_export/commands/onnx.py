@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from ddpm_export.console import IntRange
 from ddpm_export.contract.choices import ATTENTION_CHOICES, MAX_OPSET, MIN_OPSET, PRECISIONS, REWRITES, TARGETS
 from ddpm_export.contract.spec import MAX_BATCH
 
@@ -12,7 +13,7 @@ from ddpm_export.contract.spec import MAX_BATCH
 @click.option("--model", "-m", "model", required=True,
               help="A preset name (see `ddpm-export models`), our checkpoint folder, or a diffusers UNet2DModel folder.")
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="The .onnx file to write.")
-@click.option("--opset", type=click.IntRange(min(MIN_OPSET.values()), MAX_OPSET), default=20,
+@click.option("--opset", type=IntRange(min(MIN_OPSET.values()), MAX_OPSET), default=20,
               help="ONNX opset (onnx-attention needs 23).")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="fp32",
               help="fp16: explicitly typed mixed precision (time embedding, norm statistics and, with decomposed "
@@ -31,10 +32,10 @@ from ddpm_export.contract.spec import MAX_BATCH
                    f"{', '.join(REWRITES)} (one upsampling form at most); none; or auto (what was measured "
                    f"faster: upsample-deconv,attention-fold for fp32, upsample-subpixel,attention-fold for int8, "
                    f"none for fp16 and --target tensorrt).")
-@click.option("--min-batch", type=click.IntRange(1, MAX_BATCH), default=1, help="Smallest batch the graph accepts.")
-@click.option("--opt-batch", type=click.IntRange(1, MAX_BATCH), default=None,
+@click.option("--min-batch", type=IntRange(1, MAX_BATCH), default=1, help="Smallest batch the graph accepts.")
+@click.option("--opt-batch", type=IntRange(1, MAX_BATCH), default=None,
               help="Batch TensorRT optimises for [default: 4, brought into --min-batch..--max-batch].")
-@click.option("--max-batch", type=click.IntRange(1, MAX_BATCH), default=16, help="Largest batch the graph accepts.")
+@click.option("--max-batch", type=IntRange(1, MAX_BATCH), default=16, help="Largest batch the graph accepts.")
 @click.option("--save-io", type=click.Path(file_okay=False), default=None,
               help="Also write torch's inputs/outputs as Polygraphy JSON (inputs.json, outputs.json) here: "
                    "the fp32 reference outputs in every --precision, so compare an fp16/int8 file with "

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from ddpm_export.console import IntRange
 from ddpm_export.contract.choices import BACKENDS
 from ddpm_export.diffusion.samplers import SCHEDULERS
 
@@ -29,15 +30,15 @@ _FLAG_NAMES = {"guidance_scale": "--guidance", "classes": "--class", "steps": "-
               help="A preset or checkpoint folder: a preset's shipped ONNX file, else exported on the fly "
                    "(needs the export extra: torch) [default, when neither --onnx nor --bundle is given: "
                    "digits if shipped, else tiny].")
-@click.option("-n", "--num-images", "n", type=click.IntRange(1), default=16, help="Number of images.")
-@click.option("--steps", type=click.IntRange(1), default=None,
+@click.option("-n", "--num-images", "n", type=IntRange(1), default=16, help="Number of images.")
+@click.option("--steps", type=IntRange(1), default=None,
               help="Inference steps [default: the file's num_inference_steps].")
 @click.option("--sampler", type=click.Choice(SCHEDULERS.names), default=None,
               help="Sampler; the multistep solvers read their settings from the file [default: the file's sampler].")
 @click.option("--eta", type=click.FloatRange(0.0, 1.0), default=None,
               help="DDIM noise: 0 deterministic, 1 DDPM-like [default: the file's eta].")
-@click.option("--seed", type=click.IntRange(0), default=0, help="Noise seed.")
-@click.option("--class", "class_ids", type=click.IntRange(0), multiple=True,
+@click.option("--seed", type=IntRange(0), default=0, help="Noise seed.")
+@click.option("--class", "class_ids", type=IntRange(0), multiple=True,
               help="Class-conditional models: the class of every image; repeated, its values in turn "
                    "(--class 3 --class 7: 3, 7, 3, ...; at most -n values) [default: classes 0, 1, ... in turn].")
 @click.option("--guidance", type=float, default=1.0,
@@ -46,7 +47,7 @@ _FLAG_NAMES = {"guidance_scale": "--guidance", "classes": "--class", "steps": "-
               help="The PNG grid to write (1- and 3-channel models; -o, --save-npy or both).")
 @click.option("--save-npy", type=click.Path(dir_okay=False), default=None,
               help="Write the raw samples [n, C, H, W] float32 in [-1, 1] as .npy (any channel count).")
-@click.option("--scale", type=click.IntRange(1, 16), default=1, help="Enlarge each tile this many times (nearest).")
+@click.option("--scale", type=IntRange(1, 16), default=1, help="Enlarge each tile this many times (nearest).")
 @click.option("--backend", type=click.Choice(BACKENDS), default="onnxruntime",
               help="onnxruntime (CPU); openvino (CPU, the openvino extra); ort-cuda / ort-tensorrt: ONNX Runtime's "
                    "GPU providers (onnxruntime-gpu); tensorrt: the bundle's engine (--bundle only).")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from ddpm_export.console import IntRange
 from ddpm_export.serve.configs import LIMITS, UNET_BACKENDS
 
 
@@ -15,13 +16,13 @@ from ddpm_export.serve.configs import LIMITS, UNET_BACKENDS
               help="How Triton runs the U-Net: onnxruntime_onnx, tensorrt_plan (needs an engine in the bundle), "
                    "OpenVINO, or a Python-backend model running ddpm-export's ONNX Runtime backend "
                    "(for servers without those backends, e.g. the CPU build in nvidia-pytriton).")
-@click.option("--instances", type=click.IntRange(*LIMITS["instances"]), default=4,
+@click.option("--instances", type=IntRange(*LIMITS["instances"]), default=4,
               help="Sampler instances: requests sampled at once (their U-Net calls are batched together).")
 @click.option("--onnx", "--bundle-onnx", "onnx_name", default=None, metavar="NAME",
               help="Which ONNX file of the bundle (its name; `sample` spells it --bundle-onnx) [default: the first].")
-@click.option("--max-queue-delay-us", type=click.IntRange(*LIMITS["max_queue_delay_us"]), default=500,
+@click.option("--max-queue-delay-us", type=IntRange(*LIMITS["max_queue_delay_us"]), default=500,
               help="How long the unet's dynamic batcher waits to merge calls, in microseconds.")
-@click.option("--max-images", type=click.IntRange(*LIMITS["max_images"]), default=1024,
+@click.option("--max-images", type=IntRange(*LIMITS["max_images"]), default=1024,
               help="The largest num_images one request may ask for.")
 @click.option("--force", is_flag=True, help="Replace an existing repository folder.")
 def command(bundle_dir: str, output: str, unet_backend: str, instances: int, onnx_name: str | None,

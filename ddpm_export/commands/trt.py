@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from ddpm_export.console import IntRange
 from ddpm_export.contract.choices import HARDWARE_COMPATIBILITY
 from ddpm_export.contract.spec import MAX_BATCH
 
@@ -26,18 +27,18 @@ if TYPE_CHECKING:  # pragma: no cover
                    "file's precision.")
 @click.option("--timing-cache", type=click.Path(dir_okay=False), default=None,
               help="TensorRT timing cache: read if it exists, written back (atomically) with this build's timings.")
-@click.option("--workspace", type=click.IntRange(1), default=None, metavar="MiB",
+@click.option("--workspace", type=IntRange(1), default=None, metavar="MiB",
               help="Limit TensorRT's workspace memory pool [default: TensorRT's, the GPU's memory].")
 @click.option("--version-compatible", is_flag=True,
               help="Build a version-compatible engine (runs on later TensorRT releases of the same major version).")
 @click.option("--hardware-compatibility", type=click.Choice(HARDWARE_COMPATIBILITY),
               default="none", help="GPUs the engine may run on besides the builder's kind.")
-@click.option("--builder-optimization-level", type=click.IntRange(0, 5), default=3,
+@click.option("--builder-optimization-level", type=IntRange(0, 5), default=3,
               help="TensorRT builder optimisation level (higher: slower build, maybe faster engine).")
-@click.option("--min-batch", type=click.IntRange(1, MAX_BATCH), default=None, help="With --model: smallest batch [1].")
-@click.option("--opt-batch", type=click.IntRange(1, MAX_BATCH), default=None,
+@click.option("--min-batch", type=IntRange(1, MAX_BATCH), default=None, help="With --model: smallest batch [1].")
+@click.option("--opt-batch", type=IntRange(1, MAX_BATCH), default=None,
               help="With --model: batch to optimise for [4, brought into the batch range].")
-@click.option("--max-batch", type=click.IntRange(1, MAX_BATCH), default=None, help="With --model: largest batch [16].")
+@click.option("--max-batch", type=IntRange(1, MAX_BATCH), default=None, help="With --model: largest batch [16].")
 @click.option("--progress/--no-progress", default=None, show_default=False,
               help="Show TensorRT's build progress [default: when stderr is a terminal, on with -v, off with -q].")
 @click.option("--force", is_flag=True, help="Overwrite existing files.")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from ddpm_export.console import IntRange
 from ddpm_export.contract.choices import ORT_GPU_BACKENDS
 
 
@@ -14,15 +15,15 @@ from ddpm_export.contract.choices import ORT_GPU_BACKENDS
               help="The exported ONNX file.")
 @click.option("--engine", type=click.Path(dir_okay=False, exists=True), default=None,
               help="Also verify this TensorRT engine (built from --onnx; needs tensorrt and a GPU).")
-@click.option("--steps", type=click.IntRange(1), default=None,
+@click.option("--steps", type=IntRange(1), default=None,
               help="DDIM trajectory steps [default: 50, or T for a model trained with fewer timesteps].")
-@click.option("--ddpm-steps", type=click.IntRange(1), default=None,
+@click.option("--ddpm-steps", type=IntRange(1), default=None,
               help="Respace the DDPM trajectory to this many steps [default: all T]; for big models "
                    "(the report notes it).")
-@click.option("--solver-steps", type=click.IntRange(1), default=None,
+@click.option("--solver-steps", type=IntRange(1), default=None,
               help="Steps of the DPM-Solver++ and UniPC trajectories [default: 10, at most T - 1].")
-@click.option("--seed", type=click.IntRange(0), default=0, help="Noise seed, the same on both sides.")
-@click.option("--batch", type=click.IntRange(1), default=2, help="Images per trajectory.")
+@click.option("--seed", type=IntRange(0), default=0, help="Noise seed, the same on both sides.")
+@click.option("--batch", type=IntRange(1), default=2, help="Images per trajectory.")
 @click.option("--guidance", type=float, default=1.0,
               help="Classifier-free guidance scale of the trajectories (class-conditional models); 1 = none.")
 @click.option("-o", "--output", "--report", "report", type=click.Path(dir_okay=False), default=None,

@@ -7,10 +7,12 @@ from __future__ import annotations
 import inspect
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner
 
 from ddpm_export.cli import main
+from ddpm_export.console import IntRange
 
 MAIN_OUTPUT = {"onnx": "output", "sample": "output", "bundle": "output", "trt": "engine", "verify": "report",
                "demo": "out_dir", "triton": "output", "inspect": "json_path", "bench": "json_path"}
@@ -30,6 +32,38 @@ def test_every_command_with_an_output_is_listed():
     for name, command in main.commands.items():
         if any("-o" in p.opts for p in command.params if hasattr(p, "opts")):
             assert name in MAIN_OUTPUT, name
+
+
+def _int_options():
+    for name, command in [("", main), *main.commands.items()]:
+        for param in command.params:
+            if isinstance(param.type, click.types.IntParamType):
+                yield f"{name} {param.opts[0]}".strip(), param
+
+
+def test_every_integer_option_takes_plain_digits_only():
+    """click's integer types call int(), which reads '1_0' as 10 and ' 8', '+8' and '\u0668' as 8."""
+    options = dict(_int_options())
+    assert {"--threads", "sample --steps", "sample --seed", "trt --max-batch", "bench --repeats"} <= set(options)
+    for where, param in options.items():
+        assert type(param.type) is IntRange, where
+        for text in ("1_0", " 8", "+8", "\u0668", "8\n"):
+            with pytest.raises(click.BadParameter, match="is not a valid integer \\(digits 0-9 only\\)"):
+                param.type.convert(text, param, None)
+        low = param.type.min or 0
+        assert param.type.convert(str(low), param, None) == low
+
+
+@pytest.mark.parametrize("args, message", [
+    (["sample", "--steps", "1_0"], "Invalid value for '--steps': '1_0' is not a valid integer (digits 0-9 only)."),
+    (["--threads", "+2", "models"], "Invalid value for '--threads': '+2' is not a valid integer (digits 0-9 only)."),
+    (["sample", "--seed", "-1"], "Invalid value for '--seed': -1 is not in the range x>=0."),
+])
+def test_an_integer_flag_with_other_characters_is_refused(tmp_path, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output, result.output
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_quiet_prints_nothing_but_errors(tmp_path, monkeypatch):
