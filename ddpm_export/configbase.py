@@ -128,7 +128,7 @@ class FrozenConfig:
     @classmethod
     def from_json(cls: type[C], text: str, *, source: str = "config") -> C:
         try:
-            data = parse_json(text, object_pairs_hook=_unique_keys)
+            data = parse_json(text)
         except ValueError as e:
             raise ConfigFileError(f"{source}: not valid JSON ({e})") from e
         return cls.from_dict(data, source=source)
@@ -153,16 +153,6 @@ def _is_tuple_type(tp: Any) -> bool:
     if typing.get_origin(tp) is tuple:
         return True
     return any(_is_tuple_type(a) for a in typing.get_args(tp))
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """A JSON object's pairs as a dict; ValueError for a key given twice (json keeps the last one
-    silently: an edited ``beta_end`` above an old one was ignored)."""
-    keys = [key for key, _ in pairs]
-    twice = [key for i, key in enumerate(keys) if key in keys[:i]]
-    if twice:
-        raise ValueError(f"key {twice[0]!r} is given twice")
-    return dict(pairs)
 
 
 def _check_type(field: str, value: Any, tp: Any) -> None:

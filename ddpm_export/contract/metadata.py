@@ -78,7 +78,7 @@ def quantized_outputs_of(props: Mapping[str, str], source: str = "model") -> boo
     recorded (they all did) and for every other precision (nothing is quantized)."""
     if precision_of(props, source) != "int8":
         return True
-    return bool(json.loads(props[PRECISION_POLICY]).get("quantized_outputs", True))
+    return bool(parse_json(props[PRECISION_POLICY]).get("quantized_outputs", True))
 
 
 def metadata_props(*, unet: Any, diffusion: Any, spec: Any, policy: Mapping[str, Any], attention: str,

@@ -36,6 +36,7 @@ from ddpm_export._version import __version__
 from ddpm_export.contract.info import ModelInfo
 from ddpm_export.contract.spec import OUT_NAME, T_NAME, X_NAME, ExportSpec, feeds_for
 from ddpm_export.errors import BadInputError, IntegrityError
+from ddpm_export.jsonio import parse_json
 from ddpm_export.runtime.pipeline import Pipeline
 from ddpm_export.serve.configs import IMAGES, MAX_IMAGES_PARAM, UNET_PARAM, VERSION_PARAM, batch_only_inputs
 from ddpm_export.serve.requests import RequestError, parse_request
@@ -118,6 +119,19 @@ def _folder(args: dict[str, str]) -> Path:
     return Path(args["model_repository"]) / args["model_version"]
 
 
+def _read_info(path: Path) -> dict[str, str]:
+    """The sampler's ``model_info.json`` (its ONNX file's metadata); IntegrityError naming it when it
+    is not a JSON object (a key given twice included)."""
+    try:
+        info = parse_json(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise IntegrityError(f"{path}: not readable JSON ({e}); regenerate the repository with "
+                             f"`ddpm-export triton`") from e
+    if not isinstance(info, dict):
+        raise IntegrityError(f"{path}: not a JSON object; regenerate the repository with `ddpm-export triton`")
+    return info
+
+
 def _parameters(args: dict[str, str]) -> dict[str, str]:
     config = json.loads(args["model_config"])
     return {key: value["string_value"] for key, value in config.get("parameters", {}).items()}
@@ -137,7 +151,7 @@ class SamplerModel:
                                  f"server's Python has ddpm-export {__version__}; regenerate it with "
                                  f"`ddpm-export triton`")
         path = _folder(args) / INFO_FILE
-        self.info = ModelInfo.from_metadata(json.loads(path.read_text(encoding="utf-8")), source=str(path))
+        self.info = ModelInfo.from_metadata(_read_info(path), source=str(path))
         self.max_images = int(params[MAX_IMAGES_PARAM])
         self.bls = BlsBackend(pb_utils, self.info.spec, params[UNET_PARAM])
         self.pipeline = Pipeline(self.bls, self.info, source=f"triton model {params[UNET_PARAM]!r}")

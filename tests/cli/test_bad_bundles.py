@@ -130,6 +130,15 @@ def test_manifest_not_json(tmp_path, bundle):
     expect_failure(_sample(bundle, tmp_path), 2, "manifest.json: not valid JSON", watch=[tmp_path])
 
 
+def test_manifest_with_a_key_given_twice(tmp_path, bundle):
+    """json keeps the last of two keys silently: a second 'files' list hid the first."""
+    path = bundle / "manifest.json"
+    data = json.loads(path.read_text())
+    path.write_text(json.dumps(data)[:-1] + ', "files": ' + json.dumps(data["files"]) + "}")
+    expect_failure(_sample(bundle, tmp_path), 2, "manifest.json: not valid JSON \\(key 'files' is given twice\\)",
+                   watch=[tmp_path])
+
+
 def test_manifest_missing(tmp_path, bundle):
     (bundle / "manifest.json").unlink()
     expect_failure(_sample(bundle, tmp_path), 2, "manifest.json: missing", watch=[tmp_path])
@@ -262,6 +271,8 @@ SIDECAR_CASES = {
     "a-list": ("[]", "needs an 'onnx_sha256' string"),
     "sha-not-text": ('{"onnx_sha256": 5}', "needs an 'onnx_sha256' string"),
     "another-onnx": ('{"onnx_sha256": "' + "0" * 64 + '"}', "none of the bundled ONNX files"),
+    "duplicate-key": ('{"onnx_sha256": "' + "0" * 64 + '", "onnx_sha256": "' + "1" * 64 + '"}',
+                      "tiny.plan.json: not valid JSON \\(key 'onnx_sha256' is given twice\\)"),
 }
 
 

@@ -4,6 +4,7 @@ with one line naming the file (exit 2), nothing written."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -108,6 +109,17 @@ def _bad_header_json(path: Path) -> None:
     path.write_bytes((10).to_bytes(8, "little") + b"{not json}" + b"\0" * 8)
 
 
+def _header_key_twice(path: Path) -> None:
+    """The header's first tensor entry written twice (json kept the last one silently)."""
+    data = path.read_bytes()
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n])
+    name = next(k for k in header if k != "__metadata__")
+    text = json.dumps(header)[:-1] + f", {json.dumps(name)}: {json.dumps(header[name])}}}"
+    text += " " * (-len(text) % 8)
+    path.write_bytes(len(text).to_bytes(8, "little") + text.encode() + data[8 + n:])
+
+
 FILE_EDITS = {
     "truncated-half": (_truncate_half, "truncated"),
     "truncated-header": (_truncate_header, "not a safetensors file or truncated"),
@@ -115,6 +127,7 @@ FILE_EDITS = {
     "random-bytes": (_random, "not a safetensors file or truncated"),
     "empty": (_empty, "not a safetensors file or truncated"),
     "header-not-json": (_bad_header_json, "header is not JSON"),
+    "header-key-twice": (_header_key_twice, "header is not JSON \\(key '.*' is given twice\\)"),
 }
 
 

@@ -248,6 +248,15 @@ def test_a_file_that_is_not_utf8_json_is_named(tmp_path: Path) -> None:
         diffusion_from_scheduler(path)
 
 
+def test_a_key_given_twice_is_named(tmp_path: Path) -> None:
+    """json keeps the last of two keys silently: an edited beta_end above the old one was ignored."""
+    path = tmp_path / SCHEDULER_CONFIG_NAME
+    path.write_text('{"_class_name": "DDPMScheduler", "beta_end": 0.03, "beta_end": 0.02}')
+    with pytest.raises(SchedulerConfigError, match=r"scheduler_config.json: not a readable UTF-8 JSON file "
+                                                   r"\(key 'beta_end' is given twice\)"):
+        diffusion_from_scheduler(path)
+
+
 SMALL_UNET = dict(sample_size=16, block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=8,
                   down_block_types=("AttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "AttnUpBlock2D"))
 

@@ -388,6 +388,15 @@ def test_changed_shape_is_named(tmp_path):
         ddpm_export.load_model(tmp_path)
 
 
+def test_a_config_key_given_twice_is_named(tmp_path):
+    """json keeps the last of two keys silently: an edited value above the old one was ignored."""
+    diffusers.UNet2DModel(**SMALL).save_pretrained(tmp_path)
+    path = tmp_path / "config.json"
+    path.write_text(path.read_text().rstrip()[:-1] + ', "sample_size": 32}')
+    with pytest.raises(ConfigError, match=r"config\.json: not valid JSON \(key 'sample_size' is given twice\)"):
+        ddpm_export.load_model(tmp_path)
+
+
 def test_extra_key_is_named(tmp_path):
     _save_diffusers(tmp_path, SMALL)
     weights = load_file(tmp_path / WEIGHTS)

@@ -104,6 +104,19 @@ def test_every_config_parses_and_matches_the_export_spec(bundle: Path, tmp_path:
     assert info == json.loads((bundle / "manifest.json").read_text())["models"][0]["metadata"]
 
 
+def test_the_sampler_refuses_a_model_info_with_a_key_given_twice(bundle: Path, tmp_path: Path) -> None:
+    """The sampler model's metadata file: json kept the last of two keys silently."""
+    from ddpm_export.errors import IntegrityError
+    from ddpm_export.serve.triton_models import _read_info
+
+    path = write_repository(bundle, tmp_path / "repo", unet_backend="onnxruntime") / "sampler" / "1" / "model_info.json"
+    assert _read_info(path) == json.loads(path.read_text())
+    path.write_text(path.read_text().rstrip()[:-1] + ', "ddpm_export.attention": "decomposed"}')
+    with pytest.raises(IntegrityError, match=r"model_info.json: not readable JSON \(key 'ddpm_export.attention' is "
+                                             r"given twice\); regenerate the repository with `ddpm-export triton`"):
+        _read_info(path)
+
+
 def test_tensorrt_serves_the_bundled_engine(bundle: Path, tmp_path: Path) -> None:
     repo = write_repository(bundle, tmp_path / "repo", unet_backend="tensorrt")
     assert (repo / "unet" / "1" / "model.plan").read_bytes() == (bundle / "tiny.plan").read_bytes()
