@@ -14,6 +14,7 @@ import importlib
 import io
 import os
 import pkgutil
+import re
 import sys
 import traceback
 import warnings
@@ -44,6 +45,17 @@ def _bounded(message: str) -> str:
     return f"{head} ...({len(message) - len(head) - len(tail)} characters left out)... {tail}"
 
 
+#: C0 and C1 control characters and DEL: read from a file (a sidecar's string, a file name in a
+#: bundle folder) and echoed raw, ESC sequences recoloured, cleared or retitled the terminal
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _printable(message: str) -> str:
+    """``message`` with each control character written as its Python escape (``\\x1b``, ``\\r``,
+    ``\\n``): an ``Error:`` or ``Warning:`` line is one line, and no file's bytes drive the terminal."""
+    return _CONTROL.sub(lambda match: repr(match.group())[1:-1], message)
+
+
 class Failure(click.ClickException):
     """A handled error: click prints ``Error: <message>`` and exits with ``exit_code``."""
 
@@ -65,7 +77,7 @@ def _warnings_as_lines(quiet: bool) -> Iterator[None]:
             def show(message: Any, category: type[Warning], filename: str, lineno: int, file: Any = None,
                      line: str | None = None) -> None:
                 if issubclass(category, DdpmExportWarning):
-                    click.echo(f"Warning: {message}", err=True)
+                    click.echo(f"Warning: {_printable(str(message))}", err=True)
                 else:
                     python_show(message, category, filename, lineno, file, line)
             warnings.showwarning = show
@@ -103,7 +115,7 @@ class _Main(click.Group):
                 _stdout_to_devnull()
             if ctx.meta.get("ddpm_export.debug"):  # the traceback, then the same line and exit status
                 traceback.print_exc(file=sys.stderr)
-            message = _bounded(describe(e))
+            message = _bounded(_printable(describe(e)))
             from_file = isinstance(e, ConfigFileError) or isinstance(e.__cause__, ConfigFileError)
             if isinstance(e, BadInputError) and not from_file:  # the library names its arguments; the user typed flags
                 message = name_flags(message, ctx.meta.get(FLAG_NAMES, {}))

@@ -282,3 +282,20 @@ def test_bad_engine_sidecar(tmp_path, tiny, name):
     engine = _engine(tmp_path, text)
     expect_failure(["bundle", "--onnx", tiny, "--engine", engine, "-o", tmp_path / "b"], 2, message,
                    watch=[tmp_path])
+
+
+def test_control_characters_from_a_file_reach_the_terminal_escaped(tmp_path, tiny):
+    """A sidecar's onnx_sha256 is echoed in the Error line: its ESC sequences (clear screen, window
+    title), carriage return and C1 CSI went to the terminal raw (click strips none on a terminal)."""
+    from click.testing import CliRunner
+
+    from ddpm_export.cli import main
+
+    hostile = "\x1b]0;pwned\x07\x1b[2J\rfake\x9b31m"
+    engine = _engine(tmp_path, json.dumps({"onnx_sha256": hostile}))
+    result = CliRunner().invoke(main, ["bundle", "--onnx", str(tiny), "--engine", str(engine), "-o",
+                                       str(tmp_path / "b")], color=True)  # as on a terminal
+    assert result.exit_code == 2 and not (tmp_path / "b").exists()
+    assert result.output.count("\n") == 1 and result.output.endswith("\n"), repr(result.output)
+    assert "sha256 \\x1b]0;pwned\\x07\\x1b[2J\\rfake\\x9b31m (per tiny.plan.json)" in result.output, result.output
+    assert not any(ord(c) < 32 or 127 <= ord(c) < 160 for c in result.output[:-1]), repr(result.output)
