@@ -54,7 +54,6 @@ from tqdm.auto import tqdm
 from ddpm_export.checks import check_exported_from, check_guidance_scale, check_int, check_seed, check_steps
 from ddpm_export.contract.info import ModelInfo
 from ddpm_export.contract.metadata import sha256_file
-from ddpm_export.contract.spec import ExportSpec
 from ddpm_export.diffusion import SCHEDULERS, Backend, DiffusionConfig, make_scheduler, sample
 from ddpm_export.diffusion.scheduler import Scheduler
 from ddpm_export.errors import BadInputError, MissingDependencyError
@@ -230,7 +229,7 @@ def verify(model: str | Path, onnx: str | Path, *, engine: str | Path | None = N
     onnx_sha, source_match = sha256_file(onnx), _check_source(model, unet, onnx, info)
 
     reference = TorchBackend(unet)
-    candidates = _candidates(onnx, spec, engine, providers, onnx_sha, gpu_backends, threads, inference_precision)
+    candidates = _candidates(onnx, info, engine, providers, onnx_sha, gpu_backends, threads, inference_precision)
     precisions, backend_limits = _precisions(info, candidates)
     n_ddpm = T if ddpm_steps is None else ddpm_steps
     notes = _respaced_note(n_ddpm, T) + _schedule_notes(model, onnx, info, log)
@@ -358,13 +357,15 @@ def _check_arguments(info: ModelInfo, unet_config: Any, model: str | Path, onnx:
     return THRESHOLDS[info.precision]
 
 
-def _candidates(onnx: Path, spec: ExportSpec, engine: str | Path | None, providers: Sequence[Any] | None,
+def _candidates(onnx: Path, info: ModelInfo, engine: str | Path | None, providers: Sequence[Any] | None,
                 onnx_sha: str, gpu_backends: Sequence[str] = (), threads: int | None = None,
                 inference_precision: str | None = None) -> dict[str, Backend]:
     """ONNX Runtime on the file, the file on ``gpu_backends`` (OpenVINO; ONNX Runtime's CUDA /
-    TensorRT providers) and, with ``engine``, TensorRT: the backends checked."""
+    TensorRT providers) and, with ``engine``, TensorRT: the backends checked. ONNX Runtime warns
+    of a file exported for another runtime as ``sample`` does (:func:`warn_on_target_mismatch`)."""
     from ddpm_export.runtime.backends import RuntimeOptions, load_onnx_backend
     from ddpm_export.runtime.onnxruntime_backend import session_options_for
+    from ddpm_export.runtime.pipeline import warn_on_target_mismatch
     from ddpm_export.threads import get_threads
 
     import onnxruntime as ort
@@ -377,6 +378,8 @@ def _candidates(onnx: Path, spec: ExportSpec, engine: str | Path | None, provide
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if inference_precision is not None and "openvino" not in gpu_backends:
         raise VerifyError("inference_precision applies to the openvino backend; add it (--backend openvino)")
+    spec = info.spec
+    warn_on_target_mismatch(onnx, info, "onnxruntime")
     candidates: dict[str, Backend] = {
         "onnxruntime": OnnxRuntimeBackend.from_path(onnx, spec, providers=providers,
                                                     session_options=session_options_for(threads or get_threads(),

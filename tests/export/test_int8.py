@@ -453,3 +453,18 @@ def test_a_full_temporary_folder_is_named_not_a_protobuf_traceback(small_tmpdir:
     assert "free space there or set TMPDIR to a folder with room" in result.output
     assert "Traceback" not in result.output and not (tmp_path / "t8.onnx").exists()
     assert list(small_tmpdir.iterdir()) == []  # the quantizer's folder removed
+
+
+def test_verify_warns_of_an_openvino_int8_file_as_sample_does(files: dict[str, Path], tmp_path: Path) -> None:
+    """verify runs the file on ONNX Runtime too: sample warned of a --target openvino int8 file,
+    verify did not. The same line; the exit status is the checks' own."""
+    args = ["--threads", "1", "verify", "--model", "kitchen-sink", "--steps", "2", "--ddpm-steps", "2",
+            "--solver-steps", "2", "--batch", "1"]
+    sample = CliRunner().invoke(main, ["sample", "--onnx", str(files["int8-openvino"]), "-n", "1", "--steps", "1",
+                                       "--no-progress", "-o", str(tmp_path / "a.png")])
+    [warning] = [line for line in sample.stderr.splitlines() if line.startswith("Warning: ")]
+    result = CliRunner().invoke(main, [*args, "--onnx", str(files["int8-openvino"]), "--report", str(tmp_path / "r.json")])
+    assert [line for line in result.stderr.splitlines() if line.startswith("Warning: ")] == [warning], result.output
+    assert result.exit_code == (0 if json.loads((tmp_path / "r.json").read_text())["passed"] else 1), result.output
+    silent = CliRunner().invoke(main, [*args, "--onnx", str(files["int8"])])  # target any
+    assert "Warning: " not in silent.stderr and silent.exit_code in (0, 1), silent.output
