@@ -54,7 +54,7 @@ from ddpm_export.runtime.backends import CPU_BACKENDS, installed_cpu_backends
 from ddpm_export.runtime.info import ModelInfo, read_info
 from ddpm_export.runtime.openvino_backend import require_openvino
 from ddpm_export.runtime.pipeline import check_openvino_target
-from ddpm_export.threads import check_threads
+from ddpm_export.threads import check_threads, get_threads
 
 __all__ = ["BenchConfig", "OUR_PRECISIONS", "OurFile", "default_precisions", "failed_paths", "format_report",
            "report_warnings", "run_bench"]
@@ -85,7 +85,9 @@ class BenchConfig:
     """One bench run. ``model``: preset/checkpoint (peers and our exports); ``onnx``: our file
     (else exported from ``model``); ``attention``: forms of our fp32 ONNX Runtime files;
     ``rewrites``: variants of our fp32 files (``auto``, ``none`` or one rewrite's name each).
-    ``backends`` empty: the installed ones; ``precisions`` empty: :func:`default_precisions`."""
+    ``backends`` empty: the installed ones; ``precisions`` empty: :func:`default_precisions`.
+    ``threads`` None (as ``bench`` without ``--threads``): the count :func:`~ddpm_export.threads.set_threads`
+    set (``ddpm-export --threads``), else every CPU this process may use."""
 
     model: str | None = None
     onnx: str | None = None
@@ -94,7 +96,7 @@ class BenchConfig:
     attention: tuple[str, ...] = ("auto",)
     rewrites: tuple[str, ...] = ("auto",)
     batches: tuple[int, ...] = (1, 8)
-    threads: int = 2
+    threads: int | None = None
     steps: int = 10
     repeats: int = 3
     peers: bool = True
@@ -115,6 +117,8 @@ class BenchConfig:
             for value in values:
                 check_choice(field, value, choices)
         _check_list("batch", self.batches)
+        if self.threads is None:
+            object.__setattr__(self, "threads", get_threads() or len(os.sched_getaffinity(0)))
         check_threads("threads", self.threads)
         for field, value in (("batch", min(self.batches)), ("steps", self.steps), ("repeats", self.repeats)):
             if value < 1:

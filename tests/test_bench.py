@@ -254,6 +254,23 @@ def test_bench_config_keeps_a_path_as_its_str_and_numpy_batches_as_ints() -> Non
     json.dumps(dataclasses.asdict(cfg))
 
 
+def test_bench_config_threads_default_to_the_clis() -> None:
+    """BenchConfig ran 2 threads by default while `bench` without --threads ran `ddpm-export
+    --threads`, else every CPU this process may use: the library's figures were not the CLI's."""
+    import os
+
+    from ddpm_export.bench import BenchConfig
+    from ddpm_export.threads import set_threads
+
+    assert BenchConfig(model="tiny", backends=("onnxruntime",)).threads == len(os.sched_getaffinity(0))
+    set_threads(3)
+    try:
+        assert BenchConfig(model="tiny", backends=("onnxruntime",)).threads == 3
+        assert BenchConfig(model="tiny", backends=("onnxruntime",), threads=1).threads == 1
+    finally:
+        set_threads(None)
+
+
 def test_bench_refuses_an_existing_json_before_any_work(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     out.write_text("keep me")

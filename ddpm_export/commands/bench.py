@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import click
 
 from ddpm_export.console import IntRange, is_plain_int
@@ -85,7 +83,6 @@ def command(model: str | None, onnx_path: str | None, backends: tuple, precision
     from ddpm_export.errors import EngineError
     from ddpm_export.files import atomic_file, refuse_existing_file, refuse_same_file
     from ddpm_export.inputs import input_files
-    from ddpm_export.threads import get_threads
 
     use_flag_names({name: f"--{name}" for name in ("batch", "steps", "threads", "repeats", "backend", "precision",
                                                      "attention", "rewrites")})
@@ -95,7 +92,7 @@ def command(model: str | None, onnx_path: str | None, backends: tuple, precision
         refuse_existing_file(json_path, force)
     cfg = BenchConfig(model=model, onnx=onnx_path, backends=backends or (), precisions=precisions or (),
                       attention=attention, rewrites=rewrites, batches=batches,
-                      threads=threads or get_threads() or len(os.sched_getaffinity(0)), steps=steps, repeats=repeats,
+                      threads=threads, steps=steps, repeats=repeats,
                       peers=peers)
     if backends is None and "openvino" not in cfg.backends:  # --backend left to what is installed
         click.echo("note: OpenVINO is not installed, so its paths (plain-ov-f32, plain-ov-bf16, ours-openvino-*, "
