@@ -167,7 +167,7 @@ def run(args: argparse.Namespace) -> None:
         SampleRequest(pipe.info, args.n, steps=args.steps, sampler=None, seed=0, eta=None, guidance_scale=1.0,
                       classes=None, context=None, x_T=None)  # what the bundle cannot sample: before the server
         repo = write_repository(bundle, work / "repo", unet_backend="python", instances=args.clients,
-                                max_images=args.n)
+                                max_images=args.n, max_image_steps=args.n * args.steps)
         local = lambda i: pipe.sample(args.n, steps=args.steps, seed=i, progress=False)  # noqa: E731
         with LocalServer(install, repo, work, pythonpath=[*site, ROOT]) as server:
             remote = lambda i: served(server.grpc_url, i, args.n, args.steps)  # noqa: E731

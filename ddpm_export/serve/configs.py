@@ -21,16 +21,25 @@ from typing import Any
 from ddpm_export._version import __version__
 from ddpm_export.checks import Registry
 from ddpm_export.contract.spec import OUT_NAME, ExportSpec
+from ddpm_export.diffusion.config import MAX_TRAIN_TIMESTEPS
 from ddpm_export.serve.pbtxt import Enum
 
-__all__ = ["LIMITS", "SAMPLER", "UNET", "UNET_BACKENDS", "UNetTarget", "batch_only_inputs", "sampler_config",
-           "unet_config"]
+__all__ = ["DEFAULT_MAX_IMAGE_STEPS", "LIMITS", "SAMPLER", "UNET", "UNET_BACKENDS", "UNetTarget", "batch_only_inputs",
+           "sampler_config", "unet_config"]
 
 #: the range of each repository setting: Triton reads ``count`` as int32 and the queue delay as
 #: uint64, and a larger value than these serves no one (a Python process per sampler instance; a
-#: 10 s wait to batch; 65536 images of a request held in memory at once)
+#: 10 s wait to batch; 65536 images of a request held in memory at once; 65536 images of the most
+#: steps any schedule has, MAX_TRAIN_TIMESTEPS)
 LIMITS: dict[str, tuple[int, int]] = {"instances": (1, 1024), "max_queue_delay_us": (0, 10_000_000),
-                                      "max_images": (1, 65536)}
+                                      "max_images": (1, 65536), "max_image_steps": (1, 65536 * MAX_TRAIN_TIMESTEPS)}
+#: the default cap on num_images x steps of one request: 16 images of 1000 steps (DDPM's full
+#: loop over a batch), 327 of 50, 1024 of 16. Served by the CPU tritonserver (`--unet-backend
+#: python`, one sampler instance, 2 AMD EPYC cores shared with other work), the digits model took
+#: 5.3 ms per image-step unguided and 11 ms guided, so the longest request ran 1.5-3 minutes
+#: (1024 images x 1000 steps: 1.5-3 hours); a larger model takes longer per image-step
+#: (ddpm-cifar10 ~30x): lower it there
+DEFAULT_MAX_IMAGE_STEPS = 16384
 
 UNET, SAMPLER = "unet", "sampler"
 #: the sampler's output and the request inputs it reads (the optional ones may be left out).
@@ -39,6 +48,8 @@ REQUIRED_INPUTS = ("seed", "num_images", "steps")
 OPTIONAL_INPUTS = ("sampler", "eta", "guidance_scale")
 #: config parameters the sampler reads.
 VERSION_PARAM, UNET_PARAM, MAX_IMAGES_PARAM = "ddpm_export_version", "unet_model", "max_images_per_request"
+#: num_images x steps at most (absent in repositories written before it: no cap)
+MAX_IMAGE_STEPS_PARAM = "max_image_steps_per_request"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,10 +151,11 @@ def sampler_inputs(spec: ExportSpec) -> list[dict[str, Any]]:
     return inputs
 
 
-def sampler_config(spec: ExportSpec, *, instances: int, max_images: int) -> dict[str, Any]:
+def sampler_config(spec: ExportSpec, *, instances: int, max_images: int, max_image_steps: int) -> dict[str, Any]:
     """``sampler/config.pbtxt``: ``instances`` CPU instances of the Python-backend sampling loop."""
     s = spec.sample_size
-    params = {VERSION_PARAM: __version__, UNET_PARAM: UNET, MAX_IMAGES_PARAM: str(max_images)}
+    params = {VERSION_PARAM: __version__, UNET_PARAM: UNET, MAX_IMAGES_PARAM: str(max_images),
+              MAX_IMAGE_STEPS_PARAM: str(max_image_steps)}
     return {
         "name": SAMPLER,
         "backend": "python",

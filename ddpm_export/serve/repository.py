@@ -27,7 +27,8 @@ from ddpm_export.contract.info import ModelInfo
 from ddpm_export.files import OutputFolder, atomic_dir, refuse_inside, refuse_nameless_folder
 from ddpm_export.runtime.bundle import BundleError, external_data_files, verify_bundle
 from ddpm_export.runtime.pipeline import check_openvino_target, warn_on_target_mismatch
-from ddpm_export.serve.configs import LIMITS, SAMPLER, UNET, UNET_BACKENDS, sampler_config, unet_config
+from ddpm_export.serve.configs import (DEFAULT_MAX_IMAGE_STEPS, LIMITS, SAMPLER, UNET, UNET_BACKENDS, sampler_config,
+                                      unet_config)
 from ddpm_export.serve.pbtxt import to_pbtxt
 from ddpm_export.serve.triton_models import INFO_FILE
 
@@ -50,7 +51,8 @@ from ddpm_export.serve.triton_models import {cls} as TritonPythonModel  # noqa: 
 
 def write_repository(bundle: str | Path, out: str | Path, *, unet_backend: UNetBackend = "onnxruntime",
                      instances: int = 4, onnx: str | None = None, max_queue_delay_us: int = 500,
-                     max_images: int = 1024, force: bool = False) -> Path:
+                     max_images: int = 1024, max_image_steps: int = DEFAULT_MAX_IMAGE_STEPS,
+                     force: bool = False) -> Path:
     """Write the model repository ``out`` for the bundle folder ``bundle`` (every hash checked first).
 
     Args:
@@ -61,6 +63,8 @@ def write_repository(bundle: str | Path, out: str | Path, *, unet_backend: UNetB
         onnx: which of the bundle's ONNX files (its name); default the first.
         max_queue_delay_us: how long the ``unet`` batcher waits for more calls to merge.
         max_images: the largest ``num_images`` one request may ask for.
+        max_image_steps: the most ``num_images x steps`` one request may ask for (it holds a
+            sampler instance that long; see :data:`~ddpm_export.serve.configs.DEFAULT_MAX_IMAGE_STEPS`).
         force: replace an existing ``out``.
 
     Raises BundleError (bundle problems, a backend the bundle cannot serve), BadInputError (bad
@@ -68,7 +72,7 @@ def write_repository(bundle: str | Path, out: str | Path, *, unet_backend: UNetB
     """
     target = UNET_BACKENDS[unet_backend]  # refuses an unknown name, listing the choices
     for name, value in (("instances", instances), ("max_queue_delay_us", max_queue_delay_us),
-                        ("max_images", max_images)):
+                        ("max_images", max_images), ("max_image_steps", max_image_steps)):
         low, high = LIMITS[name]
         check_int(name, value, low, high, f"an int in [{low}, {high}]")
     folder = Path(bundle)
@@ -101,7 +105,8 @@ def write_repository(bundle: str | Path, out: str | Path, *, unet_backend: UNetB
         (tmp / UNET / "config.pbtxt").write_text(
             to_pbtxt(unet_config(info.spec, unet_backend, max_queue_delay_us=max_queue_delay_us)), encoding="utf-8")
         (tmp / SAMPLER / "config.pbtxt").write_text(
-            to_pbtxt(sampler_config(info.spec, instances=instances, max_images=max_images)), encoding="utf-8")
+            to_pbtxt(sampler_config(info.spec, instances=instances, max_images=max_images,
+                                    max_image_steps=max_image_steps)), encoding="utf-8")
     return Path(out)
 
 

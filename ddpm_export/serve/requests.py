@@ -17,7 +17,7 @@ from ddpm_export.contract.info import ModelInfo
 from ddpm_export.diffusion import SCHEDULERS
 from ddpm_export.errors import BadInputError
 from ddpm_export.runtime.pipeline import SampleRequest
-from ddpm_export.serve.configs import OPTIONAL_INPUTS, REQUIRED_INPUTS
+from ddpm_export.serve.configs import MAX_IMAGE_STEPS_PARAM, OPTIONAL_INPUTS, REQUIRED_INPUTS
 
 __all__ = ["RequestError", "parse_request"]
 
@@ -30,14 +30,17 @@ class RequestError(BadInputError):
     """A bad sampler request; the message names the input."""
 
 
-def parse_request(info: ModelInfo, inputs: Mapping[str, np.ndarray], *, max_images: int) -> SampleRequest:
+def parse_request(info: ModelInfo, inputs: Mapping[str, np.ndarray], *, max_images: int,
+                  max_image_steps: int | None = None) -> SampleRequest:
     """Validate the request tensors (name -> array, as Triton delivers them) against the model.
 
     ``seed``, ``num_images``, ``steps``: int64 ``[1]``; ``sampler``: bytes ``[1]`` (any name of
     :data:`ddpm_export.diffusion.samplers.SCHEDULERS`: ``ddim``, ``ddpm``, ``unipc``, ...); ``eta``,
     ``guidance_scale``: float32 ``[1]``; ``class_labels``: int64 ``[n]``; ``context``: float32
     ``[n, L, D]``. Absent optional inputs take the model's defaults. ``num_images`` is capped at
-    ``max_images`` so that one request cannot exhaust the server.
+    ``max_images`` (the memory a request holds) and ``num_images x steps`` at ``max_image_steps``
+    (None: no cap; a repository written before it), which bounds the time one request holds a
+    sampler instance: an HTTP client cannot cancel it.
     """
     cond = info.spec.conditioning
     allowed = (*REQUIRED_INPUTS, *OPTIONAL_INPUTS, *cond.input_names())
@@ -53,12 +56,17 @@ def parse_request(info: ModelInfo, inputs: Mapping[str, np.ndarray], *, max_imag
                            f"max_images_per_request), got {n}")
     conditioning = _conditioning(info, inputs)
     try:  # SampleRequest's own checks name its arguments; _name_input renames them to the inputs
-        return SampleRequest(
+        request = SampleRequest(
             info, n, steps=_one(inputs, "steps", np.int64), sampler=_sampler(inputs),
             seed=_one(inputs, "seed", np.int64), eta=_optional_float(inputs, "eta"),
             guidance_scale=_optional_float(inputs, "guidance_scale", 1.0), x_T=None, **conditioning)
     except BadInputError as e:
         raise RequestError(_name_input(str(e))) from e
+    if max_image_steps is not None and request.n * request.steps > max_image_steps:
+        raise RequestError(f"num_images x steps: {request.n} x {request.steps} = {request.n * request.steps} "
+                           f"image-steps, more than the server's {MAX_IMAGE_STEPS_PARAM} {max_image_steps}; "
+                           f"ask for fewer images or steps per request")
+    return request
 
 
 def _conditioning(info: ModelInfo, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray | None]:

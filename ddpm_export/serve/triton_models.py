@@ -38,7 +38,8 @@ from ddpm_export.contract.spec import OUT_NAME, T_NAME, X_NAME, ExportSpec, feed
 from ddpm_export.errors import BadInputError, IntegrityError
 from ddpm_export.jsonio import parse_json
 from ddpm_export.runtime.pipeline import Pipeline
-from ddpm_export.serve.configs import IMAGES, MAX_IMAGES_PARAM, UNET_PARAM, VERSION_PARAM, batch_only_inputs
+from ddpm_export.serve.configs import (IMAGES, MAX_IMAGE_STEPS_PARAM, MAX_IMAGES_PARAM, UNET_PARAM, VERSION_PARAM,
+                                      batch_only_inputs)
 from ddpm_export.serve.requests import RequestError, parse_request
 
 __all__ = ["INFO_FILE", "BlsBackend", "RequestCancelled", "SamplerModel", "UNetCallError", "UNetModel",
@@ -153,6 +154,8 @@ class SamplerModel:
         path = _folder(args) / INFO_FILE
         self.info = ModelInfo.from_metadata(_read_info(path), source=str(path))
         self.max_images = int(params[MAX_IMAGES_PARAM])
+        steps = params.get(MAX_IMAGE_STEPS_PARAM)  # absent in a repository written before it: no cap
+        self.max_image_steps = None if steps is None else int(steps)
         self.bls = BlsBackend(pb_utils, self.info.spec, params[UNET_PARAM])
         self.pipeline = Pipeline(self.bls, self.info, source=f"triton model {params[UNET_PARAM]!r}")
 
@@ -164,7 +167,8 @@ class SamplerModel:
         try:
             self.bls.cancelled = request.is_cancelled  # an instance serves one request at a time
             inputs = {tensor.name(): tensor.as_numpy() for tensor in request.inputs()}
-            images = self.pipeline.run(parse_request(self.info, inputs, max_images=self.max_images))
+            images = self.pipeline.run(parse_request(self.info, inputs, max_images=self.max_images,
+                                                      max_image_steps=self.max_image_steps))
             return pb.InferenceResponse(output_tensors=[pb.Tensor(IMAGES, images)])
         except RequestCancelled as e:
             return pb.InferenceResponse(error=pb.TritonError(str(e), pb.TritonError.CANCELLED))

@@ -59,6 +59,7 @@ def test_an_unknown_backend_is_refused_listing_the_choices(bundle: Path, tmp_pat
     ("--instances", "100000000000000000000", "instances", "[1, 1024]"),  # Triton's count is an int32
     ("--max-queue-delay-us", "99999999999999999999999", "max_queue_delay_us", "[0, 10000000]"),  # a uint64
     ("--max-images", "70000", "max_images", "[1, 65536]"),
+    ("--max-image-steps", "6553600001", "max_image_steps", "[1, 6553600000]"),  # 65536 images x the most T
 ])
 def test_settings_past_what_triton_reads_are_refused(bundle: Path, tmp_path: Path, flag: str, value: str,
                                                      field: str, limits: str) -> None:
@@ -100,6 +101,8 @@ def test_every_config_parses_and_matches_the_export_spec(bundle: Path, tmp_path:
     assert [(o.name, list(o.dims)) for o in sampler.output] == [("images", [-1, *unet.input[0].dims])]
     assert [(g.count, g.kind) for g in sampler.instance_group] == [(3, pb2.ModelInstanceGroup.KIND_CPU)]
     assert sampler.parameters["unet_model"].string_value == "unet"
+    assert sampler.parameters["max_images_per_request"].string_value == "1024"
+    assert sampler.parameters["max_image_steps_per_request"].string_value == "16384"
     info = json.loads((repo / "sampler" / "1" / "model_info.json").read_text())
     assert info == json.loads((bundle / "manifest.json").read_text())["models"][0]["metadata"]
 
@@ -115,6 +118,17 @@ def test_the_sampler_refuses_a_model_info_with_a_key_given_twice(bundle: Path, t
     with pytest.raises(IntegrityError, match=r"model_info.json: not readable JSON \(key 'ddpm_export.attention' is "
                                              r"given twice\); regenerate the repository with `ddpm-export triton`"):
         _read_info(path)
+
+
+def test_the_request_limits_are_written_for_the_sampler(bundle: Path, tmp_path: Path) -> None:
+    """--max-image-steps bounds num_images x steps of one request (its time); it reaches the sampler
+    as max_images reaches it, through its config.pbtxt parameters."""
+    result = CliRunner().invoke(main, ["triton", "--bundle", str(bundle), "-o", str(tmp_path / "repo"),
+                                       "--max-images", "12", "--max-image-steps", "345"])
+    assert result.exit_code == 0, result.output
+    sampler = parse((tmp_path / "repo" / "sampler" / "config.pbtxt").read_text())
+    assert sampler.parameters["max_images_per_request"].string_value == "12"
+    assert sampler.parameters["max_image_steps_per_request"].string_value == "345"
 
 
 def test_tensorrt_serves_the_bundled_engine(bundle: Path, tmp_path: Path) -> None:
@@ -138,7 +152,7 @@ def test_conditioned_models_configs_parse(spec: ExportSpec, backend: str) -> Non
         assert cond.data_type == pb2.TYPE_FP32 and list(cond.dims) == [-1, 24]
     assert list(unet.dynamic_batching.preferred_batch_size) == sorted({spec.opt_batch, spec.max_batch})
     assert unet.dynamic_batching.max_queue_delay_microseconds == 100
-    sampler = parse(to_pbtxt(sampler_config(spec, instances=2, max_images=64)))
+    sampler = parse(to_pbtxt(sampler_config(spec, instances=2, max_images=64, max_image_steps=640)))
     last = sampler.input[-1]
     if spec.cond_kind == "class":
         assert (last.name, list(last.dims), last.optional) == ("class_labels", [-1], True)

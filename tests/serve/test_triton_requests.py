@@ -84,6 +84,30 @@ def test_a_chunk_below_min_batch_names_num_images(info: ModelInfo) -> None:
                       request(num_images=np.array([9], np.int64)), max_images=64)
 
 
+def test_num_images_times_steps_is_capped_naming_both_and_the_limit(info: ModelInfo) -> None:
+    """1024 images x 1000 steps held a sampler instance for hours (an HTTP client cannot cancel
+    it): num_images x steps above max_image_steps is refused; at it, it passes."""
+    ddim = np.array([b"ddim"], np.object_)  # the default (UniPC) takes fewer than T steps
+    big = request(num_images=np.array([1024], np.int64), steps=np.array([1000], np.int64), sampler=ddim)
+    with pytest.raises(RequestError, match=r"^num_images x steps: 1024 x 1000 = 1024000 image-steps, more than the "
+                                           r"server's max_image_steps_per_request 16384; ask for fewer"):
+        parse_request(info, big, max_images=1024, max_image_steps=16384)
+    at = request(num_images=np.array([16], np.int64), steps=np.array([1000], np.int64), sampler=ddim)
+    assert parse_request(info, at, max_images=1024, max_image_steps=16000).n == 16
+    with pytest.raises(RequestError, match=r"^num_images x steps: 16 x 1000 = 16000 image-steps, .* 15999;"):
+        parse_request(info, at, max_images=1024, max_image_steps=15999)
+    # a bad steps is named as such, not as too much work
+    with pytest.raises(RequestError, match=r"^steps must be an int in \[1, 1000\]"):
+        parse_request(info, request(steps=np.array([10**9], np.int64)), max_images=64, max_image_steps=100)
+
+
+def test_without_max_image_steps_there_is_no_cap(info: ModelInfo) -> None:
+    """A repository written before the cap has no max_image_steps_per_request: served as before."""
+    big = request(num_images=np.array([1024], np.int64), steps=np.array([1000], np.int64),
+                  sampler=np.array([b"ddim"], np.object_))
+    assert parse_request(info, big, max_images=1024).n * 1000 == 1024000
+
+
 def test_only_the_argument_n_is_renamed_not_values_or_flags() -> None:
     from ddpm_export.serve.requests import _name_input
 

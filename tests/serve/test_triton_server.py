@@ -45,7 +45,8 @@ def server(bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[L
     work = tmp_path_factory.mktemp("triton")
     result = CliRunner().invoke(main, ["triton", "--bundle", str(bundle), "-o", str(work / "repo"),
                                        "--unet-backend", "python", "--instances", "4",
-                                       "--max-queue-delay-us", "20000"])  # calls of concurrent requests surely meet
+                                       "--max-queue-delay-us", "20000",  # calls of concurrent requests surely meet
+                                       "--max-image-steps", "16000"])  # test_a_request_its_client_gave_up_on: at it
     assert result.exit_code == 0, result.output
     # the stubs import numpy<2 (see local_server) and this checkout's ddpm_export, as installed
     with LocalServer(install, work / "repo", work, pythonpath=[*site, ROOT]) as running:
@@ -158,6 +159,8 @@ def test_the_unet_refuses_a_bad_call_naming_the_input(server: LocalServer) -> No
     (request(-1, 2, 3), "seed must be a non-negative int"),
     (request(0, 2, 3, classes=[1, 10]), "class_labels: id 10 is outside [0, 10)"),
     (request(0, 2, 3, sampler="euler"), "sampler='euler' is not valid"),
+    (request(0, 17, 1000, sampler="ddim"), "num_images x steps: 17 x 1000 = 17000 image-steps, more than the "
+                                           "server's max_image_steps_per_request 16000"),
     ({"seed": np.array([0], np.int64), "num_images": np.array([2], np.int64)}, "steps"),  # Triton's own check
 ])
 def test_a_bad_request_gets_an_error_naming_the_input_and_the_server_keeps_serving(
@@ -187,6 +190,24 @@ def test_a_request_its_client_gave_up_on_is_dropped(server: LocalServer) -> None
         settled, seen = (settled + 1, seen) if calls == seen else (0, calls)
         time.sleep(0.2)
     assert 0 < seen < 1000, seen
+
+
+def test_a_repository_written_before_the_image_steps_cap_still_serves(server: LocalServer, pipe: Pipeline,
+                                                                      tmp_path: Path) -> None:
+    """A sampler config without max_image_steps_per_request (written before it) loads and serves
+    as before (no cap), rather than failing to load."""
+    import shutil
+
+    repo = tmp_path / "repo"
+    shutil.copytree(server.repository, repo)
+    config = repo / "sampler" / "config.pbtxt"
+    text = config.read_text()
+    stripped = re.sub(r',\s*\{\s*key: "max_image_steps_per_request"\s*value \{[^}]*\}\s*\}', "", text)
+    assert "max_image_steps_per_request" in text and "max_image_steps_per_request" not in stripped
+    config.write_text(stripped)
+    with LocalServer(find_tritonserver(), repo, tmp_path / "work", pythonpath=[*stub_numpy_site(ROOT), ROOT]) as old:
+        got = infer(old, "http", request(5, 2, 3))
+    assert np.abs(got - pipe.sample(2, steps=3, seed=5, progress=False)).max() <= TOL
 
 
 def _server_script(repo: Path, work: Path, pythonpath: list[Path]) -> str:
