@@ -290,7 +290,9 @@ def _shm_regions() -> set[str]:
 def test_an_open_http_client_does_not_get_the_server_killed(server: LocalServer, tmp_path: Path) -> None:
     """Triton waited 30 s for open HTTP connections, stop() 10 s: the server was SIGKILLed and its
     Python backend's shared-memory regions stayed in /dev/shm. It now gives up waiting after
-    EXIT_TIMEOUT_S and exits by itself (status 1: 'Exit timeout expired'), leaving none."""
+    EXIT_TIMEOUT_S and exits by itself (status 1: 'Exit timeout expired'), leaving none. Shown by
+    its exit status and log, not timed: had it waited longer than stop()'s grace, stop() would
+    have killed it (status -9), and the log names the timeout it waited with."""
     import tritonclient.http as httpclient
 
     from ddpm_export.serve.local_server import EXIT_TIMEOUT_S
@@ -301,10 +303,9 @@ def test_an_open_http_client_does_not_get_the_server_killed(server: LocalServer,
     with other:
         client = httpclient.InferenceServerClient(other.http_url)
         assert client.is_server_ready()  # its connection stays open (never closed)
-        started = time.monotonic()
-    assert other.process is not None and other.process.returncode >= 0, other.log_tail()  # not killed by a signal
-    assert time.monotonic() - started < EXIT_TIMEOUT_S + 5
-    assert f"Timeout {EXIT_TIMEOUT_S}: Found 1 HTTP service connections" in other.log_path.read_text()
+    log = other.log_path.read_text()
+    assert other.process is not None and other.process.returncode == 1, other.log_tail()  # gave up, not killed
+    assert f"Timeout {EXIT_TIMEOUT_S}: Found 1 HTTP service connections" in log and "Exit timeout expired" in log
     assert _shm_regions() <= before
     other.start()  # the work folder's lock was released with the server: it serves again
     other.stop()
