@@ -39,15 +39,17 @@ def command(bundle_dir: str, output: str, unet_backend: str, instances: int, onn
     class_labels for a class-conditional model, context [n, L, D] for a context-conditioned one)
     returns the images `Pipeline.sample` returns for the same arguments. The
     Python-backend models need this ddpm-export version installed in the server's Python.
-    The folder is written under a temporary name and renamed into place.
+    `ddpm-export --threads N triton ...` sets the U-Net's CPU threads in its config (not for
+    tensorrt). The folder is written under a temporary name and renamed into place.
     \b
     Example:
       ddpm-export triton --bundle digits-bundle -o triton-repo --unet-backend python
       tritonserver --model-repository triton-repo
     """
     from ddpm_export.serve import write_repository
+    from ddpm_export.threads import get_threads
 
     out = write_repository(bundle_dir, output, unet_backend=unet_backend, instances=instances,  # type: ignore[arg-type]
                            onnx=onnx_name, max_queue_delay_us=max_queue_delay_us, max_images=max_images,
-                           max_image_steps=max_image_steps, force=force)
+                           max_image_steps=max_image_steps, threads=get_threads(), force=force)
     click.echo(f"wrote {out}/ (unet: {unet_backend}, sampler: {instances} instance(s))")

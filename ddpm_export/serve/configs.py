@@ -22,10 +22,12 @@ from ddpm_export._version import __version__
 from ddpm_export.checks import Registry
 from ddpm_export.contract.spec import OUT_NAME, ExportSpec
 from ddpm_export.diffusion.config import MAX_TRAIN_TIMESTEPS
+from ddpm_export.errors import BadInputError
 from ddpm_export.serve.pbtxt import Enum
+from ddpm_export.threads import check_threads
 
 __all__ = ["DEFAULT_MAX_IMAGE_STEPS", "LIMITS", "SAMPLER", "UNET", "UNET_BACKENDS", "UNetTarget", "batch_only_inputs",
-           "sampler_config", "unet_config"]
+           "check_unet_threads", "sampler_config", "unet_config"]
 
 #: the range of each repository setting: Triton reads ``count`` as int32 and the queue delay as
 #: uint64, and a larger value than these serves no one (a Python process per sampler instance; a
@@ -50,6 +52,8 @@ OPTIONAL_INPUTS = ("sampler", "eta", "guidance_scale")
 VERSION_PARAM, UNET_PARAM, MAX_IMAGES_PARAM = "ddpm_export_version", "unet_model", "max_images_per_request"
 #: num_images x steps at most (absent in repositories written before it: no cap)
 MAX_IMAGE_STEPS_PARAM = "max_image_steps_per_request"
+#: the unet's ONNX Runtime intra-op threads (Triton's ONNX Runtime backend's key; the python unet reads it too)
+THREADS_PARAM = "intra_op_thread_count"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,26 +61,29 @@ class UNetTarget:
     """How one ``--unet-backend`` appears in ``config.pbtxt``: ``field: value`` (``platform`` or
     ``backend``), the model file in ``unet/1/``, ``default_model_filename`` where the backend's
     own default differs from it, the instance kind (None: Triton's default, one instance per
-    GPU or one on the CPU) and the backend's own ``parameters``."""
+    GPU or one on the CPU), the parameter that sets the U-Net's CPU threads (``ddpm-export
+    --threads``; None: it runs on the GPU and takes none) and the backend's own ``parameters``."""
 
     field: str
     value: str
     filename: str
     default_model_filename: str | None
     kind: str | None
+    threads_parameter: str | None
     parameters: tuple[tuple[str, str], ...] = ()
 
 
 #: ``--unet-backend`` name -> its target; an unknown name is refused listing the choices.
 UNET_BACKENDS: Registry[UNetTarget] = Registry("unet_backend", {
-    "onnxruntime": UNetTarget("platform", "onnxruntime_onnx", "model.onnx", None, None),
-    "tensorrt": UNetTarget("platform", "tensorrt_plan", "model.plan", None, "KIND_GPU"),
+    # Triton's ONNX Runtime backend: intra_op_thread_count (inter-op threads idle: sequential execution)
+    "onnxruntime": UNetTarget("platform", "onnxruntime_onnx", "model.onnx", None, None, THREADS_PARAM),
+    "tensorrt": UNetTarget("platform", "tensorrt_plan", "model.plan", None, "KIND_GPU", None),
     # its default file is IR; it fixes the model's batch at max_batch_size and refuses a smaller batch
     # ("expected requests with batch size ..."), the sampler's calls of fewer images, unless padding it
-    "openvino": UNetTarget("backend", "openvino", "model.onnx", "model.onnx", "KIND_CPU",
+    "openvino": UNetTarget("backend", "openvino", "model.onnx", "model.onnx", "KIND_CPU", "INFERENCE_NUM_THREADS",
                            (("ENABLE_BATCH_PADDING", "YES"),)),
     # our ONNX Runtime backend in-process; Triton loads unet/1/model.py, which opens model.onnx
-    "python": UNetTarget("backend", "python", "model.onnx", None, "KIND_CPU"),
+    "python": UNetTarget("backend", "python", "model.onnx", None, "KIND_CPU", THREADS_PARAM),
 })
 #: numpy dtype name of a graph input -> Triton's data type
 _DATA_TYPES = {"float32": "TYPE_FP32", "int64": "TYPE_INT64"}
@@ -111,8 +118,9 @@ def unet_inputs(spec: ExportSpec) -> list[dict[str, Any]]:
             for name in spec.input_names]
 
 
-def unet_config(spec: ExportSpec, backend: str, *, max_queue_delay_us: int) -> dict[str, Any]:
-    """``unet/config.pbtxt`` for ``backend`` (a key of :data:`UNET_BACKENDS`)."""
+def unet_config(spec: ExportSpec, backend: str, *, max_queue_delay_us: int, threads: int | None) -> dict[str, Any]:
+    """``unet/config.pbtxt`` for ``backend`` (a key of :data:`UNET_BACKENDS`); ``threads``: its CPU
+    thread count (None: the engine's default, every core), for a target that takes one."""
     target = UNET_BACKENDS[backend]
     s = spec.sample_size
     config: dict[str, Any] = {
@@ -130,9 +138,23 @@ def unet_config(spec: ExportSpec, backend: str, *, max_queue_delay_us: int) -> d
         config["default_model_filename"] = target.default_model_filename
     if target.kind is not None:
         config["instance_group"] = [{"count": 1, "kind": Enum(target.kind)}]
-    if target.parameters:
-        config["parameters"] = [{"key": k, "value": {"string_value": v}} for k, v in target.parameters]
+    parameters = list(target.parameters)
+    if threads is not None:
+        check_unet_threads(backend, threads)
+        parameters.append((str(target.threads_parameter), str(threads)))
+    if parameters:
+        config["parameters"] = [{"key": k, "value": {"string_value": v}} for k, v in parameters]
     return config
+
+
+def check_unet_threads(backend: str, threads: int) -> None:
+    """Refuse a thread count that is no int in ``[1, MAX_THREADS]``, or one for a U-Net that runs
+    on the GPU (``tensorrt``: it would be ignored without a word)."""
+    check_threads("threads", threads)
+    if UNET_BACKENDS[backend].threads_parameter is None:
+        takes = ", ".join(name for name, target in UNET_BACKENDS.items() if target.threads_parameter is not None)
+        raise BadInputError(f"threads={threads} (--threads): a {backend} unet runs on the GPU and takes no CPU "
+                            f"thread count; it applies to --unet-backend {takes}")
 
 
 def sampler_inputs(spec: ExportSpec) -> list[dict[str, Any]]:

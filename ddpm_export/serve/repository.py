@@ -27,8 +27,8 @@ from ddpm_export.contract.info import ModelInfo
 from ddpm_export.files import OutputFolder, atomic_dir, refuse_inside, refuse_nameless_folder
 from ddpm_export.runtime.bundle import BundleError, external_data_files, verify_bundle
 from ddpm_export.runtime.pipeline import check_openvino_target, warn_on_target_mismatch
-from ddpm_export.serve.configs import (DEFAULT_MAX_IMAGE_STEPS, LIMITS, SAMPLER, UNET, UNET_BACKENDS, sampler_config,
-                                      unet_config)
+from ddpm_export.serve.configs import (DEFAULT_MAX_IMAGE_STEPS, LIMITS, SAMPLER, UNET, UNET_BACKENDS,
+                                      check_unet_threads, sampler_config, unet_config)
 from ddpm_export.serve.pbtxt import to_pbtxt
 from ddpm_export.serve.triton_models import INFO_FILE
 
@@ -52,7 +52,7 @@ from ddpm_export.serve.triton_models import {cls} as TritonPythonModel  # noqa: 
 def write_repository(bundle: str | Path, out: str | Path, *, unet_backend: UNetBackend = "onnxruntime",
                      instances: int = 4, onnx: str | None = None, max_queue_delay_us: int = 500,
                      max_images: int = 1024, max_image_steps: int = DEFAULT_MAX_IMAGE_STEPS,
-                     force: bool = False) -> Path:
+                     threads: int | None = None, force: bool = False) -> Path:
     """Write the model repository ``out`` for the bundle folder ``bundle`` (every hash checked first).
 
     Args:
@@ -65,16 +65,17 @@ def write_repository(bundle: str | Path, out: str | Path, *, unet_backend: UNetB
         max_images: the largest ``num_images`` one request may ask for.
         max_image_steps: the most ``num_images x steps`` one request may ask for (it holds a
             sampler instance that long; see :data:`~ddpm_export.serve.configs.DEFAULT_MAX_IMAGE_STEPS`).
+        threads: the U-Net's CPU threads (``ddpm-export --threads``), written into its config
+            (``intra_op_thread_count`` for onnxruntime and python, ``INFERENCE_NUM_THREADS`` for
+            openvino; refused for tensorrt); None: the engine's default, every core.
         force: replace an existing ``out``.
 
     Raises BundleError (bundle problems, a backend the bundle cannot serve), BadInputError (bad
     arguments) and OutputExistsError (``out`` exists and not ``force``).
     """
-    target = UNET_BACKENDS[unet_backend]  # refuses an unknown name, listing the choices
-    for name, value in (("instances", instances), ("max_queue_delay_us", max_queue_delay_us),
-                        ("max_images", max_images), ("max_image_steps", max_image_steps)):
-        low, high = LIMITS[name]
-        check_int(name, value, low, high, f"an int in [{low}, {high}]")
+    UNET_BACKENDS[unet_backend]  # refuses an unknown name, listing the choices
+    _check_settings({"instances": instances, "max_queue_delay_us": max_queue_delay_us, "max_images": max_images,
+                     "max_image_steps": max_image_steps}, unet_backend, threads)
     folder = Path(bundle)
     refuse_nameless_folder(out)
     manifest = verify_bundle(folder)  # first: a folder that is no bundle is named as such (--bundle .)
@@ -93,21 +94,38 @@ def write_repository(bundle: str | Path, out: str | Path, *, unet_backend: UNetB
         unet_dir, sampler_dir = tmp / UNET / "1", tmp / SAMPLER / "1"
         unet_dir.mkdir(parents=True)
         sampler_dir.mkdir(parents=True)
-        shutil.copyfile(source, unet_dir / target.filename)
-        if target.filename.endswith(".onnx"):
-            for name in data:  # external weights: the graph names them relative to itself
-                shutil.copyfile(folder / name, unet_dir / name)
-        if unet_backend == "python":
-            _write_model_py(unet_dir, "The U-Net on ONNX Runtime (Triton Python backend)", "UNetModel")
+        _write_unet_files(unet_dir, source, [folder / name for name in data], unet_backend)
         _write_model_py(sampler_dir, "The DDPM/DDIM sampling loop calling `unet` through BLS", "SamplerModel")
         (sampler_dir / INFO_FILE).write_text(json.dumps(entry["metadata"], indent=2, sort_keys=True) + "\n",
                                              encoding="utf-8")
         (tmp / UNET / "config.pbtxt").write_text(
-            to_pbtxt(unet_config(info.spec, unet_backend, max_queue_delay_us=max_queue_delay_us)), encoding="utf-8")
+            to_pbtxt(unet_config(info.spec, unet_backend, max_queue_delay_us=max_queue_delay_us, threads=threads)),
+            encoding="utf-8")
         (tmp / SAMPLER / "config.pbtxt").write_text(
             to_pbtxt(sampler_config(info.spec, instances=instances, max_images=max_images,
                                     max_image_steps=max_image_steps)), encoding="utf-8")
     return Path(out)
+
+
+def _check_settings(settings: dict[str, int], unet_backend: str, threads: int | None) -> None:
+    """Refuse a repository setting outside its :data:`~ddpm_export.serve.configs.LIMITS`, and a
+    thread count the U-Net cannot take."""
+    for name, value in settings.items():
+        low, high = LIMITS[name]
+        check_int(name, value, low, high, f"an int in [{low}, {high}]")
+    if threads is not None:
+        check_unet_threads(unet_backend, threads)
+
+
+def _write_unet_files(unet_dir: Path, source: Path, data: list[Path], unet_backend: str) -> None:
+    """``unet/1/``: the model file, the ONNX file's external weights, the python backend's model.py."""
+    target = UNET_BACKENDS[unet_backend]
+    shutil.copyfile(source, unet_dir / target.filename)
+    if target.filename.endswith(".onnx"):
+        for path in data:  # external weights: the graph names them relative to itself
+            shutil.copyfile(path, unet_dir / path.name)
+    if unet_backend == "python":
+        _write_model_py(unet_dir, "The U-Net on ONNX Runtime (Triton Python backend)", "UNetModel")
 
 
 def _unet_source(folder: Path, entry: dict, info: ModelInfo, unet_backend: str) -> Path:

@@ -38,8 +38,8 @@ from ddpm_export.contract.spec import OUT_NAME, T_NAME, X_NAME, ExportSpec, feed
 from ddpm_export.errors import BadInputError, IntegrityError
 from ddpm_export.jsonio import parse_json
 from ddpm_export.runtime.pipeline import Pipeline
-from ddpm_export.serve.configs import (IMAGES, MAX_IMAGE_STEPS_PARAM, MAX_IMAGES_PARAM, UNET_PARAM, VERSION_PARAM,
-                                      batch_only_inputs)
+from ddpm_export.serve.configs import (IMAGES, MAX_IMAGE_STEPS_PARAM, MAX_IMAGES_PARAM, THREADS_PARAM, UNET_PARAM,
+                                      VERSION_PARAM, batch_only_inputs)
 from ddpm_export.serve.requests import RequestError, parse_request
 
 __all__ = ["INFO_FILE", "BlsBackend", "RequestCancelled", "SamplerModel", "UNetCallError", "UNetModel",
@@ -191,11 +191,13 @@ class UNetModel:
     def initialize(self, args: dict[str, str]) -> None:
         import triton_python_backend_utils as pb_utils
 
-        from ddpm_export.runtime.onnxruntime_backend import OnnxRuntimeBackend, create_session
+        from ddpm_export.runtime.onnxruntime_backend import OnnxRuntimeBackend, create_session, session_options_for
 
         check_stub_numpy(pb_utils)
         self.pb = pb_utils
-        session = create_session(_folder(args) / "model.onnx")
+        threads = _parameters(args).get(THREADS_PARAM)  # `ddpm-export --threads N triton`; else every core
+        options = None if threads is None else session_options_for(int(threads))
+        session = create_session(_folder(args) / "model.onnx", session_options=options)
         info = ModelInfo.from_metadata(session.get_modelmeta().custom_metadata_map, source="unet/1/model.onnx")
         self.spec = info.spec
         self.batch_only = batch_only_inputs(info.spec)

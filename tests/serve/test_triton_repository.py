@@ -143,7 +143,7 @@ def test_tensorrt_serves_the_bundled_engine(bundle: Path, tmp_path: Path) -> Non
 ], ids=["class", "context"])
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_conditioned_models_configs_parse(spec: ExportSpec, backend: str) -> None:
-    unet = parse(to_pbtxt(unet_config(spec, backend, max_queue_delay_us=100)))
+    unet = parse(to_pbtxt(unet_config(spec, backend, max_queue_delay_us=100, threads=None)))
     assert [i.name for i in unet.input] == spec.input_names
     cond = unet.input[2]
     if spec.cond_kind == "class":
@@ -166,9 +166,41 @@ def test_the_openvino_unet_pads_every_call_to_max_batch(backend: str) -> None:
     ("expected requests with batch size '16', got '4'") unless ENABLE_BATCH_PADDING is YES: every
     sampler request of fewer images than max_batch failed. The others run any batch as it is."""
     spec = ExportSpec(in_channels=1, out_channels=1, sample_size=16, min_batch=1, opt_batch=4, max_batch=16)
-    unet = parse(to_pbtxt(unet_config(spec, backend, max_queue_delay_us=500)))
+    unet = parse(to_pbtxt(unet_config(spec, backend, max_queue_delay_us=500, threads=None)))
     parameters = {key: value.string_value for key, value in unet.parameters.items()}
     assert parameters == ({"ENABLE_BATCH_PADDING": "YES"} if backend == "openvino" else {})
+
+
+#: the key each backend reads its CPU thread count from (Triton's ONNX Runtime and OpenVINO backends' own)
+THREAD_KEYS = {"onnxruntime": "intra_op_thread_count", "openvino": "INFERENCE_NUM_THREADS",
+               "python": "intra_op_thread_count"}
+
+
+@pytest.mark.parametrize("backend", list(THREAD_KEYS), ids=[f"{b}-unet" for b in THREAD_KEYS])
+def test_ddpm_export_threads_reaches_the_unets_config(bundle: Path, tmp_path: Path, backend: str) -> None:
+    """`ddpm-export --threads 3 triton` was ignored: the served U-Net ran the engine's default.
+    It is now the unet's thread parameter; without --threads there is none (the engine's default)."""
+    for threads, want in ((["--threads", "3"], {THREAD_KEYS[backend]: "3"}), ([], {})):
+        out = tmp_path / f"repo{len(threads)}"
+        result = CliRunner().invoke(main, [*threads, "triton", "--bundle", str(bundle), "-o", str(out),
+                                           "--unet-backend", backend])
+        assert result.exit_code == 0, result.output
+        unet = parse((out / "unet" / "config.pbtxt").read_text())
+        parameters = {key: value.string_value for key, value in unet.parameters.items()}
+        assert {k: v for k, v in parameters.items() if k != "ENABLE_BATCH_PADDING"} == want
+
+
+def test_ddpm_export_threads_is_refused_for_a_tensorrt_unet(bundle: Path, tmp_path: Path) -> None:
+    """A TensorRT engine runs on the GPU: a thread count would be ignored without a word."""
+    result = CliRunner().invoke(main, ["--threads", "2", "triton", "--bundle", str(bundle), "-o", str(tmp_path / "r"),
+                                       "--unet-backend", "tensorrt"])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert ("threads=2 (--threads): a tensorrt unet runs on the GPU and takes no CPU thread count; it applies to "
+            "--unet-backend onnxruntime, openvino, python") in " ".join(result.output.split())
+    assert not (tmp_path / "r").exists()
+    with pytest.raises(BadInputError, match=r"threads must be an int in \[1, 1024\], got 0"):
+        write_repository(bundle, tmp_path / "r", threads=0)
+    assert not (tmp_path / "r").exists()
 
 
 def test_pbtxt_writer_round_trips_through_protobuf() -> None:

@@ -210,6 +210,41 @@ def test_a_repository_written_before_the_image_steps_cap_still_serves(server: Lo
     assert np.abs(got - pipe.sample(2, steps=3, seed=5, progress=False)).max() <= TOL
 
 
+def _stub_threads(server: LocalServer) -> dict[str, list[int]]:
+    """The thread counts of the server's Python-backend stubs, by model (a stub's argv[1] is its model.py)."""
+    import os
+
+    counts: dict[str, list[int]] = {}
+    for proc in Path("/proc").iterdir():
+        try:
+            if not proc.name.isdigit() or os.getsid(int(proc.name)) != server.process.pid:  # type: ignore[union-attr]
+                continue
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+            if len(argv) > 1 and argv[1].endswith(b"/1/model.py"):
+                counts.setdefault(Path(argv[1].decode()).parts[-3], []).append(len(list((proc / "task").iterdir())))
+        except OSError:  # a process that ended meanwhile
+            continue
+    return counts
+
+
+def test_ddpm_export_threads_sets_the_served_unets_threads(bundle: Path, tmp_path: Path) -> None:
+    """`ddpm-export --threads N triton` was ignored: the python unet's ONNX Runtime session took
+    its default, one thread per physical core. Its stub now runs at least N - 1 threads (the
+    intra-op pool's workers) more than a sampler's stub (the same stub, no session); N is past
+    this machine's logical CPUs, more than the default makes. No request runs on them."""
+    import os
+
+    threads = (os.cpu_count() or 1) + 2
+    result = CliRunner().invoke(main, ["--threads", str(threads), "triton", "--bundle", str(bundle), "-o",
+                                       str(tmp_path / "repo"), "--unet-backend", "python", "--instances", "1"])
+    assert result.exit_code == 0, result.output
+    with LocalServer(find_tritonserver(), tmp_path / "repo", tmp_path / "work",
+                     pythonpath=[*stub_numpy_site(ROOT), ROOT]) as threaded:
+        counts = _stub_threads(threaded)
+    assert len(counts["unet"]) == len(counts["sampler"]) == 1, counts
+    assert counts["unet"][0] - counts["sampler"][0] >= threads - 1, counts
+
+
 def _server_script(repo: Path, work: Path, pythonpath: list[Path]) -> str:
     return (f"import time\nfrom ddpm_export.serve.local_server import LocalServer, find_tritonserver\n"
             f"with LocalServer(find_tritonserver(), {str(repo)!r}, {str(work)!r}, "
