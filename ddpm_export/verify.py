@@ -298,19 +298,25 @@ def _default_steps(T: int, steps: int | None, solver_steps: int | None) -> tuple
 
 
 def _check_source(model: str | Path, unet: Any, onnx: Path, info: ModelInfo) -> bool | None:
-    """VerifyError when the file was exported from other weights than ``model``'s (its recorded
-    ``source_sha256``: of the weights file, else of the loaded weights: a seeded preset's, a sharded
-    diffusers folder's): every check would fail for that reason alone. Returns True when the model
-    has trained weights (None: seed-initialised)."""
+    """VerifyError when the file was exported from other weights than ``model``'s: every check would
+    fail for that reason alone. Its recorded tensors digest (``source_tensors_sha256``) matches a
+    re-saved copy too; files without one are matched by ``source_sha256``, of the weights file, else
+    of the loaded weights (a seeded preset's, a sharded diffusers folder's). Returns True when the
+    model has trained weights (None: seed-initialised)."""
     from ddpm_export.export.onnx import state_sha256
     from ddpm_export.nn.checkpoint import seed_initialised, weights_path
+    from ddpm_export.nn.weights import tensors_sha256
 
-    weights = weights_path(model)
-    have = sha256_file(weights) if weights is not None else state_sha256(unet)
-    if have != info.source_sha256:
-        raise VerifyError(f"{onnx} was exported from other weights than {model}'s (source sha256 "
-                          f"{info.source_sha256[:12]}... recorded, {have[:12]}... here): re-export it from {model}, "
-                          f"or verify it against the model it came from")
+    tensors = None if info.source_tensors_sha256 is None else tensors_sha256(unet.state_dict())
+    if tensors is None or tensors != info.source_tensors_sha256:
+        weights = weights_path(model)
+        have = sha256_file(weights) if weights is not None else state_sha256(unet)
+        if not info.same_source(have, tensors):
+            what, recorded, here = (("source sha256", info.source_sha256, have) if tensors is None else
+                                    ("tensors sha256", info.source_tensors_sha256, tensors))
+            raise VerifyError(f"{onnx} was exported from other weights than {model}'s ({what} {recorded[:12]}... "
+                              f"recorded, {here[:12]}... here): re-export it from {model}, or verify it against "
+                              f"the model it came from")
     return None if seed_initialised(model) else True
 
 

@@ -285,10 +285,72 @@ def test_a_file_exported_from_other_weights_is_refused_naming_the_cause(tmp_path
 
     save_checkpoint(build_model(UNetConfig.load(MODELS_DIR / "tiny" / "config.json"), seed=1), tmp_path / "tiny-1")
     onnx = export_onnx(tmp_path / "tiny-1", tmp_path / "t1.onnx", max_batch=2, validate=False, log=lambda s: None).path
-    with pytest.raises(VerifyError, match=r"t1.onnx was exported from other weights than tiny's \(source sha256 "):
+    with pytest.raises(VerifyError, match=r"t1.onnx was exported from other weights than tiny's \(tensors sha256 "):
         verify("tiny", onnx, log=lambda s: None)
     result = CliRunner().invoke(main, ["verify", "--model", "tiny", "--onnx", str(onnx)])
     assert result.exit_code == 2 and "re-export it from tiny" in result.output
+
+
+def _resaved(model: str, folder: Path) -> Path:
+    """``model``'s weights re-saved by safetensors with other file metadata: other file bytes (and
+    sha256), the same tensors."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from ddpm_export.nn.checkpoint import load_model, model_folder
+
+    folder.mkdir()
+    shutil.copy(model_folder(model) / "config.json", folder / "config.json")
+    state = {k: v.detach().contiguous() for k, v in load_model(model).state_dict().items()}
+    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt", "saved_by": "a re-save"})
+    return folder
+
+
+def test_a_re_saved_copy_of_the_same_weights_is_accepted(tmp_path: Path) -> None:
+    """save_checkpoint writes other safetensors metadata than the shipped file, so a re-saved copy of
+    the same tensors hashed differently and was refused as "other weights" (exit 2); new exports
+    record a digest of the tensors themselves, which either copy matches."""
+    from ddpm_export.contract import metadata as md
+    from ddpm_export.export.onnx import export_onnx
+    from ddpm_export.nn.checkpoint import load_model, save_checkpoint
+    from ddpm_export.runtime.info import read_info
+    from ddpm_export.verify import VerifyError
+
+    save_checkpoint(load_model("tiny"), tmp_path / "a")
+    onnx_path = export_onnx(tmp_path / "a", tmp_path / "a.onnx", max_batch=2, validate=False, log=lambda s: None).path
+    copy = _resaved(str(tmp_path / "a"), tmp_path / "b")
+    assert md.sha256_file(copy / "model.safetensors") != read_info(onnx_path).source_sha256
+    report = verify(copy, onnx_path, steps=2, ddpm_steps=2, solver_steps=2, log=lambda s: None)
+    assert report["passed"] and report["source_sha256_match"] is True, report["failures"]
+    # a file written before the digest was recorded keeps the file hash: the copy is refused there
+    model = onnx.load(str(onnx_path))
+    kept = [p for p in model.metadata_props if p.key != md.SOURCE_TENSORS_SHA256]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    onnx.save(model, str(tmp_path / "old.onnx"))
+    with pytest.raises(VerifyError, match=r"old.onnx was exported from other weights than .*b's \(source sha256 "):
+        verify(copy, tmp_path / "old.onnx", log=lambda s: None)
+    assert verify(tmp_path / "a", tmp_path / "old.onnx", steps=2, ddpm_steps=2, solver_steps=2,
+                  log=lambda s: None)["passed"]
+
+
+def test_the_tensors_digest_follows_its_documented_recipe() -> None:
+    """sha256 over name NUL dtype NUL shape NUL + little-endian bytes, in sorted name order
+    (docs/metadata.md), written out here with struct rather than torch."""
+    import hashlib
+    import struct
+
+    import torch
+
+    from ddpm_export.nn.weights import tensors_sha256
+
+    state = {"w": torch.tensor([[1.5, -2.0]]), "b": torch.tensor(3, dtype=torch.int64),
+             "h": torch.tensor([1.0], dtype=torch.bfloat16)}
+    want = hashlib.sha256(b"b\0int64\0\0" + struct.pack("<q", 3) + b"h\0bfloat16\x001\0" + bytes([0x80, 0x3F])
+                          + b"w\0float32\x001,2\0" + struct.pack("<2f", 1.5, -2.0)).hexdigest()
+    assert tensors_sha256(state) == want
+    assert tensors_sha256({**state, "w": state["w"].reshape(2, 1)}) != want  # the shape counts
 
 
 def test_a_learned_variance_model_is_refused_before_any_check(tmp_path: Path) -> None:

@@ -37,7 +37,10 @@ class ModelInfo:
         spec: graph interface: names, ``[min_batch, max_batch]``, valid ``t`` and class ids.
         precision: ``"fp32"`` or ``"fp16"`` (the precision policy's name).
         attention: the attention form in the graph.
-        source_sha256: hash of the weights it was exported from.
+        source_sha256: hash of the weights file it was exported from.
+        source_tensors_sha256: hash of those weights' tensors (``tensors_sha256`` in
+            :mod:`ddpm_export.nn.weights`), the same for a re-saved copy; None for files written
+            before it was recorded.
         metadata: every ``metadata_props`` entry as written, for reports and bundles.
         rewrites: the exact rewrites applied (:data:`ddpm_export.contract.choices.REWRITES`);
             empty for files written before they existed.
@@ -54,6 +57,14 @@ class ModelInfo:
     metadata: Mapping[str, str] = dataclasses.field(compare=False, repr=False)
     rewrites: tuple[str, ...] = ()
     target: str = "any"
+    source_tensors_sha256: str | None = None
+
+    def same_source(self, file_sha256: str, tensors_sha256: str | None) -> bool:
+        """Whether weights whose file hashes to ``file_sha256`` and whose tensors to
+        ``tensors_sha256`` are the ones this file was exported from: either digest matching (a
+        re-saved copy has other file bytes, the same tensors); the file's alone for older files."""
+        return file_sha256 == self.source_sha256 or (
+            self.source_tensors_sha256 is not None and tensors_sha256 == self.source_tensors_sha256)
 
     @classmethod
     def from_metadata(cls, props: Mapping[str, str], source: str = "model") -> "ModelInfo":
@@ -82,7 +93,7 @@ class ModelInfo:
         info = cls(unet=parse(md.UNET_CONFIG, UNetConfig), diffusion=parse(md.DIFFUSION_CONFIG, DiffusionConfig),
                    spec=parse(md.EXPORT_SPEC, ExportSpec), precision=str(precision),
                    attention=props[md.ATTENTION], source_sha256=props[md.SOURCE_SHA256], metadata=dict(props),
-                   rewrites=rewrites, target=target)
+                   rewrites=rewrites, target=target, source_tensors_sha256=props.get(md.SOURCE_TENSORS_SHA256))
         info.check_consistent(source)
         return info
 

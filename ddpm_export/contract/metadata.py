@@ -25,6 +25,8 @@ TARGET = PREFIX + "target"  # optional: files written before it existed were exp
 EXPORTER_VERSION = PREFIX + "exporter_version"
 SOURCE = PREFIX + "source"
 SOURCE_SHA256 = PREFIX + "source_sha256"
+#: optional: files written before it existed are matched by SOURCE_SHA256 alone
+SOURCE_TENSORS_SHA256 = PREFIX + "source_tensors_sha256"
 
 REQUIRED = (UNET_CONFIG, DIFFUSION_CONFIG, EXPORT_SPEC, PRECISION_POLICY, ATTENTION, EXPORTER_VERSION,
             SOURCE_SHA256)
@@ -83,10 +85,10 @@ def quantized_outputs_of(props: Mapping[str, str], source: str = "model") -> boo
 
 def metadata_props(*, unet: Any, diffusion: Any, spec: Any, policy: Mapping[str, Any], attention: str,
                    rewrites: tuple[str, ...], target: str, exporter_version: str, source: str,
-                   source_sha256: str) -> dict[str, str]:
+                   source_sha256: str, source_tensors_sha256: str) -> dict[str, str]:
     """Every ``metadata_props`` entry of an export, keyed as :data:`REQUIRED` (+ :data:`SOURCE`,
-    :data:`REWRITES`, :data:`TARGET`); configs (``UNetConfig``, ``DiffusionConfig``, ``ExportSpec``)
-    as canonical JSON."""
+    :data:`REWRITES`, :data:`TARGET`, :data:`SOURCE_TENSORS_SHA256`); configs (``UNetConfig``,
+    ``DiffusionConfig``, ``ExportSpec``) as canonical JSON."""
     return {
         UNET_CONFIG: dumps(unet.to_dict()),
         DIFFUSION_CONFIG: dumps(diffusion.to_dict()),
@@ -98,6 +100,7 @@ def metadata_props(*, unet: Any, diffusion: Any, spec: Any, policy: Mapping[str,
         EXPORTER_VERSION: exporter_version,
         SOURCE: source,
         SOURCE_SHA256: source_sha256,
+        SOURCE_TENSORS_SHA256: source_tensors_sha256,
     }
 
 

@@ -42,6 +42,7 @@ from ddpm_export.nn.checkpoint import (DIFFUSION_NAME, diffusion_config_for, loa
                                       weights_path)
 from ddpm_export.nn.rewrites import applicable, use_rewrites
 from ddpm_export.nn.unet import UNet
+from ddpm_export.nn.weights import tensors_sha256
 
 DEFAULT_OPSET = 20
 #: int8 for TensorRT (signed int8 activations, zero point 0): ONNX Runtime's EXTENDED optimiser fails
@@ -110,6 +111,7 @@ def export_onnx(model: str | Path, out: str | Path, *, opset: int = DEFAULT_OPSE
         exporter_version=f"ddpm-export {__version__}; torch {torch.__version__.split('+')[0]}; onnx {onnx.__version__}",
         source=str(model) if source is None else source.name,
         source_sha256=md.sha256_file(source) if source else state_sha256(unet),
+        source_tensors_sha256=tensors_sha256(unet.state_dict()),
     ).items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value

@@ -5,6 +5,8 @@ internals."""
 
 from __future__ import annotations
 
+import hashlib
+import sys
 from pathlib import Path
 from typing import Mapping
 
@@ -62,6 +64,23 @@ def load_state_strict(model: torch.nn.Module, weights: dict[str, torch.Tensor], 
             raise CheckpointError(f"{source}: key {key!r} has dtype {value.dtype}, the model expects "
                                   f"{own[key].dtype}")
     model.load_state_dict(weights, strict=True)
+
+
+def tensors_sha256(state: Mapping[str, torch.Tensor]) -> str:
+    """The digest of the tensors themselves, whatever file holds them (its metadata, order or
+    format): sha256 over the tensors in sorted name order, each as ``name NUL dtype NUL shape NUL``
+    (UTF-8; dtype as torch names it without ``torch.``, e.g. ``float32``; shape as comma-separated
+    ints, empty for a scalar) followed by its elements' raw bytes, little-endian, C order.
+    ``ddpm_export.source_tensors_sha256`` (docs/metadata.md)."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(f"{name}\0{str(t.dtype).removeprefix('torch.')}\0{','.join(map(str, t.shape))}\0".encode())
+        raw = t.reshape(-1).view(torch.uint8).numpy()
+        if sys.byteorder == "big" and t.element_size() > 1:
+            raw = raw.reshape(-1, t.element_size())[:, ::-1]
+        h.update(raw.tobytes())
+    return h.hexdigest()
 
 
 def read_safetensors(path: Path) -> dict[str, torch.Tensor]:

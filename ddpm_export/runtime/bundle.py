@@ -35,7 +35,6 @@ import numpy as np
 
 from ddpm_export._version import __version__
 from ddpm_export.configbase import ConfigError
-from ddpm_export.contract import metadata as md
 from ddpm_export.contract.info import ModelInfo
 from ddpm_export.contract.metadata import sha256_file
 from ddpm_export.contract.sidecar import check_sidecar, read_sidecar, sidecar_path
@@ -387,22 +386,21 @@ def _add_onnx_files(sources: _Sources, onnx_paths: list[Path]
     """Add each ONNX file (and its external data); its ``models`` entry, sha256 -> name, the first's info."""
     models, hashes = [], {}
     first: ModelInfo | None = None
-    first_source = None
     for path in onnx_paths:
         props = read_metadata(path)
         info = ModelInfo.from_metadata(props, source=str(path))
-        source = props.get(md.SOURCE_SHA256)
         if first is None:
-            first, first_source = info, source
+            first = info
         elif info.unet != first.unet or info.diffusion != first.diffusion:
             what, mine, theirs = (("UNet config", info.unet, first.unet) if info.unet != first.unet else
                                   ("schedule (DiffusionConfig)", info.diffusion, first.diffusion))
             fields = [f.name for f in dataclasses.fields(mine) if getattr(mine, f.name) != getattr(theirs, f.name)]
             raise BundleError(f"{path}: its {what} differs from {onnx_paths[0]}'s in {', '.join(fields)}; a bundle "
                               f"holds one model")
-        elif source != first_source:  # same architecture, other weights: two models under one name
+        elif not first.same_source(info.source_sha256, info.source_tensors_sha256):  # two models under one name
             raise BundleError(f"{path} was exported from other weights than {onnx_paths[0]} (source sha256 "
-                              f"{str(source)[:12]}... vs {str(first_source)[:12]}...); a bundle holds one model")
+                              f"{info.source_sha256[:12]}... vs {first.source_sha256[:12]}...); a bundle holds one "
+                              f"model")
         name = sources.add(path, "onnx")
         for data in external_data_files(path):
             sources.add(data, "onnx_data")

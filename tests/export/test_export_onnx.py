@@ -43,6 +43,7 @@ from ddpm_export.export.onnx import DEFAULT_OPSET, ExportResult, export_onnx  # 
 from ddpm_export.export.validate import ValidationError  # noqa: E402
 from ddpm_export.nn.attention import Attention  # noqa: E402
 from ddpm_export.nn.checkpoint import WEIGHTS_NAME, load_model  # noqa: E402
+from ddpm_export.nn.weights import tensors_sha256  # noqa: E402
 
 from export_helpers import (  # noqa: E402
     CONFIGS, DIFFUSION, FLOAT, FLOAT16, GraphIndex, consumers, count_ops, infer, max_abs,
@@ -429,6 +430,7 @@ def test_metadata_describes_the_export(exported, torch_model, source, name, prec
         digest = hashlib.sha256(safetensors_save(state)).hexdigest()
         assert props[md.SOURCE] == name
     assert props[md.SOURCE_SHA256] == digest
+    assert props[md.SOURCE_TENSORS_SHA256] == tensors_sha256(torch_model(name).state_dict())  # recipe: test_verify
     assert exp.model.producer_name == "ddpm-export"
 
 

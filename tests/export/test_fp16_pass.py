@@ -181,7 +181,8 @@ def test_metadata_records_the_policy_and_the_source(files):
     assert json.loads(props[md.PRECISION_POLICY]) == policy("fp16")
     record = json.loads(props[fp16_pass.FP16_PASS])
     assert record["from_sha256"] == md.sha256_file(f.fp32) and record["converter"].startswith("onnxruntime")
-    for key in (md.UNET_CONFIG, md.DIFFUSION_CONFIG, md.EXPORT_SPEC, md.SOURCE_SHA256, md.ATTENTION):
+    for key in (md.UNET_CONFIG, md.DIFFUSION_CONFIG, md.EXPORT_SPEC, md.SOURCE_SHA256, md.SOURCE_TENSORS_SHA256,
+                md.ATTENTION):
         assert props[key] == source[key]
     assert ModelInfo.from_metadata(props).precision == "fp16"
     onnx.checker.check_model(str(f.passed), full_check=True)

@@ -342,6 +342,26 @@ def test_files_from_other_weights_are_not_one_model(onnx_file: Path, tmp_path: P
     assert not (tmp_path / "b").exists()
 
 
+def test_files_from_a_re_saved_copy_of_the_same_weights_are_one_model(tmp_path: Path) -> None:
+    """A checkpoint re-saved with other safetensors metadata (other file bytes, the same tensors):
+    its export was refused as "other weights" beside the original's; the tensors digest matches."""
+    from safetensors.torch import save_file
+
+    from ddpm_export.export.onnx import export_onnx
+    from ddpm_export.nn.checkpoint import load_model, save_checkpoint
+
+    unet = load_model("tiny")
+    save_checkpoint(unet, tmp_path / "a")
+    save_checkpoint(unet, tmp_path / "b")
+    save_file({k: v.contiguous() for k, v in unet.state_dict().items()}, str(tmp_path / "b" / "model.safetensors"),
+              metadata={"format": "pt", "saved_by": "a re-save"})
+    paths = [export_onnx(tmp_path / n, tmp_path / f"{n}.onnx", max_batch=2, validate=False, log=lambda s: None).path
+             for n in ("a", "b")]
+    assert read_info(paths[0]).source_sha256 != read_info(paths[1]).source_sha256
+    manifest = verify_bundle(make_bundle(paths, tmp_path / "bundle"))
+    assert sorted(manifest.files) == ["a.onnx", "b.onnx"]
+
+
 def test_triton_refuses_a_model_the_samplers_cannot_run(tmp_path: Path) -> None:
     """6 output channels for 3 inputs: the repository was written, then its sampler failed to load."""
     from ddpm_export.serve.repository import write_repository
