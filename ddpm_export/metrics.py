@@ -18,8 +18,9 @@ FP32_MAX_ABS = 1e-4
 #: (digits), 6.7e-4 (kitchen-sink), 8.1e-4 (tiny), 7.0e-4 (ddpm-cifar10), about 5x margin over the
 #: worst (2e-2 passed a softmax over the wrong axis, 9.6e-3, and an output scaled by 1.019)
 FP16_CALL_REL_L2 = 4e-3
-#: verify's per-step limit for fp16 backends (a TensorRT engine's kernels differ from ONNX
-#: Runtime's; the final samples' 40 dB decides)
+#: verify's per-call limit for fp16 on TensorRT and GPU providers (their kernels differ from ONNX
+#: Runtime's CPU ones; the final samples' 40 dB decides), and its per-step local limit for every
+#: fp16 backend (ONNX Runtime CPU and OpenVINO f32 take FP16_CALL_REL_L2 per single call)
 FP16_REL_L2 = 2e-2
 #: OpenVINO computing an fp32 file in bfloat16, and int8 QDQ files, measured on the digits model
 #: (README, "Lower precision"): one call at verify's fixed timesteps (bf16 3.9e-3, int8 1.2e-2), the

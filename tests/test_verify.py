@@ -404,8 +404,59 @@ def test_a_schedule_changed_after_the_export_is_warned_about(tmp_path: Path) -> 
     assert any("beta_schedule ('cosine' in the file, 'linear' in the default schedule" in line for line in lines), lines
 
 
+@pytest.fixture(scope="module")
+def tiny_fp16(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """tiny's fp16 export and a copy with conv_out's weight scaled by 1.01 (one call: 9.9e-3 relative L2)."""
+    from ddpm_export.export.onnx import export_onnx
+
+    folder = tmp_path_factory.mktemp("fp16")
+    path = export_onnx("tiny", folder / "tiny16.onnx", precision="fp16", max_batch=2, validate=False,
+                       log=lambda s: None).path
+    model = onnx.load(str(path))
+    (weight,) = [i for i in model.graph.initializer if i.name == "unet.conv_out.weight"]
+    scaled = (numpy_helper.to_array(weight).astype(np.float32) * np.float32(1.01)).astype(np.float16)
+    weight.CopyFrom(numpy_helper.from_array(scaled, weight.name))
+    onnx.save(model, str(folder / "bad16.onnx"))
+    return path, folder / "bad16.onnx"
+
+
+def test_an_fp16_file_on_onnx_runtime_cpu_is_held_to_the_exports_own_limit(tiny_fp16: tuple[Path, Path]) -> None:
+    """An fp16 file on ONNX Runtime's CPU provider was held to 2e-2 per call (meant for TensorRT's
+    fp16 kernels), five times the export's 4e-3: a conv_out scaled by 1.01 (9.9e-3) passed, exit 0."""
+    from ddpm_export.metrics import FP16_CALL_REL_L2, FP16_REL_L2
+    from ddpm_export.runtime.info import read_info
+    from ddpm_export.verify import THRESHOLDS, _precisions
+
+    good, bad = tiny_fp16
+    report = verify("tiny", good, steps=3, ddpm_steps=3, solver_steps=3, batch=1, log=lambda s: None)
+    assert report["passed"], report["failures"]
+    assert report["backend_thresholds"]["onnxruntime"]["step_rel_l2"] == FP16_CALL_REL_L2 == 4e-3
+    assert report["backends"]["onnxruntime"]["single_step"]["rel_l2"] < FP16_CALL_REL_L2 / 3  # measured 8.4e-4
+    code, out = _verify("--model", "tiny", "--onnx", str(bad), "--steps", "3", "--ddpm-steps", "3",
+                        "--solver-steps", "3", "--batch", "1")
+    assert code == 1, out
+    assert re.search(r"onnxruntime: single-step relative L2 error 9\.\d+e-03 > 4\.0e-03 \(fp16; the export's own "
+                     r"limit: ONNX Runtime CPU or OpenVINO f32\)", out), out
+    # a backend on other kernels (a TensorRT engine) keeps the loose limit
+    _, limits = _precisions(read_info(good), {"tensorrt": lambda x, t, c: x})
+    assert limits["tensorrt"] == THRESHOLDS["fp16"] and limits["tensorrt"].step_rel_l2 == FP16_REL_L2
+
+
+def test_an_fp16_file_on_openvino_f32_is_held_to_the_exports_own_limit(tiny_fp16: tuple[Path, Path]) -> None:
+    pytest.importorskip("openvino")
+    good, bad = tiny_fp16
+    report = verify("tiny", good, steps=3, ddpm_steps=3, solver_steps=3, batch=1, gpu_backends=("openvino",),
+                    inference_precision="f32", log=lambda s: None)
+    assert report["passed"], report["failures"]
+    assert report["backend_precisions"]["openvino"] == "fp16"
+    assert report["backend_thresholds"]["openvino"]["step_rel_l2"] == 4e-3
+    report = verify("tiny", bad, steps=3, ddpm_steps=3, solver_steps=3, batch=1, gpu_backends=("openvino",),
+                    inference_precision="f32", log=lambda s: None)
+    assert any(f.startswith("openvino: single-step relative L2 error") for f in report["failures"]), report["failures"]
+
+
 def test_verify_help_states_the_thresholds_it_applies() -> None:
-    from ddpm_export.verify import THRESHOLDS
+    from ddpm_export.verify import FP16_EXPORT_KERNELS, THRESHOLDS
 
     text = " ".join(CliRunner().invoke(main, ["verify", "--help"]).output.split())
     for precision, t in THRESHOLDS.items():
@@ -415,6 +466,7 @@ def test_verify_help_states_the_thresholds_it_applies() -> None:
         assert limit in text, (precision, limit)
         if t.local_rel_l2 is not None:
             assert f"(local {t.local_rel_l2:g})" in text
+    assert f"OpenVINO f32, one call <= {FP16_EXPORT_KERNELS.step_rel_l2:.0e}".replace("e-0", "e-") in text
 
 
 def test_fp32_max_abs_limit_scales_with_the_outputs(tmp_path: Path) -> None:
