@@ -45,6 +45,7 @@ import functools
 import json
 import math
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -56,7 +57,7 @@ from ddpm_export.contract.info import ModelInfo
 from ddpm_export.contract.metadata import sha256_file
 from ddpm_export.diffusion import SCHEDULERS, Backend, DiffusionConfig, make_scheduler, sample
 from ddpm_export.diffusion.scheduler import Scheduler
-from ddpm_export.errors import BadInputError, MissingDependencyError
+from ddpm_export.errors import BadInputError, DdpmExportWarning, MissingDependencyError
 from ddpm_export.files import atomic_file
 from ddpm_export.metrics import (BF16_CALL_REL_L2, BF16_FINAL_PSNR_DB, BF16_LOCAL_REL_L2, BF16_REL_L2,
                                   FP16_CALL_REL_L2, FP16_REL_L2, FP32_MAX_ABS, INT8_CALL_REL_L2, INT8_FINAL_PSNR_DB, INT8_LOCAL_REL_L2, INT8_REL_L2,
@@ -222,7 +223,9 @@ def verify(model: str | Path, onnx: str | Path, *, engine: str | Path | None = N
     precision it computes (:func:`effective_precision`); return the report (a dict). ``progress``
     draws a bar over each trajectory's steps (DDPM runs all T of them). ``steps``: :func:`_default_steps`.
 
-    ``report["passed"]`` says whether every check passed and ``report["failures"]`` which did not.
+    ``report["passed"]`` says whether every check passed and ``report["failures"]`` which did not;
+    ``report["warnings"]`` what was warned about (a DdpmExportWarning: the model's schedule is not the
+    file's), ``report["notes"]`` the rest worth saying.
     Raises VerifyError when the file was not exported from ``model``'s config or an argument
     does not fit the exported graph.
     """
@@ -243,7 +246,7 @@ def verify(model: str | Path, onnx: str | Path, *, engine: str | Path | None = N
     candidates = _candidates(onnx, info, engine, providers, onnx_sha, gpu_backends, threads, inference_precision)
     precisions, backend_limits = _precisions(info, candidates)
     n_ddpm = T if ddpm_steps is None else ddpm_steps
-    notes = _respaced_note(n_ddpm, T) + _schedule_notes(model, onnx, info, log)
+    notes, warned = _respaced_note(n_ddpm, T), _schedule_warning(model, onnx, info)
     cond = spec.conditioning.call_input(None, batch, info)  # every class in turn, or None
     null = info.null_input(batch) if guidance_scale != 1.0 else None
     run = functools.partial(_run, shape=(batch, spec.in_channels, spec.sample_size, spec.sample_size), seed=seed,
@@ -268,7 +271,7 @@ def verify(model: str | Path, onnx: str | Path, *, engine: str | Path | None = N
         "backend_thresholds": {name: dataclasses.asdict(t) for name, t in backend_limits.items()},
         "seed": seed, "batch": batch, "classes": None if cond is None else cond.tolist(),
         "guidance_scale": guidance_scale, "schedule": cfg.to_dict(),
-        "ddpm_all_steps": n_ddpm == T, "notes": notes, "backends": results,
+        "ddpm_all_steps": n_ddpm == T, "notes": notes, "warnings": warned, "backends": results,
         "seconds": round(time.perf_counter() - start, 2),
     }
 
@@ -344,8 +347,8 @@ def _check_source(model: str | Path, unet: Any, onnx: Path, info: ModelInfo) -> 
     return None if seed_initialised(model) else True
 
 
-def _schedule_notes(model: str | Path, onnx: Path, info: ModelInfo, log: Callable[[str], None]) -> list[str]:
-    """A note (logged as a warning, kept in the report) when the model's schedule -- its
+def _schedule_warning(model: str | Path, onnx: Path, info: ModelInfo) -> list[str]:
+    """A DdpmExportWarning (kept in the report's ``warnings``) when the model's schedule -- its
     ``diffusion.json`` or diffusers scheduler config, else the default one, as the export takes --
     is not the one the file records: both sides of the checks use the file's, so they cannot tell
     (a file edited to a cosine schedule passed without a word)."""
@@ -357,10 +360,10 @@ def _schedule_notes(model: str | Path, onnx: Path, info: ModelInfo, log: Callabl
     a, b = info.diffusion.to_dict(), ours.to_dict()
     where = schedule_file(model) or "the default schedule (the model has no schedule file)"
     fields = ", ".join(f"{k} ({a[k]!r} in the file, {b[k]!r} in {where})" for k in info.diffusion.differences(ours))
-    note = (f"{onnx} records another schedule than its model's: {fields}; the checks use the file's -- "
-            f"re-export it after changing the schedule")
-    log(f"warning: {note}")
-    return [note]
+    message = (f"{onnx} records another schedule than its model's: {fields}; the checks use the file's -- "
+               f"re-export it after changing the schedule")
+    warnings.warn(message, DdpmExportWarning, stacklevel=3)  # the CLI: one Warning: line, none under -q
+    return [message]
 
 
 def _check_arguments(info: ModelInfo, unet_config: Any, model: str | Path, onnx: Path, steps: int,

@@ -381,17 +381,30 @@ def test_a_schedule_changed_after_the_export_is_warned_about(tmp_path: Path) -> 
     """Both sides use the file's schedule, so an edited diffusion.json passed silently."""
     import shutil
 
+    from ddpm_export.errors import DdpmExportWarning
     from ddpm_export.export.onnx import export_onnx
     from ddpm_export.presets import MODELS_DIR
 
     shutil.copytree(MODELS_DIR / "tiny", tmp_path / "m")
     onnx = export_onnx(tmp_path / "m", tmp_path / "m.onnx", max_batch=2, log=lambda s: None).path
     (tmp_path / "m" / "diffusion.json").write_text('{"beta_end": 0.03}')
-    lines: list[str] = []
-    report = verify(tmp_path / "m", onnx, steps=2, ddpm_steps=2, solver_steps=2, batch=1, log=lines.append)
-    assert any(line.startswith(f"warning: {onnx} records another schedule than its model's: beta_end (0.02 in "
-                               f"the file, 0.03 in {tmp_path / 'm' / 'diffusion.json'})") for line in lines), lines
-    assert any("records another schedule" in note for note in report["notes"])  # the report keeps it too
+    want = (f"{onnx} records another schedule than its model's: beta_end (0.02 in the file, 0.03 in "
+            f"{tmp_path / 'm' / 'diffusion.json'}); the checks use the file's -- re-export it after changing the "
+            f"schedule")
+    with pytest.warns(DdpmExportWarning) as caught:
+        report = verify(tmp_path / "m", onnx, steps=2, ddpm_steps=2, solver_steps=2, batch=1, log=lambda s: None)
+    assert [str(w.message) for w in caught if "records another" in str(w.message)] == [want]  # (and: no weights)
+    assert report["passed"] and report["warnings"] == [want]  # the report keeps it too, once
+    assert not any("another schedule" in note for note in report["notes"])
+    # the command line: one Warning: line on stderr (it printed a warning: and a note: line), exit 0;
+    # none under -q, as every ddpm-export warning
+    args = ["verify", "--model", str(tmp_path / "m"), "--onnx", str(onnx), "--steps", "2", "--ddpm-steps", "2",
+            "--solver-steps", "2", "--batch", "1"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert result.output.count("records another schedule") == 1 and f"Warning: {want}\n" in result.stderr
+    result = CliRunner().invoke(main, ["-q", *args])
+    assert result.exit_code == 0 and "another schedule" not in result.output, result.output
     # a model without a schedule file is compared with the default schedule, which its export takes
     # (an ONNX file edited to cosine passed without a word)
     from ddpm_export.diffusion import DiffusionConfig
@@ -399,9 +412,9 @@ def test_a_schedule_changed_after_the_export_is_warned_about(tmp_path: Path) -> 
     (tmp_path / "m" / "diffusion.json").unlink()
     onnx = export_onnx(tmp_path / "m", tmp_path / "cos.onnx", max_batch=2, diffusion=DiffusionConfig(
         beta_schedule="cosine"), log=lambda s: None).path
-    lines.clear()
-    verify(tmp_path / "m", onnx, steps=2, ddpm_steps=2, solver_steps=2, batch=1, log=lines.append)
-    assert any("beta_schedule ('cosine' in the file, 'linear' in the default schedule" in line for line in lines), lines
+    with pytest.warns(DdpmExportWarning, match=r"beta_schedule \('cosine' in the file, 'linear' in the default "
+                                                r"schedule"):
+        verify(tmp_path / "m", onnx, steps=2, ddpm_steps=2, solver_steps=2, batch=1, log=lambda s: None)
 
 
 @pytest.fixture(scope="module")
