@@ -11,7 +11,7 @@ import click
 
 from ddpm_export.errors import BadInputError
 
-__all__ = ["FLAG_NAMES", "VERBOSITY", "IntRange", "count", "is_plain_int", "name_flags", "require_output_when_quiet",
+__all__ = ["FLAG_NAMES", "VERBOSITY", "FloatRange", "IntRange", "count", "is_plain_int", "name_flags", "require_output_when_quiet",
            "show_progress", "use_flag_names"]
 
 #: ``click.Context.meta`` key: 0 quiet (``-q``), 1 normal, 2 verbose (``-v``).
@@ -22,6 +22,10 @@ FLAG_NAMES = "ddpm_export.flag_names"
 #: an integer as a flag's value: ASCII digits after an optional minus (a negative one is then refused
 #: by its range, naming it). Python's int() also reads '1_0' as 10, and ' 8', '+8' and '٨' as 8.
 _PLAIN_INT = re.compile(r"-?[0-9]+")
+#: a real number as a flag's value: ASCII decimal or exponent notation, or inf / nan (refused by the
+#: check of the value, which names it). Python's float() also reads '1_5' as 15.0 and ' 1.5', '١.٥'.
+_PLAIN_FLOAT = re.compile(r"[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?|[-+]?(?:inf|infinity|nan)",
+                          re.IGNORECASE)
 
 
 def is_plain_int(text: str) -> bool:
@@ -35,6 +39,16 @@ class IntRange(click.IntRange):
     def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> object:
         if isinstance(value, str) and not is_plain_int(value):
             self.fail(f"{value!r} is not a valid integer (digits 0-9 only).", param, ctx)
+        return super().convert(value, param, ctx)
+
+
+class FloatRange(click.FloatRange):
+    """:class:`click.FloatRange` (no bounds: any float) that takes plainly written numbers only
+    (:data:`_PLAIN_FLOAT`)."""
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> object:
+        if isinstance(value, str) and _PLAIN_FLOAT.fullmatch(value) is None:
+            self.fail(f"{value!r} is not a valid number (digits 0-9, '.', an exponent).", param, ctx)
         return super().convert(value, param, ctx)
 
 

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from ddpm_export.console import IntRange
+from ddpm_export.console import FloatRange, IntRange
 from ddpm_export.contract.choices import BACKENDS
 from ddpm_export.diffusion.samplers import SCHEDULERS
 
@@ -35,13 +35,13 @@ _FLAG_NAMES = {"guidance_scale": "--guidance", "classes": "--class", "steps": "-
               help="Inference steps [default: the file's num_inference_steps].")
 @click.option("--sampler", type=click.Choice(SCHEDULERS.names), default=None,
               help="Sampler; the multistep solvers read their settings from the file [default: the file's sampler].")
-@click.option("--eta", type=click.FloatRange(0.0, 1.0), default=None,
+@click.option("--eta", type=FloatRange(0.0, 1.0), default=None,
               help="DDIM noise: 0 deterministic, 1 DDPM-like [default: the file's eta].")
 @click.option("--seed", type=IntRange(0), default=0, help="Noise seed.")
 @click.option("--class", "class_ids", type=IntRange(0), multiple=True,
               help="Class-conditional models: the class of every image; repeated, its values in turn "
                    "(--class 3 --class 7: 3, 7, 3, ...; at most -n values) [default: classes 0, 1, ... in turn].")
-@click.option("--guidance", type=float, default=1.0,
+@click.option("--guidance", type=FloatRange(), default=1.0,
               help="Classifier-free guidance scale (class-conditional models with a null class); 1 = none.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
               help="The PNG grid to write (1- and 3-channel models; -o, --save-npy or both).")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ddpm_export.console import IntRange
+from ddpm_export.console import FloatRange, IntRange
 from ddpm_export.contract.choices import ORT_GPU_BACKENDS
 
 
@@ -24,7 +24,7 @@ from ddpm_export.contract.choices import ORT_GPU_BACKENDS
               help="Steps of the DPM-Solver++ and UniPC trajectories [default: 10, at most T - 1].")
 @click.option("--seed", type=IntRange(0), default=0, help="Noise seed, the same on both sides.")
 @click.option("--batch", type=IntRange(1), default=2, help="Images per trajectory.")
-@click.option("--guidance", type=float, default=1.0,
+@click.option("--guidance", type=FloatRange(), default=1.0,
               help="Classifier-free guidance scale of the trajectories (class-conditional models); 1 = none.")
 @click.option("-o", "--output", "--report", "report", type=click.Path(dir_okay=False), default=None,
               help="Write the report as JSON here.")

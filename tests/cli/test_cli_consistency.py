@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from ddpm_export.cli import main
-from ddpm_export.console import IntRange
+from ddpm_export.console import FloatRange, IntRange
 
 MAIN_OUTPUT = {"onnx": "output", "sample": "output", "bundle": "output", "trt": "engine", "verify": "report",
                "demo": "out_dir", "triton": "output", "inspect": "json_path", "bench": "json_path"}
@@ -52,6 +52,22 @@ def test_every_integer_option_takes_plain_digits_only():
                 param.type.convert(text, param, None)
         low = param.type.min or 0
         assert param.type.convert(str(low), param, None) == low
+
+
+def test_every_real_number_option_takes_plainly_written_numbers_only():
+    """click's float type calls float(), which reads '1_5' as 15.0 and ' 1.5', '\u0661.\u0665' as 1.5
+    (`sample --guidance 1_5` sampled at guidance 15); inf and nan still reach the value's own check."""
+    options = {f"{name} {param.opts[0]}": param for name, command in main.commands.items() for param in command.params
+               if isinstance(param.type, click.types.FloatParamType)}
+    assert {"sample --guidance", "sample --eta", "verify --guidance"} <= set(options)
+    for where, param in options.items():
+        assert type(param.type) is FloatRange, where
+        for text in ("1_5", " 1.5", "\u0661.\u0665", "0x10", "1.5\n", "1,5"):
+            with pytest.raises(click.BadParameter, match="is not a valid number"):
+                param.type.convert(text, param, None)
+        for text, value in (("0.5", 0.5), (".5", 0.5), ("5e-1", 0.5), ("+1.", 1.0), ("0", 0.0)):
+            if param.type.max is None or value <= param.type.max:
+                assert param.type.convert(text, param, None) == value, (where, text)
 
 
 @pytest.mark.parametrize("args, message", [
