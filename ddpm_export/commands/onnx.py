@@ -69,7 +69,8 @@ def command(model: str, output: str, opset: int, precision: str, attention: str,
                          rewrites=rewrites, min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch,
                          validate=validate, save_io=save_io, force=force, log=click.echo)
     size = result.size_bytes / 2**20
-    click.echo(f"wrote {result.path} ({size:.2f} MiB) in {result.seconds:.1f} s; attention {result.attention}, "
+    data = f" + {result.data_path.name}" if result.data_path is not None else ""  # external data (> 2 GB)
+    click.echo(f"wrote {result.path}{data} ({size:.2f} MiB) in {result.seconds:.1f} s; attention {result.attention}, "
                f"rewrites {','.join(result.rewrites) or 'none'}, batch {result.spec.min_batch}..{result.spec.max_batch}"
                + (f", target {target}" if target != "any" else ""))
     if result.validation is not None:

@@ -12,10 +12,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
+import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import onnx
 import torch
@@ -60,8 +61,9 @@ class ExportResult:
     rewrites: tuple[str, ...]
     opset: int
     seconds: float
-    size_bytes: int
+    size_bytes: int  # with the external data file's, if any
     validation: ValidationReport | None
+    data_path: Path | None = None  # the external data file (a graph over 2 GB), else None
 
 
 def export_onnx(model: str | Path, out: str | Path, *, opset: int = DEFAULT_OPSET, precision: str = "fp32",
@@ -119,9 +121,9 @@ def export_onnx(model: str | Path, out: str | Path, *, opset: int = DEFAULT_OPSE
     proto.doc_string = (f"DDPM U-Net exported by ddpm-export {__version__}: precision {precision}, "
                         f"attention {form}, rewrites {','.join(applied) or 'none'}, batch {min_batch}..{max_batch}")
     with staged_torch_io(unet, spec, io_paths, out, log) if io_paths is not None else contextlib.nullcontext():
-        report = _write_validated(proto, out, (unet, spec, precision) if validate else None, log, force)  # all or none
-    return ExportResult(out, spec, precision, form, applied, opset, time.perf_counter() - start,
-                        out.stat().st_size, report)
+        report, data = _write_validated(proto, out, (unet, spec, precision) if validate else None, log, force)
+    size = out.stat().st_size + (data.stat().st_size if data is not None else 0)
+    return ExportResult(out, spec, precision, form, applied, opset, time.perf_counter() - start, size, report, data)
 
 
 def _policy(precision: str, attention: str, target: str, calibration: CalibrationConfig) -> dict[str, object]:
@@ -218,11 +220,12 @@ def _check_options(out: Path, *, force: bool, precision: str, attention: str, ta
 
 
 def _write_validated(proto: onnx.ModelProto, out: Path, validation: tuple[UNet, ExportSpec, str] | None,
-                     log: Callable[[str], None], force: bool) -> ValidationReport | None:
-    """Write ``proto`` to ``out``, validated first when ``validation`` = (unet, spec, precision).
+                     log: Callable[[str], None], force: bool) -> tuple[ValidationReport | None, Path | None]:
+    """Write ``proto`` to ``out``, validated first when ``validation`` = (unet, spec, precision);
+    returns the report and the external data file (None when the graph holds its weights).
 
     Written and validated in a temp folder beside ``out`` (with its external data, > 2 GB,
-    under the final name), then moved into place: data file first, graph last.
+    under the final name), then moved into place: data file first, graph last (all or none).
     """
     with made_parents(out):
         remove_leftovers(out)  # of a killed earlier run; the scratch folder below is unique per call
@@ -248,7 +251,7 @@ def _write_validated(proto: onnx.ModelProto, out: Path, validation: tuple[UNet, 
             if external:
                 rename_into_place(tmp_dir / data_name, out.parent / data_name, force)
             rename_into_place(tmp_dir / out.name, out, force)  # not over a file that appeared meanwhile
-    return report
+    return report, out.parent / data_name if external else None
 
 
 def trace_to_onnx(unet: UNet, spec: ExportSpec, *, precision: str, attention: str, opset: int,
@@ -260,17 +263,28 @@ def trace_to_onnx(unet: UNet, spec: ExportSpec, *, precision: str, attention: st
     # (2, not 1, so that no size-1 broadcast is baked in; validation covers every batch).
     feeds = spec.sample_inputs(min(2, spec.max_batch))
     args = tuple(torch.from_numpy(feeds[name]) for name in spec.input_names)
-    buffer = io.BytesIO()
     with use_attention_kernel(module, attention_kernel(attention)), use_rewrites(module, rewrites), \
-            warnings.catch_warnings(), torch.no_grad():
+            warnings.catch_warnings(), torch.no_grad(), _trace_file(module) as f:
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings
-        torch.onnx.export(module, args, buffer, dynamo=False, opset_version=opset,
+        torch.onnx.export(module, args, f, dynamo=False, opset_version=opset,
                           input_names=spec.input_names, output_names=spec.output_names,
                           dynamic_axes=spec.dynamic_axes, do_constant_folding=True,
                           custom_opsets={"com.microsoft": 1} if attention == "ort-mha" else None)
-    proto = onnx.load_from_string(buffer.getvalue())
+        proto = onnx.load_from_string(f.getvalue()) if isinstance(f, io.BytesIO) else onnx.load(f)
     _declare_output_shape(proto, spec)
     return proto
+
+
+@contextlib.contextmanager
+def _trace_file(module: torch.nn.Module) -> Iterator[io.BytesIO | str]:
+    """Where torch writes the traced graph: a buffer, or for weights over half protobuf's 2 GB
+    limit (the exporter refuses a buffer over it: "larger than the 2GiB limit") a file in a
+    temporary folder, its weights written beside it and loaded back with it."""
+    if sum(t.numel() * t.element_size() for t in module.state_dict().values()) <= EXTERNAL_DATA_THRESHOLD // 2:
+        yield io.BytesIO()
+        return
+    with tempfile.TemporaryDirectory(prefix="ddpm-trace-") as tmp:
+        yield str(Path(tmp) / "model.onnx")
 
 
 def _declare_output_shape(proto: onnx.ModelProto, spec: ExportSpec) -> None:

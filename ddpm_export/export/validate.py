@@ -64,11 +64,12 @@ def torch_reference(unet: UNet, spec: ExportSpec, feeds: dict[str, np.ndarray]) 
 
 
 def check_graph(path: str | Path, name: str | Path | None = None) -> onnx.ModelProto:
-    """onnx.checker (full) and strict shape inference with type checks; returns the model. Errors
-    name the file ``name`` (default ``path``)."""
+    """onnx.checker (full) and strict shape inference with type checks; returns the model (without
+    its external data, if it has any). Errors name the file ``name`` (default ``path``)."""
     try:
         onnx.checker.check_model(str(path), full_check=True)
-        model = onnx.load(str(path))
+        # the graph without its external data (> 2 GB): infer_shapes serialises the model it is given
+        model = onnx.load(str(path), load_external_data=False)
         onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
         raise ValidationError(f"{path if name is None else name}: ONNX check failed: {e}") from e

@@ -43,7 +43,8 @@ from ddpm_export.export.onnx import DEFAULT_OPSET, ExportResult, export_onnx  # 
 from ddpm_export.export.validate import ValidationError  # noqa: E402
 from ddpm_export.nn.attention import Attention  # noqa: E402
 from ddpm_export.nn.checkpoint import WEIGHTS_NAME, load_model  # noqa: E402
-from ddpm_export.nn.weights import tensors_sha256  # noqa: E402
+from ddpm_export.nn.weights import meta_model, tensors_sha256  # noqa: E402
+from ddpm_export.presets import preset_dir  # noqa: E402
 
 from export_helpers import (  # noqa: E402
     CONFIGS, DIFFUSION, FLOAT, FLOAT16, GraphIndex, consumers, count_ops, infer, max_abs,
@@ -548,6 +549,38 @@ def test_external_data_above_the_threshold(source, tmp_path, monkeypatch):
     assert any(init.data_location == onnx.TensorProto.EXTERNAL for init in model.graph.initializer)
     feeds = result.spec.sample_inputs(2)
     assert run(result.path, feeds)[0].shape == result.spec.output_shape(2)
+
+
+def _available_memory() -> int:
+    """MemAvailable from /proc/meminfo in bytes (0 where there is none)."""
+    try:
+        text = Path("/proc/meminfo").read_text()
+    except OSError:
+        return 0
+    match = re.search(r"^MemAvailable:\s+(\d+) kB", text, re.M)
+    return int(match.group(1)) * 1024 if match else 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_available_memory() < 18 * 2**30, reason="a 2.3 GB model in torch, ONNX and ONNX Runtime")
+def test_a_model_over_2gb_is_written_with_external_data(tmp_path):
+    """The README's "models over 2 GB use external data", with a real one (571 M parameters, 8x8
+    images): the exporter traced into a buffer, which torch refuses over protobuf's limit
+    (RuntimeError 'larger than the 2GiB limit', a traceback and exit 1); and shape inference
+    then serialised the whole model, which fails over 2 GB too."""
+    folder = tmp_path / "big"
+    folder.mkdir()
+    cfg = dataclasses.replace(UNetConfig.load(preset_dir("ddpm-cifar10") / "config.json"), base_channels=512,
+                              sample_size=8, attention_resolutions=(4,), zero_init=False)  # zero weights: deduplicated
+    (folder / "config.json").write_text(cfg.to_json())
+    assert 4 * sum(p.numel() for p in meta_model(cfg).parameters()) > onnx_export.EXTERNAL_DATA_THRESHOLD
+    with pytest.warns(Warning, match="seed-initialised"):
+        result = export_onnx(folder, tmp_path / "out" / "big.onnx", rewrites="none", max_batch=1, log=lambda s: None)
+    data = tmp_path / "out" / "big.onnx.data"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["big.onnx", "big.onnx.data"]
+    assert result.data_path == data and data.stat().st_size > onnx_export.EXTERNAL_DATA_THRESHOLD
+    assert result.size_bytes == result.path.stat().st_size + data.stat().st_size
+    assert result.validation is not None and result.validation.max_abs <= FP32_MAX_ABS
 
 
 def test_failed_validation_with_external_data_writes_nothing(source, tmp_path, monkeypatch):
