@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
+import os
 import tempfile
 import time
 import warnings
@@ -36,8 +37,8 @@ from ddpm_export.export.precision import GraphModule
 from ddpm_export.export.precision_policy import check_precision, policy
 from ddpm_export.export.rewrites import resolve_rewrites
 from ddpm_export.export.validate import NonFiniteModelError, ValidationError, ValidationReport, validate_onnx
-from ddpm_export.files import (made_parents, names_no_file, refuse_existing_file, refuse_same_file, remove_leftovers,
-                               rename_into_place, scratch_folder)
+from ddpm_export.files import (made_parents, names_no_file, new_file_mode, refuse_existing_file, refuse_same_file,
+                               remove_leftovers, rename_into_place, scratch_folder)
 from ddpm_export.nn.attention import Attention, use_attention_kernel
 from ddpm_export.nn.checkpoint import (DIFFUSION_NAME, diffusion_config_for, load_model, schedule_file,
                                       weights_path)
@@ -241,6 +242,8 @@ def _write_validated(proto: onnx.ModelProto, out: Path, validation: tuple[UNet, 
                 if e.filename is not None:
                     raise
                 raise type(e)(e.errno, e.strerror or str(e), str(out)) from e
+            if external:  # onnx writes it 0600; the graph beside it, like every other file, follows the umask
+                os.chmod(tmp_dir / data_name, new_file_mode())
             try:
                 report = validate_onnx(tmp_dir / out.name, *validation, log=log, name=out) if validation else None
             except NonFiniteModelError as e:  # the model's fault: writing it unchecked is no way out

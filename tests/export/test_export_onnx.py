@@ -544,6 +544,12 @@ def test_external_data_above_the_threshold(source, tmp_path, monkeypatch):
     monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_THRESHOLD", 0)
     result = export_onnx(source("micro"), tmp_path / "model.onnx", log=lambda s: None)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "model.onnx.data"]
+    data = tmp_path / "model.onnx.data"
+    assert result.data_path == data and result.size_bytes == result.path.stat().st_size + data.stat().st_size
+    umask = os.umask(0o022)
+    os.umask(umask)
+    # readable where the graph is (a server running as another user): onnx wrote the data 0600
+    assert oct(data.stat().st_mode & 0o777) == oct(result.path.stat().st_mode & 0o777) == oct(0o666 & ~umask)
     assert result.validation is not None and result.validation.max_abs <= FP32_MAX_ABS
     model = onnx.load(str(result.path), load_external_data=False)
     assert any(init.data_location == onnx.TensorProto.EXTERNAL for init in model.graph.initializer)
