@@ -38,8 +38,8 @@ from ddpm_export.contract.spec import MAX_BATCH
 @click.option("--max-batch", type=IntRange(1, MAX_BATCH), default=16, help="Largest batch the graph accepts.")
 @click.option("--save-io", type=click.Path(file_okay=False), default=None,
               help="Also write torch's inputs/outputs as Polygraphy JSON (inputs.json, outputs.json) here: "
-                   "the fp32 reference outputs in every --precision, so compare an fp16/int8 file with "
-                   "Polygraphy's --atol/--rtol for that precision.")
+                   "the fp32 reference outputs in every --precision; the printed `polygraphy run` command "
+                   "holds the file to the export's limit for its precision.")
 @click.option("--validate/--no-validate", default=True, help="Check the graph and compare ONNX Runtime with torch.")
 @click.option("--force", is_flag=True, help="Overwrite existing output files.")
 def command(model: str, output: str, opset: int, precision: str, attention: str, target: str, rewrites: str,

@@ -121,7 +121,8 @@ def export_onnx(model: str | Path, out: str | Path, *, opset: int = DEFAULT_OPSE
     proto.producer_name, proto.producer_version = "ddpm-export", __version__
     proto.doc_string = (f"DDPM U-Net exported by ddpm-export {__version__}: precision {precision}, "
                         f"attention {form}, rewrites {','.join(applied) or 'none'}, batch {min_batch}..{max_batch}")
-    with staged_torch_io(unet, spec, io_paths, out, log) if io_paths is not None else contextlib.nullcontext():
+    staged = staged_torch_io(unet, spec, io_paths, out, precision, log) if io_paths is not None else None
+    with staged or contextlib.nullcontext():
         report, data = _write_validated(proto, out, (unet, spec, precision) if validate else None, log, force)
     size = out.stat().st_size + (data.stat().st_size if data is not None else 0)
     return ExportResult(out, spec, precision, form, applied, opset, time.perf_counter() - start, size, report, data)
