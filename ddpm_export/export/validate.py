@@ -16,6 +16,7 @@ from ddpm_export.contract.spec import ExportSpec
 from ddpm_export.errors import NonFiniteOutputError, VerificationFailed, load_error
 from ddpm_export.metrics import FP16_CALL_REL_L2, FP32_MAX_ABS, INT8_REL_L2, errors, output_scale
 from ddpm_export.nn.unet import UNet
+from ddpm_export.threads import get_threads
 
 
 class ValidationError(VerificationFailed):
@@ -76,6 +77,19 @@ def check_graph(path: str | Path, name: str | Path | None = None) -> onnx.ModelP
     return model
 
 
+def validation_session(path: str | Path, shown: str | Path) -> ort.InferenceSession:
+    """ONNX Runtime's CPU session on ``path`` with ``ddpm-export --threads N``'s thread count
+    (:func:`~ddpm_export.threads.get_threads`; None: ONNX Runtime's default), as every other
+    session of a command; a graph it cannot load is a ValidationError naming ``shown``."""
+    options, threads = ort.SessionOptions(), get_threads()
+    if threads is not None:  # as the runtime's sessions (runtime/onnxruntime_backend.py, session_options_for)
+        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as e:  # ONNX Runtime's own classes (Fail, ...) derive from Exception only
+        raise ValidationError(f"{shown}: ONNX Runtime cannot load the exported graph ({load_error(e)})") from e
+
+
 def validate_onnx(path: str | Path, unet: UNet, spec: ExportSpec, precision: str, *,
                   max_abs: float = FP32_MAX_ABS, rel_l2: float = FP16_CALL_REL_L2,
                   log: Callable[[str], None] = print, name: str | Path | None = None) -> ValidationReport:
@@ -85,10 +99,7 @@ def validate_onnx(path: str | Path, unet: UNet, spec: ExportSpec, precision: str
     the file ``name`` (default ``path``: an export validates a temp copy of the file it will write)."""
     check_graph(path, name)
     shown = path if name is None else name
-    try:
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    except Exception as e:  # ONNX Runtime's own classes (Fail, ...) derive from Exception only
-        raise ValidationError(f"{shown}: ONNX Runtime cannot load the exported graph ({load_error(e)})") from e
+    session = validation_session(path, shown)
     results = []
     for batch in spec.validation_batches():
         feeds = spec.sample_inputs(batch, seed=batch)

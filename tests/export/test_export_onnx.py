@@ -747,6 +747,23 @@ def test_polygraphy_tolerances_are_the_exports_limits():
     assert polygraphy_tolerances("int8", np.array([3.0, 4.0], np.float32))[-1] == f"{0.05 * np.sqrt(12.5):.3g}"
 
 
+def test_validation_runs_onnx_runtime_with_the_commands_threads(exported, monkeypatch):
+    """`ddpm-export --threads N onnx ...` set torch's threads and every runtime session's, but
+    validation's session took ONNX Runtime's default (a thread per core)."""
+    from ddpm_export.threads import set_threads
+
+    path, torch_threads = exported("tiny").path, torch.get_num_threads()
+    monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))  # set_threads sets it
+    try:
+        set_threads(3)
+        options = validate_mod.validation_session(path, path).get_session_options()
+        assert (options.intra_op_num_threads, options.inter_op_num_threads) == (3, 1)
+    finally:
+        set_threads(None)
+        torch.set_num_threads(torch_threads)
+    assert validate_mod.validation_session(path, path).get_session_options().intra_op_num_threads == 0  # default
+
+
 def test_a_file_nan_at_a_later_batch_fails_validation(tmp_path):
     """An fp16 export NaN at batches 8 and 16 only read 'validation passed' and was written (Python's
     max over the batches drops a NaN that is not first). Here a real graph edit: the output plus
