@@ -18,7 +18,7 @@ import re
 import sys
 import traceback
 import warnings
-from typing import Any, Iterator
+from typing import Any, Iterator, NoReturn
 
 import click
 
@@ -89,6 +89,18 @@ def _stdout_to_devnull() -> None:
     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
+#: ``click.Context.meta`` key: True once a SIGINT arrived while the command ran
+_INTERRUPTED = "ddpm_export.interrupted"
+
+
+def _interrupted(ctx: click.Context) -> NoReturn:
+    """Exit 130 with one line (after the traceback with ``--debug``)."""
+    if ctx.meta.get("ddpm_export.debug"):  # the traceback, then the same line and exit status
+        traceback.print_exc(file=sys.stderr)
+    click.echo("Error: interrupted; nothing was left half-written", err=True)
+    raise SystemExit(130) from None
+
+
 class _Main(click.Group):
     """The command group; maps errors to exit statuses for every subcommand."""
 
@@ -104,11 +116,10 @@ class _Main(click.Group):
         try:
             return super().invoke(ctx)
         except KeyboardInterrupt:  # SIGINT: every ``finally`` has run, no temp file is left
-            if ctx.meta.get("ddpm_export.debug"):  # the traceback, then the same line and exit status
-                traceback.print_exc(file=sys.stderr)
-            click.echo("Error: interrupted; nothing was left half-written", err=True)
-            raise SystemExit(130) from None
+            _interrupted(ctx)
         except Exception as e:  # noqa: BLE001 -- ours, a missing module, a file, an engine out of memory
+            if ctx.meta.get(_INTERRUPTED):  # a library turned the SIGINT into its own error
+                _interrupted(ctx)
             if not isinstance(e, (DdpmExportError, ImportError, OSError)) and not out_of_memory(e):
                 raise  # a bug: Python's traceback
             if isinstance(e, BrokenPipeError):
@@ -154,23 +165,34 @@ def main(ctx: click.Context, debug: bool, verbose: bool, quiet: bool, threads: i
     ctx.with_resource(_warnings_as_lines(quiet=verbosity == 0))
     set_threads(threads)
     ctx.call_on_close(lambda: set_threads(None))
-    _exit_cleanly_on_sigterm(ctx)
+    _exit_cleanly_on_signals(ctx)
 
 
 
-def _exit_cleanly_on_sigterm(ctx: click.Context) -> None:
+def _exit_cleanly_on_signals(ctx: click.Context) -> None:
     """While a command runs, SIGTERM raises SystemExit(143) like SIGINT raises KeyboardInterrupt,
-    so that every ``finally`` runs and no temporary file is left (``ddpm_export.files``); the
-    previous handler is restored afterwards. Main thread only."""
+    so that every ``finally`` runs and no temporary file is left (``ddpm_export.files``); and a
+    SIGINT is remembered (:data:`_INTERRUPTED`), for the libraries that turn the KeyboardInterrupt
+    raised inside their set-up into another error (a Ctrl-C as onnxruntime loads read "import numpy
+    failed", exit 2). Python's own SIGINT handler only is replaced; the previous handlers are
+    restored afterwards. Main thread only."""
     import signal
     import threading
 
     def stop(signum: int, frame: Any) -> None:
         raise SystemExit(128 + signum)
 
-    if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGTERM, stop)
-        ctx.call_on_close(lambda: signal.signal(signal.SIGTERM, previous))
+    def interrupt(signum: int, frame: Any) -> None:
+        ctx.meta[_INTERRUPTED] = True
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+    previous = signal.signal(signal.SIGTERM, stop)
+    ctx.call_on_close(lambda: signal.signal(signal.SIGTERM, previous))
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, interrupt)
+        ctx.call_on_close(lambda: signal.signal(signal.SIGINT, signal.default_int_handler))
 
 
 def _register_commands() -> None:

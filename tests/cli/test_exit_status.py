@@ -131,6 +131,35 @@ def test_ctrl_c_is_status_130_with_or_without_debug(tmp_path, debug):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_sigint_a_library_turned_into_another_error_is_still_an_interrupt():
+    """A KeyboardInterrupt raised inside a pybind11 module's set-up comes out as ImportError
+    (Ctrl-C while onnxruntime loaded: 'import numpy failed'; 'initialization failed'): the user
+    saw that error with exit 2. A SIGINT while a command runs is remembered: status 130, the one
+    line; and Python's own SIGINT handler is back afterwards."""
+    import os
+    import signal
+    import time
+
+    import click
+
+    @click.command("interrupted-in-import")
+    def interrupted_in_import() -> None:
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)  # the handler raises here
+        except KeyboardInterrupt:
+            raise ImportError("import numpy failed") from None  # as pybind11 reports it
+
+    main.add_command(interrupted_in_import)
+    try:
+        result = CliRunner().invoke(main, ["interrupted-in-import"])
+    finally:
+        del main.commands["interrupted-in-import"]
+    assert result.exit_code == 130, result.output
+    assert result.output == "Error: interrupted; nothing was left half-written\n"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def test_numpy_random_is_loaded_before_sampling_begins():
     """numpy 2 loads ``numpy.random`` on first use, and that import's Cython set-up drops a
     KeyboardInterrupt raised inside it: loaded lazily at the first step, a Ctrl-C a few ms after the
