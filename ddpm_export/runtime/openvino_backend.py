@@ -59,11 +59,18 @@ Shape = tuple[int, int | None]
 
 
 def require_openvino() -> Any:
-    """The ``openvino`` module, or MissingDependencyError saying how to install it."""
+    """The ``openvino`` module, or MissingDependencyError saying how to install it: not installed, or
+    installed but failing to import (a shared library it loads missing: its error kept, since
+    installing the extra again only answers 'already satisfied')."""
+    install = "pip install 'ddpm-export[openvino]'"
     try:
         import openvino
-    except ImportError:
-        raise MissingDependencyError("the openvino backend needs OpenVINO: pip install 'ddpm-export[openvino]'") from None
+    except (ImportError, OSError) as e:
+        if isinstance(e, ModuleNotFoundError) and e.name == "openvino":
+            raise MissingDependencyError(f"the openvino backend needs OpenVINO: {install}") from None
+        raise MissingDependencyError(f"the openvino backend: the 'openvino' package is installed but fails to "
+                                     f"import ({type(e).__name__}: {e}); reinstall it: pip uninstall -y openvino "
+                                     f"&& {install}") from e
     return openvino
 
 

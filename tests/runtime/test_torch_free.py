@@ -115,3 +115,37 @@ def test_verify_plot_without_the_export_and_plot_extras_names_both(tmp_path: Pat
         "torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu)"]
     assert list(tmp_path.iterdir()) == []
 
+
+
+def test_an_openvino_that_fails_to_import_is_named_so_with_its_error(tmp_path: Path) -> None:
+    """An installed openvino whose libopenvino.so is missing was reported as not installed ('pip
+    install ddpm-export[openvino]', which pip answers 'already satisfied'), its ImportError dropped
+    even under --debug. A real broken install: openvino's __init__.py raises, first on the path."""
+    import os
+
+    from ddpm_export.presets import shipped_onnx
+
+    site = tmp_path / "site"
+    (site / "openvino").mkdir(parents=True)
+    (site / "openvino" / "__init__.py").write_text(
+        "raise ImportError('libopenvino.so.2641: cannot open shared object file: No such file or directory')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))}
+    args = ["sample", "--onnx", str(shipped_onnx("digits")), "-n", "1", "--backend", "openvino",
+            "-o", str(tmp_path / "out" / "x.png")]
+    cli = BLOCK_TORCH + "import sys\nfrom ddpm_export.cli import main\nmain()\n"
+    result = subprocess.run([sys.executable, "-c", cli, *args], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.splitlines() == [
+        "Error: the openvino backend: the 'openvino' package is installed but fails to import (ImportError: "
+        "libopenvino.so.2641: cannot open shared object file: No such file or directory); reinstall it: pip "
+        "uninstall -y openvino && pip install 'ddpm-export[openvino]'"]
+    # not installed at all: the extra to install, as before
+    block = BLOCK_TORCH.replace('name == "torch" or name.startswith("torch.")', 'name == "openvino"').replace(
+        'raise ImportError(f"torch is blocked in this test (importing {name})")',
+        'raise ModuleNotFoundError(f"No module named {name!r}", name=name)')  # as if not installed
+    cli = block + "import sys\nfrom ddpm_export.cli import main\nmain()\n"
+    result = subprocess.run([sys.executable, "-c", cli, *args], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.splitlines() == [
+        "Error: the openvino backend needs OpenVINO: pip install 'ddpm-export[openvino]'"]
+    assert list(tmp_path.iterdir()) == [site]
