@@ -31,11 +31,13 @@ import importlib.util
 import os
 import re
 from importlib import metadata
+from types import ModuleType
 
 __all__ = ["BadInputError", "DdpmExportError", "DdpmExportWarning", "EngineError", "InputNotFoundError",
            "IntegrityError", "MissingDependencyError", "NonFiniteOutputError", "NotAFolderError",
            "OutputExistsError", "TargetMismatchWarning", "VerificationFailed", "WrongTypeError", "describe",
-           "exit_status", "load_error", "ort_gpu_hint", "out_of_memory", "without_ort_status"]
+           "check_onnxruntime", "exit_status", "load_error", "ort_gpu_hint", "out_of_memory",
+           "without_ort_status"]
 
 #: Modules of the ``export`` extra: a command that imports one needs ``pip install 'ddpm-export[export]'``.
 EXPORT_EXTRA = ("torch", "onnx", "safetensors", "polygraphy")
@@ -168,6 +170,19 @@ def ort_gpu_hint() -> str:
     return (f"onnxruntime-gpu {gpu} is installed, but so is onnxruntime (pip brings it back with ddpm-export), "
             f"whose CPU build now holds the folder they share: pip uninstall -y onnxruntime onnxruntime-gpu && "
             f"pip install onnxruntime-gpu=={gpu}")
+
+
+def check_onnxruntime(module: ModuleType) -> None:
+    """Refuse an ``onnxruntime`` that imported as an empty namespace package (no ``__init__.py``):
+    what pip leaves of the folder onnxruntime and onnxruntime-gpu share when one of the two is
+    uninstalled while both were installed. Its import succeeds and its first use was an
+    AttributeError traceback (``module 'onnxruntime' has no attribute 'SessionOptions'``)."""
+    if module.__file__ is None:
+        folder = next(iter(module.__path__), "onnxruntime")
+        raise MissingDependencyError(
+            f"ONNX Runtime is broken here: {folder} holds no onnxruntime package, only what pip left of the folder "
+            f"that onnxruntime and onnxruntime-gpu share when one of them was uninstalled; reinstall one: pip "
+            f"uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime (or onnxruntime-gpu)")
 
 
 def describe(error: BaseException) -> str:

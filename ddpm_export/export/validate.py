@@ -13,10 +13,12 @@ import onnxruntime as ort
 import torch
 
 from ddpm_export.contract.spec import ExportSpec
-from ddpm_export.errors import NonFiniteOutputError, VerificationFailed, load_error
+from ddpm_export.errors import NonFiniteOutputError, VerificationFailed, check_onnxruntime, load_error
 from ddpm_export.metrics import FP16_CALL_REL_L2, FP32_MAX_ABS, INT8_REL_L2, errors, output_scale
 from ddpm_export.nn.unet import UNet
 from ddpm_export.threads import get_threads
+
+check_onnxruntime(ort)  # an onnxruntime folder a half-done swap with onnxruntime-gpu left empty
 
 
 class ValidationError(VerificationFailed):

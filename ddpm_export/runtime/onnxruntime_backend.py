@@ -15,9 +15,11 @@ import onnxruntime as ort
 
 from ddpm_export.contract.spec import OUT_NAME, ExportSpec, feeds_for
 from ddpm_export.errors import (BadInputError, EngineError, InputNotFoundError, MissingDependencyError,
-                                WrongTypeError, load_error, ort_gpu_hint, without_ort_status)
+                                WrongTypeError, check_onnxruntime, load_error, ort_gpu_hint, without_ort_status)
 from ddpm_export.runtime.integrity import check_graph
 from ddpm_export.threads import get_threads
+
+check_onnxruntime(ort)  # an onnxruntime folder a half-done swap with onnxruntime-gpu left empty
 
 __all__ = ["DEFAULT_PROVIDERS", "OnnxRuntimeBackend", "check_providers", "create_session", "open_session",
            "session_options_for", "trt_fp16_enabled"]

@@ -81,6 +81,52 @@ def test_onnxruntime_gpu_shadowed_by_onnxruntime_says_how_to_undo_it(tmp_path, m
         Pipeline.from_onnx(shipped_onnx("digits"), providers=["CUDAExecutionProvider"])
 
 
+#: Python's own import of an onnxruntime folder without __init__.py (a namespace package), placed
+#: before site-packages: what is left when `pip uninstall onnxruntime` removes the files it shares
+#: with an installed onnxruntime-gpu (capi/'s GPU provider libraries stay)
+EMPTIED_ORT = """
+import importlib.machinery, sys
+
+FOLDER = sys.argv.pop(1)
+
+class EmptiedOnnxruntimeFolder:
+    def find_spec(self, name, path=None, target=None):
+        if name != "onnxruntime":
+            return None
+        spec = importlib.machinery.ModuleSpec(name, None, is_package=True)
+        spec.submodule_search_locations = [FOLDER]
+        return spec
+
+sys.meta_path.insert(0, EmptiedOnnxruntimeFolder())
+from ddpm_export.cli import main
+main()
+"""
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "ort-cuda"])
+def test_an_onnxruntime_folder_emptied_by_uninstalling_its_twin_is_named(tmp_path, backend):
+    """onnxruntime and onnxruntime-gpu both installed, then one uninstalled (README: onnxruntime-gpu
+    *in place of* onnxruntime): `import onnxruntime` still succeeds, on the empty folder, and
+    sample died with an AttributeError traceback (exit 1). It is named now, with the way out."""
+    import subprocess
+    import sys
+
+    from ddpm_export.presets import shipped_onnx
+
+    folder = tmp_path / "site-packages" / "onnxruntime"
+    (folder / "capi").mkdir(parents=True)
+    (folder / "capi" / "libonnxruntime_providers_cuda.so").write_bytes(b"")
+    result = subprocess.run([sys.executable, "-c", EMPTIED_ORT, str(folder), "sample", "--onnx",
+                             str(shipped_onnx("digits")), "--backend", backend, "-n", "1", "-o",
+                             str(tmp_path / "out" / "x.png")], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.splitlines() == [
+        f"Error: ONNX Runtime is broken here: {folder} holds no onnxruntime package, only what pip left of the folder "
+        f"that onnxruntime and onnxruntime-gpu share when one of them was uninstalled; reinstall one: pip uninstall "
+        f"-y onnxruntime onnxruntime-gpu && pip install onnxruntime (or onnxruntime-gpu)"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["site-packages"]
+
+
 def test_providers_are_for_the_cpu_backend_only(tiny):
     with pytest.raises(ValueError, match="providers apply to backend='onnxruntime'"):
         Pipeline.from_onnx(tiny, backend="ort-cuda", providers=["CPUExecutionProvider"])
