@@ -85,10 +85,12 @@ def refuse_existing(path: str | Path, force: bool, flag: str = "--force") -> Non
         raise BadInputError(f"{path} is inside the bundle folder {bundle}: a file added to a bundle breaks its "
                             f"manifest; write it elsewhere")
     parent = Path(path).absolute().parent
-    while not parent.exists() and parent != parent.parent:
+    while not os.path.lexists(parent) and parent != parent.parent:  # lexists: a dangling link is no missing folder
         parent = parent.parent
     if not parent.is_dir():
-        raise NotAFolderError(f"{path}: cannot be written, {parent} is a file, not a folder")
+        what = (f"a symbolic link to {os.readlink(parent)}, which does not lead to a folder"
+                if parent.is_symlink() and not parent.exists() else "a file, not a folder")
+        raise NotAFolderError(f"{path}: cannot be written, {parent} is {what}")
     name_max = os.pathconf(parent, "PC_NAME_MAX")  # the probe below uses a shorter name of its own
     if len(os.fsencode(Path(path).name)) > name_max:
         raise BadInputError(f"{path}: cannot be written, its name is {len(os.fsencode(Path(path).name))} bytes and "

@@ -173,6 +173,19 @@ def test_output_deep_under_a_file(tmp_path, tiny):
                    "file.txt is a file, not a folder", watch=[tmp_path])
 
 
+@pytest.mark.parametrize("target", ["missing", "loop"])
+def test_output_under_a_link_that_leads_nowhere_is_refused_before_the_work(tmp_path, tiny, target):
+    """A parent folder that is a dangling link (a mount point not mounted, a loop) was passed as a
+    missing folder: the export ran, then mkdir failed with 'runs: File exists'."""
+    (tmp_path / "runs").symlink_to(tmp_path / "gone" if target == "missing" else tmp_path / "runs")
+    said = "runs is a symbolic link to .*, which does not lead to a folder"
+    out = expect_failure(["onnx", "--model", "tiny", "-o", tmp_path / "runs" / "today" / "t.onnx"], 2, said,
+                         watch=[tmp_path])
+    assert "exporting" not in out
+    expect_failure(_sample(tiny, "-o", tmp_path / "runs" / "x.png"), 2, said, watch=[tmp_path])
+    expect_failure(["bundle", "--onnx", tiny, "-o", tmp_path / "runs" / "b"], 2, said, watch=[tmp_path])
+
+
 def test_bundle_output_under_a_file(tmp_path, tiny):
     (tmp_path / "f").write_text("x")
     expect_failure(["bundle", "--onnx", tiny, "-o", tmp_path / "f" / "b"], 2, "is a file, not a folder",
