@@ -486,6 +486,26 @@ def _naming_the_output(tmp: Path, out: Path) -> Iterator[None]:
         raise type(e)(e.errno, e.strerror, names[0], None, names[1]).with_traceback(e.__traceback__) from e
 
 
+def _swap_in(tmp: Path, path: Path, old: Path, kind: OutputFolder, force: bool) -> None:
+    """Rename the filled folder ``tmp`` to ``path``; with ``force`` a previous ``path`` (``kind``'s
+    output) is moved to ``old`` first. On any exception, a signal landing between the two renames
+    included, the previous folder is put back where nothing took its place (:func:`atomic_dir`
+    deletes ``old`` afterwards)."""
+    moved = os.path.lexists(path)
+    if moved and not force:
+        raise _appeared(path, "replace")
+    if moved:
+        refuse_foreign_folder(path, kind)  # what is there now, not what was there at the start
+    try:
+        if moved:
+            os.rename(path, old)
+        os.rename(tmp, path)
+    except BaseException:
+        if os.path.lexists(old) and not os.path.lexists(path):  # put the previous folder back rather than lose it
+            os.rename(old, path)
+        raise
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | Path, kind: OutputFolder, *, force: bool = False) -> Iterator[Path]:
     """Yield a fresh temporary folder beside ``path``; on success it becomes ``path``.
@@ -505,18 +525,7 @@ def atomic_dir(path: str | Path, kind: OutputFolder, *, force: bool = False) -> 
         try:
             with _naming_the_output(tmp, given):
                 yield tmp
-            moved = os.path.lexists(path)
-            if moved and not force:
-                raise _appeared(path, "replace")
-            if moved:
-                refuse_foreign_folder(path, kind)  # what is there now, not what was there at the start
-                path.rename(old)
-            try:
-                tmp.rename(path)
-            except BaseException:
-                if moved:  # put the previous folder back rather than lose it
-                    old.rename(path)
-                raise
+            _swap_in(tmp, path, old, kind, force)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
             with contextlib.suppress(OSError):

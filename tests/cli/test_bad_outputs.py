@@ -418,6 +418,30 @@ def test_a_folder_moved_aside_by_a_killed_run_is_put_back(tmp_path, tiny):
     assert [p.name for p in tmp_path.iterdir()] == ["b"]
 
 
+@pytest.mark.parametrize("after", ["old-moved-aside", "new-placed"])
+def test_an_interrupt_between_the_two_renames_of_force_keeps_a_folder(tmp_path, monkeypatch, after):
+    """Ctrl-C or SIGTERM (the CLI makes it an exception) landing just after a --force swap's first
+    rename deleted the previous folder, and none took its place; just after the second, the put-back
+    of the previous folder failed ('Directory not empty', naming the hidden .old- folder, exit 2)."""
+    kind = OutputFolder("m.json")
+    with atomic_dir(tmp_path / "out", kind) as tmp:
+        (tmp / "m.json").write_text("old")
+    rename = os.rename
+
+    def interrupted(src, dst) -> None:
+        rename(src, dst)
+        renamed = Path(dst if after == "old-moved-aside" else src).name
+        if renamed.startswith(".out.old-" if after == "old-moved-aside" else ".out.tmp-"):
+            raise KeyboardInterrupt  # the signal lands as this rename returns
+
+    monkeypatch.setattr(os, "rename", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_dir(tmp_path / "out", kind, force=True) as tmp:
+            (tmp / "m.json").write_text("new")
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+    assert (tmp_path / "out" / "m.json").read_text() == ("old" if after == "old-moved-aside" else "new")
+
+
 def _default_sigint() -> None:
     """In the child: SIGINT back to its default. A test run started in the background by a
     non-interactive shell (``pytest &``) ignores SIGINT, Python keeps an ignored SIGINT ignored,
