@@ -490,7 +490,8 @@ def _swap_in(tmp: Path, path: Path, old: Path, kind: OutputFolder, force: bool) 
     """Rename the filled folder ``tmp`` to ``path``; with ``force`` a previous ``path`` (``kind``'s
     output) is moved to ``old`` first. On any exception, a signal landing between the two renames
     included, the previous folder is put back where nothing took its place (:func:`atomic_dir`
-    deletes ``old`` afterwards)."""
+    deletes ``old`` afterwards); a rename that fails because another process wrote or moved ``path``
+    meanwhile is an OutputExistsError naming ``path``, not the hidden folders."""
     moved = os.path.lexists(path)
     if moved and not force:
         raise _appeared(path, "replace")
@@ -500,9 +501,13 @@ def _swap_in(tmp: Path, path: Path, old: Path, kind: OutputFolder, force: bool) 
         if moved:
             os.rename(path, old)
         os.rename(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.lexists(old) and not os.path.lexists(path):  # put the previous folder back rather than lose it
             os.rename(old, path)
+        if isinstance(e, OSError) and e.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT):
+            raise (OutputExistsError(f"{path} was replaced or moved by another command while this one ran (two "
+                                     f"writing it at once); this command's output was not kept") if force else
+                   _appeared(path, "replace")) from e
         raise
 
 

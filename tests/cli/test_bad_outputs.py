@@ -442,6 +442,34 @@ def test_an_interrupt_between_the_two_renames_of_force_keeps_a_folder(tmp_path, 
     assert (tmp_path / "out" / "m.json").read_text() == ("old" if after == "old-moved-aside" else "new")
 
 
+@pytest.mark.parametrize("force", [False, True])
+def test_a_folder_written_by_another_command_during_the_swap_is_named_as_such(tmp_path, monkeypatch, force):
+    """Two `bundle -o b` at once: the one whose last rename found the other's folder in place failed
+    with '.b.tmp-<pid>-<hex> -> b: Directory not empty -- check that the folder exists, is writable
+    and has free space' (or, with --force, named its hidden .old- folder); it now names b and what
+    happened, and keeps the other's folder whole."""
+    from ddpm_export.errors import OutputExistsError
+
+    kind, out = OutputFolder("m.json"), tmp_path / "out"
+    if force:
+        with atomic_dir(out, kind) as tmp:
+            (tmp / "m.json").write_text("old")
+    rename = os.rename
+
+    def other_writes_first(src, dst) -> None:
+        if Path(dst) == out:  # the other command's folder lands just before this one's
+            out.mkdir()
+            (out / "m.json").write_text("other")
+        rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", other_writes_first)
+    said = "was replaced or moved by another command" if force else "appeared while this command ran; pass --force"
+    with pytest.raises(OutputExistsError, match=f"^{out} {said}"):
+        with atomic_dir(out, kind, force=force) as tmp:
+            (tmp / "m.json").write_text("mine")
+    assert [p.name for p in tmp_path.iterdir()] == ["out"] and (out / "m.json").read_text() == "other"
+
+
 def _default_sigint() -> None:
     """In the child: SIGINT back to its default. A test run started in the background by a
     non-interactive shell (``pytest &``) ignores SIGINT, Python keeps an ignored SIGINT ignored,
