@@ -451,7 +451,7 @@ def atomic_files(*paths: str | Path | None, force: bool = False) -> Iterator[tup
 def check_output_folder(path: str | Path, kind: OutputFolder, force: bool) -> Path:
     """The checks :func:`atomic_dir` runs before the work, for a caller that must run them before
     its own (tools/train.py, before minutes of training): a folder name of its own, not the current
-    folder, none there or ``force``, not a link nor a file, ``kind``'s output or empty
+    folder, none there or ``force``, not a link, a file nor a mount point, ``kind``'s output or empty
     (:func:`refuse_foreign_folder`); the absolute path."""
     refuse_nameless_folder(path)
     refuse_inside({"the output folder": path}, {"the current folder": os.getcwd()},
@@ -462,6 +462,9 @@ def check_output_folder(path: str | Path, kind: OutputFolder, force: bool) -> Pa
         raise BadInputError(f"{path} is a symbolic link; give a folder (the link itself would be replaced)")
     if path.exists() and not path.is_dir():
         raise NotAFolderError(f"{path} is a file; give a folder")
+    if os.path.ismount(path):  # a volume mounted there: renaming it fails (EBUSY), after all the work
+        raise BadInputError(f"{path} is a mount point: an output folder is filled under a temporary name beside it "
+                            f"and renamed into place, which a mount point cannot be; give a new folder inside it")
     refuse_existing(path, force)
     refuse_foreign_folder(path, kind)
     return path

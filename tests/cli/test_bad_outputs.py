@@ -874,6 +874,27 @@ def test_a_name_too_long_for_the_file_system_is_refused_before_any_work(tmp_path
                    r"--save-io '' names no folder; give one \(\. for the current folder\)", watch=[tmp_path])
 
 
+def test_a_mount_point_as_output_folder_is_refused_before_the_work(tmp_path, tiny):
+    """A volume mounted at the output folder (`docker run -v repo:/models ... triton -o /models --force`)
+    cannot be renamed: the bundle was made, then 'vol -> .vol.old-<pid>-<hex>: Device or resource
+    busy -- check that the folder exists' (exit 2). Now refused before the work, naming the mount point."""
+    import subprocess
+
+    volume = tmp_path / "vol"
+    volume.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(volume)], capture_output=True,
+                             check=False)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode(errors='replace').strip()}")
+    try:
+        for force in ([], ["--force"]):
+            expect_failure(["bundle", "--onnx", tiny, "-o", volume, *force], 2,
+                           "vol is a mount point: .* give a new folder inside it", watch=[tmp_path])
+        assert run(["bundle", "--onnx", tiny, "-o", volume / "b"]).exit_code == 0
+    finally:
+        subprocess.run(["umount", str(volume)], check=False)
+
+
 @pytest.mark.parametrize("force", [False, True])
 def test_a_file_or_link_given_as_output_folder_is_named_so_with_or_without_force(tmp_path, force):
     """Without --force a file or a link was refused as 'exists; pass --force', and --force then
