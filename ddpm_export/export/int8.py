@@ -54,6 +54,8 @@ __all__ = ["CalibrationConfig", "FLOAT_GROUPS", "float_nodes", "quantize_int8", 
            "record_calibration_inputs", "symmetric_activations", "untie_initializers"]
 
 QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")
+#: the largest message protobuf serialises (2 GB): a bigger graph goes to the quantizer with external data
+PROTOBUF_LIMIT = 2 * 1024**3
 #: images per calibration run at most (each class in turn up to it; with guidance twice the rows)
 MAX_CALIBRATION_IMAGES = 32
 
@@ -212,11 +214,12 @@ def symmetric_activations(target: str) -> bool:
 
 def quantize_int8(proto: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], *,
                   float_groups: tuple[str, ...] = FLOAT_GROUPS, quantized_outputs: bool = True,
-                  symmetric: bool = False) -> onnx.ModelProto:
+                  symmetric: bool = False, external_above: int = PROTOBUF_LIMIT) -> onnx.ModelProto:
     """The QDQ int8 model of the float32 ``proto``, calibrated (min/max) on ``feeds``; with
     ``quantized_outputs`` False, the outputs of Conv, MatMul and Gemm stay float (:func:`quantizes_outputs`);
     with ``symmetric``, activations are signed int8 with zero point 0 and biases stay float
-    (:func:`symmetric_activations`)."""
+    (:func:`symmetric_activations`). A graph over ``external_above`` bytes is handed to the quantizer,
+    and written by it, with its weights in external data files (protobuf serialises no message over 2 GB)."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     class Reader(_Reader, CalibrationDataReader):
@@ -224,11 +227,14 @@ def quantize_int8(proto: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], *,
 
     proto = untie_initializers(proto)
     exclude = float_nodes(proto, float_groups)
+    external = proto.ByteSize() > external_above
     with tempfile.TemporaryDirectory(prefix="ddpm-int8-") as tmp, _quiet_quantizer():
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
-        onnx.save_model(proto, str(src))
+        onnx.save_model(proto, str(src), save_as_external_data=external, all_tensors_to_one_file=True,
+                        location=src.name + ".data" if external else None)
         try:
             quantize_static(str(src), str(dst), Reader(feeds), quant_format=QuantFormat.QDQ,
+                            use_external_data_format=external,
                             op_types_to_quantize=list(QUANTIZED_OPS), per_channel=True,
                             activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
                             weight_type=QuantType.QInt8, nodes_to_exclude=exclude,

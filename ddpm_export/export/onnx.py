@@ -31,7 +31,7 @@ from ddpm_export.diffusion.config import DiffusionConfig
 from ddpm_export.diffusion.from_diffusers import SCHEDULER_CONFIG_NAME, schedule_only_class
 from ddpm_export.errors import BadInputError
 from ddpm_export.export.attention_forms import attention_kernel, resolve_attention
-from ddpm_export.export.int8 import CalibrationConfig, quantizes_outputs, symmetric_activations
+from ddpm_export.export.int8 import PROTOBUF_LIMIT, CalibrationConfig, quantizes_outputs, symmetric_activations
 from ddpm_export.export.polygraphy_io import check_io_paths, staged_torch_io
 from ddpm_export.export.precision import GraphModule
 from ddpm_export.export.precision_policy import check_precision, policy
@@ -50,7 +50,7 @@ DEFAULT_OPSET = 20
 #: int8 for TensorRT (signed int8 activations, zero point 0): ONNX Runtime's EXTENDED optimiser fails
 #: on the file at opset 21+ ("output_dtype INT8 does not match y_zero_point type UINT8", 1.32)
 INT8_TENSORRT_MAX_OPSET = 20
-EXTERNAL_DATA_THRESHOLD = 2 * 1024**3  # protobuf's 2 GB limit
+EXTERNAL_DATA_THRESHOLD = PROTOBUF_LIMIT  # protobuf's 2 GB limit
 
 
 @dataclasses.dataclass(frozen=True)
@@ -314,7 +314,7 @@ def _quantize(proto: onnx.ModelProto, unet: UNet, spec: ExportSpec, diffusion: D
     log(f"int8: calibrating on {len(feeds)} batches of model inputs along {cfg.trajectories} DDIM trajectories; "
         f"float: {', '.join(cfg.float_groups)}")
     return quantize_int8(proto, feeds, float_groups=cfg.float_groups, quantized_outputs=quantized_outputs,
-                         symmetric=symmetric_activations(target))
+                         symmetric=symmetric_activations(target), external_above=EXTERNAL_DATA_THRESHOLD)
 
 
 def state_sha256(unet: UNet) -> str:

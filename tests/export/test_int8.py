@@ -7,7 +7,9 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import tempfile
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -468,3 +470,67 @@ def test_verify_warns_of_an_openvino_int8_file_as_sample_does(files: dict[str, P
     assert result.exit_code == (0 if json.loads((tmp_path / "r.json").read_text())["passed"] else 1), result.output
     silent = CliRunner().invoke(main, [*args, "--onnx", str(files["int8"])])  # target any
     assert "Warning: " not in silent.stderr and silent.exit_code in (0, 1), silent.output
+
+
+@pytest.fixture
+def protobuf_limit(monkeypatch: pytest.MonkeyPatch) -> Callable[[int], None]:
+    """Protobuf's 2 GB limit scaled down to ``limit`` bytes: onnx's serialiser (every ``onnx.save``,
+    ours and ONNX Runtime's quantizer's) raises protobuf's ValueError on a message above it, as it does
+    on one over 2 GB; a graph whose weights go to external data serialises its skeleton alone."""
+    from onnx.serialization import _ProtobufSerializer
+
+    serialize = _ProtobufSerializer.serialize_proto
+
+    def set_limit(limit: int) -> None:
+        def limited(self: _ProtobufSerializer, proto: onnx.ModelProto) -> bytes:
+            if proto.ByteSize() > limit:
+                raise ValueError(f"Message onnx.ModelProto exceeds maximum protobuf size of {limit} bytes")
+            return serialize(self, proto)
+        monkeypatch.setattr(_ProtobufSerializer, "serialize_proto", limited)
+
+    return set_limit
+
+
+def test_int8_of_a_graph_with_external_data(protobuf_limit: Callable[[int], None], tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A graph over EXTERNAL_DATA_THRESHOLD (lowered to 0) is written with external data; its int8
+    export handed the whole float32 graph to ONNX Runtime's quantizer in one message (a ValueError
+    traceback over 2 GB, here over the lowered limit): now the quantizer's input and outputs carry
+    external data too, and the int8 file with its <name>.onnx.data validates, samples and verifies."""
+    from ddpm_export.export import onnx as onnx_export
+
+    monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_THRESHOLD", 0)
+    fp32 = export_onnx("digits", tmp_path / "fp32" / "d.onnx", max_batch=4, log=lambda s: None)
+    protobuf_limit(fp32.size_bytes // 2)  # the whole graph is over it, its skeleton (weights external) under
+    out = tmp_path / "int8" / "d8.onnx"  # digits: trained, so that int8 holds its limits
+    result = export_onnx("digits", out, precision="int8", max_batch=4, log=lambda s: None,
+                         calibration=CalibrationConfig(trajectories=2, steps=10))
+    assert sorted(p.name for p in out.parent.iterdir()) == ["d8.onnx", "d8.onnx.data"]
+    assert result.data_path == out.parent / "d8.onnx.data" and read_info(out).precision == "int8"
+    assert result.validation is not None and result.validation.rel_l2 <= INT8_REL_L2
+    model = onnx.load(str(out), load_external_data=False)
+    assert any(init.data_location == onnx.TensorProto.EXTERNAL for init in model.graph.initializer)
+    sample = CliRunner().invoke(main, ["--threads", "1", "sample", "--onnx", str(out), "-n", "1", "--steps", "2",
+                                       "--no-progress", "-o", str(tmp_path / "a.png")])
+    assert sample.exit_code == 0 and (tmp_path / "a.png").is_file(), sample.output
+    verify = CliRunner().invoke(main, ["--threads", "1", "verify", "--model", "digits", "--onnx", str(out), "--steps", "2",
+                                       "--ddpm-steps", "2", "--solver-steps", "2", "--batch", "1",
+                                       "--report", str(tmp_path / "r.json")])
+    assert "onnxruntime (int8)" in verify.output
+    assert verify.exit_code == (0 if json.loads((tmp_path / "r.json").read_text())["passed"] else 1), verify.output
+
+
+def test_a_failed_int8_export_with_external_data_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ddpm_export.export import onnx as onnx_export
+    from ddpm_export.export import validate as validate_mod
+    from ddpm_export.export.validate import ValidationError
+
+    monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_THRESHOLD", 0)
+    monkeypatch.setattr(validate_mod, "INT8_REL_L2", 0.0)  # no int8 file passes
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # re-read TMPDIR
+    with pytest.raises(ValidationError, match="int8 relative L2 error .* nothing was written"):
+        export_onnx("tiny", tmp_path / "out" / "t8.onnx", precision="int8", max_batch=4,
+                    calibration=CalibrationConfig(trajectories=1, steps=2), log=lambda s: None)
+    assert not (tmp_path / "out").exists() and list((tmp_path / "tmp").iterdir()) == []  # its folder made and removed
