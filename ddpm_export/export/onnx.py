@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import io
 import os
 import tempfile
@@ -21,7 +22,10 @@ from typing import Callable, Iterator
 
 import onnx
 import torch
+from google.protobuf.message import DecodeError
+from onnx.external_data_helper import _get_all_tensors, uses_external_data
 from safetensors.torch import save as safetensors_save
+from torch import nn
 
 from ddpm_export._version import __version__
 from ddpm_export.contract import metadata as md
@@ -51,6 +55,8 @@ DEFAULT_OPSET = 20
 #: on the file at opset 21+ ("output_dtype INT8 does not match y_zero_point type UINT8", 1.32)
 INT8_TENSORRT_MAX_OPSET = 20
 EXTERNAL_DATA_THRESHOLD = PROTOBUF_LIMIT  # protobuf's 2 GB limit
+#: the fewest bytes an element of a weight takes in the graph, per precision (fp16 and int8 keep some float32)
+_MIN_ELEMENT_BYTES = {"fp32": 4, "fp16": 2, "int8": 1}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,7 +88,9 @@ def export_onnx(model: str | Path, out: str | Path, *, opset: int = DEFAULT_OPSE
     ``rewrites``: ``auto`` (per precision, :mod:`ddpm_export.export.rewrites`), ``none``, or
     a comma-separated list of exact rewrites (:mod:`ddpm_export.nn.rewrites`).
 
-    Raises FileExistsError when ``out`` exists and not ``force``; ValueError for bad options;
+    Raises FileExistsError when ``out`` exists and not ``force`` (or ``<out>.data``, when the graph is
+    written with external data; ``force`` replaces it, and removes the one a replaced ``out`` named
+    when the new graph holds its weights); ValueError for bad options;
     ``ValidationError`` when the exported graph disagrees with torch (nothing is written then).
     ``opt_batch`` None: 4 brought into ``[min_batch, max_batch]`` (:func:`~ddpm_export.contract.spec.batch_range`).
     """
@@ -99,6 +107,8 @@ def export_onnx(model: str | Path, out: str | Path, *, opset: int = DEFAULT_OPSE
     spec = ExportSpec.from_config(unet.config, min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch)
     if precision == "int8":
         _check_calibratable(spec, model)
+    if _external_for_certain(unet, precision, applied):  # else the graph's size decides, after the trace
+        refuse_existing_file(out.parent / (out.name + ".data"), force)
     log(f"exporting {model} -> {out} ({precision}, opset {opset})")  # every option and input checked
     if schedule_source.endswith(SCHEDULER_CONFIG_NAME):  # a diffusers folder: say what its scheduler became
         _log_scheduler(Path(schedule_source), diffusion, log)
@@ -221,6 +231,34 @@ def _check_options(out: Path, *, force: bool, precision: str, attention: str, ta
     return form
 
 
+def _external_for_certain(unet: UNet, precision: str, rewrites: tuple[str, ...]) -> bool:
+    """Whether the weights alone put the graph over :data:`EXTERNAL_DATA_THRESHOLD` (written with
+    external data), whatever the trace makes of them: the distinct weights of the convolutions,
+    linears and embeddings (the exporter ties equal tensors into one) at the fewest bytes an element
+    takes in ``precision``, less attention's when attention-fold replaces them by their products."""
+    folded = {id(m) for m in unet.modules() if isinstance(m, Attention) and "attention-fold" in rewrites}
+    skipped = {id(sub) for m in unet.modules() if id(m) in folded for sub in m.modules()}
+    weights = [m.weight for m in unet.modules()
+               if isinstance(m, (nn.Conv2d, nn.Linear, nn.Embedding)) and id(m) not in skipped]
+    limit = EXTERNAL_DATA_THRESHOLD // _MIN_ELEMENT_BYTES[precision]  # elements
+    if sum(w.numel() for w in weights) <= limit:  # the usual case: no tensor read
+        return False
+    distinct = {(w.dtype, tuple(w.shape), hashlib.blake2b(w.detach().reshape(-1).view(torch.uint8).numpy()).digest()):
+                w.numel() for w in weights}
+    return sum(distinct.values()) > limit
+
+
+def _names_data_file(path: Path, data_name: str) -> bool:
+    """Whether the ONNX file at ``path`` keeps tensors in ``data_name`` beside it (its external
+    data); False when there is no file or onnx cannot parse it."""
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except (OSError, DecodeError, ValueError, RecursionError):
+        return False
+    return any(entry.key == "location" and os.path.normpath(entry.value) == data_name
+               for tensor in _get_all_tensors(model) if uses_external_data(tensor) for entry in tensor.external_data)
+
+
 def _write_validated(proto: onnx.ModelProto, out: Path, validation: tuple[UNet, ExportSpec, str] | None,
                      log: Callable[[str], None], force: bool) -> tuple[ValidationReport | None, Path | None]:
     """Write ``proto`` to ``out``, validated first when ``validation`` = (unet, spec, precision);
@@ -252,9 +290,12 @@ def _write_validated(proto: onnx.ModelProto, out: Path, validation: tuple[UNet, 
             except ValidationError as e:
                 raise type(e)(f"{e}; nothing was written (validate=False, `ddpm-export onnx --no-validate`, "
                               f"writes the file unchecked)") from e
+            stale = force and not external and _names_data_file(out, data_name)  # the replaced file's weights
             if external:
                 rename_into_place(tmp_dir / data_name, out.parent / data_name, force)
             rename_into_place(tmp_dir / out.name, out, force)  # not over a file that appeared meanwhile
+            if stale:
+                (out.parent / data_name).unlink(missing_ok=True)
     return report, out.parent / data_name if external else None
 
 
