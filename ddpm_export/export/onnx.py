@@ -95,7 +95,8 @@ def export_onnx(model: str | Path, out: str | Path, *, opset: int = DEFAULT_OPSE
     ``opt_batch`` None: 4 brought into ``[min_batch, max_batch]`` (:func:`~ddpm_export.contract.spec.batch_range`).
     """
     start, out = time.perf_counter(), Path(out)
-    form = _check_options(out, force=force, precision=precision, attention=attention, target=target, opset=opset)
+    form = _check_options(out, force=force, precision=precision, attention=attention, target=target, opset=opset,
+                          calibration=calibration)
     applied = resolve_rewrites(rewrites, precision, target)
     refuse_same_file({}, {"the output": out, "the I/O folder (--save-io)": save_io})
     io_paths = check_io_paths(save_io, force=force) if save_io is not None else None
@@ -202,7 +203,8 @@ def _schedule(model: str | Path, unet: UNet, diffusion: DiffusionConfig | None) 
     return diffusion, source
 
 
-def _check_options(out: Path, *, force: bool, precision: str, attention: str, target: str, opset: int) -> str:
+def _check_options(out: Path, *, force: bool, precision: str, attention: str, target: str, opset: int,
+                   calibration: CalibrationConfig | None) -> str:
     """Refuse bad options before any work; the attention form ``attention`` resolves to."""
     if out.suffix.lower() != ".onnx":  # model.ONNX is an ONNX file too
         named = not names_no_file(out) and out.name != ".onnx"  # Path(".onnx"): a hidden file, no suffix
@@ -210,6 +212,9 @@ def _check_options(out: Path, *, force: bool, precision: str, attention: str, ta
                             f"output {str(out) or repr('')} needs a file name ending in .onnx, e.g. model.onnx")
     refuse_existing_file(out, force)
     check_precision(precision)
+    if calibration is not None and precision != "int8":  # it would be ignored: no calibration runs
+        raise BadInputError(f"calibration applies to precision='int8' only, got precision={precision!r}; "
+                            f"leave it out (None) or export int8")
     if target not in TARGETS:
         raise BadInputError(f"target={target!r} is not valid; choose one of: {', '.join(TARGETS)}")
     form = resolve_attention(attention, target)

@@ -705,6 +705,19 @@ def test_bad_options_are_refused_listing_the_choices(tmp_path, kwargs, choices):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_a_calibration_for_a_float_export_is_refused_before_any_work(tmp_path, precision):
+    """calibration= was silently ignored by a float export (it calibrates nothing)."""
+    from ddpm_export.errors import BadInputError
+    from ddpm_export.export.int8 import CalibrationConfig
+
+    logs: list[str] = []
+    with pytest.raises(BadInputError, match=rf"^calibration applies to precision='int8' only, got "
+                                            rf"precision='{precision}'; leave it out \(None\) or export int8$"):
+        export_onnx("tiny", tmp_path / "m.onnx", precision=precision, calibration=CalibrationConfig(), log=logs.append)
+    assert logs == [] and list(tmp_path.iterdir()) == []
+
+
 def test_output_must_end_in_onnx(tmp_path):
     with pytest.raises(ValueError, match=r"\.onnx"):
         export_onnx("tiny", tmp_path / "model.bin")
