@@ -15,7 +15,7 @@ from typing import Literal
 import numpy as np
 
 from ddpm_export.config import UNetConfig
-from ddpm_export.configbase import FrozenConfig, check
+from ddpm_export.configbase import ConfigError, FrozenConfig, check
 from ddpm_export.contract.conditioning import CLASS_NAME, CONDITIONINGS, CONTEXT_NAME, Conditioning
 from ddpm_export.errors import BadInputError, WrongTypeError
 
@@ -164,7 +164,11 @@ class ExportSpec(FrozenConfig):
 
 def batch_range(min_batch: int = 1, opt_batch: int | None = None, max_batch: int = 16) -> tuple[int, int, int]:
     """An export's (min, opt, max) batch, ``opt_batch`` None being :data:`DEFAULT_OPT_BATCH` brought
-    into ``[min_batch, max_batch]``; ConfigError (ExportSpec's) when they are out of order or too large."""
+    into ``[min_batch, max_batch]``; ConfigError (ExportSpec's) when they are out of order or too large,
+    or no int (named before a default opt batch is derived from them)."""
+    for name, value in (("min_batch", min_batch), ("max_batch", max_batch)):
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ConfigError(f"{name}={value!r} has the wrong type; expected int")
     opt = min(max(DEFAULT_OPT_BATCH, min_batch), max_batch) if opt_batch is None else opt_batch
     ExportSpec(min_batch=min_batch, opt_batch=opt, max_batch=max_batch)  # validates the range
     return min_batch, opt, max_batch

@@ -6,6 +6,7 @@ the runtime input checks (each refusal names the input), the JSON round trip and
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -250,6 +251,18 @@ def test_inconsistent_specs_are_refused():
         ExportSpec(cond_kind="text")
     with pytest.raises(ConfigError, match="unknown field"):
         ExportSpec.from_dict({**ExportSpec().to_dict(), "max_tokens": 3})
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(max_batch=True), "max_batch=True has the wrong type; expected int"),  # was named opt_batch=True
+    (dict(max_batch=2.0), "max_batch=2.0 has the wrong type; expected int"),
+    (dict(min_batch=True), "min_batch=True has the wrong type; expected int"),  # was named opt_batch=True
+    (dict(max_batch="8"), "max_batch='8' has the wrong type; expected int"),  # was a TypeError traceback
+    (dict(opt_batch=True), "opt_batch=True has the wrong type; expected int"),
+])
+def test_batch_range_names_the_argument_of_the_wrong_type(kwargs, message):
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
+        batch_range(**kwargs)
 
 
 def test_spec_imports_no_torch():
