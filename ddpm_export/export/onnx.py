@@ -44,11 +44,12 @@ from ddpm_export.export.validate import NonFiniteModelError, ValidationError, Va
 from ddpm_export.files import (made_parents, names_no_file, new_file_mode, refuse_existing_file, refuse_same_file,
                                remove_leftovers, rename_into_place, scratch_folder)
 from ddpm_export.nn.attention import Attention, use_attention_kernel
-from ddpm_export.nn.checkpoint import (DIFFUSION_NAME, diffusion_config_for, load_model, schedule_file,
-                                      weights_path)
+from ddpm_export.nn.checkpoint import (DIFFUSION_NAME, diffusion_config_for, is_diffusers_folder, load_model,
+                                      model_folder, schedule_file, weights_path)
 from ddpm_export.nn.rewrites import applicable, use_rewrites
 from ddpm_export.nn.unet import UNet
 from ddpm_export.nn.weights import tensors_sha256
+from ddpm_export.presets import DIFFUSERS_WEIGHTS_NAME
 
 DEFAULT_OPSET = 20
 #: int8 for TensorRT (signed int8 activations, zero point 0): ONNX Runtime's EXTENDED optimiser fails
@@ -123,7 +124,7 @@ def export_onnx(model: str | Path, out: str | Path, *, opset: int = DEFAULT_OPSE
         unet=unet.config, diffusion=diffusion, spec=spec, attention=form, rewrites=applied, target=target,
         policy=_policy(precision, form, target, calibration or CalibrationConfig()),
         exporter_version=f"ddpm-export {__version__}; torch {torch.__version__.split('+')[0]}; onnx {onnx.__version__}",
-        source=str(model) if source is None else source.name,
+        source=_source_name(model, source),
         source_sha256=md.sha256_file(source) if source else state_sha256(unet),
         source_tensors_sha256=tensors_sha256(unet.state_dict()),
     ).items():
@@ -145,6 +146,19 @@ def _policy(precision: str, attention: str, target: str, calibration: Calibratio
     return policy(precision, attention=attention, quantized_outputs=quantizes_outputs(target),
                   float_groups=calibration.float_groups, symmetric_activations=symmetric_activations(target),
                   calibration=settings)
+
+
+def _source_name(model: str | Path, weights: Path | None) -> str:
+    """``ddpm_export.source``: the name of the weights file (``weights``), of a sharded diffusers
+    folder's shard index, of the preset, or of a folder without weights; never the path as typed,
+    which would carry the exporter's own folders into a file meant to be shared."""
+    if weights is not None:
+        return weights.name
+    folder = model_folder(model)
+    index = folder / f"{DIFFUSERS_WEIGHTS_NAME}.index.json"
+    if is_diffusers_folder(folder) and index.is_file():
+        return index.name
+    return Path(os.path.abspath(model)).name if Path(model).is_dir() else str(model)
 
 
 def _kept_rewrites(unet: UNet, applied: tuple[str, ...], asked: str, model: str | Path,

@@ -435,6 +435,23 @@ def test_metadata_describes_the_export(exported, torch_model, source, name, prec
     assert exp.model.producer_name == "ddpm-export"
 
 
+def test_the_source_of_a_folder_without_weights_is_its_name_not_the_path_as_typed(source, tmp_path, monkeypatch):
+    """docs/metadata.md: a file name or a name, never the exporter's path (it leaked a home folder
+    into a file meant to be shared); the digest is of the seed-initialised state dict."""
+    folder = tmp_path / "home" / "me" / "my-unet"
+    folder.mkdir(parents=True)
+    shutil.copyfile(source("micro") / "config.json", folder / "config.json")
+    monkeypatch.chdir(folder)
+    with pytest.warns(Warning, match="seed-initialised"):
+        state = {k: v.detach().contiguous() for k, v in load_model(folder).state_dict().items()}
+    for typed in (str(folder), "."):
+        with pytest.warns(Warning, match="seed-initialised"):
+            result = export_onnx(typed, tmp_path / f"m{len(typed)}.onnx", validate=False, log=lambda s: None)
+        props = md.read_metadata(onnx.load(str(result.path)))
+        assert props[md.SOURCE] == "my-unet"
+        assert props[md.SOURCE_SHA256] == hashlib.sha256(safetensors_save(state)).hexdigest()
+
+
 def test_read_metadata_names_missing_keys(exported):
     model = onnx.ModelProto()
     model.CopyFrom(exported("tiny").model)

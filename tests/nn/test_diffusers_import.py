@@ -208,6 +208,19 @@ def test_sharded_safetensors_load(tmp_path):
     assert _max_error(theirs.eval(), ddpm_export.load_model(tmp_path), [0, 999]) <= ATOL
 
 
+def test_the_source_of_sharded_weights_is_the_shard_index_name(tmp_path):
+    """docs/metadata.md's ddpm_export.source, a file name: it was the folder's path as typed."""
+    pytest.importorskip("onnx")
+    from ddpm_export.contract import metadata as md
+    from ddpm_export.export.onnx import export_onnx
+    from ddpm_export.runtime.info import read_metadata
+
+    theirs = diffusers.UNet2DModel(**SMALL)
+    theirs.save_pretrained(tmp_path / "unet", safe_serialization=True, max_shard_size="200KB")
+    result = export_onnx(tmp_path / "unet", tmp_path / "m.onnx", max_batch=1, validate=False, log=lambda s: None)
+    assert read_metadata(result.path)[md.SOURCE] == f"{WEIGHTS}.index.json"
+
+
 def test_a_tensor_stored_in_two_shards_is_refused(tmp_path):
     """The later shard's copy silently won (which one diffusers loads is the index's word)."""
     theirs = diffusers.UNet2DModel(**SMALL)
