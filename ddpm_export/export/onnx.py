@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import io
 import os
 import tempfile
@@ -25,7 +24,6 @@ import torch
 from google.protobuf.message import DecodeError
 from onnx.external_data_helper import _get_all_tensors, uses_external_data
 from safetensors.torch import save as safetensors_save
-from torch import nn
 
 from ddpm_export._version import __version__
 from ddpm_export.contract import metadata as md
@@ -56,8 +54,6 @@ DEFAULT_OPSET = 20
 #: on the file at opset 21+ ("output_dtype INT8 does not match y_zero_point type UINT8", 1.32)
 INT8_TENSORRT_MAX_OPSET = 20
 EXTERNAL_DATA_THRESHOLD = PROTOBUF_LIMIT  # protobuf's 2 GB limit
-#: the fewest bytes an element of a weight takes in the graph, per precision (fp16 and int8 keep some float32)
-_MIN_ELEMENT_BYTES = {"fp32": 4, "fp16": 2, "int8": 1}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,8 +105,6 @@ def export_onnx(model: str | Path, out: str | Path, *, opset: int = DEFAULT_OPSE
     spec = ExportSpec.from_config(unet.config, min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch)
     if precision == "int8":
         _check_calibratable(spec, model)
-    if _external_for_certain(unet, precision, applied):  # else the graph's size decides, after the trace
-        refuse_existing_file(out.parent / (out.name + ".data"), force)
     log(f"exporting {model} -> {out} ({precision}, opset {opset})")  # every option and input checked
     if schedule_source.endswith(SCHEDULER_CONFIG_NAME):  # a diffusers folder: say what its scheduler became
         _log_scheduler(Path(schedule_source), diffusion, log)
@@ -248,23 +242,6 @@ def _check_options(out: Path, *, force: bool, precision: str, attention: str, ta
             + (f"; and --attention onnx-attention needs opset {MIN_OPSET[form]}: use decomposed (or auto)"
                if form == "onnx-attention" else ""))
     return form
-
-
-def _external_for_certain(unet: UNet, precision: str, rewrites: tuple[str, ...]) -> bool:
-    """Whether the weights alone put the graph over :data:`EXTERNAL_DATA_THRESHOLD` (written with
-    external data), whatever the trace makes of them: the distinct weights of the convolutions,
-    linears and embeddings (the exporter ties equal tensors into one) at the fewest bytes an element
-    takes in ``precision``, less attention's when attention-fold replaces them by their products."""
-    folded = {id(m) for m in unet.modules() if isinstance(m, Attention) and "attention-fold" in rewrites}
-    skipped = {id(sub) for m in unet.modules() if id(m) in folded for sub in m.modules()}
-    weights = [m.weight for m in unet.modules()
-               if isinstance(m, (nn.Conv2d, nn.Linear, nn.Embedding)) and id(m) not in skipped]
-    limit = EXTERNAL_DATA_THRESHOLD // _MIN_ELEMENT_BYTES[precision]  # elements
-    if sum(w.numel() for w in weights) <= limit:  # the usual case: no tensor read
-        return False
-    distinct = {(w.dtype, tuple(w.shape), hashlib.blake2b(w.detach().reshape(-1).view(torch.uint8).numpy()).digest()):
-                w.numel() for w in weights}
-    return sum(distinct.values()) > limit
 
 
 def _names_data_file(path: Path, data_name: str) -> bool:

@@ -574,33 +574,6 @@ def test_external_data_above_the_threshold(source, tmp_path, monkeypatch):
     assert run(result.path, feeds)[0].shape == result.spec.output_shape(2)
 
 
-def test_an_existing_data_file_is_refused_before_the_trace(source, tmp_path, monkeypatch):
-    """When the weights alone put the graph over the threshold, an existing <name>.onnx.data is
-    refused before any work (was: after the trace, by the write), naming it; left untouched."""
-    monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_THRESHOLD", 0)
-    (tmp_path / "model.onnx.data").write_bytes(b"someone's weights")
-    logs: list[str] = []
-    with pytest.raises(FileExistsError, match=r"model\.onnx\.data exists; pass --force to overwrite it"):
-        export_onnx(source("micro"), tmp_path / "model.onnx", log=logs.append)
-    assert logs == []  # nothing exported: "exporting ..." is the first line of the work
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx.data"]
-    assert (tmp_path / "model.onnx.data").read_bytes() == b"someone's weights"
-
-
-def test_weights_under_the_threshold_leave_the_data_file_to_the_graphs_size(source, tmp_path, monkeypatch):
-    """Weights under the threshold say nothing about the graph (rewrites, ties): the write decides,
-    and a graph under it keeps its weights, leaving an existing <name>.onnx.data alone."""
-    (tmp_path / "model.onnx.data").write_bytes(b"someone's weights")
-    result = export_onnx(source("micro"), tmp_path / "model.onnx", log=lambda s: None)
-    assert result.data_path is None and (tmp_path / "model.onnx.data").read_bytes() == b"someone's weights"
-    assert not onnx_export._external_for_certain(load_model(source("micro")), "fp32", ())
-    monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_THRESHOLD", 4 * sum(  # fp32: the conv/linear weights' bytes
-        m.weight.numel() for m in load_model(source("micro")).modules()
-        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear, torch.nn.Embedding))) - 1)
-    assert onnx_export._external_for_certain(load_model(source("micro")), "fp32", ())
-    assert not onnx_export._external_for_certain(load_model(source("micro")), "fp16", ())  # half the bytes
-
-
 def test_force_without_external_data_removes_the_replaced_files_data(source, tmp_path, monkeypatch):
     """--force over a file written with external data, by a graph that holds its weights: the old
     <name>.onnx.data went stale beside it; now removed, as the file that named it is replaced."""
