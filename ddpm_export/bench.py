@@ -512,14 +512,23 @@ def _ratios(rows: dict[str, dict[str, Any]], paths: dict[str, dict[str, Any]], b
 
 
 # --- the whole run ---------------------------------------------------------------------------
-def _check_inputs(cfg: BenchConfig) -> None:
-    """Refuse, before anything is exported or timed: an unknown model, a missing OpenVINO, and a
-    ``--onnx`` file that no asked-for precision runs (one not exported from ``--model`` is refused
-    by :func:`run_bench` once the model is loaded)."""
+def check_model_and_extra(cfg: BenchConfig) -> None:
+    """Refuse an unknown model, then a missing export extra (torch: the peers, our exports, the FLOP
+    count); the CLI checks both before its note on a missing OpenVINO, which came first, unrelated."""
+    from importlib import import_module
+
     from ddpm_export.presets import check_model_name
 
     if cfg.model is not None:
         check_model_name(cfg.model)
+    import_module("torch")  # a ModuleNotFoundError the CLI turns into the export extra's line
+
+
+def _check_inputs(cfg: BenchConfig) -> None:
+    """Refuse, before anything is exported or timed: an unknown model, a missing export extra or
+    OpenVINO, and a ``--onnx`` file that no asked-for precision runs (one not exported from
+    ``--model`` is refused by :func:`run_bench` once the model is loaded)."""
+    check_model_and_extra(cfg)
     from ddpm_export.nn.checkpoint import diffusion_config_for  # after: it needs torch
 
     if "openvino" in cfg.backends:

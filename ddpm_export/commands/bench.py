@@ -78,7 +78,7 @@ def command(model: str | None, onnx_path: str | None, backends: tuple, precision
     """
     import json
 
-    from ddpm_export.bench import BenchConfig, failed_paths, format_report, run_bench
+    from ddpm_export.bench import BenchConfig, check_model_and_extra, failed_paths, format_report, run_bench
     from ddpm_export.console import count, require_output_when_quiet, use_flag_names
     from ddpm_export.errors import EngineError
     from ddpm_export.files import atomic_file, refuse_existing_file, refuse_same_file
@@ -94,6 +94,7 @@ def command(model: str | None, onnx_path: str | None, backends: tuple, precision
                       attention=attention, rewrites=rewrites, batches=batches,
                       threads=threads, steps=steps, repeats=repeats,
                       peers=peers)
+    check_model_and_extra(cfg)  # before the note: without torch, the line that matters comes first
     if backends is None and "openvino" not in cfg.backends:  # --backend left to what is installed
         click.echo("note: OpenVINO is not installed, so its paths (plain-ov-f32, plain-ov-bf16, ours-openvino-*, "
                    "bf16 and int8-bf16) are left out: pip install 'ddpm-export[openvino]'")

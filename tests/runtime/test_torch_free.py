@@ -116,6 +116,21 @@ def test_verify_plot_without_the_export_and_plot_extras_names_both(tmp_path: Pat
     assert list(tmp_path.iterdir()) == []
 
 
+def test_bench_without_the_export_extra_says_so_before_any_note_on_openvino() -> None:
+    """`bench --model digits` with neither torch nor OpenVINO printed 'note: OpenVINO is not installed
+    ... pip install ddpm-export[openvino]' first, then refused for the export extra: two unrelated lines,
+    the one that matters last. Both absent as when not installed (None in sys.modules: find_spec says
+    None, import raises ModuleNotFoundError)."""
+    cli = ("import sys\nsys.modules['torch'] = sys.modules['openvino'] = None\n"
+           "from ddpm_export.cli import main\nmain()\n")
+    result = subprocess.run([sys.executable, "-c", cli, "bench", "--model", "digits"], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stdout == "" and result.stderr.splitlines() == [
+        "Error: this command needs the export extra (no module 'torch'): pip install 'ddpm-export[export]' (first "
+        "the CPU build of torch, or pip takes the multi-GB CUDA one on Linux: pip install torch==2.13.0 "
+        "--index-url https://download.pytorch.org/whl/cpu)"]
+
 
 def test_an_openvino_that_fails_to_import_is_named_so_with_its_error(tmp_path: Path) -> None:
     """An installed openvino whose libopenvino.so is missing was reported as not installed ('pip
