@@ -20,6 +20,8 @@ __all__ = ["__version__", "load_model"]
 def load_model(spec: "str | Path") -> "UNet":
     """A preset name (``models/<name>``), our checkpoint folder or a diffusers UNet2DModel folder
     -> the reference ``torch.nn.Module`` in eval mode (needs the ``export`` extra: torch)."""
-    from ddpm_export.nn.checkpoint import load_model as _load_model
+    from ddpm_export.errors import export_extra_needed
 
+    with export_extra_needed("loading a model"):
+        from ddpm_export.nn.checkpoint import load_model as _load_model
     return _load_model(spec)

@@ -26,17 +26,19 @@ keeps working.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import importlib.util
 import os
 import re
+from collections.abc import Iterator
 from importlib import metadata
 from types import ModuleType
 
 __all__ = ["BadInputError", "DdpmExportError", "DdpmExportWarning", "EngineError", "InputNotFoundError",
            "IntegrityError", "MissingDependencyError", "NonFiniteOutputError", "NotAFolderError",
            "OutputExistsError", "TargetMismatchWarning", "VerificationFailed", "WrongTypeError", "describe",
-           "check_onnxruntime", "exit_status", "load_error", "ort_gpu_hint", "out_of_memory",
+           "check_onnxruntime", "exit_status", "export_extra_needed", "load_error", "ort_gpu_hint", "out_of_memory",
            "without_ort_status"]
 
 #: Modules of the ``export`` extra: a command that imports one needs ``pip install 'ddpm-export[export]'``.
@@ -199,10 +201,7 @@ def describe(error: BaseException) -> str:
         return (f"out of memory ({type(error).__name__}: {first[:200]}): lower the batch (--batch, -n), the input "
                 f"size or the number of samples, or free memory")
     if isinstance(error, ModuleNotFoundError) and (error.name or "").split(".")[0] in EXPORT_EXTRA:
-        torch_first = "" if importlib.util.find_spec("torch") is not None else (
-            f" (first the CPU build of torch, or pip takes the multi-GB CUDA one on Linux: {CPU_TORCH})")
-        return (f"this command needs the export extra (no module {error.name!r}): "
-                f"pip install 'ddpm-export[export]'{torch_first}")
+        return _export_extra_message("this command", str(error.name))
     if isinstance(error, ModuleNotFoundError) and (error.name or "").split(".")[0] == "onnxruntime":
         return ("this needs ONNX Runtime, a dependency of ddpm-export that is not installed here: "
                 "pip install onnxruntime (or onnxruntime-gpu)")
@@ -211,3 +210,24 @@ def describe(error: BaseException) -> str:
         return (f"{where}: {error.strerror or error} -- check that the folder exists, is writable "
                 f"and has free space")
     return str(error)
+
+
+def _export_extra_message(what: str, module: str) -> str:
+    """``what`` needs the export extra, whose ``module`` is missing: what to install (torch's CPU
+    build first where torch is missing too)."""
+    torch_first = "" if importlib.util.find_spec("torch") is not None else (
+        f" (first the CPU build of torch, or pip takes the multi-GB CUDA one on Linux: {CPU_TORCH})")
+    return f"{what} needs the export extra (no module {module!r}): pip install 'ddpm-export[export]'{torch_first}"
+
+
+@contextlib.contextmanager
+def export_extra_needed(what: str) -> Iterator[None]:
+    """Inside: a missing module of the export extra is a MissingDependencyError saying that ``what``
+    needs the extra and how to install it (the library's callers get the CLI's line, not a bare
+    ModuleNotFoundError)."""
+    try:
+        yield
+    except ModuleNotFoundError as e:
+        if (e.name or "").split(".")[0] not in EXPORT_EXTRA:
+            raise
+        raise MissingDependencyError(_export_extra_message(what, str(e.name))) from e

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ddpm_export.errors import BadInputError, InputNotFoundError
+from ddpm_export.errors import BadInputError, InputNotFoundError, export_extra_needed
 from ddpm_export.jsonio import parse_json
 from ddpm_export.presets import MODELS_DIR
 
@@ -144,7 +144,8 @@ class DigitClassifier:
 
     @classmethod
     def load(cls, folder: str | Path = CLASSIFIER_DIR) -> "DigitClassifier":
-        from safetensors.numpy import load_file
+        with export_extra_needed("the digit classifier"):  # its safetensors
+            from safetensors.numpy import load_file
 
         folder = Path(folder)
         meta_path, weights_path = folder / CLASSIFIER_CONFIG, folder / CLASSIFIER_WEIGHTS

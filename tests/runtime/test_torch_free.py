@@ -132,6 +132,30 @@ def test_bench_without_the_export_extra_says_so_before_any_note_on_openvino() ->
         "--index-url https://download.pytorch.org/whl/cpu)"]
 
 
+def test_the_library_names_the_export_extra_when_safetensors_is_missing() -> None:
+    """ddpm_export.load_model and DigitClassifier.load without safetensors raised a bare
+    ModuleNotFoundError, where the CLI named the extra to install; now the project's
+    MissingDependencyError (an ImportError still) with the CLI's line."""
+    block = BLOCK_TORCH.replace('name == "torch" or name.startswith("torch.")', 'name.split(".")[0] == "safetensors"'
+                                ).replace('raise ImportError(f"torch is blocked in this test (importing {name})")',
+                                          'raise ModuleNotFoundError(f"No module named {name!r}", name=name)')
+    code = block + textwrap.dedent("""
+        import ddpm_export
+        from ddpm_export.errors import MissingDependencyError
+        from ddpm_export.quality import DigitClassifier
+        for load in (lambda: ddpm_export.load_model("digits"), DigitClassifier.load):
+            try:
+                load()
+            except MissingDependencyError as e:
+                print(e)
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.splitlines() == [
+        f"{what} needs the export extra (no module 'safetensors'): pip install 'ddpm-export[export]'"
+        for what in ("loading a model", "the digit classifier")]
+
+
 def test_an_openvino_that_fails_to_import_is_named_so_with_its_error(tmp_path: Path) -> None:
     """An installed openvino whose libopenvino.so is missing was reported as not installed ('pip
     install ddpm-export[openvino]', which pip answers 'already satisfied'), its ImportError dropped
