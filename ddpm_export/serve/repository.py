@@ -67,7 +67,8 @@ def write_repository(bundle: str | Path, out: str | Path, *, unet_backend: UNetB
             sampler instance that long; see :data:`~ddpm_export.serve.configs.DEFAULT_MAX_IMAGE_STEPS`).
         threads: the U-Net's CPU threads (``ddpm-export --threads``), written into its config
             (``intra_op_thread_count`` for onnxruntime and python, ``INFERENCE_NUM_THREADS`` for
-            openvino; refused for tensorrt); None: the engine's default, every core.
+            openvino; refused for tensorrt); None: the python unet takes Pipeline's default by model
+            size (one thread under 16 MiB), the other engines their own (every core).
         force: replace an existing ``out``.
 
     Raises BundleError (bundle problems, a backend the bundle cannot serve), BadInputError (bad

@@ -43,7 +43,7 @@ from ddpm_export.serve.configs import (IMAGES, MAX_IMAGE_STEPS_PARAM, MAX_IMAGES
 from ddpm_export.serve.requests import RequestError, parse_request
 
 __all__ = ["INFO_FILE", "BlsBackend", "RequestCancelled", "SamplerModel", "UNetCallError", "UNetModel",
-           "check_stub_numpy"]
+           "check_stub_numpy", "unet_session"]
 
 #: the exported file's metadata_props, beside the sampler's model.py.
 INFO_FILE = "model_info.json"
@@ -180,6 +180,20 @@ class SamplerModel:
             self.bls.cancelled = _never  # do not keep the request alive
 
 
+def unet_session(args: dict[str, str]) -> Any:
+    """The python unet's ONNX Runtime session on its ``model.onnx`` (``args``: Triton's to
+    ``initialize``): the repository's thread count (``ddpm-export --threads N triton``), else
+    Pipeline's default by model size (one thread for a file under SMALL_MODEL_BYTES), so that served
+    and ``sample`` figures agree; the session took one thread per core there."""
+    from ddpm_export.runtime.backends import default_threads
+    from ddpm_export.runtime.onnxruntime_backend import create_session, session_options_for
+
+    path = _folder(args) / "model.onnx"
+    given = _parameters(args).get(THREADS_PARAM)
+    threads = int(given) if given is not None else default_threads(path)
+    return create_session(path, session_options=None if threads is None else session_options_for(threads))
+
+
 class UNetModel:
     """The ``unet`` model of ``--unet-backend python``: ONNX Runtime on ``unet/1/model.onnx``.
 
@@ -191,13 +205,11 @@ class UNetModel:
     def initialize(self, args: dict[str, str]) -> None:
         import triton_python_backend_utils as pb_utils
 
-        from ddpm_export.runtime.onnxruntime_backend import OnnxRuntimeBackend, create_session, session_options_for
+        from ddpm_export.runtime.onnxruntime_backend import OnnxRuntimeBackend
 
         check_stub_numpy(pb_utils)
         self.pb = pb_utils
-        threads = _parameters(args).get(THREADS_PARAM)  # `ddpm-export --threads N triton`; else every core
-        options = None if threads is None else session_options_for(int(threads))
-        session = create_session(_folder(args) / "model.onnx", session_options=options)
+        session = unet_session(args)
         info = ModelInfo.from_metadata(session.get_modelmeta().custom_metadata_map, source="unet/1/model.onnx")
         self.spec = info.spec
         self.batch_only = batch_only_inputs(info.spec)

@@ -190,6 +190,29 @@ def test_ddpm_export_threads_reaches_the_unets_config(bundle: Path, tmp_path: Pa
         assert {k: v for k, v in parameters.items() if k != "ENABLE_BATCH_PADDING"} == want
 
 
+def test_the_python_unets_session_takes_pipelines_default_threads(bundle: Path, tmp_path: Path) -> None:
+    """Without `ddpm-export --threads` the python unet's session ran ONNX Runtime's default (one
+    thread per core, intra_op_num_threads 0) where Pipeline / sample run a file under 16 MiB on one
+    thread: served and CLI figures differed. The session is made from Triton's args as the stub
+    passes them (the config as JSON, the unet's folder and version)."""
+    from google.protobuf import json_format
+
+    from ddpm_export.runtime.backends import SMALL_MODEL_BYTES
+    from ddpm_export.serve.triton_models import unet_session
+
+    for threads, want in ((["--threads", "3"], 3), ([], 1)):
+        out = tmp_path / f"repo{len(threads)}"
+        result = CliRunner().invoke(main, [*threads, "triton", "--bundle", str(bundle), "-o", str(out),
+                                           "--unet-backend", "python"])
+        assert result.exit_code == 0, result.output
+        config = parse((out / "unet" / "config.pbtxt").read_text())
+        args = {"model_repository": str(out / "unet"), "model_version": "1",
+                "model_config": json_format.MessageToJson(config, preserving_proto_field_name=True)}
+        assert (out / "unet" / "1" / "model.onnx").stat().st_size < SMALL_MODEL_BYTES  # tiny: Pipeline's 1
+        options = unet_session(args).get_session_options()
+        assert (options.intra_op_num_threads, options.inter_op_num_threads) == (want, 1)
+
+
 def test_ddpm_export_threads_is_refused_for_a_tensorrt_unet(bundle: Path, tmp_path: Path) -> None:
     """A TensorRT engine runs on the GPU: a thread count would be ignored without a word."""
     result = CliRunner().invoke(main, ["--threads", "2", "triton", "--bundle", str(bundle), "-o", str(tmp_path / "r"),
