@@ -15,7 +15,8 @@ from pathlib import Path
 
 from ddpm_export.contract.info import ModelInfo
 from ddpm_export.contract.metadata import MetadataError
-from ddpm_export.errors import BadInputError, InputNotFoundError, MissingDependencyError, WrongTypeError
+from ddpm_export.errors import (BadInputError, InputNotFoundError, MissingDependencyError, WrongTypeError,
+                                check_onnxruntime)
 from ddpm_export.runtime.onnx_wire import scan_metadata_props
 
 __all__ = ["MetadataError", "ModelInfo", "read_info", "read_metadata"]
@@ -42,6 +43,7 @@ def read_metadata(path: str | Path) -> dict[str, str]:
     except ImportError:
         ort = None
     if ort is not None:
+        check_onnxruntime(ort)  # an emptied onnxruntime folder: named, not an AttributeError traceback
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         from ddpm_export.errors import load_error

@@ -127,6 +127,31 @@ def test_an_onnxruntime_folder_emptied_by_uninstalling_its_twin_is_named(tmp_pat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["site-packages"]
 
 
+@pytest.mark.parametrize("command", ["sample", "bundle"])
+def test_an_emptied_onnxruntime_folder_is_named_for_an_unreadable_file_too(tmp_path, command):
+    """A file the wire scan cannot read goes to ONNX Runtime for its error message: there the emptied
+    folder was an AttributeError traceback ('no attribute SessionOptions', exit 1)."""
+    import subprocess
+    import sys
+
+    from ddpm_export.presets import shipped_onnx
+
+    folder = tmp_path / "site-packages" / "onnxruntime"
+    folder.mkdir(parents=True)
+    bad = tmp_path / "cut.onnx"
+    bad.write_bytes(shipped_onnx("digits").read_bytes()[:1000])  # truncated: no well-formed message
+    args = (["sample", "--onnx", str(bad), "-n", "1", "-o", str(tmp_path / "out" / "x.png")] if command == "sample"
+            else ["bundle", "--onnx", str(bad), "-o", str(tmp_path / "out")])
+    result = subprocess.run([sys.executable, "-c", EMPTIED_ORT, str(folder), *args], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.splitlines() == [
+        f"Error: ONNX Runtime is broken here: {folder} holds no onnxruntime package, only what pip left of the folder "
+        f"that onnxruntime and onnxruntime-gpu share when one of them was uninstalled; reinstall one: pip uninstall "
+        f"-y onnxruntime onnxruntime-gpu && pip install onnxruntime (or onnxruntime-gpu)"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.onnx", "site-packages"]
+
+
 def test_providers_are_for_the_cpu_backend_only(tiny):
     with pytest.raises(ValueError, match="providers apply to backend='onnxruntime'"):
         Pipeline.from_onnx(tiny, backend="ort-cuda", providers=["CPUExecutionProvider"])
