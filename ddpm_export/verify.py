@@ -224,8 +224,8 @@ def verify(model: str | Path, onnx: str | Path, *, engine: str | Path | None = N
     draws a bar over each trajectory's steps (DDPM runs all T of them). ``steps``: :func:`_default_steps`.
 
     ``report["passed"]`` says whether every check passed and ``report["failures"]`` which did not;
-    ``report["warnings"]`` what was warned about (a DdpmExportWarning: the model's schedule is not the
-    file's), ``report["notes"]`` the rest worth saying.
+    ``report["warnings"]`` what was warned about (DdpmExportWarnings: a file exported for another
+    runtime, the model's schedule not the file's), ``report["notes"]`` the rest worth saying.
     Raises VerifyError when the file was not exported from ``model``'s config or an argument
     does not fit the exported graph.
     """
@@ -246,7 +246,7 @@ def verify(model: str | Path, onnx: str | Path, *, engine: str | Path | None = N
     candidates = _candidates(onnx, info, engine, providers, onnx_sha, gpu_backends, threads, inference_precision)
     precisions, backend_limits = _precisions(info, candidates)
     n_ddpm = T if ddpm_steps is None else ddpm_steps
-    notes, warned = _respaced_note(n_ddpm, T), _schedule_warning(model, onnx, info)
+    notes, warned = _respaced_note(n_ddpm, T), _target_warning(onnx, info) + _schedule_warning(model, onnx, info)
     cond = spec.conditioning.call_input(None, batch, info)  # every class in turn, or None
     null = info.null_input(batch) if guidance_scale != 1.0 else None
     run = functools.partial(_run, shape=(batch, spec.in_channels, spec.sample_size, spec.sample_size), seed=seed,
@@ -347,6 +347,20 @@ def _check_source(model: str | Path, unet: Any, onnx: Path, info: ModelInfo) -> 
     return None if seed_initialised(model) else True
 
 
+def _target_warning(onnx: Path, info: ModelInfo) -> list[str]:
+    """The TargetMismatchWarning ``sample`` gives for a file exported for another runtime than ONNX
+    Runtime, which verify always runs it on (:func:`warn_on_target_mismatch`): warned, and kept in
+    the report's ``warnings`` beside :func:`_schedule_warning`'s."""
+    from ddpm_export.runtime.pipeline import warn_on_target_mismatch
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        warn_on_target_mismatch(onnx, info, "onnxruntime")
+    for w in caught:  # shown as any warning: the CLI's Warning: line, none under -q
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return [str(w.message) for w in caught]
+
+
 def _schedule_warning(model: str | Path, onnx: Path, info: ModelInfo) -> list[str]:
     """A DdpmExportWarning (kept in the report's ``warnings``) when the model's schedule -- its
     ``diffusion.json`` or diffusers scheduler config, else the default one, as the export takes --
@@ -394,11 +408,9 @@ def _candidates(onnx: Path, info: ModelInfo, engine: str | Path | None, provider
                 onnx_sha: str, gpu_backends: Sequence[str] = (), threads: int | None = None,
                 inference_precision: str | None = None) -> dict[str, Backend]:
     """ONNX Runtime on the file, the file on ``gpu_backends`` (OpenVINO; ONNX Runtime's CUDA /
-    TensorRT providers) and, with ``engine``, TensorRT: the backends checked. ONNX Runtime warns
-    of a file exported for another runtime as ``sample`` does (:func:`warn_on_target_mismatch`)."""
+    TensorRT providers) and, with ``engine``, TensorRT: the backends checked."""
     from ddpm_export.runtime.backends import RuntimeOptions, load_onnx_backend
     from ddpm_export.runtime.onnxruntime_backend import session_options_for
-    from ddpm_export.runtime.pipeline import warn_on_target_mismatch
     from ddpm_export.threads import get_threads
 
     import onnxruntime as ort
@@ -412,7 +424,6 @@ def _candidates(onnx: Path, info: ModelInfo, engine: str | Path | None, provider
     if inference_precision is not None and "openvino" not in gpu_backends:
         raise VerifyError("inference_precision applies to the openvino backend; add it (--backend openvino)")
     spec = info.spec
-    warn_on_target_mismatch(onnx, info, "onnxruntime")
     candidates: dict[str, Backend] = {
         "onnxruntime": OnnxRuntimeBackend.from_path(onnx, spec, providers=providers,
                                                     session_options=session_options_for(threads or get_threads(),
