@@ -105,7 +105,8 @@ class Thresholds:
 THRESHOLDS = {
     "fp32": Thresholds(final_psnr_db=60.0, step_max_abs=FP32_MAX_ABS),
     "fp16": Thresholds(final_psnr_db=40.0, step_rel_l2=FP16_REL_L2,
-                       step_basis="TensorRT's and GPU providers' fp16 kernels differ from ONNX Runtime's CPU ones"),
+                       step_basis="other fp16 kernels (TensorRT, GPU providers, OpenVINO f16) differ from the "
+                                  "export's"),
     "bf16": Thresholds(final_psnr_db=BF16_FINAL_PSNR_DB, step_rel_l2=BF16_REL_L2, local_rel_l2=BF16_LOCAL_REL_L2,
                        probe_rel_l2=BF16_CALL_REL_L2),
     "int8": Thresholds(final_psnr_db=INT8_FINAL_PSNR_DB, step_rel_l2=INT8_REL_L2, local_rel_l2=INT8_LOCAL_REL_L2,
@@ -225,7 +226,8 @@ def verify(model: str | Path, onnx: str | Path, *, engine: str | Path | None = N
 
     ``report["passed"]`` says whether every check passed and ``report["failures"]`` which did not;
     ``report["warnings"]`` what was warned about (DdpmExportWarnings: a file exported for another
-    runtime, the model's schedule not the file's), ``report["notes"]`` the rest worth saying.
+    runtime, the model's schedule not the file's), ``report["notes"]`` the rest worth saying;
+    ``report["thresholds"]`` the ONNX Runtime check's limits (each backend's: ``backend_thresholds``).
     Raises VerifyError when the file was not exported from ``model``'s config or an argument
     does not fit the exported graph.
     """
@@ -237,7 +239,7 @@ def verify(model: str | Path, onnx: str | Path, *, engine: str | Path | None = N
     T = info.diffusion.num_train_timesteps
     steps, solver_steps = _default_steps(T, steps, solver_steps)
     unet = load_model(model)
-    limits = _check_arguments(info, unet.config, model, onnx, steps, ddpm_steps, batch, guidance_scale, seed)
+    _check_arguments(info, unet.config, model, onnx, steps, ddpm_steps, batch, guidance_scale, seed)
     spec, cfg = info.spec, info.diffusion
     solver_schedulers = _solver_schedulers(cfg, solvers, solver_steps)
     onnx_sha, source_match = sha256_file(onnx), _check_source(model, unet, onnx, info)
@@ -248,9 +250,9 @@ def verify(model: str | Path, onnx: str | Path, *, engine: str | Path | None = N
     n_ddpm = T if ddpm_steps is None else ddpm_steps
     notes, warned = _respaced_note(n_ddpm, T), _target_warning(onnx, info) + _schedule_warning(model, onnx, info)
     cond = spec.conditioning.call_input(None, batch, info)  # every class in turn, or None
-    null = info.null_input(batch) if guidance_scale != 1.0 else None
     run = functools.partial(_run, shape=(batch, spec.in_channels, spec.sample_size, spec.sample_size), seed=seed,
-                            cond=cond, null=null, guidance=guidance_scale, progress=progress)
+                            cond=cond, null=info.null_input(batch) if guidance_scale != 1.0 else None,
+                            guidance=guidance_scale, progress=progress)
 
     log(f"verify {onnx} ({info.precision}) against {model} (PyTorch), seed {seed}; {_named(precisions)}")
     results = _single_steps(reference, candidates, info, seed, log)
@@ -264,16 +266,22 @@ def verify(model: str | Path, onnx: str | Path, *, engine: str | Path | None = N
     notes += [] if source_match is not None else _untrained_note(model, checks, precisions)  # no weights file
     return {
         "passed": not failures, "failures": failures, "checks": checks,
-        "model": str(model), "onnx": str(onnx), "onnx_sha256": onnx_sha,
-        "engine": None if engine is None else str(engine), "target": info.target,
-        "precision": info.precision, "attention": info.attention, "rewrites": list(info.rewrites),
-        "thresholds": dataclasses.asdict(limits), "source_sha256_match": source_match, "backend_precisions": precisions,
+        **_checked_files(model, onnx, onnx_sha, engine, info), "source_sha256_match": source_match,
+        "thresholds": dataclasses.asdict(backend_limits["onnxruntime"]), "backend_precisions": precisions,
         "backend_thresholds": {name: dataclasses.asdict(t) for name, t in backend_limits.items()},
-        "seed": seed, "batch": batch, "classes": None if cond is None else cond.tolist(),
-        "guidance_scale": guidance_scale, "schedule": cfg.to_dict(),
-        "ddpm_all_steps": n_ddpm == T, "notes": notes, "warnings": warned, "backends": results,
-        "seconds": round(time.perf_counter() - start, 2),
+        "seed": seed, "batch": batch, "classes": None if cond is None else cond.tolist(), "schedule": cfg.to_dict(),
+        "guidance_scale": guidance_scale, "ddpm_all_steps": n_ddpm == T, "notes": notes, "warnings": warned,
+        "backends": results, "seconds": round(time.perf_counter() - start, 2),
     }
+
+
+def _checked_files(model: str | Path, onnx: Path, onnx_sha: str, engine: str | Path | None,
+                   info: ModelInfo) -> dict[str, Any]:
+    """The report's fields naming what was checked: the model, the file (its hash and what its
+    metadata says it holds) and the engine."""
+    return {"model": str(model), "onnx": str(onnx), "onnx_sha256": onnx_sha,
+            "engine": None if engine is None else str(engine), "target": info.target, "precision": info.precision,
+            "attention": info.attention, "rewrites": list(info.rewrites)}
 
 
 def _untrained_note(model: str | Path, checks: list[dict[str, Any]], precisions: dict[str, str]) -> list[str]:
@@ -381,8 +389,8 @@ def _schedule_warning(model: str | Path, onnx: Path, info: ModelInfo) -> list[st
 
 
 def _check_arguments(info: ModelInfo, unet_config: Any, model: str | Path, onnx: Path, steps: int,
-                     ddpm_steps: int | None, batch: int, guidance_scale: float, seed: int) -> Thresholds:
-    """Refuse a file not exported from ``model`` and arguments the graph cannot run; the limits."""
+                     ddpm_steps: int | None, batch: int, guidance_scale: float, seed: int) -> None:
+    """Refuse a file not exported from ``model`` and arguments the graph cannot run."""
     check_exported_from(info.unet, unet_config, onnx, model, VerifyError)
     check_seed(seed)  # numpy's own errors named no argument (seed=-1: "expected non-negative integer")
     check_int("batch", batch, 1, None, "an int >= 1")
@@ -401,7 +409,6 @@ def _check_arguments(info: ModelInfo, unet_config: Any, model: str | Path, onnx:
         check_steps(ddpm_steps, T, "ddpm_steps")
     spec.conditioning.require_default_input(str(onnx), "`ddpm-export verify`", VerifyError)
     spec.check_samplable(str(onnx), VerifyError)  # before any check runs, as Pipeline refuses it
-    return THRESHOLDS[info.precision]
 
 
 def _candidates(onnx: Path, info: ModelInfo, engine: str | Path | None, providers: Sequence[Any] | None,

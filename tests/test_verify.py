@@ -444,6 +444,7 @@ def test_an_fp16_file_on_onnx_runtime_cpu_is_held_to_the_exports_own_limit(tiny_
     report = verify("tiny", good, steps=3, ddpm_steps=3, solver_steps=3, batch=1, log=lambda s: None)
     assert report["passed"], report["failures"]
     assert report["backend_thresholds"]["onnxruntime"]["step_rel_l2"] == FP16_CALL_REL_L2 == 4e-3
+    assert report["thresholds"] == report["backend_thresholds"]["onnxruntime"]  # was the loose fp16 limits
     assert report["backends"]["onnxruntime"]["single_step"]["rel_l2"] < FP16_CALL_REL_L2 / 3  # measured 8.4e-4
     code, out = _verify("--model", "tiny", "--onnx", str(bad), "--steps", "3", "--ddpm-steps", "3",
                         "--solver-steps", "3", "--batch", "1")

@@ -50,7 +50,7 @@ def command(model: str, onnx_path: str, engine: str | None, steps: int | None, d
     3. the final samples: max abs, relative L2, PSNR = 10 log10(4 / MSE).
     Thresholds by the precision each backend computes: fp32 PSNR >= 60 dB, single step max
     abs <= 1e-4 (times the output's RMS where that exceeds 1); fp16 PSNR >= 40 dB, relative
-    L2 <= 2e-2 (TensorRT, GPU providers; on ONNX Runtime's CPU provider and OpenVINO f32, one
+    L2 <= 2e-2 (TensorRT, GPU providers, OpenVINO f16; on ONNX Runtime's CPU provider and OpenVINO f32, one
     call <= 4e-3, the export's own limit); bf16 PSNR >= 40 dB, relative L2 <= 2e-2 (local
     0.25); int8 PSNR >= 35 dB, relative L2 <= 5e-2 (local 0.6); the measured margins behind
     them: ddpm_export.metrics.
