@@ -200,15 +200,12 @@ def diffusion_from_scheduler(path: Path) -> DiffusionConfig:
         if not _listed(data["beta_schedule"], _BETA_SCHEDULES):
             raise refuse("beta_schedule", f"is not supported (choose one of: {', '.join(_BETA_SCHEDULES)})")
         fields["beta_schedule"] = _BETA_SCHEDULES[data["beta_schedule"]]
-    if cls == "DDPMScheduler" and data.get("variance_type") is not None:
-        if not _listed(data["variance_type"], _VARIANCE_TYPES):
-            raise refuse("variance_type", f"is not supported (choose one of: {', '.join(_VARIANCE_TYPES)})")
-        fields["variance_type"] = _VARIANCE_TYPES[data["variance_type"]]
-    if cls != "DDPMScheduler" and data.get("variance_type") is not None:
+    if data.get("variance_type") is not None:  # another class's: carried over by a scheduler swap
         if not _listed(data["variance_type"], _VARIANCE_TYPES):  # learned(_range)
-            raise refuse("variance_type", f"of {cls} is not supported (a learned-variance model's samplers here "
-                                          f"are DDPM's; the solvers take the C channels of a plain prediction)")
-        fields["variance_type"] = _VARIANCE_TYPES[data["variance_type"]]  # carried over by a scheduler swap
+            raise refuse("variance_type", f"is not supported (choose one of: {', '.join(_VARIANCE_TYPES)})"
+                         if cls == "DDPMScheduler" else f"of {cls} is not supported (a learned-variance model's "
+                         f"samplers here are DDPM's; the solvers take the C channels of a plain prediction)")
+        fields["variance_type"] = _VARIANCE_TYPES[data["variance_type"]]
     _check_timestep_type(data, fields.get("prediction_type"), refuse)
     if cls not in _CLIPPING and "clip_sample" not in data:
         fields["clip_sample"] = False  # its step never clips

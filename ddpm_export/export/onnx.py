@@ -112,11 +112,24 @@ def export_onnx(model: str | Path, out: str | Path, *, opset: int = DEFAULT_OPSE
     quantized_outputs = quantizes_outputs(target)  # int8 only: the QDQ layout --target asks for
     if precision == "int8":
         proto = _quantize(proto, unet, spec, diffusion, calibration, quantized_outputs, target, log)
+    _describe(proto, model, unet, diffusion, spec, precision=precision, attention=form, rewrites=applied,
+              target=target, calibration=calibration)
+    staged = staged_torch_io(unet, spec, io_paths, out, precision, log) if io_paths is not None else None
+    with staged or contextlib.nullcontext():
+        report, data = _write_validated(proto, out, (unet, spec, precision) if validate else None, log, force)
+    size = out.stat().st_size + (data.stat().st_size if data is not None else 0)
+    return ExportResult(out, spec, precision, form, applied, opset, time.perf_counter() - start, size, report, data)
+
+
+def _describe(proto: onnx.ModelProto, model: str | Path, unet: UNet, diffusion: DiffusionConfig, spec: ExportSpec, *,
+              precision: str, attention: str, rewrites: tuple[str, ...], target: str,
+              calibration: CalibrationConfig | None) -> None:
+    """Write into ``proto`` its metadata (docs/metadata.md), producer and doc string."""
     source = weights_path(model)
     proto.metadata_props.clear()
     for key, value in md.metadata_props(
-        unet=unet.config, diffusion=diffusion, spec=spec, attention=form, rewrites=applied, target=target,
-        policy=_policy(precision, form, target, calibration or CalibrationConfig()),
+        unet=unet.config, diffusion=diffusion, spec=spec, attention=attention, rewrites=rewrites, target=target,
+        policy=_policy(precision, attention, target, calibration or CalibrationConfig()),
         exporter_version=f"ddpm-export {__version__}; torch {torch.__version__.split('+')[0]}; onnx {onnx.__version__}",
         source=_source_name(model, source),
         source_sha256=md.sha256_file(source) if source else state_sha256(unet),
@@ -125,13 +138,9 @@ def export_onnx(model: str | Path, out: str | Path, *, opset: int = DEFAULT_OPSE
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     proto.producer_name, proto.producer_version = "ddpm-export", __version__
-    proto.doc_string = (f"DDPM U-Net exported by ddpm-export {__version__}: precision {precision}, "
-                        f"attention {form}, rewrites {','.join(applied) or 'none'}, batch {min_batch}..{max_batch}")
-    staged = staged_torch_io(unet, spec, io_paths, out, precision, log) if io_paths is not None else None
-    with staged or contextlib.nullcontext():
-        report, data = _write_validated(proto, out, (unet, spec, precision) if validate else None, log, force)
-    size = out.stat().st_size + (data.stat().st_size if data is not None else 0)
-    return ExportResult(out, spec, precision, form, applied, opset, time.perf_counter() - start, size, report, data)
+    proto.doc_string = (f"DDPM U-Net exported by ddpm-export {__version__}: precision {precision}, attention "
+                        f"{attention}, rewrites {','.join(rewrites) or 'none'}, "
+                        f"batch {spec.min_batch}..{spec.max_batch}")
 
 
 def _policy(precision: str, attention: str, target: str, calibration: CalibrationConfig) -> dict[str, object]:
