@@ -32,7 +32,7 @@ from ddpm_export.jsonio import parse_json
 
 __all__ = ["BUNDLE_FORMAT", "BUNDLE_MANIFEST", "OutputFolder", "atomic_dir", "atomic_file", "atomic_files",
            "bundle_files", "check_output_folder", "enclosing_bundle", "made_parents", "names_no_file", "new_file_mode",
-           "refuse_existing", "refuse_existing_file", "refuse_foreign_folder", "refuse_inside",
+           "refuse_existing", "refuse_existing_file", "refuse_folder_name", "refuse_foreign_folder", "refuse_inside",
            "refuse_nameless_folder", "refuse_same_file", "refuse_stdout_folder", "remove_leftovers", "rename_into_place",
            "require_suffix", "scratch_folder", "temp_sibling"]
 
@@ -107,9 +107,18 @@ def refuse_existing(path: str | Path, force: bool, flag: str = "--force") -> Non
         probe.unlink()
 
 
+def refuse_folder_name(path: str | Path) -> None:
+    """Refuse a file output typed as a folder, ending in ``/`` (``-o y.onnx/`` wrote the file
+    ``y.onnx``): a ``Path`` drops the separator, so call this on the path as given."""
+    if isinstance(path, str) and path.endswith(tuple(sep for sep in (os.sep, os.altsep) if sep)):
+        raise BadInputError(f"{path} ends in {path[-1]!r}, which names a folder; give the path of a file to write")
+
+
 def refuse_existing_file(path: str | Path, force: bool) -> None:
     """:func:`refuse_existing` for a file output: also a folder in its place, which no --force
-    replaces (the rename of a file over a folder fails after all the work)."""
+    replaces (the rename of a file over a folder fails after all the work), and a path typed as a
+    folder (:func:`refuse_folder_name`)."""
+    refuse_folder_name(path)
     if os.path.isdir(path):
         raise BadInputError(f"{path} is a folder; give the path of a file to write")
     refuse_existing(path, force)

@@ -39,8 +39,8 @@ from ddpm_export.export.precision import GraphModule
 from ddpm_export.export.precision_policy import check_precision, policy
 from ddpm_export.export.rewrites import resolve_rewrites
 from ddpm_export.export.validate import NonFiniteModelError, ValidationError, ValidationReport, validate_onnx
-from ddpm_export.files import (made_parents, names_no_file, new_file_mode, refuse_existing_file, refuse_same_file,
-                               remove_leftovers, rename_into_place, scratch_folder)
+from ddpm_export.files import (made_parents, names_no_file, new_file_mode, refuse_existing_file, refuse_folder_name,
+                               refuse_same_file, remove_leftovers, rename_into_place, scratch_folder)
 from ddpm_export.nn.attention import Attention, use_attention_kernel
 from ddpm_export.nn.checkpoint import (DIFFUSION_NAME, diffusion_config_for, is_diffusers_folder, load_model,
                                       model_folder, schedule_file, weights_path)
@@ -91,6 +91,7 @@ def export_onnx(model: str | Path, out: str | Path, *, opset: int = DEFAULT_OPSE
     ``ValidationError`` when the exported graph disagrees with torch (nothing is written then).
     ``opt_batch`` None: 4 brought into ``[min_batch, max_batch]`` (:func:`~ddpm_export.contract.spec.batch_range`).
     """
+    refuse_folder_name(out)  # before Path() drops a trailing "/"
     start, out = time.perf_counter(), Path(out)
     form = _check_options(out, force=force, precision=precision, attention=attention, target=target, opset=opset,
                           calibration=calibration)

@@ -173,6 +173,17 @@ def test_output_deep_under_a_file(tmp_path, tiny):
                    "file.txt is a file, not a folder", watch=[tmp_path])
 
 
+@pytest.mark.parametrize("command", [["onnx", "--model", "tiny", "-o"], ["inspect", "--model", "tiny", "--json"],
+                                     ["verify", "--model", "tiny", "--onnx", "TINY", "--report"]])
+def test_a_file_output_typed_as_a_folder_is_refused(tmp_path, tiny, command):
+    """`onnx -o y.onnx/` wrote the file y.onnx (a Path drops the trailing separator), while
+    `sample -o x.png/` was refused: every file output ending in '/' is refused, naming it."""
+    args = [tiny if part == "TINY" else part for part in command]
+    out = f"{tmp_path / 'out.json'}/"
+    expect_failure([*args, out], 2, f"{out} ends in '/', which names a folder; give the path of a file to write",
+                   watch=[tmp_path])
+
+
 @pytest.mark.parametrize("target", ["missing", "loop"])
 def test_output_under_a_link_that_leads_nowhere_is_refused_before_the_work(tmp_path, tiny, target):
     """A parent folder that is a dangling link (a mount point not mounted, a loop) was passed as a
