@@ -256,7 +256,10 @@ def _check_options(out: Path, *, force: bool, precision: str, attention: str, ta
 
 def _names_data_file(path: Path, data_name: str) -> bool:
     """Whether the ONNX file at ``path`` keeps tensors in ``data_name`` beside it (its external
-    data); False when there is no file or onnx cannot parse it."""
+    data); False when there is no such data file (the replaced graph is then not parsed: it holds
+    all its weights, up to 2 GB, on every --force re-export), no file, or onnx cannot parse it."""
+    if not (path.parent / data_name).is_file():
+        return False
     try:
         model = onnx.load(str(path), load_external_data=False)
     except (OSError, DecodeError, ValueError, RecursionError):
