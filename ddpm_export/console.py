@@ -11,8 +11,8 @@ import click
 
 from ddpm_export.errors import BadInputError
 
-__all__ = ["FLAG_NAMES", "VERBOSITY", "FloatRange", "IntRange", "count", "is_plain_int", "name_flags", "require_output_when_quiet",
-           "show_progress", "use_flag_names"]
+__all__ = ["FLAG_NAMES", "VERBOSITY", "FloatRange", "IntRange", "count", "is_plain_int", "name_flags",
+           "require_output_when_quiet", "show_progress", "use_flag_names"]
 
 #: ``click.Context.meta`` key: 0 quiet (``-q``), 1 normal, 2 verbose (``-v``).
 VERBOSITY = "ddpm_export.verbosity"

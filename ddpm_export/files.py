@@ -33,8 +33,8 @@ from ddpm_export.jsonio import parse_json
 __all__ = ["BUNDLE_FORMAT", "BUNDLE_MANIFEST", "OutputFolder", "atomic_dir", "atomic_file", "atomic_files",
            "bundle_files", "check_output_folder", "enclosing_bundle", "made_parents", "names_no_file", "new_file_mode",
            "refuse_existing", "refuse_existing_file", "refuse_folder_name", "refuse_foreign_folder", "refuse_inside",
-           "refuse_nameless_folder", "refuse_same_file", "refuse_stdout_folder", "remove_leftovers", "rename_into_place",
-           "require_suffix", "scratch_folder", "temp_sibling"]
+           "refuse_nameless_folder", "refuse_same_file", "refuse_stdout_folder", "remove_leftovers",
+           "rename_into_place", "require_suffix", "scratch_folder", "temp_sibling"]
 
 
 #: a bundle folder's manifest and its format tag (:mod:`ddpm_export.runtime.bundle` takes them from

@@ -60,8 +60,8 @@ from ddpm_export.diffusion.scheduler import Scheduler
 from ddpm_export.errors import BadInputError, DdpmExportWarning, MissingDependencyError
 from ddpm_export.files import atomic_file
 from ddpm_export.metrics import (BF16_CALL_REL_L2, BF16_FINAL_PSNR_DB, BF16_LOCAL_REL_L2, BF16_REL_L2,
-                                  FP16_CALL_REL_L2, FP16_REL_L2, FP32_MAX_ABS, INT8_CALL_REL_L2, INT8_FINAL_PSNR_DB, INT8_LOCAL_REL_L2, INT8_REL_L2,
-                                  compare, output_scale)
+                                  FP16_CALL_REL_L2, FP16_REL_L2, FP32_MAX_ABS, INT8_CALL_REL_L2, INT8_FINAL_PSNR_DB,
+                                  INT8_LOCAL_REL_L2, INT8_REL_L2, compare, output_scale)
 from ddpm_export.runtime.backends import effective_precision
 from ddpm_export.runtime.info import read_info
 
